@@ -1,0 +1,98 @@
+"""Bulk loads: the friends edge list (``load-friends``) and account lists (``import-users``).
+
+The same code serves ``presencedctl`` and ``bench/store.py``, so the benchmark measures what
+operators run. Edges are written in batches through ``IRosterStore.add_friends``; several
+batches are in flight at once so the store never waits for the parser.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Iterable, Iterator, Optional, TextIO
+
+from twisted.internet import defer
+
+from presenced.store import IRosterStore, Pair
+from presenced.users import BadUser, normalize_user
+
+BATCH = 20000
+IN_FLIGHT = 4
+
+BadLine = Callable[[int, str, str], None]
+
+
+def parse_edges(lines: Iterable[str], default_domain: str, on_bad: BadLine) -> Iterator[Pair]:
+    """Yield ``(a, b)`` for each edge line; blank lines and ``#`` comments are skipped, bad
+    lines reported through ``on_bad(line_number, line, reason)``."""
+    cache: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            on_bad(number, line.rstrip("\n"), f"expected two user ids, found {len(fields)}")
+            continue
+        try:
+            a = cache.get(fields[0]) or cache.setdefault(
+                fields[0], normalize_user(fields[0], default_domain))
+            b = cache.get(fields[1]) or cache.setdefault(
+                fields[1], normalize_user(fields[1], default_domain))
+        except BadUser as e:
+            on_bad(number, line.rstrip("\n"), str(e))
+            continue
+        if a == b:
+            on_bad(number, line.rstrip("\n"), "a user cannot be their own friend")
+            continue
+        if len(cache) > 2_000_000:
+            cache.clear()
+        yield a, b
+
+
+def batches(pairs: Iterable[Pair], size: int = BATCH) -> Iterator[list[Pair]]:
+    batch: list[Pair] = []
+    for pair in pairs:
+        batch.append(pair)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class Progress:
+    """Prints ``done, rate`` to a stream at most every ``every`` seconds."""
+
+    def __init__(self, what: str, stream: Optional[TextIO] = sys.stderr, every: float = 1.0):
+        self.what = what
+        self.stream = stream
+        self.every = every
+        self.started = self.last = time.monotonic()
+        self.done = 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.stream is not None and now - self.last >= self.every:
+            self.last = now
+            self.stream.write(f"  {self.done:,} {self.what} ({self.rate():,.0f}/s)\n")
+            self.stream.flush()
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+
+@defer.inlineCallbacks
+def load_friends(store: IRosterStore, pairs: Iterable[Pair], progress: Progress):
+    """Write every pair as a mutual friendship; fires the number of pairs written."""
+    in_flight: list[defer.Deferred] = []
+    for batch in batches(pairs):
+        d = store.add_friends(batch)
+        d.addCallback(progress.add)
+        in_flight.append(d)
+        if len(in_flight) >= IN_FLIGHT:
+            yield in_flight.pop(0)
+    for d in in_flight:
+        yield d
+    return progress.done

@@ -1,0 +1,124 @@
+"""The core every front door stands on: config, store, router, hooks, metrics, secret.
+
+Operations that more than one door offers (add a friend, register a user, publish a tune)
+live here once; doors translate their wire format into these calls. Doors that must react to
+a change (XMPP sends roster pushes and presence) listen to router events or hooks; the core
+never imports a door.
+
+Hooks fired here:
+
+- ``friends-added(pairs)`` / ``friends-removed(pairs)`` after the store wrote them;
+- ``user-removed(user)`` after an account was deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import Iterable, Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from presenced import events
+from presenced.config import Config
+from presenced.events import Event
+from presenced.hooks import Hooks
+from presenced.metrics import Metrics
+from presenced.router import SubscriptionRouter
+from presenced.scram import make_credentials
+from presenced.store import IRosterStore, Pair, RosterItem
+from presenced.tokens import make_token
+from presenced.users import normalize_user
+
+
+def load_secret(data_dir: str) -> bytes:
+    """The server's secret (stream tokens), created on first start, readable by us only."""
+    path = os.path.join(data_dir, "secret")
+    os.makedirs(data_dir, exist_ok=True)
+    try:
+        with open(path, "rb") as f:
+            return bytes.fromhex(f.read().decode().strip())
+    except FileNotFoundError:
+        secret = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret.hex() + "\n")
+        return secret
+
+
+class Core:
+    """Shared state and shared operations of one presenced node."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, store: IRosterStore,
+                 router: Optional[SubscriptionRouter] = None):
+        self.config = config
+        self.store = store
+        self.router = router or SubscriptionRouter(store)
+        self.hooks = Hooks()
+        self.metrics = Metrics()
+        self.secret = load_secret(config.server.data_dir)
+        self.started_at = time.time()
+        self.domains = tuple(config.server.domains)
+
+    def user(self, text: str) -> str:
+        """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""
+        return normalize_user(text, self.config.default_domain)
+
+    def is_local(self, user: str) -> bool:
+        return user.rpartition("@")[2] in self.domains
+
+    def stream_token(self, user: str, ttl: int = 86400) -> str:
+        return make_token(self.secret, user, ttl)
+
+    # --- accounts ------------------------------------------------------------------------
+
+    def register_user(self, user: str, password: str) -> defer.Deferred:
+        """Create an account; fires False when it exists already."""
+        creds = make_credentials(password, self.config.server.scram_iterations)
+        return self.store.create_user(user, creds)
+
+    def set_password(self, user: str, password: str) -> defer.Deferred:
+        creds = make_credentials(password, self.config.server.scram_iterations)
+        return self.store.set_credentials(user, creds)
+
+    @defer.inlineCallbacks
+    def remove_user(self, user: str):
+        """Delete an account and its data; its online sessions are closed."""
+        existed = yield self.store.remove_user(user)
+        for session in self.router.sessions(user):
+            session.close("account removed")
+        self.hooks.fire("user-removed", user)
+        return existed
+
+    # --- friendships -----------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def add_friends(self, pairs: Iterable[Pair]):
+        """Make each pair mutual friends and tell their online sessions (roster events)."""
+        pairs = list(pairs)
+        yield self.store.add_friends(pairs)
+        for a, b in pairs:
+            self._roster_changed(a, RosterItem(b, "both"))
+            self._roster_changed(b, RosterItem(a, "both"))
+        self.hooks.fire("friends-added", pairs)
+        return len(pairs)
+
+    @defer.inlineCallbacks
+    def remove_friends(self, pairs: Iterable[Pair]):
+        pairs = list(pairs)
+        yield self.store.remove_friends(pairs)
+        for a, b in pairs:
+            self._roster_changed(a, None, b)
+            self._roster_changed(b, None, a)
+        self.hooks.fire("friends-removed", pairs)
+        return len(pairs)
+
+    def _roster_changed(self, owner: str, item: Optional[RosterItem],
+                        removed: Optional[str] = None) -> None:
+        contact = item.jid if item is not None else removed
+        self.router.deliver(owner, Event(events.ROSTER, contact,
+                                         {"to": owner, "item": item, "jid": contact}))

@@ -1,0 +1,54 @@
+"""The one event model every front door speaks: now playing, presence, messages, roster changes.
+
+An event is made once by its producer and handed to every session that should see it; its
+JSON form is built at most once, however many comet streams it reaches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any, Optional
+
+_ids = itertools.count(1)
+
+# Event types. Producers and doors use these names; the comet docs list their payloads.
+TUNE = "tune"          # payload: artist, title, source, length, track, rating, uri ({} = stopped)
+PRESENCE = "presence"  # payload: show, status, available (bool), resource
+MESSAGE = "message"    # payload: to, body, subject, thread, kind ("chat"/"normal"), stanza
+ROSTER = "roster"      # payload: to, item (RosterItem or None when removed)
+ADMIN = "admin"        # payload: free-form admin notice (text)
+
+
+class Event:
+    """Something ``sender`` did, on its way to sessions. Immutable once sent."""
+
+    __slots__ = ("type", "sender", "payload", "time", "id", "_json")
+
+    def __init__(self, type: str, sender: str, payload: dict[str, Any],
+                 when: Optional[float] = None, event_id: Optional[int] = None):
+        self.type = type
+        self.sender = sender
+        self.payload = payload
+        self.time = time.time() if when is None else when
+        self.id = next(_ids) if event_id is None else event_id
+        self._json: Optional[bytes] = None
+
+    def to_json(self) -> bytes:
+        """``{"type", "from", "time", "id", ...payload}`` as UTF-8, cached."""
+        if self._json is None:
+            doc = {"type": self.type, "from": self.sender, "time": round(self.time, 3),
+                   "id": self.id}
+            for key, value in self.payload.items():
+                if key not in doc and _jsonable(value):
+                    doc[key] = value
+            self._json = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+        return self._json
+
+    def __repr__(self) -> str:
+        return f"<Event {self.type} from {self.sender} #{self.id}>"
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, list, dict))

@@ -1,0 +1,59 @@
+"""Counters and gauges every part of presenced updates, rendered as Prometheus text.
+
+Counters are plain integers behind a dict lookup so a hot path pays almost nothing;
+gauges are read at scrape time from a callable.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._help: dict[str, tuple[str, str]] = {}
+        self._counters: dict[str, dict[Labels, float]] = {}
+        self._gauges: dict[str, dict[Labels, Callable[[], float]]] = {}
+
+    def describe(self, name: str, kind: str, help_text: str) -> None:
+        self._help[name] = (kind, help_text)
+
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        series = self._counters.setdefault(name, {})
+        key = tuple(sorted(labels.items()))
+        series[key] = series.get(key, 0) + amount
+
+    def value(self, name: str, **labels: str) -> float:
+        return self._counters.get(name, {}).get(tuple(sorted(labels.items())), 0)
+
+    def gauge(self, name: str, read: Callable[[], float], **labels: str) -> None:
+        self._gauges.setdefault(name, {})[tuple(sorted(labels.items()))] = read
+
+    def render(self) -> str:
+        """The Prometheus text exposition format (version 0.0.4)."""
+        lines: list[str] = []
+        for name in sorted(set(self._counters) | set(self._gauges)):
+            kind, help_text = self._help.get(
+                name, ("counter" if name in self._counters else "gauge", name))
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, value in self._counters.get(name, {}).items():
+                lines.append(f"{name}{_labels(labels)} {_number(value)}")
+            for labels, read in self._gauges.get(name, {}).items():
+                lines.append(f"{name}{_labels(labels)} {_number(read())}")
+        return "\n".join(lines) + "\n"
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34)).replace(chr(10), chr(92) + "n")}"'
+        for k, v in labels)
+    return "{" + inner + "}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -1,0 +1,165 @@
+"""The subscription router: who is online where, and who receives whose events.
+
+A session is any protocol's endpoint (an XMPP resource, a comet stream, an IRC hook) that
+implements :class:`ISession`. ``send(subject, event)`` reaches the subject's own sessions and
+the sessions of every online subscriber of the subject (the roster store's subscription graph).
+
+Sessions must never block the router: ``deliver`` only queues bytes. A session whose peer does
+not keep up is bounded by :class:`presenced.flow.WriteBudget` and disconnected when it passes
+its bound (the documented policy: disconnect, never buffer without limit).
+
+Between nodes the router hands recipients to a transport: :class:`InProcessTransport` for one
+node; a Redis pub/sub transport can replace it without the router or the doors changing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from presenced.events import Event
+from presenced.store import IRosterStore
+
+
+class ISession(Interface):
+    """An endpoint that takes events for one user."""
+
+    user = Attribute("The bare JID this session belongs to.")
+    protocol = Attribute("Front door name: 'xmpp', 'comet', 'irc'...")
+    label = Attribute("Human-readable name within the user: an XMPP resource, a peer address.")
+
+    def deliver(event: Event) -> None:
+        """Queue the event for the peer; never blocks and never raises."""
+
+    def close(reason: str) -> None:
+        """Disconnect the peer (kicked by an operator, replaced, server stopping)."""
+
+
+class IRouterTransport(Interface):
+    """Carries events to the nodes that hold the recipients' sessions."""
+
+    def route(router: "SubscriptionRouter", recipients: Iterable[str], event: Event) -> int:
+        """Deliver ``event`` to each recipient's sessions; return how many sessions it reached
+        (on this node; other nodes count their own)."""
+
+
+@implementer(IRouterTransport)
+class InProcessTransport:
+    """One node: every recipient's sessions are in this process."""
+
+    def route(self, router: "SubscriptionRouter", recipients: Iterable[str], event: Event) -> int:
+        reached = 0
+        for user in recipients:
+            reached += router.deliver_local(user, event)
+        return reached
+
+
+LoginListener = Callable[[str, ISession], None]
+
+
+class SubscriptionRouter:
+    """Online sessions by user, and event fan-out over the subscription graph."""
+
+    log = Logger()
+
+    def __init__(self, store: IRosterStore, transport: Optional[IRouterTransport] = None):
+        self.store = store
+        self.transport: IRouterTransport = transport or InProcessTransport()
+        self._sessions: dict[str, list[ISession]] = {}
+        self._count = 0
+        self.login_listeners: list[LoginListener] = []
+        self.logout_listeners: list[LoginListener] = []
+        self.events_sent = 0
+        self.deliveries = 0
+        self.delivery_errors = 0
+
+    # --- who is online ---------------------------------------------------------------
+
+    def login(self, user: str, session: ISession) -> None:
+        """Make ``session`` receive ``user``'s events and those of everyone ``user`` follows."""
+        sessions = self._sessions.get(user)
+        if sessions is None:
+            self._sessions[user] = [session]
+        elif session in sessions:
+            return
+        else:
+            sessions.append(session)
+        self._count += 1
+        for listener in self.login_listeners:
+            listener(user, session)
+
+    def logout(self, session: ISession) -> None:
+        """Forget ``session``; safe to call twice and from inside a delivery."""
+        user = session.user
+        sessions = self._sessions.get(user)
+        if not sessions or session not in sessions:
+            return
+        if len(sessions) == 1:
+            del self._sessions[user]
+        else:
+            # A new list, so a fan-out iterating the old one is not disturbed.
+            self._sessions[user] = [s for s in sessions if s is not session]
+        self._count -= 1
+        for listener in self.logout_listeners:
+            listener(user, session)
+
+    def sessions(self, user: str) -> tuple[ISession, ...]:
+        return tuple(self._sessions.get(user, ()))
+
+    def is_online(self, user: str) -> bool:
+        return user in self._sessions
+
+    def online_users(self) -> int:
+        return len(self._sessions)
+
+    def session_count(self) -> int:
+        return self._count
+
+    def all_sessions(self) -> Iterable[ISession]:
+        for sessions in list(self._sessions.values()):
+            yield from sessions
+
+    # --- delivery ----------------------------------------------------------------------
+
+    def deliver_local(self, user: str, event: Event) -> int:
+        """Hand ``event`` to every session of ``user`` on this node; return how many."""
+        sessions = self._sessions.get(user)
+        if not sessions:
+            return 0
+        reached = 0
+        for session in sessions:
+            try:
+                session.deliver(event)
+            except Exception:
+                self.delivery_errors += 1
+                self.log.failure("session {session!r} failed to take {event!r}",
+                                 session=session, event=event)
+            else:
+                reached += 1
+        self.deliveries += reached
+        return reached
+
+    def deliver(self, user: str, event: Event) -> int:
+        """Hand ``event`` to ``user``'s own sessions, wherever they are (a message, a push)."""
+        return self.transport.route(self, (user,), event)
+
+    @defer.inlineCallbacks
+    def send(self, subject: str, event: Event):
+        """Deliver ``event`` to ``subject``'s sessions and every subscriber's; fires the
+        number of sessions reached."""
+        subscribers = yield self.store.get_subscribers(subject)
+        self.events_sent += 1
+        recipients = [subject]
+        recipients.extend(subscribers)
+        return self.transport.route(self, recipients, event)
+
+    def close_all(self, reason: str) -> None:
+        """Close every session (server stopping)."""
+        for session in list(self.all_sessions()):
+            try:
+                session.close(reason)
+            except Exception:
+                self.log.failure("closing {session!r}", session=session)

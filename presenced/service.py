@@ -1,0 +1,145 @@
+"""The presenced service: one store, one router, and every enabled front door, in one reactor.
+
+Each front door is a module with ``make_service(core) -> IService``; the doors run as child
+services, started once the store is open. A door listens through :class:`ListeningService`,
+which logs its address and records the bound port in ``<data_dir>/run/ports.json`` (port 0
+picks a free port: tests and benchmarks read the file).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+from typing import Any, Callable, Optional
+
+from twisted.application import service
+from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+
+from presenced.config import Config
+from presenced.core import Core
+from presenced.store import make_store
+
+# Config section -> module providing make_service(core). Order is start-up order.
+DOORS: dict[str, str] = {
+    "thrift": "presenced.thrift.service",
+    "webadmin": "presenced.webadmin.service",
+    "xmpp": "presenced.xmpp.service",
+    "comet": "presenced.comet.service",
+    "irc": "presenced.irc.service",
+}
+
+log = Logger()
+
+
+class ListeningService(service.Service):
+    """Listens on one TCP port while running; ``listen`` is e.g. ``reactor.listenTCP``."""
+
+    def __init__(self, core: Core, name: str, port: int, interface: str,
+                 listen: Callable[[int, str], IListeningPort]):
+        self.core = core
+        self.setName(name)
+        self.port = port
+        self.interface = interface
+        self._listen = listen
+        self.listening: Optional[IListeningPort] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.listening = self._listen(self.port, self.interface)
+        address = self.listening.getHost()
+        log.info("{name} listening on {host}:{port}", name=self.name, host=address.host,
+                 port=address.port)
+        record_port(self.core.config.server.data_dir, self.name, address.port)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.listening is not None:
+            port, self.listening = self.listening, None
+            return port.stopListening()
+        return None
+
+
+def record_port(data_dir: str, name: str, port: int) -> None:
+    """Add ``name: port`` to ``<data_dir>/run/ports.json`` (rewritten atomically)."""
+    run = os.path.join(data_dir, "run")
+    os.makedirs(run, exist_ok=True)
+    path = os.path.join(run, "ports.json")
+    try:
+        with open(path) as f:
+            ports = json.load(f)
+    except (FileNotFoundError, ValueError):
+        ports = {}
+    ports[name] = port
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(ports, f)
+    os.replace(tmp, path)
+
+
+def raise_open_files_limit() -> None:
+    """Comet holds one file per stream: take the soft limit up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warn("could not raise open files limit from {soft}: {e}", soft=soft, e=e)
+            return
+    log.info("open files limit: soft {new} (was {soft}), hard {hard}",
+             new=max(soft, hard), soft=soft, hard=hard)
+
+
+class PresencedService(service.MultiService):
+    """The whole server. Doors start after the store is open and stop before it closes."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.core: Optional[Core] = None
+        self.ready: defer.Deferred = defer.Deferred()
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        os.makedirs(os.path.join(self.config.server.data_dir, "run"), exist_ok=True)
+        ports = os.path.join(self.config.server.data_dir, "run", "ports.json")
+        if os.path.exists(ports):
+            os.remove(ports)
+        raise_open_files_limit()
+        store = make_store(self.config)
+        self.core = Core(self.config, store)
+        log.info("store: {backend} ({where})", backend=store.name,
+                 where=getattr(store, "path", None) or ", ".join(self.config.store.redis))
+        d = defer.maybeDeferred(store.start)
+        d.addCallback(lambda _: self._start_doors())
+        d.addErrback(self._failed)
+
+    def _start_doors(self) -> None:
+        assert self.core is not None
+        for section, module_name in DOORS.items():
+            if getattr(self.config, section).enabled:
+                module = importlib.import_module(module_name)
+                door = module.make_service(self.core)
+                door.setServiceParent(self)
+        record_port(self.config.server.data_dir, "ready", os.getpid())
+        log.info("presenced ready: {n} front door(s), domains {domains}",
+                 n=len(self.services), domains=", ".join(self.config.server.domains))
+        self.ready.callback(self.core)
+
+    def _failed(self, failure: Any) -> None:
+        log.critical("presenced could not start: {error}", error=failure.getErrorMessage())
+        log.failure("start-up failure", failure)
+        if reactor.running:
+            reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        if self.core is not None:
+            self.core.router.close_all("system-shutdown")
+        yield defer.maybeDeferred(super().stopService)
+        if self.core is not None:
+            yield self.core.store.stop()
+            log.info("store closed")

@@ -1,0 +1,506 @@
+"""The embedded default store: one SQLite file in the data directory.
+
+Every request runs on one worker thread that owns the connection, so the reactor never waits
+on the disk. Requests queued together share one transaction (group commit): each runs in its
+own savepoint, so one failing request does not undo the others, and no Deferred fires before
+the COMMIT that made its writes durable. With WAL and ``synchronous=NORMAL`` a committed
+transaction survives ``kill -9`` of the server (only an OS crash may lose the last commits).
+
+Users are interned as integer ids, which keeps the graph tables small and their indexes fast.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sqlite3
+import threading
+from typing import Any, Callable, Iterable, Optional
+
+from twisted.internet import defer, reactor
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from presenced.store import (Credentials, IRosterStore, Pair, PepItem, RosterItem,
+                             StoreError)
+from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
+                                   roster_item_from_text, roster_item_to_text)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ids (id INTEGER PRIMARY KEY, jid TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS accounts (uid INTEGER PRIMARY KEY, credentials TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS roster (
+    owner INTEGER NOT NULL, contact INTEGER NOT NULL, item TEXT NOT NULL,
+    PRIMARY KEY (owner, contact)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roster_version (owner INTEGER PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS subs (
+    subject INTEGER NOT NULL, subscriber INTEGER NOT NULL,
+    PRIMARY KEY (subject, subscriber)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS subs_by_subscriber ON subs (subscriber, subject);
+CREATE TABLE IF NOT EXISTS pep (
+    owner INTEGER NOT NULL, node TEXT NOT NULL, item_id TEXT NOT NULL, payload TEXT NOT NULL,
+    PRIMARY KEY (owner, node)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS offline (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, owner INTEGER NOT NULL, stanza TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS offline_by_owner ON offline (owner, id);
+CREATE TABLE IF NOT EXISTS pending (
+    owner INTEGER NOT NULL, contact TEXT NOT NULL, stanza TEXT NOT NULL,
+    PRIMARY KEY (owner, contact)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS private (
+    owner INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (owner, key)) WITHOUT ROWID;
+"""
+
+_MAX_BATCH = 512
+_IN_CHUNK = 500  # SQLite's default limit on bound parameters is far above this
+
+
+class _Worker(threading.Thread):
+    """The thread that owns the SQLite connection and commits queued requests together."""
+
+    def __init__(self, path: str):
+        super().__init__(name="presenced-sqlite", daemon=True)
+        self.path = path
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.opened: defer.Deferred = defer.Deferred()
+        self.closed: defer.Deferred = defer.Deferred()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.requests.put((d, fn, args))
+        return d
+
+    def run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-65536")
+            conn.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            reactor.callFromThread(self.opened.errback,
+                                   StoreError(f"cannot open {self.path}: {e}"))
+            return
+        reactor.callFromThread(self.opened.callback, None)
+        while True:
+            first = self.requests.get()
+            if first is None:
+                break
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = self.requests.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            reactor.callFromThread(_fire, self._run_batch(conn, batch))
+            if stop:
+                break
+        conn.close()
+        reactor.callFromThread(self.closed.callback, None)
+
+    @staticmethod
+    def _run_batch(conn: sqlite3.Connection, batch: list) -> list:
+        results = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for d, fn, args in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = fn(conn, *args)
+                except Exception as e:
+                    conn.execute("ROLLBACK TO op")
+                    results.append((d, False, e))
+                else:
+                    results.append((d, True, value))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = StoreError(f"sqlite: {e}")
+            return [(d, False, error) for d, _, _ in batch]
+        return results
+
+
+def _fire(results: list) -> None:
+    for d, ok, value in results:
+        if ok:
+            d.callback(value)
+        else:
+            d.errback(Failure(value))
+
+
+# --- functions that run on the worker thread -------------------------------------------
+
+def _uid(conn: sqlite3.Connection, jid: str) -> Optional[int]:
+    row = conn.execute("SELECT id FROM ids WHERE jid = ?", (jid,)).fetchone()
+    return row[0] if row else None
+
+
+def _intern(conn: sqlite3.Connection, jid: str) -> int:
+    uid = _uid(conn, jid)
+    if uid is None:
+        uid = conn.execute("INSERT INTO ids (jid) VALUES (?)", (jid,)).lastrowid
+    return uid
+
+
+def _intern_many(conn: sqlite3.Connection, jids: set[str]) -> dict[str, int]:
+    conn.executemany("INSERT OR IGNORE INTO ids (jid) VALUES (?)", ((j,) for j in jids))
+    found: dict[str, int] = {}
+    listed = list(jids)
+    for i in range(0, len(listed), _IN_CHUNK):
+        chunk = listed[i:i + _IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.update(conn.execute(f"SELECT jid, id FROM ids WHERE jid IN ({marks})", chunk))
+    return found
+
+
+def _bump_versions(conn: sqlite3.Connection, owners: Iterable[int]) -> None:
+    conn.executemany(
+        "INSERT INTO roster_version (owner, version) VALUES (?, 1) "
+        "ON CONFLICT (owner) DO UPDATE SET version = version + 1", ((o,) for o in owners))
+
+
+def _version(conn: sqlite3.Connection, owner: int) -> int:
+    row = conn.execute("SELECT version FROM roster_version WHERE owner = ?", (owner,)).fetchone()
+    return row[0] if row else 0
+
+
+def _create_user(conn, user, creds_json):
+    uid = _intern(conn, user)
+    cur = conn.execute("INSERT OR IGNORE INTO accounts (uid, credentials) VALUES (?, ?)",
+                       (uid, creds_json))
+    return cur.rowcount == 1
+
+
+def _set_credentials(conn, user, creds_json):
+    uid = _uid(conn, user)
+    if uid is None:
+        return False
+    cur = conn.execute("UPDATE accounts SET credentials = ? WHERE uid = ?", (creds_json, uid))
+    return cur.rowcount == 1
+
+
+def _get_credentials(conn, user):
+    row = conn.execute("SELECT a.credentials FROM accounts a JOIN ids i ON i.id = a.uid "
+                       "WHERE i.jid = ?", (user,)).fetchone()
+    return credentials_from_json(row[0]) if row else None
+
+
+def _user_exists(conn, user):
+    return conn.execute("SELECT 1 FROM accounts a JOIN ids i ON i.id = a.uid WHERE i.jid = ?",
+                        (user,)).fetchone() is not None
+
+
+def _remove_user(conn, user):
+    uid = _uid(conn, user)
+    if uid is None:
+        return False
+    existed = conn.execute("DELETE FROM accounts WHERE uid = ?", (uid,)).rowcount == 1
+    contacts = [r[0] for r in conn.execute(
+        "SELECT owner FROM roster WHERE contact = ?", (uid,))]
+    conn.execute("DELETE FROM roster WHERE owner = ? OR contact = ?", (uid, uid))
+    _bump_versions(conn, contacts)
+    for table in ("roster_version", "pep", "offline", "pending", "private"):
+        conn.execute(f"DELETE FROM {table} WHERE owner = ?", (uid,))
+    conn.execute("DELETE FROM subs WHERE subject = ? OR subscriber = ?", (uid, uid))
+    return existed
+
+
+def _search_users(conn, pattern, limit):
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return [r[0] for r in conn.execute(
+        "SELECT i.jid FROM accounts a JOIN ids i ON i.id = a.uid "
+        "WHERE i.jid LIKE ? ESCAPE '\\' ORDER BY i.jid LIMIT ?", (f"%{escaped}%", limit))]
+
+
+def _count_users(conn):
+    return conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
+
+
+def _get_roster(conn, user):
+    return [roster_item_from_text(jid, item) for jid, item in conn.execute(
+        "SELECT c.jid, r.item FROM roster r JOIN ids o ON o.id = r.owner "
+        "JOIN ids c ON c.id = r.contact WHERE o.jid = ? ORDER BY c.jid", (user,))]
+
+
+def _get_roster_item(conn, user, contact):
+    row = conn.execute(
+        "SELECT r.item FROM roster r JOIN ids o ON o.id = r.owner JOIN ids c ON c.id = r.contact "
+        "WHERE o.jid = ? AND c.jid = ?", (user, contact)).fetchone()
+    return roster_item_from_text(contact, row[0]) if row else None
+
+
+def _set_roster_item(conn, user, jid, text):
+    owner, contact = _intern(conn, user), _intern(conn, jid)
+    conn.execute("INSERT OR REPLACE INTO roster (owner, contact, item) VALUES (?, ?, ?)",
+                 (owner, contact, text))
+    _bump_versions(conn, (owner,))
+    return _version(conn, owner)
+
+
+def _remove_roster_item(conn, user, jid):
+    owner, contact = _uid(conn, user), _uid(conn, jid)
+    if owner is None or contact is None:
+        return None
+    if conn.execute("DELETE FROM roster WHERE owner = ? AND contact = ?",
+                    (owner, contact)).rowcount == 0:
+        return None
+    _bump_versions(conn, (owner,))
+    return _version(conn, owner)
+
+
+def _get_roster_version(conn, user):
+    uid = _uid(conn, user)
+    return 0 if uid is None else _version(conn, uid)
+
+
+def _add_friends(conn, pairs):
+    ids = _intern_many(conn, {j for pair in pairs for j in pair})
+    both = [(ids[a], ids[b]) for a, b in pairs] + [(ids[b], ids[a]) for a, b in pairs]
+    conn.executemany("INSERT OR REPLACE INTO roster (owner, contact, item) VALUES (?, ?, ?)",
+                     [(o, c, BOTH) for o, c in both])
+    conn.executemany("INSERT OR IGNORE INTO subs (subject, subscriber) VALUES (?, ?)", both)
+    _bump_versions(conn, {o for o, _ in both})
+    return len(pairs)
+
+
+def _remove_friends(conn, pairs):
+    ids = _intern_many(conn, {j for pair in pairs for j in pair})
+    both = [(ids[a], ids[b]) for a, b in pairs] + [(ids[b], ids[a]) for a, b in pairs]
+    conn.executemany("DELETE FROM roster WHERE owner = ? AND contact = ?", both)
+    conn.executemany("DELETE FROM subs WHERE subject = ? AND subscriber = ?", both)
+    _bump_versions(conn, {o for o, _ in both})
+    return len(pairs)
+
+
+def _add_subscriptions(conn, pairs):
+    ids = _intern_many(conn, {j for pair in pairs for j in pair})
+    conn.executemany("INSERT OR IGNORE INTO subs (subject, subscriber) VALUES (?, ?)",
+                     [(ids[subject], ids[subscriber]) for subscriber, subject in pairs])
+    return len(pairs)
+
+
+def _remove_subscriptions(conn, pairs):
+    ids = _intern_many(conn, {j for pair in pairs for j in pair})
+    conn.executemany("DELETE FROM subs WHERE subject = ? AND subscriber = ?",
+                     [(ids[subject], ids[subscriber]) for subscriber, subject in pairs])
+    return len(pairs)
+
+
+def _get_subscribers(conn, subject):
+    return [r[0] for r in conn.execute(
+        "SELECT i.jid FROM subs s JOIN ids i ON i.id = s.subscriber "
+        "WHERE s.subject = (SELECT id FROM ids WHERE jid = ?)", (subject,))]
+
+
+def _get_subscriptions(conn, subscriber):
+    return [r[0] for r in conn.execute(
+        "SELECT i.jid FROM subs s JOIN ids i ON i.id = s.subject "
+        "WHERE s.subscriber = (SELECT id FROM ids WHERE jid = ?)", (subscriber,))]
+
+
+def _set_pep_item(conn, user, node, item_id, payload):
+    conn.execute("INSERT OR REPLACE INTO pep (owner, node, item_id, payload) VALUES (?, ?, ?, ?)",
+                 (_intern(conn, user), node, item_id, payload))
+
+
+def _get_pep_item(conn, user, node):
+    row = conn.execute("SELECT p.item_id, p.payload FROM pep p JOIN ids i ON i.id = p.owner "
+                       "WHERE i.jid = ? AND p.node = ?", (user, node)).fetchone()
+    return PepItem(*row) if row else None
+
+
+def _get_pep_nodes(conn, user):
+    return {node: PepItem(item_id, payload) for node, item_id, payload in conn.execute(
+        "SELECT p.node, p.item_id, p.payload FROM pep p JOIN ids i ON i.id = p.owner "
+        "WHERE i.jid = ?", (user,))}
+
+
+def _delete_pep_node(conn, user, node):
+    uid = _uid(conn, user)
+    return uid is not None and conn.execute(
+        "DELETE FROM pep WHERE owner = ? AND node = ?", (uid, node)).rowcount == 1
+
+
+def _push_offline(conn, user, stanza, limit):
+    uid = _intern(conn, user)
+    count = conn.execute("SELECT count(*) FROM offline WHERE owner = ?", (uid,)).fetchone()[0]
+    if count >= limit:
+        return False
+    conn.execute("INSERT INTO offline (owner, stanza) VALUES (?, ?)", (uid, stanza))
+    return True
+
+
+def _peek_offline(conn, user):
+    return [r[0] for r in conn.execute(
+        "SELECT o.stanza FROM offline o JOIN ids i ON i.id = o.owner WHERE i.jid = ? "
+        "ORDER BY o.id", (user,))]
+
+
+def _pop_offline(conn, user):
+    stanzas = _peek_offline(conn, user)
+    if stanzas:
+        conn.execute("DELETE FROM offline WHERE owner = ?", (_uid(conn, user),))
+    return stanzas
+
+
+def _set_pending(conn, user, contact, stanza):
+    conn.execute("INSERT OR REPLACE INTO pending (owner, contact, stanza) VALUES (?, ?, ?)",
+                 (_intern(conn, user), contact, stanza))
+
+
+def _remove_pending(conn, user, contact):
+    uid = _uid(conn, user)
+    return uid is not None and conn.execute(
+        "DELETE FROM pending WHERE owner = ? AND contact = ?", (uid, contact)).rowcount == 1
+
+
+def _get_pending(conn, user):
+    return dict(conn.execute(
+        "SELECT p.contact, p.stanza FROM pending p JOIN ids i ON i.id = p.owner "
+        "WHERE i.jid = ?", (user,)))
+
+
+def _set_private(conn, user, key, value):
+    conn.execute("INSERT OR REPLACE INTO private (owner, key, value) VALUES (?, ?, ?)",
+                 (_intern(conn, user), key, value))
+
+
+def _get_private(conn, user, key):
+    row = conn.execute("SELECT v.value FROM private v JOIN ids i ON i.id = v.owner "
+                       "WHERE i.jid = ? AND v.key = ?", (user, key)).fetchone()
+    return row[0] if row else None
+
+
+def _size(conn):
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    return pages * conn.execute("PRAGMA page_size").fetchone()[0]
+
+
+@implementer(IRosterStore)
+class EmbeddedRosterStore:
+    """:class:`IRosterStore` in one SQLite file, served by one worker thread."""
+
+    name = "embedded"
+
+    def __init__(self, path: str):
+        self.path = path
+        self._worker: Optional[_Worker] = None
+
+    def start(self) -> defer.Deferred:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._worker = _Worker(self.path)
+        self._worker.start()
+        return self._worker.opened
+
+    def stop(self) -> defer.Deferred:
+        worker, self._worker = self._worker, None
+        if worker is None or not worker.is_alive():
+            return defer.succeed(None)
+        worker.requests.put(None)
+        return worker.closed
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        if self._worker is None:
+            return defer.fail(StoreError("the store is not started"))
+        return self._worker.submit(fn, *args)
+
+    def size_bytes(self) -> defer.Deferred:
+        """Bytes the database takes on disk (for benchmarks and the admin console)."""
+        return self._run(_size)
+
+    def create_user(self, user: str, credentials: Credentials) -> defer.Deferred:
+        return self._run(_create_user, user, credentials_to_json(credentials))
+
+    def set_credentials(self, user: str, credentials: Credentials) -> defer.Deferred:
+        return self._run(_set_credentials, user, credentials_to_json(credentials))
+
+    def get_credentials(self, user: str) -> defer.Deferred:
+        return self._run(_get_credentials, user)
+
+    def user_exists(self, user: str) -> defer.Deferred:
+        return self._run(_user_exists, user)
+
+    def remove_user(self, user: str) -> defer.Deferred:
+        return self._run(_remove_user, user)
+
+    def search_users(self, pattern: str, limit: int = 50) -> defer.Deferred:
+        return self._run(_search_users, pattern, limit)
+
+    def count_users(self) -> defer.Deferred:
+        return self._run(_count_users)
+
+    def get_roster(self, user: str) -> defer.Deferred:
+        return self._run(_get_roster, user)
+
+    def get_roster_item(self, user: str, contact: str) -> defer.Deferred:
+        return self._run(_get_roster_item, user, contact)
+
+    def set_roster_item(self, user: str, item: RosterItem) -> defer.Deferred:
+        return self._run(_set_roster_item, user, item.jid, roster_item_to_text(item))
+
+    def remove_roster_item(self, user: str, contact: str) -> defer.Deferred:
+        return self._run(_remove_roster_item, user, contact)
+
+    def get_roster_version(self, user: str) -> defer.Deferred:
+        return self._run(_get_roster_version, user)
+
+    def add_friends(self, pairs: Iterable[Pair]) -> defer.Deferred:
+        return self._run(_add_friends, list(pairs))
+
+    def remove_friends(self, pairs: Iterable[Pair]) -> defer.Deferred:
+        return self._run(_remove_friends, list(pairs))
+
+    def add_subscriptions(self, pairs: Iterable[Pair]) -> defer.Deferred:
+        return self._run(_add_subscriptions, list(pairs))
+
+    def remove_subscriptions(self, pairs: Iterable[Pair]) -> defer.Deferred:
+        return self._run(_remove_subscriptions, list(pairs))
+
+    def get_subscribers(self, subject: str) -> defer.Deferred:
+        return self._run(_get_subscribers, subject)
+
+    def get_subscriptions(self, subscriber: str) -> defer.Deferred:
+        return self._run(_get_subscriptions, subscriber)
+
+    def set_pep_item(self, user: str, node: str, item: PepItem) -> defer.Deferred:
+        return self._run(_set_pep_item, user, node, item.item_id, item.payload)
+
+    def get_pep_item(self, user: str, node: str) -> defer.Deferred:
+        return self._run(_get_pep_item, user, node)
+
+    def get_pep_nodes(self, user: str) -> defer.Deferred:
+        return self._run(_get_pep_nodes, user)
+
+    def delete_pep_node(self, user: str, node: str) -> defer.Deferred:
+        return self._run(_delete_pep_node, user, node)
+
+    def push_offline(self, user: str, stanza: str, limit: int = 1000) -> defer.Deferred:
+        return self._run(_push_offline, user, stanza, limit)
+
+    def pop_offline(self, user: str) -> defer.Deferred:
+        return self._run(_pop_offline, user)
+
+    def peek_offline(self, user: str) -> defer.Deferred:
+        return self._run(_peek_offline, user)
+
+    def set_pending(self, user: str, contact: str, stanza: str) -> defer.Deferred:
+        return self._run(_set_pending, user, contact, stanza)
+
+    def remove_pending(self, user: str, contact: str) -> defer.Deferred:
+        return self._run(_remove_pending, user, contact)
+
+    def get_pending(self, user: str) -> defer.Deferred:
+        return self._run(_get_pending, user)
+
+    def set_private(self, user: str, key: str, value: str) -> defer.Deferred:
+        return self._run(_set_private, user, key, value)
+
+    def get_private(self, user: str, key: str) -> defer.Deferred:
+        return self._run(_get_private, user, key)

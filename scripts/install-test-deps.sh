@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs: the Debian packages of the real peers the tests
+# talk to (Redis, ngircd, PHP Thrift, the Thrift compiler, Chromium, a Jabber CLI client) and
+# the Python package with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debs=(redis-server ngircd php-cli php-thrift thrift-compiler chromium chromium-driver go-sendxmpp)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing Debian packages: ${missing[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # The packaged daemons are started by their own tests on private ports; the system-wide
+  # instances are not needed.
+  for svc in redis-server ngircd; do
+    $SUDO service "$svc" stop >/dev/null 2>&1 || true
+  done
+fi
+
+python3 -m pip install -q -e '.[test]'

@@ -1,0 +1,173 @@
+"""One suite for every roster store backend: each test runs on embedded and on Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from presenced.scram import make_credentials, verify_password
+from presenced.store import IRosterStore, PepItem, RosterItem
+from tests.conftest import RedisServer
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store(request, tmp_path: Path):
+    if request.param == "embedded":
+        from presenced.store.embedded import EmbeddedRosterStore
+
+        backend: IRosterStore = EmbeddedRosterStore(str(tmp_path / "store.sqlite3"))
+        redis = None
+    else:
+        from presenced.store.redis import RedisRosterStore
+
+        redis = RedisServer(tmp_path / "redis")
+        redis.start()
+        backend = RedisRosterStore([redis.url])
+    pytest_twisted.blockon(backend.start())
+    yield backend
+    pytest_twisted.blockon(backend.stop())
+    if redis is not None:
+        redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts_keep_salted_keys_not_passwords(store):
+    creds = make_credentials("s3cret", iterations=64)
+    assert await store.create_user("alice@example.com", creds) is True
+    assert await store.create_user("alice@example.com", creds) is False
+    assert await store.user_exists("alice@example.com")
+    assert not await store.user_exists("bob@example.com")
+    got = await store.get_credentials("alice@example.com")
+    assert verify_password(got, "s3cret")
+    assert not verify_password(got, "wrong")
+    for mech in ("SCRAM-SHA-1", "SCRAM-SHA-256"):
+        assert b"s3cret" not in got.scram[mech].stored_key + got.scram[mech].server_key
+    assert await store.get_credentials("bob@example.com") is None
+    assert await store.set_credentials("bob@example.com", creds) is False
+    assert await store.set_credentials("alice@example.com", make_credentials("new", 64))
+    assert verify_password(await store.get_credentials("alice@example.com"), "new")
+    assert await store.count_users() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_users_escapes_like_wildcards(store):
+    creds = make_credentials("x", iterations=8)
+    for user in ("alice@a.org", "al_ice@a.org", "bob@a.org", "malcolm@b.org"):
+        await store.create_user(user, creds)
+    assert await store.search_users("al", 10) == ["al_ice@a.org", "alice@a.org", "malcolm@b.org"]
+    assert await store.search_users("_", 10) == ["al_ice@a.org"]
+    assert await store.search_users("%", 10) == []
+    assert len(await store.search_users("a", 2)) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_roster_items_round_trip_with_versions(store):
+    assert await store.get_roster_version("a@x") == 0
+    item = RosterItem("b@x", "to", name='Bob "|" B', groups=("Friends", "Work|Team"),
+                      ask=True, approved=False)
+    v1 = await store.set_roster_item("a@x", item)
+    assert await store.get_roster_item("a@x", "b@x") == item
+    v2 = await store.set_roster_item("a@x", RosterItem("c@x", approved=True))
+    assert v2 > v1
+    roster = await store.get_roster("a@x")
+    assert [i.jid for i in roster] == ["b@x", "c@x"]
+    assert roster[1] == RosterItem("c@x", "none", approved=True)
+    v3 = await store.remove_roster_item("a@x", "b@x")
+    assert v3 > v2
+    assert await store.remove_roster_item("a@x", "b@x") is None
+    assert await store.get_roster_item("a@x", "b@x") is None
+    assert await store.get_roster_version("a@x") == v3
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_friends_is_mutual_both_and_subscribed(store):
+    assert await store.add_friends([("a@x", "b@x"), ("a@x", "c@x")]) == 2
+    assert (await store.get_roster_item("a@x", "b@x")).subscription == "both"
+    assert (await store.get_roster_item("b@x", "a@x")).subscription == "both"
+    assert sorted(await store.get_subscribers("a@x")) == ["b@x", "c@x"]
+    assert await store.get_subscribers("b@x") == ["a@x"]
+    assert sorted(await store.get_subscriptions("a@x")) == ["b@x", "c@x"]
+    await store.remove_friends([("b@x", "a@x")])
+    assert await store.get_roster_item("a@x", "b@x") is None
+    assert await store.get_roster_item("b@x", "a@x") is None
+    assert await store.get_subscribers("a@x") == ["c@x"]
+    assert await store.get_subscribers("b@x") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscription_graph_is_directed(store):
+    assert await store.add_subscriptions([("fan@x", "star@x"), ("fan2@x", "star@x")]) == 2
+    await store.add_subscriptions([("fan@x", "star@x")])
+    assert sorted(await store.get_subscribers("star@x")) == ["fan2@x", "fan@x"]
+    assert await store.get_subscribers("fan@x") == []
+    assert await store.get_subscriptions("fan@x") == ["star@x"]
+    await store.remove_subscriptions([("fan@x", "star@x")])
+    assert await store.get_subscribers("star@x") == ["fan2@x"]
+    assert await store.get_roster("star@x") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_pep_keeps_last_item_per_node(store):
+    await store.set_pep_item("a@x", "tune", PepItem("1", "<tune/>"))
+    await store.set_pep_item("a@x", "tune", PepItem("2", "<tune><title>T</title></tune>"))
+    await store.set_pep_item("a@x", "mood", PepItem("m", "<mood/>"))
+    assert await store.get_pep_item("a@x", "tune") == PepItem("2", "<tune><title>T</title></tune>")
+    assert set(await store.get_pep_nodes("a@x")) == {"tune", "mood"}
+    assert await store.delete_pep_node("a@x", "tune") is True
+    assert await store.delete_pep_node("a@x", "tune") is False
+    assert await store.get_pep_item("a@x", "tune") is None
+    assert await store.get_pep_item("nobody@x", "tune") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_offline_messages_are_bounded_and_popped_in_order(store):
+    for i in range(3):
+        assert await store.push_offline("a@x", f"<message id='{i}'/>", 3)
+    assert await store.push_offline("a@x", "<message id='overflow'/>", 3) is False
+    assert await store.peek_offline("a@x") == [f"<message id='{i}'/>" for i in range(3)]
+    assert await store.pop_offline("a@x") == [f"<message id='{i}'/>" for i in range(3)]
+    assert await store.pop_offline("a@x") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_requests_and_private_documents(store):
+    await store.set_pending("a@x", "b@x", "<presence type='subscribe'/>")
+    assert await store.get_pending("a@x") == {"b@x": "<presence type='subscribe'/>"}
+    assert await store.remove_pending("a@x", "b@x") is True
+    assert await store.remove_pending("a@x", "b@x") is False
+    await store.set_private("a@x", "vcard", "<vCard/>")
+    assert await store.get_private("a@x", "vcard") == "<vCard/>"
+    assert await store.get_private("a@x", "other") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_remove_user_deletes_everything_it_owns(store):
+    await store.create_user("a@x", make_credentials("p", iterations=8))
+    await store.add_friends([("a@x", "b@x")])
+    await store.add_subscriptions([("a@x", "star@x")])
+    await store.set_pep_item("a@x", "tune", PepItem("1", "<tune/>"))
+    await store.push_offline("a@x", "<message/>", 10)
+    await store.set_private("a@x", "vcard", "<vCard/>")
+    await store.set_pending("a@x", "c@x", "<presence/>")
+    assert await store.remove_user("a@x") is True
+    assert not await store.user_exists("a@x")
+    assert await store.get_roster("a@x") == []
+    assert await store.get_roster("b@x") == []
+    assert await store.get_subscribers("b@x") == []
+    assert await store.get_subscribers("star@x") == []
+    assert await store.get_pep_item("a@x", "tune") is None
+    assert await store.peek_offline("a@x") == []
+    assert await store.get_private("a@x", "vcard") is None
+    assert await store.get_pending("a@x") == {}
+    assert await store.remove_user("a@x") is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_bulk_friends_in_one_call(store):
+    pairs = [(f"u{i}@x", f"u{j}@x") for i in range(60) for j in range(i + 1, 60, 7)]
+    assert await store.add_friends(pairs) == len(pairs)
+    expected = sorted({b for a, b in pairs if a == "u0@x"} | {a for a, b in pairs if b == "u0@x"})
+    assert sorted(await store.get_subscribers("u0@x")) == expected
+    assert len(await store.get_roster("u0@x")) == len(expected)
