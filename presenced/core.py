@@ -8,7 +8,12 @@ never imports a door.
 Hooks fired here:
 
 - ``friends-added(pairs)`` / ``friends-removed(pairs)`` after the store wrote them;
-- ``user-removed(user)`` after an account was deleted.
+- ``user-removed(user)`` after an account was deleted;
+- ``message-sent(event, reached)`` after :meth:`Core.send_message` handed a message to the
+  recipient's sessions (``reached`` of them); XMPP stores it offline when no resource took it.
+
+A door that offers something other doors call (the IRC bot's ``say``) registers itself in
+``core.features`` under its name; callers check for it and report "not enabled" otherwise.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class Core:
         self.secret = load_secret(config.server.data_dir)
         self.started_at = time.time()
         self.domains = tuple(config.server.domains)
+        self.features: dict[str, object] = {}
 
     def user(self, text: str) -> str:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""
@@ -93,6 +99,18 @@ class Core:
             session.close("account removed")
         self.hooks.fire("user-removed", user)
         return existed
+
+    # --- messages --------------------------------------------------------------------------
+
+    def send_message(self, sender: str, to: str, body: str, subject: Optional[str] = None,
+                     thread: Optional[str] = None, kind: str = "normal") -> int:
+        """Deliver a message from ``sender`` to ``to``'s sessions on every door; returns how
+        many sessions took it. ``kind`` is the XMPP message type (``chat``, ``normal``)."""
+        event = Event(events.MESSAGE, sender, {"to": to, "body": body, "subject": subject,
+                                               "thread": thread, "kind": kind})
+        reached = self.router.deliver(to, event)
+        self.hooks.fire("message-sent", event, reached)
+        return reached
 
     # --- friendships -----------------------------------------------------------------------
 
