@@ -31,6 +31,7 @@ from presenced.config import Config
 from presenced.events import Event
 from presenced.hooks import Hooks
 from presenced.metrics import Metrics
+from presenced.nowplaying import Tune, get_now_playing, publish_tune
 from presenced.router import SubscriptionRouter
 from presenced.scram import make_credentials
 from presenced.store import IRosterStore, Pair, RosterItem
@@ -111,6 +112,17 @@ class Core:
         reached = self.router.deliver(to, event)
         self.hooks.fire("message-sent", event, reached)
         return reached
+
+    # --- now playing -----------------------------------------------------------------------
+
+    def publish_tune(self, user: str, tune: Optional[Tune]) -> defer.Deferred:
+        """Announce what ``user`` plays (None: stopped) to every door; fires the number of
+        sessions reached. Validation is :class:`Tune`'s; see :mod:`presenced.nowplaying`."""
+        return publish_tune(self, user, tune)
+
+    def now_playing(self, user: str) -> defer.Deferred:
+        """Fires ``user``'s current :class:`Tune`, or None when stopped or never set."""
+        return get_now_playing(self, user)
 
     # --- friendships -----------------------------------------------------------------------
 

@@ -1,0 +1,192 @@
+"""Now playing: the User Tune model (XEP-0118) and the one path every door publishes through.
+
+Whoever announces a song — a Jabber client publishing to its PEP tune node, the Thrift
+``publish_np`` call, anything else — ends in :func:`publish_tune`: the tune is validated, kept
+in the roster store as the user's last item of the tune node (so a restart remembers who plays
+what), and sent as ONE router event (:data:`presenced.events.TUNE`) to the user's own sessions
+and every subscriber's, whatever their protocol. The XMPP door turns that event into PEP
+notifications for resources with ``tune+notify``; comet streams and IRC hooks read its payload.
+
+The event payload holds the tune's fields that are set (``artist``, ``title``, ``source``,
+``length``, ``track``, ``rating``, ``uri``); an empty payload means "stopped".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.internet import defer
+from twisted.words.xish import domish
+
+from presenced import events
+from presenced.events import Event
+from presenced.store import PepItem
+
+if TYPE_CHECKING:
+    from presenced.core import Core
+
+TUNE_NS = "http://jabber.org/protocol/tune"
+# The tune node is a singleton: one item, with the id XEP-0060 recommends for such nodes.
+TUNE_ITEM_ID = "current"
+# Characters per text field: enough for any real title, small enough to bound every copy.
+MAX_TEXT = 1024
+# XEP-0118's schema: length is xs:unsignedShort seconds, rating 1..10.
+MAX_LENGTH = 65535
+RATING_RANGE = (1, 10)
+
+TEXT_FIELDS = ("artist", "source", "title", "track", "uri")
+INT_FIELDS = ("length", "rating")
+# Characters XML 1.0 cannot carry: a tune holding one would break every reader's stream.
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+class BadTune(ValueError):
+    """A tune that breaks XEP-0118's rules; the message says which field and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tune:
+    """What a user is listening to (XEP-0118). Every field is optional; none set = stopped.
+
+    Empty strings count as unset, so a caller filling every field from a form or from
+    ``publish_np`` need not filter them.
+    """
+
+    artist: Optional[str] = None
+    length: Optional[int] = None
+    rating: Optional[int] = None
+    source: Optional[str] = None
+    title: Optional[str] = None
+    track: Optional[str] = None
+    uri: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        for name in TEXT_FIELDS:
+            value = getattr(self, name)
+            if value == "":
+                object.__setattr__(self, name, None)
+            elif value is not None:
+                _check_text(name, value)
+        _check_int("length", self.length, 0, MAX_LENGTH)
+        _check_int("rating", self.rating, *RATING_RANGE)
+
+    @property
+    def stopped(self) -> bool:
+        """True for the empty tune that says the user stopped listening."""
+        return all(getattr(self, f.name) is None for f in fields(self))
+
+    def to_payload(self) -> dict[str, Any]:
+        """The set fields, as router event payload and JSON (``{}`` = stopped)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "Tune":
+        """The tune a :data:`~presenced.events.TUNE` event carries (other keys ignored)."""
+        return cls(**{f.name: payload.get(f.name) for f in fields(cls)})
+
+    @classmethod
+    def from_element(cls, element: domish.Element) -> "Tune":
+        """Parse ``<tune xmlns='http://jabber.org/protocol/tune'>``; raises :class:`BadTune`."""
+        if element.name != "tune" or element.uri != TUNE_NS:
+            raise BadTune(f"expected <tune xmlns='{TUNE_NS}'>, got <{element.name}>")
+        values: dict[str, Any] = {}
+        for child in element.elements():
+            if child.uri != TUNE_NS:
+                continue  # extensions in other namespaces are allowed and ignored
+            name = child.name
+            if name not in TEXT_FIELDS and name not in INT_FIELDS:
+                raise BadTune(f"unknown tune field <{name}>")
+            if name in values:
+                raise BadTune(f"<{name}> given twice")
+            text = str(child)
+            values[name] = _parse_int(name, text) if name in INT_FIELDS else text
+        return cls(**values)
+
+    def to_element(self) -> domish.Element:
+        """The ``<tune/>`` element; empty when stopped."""
+        element = domish.Element((TUNE_NS, "tune"))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                element.addElement(f.name, content=str(value))
+        return element
+
+    def to_xml(self) -> str:
+        return self.to_element().toXml()
+
+    def describe(self) -> str:
+        """One line for people (IRC ``?np``, the web admin): ``Artist - Title (Source)``."""
+        if self.stopped:
+            return "nothing playing"
+        text = " - ".join(v for v in (self.artist, self.title) if v) or self.uri or "?"
+        if self.source:
+            text += f" ({self.source})"
+        return text
+
+
+def _check_text(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise BadTune(f"{name} must be text, got {type(value).__name__}")
+    if len(value) > MAX_TEXT:
+        raise BadTune(f"{name} is longer than {MAX_TEXT} characters")
+    if _NOT_XML.search(value):
+        raise BadTune(f"{name} contains a character XML cannot carry")
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadTune(f"{name} must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise BadTune(f"{name} {value} is not in {low}..{high}")
+
+
+def _parse_int(name: str, text: str) -> int:
+    text = text.strip()
+    if not text.isdigit() or len(text) > 6:
+        raise BadTune(f"{name} {text[:20]!r} is not a whole number")
+    return int(text)
+
+
+def parse_tune_xml(xml: str) -> Tune:
+    """The tune kept in the store as XML text (as :meth:`Tune.to_xml` wrote it)."""
+    found: list[domish.Element] = []
+    stream = domish.elementStream()
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = found.append
+    stream.DocumentEndEvent = lambda: None
+    # Top-level children of a document come out as ElementEvents: wrap the item in one.
+    stream.parse(b"<item>" + xml.encode("utf-8") + b"</item>")
+    if len(found) != 1:
+        raise BadTune("stored tune is not one <tune/> element")
+    return Tune.from_element(found[0])
+
+
+@defer.inlineCallbacks
+def publish_tune(core: "Core", user: str, tune: Optional[Tune]):
+    """Keep ``tune`` as ``user``'s now playing and tell everyone who follows them.
+
+    ``None`` or an empty tune means "stopped" and travels the same way. Fires the number of
+    sessions the event reached (all doors, the user's own included).
+    """
+    tune = tune if tune is not None else Tune()
+    yield core.store.set_pep_item(user, TUNE_NS, PepItem(TUNE_ITEM_ID, tune.to_xml()))
+    core.metrics.describe("presenced_tunes_published_total", "counter",
+                          "Tunes published (stops included), from every door")
+    core.metrics.inc("presenced_tunes_published_total")
+    reached = yield core.router.send(user, Event(events.TUNE, user, tune.to_payload()))
+    return reached
+
+
+@defer.inlineCallbacks
+def get_now_playing(core: "Core", user: str):
+    """Fires ``user``'s last published :class:`Tune`, or None when stopped or never set."""
+    item = yield core.store.get_pep_item(user, TUNE_NS)
+    if item is None:
+        return None
+    tune = parse_tune_xml(item.payload)
+    return None if tune.stopped else tune
