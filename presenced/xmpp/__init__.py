@@ -1,0 +1,55 @@
+"""XMPP client-to-server front door (RFC 6120/6121) on twisted.words XML streams.
+
+How the pieces fit, and what a feature module (PEP, caps, ...) builds on:
+
+**Streams and sessions.** :class:`presenced.xmpp.stream.C2SStream` (a ``twisted.words.xish``
+XML stream) negotiates STARTTLS, SASL and resource binding. A bound resource is a
+:class:`presenced.xmpp.session.C2SSession`, an ``ISession`` in ``core.router`` with
+``protocol == "xmpp"`` and ``label == resource``. Useful attributes and methods::
+
+    session.jid          # twisted.words JID of the full JID (user@domain/resource)
+    session.user         # bare JID as str ("alice@localhost")
+    session.full         # full JID as str
+    session.presence     # last available <presence/> domish.Element the client sent, or None
+    session.available    # True between initial available presence and unavailable
+    session.priority     # int
+    session.server       # the C2SServer (features, core, dispatch)
+    session.send(obj)    # send a domish.Element, str or bytes to the client
+    session.request(iq)  # send an <iq type='get'/'set'> to the client -> Deferred[Element]
+                         #   (fires with the result element; errbacks with StanzaError)
+
+Local XMPP sessions of a user: ``presenced.xmpp.session.xmpp_sessions(core, user)`` (the
+router's ``core.router.sessions(user)`` filtered by protocol ``"xmpp"``); available ones:
+``available_sessions(core, user)``.
+
+**Feature handlers.** Every feature is a :class:`presenced.xmpp.features.FeatureHandler`
+(a wokkel ``XMPPHandler`` implementing wokkel's ``IDisco``) listed ONCE in
+``presenced.xmpp.features.FEATURES``; adding a feature is adding its class there. A handler is
+created once per server (not per connection: sessions stay small) with ``(server)`` and
+declares the stanzas it answers in ``routes``, Prosody style::
+
+    routes = {"iq-get/host/urn:xmpp:ping:ping": "on_ping"}
+
+Event names are ``iq-{get|set}/{target}/{namespace}:{child element name}`` for IQs and
+``{message|presence}/{target}`` for the others, where *target* is ``host`` (addressed to a
+local domain), ``self`` (no ``to`` or the sender's own bare JID), ``bare`` (another account's
+bare JID) or ``full`` (a full JID). The method is called as ``method(session, stanza)``; it
+may return a Deferred (errors become ``internal-server-error``). An IQ nobody routes gets
+``service-unavailable``. Helpers: ``session.result(iq, child=None)``,
+``session.error(stanza, condition)`` (see :mod:`presenced.xmpp.stanzas`).
+
+A handler may also render router events of its own type for XMPP sessions:
+``event_renderers = {"tune": "render_tune"}`` -> ``method(session, event)`` is called from
+``session.deliver(event)`` for each XMPP session the router hands the event to.
+
+**Hooks** (``core.hooks``): ``xmpp-available(session, presence_element)`` after a resource
+sent available presence (initial or changed; ``session.presence`` is already set);
+``xmpp-unavailable(session)`` when it goes unavailable or disconnects;
+``xmpp-bound(session)`` after resource binding.
+
+**Disco.** disco#info/#items for the server (``to`` = a domain) and for accounts (``to`` = a
+bare JID) are assembled by :mod:`presenced.xmpp.disco` from every handler's
+``getDiscoInfo(requestor, target, nodeIdentifier)`` / ``getDiscoItems`` (wokkel ``IDisco``;
+``target.user`` is None for the server, set for an account), exactly as wokkel's
+``DiscoHandler`` does.
+"""
