@@ -115,6 +115,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "enabled": Key(True, "bool"),
         "port": Key(8001, "int", port),
         "bind": Key("127.0.0.1", "str"),
+        "admins": Key([], "list[str]"),
+        "session_ttl": Key(3600, "int", positive),
+        "metrics_token": Key("", "str"),
+        "stats_interval": Key(5.0, "float", positive),
     },
     "irc": {
         "enabled": Key(False, "bool"),
