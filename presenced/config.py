@@ -8,10 +8,14 @@ command-line entry points turn into a one-line message and a non-zero exit.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import string
 import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
+
+from presenced import events
 
 Check = Callable[[Any], Optional[str]]
 
@@ -74,6 +78,50 @@ def redis_urls(value: list) -> Optional[str]:
     return None
 
 
+def ip_networks(value: list) -> Optional[str]:
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return f"{text!r} is not an IP address or network (127.0.0.1, 10.0.0.0/8, ::1)"
+    return None
+
+
+def irc_channel_keys(value: list) -> Optional[str]:
+    for text in value:
+        if len(text.split()) != 2 or not text.startswith(("#", "&")):
+            return f"{text!r} is not \"#channel key\""
+    return None
+
+
+IRC_HOOK_KEYS = {"events": "list of event types", "users": "list of users",
+                 "channel": "channel name", "format": "format string"}
+
+
+def irc_hooks(value: list) -> Optional[str]:
+    """``[[irc.hooks]]`` tables: which events of which users go to which channel, and how."""
+    kinds = (events.TUNE, events.PRESENCE, events.MESSAGE, events.ADMIN)
+    for n, hook in enumerate(value, 1):
+        if set(hook) != set(IRC_HOOK_KEYS):
+            return f"hook {n} needs exactly the keys {', '.join(IRC_HOOK_KEYS)}"
+        if not hook["events"] or not isinstance(hook["events"], list) \
+                or not set(hook["events"]) <= set(kinds):
+            return f"hook {n}: events must be a non-empty list of {', '.join(kinds)}"
+        if not hook["users"] or not isinstance(hook["users"], list) \
+                or not all(isinstance(u, str) and u for u in hook["users"]):
+            return f"hook {n}: users must be a non-empty list of user names"
+        if not isinstance(hook["channel"], str) or not hook["channel"].startswith(("#", "&")) \
+                or len(hook["channel"].split()) != 1:
+            return f"hook {n}: channel must be a channel name like \"#music\""
+        if not isinstance(hook["format"], str) or not hook["format"]:
+            return f"hook {n}: format must be a non-empty string"
+        try:
+            list(string.Formatter().parse(hook["format"]))
+        except ValueError as e:
+            return f"hook {n}: bad format string: {e}"
+    return None
+
+
 SCHEMA: dict[str, dict[str, Key]] = {
     "server": {
         "domains": Key(["localhost"], "list[str]", non_empty),
@@ -104,6 +152,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "port": Key(8000, "int", port),
         "bind": Key("0.0.0.0", "str"),
         "require_token": Key(True, "bool"),
+        "cors_origins": Key([], "list[str]"),
+        "heartbeat_interval": Key(25.0, "float", positive),
+        "replay_size": Key(100, "int", non_negative),
+        "replay_linger": Key(60.0, "float", non_negative),
+        "poll_timeout": Key(30.0, "float", positive),
+        "max_buffered_bytes": Key(262144, "int", positive),
+        "header_timeout": Key(10.0, "float", positive),
+        "max_request_bytes": Key(8192, "int", positive),
     },
     "thrift": {
         "enabled": Key(True, "bool"),
@@ -130,6 +186,27 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "cat_bind": Key("127.0.0.1", "str"),
         "command_prefix": Key("?", "str", non_empty),
         "handler": Key("", "str"),
+        "tls": Key(False, "bool"),
+        "tls_verify": Key(True, "bool"),
+        "password": Key("", "str"),
+        "sasl_username": Key("", "str"),
+        "sasl_password": Key("", "str"),
+        "channel_keys": Key([], "list[str]", irc_channel_keys),
+        "flood_lines_per_second": Key(2.0, "float", positive),
+        "flood_burst": Key(5, "int", positive),
+        "queue_lines": Key(1000, "int", positive),
+        "reconnect_min_seconds": Key(1.0, "float", positive),
+        "reconnect_max_seconds": Key(60.0, "float", positive),
+        "nick_regain_seconds": Key(30.0, "float", positive),
+        "unknown_targets": Key("join", "str", one_of("join", "report")),
+        "cat_allow": Key([], "list[str]", ip_networks),
+        "cat_max_line_bytes": Key(16384, "int", positive),
+        "handler_timeout": Key(10.0, "float", positive),
+        "handler_max_running": Key(4, "int", positive),
+        "handler_max_output_bytes": Key(65536, "int", positive),
+        "max_reply_lines": Key(5, "int", positive),
+        "http_token": Key("", "str"),
+        "hooks": Key([], "list[table]", irc_hooks),
     },
 }
 
@@ -139,6 +216,7 @@ _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
     "str": lambda v: isinstance(v, str),
     "bool": lambda v: isinstance(v, bool),
     "list[str]": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+    "list[table]": lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v),
 }
 
 
