@@ -70,6 +70,7 @@ class SubscriptionRouter:
         self.transport: IRouterTransport = transport or InProcessTransport()
         self._sessions: dict[str, list[ISession]] = {}
         self._count = 0
+        self._watchers: dict[str, list[ISession]] = {}
         self.login_listeners: list[LoginListener] = []
         self.logout_listeners: list[LoginListener] = []
         self.events_sent = 0
@@ -124,8 +125,31 @@ class SubscriptionRouter:
 
     # --- delivery ----------------------------------------------------------------------
 
+    def watch(self, user: str, watcher: ISession) -> None:
+        """Show ``watcher`` every event that reaches ``user`` on this node, without making
+        ``user`` online or counting as a delivery (an IRC hook announcing a user's tunes must
+        not keep that user's messages from going offline)."""
+        self._watchers[user] = self._watchers.get(user, []) + [watcher]
+
+    def unwatch(self, user: str, watcher: ISession) -> None:
+        remaining = [w for w in self._watchers.get(user, ()) if w is not watcher]
+        if remaining:
+            self._watchers[user] = remaining
+        else:
+            self._watchers.pop(user, None)
+
+    def _show_watchers(self, user: str, event: Event) -> None:
+        for watcher in self._watchers.get(user, ()):
+            try:
+                watcher.deliver(event)
+            except Exception:
+                self.log.failure("watcher {watcher!r} failed to take {event!r}",
+                                 watcher=watcher, event=event)
+
     def deliver_local(self, user: str, event: Event) -> int:
         """Hand ``event`` to every session of ``user`` on this node; return how many."""
+        if self._watchers:
+            self._show_watchers(user, event)
         sessions = self._sessions.get(user)
         if not sessions:
             return 0
