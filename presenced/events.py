@@ -19,6 +19,8 @@ PRESENCE = "presence"  # payload: show, status, available (bool), resource
 MESSAGE = "message"    # payload: to, body, subject, thread, kind ("chat"/"normal"), stanza
 ROSTER = "roster"      # payload: to, item (RosterItem or None when removed)
 ADMIN = "admin"        # payload: free-form admin notice (text)
+PEP = "pep"            # payload: node, and item_id + item (XML text) | retract (item id) |
+                       # delete (True); PEP nodes other than the tune, rendered by XMPP only
 
 
 class Event:
