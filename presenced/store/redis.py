@@ -1,0 +1,549 @@
+"""The Redis store: :class:`IRosterStore` over one or more Redis servers through txredisapi.
+
+Layout. Every key of a user carries the user's bare JID as a hash tag, so all of one user's
+data lives on one node (and would share a slot under Redis Cluster)::
+
+    u:{alice@x}:acct      string  credentials (codec JSON); the account exists iff this does
+    u:{alice@x}:roster    hash    contact -> roster item text (codec)
+    u:{alice@x}:ver       string  roster version, INCR on every roster change
+    u:{alice@x}:subs      set     subscribers: who receives alice's events
+    u:{alice@x}:subd      set     subjects: whose events alice receives
+    u:{alice@x}:pep       hash    node -> JSON [item id, payload]
+    u:{alice@x}:offline   list    stanzas, oldest first
+    u:{alice@x}:pending   hash    contact -> subscription request stanza
+    u:{alice@x}:private   hash    key -> document
+    accounts              zset    (one per node) names of the node's accounts, for search/count
+
+Sharding. With several URLs each user is placed on one node by consistent hashing of the JID
+(:class:`HashRing`, points named after the URL strings: keep the URLs as written, or users move).
+
+Writes that span nodes. ``add_friends`` of (A, B) writes A's side on A's node and B's side on
+B's node. Every node's share of one request is one Lua script call, so it is atomic on that node,
+and every graph write is idempotent (HSET/SADD/HDEL/SREM; a version only grows). If one node
+fails the Deferred fails with :class:`StoreError` naming the nodes that failed and the nodes
+that were written: some pairs may then be half-written (A lists B, B does not list A), and
+running the same ``add_friends`` (or ``remove_friends``) again repairs them. ``remove_user``
+first unlinks the user from everyone it relates to, and deletes its own keys last, so a failed
+removal leaves the account in place and running it again finishes the job.
+
+Outages. Each node has one connection that reconnects within a second of Redis coming back.
+A request waits for the connection, for at most ``timeout`` seconds in all, then fails with
+:class:`StoreError`. A request whose connection is lost after it was sent is sent again (up to
+``retries`` times) when it is idempotent; ``push_offline`` and ``pop_offline`` are not, so they
+fail instead (a lost reply may hide a push that happened, or a pop that deleted the stanzas).
+Replies only come after Redis accepted the write, so with ``appendonly yes`` and ``appendfsync
+always`` nothing acknowledged is lost when Redis restarts (``everysec``: at most one second).
+
+Replies are parsed by hiredis when it is installed (txredisapi picks it up by itself): its C
+parser is what keeps large ``get_subscribers`` replies well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import zlib
+from collections import defaultdict
+from typing import Any, Iterable, Optional
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import txredisapi
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from presenced.store import Credentials, IRosterStore, Pair, PepItem, RosterItem, StoreError
+from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
+                                   roster_item_from_text, roster_item_to_text)
+
+_USER_KEYS = ("acct", "roster", "ver", "subs", "subd", "pep", "offline", "pending", "private")
+_ACCOUNTS = "accounts"
+_SEARCH_CHUNK = 1000
+# Errors Redis answers before running the command: waiting and asking again is always safe.
+_TRANSIENT = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN")
+
+
+def user_key(user: str, kind: str) -> str:
+    """The key of one of a user's records: ``u:{alice@x}:roster``."""
+    return f"u:{{{user}}}:{kind}"
+
+
+class _Script:
+    """A Lua script run by EVALSHA, loaded with EVAL when the node does not know it yet."""
+
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source: str):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+# Graph writes for many users at once. ARGV[1] is the text of a ``both`` roster item, ARGV[2]
+# one line per user: ``op TAB user TAB contact TAB contact ...``. Ops: F/f add/remove friends
+# (roster items, both sets, version), S/s add/remove subscribers, D/d add/remove subjects.
+_GRAPH = _Script(r"""
+local both = ARGV[1]
+local lines = 0
+for line in string.gmatch(ARGV[2], '[^\n]+') do
+  local f = {}
+  for field in string.gmatch(line, '[^\t]+') do f[#f + 1] = field end
+  local op, p = f[1], 'u:{' .. f[2] .. '}:'
+  local removed = 0
+  for first = 3, #f, 1000 do
+    local last = math.min(first + 999, #f)
+    local c = {unpack(f, first, last)}
+    if op == 'F' then
+      local kv = {}
+      for i, contact in ipairs(c) do kv[2 * i - 1] = contact; kv[2 * i] = both end
+      redis.call('HSET', p .. 'roster', unpack(kv))
+      redis.call('SADD', p .. 'subs', unpack(c))
+      redis.call('SADD', p .. 'subd', unpack(c))
+    elseif op == 'f' then
+      removed = removed + redis.call('HDEL', p .. 'roster', unpack(c))
+      redis.call('SREM', p .. 'subs', unpack(c))
+      redis.call('SREM', p .. 'subd', unpack(c))
+    elseif op == 'S' then redis.call('SADD', p .. 'subs', unpack(c))
+    elseif op == 's' then redis.call('SREM', p .. 'subs', unpack(c))
+    elseif op == 'D' then redis.call('SADD', p .. 'subd', unpack(c))
+    elseif op == 'd' then redis.call('SREM', p .. 'subd', unpack(c))
+    else return redis.error_reply('unknown graph op ' .. op) end
+  end
+  if op == 'F' or removed > 0 then redis.call('INCR', p .. 'ver') end
+  lines = lines + 1
+end
+return lines
+""")
+
+_CREATE_USER = _Script("""
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+  return 1
+end
+return 0
+""")
+
+_SET_ROSTER_ITEM = _Script("""
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('INCR', KEYS[2])
+""")
+
+_REMOVE_ROSTER_ITEM = _Script("""
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then return redis.call('INCR', KEYS[2]) end
+return false
+""")
+
+_PUSH_OFFLINE = _Script("""
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return 1
+""")
+
+_POP_OFFLINE = _Script("""
+local stanzas = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return stanzas
+""")
+
+# KEYS: the account key, the user's other keys, the node's accounts set. ARGV[1]: the user.
+_DELETE_USER_KEYS = _Script("""
+local existed = redis.call('DEL', KEYS[1])
+redis.call('DEL', unpack(KEYS, 2, #KEYS - 1))
+redis.call('ZREM', KEYS[#KEYS], ARGV[1])
+return existed
+""")
+
+
+class HashRing:
+    """Consistent hashing: each node owns ``replicas`` points on a 32-bit circle and a key
+    belongs to the first point at or after its hash. Adding a node moves about 1/n of keys."""
+
+    def __init__(self, names: list[str], replicas: int = 160):
+        points = sorted((zlib.crc32(f"{name}#{i}".encode()), index)
+                        for index, name in enumerate(names) for i in range(replicas))
+        self._hashes = [h for h, _ in points]
+        self._owners = [index for _, index in points]
+
+    def index(self, key: str) -> int:
+        """The index (in ``names``) of the node that owns ``key``."""
+        i = bisect.bisect_left(self._hashes, zlib.crc32(key.encode()))
+        return self._owners[i if i < len(self._hashes) else 0]
+
+
+class _ReconnectingFactory(txredisapi.RedisFactory):
+    """txredisapi's pool, retrying every second at most so a restarted Redis is back at once."""
+
+    initialDelay = 0.1
+    maxDelay = 1.0
+
+
+class RedisNode:
+    """One Redis URL: a reconnecting connection (txredisapi) and the name errors report."""
+
+    def __init__(self, url: str, timeout: float):
+        self.url = url
+        parts = urlsplit(url)
+        try:
+            if parts.scheme == "unix":
+                db = int(parse_qs(parts.query).get("db", ["0"])[0])
+                self._endpoint = UNIXClientEndpoint(reactor, parts.path, timeout=timeout)
+            elif parts.scheme == "redis":
+                db = int(parts.path.strip("/") or 0)
+                self._endpoint = HostnameEndpoint(reactor, parts.hostname or "127.0.0.1",
+                                                  parts.port or 6379, timeout=timeout)
+            else:
+                raise ValueError("not a redis:// or unix:// URL")
+        except ValueError as e:
+            raise StoreError(f"bad Redis URL {url!r}: {e}") from None
+        self._factory = _ReconnectingFactory(
+            url, db or None, 1, isLazy=True, handler=txredisapi.ConnectionHandler,
+            charset="utf-8", password=unquote(parts.password) if parts.password else None,
+            replyTimeout=timeout, convertNumbers=False,
+            username=unquote(parts.username) if parts.username else None)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def connect(self) -> defer.Deferred:
+        """Start connecting; fires once the connection is usable."""
+        ready = self._factory.deferred
+        self._factory.startConnecting(self._endpoint)
+        return ready
+
+    def execute(self, *args: Any) -> defer.Deferred:
+        return self._factory.handler.execute_command(*args)
+
+    def close(self) -> defer.Deferred:
+        return self._factory.disconnect()
+
+
+def _pairs_to_dict(flat: list) -> dict:
+    it = iter(flat)
+    return dict(zip(it, it))
+
+
+@implementer(IRosterStore)
+class RedisRosterStore:
+    """:class:`IRosterStore` over Redis nodes, users spread over them by consistent hashing."""
+
+    name = "redis"
+
+    def __init__(self, urls: list[str], timeout: float = 5.0, retries: int = 3):
+        if not urls:
+            raise StoreError("the Redis store needs at least one URL")
+        self.urls = list(urls)
+        self.timeout = timeout
+        self.retries = retries
+        self.nodes = [RedisNode(url, timeout) for url in self.urls]
+        self._ring = HashRing(self.urls) if len(self.nodes) > 1 else None
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        d = defer.gatherResults([node.connect() for node in self.nodes], consumeErrors=True)
+
+        def unreachable(failure: Failure, timeout: float) -> Failure:
+            return Failure(StoreError(
+                f"cannot connect to Redis ({', '.join(self.urls)}) within {timeout:g}s"))
+
+        d.addTimeout(self.timeout, reactor, onTimeoutCancel=unreachable)
+
+        def failed(failure: Failure) -> Failure:
+            for node in self.nodes:
+                node.close()
+            if failure.check(defer.FirstError):
+                failure = failure.value.subFailure
+            if failure.check(StoreError):
+                return failure
+            return Failure(StoreError(f"cannot connect to Redis: {failure.getErrorMessage()}"))
+
+        return d.addCallbacks(lambda _: None, failed)
+
+    def stop(self) -> defer.Deferred:
+        """Close the connections; Redis itself makes the writes durable (AOF)."""
+        return defer.gatherResults([node.close() for node in self.nodes],
+                                   consumeErrors=True).addCallback(lambda _: None)
+
+    def node_of(self, user: str) -> RedisNode:
+        """The node that holds ``user``'s data."""
+        return self.nodes[self._ring.index(user)] if self._ring else self.nodes[0]
+
+    def _call(self, node: RedisNode, *args: Any, retriable: bool = True) -> defer.Deferred:
+        """Run one command on ``node``; fires its reply or fails with :class:`StoreError`
+        once ``timeout`` seconds have passed, retrying as the module docstring says."""
+        d = defer.ensureDeferred(self._attempts(node, args, retriable))
+
+        def too_late(failure: Failure, timeout: float) -> Failure:
+            return Failure(StoreError(f"Redis {node} did not answer {args[0]} "
+                                      f"within {timeout:g}s"))
+
+        return d.addTimeout(self.timeout, reactor, onTimeoutCancel=too_late)
+
+    async def _attempts(self, node: RedisNode, args: tuple, retriable: bool) -> Any:
+        lost = 0
+        while True:
+            try:
+                return await node.execute(*args)
+            except txredisapi.ResponseError as e:
+                text = str(e)
+                if not text.startswith(_TRANSIENT):
+                    raise StoreError(f"Redis {node}: {text}") from None
+                await task.deferLater(reactor, 0.1)
+            except txredisapi.ConnectionError as e:
+                never_sent = str(e) == "Not connected"
+                if not never_sent and (not retriable or lost >= self.retries):
+                    raise StoreError(f"Redis {node}: {e} during {args[0]}"
+                                     + ("" if retriable else " (not retried: it may or may "
+                                        "not have been applied)")) from None
+                lost += not never_sent
+
+    def _eval(self, node: RedisNode, script: _Script, keys: list[str], argv: list[Any],
+              retriable: bool = True) -> defer.Deferred:
+        """Run a Lua script: EVALSHA, or EVAL once if the node has not cached it yet (it
+        forgets its scripts when it restarts)."""
+        d = self._call(node, "EVALSHA", script.sha, len(keys), *keys, *argv,
+                       retriable=retriable)
+
+        def unknown_script(failure: Failure) -> Any:
+            failure.trap(StoreError)
+            if "NOSCRIPT" not in str(failure.value):
+                return failure
+            return self._call(node, "EVAL", script.source, len(keys), *keys, *argv,
+                              retriable=retriable)
+
+        return d.addErrback(unknown_script)
+
+    def _user_call(self, user: str, *args: Any) -> defer.Deferred:
+        return self._call(self.node_of(user), *args)
+
+    def _user_eval(self, user: str, script: _Script, kinds: Iterable[str], argv: list[Any],
+                   retriable: bool = True) -> defer.Deferred:
+        return self._eval(self.node_of(user), script, [user_key(user, k) for k in kinds], argv,
+                          retriable)
+
+    async def _on_every_node(self, what: str, requests: dict[RedisNode, defer.Deferred]) -> list:
+        """Wait for one request per node; when some fail, say which nodes were written."""
+        results = await defer.DeferredList(list(requests.values()), consumeErrors=True)
+        failed = [(node, r) for node, (ok, r) in zip(requests, results) if not ok]
+        if not failed:
+            return [r for _, r in results]
+        done = [str(node) for node, (ok, _) in zip(requests, results) if ok]
+        reasons = "; ".join(f"{node}: {f.getErrorMessage()}" for node, f in failed)
+        written = f"written on {', '.join(done)}" if done else "nothing written"
+        raise StoreError(f"{what} failed on {len(failed)} of {len(requests)} Redis node(s) "
+                         f"({reasons}); {written}. The writes are idempotent: repeat the "
+                         f"request to repair what may be half-written")
+
+    def _graph(self, what: str, lines: Iterable[tuple[str, str, list[str]]]) -> defer.Deferred:
+        """Send graph ops (see ``_GRAPH``) to the nodes of their users, one script per node."""
+        by_node: dict[int, list[str]] = defaultdict(list)
+        ring = self._ring
+        for op, user, contacts in lines:
+            line = f"{op}\t{user}\t" + "\t".join(contacts)
+            by_node[ring.index(user) if ring else 0].append(line)
+        requests = {}
+        for index, node_lines in by_node.items():
+            payload = "\n".join(node_lines)
+            if "\t\t" in payload or "\t\n" in payload or payload.endswith("\t") or (
+                    payload.count("\n") != len(node_lines) - 1):
+                return defer.fail(StoreError(f"{what}: empty user names or names with tabs "
+                                             f"or newlines cannot be stored"))
+            requests[self.nodes[index]] = self._eval(self.nodes[index], _GRAPH, [],
+                                                     [BOTH, payload])
+        return defer.ensureDeferred(self._on_every_node(what, requests))
+
+    def size_bytes(self) -> defer.Deferred:
+        """Memory Redis uses for the data, summed over nodes (INFO memory: used_memory)."""
+        async def total() -> int:
+            infos = await self._on_every_node(
+                "INFO", {node: self._call(node, "INFO", "memory") for node in self.nodes})
+            return sum(int(line.split(":", 1)[1]) for info in infos
+                       for line in info.splitlines() if line.startswith("used_memory:"))
+        return defer.ensureDeferred(total())
+
+    # --- accounts ---------------------------------------------------------------------
+
+    def create_user(self, user: str, credentials: Credentials) -> defer.Deferred:
+        node = self.node_of(user)
+        d = self._eval(node, _CREATE_USER, [user_key(user, "acct"), _ACCOUNTS],
+                       [credentials_to_json(credentials), user])
+        return d.addCallback(bool)
+
+    def set_credentials(self, user: str, credentials: Credentials) -> defer.Deferred:
+        d = self._user_call(user, "SET", user_key(user, "acct"),
+                            credentials_to_json(credentials), "XX")
+        return d.addCallback(lambda reply: reply is not None)
+
+    def get_credentials(self, user: str) -> defer.Deferred:
+        d = self._user_call(user, "GET", user_key(user, "acct"))
+        return d.addCallback(lambda text: None if text is None else credentials_from_json(text))
+
+    def user_exists(self, user: str) -> defer.Deferred:
+        return self._user_call(user, "EXISTS", user_key(user, "acct")).addCallback(bool)
+
+    def remove_user(self, user: str) -> defer.Deferred:
+        return defer.ensureDeferred(self._remove_user(user))
+
+    async def _remove_user(self, user: str) -> bool:
+        roster, subscribers, subjects = await defer.gatherResults([
+            self._user_call(user, "HKEYS", user_key(user, "roster")),
+            self._user_call(user, "SMEMBERS", user_key(user, "subs")),
+            self._user_call(user, "SMEMBERS", user_key(user, "subd")),
+        ], consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+        related = set(roster).union(subscribers, subjects)
+        related.discard(user)
+        if related:
+            await self._graph(f"remove_user {user}", (("f", other, [user]) for other in related))
+        keys = [user_key(user, kind) for kind in _USER_KEYS]
+        existed = await self._eval(self.node_of(user), _DELETE_USER_KEYS, keys + [_ACCOUNTS],
+                                   [user])
+        return bool(existed)
+
+    def search_users(self, pattern: str, limit: int = 50) -> defer.Deferred:
+        return defer.ensureDeferred(self._search_users(pattern.lower(), limit))
+
+    async def _search_users(self, pattern: str, limit: int) -> list[str]:
+        found = await self._on_every_node("search_users", {
+            node: defer.ensureDeferred(self._search_node(node, pattern, limit))
+            for node in self.nodes})
+        return sorted(name for names in found for name in names)[:limit]
+
+    async def _search_node(self, node: RedisNode, pattern: str, limit: int) -> list[str]:
+        """Walk the node's names in order, a chunk at a time, until ``limit`` match: the
+        first ``limit`` of every node hold the first ``limit`` overall."""
+        matches: list[str] = []
+        start = "-"
+        while len(matches) < limit:
+            names = await self._call(node, "ZRANGEBYLEX", _ACCOUNTS, start, "+",
+                                     "LIMIT", 0, _SEARCH_CHUNK)
+            matches.extend(name for name in names if pattern in name.lower())
+            if len(names) < _SEARCH_CHUNK:
+                break
+            start = "(" + names[-1]
+        return matches[:limit]
+
+    def count_users(self) -> defer.Deferred:
+        d = defer.ensureDeferred(self._on_every_node(
+            "count_users", {node: self._call(node, "ZCARD", _ACCOUNTS) for node in self.nodes}))
+        return d.addCallback(sum)
+
+    # --- rosters ----------------------------------------------------------------------
+
+    def get_roster(self, user: str) -> defer.Deferred:
+        d = self._user_call(user, "HGETALL", user_key(user, "roster"))
+        return d.addCallback(lambda flat: [
+            roster_item_from_text(jid, text)
+            for jid, text in sorted(_pairs_to_dict(flat).items())])
+
+    def get_roster_item(self, user: str, contact: str) -> defer.Deferred:
+        d = self._user_call(user, "HGET", user_key(user, "roster"), contact)
+        return d.addCallback(
+            lambda text: None if text is None else roster_item_from_text(contact, text))
+
+    def set_roster_item(self, user: str, item: RosterItem) -> defer.Deferred:
+        return self._user_eval(user, _SET_ROSTER_ITEM, ("roster", "ver"),
+                               [item.jid, roster_item_to_text(item)])
+
+    def remove_roster_item(self, user: str, contact: str) -> defer.Deferred:
+        return self._user_eval(user, _REMOVE_ROSTER_ITEM, ("roster", "ver"), [contact])
+
+    def get_roster_version(self, user: str) -> defer.Deferred:
+        d = self._user_call(user, "GET", user_key(user, "ver"))
+        return d.addCallback(lambda v: int(v or 0))
+
+    def add_friends(self, pairs: Iterable[Pair]) -> defer.Deferred:
+        return self._friends("F", "add_friends", pairs)
+
+    def remove_friends(self, pairs: Iterable[Pair]) -> defer.Deferred:
+        return self._friends("f", "remove_friends", pairs)
+
+    def _friends(self, op: str, what: str, pairs: Iterable[Pair]) -> defer.Deferred:
+        contacts: defaultdict[str, list[str]] = defaultdict(list)
+        count = 0
+        for a, b in pairs:
+            contacts[a].append(b)
+            contacts[b].append(a)
+            count += 1
+        d = self._graph(what, ((op, user, cs) for user, cs in contacts.items()))
+        return d.addCallback(lambda _: count)
+
+    # --- subscription graph -----------------------------------------------------------
+
+    def add_subscriptions(self, pairs: Iterable[Pair]) -> defer.Deferred:
+        return self._subscriptions("S", "D", "add_subscriptions", pairs)
+
+    def remove_subscriptions(self, pairs: Iterable[Pair]) -> defer.Deferred:
+        return self._subscriptions("s", "d", "remove_subscriptions", pairs)
+
+    def _subscriptions(self, subject_op: str, subscriber_op: str, what: str,
+                       pairs: Iterable[Pair]) -> defer.Deferred:
+        subscribers: defaultdict[str, list[str]] = defaultdict(list)
+        subjects: defaultdict[str, list[str]] = defaultdict(list)
+        count = 0
+        for subscriber, subject in pairs:
+            subscribers[subject].append(subscriber)
+            subjects[subscriber].append(subject)
+            count += 1
+        lines = [(subject_op, user, cs) for user, cs in subscribers.items()]
+        lines += [(subscriber_op, user, cs) for user, cs in subjects.items()]
+        return self._graph(what, lines).addCallback(lambda _: count)
+
+    def get_subscribers(self, subject: str) -> defer.Deferred:
+        return self._user_call(subject, "SMEMBERS", user_key(subject, "subs"))
+
+    def get_subscriptions(self, subscriber: str) -> defer.Deferred:
+        return self._user_call(subscriber, "SMEMBERS", user_key(subscriber, "subd"))
+
+    # --- PEP --------------------------------------------------------------------------
+
+    def set_pep_item(self, user: str, node: str, item: PepItem) -> defer.Deferred:
+        d = self._user_call(user, "HSET", user_key(user, "pep"), node,
+                            json.dumps([item.item_id, item.payload]))
+        return d.addCallback(lambda _: None)
+
+    def get_pep_item(self, user: str, node: str) -> defer.Deferred:
+        d = self._user_call(user, "HGET", user_key(user, "pep"), node)
+        return d.addCallback(lambda text: None if text is None else PepItem(*json.loads(text)))
+
+    def get_pep_nodes(self, user: str) -> defer.Deferred:
+        d = self._user_call(user, "HGETALL", user_key(user, "pep"))
+        return d.addCallback(lambda flat: {
+            node: PepItem(*json.loads(text)) for node, text in _pairs_to_dict(flat).items()})
+
+    def delete_pep_node(self, user: str, node: str) -> defer.Deferred:
+        return self._user_call(user, "HDEL", user_key(user, "pep"), node).addCallback(bool)
+
+    # --- offline messages -------------------------------------------------------------
+
+    def push_offline(self, user: str, stanza: str, limit: int = 1000) -> defer.Deferred:
+        d = self._user_eval(user, _PUSH_OFFLINE, ("offline",), [stanza, limit], retriable=False)
+        return d.addCallback(bool)
+
+    def pop_offline(self, user: str) -> defer.Deferred:
+        return self._user_eval(user, _POP_OFFLINE, ("offline",), [], retriable=False)
+
+    def peek_offline(self, user: str) -> defer.Deferred:
+        return self._user_call(user, "LRANGE", user_key(user, "offline"), 0, -1)
+
+    # --- pending subscription requests ------------------------------------------------
+
+    def set_pending(self, user: str, contact: str, stanza: str) -> defer.Deferred:
+        d = self._user_call(user, "HSET", user_key(user, "pending"), contact, stanza)
+        return d.addCallback(lambda _: None)
+
+    def remove_pending(self, user: str, contact: str) -> defer.Deferred:
+        return self._user_call(user, "HDEL", user_key(user, "pending"), contact).addCallback(bool)
+
+    def get_pending(self, user: str) -> defer.Deferred:
+        d = self._user_call(user, "HGETALL", user_key(user, "pending"))
+        return d.addCallback(_pairs_to_dict)
+
+    # --- private documents ------------------------------------------------------------
+
+    def set_private(self, user: str, key: str, value: str) -> defer.Deferred:
+        d = self._user_call(user, "HSET", user_key(user, "private"), key, value)
+        return d.addCallback(lambda _: None)
+
+    def get_private(self, user: str, key: str) -> defer.Deferred:
+        return self._user_call(user, "HGET", user_key(user, "private"), key)
