@@ -126,6 +126,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "server": {
         "domains": Key(["localhost"], "list[str]", non_empty),
         "data_dir": Key("presenced-data", "str", non_empty),
+        "workers": Key(1, "int", positive),
         "scram_iterations": Key(4096, "int", positive),
         "offline_limit": Key(1000, "int", non_negative),
     },
@@ -134,6 +135,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "redis": Key(["redis://127.0.0.1:6379/0"], "list[str]", redis_urls),
         "redis_timeout": Key(5.0, "float", positive),
         "redis_retries": Key(3, "int", non_negative),
+    },
+    "cluster": {
+        "enabled": Key(False, "bool"),
+        "node_id": Key("", "str"),
+        "redis": Key("", "str"),
+        "heartbeat_interval": Key(2.0, "float", positive),
+        "node_timeout": Key(10.0, "float", positive),
     },
     "router": {
         "session_queue_bytes": Key(1048576, "int", positive),
@@ -166,6 +174,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "port": Key(9000, "int", port),
         "bind": Key("127.0.0.1", "str"),
         "transport": Key("buffered", "str", one_of("buffered", "framed")),
+        "protocol": Key("binary", "str", one_of("binary", "compact")),
+        "max_message_bytes": Key(1048576, "int", positive),
+        "max_pending_calls": Key(256, "int", positive),
+        "max_unread_bytes": Key(4194304, "int", positive),
+        "timeout": Key(30.0, "float", positive),
+        "allow": Key([], "list[str]"),
     },
     "webadmin": {
         "enabled": Key(True, "bool"),
@@ -280,7 +294,30 @@ def build(raw: dict[str, Any], path: Optional[str] = None) -> Config:
             name: _coerce(section, name, key, table[name]) if name in table else _copy(key.default)
             for name, key in keys.items()
         }
+    _check_together(sections)
     return Config(sections, path)
+
+
+def _check_together(sections: dict[str, dict[str, Any]]) -> None:
+    """Rules that involve more than one key."""
+    cluster = sections["cluster"]
+    if cluster["enabled"] and sections["store"]["backend"] != "redis":
+        raise ConfigError("[cluster] enabled",
+                          'nodes share their state through Redis: set [store] backend = "redis"')
+    if cluster["redis"] and redis_urls([cluster["redis"]]):
+        raise ConfigError("[cluster] redis", redis_urls([cluster["redis"]]))
+    if sections["server"]["workers"] > 1:
+        if not cluster["enabled"]:
+            raise ConfigError("[server] workers",
+                              "several workers coordinate as a cluster: set [cluster] enabled "
+                              "= true (and [store] backend = \"redis\")")
+        for door in ("xmpp", "comet", "thrift", "webadmin"):
+            if sections[door]["enabled"] and sections[door]["port"] == 0:
+                raise ConfigError(f"[{door}] port", "workers share fixed ports: 0 is not allowed "
+                                  "with several workers")
+    if cluster["heartbeat_interval"] >= cluster["node_timeout"]:
+        raise ConfigError("[cluster] node_timeout",
+                          "must be longer than heartbeat_interval, or every node looks dead")
 
 
 def _copy(value: Any) -> Any:

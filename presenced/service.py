@@ -12,11 +12,13 @@ import importlib
 import json
 import os
 import resource
-from typing import Any, Callable, Optional
+import socket
+from typing import Any, Optional
 
 from twisted.application import service
 from twisted.internet import defer, reactor
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 
 from presenced.config import Config
@@ -34,26 +36,42 @@ DOORS: dict[str, str] = {
 
 log = Logger()
 
+WORKER_ENV = "PRESENCED_WORKER"
+
 
 class ListeningService(service.Service):
-    """Listens on one TCP port while running; ``listen`` is e.g. ``reactor.listenTCP``."""
+    """Listens on one TCP port with ``factory`` while running.
+
+    ``tls`` (an ``IOpenSSLServerConnectionCreator`` such as ``CertificateOptions``) makes it a
+    direct-TLS port. With several workers (``[server] workers``) every worker binds the same
+    port with ``SO_REUSEPORT`` and the kernel spreads new connections over them.
+    """
 
     def __init__(self, core: Core, name: str, port: int, interface: str,
-                 listen: Callable[[int, str], IListeningPort]):
+                 factory: IProtocolFactory, tls: Any = None):
         self.core = core
         self.setName(name)
         self.port = port
         self.interface = interface
-        self._listen = listen
+        self.factory = factory
+        self.tls = tls
         self.listening: Optional[IListeningPort] = None
 
     def startService(self) -> None:
         super().startService()
-        self.listening = self._listen(self.port, self.interface)
+        factory = self.factory
+        if self.tls is not None:
+            factory = TLSMemoryBIOFactory(self.tls, False, factory)
+        if self.core.config.server.workers > 1:
+            self.listening = listen_reuse_port(self.port, self.interface, factory)
+        else:
+            self.listening = reactor.listenTCP(self.port, factory, backlog=1024,
+                                               interface=self.interface)
         address = self.listening.getHost()
         log.info("{name} listening on {host}:{port}", name=self.name, host=address.host,
                  port=address.port)
-        record_port(self.core.config.server.data_dir, self.name, address.port)
+        if not is_worker():
+            record_port(self.core.config.server.data_dir, self.name, address.port)
 
     def stopService(self) -> Any:
         super().stopService()
@@ -61,6 +79,26 @@ class ListeningService(service.Service):
             port, self.listening = self.listening, None
             return port.stopListening()
         return None
+
+
+def listen_reuse_port(port: int, interface: str, factory: IProtocolFactory) -> IListeningPort:
+    """Listen on a socket shared with the other workers (``SO_REUSEPORT``)."""
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        return reactor.adoptStreamPort(sock.fileno(), family, factory)
+    finally:
+        sock.close()  # the reactor holds its own duplicate of the descriptor
+
+
+def is_worker() -> bool:
+    """True in a worker process started by a master (``--workers``)."""
+    return bool(os.environ.get(WORKER_ENV))
 
 
 def record_port(data_dir: str, name: str, port: int) -> None:
@@ -106,7 +144,7 @@ class PresencedService(service.MultiService):
         service.Service.startService(self)
         os.makedirs(os.path.join(self.config.server.data_dir, "run"), exist_ok=True)
         ports = os.path.join(self.config.server.data_dir, "run", "ports.json")
-        if os.path.exists(ports):
+        if os.path.exists(ports) and not is_worker():
             os.remove(ports)
         raise_open_files_limit()
         store = make_store(self.config)
@@ -114,8 +152,18 @@ class PresencedService(service.MultiService):
         log.info("store: {backend} ({where})", backend=store.name,
                  where=getattr(store, "path", None) or ", ".join(self.config.store.redis))
         d = defer.maybeDeferred(store.start)
+        if self.config.cluster.enabled:
+            d.addCallback(lambda _: self._join_cluster())
         d.addCallback(lambda _: self._start_doors())
         d.addErrback(self._failed)
+
+    def _join_cluster(self) -> defer.Deferred:
+        from presenced.cluster.service import ClusterService
+
+        assert self.core is not None
+        cluster = ClusterService(self.core)
+        cluster.setServiceParent(self)
+        return cluster.join()
 
     def _start_doors(self) -> None:
         assert self.core is not None
@@ -124,7 +172,12 @@ class PresencedService(service.MultiService):
                 module = importlib.import_module(module_name)
                 door = module.make_service(self.core)
                 door.setServiceParent(self)
-        record_port(self.config.server.data_dir, "ready", os.getpid())
+        if self.config.server.workers > 1 and not is_worker():
+            from presenced.workers import WorkerSupervisor
+
+            WorkerSupervisor(self.config).setServiceParent(self)
+        if not is_worker():
+            record_port(self.config.server.data_dir, "ready", os.getpid())
         log.info("presenced ready: {n} front door(s), domains {domains}",
                  n=len(self.services), domains=", ".join(self.config.server.domains))
         self.ready.callback(self.core)

@@ -24,12 +24,20 @@ class Options(usage.Options):
         ["data-dir", "d", None,
          "Data directory: embedded store, TLS certificate, secret "
          "(overrides [server] data_dir; default ./presenced-data)."],
+        ["workers", "w", None,
+         "Worker processes on this machine (overrides [server] workers; needs the cluster)."],
     ]
 
     def postOptions(self) -> None:
-        overrides = {}
+        server: dict = {}
         if self["data-dir"]:
-            overrides["server"] = {"data_dir": self["data-dir"]}
+            server["data_dir"] = self["data-dir"]
+        if self["workers"]:
+            try:
+                server["workers"] = int(self["workers"])
+            except ValueError:
+                raise usage.UsageError(f"--workers: {self['workers']!r} is not a number") from None
+        overrides = {"server": server} if server else {}
         try:
             self["loaded"] = configuration.load(self["config"], overrides)
         except configuration.ConfigError as e:

@@ -1,0 +1,209 @@
+"""The session directory: which node holds which user's sessions.
+
+Every node keeps the whole directory in memory (a dict lookup per recipient on the hot path)
+and Redis keeps the truth it is rebuilt from:
+
+- ``presenced:nodes`` — the set of node ids;
+- ``presenced:node:<id>:users`` — users with at least one session on that node;
+- ``presenced:node:<id>:alive`` — a key that expires ``node_timeout`` seconds after the
+  node's last heartbeat.
+
+Changes travel on the ``presenced:directory`` channel as ``+ node user``, ``- node user``,
+``hb node`` and ``bye node``. A node whose heartbeat is older than ``node_timeout`` is dead:
+its users leave the directory and :attr:`on_node_dead` is told, so their friends on live nodes
+see them go unavailable. After a lost subscription the directory is reloaded from Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from presenced.cluster.link import RedisLink
+from presenced.router import ISession, SubscriptionRouter
+
+CHANNEL = "presenced:directory"
+NODES = "presenced:nodes"
+
+
+def users_key(node: str) -> str:
+    return f"presenced:node:{node}:users"
+
+
+def alive_key(node: str) -> str:
+    return f"presenced:node:{node}:alive"
+
+
+DeadNodeListener = Callable[[str, set[str]], Any]
+
+
+class SessionDirectory:
+    """Which other nodes have sessions of a user; keeps this node's entries in Redis."""
+
+    log = Logger()
+
+    def __init__(self, link: RedisLink, node_id: str, router: SubscriptionRouter,
+                 heartbeat_interval: float, node_timeout: float):
+        self.link = link
+        self.node_id = node_id
+        self.router = router
+        self.heartbeat_interval = heartbeat_interval
+        self.node_timeout = node_timeout
+        self.nodes_of: dict[str, set[str]] = {}
+        self.users_of: dict[str, set[str]] = {}
+        self.last_seen: dict[str, float] = {}
+        self.on_node_dead: list[DeadNodeListener] = []
+        self._heartbeat: Optional[task.LoopingCall] = None
+        link.subscribe(CHANNEL, self._message)
+        link.on_reconnect.append(self.reload)
+
+    # --- life cycle --------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def start(self):
+        yield self.link.commands.delete(users_key(self.node_id))
+        yield self._beat()
+        self.router.login_listeners.append(self._local_login)
+        self.router.logout_listeners.append(self._local_logout)
+        self._heartbeat = task.LoopingCall(self._tick)
+        self._heartbeat.start(self.heartbeat_interval, now=False)
+
+    @defer.inlineCallbacks
+    def stop(self):
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self.router.login_listeners.remove(self._local_login)
+        self.router.logout_listeners.remove(self._local_logout)
+        try:
+            yield self.link.commands.delete(users_key(self.node_id), alive_key(self.node_id))
+            yield self.link.commands.srem(NODES, self.node_id)
+            yield self.link.publish(CHANNEL, f"bye {self.node_id}")
+        except Exception as e:
+            self.log.warn("cluster: could not deregister from Redis: {e}", e=e)
+
+    # --- queries -------------------------------------------------------------------------
+
+    def nodes(self) -> list[str]:
+        """Live nodes, this one included."""
+        return sorted({self.node_id, *self.users_of, *self.last_seen})
+
+    # --- local changes -------------------------------------------------------------------
+
+    def _local_login(self, user: str, session: ISession) -> None:
+        if len(self.router.sessions(user)) == 1:
+            self.link.commands.sadd(users_key(self.node_id), user).addErrback(self._write_failed)
+            self.link.publish(CHANNEL, f"+ {self.node_id} {user}")
+
+    def _local_logout(self, user: str, session: ISession) -> None:
+        if not self.router.is_online(user):
+            self.link.commands.srem(users_key(self.node_id), user).addErrback(self._write_failed)
+            self.link.publish(CHANNEL, f"- {self.node_id} {user}")
+
+    def _write_failed(self, failure: Any) -> None:
+        self.log.warn("cluster: directory write failed: {e}", e=failure.getErrorMessage())
+
+    # --- remote changes ------------------------------------------------------------------
+
+    def _message(self, text: str) -> None:
+        kind, _, rest = text.partition(" ")
+        node, _, user = rest.partition(" ")
+        if node == self.node_id or not node:
+            return
+        if kind == "bye":
+            self._forget(node)
+            return
+        self.last_seen[node] = time.monotonic()
+        if kind == "+":
+            self._add(node, user)
+        elif kind == "-":
+            self._remove(node, user)
+
+    def _add(self, node: str, user: str) -> None:
+        self.nodes_of.setdefault(user, set()).add(node)
+        self.users_of.setdefault(node, set()).add(user)
+
+    def _remove(self, node: str, user: str) -> None:
+        nodes = self.nodes_of.get(user)
+        if nodes is not None:
+            nodes.discard(node)
+            if not nodes:
+                del self.nodes_of[user]
+        users = self.users_of.get(node)
+        if users is not None:
+            users.discard(user)
+
+    def _forget(self, node: str) -> set[str]:
+        users = self.users_of.pop(node, set())
+        self.last_seen.pop(node, None)
+        for user in users:
+            nodes = self.nodes_of.get(user)
+            if nodes is not None:
+                nodes.discard(node)
+                if not nodes:
+                    del self.nodes_of[user]
+        return users
+
+    @defer.inlineCallbacks
+    def reload(self):
+        """Rebuild the view of other nodes from Redis (start-up, after a lost subscription)."""
+        nodes = yield self.link.commands.smembers(NODES)
+        now = time.monotonic()
+        fresh_nodes: dict[str, set[str]] = {}
+        for node in nodes:
+            node = node.decode() if isinstance(node, bytes) else node
+            if node == self.node_id:
+                continue
+            if (yield self.link.commands.exists(alive_key(node))):
+                members = yield self.link.commands.smembers(users_key(node))
+                fresh_nodes[node] = {m.decode() if isinstance(m, bytes) else m for m in members}
+            else:
+                yield self._bury(node)
+        for node in list(self.users_of):
+            if node not in fresh_nodes:
+                self._declare_dead(node)
+        for node, users in fresh_nodes.items():
+            self._forget(node)
+            for user in users:
+                self._add(node, user)
+            self.users_of.setdefault(node, set())
+            self.last_seen[node] = now
+        self.log.info("cluster: directory loaded, {n} other node(s)", n=len(fresh_nodes))
+
+    # --- heartbeats -------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _beat(self):
+        commands = self.link.commands
+        yield commands.set(alive_key(self.node_id), "1", expire=max(1, int(self.node_timeout)))
+        yield commands.sadd(NODES, self.node_id)
+        yield self.link.publish(CHANNEL, f"hb {self.node_id}")
+
+    @defer.inlineCallbacks
+    def _tick(self):
+        try:
+            yield self._beat()
+        except Exception as e:
+            self.log.warn("cluster: heartbeat failed (Redis unreachable?): {e}", e=e)
+        deadline = time.monotonic() - self.node_timeout
+        for node, seen in list(self.last_seen.items()):
+            if seen < deadline:
+                self._declare_dead(node)
+                try:
+                    yield self._bury(node)
+                except Exception as e:
+                    self.log.warn("cluster: could not clean up node {node}: {e}", node=node, e=e)
+
+    def _declare_dead(self, node: str) -> None:
+        users = self._forget(node)
+        self.log.warn("cluster: node {node} stopped answering; {n} user(s) now offline there",
+                      node=node, n=len(users))
+        for listener in self.on_node_dead:
+            listener(node, users)
+
+    @defer.inlineCallbacks
+    def _bury(self, node: str):
+        yield self.link.commands.delete(users_key(node), alive_key(node))
+        yield self.link.commands.srem(NODES, node)

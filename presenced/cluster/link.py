@@ -1,0 +1,114 @@
+"""Redis for the cluster: a command pool and one subscriber connection that resubscribes.
+
+Pub/sub messages sent while a node is disconnected are lost (Redis does not keep them), so
+whoever needs a consistent view registers ``on_reconnect`` and reloads its state from Redis
+keys after each (re)subscription.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import txredisapi
+from twisted.internet import defer, endpoints, reactor
+from twisted.logger import Logger
+
+MessageHandler = Callable[[str], None]
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    def connectionMade(self) -> Any:
+        d = defer.maybeDeferred(super().connectionMade)
+        d.addCallback(lambda _: self.factory.link._subscribed(self))
+        return d
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        self.factory.link._received(_text(channel), _text(message))
+
+    def connectionLost(self, why: Any) -> None:
+        self.factory.link._lost(self)
+        super().connectionLost(why)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+class RedisLink:
+    """Commands through a lazy pool; messages of subscribed channels to their handlers."""
+
+    log = Logger()
+
+    def __init__(self, url: str):
+        parsed = urlparse(url)
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 6379
+        db = parsed.path.strip("/")
+        self.commands = txredisapi.lazyConnectionPool(
+            self.host, self.port, dbid=int(db) if db else None, poolsize=4,
+            password=parsed.password, replyTimeout=5)
+        self.handlers: dict[str, MessageHandler] = {}
+        self.on_reconnect: list[Callable[[], Any]] = []
+        self._factory: txredisapi.SubscriberFactory | None = None
+        self._protocol: _Subscriber | None = None
+        self.ready: defer.Deferred = defer.Deferred()
+        self.reconnects = 0
+
+    def subscribe(self, channel: str, handler: MessageHandler) -> None:
+        """Call before :meth:`start`; channels are (re)subscribed on every connection."""
+        self.handlers[channel] = handler
+
+    def start(self) -> defer.Deferred:
+        """Fires when the first subscription is in place."""
+        factory = txredisapi.SubscriberFactory(isLazy=True)
+        factory.protocol = _Subscriber
+        factory.link = self
+        factory.maxDelay = 2
+        self._factory = factory
+        factory.startConnecting(endpoints.TCP4ClientEndpoint(reactor, self.host, self.port,
+                                                             timeout=5))
+        return self.ready
+
+    @defer.inlineCallbacks
+    def stop(self):
+        if self._factory is not None:
+            self._factory.stopTrying()
+            if self._protocol is not None and self._protocol.transport is not None:
+                self._protocol.transport.loseConnection()
+        yield self.commands.disconnect()
+
+    def publish(self, channel: str, message: str) -> defer.Deferred:
+        d = self.commands.publish(channel, message)
+        d.addErrback(self._publish_failed, channel)
+        return d
+
+    def _publish_failed(self, failure: Any, channel: str) -> None:
+        self.log.warn("cluster publish to {channel} failed: {error}", channel=channel,
+                      error=failure.getErrorMessage())
+
+    @defer.inlineCallbacks
+    def _subscribed(self, protocol: _Subscriber):
+        self._protocol = protocol
+        yield protocol.subscribe(list(self.handlers))
+        first = not self.ready.called
+        if not first:
+            self.reconnects += 1
+            self.log.info("cluster: Redis subscription restored")
+        for callback in self.on_reconnect:
+            yield defer.maybeDeferred(callback)
+        if first:
+            self.ready.callback(None)
+
+    def _lost(self, protocol: _Subscriber) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+            self.log.warn("cluster: lost the Redis subscription, reconnecting")
+
+    def _received(self, channel: str, message: str) -> None:
+        handler = self.handlers.get(channel)
+        if handler is not None:
+            try:
+                handler(message)
+            except Exception:
+                self.log.failure("cluster message on {channel} failed", channel=channel)

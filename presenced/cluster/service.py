@@ -1,0 +1,77 @@
+"""Joins this node to the cluster: directory, pub/sub transport, dead-node presence."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from presenced import events
+from presenced.cluster.directory import SessionDirectory
+from presenced.cluster.link import RedisLink
+from presenced.cluster.transport import PubSubTransport, send_local
+from presenced.core import Core
+from presenced.events import Event
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ClusterService(service.Service):
+    """Replaces the router's in-process transport with Redis pub/sub while running."""
+
+    log = Logger()
+    name = "cluster"
+
+    def __init__(self, core: Core):
+        cfg = core.config.cluster
+        self.core = core
+        self.node_id = cfg.node_id or default_node_id()
+        self.link = RedisLink(cfg.redis or core.config.store.redis[0])
+        self.directory = SessionDirectory(self.link, self.node_id, core.router,
+                                          cfg.heartbeat_interval, cfg.node_timeout)
+        self.transport = PubSubTransport(self.link, self.directory, core.router)
+        self.directory.on_node_dead.append(self._node_dead)
+        core.features["cluster"] = self
+        core.metrics.describe("presenced_cluster_nodes", "gauge", "Live presenced nodes seen")
+        core.metrics.gauge("presenced_cluster_nodes", lambda: len(self.directory.nodes()))
+        core.metrics.describe("presenced_cluster_messages_total", "counter",
+                              "Events carried between nodes over Redis pub/sub")
+        core.metrics.gauge("presenced_cluster_messages_total",
+                           lambda: self.transport.published, direction="out")
+        core.metrics.gauge("presenced_cluster_messages_total",
+                           lambda: self.transport.received, direction="in")
+        core.metrics.describe("presenced_redis_reconnects_total", "counter",
+                              "Times the cluster's Redis subscription was restored")
+        core.metrics.gauge("presenced_redis_reconnects_total", lambda: self.link.reconnects,
+                           link="cluster")
+
+    @defer.inlineCallbacks
+    def join(self):
+        """Start after the store and before the doors: fires once the node is registered."""
+        yield self.link.start()
+        yield self.directory.start()
+        self.core.router.transport = self.transport
+        self.log.info("cluster: node {node} joined ({n} node(s) live)", node=self.node_id,
+                      n=len(self.directory.nodes()))
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        yield self.directory.stop()
+        yield self.link.stop()
+
+    def _node_dead(self, node: str, users: set[str]) -> None:
+        for user in users:
+            event = Event(events.PRESENCE, user, {"available": False, "show": None,
+                                                   "status": None, "resource": None,
+                                                   "reason": f"node {node} is gone"})
+            send_local(self.core.router, user, event).addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> None:
+        self.log.failure("cluster: announcing a dead node's users failed", failure)

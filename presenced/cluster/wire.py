@@ -1,0 +1,65 @@
+"""Events on the wire between nodes: JSON, with the few non-JSON payload values tagged.
+
+Payloads may carry a :class:`RosterItem` (roster events) or a stanza as a
+``domish.Element`` (XMPP events); both are turned into tagged JSON objects and back, so a
+session on another node receives an event equal to the one sent here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.words.xish import domish
+
+from presenced.events import Event
+from presenced.store import RosterItem
+from presenced.store.codec import roster_item_from_text, roster_item_to_text
+
+_TAG = "__presenced__"
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, RosterItem):
+        return {_TAG: "roster-item", "jid": value.jid, "text": roster_item_to_text(value)}
+    if isinstance(value, domish.Element):
+        return {_TAG: "xml", "xml": value.toXml()}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict) and _TAG in value:
+        kind = value[_TAG]
+        if kind == "roster-item":
+            return roster_item_from_text(value["jid"], value["text"])
+        if kind == "xml":
+            return parse_element(value["xml"])
+    return value
+
+
+def encode(recipients: list[str], event: Event) -> str:
+    return json.dumps({
+        "r": recipients, "t": event.type, "s": event.sender, "w": event.time, "i": event.id,
+        "p": {k: _encode_value(v) for k, v in event.payload.items()},
+    }, separators=(",", ":"))
+
+
+def decode(text: str) -> tuple[list[str], Event]:
+    doc = json.loads(text)
+    payload = {k: _decode_value(v) for k, v in doc["p"].items()}
+    return doc["r"], Event(doc["t"], doc["s"], payload, when=doc["w"], event_id=doc["i"])
+
+
+def parse_element(xml: str) -> domish.Element:
+    """One element from its serialised form (as sent by another node)."""
+    found: list[domish.Element] = []
+    stream = domish.elementStream()
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = found.append
+    stream.DocumentEndEvent = lambda: None
+    stream.parse(b"<wire>" + xml.encode("utf-8") + b"</wire>")
+    if len(found) != 1:
+        raise ValueError("expected one element")
+    return found[0]
