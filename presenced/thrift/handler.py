@@ -1,0 +1,189 @@
+"""What each admin method does, in terms of the core.
+
+The handler translates Thrift arguments into core calls and core answers into Thrift structs;
+it decides nothing itself. Methods return plain values or Deferreds and raise the IDL's
+exceptions (:class:`admin.BadJid`, :class:`admin.UnknownUser`...); the dispatcher turns those
+into replies, and into ``TApplicationException`` for the ``Ejabthrift`` methods, whose IDL
+declares none.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from twisted.internet import defer
+
+from presenced.core import Core
+from presenced.nowplaying import BadTune, Tune
+from presenced.store import RosterItem
+from presenced.thrift import admin
+from presenced.users import BadUser
+
+DEFAULT_TOKEN_TTL = 86400
+
+
+class AdminHandler:
+    """The ``PresencedAdmin`` service (``Ejabthrift`` included) over one :class:`Core`."""
+
+    def __init__(self, core: Core):
+        self.core = core
+
+    def user(self, who: Optional[Any]) -> str:
+        """``JabberUser{name, server}`` -> ``name@server``; an empty server is the default
+        domain. Raises :class:`admin.BadJid`."""
+        name = getattr(who, "name", None) or ""
+        server = getattr(who, "server", None) or ""
+        text = f"{name}@{server}" if server else name
+        try:
+            return self.core.user(text)
+        except BadUser as e:
+            raise admin.BadJid(jid=text, reason=str(e)) from None
+
+    def _pair(self, a: Any, b: Any) -> tuple[str, str]:
+        pair = self.user(a), self.user(b)
+        if pair[0] == pair[1]:
+            raise admin.InvalidArgument(message=f"{pair[0]} cannot be their own friend")
+        return pair
+
+    # --- Ejabthrift ------------------------------------------------------------------------
+
+    def add_friend(self, luser: Any, ruser: Any) -> defer.Deferred:
+        return self.core.add_friends([self._pair(luser, ruser)]).addCallback(_none)
+
+    def remove_friend(self, luser: Any, ruser: Any) -> defer.Deferred:
+        return self.core.remove_friends([self._pair(luser, ruser)]).addCallback(_none)
+
+    def spoof_message(self, fromuser: Any, touser: Any, msg: Optional[str],
+                      subject: Optional[str]) -> None:
+        self.core.send_message(self.user(fromuser), self.user(touser), msg or "",
+                               subject=subject or None, kind="normal")
+
+    def spoof_chat(self, fromuser: Any, touser: Any, msg: Optional[str],
+                   thread: Optional[str]) -> None:
+        self.core.send_message(self.user(fromuser), self.user(touser), msg or "",
+                               thread=thread or None, kind="chat")
+
+    def publish_np(self, fromuser: Any, artist: Optional[str], album: Optional[str],
+                   track: Optional[str], tracklength: Optional[int],
+                   tracknum: Optional[int]) -> defer.Deferred:
+        user = self.user(fromuser)
+        try:
+            tune = Tune(artist=artist, source=album, title=track,
+                        length=tracklength or None,
+                        track=str(tracknum) if tracknum else None)
+        except BadTune as e:
+            raise admin.InvalidArgument(message=f"bad tune: {e}") from None
+        return self.core.publish_tune(user, tune).addCallback(_none)
+
+    # --- accounts --------------------------------------------------------------------------
+
+    def register_user(self, user: Any, password: Optional[str]) -> defer.Deferred:
+        jid = self.user(user)
+        return self.core.register_user(jid, _password(password))
+
+    @defer.inlineCallbacks
+    def set_password(self, user: Any, password: Optional[str]):
+        jid = self.user(user)
+        if not (yield self.core.set_password(jid, _password(password))):
+            raise admin.UnknownUser(jid=jid)
+
+    @defer.inlineCallbacks
+    def remove_user(self, user: Any):
+        jid = self.user(user)
+        if not (yield self.core.remove_user(jid)):
+            raise admin.UnknownUser(jid=jid)
+
+    def user_exists(self, user: Any) -> defer.Deferred:
+        return self.core.store.user_exists(self.user(user))
+
+    # --- rosters and the subscription graph ------------------------------------------------
+
+    @defer.inlineCallbacks
+    def get_roster(self, user: Any):
+        jid = self.user(user)
+        if not (yield self.core.store.user_exists(jid)):
+            raise admin.UnknownUser(jid=jid)
+        items = yield self.core.store.get_roster(jid)
+        return [_roster_item(item) for item in items]
+
+    def get_subscribers(self, user: Any) -> defer.Deferred:
+        return self.core.store.get_subscribers(self.user(user)).addCallback(sorted)
+
+    def add_subscriptions(self, pairs: Optional[list]) -> defer.Deferred:
+        return self.core.store.add_subscriptions(self._edges(pairs))
+
+    def remove_subscriptions(self, pairs: Optional[list]) -> defer.Deferred:
+        return self.core.store.remove_subscriptions(self._edges(pairs))
+
+    def _edges(self, pairs: Optional[list]) -> list[tuple[str, str]]:
+        return [(self.user(p.subscriber), self.user(p.subject)) for p in pairs or ()]
+
+    # --- who is online, what they play -----------------------------------------------------
+
+    @defer.inlineCallbacks
+    def get_now_playing(self, user: Any):
+        tune = yield self.core.now_playing(self.user(user))
+        if tune is None:
+            return admin.NowPlaying(artist="", album="", track="", tracklength=0, tracknum=0,
+                                    playing=False)
+        return admin.NowPlaying(artist=tune.artist or "", album=tune.source or "",
+                                track=tune.title or "", tracklength=tune.length or 0,
+                                tracknum=_int(tune.track), playing=True)
+
+    def user_sessions(self, user: Any) -> list:
+        return [admin.UserSession(protocol=s.protocol, label=str(s.label))
+                for s in self.core.router.sessions(self.user(user))]
+
+    def online_count(self) -> int:
+        return self.core.router.online_users()
+
+    def stream_token(self, user: Any, ttl: Optional[int]) -> str:
+        jid = self.user(user)
+        if ttl is not None and ttl < 0:
+            raise admin.InvalidArgument(message=f"ttl {ttl} is negative")
+        return self.core.stream_token(jid, ttl or DEFAULT_TOKEN_TTL)
+
+    def irc_say(self, target: Optional[str], text: Optional[str]) -> defer.Deferred:
+        bot = self.core.features.get("irc")
+        if bot is None:
+            raise admin.NotEnabled(feature="irc", message="IRC bot not enabled")
+        if not text:
+            raise admin.InvalidArgument(message="nothing to say")
+        return defer.maybeDeferred(bot.say, target or None, text).addCallback(_none)
+
+    @defer.inlineCallbacks
+    def stats(self):
+        router = self.core.router
+        figures = {
+            "users": (yield self.core.store.count_users()),
+            "online_users": router.online_users(),
+            "sessions": router.session_count(),
+            "events_sent": router.events_sent,
+            "deliveries": router.deliveries,
+            "delivery_errors": router.delivery_errors,
+            "uptime_seconds": int(time.time() - self.core.started_at),
+        }
+        for session in router.all_sessions():
+            key = f"sessions_{session.protocol}"
+            figures[key] = figures.get(key, 0) + 1
+        return figures
+
+
+def _none(_: Any) -> None:
+    return None
+
+
+def _password(password: Optional[str]) -> str:
+    if not password:
+        raise admin.InvalidArgument(message="empty password")
+    return password
+
+
+def _int(text: Optional[str]) -> int:
+    return int(text) if text and text.isdigit() and len(text) < 10 else 0
+
+
+def _roster_item(item: RosterItem) -> Any:
+    return admin.RosterItem(jid=item.jid, subscription=item.subscription, name=item.name or "",
+                            groups=list(item.groups), ask=bool(item.ask))
