@@ -78,7 +78,7 @@ class SessionDirectory:
         self.router.login_listeners.remove(self._local_login)
         self.router.logout_listeners.remove(self._local_logout)
         try:
-            yield self.link.commands.delete(users_key(self.node_id), alive_key(self.node_id))
+            yield self.link.commands.delete([users_key(self.node_id), alive_key(self.node_id)])
             yield self.link.commands.srem(NODES, self.node_id)
             yield self.link.publish(CHANNEL, f"bye {self.node_id}")
         except Exception as e:
@@ -205,5 +205,5 @@ class SessionDirectory:
 
     @defer.inlineCallbacks
     def _bury(self, node: str):
-        yield self.link.commands.delete(users_key(node), alive_key(node))
+        yield self.link.commands.delete([users_key(node), alive_key(node)])
         yield self.link.commands.srem(NODES, node)
