@@ -1,0 +1,69 @@
+"""The IRC door: the bot's connection, the cat listener, the hooks, the HTTP cat resource."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.application import service
+from twisted.internet import reactor, ssl
+from twisted.internet.interfaces import IConnector
+
+from presenced.core import Core
+from presenced.irc.bot import IRCBot, IRCBotFactory
+from presenced.irc.cat import CatFactory
+from presenced.irc.commands import Commands
+from presenced.irc.hooks import HookAnnouncer
+from presenced.irc.http import CatResource
+from presenced.service import ListeningService
+
+
+class BotConnectionService(service.Service):
+    """Keeps the bot connected while running (plain TCP or TLS), says goodbye on stop."""
+
+    def __init__(self, bot: IRCBot, hooks: list[HookAnnouncer]):
+        self.setName("irc_bot")
+        self.bot = bot
+        self.hooks = hooks
+        self.factory = IRCBotFactory(bot)
+        self.connector: Optional[IConnector] = None
+
+    def startService(self) -> None:
+        super().startService()
+        settings = self.bot.settings
+        if settings.tls:
+            options = ssl.optionsForClientTLS(settings.server) if settings.tls_verify \
+                else ssl.CertificateOptions(verify=False)
+            self.connector = reactor.connectSSL(settings.server, settings.port, self.factory,
+                                                options)
+        else:
+            self.connector = reactor.connectTCP(settings.server, settings.port, self.factory)
+        for hook in self.hooks:
+            hook.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for hook in self.hooks:
+            hook.stop()
+        self.factory.stopTrying()
+        self.bot.quit("presenced stopping")
+        if self.connector is not None:
+            self.connector.disconnect()
+        return None
+
+
+def make_service(core: Core) -> service.IService:
+    settings = core.config.irc
+    bot = IRCBot(core, settings)
+    bot.commands = Commands(core, bot)
+    hooks = [HookAnnouncer(core, bot, hook) for hook in settings.hooks]
+    door = service.MultiService()
+    door.setName("irc")
+    BotConnectionService(bot, hooks).setServiceParent(door)
+    cat = CatFactory(bot, settings.cat_allow, settings.cat_max_line_bytes)
+    ListeningService(core, "irc_cat", settings.cat_port, settings.cat_bind,
+                     lambda port, interface: reactor.listenTCP(port, cat, interface=interface)
+                     ).setServiceParent(door)
+    core.features["irc"] = bot
+    if settings.http_token:
+        core.features["irc_http"] = CatResource(bot, settings.http_token)
+    return door
