@@ -1,0 +1,146 @@
+"""The comet door: what every comet connection shares (settings, auth, framing, heartbeats).
+
+Connections start in :class:`presenced.comet.stream.CometConnection`, the lean parser that
+serves ``/stream/<user>`` and ``/poll/<user>``; every other path is handed to the
+``twisted.web`` site of :mod:`presenced.comet.web` (demo page, WebSocket, JSON 404s).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from twisted.internet import task
+from twisted.internet.interfaces import IAddress, IProtocol, ITransport
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from presenced.comet.frames import FrameCache, ndjson_frame, sse_frame
+from presenced.comet.http import HTTPError
+from presenced.comet.replay import Channels, UserChannel
+from presenced.comet.stream import CometConnection
+from presenced.comet.web import make_site
+from presenced.core import Core
+from presenced.tokens import check_token
+from presenced.users import BadUser
+
+DOOR = "comet"
+
+
+class CometDoor(Factory):
+    """Builds comet connections; holds what they share."""
+
+    log = Logger()
+
+    def __init__(self, core: Core):
+        settings = core.config.comet
+        self.core = core
+        self.router = core.router
+        self.require_token = settings.require_token
+        self.cors_origins = frozenset(settings.cors_origins)
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.poll_timeout = settings.poll_timeout
+        self.max_buffered_bytes = settings.max_buffered_bytes
+        self.header_timeout = settings.header_timeout
+        self.max_request_bytes = settings.max_request_bytes
+        self.channels = Channels(core.router, settings.replay_size, settings.replay_linger)
+        self.ndjson = FrameCache(ndjson_frame)
+        self.sse = FrameCache(sse_frame)
+        self.text = FrameCache(lambda event: event.to_json())  # WebSocket text messages
+        self.streams: set = set()      # open /stream connections and WebSockets: heartbeats
+        self.connections = 0           # open connections, but those handed to twisted.web
+        self.events_out = 0
+        self.site: Site = make_site(self)
+        self._heartbeat = task.LoopingCall(self.beat)
+        self._describe_metrics()
+
+    # --- factory -------------------------------------------------------------------------
+
+    def buildProtocol(self, addr: IAddress):
+        return CometConnection(self)
+
+    def startFactory(self) -> None:
+        if not self._heartbeat.running:
+            self._heartbeat.start(self.heartbeat_interval, now=False)
+
+    def stopFactory(self) -> None:
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+
+    def beat(self) -> None:
+        """Heartbeat every stream (proxies keep them open) and expire idle replay buffers."""
+        for stream in list(self.streams):
+            stream.heartbeat()
+        self.channels.expire()
+
+    # --- shared decisions ----------------------------------------------------------------
+
+    def authorize(self, user_text: str, token: Optional[str]) -> str:
+        """The user a request may stream, or :class:`HTTPError` 400/401/403/404."""
+        if not user_text or "/" in user_text:
+            raise HTTPError(404, "no such path: expected /stream/<user>")
+        try:
+            user = self.core.user(user_text)
+        except BadUser as e:
+            raise HTTPError(400, str(e)) from None
+        if not self.require_token:
+            return user
+        if token is None:
+            self.core.metrics.inc("presenced_auth_failures_total", door=DOOR)
+            raise HTTPError(401, "a stream token is required: ?token= or Authorization: Bearer")
+        if not check_token(self.core.secret, user, token):
+            self.core.metrics.inc("presenced_auth_failures_total", door=DOOR)
+            raise HTTPError(403, f"the token is not valid for {user} (wrong user or expired)")
+        return user
+
+    def cors_headers(self, origin: str) -> list[tuple[str, str]]:
+        if origin and (origin in self.cors_origins or "*" in self.cors_origins):
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return []
+
+    def welcome(self, user: str, kind: str) -> bytes:
+        return json.dumps({"type": "welcome", "user": user, "format": kind,
+                           "heartbeat": self.heartbeat_interval},
+                          separators=(",", ":")).encode("utf-8")
+
+    def stream_opened(self, stream: object, user: str) -> None:
+        self.streams.add(stream)
+        self.core.metrics.inc("presenced_logins_total", door=DOOR)
+        self.router.login(user, stream)
+
+    def stream_closed(self, stream: object, channel: UserChannel) -> None:
+        """Out of the router and the heartbeats at once; the replay channel detached."""
+        self.streams.discard(stream)
+        self.router.logout(stream)
+        self.channels.detach(channel)
+
+    def connection_made(self) -> None:
+        self.connections += 1
+        self.core.metrics.inc("presenced_connections_total", door=DOOR)
+
+    def connection_lost(self) -> None:
+        self.connections -= 1
+
+    def web_channel(self, transport: ITransport) -> IProtocol:
+        """A twisted.web channel to take over a connection whose path is not a stream's."""
+        return self.site.buildProtocol(transport.getPeer())
+
+    # --- metrics -------------------------------------------------------------------------
+
+    def _describe_metrics(self) -> None:
+        metrics = self.core.metrics
+        metrics.describe("presenced_connections", "gauge", "Open connections")
+        metrics.describe("presenced_connections_total", "counter", "Connections accepted")
+        metrics.describe("presenced_logins_total", "counter", "Sessions logged in")
+        metrics.describe("presenced_auth_failures_total", "counter", "Failed authentications")
+        metrics.describe("presenced_events_out_total", "counter", "Events sent to peers")
+        metrics.describe("presenced_comet_streams", "gauge",
+                         "Open comet streams, long polls and WebSockets")
+        metrics.describe("presenced_comet_replay_users", "gauge",
+                         "Users with a comet replay buffer")
+        metrics.gauge("presenced_connections", lambda: self.connections, door=DOOR)
+        metrics.gauge("presenced_events_out_total", lambda: self.events_out, door=DOOR)
+        metrics.gauge("presenced_comet_streams", lambda: len(self.streams))
+        metrics.gauge("presenced_comet_replay_users", lambda: len(self.channels))
+

@@ -1,0 +1,59 @@
+"""How an event goes on the wire of each comet format, built once per event.
+
+Every format is an HTTP/1.1 chunk so proxies pass each event on at once: newline-delimited
+JSON (``curl -N``), Server-Sent Events with the event id for ``Last-Event-ID`` resume.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from presenced.events import Event
+
+# What a stream writes when nothing happened for a heartbeat interval, and at its end.
+NDJSON_HEARTBEAT = b"1\r\n\n\r\n"
+SSE_HEARTBEAT = b"3\r\n:\n\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+SSE_RETRY_MS = 3000
+
+
+class FrameCache:
+    """The framed bytes of the last event: built by the first stream it reaches, reused by
+    every other stream of the same fan-out (one build per event, not one per stream)."""
+
+    __slots__ = ("build", "event", "frame")
+
+    def __init__(self, build: Callable[[Event], bytes]):
+        self.build = build
+        self.event: Optional[Event] = None
+        self.frame = b""
+
+    def __call__(self, event: Event) -> bytes:
+        if event is not self.event:
+            self.frame = self.build(event)
+            self.event = event
+        return self.frame
+
+
+def chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def ndjson_frame(event: Event) -> bytes:
+    return chunk(event.to_json() + b"\n")
+
+
+def sse_frame(event: Event) -> bytes:
+    return chunk(b"id: %d\ndata: %b\n\n" % (event.id, event.to_json()))
+
+
+def ndjson_line(doc: bytes) -> bytes:
+    """A JSON document that is not an event (welcome, closed) as an NDJSON chunk."""
+    return chunk(doc + b"\n")
+
+
+def sse_data(doc: bytes, retry: bool = False) -> bytes:
+    """A JSON document without an event id (welcome, closed) as an SSE chunk."""
+    prefix = b"retry: %d\n" % SSE_RETRY_MS if retry else b""
+    return chunk(prefix + b"data: " + doc + b"\n\n")

@@ -1,0 +1,14 @@
+"""The comet front door as a service: ``make_service(core)`` listens on ``[comet] port``."""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+
+from presenced.comet.door import CometDoor
+from presenced.core import Core
+from presenced.service import ListeningService
+
+
+def make_service(core: Core) -> IService:
+    settings = core.config.comet
+    return ListeningService(core, "comet", settings.port, settings.bind, CometDoor(core))

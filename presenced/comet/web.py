@@ -1,0 +1,86 @@
+"""Everything on the comet port that is not a stream: demo page, WebSocket, JSON 404s.
+
+Served by ``twisted.web`` on connections the lean parser handed over. Each such connection
+carries one request: the next one may be a stream, which only the lean parser serves.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from twisted.web import http, resource, server, static
+
+from presenced.comet.http import error_body
+from presenced.comet.websocket import UserWebSocket
+
+if TYPE_CHECKING:
+    from presenced.comet.door import CometDoor
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
+
+
+class JSONError(resource.Resource):
+    """A JSON ``{"error": ...}`` answer to any method."""
+
+    isLeaf = True
+
+    def __init__(self, status: int, message: str):
+        super().__init__()
+        self.status = status
+        self.message = message
+
+    def render(self, request: server.Request) -> bytes:
+        request.setResponseCode(self.status)
+        request.setHeader(b"content-type", b"application/json")
+        return error_body(self.message)
+
+
+def not_found(request: server.Request) -> JSONError:
+    return JSONError(404, f"no such path: {request.path.decode('utf-8', 'replace')}")
+
+
+class WebSockets(resource.Resource):
+    """``/ws/<user>``."""
+
+    def __init__(self, door: "CometDoor"):
+        super().__init__()
+        self.door = door
+
+    def getChild(self, name: bytes, request: server.Request) -> resource.Resource:
+        if not name:
+            return not_found(request)
+        return UserWebSocket(self.door, name.decode("utf-8", "replace"))
+
+
+class CometRoot(resource.Resource):
+    """``/`` (the demo page), ``/static/``, ``/ws/``; a JSON 404 for anything else."""
+
+    def __init__(self, door: "CometDoor"):
+        super().__init__()
+        self.putChild(b"", static.File(os.path.join(STATIC_DIR, "index.html")))
+        self.putChild(b"static", static.File(STATIC_DIR))
+        self.putChild(b"ws", WebSockets(door))
+
+    def getChild(self, name: bytes, request: server.Request) -> resource.Resource:
+        return not_found(request)
+
+
+class OneRequestChannel(http.HTTPChannel):
+    """An HTTP channel that closes after its request, so a stream request that follows on
+    the same connection reaches the lean parser on a new one."""
+
+    def checkPersistence(self, request: server.Request, version: bytes) -> bool:
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return False
+
+
+class CometSite(server.Site):
+    protocol = OneRequestChannel
+    displayTracebacks = False
+
+
+def make_site(door: "CometDoor") -> server.Site:
+    site = CometSite(CometRoot(door))
+    site.noisy = False
+    return site

@@ -1,0 +1,144 @@
+"""``/ws/<user>``: the same events over a WebSocket (``twisted.web.websocket``).
+
+Each event is one text message holding the event's JSON; the first message is the welcome.
+Messages from the client are ignored. Auth, replay (``?since=``), heartbeats (WebSocket pings)
+and the slow-client bound are the same as for streams.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+from twisted.web.websocket import WebSocketResource, WebSocketTransport
+from zope.interface import implementer
+
+from presenced.comet.http import HTTPError, bearer_token, error_body
+from presenced.comet.replay import UserChannel
+from presenced.comet.stream import parse_cursor
+from presenced.events import Event
+from presenced.flow import WriteBudget
+from presenced.router import ISession
+
+if TYPE_CHECKING:
+    from presenced.comet.door import CometDoor
+
+
+class WebSocketOutput:
+    """What :class:`WriteBudget` writes to: text messages out, flow control of the TCP link."""
+
+    __slots__ = ("ws", "tcp")
+
+    def __init__(self, ws: WebSocketTransport, tcp: ITCPTransport):
+        self.ws = ws
+        self.tcp = tcp
+
+    def write(self, data: bytes) -> None:
+        self.ws.sendTextMessage(data.decode("utf-8"))
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self.tcp.unregisterProducer()   # the upgraded HTTP channel's, no longer in charge
+        self.tcp.registerProducer(producer, streaming)
+
+    def abortConnection(self) -> None:
+        self.tcp.abortConnection()
+
+
+@implementer(ISession)
+class CometWebSocket:
+    """One WebSocket of a user: a router session while open."""
+
+    __slots__ = ("door", "user", "cursor", "label", "ws", "channel", "budget")
+
+    protocol = "comet"
+
+    def __init__(self, door: "CometDoor", user: str, cursor: Optional[int], label: str):
+        self.door = door
+        self.user = user
+        self.cursor = cursor
+        self.label = label
+        self.ws: Optional[WebSocketTransport] = None
+        self.channel: Optional[UserChannel] = None
+        self.budget: Optional[WriteBudget] = None
+
+    def negotiationStarted(self, transport: WebSocketTransport) -> None:
+        self.ws = transport
+
+    def negotiationFinished(self) -> None:
+        door = self.door
+        self.channel = door.channels.attach(self.user)
+        self.budget = WriteBudget(WebSocketOutput(self.ws, self.ws.transport),
+                                  door.max_buffered_bytes)
+        door.connection_made()
+        self.budget.write(door.welcome(self.user, "websocket"))
+        for event in self.channel.after(self.cursor):
+            self.budget.write(door.text(event))
+        door.stream_opened(self, self.user)
+
+    def deliver(self, event: Event) -> None:
+        if self.channel is not None:
+            self.channel.record(event)
+            self.door.events_out += 1
+            self.budget.write(self.door.text(event))
+
+    def heartbeat(self) -> None:
+        if self.channel is not None:
+            self.ws.ping(b"")
+
+    def close(self, reason: str) -> None:
+        if self.channel is not None:
+            self.ws.loseConnection(1001, reason)
+
+    def textMessageReceived(self, message: str) -> None:
+        pass
+
+    def bytesMessageReceived(self, data: bytes) -> None:
+        pass
+
+    def pongReceived(self, payload: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        channel = self.channel
+        if channel is not None:
+            self.door.stream_closed(self, channel)
+            self.door.connection_lost()
+            self.channel = None
+        self.budget = None
+
+
+class UserWebSocket(WebSocketResource):
+    """The WebSocket endpoint of one user: checks the token, then upgrades."""
+
+    isLeaf = True
+
+    def __init__(self, door: "CometDoor", user_text: str):
+        super().__init__(self)
+        self.door = door
+        self.user_text = user_text
+
+    def render_GET(self, request: Request):
+        request.setHeader(b"cache-control", b"no-store")
+        try:
+            if request.postpath:
+                raise HTTPError(404, "no such path: expected /ws/<user>")
+            query = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
+                     for k, v in request.args.items()}
+            token = bearer_token(query.get("token"),
+                                 (request.getHeader(b"authorization") or b"").decode("latin-1"))
+            self.user = self.door.authorize(self.user_text, token)
+            self.cursor = parse_cursor(query.get("since", ""))
+        except HTTPError as e:
+            request.setResponseCode(e.status)
+            request.setHeader(b"content-type", b"application/json")
+            if e.status == 401:
+                request.setHeader(b"www-authenticate", b'Bearer realm="presenced"')
+            return error_body(e.message)
+        return super().render_GET(request)
+
+    def buildProtocol(self, request: Request) -> CometWebSocket:
+        peer = request.getClientAddress()
+        return CometWebSocket(self.door, self.user, self.cursor,
+                              f"ws {getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}")
