@@ -104,11 +104,15 @@ class Core:
     # --- messages --------------------------------------------------------------------------
 
     def send_message(self, sender: str, to: str, body: str, subject: Optional[str] = None,
-                     thread: Optional[str] = None, kind: str = "normal") -> int:
+                     thread: Optional[str] = None, kind: str = "normal",
+                     stanza: Optional[bytes] = None) -> int:
         """Deliver a message from ``sender`` to ``to``'s sessions on every door; returns how
-        many sessions took it. ``kind`` is the XMPP message type (``chat``, ``normal``)."""
+        many sessions took it. ``kind`` is the XMPP message type (``chat``, ``normal``);
+        ``stanza`` is the XMPP form when the message came from an XMPP client (forwarded as
+        is, with its extensions)."""
         event = Event(events.MESSAGE, sender, {"to": to, "body": body, "subject": subject,
-                                               "thread": thread, "kind": kind})
+                                               "thread": thread, "kind": kind,
+                                               "stanza": stanza})
         reached = self.router.deliver(to, event)
         self.hooks.fire("message-sent", event, reached)
         return reached
