@@ -1,0 +1,1 @@
+"""The web admin console and ``GET /metrics`` (docs/admin-console.md)."""

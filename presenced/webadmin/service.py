@@ -1,0 +1,59 @@
+"""The web admin door: the console and ``/metrics`` on ``[webadmin] port`` (127.0.0.1:8001).
+
+Pages are registered here from one module per page; a resource another door offers for this
+port (the IRC bot's HTTP cat endpoint, ``core.features["irc_http"]``) is served at
+``/irccat`` once that door has registered it.
+"""
+
+from __future__ import annotations
+
+from twisted.application import internet, service
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from presenced.core import Core
+from presenced.service import ListeningService, is_worker
+from presenced.webadmin import actions, graph, login, overview, users
+from presenced.webadmin.auth import AdminAccounts
+from presenced.webadmin.console import Console, ConsoleRoot
+from presenced.webadmin.prometheus import MetricsResource, register_metrics
+from presenced.webadmin.sessions import AdminLogins
+from presenced.webadmin.stats import EventRates, StoreProbe
+
+PAGES = (login, overview, users, graph, actions)
+# URL segment -> core.features name of a twisted.web Resource another door serves here.
+FEATURES = {b"irccat": "irc_http"}
+
+
+class AdminSite(server.Site):
+    """The console's site: no access log lines per request (the doors log what matters)."""
+
+    def log(self, request: server.Request) -> None:
+        pass
+
+
+def make_console(core: Core) -> Console:
+    settings = core.config.webadmin
+    rates, probe = EventRates(core.router), StoreProbe(core.store)
+    console = Console(core, AdminAccounts(settings.admins, core.store, core.config.default_domain),
+                      AdminLogins(settings.session_ttl), rates, probe,
+                      register_metrics(core, rates, probe))
+    for page in PAGES:
+        page.register(console)
+    return console
+
+
+def make_service(core: Core) -> service.IService:
+    """The console, in the first process only: with ``[server] workers`` > 1 the others share
+    its port with SO_REUSEPORT, and logins kept in one process must not land in another."""
+    door = service.MultiService()
+    if is_worker():
+        return door
+    settings = core.config.webadmin
+    console = make_console(core)
+    mounted: dict[bytes, Resource] = {b"metrics": MetricsResource(core, settings.metrics_token)}
+    site = AdminSite(ConsoleRoot(console, mounted, FEATURES))
+    ListeningService(core, "webadmin", settings.port, settings.bind, site).setServiceParent(door)
+    for sampler in (console.rates.sample, console.probe.sample):
+        internet.TimerService(settings.stats_interval, sampler).setServiceParent(door)
+    return door
