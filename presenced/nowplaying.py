@@ -175,11 +175,23 @@ def publish_tune(core: "Core", user: str, tune: Optional[Tune]):
     """
     tune = tune if tune is not None else Tune()
     yield core.store.set_pep_item(user, TUNE_NS, PepItem(TUNE_ITEM_ID, tune.to_xml()))
+    reached = yield _announce(core, user, tune)
+    return reached
+
+
+@defer.inlineCallbacks
+def forget_tune(core: "Core", user: str):
+    """Drop ``user``'s tune node (a PEP retract or delete); followers are told "stopped"."""
+    yield core.store.delete_pep_node(user, TUNE_NS)
+    reached = yield _announce(core, user, Tune())
+    return reached
+
+
+def _announce(core: "Core", user: str, tune: Tune) -> defer.Deferred:
     core.metrics.describe("presenced_tunes_published_total", "counter",
                           "Tunes published (stops included), from every door")
     core.metrics.inc("presenced_tunes_published_total")
-    reached = yield core.router.send(user, Event(events.TUNE, user, tune.to_payload()))
-    return reached
+    return core.router.send(user, Event(events.TUNE, user, tune.to_payload()))
 
 
 @defer.inlineCallbacks

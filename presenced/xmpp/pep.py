@@ -1,0 +1,384 @@
+"""Personal Eventing Protocol (XEP-0163) on every account's bare JID, User Tune first.
+
+Every account is a virtual pubsub service with PEP's fixed defaults: nodes are created by the
+first publish, keep one item, use the *presence* access model and notify on publish. What a
+client publishes goes through the core, so every door sees it:
+
+- the tune node (XEP-0118) is validated by :class:`presenced.nowplaying.Tune` and published
+  with ``core.publish_tune`` — the same path as Thrift ``publish_np``: store, then ONE router
+  ``tune`` event that comet streams and IRC hooks read too;
+- any other node (mood, activity, ...) is kept as the node's last item and sent as a router
+  ``pep`` event, which only XMPP renders.
+
+A router event reaching an XMPP session becomes a ``<message type='headline'>`` with a
+``pubsub#event`` only when the resource is available and its entity capabilities
+(:mod:`presenced.xmpp.caps`) include ``<node>+notify``. The router already limits recipients
+to the publisher and its subscribers (contacts with subscription ``from``/``both``). When a
+resource comes online, or newly advertises ``+notify``, it is sent the last item of those
+nodes from itself and from every contact it receives events from.
+"""
+
+from __future__ import annotations
+
+import presenced.wokkel_compat  # noqa: F401  (before any wokkel import)
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from twisted.internet import defer
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.xish import domish
+from wokkel import data_form, disco
+from wokkel.pubsub import NS_PUBSUB, NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, BadRequest, PubSubRequest
+
+from presenced import events
+from presenced.events import Event
+from presenced.nowplaying import TUNE_ITEM_ID, TUNE_NS, BadTune, Tune, forget_tune
+from presenced.store import PepItem
+from presenced.xmpp.caps import DISCO_INFO_NS, EntityCaps, notify_nodes
+from presenced.xmpp.features import FeatureHandler
+from presenced.xmpp.stanzas import NS_CLIENT, attr
+
+if TYPE_CHECKING:
+    from presenced.xmpp.session import C2SSession
+
+NS_PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
+ACCESS_MODEL = "pubsub#access_model"
+MAX_NODES = 64          # PEP nodes per account: bounds what one user can make us store
+MAX_NODE_NAME = 256
+DEFAULT_ITEM_ID = "current"  # XEP-0060's id for the item of a singleton node
+RENDERED_EVENTS = 64    # notifications kept serialised, one per recent event
+
+PEP_FEATURES = tuple(f"{NS_PUBSUB}#{name}" for name in (
+    "access-presence", "auto-create", "auto-subscribe", "create-nodes", "delete-items",
+    "delete-nodes", "filtered-notifications", "item-ids", "last-published",
+    "persistent-items", "presence-notifications", "publish", "publish-options",
+    "retract-items", "retrieve-items")) + (NS_PUBSUB,)
+
+
+class PepHandler(FeatureHandler):
+    """PEP publish/retract/items/delete on account JIDs, and +notify delivery."""
+
+    routes = {
+        f"iq-set/self/{NS_PUBSUB}:pubsub": "on_set",
+        f"iq-set/bare/{NS_PUBSUB}:pubsub": "on_foreign_set",
+        f"iq-get/self/{NS_PUBSUB}:pubsub": "on_get",
+        f"iq-get/bare/{NS_PUBSUB}:pubsub": "on_get",
+        f"iq-set/self/{NS_PUBSUB_OWNER}:pubsub": "on_owner_set",
+    }
+    event_renderers = {events.TUNE: "render_tune", events.PEP: "render_pep"}
+
+    def __init__(self, server) -> None:
+        super().__init__(server)
+        self.caps = EntityCaps(self._ask_disco_info)
+        self._rendered: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()
+        self.notifications = 0
+
+    def attached(self) -> None:
+        hooks = self.core.hooks
+        hooks.add("xmpp-available", self._available)
+        hooks.add("xmpp-unavailable", self.caps.forget)
+        hooks.add("friends-added", self._friends_added)
+        self.caps.listeners.append(self._interests_changed)
+        metrics = self.core.metrics
+        metrics.describe("presenced_pep_notifications_total", "counter",
+                         "PEP notifications sent to XMPP resources.")
+        metrics.gauge("presenced_pep_notifications_total", lambda: self.notifications)
+        metrics.describe("presenced_caps_cached", "gauge",
+                         "Verified entity capabilities hashes in the cache.")
+        metrics.gauge("presenced_caps_cached", self.caps.cached_hashes)
+
+    # --- disco ------------------------------------------------------------------------------
+
+    def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
+        if nodeIdentifier or not target.user:
+            return []
+        return [disco.DiscoIdentity("pubsub", "pep")] + [
+            disco.DiscoFeature(name) for name in PEP_FEATURES]
+
+    # --- publish, retract, create -----------------------------------------------------------
+
+    def on_set(self, session: "C2SSession", iq: domish.Element) -> Optional[defer.Deferred]:
+        request = self._parse(session, iq)
+        if request is None:
+            return None
+        if request.verb == "publish":
+            return defer.ensureDeferred(self._publish(session, iq, request))
+        if request.verb == "retract":
+            return defer.ensureDeferred(self._retract(session, iq, request))
+        if request.verb == "create":
+            # Nodes exist from their first publish; an explicit create is a no-op success.
+            session.result(iq)
+            return None
+        return self._unsupported(session, iq, request.verb)
+
+    def on_foreign_set(self, session: "C2SSession", iq: domish.Element) -> None:
+        session.error(iq, "forbidden", "only the account owner publishes to its PEP nodes")
+
+    def on_owner_set(self, session: "C2SSession", iq: domish.Element) -> Optional[defer.Deferred]:
+        request = self._parse(session, iq)
+        if request is None:
+            return None
+        if request.verb in ("delete", "purge"):
+            return defer.ensureDeferred(self._delete(session, iq, request.nodeIdentifier))
+        return self._unsupported(session, iq, request.verb)
+
+    async def _publish(self, session: "C2SSession", iq: domish.Element,
+                       request: PubSubRequest) -> None:
+        node = request.nodeIdentifier
+        if not self._node_ok(session, iq, node):
+            return
+        if len(request.items) != 1:
+            return self._bad(session, iq, "item-required" if not request.items
+                             else "invalid-payload", "publish exactly one item")
+        item = request.items[0]
+        payloads = list(item.elements())
+        if len(payloads) != 1:
+            return self._bad(session, iq, "invalid-payload", "an item carries one payload")
+        if not self._options_ok(session, iq):
+            return
+        user = session.user
+        if node == TUNE_NS:
+            try:
+                tune = Tune.from_element(payloads[0])
+            except BadTune as e:
+                return self._bad(session, iq, "invalid-payload", str(e))
+            await self.core.publish_tune(user, tune)
+            item_id = TUNE_ITEM_ID
+        else:
+            item_id = item.getAttribute("id") or DEFAULT_ITEM_ID
+            if not await self._room_for(user, node):
+                session.error(iq, "policy-violation", f"at most {MAX_NODES} PEP nodes per account")
+                return
+            xml = payloads[0].toXml()
+            await self.core.store.set_pep_item(user, node, PepItem(item_id, xml))
+            await self.core.router.send(user, Event(events.PEP, user, {
+                "node": node, "item_id": item_id, "item": xml}))
+        answer = domish.Element((NS_PUBSUB, "pubsub"))
+        answer.addElement("publish")["node"] = node
+        answer.publish.addElement("item")["id"] = item_id
+        session.result(iq, answer)
+
+    async def _retract(self, session: "C2SSession", iq: domish.Element,
+                       request: PubSubRequest) -> None:
+        node, user = request.nodeIdentifier, session.user
+        if not request.itemIdentifiers:
+            return self._bad(session, iq, "item-required", "name the item to retract")
+        current = await self.core.store.get_pep_item(user, node)
+        if current is None or current.item_id not in request.itemIdentifiers:
+            session.error(iq, "item-not-found")
+            return
+        await self._remove(user, node, {"retract": current.item_id})
+        session.result(iq)
+
+    async def _delete(self, session: "C2SSession", iq: domish.Element, node: str) -> None:
+        if await self.core.store.get_pep_item(session.user, node) is None:
+            session.error(iq, "item-not-found")
+            return
+        await self._remove(session.user, node, {"delete": True})
+        session.result(iq)
+
+    async def _remove(self, user: str, node: str, what: dict[str, Any]) -> None:
+        """Drop a node's item and tell the subscribers; without its item the tune is stopped."""
+        if node == TUNE_NS:
+            await forget_tune(self.core, user)
+            return
+        await self.core.store.delete_pep_node(user, node)
+        await self.core.router.send(user, Event(events.PEP, user, dict(node=node, **what)))
+
+    async def _room_for(self, user: str, node: str) -> bool:
+        if await self.core.store.get_pep_item(user, node) is not None:
+            return True
+        return len(await self.core.store.get_pep_nodes(user)) < MAX_NODES
+
+    # --- items ------------------------------------------------------------------------------
+
+    def on_get(self, session: "C2SSession", iq: domish.Element) -> Optional[defer.Deferred]:
+        request = self._parse(session, iq)
+        if request is None:
+            return None
+        if request.verb != "items":
+            return self._unsupported(session, iq, request.verb)
+        return defer.ensureDeferred(self._items(session, iq, request))
+
+    async def _items(self, session: "C2SSession", iq: domish.Element,
+                     request: PubSubRequest) -> None:
+        to = iq.getAttribute("to")
+        owner = to if to else session.user
+        node = request.nodeIdentifier
+        if owner != session.user:
+            contact = await self.core.store.get_roster_item(owner, session.user)
+            if contact is None or contact.subscription not in ("from", "both"):
+                error = StanzaError("not-authorized", appCondition=domish.Element(
+                    (NS_PUBSUB_ERRORS, "presence-subscription-required")))
+                session.send(error.toResponse(iq))
+                return
+        item = await self.core.store.get_pep_item(owner, node)
+        if item is None:
+            session.error(iq, "item-not-found")
+            return
+        answer = domish.Element((NS_PUBSUB, "pubsub"))
+        items = answer.addElement("items")
+        items["node"] = node
+        if not request.itemIdentifiers or item.item_id in request.itemIdentifiers:
+            element = items.addElement("item")
+            element["id"] = item.item_id
+            element.addRawXml(item.payload)
+        session.result(iq, answer)
+
+    # --- notifications ------------------------------------------------------------------------
+
+    def render_tune(self, session: "C2SSession", event: Event) -> None:
+        """A router ``tune`` event, as PEP notification for resources with tune+notify."""
+        if session.available and TUNE_NOTIFY in self.caps.features(session):
+            self._notify(session, event, TUNE_NS)
+
+    def render_pep(self, session: "C2SSession", event: Event) -> None:
+        node = event.payload["node"]
+        if session.available and node + "+notify" in self.caps.features(session):
+            self._notify(session, event, node)
+
+    def _notify(self, session: "C2SSession", event: Event, node: str) -> None:
+        """Write the notification; its bytes are built once per event, whatever the fan-out."""
+        rendered = self._rendered.get(event.id)
+        if rendered is None:
+            rendered = self._rendered[event.id] = _split_notification(
+                event.sender, _event_content(event, node))
+            if len(self._rendered) > RENDERED_EVENTS:
+                self._rendered.popitem(last=False)
+        head, tail = rendered
+        session.write(head + attr(session.full).encode("utf-8") + tail)
+        self.notifications += 1
+        self.server.events_out += 1
+
+    # --- last items for resources that (newly) want them --------------------------------------
+
+    def _available(self, session: "C2SSession", presence: domish.Element) -> None:
+        self.caps.learn(session, presence)
+
+    def _interests_changed(self, session: "C2SSession", old: frozenset,
+                           new: frozenset) -> None:
+        nodes = notify_nodes(new) - notify_nodes(old)
+        if nodes:
+            defer.ensureDeferred(self._send_last_items(session, nodes)).addErrback(
+                self._log_failure, session.user)
+
+    async def _send_last_items(self, session: "C2SSession", nodes: frozenset) -> None:
+        owners = [session.user] + list(await self.core.store.get_subscriptions(session.user))
+        await self._deliver_last_items([session], owners, nodes)
+
+    async def _deliver_last_items(self, sessions: list["C2SSession"], owners: Iterable[str],
+                                  nodes: Optional[frozenset]) -> None:
+        """Send each session the last item of ``owners``' nodes it wants (``nodes``: only
+        these)."""
+        store = self.core.store
+        owners = list(owners)
+        found = await defer.gatherResults([store.get_pep_nodes(o) for o in owners],
+                                          consumeErrors=True)
+        for owner, items in zip(owners, found):
+            for node, item in items.items():
+                if nodes is not None and node not in nodes:
+                    continue
+                data = None
+                for session in sessions:
+                    if (session.available and session.stream.session is session
+                            and node + "+notify" in self.caps.features(session)):
+                        if data is None:
+                            data = _split_notification(owner, _item_xml(node, item))
+                        session.write(data[0] + attr(session.full).encode("utf-8") + data[1])
+                        self.notifications += 1
+
+    def _friends_added(self, pairs: list[tuple[str, str]]) -> None:
+        """New friends see each other's last items at once (XEP-0163 §6.1.2)."""
+        from presenced.xmpp.session import available_sessions
+
+        for a, b in pairs:
+            for viewer, owner in ((a, b), (b, a)):
+                sessions = available_sessions(self.core, viewer)
+                if sessions:
+                    defer.ensureDeferred(self._deliver_last_items(sessions, [owner], None)) \
+                        .addErrback(self._log_failure, viewer)
+
+    def _log_failure(self, failure, viewer: str) -> None:
+        self.server.log.failure("sending last PEP items to {viewer}", failure, viewer=viewer)
+
+    # --- entity caps --------------------------------------------------------------------------
+
+    def _ask_disco_info(self, session: "C2SSession", node: str) -> defer.Deferred:
+        iq = domish.Element((NS_CLIENT, "iq"))
+        iq["type"] = "get"
+        iq["from"] = session.user.rpartition("@")[2]
+        iq.addElement((DISCO_INFO_NS, "query"))["node"] = node
+        return session.request(iq).addCallback(_disco_query)
+
+    # --- request parsing and errors ------------------------------------------------------------
+
+    def _parse(self, session: "C2SSession", iq: domish.Element) -> Optional[PubSubRequest]:
+        """wokkel's parse of a pubsub request; on an error the client is answered, None."""
+        try:
+            return PubSubRequest.fromElement(iq)
+        except StanzaError as e:
+            session.send(e.toResponse(iq))
+        except NotImplementedError:
+            session.error(iq, "feature-not-implemented", "unknown pubsub request")
+        return None
+
+    def _node_ok(self, session: "C2SSession", iq: domish.Element, node: str) -> bool:
+        if not node or len(node) > MAX_NODE_NAME:
+            self._bad(session, iq, "nodeid-required", f"a node name of 1..{MAX_NODE_NAME} characters")
+            return False
+        return True
+
+    def _options_ok(self, session: "C2SSession", iq: domish.Element) -> bool:
+        """XEP-0223 preconditions: PEP nodes here are always presence-access."""
+        for options in iq.pubsub.elements(NS_PUBSUB, "publish-options"):
+            form = data_form.findForm(options, NS_PUBSUB + "#publish-options")
+            if form is None:
+                continue
+            model = form.getValues().get(ACCESS_MODEL, "presence")
+            if model != "presence":
+                error = StanzaError("conflict", text=f"access model {model!r} is not offered",
+                                    appCondition=domish.Element((NS_PUBSUB_ERRORS,
+                                                                 "precondition-not-met")))
+                session.send(error.toResponse(iq))
+                return False
+        return True
+
+    def _bad(self, session: "C2SSession", iq: domish.Element, condition: str, text: str) -> None:
+        session.send(BadRequest(condition, text).toResponse(iq))
+
+    def _unsupported(self, session: "C2SSession", iq: domish.Element, verb: str) -> None:
+        session.error(iq, "feature-not-implemented",
+                      f"PEP here offers publish, retract, items and delete, not {verb}")
+
+
+TUNE_NOTIFY = TUNE_NS + "+notify"
+
+
+def _disco_query(iq: domish.Element) -> domish.Element:
+    for child in iq.elements(DISCO_INFO_NS, "query"):
+        return child
+    raise ValueError("disco#info result without <query/>")
+
+
+def _event_content(event: Event, node: str) -> str:
+    """The ``<items/>`` or ``<delete/>`` of a router event's notification."""
+    payload = event.payload
+    if event.type == events.TUNE:
+        return _item_xml(node, PepItem(TUNE_ITEM_ID, Tune.from_payload(payload).to_xml()))
+    if payload.get("delete"):
+        return f"<delete node={attr(node)}/>"
+    if "retract" in payload:
+        return f"<items node={attr(node)}><retract id={attr(payload['retract'])}/></items>"
+    return _item_xml(node, PepItem(payload["item_id"], payload["item"]))
+
+
+def _item_xml(node: str, item: PepItem) -> str:
+    return f"<items node={attr(node)}><item id={attr(item.item_id)}>{item.payload}</item></items>"
+
+
+def _split_notification(sender: str, content: str) -> tuple[bytes, bytes]:
+    """The notification message, cut where each recipient's ``to`` goes."""
+    head = f"<message from={attr(sender)} type='headline' to="
+    tail = f"><event xmlns='{NS_PUBSUB_EVENT}'>{content}</event></message>"
+    return head.encode("utf-8"), tail.encode("utf-8")
