@@ -1,0 +1,145 @@
+"""Message routing (RFC 6121 8) and offline storage (XEP-0160).
+
+A message from a client to a bare JID goes through ``core.send_message`` (one path for every
+door: Thrift ``spoof_message`` uses it too) carrying the stanza serialised once; each XMPP
+resource that takes bare-JID messages (available, priority >= 0) writes those bytes. A
+message that reaches no such resource is stored offline (the core's ``message-sent`` hook)
+and delivered, with a ``<delay/>`` stamp, on the next available presence.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.internet import defer
+from twisted.words.xish import domish
+
+from presenced.events import Event
+from presenced.xmpp.features import FeatureHandler
+from presenced.xmpp.server import parse_address
+from presenced.xmpp.session import message_targets
+from presenced.xmpp.stanzas import NS_CLIENT, attr, to_bytes
+
+OFFLINE_KINDS = ("normal", "chat")
+NS_OFFLINE = "msgoffline"
+
+
+def message_bytes(event: Event) -> bytes:
+    """The XMPP form of a MESSAGE event, built at most once per event."""
+    payload = event.payload
+    data = payload.get("stanza")
+    if data is None:
+        message = domish.Element((NS_CLIENT, "message"))
+        message["from"] = event.sender
+        message["to"] = payload["to"]
+        message["type"] = payload.get("kind") or "normal"
+        for name in ("subject", "body", "thread"):
+            if payload.get(name):
+                message.addElement(name, content=payload[name])
+        data = payload["stanza"] = to_bytes(message)
+    return data
+
+
+def delayed(stanza: bytes, domain: str, when: float) -> str:
+    """The stanza with an XEP-0203 ``<delay/>`` saying when the server received it."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    delay = f"<delay xmlns='urn:xmpp:delay' from={attr(domain)} stamp='{stamp}'/>"
+    text = stanza.decode("utf-8")
+    head, _, _ = text.rpartition("</message>")
+    if not head:  # <message .../>: open it
+        head = text[:-2] + ">"
+    return head + delay + "</message>"
+
+
+class MessageHandler(FeatureHandler):
+    routes = {"message/bare": "on_bare", "message/self": "on_bare",
+              "message/full": "on_full"}
+    server_features = (NS_OFFLINE,)
+
+    def attached(self) -> None:
+        self.core.hooks.add("message-sent", self.message_sent)
+
+    # --- from the client ---------------------------------------------------------------------
+
+    def on_bare(self, session, message: domish.Element):
+        kind = message.getAttribute("type") or "normal"
+        if kind == "error":
+            return None
+        to = message.getAttribute("to") or session.user
+        if kind == "groupchat":
+            session.error(message, "service-unavailable", "no group chat here")
+            return None
+        if self.core.router.is_online(to):
+            self._send(session, message, to, kind)
+            return None
+        return self._send_to_offline(session, message, to, kind)
+
+    @defer.inlineCallbacks
+    def _send_to_offline(self, session, message, to, kind):
+        exists = yield self.core.store.user_exists(to)
+        if not exists:
+            session.error(message, "service-unavailable")
+        else:
+            self._send(session, message, to, kind)
+
+    def _send(self, session, message: domish.Element, to: str, kind: str) -> None:
+        self.core.send_message(session.user, to, _text(message, "body"),
+                               _text(message, "subject"), _text(message, "thread"), kind,
+                               stanza=to_bytes(message))
+
+    def on_full(self, session, message: domish.Element):
+        recipient = self.server.find_session(parse_address(message["to"]))
+        if recipient is not None:
+            recipient.write(to_bytes(message))
+            self.server.events_out += 1
+            return None
+        if message.getAttribute("type") in (None, "normal", "chat", "headline"):
+            message["to"] = message["to"].partition("/")[0]
+            return self.on_bare(session, message)
+        if message.getAttribute("type") == "groupchat":
+            session.error(message, "service-unavailable")
+        return None
+
+    # --- to the client -------------------------------------------------------------------------
+
+    def render(self, session, event: Event) -> None:
+        """A MESSAGE router event to a resource that takes bare-JID messages."""
+        if session.available and session.priority >= 0:
+            session.write(message_bytes(event))
+            self.server.events_out += 1
+
+    # --- offline storage ---------------------------------------------------------------------
+
+    def message_sent(self, event: Event, reached: int) -> None:
+        """core.send_message's hook: keep the message if no XMPP resource could take it."""
+        to = event.payload["to"]
+        kind = event.payload.get("kind") or "normal"
+        if kind not in OFFLINE_KINDS or not self.core.is_local(to):
+            return
+        if message_targets(self.core, to):
+            return
+        d = defer.ensureDeferred(self._store(to, event))
+        d.addErrback(lambda f: self.log.failure("storing an offline message for {to}", f,
+                                                to=to))
+
+    async def _store(self, to: str, event: Event) -> None:
+        if not await self.core.store.user_exists(to):
+            return
+        stanza = delayed(message_bytes(event), to.partition("@")[2], event.time)
+        kept = await self.core.store.push_offline(to, stanza,
+                                                  self.core.config.server.offline_limit)
+        if not kept:
+            self.log.info("offline store of {to} is full: message dropped", to=to)
+
+    async def deliver_offline(self, session) -> None:
+        """XEP-0160: stored messages go to the first resource with a non-negative priority."""
+        if session.priority < 0:
+            return
+        stanzas = await self.core.store.pop_offline(session.user)
+        for stanza in stanzas:
+            session.write(stanza.encode("utf-8"))
+
+
+def _text(element: domish.Element, name: str):
+    child = getattr(element, name)
+    return str(child) if child is not None else None

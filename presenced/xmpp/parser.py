@@ -1,0 +1,66 @@
+"""The restricted XML parser of a client stream (RFC 6120 11.1) with memory bounds.
+
+twisted.words' expat element stream, with what XMPP forbids refused outright -- DTDs, entity
+declarations (billion laughs), comments, processing instructions -- and limits per stanza on
+bytes, element count, nesting depth and attributes per element, so one stanza can neither
+exhaust memory nor the serialiser's recursion.
+"""
+
+from __future__ import annotations
+
+from twisted.words.xish import domish
+
+
+class RestrictedXML(domish.ParserError):
+    """The peer sent XML that XMPP does not allow (stream error ``restricted-xml``)."""
+
+
+class PolicyViolation(domish.ParserError):
+    """A stanza over a limit (stream error ``policy-violation``)."""
+
+
+class StanzaParser(domish.ExpatElementStream):
+    """One stream's parser; a stream restart makes a new one."""
+
+    max_depth = 32
+    max_attributes = 64
+
+    def __init__(self, max_stanza_size: int, max_elements: int = 10000):
+        super().__init__()
+        self.maxStanzaSize = max_stanza_size
+        self.maxElementCount = max_elements
+        self.depth = 0
+        parser = self.parser
+        parser.StartDoctypeDeclHandler = self._forbidden
+        parser.EntityDeclHandler = self._forbidden
+        parser.CommentHandler = self._forbidden
+        parser.ProcessingInstructionHandler = self._forbidden
+        parser.SetParamEntityParsing(0)
+
+    def _forbidden(self, *args: object) -> None:
+        raise RestrictedXML("DTDs, entities, comments and processing instructions are not "
+                            "allowed in XMPP")
+
+    def parse(self, buffer: bytes) -> None:
+        self.stanzaSize += len(buffer)
+        try:
+            self.parser.Parse(buffer)
+        except self.error as e:
+            raise domish.ParserError(str(e)) from None
+        if self.stanzaSize > self.maxStanzaSize:
+            raise PolicyViolation(f"stanza larger than {self.maxStanzaSize} bytes")
+
+    def _onStartElement(self, name: str, attrs: dict) -> None:
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise PolicyViolation(f"elements nested deeper than {self.max_depth}")
+        if len(attrs) > self.max_attributes:
+            raise PolicyViolation(f"more than {self.max_attributes} attributes")
+        try:
+            super()._onStartElement(name, attrs)
+        except domish.ParserError as e:
+            raise PolicyViolation(str(e)) from None
+
+    def _onEndElement(self, name: str) -> None:
+        self.depth -= 1
+        super()._onEndElement(name)

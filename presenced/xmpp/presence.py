@@ -1,0 +1,197 @@
+"""Presence (RFC 6121 4-5): broadcast, probes, directed presence, subscriptions.
+
+A resource's available/unavailable presence is ONE router event sent with
+``core.router.send(user, Event(PRESENCE, ...))``: it reaches the user's own resources and every
+subscriber (contacts with ``from``/``both``) on every door, comet streams included. Each XMPP
+session renders the event with its own ``to``; the stanza body is serialised once per event.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.internet import defer
+from twisted.words.xish import domish
+
+from presenced import events
+from presenced.events import Event
+from presenced.xmpp.features import FeatureHandler
+from presenced.xmpp.server import parse_address
+from presenced.xmpp.session import available_sessions
+from presenced.xmpp.stanzas import NS_CLIENT, attr
+from presenced.xmpp.subscription import Subscriptions
+
+SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
+MAX_DIRECTED = 100
+_RENDERED = "xmpp_rendered"
+
+
+def _children(presence: domish.Element) -> bytes:
+    return "".join(child.toXml(defaultUri=NS_CLIENT)
+                   for child in presence.elements()).encode("utf-8")
+
+
+def _event_children(payload: dict) -> bytes:
+    """Children of a presence event made by another door (show/status only)."""
+    xml = payload.get("xml")
+    if xml is not None:
+        return xml
+    parts = []
+    if payload.get("show"):
+        parts.append(f"<show>{domish.escapeToXml(payload['show'])}</show>")
+    if payload.get("status"):
+        parts.append(f"<status>{domish.escapeToXml(payload['status'])}</status>")
+    return "".join(parts).encode("utf-8")
+
+
+class PresenceHandler(FeatureHandler):
+    routes = {"presence/self": "on_broadcast", "presence/host": "on_broadcast",
+              "presence/bare": "on_addressed", "presence/full": "on_addressed"}
+    account_features = ()
+
+    def attached(self) -> None:
+        self.subscriptions = Subscriptions(self.server)
+
+    # --- from the client ---------------------------------------------------------------------
+
+    def on_broadcast(self, session, presence: domish.Element):
+        kind = presence.getAttribute("type")
+        if kind is None:
+            return self.available(session, presence)
+        if kind == "unavailable":
+            self.unavailable(session, _children(presence))
+        return None
+
+    def available(self, session, presence: domish.Element) -> Optional[defer.Deferred]:
+        initial = not session.available
+        try:
+            priority = int(str(presence.priority or "0").strip())
+        except ValueError:
+            priority = 0
+        session.priority = max(-128, min(127, priority))
+        session.presence = presence
+        session.available = True
+        self.broadcast(session, True, _children(presence))
+        self.core.hooks.fire("xmpp-available", session, presence)
+        if initial:
+            return defer.ensureDeferred(self._came_online(session))
+        return None
+
+    async def _came_online(self, session) -> None:
+        """Probes (answered locally), pending requests, offline messages (RFC 6121 4.2.2)."""
+        contacts = await self.core.store.get_subscriptions(session.user)
+        for contact in contacts:
+            for other in available_sessions(self.core, contact):
+                session.write(self.presence_bytes(other, session.full))
+        await self.subscriptions.deliver_pending(session)
+        await self.server.messages.deliver_offline(session)
+
+    def unavailable(self, session, children: bytes = b"") -> None:
+        if not session.available:
+            return
+        session.available = False
+        session.presence = None
+        self.broadcast(session, False, children)
+        if session.directed:
+            data = b" type='unavailable'>%s</presence>" % children
+            head = b"<presence from=%s" % attr(session.full).encode("utf-8")
+            for target in session.directed:
+                recipient = self.server.find_session(parse_address(target))
+                targets = [recipient] if recipient else available_sessions(self.core, target)
+                for other in targets:
+                    other.write(head + b" to=%s" % attr(other.full).encode("utf-8") + data)
+            session.directed = None
+        self.core.hooks.fire("xmpp-unavailable", session)
+
+    def session_ended(self, session) -> None:
+        """The connection is gone: contacts see the resource go, cleanly or not."""
+        self.unavailable(session)
+
+    def broadcast(self, session, available: bool, children: bytes) -> None:
+        payload = {"resource": session.label, "available": available,
+                   "priority": session.priority, "xml": children}
+        presence = session.presence
+        if presence is not None:
+            payload["show"] = str(presence.show) if presence.show else None
+            payload["status"] = str(presence.status) if presence.status else None
+        d = self.core.router.send(session.user, Event(events.PRESENCE, session.user, payload))
+        d.addErrback(lambda f: self.log.failure("presence broadcast", f))
+
+    def on_addressed(self, session, presence: domish.Element):
+        kind = presence.getAttribute("type")
+        address = parse_address(presence["to"])
+        if kind in SUBSCRIPTION_TYPES:
+            return defer.ensureDeferred(self._subscription(session, kind, address.bare,
+                                                           presence))
+        if kind == "probe":
+            return defer.ensureDeferred(self._probe(session, address.bare))
+        if kind not in (None, "unavailable") or not session.available:
+            return None
+        self._directed(session, presence, address)
+        return None
+
+    async def _subscription(self, session, kind: str, contact: Optional[str],
+                            presence: domish.Element) -> None:
+        user = session.user
+        if contact is None or contact == user:
+            return
+        subscriptions = self.subscriptions
+        if kind == "subscribe":
+            await subscriptions.subscribe(user, contact, presence)
+        elif kind == "subscribed":
+            await subscriptions.subscribed(user, contact)
+        elif kind == "unsubscribe":
+            await subscriptions.unsubscribe(user, contact)
+        else:
+            await subscriptions.unsubscribed(user, contact)
+
+    async def _probe(self, session, contact: Optional[str]) -> None:
+        if contact is None:
+            return
+        item = await self.core.store.get_roster_item(session.user, contact)
+        if item is not None and item.subscription in ("to", "both"):
+            for other in available_sessions(self.core, contact):
+                session.write(self.presence_bytes(other, session.full))
+
+    def _directed(self, session, presence: domish.Element, address) -> None:
+        data = presence.toXml(defaultUri=NS_CLIENT).encode("utf-8")
+        if address.resource is not None:
+            recipient = self.server.find_session(address)
+            targets = [recipient] if recipient is not None and recipient.available else []
+        else:
+            targets = available_sessions(self.core, address.bare)
+        for target in targets:
+            target.write(data)
+        if presence.getAttribute("type") is None:
+            if session.directed is None:
+                session.directed = set()
+            if len(session.directed) < MAX_DIRECTED:
+                session.directed.add(address.full)
+        elif session.directed:
+            session.directed.discard(address.full)
+
+    # --- to the client -----------------------------------------------------------------------
+
+    def presence_bytes(self, other, to: str, available: bool = True) -> bytes:
+        """The current presence of resource ``other`` as sent to ``to``."""
+        head = b"<presence from=%s to=%s" % (attr(other.full).encode("utf-8"),
+                                             attr(to).encode("utf-8"))
+        if not available or other.presence is None:
+            return head + b" type='unavailable'/>"
+        return head + b">" + _children(other.presence) + b"</presence>"
+
+    def render(self, session, event: Event) -> None:
+        """A PRESENCE router event to an available resource."""
+        if not session.available:
+            return
+        payload = event.payload
+        rendered = payload.get(_RENDERED)
+        if rendered is None:
+            resource = payload.get("resource")
+            sender = f"{event.sender}/{resource}" if resource else event.sender
+            kind = b"" if payload.get("available", True) else b" type='unavailable'"
+            rendered = payload[_RENDERED] = (
+                b"<presence from=%s" % attr(sender).encode("utf-8"),
+                kind + b">" + _event_children(payload) + b"</presence>")
+        session.write(rendered[0] + b" to=" + attr(session.full).encode("utf-8") + rendered[1])
+        self.server.events_out += 1

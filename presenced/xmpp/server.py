@@ -1,0 +1,328 @@
+"""The c2s door's per-node state: feature handlers, stanza dispatch, stream features, limits.
+
+Dispatch follows Prosody's naming (see :mod:`presenced.xmpp`): the server stamps ``from``,
+classifies the ``to`` address (host, self, bare, full) and looks the event name up in the
+routes the feature handlers declared. The server itself knows no feature.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import TYPE_CHECKING, Callable, Optional
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.jid import InvalidFormat, JID
+from twisted.words.xish import domish
+
+from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_PREAPPROVAL, NS_REGISTER_FEATURE,
+                                    NS_ROSTERVER, NS_SESSION, NS_TLS, to_bytes)
+
+if TYPE_CHECKING:
+    from presenced.core import Core
+    from presenced.xmpp.session import C2SSession
+    from presenced.xmpp.stream import C2SStream
+
+DOOR = "xmpp"
+# Plain lowercase ASCII JIDs are already in stringprep's canonical form: skip it.
+_PLAIN_JID = re.compile(r"(?:([a-z0-9._+-]+)@)?([a-z0-9.-]+)(?:/([\x21-\x7e]{1,1023}))?\Z")
+
+
+class Address:
+    """A parsed ``to`` address: ``bare`` is user@domain or None, ``domain``, ``resource``."""
+
+    __slots__ = ("bare", "domain", "resource", "full")
+
+    def __init__(self, bare: Optional[str], domain: str, resource: Optional[str]):
+        self.bare = bare
+        self.domain = domain
+        self.resource = resource
+        self.full = f"{bare or domain}/{resource}" if resource else (bare or domain)
+
+
+def parse_address(text: str) -> Address:
+    """Parse and normalise a JID; raises ValueError when it is not one."""
+    match = _PLAIN_JID.match(text)
+    if match is not None:
+        local, domain, resource = match.groups()
+        return Address(f"{local}@{domain}" if local else None, domain, resource)
+    try:
+        jid = JID(text)
+    except (InvalidFormat, UnicodeError) as e:
+        raise ValueError(str(e)) from None
+    return Address(jid.userhost() if jid.user else None, jid.host, jid.resource)
+
+
+class C2SServer:
+    """Everything the streams of one node share."""
+
+    log = Logger()
+
+    def __init__(self, core: "Core", tls_context, extauth=None):
+        xmpp = core.config.xmpp
+        self.core = core
+        self.tls_context = tls_context
+        self.extauth = extauth
+        self.domains = frozenset(core.domains)
+        self.max_stanza_size = xmpp.max_stanza_size
+        self.auth_timeout = xmpp.auth_timeout
+        self.auth_failure_delay = xmpp.auth_failure_delay
+        self.session_queue_bytes = core.config.router.session_queue_bytes
+        self.streams: set["C2SStream"] = set()
+        # Hot-path counters: plain ints, read by the metrics at scrape time.
+        self.stanzas_in = 0
+        self.events_out = 0
+        self.routes: dict[str, Callable] = {}
+        self.event_renderers: dict[str, Callable] = {}
+        self._features_cache: dict[tuple, bytes] = {}
+        self.handlers = []
+        self.registration = None
+        from presenced.xmpp.features import FEATURES
+
+        for feature in FEATURES:
+            self.add_handler(feature(self))
+        # The three event kinds every session renders (see C2SSession.deliver).
+        self.messages = self.handler("MessageHandler")
+        self.presence = self.handler("PresenceHandler")
+        self.roster = self.handler("RosterHandler")
+        self._describe_metrics()
+
+    # --- handlers ----------------------------------------------------------------------------
+
+    def add_handler(self, handler) -> None:
+        self.handlers.append(handler)
+        for name, method in handler.routes.items():
+            if name in self.routes:
+                raise ValueError(f"two handlers route {name}")
+            self.routes[name] = getattr(handler, method)
+        for kind, method in handler.event_renderers.items():
+            self.event_renderers[kind] = getattr(handler, method)
+        handler.attached()
+
+    def handler(self, class_name: str):
+        for handler in self.handlers:
+            if type(handler).__name__ == class_name:
+                return handler
+        raise LookupError(class_name)
+
+    # --- streams -----------------------------------------------------------------------------
+
+    def build_stream(self, direct_tls: bool) -> "C2SStream":
+        from presenced.xmpp.stream import C2SStream
+
+        return C2SStream(self, direct_tls)
+
+    def stream_opened(self, stream: "C2SStream") -> None:
+        self.streams.add(stream)
+        self.core.metrics.inc("presenced_connections_total", door=DOOR)
+
+    def stream_closed(self, stream: "C2SStream") -> None:
+        self.streams.discard(stream)
+
+    def must_start_tls(self, stream: "C2SStream") -> bool:
+        return (not stream.secure and self.tls_context is not None
+                and self.core.config.xmpp.require_tls)
+
+    def features(self, stream: "C2SStream") -> bytes:
+        """The ``<stream:features/>`` for the stream's state, serialised once per state."""
+        from presenced.xmpp import sasl
+
+        tls = self.must_start_tls(stream)
+        key = (stream.user is not None, stream.secure, tls)
+        cached = self._features_cache.get(key)
+        if cached is not None:
+            return cached
+        features = domish.Element(("http://etherx.jabber.org/streams", "features"))
+        if stream.user is not None:
+            features.addElement((NS_BIND, "bind"))
+            features.addElement((NS_SESSION, "session")).addElement("optional")
+            features.addElement((NS_ROSTERVER, "ver"))
+            features.addElement((NS_PREAPPROVAL, "sub"))
+        else:
+            if not stream.secure and self.tls_context is not None:
+                starttls = features.addElement((NS_TLS, "starttls"))
+                if tls:
+                    starttls.addElement("required")
+            if not tls:
+                mechs = features.addElement(("urn:ietf:params:xml:ns:xmpp-sasl", "mechanisms"))
+                for name in sasl.mechanisms(self.core, stream.secure, self.extauth):
+                    mechs.addElement("mechanism", content=name)
+                if self.registration is not None:
+                    features.addElement((NS_REGISTER_FEATURE, "register"))
+        data = features.toXml(prefixes={"http://etherx.jabber.org/streams": "stream"},
+                              prefixesInScope=["stream"]).encode("utf-8")
+        self._features_cache[key] = data
+        return data
+
+    def choose_resource(self, user: str, requested: Optional[str]) -> str:
+        """The resource to bind: the client's (an older session on it is replaced, RFC 6120
+        7.7.2.2) or a generated one."""
+        from presenced.xmpp.session import xmpp_sessions
+
+        if requested:
+            resource = parse_address(f"{user}/{requested}").resource
+            if not resource:
+                raise ValueError("empty resource")
+            for session in xmpp_sessions(self.core, user):
+                if session.label == resource:
+                    session.close("conflict")
+                    session.stream.session = None
+                    session.ended()
+            return resource
+        return secrets.token_hex(6)
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    def session_bound(self, session: "C2SSession") -> None:
+        self.core.router.login(session.user, session)
+        self.core.hooks.fire("xmpp-bound", session)
+
+    def session_ended(self, session: "C2SSession") -> None:
+        self.presence.session_ended(session)
+        self.core.router.logout(session)
+
+    def session_count(self) -> int:
+        return sum(1 for s in self.core.router.all_sessions() if s.protocol == DOOR)
+
+    # --- dispatch ------------------------------------------------------------------------
+
+    def dispatch(self, session: "C2SSession", stanza: domish.Element) -> None:
+        """Route one stanza from a bound client (RFC 6120 8, RFC 6121 8)."""
+        name = stanza.name
+        if stanza.uri != NS_CLIENT or name not in ("message", "presence", "iq"):
+            session.stream.stream_error("unsupported-stanza-type", f"<{name}/>")
+            return
+        self.stanzas_in += 1
+        stanza["from"] = session.full
+        to = stanza.getAttribute("to")
+        if to:
+            try:
+                address = parse_address(to)
+            except ValueError:
+                session.error(stanza, "jid-malformed")
+                return
+            if address.domain not in self.domains:
+                session.error(stanza, "remote-server-not-found",
+                              "this server does not federate")
+                return
+            stanza["to"] = address.full
+            if address.bare is None:
+                target = "host" if address.resource is None else "full"
+            elif address.resource is not None:
+                target = "full"
+            else:
+                target = "self" if address.bare == session.user else "bare"
+        else:
+            address = None
+            target = "self"
+        kind = stanza.getAttribute("type")
+        if name == "iq":
+            self._dispatch_iq(session, stanza, kind, target, address)
+            return
+        method = self.routes.get(f"{name}/{target}")
+        if method is not None:
+            self._call(method, session, stanza)
+        elif name == "message":
+            session.error(stanza, "service-unavailable")
+
+    def _dispatch_iq(self, session: "C2SSession", iq: domish.Element, kind: Optional[str],
+                     target: str, address: Optional[Address]) -> None:
+        if kind in ("get", "set"):
+            child = iq.firstChildElement()
+            if child is None or iq.getAttribute("id") is None:
+                session.error(iq, "bad-request", "an IQ needs an id and one child")
+                return
+            method = self.routes.get(f"iq-{kind}/{target}/{child.uri}:{child.name}")
+            if method is not None:
+                self._call(method, session, iq)
+            elif target == "full":
+                self.route_to_full(session, iq, address)
+            else:
+                session.error(iq, "service-unavailable")
+        elif kind in ("result", "error"):
+            if target == "full":
+                self.route_to_full(session, iq, address)
+            elif target in ("self", "host"):
+                session.response(iq)
+        else:
+            session.error(iq, "bad-request", "IQ type must be get, set, result or error")
+
+    def route_to_full(self, session: "C2SSession", stanza: domish.Element,
+                      address: Address) -> bool:
+        """Hand a stanza to one resource; IQ get/set to a missing resource is an error."""
+        recipient = self.find_session(address)
+        if recipient is not None:
+            recipient.write(to_bytes(stanza))
+            return True
+        if stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set"):
+            session.error(stanza, "service-unavailable")
+        return False
+
+    def find_session(self, address: Address) -> Optional["C2SSession"]:
+        if address.bare is None:
+            return None
+        for candidate in self.core.router.sessions(address.bare):
+            if candidate.protocol == DOOR and candidate.label == address.resource:
+                return candidate
+        return None
+
+    def _call(self, method: Callable, session: "C2SSession", stanza: domish.Element) -> None:
+        try:
+            result = method(session, stanza)
+        except Exception:
+            self.log.failure("handling {stanza}", stanza=stanza.toXml()[:200])
+            session.error(stanza, "internal-server-error")
+            return
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._failed, session, stanza)
+
+    def _failed(self, failure, session: "C2SSession", stanza: domish.Element) -> None:
+        self.log.failure("handling {stanza}", failure, stanza=stanza.toXml()[:200])
+        if session.stream.session is session:
+            session.error(stanza, "internal-server-error")
+
+    # --- shutdown and metrics ------------------------------------------------------------
+
+    def close_all(self, condition: str) -> None:
+        for stream in list(self.streams):
+            stream.stream_error(condition)
+
+    def count(self, name: str) -> None:
+        self.core.metrics.inc(name, door=DOOR)
+
+    def count_error(self, condition: str) -> None:
+        self.core.metrics.inc("presenced_xmpp_stream_errors_total", condition=condition)
+
+    def _describe_metrics(self) -> None:
+        metrics = self.core.metrics
+        metrics.describe("presenced_connections", "gauge", "Open connections by front door.")
+        metrics.gauge("presenced_connections", lambda: len(self.streams), door=DOOR)
+        metrics.describe("presenced_connections_total", "counter",
+                         "Connections accepted by front door.")
+        metrics.describe("presenced_logins_total", "counter", "Successful logins by door.")
+        metrics.describe("presenced_auth_failures_total", "counter",
+                         "Failed authentications by door.")
+        metrics.describe("presenced_stanzas_in_total", "counter",
+                         "Stanzas received from clients by door.")
+        metrics.gauge("presenced_stanzas_in_total", lambda: self.stanzas_in, door=DOOR)
+        metrics.describe("presenced_events_out_total", "counter",
+                         "Events delivered to clients by door.")
+        metrics.gauge("presenced_events_out_total", lambda: self.events_out, door=DOOR)
+        metrics.describe("presenced_xmpp_stream_errors_total", "counter",
+                         "XMPP stream errors sent, by condition.")
+
+
+class C2SFactory(protocol.ServerFactory):
+    """Builds a stream per accepted connection (``direct_tls``: XEP-0368 port)."""
+
+    noisy = False
+
+    def __init__(self, server: C2SServer, direct_tls: bool = False):
+        self.server = server
+        self.direct_tls = direct_tls
+
+    def buildProtocol(self, addr) -> "C2SStream":
+        stream = self.server.build_stream(self.direct_tls)
+        stream.factory = self
+        return stream

@@ -1,0 +1,171 @@
+"""A bound resource: the router's view of one XMPP client (an ``ISession``).
+
+The session turns router events into stanzas (``deliver``), keeps the resource's presence
+state, and hands the client's stanzas to the server's dispatch. Small by design (``__slots__``,
+no per-session handler objects): a node holds hundreds of thousands.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Iterable, Optional
+
+from twisted.internet import defer
+from twisted.words.protocols.jabber.error import exceptionFromStanza
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from presenced import events
+from presenced.router import ISession
+from presenced.xmpp.stanzas import error_reply, result_reply
+
+if TYPE_CHECKING:
+    from presenced.core import Core
+    from presenced.events import Event
+    from presenced.xmpp.server import C2SServer
+    from presenced.xmpp.stream import C2SStream
+
+_request_ids = itertools.count(1)
+
+STREAM_CONDITIONS = frozenset((
+    "conflict", "system-shutdown", "connection-timeout", "policy-violation", "not-authorized",
+    "reset", "see-other-host", "resource-constraint"))
+
+
+@implementer(ISession)
+class C2SSession:
+    """One resource of one account, bound on one stream."""
+
+    protocol = "xmpp"
+
+    __slots__ = ("stream", "server", "user", "label", "full", "presence", "available",
+                 "priority", "roster_requested", "directed", "requests", "_jid")
+
+    def __init__(self, stream: "C2SStream", user: str, resource: str):
+        self.stream = stream
+        self.server: "C2SServer" = stream.server
+        self.user = user
+        self.label = resource
+        self.full = f"{user}/{resource}"
+        self.presence: Optional[domish.Element] = None
+        self.available = False
+        self.priority = 0
+        self.roster_requested = False
+        self.directed: Optional[set[str]] = None
+        self.requests: Optional[dict[str, defer.Deferred]] = None
+        self._jid: Optional[JID] = None
+
+    def __repr__(self) -> str:
+        return f"<C2SSession {self.full}>"
+
+    @property
+    def jid(self) -> JID:
+        if self._jid is None:
+            self._jid = JID(self.full)
+        return self._jid
+
+    @property
+    def resource(self) -> str:
+        return self.label
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    def bound(self) -> None:
+        self.server.session_bound(self)
+
+    def ended(self) -> None:
+        """The connection is gone (clean close or not)."""
+        self.server.session_ended(self)
+        if self.requests:
+            requests, self.requests = self.requests, None
+            for d in requests.values():
+                d.errback(ConnectionError("the client disconnected"))
+
+    def close(self, reason: str) -> None:
+        condition = reason if reason in STREAM_CONDITIONS else "reset"
+        self.stream.stream_error(condition, None if condition == reason else reason)
+
+    # --- output ----------------------------------------------------------------------------
+
+    def send(self, obj) -> None:
+        """A domish element, str or bytes to the client."""
+        self.stream.send(obj)
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data)
+
+    def result(self, iq: domish.Element, child: Optional[domish.Element] = None) -> None:
+        self.stream.send(result_reply(iq, child))
+
+    def error(self, stanza: domish.Element, condition: str, text: Optional[str] = None) -> None:
+        """Answer ``stanza`` with a stanza error (never for errors: no loops)."""
+        if stanza.getAttribute("type") == "error":
+            return
+        self.stream.send(error_reply(stanza, condition, text, own_jid=self.user))
+
+    def request(self, iq: domish.Element) -> defer.Deferred:
+        """Send an IQ get/set to the client; fires with its result, errbacks on its error."""
+        if self.requests is None:
+            self.requests = {}
+        iq["id"] = request_id = f"s{next(_request_ids)}"
+        iq["to"] = self.full
+        d: defer.Deferred = defer.Deferred()
+        self.requests[request_id] = d
+        self.send(iq)
+        return d
+
+    def response(self, iq: domish.Element) -> bool:
+        """A result/error addressed to the server: resolve our request, if it is one."""
+        d = self.requests.pop(iq.getAttribute("id", ""), None) if self.requests else None
+        if d is None:
+            return False
+        if iq.getAttribute("type") == "result":
+            d.callback(iq)
+        else:
+            d.errback(exceptionFromStanza(iq))
+        return True
+
+    # --- input -----------------------------------------------------------------------------
+
+    def received(self, stanza: domish.Element) -> None:
+        self.server.dispatch(self, stanza)
+
+    # --- router events -----------------------------------------------------------------------
+
+    def deliver(self, event: "Event") -> None:
+        kind = event.type
+        if kind == events.MESSAGE:
+            self.server.messages.render(self, event)
+        elif kind == events.PRESENCE:
+            self.server.presence.render(self, event)
+        elif kind == events.ROSTER:
+            self.server.roster.render(self, event)
+        else:
+            renderer = self.server.event_renderers.get(kind)
+            if renderer is not None:
+                renderer(self, event)
+
+
+def xmpp_sessions(core: "Core", user: str) -> list[C2SSession]:
+    """The local XMPP resources of ``user``."""
+    return [s for s in core.router.sessions(user) if s.protocol == "xmpp"]
+
+
+def available_sessions(core: "Core", user: str) -> list[C2SSession]:
+    """The local XMPP resources of ``user`` that have sent available presence."""
+    return [s for s in core.router.sessions(user) if s.protocol == "xmpp" and s.available]
+
+
+def message_targets(core: "Core", user: str) -> list[C2SSession]:
+    """Resources that take messages to the bare JID (RFC 6121 8.5.2.1): available with a
+    non-negative priority."""
+    return [s for s in core.router.sessions(user)
+            if s.protocol == "xmpp" and s.available and s.priority >= 0]
+
+
+def sessions_of(core: "Core", users: Iterable[str]) -> list[C2SSession]:
+    out: list[C2SSession] = []
+    for user in users:
+        out.extend(available_sessions(core, user))
+    return out

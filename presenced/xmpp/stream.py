@@ -1,0 +1,312 @@
+"""One client connection: the XML stream and its negotiation (RFC 6120 4-7).
+
+:class:`C2SStream` is a ``twisted.words.xish`` XML stream that takes the receiving side of
+negotiation, which neither twisted.words nor wokkel provide: stream headers, STARTTLS, SASL,
+resource binding and the legacy session IQ. Once a resource is bound every stanza goes to its
+:class:`~presenced.xmpp.session.C2SSession` and from there to the feature handlers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from typing import TYPE_CHECKING, Optional
+
+from twisted.internet import reactor
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.error import StreamError
+from twisted.words.xish import domish, xmlstream
+
+from presenced.flow import WriteBudget
+from presenced.xmpp import sasl
+from presenced.xmpp.parser import PolicyViolation, RestrictedXML, StanzaParser
+from presenced.xmpp.session import C2SSession
+from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_REGISTER, NS_SASL, NS_SESSION,
+                                    NS_STREAMS, NS_TLS, attr, error_reply, result_reply,
+                                    to_bytes)
+
+if TYPE_CHECKING:
+    from presenced.xmpp.server import C2SServer
+
+MAX_AUTH_FAILURES = 3
+
+
+class C2SStream(xmlstream.XmlStream):
+    """The server side of a jabber:client stream, from TCP accept to close."""
+
+    log = Logger()
+
+    def __init__(self, server: "C2SServer", direct_tls: bool = False):
+        super().__init__()
+        self.server = server
+        self.secure = direct_tls
+        self.domain: Optional[str] = None
+        self.user: Optional[str] = None
+        self.session: Optional[C2SSession] = None
+        self.mechanism = None
+        self.failures = 0
+        self.header_sent = False
+        self.closing = False
+        self.budget: Optional[WriteBudget] = None
+        self.timeout_call = None
+
+    # --- connection ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._initializeStream()
+        self.server.stream_opened(self)
+        self.timeout_call = reactor.callLater(self.server.auth_timeout, self._timed_out)
+
+    def _initializeStream(self) -> None:
+        self.stream = StanzaParser(self.server.max_stanza_size)
+        self.stream.DocumentStartEvent = self.onDocumentStart
+        self.stream.ElementEvent = self.onElement
+        self.stream.DocumentEndEvent = self.onDocumentEnd
+
+    def _restart(self) -> None:
+        """A stream restart (after STARTTLS and SASL): a fresh parser, a new header."""
+        old = self.stream
+        old.DocumentStartEvent = old.ElementEvent = old.DocumentEndEvent = _ignore
+        self.header_sent = False
+        self._initializeStream()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.stream.parse(data)
+        except PolicyViolation as e:
+            self.stream_error("policy-violation", str(e))
+        except RestrictedXML as e:
+            self.stream_error("restricted-xml", str(e))
+        except domish.ParserError as e:
+            self.stream_error("not-well-formed", str(e))
+
+    def connectionLost(self, reason: object) -> None:
+        if self.timeout_call is not None and self.timeout_call.active():
+            self.timeout_call.cancel()
+        self.timeout_call = None
+        self.server.stream_closed(self)
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.ended()
+        self.stream = None
+
+    def _timed_out(self) -> None:
+        self.timeout_call = None
+        if self.session is None:
+            self.stream_error("connection-timeout", "authenticate and bind a resource sooner")
+
+    # --- output ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Bytes to the peer; bounded once a resource is bound (slow readers are cut)."""
+        if self.closing:
+            return
+        if self.budget is not None:
+            self.budget.write(data)
+        else:
+            self.transport.write(data)
+
+    def send(self, obj) -> None:
+        if isinstance(obj, domish.Element):
+            obj = to_bytes(obj)
+        elif isinstance(obj, str):
+            obj = obj.encode("utf-8")
+        self.write(obj)
+
+    def send_header(self) -> None:
+        domain = self.domain or self.server.core.config.default_domain
+        self.write(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                   b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0' "
+                   b"xml:lang='en' id='%s' from=%s>" % (secrets.token_hex(8).encode(),
+                                                        attr(domain).encode()))
+        self.header_sent = True
+
+    def stream_error(self, condition: str, text: Optional[str] = None) -> None:
+        """Send a stream error and close (RFC 6120 4.9)."""
+        if self.closing or self.transport is None:
+            return
+        if not self.header_sent:
+            self.send_header()
+        self.write(StreamError(condition, text=text).getElement().toXml().encode("utf-8")
+                   + b"</stream:stream>")
+        self.closing = True
+        self.server.count_error(condition)
+        self.transport.loseConnection()
+
+    # --- stream header -----------------------------------------------------------------------
+
+    def onDocumentStart(self, root: domish.Element) -> None:
+        if root.uri != NS_STREAMS or root.name != "stream":
+            self.stream_error("invalid-namespace", "expected http://etherx.jabber.org/streams")
+            return
+        if root.defaultUri != NS_CLIENT:
+            self.stream_error("invalid-namespace", "this is a jabber:client port")
+            return
+        to = (root.getAttribute("to") or "").lower()
+        if self.domain is None:
+            if to not in self.server.domains:
+                self.domain = None
+                self.stream_error("host-unknown", f"{to or 'no host'} is not served here")
+                return
+            self.domain = to
+        elif to and to != self.domain:
+            self.stream_error("host-unknown", "the host changed on stream restart")
+            return
+        if not (root.getAttribute("version") or "").startswith("1."):
+            self.stream_error("unsupported-version", "XMPP 1.0 streams only")
+            return
+        self.send_header()
+        self.write(self.server.features(self))
+
+    def onDocumentEnd(self) -> None:
+        if not self.closing:
+            self.write(b"</stream:stream>")
+            self.closing = True
+        self.transport.loseConnection()
+
+    # --- stanzas ---------------------------------------------------------------------------
+
+    def onElement(self, element: domish.Element) -> None:
+        if self.session is not None:
+            self.session.received(element)
+        elif element.uri == NS_TLS and element.name == "starttls":
+            self._starttls()
+        elif element.uri == NS_SASL:
+            self._sasl(element)
+        elif element.name == "iq" and element.uri == NS_CLIENT:
+            self._pre_bind_iq(element)
+        else:
+            self.stream_error("not-authorized", "authenticate first")
+
+    def _starttls(self) -> None:
+        context = self.server.tls_context
+        if self.secure or context is None or self.user is not None:
+            self.write(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
+            self.closing = True
+            self.transport.loseConnection()
+            return
+        self.write(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.transport.startTLS(context)
+        self.secure = True
+        self._restart()
+
+    # --- SASL ------------------------------------------------------------------------------
+
+    def _sasl(self, element: domish.Element) -> None:
+        if self.user is not None:
+            self.stream_error("policy-violation", "already authenticated")
+        elif self.server.must_start_tls(self):
+            self.stream_error("policy-violation", "STARTTLS first")
+        elif element.name == "auth":
+            name = element.getAttribute("mechanism", "")
+            if name not in sasl.mechanisms(self.server.core, self.secure, self.server.extauth):
+                self._sasl_failure(sasl.failure("invalid-mechanism"))
+                return
+            self.mechanism = sasl.make_mechanism(name, self.server.core, self.domain,
+                                                 self.server.extauth)
+            self._sasl_step(str(element))
+        elif element.name == "response" and self.mechanism is not None:
+            self._sasl_step(str(element))
+        elif element.name == "abort":
+            self.mechanism = None
+            self._sasl_failure(sasl.failure("aborted"), delay=0)
+        else:
+            self.stream_error("policy-violation", "unexpected SASL element")
+
+    def _sasl_step(self, text: str) -> None:
+        text = text.strip()
+        try:
+            data = b"" if text in ("", "=") else base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            self._sasl_failure(sasl.failure("incorrect-encoding"))
+            return
+        mechanism = self.mechanism
+        d = mechanism.step(data)
+        d.addCallback(self._sasl_answer, mechanism)
+        d.addErrback(self._sasl_error, mechanism)
+
+    def _sasl_error(self, failure, mechanism) -> None:
+        self.log.failure("SASL {name} failed", failure, name=mechanism.name)
+        self._sasl_answer(sasl.failure("temporary-auth-failure"), mechanism)
+
+    def _sasl_answer(self, step: sasl.Step, mechanism) -> None:
+        if self.closing or mechanism is not self.mechanism:
+            return
+        if step.kind == "challenge":
+            self.write(b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>%s</challenge>"
+                       % base64.b64encode(step.data))
+        elif step.kind == "success":
+            self.mechanism = None
+            self.user = step.user
+            data = base64.b64encode(step.data) if step.data else b""
+            self.write(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>%s</success>" % data)
+            self.server.count("presenced_logins_total")
+            self._restart()
+        else:
+            self.mechanism = None
+            self._sasl_failure(step)
+
+    def _sasl_failure(self, step: sasl.Step, delay: Optional[float] = None) -> None:
+        """Failures are answered after a delay and end the stream after a few: guessing
+        passwords over one connection is slow, and reconnecting costs a TLS handshake."""
+        if step.condition in ("not-authorized", "invalid-authzid"):
+            self.failures += 1
+            self.server.count("presenced_auth_failures_total")
+        text = b"<text>%s</text>" % domish.escapeToXml(step.text).encode() if step.text else b""
+        data = (b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><%s/>%s</failure>"
+                % (step.condition.encode(), text))
+        delay = self.server.auth_failure_delay if delay is None else delay
+        if self.failures and delay:
+            reactor.callLater(delay, self._send_failure, data)
+        else:
+            self._send_failure(data)
+
+    def _send_failure(self, data: bytes) -> None:
+        if self.closing or self.transport is None:
+            return
+        self.write(data)
+        if self.failures >= MAX_AUTH_FAILURES:
+            self.stream_error("policy-violation", "too many failed authentication attempts")
+
+    # --- resource binding --------------------------------------------------------------------
+
+    def _pre_bind_iq(self, iq: domish.Element) -> None:
+        child = iq.firstChildElement()
+        kind = iq.getAttribute("type")
+        if self.user is None:
+            if child is not None and child.uri == NS_REGISTER and self.server.registration:
+                self.server.registration.pre_auth(self, iq)
+            else:
+                self.stream_error("not-authorized", "authenticate first")
+        elif kind == "set" and child is not None and child.uri == NS_BIND and child.name == "bind":
+            self._bind(iq, child)
+        elif child is not None and child.uri == NS_SESSION:
+            self.send(result_reply(iq))
+        else:
+            self.send(error_reply(iq, "not-authorized", "bind a resource first"))
+
+    def _bind(self, iq: domish.Element, bind: domish.Element) -> None:
+        requested = None
+        for child in bind.elements(NS_BIND, "resource"):
+            requested = str(child).strip()
+        try:
+            resource = self.server.choose_resource(self.user, requested)
+        except ValueError as e:
+            self.send(error_reply(iq, "bad-request", str(e)))
+            return
+        if self.timeout_call is not None and self.timeout_call.active():
+            self.timeout_call.cancel()
+        self.timeout_call = None
+        self.budget = WriteBudget(self.transport, self.server.session_queue_bytes)
+        self.session = C2SSession(self, self.user, resource)
+        answer = domish.Element((NS_BIND, "bind"))
+        answer.addElement("jid", content=self.session.full)
+        self.send(result_reply(iq, answer))
+        self.session.bound()
+
+
+def _ignore(*args: object) -> None:
+    """Events of a parser replaced by a stream restart."""

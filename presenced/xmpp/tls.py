@@ -1,0 +1,65 @@
+"""The TLS certificate of the c2s door: the configured one, or a self-signed one generated
+into the data directory on first start (and logged) so STARTTLS works out of the box."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import ssl
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def generate_self_signed(cert_path: str, key_path: str, domains: list[str]) -> None:
+    """Write a self-signed certificate (P-256, ten years) for ``domains``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def context_factory(certificate: str, private_key: str, data_dir: str,
+                    domains: list[str]) -> ssl.CertificateOptions:
+    """TLS options from the configured PEM files, or from ``<data_dir>/tls``."""
+    if not certificate:
+        directory = os.path.join(data_dir, "tls")
+        os.makedirs(directory, exist_ok=True)
+        certificate = os.path.join(directory, "xmpp.crt")
+        private_key = os.path.join(directory, "xmpp.key")
+        if not (os.path.exists(certificate) and os.path.exists(private_key)):
+            generate_self_signed(certificate, private_key, domains)
+            log.info("xmpp: generated a self-signed certificate for {domains} in {path}",
+                     domains=", ".join(domains), path=certificate)
+    with open(certificate, "rb") as f:
+        cert_pem = f.read()
+    with open(private_key or certificate, "rb") as f:
+        key_pem = f.read()
+    pair = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    chain = [ssl.Certificate.loadPEM(block).original
+             for block in _pem_blocks(cert_pem)[1:]]
+    return ssl.CertificateOptions(privateKey=pair.privateKey.original,
+                                  certificate=pair.original, extraCertChain=chain)
+
+
+def _pem_blocks(pem: bytes) -> list[bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    return [block + marker for block in pem.split(marker) if b"BEGIN CERTIFICATE" in block]
