@@ -1,0 +1,372 @@
+"""Comet HTTP streams against a real presenced process: auth, errors, hostile clients, and
+events from a real producer (the Thrift admin door: add_friend, publish_np, spoof_message)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+import thriftpy2
+import websocket
+from thriftpy2.rpc import make_client
+
+from tests.conftest import REPO
+
+IDL = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"), module_name="presenced_thrift")
+
+QUIET = {"xmpp": {"enabled": False}, "webadmin": {"enabled": False}}
+
+
+# --- clients -------------------------------------------------------------------------------
+
+class HTTPStream:
+    """A raw-socket HTTP/1.1 client that reads a chunked stream incrementally."""
+
+    def __init__(self, port: int, path: str, headers: Optional[dict[str, str]] = None,
+                 host: str = "127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=10)
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.raw = b""
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body = b""           # de-chunked
+        self._pending = b""       # chunked bytes not yet decoded
+        self.closed = False
+        self._read_head()
+
+    def _recv(self, timeout: float) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.closed = True
+            return False
+        self.raw += data
+        return True
+
+    def _read_head(self) -> None:
+        deadline = time.monotonic() + 10
+        while b"\r\n\r\n" not in self.raw:
+            if not self._recv(max(0.01, deadline - time.monotonic())) and \
+                    (self.closed or time.monotonic() > deadline):
+                raise AssertionError(f"no response head: {self.raw!r}")
+        head, _, rest = self.raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers = {k.lower(): v.strip() for k, _, v in
+                        (line.partition(":") for line in lines[1:])}
+        self._take(rest)
+
+    def _take(self, data: bytes) -> None:
+        if self.headers.get("transfer-encoding") != "chunked":
+            self.body += data
+            return
+        self._pending += data
+        while True:
+            size_line, sep, rest = self._pending.partition(b"\r\n")
+            if not sep:
+                return
+            size = int(size_line, 16)
+            if len(rest) < size + 2:
+                return
+            self.body += rest[:size]
+            self._pending = rest[size + 2:]
+            if size == 0:
+                return
+
+    def wait(self, predicate: Callable[[bytes], bool], timeout: float = 10) -> bytes:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.body):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                raise AssertionError(f"not seen in time; body so far: {self.body!r}")
+            before = len(self.raw)
+            if self._recv(min(left, 0.5)):
+                self._take(self.raw[before:])
+        return self.body
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.body.split(b"\n") if line.strip()]
+
+    def sse_events(self) -> list[dict[str, Any]]:
+        events = []
+        for block in self.body.decode().split("\n\n"):
+            fields: dict[str, str] = {}
+            for line in block.split("\n"):
+                name, _, value = line.partition(": ")
+                if name in ("id", "data"):
+                    fields[name] = value
+            if "data" in fields:
+                doc = json.loads(fields["data"])
+                doc["_sse_id"] = fields.get("id")
+                events.append(doc)
+        return events
+
+    def wait_for(self, kind: str, count: int = 1, sse: bool = False,
+                 timeout: float = 10) -> list[dict[str, Any]]:
+        parse = self.sse_events if sse else self.json_lines
+
+        def seen(_: bytes) -> bool:
+            return sum(1 for e in parse() if e["type"] == kind) >= count
+        self.wait(seen, timeout)
+        return [e for e in parse() if e["type"] == kind]
+
+    def wait_closed(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.closed:
+            if time.monotonic() > deadline:
+                raise AssertionError("connection still open")
+            self._recv(0.2)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def http_get(port: int, path: str, headers: Optional[dict[str, str]] = None,
+             method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """One complete request and response (the server closes after errors and 404s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        lines = [f"{method} {path} HTTP/1.1", "Host: test", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers_out = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    return int(lines[0].split()[1]), headers_out, body
+
+
+def thrift_admin(server) -> Any:
+    return make_client(IDL.PresencedAdmin, "127.0.0.1", server.ports["thrift"], timeout=10000)
+
+
+def jid(user: str) -> Any:
+    name, _, domain = user.partition("@")
+    return IDL.JabberUser(name=name, server=domain or "localhost")
+
+
+def token(server, user: str) -> str:
+    return server.ctl("stream-token", user).stdout.strip()
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture
+def server(presenced_factory):
+    return presenced_factory({**QUIET, "comet": {"heartbeat_interval": 1.0,
+                                                  "header_timeout": 1.0,
+                                                  "max_request_bytes": 2048,
+                                                  "poll_timeout": 2.0,
+                                                  "replay_linger": 30.0,
+                                                  "cors_origins": ["https://fans.example"]}})
+
+
+# --- HTTP behaviour ------------------------------------------------------------------------
+
+def test_unknown_paths_get_json_404(server):
+    port = server.ports["comet"]
+    for path in ("/nope", "/stream/", "/stream/alice/extra", "/ws/"):
+        status, headers, body = http_get(port, path)
+        assert status == 404, path
+        assert headers["content-type"] == "application/json"
+        assert "error" in json.loads(body)
+
+
+def test_tokens_missing_bad_expired_and_good(server):
+    port = server.ports["comet"]
+    status, headers, body = http_get(port, "/stream/alice")
+    assert status == 401 and "token" in json.loads(body)["error"]
+    assert headers["www-authenticate"].startswith("Bearer")
+    bob_token = token(server, "bob")
+    for path in ("/stream/alice?token=123.abc", f"/stream/alice?token={bob_token}",
+                 f"/poll/alice?token={bob_token}"):
+        status, _, body = http_get(port, path)
+        assert status == 403, path
+        assert "alice@localhost" in json.loads(body)["error"]
+    expired = server.ctl("stream-token", "alice", "--ttl", "-10").stdout.strip()
+    assert http_get(port, f"/stream/alice?token={expired}")[0] == 403
+
+    good = token(server, "alice")
+    stream = HTTPStream(port, f"/stream/alice?token={good}")
+    assert stream.status == 200
+    assert stream.wait_for("welcome")[0]["user"] == "alice@localhost"
+    stream.close()
+    bearer = HTTPStream(port, "/stream/alice@localhost",
+                        headers={"Authorization": f"Bearer {good}"})
+    assert bearer.status == 200
+    bearer.close()
+
+
+def test_bad_requests_get_clear_errors_and_the_server_stays_up(server):
+    port = server.ports["comet"]
+    alice = token(server, "alice")
+    assert http_get(port, f"/stream/alice?token={alice}", method="POST")[0] == 405
+    status, _, body = http_get(port, "/stream/a%20b@@x?token=x")
+    assert status == 400 and "error" in json.loads(body)
+    assert http_get(port, f"/stream/alice?token={alice}&since=yesterday")[0] == 400
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"NONSENSE\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 400 ")
+    assert http_get(port, "/nope")[0] == 404
+
+
+def test_slowloris_head_is_cut_off(server):
+    port = server.ports["comet"]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /stream/alice HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        for _ in range(3):      # trickle a header line every 0.3 s: never completes the head
+            time.sleep(0.3)
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                break
+        data = b""
+        while chunk := sock.recv(1024):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 408 "), data
+        assert time.monotonic() - started < 4
+
+
+def test_oversized_request_head_is_refused(server):
+    port = server.ports["comet"]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /stream/alice HTTP/1.1\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    assert data.startswith(b"HTTP/1.1 431 "), data[:100]
+    assert http_get(port, "/nope")[0] == 404
+
+
+def test_cors_preflight_and_headers(server):
+    port = server.ports["comet"]
+    status, headers, _ = http_get(port, "/stream/alice", method="OPTIONS",
+                                  headers={"Origin": "https://fans.example",
+                                           "Access-Control-Request-Method": "GET"})
+    assert status == 204
+    assert headers["access-control-allow-origin"] == "https://fans.example"
+    assert "Authorization" in headers["access-control-allow-headers"]
+    assert http_get(port, "/stream/alice", method="OPTIONS",
+                    headers={"Origin": "https://evil.example"})[0] == 403
+    stream = HTTPStream(port, f"/stream/alice?token={token(server, 'alice')}",
+                        headers={"Origin": "https://fans.example"})
+    assert stream.headers["access-control-allow-origin"] == "https://fans.example"
+    stream.close()
+
+
+def test_demo_page_is_served(server):
+    status, headers, body = http_get(server.ports["comet"], "/")
+    assert status == 200 and b"comet-demo.js" in body and b"id=\"token\"" in body
+    status, _, script = http_get(server.ports["comet"], "/static/comet-demo.js")
+    assert status == 200 and b"new EventSource" in script
+
+
+# --- events from a real producer -----------------------------------------------------------
+
+def test_thrift_tune_and_message_reach_every_stream_of_a_friend(server):
+    port = server.ports["comet"]
+    admin = thrift_admin(server)
+    admin.add_friend(jid("alice"), jid("bob"))
+    bob = token(server, "bob")
+    first = HTTPStream(port, f"/stream/bob?token={bob}")
+    second = HTTPStream(port, f"/stream/bob?token={bob}", headers={"Accept": "text/event-stream"})
+    first.wait_for("welcome")
+    second.wait_for("welcome", sse=True)
+    stranger = HTTPStream(port, f"/stream/carol?token={token(server, 'carol')}")
+    stranger.wait_for("welcome")
+
+    admin.publish_np(jid("alice"), "Boards of Canada", "Geogaddi", "Music Is Math", 321, 4)
+    tune = first.wait_for("tune")[0]
+    assert tune["from"] == "alice@localhost"
+    assert (tune["artist"], tune["title"], tune["source"], tune["length"], tune["track"]) == \
+        ("Boards of Canada", "Music Is Math", "Geogaddi", 321, "4")
+    assert isinstance(tune["id"], int) and isinstance(tune["time"], float)
+    sse_tune = second.wait_for("tune", sse=True)[0]
+    assert sse_tune["_sse_id"] == str(tune["id"])
+
+    admin.spoof_message(jid("alice"), jid("bob"), "hello bob", "greetings")
+    message = first.wait_for("message")[0]
+    assert (message["from"], message["to"], message["body"], message["subject"]) == \
+        ("alice@localhost", "bob@localhost", "hello bob", "greetings")
+    second.wait_for("message", sse=True)
+
+    first.close()   # the other stream keeps receiving at once
+    admin.publish_np(jid("alice"), "Autechre", "Amber", "Foil", 0, 0)
+    assert second.wait_for("tune", 2, sse=True)[1]["title"] == "Foil"
+    time.sleep(0.3)
+    assert not any(e["type"] == "tune" for e in stranger.json_lines())
+    second.close()
+    stranger.close()
+
+
+def test_sse_resumes_from_last_event_id_and_poll_misses_nothing(server):
+    port = server.ports["comet"]
+    admin = thrift_admin(server)
+    admin.add_friend(jid("alice"), jid("bob"))
+    bob = token(server, "bob")
+    sse = {"Accept": "text/event-stream"}
+    stream = HTTPStream(port, f"/stream/bob?token={bob}", headers=sse)
+    stream.wait_for("welcome", sse=True)
+    admin.publish_np(jid("alice"), "A", "", "one", 0, 0)
+    seen = stream.wait_for("tune", sse=True)[0]
+    stream.close()
+    time.sleep(0.2)
+    admin.publish_np(jid("alice"), "A", "", "two", 0, 0)     # while bob is away
+    admin.publish_np(jid("alice"), "A", "", "three", 0, 0)
+
+    resumed = HTTPStream(port, f"/stream/bob?token={bob}",
+                         headers={**sse, "Last-Event-ID": seen["_sse_id"]})
+    tunes = resumed.wait_for("tune", 2, sse=True)
+    assert [t["title"] for t in tunes] == ["two", "three"]
+    last_id = tunes[-1]["id"]
+    resumed.close()
+
+    status, _, body = http_get(port, f"/poll/bob?token={bob}&since={last_id}")  # waits 2 s
+    assert status == 200 and json.loads(body) == {"events": [], "next": last_id}
+    admin.publish_np(jid("alice"), "A", "", "four", 0, 0)
+    status, _, body = http_get(port, f"/poll/bob?token={bob}&since={last_id}")
+    answer = json.loads(body)
+    assert [e["title"] for e in answer["events"]] == ["four"]
+    assert answer["next"] == answer["events"][0]["id"]
+
+
+def test_websocket_gets_welcome_and_events(server):
+    port = server.ports["comet"]
+    admin = thrift_admin(server)
+    admin.add_friend(jid("alice"), jid("bob"))
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(f"ws://127.0.0.1:{port}/ws/bob", timeout=5)
+    assert refused.value.status_code == 401
+    ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/bob?token={token(server, 'bob')}",
+                                     timeout=5)
+    try:
+        assert json.loads(ws.recv())["type"] == "welcome"
+        admin.publish_np(jid("alice"), "Aphex Twin", "", "Xtal", 0, 0)
+        event = json.loads(ws.recv())
+        assert (event["type"], event["from"], event["title"]) == ("tune", "alice@localhost", "Xtal")
+    finally:
+        ws.close()
+
+
+def test_heartbeats_keep_an_idle_stream_alive(server):
+    stream = HTTPStream(server.ports["comet"], f"/stream/alice?token={token(server, 'alice')}")
+    stream.wait_for("welcome")
+    stream.wait(lambda body: body.count(b"\n") >= 3, timeout=5)   # blank heartbeat lines
+    assert not stream.closed
+    stream.close()
