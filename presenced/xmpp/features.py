@@ -55,6 +55,7 @@ class FeatureHandler(XMPPHandler):
 def _features() -> tuple[type[FeatureHandler], ...]:
     from presenced.xmpp.disco import DiscoHandler
     from presenced.xmpp.messages import MessageHandler
+    from presenced.xmpp.pep import PepHandler
     from presenced.xmpp.ping import PingHandler
     from presenced.xmpp.presence import PresenceHandler
     from presenced.xmpp.register import RegisterHandler
@@ -63,7 +64,7 @@ def _features() -> tuple[type[FeatureHandler], ...]:
     from presenced.xmpp.version import VersionHandler
 
     return (DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
-            VersionHandler, VCardHandler, RegisterHandler)
+            VersionHandler, VCardHandler, RegisterHandler, PepHandler)
 
 
 FEATURES: tuple[type[FeatureHandler], ...] = _features()

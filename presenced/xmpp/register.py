@@ -30,6 +30,8 @@ class RegisterHandler(FeatureHandler):
     def attached(self) -> None:
         if self.core.config.xmpp.allow_registration:
             self.server.registration = self
+        else:
+            self.server_features = ()
 
     def _form(self, username: str = "") -> domish.Element:
         query = domish.Element((NS_REGISTER, "query"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Optional
 
 from twisted.application import service
-from twisted.internet import reactor
 
 from presenced.core import Core
 from presenced.service import ListeningService
@@ -30,16 +29,11 @@ class XMPPService(service.MultiService):
             self.extauth = ExternalAuth(config.extauth_program, config.extauth_pool_size,
                                         config.extauth_timeout)
         self.server = C2SServer(core, tls, self.extauth)
-        plain = C2SFactory(self.server)
         ListeningService(core, "xmpp", config.port, config.bind,
-                         lambda port, host: reactor.listenTCP(port, plain, interface=host,
-                                                              backlog=1024)
-                         ).setServiceParent(self)
+                         C2SFactory(self.server)).setServiceParent(self)
         if config.direct_tls:
-            direct = C2SFactory(self.server, direct_tls=True)
             ListeningService(core, "xmpp_tls", config.direct_tls_port, config.bind,
-                             lambda port, host: reactor.listenSSL(port, direct, tls,
-                                                                  interface=host, backlog=1024)
+                             C2SFactory(self.server, direct_tls=True), tls=tls
                              ).setServiceParent(self)
 
     def startService(self) -> None:
