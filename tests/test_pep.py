@@ -268,3 +268,193 @@ async def test_core_publish_tune_stores_it_and_sends_one_event_to_friends(core):
     assert bob.events[-1].payload == {}
     assert await core.now_playing("rj@localhost") is None
     assert await core.now_playing("nobody@localhost") is None
+
+
+# --- PEP with real slixmpp clients through a real server --------------------------------------
+
+slixmpp = pytest.importorskip("slixmpp")
+
+import asyncio  # noqa: E402
+import ssl  # noqa: E402
+
+from slixmpp.exceptions import IqError  # noqa: E402
+from slixmpp.xmlstream.handler import Callback  # noqa: E402
+from slixmpp.xmlstream.matcher import MatchXPath  # noqa: E402
+
+NS_EVENT = "http://jabber.org/protocol/pubsub#event"
+
+PASSWORD = "tune-secret"
+TIMEOUT = 15.0
+QUIET = 1.5  # how long "nothing arrives" is watched for
+
+
+class TuneClient(slixmpp.ClientXMPP):
+    """A Jabber client with disco, entity caps and (``notify``) User Tune interest."""
+
+    def __init__(self, user: str, notify: bool):
+        super().__init__(f"{user}@localhost/test", PASSWORD)
+        self.enable_direct_tls = False
+        self.ssl_context = ssl.create_default_context()
+        self.ssl_context.check_hostname = False
+        self.ssl_context.verify_mode = ssl.CERT_NONE  # the server's generated certificate
+        plugins = ["xep_0030", "xep_0115", "xep_0060"]
+        if notify:
+            plugins += ["xep_0163", "xep_0118"]
+        for plugin in plugins:
+            self.register_plugin(plugin)
+        self.tunes: asyncio.Queue = asyncio.Queue()
+        self.started: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.add_event_handler("session_start", self._session_start)
+        # Every PEP notification, whatever the plugins: a client without interest must get none.
+        self.register_handler(Callback("pep", MatchXPath(
+            f"{{jabber:client}}message/{{{NS_EVENT}}}event"), self._notification))
+        self.add_event_handler("failed_auth", lambda _: self._fail("authentication failed"))
+
+    def _fail(self, why: str) -> None:
+        if not self.started.done():
+            self.started.set_exception(RuntimeError(why))
+
+    async def _session_start(self, _event) -> None:
+        self.send_presence()
+        if not self.started.done():
+            self.started.set_result(True)
+
+    def _notification(self, message) -> None:
+        """Queue (publisher, tune fields); fields is None for a notification of another node."""
+        tune = message.xml.find(f"{{{NS_EVENT}}}event/{{{NS_EVENT}}}items/{{{NS_EVENT}}}item/"
+                                f"{{{TUNE_NS}}}tune")
+        fields = None if tune is None else {
+            child.tag.partition("}")[2]: child.text or "" for child in tune}
+        self.tunes.put_nowait((message["from"].bare, fields))
+
+    async def next_tune(self) -> tuple[str, dict]:
+        return await asyncio.wait_for(self.tunes.get(), TIMEOUT)
+
+    async def nothing_more(self) -> None:
+        await asyncio.sleep(QUIET)
+        assert self.tunes.empty(), f"unexpected tune: {self.tunes.get_nowait()}"
+
+    def publish(self, **fields) -> asyncio.Future:
+        return self.plugin["xep_0118"].publish_tune(**fields)
+
+
+async def online(server, user: str, notify: bool = True) -> TuneClient:
+    client = TuneClient(user, notify)
+    client.connect("127.0.0.1", server.ports["xmpp"])
+    await asyncio.wait_for(client.started, TIMEOUT)
+    return client
+
+
+async def offline(*clients: TuneClient) -> None:
+    for client in clients:
+        client.disconnect()
+    await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+def server(presenced_factory):
+    server = presenced_factory({"server": {"scram_iterations": 64},
+                                "xmpp": {"bind": "127.0.0.1"},
+                                "comet": {"enabled": False}, "thrift": {"enabled": False},
+                                "webadmin": {"enabled": False}})
+    for user in ("alice", "bob", "carol", "dave", "erin"):
+        server.ctl("adduser", f"{user}@localhost", "--password", PASSWORD)
+    for friend in ("bob", "carol", "erin"):
+        server.ctl("add-friend", "alice@localhost", f"{friend}@localhost")
+    # A running server reads the store on login: the accounts above are seen without restart.
+    return server
+
+
+SONG = {"artist": "Yes", "title": "Heart of the Sunrise", "source": "Fragile", "length": 686,
+        "track": "4"}
+SONG_SEEN = {"artist": "Yes", "title": "Heart of the Sunrise", "source": "Fragile",
+             "length": "686", "track": "4"}
+
+
+def test_a_tune_reaches_friends_with_notify_only_and_later_logins_get_the_last_one(server):
+    async def scenario() -> None:
+        alice = await online(server, "alice")
+        bob = await online(server, "bob")
+        carol = await online(server, "carol", notify=False)   # a friend without tune+notify
+        dave = await online(server, "dave")                     # +notify, but not a friend
+        await asyncio.sleep(0.5)  # let the server learn the clients' caps
+
+        await alice.publish(**SONG)
+        assert await bob.next_tune() == ("alice@localhost", SONG_SEEN)
+        assert await alice.next_tune() == ("alice@localhost", SONG_SEEN)  # own resources too
+        await dave.nothing_more()
+        await carol.nothing_more()
+
+        # A friend who logs in later is sent the last tune.
+        erin = await online(server, "erin")
+        assert await erin.next_tune() == ("alice@localhost", SONG_SEEN)
+
+        # Stop: an empty <tune/> travels the same way.
+        await alice.plugin["xep_0118"].stop()
+        assert await bob.next_tune() == ("alice@localhost", {})
+        assert await erin.next_tune() == ("alice@localhost", {})
+        await dave.nothing_more()
+        await offline(alice, bob, carol, dave, erin)
+
+    asyncio.run(scenario())
+
+
+def test_bad_tunes_get_bad_request_and_change_nothing(server):
+    async def scenario() -> None:
+        alice = await online(server, "alice")
+        bob = await online(server, "bob")
+        await asyncio.sleep(0.5)
+        await alice.publish(**SONG)
+        await bob.next_tune()
+        for bad in ({"title": "x", "length": "abc"}, {"title": "x", "rating": 11}):
+            with pytest.raises(IqError) as error:
+                await alice.publish(**bad)
+            assert error.value.condition == "bad-request"
+            assert "invalid-payload" in str(error.value.iq)
+        await bob.nothing_more()
+        # The server is still up and still plays the good song.
+        items = await bob.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
+        assert "Heart of the Sunrise" in str(items)
+        await offline(alice, bob)
+
+    asyncio.run(scenario())
+
+
+def test_pep_items_and_disco_follow_the_presence_access_model(server):
+    async def scenario() -> None:
+        alice = await online(server, "alice")
+        bob = await online(server, "bob")
+        dave = await online(server, "dave")
+        await alice.publish(**SONG)
+        info = await bob.plugin["xep_0030"].get_info(jid="alice@localhost")
+        assert ("pubsub", "pep", None, None) in info["disco_info"]["identities"]
+        assert "http://jabber.org/protocol/pubsub#publish" in info["disco_info"]["features"]
+        items = await bob.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
+        assert "Fragile" in str(items)
+        with pytest.raises(IqError) as error:
+            await dave.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
+        assert error.value.condition == "not-authorized"
+        await alice.plugin["xep_0060"].delete_node("alice@localhost", TUNE_NS)
+        with pytest.raises(IqError) as error:
+            await bob.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
+        assert error.value.condition == "item-not-found"
+        await offline(alice, bob, dave)
+
+    asyncio.run(scenario())
+
+
+def test_the_last_tune_survives_a_restart(server):
+    async def publish() -> None:
+        alice = await online(server, "alice")
+        await alice.publish(**SONG)
+        await offline(alice)
+
+    async def later() -> None:
+        bob = await online(server, "bob")
+        assert await bob.next_tune() == ("alice@localhost", SONG_SEEN)
+        await offline(bob)
+
+    asyncio.run(publish())
+    server.stop()
+    server.start()
+    asyncio.run(later())
