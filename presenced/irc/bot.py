@@ -347,10 +347,13 @@ class IRCBot:
             self.wanted[target.lower()] = (target, None)
         return len(lines)
 
-    def reply(self, target: str, lines: list[str]) -> None:
-        """A command's answer, at most ``max_reply_lines`` messages."""
+    def reply(self, target: str, lines: list[str], status: Optional[str] = None) -> None:
+        """A command's answer: at most ``max_reply_lines`` messages of ``lines``, then the
+        ``status`` line (an error, a timeout), which is never cut."""
         try:
             self.say(target, "\n".join(lines), self.settings.max_reply_lines)
+            if status:
+                self.say(target, status)
         except IRCRefused as e:
             log.warn("IRC: reply to {target} dropped: {why}", target=target, why=e)
 

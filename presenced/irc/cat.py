@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols import basic
+from zope.interface import implementer
 
 from presenced.flow import WriteBudget
 
@@ -66,8 +68,10 @@ def parse_cat_line(line: str) -> Optional[CatLine]:
     return CatLine(None, line)
 
 
+@implementer(IHalfCloseableProtocol)
 class CatProtocol(basic.LineReceiver):
-    """One sender: any number of lines, each handed to the bot."""
+    """One sender: any number of lines, each handed to the bot. A sender that is done
+    (``nc -q0`` shuts its side) still gets its error answers before we close."""
 
     delimiter = b"\n"
 
@@ -79,6 +83,12 @@ class CatProtocol(basic.LineReceiver):
         # Error answers to a sender that never reads must not pile up in memory.
         self.out = WriteBudget(self.transport, ERROR_BUFFER_BYTES)
         self.factory.opened(self)
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
     def connectionLost(self, reason: object = None) -> None:
         self.factory.closed(self)

@@ -8,7 +8,7 @@ the command came from (the channel, or the nick for a private message).
 from __future__ import annotations
 
 import shutil
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 log = Logger()
 
 Builtin = Callable[[list[str]], Awaitable[list[str]]]
+# An answer: its lines (cut at max_reply_lines) and a status line that is always shown.
+Answer = tuple[list[str], Optional[str]]
 
 
 class CommandError(Exception):
@@ -60,6 +62,7 @@ class Commands:
         if entry is not None:
             kind = "builtin"
             d = defer.ensureDeferred(entry[0](args.split()))
+            d.addCallback(lambda lines: (lines, None))
         elif self.handler:
             kind = "handler"
             request = HandlerRequest(nick=nick, user=user, host=host,
@@ -69,22 +72,22 @@ class Commands:
             d = defer.ensureDeferred(self.run(request))
         else:
             kind = "unknown"
-            d = defer.succeed([f"unknown command {self.prefix}{command}; "
-                               f"{self.prefix}help lists the commands"])
+            d = defer.succeed(([], f"unknown command {self.prefix}{command}; "
+                                   f"{self.prefix}help lists the commands"))
         self.core.metrics.inc("presenced_irc_commands_total", kind=kind)
         d.addErrback(self.failed, command)
-        d.addCallback(lambda lines: self.bot.reply(respond_to, lines))
+        d.addCallback(lambda answer: self.bot.reply(respond_to, *answer))
 
-    def failed(self, failure: object, command: str) -> list[str]:
+    def failed(self, failure: object, command: str) -> Answer:
         error = getattr(failure, "value", None)
         if isinstance(error, (CommandError, BadUser)):
-            return [f"{self.prefix}{command}: {error}"]
+            return [], f"{self.prefix}{command}: {error}"
         log.failure("IRC command {command} failed", failure, command=command)
-        return [f"{self.prefix}{command} failed: {error}"]
+        return [], f"{self.prefix}{command} failed: {error}"
 
     # --- the handler --------------------------------------------------------------------
 
-    async def run(self, request: HandlerRequest) -> list[str]:
+    async def run(self, request: HandlerRequest) -> Answer:
         settings = self.bot.settings
         if shutil.which(self.handler) is None:
             raise CommandError(f"handler {self.handler!r} is not an executable program")
@@ -97,8 +100,7 @@ class Commands:
         finally:
             self.running.release()
         problem = result.problem(settings.handler_timeout, settings.handler_max_output_bytes)
-        return result.lines + [f"{self.prefix}{request.command}: {problem}"] \
-            if problem else result.lines
+        return result.lines, f"{self.prefix}{request.command}: {problem}" if problem else None
 
     # --- built-ins ----------------------------------------------------------------------
 

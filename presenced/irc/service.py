@@ -14,7 +14,7 @@ from presenced.irc.cat import CatFactory
 from presenced.irc.commands import Commands
 from presenced.irc.hooks import HookAnnouncer
 from presenced.irc.http import CatResource
-from presenced.service import ListeningService
+from presenced.service import ListeningService, is_worker
 
 
 class BotConnectionService(service.Service):
@@ -52,17 +52,20 @@ class BotConnectionService(service.Service):
 
 
 def make_service(core: Core) -> service.IService:
+    """The bot, its cat port and hooks; in the master process only (one bot per server,
+    however many workers: a worker gets an empty service and no ``irc`` feature)."""
+    door = service.MultiService()
+    door.setName("irc")
+    if is_worker():
+        return door
     settings = core.config.irc
     bot = IRCBot(core, settings)
     bot.commands = Commands(core, bot)
     hooks = [HookAnnouncer(core, bot, hook) for hook in settings.hooks]
-    door = service.MultiService()
-    door.setName("irc")
     BotConnectionService(bot, hooks).setServiceParent(door)
     cat = CatFactory(bot, settings.cat_allow, settings.cat_max_line_bytes)
     ListeningService(core, "irc_cat", settings.cat_port, settings.cat_bind,
-                     lambda port, interface: reactor.listenTCP(port, cat, interface=interface)
-                     ).setServiceParent(door)
+                     cat).setServiceParent(door)
     core.features["irc"] = bot
     if settings.http_token:
         core.features["irc_http"] = CatResource(bot, settings.http_token)
