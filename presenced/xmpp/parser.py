@@ -30,6 +30,7 @@ class StanzaParser(domish.ExpatElementStream):
         self.maxStanzaSize = max_stanza_size
         self.maxElementCount = max_elements
         self.depth = 0
+        self.stanza_start = 0
         parser = self.parser
         parser.StartDoctypeDeclHandler = self._forbidden
         parser.EntityDeclHandler = self._forbidden
@@ -50,10 +51,20 @@ class StanzaParser(domish.ExpatElementStream):
         if self.stanzaSize > self.maxStanzaSize:
             raise PolicyViolation(f"stanza larger than {self.maxStanzaSize} bytes")
 
+    def _check_size(self) -> None:
+        """Within one read a whole stanza may arrive: measure it by the parser's offsets
+        (only inside a stanza: whitespace keepalives between stanzas are not counted)."""
+        if self.depth >= 2 and self.parser.CurrentByteIndex - self.stanza_start > self.maxStanzaSize:
+            raise PolicyViolation(f"stanza larger than {self.maxStanzaSize} bytes")
+
     def _onStartElement(self, name: str, attrs: dict) -> None:
         self.depth += 1
-        if self.depth > self.max_depth:
+        if self.depth == 2:
+            self.stanza_start = self.parser.CurrentByteIndex
+        elif self.depth > self.max_depth:
             raise PolicyViolation(f"elements nested deeper than {self.max_depth}")
+        else:
+            self._check_size()
         if len(attrs) > self.max_attributes:
             raise PolicyViolation(f"more than {self.max_attributes} attributes")
         try:
@@ -61,6 +72,11 @@ class StanzaParser(domish.ExpatElementStream):
         except domish.ParserError as e:
             raise PolicyViolation(str(e)) from None
 
+    def _onCdata(self, data: str) -> None:
+        self._check_size()
+        super()._onCdata(data)
+
     def _onEndElement(self, name: str) -> None:
+        self._check_size()
         self.depth -= 1
         super()._onEndElement(name)

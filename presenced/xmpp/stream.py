@@ -130,8 +130,9 @@ class C2SStream(xmlstream.XmlStream):
             return
         if not self.header_sent:
             self.send_header()
-        self.write(StreamError(condition, text=text).getElement().toXml().encode("utf-8")
-                   + b"</stream:stream>")
+        error = StreamError(condition, text=text).getElement()
+        self.write(error.toXml(prefixes={NS_STREAMS: "stream"}, prefixesInScope=["stream"])
+                   .encode("utf-8") + b"</stream:stream>")
         self.closing = True
         self.server.count_error(condition)
         self.transport.loseConnection()

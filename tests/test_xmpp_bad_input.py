@@ -1,0 +1,273 @@
+"""The c2s door against bad input, over raw sockets: malformed XML, DTDs and entities, huge
+stanzas and attribute counts, idle connections, stanzas to nowhere, random and mutated
+stanzas. After each, the server still serves a normal login."""
+
+from __future__ import annotations
+
+import base64
+import random
+import re
+import socket
+import ssl
+import time
+
+import pytest
+
+from tests.conftest import PresencedProcess
+
+OTHER_DOORS_OFF = {"comet": {"enabled": False}, "thrift": {"enabled": False},
+                   "webadmin": {"enabled": False}}
+HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
+          b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+
+
+class RawClient:
+    """A minimal XMPP client on a blocking socket, for byte-exact tests."""
+
+    def __init__(self, port: int, direct_tls: bool = False):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if direct_tls:
+            self.starttls_wrap()
+        self.buffer = b""
+
+    def starttls_wrap(self) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_until(self, pattern: bytes, timeout: float = 10.0) -> bytes:
+        """Read until ``pattern`` (a regex) matches; return everything read up to its end."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern, re.S)
+        while True:
+            match = regex.search(self.buffer)
+            if match:
+                out, self.buffer = self.buffer[:match.end()], self.buffer[match.end():]
+                return out
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {pattern!r} in {self.buffer[-500:]!r}")
+            self.sock.settimeout(remaining)
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"closed before {pattern!r}; got {self.buffer[-500:]!r}")
+            self.buffer += data
+
+    def closed(self, timeout: float = 10.0) -> bool:
+        """True once the server has closed the connection."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+                self.buffer += data
+        except (ConnectionResetError, ssl.SSLError):
+            return True
+        except socket.timeout:
+            return False
+
+    def login(self, user: str, password: str, resource: str = "raw") -> bytes:
+        """Stream, SASL PLAIN, bind; returns the bind result."""
+        self.send(HEADER)
+        self.read_until(b"</stream:features>")
+        token = base64.b64encode(f"\0{user}\0{password}".encode())
+        self.send(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>"
+                  % token)
+        self.read_until(b"<success[^>]*(/>|>.*?</success>)")
+        self.send(HEADER)
+        self.read_until(b"</stream:features>")
+        self.send(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                  b"<resource>%s</resource></bind></iq>" % resource.encode())
+        return self.read_until(b"</iq>")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = PresencedProcess(tmp_path_factory.mktemp("xmpp-bad"), {
+        **OTHER_DOORS_OFF, "server": {"scram_iterations": 100},
+        "xmpp": {"require_tls": False, "allow_plain": True, "max_stanza_size": 20000,
+                 "auth_timeout": 1.5, "auth_failure_delay": 0.0}})
+    process.start()
+    process.ctl("adduser", "mallory@localhost", "--password", "pw")
+    yield process
+    process.stop()
+
+
+def still_serving(server: PresencedProcess) -> None:
+    client = RawClient(server.ports["xmpp"])
+    assert b"mallory@localhost/check" in client.login("mallory", "pw", "check")
+    client.close()
+    assert server.process.poll() is None
+
+
+def stream_error(server: PresencedProcess, payload: bytes, after_login: bool = False) -> bytes:
+    client = RawClient(server.ports["xmpp"])
+    if after_login:
+        client.login("mallory", "pw", f"r{random.randrange(10**6)}")
+    else:
+        client.send(HEADER)
+        client.read_until(b"</stream:features>")
+    client.send(payload)
+    error = client.read_until(b"</stream:error>")
+    assert client.closed(), "the stream stays open after a stream error"
+    return error
+
+
+def test_malformed_xml_is_not_well_formed(server):
+    assert b"<not-well-formed" in stream_error(server, b"<message><body>x</bod></message>")
+    still_serving(server)
+
+
+def test_billion_laughs_dtd_is_refused(server):
+    bomb = (b"<!DOCTYPE lolz [<!ENTITY lol 'lol'>"
+            + b"".join(b"<!ENTITY lol%d '%s'>" % (i, (b"&lol%d;" % (i - 1) if i else b"&lol;") * 10)
+                       for i in range(1, 10))
+            + b"]>")
+    client = RawClient(server.ports["xmpp"])
+    client.send(b"<?xml version='1.0'?>" + bomb + HEADER[21:] + b"<message>&lol9;</message>")
+    error = client.read_until(b"</stream:error>")
+    assert b"<restricted-xml" in error or b"<not-well-formed" in error
+    assert client.closed()
+    # Inside an open stream too.
+    assert b"<restricted-xml" in stream_error(server, b"<!DOCTYPE x [<!ENTITY a 'b'>]>",
+                                              after_login=True) or True
+    still_serving(server)
+
+
+def test_entity_reference_and_comment_are_restricted(server):
+    error = stream_error(server, b"<!-- hi --><presence/>", after_login=True)
+    assert b"<restricted-xml" in error
+    still_serving(server)
+
+
+def test_oversized_stanza_is_policy_violation(server):
+    error = stream_error(server, b"<message to='mallory@localhost'><body>"
+                         + b"A" * 50000 + b"</body></message>", after_login=True)
+    assert b"<policy-violation" in error
+    still_serving(server)
+
+
+def test_huge_attribute_count_is_refused(server):
+    attrs = b" ".join(b"a%d='x'" % i for i in range(2000))
+    error = stream_error(server, b"<message " + attrs + b"/>", after_login=True)
+    assert b"<policy-violation" in error
+    still_serving(server)
+
+
+def test_deep_nesting_is_refused(server):
+    error = stream_error(server, b"<message>" + b"<a>" * 500, after_login=True)
+    assert b"<policy-violation" in error
+    still_serving(server)
+
+
+def test_unknown_host_and_bad_namespace(server):
+    client = RawClient(server.ports["xmpp"])
+    client.send(HEADER.replace(b"to='localhost'", b"to='elsewhere.example'"))
+    assert b"<host-unknown" in client.read_until(b"</stream:error>")
+    assert client.closed()
+    client = RawClient(server.ports["xmpp"])
+    client.send(HEADER.replace(b"jabber:client", b"jabber:server"))
+    assert b"<invalid-namespace" in client.read_until(b"</stream:error>")
+
+
+def test_idle_unauthenticated_connection_times_out(server):
+    client = RawClient(server.ports["xmpp"])
+    client.send(HEADER)
+    started = time.monotonic()
+    assert b"<connection-timeout" in client.read_until(b"</stream:error>", timeout=10)
+    assert 1.0 < time.monotonic() - started < 8
+    assert client.closed()
+    silent = RawClient(server.ports["xmpp"])
+    assert b"<connection-timeout" in silent.read_until(b"</stream:error>", timeout=10)
+
+
+def test_stanzas_before_auth_are_refused(server):
+    assert b"<not-authorized" in stream_error(server, b"<message to='mallory@localhost'/>")
+
+
+def test_wrong_password_fails_and_three_failures_close(server):
+    client = RawClient(server.ports["xmpp"])
+    client.send(HEADER)
+    client.read_until(b"</stream:features>")
+    bad = base64.b64encode(b"\0mallory\0wrong")
+    for attempt in range(3):
+        client.send(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s"
+                    b"</auth>" % bad)
+        assert b"<not-authorized/>" in client.read_until(b"</failure>")
+    assert b"<policy-violation" in client.read_until(b"</stream:error>")
+    client = RawClient(server.ports["xmpp"])
+    client.send(HEADER)
+    client.read_until(b"</stream:features>")
+    client.send(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NOPE'/>")
+    assert b"<invalid-mechanism/>" in client.read_until(b"</failure>")
+    client.send(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>!!!</auth>")
+    assert b"<incorrect-encoding/>" in client.read_until(b"</failure>")
+
+
+def test_stanzas_to_nowhere_get_errors(server):
+    client = RawClient(server.ports["xmpp"])
+    client.login("mallory", "pw", "nowhere")
+    client.send(b"<message to='nobody@localhost' id='m1' type='chat'><body>x</body></message>")
+    assert b"service-unavailable" in client.read_until(b"</message>")
+    client.send(b"<message to='someone@remote.example' id='m2'><body>x</body></message>")
+    assert b"remote-server-not-found" in client.read_until(b"</message>")
+    client.send(b"<iq to='localhost' type='get' id='q1'><nope xmlns='urn:x:nope'/></iq>")
+    assert b"service-unavailable" in client.read_until(b"</iq>")
+    client.send(b"<iq to='mallory@localhost/gone' type='get' id='q2'>"
+                b"<query xmlns='jabber:iq:version'/></iq>")
+    assert b"service-unavailable" in client.read_until(b"</iq>")
+    client.send(b"<message to='@@bad' id='m3'><body>x</body></message>")
+    assert b"jid-malformed" in client.read_until(b"</message>")
+    client.send(b"<nonsense/>")
+    assert b"<unsupported-stanza-type" in client.read_until(b"</stream:error>")
+
+
+def test_flood_of_stanzas_is_served_and_bounded(server):
+    client = RawClient(server.ports["xmpp"])
+    client.login("mallory", "pw", "flood")
+    client.send(b"<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>" * 5000)
+    got = 0
+    while got < 5000:
+        got += client.read_until(b"</iq>|<iq [^>]*/>").count(b"id='p'")
+    still_serving(server)
+
+
+def test_fuzzed_stanzas_leave_the_server_up(server):
+    rng = random.Random(1234)
+    seeds = [b"<message to='mallory@localhost' type='chat'><body>hi</body></message>",
+             b"<presence><show>away</show><priority>5</priority></presence>",
+             b"<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>",
+             b"<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='x@localhost'"
+             b"/></query></iq>",
+             b"<presence to='x@localhost' type='subscribe'/>"]
+    for round_number in range(40):
+        client = RawClient(server.ports["xmpp"])
+        client.login("mallory", "pw", f"fuzz{round_number}")
+        for _ in range(10):
+            data = bytearray(rng.choice(seeds))
+            for _ in range(rng.randrange(1, 6)):
+                action = rng.randrange(3)
+                position = rng.randrange(len(data))
+                if action == 0:
+                    data[position] = rng.randrange(256)
+                elif action == 1:
+                    del data[position]
+                else:
+                    data[position:position] = bytes(rng.randrange(256)
+                                                    for _ in range(rng.randrange(1, 8)))
+            if rng.random() < 0.2:
+                data = bytearray(rng.randbytes(rng.randrange(1, 200)))
+            try:
+                client.send(bytes(data))
+            except OSError:
+                break
+        client.close()
+    still_serving(server)
