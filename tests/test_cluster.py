@@ -157,12 +157,14 @@ async def test_delivery_resumes_after_a_redis_restart(nodes, redis_server):
 
     # Events published while Redis is away are lost (pub/sub keeps nothing); once the links
     # are back, a send reaches the other node again.
+    errors: list[str] = []
     for _ in range(100):
         try:
             await a.core.router.send("p@x", Event(events.TUNE, "p@x", {"title": "again"}))
-        except Exception:
-            pass
+        except Exception as e:
+            errors.append(repr(e))
         await sleep(0.1)
         if got_it():
             break
-    assert got_it()
+    assert got_it(), (a.cluster.directory.nodes_of, b.cluster.directory.nodes_of,
+                      a.cluster.transport.published, b.cluster.transport.received, errors)

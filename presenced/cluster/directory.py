@@ -40,6 +40,10 @@ def alive_key(node: str) -> str:
 DeadNodeListener = Callable[[str, set[str]], Any]
 
 
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
 class SessionDirectory:
     """Which other nodes have sessions of a user; keeps this node's entries in Redis."""
 
@@ -62,10 +66,9 @@ class SessionDirectory:
 
     # --- life cycle --------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def start(self):
-        yield self.link.commands.delete(users_key(self.node_id))
-        yield self._beat()
+    def start(self) -> None:
+        """Begin heartbeats and tracking local logins (the link's first subscription has
+        already loaded the directory and registered this node)."""
         self.router.login_listeners.append(self._local_login)
         self.router.logout_listeners.append(self._local_logout)
         self._heartbeat = task.LoopingCall(self._tick)
@@ -103,7 +106,7 @@ class SessionDirectory:
             self.link.publish(CHANNEL, f"- {self.node_id} {user}")
 
     def _write_failed(self, failure: Any) -> None:
-        self.log.warn("cluster: directory write failed: {e}", e=failure.getErrorMessage())
+        self.log.warn("cluster: directory update failed: {e}", e=failure.getErrorMessage())
 
     # --- remote changes ------------------------------------------------------------------
 
@@ -116,7 +119,9 @@ class SessionDirectory:
             self._forget(node)
             return
         self.last_seen[node] = time.monotonic()
-        if kind == "+":
+        if kind == "sync":
+            self._load_node(node).addErrback(self._write_failed)
+        elif kind == "+":
             self._add(node, user)
         elif kind == "-":
             self._remove(node, user)
@@ -148,45 +153,70 @@ class SessionDirectory:
 
     @defer.inlineCallbacks
     def reload(self):
-        """Rebuild the view of other nodes from Redis (start-up, after a lost subscription)."""
+        """Rebuild the view of other nodes from Redis (start-up, after a lost subscription).
+
+        This node first writes its own entries again (Redis may have restarted without them)
+        and announces ``sync``, so the others re-read them. A node we knew is kept for one
+        more ``node_timeout`` even if its alive key expired while Redis was away: only
+        missed heartbeats make it dead.
+        """
+        yield self._register_self()
         nodes = yield self.link.commands.smembers(NODES)
         now = time.monotonic()
-        fresh_nodes: dict[str, set[str]] = {}
-        for node in nodes:
-            node = node.decode() if isinstance(node, bytes) else node
+        for node in map(_text, nodes):
             if node == self.node_id:
                 continue
-            if (yield self.link.commands.exists(alive_key(node))):
-                members = yield self.link.commands.smembers(users_key(node))
-                fresh_nodes[node] = {m.decode() if isinstance(m, bytes) else m for m in members}
+            alive = yield self.link.commands.exists(alive_key(node))
+            if alive or node in self.last_seen:
+                yield self._load_node(node)
+                self.last_seen[node] = now
             else:
                 yield self._bury(node)
-        for node in list(self.users_of):
-            if node not in fresh_nodes:
-                self._declare_dead(node)
-        for node, users in fresh_nodes.items():
-            self._forget(node)
-            for user in users:
-                self._add(node, user)
-            self.users_of.setdefault(node, set())
-            self.last_seen[node] = now
-        self.log.info("cluster: directory loaded, {n} other node(s)", n=len(fresh_nodes))
+        self.log.info("cluster: directory loaded, {n} other node(s)", n=len(self.last_seen))
+
+    @defer.inlineCallbacks
+    def _register_self(self):
+        """Make Redis hold exactly this node's users, never dropping a current one on the way
+        (another node may be reading the set meanwhile), then tell the others to re-read it."""
+        users = {session.user for session in self.router.all_sessions()}
+        key = users_key(self.node_id)
+        if users:
+            yield self.link.commands.sadd(key, list(users))
+        stale = set(map(_text, (yield self.link.commands.smembers(key)))) - users
+        if stale:
+            yield self.link.commands.srem(key, list(stale))
+        yield self._beat()
+        yield self.link.publish(CHANNEL, f"sync {self.node_id}")
+
+    @defer.inlineCallbacks
+    def _load_node(self, node: str):
+        members = yield self.link.commands.smembers(users_key(node))
+        self._forget(node)
+        self.users_of[node] = set()
+        for user in map(_text, members):
+            self._add(node, user)
 
     # --- heartbeats -------------------------------------------------------------------------
 
     @defer.inlineCallbacks
     def _beat(self):
+        """Refresh this node's alive key; fires True when the node had to be registered again
+        (another node took it for dead, e.g. after a long Redis outage)."""
         commands = self.link.commands
         yield commands.set(alive_key(self.node_id), "1", expire=max(1, int(self.node_timeout)))
-        yield commands.sadd(NODES, self.node_id)
+        added = yield commands.sadd(NODES, self.node_id)
         yield self.link.publish(CHANNEL, f"hb {self.node_id}")
+        return bool(added)
 
     @defer.inlineCallbacks
     def _tick(self):
         try:
-            yield self._beat()
+            if (yield self._beat()):
+                yield self._register_self()
         except Exception as e:
+            # Without Redis we hear no heartbeats either: nobody is declared dead for that.
             self.log.warn("cluster: heartbeat failed (Redis unreachable?): {e}", e=e)
+            return
         deadline = time.monotonic() - self.node_timeout
         for node, seen in list(self.last_seen.items()):
             if seen < deadline:

@@ -16,6 +16,8 @@ from twisted.logger import Logger
 
 MessageHandler = Callable[[str], None]
 
+RECONNECT_MAX_DELAY = 1.0
+
 
 class _Subscriber(txredisapi.SubscriberProtocol):
     def connectionMade(self) -> Any:
@@ -48,6 +50,8 @@ class RedisLink:
         self.commands = txredisapi.lazyConnectionPool(
             self.host, self.port, dbid=int(db) if db else None, poolsize=4,
             password=parsed.password, replyTimeout=5)
+        # Reconnect within a second or so once Redis is back (txredisapi waits up to 10 s).
+        self.commands._factory.maxDelay = RECONNECT_MAX_DELAY
         self.handlers: dict[str, MessageHandler] = {}
         self.on_reconnect: list[Callable[[], Any]] = []
         self._factory: txredisapi.SubscriberFactory | None = None
@@ -64,7 +68,7 @@ class RedisLink:
         factory = txredisapi.SubscriberFactory(isLazy=True)
         factory.protocol = _Subscriber
         factory.link = self
-        factory.maxDelay = 2
+        factory.maxDelay = RECONNECT_MAX_DELAY
         self._factory = factory
         factory.startConnecting(endpoints.TCP4ClientEndpoint(reactor, self.host, self.port,
                                                              timeout=5))

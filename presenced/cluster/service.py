@@ -55,7 +55,7 @@ class ClusterService(service.Service):
     def join(self):
         """Start after the store and before the doors: fires once the node is registered."""
         yield self.link.start()
-        yield self.directory.start()
+        self.directory.start()
         self.core.router.transport = self.transport
         self.log.info("cluster: node {node} joined ({n} node(s) live)", node=self.node_id,
                       n=len(self.directory.nodes()))
