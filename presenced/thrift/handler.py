@@ -144,13 +144,16 @@ class AdminHandler:
             raise admin.InvalidArgument(message=f"ttl {ttl} is negative")
         return self.core.stream_token(jid, ttl or DEFAULT_TOKEN_TTL)
 
-    def irc_say(self, target: Optional[str], text: Optional[str]) -> defer.Deferred:
-        bot = self.core.features.get("irc")
+    def irc_say(self, target: Optional[str], text: Optional[str]) -> None:
+        bot: Any = self.core.features.get("irc")
         if bot is None:
             raise admin.NotEnabled(feature="irc", message="IRC bot not enabled")
         if not text:
             raise admin.InvalidArgument(message="nothing to say")
-        return defer.maybeDeferred(bot.say, target or None, text).addCallback(_none)
+        try:
+            bot.say(target or None, text)
+        except ValueError as e:  # the bot's refusal: bad target, queue full...
+            raise admin.InvalidArgument(message=f"IRC bot refused: {e}") from None
 
     @defer.inlineCallbacks
     def stats(self):
@@ -163,6 +166,8 @@ class AdminHandler:
             "deliveries": router.deliveries,
             "delivery_errors": router.delivery_errors,
             "uptime_seconds": int(time.time() - self.core.started_at),
+            "thrift_calls": int(self.core.metrics.value("presenced_stanzas_in_total",
+                                                        door="thrift")),
         }
         for session in router.all_sessions():
             key = f"sessions_{session.protocol}"
