@@ -1,7 +1,10 @@
 """``presencedctl``: operate a presenced installation from the shell.
 
-Each command opens the configured store directly (as ``prosodyctl`` does). Exit status: 0 on
-success, 1 when the command failed (unknown user...), 2 for a usage or config error.
+Each command opens the configured store directly (as ``prosodyctl`` does), except those that
+change what online users see (``add-friend``, ``remove-friend``, ``deluser``): they go through
+the running server's Thrift admin port when one answers, so online sessions get roster pushes
+and presence at once, and use the store only when no server runs. Exit status: 0 on success,
+1 when the command failed (unknown user...), 2 for a usage or config error.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from presenced import bulk
 from presenced import config as configuration
 from presenced.core import Core
 from presenced.store import make_store
+from presenced.thrift import client as admin_port
 from presenced.users import BadUser
 
 
@@ -58,7 +62,10 @@ def cmd_passwd(core: Core, args):
 @defer.inlineCallbacks
 def cmd_deluser(core: Core, args):
     user = core.user(args.user)
-    if not (yield core.remove_user(user)):
+    removed = yield admin_port.remove_user(core.config, user)
+    if removed is None:  # no server running
+        removed = yield core.remove_user(user)
+    if not removed:
         raise CommandFailed(f"no such user {user}")
     print(f"deleted {user}")
 
@@ -68,14 +75,16 @@ def cmd_add_friend(core: Core, args):
     a, b = core.user(args.a), core.user(args.b)
     if a == b:
         raise CommandFailed("a user cannot be their own friend")
-    yield core.add_friends([(a, b)])
+    if (yield admin_port.add_friend(core.config, a, b)) is None:
+        yield core.add_friends([(a, b)])
     print(f"{a} and {b} are friends")
 
 
 @defer.inlineCallbacks
 def cmd_remove_friend(core: Core, args):
     a, b = core.user(args.a), core.user(args.b)
-    yield core.remove_friends([(a, b)])
+    if (yield admin_port.remove_friend(core.config, a, b)) is None:
+        yield core.remove_friends([(a, b)])
     print(f"{a} and {b} are no longer friends")
 
 
@@ -220,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             yield store.start()
             core = Core(config, store)
             yield defer.maybeDeferred(args.fn, core, args)
-        except (CommandFailed, BadUser) as e:
+        except (CommandFailed, BadUser, admin_port.AdminCallFailed) as e:
             print(f"presencedctl: {e}", file=sys.stderr)
             status[0] = 1
         finally:
