@@ -48,34 +48,42 @@ def server(tmp_path_factory) -> Iterator[PresencedProcess]:
     process.stop()
 
 
+def on_store(server: PresencedProcess, body: str) -> str:
+    """Run ``body`` (statements using ``store``, an open EmbeddedRosterStore of the running
+    server, inside an inlineCallbacks function) in a child process; returns its output."""
+    script = "\n".join([
+        "import sys",
+        "from twisted.internet import defer, task",
+        "from presenced.nowplaying import TUNE_NS, TUNE_ITEM_ID, Tune",
+        "from presenced.scram import verify_password",
+        "from presenced.store import PepItem, RosterItem",
+        "from presenced.store.embedded import EmbeddedRosterStore",
+        "@defer.inlineCallbacks",
+        "def main(reactor, path):",
+        "    store = EmbeddedRosterStore(path)",
+        "    yield store.start()",
+        *("    " + line for line in body.strip().splitlines()),
+        "    yield store.stop()",
+        "task.react(main, sys.argv[1:])",
+    ])
+    return subprocess.run([sys.executable, "-c", script,
+                           str(server.data_dir / "presenced.sqlite3")],
+                          env=subprocess_env(), check=True, timeout=60, capture_output=True,
+                          text=True).stdout
+
+
 def seed_hostile_data(server: PresencedProcess) -> None:
     """Roster names, groups, an offline message and a tune full of markup, written straight
     into the server's embedded store (no door lets a client set all of these yet)."""
-    script = f"""
-import sys
-from twisted.internet import defer, task
-from presenced.nowplaying import TUNE_NS, TUNE_ITEM_ID, Tune
-from presenced.store import PepItem, RosterItem
-from presenced.store.embedded import EmbeddedRosterStore
+    on_store(server, f"""
 EVIL = {EVIL!r}
-
-@defer.inlineCallbacks
-def main(reactor, path):
-    store = EmbeddedRosterStore(path)
-    yield store.start()
-    yield store.set_roster_item("alice@localhost", RosterItem(
-        "mallory@localhost", "to", name=EVIL, groups=(EVIL,), ask=True))
-    yield store.push_offline("alice@localhost",
-                             "<message from='mallory@localhost'><body>" + EVIL.replace("<", "&lt;")
-                             + "</body></message>", 100)
-    yield store.set_pep_item("alice@localhost", TUNE_NS,
-                             PepItem(TUNE_ITEM_ID, Tune(artist=EVIL, title="Song").to_xml()))
-    yield store.stop()
-
-task.react(main, sys.argv[1:])
-"""
-    subprocess.run([sys.executable, "-c", script, str(server.data_dir / "presenced.sqlite3")],
-                   env=subprocess_env(), check=True, timeout=60)
+yield store.set_roster_item("alice@localhost", RosterItem(
+    "mallory@localhost", "to", name=EVIL, groups=(EVIL,), ask=True))
+yield store.push_offline("alice@localhost", "<message from='mallory@localhost'><body>"
+                         + EVIL.replace("<", "&lt;") + "</body></message>", 100)
+yield store.set_pep_item("alice@localhost", TUNE_NS,
+                         PepItem(TUNE_ITEM_ID, Tune(artist=EVIL, title="Song").to_xml()))
+""")
 
 
 def base(server: PresencedProcess) -> str:
@@ -272,24 +280,11 @@ def test_reset_password_validates_then_changes_it(server):
     assert reply.status_code == 303
     assert reply.headers["location"] == "/user?jid=dora%40localhost&done=password-reset"
     # The store now holds the new password: an admin account checks it the same way.
-    check = subprocess.run([sys.executable, "-c", """
-import sys
-from twisted.internet import defer, task
-from presenced.scram import verify_password
-from presenced.store.embedded import EmbeddedRosterStore
-
-@defer.inlineCallbacks
-def main(reactor, path):
-    store = EmbeddedRosterStore(path)
-    yield store.start()
-    credentials = yield store.get_credentials("dora@localhost")
-    yield store.stop()
-    print(verify_password(credentials, "new-password"), verify_password(credentials, "old-password"))
-
-task.react(main, sys.argv[1:])
-""", str(server.data_dir / "presenced.sqlite3")], env=subprocess_env(), capture_output=True,
-        text=True, check=True, timeout=60)
-    assert check.stdout.split() == ["True", "False"]
+    checked = on_store(server, """
+credentials = yield store.get_credentials("dora@localhost")
+print(verify_password(credentials, "new-password"), verify_password(credentials, "old-password"))
+""")
+    assert checked.split() == ["True", "False"]
 
 
 def test_remove_friend_after_confirmation(server):
