@@ -1,0 +1,196 @@
+"""The IRC door's parts on their own: line splitting, cat syntax, flood limit, capability
+negotiation with SASL PLAIN (ngircd has no SASL, so the server side is a transcript here),
+nonsense from the server, the cat allowlist, and config validation of hooks."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from presenced import config
+from presenced.core import Core
+from presenced.irc.bot import FloodQueue, IRCBot, IRCBotFactory, IRCRefused
+from presenced.irc.cat import BadCatLine, CatFactory, CatLine, parse_cat_line
+from presenced.irc.text import payload_bytes, safe_text, split_to_fit
+
+
+def make_core(tmp_path: Path, **irc) -> Core:
+    settings = config.load(None, {"server": {"data_dir": str(tmp_path)}, "irc": irc})
+    return Core(settings, store=None)  # type: ignore[arg-type]  # these parts never read it
+
+
+def test_split_to_fit_never_loses_or_breaks_characters():
+    words = " ".join(f"word{i}" for i in range(300))
+    pieces = split_to_fit(words, 100)
+    assert all(len(p.encode()) <= 100 for p in pieces)
+    assert " ".join(pieces) == words
+    dense = "ü€𝄞" * 200
+    pieces = split_to_fit(dense, 61)
+    assert all(len(p.encode()) <= 61 for p in pieces)
+    assert "".join(pieces) == dense
+    assert split_to_fit("short", 100) == ["short"]
+    assert payload_bytes("presenced", "PRIVMSG", "#chan") < 512 - len("PRIVMSG #chan :")
+
+
+def test_safe_text_removes_line_ends_and_nul():
+    assert safe_text("a\rQUIT\nb\0c") == "a QUIT b c"
+
+
+@pytest.mark.parametrize("line, parsed", [
+    ("hello world", CatLine(None, "hello world")),
+    ("#ops,#music,@alice Backup done", CatLine(("#ops", "#music", "@alice"), "Backup done")),
+    ("#* all of them", CatLine(("#*",), "all of them")),
+    ("%TOPIC #ops new topic here", CatLine(("#ops",), "new topic here", topic=True)),
+    ("%TOPIC #ops", CatLine(("#ops",), "", topic=True)),
+    ("   ", None),
+])
+def test_cat_syntax_is_irccats(line, parsed):
+    assert parse_cat_line(line) == parsed
+
+
+@pytest.mark.parametrize("line", ["#ops", "#ops,@ text", "%TOPIC nochannel text", "@ text"])
+def test_bad_cat_lines_say_why(line):
+    with pytest.raises(BadCatLine):
+        parse_cat_line(line)
+
+
+def test_flood_queue_sends_a_burst_then_at_the_rate_and_is_bounded():
+    clock = task.Clock()
+    queue = FloodQueue(rate=2.0, burst=3, limit=10, clock=clock)
+    sent: list[str] = []
+    queue.put([f"l{i}" for i in range(6)])
+    assert sent == []  # nothing goes out without a connection
+    queue.attach(sent.append)
+    assert sent == ["l0", "l1", "l2"]
+    clock.advance(0.5)
+    assert sent[-1] == "l3"
+    clock.advance(0.5)
+    assert sent[-1] == "l4"
+    with pytest.raises(IRCRefused):
+        queue.put([f"x{i}" for i in range(10)])
+    assert len(queue.lines) == 1  # all or nothing
+    clock.advance(10)
+    assert sent == [f"l{i}" for i in range(6)]
+    queue.detach()
+    queue.put(["held"])
+    clock.advance(10)
+    assert sent[-1] == "l5"
+
+
+def connect(core: Core) -> tuple[IRCBot, object, StringTransport]:
+    bot = IRCBot(core, core.config.irc, clock=task.Clock())
+    connection = IRCBotFactory(bot).buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    return bot, connection, transport
+
+
+def sent_lines(transport: StringTransport) -> list[str]:
+    lines = transport.value().decode().split("\r\n")
+    transport.clear()
+    return [line for line in lines if line]
+
+
+def test_sasl_plain_through_capability_negotiation(tmp_path: Path):
+    core = make_core(tmp_path, sasl_username="bot", sasl_password="s3cret", password="srv")
+    bot, connection, transport = connect(core)
+    assert sent_lines(transport) == ["CAP LS 302", "PASS srv", "NICK presenced",
+                                     "USER presenced foo bar :presenced irccat bot"]
+    connection.dataReceived(b":srv CAP * LS * :multi-prefix\r\n")
+    assert sent_lines(transport) == []
+    connection.dataReceived(b":srv CAP * LS :sasl=PLAIN,EXTERNAL\r\n")
+    assert sent_lines(transport) == ["CAP REQ :sasl"]
+    connection.dataReceived(b":srv CAP * ACK :sasl\r\n")
+    assert sent_lines(transport) == ["AUTHENTICATE PLAIN"]
+    connection.dataReceived(b"AUTHENTICATE +\r\n")
+    token = base64.b64encode(b"bot\0bot\0s3cret").decode()
+    assert sent_lines(transport) == [f"AUTHENTICATE {token}"]
+    connection.dataReceived(b":srv 903 presenced :SASL authentication successful\r\n")
+    assert sent_lines(transport) == ["CAP END"]
+    connection.dataReceived(b":srv 001 presenced :Welcome\r\n")
+    assert sent_lines(transport) == ["JOIN #presenced"]
+    assert bot.connection is connection
+    connection.connectionLost(None)
+    assert bot.connection is None
+
+
+def test_failed_sasl_disconnects_rather_than_staying_anonymous(tmp_path: Path):
+    core = make_core(tmp_path, sasl_username="bot", sasl_password="wrong")
+    bot, connection, transport = connect(core)
+    connection.dataReceived(b":srv CAP * LS :sasl\r\n:srv CAP * ACK :sasl\r\n"
+                            b"AUTHENTICATE +\r\n:srv 904 presenced :SASL authentication failed\r\n")
+    assert sent_lines(transport)[-1].startswith("QUIT :SASL authentication failed")
+    assert transport.disconnecting
+    assert "SASL authentication failed" in bot.last_error
+
+
+def test_server_without_sasl_is_left(tmp_path: Path):
+    core = make_core(tmp_path, sasl_username="bot", sasl_password="x")
+    bot, connection, transport = connect(core)
+    connection.dataReceived(b":srv CAP * LS :multi-prefix\r\n")
+    assert transport.disconnecting
+    assert "offers no SASL" in bot.last_error
+
+
+def test_nonsense_from_the_server_leaves_the_bot_up(tmp_path: Path):
+    core = make_core(tmp_path, channel_keys=["#presenced sesame"])
+    bot, connection, transport = connect(core)
+    connection.dataReceived(b":srv 001 presenced :Welcome\r\n")
+    assert sent_lines(transport)[-1] == "JOIN #presenced sesame"
+    connection.dataReceived(b"\xff\xfe\x00\x80garbage\r\n:\r\n \r\nPRIVMSG\r\n:x KICK\r\n"
+                            b":x MODE #presenced\r\n:x 353\r\n:x!y@z JOIN\r\n"
+                            b":x!y@z PRIVMSG #presenced\r\n:x CAP\r\n")
+    assert not transport.disconnecting
+    assert core.metrics.value("presenced_irc_bad_lines_total") >= 3
+    connection.dataReceived(b"PING :still-here\r\n")
+    assert sent_lines(transport)[-1] == "PONG still-here"
+    connection.connectionLost(None)
+
+
+def test_say_refuses_bad_targets_and_unknown_channels_when_configured(tmp_path: Path):
+    core = make_core(tmp_path, unknown_targets="report")
+    bot = IRCBot(core, core.config.irc, clock=task.Clock())
+    for target in ("#a b", "#a,#b", "x\r\nQUIT", ":x", ""):
+        with pytest.raises(IRCRefused):
+            bot.say(target, "text") if target else bot.say("@", "text")
+    with pytest.raises(IRCRefused, match="not in #elsewhere"):
+        bot.say("#elsewhere", "text")
+    assert bot.say(None, "to the default channel\nand a second line") == 2
+    assert list(bot.queue.lines) == ["PRIVMSG #presenced :to the default channel",
+                                     "PRIVMSG #presenced :and a second line"]
+
+
+def test_cat_allowlist(tmp_path: Path):
+    core = make_core(tmp_path)
+    bot = IRCBot(core, core.config.irc, clock=task.Clock())
+    factory = CatFactory(bot, ["10.0.0.0/8", "::1"], 1000)
+    assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234)) is None
+    assert factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 1234)) is not None
+    assert CatFactory(bot, [], 1000).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) \
+        is not None
+
+
+@pytest.mark.parametrize("irc, problem", [
+    ({"hooks": [{"events": ["tune"], "users": ["a"], "channel": "#m"}]}, "needs exactly"),
+    ({"hooks": [{"events": ["song"], "users": ["a"], "channel": "#m", "format": "x"}]},
+     "events must be"),
+    ({"hooks": [{"events": ["tune"], "users": [], "channel": "#m", "format": "x"}]},
+     "users must be"),
+    ({"hooks": [{"events": ["tune"], "users": ["a"], "channel": "m", "format": "x"}]},
+     "channel must be"),
+    ({"hooks": [{"events": ["tune"], "users": ["a"], "channel": "#m", "format": "{x"}]},
+     "bad format"),
+    ({"hooks": ["tune"]}, r"expected list\[table\]"),
+    ({"channel_keys": ["#a"]}, "#channel key"),
+    ({"cat_allow": ["nowhere"]}, "not an IP address"),
+    ({"unknown_targets": "ignore"}, "not one of"),
+])
+def test_bad_irc_config_names_the_key(irc, problem):
+    with pytest.raises(config.ConfigError, match=problem) as e:
+        config.load(None, {"irc": irc})
+    assert e.value.key == f"[irc] {next(iter(irc))}"
