@@ -45,6 +45,9 @@ class IRouterTransport(Interface):
         """Deliver ``event`` to each recipient's sessions; return how many sessions it reached
         (on this node; other nodes count their own)."""
 
+    def remote_nodes(user: str) -> Iterable[str]:
+        """The other nodes that hold sessions of ``user`` (empty on a single node)."""
+
 
 @implementer(IRouterTransport)
 class InProcessTransport:
@@ -55,6 +58,9 @@ class InProcessTransport:
         for user in recipients:
             reached += router.deliver_local(user, event)
         return reached
+
+    def remote_nodes(self, user: str) -> Iterable[str]:
+        return ()
 
 
 LoginListener = Callable[[str, ISession], None]
@@ -112,6 +118,10 @@ class SubscriptionRouter:
 
     def is_online(self, user: str) -> bool:
         return user in self._sessions
+
+    def is_online_anywhere(self, user: str) -> bool:
+        """Online on this node or, in a cluster, on another one."""
+        return user in self._sessions or bool(self.transport.remote_nodes(user))
 
     def online_users(self) -> int:
         return len(self._sessions)

@@ -52,6 +52,9 @@ class PubSubTransport:
             self.link.publish(node_channel(node), wire.encode(users, event))
         return reached
 
+    def remote_nodes(self, user: str) -> Iterable[str]:
+        return self.directory.nodes_of.get(user, ())
+
     def _received(self, message: str) -> None:
         users, event = wire.decode(message)
         self.received += 1

@@ -1,7 +1,7 @@
 """Events on the wire between nodes: JSON, with the few non-JSON payload values tagged.
 
-Payloads may carry a :class:`RosterItem` (roster events) or a stanza as a
-``domish.Element`` (XMPP events); both are turned into tagged JSON objects and back, so a
+Payloads may carry a :class:`RosterItem` (roster events), a stanza already serialised as
+``bytes`` or a ``domish.Element`` (XMPP events); these are turned into tagged JSON objects and back, so a
 session on another node receives an event equal to the one sent here.
 """
 
@@ -22,6 +22,8 @@ _TAG = "__presenced__"
 def _encode_value(value: Any) -> Any:
     if isinstance(value, RosterItem):
         return {_TAG: "roster-item", "jid": value.jid, "text": roster_item_to_text(value)}
+    if isinstance(value, bytes):
+        return {_TAG: "bytes", "text": value.decode("utf-8", "surrogateescape")}
     if isinstance(value, domish.Element):
         return {_TAG: "xml", "xml": value.toXml()}
     if isinstance(value, tuple):
@@ -34,6 +36,8 @@ def _decode_value(value: Any) -> Any:
         kind = value[_TAG]
         if kind == "roster-item":
             return roster_item_from_text(value["jid"], value["text"])
+        if kind == "bytes":
+            return value["text"].encode("utf-8", "surrogateescape")
         if kind == "xml":
             return parse_element(value["xml"])
     return value
