@@ -26,8 +26,10 @@ def _encode_value(value: Any) -> Any:
         return {_TAG: "bytes", "text": value.decode("utf-8", "surrogateescape")}
     if isinstance(value, domish.Element):
         return {_TAG: "xml", "xml": value.toXml()}
-    if isinstance(value, tuple):
-        return list(value)
+    if isinstance(value, (list, tuple)):
+        return [_encode_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode_value(v) for k, v in value.items()}
     return value
 
 
@@ -40,6 +42,10 @@ def _decode_value(value: Any) -> Any:
             return value["text"].encode("utf-8", "surrogateescape")
         if kind == "xml":
             return parse_element(value["xml"])
+    if isinstance(value, list):
+        return [_decode_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _decode_value(v) for k, v in value.items()}
     return value
 
 
