@@ -93,12 +93,14 @@ class Message:
 class IRCWatcher:
     """A raw IRC client: registers, joins, and waits for lines it is told to expect."""
 
-    def __init__(self, port: int, nick: str = "watcher"):
+    def __init__(self, port: int, nick: str = "watcher", password: str = ""):
         self.nick = nick
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.buffer = b""
         self.seen: list[Message] = []
         self.unmatched: list[Message] = []
+        if password:
+            self.send(f"PASS {password}")
         self.send(f"NICK {nick}")
         self.send(f"USER {nick} 0 * :test watcher")
         self.wait_for(lambda m: m.command == "001")

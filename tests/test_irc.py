@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import stat
+import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +35,8 @@ def watchers():
     """Watcher clients, closed after the test."""
     made: list[IRCWatcher] = []
 
-    def make(port: int, nick: str = "watcher") -> IRCWatcher:
-        watcher = IRCWatcher(port, nick)
+    def make(port: int, nick: str = "watcher", password: str = "") -> IRCWatcher:
+        watcher = IRCWatcher(port, nick, password)
         made.append(watcher)
         return watcher
 
@@ -41,13 +45,14 @@ def watchers():
         watcher.close()
 
 
-def start_bot(presenced_factory: Any, ircd: NgIRCd, thrift: bool = False, **irc: Any):
+def start_bot(presenced_factory: Any, ircd: NgIRCd, thrift: bool = False,
+              webadmin: bool = False, **irc: Any):
     settings = {"enabled": True, "server": "127.0.0.1", "port": ircd.port, "nick": BOT,
                 "channels": CHANNELS, "flood_lines_per_second": 20.0, "flood_burst": 20,
                 "reconnect_min_seconds": 0.2, "reconnect_max_seconds": 1.0}
     settings.update(irc)
     return presenced_factory({"irc": settings, "xmpp": {"enabled": False},
-                              "comet": {"enabled": False}, "webadmin": {"enabled": False},
+                              "comet": {"enabled": False}, "webadmin": {"enabled": webadmin},
                               "thrift": {"enabled": thrift}})
 
 
@@ -234,3 +239,59 @@ def test_bot_rejoins_after_server_restart_and_kick_and_regains_its_nick(
     said(watcher, "#presenced", "queued while the server was down")
     cat(port, b"after the restart\n")
     said(watcher, "#presenced", "after the restart")
+
+
+def test_tls_server_password_and_channel_key(tmp_path, watchers, presenced_factory):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True, timeout=60)
+    ircd = NgIRCd(tmp_path / "tls-ircd", password="hunter2", tls=(cert, key))
+    ircd.start()
+    try:
+        watcher = watchers(ircd.port, password="hunter2")
+        watcher.join("#presenced", "#vault")
+        watcher.send("MODE #vault +k sesame")
+        watcher.wait_for(lambda m: m.command == "MODE" and m.params[:2] == ["#vault", "+k"])
+        server = start_bot(presenced_factory, ircd, port=ircd.tls_port, tls=True,
+                           tls_verify=False, password="hunter2",
+                           channels=["#presenced", "#vault"], channel_keys=["#vault sesame"])
+        # The bot is on the port that only speaks TLS, past the password, into the keyed
+        # channel.
+        bot_joins(watcher, "#vault")
+        bot_joins(watcher, "#presenced")
+        cat(server.ports["irc_cat"], b"#vault over TLS\n")
+        said(watcher, "#vault", "over TLS")
+    finally:
+        ircd.stop()
+
+
+def test_cat_lines_over_http_on_the_admin_port(ircd, watchers, presenced_factory):
+    watcher = watchers(ircd.port)
+    watcher.join(*CHANNELS)
+    server = start_bot(presenced_factory, ircd, webadmin=True, http_token="t0ken")
+    bot_joins(watcher, "#ops")
+    url = f"http://127.0.0.1:{server.ports['webadmin']}/irccat"
+
+    def post(body: bytes, token: str = "t0ken") -> tuple[int, dict]:
+        request = urllib.request.Request(url, data=body, method="POST",
+                                         headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    assert post(b"#ops over http\nplain over http\n") == (200, {"sent": 2, "errors": []})
+    said(watcher, "#ops", "over http")
+    said(watcher, "#presenced", "plain over http")
+    status, answer = post(b"#ops fine\n#nothing\n")
+    assert status == 400 and answer["errors"] == ["line 2: nothing to send to #nothing"]
+    said(watcher, "#ops", "fine")
+    assert post(b"#ops sneaky", token="wrong")[0] == 401
+    assert post(b"\xff\xfe")[0] == 400
+    assert post(b"x" * 70000)[0] == 413
+    cat(server.ports["irc_cat"], b"#ops last\n")
+    said(watcher, "#ops", "last")
+    assert not any("sneaky" in m.params[-1] for m in watcher.seen if m.command == "PRIVMSG")
