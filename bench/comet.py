@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""Comet benchmark: server RSS per idle stream, then deliveries/s and publish-to-delivery
+latency on a Barabási–Albert friends graph. Prints one JSON document.
+
+    python3 bench/comet.py                     # N=10000
+    python3 bench/comet.py --streams 15000 --seconds 20
+
+What it does:
+
+1. writes a Barabási–Albert graph over N users (``bench/graph.py`` when present, else the
+   small generator below) and loads it with ``presencedctl load-friends``;
+2. starts ``twistd -n presenced`` (comet with ``require_token = false``, the Thrift door for
+   publishing; XMPP and the web admin off) and reads its RSS from ``/proc/<pid>/status``;
+3. opens N NDJSON streams, one per user, from several client processes bound to 127.0.0.x
+   source addresses (past one address's ephemeral ports and one process's open-files limit);
+   measures the server's RSS again: (after - before) / N is the cost of an idle stream;
+4. publishes tunes through Thrift ``publish_np`` from several processes for ``--seconds``
+   (each tune's title carries the publisher's send time) and counts, at the clients, the
+   events received per second and the latency from ``publish_np`` to arrival.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CLIENT_BATCH = 0.01
+sys.path.insert(0, str(REPO))
+
+
+# --- friends graph -------------------------------------------------------------------------
+
+def barabasi_albert(n: int, m: int, seed: int) -> list[tuple[int, int]]:
+    """Edges of a Barabási–Albert graph: each new node links to ``m`` existing nodes chosen
+    with probability proportional to their degree (the repeated-nodes list trick)."""
+    rng = random.Random(seed)
+    edges: list[tuple[int, int]] = []
+    targets = list(range(m))
+    repeated: list[int] = []
+    for node in range(m, n):
+        for target in set(targets):
+            edges.append((node, target))
+        repeated.extend(targets)
+        repeated.extend([node] * m)
+        targets = [rng.choice(repeated) for _ in range(m)]
+    return edges
+
+
+def graph_edges(n: int, m: int, seed: int) -> tuple[list[tuple[int, int]], str]:
+    try:
+        from bench import graph  # another bench's generator, when present
+        return list(graph.barabasi_albert(n, m, seed)), "bench/graph.py"
+    except (ImportError, AttributeError):
+        return barabasi_albert(n, m, seed), "bench/comet.py generator"
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def user_name(i: int) -> str:
+    return f"u{i}"
+
+
+# --- stream clients ------------------------------------------------------------------------
+
+def client_worker(index: int, users: list[int], port: int, control, results) -> None:
+    """Hold one NDJSON stream per user; count events; sample latencies from tune titles."""
+    raise_nofile()
+    sel = selectors.DefaultSelector()
+    socks = []
+    welcomed = 0
+    source = f"127.0.0.{2 + index % 200}"
+    for n, user in enumerate(users):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(f"GET /stream/{user_name(user)} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        socks.append(s)
+        if n % 500 == 499:
+            welcomed += count_welcomes(sel, 0)
+    deadline = time.monotonic() + 60
+    while welcomed < len(users) and time.monotonic() < deadline:
+        welcomed += count_welcomes(sel, 0.5)
+    results.put(("connected", index, welcomed))
+    control.get()  # go
+    received = 0
+    latencies: list[float] = []
+    marker = b'"title":"'
+    stop_at = None
+    while True:
+        # Let events gather in the socket buffers between reads: one recv takes several, so
+        # the clients, which share this machine's cores with the server, cost it less. Adds
+        # up to CLIENT_BATCH seconds to the measured latency (counted against us).
+        time.sleep(CLIENT_BATCH)
+        for key, _ in sel.select(0.2):
+            try:
+                data = key.fileobj.recv(262144)
+            except ConnectionError:
+                data = b""
+            if not data:
+                sel.unregister(key.fileobj)
+                continue
+            now = time.time()
+            start = 0
+            while True:
+                at = data.find(marker, start)
+                if at < 0:
+                    break
+                received += 1
+                end = data.find(b'"', at + len(marker))
+                if end > 0 and (received & 7) == 0:
+                    try:
+                        latencies.append(now - float(data[at + len(marker):end]))
+                    except ValueError:
+                        pass
+                start = at + len(marker)
+        if stop_at is None and not control.empty():
+            control.get()
+            stop_at = time.monotonic() + 2.0  # drain in-flight events
+        if stop_at is not None and time.monotonic() > stop_at:
+            break
+    results.put(("done", index, received, latencies))
+    for s in socks:
+        s.close()
+
+
+def count_welcomes(sel, timeout: float) -> int:
+    welcomed = 0
+    for key, _ in sel.select(timeout):
+        try:
+            welcomed += key.fileobj.recv(65536).count(b'"welcome"')
+        except BlockingIOError:
+            pass
+    return welcomed
+
+
+# --- publishers ----------------------------------------------------------------------------
+
+def publisher(index: int, thrift_port: int, users: int, seconds: float, rate: float,
+              results) -> None:
+    import thriftpy2
+    from thriftpy2.rpc import make_client
+    idl = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"), module_name="bench_thrift")
+    client = make_client(idl.PresencedAdmin, "127.0.0.1", thrift_port, timeout=30000)
+    rng = random.Random(index)
+    sent = 0
+    started = time.monotonic()
+    interval = 1.0 / rate if rate else 0.0
+    while time.monotonic() - started < seconds:
+        user = rng.randrange(users)
+        client.publish_np(idl.JabberUser(name=user_name(user), server="localhost"),
+                          "bench", "album", f"{time.time():.6f}", 200, 1)
+        sent += 1
+        if interval:
+            time.sleep(max(0.0, started + sent * interval - time.monotonic()))
+    results.put(("published", index, sent, time.monotonic() - started))
+
+
+# --- main ----------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", "-n", type=int, default=10000)
+    parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    parser.add_argument("--rate", type=float, default=0, help="publishes/s per publisher (0: as fast as possible)")
+    parser.add_argument("--m", type=int, default=10, help="BA edges per new node")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record the server with py-spy (raw stacks) while publishing")
+    args = parser.parse_args()
+    raise_nofile()
+
+    work = Path(tempfile.mkdtemp(prefix="comet-bench-"))
+    edges, generator = graph_edges(args.streams, args.m, args.seed)
+    (work / "friends.txt").write_text("".join(f"{user_name(a)} {user_name(b)}\n" for a, b in edges))
+    config = work / "presenced.toml"
+    config.write_text(f"""
+[server]
+data_dir = "{work / 'data'}"
+[comet]
+port = 0
+bind = "127.0.0.1"
+require_token = false
+[thrift]
+port = 0
+[xmpp]
+enabled = false
+[webadmin]
+enabled = false
+""")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
+                    "load-friends", "-q", str(work / "friends.txt")], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+         "--pidfile", "", "--logfile", str(work / "presenced.log"), "presenced",
+         "--config", str(config)], env=env, cwd=work)
+    try:
+        run(args, work, server, edges, generator)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> None:
+    ports_file = work / "data" / "run" / "ports.json"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ports = json.loads(ports_file.read_text())
+            if "ready" in ports:
+                break
+        except (FileNotFoundError, ValueError):
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise SystemExit("presenced did not start; see " + str(work / "presenced.log"))
+        time.sleep(0.1)
+    pid = server.pid
+    time.sleep(1.0)
+    rss_before = rss_kb(pid)
+
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    controls = []
+    workers = []
+    users = list(range(args.streams))
+    connect_started = time.monotonic()
+    for i in range(args.clients):
+        control = ctx.Queue()
+        p = ctx.Process(target=client_worker,
+                        args=(i, users[i::args.clients], ports["comet"], control, results))
+        p.start()
+        controls.append(control)
+        workers.append(p)
+    connected = 0
+    for _ in workers:
+        kind, _, count = results.get(timeout=180)
+        connected += count
+    connect_seconds = time.monotonic() - connect_started
+    time.sleep(2.0)
+    rss_after = rss_kb(pid)
+
+    for control in controls:
+        control.put("go")
+    publishers = [ctx.Process(target=publisher, args=(i, ports["thrift"], args.streams,
+                                                      args.seconds, args.rate, results))
+                  for i in range(args.publishers)]
+    started = time.monotonic()
+    for p in publishers:
+        p.start()
+    spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(int(args.seconds)),
+                            "-f", "raw", "-o", args.profile], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL) if args.profile else None
+    published = 0
+    for _ in publishers:
+        kind, _, sent, _ = results.get(timeout=args.seconds + 120)
+        published += sent
+    publish_seconds = time.monotonic() - started
+    for control in controls:
+        control.put("stop")
+    received = 0
+    latencies: list[float] = []
+    for _ in workers:
+        kind, _, count, lat = results.get(timeout=120)
+        received += count
+        latencies.extend(lat)
+    for p in workers + publishers:
+        p.join(30)
+    if spy is not None:
+        spy.wait(60)
+    latencies.sort()
+
+    degree = [0] * args.streams
+    for a, b in edges:
+        degree[a] += 1
+        degree[b] += 1
+
+    def pct(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2) \
+            if latencies else None
+
+    print(json.dumps({
+        "streams": args.streams,
+        "streams_connected": connected,
+        "connect_seconds": round(connect_seconds, 2),
+        "client_processes": args.clients,
+        "server_rss_before_kb": rss_before,
+        "server_rss_after_kb": rss_after,
+        "rss_per_idle_stream_bytes": round((rss_after - rss_before) * 1024 / max(connected, 1)),
+        "graph": {"model": "barabasi-albert", "m": args.m, "edges": len(edges),
+                  "mean_degree": round(2 * len(edges) / args.streams, 2),
+                  "max_degree": max(degree), "generator": generator},
+        "publishers": args.publishers,
+        "published": published,
+        "publishes_per_second": round(published / publish_seconds),
+        "deliveries": received,
+        "deliveries_per_second": round(received / publish_seconds),
+        "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
+                       "samples": len(latencies)},
+        "server_rss_end_kb": rss_kb(server.pid),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
