@@ -420,8 +420,13 @@ def test_irc_http_cat_is_mounted_when_the_bot_offers_it(presenced_factory):
         "xmpp": {"enabled": False}, "comet": {"enabled": False},
         "thrift": {"enabled": False},
         "irc": {"enabled": True, "port": port, "http_token": "cat-token"},
+        "webadmin": {"admins": ["admin@localhost"]},
     })
+    server.ctl("adduser", "admin", "--password", "admin-pw")
     url = f"http://127.0.0.1:{server.ports['webadmin']}/irccat"
     reply = requests.post(url, data=b"hello", timeout=10)
     assert reply.status_code == 401  # the IRC door's own answer, not the console's login
     assert "bearer" in reply.text.lower()
+    overview = login(server).get(f"http://127.0.0.1:{server.ports['webadmin']}/", timeout=10)
+    assert "<h2>IRC bot</h2>" in overview.text
+    assert f"127.0.0.1:{port}" in overview.text and "not connected" in overview.text

@@ -81,9 +81,25 @@ def register(console: Console) -> None:
              for door in sorted(set(DOORS) | set(by_door), key=_door_order)),
             "No front doors.")
         return Page("Overview", [
-            summary, tags.h2("Sessions per front door"), doors,
+            summary, tags.h2("Sessions per front door"), doors, irc_bot(core),
             tags.p("Figures refresh every few seconds while JavaScript is on; "
                    "reload the page otherwise.", class_="hint")])
+
+
+def irc_bot(core) -> Tag:
+    """What the IRC bot (``core.features["irc"]``) is doing, when it runs."""
+    bot = core.features.get("irc")
+    if bot is None:
+        return tags.transparent()
+    connected = getattr(bot, "connection", None) is not None
+    queue = getattr(getattr(bot, "queue", None), "lines", ())
+    return tags.transparent(tags.h2("IRC bot"), definitions([
+        ("Server", f"{core.config.irc.server}:{core.config.irc.port}"),
+        ("State", f"signed on as {bot.nickname}" if connected else "not connected"),
+        ("Channels joined", ", ".join(sorted(getattr(bot, "joined", ()))) or "none"),
+        ("Lines waiting", str(len(queue))),
+        ("Last error", getattr(bot, "last_error", "") or "none"),
+    ], class_="figures"))
 
 
 def _enabled(core, door: str) -> str:
