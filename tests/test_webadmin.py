@@ -430,3 +430,45 @@ def test_irc_http_cat_is_mounted_when_the_bot_offers_it(presenced_factory):
     overview = login(server).get(f"http://127.0.0.1:{server.ports['webadmin']}/", timeout=10)
     assert "<h2>IRC bot</h2>" in overview.text
     assert f"127.0.0.1:{port}" in overview.text and "not connected" in overview.text
+
+
+# --- configuration and logins ----------------------------------------------------------------
+
+
+def test_a_bad_admins_entry_stops_the_server_with_the_key_named(presenced_factory):
+    server = presenced_factory({"xmpp": {"enabled": False}, "comet": {"enabled": False},
+                                "thrift": {"enabled": False},
+                                "webadmin": {"admins": ["ops:md5$abc"]}}, start=False)
+    with pytest.raises(RuntimeError) as failed:
+        server.start()
+    assert "[webadmin] admins: bad entry 'ops:md5$abc'" in str(failed.value)
+
+
+def test_logins_expire_when_idle_and_stay_bounded():
+    from twisted.internet.task import Clock
+    from twisted.web.server import Request
+    from twisted.web.test.requesthelper import DummyChannel
+
+    from presenced.webadmin import sessions
+
+    clock = Clock()
+    logins = sessions.AdminLogins(ttl=60, clock=clock.seconds)
+
+    def browser_with(cookie_header: bytes) -> Request:
+        request = Request(DummyChannel())
+        request.received_cookies = {sessions.COOKIE: cookie_header} if cookie_header else {}
+        return request
+
+    first = browser_with(b"")
+    logins.start(first, "admin@localhost")
+    cookie = first.cookies[0].split(b";")[0].split(b"=", 1)[1]
+    clock.advance(59)
+    assert logins.get(browser_with(cookie)).admin == "admin@localhost"  # and stays alive
+    clock.advance(59)
+    assert logins.get(browser_with(cookie)) is not None
+    clock.advance(61)
+    assert logins.get(browser_with(cookie)) is None
+    assert logins.get(browser_with(b"\xff\xfe")) is None
+    for _ in range(sessions.MAX_LOGINS + 10):
+        logins.start(browser_with(b""), "admin@localhost")
+    assert len(logins) == sessions.MAX_LOGINS
