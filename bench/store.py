@@ -1,0 +1,187 @@
+"""Roster store benchmark: bulk-load a Barabási–Albert friends graph, then time lookups.
+
+For each backend it loads the graph with the code ``presencedctl load-friends`` runs
+(:func:`presenced.bulk.parse_edges` over an edge-list file, :func:`presenced.bulk.load_friends`),
+then times ``get_subscribers`` through the store API from the reactor, one request at a time,
+for randomly chosen users. Redis is a private ``redis-server`` started here with persistence as a
+deployment would have it (``appendonly yes``, ``appendfsync everysec``).
+
+Prints one JSON document::
+
+    python3 bench/store.py --n 100000 --m 15 --backends embedded,redis
+
+Targets on a 2-core machine: >= 200 000 edges/s loaded, get_subscribers p99 <= 1 ms at
+n = 1 000 000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+if __package__ in (None, ""):  # run as a file: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from twisted.internet import defer, reactor, task
+
+from bench.graph import barabasi_albert, user_name, write_edge_list
+from presenced import bulk
+from presenced.store import IRosterStore
+
+DOMAIN = "bench.example"
+
+
+class PrivateRedis:
+    """A redis-server in a temporary directory on a free loopback port."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> "PrivateRedis":
+        binary = shutil.which("redis-server")
+        if binary is None:
+            sys.exit("redis-server is not installed (scripts/install-test-deps.sh)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+             str(self.directory), "--appendonly", "yes", "--appendfsync", "everysec",
+             "--save", "", "--protected-mode", "no"],
+            stdout=open(self.directory / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(60)
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file()
+                   and f.name != "redis.log")
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(round(p / 100 * (len(sorted_values) - 1))))]
+
+
+@defer.inlineCallbacks
+def measure(store: IRosterStore, edges_path: Path, n: int, samples: int, seed: int):
+    """Load the edge list, then sample get_subscribers; fires the figures as a dict."""
+    yield store.start()
+    try:
+        bad: list[int] = []
+        progress = bulk.Progress("friendships", sys.stderr, every=5.0)
+        with open(edges_path) as f:
+            pairs = bulk.parse_edges(f, DOMAIN, lambda number, line, reason: bad.append(number))
+            started = time.perf_counter()
+            loaded = yield bulk.load_friends(store, pairs, progress)
+            load_seconds = time.perf_counter() - started
+        rng = random.Random(seed)
+        users = [f"{user_name(rng.randrange(n))}@{DOMAIN}" for _ in range(samples)]
+        for user in users[:100]:  # warm up connections and caches
+            yield store.get_subscribers(user)
+        latencies = []
+        sizes = []
+        for user in users:
+            t0 = time.perf_counter()
+            subscribers = yield store.get_subscribers(user)
+            latencies.append(time.perf_counter() - t0)
+            sizes.append(len(subscribers))
+        latencies.sort()
+        store_bytes = yield store.size_bytes()
+    finally:
+        yield store.stop()
+    return {
+        "edges": loaded,
+        "bad_lines": len(bad),
+        "load_seconds": round(load_seconds, 2),
+        "edges_per_second": round(loaded / load_seconds),
+        "get_subscribers_samples": samples,
+        "get_subscribers_p50_ms": round(percentile(latencies, 50) * 1000, 3),
+        "get_subscribers_p99_ms": round(percentile(latencies, 99) * 1000, 3),
+        "get_subscribers_max_ms": round(latencies[-1] * 1000, 3),
+        "subscribers_p50": sorted(sizes)[len(sizes) // 2],
+        "subscribers_max": max(sizes),
+        "store_bytes": store_bytes,
+    }
+
+
+@defer.inlineCallbacks
+def run_backend(backend: str, args: argparse.Namespace, edges_path: Path, work: Path):
+    """Fires the figures of one backend."""
+    if backend == "embedded":
+        from presenced.store.embedded import EmbeddedRosterStore
+
+        path = work / "embedded" / "presenced.sqlite3"
+        figures = yield measure(EmbeddedRosterStore(str(path)), edges_path, args.n,
+                                args.samples, args.seed)
+        figures["disk_bytes"] = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+        return figures
+    if backend == "redis":
+        from presenced.store.redis import RedisRosterStore
+
+        with PrivateRedis(work / "redis") as redis:
+            figures = yield measure(RedisRosterStore([redis.url], timeout=60.0), edges_path,
+                                    args.n, args.samples, args.seed)
+            figures["redis_used_memory_bytes"] = figures.pop("store_bytes")
+            yield task.deferLater(reactor, 1.5, lambda: None)  # appendfsync everysec
+            figures["disk_bytes"] = redis.disk_bytes()
+        return figures
+    raise SystemExit(f"unknown backend {backend!r} (embedded, redis)")
+
+
+@defer.inlineCallbacks
+def run(args: argparse.Namespace):
+    result: dict[str, Any] = {"n": args.n, "m": args.m, "cpus": os.cpu_count(),
+                              "python": sys.version.split()[0], "backends": {}}
+    with tempfile.TemporaryDirectory(prefix="presenced-bench-") as tmp:
+        work = Path(tmp)
+        edges_path = work / "edges.txt"
+        started = time.perf_counter()
+        result["edges"] = write_edge_list(str(edges_path),
+                                          barabasi_albert(args.n, args.m, args.seed))
+        result["generate_seconds"] = round(time.perf_counter() - started, 2)
+        for backend in args.backends.split(","):
+            print(f"{backend}: loading {result['edges']:,} edges", file=sys.stderr)
+            result["backends"][backend] = yield run_backend(backend.strip(), args, edges_path,
+                                                            work)
+    print(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100_000, help="users (default 100000)")
+    parser.add_argument("--m", type=int, default=15, help="friends per new user (default 15)")
+    parser.add_argument("--backends", default="embedded,redis")
+    parser.add_argument("--samples", type=int, default=10_000,
+                        help="get_subscribers calls timed per backend")
+    parser.add_argument("--seed", type=int, default=1)
+    task.react(lambda _: run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
