@@ -12,24 +12,26 @@ from presenced.store import IRosterStore, PepItem, RosterItem
 from tests.conftest import RedisServer
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "redis", "redis-sharded"])
 def store(request, tmp_path: Path):
+    redis = []
     if request.param == "embedded":
         from presenced.store.embedded import EmbeddedRosterStore
 
         backend: IRosterStore = EmbeddedRosterStore(str(tmp_path / "store.sqlite3"))
-        redis = None
     else:
         from presenced.store.redis import RedisRosterStore
 
-        redis = RedisServer(tmp_path / "redis")
-        redis.start()
-        backend = RedisRosterStore([redis.url])
+        redis = [RedisServer(tmp_path / f"redis{i}")
+                 for i in range(2 if request.param == "redis-sharded" else 1)]
+        for server in redis:
+            server.start()
+        backend = RedisRosterStore([server.url for server in redis])
     pytest_twisted.blockon(backend.start())
     yield backend
     pytest_twisted.blockon(backend.stop())
-    if redis is not None:
-        redis.stop()
+    for server in redis:
+        server.stop()
 
 
 @pytest_twisted.ensureDeferred
