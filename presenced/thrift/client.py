@@ -3,8 +3,9 @@
 Commands that change what online users see (``add-friend``, ``remove-friend``, ``deluser``)
 must reach the running server, which pushes roster changes and presence to online sessions at
 once; writing the store behind its back would leave them stale until they reconnect. These
-functions call the running server's admin port when one answers, and fire None when nothing
-listens there (connection refused, or no port recorded), so the caller falls back to the store.
+functions call the admin port of the server running on the configured data directory (found
+in ``<data_dir>/run/ports.json``), and fire None when no server runs there (nothing recorded,
+the recording process gone, or connection refused), so the caller falls back to the store.
 """
 
 from __future__ import annotations
@@ -87,21 +88,31 @@ def _settle(d: defer.Deferred, body: Any) -> None:
 
 
 def admin_address(config: Config) -> Optional[tuple[str, int]]:
-    """Where the running server's admin port should be: the port it recorded in
-    ``<data_dir>/run/ports.json``, else the configured one (None when that is 0)."""
+    """Where the admin port of the server running on this data directory listens: the port
+    it recorded in ``<data_dir>/run/ports.json``, if the process that wrote it is alive."""
     if not config.thrift.enabled:
         return None
     try:
         with open(os.path.join(config.server.data_dir, "run", "ports.json")) as f:
-            port = int(json.load(f).get("thrift") or 0)
-    except (OSError, ValueError, AttributeError):
-        port = 0
-    port = port or config.thrift.port
-    if not port:
+            ports = json.load(f)
+        port, pid = int(ports["thrift"]), int(ports["ready"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _alive(pid):
         return None
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(config.thrift.bind,
                                                                        config.thrift.bind)
     return host, port
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, alive
+    return True
 
 
 @defer.inlineCallbacks

@@ -194,7 +194,11 @@ class MessageDecoder:
                 proto.skip(TType.STRUCT)
                 body = None
             proto.read_message_end()
-        except (_ShortRead, BadMessage):
+        except _ShortRead:
+            raise
+        except BadMessage as e:
+            if e.seqid is None:
+                e.name, e.seqid = name, seqid
             raise
         except UnicodeDecodeError:
             raise BadMessage("string is not UTF-8", name, seqid) from None

@@ -98,7 +98,7 @@ class AdminProtocol(protocol.Protocol):
         taken = 0
         self._taking = True
         try:
-            while len(self.replies) < factory.max_pending_calls:
+            while len(self.replies) < factory.max_pending_calls and not self.writing_blocked:
                 message = self.decoder.next_message()
                 if message is None:
                     break
