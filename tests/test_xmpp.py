@@ -47,7 +47,7 @@ class Client(slixmpp.ClientXMPP):
         super().__init__(f"{user}@localhost/{resource}", password or f"{user}-pw")
         self.ssl_context.check_hostname = False
         self.ssl_context.verify_mode = ssl.CERT_NONE
-        for plugin in ("xep_0030", "xep_0199", "xep_0092", "xep_0054"):
+        for plugin in ("xep_0030", "xep_0199", "xep_0092", "xep_0054", "xep_0203"):
             self.register_plugin(plugin)
         self.messages: asyncio.Queue = asyncio.Queue()
         self.presences: asyncio.Queue = asyncio.Queue()
@@ -189,7 +189,7 @@ def test_subscription_request_approval_and_cancel(server):
         await erin.presence_from("frank@localhost/test")
         # frank now has erin as a subscriber: his new presence reaches her.
         frank.send_presence(pstatus="busy", pshow="dnd")
-        seen = await erin.presence_from("frank@localhost/test")
+        seen = await erin.presence_from("frank@localhost/test", "dnd")  # slixmpp: type = show
         assert seen["status"] == "busy" and seen["show"] == "dnd"
 
         erin.send_presence(pto="frank@localhost", ptype="unsubscribe")

@@ -99,11 +99,15 @@ class PepHandler(FeatureHandler):
     # --- publish, retract, create -----------------------------------------------------------
 
     def on_set(self, session: "C2SSession", iq: domish.Element) -> Optional[defer.Deferred]:
+        publish = _plain_publish(iq)
+        if publish is not None:
+            return defer.ensureDeferred(self._publish(session, iq, *publish))
         request = self._parse(session, iq)
         if request is None:
             return None
         if request.verb == "publish":
-            return defer.ensureDeferred(self._publish(session, iq, request))
+            return defer.ensureDeferred(self._publish(session, iq, request.nodeIdentifier,
+                                                      request.items))
         if request.verb == "retract":
             return defer.ensureDeferred(self._retract(session, iq, request))
         if request.verb == "create":
@@ -123,15 +127,14 @@ class PepHandler(FeatureHandler):
             return defer.ensureDeferred(self._delete(session, iq, request.nodeIdentifier))
         return self._unsupported(session, iq, request.verb)
 
-    async def _publish(self, session: "C2SSession", iq: domish.Element,
-                       request: PubSubRequest) -> None:
-        node = request.nodeIdentifier
+    async def _publish(self, session: "C2SSession", iq: domish.Element, node: str,
+                       items: list[domish.Element]) -> None:
         if not self._node_ok(session, iq, node):
             return
-        if len(request.items) != 1:
-            return self._bad(session, iq, "item-required" if not request.items
+        if len(items) != 1:
+            return self._bad(session, iq, "item-required" if not items
                              else "invalid-payload", "publish exactly one item")
-        item = request.items[0]
+        item = items[0]
         payloads = list(item.elements())
         if len(payloads) != 1:
             return self._bad(session, iq, "invalid-payload", "an item carries one payload")
@@ -154,10 +157,12 @@ class PepHandler(FeatureHandler):
             await self.core.store.set_pep_item(user, node, PepItem(item_id, xml))
             await self.core.router.send(user, Event(events.PEP, user, {
                 "node": node, "item_id": item_id, "item": xml}))
-        answer = domish.Element((NS_PUBSUB, "pubsub"))
-        answer.addElement("publish")["node"] = node
-        answer.publish.addElement("item")["id"] = item_id
-        session.result(iq, answer)
+        # Written as text: one answer per publish, on the hot path.
+        to = iq.getAttribute("to")
+        session.write((f"<iq type='result' id={attr(iq['id'])}"
+                       f"{' from=' + attr(to) if to else ''}><pubsub xmlns='{NS_PUBSUB}'>"
+                       f"<publish node={attr(node)}><item id={attr(item_id)}/></publish>"
+                       f"</pubsub></iq>").encode("utf-8"))
 
     async def _retract(self, session: "C2SSession", iq: domish.Element,
                        request: PubSubRequest) -> None:
@@ -353,6 +358,25 @@ class PepHandler(FeatureHandler):
 
 
 TUNE_NOTIFY = TUNE_NS + "+notify"
+
+
+def _plain_publish(iq: domish.Element) -> Optional[tuple[str, list[domish.Element]]]:
+    """(node, items) of a ``<pubsub><publish node='...'>`` with nothing else but
+    publish-options; None for anything else, which wokkel parses.
+
+    The fast path exists because wokkel's generic stanza parsing walks class dictionaries by
+    reflection on every request: a tenth of the server's time per publish in ``bench/pep.py``.
+    """
+    publish = None
+    for child in iq.pubsub.elements(NS_PUBSUB):
+        if child.name == "publish" and publish is None:
+            publish = child
+        elif child.name != "publish-options":
+            return None
+    node = publish.getAttribute("node") if publish is not None else None
+    if not node:
+        return None
+    return node, list(publish.elements(NS_PUBSUB, "item"))
 
 
 def _disco_query(iq: domish.Element) -> domish.Element:

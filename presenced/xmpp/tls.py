@@ -8,8 +8,9 @@ import os
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.logger import Logger
 
@@ -17,8 +18,9 @@ log = Logger()
 
 
 def generate_self_signed(cert_path: str, key_path: str, domains: list[str]) -> None:
-    """Write a self-signed certificate (P-256, ten years) for ``domains``."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    """Write a self-signed certificate (RSA 2048, ten years) for ``domains``; RSA because
+    some clients' TLS stacks refuse the handshake with an ECDSA one."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
@@ -37,9 +39,32 @@ def generate_self_signed(cert_path: str, key_path: str, domains: list[str]) -> N
         f.write(cert.public_bytes(serialization.Encoding.PEM))
 
 
+class ServerTLSContext(ssl.ContextFactory):
+    """One OpenSSL server context: TLS 1.2 or newer, OpenSSL's default ciphers.
+
+    Not Twisted's ``CertificateOptions``: with the OpenSSL that pyOpenSSL bundles its cipher
+    settings make Go clients' handshakes (go-sendxmpp) fail with "internal error".
+    """
+
+    def __init__(self, cert_pem: bytes, key_pem: bytes):
+        pair = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+        context.use_certificate(pair.original)
+        context.use_privatekey(pair.privateKey.original)
+        for block in _pem_blocks(cert_pem)[1:]:
+            context.add_extra_chain_cert(ssl.Certificate.loadPEM(block).original)
+        context.check_privatekey()
+        self.context = context
+
+    def getContext(self) -> SSL.Context:
+        return self.context
+
+
 def context_factory(certificate: str, private_key: str, data_dir: str,
-                    domains: list[str]) -> ssl.CertificateOptions:
-    """TLS options from the configured PEM files, or from ``<data_dir>/tls``."""
+                    domains: list[str]) -> ServerTLSContext:
+    """TLS for the c2s door from the configured PEM files, or from ``<data_dir>/tls``."""
     if not certificate:
         directory = os.path.join(data_dir, "tls")
         os.makedirs(directory, exist_ok=True)
@@ -53,11 +78,7 @@ def context_factory(certificate: str, private_key: str, data_dir: str,
         cert_pem = f.read()
     with open(private_key or certificate, "rb") as f:
         key_pem = f.read()
-    pair = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-    chain = [ssl.Certificate.loadPEM(block).original
-             for block in _pem_blocks(cert_pem)[1:]]
-    return ssl.CertificateOptions(privateKey=pair.privateKey.original,
-                                  certificate=pair.original, extraCertChain=chain)
+    return ServerTLSContext(cert_pem, key_pem)
 
 
 def _pem_blocks(pem: bytes) -> list[bytes]:
