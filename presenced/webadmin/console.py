@@ -94,8 +94,10 @@ class PageDispatcher(Resource):
         route = self.console.routes.get((method, path))
         login = self.console.logins.get(request)
         if route is None:
-            known = any(p == path for _, p in self.console.routes)
-            page = Page("Not found", tags.p("There is no such page."), 405 if known else 404)
+            if any(p == path for _, p in self.console.routes):
+                page = Page("Not allowed", tags.p("This page does not take that method."), 405)
+            else:
+                page = Page("Not found", tags.p("There is no such page."), 404)
         elif route.public or login is not None:
             if method == b"POST" and not route.public and not login.csrf_ok(arg(request, "csrf")):
                 page = Page("Form expired", tags.p(
@@ -121,7 +123,7 @@ class PageDispatcher(Resource):
                           error=failure.getErrorMessage())
             return Page("Store unavailable", tags.p(
                 "The roster store did not answer: ", failure.getErrorMessage(),
-                ". Nothing was changed by this page; try again."), 503)
+                ". Try again: every action can safely be repeated."), 503)
         self.log.failure("webadmin {path} failed", failure, path=request.path)
         return Page("Server error", tags.p("This page failed; the server log has details."),
                     500)
