@@ -209,7 +209,10 @@ class Worker:
                                    for c in batch))
             self.clients.extend(batch)
         readers = [asyncio.ensure_future(c.read_forever()) for c in self.clients]
-        await asyncio.sleep(1.0)  # caps learnt (one disco#info per hash), presence settled
+        # Settled: caps learnt (one disco#info for the hash) and presence exchanged.
+        self.last_data = time.monotonic()
+        while time.monotonic() - self.last_data < 1.0:
+            await asyncio.sleep(0.1)
         ready.put(len(self.clients))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, go.wait)
@@ -255,6 +258,13 @@ def write_config(directory: Path, scram_iterations: int) -> tuple[Path, dict[str
 def ctl(config: Path, env: dict, *args: str) -> None:
     subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config), *args],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used: on a shared machine this
+    says what the server itself costs, whatever else runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -337,8 +347,10 @@ def main() -> None:
             proc.start()
         connected = sum(ready.get(timeout=600) for _ in procs)
         login_seconds = time.monotonic() - login_start
+        cpu_before = process_cpu_seconds(server.pid)
         go.set()
         results = [out.get(timeout=600) for _ in procs]
+        server_cpu = process_cpu_seconds(server.pid) - cpu_before
         for proc in procs:
             proc.join(30)
 
@@ -366,6 +378,9 @@ def main() -> None:
             "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
             "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
             "latency_max_ms": round(max(latencies, default=float("nan")) * 1000, 2),
+            "server_cpu_seconds": round(server_cpu, 2),
+            "notifications_per_server_cpu_s": round(received / server_cpu, 1),
+            "load_average_1m": os.getloadavg()[0],
         }, indent=2))
     finally:
         if server is not None and server.poll() is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
+from xml.sax.saxutils import escape
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet import defer
@@ -75,17 +76,17 @@ class Tune:
     @property
     def stopped(self) -> bool:
         """True for the empty tune that says the user stopped listening."""
-        return all(getattr(self, f.name) is None for f in fields(self))
+        return all(getattr(self, name) is None for name in FIELD_NAMES)
 
     def to_payload(self) -> dict[str, Any]:
         """The set fields, as router event payload and JSON (``{}`` = stopped)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) is not None}
+        return {name: value for name in FIELD_NAMES
+                if (value := getattr(self, name)) is not None}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> "Tune":
         """The tune a :data:`~presenced.events.TUNE` event carries (other keys ignored)."""
-        return cls(**{f.name: payload.get(f.name) for f in fields(cls)})
+        return cls(**{name: payload.get(name) for name in FIELD_NAMES})
 
     @classmethod
     def from_element(cls, element: domish.Element) -> "Tune":
@@ -105,17 +106,11 @@ class Tune:
             values[name] = _parse_int(name, text) if name in INT_FIELDS else text
         return cls(**values)
 
-    def to_element(self) -> domish.Element:
-        """The ``<tune/>`` element; empty when stopped."""
-        element = domish.Element((TUNE_NS, "tune"))
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                element.addElement(f.name, content=str(value))
-        return element
-
     def to_xml(self) -> str:
-        return self.to_element().toXml()
+        """The ``<tune/>`` element as text (built directly: it is on the publish hot path)."""
+        body = "".join(f"<{name}>{escape(str(value))}</{name}>" for name in FIELD_NAMES
+                       if (value := getattr(self, name)) is not None)
+        return f"<tune xmlns='{TUNE_NS}'>{body}</tune>" if body else f"<tune xmlns='{TUNE_NS}'/>"
 
     def describe(self) -> str:
         """One line for people (IRC ``?np``, the web admin): ``Artist - Title (Source)``."""
@@ -125,6 +120,9 @@ class Tune:
         if self.source:
             text += f" ({self.source})"
         return text
+
+
+FIELD_NAMES = tuple(f.name for f in fields(Tune))
 
 
 def _check_text(name: str, value: Any) -> None:
