@@ -87,10 +87,13 @@ async def test_disconnect_is_cleaned_up_at_once_and_a_late_send_is_harmless(come
     await one.lost
     await until(lambda: len(streams_of(core, "alice@localhost")) == 1, what="logout")
     session.deliver(Event(events.TUNE, "bob@localhost", {"title": "late"}))   # no error
+    core.router.deliver("alice@localhost", Event(events.PEP, "bob@localhost",
+                                                 {"node": "geoloc", "item": "<geoloc/>"}))
     assert core.router.deliver("alice@localhost",
                                Event(events.TUNE, "bob@localhost", {"title": "x"})) == 1
     await until(lambda: b'"title":"x"' in two.data, what="event on the other stream")
     assert b'"title":"late"' not in one.data
+    assert b"geoloc" not in two.data        # raw PEP items are for XMPP clients only
     assert door.connections == 1
 
 

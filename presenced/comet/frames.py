@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from presenced import events
 from presenced.events import Event
+
+# The event types comet clients see; others (raw PEP items) are for XMPP clients only.
+STREAMED_TYPES = frozenset((events.TUNE, events.PRESENCE, events.MESSAGE, events.ROSTER,
+                            events.ADMIN))
 
 # What a stream writes when nothing happened for a heartbeat interval, and at its end.
 NDJSON_HEARTBEAT = b"1\r\n\n\r\n"

@@ -16,6 +16,7 @@ from typing import Optional
 
 from zope.interface import implementer
 
+from presenced.comet.frames import STREAMED_TYPES
 from presenced.events import Event
 from presenced.router import ISession, SubscriptionRouter
 
@@ -61,7 +62,8 @@ class UserChannel:
 
     # ISession, while held
     def deliver(self, event: Event) -> None:
-        self.record(event)
+        if event.type in STREAMED_TYPES:
+            self.record(event)
 
     def close(self, reason: str) -> None:
         self._owner.drop(self)

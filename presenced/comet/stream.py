@@ -206,6 +206,8 @@ class CometConnection:
         door.stream_opened(self, user)
 
     def deliver(self, event: Event) -> None:
+        if event.type not in frames.STREAMED_TYPES:
+            return
         mode = self.mode
         if mode == NDJSON:
             self.channel.record(event)

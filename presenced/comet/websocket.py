@@ -15,6 +15,7 @@ from twisted.web.server import Request
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from zope.interface import implementer
 
+from presenced.comet.frames import STREAMED_TYPES
 from presenced.comet.http import HTTPError, bearer_token, error_body
 from presenced.comet.replay import UserChannel
 from presenced.comet.stream import parse_cursor
@@ -78,7 +79,7 @@ class CometWebSocket:
         door.stream_opened(self, self.user)
 
     def deliver(self, event: Event) -> None:
-        if self.channel is not None:
+        if self.channel is not None and event.type in STREAMED_TYPES:
             self.channel.record(event)
             self.door.events_out += 1
             self.budget.write(self.door.text(event))
