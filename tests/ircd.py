@@ -34,7 +34,7 @@ class NgIRCd:
     def config(self) -> Path:
         lines = ["[Global]", "Name = irc.presenced.test", "Info = presenced test server",
                  "Listen = 127.0.0.1", f"Ports = {self.port}",
-                 f"PidFile = {self.directory / 'ngircd.pid'}", "MotdPhrase = presenced test",
+                 "MotdPhrase = presenced test",
                  f"Password = {self.password}",
                  "[Limits]", "MaxNickLength = 30", "MaxConnectionsIP = 0", "MaxJoins = 0",
                  "PingTimeout = 120",

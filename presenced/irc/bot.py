@@ -256,6 +256,8 @@ class IRCBotProtocol(irc.IRCClient):
 class IRCBotFactory(protocol.ReconnectingClientFactory):
     """Reconnects with exponential backoff; a successful sign-on resets the delay."""
 
+    noisy = False  # our own log lines say what happened to the connection
+
     def __init__(self, bot: "IRCBot"):
         self.bot = bot
         self.initialDelay = self.delay = bot.settings.reconnect_min_seconds

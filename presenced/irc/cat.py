@@ -120,6 +120,8 @@ class CatProtocol(basic.LineReceiver):
 class CatFactory(protocol.Factory):
     """Accepts senders from the allowlist (empty: anyone who can reach the port)."""
 
+    noisy = False
+
     def __init__(self, bot: "IRCBot", allow: list[str], max_line_bytes: int):
         self.bot = bot
         self.allow = [ipaddress.ip_network(a, strict=False) for a in allow]
@@ -127,6 +129,9 @@ class CatFactory(protocol.Factory):
         self.connections: set[CatProtocol] = set()
         metrics = bot.core.metrics
         metrics.describe("presenced_connections", "gauge", "Open connections per front door")
+        metrics.describe("presenced_connections_total", "counter", "Connections accepted")
+        metrics.describe("presenced_stanzas_in_total", "counter", "Requests/lines received")
+        metrics.describe("presenced_auth_failures_total", "counter", "Refused authentications")
         metrics.gauge("presenced_connections", lambda: len(self.connections), door="irc")
         metrics.describe("presenced_irc_cat_errors_total", "counter",
                          "Cat lines refused with an error to their sender")
