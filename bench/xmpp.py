@@ -1,0 +1,344 @@
+"""Benchmark of the XMPP c2s door; prints JSON.
+
+Starts a private presenced (``twistd -n presenced``, XMPP only, embedded store) and drives it
+with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` processes):
+
+1. ``login_plain``: N accounts log in with SASL PLAIN over plain TCP (bench-only config
+   ``require_tls = false, allow_plain = true``), bind and send presence; logins/s.
+2. ``idle_rss``: server RSS growth per idle, bound session (the N from step 1, no TLS).
+3. ``messages``: the N sessions form pairs; every client sends ``--messages`` chat messages to
+   its partner's bare JID; delivered messages/s and p50/p99 send-to-receive latency.
+4. ``login_scram_tls``: the same accounts log in again with STARTTLS + SCRAM-SHA-1 (the
+   client computes PBKDF2 too, as real clients do); logins/s.
+
+The load client shares this machine's cores with the server. PBKDF2 cost per login follows
+``--iterations`` (the accounts' ``[server] scram_iterations``; 4096 is the default).
+
+    python3 bench/xmpp.py --users 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import multiprocessing
+import os
+import re
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
+          b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+FEATURES_END = b"</stream:features>"
+PASSWORD = "bench-pw"
+
+
+# --- the load client ------------------------------------------------------------------------
+
+async def read_until(reader: asyncio.StreamReader, buffer: bytearray, token: bytes) -> bytes:
+    while True:
+        index = buffer.find(token)
+        if index >= 0:
+            out = bytes(buffer[:index + len(token)])
+            del buffer[:index + len(token)]
+            return out
+        data = await reader.read(65536)
+        if not data:
+            raise ConnectionError(f"closed waiting for {token!r}: {bytes(buffer[-300:])!r}")
+        buffer += data
+
+
+async def login_plain(port: int, user: str):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    buffer = bytearray()
+    writer.write(HEADER)
+    await read_until(reader, buffer, FEATURES_END)
+    token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode())
+    writer.write(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>"
+                 % token)
+    await read_until(reader, buffer, b"</success>")
+    await bind(reader, writer, buffer)
+    return reader, writer, buffer
+
+
+async def bind(reader, writer, buffer) -> None:
+    writer.write(HEADER + b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:"
+                 b"xmpp-bind'><resource>b</resource></bind></iq><presence/>")
+    await read_until(reader, buffer, b"</iq>")
+
+
+def scram_client(user: str, password: str):
+    """Minimal SCRAM-SHA-1 client: returns (first message, final-message function)."""
+    nonce = base64.b64encode(os.urandom(18)).decode()
+    first_bare = f"n={user},r={nonce}"
+
+    def final(server_first: str) -> tuple[bytes, bytes]:
+        fields = dict(part.split("=", 1) for part in server_first.split(","))
+        salted = hashlib.pbkdf2_hmac("sha1", password.encode(), base64.b64decode(fields["s"]),
+                                     int(fields["i"]))
+        client_key = hmac.new(salted, b"Client Key", "sha1").digest()
+        stored = hashlib.sha1(client_key).digest()
+        without_proof = f"c=biws,r={fields['r']}"
+        auth = f"{first_bare},{server_first},{without_proof}".encode()
+        signature = hmac.new(stored, auth, "sha1").digest()
+        proof = bytes(a ^ b for a, b in zip(client_key, signature))
+        server_key = hmac.new(salted, b"Server Key", "sha1").digest()
+        expected = base64.b64encode(hmac.new(server_key, auth, "sha1").digest())
+        return (f"{without_proof},p={base64.b64encode(proof).decode()}".encode(), expected)
+
+    return f"n,,{first_bare}".encode(), final
+
+
+async def login_scram_tls(port: int, user: str, context: ssl.SSLContext):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    buffer = bytearray()
+    writer.write(HEADER)
+    await read_until(reader, buffer, FEATURES_END)
+    writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    await read_until(reader, buffer, b"/>")
+    await writer.start_tls(context, server_hostname="localhost")
+    writer.write(HEADER)
+    await read_until(reader, buffer, FEATURES_END)
+    first, final = scram_client(user.partition("@")[0], PASSWORD)
+    writer.write(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>%s"
+                 b"</auth>" % base64.b64encode(first))
+    challenge = await read_until(reader, buffer, b"</challenge>")
+    server_first = base64.b64decode(re.search(rb">([^<]*)</challenge>", challenge).group(1))
+    message, expected = final(server_first.decode())
+    writer.write(b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>%s</response>"
+                 % base64.b64encode(message))
+    success = await read_until(reader, buffer, b"</success>")
+    if base64.b64encode(b"v=" + expected) not in success:
+        raise PermissionError("bad server signature")
+    await bind(reader, writer, buffer)
+    return reader, writer, buffer
+
+
+async def run_logins(port: int, users: list[str], concurrency: int, tls: bool):
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    semaphore = asyncio.Semaphore(concurrency)
+    connections = []
+
+    async def one(user: str):
+        async with semaphore:
+            if tls:
+                connections.append(await login_scram_tls(port, user, context))
+            else:
+                connections.append(await login_plain(port, user))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(u) for u in users))
+    return time.perf_counter() - started, connections
+
+
+async def pump_messages(connections, users: list[str], count: int, barrier_at: float):
+    """Each connection i sends ``count`` messages to its partner (i ^ 1); returns latencies
+    of received messages and the time the last one arrived."""
+    latencies: list[float] = []
+    stamp = re.compile(rb"<body>(\d+\.\d+)</body>")
+    expected = count * len(connections)
+    done = asyncio.get_running_loop().create_future()
+    last = [0.0]
+
+    async def receive(reader, buffer):
+        while not done.done():
+            data = await reader.read(262144)
+            if not data:
+                return
+            buffer += data
+            end = buffer.rfind(b"</message>")
+            if end < 0:
+                continue
+            now = time.time()
+            for match in stamp.finditer(buffer, 0, end):
+                latencies.append(now - float(match.group(1)))
+            del buffer[:end + 10]
+            last[0] = now
+            if len(latencies) >= expected and not done.done():
+                done.set_result(True)
+
+    async def send(index: int, writer):
+        partner = users[index ^ 1]
+        await asyncio.sleep(max(0.0, barrier_at - time.time()))
+        for batch in range(0, count, 10):
+            parts = [b"<message to='%s' type='chat'><body>%.6f</body></message>"
+                     % (partner.encode(), time.time()) for _ in range(min(10, count - batch))]
+            writer.write(b"".join(parts))
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    receivers = [asyncio.ensure_future(receive(r, b)) for r, _, b in connections]
+    await asyncio.gather(*(send(i, w) for i, (_, w, _) in enumerate(connections)))
+    try:
+        await asyncio.wait_for(done, 120)
+    except asyncio.TimeoutError:
+        pass
+    for task in receivers:
+        task.cancel()
+    return latencies, last[0]
+
+
+def worker(port: int, users: list[str], concurrency: int, messages: int, pipe) -> None:
+    """One load process: PLAIN logins, wait, messages, close, SCRAM+TLS logins."""
+
+    async def main():
+        elapsed, connections = await run_logins(port, users, concurrency, tls=False)
+        pipe.send(("plain", elapsed))
+        barrier_at = pipe.recv()
+        latencies, last = await pump_messages(connections, users, messages, barrier_at)
+        pipe.send(("messages", latencies, last))
+        for _, writer, _ in connections:
+            writer.write(b"</stream:stream>")
+            writer.close()
+        pipe.recv()
+        elapsed, connections = await run_logins(port, users, concurrency, tls=True)
+        pipe.send(("scram", elapsed))
+        for _, writer, _ in connections:
+            writer.close()
+
+    asyncio.run(main())
+
+
+# --- the server -----------------------------------------------------------------------------
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def start_server(directory: Path, iterations: int) -> tuple[subprocess.Popen, int, Path]:
+    config = directory / "presenced.toml"
+    config.write_text(f"""
+[server]
+data_dir = "{directory / 'data'}"
+scram_iterations = {iterations}
+[xmpp]
+port = 0
+require_tls = false
+allow_plain = true
+[comet]
+enabled = false
+[thrift]
+enabled = false
+[webadmin]
+enabled = false
+[irc]
+enabled = false
+""")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+         "--pidfile", "", "--logfile", str(directory / "presenced.log"), "presenced",
+         "--config", str(config)], env=env, cwd=directory)
+    ports_file = directory / "data" / "run" / "ports.json"
+    for _ in range(600):
+        if ports_file.exists():
+            ports = json.loads(ports_file.read_text() or "{}")
+            if "ready" in ports:
+                return process, ports["xmpp"], config
+        time.sleep(0.05)
+    raise RuntimeError("presenced did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--iterations", type=int, default=4096,
+                        help="[server] scram_iterations of the bench accounts")
+    parser.add_argument("--messages", type=int, default=20, help="messages per client")
+    parser.add_argument("--concurrency", type=int, default=200,
+                        help="logins in flight per load process")
+    parser.add_argument("--procs", type=int, default=2, help="load client processes")
+    args = parser.parse_args()
+    users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
+    with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
+        directory = Path(tmp)
+        server, port, config = start_server(directory, args.iterations)
+        try:
+            lines = "".join(f"{u} {PASSWORD}\n" for u in users)
+            subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
+                            "import-users", "-", "--quiet"], input=lines.encode(), check=True,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=directory)
+            time.sleep(1.0)
+            rss_before = rss_kb(server.pid)
+            # Pairs stay within one process: split on even boundaries.
+            per = (len(users) // args.procs) & ~1
+            shares = [users[i * per:(i + 1) * per] for i in range(args.procs - 1)]
+            shares.append(users[(args.procs - 1) * per:])
+            pipes, procs = [], []
+            for share in shares:
+                ours, theirs = multiprocessing.Pipe()
+                proc = multiprocessing.Process(target=worker, args=(
+                    port, share, args.concurrency, args.messages, theirs))
+                proc.start()
+                pipes.append(ours)
+                procs.append(proc)
+            started = time.perf_counter()
+            for pipe in pipes:
+                pipe.recv()
+            plain_elapsed = time.perf_counter() - started
+            time.sleep(2.0)
+            rss_idle = rss_kb(server.pid)
+            barrier = time.time() + 0.5
+            for pipe in pipes:
+                pipe.send(barrier)
+            latencies: list[float] = []
+            last = 0.0
+            for pipe in pipes:
+                _, received, finished = pipe.recv()
+                latencies.extend(received)
+                last = max(last, finished)
+            message_elapsed = last - barrier
+            time.sleep(1.0)
+            started = time.perf_counter()
+            for pipe in pipes:
+                pipe.send("go")
+            for pipe in pipes:
+                pipe.recv()
+            scram_elapsed = time.perf_counter() - started
+            for proc in procs:
+                proc.join(30)
+            latencies.sort()
+            sent = len(users) * args.messages
+            result = {
+                "users": len(users),
+                "scram_iterations": args.iterations,
+                "load_processes": args.procs,
+                "login_plain_per_s": round(len(users) / plain_elapsed, 1),
+                "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1),
+                "idle_rss_kb_per_session": round((rss_idle - rss_before) / len(users), 2),
+                "server_rss_mb_with_sessions": round(rss_idle / 1024, 1),
+                "messages_sent": sent,
+                "messages_delivered": len(latencies),
+                "messages_per_s": round(len(latencies) / message_elapsed, 1)
+                if message_elapsed > 0 else None,
+                "latency_p50_ms": round(1000 * statistics.median(latencies), 2)
+                if latencies else None,
+                "latency_p99_ms": round(1000 * latencies[int(len(latencies) * 0.99) - 1], 2)
+                if latencies else None,
+            }
+            print(json.dumps(result, indent=2))
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+if __name__ == "__main__":
+    main()
