@@ -152,6 +152,28 @@ def test_nonsense_from_the_server_leaves_the_bot_up(tmp_path: Path):
     connection.connectionLost(None)
 
 
+def test_silent_server_is_dropped_at_the_heartbeat(tmp_path: Path):
+    core = make_core(tmp_path)
+    bot, connection, transport = connect(core)
+    connection.dataReceived(b":srv 001 presenced :Welcome\r\n")
+    bot.clock.advance(connection.heartbeatInterval)
+    connection._sendHeartbeat()  # what the keepalive timer calls
+    assert sent_lines(transport)[-1] == "PING srv"
+    bot.clock.advance(3 * connection.heartbeatInterval + 1)
+    connection._sendHeartbeat()
+    assert transport.disconnecting
+    connection.connectionLost(None)
+
+
+def test_channels_joined_on_demand_are_bounded(tmp_path: Path):
+    core = make_core(tmp_path)
+    bot = IRCBot(core, core.config.irc, clock=task.Clock())
+    with pytest.raises(IRCRefused, match="already in 100 channels"):
+        for n in range(200):
+            bot.say(f"#c{n}", "hi")
+    assert len(bot.wanted) == 100
+
+
 def test_say_refuses_bad_targets_and_unknown_channels_when_configured(tmp_path: Path):
     core = make_core(tmp_path, unknown_targets="report")
     bot = IRCBot(core, core.config.irc, clock=task.Clock())

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 log = Logger()
 
 CHANNEL_PREFIXES = ("#", "&")
+# Channels joined on demand (cat lines to new channels) stop here: each costs memory and a
+# server slot, and a sender must not be able to make the list grow without end.
+MAX_CHANNELS = 100
 # SASL (IRCv3 sasl-3.1): AUTHENTICATE payloads travel in 400-byte base64 chunks.
 SASL_CHUNK = 400
 
@@ -104,6 +107,7 @@ class IRCBotProtocol(irc.IRCClient):
             if settings.sasl_username else None
         self.caps_offered: set[str] = set()
         self.regain: Optional[task.LoopingCall] = None
+        self.last_heard = bot.clock.seconds()
 
     # --- registration, capabilities, SASL ---------------------------------------------
 
@@ -225,6 +229,7 @@ class IRCBotProtocol(irc.IRCClient):
     def lineReceived(self, line: bytes) -> None:
         """Whatever the server sends, the bot stays up: bad bytes, bad lines, bad params."""
         self.bot.core.metrics.inc("presenced_irc_lines_in_total")
+        self.last_heard = self.bot.clock.seconds()
         try:
             super().lineReceived(line.decode("utf-8", "replace"))
         except Exception:
@@ -246,6 +251,16 @@ class IRCBotProtocol(irc.IRCClient):
     def badMessage(self, line: str, excType: Any, excValue: Any, tb: Any) -> None:
         self.bot.core.metrics.inc("presenced_irc_bad_lines_total")
         log.warn("IRC: unparsable line from the server: {line!r}", line=line[:200])
+
+    def _sendHeartbeat(self) -> None:
+        """Keepalive PING; a server silent for three intervals is gone (a vanished peer may
+        never close the TCP connection), so drop it and reconnect."""
+        if self.bot.clock.seconds() - self.last_heard > 3 * self.heartbeatInterval:
+            log.warn("IRC: nothing from the server for {s:.0f}s; reconnecting",
+                     s=self.bot.clock.seconds() - self.last_heard)
+            self.transport.abortConnection()
+            return
+        super()._sendHeartbeat()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.stop_regain()
@@ -335,6 +350,8 @@ class IRCBot:
         join = is_channel(target) and target.lower() not in self.wanted
         if join and self.settings.unknown_targets != "join":
             raise IRCRefused(f"not in {target} (unknown_targets = \"report\")")
+        if join and len(self.wanted) >= MAX_CHANNELS:
+            raise IRCRefused(f"not in {target}, and already in {MAX_CHANNELS} channels")
         limit = payload_bytes(self.nickname, "PRIVMSG", target)
         lines = [f"PRIVMSG {target} :{piece}"
                  for raw in text.split("\n") if (line := safe_text(raw).rstrip())

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 ALL_CHANNELS = "#*"
 TOPIC = "%TOPIC"
 ERROR_BUFFER_BYTES = 65536
+# Senders connected at once; each holds a line buffer of up to cat_max_line_bytes.
+MAX_CONNECTIONS = 256
 
 
 class BadCatLine(ValueError):
@@ -139,6 +141,8 @@ class CatFactory(protocol.Factory):
     def buildProtocol(self, addr: object) -> Optional[CatProtocol]:
         if self.allow and not self.allowed(getattr(addr, "host", "")):
             self.bot.core.metrics.inc("presenced_auth_failures_total", door="irc")
+            return None
+        if len(self.connections) >= MAX_CONNECTIONS:
             return None
         return CatProtocol(self)
 
