@@ -86,6 +86,7 @@ class BenchClient:
         self.reader: asyncio.StreamReader
         self.writer: asyncio.StreamWriter
         self.buffer = b""
+        self.seen: set[int] = set()
 
     async def _until(self, marker: bytes) -> bytes:
         while marker not in self.buffer:
@@ -148,7 +149,7 @@ class BenchClient:
             if name == b"message":
                 title = TITLE.search(stanza)
                 if title is not None:
-                    worker.received(int(title.group(1)))
+                    worker.received(self, int(title.group(1)))
             elif name == b"iq":
                 head = stanza[:start_end - match.start() + 1]
                 iq_id = ATTR_ID.search(head)
@@ -156,6 +157,7 @@ class BenchClient:
                     continue
                 if b"type='get'" in head and b"disco#info" in stanza:
                     self.writer.write(disco_answer(iq_id.group(1), worker.ver))
+                    worker.disco_queries += 1
                 elif iq_id.group(1).startswith(b"p"):
                     worker.acked(iq_id.group(1), b"type='result'" in head)
         self.buffer = buffer[pos:]
@@ -185,13 +187,18 @@ class Worker:
         # time may live in another client process.
         self.arrivals: list[tuple[int, float]] = []
         self.errors = 0
+        self.duplicates = 0
+        self.disco_queries = 0
         self.acks = 0
         self.last_data = time.monotonic()
         self.first_receive = self.last_receive = 0.0
         self.free = asyncio.Semaphore(window)
 
-    def received(self, number: int) -> None:
+    def received(self, client: BenchClient, number: int) -> None:
         now = time.monotonic()
+        if number in client.seen:
+            self.duplicates += 1
+        client.seen.add(number)
         if not self.first_receive:
             self.first_receive = now
         self.last_receive = now
@@ -217,6 +224,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, go.wait)
         publish_start = time.monotonic()
+        queries_before = self.disco_queries
         for i, index in enumerate(self.publishers):
             await self.free.acquire()
             number = base + i
@@ -228,7 +236,9 @@ class Worker:
         while time.monotonic() - self.last_data < 1.5:  # notifications still arriving
             await asyncio.sleep(0.1)
         out.put({"sent_at": self.sent_at, "received": self.arrivals,
-                 "acks": self.acks, "errors": self.errors, "publish_start": publish_start,
+                 "acks": self.acks, "errors": self.errors, "duplicates": self.duplicates,
+                 "disco_queries": self.disco_queries,
+                 "late_disco_queries": self.disco_queries - queries_before, "publish_start": publish_start,
                  "publish_end": publish_end, "first_receive": self.first_receive,
                  "last_receive": self.last_receive})
         for r in readers:
@@ -265,6 +275,18 @@ def process_cpu_seconds(pid: int) -> float:
     says what the server itself costs, whatever else runs."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(pid: int, timeout: float = 120.0) -> None:
+    """Wait until the server uses under 4% of a core for half a second."""
+    deadline = time.monotonic() + timeout
+    before = process_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = process_cpu_seconds(pid)
+        if now - before < 0.02:
+            return
+        before = now
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -347,6 +369,7 @@ def main() -> None:
             proc.start()
         connected = sum(ready.get(timeout=600) for _ in procs)
         login_seconds = time.monotonic() - login_start
+        wait_until_idle(server.pid)  # last-item lookups of the login storm are done
         cpu_before = process_cpu_seconds(server.pid)
         go.set()
         results = [out.get(timeout=600) for _ in procs]
@@ -373,6 +396,9 @@ def main() -> None:
             "publishes": acks, "publish_errors": sum(r["errors"] for r in results),
             "publishes_per_s": round(acks / (publish_end - start), 1),
             "notifications_expected": expected, "notifications_received": received,
+            "notifications_duplicated": sum(r["duplicates"] for r in results),
+            "caps_queries": sum(r["disco_queries"] for r in results),
+            "caps_queries_after_start": sum(r["late_disco_queries"] for r in results),
             "notifications_per_s": round(received / (last - start), 1) if received else 0,
             "mean_fanout": round(expected / max(1, args.publishes), 2),
             "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
