@@ -54,38 +54,53 @@ class _ShortRead(Exception):
 class _ReceivedBytes:
     """A thriftpy2 transport over received bytes: never blocks, never reads past ``limit``."""
 
-    __slots__ = ("data", "pos", "end", "limit", "framed", "varint_run")
+    __slots__ = ("data", "pos", "end", "limit", "framed")
 
-    def __init__(self, data: memoryview, pos: int, end: int, limit: int, framed: bool):
+    def __init__(self, data: bytes, pos: int, end: int, limit: int, framed: bool):
         self.data = data
         self.pos = pos
         self.end = end
         self.limit = limit
         self.framed = framed
+
+    def read(self, size: int) -> bytes:
+        start = self.pos
+        stop = start + size
+        if stop > self.end or size < 0:
+            self._refuse(size, stop)
+        self.pos = stop
+        return self.data[start:stop]
+
+    def _refuse(self, size: int, stop: int) -> None:
+        if size < 0:
+            raise BadMessage(f"negative length {size}")
+        if self.framed:
+            raise BadMessage("message runs past the end of its frame")
+        if stop > self.limit:
+            raise BadMessage(f"declared length {size} goes past the message size limit")
+        raise _ShortRead(stop)
+
+
+class _CompactReceivedBytes(_ReceivedBytes):
+    """The compact protocol reads varints a byte at a time and would build an unbounded
+    integer from a run of continuation bytes: this transport stops such a run."""
+
+    __slots__ = ("varint_run",)
+
+    def __init__(self, data: bytes, pos: int, end: int, limit: int, framed: bool):
+        super().__init__(data, pos, end, limit, framed)
         self.varint_run = 0
 
     def read(self, size: int) -> bytes:
-        if size < 0:
-            raise BadMessage(f"negative length {size}")
-        start = self.pos
-        stop = start + size
-        if stop > self.end:
-            if self.framed:
-                raise BadMessage("message runs past the end of its frame")
-            if stop > self.limit:
-                raise BadMessage(f"declared length {size} goes past the message size limit")
-            raise _ShortRead(stop)
-        self.pos = stop
+        data = _ReceivedBytes.read(self, size)
         if size == 1:
-            # The compact protocol reads varints a byte at a time and would build an
-            # unbounded integer from a run of continuation bytes.
-            if self.data[start] & 0x80:
+            if data[0] & 0x80:
                 self.varint_run += 1
                 if self.varint_run > _VARINT_MAX_BYTES:
                     raise BadMessage("varint longer than 10 bytes")
             else:
                 self.varint_run = 0
-        return self.data[start:stop].tobytes()
+        return data
 
 
 class Message:
@@ -120,7 +135,9 @@ class MessageDecoder:
         self.framed = framed
         self.max_bytes = max_bytes
         self.replies = replies
+        self._reader = _CompactReceivedBytes if self.compact else _ReceivedBytes
         self._buffer = bytearray()
+        self._snapshot: Optional[bytes] = None  # the buffer as bytes, until the next feed
         self._pos = 0
         self._needed = 0
 
@@ -135,21 +152,23 @@ class MessageDecoder:
             self._needed = max(0, self._needed - self._pos)
             self._pos = 0
         self._buffer += data
+        self._snapshot = None
 
     def next_message(self) -> Optional[Message]:
         """The next whole message received, or None until more bytes arrive; raises
         :class:`BadMessage`. Messages not taken yet stay buffered (flow control)."""
         if len(self._buffer) < self._needed or self._pos == len(self._buffer):
             return None
-        with memoryview(self._buffer) as view:
-            decoded = self._decode_one(view, self._pos)
+        if self._snapshot is None:
+            self._snapshot = bytes(self._buffer)
+        decoded = self._decode_one(self._snapshot, self._pos)
         if decoded is None:
             return None
         message, self._pos = decoded
         self._needed = 0
         return message
 
-    def _decode_one(self, data: memoryview, pos: int) -> Optional[tuple[Message, int]]:
+    def _decode_one(self, data: bytes, pos: int) -> Optional[tuple[Message, int]]:
         available = len(data)
         if self.framed:
             if available - pos < 4:
@@ -162,9 +181,9 @@ class MessageDecoder:
             if end > available:
                 self._needed = end
                 return None
-            reader = _ReceivedBytes(data, start, end, end, True)
+            reader = self._reader(data, start, end, end, True)
         else:
-            reader = _ReceivedBytes(data, pos, available, pos + self.max_bytes, False)
+            reader = self._reader(data, pos, available, pos + self.max_bytes, False)
         try:
             message = self._read_message(reader)
         except _ShortRead as short:

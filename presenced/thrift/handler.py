@@ -13,11 +13,13 @@ import time
 from typing import Any, Optional
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from presenced.core import Core
 from presenced.nowplaying import BadTune, Tune
 from presenced.store import RosterItem
 from presenced.thrift import admin
+from presenced.thrift.batch import FriendshipBatcher
 from presenced.users import BadUser
 
 DEFAULT_TOKEN_TTL = 86400
@@ -26,8 +28,9 @@ DEFAULT_TOKEN_TTL = 86400
 class AdminHandler:
     """The ``PresencedAdmin`` service (``Ejabthrift`` included) over one :class:`Core`."""
 
-    def __init__(self, core: Core):
+    def __init__(self, core: Core, clock: IReactorTime):
         self.core = core
+        self.friendships = FriendshipBatcher(core.add_friends, core.remove_friends, clock)
 
     def user(self, who: Optional[Any]) -> str:
         """``JabberUser{name, server}`` -> ``name@server``; an empty server is the default
@@ -49,10 +52,10 @@ class AdminHandler:
     # --- Ejabthrift ------------------------------------------------------------------------
 
     def add_friend(self, luser: Any, ruser: Any) -> defer.Deferred:
-        return self.core.add_friends([self._pair(luser, ruser)]).addCallback(_none)
+        return self.friendships.add(self._pair(luser, ruser))
 
     def remove_friend(self, luser: Any, ruser: Any) -> defer.Deferred:
-        return self.core.remove_friends([self._pair(luser, ruser)]).addCallback(_none)
+        return self.friendships.remove(self._pair(luser, ruser))
 
     def spoof_message(self, fromuser: Any, touser: Any, msg: Optional[str],
                       subject: Optional[str]) -> None:

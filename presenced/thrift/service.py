@@ -20,5 +20,6 @@ def make_service(core: Core) -> IService:
         allow = parse_allow(settings.allow)
     except ValueError as e:
         raise ConfigError("[thrift] allow", str(e)) from None
-    factory = AdminFactory(core, admin.PresencedAdmin, AdminHandler(core), reactor, allow)
+    factory = AdminFactory(core, admin.PresencedAdmin, AdminHandler(core, reactor), reactor,
+                           allow)
     return ListeningService(core, "thrift", settings.port, settings.bind, factory)
