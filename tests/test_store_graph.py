@@ -1,0 +1,77 @@
+"""Friendships and the subscription graph when one side changes, on every backend.
+
+The Redis store keeps a friendship as one set member; these cases check that changing one
+direction of it (a roster item, one subscription) behaves exactly as in the embedded store,
+where rosters and graph edges are separate rows.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from presenced.store import RosterItem, StoreError
+from presenced.store.redis import RedisRosterStore
+from tests.test_store import store  # noqa: F401  (the backend-parametrised fixture)
+
+
+@pytest_twisted.ensureDeferred
+async def test_removing_one_subscription_of_a_friendship_keeps_the_other(store):  # noqa: F811
+    await store.add_friends([("a@x", "b@x")])
+    await store.remove_subscriptions([("a@x", "b@x")])  # a no longer receives b's events
+    assert await store.get_subscribers("b@x") == []
+    assert await store.get_subscribers("a@x") == ["b@x"]
+    assert await store.get_subscriptions("b@x") == ["a@x"]
+    assert await store.get_subscriptions("a@x") == []
+    assert (await store.get_roster_item("a@x", "b@x")).subscription == "both"
+    assert (await store.get_roster_item("b@x", "a@x")).subscription == "both"
+    await store.remove_friends([("a@x", "b@x")])
+    assert await store.get_subscribers("a@x") == []
+    assert await store.get_roster("a@x") == await store.get_roster("b@x") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_changing_a_friends_roster_item_keeps_the_graph(store):  # noqa: F811
+    await store.add_friends([("a@x", "b@x"), ("a@x", "c@x")])
+    v1 = await store.get_roster_version("a@x")
+    v2 = await store.set_roster_item("a@x", RosterItem("b@x", "both", name="Bob"))
+    assert v2 > v1
+    assert await store.get_roster_item("a@x", "b@x") == RosterItem("b@x", "both", name="Bob")
+    assert [i.jid for i in await store.get_roster("a@x")] == ["b@x", "c@x"]
+    assert sorted(await store.get_subscribers("a@x")) == ["b@x", "c@x"]
+    assert sorted(await store.get_subscriptions("a@x")) == ["b@x", "c@x"]
+    v3 = await store.remove_roster_item("a@x", "c@x")
+    assert v3 > v2
+    assert await store.get_roster_item("a@x", "c@x") is None
+    assert sorted(await store.get_subscribers("a@x")) == ["b@x", "c@x"]
+    await store.add_friends([("a@x", "b@x")])  # back to a plain friendship
+    assert await store.get_roster_item("a@x", "b@x") == RosterItem("b@x", "both")
+    await store.remove_friends([("a@x", "b@x"), ("a@x", "c@x")])
+    assert await store.get_subscribers("a@x") == []
+    assert await store.get_subscriptions("a@x") == []
+    assert await store.get_roster("a@x") == []
+    assert await store.get_roster_version("a@x") > v3
+
+
+@pytest_twisted.ensureDeferred
+async def test_explicit_subscriptions_and_friendship_together(store):  # noqa: F811
+    await store.add_subscriptions([("fan@x", "star@x")])
+    await store.add_friends([("fan@x", "star@x")])
+    assert await store.get_subscribers("star@x") == ["fan@x"]
+    await store.remove_subscriptions([("fan@x", "star@x")])
+    assert await store.get_subscribers("star@x") == []
+    assert await store.get_subscribers("fan@x") == ["star@x"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_refuses_names_that_would_break_its_bulk_format(redis_server):
+    store = RedisRosterStore([redis_server.url])
+    await store.start()
+    try:
+        for bad in ("bad\tname@x", "bad\nname@x", ""):
+            with pytest.raises(StoreError, match="tabs or newlines"):
+                await store.add_friends([("ok@x", "fine@x"), (bad, "ok@x")])
+        assert await store.get_roster("ok@x") == []
+        assert await store.add_friends([("ok@x", "fine@x")]) == 1
+    finally:
+        await store.stop()
