@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
 
 from tests.conftest import REPO, PresencedProcess
+from tests.test_thrift_abuse import SocketReader, encode_call, read_reply
 
 IDL = REPO / "thrift" / "presenced.thrift"
 admin = thriftpy2.load(str(IDL), module_name="test_presenced_admin_thrift")
@@ -317,3 +319,23 @@ def test_presencedctl_reports_an_admin_port_that_refuses_it(tmp_path):
         assert "allow" in result.stderr and "Traceback" not in result.stderr
     finally:
         server.stop()
+
+
+def test_pipelined_friendship_changes_keep_their_order(server):
+    """Calls sent back to back are written together, in the order they came."""
+    S = admin.PresencedAdmin
+    calls = [("remove_friend", ("pa", "pc")), ("add_friend", ("pa", "pb")),
+             ("remove_friend", ("pa", "pb")), ("add_friend", ("pa", "pc")),
+             ("add_friend", ("pa", "pd")), ("remove_friend", ("pa", "pd")),
+             ("add_friend", ("pa", "pd"))]
+    data = b"".join(encode_call(name, seqid, getattr(S, name + "_args")(J(a, ""), J(b, "")))
+                    for seqid, (name, (a, b)) in enumerate(calls))
+    c = client(server)
+    c.register_user(J("pa", ""), "pw")
+    with socket.create_connection(("127.0.0.1", server.ports["thrift"]), timeout=10) as sock:
+        sock.sendall(data)
+        reader = SocketReader(sock)
+        assert [read_reply(reader)[2] for _ in calls] == list(range(len(calls)))
+    assert sorted(i.jid for i in c.get_roster(J("pa", ""))) == ["pc@localhost",
+                                                                "pd@localhost"]
+    c.close()
