@@ -195,6 +195,10 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=10, help="BA edges per new node")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--store", choices=("embedded", "redis"), default="embedded",
+                        help="redis: a private redis-server is started for the run")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server worker processes (needs --store redis)")
     parser.add_argument("--profile", metavar="FILE",
                         help="record the server with py-spy (raw stacks) while publishing")
     args = parser.parse_args()
@@ -204,15 +208,25 @@ def main() -> None:
     edges, generator = graph_edges(args.streams, args.m, args.seed)
     (work / "friends.txt").write_text("".join(f"{user_name(a)} {user_name(b)}\n" for a, b in edges))
     config = work / "presenced.toml"
+    redis = start_redis(work) if args.store == "redis" else None
+    store = f"""
+[store]
+backend = "redis"
+redis = ["redis://127.0.0.1:{redis[1]}/0"]
+[cluster]
+enabled = {"true" if args.workers > 1 else "false"}
+""" if redis else ""
     config.write_text(f"""
 [server]
 data_dir = "{work / 'data'}"
+workers = {args.workers}
+{store}
 [comet]
-port = 0
+port = {free_port()}
 bind = "127.0.0.1"
 require_token = false
 [thrift]
-port = 0
+port = {free_port()}
 [xmpp]
 enabled = false
 [webadmin]
@@ -234,6 +248,48 @@ enabled = false
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
+        if redis is not None:
+            redis[0].terminate()
+            redis[0].wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(work: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                "--save", "", "--appendonly", "no", "--dir", str(work)],
+                               stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process, port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("redis-server did not start")
+
+
+def server_pids(pid: int) -> list[int]:
+    """The server process and its worker processes (its children)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rpartition(")")[2].split()[1]) == pid:
+                        pids.append(int(entry))
+            except (OSError, ValueError):
+                pass
+    return pids
+
+
+def server_rss_kb(pid: int) -> int:
+    return sum(rss_kb(p) for p in server_pids(pid))
 
 
 def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> None:
@@ -250,8 +306,8 @@ def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> No
             raise SystemExit("presenced did not start; see " + str(work / "presenced.log"))
         time.sleep(0.1)
     pid = server.pid
-    time.sleep(1.0)
-    rss_before = rss_kb(pid)
+    time.sleep(3.0 if args.workers > 1 else 1.0)
+    rss_before = server_rss_kb(pid)
 
     ctx = mp.get_context("fork")
     results = ctx.Queue()
@@ -272,7 +328,7 @@ def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> No
         connected += count
     connect_seconds = time.monotonic() - connect_started
     time.sleep(2.0)
-    rss_after = rss_kb(pid)
+    rss_after = server_rss_kb(pid)
 
     for control in controls:
         control.put("go")
@@ -318,6 +374,8 @@ def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> No
         "streams_connected": connected,
         "connect_seconds": round(connect_seconds, 2),
         "client_processes": args.clients,
+        "store": args.store,
+        "server_processes": len(server_pids(pid)),
         "server_rss_before_kb": rss_before,
         "server_rss_after_kb": rss_after,
         "rss_per_idle_stream_bytes": round((rss_after - rss_before) * 1024 / max(connected, 1)),
@@ -331,7 +389,7 @@ def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> No
         "deliveries_per_second": round(received / publish_seconds),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
                        "samples": len(latencies)},
-        "server_rss_end_kb": rss_kb(server.pid),
+        "server_rss_end_kb": server_rss_kb(server.pid),
     }, indent=2))
 
 
