@@ -355,8 +355,7 @@ async def offline(*clients: TuneClient) -> None:
 def server(presenced_factory):
     server = presenced_factory({"server": {"scram_iterations": 64},
                                 "xmpp": {"bind": "127.0.0.1"},
-                                "comet": {"enabled": False}, "thrift": {"enabled": False},
-                                "webadmin": {"enabled": False}})
+                                "comet": {"enabled": False}, "webadmin": {"enabled": False}})
     for user in ("alice", "bob", "carol", "dave", "erin"):
         server.ctl("adduser", f"{user}@localhost", "--password", PASSWORD)
     for friend in ("bob", "carol", "erin"):
@@ -458,3 +457,33 @@ def test_the_last_tune_survives_a_restart(server):
     server.stop()
     server.start()
     asyncio.run(later())
+
+
+def test_thrift_publish_np_takes_the_same_path_as_a_client_publish(server):
+    import thriftpy2
+    from thriftpy2.rpc import make_client
+
+    from tests.conftest import REPO
+
+    idl = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"), module_name="pep_np_thrift")
+
+    def publish_np(*args) -> None:
+        # An old PHP-era client: the original Ejabthrift service, buffered binary.
+        admin = make_client(idl.Ejabthrift, "127.0.0.1", server.ports["thrift"], timeout=10000)
+        try:
+            admin.publish_np(idl.JabberUser("alice", "localhost"), *args)
+        finally:
+            admin.close()
+
+    async def scenario() -> None:
+        bob = await online(server, "bob")
+        dave = await online(server, "dave")
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(publish_np, "Yes", "Fragile", "Heart of the Sunrise", 686, 4)
+        assert await bob.next_tune() == ("alice@localhost", SONG_SEEN)
+        await dave.nothing_more()
+        items = await bob.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
+        assert "Heart of the Sunrise" in str(items)
+        await offline(bob, dave)
+
+    asyncio.run(scenario())
