@@ -264,6 +264,9 @@ def test_cors_preflight_and_headers(server):
     assert "Authorization" in headers["access-control-allow-headers"]
     assert http_get(port, "/stream/alice", method="OPTIONS",
                     headers={"Origin": "https://evil.example"})[0] == 403
+    status, headers, _ = http_get(port, "/stream/alice", headers={"Origin": "https://fans.example"})
+    assert status == 401        # and the page may read why
+    assert headers["access-control-allow-origin"] == "https://fans.example"
     stream = HTTPStream(port, f"/stream/alice?token={token(server, 'alice')}",
                         headers={"Origin": "https://fans.example"})
     assert stream.headers["access-control-allow-origin"] == "https://fans.example"

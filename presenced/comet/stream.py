@@ -67,7 +67,7 @@ class CometConnection:
         self.timer: Optional[IDelayedCall] = None
         self.channel: Optional[UserChannel] = None
         self.budget: Optional[WriteBudget] = None
-        self.request: Optional[RequestHead] = None   # a waiting poll's request
+        self.request: Optional[RequestHead] = None   # the request being answered
         self.cursor: Optional[int] = None             # a waiting poll's ``since``
 
     @property
@@ -108,8 +108,8 @@ class CometConnection:
             return
         self._cancel_timer()
         try:
-            request = parse_head(bytes(buf[:end]))
-            self._route(request, end + 4)
+            self.request = parse_head(bytes(buf[:end]))
+            self._route(self.request, end + 4)
         except HTTPError as e:
             self._fail(e)
 
@@ -138,7 +138,6 @@ class CometConnection:
             raise HTTPError(413, "requests to streams carry no body")
         user = self.door.authorize(user_text, request.bearer_token())
         del self.buf[:consumed]
-        self.request = request
         if kind == "poll":
             self._start_poll(user, request)
         else:
@@ -169,7 +168,8 @@ class CometConnection:
 
     def _fail(self, error: HTTPError) -> None:
         """Answer with a JSON error and close (a bad request loses nothing else)."""
-        extra = []
+        request, self.request = self.request, None
+        extra = self.door.cors_headers(request.header(b"origin")) if request else []
         if error.status == 401:
             extra.append(("WWW-Authenticate", 'Bearer realm="presenced"'))
         self._cancel_timer()
