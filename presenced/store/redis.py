@@ -16,8 +16,8 @@ data lives on one node (and would share a slot under Redis Cluster)::
     u:{alice@x}:private   hash    key -> document
     accounts              zset    (one per node) names of the node's accounts, for search/count
 
-A contact is in ``friends`` or in ``roster``, never both; ``get_subscribers`` is ``SUNION
-friends subs``. Keeping a friendship as one set member (rather than a hash field and two set
+A contact in ``friends`` is a ``both`` item whatever ``roster`` says about it;
+``get_subscribers`` is ``SUNION friends subs``. Keeping a friendship as one set member (rather than a hash field and two set
 members) makes bulk loads about twice as fast and the graph about half the size; changing one
 side of it (``set_roster_item``, ``remove_subscriptions``) moves it to the explicit records.
 
@@ -94,39 +94,44 @@ class _Script:
 # (a ``both`` roster item and edges both ways); removing one direction of a friendship keeps
 # what remains as a roster item and an explicit edge.
 _GRAPH = _Script(r"""
+local call, unpack, find = redis.call, unpack, string.find
 local both = ARGV[1]
 local lines = 0
-for line in string.gmatch(ARGV[2], '[^\n]+') do
-  local f = {}
-  for field in string.gmatch(line, '[^\t]+') do f[#f + 1] = field end
-  local op, p = f[1], 'u:{' .. f[2] .. '}:'
+for op, user, rest in string.gmatch(ARGV[2], '(%a)\t([^\t\n]+)\t([^\n]+)') do
+  local p = 'u:{' .. user .. '}:'
+  local f
+  if find(rest, '\t', 1, true) then
+    f = {}
+    for field in string.gmatch(rest, '[^\t]+') do f[#f + 1] = field end
+  else
+    f = {rest}
+  end
   local changed = 0
-  for first = 3, #f, 1000 do
+  for first = 1, #f, 1000 do
     local last = math.min(first + 999, #f)
     if op == 'F' then
-      redis.call('HDEL', p .. 'roster', unpack(f, first, last))
-      redis.call('SADD', p .. 'friends', unpack(f, first, last))
+      call('SADD', p .. 'friends', unpack(f, first, last))
       changed = 1
     elseif op == 'f' then
-      changed = changed + redis.call('HDEL', p .. 'roster', unpack(f, first, last))
-        + redis.call('SREM', p .. 'friends', unpack(f, first, last))
-      redis.call('SREM', p .. 'subs', unpack(f, first, last))
-      redis.call('SREM', p .. 'subd', unpack(f, first, last))
-    elseif op == 'S' then redis.call('SADD', p .. 'subs', unpack(f, first, last))
-    elseif op == 'D' then redis.call('SADD', p .. 'subd', unpack(f, first, last))
+      changed = changed + call('HDEL', p .. 'roster', unpack(f, first, last))
+        + call('SREM', p .. 'friends', unpack(f, first, last))
+      call('SREM', p .. 'subs', unpack(f, first, last))
+      call('SREM', p .. 'subd', unpack(f, first, last))
+    elseif op == 'S' then call('SADD', p .. 'subs', unpack(f, first, last))
+    elseif op == 'D' then call('SADD', p .. 'subd', unpack(f, first, last))
     elseif op == 's' or op == 'd' then
       local gone, kept = 'subs', 'subd'
       if op == 'd' then gone, kept = 'subd', 'subs' end
-      redis.call('SREM', p .. gone, unpack(f, first, last))
+      call('SREM', p .. gone, unpack(f, first, last))
       for i = first, last do
-        if redis.call('SREM', p .. 'friends', f[i]) == 1 then
-          redis.call('HSET', p .. 'roster', f[i], both)
-          redis.call('SADD', p .. kept, f[i])
+        if call('SREM', p .. 'friends', f[i]) == 1 then
+          call('HSET', p .. 'roster', f[i], both)
+          call('SADD', p .. kept, f[i])
         end
       end
     else return redis.error_reply('unknown graph op ' .. op) end
   end
-  if changed > 0 then redis.call('INCR', p .. 'ver') end
+  if changed > 0 then call('INCR', p .. 'ver') end
   lines = lines + 1
 end
 return lines
@@ -140,17 +145,17 @@ end
 return 0
 """)
 
-# Roster scripts. KEYS: roster, friends, ver, subs, subd. A contact leaving ``friends`` for
-# the hash keeps its graph edges as explicit ones.
+# Roster scripts. KEYS: roster, friends, ver, subs, subd. A contact in ``friends`` is a
+# ``both`` item whatever ``roster`` holds for it (add_friends leaves an older item there rather
+# than pay an HDEL per edge); a contact leaving ``friends`` for the hash keeps its graph edges
+# as explicit ones.
 _GET_ROSTER = _Script("""
 return {redis.call('HGETALL', KEYS[1]), redis.call('SMEMBERS', KEYS[2])}
 """)
 
 _GET_ROSTER_ITEM = _Script("""
-local text = redis.call('HGET', KEYS[1], ARGV[1])
-if text then return text end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return ARGV[2] end
-return false
+return redis.call('HGET', KEYS[1], ARGV[1])
 """)
 
 _SET_ROSTER_ITEM = _Script("""
@@ -163,12 +168,13 @@ return redis.call('INCR', KEYS[3])
 """)
 
 _REMOVE_ROSTER_ITEM = _Script("""
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then return redis.call('INCR', KEYS[3]) end
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
 if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
   redis.call('SADD', KEYS[4], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[1])
-  return redis.call('INCR', KEYS[3])
+  removed = 1
 end
+if removed == 1 then return redis.call('INCR', KEYS[3]) end
 return false
 """)
 
