@@ -13,7 +13,6 @@ from typing import Optional
 from twisted.internet import task
 from twisted.internet.interfaces import IAddress, IProtocol, ITransport
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.web.server import Site
 
 from presenced.comet.frames import FrameCache, ndjson_frame, sse_frame
@@ -31,7 +30,7 @@ DOOR = "comet"
 class CometDoor(Factory):
     """Builds comet connections; holds what they share."""
 
-    log = Logger()
+    noisy = False
 
     def __init__(self, core: Core):
         settings = core.config.comet
@@ -47,8 +46,8 @@ class CometDoor(Factory):
         self.channels = Channels(core.router, settings.replay_size, settings.replay_linger)
         self.ndjson = FrameCache(ndjson_frame)
         self.sse = FrameCache(sse_frame)
-        self.text = FrameCache(lambda event: event.to_json())  # WebSocket text messages
-        self.streams: set = set()      # open /stream connections and WebSockets: heartbeats
+        self.text = FrameCache(lambda event: event.to_json().decode("utf-8"))  # WebSocket
+        self.streams: set = set()      # open streams, waiting polls, WebSockets
         self.connections = 0           # open connections, but those handed to twisted.web
         self.events_out = 0
         self.site: Site = make_site(self)

@@ -36,8 +36,8 @@ class WebSocketOutput:
         self.ws = ws
         self.tcp = tcp
 
-    def write(self, data: bytes) -> None:
-        self.ws.sendTextMessage(data.decode("utf-8"))
+    def write(self, data: str) -> None:
+        self.ws.sendTextMessage(data)
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         self.tcp.unregisterProducer()   # the upgraded HTTP channel's, no longer in charge
@@ -73,7 +73,7 @@ class CometWebSocket:
         self.budget = WriteBudget(WebSocketOutput(self.ws, self.ws.transport),
                                   door.max_buffered_bytes)
         door.connection_made()
-        self.budget.write(door.welcome(self.user, "websocket"))
+        self.budget.write(door.welcome(self.user, "websocket").decode("utf-8"))
         for event in self.channel.after(self.cursor):
             self.budget.write(door.text(event))
         door.stream_opened(self, self.user)
