@@ -180,3 +180,29 @@ async def test_long_poll_keeps_the_connection_for_the_next_poll(comet):
     assert client.data.count(b"HTTP/1.1 200 OK") == 2
     client.transport.loseConnection()
     await client.lost
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_that_stops_reading_is_cut_off(comet):
+    core, door, port = comet
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /ws/slowws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    await until(lambda: core.router.sessions("slowws@localhost"), what="websocket login")
+    assert core.router.sessions("slowws@localhost")[0].label.startswith("ws ")
+    def websockets() -> list:
+        return [s for s in core.router.sessions("slowws@localhost") if s.label != "held"]
+    big = "y" * 1000
+    sent = 0
+    while websockets() and sent < 20000:
+        core.router.deliver("slowws@localhost", Event(events.MESSAGE, "bob@localhost",
+                                                      {"to": "slowws@localhost", "body": big}))
+        sent += 1
+        if sent % 50 == 0:
+            await sleep(0)
+    await until(lambda: not websockets(), what="cut off")
+    assert sent * 1000 < 8 * 1024 * 1024
+    sock.close()
