@@ -163,6 +163,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "extauth_program": Key("", "str"),
         "extauth_pool_size": Key(1, "int", positive),
         "extauth_timeout": Key(30.0, "float", positive),
+        "hibernate_after": Key(60.0, "float", non_negative),
     },
     "comet": {
         "enabled": Key(True, "bool"),

@@ -99,7 +99,8 @@ def server(tmp_path_factory):
     process = PresencedProcess(tmp_path_factory.mktemp("xmpp-bad"), {
         **OTHER_DOORS_OFF, "server": {"scram_iterations": 100},
         "xmpp": {"require_tls": False, "allow_plain": True, "max_stanza_size": 20000,
-                 "auth_timeout": 1.5, "auth_failure_delay": 0.0}})
+                 "auth_timeout": 1.5, "auth_failure_delay": 0.0,
+                 "hibernate_after": 0.3}})
     process.start()
     process.ctl("adduser", "mallory@localhost", "--password", "pw")
     yield process
@@ -276,3 +277,16 @@ def test_fuzzed_stanzas_leave_the_server_up(server):
                 break
         client.close()
     still_serving(server)
+
+
+def test_hibernated_streams_wake_up(server):
+    client = RawClient(server.ports["xmpp"])
+    client.login("mallory", "pw", "sleepy")
+    time.sleep(1.0)  # two sweeps: the parser is dropped
+    client.send(b"<iq type='get' id='h1'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert b"id='h1'" in client.read_until(b"<iq [^>]*/>|</iq>")
+    # A stanza cut in the middle is never hibernated away.
+    client.send(b"<iq type='get' id='h2'>")
+    time.sleep(1.0)
+    client.send(b"<ping xmlns='urn:xmpp:ping'/></iq>")
+    assert b"id='h2'" in client.read_until(b"<iq [^>]*/>|</iq>")

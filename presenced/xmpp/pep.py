@@ -33,7 +33,7 @@ from wokkel.pubsub import NS_PUBSUB, NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, BadReques
 
 from presenced import events
 from presenced.events import Event
-from presenced.nowplaying import TUNE_ITEM_ID, TUNE_NS, BadTune, Tune, forget_tune
+from presenced.nowplaying import TUNE_ITEM_ID, TUNE_NS, BadTune, Tune, forget_tune, tune_xml
 from presenced.store import PepItem
 from presenced.xmpp.caps import DISCO_INFO_NS, EntityCaps, notify_nodes
 from presenced.xmpp.features import FeatureHandler
@@ -389,7 +389,7 @@ def _event_content(event: Event, node: str) -> str:
     """The ``<items/>`` or ``<delete/>`` of a router event's notification."""
     payload = event.payload
     if event.type == events.TUNE:
-        return _item_xml(node, PepItem(TUNE_ITEM_ID, Tune.from_payload(payload).to_xml()))
+        return _item_xml(node, PepItem(TUNE_ITEM_ID, tune_xml(payload)))
     if payload.get("delete"):
         return f"<delete node={attr(node)}/>"
     if "retract" in payload:

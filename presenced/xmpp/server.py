@@ -7,6 +7,8 @@ routes the feature handlers declared. The server itself knows no feature.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import re
 import secrets
 from typing import TYPE_CHECKING, Callable, Optional
@@ -282,6 +284,20 @@ class C2SServer:
         if session.stream.session is session:
             session.error(stanza, "internal-server-error")
 
+    # --- memory -------------------------------------------------------------------------------
+
+    def hibernate_idle(self) -> int:
+        """Hibernate the streams idle since the last call; give freed memory back to the OS."""
+        count = 0
+        for stream in self.streams:
+            if stream.recent:
+                stream.recent = False
+            elif stream.hibernate():
+                count += 1
+        if count:
+            release_free_memory()
+        return count
+
     # --- shutdown and metrics ------------------------------------------------------------
 
     def close_all(self, condition: str) -> None:
@@ -311,6 +327,22 @@ class C2SServer:
         metrics.gauge("presenced_events_out_total", lambda: self.events_out, door=DOOR)
         metrics.describe("presenced_xmpp_stream_errors_total", "counter",
                          "XMPP stream errors sent, by condition.")
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_trim = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """glibc keeps freed small blocks; ``malloc_trim`` returns the free pages to the OS."""
+    if _trim is not None:
+        _trim(0)
 
 
 class C2SFactory(protocol.ServerFactory):

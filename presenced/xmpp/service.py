@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from twisted.application import service
+from twisted.internet import task
 
 from presenced.core import Core
 from presenced.service import ListeningService
@@ -29,6 +30,7 @@ class XMPPService(service.MultiService):
             self.extauth = ExternalAuth(config.extauth_program, config.extauth_pool_size,
                                         config.extauth_timeout)
         self.server = C2SServer(core, tls, self.extauth)
+        self.sweep = task.LoopingCall(self.server.hibernate_idle)
         ListeningService(core, "xmpp", config.port, config.bind,
                          C2SFactory(self.server)).setServiceParent(self)
         if config.direct_tls:
@@ -40,8 +42,13 @@ class XMPPService(service.MultiService):
         if self.extauth is not None:
             self.extauth.start()
         super().startService()
+        interval = self.server.core.config.xmpp.hibernate_after
+        if interval > 0:
+            self.sweep.start(interval, now=False)
 
     def stopService(self):
+        if self.sweep.running:
+            self.sweep.stop()
         self.server.close_all("system-shutdown")
         if self.extauth is not None:
             self.extauth.stop()

@@ -51,6 +51,7 @@ class ServerTLSContext(ssl.ContextFactory):
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
         context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+        context.set_mode(SSL.MODE_RELEASE_BUFFERS)  # idle connections hold no TLS buffers
         context.use_certificate(pair.original)
         context.use_privatekey(pair.privateKey.original)
         for block in _pem_blocks(cert_pem)[1:]:
