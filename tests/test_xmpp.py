@@ -360,3 +360,56 @@ def test_external_auth_program(tmp_path: Path):
             wrong.login("other", "wrong")
     finally:
         process.stop()
+
+
+def test_registration_roster_versioning_preapproval_and_directed_presence(tmp_path: Path):
+    process = PresencedProcess(tmp_path, {**OTHER_DOORS_OFF, "server": {
+        "scram_iterations": 100}, "xmpp": {"require_tls": False, "allow_plain": True,
+                                           "allow_registration": True}})
+    process.start()
+    try:
+        port = process.ports["xmpp"]
+        for name in ("newbie", "oldie"):
+            client = RawClient(port)
+            client.send(HEADER)
+            assert b"iq-register" in client.read_until(b"</stream:features>")
+            client.send(b"<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>")
+            assert b"<password" in client.read_until(b"</iq>")
+            client.send(b"<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>"
+                        b"%s</username><password>pw</password></query></iq>" % name.encode())
+            assert b"type='result'" in client.read_until(b"</iq>|<iq [^>]*/>")
+            client.send(b"<iq type='set' id='r3'><query xmlns='jabber:iq:register'><username>"
+                        b"%s</username><password>pw</password></query></iq>" % name.encode())
+            assert b"<conflict" in client.read_until(b"</iq>")
+        newbie = RawClient(port)
+        newbie.login("newbie", "pw", "n")
+        newbie.send(b"<iq type='get' id='v1'><query xmlns='jabber:iq:roster' ver=''/></iq>")
+        first = newbie.read_until(b"</iq>|<iq [^>]*/>")
+        assert b"ver='0'" in first
+        # Pre-approve oldie, then oldie's request is approved at once.
+        newbie.send(b"<presence to='oldie@localhost' type='subscribed'/>")
+        push = newbie.read_until(b"</iq>")
+        assert b"approved='true'" in push and b"ver='1'" in push
+        newbie.send(b"<iq type='get' id='v2'><query xmlns='jabber:iq:roster' ver='1'/></iq>")
+        unchanged = newbie.read_until(b"</iq>|<iq [^>]*/>")
+        assert b"<item" not in unchanged and b"id='v2'" in unchanged
+        newbie.send(b"<presence/>")
+        oldie = RawClient(port)
+        oldie.login("oldie", "pw", "o")
+        oldie.send(b"<presence/>")
+        oldie.send(b"<presence to='newbie@localhost' type='subscribe'/>")
+        got = oldie.read_until(b"type=.subscribed.")
+        assert b"from='newbie@localhost'" in got or b'from="newbie@localhost"' in got
+        oldie.read_until(b"from=.newbie@localhost/n.")
+        # Directed presence to a stranger's resource, and its unavailable on logout.
+        stranger = RawClient(port)
+        process.ctl("adduser", "stranger@localhost", "--password", "pw")
+        stranger.login("stranger", "pw", "s")
+        stranger.send(b"<presence/>")
+        newbie.send(b"<presence to='stranger@localhost/s'><status>psst</status></presence>")
+        assert b"psst" in stranger.read_until(b"</presence>")
+        newbie.send(b"</stream:stream>")
+        assert b"unavailable" in stranger.read_until(b"from=.newbie@localhost/n. [^>]*>|"
+                                                     b"type=.unavailable.[^>]*/?>")
+    finally:
+        process.stop()
