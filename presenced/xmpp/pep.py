@@ -72,12 +72,13 @@ class PepHandler(FeatureHandler):
         super().__init__(server)
         self.caps = EntityCaps(self._ask_disco_info)
         self._rendered: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()
+        self._to: dict["C2SSession", bytes] = {}  # quoted full JID of available resources
         self.notifications = 0
 
     def attached(self) -> None:
         hooks = self.core.hooks
         hooks.add("xmpp-available", self._available)
-        hooks.add("xmpp-unavailable", self.caps.forget)
+        hooks.add("xmpp-unavailable", self._unavailable)
         hooks.add("friends-added", self._friends_added)
         self.caps.listeners.append(self._interests_changed)
         metrics = self.core.metrics
@@ -252,7 +253,7 @@ class PepHandler(FeatureHandler):
             if len(self._rendered) > RENDERED_EVENTS:
                 self._rendered.popitem(last=False)
         head, tail = rendered
-        session.write(head + attr(session.full).encode("utf-8") + tail)
+        session.write(head + self._quoted_jid(session) + tail)
         self.notifications += 1
         self.server.events_out += 1
 
@@ -260,6 +261,16 @@ class PepHandler(FeatureHandler):
 
     def _available(self, session: "C2SSession", presence: domish.Element) -> None:
         self.caps.learn(session, presence)
+
+    def _unavailable(self, session: "C2SSession") -> None:
+        self.caps.forget(session)
+        self._to.pop(session, None)
+
+    def _quoted_jid(self, session: "C2SSession") -> bytes:
+        quoted = self._to.get(session)
+        if quoted is None:
+            quoted = self._to[session] = attr(session.full).encode("utf-8")
+        return quoted
 
     def _interests_changed(self, session: "C2SSession", old: frozenset,
                            new: frozenset) -> None:
@@ -290,7 +301,7 @@ class PepHandler(FeatureHandler):
                             and node + "+notify" in self.caps.features(session)):
                         if data is None:
                             data = _split_notification(owner, _item_xml(node, item))
-                        session.write(data[0] + attr(session.full).encode("utf-8") + data[1])
+                        session.write(data[0] + self._quoted_jid(session) + data[1])
                         self.notifications += 1
 
     def _friends_added(self, pairs: list[tuple[str, str]]) -> None:

@@ -8,7 +8,7 @@ no per-session handler objects): a node holds hundreds of thousands.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Optional
 
 from twisted.internet import defer
 from twisted.words.protocols.jabber.error import exceptionFromStanza
@@ -162,10 +162,3 @@ def message_targets(core: "Core", user: str) -> list[C2SSession]:
     non-negative priority."""
     return [s for s in core.router.sessions(user)
             if s.protocol == "xmpp" and s.available and s.priority >= 0]
-
-
-def sessions_of(core: "Core", users: Iterable[str]) -> list[C2SSession]:
-    out: list[C2SSession] = []
-    for user in users:
-        out.extend(available_sessions(core, user))
-    return out

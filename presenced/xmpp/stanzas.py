@@ -10,18 +10,15 @@ from twisted.words.xish import domish
 
 NS_CLIENT = "jabber:client"
 NS_STREAMS = "http://etherx.jabber.org/streams"
-NS_XMPP_STREAMS = "urn:ietf:params:xml:ns:xmpp-streams"
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
-NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_ROSTER = "jabber:iq:roster"
 NS_ROSTERVER = "urn:xmpp:features:rosterver"
 NS_PREAPPROVAL = "urn:xmpp:features:pre-approval"
 NS_REGISTER = "jabber:iq:register"
 NS_REGISTER_FEATURE = "http://jabber.org/features/iq-register"
-NS_DELAY = "urn:xmpp:delay"
 
 
 def to_bytes(element: domish.Element) -> bytes:
@@ -55,9 +52,3 @@ def result_reply(iq: domish.Element, child: Optional[domish.Element] = None) -> 
     if child is not None:
         reply.addChild(child)
     return reply
-
-
-def first_child(element: domish.Element) -> Optional[domish.Element]:
-    for child in element.elements():
-        return child
-    return None
