@@ -6,6 +6,7 @@ JSON form is built at most once, however many comet streams it reaches.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -43,7 +44,11 @@ class Event:
             doc = {"type": self.type, "from": self.sender, "time": round(self.time, 3),
                    "id": self.id}
             for key, value in self.payload.items():
-                if key not in doc and _jsonable(value):
+                if key in doc:
+                    continue
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    doc[key] = dataclasses.asdict(value)
+                elif _jsonable(value):
                     doc[key] = value
             self._json = json.dumps(doc, separators=(",", ":")).encode("utf-8")
         return self._json

@@ -127,3 +127,15 @@ def test_event_json_is_built_once_with_the_common_shape():
     parsed = json.loads(doc)
     assert parsed["type"] == "tune" and parsed["from"] == "rj@x" and parsed["id"] == event.id
     assert parsed["artist"] == "A" and "item" not in parsed
+
+
+def test_roster_events_carry_the_item_in_json():
+    import json
+
+    from presenced.store import RosterItem
+
+    event = Event("roster", "bob@x", {"to": "rj@x", "jid": "bob@x",
+                                      "item": RosterItem("bob@x", "both", groups=("Friends",))})
+    parsed = json.loads(event.to_json())
+    assert parsed["item"]["subscription"] == "both"
+    assert parsed["item"]["groups"] == ["Friends"]
