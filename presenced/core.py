@@ -70,6 +70,8 @@ class Core:
         self.started_at = time.time()
         self.domains = tuple(config.server.domains)
         self.features: dict[str, object] = {}
+        self.metrics.describe("presenced_tunes_published_total", "counter",
+                              "Tunes published (stops included), from every door.")
 
     def user(self, text: str) -> str:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""

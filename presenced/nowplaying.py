@@ -107,10 +107,7 @@ class Tune:
         return cls(**values)
 
     def to_xml(self) -> str:
-        """The ``<tune/>`` element as text (built directly: it is on the publish hot path)."""
-        body = "".join(f"<{name}>{escape(str(value))}</{name}>" for name in FIELD_NAMES
-                       if (value := getattr(self, name)) is not None)
-        return f"<tune xmlns='{TUNE_NS}'>{body}</tune>" if body else f"<tune xmlns='{TUNE_NS}'/>"
+        return tune_xml(self.to_payload())
 
     def describe(self) -> str:
         """One line for people (IRC ``?np``, the web admin): ``Artist - Title (Source)``."""
@@ -123,6 +120,14 @@ class Tune:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Tune))
+
+
+def tune_xml(payload: dict[str, Any]) -> str:
+    """The ``<tune/>`` element as text for a tune's payload (a :data:`~presenced.events.TUNE`
+    event's), without building a Tune again: this runs once per publish on the hot path."""
+    body = "".join(f"<{name}>{escape(str(value))}</{name}>" for name in FIELD_NAMES
+                   if (value := payload.get(name)) is not None)
+    return f"<tune xmlns='{TUNE_NS}'>{body}</tune>" if body else f"<tune xmlns='{TUNE_NS}'/>"
 
 
 def _check_text(name: str, value: Any) -> None:
@@ -186,8 +191,6 @@ def forget_tune(core: "Core", user: str):
 
 
 def _announce(core: "Core", user: str, tune: Tune) -> defer.Deferred:
-    core.metrics.describe("presenced_tunes_published_total", "counter",
-                          "Tunes published (stops included), from every door")
     core.metrics.inc("presenced_tunes_published_total")
     return core.router.send(user, Event(events.TUNE, user, tune.to_payload()))
 
