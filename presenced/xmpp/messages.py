@@ -83,9 +83,12 @@ class MessageHandler(FeatureHandler):
             self._send(session, message, to, kind)
 
     def _send(self, session, message: domish.Element, to: str, kind: str) -> None:
-        self.core.send_message(session.user, to, _text(message, "body"),
-                               _text(message, "subject"), _text(message, "thread"), kind,
-                               stanza=to_bytes(message))
+        texts = {"body": None, "subject": None, "thread": None}
+        for child in message.children:
+            if child.__class__ is not str and child.name in texts:
+                texts[child.name] = str(child)
+        self.core.send_message(session.user, to, texts["body"], texts["subject"],
+                               texts["thread"], kind, stanza=to_bytes(message))
 
     def on_full(self, session, message: domish.Element):
         recipient = self.server.find_session(parse_address(message["to"]))
@@ -139,7 +142,3 @@ class MessageHandler(FeatureHandler):
         for stanza in stanzas:
             session.write(stanza.encode("utf-8"))
 
-
-def _text(element: domish.Element, name: str):
-    child = getattr(element, name)
-    return str(child) if child is not None else None

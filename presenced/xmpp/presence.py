@@ -18,7 +18,7 @@ from presenced.events import Event
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.server import parse_address
 from presenced.xmpp.session import available_sessions
-from presenced.xmpp.stanzas import NS_CLIENT, attr
+from presenced.xmpp.stanzas import NS_CLIENT, attr, children_bytes
 from presenced.xmpp.subscription import Subscriptions
 
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
@@ -27,8 +27,7 @@ _RENDERED = "xmpp_rendered"
 
 
 def _children(presence: domish.Element) -> bytes:
-    return "".join(child.toXml(defaultUri=NS_CLIENT)
-                   for child in presence.elements()).encode("utf-8")
+    return children_bytes(presence)
 
 
 def _event_children(payload: dict) -> bytes:
