@@ -276,6 +276,7 @@ slixmpp = pytest.importorskip("slixmpp")
 
 import asyncio  # noqa: E402
 import ssl  # noqa: E402
+from xml.etree import ElementTree  # noqa: E402
 
 from slixmpp.exceptions import IqError  # noqa: E402
 from slixmpp.xmlstream.handler import Callback  # noqa: E402
@@ -291,7 +292,7 @@ QUIET = 1.5  # how long "nothing arrives" is watched for
 class TuneClient(slixmpp.ClientXMPP):
     """A Jabber client with disco, entity caps and (``notify``) User Tune interest."""
 
-    def __init__(self, user: str, notify: bool):
+    def __init__(self, user: str, notify: bool, moods: bool = False):
         super().__init__(f"{user}@localhost/test", PASSWORD)
         self.enable_direct_tls = False
         self.ssl_context = ssl.create_default_context()
@@ -300,6 +301,8 @@ class TuneClient(slixmpp.ClientXMPP):
         plugins = ["xep_0030", "xep_0115", "xep_0060"]
         if notify:
             plugins += ["xep_0163", "xep_0118"]
+        if moods:
+            plugins += ["xep_0163", "xep_0107"]
         for plugin in plugins:
             self.register_plugin(plugin)
         self.tunes: asyncio.Queue = asyncio.Queue()
@@ -320,12 +323,14 @@ class TuneClient(slixmpp.ClientXMPP):
             self.started.set_result(True)
 
     def _notification(self, message) -> None:
-        """Queue (publisher, tune fields); fields is None for a notification of another node."""
-        tune = message.xml.find(f"{{{NS_EVENT}}}event/{{{NS_EVENT}}}items/{{{NS_EVENT}}}item/"
-                                f"{{{TUNE_NS}}}tune")
-        fields = None if tune is None else {
-            child.tag.partition("}")[2]: child.text or "" for child in tune}
-        self.tunes.put_nowait((message["from"].bare, fields))
+        """Queue (publisher, tune fields), or (publisher, the item's XML) for another node."""
+        item = message.xml.find(f"{{{NS_EVENT}}}event/{{{NS_EVENT}}}items/{{{NS_EVENT}}}item")
+        tune = item.find(f"{{{TUNE_NS}}}tune") if item is not None else None
+        if tune is None:
+            seen = ElementTree.tostring(message.xml, encoding="unicode")
+        else:
+            seen = {child.tag.partition("}")[2]: child.text or "" for child in tune}
+        self.tunes.put_nowait((message["from"].bare, seen))
 
     async def next_tune(self) -> tuple[str, dict]:
         return await asyncio.wait_for(self.tunes.get(), TIMEOUT)
@@ -338,8 +343,8 @@ class TuneClient(slixmpp.ClientXMPP):
         return self.plugin["xep_0118"].publish_tune(**fields)
 
 
-async def online(server, user: str, notify: bool = True) -> TuneClient:
-    client = TuneClient(user, notify)
+async def online(server, user: str, notify: bool = True, moods: bool = False) -> TuneClient:
+    client = TuneClient(user, notify, moods)
     client.connect("127.0.0.1", server.ports["xmpp"])
     await asyncio.wait_for(client.started, TIMEOUT)
     return client
@@ -485,5 +490,34 @@ def test_thrift_publish_np_takes_the_same_path_as_a_client_publish(server):
         items = await bob.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
         assert "Heart of the Sunrise" in str(items)
         await offline(bob, dave)
+
+    asyncio.run(scenario())
+
+
+def test_other_pep_nodes_are_kept_and_delivered_to_their_own_notify(server):
+    async def scenario() -> None:
+        alice = await online(server, "alice", notify=False, moods=True)
+        bob = await online(server, "bob", notify=False, moods=True)
+        carol = await online(server, "carol")  # tune+notify only
+        await asyncio.sleep(0.5)
+        await alice.plugin["xep_0107"].publish_mood("happy", "new record out")
+        sender, xml = await bob.next_tune()
+        assert sender == "alice@localhost"
+        assert "http://jabber.org/protocol/mood" in xml and "happy" in xml
+        await carol.nothing_more()
+        # Kept as the node's last item: a friend interested in moods who comes later gets it.
+        erin = await online(server, "erin", notify=False, moods=True)
+        sender, xml = await erin.next_tune()
+        assert "new record out" in xml
+        # Retract: the item goes, subscribers are told.
+        await alice.plugin["xep_0060"].retract("alice@localhost", "http://jabber.org/protocol/mood",
+                                              "current", notify=True)
+        sender, xml = await bob.next_tune()
+        assert "retract" in xml
+        with pytest.raises(IqError) as error:
+            await bob.plugin["xep_0060"].get_items("alice@localhost",
+                                                   "http://jabber.org/protocol/mood")
+        assert error.value.condition == "item-not-found"
+        await offline(alice, bob, carol, erin)
 
     asyncio.run(scenario())

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import presenced.wokkel_compat  # noqa: F401  (before any wokkel import)
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from twisted.internet import defer
@@ -47,7 +46,6 @@ ACCESS_MODEL = "pubsub#access_model"
 MAX_NODES = 64          # PEP nodes per account: bounds what one user can make us store
 MAX_NODE_NAME = 256
 DEFAULT_ITEM_ID = "current"  # XEP-0060's id for the item of a singleton node
-RENDERED_EVENTS = 64    # notifications kept serialised, one per recent event
 
 PEP_FEATURES = tuple(f"{NS_PUBSUB}#{name}" for name in (
     "access-presence", "auto-create", "auto-subscribe", "create-nodes", "delete-items",
@@ -71,7 +69,9 @@ class PepHandler(FeatureHandler):
     def __init__(self, server) -> None:
         super().__init__(server)
         self.caps = EntityCaps(self._ask_disco_info)
-        self._rendered: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()
+        # The event being fanned out and its notification, cut where ``to`` goes. Keyed by
+        # the object, not Event.id: events relayed from other nodes keep their node's ids.
+        self._rendered: tuple[Optional[Event], bytes, bytes] = (None, b"", b"")
         self._to: dict["C2SSession", bytes] = {}  # quoted full JID of available resources
         self.notifications = 0
 
@@ -246,13 +246,10 @@ class PepHandler(FeatureHandler):
 
     def _notify(self, session: "C2SSession", event: Event, node: str) -> None:
         """Write the notification; its bytes are built once per event, whatever the fan-out."""
-        rendered = self._rendered.get(event.id)
-        if rendered is None:
-            rendered = self._rendered[event.id] = _split_notification(
-                event.sender, _event_content(event, node))
-            if len(self._rendered) > RENDERED_EVENTS:
-                self._rendered.popitem(last=False)
-        head, tail = rendered
+        rendered_event, head, tail = self._rendered
+        if rendered_event is not event:
+            head, tail = _split_notification(event.sender, _event_content(event, node))
+            self._rendered = (event, head, tail)
         session.write(head + self._quoted_jid(session) + tail)
         self.notifications += 1
         self.server.events_out += 1
