@@ -9,7 +9,9 @@ with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` p
    measured after the sessions have been idle long enough to hibernate (``hibernate_after``
    is 1 s in the bench config, 60 s by default).
 3. ``messages``: the N sessions form pairs; every client sends ``--messages`` chat messages to
-   its partner's bare JID; delivered messages/s and p50/p99 send-to-receive latency.
+   its partner's bare JID as fast as it can; delivered messages/s and p50/p99
+   send-to-receive latency (which, in a burst, is mostly queueing). Then a paced phase at
+   ``--paced-rate`` messages/s in total gives the latency at a steady load.
 4. ``login_scram_tls``: the same accounts log in again with STARTTLS + SCRAM-SHA-1 (the
    client computes PBKDF2 too, as real clients do); logins/s.
 
@@ -45,6 +47,7 @@ HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:cli
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
 FEATURES_END = b"</stream:features>"
 PASSWORD = "bench-pw"
+PACED_MESSAGES = 5
 
 
 # --- the load client ------------------------------------------------------------------------
@@ -147,9 +150,11 @@ async def run_logins(port: int, users: list[str], concurrency: int, tls: bool):
     return time.perf_counter() - started, connections
 
 
-async def pump_messages(connections, users: list[str], count: int, barrier_at: float):
-    """Each connection i sends ``count`` messages to its partner (i ^ 1); returns latencies
-    of received messages and the time the last one arrived."""
+async def pump_messages(connections, users: list[str], count: int, barrier_at: float,
+                        interval: float = 0.0):
+    """Each connection i sends ``count`` messages to its partner (i ^ 1), in bursts of ten
+    (``interval`` 0) or one every ``interval`` seconds; returns latencies of received
+    messages and the time the last one arrived."""
     latencies: list[float] = []
     stamp = re.compile(rb"<body>(\d+\.\d+)</body>")
     expected = count * len(connections)
@@ -176,6 +181,13 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
     async def send(index: int, writer):
         partner = users[index ^ 1]
         await asyncio.sleep(max(0.0, barrier_at - time.time()))
+        if interval:
+            await asyncio.sleep(interval * index / len(connections))  # spread the senders
+            for _ in range(count):
+                writer.write(b"<message to='%s' type='chat'><body>%.6f</body></message>"
+                             % (partner.encode(), time.time()))
+                await asyncio.sleep(interval)
+            return
         for batch in range(0, count, 10):
             parts = [b"<message to='%s' type='chat'><body>%.6f</body></message>"
                      % (partner.encode(), time.time()) for _ in range(min(10, count - batch))]
@@ -194,8 +206,10 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
     return latencies, last[0]
 
 
-def worker(port: int, users: list[str], concurrency: int, messages: int, pipe) -> None:
-    """One load process: PLAIN logins, wait, messages, close, SCRAM+TLS logins."""
+def worker(port: int, users: list[str], concurrency: int, messages: int, interval: float,
+           pipe) -> None:
+    """One load process: PLAIN logins, wait, message burst, paced messages, close,
+    SCRAM+TLS logins."""
 
     async def main():
         elapsed, connections = await run_logins(port, users, concurrency, tls=False)
@@ -203,6 +217,10 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, pipe) -
         barrier_at = pipe.recv()
         latencies, last = await pump_messages(connections, users, messages, barrier_at)
         pipe.send(("messages", latencies, last))
+        barrier_at = pipe.recv()
+        latencies, last = await pump_messages(connections, users, PACED_MESSAGES, barrier_at,
+                                              interval)
+        pipe.send(("paced", latencies, last))
         for _, writer, _ in connections:
             writer.write(b"</stream:stream>")
             writer.close()
@@ -269,6 +287,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=200,
                         help="logins in flight per load process")
     parser.add_argument("--procs", type=int, default=2, help="load client processes")
+    parser.add_argument("--paced-rate", type=float, default=5000.0,
+                        help="messages/s of the paced phase (latency at a steady load)")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
     with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
@@ -289,7 +309,8 @@ def main() -> None:
             for share in shares:
                 ours, theirs = multiprocessing.Pipe()
                 proc = multiprocessing.Process(target=worker, args=(
-                    port, share, args.concurrency, args.messages, theirs))
+                    port, share, args.concurrency, args.messages,
+                    len(users) / args.paced_rate, theirs))
                 proc.start()
                 pipes.append(ours)
                 procs.append(proc)
@@ -309,6 +330,14 @@ def main() -> None:
                 latencies.extend(received)
                 last = max(last, finished)
             message_elapsed = last - barrier
+            time.sleep(1.0)
+            barrier = time.time() + 0.5
+            for pipe in pipes:
+                pipe.send(barrier)
+            paced: list[float] = []
+            for pipe in pipes:
+                paced.extend(pipe.recv()[1])
+            paced.sort()
             time.sleep(1.0)
             started = time.perf_counter()
             for pipe in pipes:
@@ -336,6 +365,13 @@ def main() -> None:
                 if latencies else None,
                 "latency_p99_ms": round(1000 * latencies[int(len(latencies) * 0.99) - 1], 2)
                 if latencies else None,
+                "paced_rate_per_s": args.paced_rate,
+                "paced_delivered": len(paced),
+                "paced_latency_p50_ms": round(1000 * statistics.median(paced), 2)
+                if paced else None,
+                "paced_latency_p99_ms": round(1000 * paced[int(len(paced) * 0.99) - 1], 2)
+                if paced else None,
+                "load_average_1min": round(os.getloadavg()[0], 2),
             }
             print(json.dumps(result, indent=2))
         finally:
