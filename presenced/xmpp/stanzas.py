@@ -79,6 +79,8 @@ def _serialize(element: domish.Element, parent_uri: str, out: list[str]) -> bool
     for child in children:
         if child.__class__ is str:
             out.append(_text(child))
+        elif isinstance(child, domish.SerializedXML):
+            out.append(child)  # raw XML a handler added with addRawXml (stored PEP items)
         elif not _serialize(child, uri, out):
             return False
     out.append(f"</{name}>")
