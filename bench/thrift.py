@@ -78,7 +78,8 @@ def encode_calls(method: str, connection: int, count: int) -> bytes:
         if method == "add_friend":
             args = SERVICE.add_friend_args(user, J(f"c{connection}u{seqid + 1}", ""))
         else:
-            args = SERVICE.publish_np_args(J(f"c{connection}u{seqid % 1000}", ""),
+            # Every run publishes for the same 1000 users, whatever the connections.
+            args = SERVICE.publish_np_args(J(f"listener{seqid % 1000}", ""),
                                            "Artist", "Album", f"Track {seqid}", 240,
                                            seqid % 20 + 1)
         proto.write_message_begin(method, TMessageType.CALL, seqid)

@@ -186,7 +186,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "transport": Key("buffered", "str", one_of("buffered", "framed")),
         "protocol": Key("binary", "str", one_of("binary", "compact")),
         "max_message_bytes": Key(1048576, "int", positive),
-        "max_pending_calls": Key(256, "int", positive),
+        "max_pending_calls": Key(32, "int", positive),
         "max_unread_bytes": Key(4194304, "int", positive),
         "timeout": Key(30.0, "float", positive),
         "allow": Key([], "list[str]"),

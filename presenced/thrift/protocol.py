@@ -141,10 +141,11 @@ class AdminProtocol(protocol.Protocol):
 
     def _flush(self) -> None:
         replies = self.replies
+        ready = []
         while replies and replies[0][0] is not None:
-            data = replies.popleft()[0]
-            if data and not self.budget.write(data):
-                return  # over budget: the connection is being aborted
+            ready.append(replies.popleft()[0])
+        if ready and not self.budget.write(b"".join(ready)):
+            return  # over budget: the connection is being aborted
         if self.closing and not replies:
             self.transport.loseConnection()
 
@@ -170,10 +171,13 @@ class AdminProtocol(protocol.Protocol):
             self._update_timer()
 
     def _update_reading(self) -> None:
-        busy = len(self.replies) >= self.factory.max_pending_calls
-        if self.writing_blocked or busy or self.closing:
+        """Read while calls can be taken; once paused for too many calls in progress, wait
+        until half of them are done (each pause and resume is a system call)."""
+        pending = len(self.replies)
+        limit = self.factory.max_pending_calls
+        if self.writing_blocked or self.closing or pending >= limit:
             self._pause_reading()
-        elif not self.reading:
+        elif not self.reading and pending <= limit // 2:
             self.reading = True
             self.transport.resumeProducing()
 
