@@ -98,6 +98,7 @@ class RawClient:
 def server(tmp_path_factory):
     process = PresencedProcess(tmp_path_factory.mktemp("xmpp-bad"), {
         **OTHER_DOORS_OFF, "server": {"scram_iterations": 100},
+        "router": {"session_queue_bytes": 65536},
         "xmpp": {"require_tls": False, "allow_plain": True, "max_stanza_size": 20000,
                  "auth_timeout": 1.5, "auth_failure_delay": 0.0,
                  "hibernate_after": 0.3}})
@@ -290,3 +291,23 @@ def test_hibernated_streams_wake_up(server):
     time.sleep(1.0)
     client.send(b"<ping xmlns='urn:xmpp:ping'/></iq>")
     assert b"id='h2'" in client.read_until(b"<iq [^>]*/>|</iq>")
+
+
+def test_a_client_that_stops_reading_is_cut_off(server):
+    server.ctl("adduser", "sloth@localhost", "--password", "pw")
+    sloth = RawClient(server.ports["xmpp"])
+    sloth.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sloth.login("sloth", "pw", "slow")
+    sloth.send(b"<presence/>")
+    sender = RawClient(server.ports["xmpp"])
+    sender.login("mallory", "pw", "sender")
+    body = b"x" * 1000
+    for _ in range(40):
+        sender.send(b"<message to='sloth@localhost' type='chat'><body>%s</body></message>"
+                    % body * 200)
+        sender.send(b"<iq type='get' id='alive'><ping xmlns='urn:xmpp:ping'/></iq>")
+        sender.read_until(b"id='alive'")
+    # The server gave up on the reader instead of buffering 8 MB for it.
+    assert sloth.closed(timeout=10)
+    assert len(sloth.buffer) < 8_000_000
+    still_serving(server)
