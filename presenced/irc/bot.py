@@ -285,15 +285,17 @@ class IRCBotFactory(protocol.ReconnectingClientFactory):
         return connection
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        log.warn("IRC: cannot connect to {server}: {why}; retrying in {delay:.1f}s",
+        super().clientConnectionFailed(connector, reason)
+        self.bot.last_error = reason.getErrorMessage()
+        log.warn("IRC: cannot connect to {server}: {why}; next try in {delay:.1f}s",
                  server=f"{connector.host}:{connector.port}", why=reason.getErrorMessage(),
                  delay=self.delay)
-        self.bot.last_error = reason.getErrorMessage()
-        super().clientConnectionFailed(connector, reason)
 
     def clientConnectionLost(self, connector: Any, reason: Any) -> None:
-        log.info("IRC: connection lost ({why}); reconnecting", why=reason.getErrorMessage())
         super().clientConnectionLost(connector, reason)
+        if self.continueTrying:
+            log.info("IRC: connection lost ({why}); next try in {delay:.1f}s",
+                     why=reason.getErrorMessage(), delay=self.delay)
 
 
 class IRCBot:
@@ -304,11 +306,11 @@ class IRCBot:
         self.core = core
         self.settings = settings
         self.clock = clock
-        keys = dict(text.split() for text in settings.channel_keys)
+        self.keys = {name.lower(): key for name, key in map(str.split, settings.channel_keys)}
         # Channels we want to be in (lower-cased name -> (name, key)): the configured ones,
         # then those cat lines asked for. Rejoined after every reconnect.
         self.wanted: dict[str, tuple[str, Optional[str]]] = {
-            c.lower(): (c, keys.get(c)) for c in settings.channels}
+            c.lower(): (c, self.keys.get(c.lower())) for c in settings.channels}
         self.joined: set[str] = set()
         self.rejoins: dict[str, int] = {}
         self.queue = FloodQueue(settings.flood_lines_per_second, settings.flood_burst,
@@ -322,6 +324,7 @@ class IRCBot:
         metrics.describe("presenced_irc_queue_lines", "gauge", "Lines waiting for the flood limit")
         metrics.gauge("presenced_irc_queue_lines", lambda: len(self.queue.lines))
         metrics.describe("presenced_events_out_total", "counter", "Events and lines sent out")
+        metrics.describe("presenced_irc_lines_in_total", "counter", "Lines from the IRC server")
         metrics.describe("presenced_irc_bad_lines_total", "counter",
                          "Lines from the IRC server the bot could not use")
 
@@ -339,19 +342,10 @@ class IRCBot:
 
     def say(self, target: Optional[str], text: str, max_lines: Optional[int] = None) -> int:
         """Send ``text`` to a channel or nick (``@nick`` works too; None: the default
-        channel); each line of it becomes
-        one message or, when longer than IRC allows, several. Past ``max_lines`` messages the
-        rest is counted, not sent. Returns the number of IRC lines queued; raises
-        :class:`IRCRefused` (nothing queued) when it cannot."""
-        target = target or self.default_channel
-        target = target[1:] if target.startswith("@") else target
-        if not is_safe_word(target) or "," in target:
-            raise IRCRefused(f"bad target {target!r}")
-        join = is_channel(target) and target.lower() not in self.wanted
-        if join and self.settings.unknown_targets != "join":
-            raise IRCRefused(f"not in {target} (unknown_targets = \"report\")")
-        if join and len(self.wanted) >= MAX_CHANNELS:
-            raise IRCRefused(f"not in {target}, and already in {MAX_CHANNELS} channels")
+        channel). Each line of it becomes one message, or several when longer than IRC
+        allows; past ``max_lines`` messages the rest is counted, not sent. Returns the number
+        of messages queued; raises :class:`IRCRefused` (nothing queued) when it cannot."""
+        target, join = self.route(target or self.default_channel)
         limit = payload_bytes(self.nickname, "PRIVMSG", target)
         lines = [f"PRIVMSG {target} :{piece}"
                  for raw in text.split("\n") if (line := safe_text(raw).rstrip())
@@ -361,10 +355,30 @@ class IRCBot:
         if max_lines is not None and len(lines) > max_lines:
             hidden = len(lines) - max_lines + 1
             lines[max_lines - 1:] = [f"PRIVMSG {target} :... and {hidden} more lines"]
-        self.queue.put([self.join_line(target, None)] + lines if join else lines)
-        if join:
-            self.wanted[target.lower()] = (target, None)
+        self.enqueue(target, join, lines)
         return len(lines)
+
+    def route(self, target: str) -> tuple[str, bool]:
+        """The target as IRC names it, and whether the bot must join it first; refuses bad
+        targets, and channels it is not in unless ``unknown_targets = "join"``."""
+        target = target[1:] if target.startswith("@") else target
+        if not is_safe_word(target) or "," in target:
+            raise IRCRefused(f"bad target {target!r}")
+        join = is_channel(target) and target.lower() not in self.wanted
+        if join and self.settings.unknown_targets != "join":
+            raise IRCRefused(f"not in {target} (unknown_targets = \"report\")")
+        if join and len(self.wanted) >= MAX_CHANNELS:
+            raise IRCRefused(f"not in {target}, and already in {MAX_CHANNELS} channels")
+        return target, join
+
+    def enqueue(self, target: str, join: bool, lines: list[str]) -> None:
+        """Queue ``lines`` for ``target``, after a JOIN when it is a new channel."""
+        if not join:
+            self.queue.put(lines)
+            return
+        key = self.keys.get(target.lower())
+        self.queue.put([self.join_line(target, key)] + lines)
+        self.wanted[target.lower()] = (target, key)
 
     def reply(self, target: str, lines: list[str], status: Optional[str] = None) -> None:
         """A command's answer: at most ``max_reply_lines`` messages of ``lines``, then the
@@ -377,13 +391,15 @@ class IRCBot:
             log.warn("IRC: reply to {target} dropped: {why}", target=target, why=e)
 
     def set_topic(self, channel: str, text: str) -> None:
-        if not is_channel(channel) or not is_safe_word(channel):
+        """Set a channel's topic (empty: clear it). A topic is one line: too long is refused."""
+        if not is_channel(channel):
             raise IRCRefused(f"bad channel {channel!r}")
+        channel, join = self.route(channel)
         text = safe_text(text).strip()
         room = payload_bytes(self.nickname, "TOPIC", channel)
         if len(text.encode("utf-8")) > room:
             raise IRCRefused(f"topic longer than {room} bytes")
-        self.queue.put([f"TOPIC {channel} :{text}"])
+        self.enqueue(channel, join, [f"TOPIC {channel} :{text}"])
 
     def cat(self, line: CatLine) -> int:
         """Send one parsed cat line; returns IRC lines queued, raises :class:`IRCRefused`."""
