@@ -36,7 +36,7 @@ def admin(node):
 
 
 @pytest.fixture
-def two_nodes(presenced_factory, redis_server):
+def two_nodes(redis_server, presenced_factory):
     a = presenced_factory(node_config(redis_server.url, "a"), name="a")
     b = presenced_factory(node_config(redis_server.url, "b"), name="b")
     return a, b
@@ -101,3 +101,13 @@ def test_nodes_deliver_again_after_redis_restarts(two_nodes, redis_server):
     assert delivered, a.log()[-3000:] + b.log()[-3000:]
     assert [t["title"] for t in fay.json_lines() if t["type"] == "tune"][-1] == "after restart"
     fay.close()
+
+
+def test_a_node_stops_promptly_while_redis_is_down(two_nodes, redis_server):
+    a, _ = two_nodes
+    redis_server.stop()
+    started = time.monotonic()
+    a.process.terminate()
+    a.process.wait(12)
+    assert time.monotonic() - started < 8
+    assert "could not deregister" in a.log() or "did not close" in a.log()

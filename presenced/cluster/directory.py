@@ -19,13 +19,14 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional
 
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
 from twisted.logger import Logger
 
 from presenced.cluster.link import RedisLink
 from presenced.router import ISession, SubscriptionRouter
 
 CHANNEL = "presenced:directory"
+STOP_TIMEOUT = 2.0
 NODES = "presenced:nodes"
 
 
@@ -80,12 +81,18 @@ class SessionDirectory:
             self._heartbeat.stop()
         self.router.login_listeners.remove(self._local_login)
         self.router.logout_listeners.remove(self._local_logout)
+        goodbye = defer.ensureDeferred(self._deregister())
+        goodbye.addTimeout(STOP_TIMEOUT, reactor)
         try:
-            yield self.link.commands.delete([users_key(self.node_id), alive_key(self.node_id)])
-            yield self.link.commands.srem(NODES, self.node_id)
-            yield self.link.publish(CHANNEL, f"bye {self.node_id}")
+            yield goodbye
         except Exception as e:
+            # Redis away: the others will see our heartbeat stop instead.
             self.log.warn("cluster: could not deregister from Redis: {e}", e=e)
+
+    async def _deregister(self) -> None:
+        await self.link.commands.delete([users_key(self.node_id), alive_key(self.node_id)])
+        await self.link.commands.srem(NODES, self.node_id)
+        await self.link.publish(CHANNEL, f"bye {self.node_id}")
 
     # --- queries -------------------------------------------------------------------------
 

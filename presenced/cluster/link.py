@@ -80,7 +80,12 @@ class RedisLink:
             self._factory.stopTrying()
             if self._protocol is not None and self._protocol.transport is not None:
                 self._protocol.transport.loseConnection()
-        yield self.commands.disconnect()
+        closing = self.commands.disconnect()
+        closing.addTimeout(2.0, reactor)
+        try:
+            yield closing
+        except defer.TimeoutError:
+            self.log.warn("cluster: Redis connections did not close in time")
 
     def publish(self, channel: str, message: str) -> defer.Deferred:
         d = self.commands.publish(channel, message)
