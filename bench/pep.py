@@ -224,6 +224,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, go.wait)
         publish_start = time.monotonic()
+        cpu_start = time.process_time()
         queries_before = self.disco_queries
         for i, index in enumerate(self.publishers):
             await self.free.acquire()
@@ -238,7 +239,8 @@ class Worker:
         out.put({"sent_at": self.sent_at, "received": self.arrivals,
                  "acks": self.acks, "errors": self.errors, "duplicates": self.duplicates,
                  "disco_queries": self.disco_queries,
-                 "late_disco_queries": self.disco_queries - queries_before, "publish_start": publish_start,
+                 "late_disco_queries": self.disco_queries - queries_before,
+                 "cpu_seconds": time.process_time() - cpu_start, "publish_start": publish_start,
                  "publish_end": publish_end, "first_receive": self.first_receive,
                  "last_receive": self.last_receive})
         for r in readers:
@@ -406,6 +408,7 @@ def main() -> None:
             "latency_max_ms": round(max(latencies, default=float("nan")) * 1000, 2),
             "server_cpu_seconds": round(server_cpu, 2),
             "notifications_per_server_cpu_s": round(received / server_cpu, 1),
+            "client_cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 2),
             "load_average_1m": os.getloadavg()[0],
         }, indent=2))
     finally:
