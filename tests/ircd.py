@@ -23,7 +23,8 @@ NGIRCD = "/usr/sbin/ngircd"
 class NgIRCd:
     """ngircd in the foreground with a config of our own (no PAM, no ident, no DNS)."""
 
-    def __init__(self, directory: Path, password: str = "", tls: Optional[tuple[Path, Path]] = None):
+    def __init__(self, directory: Path, password: str = "",
+                 tls: Optional[tuple[Path, Path]] = None):
         self.directory = directory
         self.port = free_port()
         self.tls_port = free_port() if tls else None

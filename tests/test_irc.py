@@ -128,7 +128,8 @@ HANDLER = """#!/bin/sh
 case "$IRCCAT_COMMAND" in
   echo)
     echo "argv: $*"
-    echo "env: $IRCCAT_NICK|$IRCCAT_USER|$IRCCAT_CHANNEL|$IRCCAT_RESPOND_TO|$IRCCAT_ARGS|$IRCCAT_RAW"
+    echo "env: $IRCCAT_NICK|$IRCCAT_USER|$IRCCAT_HOST|$IRCCAT_CHANNEL|$IRCCAT_RESPOND_TO|\
+$IRCCAT_ARGS|$IRCCAT_RAW"
     ;;
   fail) echo "partial answer"; exit 3 ;;
   hang) echo "started"; sleep 60 ;;
@@ -164,8 +165,8 @@ def test_commands_builtins_handler_hooks_and_thrift_say(ircd, watchers, presence
     argv = said(watcher, "#presenced", "argv:")
     assert argv.params[-1] == "argv: watcher #presenced echo one two three"
     env = said(watcher, "#presenced", "env:")
-    assert env.params[-1] == ("env: watcher|~watcher|#presenced|#presenced|one two  three|"
-                              "?echo one two  three")
+    assert env.params[-1] == ("env: watcher|~watcher|127.0.0.1|#presenced|#presenced|"
+                              "one two  three|?echo one two  three")
     watcher.send("PRIVMSG #presenced :?fail")
     said(watcher, "#presenced", "partial answer")
     said(watcher, "#presenced", "?fail: handler failed with exit status 3")
