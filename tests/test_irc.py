@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +14,7 @@ import pytest
 import thriftpy2
 from thriftpy2.rpc import make_client
 
+from presenced.xmpp.tls import generate_self_signed
 from tests.conftest import REPO
 from tests.ircd import IRCWatcher, Message, NgIRCd, cat
 
@@ -249,10 +249,7 @@ def test_bot_rejoins_after_server_restart_and_kick_and_regains_its_nick(
 
 def test_tls_server_password_and_channel_key(tmp_path, watchers, presenced_factory):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost"],
-                   check=True, capture_output=True, timeout=60)
+    generate_self_signed(str(cert), str(key), ["localhost"])
     ircd = NgIRCd(tmp_path / "tls-ircd", password="hunter2", tls=(cert, key))
     ircd.start()
     try:
