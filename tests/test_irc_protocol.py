@@ -12,16 +12,42 @@ from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from presenced import config
+from presenced import config, events
 from presenced.core import Core
+from presenced.events import Event
 from presenced.irc.bot import FloodQueue, IRCBot, IRCBotFactory, IRCRefused
 from presenced.irc.cat import BadCatLine, CatFactory, CatLine, parse_cat_line
+from presenced.irc.hooks import HookAnnouncer
 from presenced.irc.text import payload_bytes, safe_text, split_to_fit
 
 
 def make_core(tmp_path: Path, **irc) -> Core:
     settings = config.load(None, {"server": {"data_dir": str(tmp_path)}, "irc": irc})
     return Core(settings, store=None)  # type: ignore[arg-type]  # these parts never read it
+
+
+def test_hooks_announce_events_about_their_users_once_without_being_sessions(tmp_path: Path):
+    core = make_core(tmp_path)
+    bot = IRCBot(core, core.config.irc, clock=task.Clock())
+    hook = HookAnnouncer(core, bot, {"events": ["message", "tune"], "users": ["alice", "bob"],
+                                     "channel": "#presenced",
+                                     "format": "{type} {user}>{to}: {body}{title}{nosuch}"})
+    hook.start()
+    router = core.router
+    message = Event(events.MESSAGE, "alice@localhost", {"to": "bob@localhost", "body": "hi"})
+    assert router.deliver("bob@localhost", message) == 0  # not a session: nobody reached
+    router.deliver("alice@localhost", message)  # the same event seen through alice: once
+    assert not router.is_online("bob@localhost")
+    router.deliver("bob@localhost", Event(events.TUNE, "bob@localhost", {}))  # stopped
+    router.deliver("bob@localhost", Event(events.PRESENCE, "bob@localhost", {"show": "away"}))
+    router.deliver("carol@localhost", Event(events.TUNE, "carol@localhost", {"title": "x"}))
+    router.deliver("alice@localhost", Event(events.TUNE, "alice@localhost", {"title": "Song"}))
+    assert list(bot.queue.lines) == [
+        "PRIVMSG #presenced :message alice@localhost>bob@localhost: hi",
+        "PRIVMSG #presenced :tune alice@localhost>: Song"]
+    hook.stop()
+    router.deliver("alice@localhost", Event(events.TUNE, "alice@localhost", {"title": "Later"}))
+    assert len(bot.queue.lines) == 2
 
 
 def test_split_to_fit_never_loses_or_breaks_characters():
