@@ -287,6 +287,13 @@ def test_allowlist_refuses_other_addresses(tmp_path):
         server.stop()
 
 
+def test_a_bad_allowlist_entry_stops_the_server_with_a_clear_message(tmp_path):
+    with pytest.raises(RuntimeError) as failed:
+        start(tmp_path / "badallow", allow=["127.0.0.1", "localhost-ish"])
+    assert "[thrift] allow" in str(failed.value)
+    assert "'localhost-ish' is not an IP address or network" in str(failed.value)
+
+
 def test_framed_transport_bad_frames(tmp_path):
     server = start(tmp_path / "framed", transport="framed")
     try:

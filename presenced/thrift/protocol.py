@@ -213,6 +213,7 @@ class AdminFactory(protocol.ServerFactory):
     """Builds admin connections for allowed client addresses; shares one dispatcher."""
 
     log = Logger()
+    noisy = False  # the listening port is logged by ListeningService already
 
     def __init__(self, core: Core, service: Any, handler: object, clock: IReactorTime,
                  allow: Sequence[Network] = ()):
