@@ -87,6 +87,13 @@ def ip_networks(value: list) -> Optional[str]:
     return None
 
 
+def irc_channels(value: list) -> Optional[str]:
+    for name in value:
+        if not name.startswith(("#", "&")) or len(name) < 2 or any(c in name for c in " ,\r\n\0"):
+            return f"{name!r} is not a channel name like \"#presenced\""
+    return None
+
+
 def irc_channel_keys(value: list) -> Optional[str]:
     for text in value:
         if len(text.split()) != 2 or not text.startswith(("#", "&")):
@@ -205,7 +212,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "server": Key("127.0.0.1", "str"),
         "port": Key(6667, "int", port),
         "nick": Key("presenced", "str", non_empty),
-        "channels": Key(["#presenced"], "list[str]"),
+        "channels": Key(["#presenced"], "list[str]", irc_channels),
         "cat_port": Key(12345, "int", port),
         "cat_bind": Key("127.0.0.1", "str"),
         "command_prefix": Key("?", "str", non_empty),

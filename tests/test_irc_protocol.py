@@ -237,6 +237,7 @@ def test_cat_allowlist(tmp_path: Path):
     ({"channel_keys": ["#a"]}, "#channel key"),
     ({"cat_allow": ["nowhere"]}, "not an IP address"),
     ({"unknown_targets": "ignore"}, "not one of"),
+    ({"channels": ["#ok", "presenced"]}, "not a channel name"),
 ])
 def test_bad_irc_config_names_the_key(irc, problem):
     with pytest.raises(config.ConfigError, match=problem) as e:

@@ -8,6 +8,7 @@ from twisted.application import service
 from twisted.internet import reactor, ssl
 from twisted.internet.interfaces import IConnector
 
+from presenced.config import ConfigError
 from presenced.core import Core
 from presenced.irc.bot import IRCBot, IRCBotFactory
 from presenced.irc.cat import CatFactory
@@ -15,6 +16,7 @@ from presenced.irc.commands import Commands
 from presenced.irc.hooks import HookAnnouncer
 from presenced.irc.http import CatResource
 from presenced.service import ListeningService, is_worker
+from presenced.users import BadUser
 
 
 class BotConnectionService(service.Service):
@@ -61,7 +63,10 @@ def make_service(core: Core) -> service.IService:
     settings = core.config.irc
     bot = IRCBot(core, settings)
     bot.commands = Commands(core, bot)
-    hooks = [HookAnnouncer(core, bot, hook) for hook in settings.hooks]
+    try:
+        hooks = [HookAnnouncer(core, bot, hook) for hook in settings.hooks]
+    except BadUser as e:
+        raise ConfigError("[irc] hooks", str(e)) from None
     BotConnectionService(bot, hooks).setServiceParent(door)
     cat = CatFactory(bot, settings.cat_allow, settings.cat_max_line_bytes)
     ListeningService(core, "irc_cat", settings.cat_port, settings.cat_bind,
