@@ -1,0 +1,109 @@
+"""The incremental decoder against bytes written by thriftpy2's own protocols, cut anywhere."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from thriftpy2.protocol.binary import TBinaryProtocol
+from thriftpy2.protocol.compact import TCompactProtocol
+from thriftpy2.thrift import TMessageType
+from thriftpy2.transport.memory import TMemoryBuffer
+
+from presenced.thrift import admin
+from presenced.thrift.codec import BadMessage, MessageDecoder, MessageEncoder
+
+SERVICE = admin.PresencedAdmin
+J = admin.JabberUser
+
+
+def written_by_thriftpy2(protocol: str, framed: bool, name: str, seqid: int, args) -> bytes:
+    buffer = TMemoryBuffer()
+    proto = (TCompactProtocol if protocol == "compact" else TBinaryProtocol)(buffer)
+    proto.write_message_begin(name, TMessageType.CALL, seqid)
+    proto.write_struct(args)
+    proto.write_message_end()
+    data = buffer.getvalue()
+    return struct.pack("!i", len(data)) + data if framed else data
+
+
+CALLS = [
+    ("add_friend", SERVICE.add_friend_args(J("alice", "example.com"), J("bob", ""))),
+    ("publish_np", SERVICE.publish_np_args(J("ålice", ""), "Sigur Rós", "()", "Untitled #1",
+                                           -1, 2 ** 31 - 1)),
+    ("add_subscriptions", SERVICE.add_subscriptions_args(
+        [admin.Subscription(J(f"s{i}", ""), J("star", "")) for i in range(40)])),
+    ("online_count", SERVICE.online_count_args()),
+    ("nonexistent", SERVICE.user_exists_args(J("x", ""))),
+]
+
+
+@pytest.mark.parametrize("protocol", ["binary", "compact"])
+@pytest.mark.parametrize("framed", [False, True], ids=["buffered", "framed"])
+def test_messages_cut_anywhere_decode_the_same(protocol, framed):
+    stream = b"".join(written_by_thriftpy2(protocol, framed, name, seqid, args)
+                      for seqid, (name, args) in enumerate(CALLS))
+    for step in (1, 3, 7, len(stream)):
+        decoder = MessageDecoder(SERVICE, protocol, framed)
+        decoded = []
+        for at in range(0, len(stream), step):
+            decoder.feed(stream[at:at + step])
+            while (message := decoder.next_message()) is not None:
+                decoded.append(message)
+        assert [(m.name, m.seqid) for m in decoded] == [(name, seqid) for seqid, (name, _)
+                                                        in enumerate(CALLS)]
+        for message, (name, args) in zip(decoded, CALLS):
+            assert message.body == (None if name == "nonexistent" else args)
+        assert decoder.pending_bytes == 0
+
+
+@pytest.mark.parametrize("protocol", ["binary", "compact"])
+@pytest.mark.parametrize("framed", [False, True], ids=["buffered", "framed"])
+def test_our_replies_are_read_back_by_the_client_side_decoder(protocol, framed):
+    result = SERVICE.get_roster_result(success=[admin.RosterItem("b@x", "both", "", ["g"],
+                                                                 False)])
+    data = MessageEncoder(protocol, framed).encode("get_roster", TMessageType.REPLY, 9, result)
+    decoder = MessageDecoder(SERVICE, protocol, framed, replies=True)
+    decoder.feed(data)
+    message = decoder.next_message()
+    assert (message.name, message.type, message.seqid, message.body) == (
+        "get_roster", TMessageType.REPLY, 9, result)
+
+
+def test_a_large_message_in_pieces_is_not_parsed_again_for_every_piece():
+    args = SERVICE.register_user_args(J("big", ""), "p" * 500000)
+    data = written_by_thriftpy2("binary", False, "register_user", 1, args)
+    decoder = MessageDecoder(SERVICE)
+    attempts = 0
+    original = decoder._decode_one
+
+    def counting(*a):
+        nonlocal attempts
+        attempts += 1
+        return original(*a)
+
+    decoder._decode_one = counting
+    for at in range(0, len(data), 1000):
+        decoder.feed(data[at:at + 1000])
+        message = decoder.next_message()
+    assert message is not None and message.body.password == "p" * 500000
+    assert attempts <= 3  # the header tells how long the password is: no retry until then
+
+
+def test_compact_varint_without_end_is_refused():
+    decoder = MessageDecoder(SERVICE, "compact")
+    decoder.feed(b"\x82\x21" + b"\xff" * 64)
+    with pytest.raises(BadMessage) as bad:
+        decoder.next_message()
+    assert "varint" in bad.value.reason
+
+
+@pytest.mark.parametrize("protocol", ["binary", "compact"])
+def test_declared_lengths_beyond_the_limit_are_refused_before_the_data(protocol):
+    args = SERVICE.user_exists_args(J("a" * 2000, ""))
+    data = written_by_thriftpy2(protocol, False, "user_exists", 1, args)
+    decoder = MessageDecoder(SERVICE, protocol, max_bytes=1000)
+    decoder.feed(data[:40])  # only the start: the length alone condemns it
+    with pytest.raises(BadMessage) as bad:
+        decoder.next_message()
+    assert (bad.value.name, bad.value.seqid) == ("user_exists", 1)
