@@ -178,6 +178,25 @@ def test_nonsense_from_the_server_leaves_the_bot_up(tmp_path: Path):
     connection.connectionLost(None)
 
 
+def test_commands_reach_dispatch_without_line_ends_or_nul(tmp_path: Path):
+    core = make_core(tmp_path)
+    bot, connection, transport = connect(core)
+    calls: list[tuple] = []
+
+    class Recorder:
+        def dispatch(self, *args: str) -> None:
+            calls.append(args)
+
+    bot.commands = Recorder()  # type: ignore[assignment]
+    connection.dataReceived(b":srv 001 presenced :Welcome\r\n"
+                            b":al!~al@h PRIVMSG #presenced :?echo a\x100b\x10nc\r\n"
+                            b":al!~al@h PRIVMSG presenced :?np alice\r\n"
+                            b":al!~al@h PRIVMSG #presenced :no prefix\r\n")
+    assert calls == [("al!~al@h", "#presenced", "#presenced", "?echo a b c"),
+                     ("al!~al@h", "presenced", "al", "?np alice")]
+    connection.connectionLost(None)
+
+
 def test_silent_server_is_dropped_at_the_heartbeat(tmp_path: Path):
     core = make_core(tmp_path)
     bot, connection, transport = connect(core)

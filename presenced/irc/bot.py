@@ -222,7 +222,9 @@ class IRCBotProtocol(irc.IRCClient):
         if self.bot.commands is not None and \
                 message.startswith(self.bot.settings.command_prefix):
             respond_to = channel if is_channel(channel) else user.split("!", 1)[0]
-            self.bot.commands.dispatch(user, channel, respond_to, message)
+            # IRCClient undoes CTCP low-level quoting: a message may carry NUL, CR or LF,
+            # which must not reach a handler's argv or environment.
+            self.bot.commands.dispatch(user, channel, respond_to, safe_text(message))
 
     # --- robustness -------------------------------------------------------------------
 
