@@ -67,6 +67,11 @@ class FloodQueue:
         self.lines.extend(lines)
         self.drain()
 
+    def push_front(self, lines: list[str]) -> None:
+        """Lines that go before everything waiting (the JOINs after a reconnect); outside
+        the bound, which they cannot stretch far: there are at most MAX_CHANNELS."""
+        self.lines.extendleft(reversed(lines))
+
     def attach(self, send: Callable[[str], None]) -> None:
         self.send = send
         self.drain()
@@ -431,8 +436,7 @@ class IRCBot:
         self.connection = connection
         self.last_error = ""
         connection.factory.resetDelay()
-        for name, key in self.wanted.values():
-            connection.sendLine(self.join_line(name, key))
+        self.queue.push_front([self.join_line(name, key) for name, key in self.wanted.values()])
         self.queue.attach(self.send_line)
 
     def send_line(self, line: str) -> None:
