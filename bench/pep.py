@@ -37,6 +37,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -254,17 +255,61 @@ def run_worker(users, publishers, port, password, window, ver, ready, go, out, b
     asyncio.run(worker.run(ready, go, out, base))
 
 
-def write_config(directory: Path, scram_iterations: int) -> tuple[Path, dict[str, str]]:
-    """A server config for the bench (XMPP only, plain SASL on loopback) and its env."""
+def write_config(directory: Path, scram_iterations: int, workers: int,
+                 redis_url: str) -> tuple[Path, dict[str, str]]:
+    """A server config for the bench (XMPP only, plain SASL on loopback) and its env.
+
+    With several workers the store is Redis and the workers form a cluster (as they must);
+    they share a fixed port, the kernel spreading connections over them.
+    """
     data = directory / "data"
     config = directory / "presenced.toml"
-    config.write_text(
-        f"[server]\ndomains = [\"{DOMAIN}\"]\ndata_dir = \"{data}\"\n"
-        f"scram_iterations = {scram_iterations}\n"
-        "[xmpp]\nport = 0\nbind = \"127.0.0.1\"\nrequire_tls = false\nallow_plain = true\n"
-        "[comet]\nenabled = false\n[thrift]\nenabled = false\n[webadmin]\nenabled = false\n")
+    text = (f"[server]\ndomains = [\"{DOMAIN}\"]\ndata_dir = \"{data}\"\n"
+            f"scram_iterations = {scram_iterations}\nworkers = {workers}\n"
+            f"[xmpp]\nport = {free_port() if workers > 1 else 0}\nbind = \"127.0.0.1\"\n"
+            "require_tls = false\nallow_plain = true\n"
+            "[comet]\nenabled = false\n[thrift]\nenabled = false\n[webadmin]\nenabled = false\n")
+    if redis_url:
+        text += f"[store]\nbackend = \"redis\"\nredis = [\"{redis_url}\"]\n"
+    if workers > 1:
+        text += "[cluster]\nenabled = true\n"
+    config.write_text(text)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return config, env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
+    """A private redis-server persisting as a deployment would (appendonly, fsync every s)."""
+    port = free_port()
+    directory.mkdir()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def server_pids(pid: int) -> list[int]:
+    """The twistd process and the workers it started."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        children = []
+    return [pid] + [int(c) for c in children]
 
 
 def ctl(config: Path, env: dict, *args: str) -> None:
@@ -273,10 +318,13 @@ def ctl(config: Path, env: dict, *args: str) -> None:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, every thread) a process has used: on a shared machine this
-    says what the server itself costs, whatever else runs."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time (user + system, every thread) the server and its workers have used: on a
+    shared machine this says what the server itself costs, whatever else runs."""
+    total = 0
+    for one in server_pids(pid):
+        fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wait_until_idle(pid: int, timeout: float = 120.0) -> None:
@@ -308,11 +356,14 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="client processes")
     parser.add_argument("--scram-iterations", type=int, default=64)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server worker processes (more than 1: Redis store and cluster)")
+    parser.add_argument("--store", choices=("embedded", "redis"), default="embedded")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
     directory = Path(tempfile.mkdtemp(prefix="presenced-bench-pep-"))
-    server = None
+    server = redis = None
     try:
         edges = list(barabasi_albert(args.n, args.m, args.seed))
         write_edge_list(str(directory / "edges.txt"), edges)
@@ -320,7 +371,10 @@ def main() -> None:
         password = "bench-password"
         (directory / "users.txt").write_text(
             "".join(f"{user_name(i)}@{DOMAIN} {password}\n" for i in online))
-        config, env = write_config(directory, args.scram_iterations)
+        redis_url = ""
+        if args.workers > 1 or args.store == "redis":
+            redis, redis_url = start_redis(directory / "redis")
+        config, env = write_config(directory, args.scram_iterations, args.workers, redis_url)
         ctl(config, env, "import-users", "-q", str(directory / "users.txt"))
         ctl(config, env, "load-friends", "-q", str(directory / "edges.txt"))
 
@@ -328,6 +382,10 @@ def main() -> None:
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
              "--pidfile", "", "--logfile", str(directory / "presenced.log"), "presenced",
              "--config", str(config)], cwd=directory, env=env)
+        if args.workers > 1:
+            deadline = time.monotonic() + 60
+            while len(server_pids(server.pid)) < args.workers and time.monotonic() < deadline:
+                time.sleep(0.2)
         ports_file = directory / "data" / "run" / "ports.json"
         deadline = time.monotonic() + 60
         ports: dict[str, int] = {}
@@ -392,6 +450,8 @@ def main() -> None:
             "bench": "pep",
             "what": "tune publishes over XMPP, fan-out to +notify resources of online friends",
             "users": args.n, "m": args.m, "edges": len(edges), "online": connected,
+            "server_workers": args.workers,
+            "store": "redis" if redis_url else "embedded",
             "client_procs": args.procs, "window_per_proc": args.window,
             "scram_iterations": args.scram_iterations,
             "login_seconds": round(login_seconds, 2),
@@ -418,6 +478,9 @@ def main() -> None:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
+        if redis is not None:
+            redis.terminate()
+            redis.wait(10)
         shutil.rmtree(directory, ignore_errors=True)
 
 
