@@ -8,7 +8,6 @@ picks a free port: tests and benchmarks read the file).
 
 from __future__ import annotations
 
-import gc
 import importlib
 import json
 import os
@@ -132,17 +131,6 @@ def raise_open_files_limit() -> None:
              new=max(soft, hard), soft=soft, hard=hard)
 
 
-def tune_garbage_collector() -> None:
-    """Collect the youngest generation every 50 000 allocations instead of 700.
-
-    A node holds hundreds of thousands of long-lived objects (sessions, parsers, streams);
-    with the default threshold the collector runs so often on the hot paths (each routed
-    stanza allocates) that it took about 45% of the CPU with 5 000 XMPP sessions. Garbage
-    is still collected; cycles just wait a little longer.
-    """
-    gc.set_threshold(50000, 20, 100)
-
-
 class PresencedService(service.MultiService):
     """The whole server. Doors start after the store is open and stop before it closes."""
 
@@ -159,7 +147,6 @@ class PresencedService(service.MultiService):
         if os.path.exists(ports) and not is_worker():
             os.remove(ports)
         raise_open_files_limit()
-        tune_garbage_collector()
         store = make_store(self.config)
         self.core = Core(self.config, store)
         log.info("store: {backend} ({where})", backend=store.name,
