@@ -38,6 +38,12 @@ class StanzaParser(domish.ExpatElementStream):
         parser.ProcessingInstructionHandler = self._forbidden
         parser.SetParamEntityParsing(0)
 
+    def close(self) -> None:
+        """Break the parser <-> handler reference cycle so the memory goes at once, not at
+        the next full garbage collection."""
+        self.parser = None
+        self.DocumentStartEvent = self.ElementEvent = self.DocumentEndEvent = None
+
     def _forbidden(self, *args: object) -> None:
         raise RestrictedXML("DTDs, entities, comments and processing instructions are not "
                             "allowed in XMPP")

@@ -73,6 +73,7 @@ class C2SStream(xmlstream.XmlStream):
         """A stream restart (after STARTTLS and SASL): a fresh parser, a new header."""
         old = self.stream
         old.DocumentStartEvent = old.ElementEvent = old.DocumentEndEvent = _ignore
+        reactor.callLater(0, old.close)  # it is still inside Parse()
         self.header_sent = False
         self._initializeStream()
 
@@ -101,6 +102,8 @@ class C2SStream(xmlstream.XmlStream):
         if self.session is not None:
             session, self.session = self.session, None
             session.ended()
+        if self.stream is not None:
+            reactor.callLater(0, self.stream.close)  # maybe inside Parse()
         self.stream = None
 
     def hibernate(self) -> bool:
@@ -112,6 +115,7 @@ class C2SStream(xmlstream.XmlStream):
                 or parser.depth != 1 or self.closing):
             return False
         self.stream = None
+        parser.close()
         return True
 
     def _wake(self) -> None:
