@@ -7,10 +7,15 @@ the COMMIT that made its writes durable. With WAL and ``synchronous=NORMAL`` a c
 transaction survives ``kill -9`` of the server (only an OS crash may lose the last commits).
 
 Users are interned as integer ids, which keeps the graph tables small and their indexes fast.
+A friendship (``add_friends``: a ``both`` roster item and graph edges both ways) is one row per
+side in ``friends`` rather than a roster row and two graph rows: bulk loads write a third of
+the rows. A friend is a ``both`` item whatever ``roster`` holds for the contact; changing one
+side of a friendship (a roster item, one subscription) turns it into explicit rows.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import sqlite3
@@ -37,6 +42,9 @@ CREATE TABLE IF NOT EXISTS subs (
     subject INTEGER NOT NULL, subscriber INTEGER NOT NULL,
     PRIMARY KEY (subject, subscriber)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS subs_by_subscriber ON subs (subscriber, subject);
+CREATE TABLE IF NOT EXISTS friends (
+    owner INTEGER NOT NULL, friend INTEGER NOT NULL,
+    PRIMARY KEY (owner, friend)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pep (
     owner INTEGER NOT NULL, node TEXT NOT NULL, item_id TEXT NOT NULL, payload TEXT NOT NULL,
     PRIMARY KEY (owner, node)) WITHOUT ROWID;
@@ -53,6 +61,7 @@ CREATE TABLE IF NOT EXISTS private (
 
 _MAX_BATCH = 512
 _IN_CHUNK = 500  # SQLite's default limit on bound parameters is far above this
+_LOW = (1 << 32) - 1
 
 
 class _Worker(threading.Thread):
@@ -150,20 +159,30 @@ def _intern(conn: sqlite3.Connection, jid: str) -> int:
 
 
 def _intern_many(conn: sqlite3.Connection, jids: set[str]) -> dict[str, int]:
-    conn.executemany("INSERT OR IGNORE INTO ids (jid) VALUES (?)", ((j,) for j in jids))
+    """Ids of many users: looked up together, the unknown ones numbered after the highest id
+    (the transaction holds the write lock, so nobody else takes the same numbers)."""
     found: dict[str, int] = {}
     listed = list(jids)
+    marks = ",".join("?" * _IN_CHUNK)
     for i in range(0, len(listed), _IN_CHUNK):
         chunk = listed[i:i + _IN_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        found.update(conn.execute(f"SELECT jid, id FROM ids WHERE jid IN ({marks})", chunk))
+        query = (f"SELECT jid, id FROM ids WHERE jid IN ({marks})" if len(chunk) == _IN_CHUNK
+                 else f"SELECT jid, id FROM ids WHERE jid IN ({','.join('?' * len(chunk))})")
+        found.update(conn.execute(query, chunk))
+    if len(found) < len(listed):
+        first = (conn.execute("SELECT max(id) FROM ids").fetchone()[0] or 0) + 1
+        new = {jid: uid for uid, jid in enumerate(
+            (j for j in listed if j not in found), first)}
+        conn.executemany("INSERT INTO ids (id, jid) VALUES (?, ?)",
+                         ((uid, jid) for jid, uid in new.items()))
+        found.update(new)
     return found
 
 
 def _bump_versions(conn: sqlite3.Connection, owners: Iterable[int]) -> None:
-    conn.executemany(
-        "INSERT INTO roster_version (owner, version) VALUES (?, 1) "
-        "ON CONFLICT (owner) DO UPDATE SET version = version + 1", ((o,) for o in owners))
+    conn.execute(
+        "INSERT INTO roster_version (owner, version) SELECT value, 1 FROM json_each(?) WHERE 1 "
+        "ON CONFLICT (owner) DO UPDATE SET version = version + 1", (json.dumps(sorted(owners)),))
 
 
 def _version(conn: sqlite3.Connection, owner: int) -> int:
@@ -202,9 +221,20 @@ def _remove_user(conn, user):
     if uid is None:
         return False
     existed = conn.execute("DELETE FROM accounts WHERE uid = ?", (uid,)).rowcount == 1
-    contacts = [r[0] for r in conn.execute(
-        "SELECT owner FROM roster WHERE contact = ?", (uid,))]
+    contacts = {r[0] for r in conn.execute(
+        "SELECT owner FROM roster WHERE contact = ?", (uid,))}
     conn.execute("DELETE FROM roster WHERE owner = ? OR contact = ?", (uid, uid))
+    # Who may list the user as a friend: its own friends, and the contacts a one-sided change
+    # turned into explicit rows (its roster is gone by now, its graph edges are not yet).
+    related = {r[0] for r in conn.execute(
+        "SELECT friend FROM friends WHERE owner = ? UNION "
+        "SELECT subscriber FROM subs WHERE subject = ? UNION "
+        "SELECT subject FROM subs WHERE subscriber = ?", (uid, uid, uid))}
+    conn.execute("DELETE FROM friends WHERE owner = ?", (uid,))
+    for other in related:
+        if conn.execute("DELETE FROM friends WHERE owner = ? AND friend = ?",
+                        (other, uid)).rowcount:
+            contacts.add(other)
     _bump_versions(conn, contacts)
     for table in ("roster_version", "pep", "offline", "pending", "private"):
         conn.execute(f"DELETE FROM {table} WHERE owner = ?", (uid,))
@@ -224,20 +254,41 @@ def _count_users(conn):
 
 
 def _get_roster(conn, user):
+    owner = _uid(conn, user)
+    if owner is None:
+        return []
     return [roster_item_from_text(jid, item) for jid, item in conn.execute(
-        "SELECT c.jid, r.item FROM roster r JOIN ids o ON o.id = r.owner "
-        "JOIN ids c ON c.id = r.contact WHERE o.jid = ? ORDER BY c.jid", (user,))]
+        "SELECT c.jid, r.item FROM roster r JOIN ids c ON c.id = r.contact WHERE r.owner = ? "
+        "AND NOT EXISTS (SELECT 1 FROM friends f WHERE f.owner = ? AND f.friend = r.contact) "
+        "UNION ALL SELECT c.jid, ? FROM friends f JOIN ids c ON c.id = f.friend "
+        "WHERE f.owner = ? ORDER BY 1", (owner, owner, BOTH, owner))]
 
 
 def _get_roster_item(conn, user, contact):
-    row = conn.execute(
-        "SELECT r.item FROM roster r JOIN ids o ON o.id = r.owner JOIN ids c ON c.id = r.contact "
-        "WHERE o.jid = ? AND c.jid = ?", (user, contact)).fetchone()
+    owner, other = _uid(conn, user), _uid(conn, contact)
+    if owner is None or other is None:
+        return None
+    if conn.execute("SELECT 1 FROM friends WHERE owner = ? AND friend = ?",
+                    (owner, other)).fetchone():
+        return roster_item_from_text(contact, BOTH)
+    row = conn.execute("SELECT item FROM roster WHERE owner = ? AND contact = ?",
+                       (owner, other)).fetchone()
     return roster_item_from_text(contact, row[0]) if row else None
+
+
+def _unfriend_one_side(conn, owner, contact) -> bool:
+    """Turn ``owner``'s side of a friendship into explicit graph rows; True if there was one."""
+    if conn.execute("DELETE FROM friends WHERE owner = ? AND friend = ?",
+                    (owner, contact)).rowcount == 0:
+        return False
+    conn.executemany("INSERT OR IGNORE INTO subs (subject, subscriber) VALUES (?, ?)",
+                     ((owner, contact), (contact, owner)))
+    return True
 
 
 def _set_roster_item(conn, user, jid, text):
     owner, contact = _intern(conn, user), _intern(conn, jid)
+    _unfriend_one_side(conn, owner, contact)
     conn.execute("INSERT OR REPLACE INTO roster (owner, contact, item) VALUES (?, ?, ?)",
                  (owner, contact, text))
     _bump_versions(conn, (owner,))
@@ -248,8 +299,9 @@ def _remove_roster_item(conn, user, jid):
     owner, contact = _uid(conn, user), _uid(conn, jid)
     if owner is None or contact is None:
         return None
-    if conn.execute("DELETE FROM roster WHERE owner = ? AND contact = ?",
-                    (owner, contact)).rowcount == 0:
+    removed = conn.execute("DELETE FROM roster WHERE owner = ? AND contact = ?",
+                           (owner, contact)).rowcount
+    if not _unfriend_one_side(conn, owner, contact) and not removed:
         return None
     _bump_versions(conn, (owner,))
     return _version(conn, owner)
@@ -262,17 +314,22 @@ def _get_roster_version(conn, user):
 
 def _add_friends(conn, pairs):
     ids = _intern_many(conn, {j for pair in pairs for j in pair})
-    both = [(ids[a], ids[b]) for a, b in pairs] + [(ids[b], ids[a]) for a, b in pairs]
-    conn.executemany("INSERT OR REPLACE INTO roster (owner, contact, item) VALUES (?, ?, ?)",
-                     [(o, c, BOTH) for o, c in both])
-    conn.executemany("INSERT OR IGNORE INTO subs (subject, subscriber) VALUES (?, ?)", both)
-    _bump_versions(conn, {o for o, _ in both})
+    # Both rows of each pair as one int (owner << 32 | friend), sorted into B-tree order and
+    # handed to SQLite as one JSON array: no Python tuple per row.
+    get = ids.__getitem__
+    rows = [get(a) << 32 | get(b) for a, b in pairs]
+    rows += [(row & _LOW) << 32 | row >> 32 for row in rows]
+    rows.sort()
+    conn.execute("INSERT OR IGNORE INTO friends (owner, friend) "
+                 "SELECT value >> 32, value & ? FROM json_each(?)", (_LOW, json.dumps(rows)))
+    _bump_versions(conn, ids.values())
     return len(pairs)
 
 
 def _remove_friends(conn, pairs):
     ids = _intern_many(conn, {j for pair in pairs for j in pair})
     both = [(ids[a], ids[b]) for a, b in pairs] + [(ids[b], ids[a]) for a, b in pairs]
+    conn.executemany("DELETE FROM friends WHERE owner = ? AND friend = ?", both)
     conn.executemany("DELETE FROM roster WHERE owner = ? AND contact = ?", both)
     conn.executemany("DELETE FROM subs WHERE subject = ? AND subscriber = ?", both)
     _bump_versions(conn, {o for o, _ in both})
@@ -288,21 +345,34 @@ def _add_subscriptions(conn, pairs):
 
 def _remove_subscriptions(conn, pairs):
     ids = _intern_many(conn, {j for pair in pairs for j in pair})
-    conn.executemany("DELETE FROM subs WHERE subject = ? AND subscriber = ?",
-                     [(ids[subject], ids[subscriber]) for subscriber, subject in pairs])
+    for subscriber, subject in pairs:
+        s, t = ids[subscriber], ids[subject]
+        conn.execute("DELETE FROM subs WHERE subject = ? AND subscriber = ?", (t, s))
+        # What is left of a friendship: both roster items, and t still receives s's events.
+        for owner, contact in ((t, s), (s, t)):
+            if conn.execute("DELETE FROM friends WHERE owner = ? AND friend = ?",
+                            (owner, contact)).rowcount:
+                conn.execute("INSERT OR REPLACE INTO roster (owner, contact, item) "
+                             "VALUES (?, ?, ?)", (owner, contact, BOTH))
+                conn.execute("INSERT OR IGNORE INTO subs (subject, subscriber) VALUES (?, ?)",
+                             (s, t))
     return len(pairs)
 
 
 def _get_subscribers(conn, subject):
     return [r[0] for r in conn.execute(
-        "SELECT i.jid FROM subs s JOIN ids i ON i.id = s.subscriber "
-        "WHERE s.subject = (SELECT id FROM ids WHERE jid = ?)", (subject,))]
+        "WITH me AS (SELECT id FROM ids WHERE jid = ?) "
+        "SELECT i.jid FROM ids i WHERE i.id IN ("
+        "SELECT subscriber FROM subs WHERE subject = (SELECT id FROM me) UNION "
+        "SELECT friend FROM friends WHERE owner = (SELECT id FROM me))", (subject,))]
 
 
 def _get_subscriptions(conn, subscriber):
     return [r[0] for r in conn.execute(
-        "SELECT i.jid FROM subs s JOIN ids i ON i.id = s.subject "
-        "WHERE s.subscriber = (SELECT id FROM ids WHERE jid = ?)", (subscriber,))]
+        "WITH me AS (SELECT id FROM ids WHERE jid = ?) "
+        "SELECT i.jid FROM ids i WHERE i.id IN ("
+        "SELECT subject FROM subs WHERE subscriber = (SELECT id FROM me) UNION "
+        "SELECT friend FROM friends WHERE owner = (SELECT id FROM me))", (subscriber,))]
 
 
 def _set_pep_item(conn, user, node, item_id, payload):

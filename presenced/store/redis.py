@@ -25,13 +25,14 @@ Sharding. With several URLs each user is placed on one node by consistent hashin
 (:class:`HashRing`, points named after the URL strings: keep the URLs as written, or users move).
 
 Writes that span nodes. ``add_friends`` of (A, B) writes A's side on A's node and B's side on
-B's node. Every node's share of one request is one Lua script call, so it is atomic on that node,
-and every graph write is idempotent (HSET/SADD/HDEL/SREM; a version only grows). If one node
-fails the Deferred fails with :class:`StoreError` naming the nodes that failed and the nodes
-that were written: some pairs may then be half-written (A lists B, B does not list A), and
-running the same ``add_friends`` (or ``remove_friends``) again repairs them. ``remove_user``
-first unlinks the user from everyone it relates to, and deletes its own keys last, so a failed
-removal leaves the account in place and running it again finishes the job.
+B's node, in Lua script calls of up to 5000 users each, each atomic on its node (so a bulk load
+holds a node for a few milliseconds at a time). Every graph write is idempotent (SADD, SREM,
+HSET, HDEL; a version only grows). If a node fails, the Deferred fails with
+:class:`StoreError` naming the nodes that failed and the nodes that were written: some pairs
+may then be half-written (A lists B, B does not list A), and running the same ``add_friends``
+(or ``remove_friends``) again repairs them. ``remove_user`` first unlinks the user from
+everyone it relates to and deletes its own keys last, so a failed removal leaves the account in
+place and running it again finishes the job.
 
 Outages. Each node has one connection that reconnects within a second of Redis coming back.
 A request waits for the connection, for at most ``timeout`` seconds in all, then fails with
@@ -69,6 +70,7 @@ _USER_KEYS = ("acct", "roster", "friends", "ver", "subs", "subd", "pep", "offlin
               "private")
 _ACCOUNTS = "accounts"
 _SEARCH_CHUNK = 1000
+_SCRIPT_LINES = 5000  # users per graph script call
 # Errors Redis answers before running the command: waiting and asking again is always safe.
 _TRANSIENT = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN")
 
@@ -397,8 +399,17 @@ class RedisRosterStore:
                     or "\t\t" in payload or "\t\n" in payload or payload.endswith("\t")):
                 return defer.fail(StoreError(f"{what}: empty user names or names with tabs "
                                              f"or newlines cannot be stored"))
-        requests = {self.nodes[index]: self._eval(self.nodes[index], _GRAPH, [], [BOTH, payload])
-                    for index, payload in payloads.items()}
+        requests = {}
+        for index, node_lines in by_node.items():
+            node = self.nodes[index]
+            if len(node_lines) <= _SCRIPT_LINES:
+                chunks = [payloads[index]]
+            else:  # short scripts, so other clients of the node wait a few ms at most
+                chunks = ["\n".join(node_lines[i:i + _SCRIPT_LINES])
+                          for i in range(0, len(node_lines), _SCRIPT_LINES)]
+            requests[node] = defer.gatherResults(
+                [self._eval(node, _GRAPH, [], [BOTH, chunk]) for chunk in chunks],
+                consumeErrors=True).addErrback(lambda f: f.value.subFailure)
         return defer.ensureDeferred(self._on_every_node(what, requests))
 
     def size_bytes(self) -> defer.Deferred:
