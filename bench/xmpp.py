@@ -15,7 +15,9 @@ with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` p
 4. ``login_scram_tls``: the same accounts log in again with STARTTLS + SCRAM-SHA-1 (the
    client computes PBKDF2 too, as real clients do); logins/s.
 
-The load client shares this machine's cores with the server. PBKDF2 cost per login follows
+The load client shares this machine's cores with the server (and, on a shared machine, with
+whatever else runs: the JSON gives the load average and the server's CPU time per login and
+per message, which other load does not distort). PBKDF2 cost per login follows
 ``--iterations`` (the accounts' ``[server] scram_iterations``; 4096 is the default).
 
     python3 bench/xmpp.py --users 5000
@@ -243,6 +245,13 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the server process (all threads) has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(directory: Path, iterations: int) -> tuple[subprocess.Popen, int, Path]:
     config = directory / "presenced.toml"
     config.write_text(f"""
@@ -314,13 +323,15 @@ def main() -> None:
                 proc.start()
                 pipes.append(ours)
                 procs.append(proc)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), cpu_seconds(server.pid)
             for pipe in pipes:
                 pipe.recv()
             plain_elapsed = time.perf_counter() - started
+            plain_cpu = cpu_seconds(server.pid) - cpu
             time.sleep(3.5)  # idle: past two hibernation sweeps
             rss_idle = rss_kb(server.pid)
             barrier = time.time() + 0.5
+            cpu = cpu_seconds(server.pid)
             for pipe in pipes:
                 pipe.send(barrier)
             latencies: list[float] = []
@@ -330,6 +341,7 @@ def main() -> None:
                 latencies.extend(received)
                 last = max(last, finished)
             message_elapsed = last - barrier
+            message_cpu = cpu_seconds(server.pid) - cpu
             time.sleep(1.0)
             barrier = time.time() + 0.5
             for pipe in pipes:
@@ -339,12 +351,13 @@ def main() -> None:
                 paced.extend(pipe.recv()[1])
             paced.sort()
             time.sleep(1.0)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), cpu_seconds(server.pid)
             for pipe in pipes:
                 pipe.send("go")
             for pipe in pipes:
                 pipe.recv()
             scram_elapsed = time.perf_counter() - started
+            scram_cpu = cpu_seconds(server.pid) - cpu
             for proc in procs:
                 proc.join(30)
             latencies.sort()
@@ -355,12 +368,17 @@ def main() -> None:
                 "load_processes": args.procs,
                 "login_plain_per_s": round(len(users) / plain_elapsed, 1),
                 "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1),
+                "server_cpu_ms_per_login_plain": round(1000 * plain_cpu / len(users), 3),
+                "server_cpu_ms_per_login_starttls_scram": round(1000 * scram_cpu / len(users),
+                                                                3),
                 "idle_rss_kb_per_session": round((rss_idle - rss_before) / len(users), 2),
                 "server_rss_mb_with_sessions": round(rss_idle / 1024, 1),
                 "messages_sent": sent,
                 "messages_delivered": len(latencies),
                 "messages_per_s": round(len(latencies) / message_elapsed, 1)
                 if message_elapsed > 0 else None,
+                "server_cpu_us_per_message": round(1e6 * message_cpu / max(1, len(latencies)),
+                                                   1),
                 "latency_p50_ms": round(1000 * statistics.median(latencies), 2)
                 if latencies else None,
                 "latency_p99_ms": round(1000 * latencies[int(len(latencies) * 0.99) - 1], 2)
