@@ -134,11 +134,9 @@ class MessageHandler(FeatureHandler):
         if not kept:
             self.log.info("offline store of {to} is full: message dropped", to=to)
 
-    async def deliver_offline(self, session) -> None:
-        """XEP-0160: stored messages go to the first resource with a non-negative priority."""
+    def take_offline(self, session) -> defer.Deferred:
+        """XEP-0160: the stored messages (deleted from the store) for a resource coming
+        online with a non-negative priority; none for others."""
         if session.priority < 0:
-            return
-        stanzas = await self.core.store.pop_offline(session.user)
-        for stanza in stanzas:
-            session.write(stanza.encode("utf-8"))
-
+            return defer.succeed([])
+        return self.core.store.pop_offline(session.user)

@@ -77,13 +77,19 @@ class PresenceHandler(FeatureHandler):
         return None
 
     async def _came_online(self, session) -> None:
-        """Probes (answered locally), pending requests, offline messages (RFC 6121 4.2.2)."""
-        contacts = await self.core.store.get_subscriptions(session.user)
-        for contact in contacts:
+        """Probes (answered locally), pending requests, offline messages (RFC 6121 4.2.2).
+        The three reads are issued together so the store answers them in one batch."""
+        store, user = self.core.store, session.user
+        contacts = store.get_subscriptions(user)
+        pending = store.get_pending(user)
+        offline = self.server.messages.take_offline(session)
+        for contact in await contacts:
             for other in available_sessions(self.core, contact):
                 session.write(self.presence_bytes(other, session.full))
-        await self.subscriptions.deliver_pending(session)
-        await self.server.messages.deliver_offline(session)
+        for stanza in (await pending).values():
+            session.write(stanza.encode("utf-8"))
+        for stanza in await offline:
+            session.write(stanza.encode("utf-8"))
 
     def unavailable(self, session, children: bytes = b"") -> None:
         if not session.available:

@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import re
 import secrets
+import time
 from typing import TYPE_CHECKING, Callable, Optional
 
 from twisted.internet import defer, protocol
@@ -72,6 +73,7 @@ class C2SServer:
         self.auth_failure_delay = xmpp.auth_failure_delay
         self.session_queue_bytes = core.config.router.session_queue_bytes
         self.streams: set["C2SStream"] = set()
+        self.unbound: set["C2SStream"] = set()
         # Hot-path counters: plain ints, read by the metrics at scrape time.
         self.stanzas_in = 0
         self.events_out = 0
@@ -117,10 +119,19 @@ class C2SServer:
 
     def stream_opened(self, stream: "C2SStream") -> None:
         self.streams.add(stream)
+        self.unbound.add(stream)
         self.core.metrics.inc("presenced_connections_total", door=DOOR)
 
     def stream_closed(self, stream: "C2SStream") -> None:
         self.streams.discard(stream)
+        self.unbound.discard(stream)
+
+    def close_late_streams(self) -> None:
+        """Once a second: ``connection-timeout`` for streams not bound within
+        ``auth_timeout`` (one sweep instead of a timer per connection)."""
+        now = time.monotonic()
+        for stream in [s for s in self.unbound if s.timed_out(now)]:
+            self.unbound.discard(stream)
 
     def must_start_tls(self, stream: "C2SStream") -> bool:
         return (not stream.secure and self.tls_context is not None
@@ -177,6 +188,7 @@ class C2SServer:
     # --- sessions ----------------------------------------------------------------------------
 
     def session_bound(self, session: "C2SSession") -> None:
+        self.unbound.discard(session.stream)
         self.core.router.login(session.user, session)
         self.core.hooks.fire("xmpp-bound", session)
 

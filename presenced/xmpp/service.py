@@ -31,6 +31,7 @@ class XMPPService(service.MultiService):
                                         config.extauth_timeout)
         self.server = C2SServer(core, tls, self.extauth)
         self.sweep = task.LoopingCall(self.server.hibernate_idle)
+        self.deadlines = task.LoopingCall(self.server.close_late_streams)
         ListeningService(core, "xmpp", config.port, config.bind,
                          C2SFactory(self.server)).setServiceParent(self)
         if config.direct_tls:
@@ -42,13 +43,15 @@ class XMPPService(service.MultiService):
         if self.extauth is not None:
             self.extauth.start()
         super().startService()
+        self.deadlines.start(1.0, now=False)
         interval = self.server.core.config.xmpp.hibernate_after
         if interval > 0:
             self.sweep.start(interval, now=False)
 
     def stopService(self):
-        if self.sweep.running:
-            self.sweep.stop()
+        for loop in (self.sweep, self.deadlines):
+            if loop.running:
+                loop.stop()
         self.server.close_all("system-shutdown")
         if self.extauth is not None:
             self.extauth.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+import time
 from typing import TYPE_CHECKING, Optional
 
 from twisted.internet import reactor
@@ -52,7 +53,9 @@ class C2SStream(xmlstream.XmlStream):
         self.header_sent = False
         self.closing = False
         self.budget: Optional[WriteBudget] = None
-        self.timeout_call = None
+        self.deadline = 0.0  # monotonic time by which a resource must be bound
+        self.retired: Optional[StanzaParser] = None  # replaced inside Parse(), closed after
+        self.parsing = False
         self.recent = True  # data arrived since the last hibernation sweep
         self.at_boundary = False  # the last read ended between stanzas
 
@@ -61,7 +64,7 @@ class C2SStream(xmlstream.XmlStream):
     def connectionMade(self) -> None:
         self._initializeStream()
         self.server.stream_opened(self)
-        self.timeout_call = reactor.callLater(self.server.auth_timeout, self._timed_out)
+        self.deadline = time.monotonic() + self.server.auth_timeout
 
     def _initializeStream(self) -> None:
         self.stream = StanzaParser(self.server.max_stanza_size)
@@ -73,7 +76,7 @@ class C2SStream(xmlstream.XmlStream):
         """A stream restart (after STARTTLS and SASL): a fresh parser, a new header."""
         old = self.stream
         old.DocumentStartEvent = old.ElementEvent = old.DocumentEndEvent = _ignore
-        reactor.callLater(0, old.close)  # it is still inside Parse()
+        self.retired = old  # still inside Parse(): closed when it returns
         self.header_sent = False
         self._initializeStream()
 
@@ -81,6 +84,7 @@ class C2SStream(xmlstream.XmlStream):
         if self.closing:
             return
         self.recent = True
+        self.parsing = True
         try:
             if self.stream is None:
                 self._wake()
@@ -93,17 +97,22 @@ class C2SStream(xmlstream.XmlStream):
             self.stream_error("restricted-xml", str(e))
         except domish.ParserError as e:
             self.stream_error("not-well-formed", str(e))
+        finally:
+            self.parsing = False
+            if self.retired is not None:
+                self.retired.close()
+                self.retired = None
 
     def connectionLost(self, reason: object) -> None:
-        if self.timeout_call is not None and self.timeout_call.active():
-            self.timeout_call.cancel()
-        self.timeout_call = None
         self.server.stream_closed(self)
         if self.session is not None:
             session, self.session = self.session, None
             session.ended()
         if self.stream is not None:
-            reactor.callLater(0, self.stream.close)  # maybe inside Parse()
+            self.retired = self.stream  # closed here, or after Parse() if inside it
+            if not self.parsing:
+                self.retired.close()
+                self.retired = None
         self.stream = None
 
     def hibernate(self) -> bool:
@@ -125,10 +134,12 @@ class C2SStream(xmlstream.XmlStream):
         self.stream.parse(RESUME_HEADER)
         self.stream.DocumentStartEvent = self.onDocumentStart
 
-    def _timed_out(self) -> None:
-        self.timeout_call = None
-        if self.session is None:
+    def timed_out(self, now: float) -> bool:
+        """Called by the server's sweep: an unbound stream past its deadline is closed."""
+        if self.session is None and now > self.deadline:
             self.stream_error("connection-timeout", "authenticate and bind a resource sooner")
+            return True
+        return False
 
     # --- output ---------------------------------------------------------------------------
 
@@ -330,9 +341,6 @@ class C2SStream(xmlstream.XmlStream):
         except ValueError as e:
             self.send(error_reply(iq, "bad-request", str(e)))
             return
-        if self.timeout_call is not None and self.timeout_call.active():
-            self.timeout_call.cancel()
-        self.timeout_call = None
         self.budget = WriteBudget(self.transport, self.server.session_queue_bytes)
         self.session = C2SSession(self, self.user, resource)
         answer = domish.Element((NS_BIND, "bind"))

@@ -146,9 +146,3 @@ class Subscriptions:
         if item.subscription in ("from", "both") or item.approved:
             await self.unsubscribed(user, contact)
         await self.store.remove_pending(user, contact)
-
-    async def deliver_pending(self, session) -> None:
-        """Requests that arrived while the user was offline, to a resource coming online."""
-        pending = await self.store.get_pending(session.user)
-        for stanza in pending.values():
-            session.write(stanza.encode("utf-8"))
