@@ -75,3 +75,25 @@ async def test_redis_refuses_names_that_would_break_its_bulk_format(redis_server
         assert await store.add_friends([("ok@x", "fine@x")]) == 1
     finally:
         await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_requests_after_stop_fail_at_once(redis_server):
+    store = RedisRosterStore([redis_server.url])
+    with pytest.raises(StoreError, match="not started"):
+        await store.get_roster("a@x")
+    await store.start()
+    assert await store.add_friends([("a@x", "b@x")]) == 1
+    await store.stop()
+    with pytest.raises(StoreError, match="not started"):
+        await store.get_subscribers("a@x")
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_unreachable_at_start_is_a_clear_error():
+    from tests.conftest import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    store = RedisRosterStore([url], timeout=0.5)
+    with pytest.raises(StoreError, match=f"cannot connect to Redis \\({url}\\) within 0.5s"):
+        await store.start()

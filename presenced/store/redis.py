@@ -285,6 +285,7 @@ class RedisRosterStore:
         self.retries = retries
         self.nodes = [RedisNode(url, timeout) for url in self.urls]
         self._ring = HashRing(self.urls) if len(self.nodes) > 1 else None
+        self._open = False
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -306,10 +307,14 @@ class RedisRosterStore:
                 return failure
             return Failure(StoreError(f"cannot connect to Redis: {failure.getErrorMessage()}"))
 
-        return d.addCallbacks(lambda _: None, failed)
+        def opened(_: Any) -> None:
+            self._open = True
+
+        return d.addCallbacks(opened, failed)
 
     def stop(self) -> defer.Deferred:
         """Close the connections; Redis itself makes the writes durable (AOF)."""
+        self._open = False
         return defer.gatherResults([node.close() for node in self.nodes],
                                    consumeErrors=True).addCallback(lambda _: None)
 
@@ -320,6 +325,8 @@ class RedisRosterStore:
     def _call(self, node: RedisNode, *args: Any, retriable: bool = True) -> defer.Deferred:
         """Run one command on ``node``; fires its reply or fails with :class:`StoreError`
         once ``timeout`` seconds have passed, retrying as the module docstring says."""
+        if not self._open:
+            return defer.fail(StoreError("the store is not started"))
         d = defer.ensureDeferred(self._attempts(node, args, retriable))
 
         def too_late(failure: Failure, timeout: float) -> Failure:
@@ -344,6 +351,8 @@ class RedisRosterStore:
                     raise StoreError(f"Redis {node}: {e} during {args[0]}"
                                      + ("" if retriable else " (not retried: it may or may "
                                         "not have been applied)")) from None
+                if never_sent:  # the connection died just now: wait for the next one
+                    await task.deferLater(reactor, 0.05)
                 lost += not never_sent
 
     def _eval(self, node: RedisNode, script: _Script, keys: list[str], argv: list[Any],
