@@ -50,7 +50,11 @@ class ServerTLSContext(ssl.ContextFactory):
         pair = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+        context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
+                            | SSL.OP_NO_TICKET)
+        # No session cache or tickets: XMPP connections are long-lived, and each cached
+        # session would cost memory and each ticket CPU on every login.
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         context.set_mode(SSL.MODE_RELEASE_BUFFERS)  # idle connections hold no TLS buffers
         context.use_certificate(pair.original)
         context.use_privatekey(pair.privateKey.original)
