@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import random
 import secrets
 import time
 from typing import TYPE_CHECKING, Optional
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from presenced.xmpp.server import C2SServer
 
 MAX_AUTH_FAILURES = 3
+# Stream ids: unique and unguessable enough for c2s, without a syscall per stream restart.
+_stream_ids = random.Random(secrets.randbits(128))
 # Opens the parser of a woken stream: the namespaces of every c2s stream header.
 RESUME_HEADER = (b"<stream:stream xmlns='jabber:client' "
                  b"xmlns:stream='http://etherx.jabber.org/streams'>")
@@ -159,12 +162,13 @@ class C2SStream(xmlstream.XmlStream):
             obj = obj.encode("utf-8")
         self.write(obj)
 
-    def send_header(self) -> None:
+    def send_header(self, then: bytes = b"") -> None:
+        """Our stream header, and ``then`` (the features) in the same write: one TLS record."""
         domain = self.domain or self.server.core.config.default_domain
         self.write(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
                    b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0' "
-                   b"xml:lang='en' id='%s' from=%s>" % (secrets.token_hex(8).encode(),
-                                                        attr(domain).encode()))
+                   b"xml:lang='en' id='%016x' from=%s>%s" % (
+                       _stream_ids.getrandbits(64), attr(domain).encode(), then))
         self.header_sent = True
 
     def stream_error(self, condition: str, text: Optional[str] = None) -> None:
@@ -202,8 +206,7 @@ class C2SStream(xmlstream.XmlStream):
         if not (root.getAttribute("version") or "").startswith("1."):
             self.stream_error("unsupported-version", "XMPP 1.0 streams only")
             return
-        self.send_header()
-        self.write(self.server.features(self))
+        self.send_header(self.server.features(self))
 
     def onDocumentEnd(self) -> None:
         if not self.closing:
