@@ -42,7 +42,7 @@ class DiscoHandler(FeatureHandler):
     def on_info(self, session, iq):
         target, node = self._target(session, iq)
         if target.user and target.userhost() != session.user:
-            exists = yield self.core.store.user_exists(target.userhost())
+            exists = yield self.server.account_exists(target.userhost())
             if not exists:
                 session.error(iq, "item-not-found")
                 return

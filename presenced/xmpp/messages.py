@@ -76,7 +76,7 @@ class MessageHandler(FeatureHandler):
 
     @defer.inlineCallbacks
     def _send_to_offline(self, session, message, to, kind):
-        exists = yield self.core.store.user_exists(to)
+        exists = yield self.server.account_exists(to)
         if not exists:
             session.error(message, "service-unavailable")
         else:
@@ -106,10 +106,17 @@ class MessageHandler(FeatureHandler):
     # --- to the client -------------------------------------------------------------------------
 
     def render(self, session, event: Event) -> None:
-        """A MESSAGE router event to a resource that takes bare-JID messages."""
-        if session.available and session.priority >= 0:
-            session.write(message_bytes(event))
-            self.server.events_out += 1
+        """A MESSAGE router event (to the bare JID) for one resource: headlines go to every
+        available resource with a non-negative priority, chat and normal messages to the
+        highest-priority ones among them (RFC 6121 8.5.2.1)."""
+        if not session.available or session.priority < 0:
+            return
+        if event.payload.get("kind") != "headline":
+            siblings = message_targets(self.core, session.user)
+            if len(siblings) > 1 and session.priority < max(s.priority for s in siblings):
+                return
+        session.write(message_bytes(event))
+        self.server.events_out += 1
 
     # --- offline storage ---------------------------------------------------------------------
 
@@ -126,7 +133,7 @@ class MessageHandler(FeatureHandler):
                                                 to=to))
 
     async def _store(self, to: str, event: Event) -> None:
-        if not await self.core.store.user_exists(to):
+        if not await self.server.account_exists(to):
             return
         stanza = delayed(message_bytes(event), to.partition("@")[2], event.time)
         kept = await self.core.store.push_offline(to, stanza,

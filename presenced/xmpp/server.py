@@ -185,6 +185,14 @@ class C2SServer:
             return resource
         return secrets.token_hex(6)
 
+    def account_exists(self, user: str) -> defer.Deferred:
+        """Whether ``user`` is an account: the external auth program's ``isuser`` when one
+        is configured (it owns the accounts), the store otherwise."""
+        if self.extauth is not None:
+            local, _, domain = user.partition("@")
+            return self.extauth.request("isuser", local, domain)
+        return self.core.store.user_exists(user)
+
     # --- sessions ----------------------------------------------------------------------------
 
     def session_bound(self, session: "C2SSession") -> None:
