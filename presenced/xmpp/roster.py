@@ -123,6 +123,7 @@ class RosterHandler(FeatureHandler):
             if version is None:
                 d = self.core.store.get_roster_version(session.user)
                 d.addCallback(lambda v: self._push(session, item, contact, v))
+                d.addErrback(lambda f: self.log.failure("roster push to {s}", f, s=session))
             else:
                 self._push(session, item, contact, version)
         if session.available and not payload.get(PRESENCE_DONE):
