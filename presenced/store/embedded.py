@@ -62,6 +62,16 @@ CREATE TABLE IF NOT EXISTS private (
 _MAX_BATCH = 512
 _IN_CHUNK = 500  # SQLite's default limit on bound parameters is far above this
 _LOW = (1 << 32) - 1
+_ID_CACHE = 1_000_000  # user ids kept for bulk writes: ~130 MB at most
+
+
+class _Connection(sqlite3.Connection):
+    """The worker's connection, remembering user ids for bulk writes: a user's id never
+    changes once committed, so the cache is only dropped when a transaction rolls back."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.ids: dict[str, int] = {}
 
 
 class _Worker(threading.Thread):
@@ -81,7 +91,8 @@ class _Worker(threading.Thread):
 
     def run(self) -> None:
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   factory=_Connection)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-65536")
@@ -123,6 +134,7 @@ class _Worker(threading.Thread):
                     value = fn(conn, *args)
                 except Exception as e:
                     conn.execute("ROLLBACK TO op")
+                    conn.ids.clear()
                     results.append((d, False, e))
                 else:
                     results.append((d, True, value))
@@ -131,6 +143,7 @@ class _Worker(threading.Thread):
         except sqlite3.Error as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            conn.ids.clear()
             error = StoreError(f"sqlite: {e}")
             return [(d, False, error) for d, _, _ in batch]
         return results
@@ -158,24 +171,38 @@ def _intern(conn: sqlite3.Connection, jid: str) -> int:
     return uid
 
 
-def _intern_many(conn: sqlite3.Connection, jids: set[str]) -> dict[str, int]:
-    """Ids of many users: looked up together, the unknown ones numbered after the highest id
-    (the transaction holds the write lock, so nobody else takes the same numbers)."""
+def _intern_many(conn: _Connection, jids: set[str]) -> dict[str, int]:
+    """Ids of many users: from the cache, else looked up together, the unknown ones numbered
+    after the highest id (the transaction holds the write lock: nobody takes the same ids)."""
+    cache = conn.ids
     found: dict[str, int] = {}
-    listed = list(jids)
+    missing: list[str] = []
+    for jid in jids:
+        uid = cache.get(jid)
+        if uid is None:
+            missing.append(jid)
+        else:
+            found[jid] = uid
+    if not missing:
+        return found
+    looked_up: dict[str, int] = {}
     marks = ",".join("?" * _IN_CHUNK)
-    for i in range(0, len(listed), _IN_CHUNK):
-        chunk = listed[i:i + _IN_CHUNK]
+    for i in range(0, len(missing), _IN_CHUNK):
+        chunk = missing[i:i + _IN_CHUNK]
         query = (f"SELECT jid, id FROM ids WHERE jid IN ({marks})" if len(chunk) == _IN_CHUNK
                  else f"SELECT jid, id FROM ids WHERE jid IN ({','.join('?' * len(chunk))})")
-        found.update(conn.execute(query, chunk))
-    if len(found) < len(listed):
+        looked_up.update(conn.execute(query, chunk))
+    if len(looked_up) < len(missing):
         first = (conn.execute("SELECT max(id) FROM ids").fetchone()[0] or 0) + 1
         new = {jid: uid for uid, jid in enumerate(
-            (j for j in listed if j not in found), first)}
+            (j for j in missing if j not in looked_up), first)}
         conn.executemany("INSERT INTO ids (id, jid) VALUES (?, ?)",
                          ((uid, jid) for jid, uid in new.items()))
-        found.update(new)
+        looked_up.update(new)
+    if len(cache) + len(looked_up) > _ID_CACHE:
+        cache.clear()
+    cache.update(looked_up)
+    found.update(looked_up)
     return found
 
 
