@@ -69,7 +69,7 @@ class MessageHandler(FeatureHandler):
         if kind == "groupchat":
             session.error(message, "service-unavailable", "no group chat here")
             return None
-        if self.core.router.is_online(to):
+        if self.core.router.is_online_anywhere(to):
             self._send(session, message, to, kind)
             return None
         return self._send_to_offline(session, message, to, kind)
@@ -126,8 +126,8 @@ class MessageHandler(FeatureHandler):
         kind = event.payload.get("kind") or "normal"
         if kind not in OFFLINE_KINDS or not self.core.is_local(to):
             return
-        if message_targets(self.core, to):
-            return
+        if message_targets(self.core, to) or self.core.router.transport.remote_nodes(to):
+            return  # taken here, or by the node where the user is online
         d = defer.ensureDeferred(self._store(to, event))
         d.addErrback(lambda f: self.log.failure("storing an offline message for {to}", f,
                                                 to=to))
