@@ -20,7 +20,13 @@ XML stream) negotiates STARTTLS, SASL and resource binding. A bound resource is 
 
 Local XMPP sessions of a user: ``presenced.xmpp.session.xmpp_sessions(core, user)`` (the
 router's ``core.router.sessions(user)`` filtered by protocol ``"xmpp"``); available ones:
-``available_sessions(core, user)``.
+``available_sessions(core, user)``. The server (``session.server``) also offers
+``find_session(parse_address(jid))`` for one full JID, ``account_exists(user)`` (the store, or
+the extauth program's ``isuser``) and ``presence.presence_bytes(other, to)`` (a resource's
+current presence as a stanza for ``to``).
+
+Rendering of a stanza for the wire: :func:`presenced.xmpp.stanzas.to_bytes` (fast path for
+plain elements) -- serialise once per routed stanza, write the bytes to each recipient.
 
 **Feature handlers.** Every feature is a :class:`presenced.xmpp.features.FeatureHandler`
 (a wokkel ``XMPPHandler`` implementing wokkel's ``IDisco``) listed ONCE in
