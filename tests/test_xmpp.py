@@ -32,8 +32,8 @@ def server(tmp_path_factory):
         "thrift": {"port": 0}, "server": {"scram_iterations": 1000},
         "xmpp": {"direct_tls": True, "direct_tls_port": 0, "auth_failure_delay": 0.2}})
     process.start()
-    for user in USERS:
-        process.ctl("adduser", f"{user}@localhost", "--password", f"{user}-pw")
+    process.ctl("import-users", "-", "--quiet",
+                input="".join(f"{user}@localhost {user}-pw\n" for user in USERS))
     process.ctl("add-friend", "alice@localhost", "bob@localhost")
     yield process
     process.stop()
@@ -412,3 +412,13 @@ def test_registration_roster_versioning_preapproval_and_directed_presence(tmp_pa
                                                      b"type=.unavailable.[^>]*/?>")
     finally:
         process.stop()
+
+
+def test_wrong_password_is_refused_over_scram(server):
+    async def scenario():
+        client = Client("alice", "wrongpw", password="not-the-password")
+        with pytest.raises(PermissionError):
+            await client.start(server.ports["xmpp"])
+        client.disconnect()
+
+    run(scenario())
