@@ -86,14 +86,20 @@ class C2SStream(xmlstream.XmlStream):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        self.recent = True
+        last = data.rstrip()[-1:]
+        if not last:  # a whitespace keepalive: no activity, nothing to wake up for
+            if self.stream is None:
+                return
+        else:
+            self.recent = True
         self.parsing = True
         try:
             if self.stream is None:
                 self._wake()
             self.stream.parse(data)
-            self.at_boundary = self.stream is not None and self.stream.depth == 1 and (
-                data.rstrip()[-1:] == b">")
+            if last:
+                self.at_boundary = self.stream is not None and self.stream.depth == 1 and (
+                    last == b">")
         except PolicyViolation as e:
             self.stream_error("policy-violation", str(e))
         except RestrictedXML as e:
