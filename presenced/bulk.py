@@ -18,8 +18,8 @@ from presenced.users import BadUser, normalize_user
 
 # Large batches: the embedded store commits each in one transaction, and a commit writes every
 # page it dirtied; random friends spread over the whole graph, so fewer commits write far less.
-BATCH = 100_000
-IN_FLIGHT = 3
+BATCH = 250_000
+IN_FLIGHT = 2
 
 BadLine = Callable[[int, str, str], None]
 

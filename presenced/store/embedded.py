@@ -95,7 +95,7 @@ class _Worker(threading.Thread):
                                    factory=_Connection)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA cache_size=-65536")
+            conn.execute("PRAGMA cache_size=-262144")  # up to 256 MB, as the file grows
             conn.executescript(SCHEMA)
         except sqlite3.Error as e:
             reactor.callFromThread(self.opened.errback,
