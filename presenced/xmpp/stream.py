@@ -43,6 +43,9 @@ class C2SStream(xmlstream.XmlStream):
     """The server side of a jabber:client stream, from TCP accept to close."""
 
     log = Logger()
+    __slots__ = ("server", "secure", "domain", "user", "session", "mechanism", "failures",
+                 "header_sent", "closing", "budget", "deadline", "retired", "parsing",
+                 "recent", "at_boundary")
 
     def __init__(self, server: "C2SServer", direct_tls: bool = False):
         super().__init__()
