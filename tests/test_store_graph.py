@@ -97,3 +97,13 @@ async def test_redis_unreachable_at_start_is_a_clear_error():
     store = RedisRosterStore([url], timeout=0.5)
     with pytest.raises(StoreError, match=f"cannot connect to Redis \\({url}\\) within 0.5s"):
         await store.start()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bulk_write_larger_than_one_script(store):  # noqa: F811
+    pairs = [(f"big{i}@x", f"big{i + 1}@x") for i in range(12_000)]
+    assert await store.add_friends(pairs) == len(pairs)
+    for i in (1, 5_000, 11_999):
+        assert sorted(await store.get_subscribers(f"big{i}@x")) == sorted(
+            [f"big{i - 1}@x", f"big{i + 1}@x"])
+    assert await store.get_roster_version("big12000@x") == 1

@@ -410,16 +410,19 @@ class RedisRosterStore:
                                              f"or newlines cannot be stored"))
         requests = {}
         for index, node_lines in by_node.items():
-            node = self.nodes[index]
             if len(node_lines) <= _SCRIPT_LINES:
                 chunks = [payloads[index]]
             else:  # short scripts, so other clients of the node wait a few ms at most
                 chunks = ["\n".join(node_lines[i:i + _SCRIPT_LINES])
                           for i in range(0, len(node_lines), _SCRIPT_LINES)]
-            requests[node] = defer.gatherResults(
-                [self._eval(node, _GRAPH, [], [BOTH, chunk]) for chunk in chunks],
-                consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+            requests[self.nodes[index]] = defer.ensureDeferred(
+                self._graph_chunks(self.nodes[index], chunks))
         return defer.ensureDeferred(self._on_every_node(what, requests))
+
+    async def _graph_chunks(self, node: RedisNode, chunks: list[str]) -> None:
+        """One chunk after the other: each gets the whole timeout, however big the request."""
+        for chunk in chunks:
+            await self._eval(node, _GRAPH, [], [BOTH, chunk])
 
     def size_bytes(self) -> defer.Deferred:
         """Memory Redis uses for the data, summed over nodes (INFO memory: used_memory)."""
