@@ -325,6 +325,12 @@ EXTAUTH = textwrap.dedent("""\
         fields = read.read(struct.unpack(">H", head)[0]).decode().split(":", 3)
         if fields[0] == "auth" and fields[1] == "hang":
             time.sleep(60)
+        if fields[0] == "auth" and fields[1] == "garbage":
+            write.write(b"\\x00\\x02\\x00\\x07")
+            write.flush()
+            continue
+        if fields[0] == "auth" and fields[1] == "die":
+            sys.exit(3)
         ok = fields[0] == "auth" and fields[3] == "open:sesame" or fields[0] == "isuser"
         write.write(b"\\x00\\x02\\x00\\x01" if ok else b"\\x00\\x02\\x00\\x00")
         write.flush()
@@ -357,6 +363,14 @@ def test_external_auth_program(tmp_path: Path):
         wrong = RawClient(process.ports["xmpp"])
         with pytest.raises(PermissionError, match="not-authorized"):
             wrong.login("other", "wrong")
+        # An invalid reply or a program that exits fails that login only.
+        for broken in ("garbage", "die"):
+            with pytest.raises(PermissionError, match="not-authorized"):
+                RawClient(process.ports["xmpp"]).login(broken, "open:sesame")
+        time.sleep(1.5)  # the dead program is restarted after a second
+        for name in ("p1", "p2", "p3"):
+            assert b"/raw" in RawClient(process.ports["xmpp"]).login(name, "open:sesame")
+        assert process.process.poll() is None
     finally:
         process.stop()
 
