@@ -53,7 +53,7 @@ import hashlib
 import json
 import zlib
 from collections import defaultdict
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
