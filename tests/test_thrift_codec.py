@@ -107,3 +107,60 @@ def test_declared_lengths_beyond_the_limit_are_refused_before_the_data(protocol)
     with pytest.raises(BadMessage) as bad:
         decoder.next_message()
     assert (bad.value.name, bad.value.seqid) == ("user_exists", 1)
+
+
+def test_binary_list_count_beyond_the_limit_is_refused_at_once():
+    args = SERVICE.add_subscriptions_args([admin.Subscription(J("a", ""), J("b", ""))])
+    data = written_by_thriftpy2("binary", False, "add_subscriptions", 4, args)
+    at = data.index(b"\x0c\x00\x00\x00\x01")  # list of structs, one item
+    decoder = MessageDecoder(SERVICE, max_bytes=4096)
+    decoder.feed(data[:at + 1] + struct.pack("!i", 100000) + data[at + 5:])
+    with pytest.raises(BadMessage) as bad:
+        decoder.next_message()
+    assert (bad.value.name, bad.value.seqid) == ("add_subscriptions", 4)
+
+
+@pytest.mark.parametrize("protocol", ["binary", "compact"])
+@pytest.mark.parametrize("framed", [False, True], ids=["buffered", "framed"])
+def test_mutated_messages_decode_or_are_refused_never_anything_else(protocol, framed):
+    """Random damage to valid calls: the decoder yields messages, waits for more, or raises
+    BadMessage — no other exception, no crash in the Cython reader, bounded work."""
+    import random
+
+    rng = random.Random(f"{protocol}-{framed}")
+    valid = b"".join(written_by_thriftpy2(protocol, framed, name, seqid, args)
+                     for seqid, (name, args) in enumerate(CALLS))
+    for _ in range(1500):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(data))
+            action = rng.random()
+            if action < 0.6:
+                data[at] = rng.randrange(256)
+            elif action < 0.8:
+                del data[at:at + rng.randint(1, 8)]
+            else:
+                data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        decoder = MessageDecoder(SERVICE, protocol, framed, max_bytes=65536)
+        decoder.feed(bytes(data))
+        try:
+            while decoder.next_message() is not None:
+                pass
+        except BadMessage:
+            pass
+
+
+def test_compact_list_of_zero_width_items_does_not_spin():
+    """thriftpy2's compact skip reads nothing for a list of STOP-typed items: a count of a
+    million must not make a million turns of that loop."""
+    header = written_by_thriftpy2("compact", False, "online_count", 1,
+                                  SERVICE.online_count_args())[:-1]  # without the STOP
+    million = b"\xc0\x84\x3d"  # varint 1 000 000
+    data = header + b"\x19" + b"\xf0" + million + b"\x00"  # field 1: list<STOP>, then STOP
+    with pytest.raises(BadMessage):
+        decoder = MessageDecoder(SERVICE, "compact", max_bytes=65536)
+        decoder.feed(data)
+        decoder.next_message()
+    decoder = MessageDecoder(SERVICE, "compact", max_bytes=10_000_000)
+    decoder.feed(data)
+    assert decoder.next_message() is None  # waits for a byte per item before reading any

@@ -2,12 +2,21 @@
 
 thriftpy2's protocols read from a transport that blocks until it has the bytes asked for; on
 the reactor nothing may block, and an unframed (buffered) request has no length prefix, so
-its end is only known once it parses. :class:`MessageDecoder` runs thriftpy2's pure-Python
-binary or compact protocol over the bytes received so far; a read past their end stops the
-attempt and records how many bytes the message needs at least, so a large message is not
-re-parsed for every piece of it. Every declared length is checked against the size limit
-before anything is read or allocated: a 2 GB string header in a 20-byte request is an error at
-once, not a wait for data that will never come.
+its end is only known once it parses. :class:`MessageDecoder` finds each message's end in the
+bytes received so far, and decodes it once it is whole:
+
+- binary protocol: :class:`_BinaryExtent` walks the message's type tags and lengths without
+  building anything, checking every declared length (a string's, or a list's item count)
+  against the bytes there can be; then thriftpy2's Cython protocol decodes the whole, checked
+  message. The Cython reader must never see bytes that are short or lie about lengths — it
+  would read past them or allocate what a length header claims;
+- compact protocol: thriftpy2's pure-Python reader over the received bytes, where a read past
+  their end stops the attempt.
+
+Either way a short attempt records how many bytes the message needs at least, so a large
+message is not re-parsed for every piece of it, and a declared length beyond the size limit
+is an error at once (a 2 GB string header in a 20-byte request), not a wait for data that will
+never come.
 
 :class:`MessageEncoder` writes replies (and, for the client side, calls) with thriftpy2's
 Cython binary protocol or its compact protocol, framed or not.
@@ -18,15 +27,20 @@ from __future__ import annotations
 import struct
 from typing import Any, Optional
 
-from thriftpy2.protocol.binary import TBinaryProtocol
+from thriftpy2.protocol.binary import DEFAULT_MAX_DEPTH, VERSION_1, VERSION_MASK
 from thriftpy2.protocol.compact import TCompactProtocol
-from thriftpy2.protocol.cybin import TCyBinaryProtocol
+from thriftpy2.protocol.cybin import ProtocolError, TCyBinaryProtocol
 from thriftpy2.protocol.exc import TProtocolException
 from thriftpy2.thrift import TApplicationException, TException, TMessageType, TType
 from thriftpy2.transport.memory import TCyMemoryBuffer, TMemoryBuffer
 
 PROTOCOLS = ("binary", "compact")
 _FRAME = struct.Struct("!i")
+_I32 = _FRAME
+# Bytes a value of each fixed-size binary-protocol type takes.
+_FIXED_SIZES = {TType.BOOL: 1, TType.BYTE: 1, TType.DOUBLE: 8, TType.I16: 2, TType.I32: 4,
+                TType.I64: 8}
+_STRINGS = (TType.STRING, TType.BINARY)
 _VARINT_MAX_BYTES = 10  # a 64-bit varint never needs more
 
 
@@ -51,10 +65,106 @@ class _ShortRead(Exception):
         self.needed = needed
 
 
-class _ReceivedBytes:
-    """A thriftpy2 transport over received bytes: never blocks, never reads past ``limit``."""
+class _BinaryExtent:
+    """Where a binary-protocol message ends, from its type tags and lengths alone.
 
-    __slots__ = ("data", "pos", "end", "limit", "framed")
+    ``end`` is where the received bytes (or the frame) end, ``limit`` how far the message may
+    reach. Raises :class:`_ShortRead` when the message goes on past ``end``, and
+    :class:`BadMessage` when it cannot be a message within ``limit``.
+    """
+
+    __slots__ = ("data", "end", "limit", "framed")
+
+    def __init__(self, data: bytes, end: int, limit: int, framed: bool):
+        self.data = data
+        self.end = end
+        self.limit = limit
+        self.framed = framed
+
+    def message(self, pos: int) -> int:
+        first = self._i32(pos)
+        if first < 0:  # strict: version and type, name, sequence id
+            if first & VERSION_MASK != VERSION_1:
+                raise BadMessage(f"bad protocol version {first & VERSION_MASK:#x}")
+            name_at = pos + 4
+            seqid_at = self._string(name_at)
+        else:  # old style: name, type byte, sequence id
+            name_at = pos
+            seqid_at = self._string(name_at) + 1
+        self._need(seqid_at + 4)
+        try:
+            return self._value(seqid_at + 4, TType.STRUCT, DEFAULT_MAX_DEPTH)
+        except BadMessage as e:  # the header is readable: say which call was refused
+            name_end = seqid_at - (0 if first < 0 else 1)
+            e.name = self.data[name_at + 4:name_end].decode("utf-8", "replace")
+            e.seqid = _I32.unpack_from(self.data, seqid_at)[0]
+            raise
+
+    def _need(self, stop: int) -> None:
+        if stop > self.end:
+            if self.framed:
+                raise BadMessage("message runs past the end of its frame")
+            if stop > self.limit:
+                raise BadMessage("declared length goes past the message size limit")
+            raise _ShortRead(stop)
+
+    def _i32(self, pos: int) -> int:
+        self._need(pos + 4)
+        return _I32.unpack_from(self.data, pos)[0]
+
+    def _byte(self, pos: int) -> int:
+        self._need(pos + 1)
+        return self.data[pos]
+
+    def _string(self, pos: int) -> int:
+        size = self._i32(pos)
+        if size < 0:
+            raise BadMessage(f"negative length {size}")
+        stop = pos + 4 + size
+        self._need(stop)
+        return stop
+
+    def _value(self, pos: int, ttype: int, depth: int) -> int:
+        size = _FIXED_SIZES.get(ttype)
+        if size is not None:
+            self._need(pos + size)
+            return pos + size
+        if ttype in _STRINGS:
+            return self._string(pos)
+        if depth <= 0:
+            raise BadMessage("structs nested too deep")
+        if ttype == TType.STRUCT:
+            while (field_type := self._byte(pos)) != TType.STOP:
+                pos = self._value(pos + 3, field_type, depth - 1)  # type, id, value
+            return pos + 1
+        if ttype in (TType.LIST, TType.SET):
+            return self._items(pos + 5, self._i32(pos + 1), (self._byte(pos),), depth)
+        if ttype == TType.MAP:
+            types = (self._byte(pos), self._byte(pos + 1))
+            return self._items(pos + 6, self._i32(pos + 2), types, depth)
+        raise BadMessage(f"unknown type {ttype}")
+
+    def _items(self, pos: int, count: int, types: tuple[int, ...], depth: int) -> int:
+        if count < 0:
+            raise BadMessage(f"negative item count {count}")
+        sizes = [_FIXED_SIZES.get(t) for t in types]
+        if None not in sizes:
+            stop = pos + count * sum(sizes)  # type: ignore[arg-type]
+            self._need(stop)
+            return stop
+        self._need(pos + count)  # every item takes a byte at least
+        for _ in range(count):
+            for ttype in types:
+                pos = self._value(pos, ttype, depth - 1)
+        return pos
+
+
+class _ReceivedBytes:
+    """A thriftpy2 transport over received bytes, for the compact protocol: never blocks,
+    never reads past ``limit``, and stops a run of varint continuation bytes (from which the
+    compact reader would build an unbounded integer)."""
+
+    __slots__ = ("data", "pos", "end", "limit", "framed", "varint_run")
 
     def __init__(self, data: bytes, pos: int, end: int, limit: int, framed: bool):
         self.data = data
@@ -62,6 +172,7 @@ class _ReceivedBytes:
         self.end = end
         self.limit = limit
         self.framed = framed
+        self.varint_run = 0
 
     def read(self, size: int) -> bytes:
         start = self.pos
@@ -69,6 +180,13 @@ class _ReceivedBytes:
         if stop > self.end or size < 0:
             self._refuse(size, stop)
         self.pos = stop
+        if size == 1:
+            if self.data[start] & 0x80:
+                self.varint_run += 1
+                if self.varint_run > _VARINT_MAX_BYTES:
+                    raise BadMessage("varint longer than 10 bytes")
+            else:
+                self.varint_run = 0
         return self.data[start:stop]
 
     def _refuse(self, size: int, stop: int) -> None:
@@ -81,26 +199,27 @@ class _ReceivedBytes:
         raise _ShortRead(stop)
 
 
-class _CompactReceivedBytes(_ReceivedBytes):
-    """The compact protocol reads varints a byte at a time and would build an unbounded
-    integer from a run of continuation bytes: this transport stops such a run."""
+class _CheckedCompactProtocol(TCompactProtocol):
+    """thriftpy2's compact reader, refusing item counts that the bytes left before ``limit``
+    cannot hold, and reading no collection before it has a byte per item: its skip of a
+    zero-width type would otherwise loop over any count, whatever arrived."""
 
-    __slots__ = ("varint_run",)
+    def _read_collection_begin(self) -> tuple[int, int]:
+        etype, size = super()._read_collection_begin()
+        self._check_count(size)
+        return etype, size
 
-    def __init__(self, data: bytes, pos: int, end: int, limit: int, framed: bool):
-        super().__init__(data, pos, end, limit, framed)
-        self.varint_run = 0
+    def _read_map_begin(self) -> tuple[int, int, int]:
+        ktype, vtype, size = super()._read_map_begin()
+        self._check_count(size)
+        return ktype, vtype, size
 
-    def read(self, size: int) -> bytes:
-        data = _ReceivedBytes.read(self, size)
-        if size == 1:
-            if data[0] & 0x80:
-                self.varint_run += 1
-                if self.varint_run > _VARINT_MAX_BYTES:
-                    raise BadMessage("varint longer than 10 bytes")
-            else:
-                self.varint_run = 0
-        return data
+    def _check_count(self, size: int) -> None:
+        reader = self.trans
+        if size > reader.limit - reader.pos:
+            raise BadMessage(f"item count {size} goes past the message size limit")
+        if size > reader.end - reader.pos:
+            raise _ShortRead(reader.pos + size)
 
 
 class Message:
@@ -135,7 +254,6 @@ class MessageDecoder:
         self.framed = framed
         self.max_bytes = max_bytes
         self.replies = replies
-        self._reader = _CompactReceivedBytes if self.compact else _ReceivedBytes
         self._buffer = bytearray()
         self._snapshot: Optional[bytes] = None  # the buffer as bytes, until the next feed
         self._pos = 0
@@ -181,23 +299,30 @@ class MessageDecoder:
             if end > available:
                 self._needed = end
                 return None
-            reader = self._reader(data, start, end, end, True)
+            limit = end
         else:
-            reader = self._reader(data, pos, available, pos + self.max_bytes, False)
+            start, end, limit = pos, available, pos + self.max_bytes
         try:
-            message = self._read_message(reader)
+            if self.compact:
+                reader = _ReceivedBytes(data, start, end, limit, self.framed)
+                message = self._read_message(_CheckedCompactProtocol(reader, strict_decode=True))
+                stop = reader.pos
+            else:
+                stop = _BinaryExtent(data, end, limit, self.framed).message(start)
+                whole = TCyMemoryBuffer(data[start:stop])
+                message = self._read_message(TCyBinaryProtocol(whole, strict_read=False,
+                                                               strict_decode=True))
+                if whole.getvalue():
+                    raise BadMessage("message shorter than its lengths say", message.name,
+                                     message.seqid)
         except _ShortRead as short:
             self._needed = short.needed
             return None
-        if self.framed and reader.pos != reader.end:
+        if self.framed and stop != end:
             raise BadMessage("frame longer than the message in it", message.name, message.seqid)
-        return message, reader.pos
+        return message, stop
 
-    def _read_message(self, reader: _ReceivedBytes) -> Message:
-        if self.compact:
-            proto: Any = TCompactProtocol(reader, strict_decode=True)
-        else:
-            proto = TBinaryProtocol(reader, strict_read=False, strict_decode=True)
+    def _read_message(self, proto: Any) -> Message:
         name: Optional[str] = None
         seqid: Optional[int] = None
         try:
@@ -223,8 +348,8 @@ class MessageDecoder:
             raise BadMessage("string is not UTF-8", name, seqid) from None
         except RecursionError:
             raise BadMessage("structs nested too deep", name, seqid) from None
-        except (TException, TProtocolException, ValueError, TypeError, struct.error,
-                AssertionError, KeyError) as e:
+        except (TException, TProtocolException, ProtocolError, ValueError, TypeError,
+                struct.error, AssertionError, KeyError) as e:
             raise BadMessage(f"malformed message: {e or type(e).__name__}", name,
                              seqid) from None
         return Message(name, kind, seqid, body)
