@@ -24,6 +24,8 @@ from presenced.xmpp.subscription import Subscriptions
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 MAX_DIRECTED = 100
 _RENDERED = "xmpp_rendered"
+PROBE = "xmpp_probe"  # a resource on another node asks for current presence (its full JID)
+FOR = "xmpp_for"  # the one resource that should render this presence (a probe's answer)
 
 
 def _children(presence: domish.Element) -> bytes:
@@ -77,15 +79,24 @@ class PresenceHandler(FeatureHandler):
         return None
 
     async def _came_online(self, session) -> None:
-        """Probes (answered locally), pending requests, offline messages (RFC 6121 4.2.2).
-        The three reads are issued together so the store answers them in one batch."""
+        """Probes, pending requests, offline messages (RFC 6121 4.2.2). The three reads are
+        issued together so the store answers them in one batch.
+
+        Probes are answered here for contacts online on this node; a contact online on
+        another node of a cluster is asked through the router (a PRESENCE event carrying
+        ``xmpp_probe``) and its resources answer with PRESENCE events for this resource."""
         store, user = self.core.store, session.user
         contacts = store.get_subscriptions(user)
         pending = store.get_pending(user)
         offline = self.server.messages.take_offline(session)
+        elsewhere = self.core.router.transport.remote_nodes
         for contact in await contacts:
             for other in available_sessions(self.core, contact):
                 session.write(self.presence_bytes(other, session.full))
+            if elsewhere(contact) and session.available:
+                probe = self._payload(session, True, _children(session.presence))
+                probe[PROBE] = session.full
+                self.core.router.deliver(contact, Event(events.PRESENCE, user, probe))
         for stanza in (await pending).values():
             session.write(stanza.encode("utf-8"))
         for stanza in await offline:
@@ -113,14 +124,20 @@ class PresenceHandler(FeatureHandler):
         self.unavailable(session)
 
     def broadcast(self, session, available: bool, children: bytes) -> None:
+        payload = self._payload(session, available, children)
+        d = self.core.router.send(session.user, Event(events.PRESENCE, session.user, payload))
+        d.addErrback(lambda f: self.log.failure("presence broadcast", f))
+
+    @staticmethod
+    def _payload(session, available: bool, children: bytes) -> dict:
+        """A PRESENCE event payload for one resource (show/status for other doors)."""
         payload = {"resource": session.label, "available": available,
                    "priority": session.priority, "xml": children}
         presence = session.presence
         if presence is not None:
             payload["show"] = str(presence.show) if presence.show else None
             payload["status"] = str(presence.status) if presence.status else None
-        d = self.core.router.send(session.user, Event(events.PRESENCE, session.user, payload))
-        d.addErrback(lambda f: self.log.failure("presence broadcast", f))
+        return payload
 
     def on_addressed(self, session, presence: domish.Element):
         kind = presence.getAttribute("type")
@@ -190,6 +207,11 @@ class PresenceHandler(FeatureHandler):
         if not session.available:
             return
         payload = event.payload
+        if PROBE in payload:
+            self._answer_probe(session, payload[PROBE])
+            return
+        if payload.get(FOR, session.full) != session.full:
+            return
         rendered = payload.get(_RENDERED)
         if rendered is None:
             resource = payload.get("resource")
@@ -200,3 +222,13 @@ class PresenceHandler(FeatureHandler):
                 kind + b">" + _event_children(payload) + b"</presence>")
         session.write(rendered[0] + b" to=" + attr(session.full).encode("utf-8") + rendered[1])
         self.server.events_out += 1
+
+    def _answer_probe(self, session, prober: str) -> None:
+        """Our presence for a resource that came online on another node (a local prober
+        was answered directly)."""
+        if self.server.find_session(parse_address(prober)) is not None:
+            return
+        answer = self._payload(session, True, _children(session.presence))
+        answer[FOR] = prober
+        self.core.router.deliver(prober.partition("/")[0],
+                                 Event(events.PRESENCE, session.user, answer))

@@ -1,0 +1,48 @@
+"""XMPP on two cluster nodes over a private Redis: presence and messages cross nodes, and a
+resource coming online on one node gets the current presence of contacts on the other."""
+
+from __future__ import annotations
+
+import time
+
+from tests.test_xmpp_bad_input import RawClient
+
+
+def node(redis_url: str, node_id: str) -> dict:
+    return {
+        "store": {"backend": "redis", "redis": [redis_url]},
+        "server": {"scram_iterations": 100},
+        "cluster": {"enabled": True, "node_id": node_id, "heartbeat_interval": 0.3,
+                    "node_timeout": 1.5},
+        "xmpp": {"require_tls": False, "allow_plain": True},
+        "comet": {"enabled": False}, "thrift": {"enabled": False},
+        "webadmin": {"enabled": False},
+    }
+
+
+def test_presence_and_messages_cross_nodes(redis_server, presenced_factory):
+    a = presenced_factory(node(redis_server.url, "a"), name="a")
+    b = presenced_factory(node(redis_server.url, "b"), name="b")
+    a.ctl("import-users", "-", "--quiet", input="ann@localhost pw\nben@localhost pw\n")
+    a.ctl("add-friend", "ann@localhost", "ben@localhost")
+
+    ben = RawClient(b.ports["xmpp"])
+    ben.login("ben", "pw", "b")
+    ben.send(b"<presence><status>on node b</status></presence>")
+    ben.read_until(b"on node b</status></presence>")
+    time.sleep(0.5)  # ben's login reaches node a's directory
+
+    ann = RawClient(a.ports["xmpp"])
+    ann.login("ann", "pw", "a")
+    ann.send(b"<presence/>")
+    # Answered by ben's resource on node b: ann sees ben as soon as she is online.
+    probed = ann.read_until(b"<presence from=.ben@localhost/b.[^>]*>.*?</presence>", timeout=5)
+    assert b"on node b" in probed.rpartition(b"<presence")[2]
+    # ...and ben sees ann come online (broadcast through the router).
+    assert b"ann@localhost/a" in ben.read_until(b"from=.ann@localhost/a.[^>]*/?>")
+
+    ann.send(b"<message to='ben@localhost' type='chat'><body>across</body></message>")
+    got = ben.read_until(b"</message>")
+    assert b"<body>across</body>" in got and b"ann@localhost/a" in got
+    ann.close()
+    assert b"unavailable" in ben.read_until(b"from=.ann@localhost/a.[^>]*type=.unavailable.")
