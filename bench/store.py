@@ -79,6 +79,12 @@ class PrivateRedis:
             self.process.terminate()
             self.process.wait(60)
 
+    def cpu_seconds(self) -> float:
+        """CPU the server used so far (user + system), from /proc."""
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file()
                    and f.name != "redis.log")
@@ -97,9 +103,10 @@ def measure(store: IRosterStore, edges_path: Path, n: int, samples: int, seed: i
         progress = bulk.Progress("friendships", sys.stderr, every=5.0)
         with open(edges_path) as f:
             pairs = bulk.parse_edges(f, DOMAIN, lambda number, line, reason: bad.append(number))
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             loaded = yield bulk.load_friends(store, pairs, progress)
             load_seconds = time.perf_counter() - started
+            load_cpu = time.process_time() - cpu_started
         rng = random.Random(seed)
         users = [f"{user_name(rng.randrange(n))}@{DOMAIN}" for _ in range(samples)]
         for user in users[:100]:  # warm up connections and caches
@@ -120,6 +127,9 @@ def measure(store: IRosterStore, edges_path: Path, n: int, samples: int, seed: i
         "bad_lines": len(bad),
         "load_seconds": round(load_seconds, 2),
         "edges_per_second": round(loaded / load_seconds),
+        # CPU this process used for the load (parsing, the store's client side, SQLite):
+        # the machine is shared, so wall-clock rates depend on what else runs.
+        "load_cpu_seconds": round(load_cpu, 2),
         "get_subscribers_samples": samples,
         "get_subscribers_p50_ms": round(percentile(latencies, 50) * 1000, 3),
         "get_subscribers_p99_ms": round(percentile(latencies, 99) * 1000, 3),
@@ -148,6 +158,7 @@ def run_backend(backend: str, args: argparse.Namespace, edges_path: Path, work: 
             figures = yield measure(RedisRosterStore([redis.url], timeout=60.0), edges_path,
                                     args.n, args.samples, args.seed)
             figures["redis_used_memory_bytes"] = figures.pop("store_bytes")
+            figures["redis_cpu_seconds"] = redis.cpu_seconds()
             yield task.deferLater(reactor, 1.5, lambda: None)  # appendfsync everysec
             figures["disk_bytes"] = redis.disk_bytes()
         return figures
