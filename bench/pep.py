@@ -347,6 +347,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
+    # A SIGTERM (e.g. from `timeout`) unwinds through the finally below: no server left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=5000, help="users in the graph")
     parser.add_argument("--m", type=int, default=10, help="friends each new user makes")
@@ -473,11 +475,18 @@ def main() -> None:
         }, indent=2))
     finally:
         if server is not None and server.poll() is None:
+            workers = server_pids(server.pid)[1:]
             server.send_signal(signal.SIGTERM)
             try:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
+                server.wait()
+            for pid in workers:  # still there only if worker 0 could not stop them
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         if redis is not None:
             redis.terminate()
             redis.wait(10)

@@ -45,6 +45,9 @@ NS_PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
 ACCESS_MODEL = "pubsub#access_model"
 MAX_NODES = 64          # PEP nodes per account: bounds what one user can make us store
 MAX_NODE_NAME = 256
+# Store lookups in flight for last items: a login storm (every resource asks for each of its
+# contacts' items) must queue here, not swamp the store until its requests time out.
+LAST_ITEM_LOOKUPS = 32
 DEFAULT_ITEM_ID = "current"  # XEP-0060's id for the item of a singleton node
 
 PEP_FEATURES = tuple(f"{NS_PUBSUB}#{name}" for name in (
@@ -74,6 +77,7 @@ class PepHandler(FeatureHandler):
         self._rendered: tuple[Optional[Event], bytes, bytes] = (None, b"", b"")
         self._to: dict["C2SSession", bytes] = {}  # quoted full JID of available resources
         self.notifications = 0
+        self._lookups = defer.DeferredSemaphore(LAST_ITEM_LOOKUPS)
 
     def attached(self) -> None:
         hooks = self.core.hooks
@@ -284,10 +288,8 @@ class PepHandler(FeatureHandler):
                                   nodes: Optional[frozenset]) -> None:
         """Send each session the last item of ``owners``' nodes it wants (``nodes``: only
         these)."""
-        store = self.core.store
         owners = list(owners)
-        found = await defer.gatherResults([store.get_pep_nodes(o) for o in owners],
-                                          consumeErrors=True)
+        found = await defer.gatherResults([self._last_items_of(o) for o in owners])
         for owner, items in zip(owners, found):
             for node, item in items.items():
                 if nodes is not None and node not in nodes:
@@ -300,6 +302,17 @@ class PepHandler(FeatureHandler):
                             data = _split_notification(owner, _item_xml(node, item))
                         session.write(data[0] + self._quoted_jid(session) + data[1])
                         self.notifications += 1
+
+    def _last_items_of(self, owner: str) -> defer.Deferred:
+        """``{node: PepItem}`` of ``owner``; ``{}`` (logged) when the store fails, so one
+        unreadable contact does not cost the others."""
+        d = self._lookups.run(self.core.store.get_pep_nodes, owner)
+        return d.addErrback(self._lookup_failed, owner)
+
+    def _lookup_failed(self, failure, owner: str) -> dict:
+        self.server.log.warn("last PEP items of {owner}: {error}", owner=owner,
+                             error=failure.getErrorMessage())
+        return {}
 
     def _friends_added(self, pairs: list[tuple[str, str]]) -> None:
         """New friends see each other's last items at once (XEP-0163 §6.1.2)."""
