@@ -35,8 +35,7 @@ from thriftpy2.thrift import TApplicationException, TException, TMessageType, TT
 from thriftpy2.transport.memory import TCyMemoryBuffer, TMemoryBuffer
 
 PROTOCOLS = ("binary", "compact")
-_FRAME = struct.Struct("!i")
-_I32 = _FRAME
+_I32 = struct.Struct("!i")  # also the frame length prefix
 # Bytes a value of each fixed-size binary-protocol type takes.
 _FIXED_SIZES = {TType.BOOL: 1, TType.BYTE: 1, TType.DOUBLE: 8, TType.I16: 2, TType.I32: 4,
                 TType.I64: 8}
@@ -292,7 +291,7 @@ class MessageDecoder:
             if available - pos < 4:
                 self._needed = pos + 4
                 return None
-            (length,) = _FRAME.unpack_from(data, pos)
+            (length,) = _I32.unpack_from(data, pos)
             if length <= 0 or length > self.max_bytes:
                 raise BadMessage(f"frame length {length} outside 1..{self.max_bytes}")
             start, end = pos + 4, pos + 4 + length
@@ -386,5 +385,5 @@ class MessageEncoder:
         proto.write_message_end()
         data = buffer.getvalue()
         if self.framed:
-            return _FRAME.pack(len(data)) + data
+            return _I32.pack(len(data)) + data
         return data
