@@ -433,9 +433,11 @@ def main() -> None:
         login_seconds = time.monotonic() - login_start
         wait_until_idle(server.pid)  # last-item lookups of the login storm are done
         cpu_before = process_cpu_seconds(server.pid)
+        redis_before = process_cpu_seconds(redis.pid) if redis is not None else 0.0
         go.set()
         results = [out.get(timeout=600) for _ in procs]
         server_cpu = process_cpu_seconds(server.pid) - cpu_before
+        redis_cpu = process_cpu_seconds(redis.pid) - redis_before if redis is not None else 0.0
         for proc in procs:
             proc.join(30)
 
@@ -471,6 +473,7 @@ def main() -> None:
             "server_cpu_seconds": round(server_cpu, 2),
             "notifications_per_server_cpu_s": round(received / server_cpu, 1),
             "client_cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 2),
+            "redis_cpu_seconds": round(redis_cpu, 2),
             "load_average_1m": os.getloadavg()[0],
         }, indent=2))
     finally:
