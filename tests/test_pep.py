@@ -212,6 +212,8 @@ def test_entity_caps_without_an_answer_knows_nothing_and_other_sessions_ask_them
     answers.answer_all()
     assert "http://jabber.org/protocol/muc" in second.result
     assert caps.cached_hashes() == 1
+    # s1's next presence with the same caps is answered (from the cache now).
+    assert "http://jabber.org/protocol/muc" in caps.learn("s1", caps_presence(ver)).result
 
 
 def test_entity_caps_cache_is_bounded():

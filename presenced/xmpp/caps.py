@@ -194,10 +194,14 @@ class EntityCaps:
         d.addCallback(self._learned, session, announced)
         return d
 
-    def _learned(self, features: frozenset[str], session: Any,
+    def _learned(self, features: Optional[frozenset[str]], session: Any,
                  announced: CapsAnnouncement) -> frozenset[str]:
         if self._announced.get(session) != announced:
             return self.features(session)  # gone, or a newer presence superseded this one
+        if features is None:
+            # No answer: keep what we knew, and ask again on the next presence with this <c/>.
+            del self._announced[session]
+            return self.features(session)
         old = self._sessions.get(session, NO_FEATURES)
         self._sessions[session] = features
         if features != old:
@@ -264,10 +268,10 @@ class EntityCaps:
                               node=announced.query_node)
         return info.features
 
-    def _unanswered(self, failure: Any, session: Any, announced: CapsAnnouncement) -> frozenset:
+    def _unanswered(self, failure: Any, session: Any, announced: CapsAnnouncement) -> None:
         self.log.info("caps {node}: no disco#info answer ({error})",
                       node=announced.query_node, error=failure.getErrorMessage())
-        return NO_FEATURES
+        return None
 
     def _remember(self, key: tuple[str, str], features: frozenset[str]) -> None:
         self._by_hash[key] = features
