@@ -440,6 +440,23 @@ def test_pep_items_and_disco_follow_the_presence_access_model(server):
         with pytest.raises(IqError) as error:
             await dave.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
         assert error.value.condition == "not-authorized"
+        # Only the owner publishes; PEP nodes offer the presence access model only.
+        tune = slixmpp.plugins.xep_0118.UserTune()
+        tune["title"] = "Not yours"
+        with pytest.raises(IqError) as error:
+            await dave.plugin["xep_0060"].publish("alice@localhost", TUNE_NS, payload=tune)
+        assert error.value.condition == "forbidden"
+        options = alice.plugin["xep_0004"].make_form(ftype="submit")
+        options.add_field(var="FORM_TYPE", ftype="hidden",
+                          value="http://jabber.org/protocol/pubsub#publish-options")
+        options.add_field(var="pubsub#access_model", value="open")
+        with pytest.raises(IqError) as error:
+            await alice.plugin["xep_0060"].publish("alice@localhost", TUNE_NS, payload=tune,
+                                                   options=options)
+        assert error.value.condition == "conflict"
+        assert "precondition-not-met" in str(error.value.iq)
+        items = await bob.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
+        assert "Fragile" in str(items) and "Not yours" not in str(items)
         await alice.plugin["xep_0060"].delete_node("alice@localhost", TUNE_NS)
         with pytest.raises(IqError) as error:
             await bob.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
