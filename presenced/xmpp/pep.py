@@ -351,7 +351,8 @@ class PepHandler(FeatureHandler):
 
     def _node_ok(self, session: "C2SSession", iq: domish.Element, node: str) -> bool:
         if not node or len(node) > MAX_NODE_NAME:
-            self._bad(session, iq, "nodeid-required", f"a node name of 1..{MAX_NODE_NAME} characters")
+            self._bad(session, iq, "nodeid-required",
+                      f"a node name of 1..{MAX_NODE_NAME} characters")
             return False
         return True
 
