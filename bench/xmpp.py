@@ -34,6 +34,7 @@ import json
 import multiprocessing
 import os
 import re
+import socket
 import ssl
 import statistics
 import subprocess
@@ -237,29 +238,79 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
 
 # --- the server -----------------------------------------------------------------------------
 
+def server_pids(pid: int) -> list[int]:
+    """The server process and its worker processes (its children)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rpartition(")")[2].split()[1]) == pid:
+                        pids.append(int(entry))
+            except (OSError, ValueError):
+                pass
+    return pids
+
+
 def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    """Resident memory of the server and its workers."""
+    total = 0
+    for p in server_pids(pid):
+        with open(f"/proc/{p}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the server process (all threads) has used."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time the server and its workers (all threads) have used."""
+    total = 0
+    for p in server_pids(pid):
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(directory: Path, iterations: int) -> tuple[subprocess.Popen, int, Path]:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(directory: Path) -> subprocess.Popen:
+    """A private Redis for the cluster runs (``--workers`` above 1)."""
+    port = free_port()
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                               stdout=subprocess.DEVNULL)
+    process.port = port
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("redis-server did not start")
+
+
+def start_server(directory: Path, iterations: int, workers: int = 1,
+                 redis_port: int = 0) -> tuple[subprocess.Popen, int, Path]:
     config = directory / "presenced.toml"
+    cluster = ""
+    if workers > 1:
+        cluster = f"""workers = {workers}
+[store]
+backend = "redis"
+redis = ["redis://127.0.0.1:{redis_port}/0"]
+[cluster]
+enabled = true
+"""
     config.write_text(f"""
 [server]
 data_dir = "{directory / 'data'}"
 scram_iterations = {iterations}
-[xmpp]
-port = 0
+{cluster}[xmpp]
+port = {free_port() if workers > 1 else 0}
 require_tls = false
 allow_plain = true
 hibernate_after = 1.0
@@ -298,17 +349,21 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="load client processes")
     parser.add_argument("--paced-rate", type=float, default=5000.0,
                         help="messages/s of the paced phase (latency at a steady load)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server worker processes (above 1: a cluster over a private Redis)")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
     with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
         directory = Path(tmp)
-        server, port, config = start_server(directory, args.iterations)
+        redis = start_redis(directory) if args.workers > 1 else None
+        server, port, config = start_server(directory, args.iterations, args.workers,
+                                            redis.port if redis else 0)
         try:
             lines = "".join(f"{u} {PASSWORD}\n" for u in users)
             subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
                             "import-users", "-", "--quiet"], input=lines.encode(), check=True,
                            env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=directory)
-            time.sleep(1.0)
+            time.sleep(1.0 + 2 * args.workers)  # workers up and in the cluster
             rss_before = rss_kb(server.pid)
             # Pairs stay within one process: split on even boundaries.
             per = (len(users) // args.procs) & ~1
@@ -364,6 +419,7 @@ def main() -> None:
             sent = len(users) * args.messages
             result = {
                 "users": len(users),
+                "workers": args.workers,
                 "scram_iterations": args.iterations,
                 "load_processes": args.procs,
                 "login_plain_per_s": round(len(users) / plain_elapsed, 1),
@@ -395,6 +451,9 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
+            if redis is not None:
+                redis.terminate()
+                redis.wait(10)
 
 
 if __name__ == "__main__":

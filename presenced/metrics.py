@@ -11,9 +11,21 @@ from typing import Callable
 Labels = tuple[tuple[str, str], ...]
 
 
+# The series every front door reports, labelled ``door="xmpp"`` etc.: described once here.
+DOOR_METRICS = {
+    "presenced_connections": ("gauge", "Open connections by front door"),
+    "presenced_connections_total": ("counter", "Connections accepted by front door"),
+    "presenced_logins_total": ("counter", "Successful logins by front door"),
+    "presenced_auth_failures_total": ("counter", "Refused authentications by front door"),
+    "presenced_stanzas_in_total": ("counter",
+                                   "Stanzas, requests or lines received by front door"),
+    "presenced_events_out_total": ("counter", "Events sent to peers by front door"),
+}
+
+
 class Metrics:
     def __init__(self) -> None:
-        self._help: dict[str, tuple[str, str]] = {}
+        self._help: dict[str, tuple[str, str]] = dict(DOOR_METRICS)
         self._counters: dict[str, dict[Labels, float]] = {}
         self._gauges: dict[str, dict[Labels, Callable[[], float]]] = {}
 

@@ -24,6 +24,7 @@ from twisted.words.xish import domish
 from presenced import events
 from presenced.events import Event
 from presenced.store import PepItem
+from presenced.xmlparse import parse_element
 
 if TYPE_CHECKING:
     from presenced.core import Core
@@ -157,16 +158,11 @@ def _parse_int(name: str, text: str) -> int:
 
 def parse_tune_xml(xml: str) -> Tune:
     """The tune kept in the store as XML text (as :meth:`Tune.to_xml` wrote it)."""
-    found: list[domish.Element] = []
-    stream = domish.elementStream()
-    stream.DocumentStartEvent = lambda root: None
-    stream.ElementEvent = found.append
-    stream.DocumentEndEvent = lambda: None
-    # Top-level children of a document come out as ElementEvents: wrap the item in one.
-    stream.parse(b"<item>" + xml.encode("utf-8") + b"</item>")
-    if len(found) != 1:
-        raise BadTune("stored tune is not one <tune/> element")
-    return Tune.from_element(found[0])
+    try:
+        element = parse_element(xml)
+    except ValueError:
+        raise BadTune("stored tune is not one <tune/> element") from None
+    return Tune.from_element(element)
 
 
 @defer.inlineCallbacks

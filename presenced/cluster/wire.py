@@ -15,6 +15,7 @@ from twisted.words.xish import domish
 from presenced.events import Event
 from presenced.store import RosterItem
 from presenced.store.codec import roster_item_from_text, roster_item_to_text
+from presenced.xmlparse import parse_element
 
 _TAG = "__presenced__"
 
@@ -60,16 +61,3 @@ def decode(text: str) -> tuple[list[str], Event]:
     doc = json.loads(text)
     payload = {k: _decode_value(v) for k, v in doc["p"].items()}
     return doc["r"], Event(doc["t"], doc["s"], payload, when=doc["w"], event_id=doc["i"])
-
-
-def parse_element(xml: str) -> domish.Element:
-    """One element from its serialised form (as sent by another node)."""
-    found: list[domish.Element] = []
-    stream = domish.elementStream()
-    stream.DocumentStartEvent = lambda root: None
-    stream.ElementEvent = found.append
-    stream.DocumentEndEvent = lambda: None
-    stream.parse(b"<wire>" + xml.encode("utf-8") + b"</wire>")
-    if len(found) != 1:
-        raise ValueError("expected one element")
-    return found[0]

@@ -129,11 +129,6 @@ class CometDoor(Factory):
 
     def _describe_metrics(self) -> None:
         metrics = self.core.metrics
-        metrics.describe("presenced_connections", "gauge", "Open connections")
-        metrics.describe("presenced_connections_total", "counter", "Connections accepted")
-        metrics.describe("presenced_logins_total", "counter", "Sessions logged in")
-        metrics.describe("presenced_auth_failures_total", "counter", "Failed authentications")
-        metrics.describe("presenced_events_out_total", "counter", "Events sent to peers")
         metrics.describe("presenced_comet_streams", "gauge",
                          "Open comet streams, long polls and WebSockets")
         metrics.describe("presenced_comet_replay_users", "gauge",

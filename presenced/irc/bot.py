@@ -330,7 +330,6 @@ class IRCBot:
         metrics.gauge("presenced_irc_connected", lambda: int(self.connection is not None))
         metrics.describe("presenced_irc_queue_lines", "gauge", "Lines waiting for the flood limit")
         metrics.gauge("presenced_irc_queue_lines", lambda: len(self.queue.lines))
-        metrics.describe("presenced_events_out_total", "counter", "Events and lines sent out")
         metrics.describe("presenced_irc_lines_in_total", "counter", "Lines from the IRC server")
         metrics.describe("presenced_irc_bad_lines_total", "counter",
                          "Lines from the IRC server the bot could not use")

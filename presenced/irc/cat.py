@@ -130,10 +130,6 @@ class CatFactory(protocol.Factory):
         self.max_line_bytes = max_line_bytes
         self.connections: set[CatProtocol] = set()
         metrics = bot.core.metrics
-        metrics.describe("presenced_connections", "gauge", "Open connections per front door")
-        metrics.describe("presenced_connections_total", "counter", "Connections accepted")
-        metrics.describe("presenced_stanzas_in_total", "counter", "Requests/lines received")
-        metrics.describe("presenced_auth_failures_total", "counter", "Refused authentications")
         metrics.gauge("presenced_connections", lambda: len(self.connections), door="irc")
         metrics.describe("presenced_irc_cat_errors_total", "counter",
                          "Cat lines refused with an error to their sender")

@@ -232,14 +232,7 @@ class AdminFactory(protocol.ServerFactory):
         self.max_unread_bytes: int = settings.max_unread_bytes
         self.timeout: float = settings.timeout
         self.connections = 0
-        self.metrics.describe("presenced_connections", "gauge", "Open client connections")
         self.metrics.gauge("presenced_connections", lambda: self.connections, door=DOOR)
-        self.metrics.describe("presenced_connections_total", "counter",
-                              "Client connections accepted")
-        self.metrics.describe("presenced_auth_failures_total", "counter",
-                              "Clients refused: bad credentials or an address not allowed")
-        self.metrics.describe("presenced_stanzas_in_total", "counter",
-                              "Stanzas, calls or requests received")
         self.metrics.describe("presenced_thrift_bad_messages_total", "counter",
                               "Thrift connections closed for bytes that are not a message")
         self.metrics.describe("presenced_thrift_timeouts_total", "counter",

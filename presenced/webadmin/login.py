@@ -34,9 +34,6 @@ def login_form(console: Console, name: str, target: str, problems: list[str]) ->
 
 def register(console: Console) -> None:
     metrics = console.core.metrics
-    metrics.describe("presenced_logins_total", "counter", "Successful logins per front door.")
-    metrics.describe("presenced_auth_failures_total", "counter",
-                     "Rejected logins per front door.")
 
     @console.route("GET", "/login", public=True)
     def show(console: Console, request, login) -> Page:

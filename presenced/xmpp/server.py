@@ -332,18 +332,8 @@ class C2SServer:
 
     def _describe_metrics(self) -> None:
         metrics = self.core.metrics
-        metrics.describe("presenced_connections", "gauge", "Open connections by front door.")
         metrics.gauge("presenced_connections", lambda: len(self.streams), door=DOOR)
-        metrics.describe("presenced_connections_total", "counter",
-                         "Connections accepted by front door.")
-        metrics.describe("presenced_logins_total", "counter", "Successful logins by door.")
-        metrics.describe("presenced_auth_failures_total", "counter",
-                         "Failed authentications by door.")
-        metrics.describe("presenced_stanzas_in_total", "counter",
-                         "Stanzas received from clients by door.")
         metrics.gauge("presenced_stanzas_in_total", lambda: self.stanzas_in, door=DOOR)
-        metrics.describe("presenced_events_out_total", "counter",
-                         "Events delivered to clients by door.")
         metrics.gauge("presenced_events_out_total", lambda: self.events_out, door=DOOR)
         metrics.describe("presenced_xmpp_stream_errors_total", "counter",
                          "XMPP stream errors sent, by condition.")
