@@ -18,7 +18,11 @@ from tests.test_store import store  # noqa: F401  (the backend-parametrised fixt
 @pytest_twisted.ensureDeferred
 async def test_removing_one_subscription_of_a_friendship_keeps_the_other(store):  # noqa: F811
     await store.add_friends([("a@x", "b@x")])
+    versions = [await store.get_roster_version(u) for u in ("a@x", "b@x")]
+    assert min(versions) > 0
     await store.remove_subscriptions([("a@x", "b@x")])  # a no longer receives b's events
+    after = [await store.get_roster_version(u) for u in ("a@x", "b@x")]
+    assert all(a >= b for a, b in zip(after, versions))  # the rosters did not change
     assert await store.get_subscribers("b@x") == []
     assert await store.get_subscribers("a@x") == ["b@x"]
     assert await store.get_subscriptions("b@x") == ["a@x"]
@@ -28,6 +32,8 @@ async def test_removing_one_subscription_of_a_friendship_keeps_the_other(store):
     await store.remove_friends([("a@x", "b@x")])
     assert await store.get_subscribers("a@x") == []
     assert await store.get_roster("a@x") == await store.get_roster("b@x") == []
+    for user, before in zip(("a@x", "b@x"), versions):
+        assert await store.get_roster_version(user) > before
 
 
 @pytest_twisted.ensureDeferred

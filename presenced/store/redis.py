@@ -7,7 +7,7 @@ data lives on one node (and would share a slot under Redis Cluster)::
     u:{alice@x}:friends   set     mutual friends: each a ``both`` roster item and graph edges
                                   both ways, in one member (what bulk loads write)
     u:{alice@x}:roster    hash    contact -> roster item text (codec), for every other item
-    u:{alice@x}:ver       string  roster version, INCR on every roster change
+    u:{alice@x}:ver       string  roster changes other than added friends (see below)
     u:{alice@x}:subs      set     other subscribers: who else receives alice's events
     u:{alice@x}:subd      set     other subjects: whose events alice receives besides friends
     u:{alice@x}:pep       hash    node -> JSON [item id, payload]
@@ -17,7 +17,10 @@ data lives on one node (and would share a slot under Redis Cluster)::
     accounts              zset    (one per node) names of the node's accounts, for search/count
 
 A contact in ``friends`` is a ``both`` item whatever ``roster`` says about it;
-``get_subscribers`` is ``SUNION friends subs``. Keeping a friendship as one set member (rather than a hash field and two set
+``get_subscribers`` is ``SUNION friends subs``. The roster version is ``ver + SCARD friends``:
+adding friends raises it by the set's growth with no write of its own (a bulk load writes one
+SADD per user and batch, nothing else), every other change adds to ``ver`` at least what it
+takes from the set plus one, so the version grows with every change and never goes back. Keeping a friendship as one set member (rather than a hash field and two set
 members) makes bulk loads about twice as fast and the graph about half the size; changing one
 side of it (``set_roster_item``, ``remove_subscriptions``) moves it to the explicit records.
 
@@ -108,15 +111,14 @@ for op, user, rest in string.gmatch(ARGV[2], '(%a)\t([^\t\n]+)\t([^\n]+)') do
   else
     f = {rest}
   end
-  local changed = 0
+  local bump = 0
   for first = 1, #f, 1000 do
     local last = math.min(first + 999, #f)
     if op == 'F' then
       call('SADD', p .. 'friends', unpack(f, first, last))
-      changed = 1
     elseif op == 'f' then
-      changed = changed + call('HDEL', p .. 'roster', unpack(f, first, last))
-        + call('SREM', p .. 'friends', unpack(f, first, last))
+      bump = bump + call('HDEL', p .. 'roster', unpack(f, first, last))
+        + 2 * call('SREM', p .. 'friends', unpack(f, first, last))
       call('SREM', p .. 'subs', unpack(f, first, last))
       call('SREM', p .. 'subd', unpack(f, first, last))
     elseif op == 'S' then call('SADD', p .. 'subs', unpack(f, first, last))
@@ -129,11 +131,12 @@ for op, user, rest in string.gmatch(ARGV[2], '(%a)\t([^\t\n]+)\t([^\n]+)') do
         if call('SREM', p .. 'friends', f[i]) == 1 then
           call('HSET', p .. 'roster', f[i], both)
           call('SADD', p .. kept, f[i])
+          bump = bump + 1
         end
       end
     else return redis.error_reply('unknown graph op ' .. op) end
   end
-  if changed > 0 then call('INCR', p .. 'ver') end
+  if bump > 0 then call('INCRBY', p .. 'ver', bump) end
   lines = lines + 1
 end
 return lines
@@ -150,7 +153,11 @@ return 0
 # Roster scripts. KEYS: roster, friends, ver, subs, subd. A contact in ``friends`` is a
 # ``both`` item whatever ``roster`` holds for it (add_friends leaves an older item there rather
 # than pay an HDEL per edge); a contact leaving ``friends`` for the hash keeps its graph edges
-# as explicit ones.
+# as explicit ones. The version is ``ver + SCARD friends``.
+_GET_ROSTER_VERSION = _Script("""
+return tonumber(redis.call('GET', KEYS[1]) or 0) + redis.call('SCARD', KEYS[2])
+""")
+
 _GET_ROSTER = _Script("""
 return {redis.call('HGETALL', KEYS[1]), redis.call('SMEMBERS', KEYS[2])}
 """)
@@ -161,23 +168,25 @@ return redis.call('HGET', KEYS[1], ARGV[1])
 """)
 
 _SET_ROSTER_ITEM = _Script("""
+local bump = 1
 if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
   redis.call('SADD', KEYS[4], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[1])
+  bump = 2
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('INCR', KEYS[3])
+return redis.call('INCRBY', KEYS[3], bump) + redis.call('SCARD', KEYS[2])
 """)
 
 _REMOVE_ROSTER_ITEM = _Script("""
-local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+local bump = redis.call('HDEL', KEYS[1], ARGV[1])
 if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
   redis.call('SADD', KEYS[4], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[1])
-  removed = 1
+  bump = bump + 2
 end
-if removed == 1 then return redis.call('INCR', KEYS[3]) end
-return false
+if bump == 0 then return false end
+return redis.call('INCRBY', KEYS[3], bump) + redis.call('SCARD', KEYS[2])
 """)
 
 _ROSTER_KEYS = ("roster", "friends", "ver", "subs", "subd")
@@ -524,8 +533,7 @@ class RedisRosterStore:
         return self._user_eval(user, _REMOVE_ROSTER_ITEM, _ROSTER_KEYS, [contact])
 
     def get_roster_version(self, user: str) -> defer.Deferred:
-        d = self._user_call(user, "GET", user_key(user, "ver"))
-        return d.addCallback(lambda v: int(v or 0))
+        return self._user_eval(user, _GET_ROSTER_VERSION, ("ver", "friends"), [])
 
     def add_friends(self, pairs: Iterable[Pair]) -> defer.Deferred:
         return self._friends("F", "add_friends", pairs)
