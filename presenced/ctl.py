@@ -20,7 +20,7 @@ from twisted.internet import defer, task
 from presenced import bulk
 from presenced import config as configuration
 from presenced.core import Core
-from presenced.store import make_store
+from presenced.store import StoreError, make_store
 from presenced.thrift import client as admin_port
 from presenced.users import BadUser
 
@@ -229,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             yield store.start()
             core = Core(config, store)
             yield defer.maybeDeferred(args.fn, core, args)
-        except (CommandFailed, BadUser, admin_port.AdminCallFailed) as e:
+        except (CommandFailed, BadUser, admin_port.AdminCallFailed, StoreError) as e:
             print(f"presencedctl: {e}", file=sys.stderr)
             status[0] = 1
         finally:

@@ -112,3 +112,15 @@ def test_help_explains_commands(tmp_path: Path, args: list[str]):
     result = ctl(tmp_path, *args)
     assert result.returncode == 0
     assert "usage: presencedctl" in result.stdout
+
+
+def test_unreachable_redis_is_a_clear_error(tmp_path: Path):
+    config = tmp_path / "redis.toml"
+    config.write_text('[store]\nbackend = "redis"\nredis = ["redis://127.0.0.1:1/0"]\n'
+                      'redis_timeout = 1.0\n')
+    result = subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
+                             "roster", "alice"], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=60)
+    assert result.returncode == 1
+    assert "cannot connect to Redis" in result.stderr
+    assert "Traceback" not in result.stderr

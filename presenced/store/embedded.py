@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS accounts (uid INTEGER PRIMARY KEY, credentials TEXT N
 CREATE TABLE IF NOT EXISTS roster (
     owner INTEGER NOT NULL, contact INTEGER NOT NULL, item TEXT NOT NULL,
     PRIMARY KEY (owner, contact)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS roster_by_contact ON roster (contact);
 CREATE TABLE IF NOT EXISTS roster_version (owner INTEGER PRIMARY KEY, version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS subs (
     subject INTEGER NOT NULL, subscriber INTEGER NOT NULL,
