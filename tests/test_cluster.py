@@ -168,3 +168,19 @@ async def test_delivery_resumes_after_a_redis_restart(nodes, redis_server):
             break
     assert got_it(), (a.cluster.directory.nodes_of, b.cluster.directory.nodes_of,
                       a.cluster.transport.published, b.cluster.transport.received, errors)
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_for_a_node_in_one_reactor_turn_share_one_publish(nodes):
+    a, b = await nodes("a"), await nodes("b")
+    carol = b.session("carol@x")
+    await eventually(lambda: "carol@x" in a.cluster.directory.nodes_of)
+    channels: list[str] = []
+    publish = a.cluster.link.publish
+    a.cluster.link.publish = lambda channel, message: (channels.append(channel),
+                                                       publish(channel, message))[1]
+    for i in range(5):
+        a.core.send_message("dave@x", "carol@x", f"message {i}", kind="chat")
+    await eventually(lambda: len(carol.events) == 5)
+    assert [e.payload["body"] for e in carol.events] == [f"message {i}" for i in range(5)]
+    assert channels == ["presenced:node:b"]

@@ -1,16 +1,18 @@
-"""The router transport between nodes: Redis pub/sub, one message per node per event.
+"""The router transport between nodes: Redis pub/sub, one publish per node per reactor turn.
 
 Local recipients are delivered to directly. For the others the directory says which nodes
-hold their sessions; each such node gets one message on ``presenced:node:<id>`` carrying the
-event and its recipients there, so a fan-out to a thousand friends on another node costs one
-publish, not a thousand.
+hold their sessions; each such node gets the event with its recipients there, so a fan-out
+to a thousand friends on another node costs one entry, not a thousand. Entries for a node are
+batched until the end of the current reactor turn and go out as one message on
+``presenced:node:<id>``: under load many events share one PUBLISH, and no event waits for
+a later one.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -35,6 +37,7 @@ class PubSubTransport:
         self.router = router
         self.published = 0
         self.received = 0
+        self._outbox: dict[str, list[str]] = {}
         link.subscribe(node_channel(directory.node_id), self._received)
 
     def route(self, router: SubscriptionRouter, recipients: Iterable[str], event: Event) -> int:
@@ -47,19 +50,28 @@ class PubSubTransport:
             if nodes:
                 for node in nodes:
                     remote.setdefault(node, []).append(user)
-        for node, users in remote.items():
-            self.published += 1
-            self.link.publish(node_channel(node), wire.encode(users, event))
+        if remote:
+            outbox = self._outbox
+            if not outbox:
+                reactor.callLater(0, self._flush)
+            for node, users in remote.items():
+                outbox.setdefault(node, []).append(wire.encode(users, event))
         return reached
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for node, encoded in outbox.items():
+            self.published += len(encoded)
+            self.link.publish(node_channel(node), wire.batch(encoded))
 
     def remote_nodes(self, user: str) -> Iterable[str]:
         return self.directory.nodes_of.get(user, ())
 
     def _received(self, message: str) -> None:
-        users, event = wire.decode(message)
-        self.received += 1
-        for user in users:
-            self.router.deliver_local(user, event)
+        for users, event in wire.decode(message):
+            self.received += 1
+            for user in users:
+                self.router.deliver_local(user, event)
 
 
 @defer.inlineCallbacks

@@ -57,7 +57,16 @@ def encode(recipients: list[str], event: Event) -> str:
     }, separators=(",", ":"))
 
 
-def decode(text: str) -> tuple[list[str], Event]:
-    doc = json.loads(text)
-    payload = {k: _decode_value(v) for k, v in doc["p"].items()}
-    return doc["r"], Event(doc["t"], doc["s"], payload, when=doc["w"], event_id=doc["i"])
+def batch(encoded: list[str]) -> str:
+    """Several encoded events as one message (one PUBLISH per node per reactor turn)."""
+    return "[" + ",".join(encoded) + "]"
+
+
+def decode(text: str) -> list[tuple[list[str], Event]]:
+    """The ``(recipients, event)`` pairs of one message (a batch or a single event)."""
+    docs = json.loads(text)
+    if isinstance(docs, dict):
+        docs = [docs]
+    return [(doc["r"], Event(doc["t"], doc["s"], {k: _decode_value(v) for k, v in
+                                                  doc["p"].items()},
+                             when=doc["w"], event_id=doc["i"])) for doc in docs]
