@@ -23,4 +23,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
 fi
 
-python3 -m pip install -q -e '.[test]'
+python3 -m pip install -q '.[test]'
