@@ -89,18 +89,22 @@ class PresenceHandler(FeatureHandler):
         contacts = store.get_subscriptions(user)
         pending = store.get_pending(user)
         offline = self.server.messages.take_offline(session)
-        elsewhere = self.core.router.transport.remote_nodes
         for contact in await contacts:
             for other in available_sessions(self.core, contact):
                 session.write(self.presence_bytes(other, session.full))
-            if elsewhere(contact) and session.available:
-                probe = self._payload(session, True, _children(session.presence))
-                probe[PROBE] = session.full
-                self.core.router.deliver(contact, Event(events.PRESENCE, user, probe))
+            self.probe_elsewhere(session, contact)
         for stanza in (await pending).values():
             session.write(stanza.encode("utf-8"))
         for stanza in await offline:
             session.write(stanza.encode("utf-8"))
+
+    def probe_elsewhere(self, session, contact: str) -> None:
+        """Ask ``contact``'s resources on other cluster nodes for their presence (they
+        answer with PRESENCE events for ``session`` alone); nothing on a single node."""
+        if session.available and self.core.router.transport.remote_nodes(contact):
+            probe = self._payload(session, True, _children(session.presence))
+            probe[PROBE] = session.full
+            self.core.router.deliver(contact, Event(events.PRESENCE, session.user, probe))
 
     def unavailable(self, session, children: bytes = b"") -> None:
         if not session.available:

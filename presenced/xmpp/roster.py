@@ -20,7 +20,7 @@ from presenced.store import RosterItem
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.server import parse_address
 from presenced.xmpp.session import available_sessions
-from presenced.xmpp.stanzas import NS_CLIENT, NS_ROSTER
+from presenced.xmpp.stanzas import NS_CLIENT, NS_ROSTER, attr
 
 QUERY = f"{NS_ROSTER}:query"
 # A payload flag: the subscription protocol already exchanged presence for this change.
@@ -131,6 +131,11 @@ class RosterHandler(FeatureHandler):
             linked = item is not None and item.subscription in ("to", "both")
             for other in available_sessions(self.core, contact):
                 session.write(presence.presence_bytes(other, session.full, available=linked))
+            if linked:
+                presence.probe_elsewhere(session, contact)
+            elif self.core.router.transport.remote_nodes(contact):
+                session.write(b"<presence from=%s to=%s type='unavailable'/>" % (
+                    attr(contact).encode("utf-8"), attr(session.full).encode("utf-8")))
 
     def _push(self, session, item: Optional[RosterItem], contact: str, version: int) -> None:
         if session.stream.session is not session:

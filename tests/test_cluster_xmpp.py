@@ -1,0 +1,96 @@
+"""Jabber clients (slixmpp) on two cluster nodes: friends made through the Thrift admin of one
+node see each other's presence, chat and tunes across nodes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import thriftpy2
+from thriftpy2.rpc import make_client
+
+from tests.conftest import REPO
+from tests.test_cluster_nodes import node_config
+from tests.test_pep import PASSWORD, SONG, SONG_SEEN, TIMEOUT, TuneClient
+
+IDL = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"),
+                     module_name="cluster_xmpp_presenced_thrift")
+J = IDL.JabberUser
+
+
+class Friend(TuneClient):
+    """A tune-interested client that also records chats and contacts coming online."""
+
+    def __init__(self, user: str):
+        super().__init__(user, notify=True)
+        self.chats: asyncio.Queue = asyncio.Queue()
+        self.online_contacts: asyncio.Queue = asyncio.Queue()
+        self.add_event_handler("message", self._message)
+        self.add_event_handler("got_online", self._contact_online)
+
+    def _contact_online(self, presence) -> None:
+        if presence["from"].bare != self.boundjid.bare:
+            self.online_contacts.put_nowait(presence["from"].bare)
+
+    def _message(self, message) -> None:
+        if message["type"] in ("chat", "normal") and message["body"]:
+            self.chats.put_nowait((message["from"].bare, message["body"]))
+
+
+async def online(port: int, user: str) -> Friend:
+    client = Friend(user)
+    client.connect("127.0.0.1", port)
+    await asyncio.wait_for(client.started, TIMEOUT)
+    return client
+
+
+def test_friends_on_two_nodes_see_presence_chats_and_tunes(redis_server, presenced_factory):
+    extra = {"server": {"scram_iterations": 64}, "xmpp": {"enabled": True,
+                                                          "bind": "127.0.0.1"}}
+    a = presenced_factory(node_config(redis_server.url, "a", **extra), name="a")
+    b = presenced_factory(node_config(redis_server.url, "b", **extra), name="b")
+    for user in ("ann", "ben"):
+        a.ctl("adduser", f"{user}@localhost", "--password", PASSWORD)
+
+    def add_friend() -> None:
+        admin = make_client(IDL.PresencedAdmin, "127.0.0.1", a.ports["thrift"], timeout=10000)
+        try:
+            admin.add_friend(J(name="ann", server="localhost"), J(name="ben", server="localhost"))
+        finally:
+            admin.close()
+
+    def remove_friend() -> None:
+        admin = make_client(IDL.PresencedAdmin, "127.0.0.1", b.ports["thrift"], timeout=10000)
+        try:
+            admin.remove_friend(J(name="ben", server="localhost"),
+                                J(name="ann", server="localhost"))
+        finally:
+            admin.close()
+
+    async def scenario() -> None:
+        ann = await online(a.ports["xmpp"], "ann")
+        ben = await online(b.ports["xmpp"], "ben")
+        await asyncio.sleep(0.7)  # logins reach the other node's directory; caps are learned
+        await asyncio.to_thread(add_friend)
+        assert await asyncio.wait_for(ann.online_contacts.get(), TIMEOUT) == "ben@localhost"
+        assert await asyncio.wait_for(ben.online_contacts.get(), TIMEOUT) == "ann@localhost"
+
+        ann.send_message(mto="ben@localhost", mbody="hello across nodes", mtype="chat")
+        assert await asyncio.wait_for(ben.chats.get(), TIMEOUT) == \
+            ("ann@localhost", "hello across nodes")
+        ben.send_message(mto="ann@localhost", mbody="hello back", mtype="chat")
+        assert await asyncio.wait_for(ann.chats.get(), TIMEOUT) == ("ben@localhost", "hello back")
+
+        await ann.publish(**SONG)
+        assert await ben.next_tune() == ("ann@localhost", SONG_SEEN)
+
+        gone: asyncio.Future = asyncio.get_running_loop().create_future()
+        ben.add_event_handler("changed_status", lambda p: p["type"] == "unavailable"
+                              and p["from"].bare == "ann@localhost" and not gone.done()
+                              and gone.set_result(True))
+        await asyncio.to_thread(remove_friend)
+        assert await asyncio.wait_for(gone, TIMEOUT)
+        for client in (ann, ben):
+            client.disconnect()
+        await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
