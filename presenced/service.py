@@ -60,6 +60,7 @@ class ListeningService(service.Service):
     def startService(self) -> None:
         super().startService()
         factory = self.factory
+        factory.noisy = False  # our own line below says where it listens
         if self.tls is not None:
             factory = TLSMemoryBIOFactory(self.tls, False, factory)
         if self.core.config.server.workers > 1:
