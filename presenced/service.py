@@ -63,6 +63,7 @@ class ListeningService(service.Service):
         factory.noisy = False  # our own line below says where it listens
         if self.tls is not None:
             factory = TLSMemoryBIOFactory(self.tls, False, factory)
+            factory.noisy = False
         if self.core.config.server.workers > 1:
             self.listening = listen_reuse_port(self.port, self.interface, factory)
         else:
