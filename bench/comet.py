@@ -7,8 +7,8 @@ latency on a Barabási–Albert friends graph. Prints one JSON document.
 
 What it does:
 
-1. writes a Barabási–Albert graph over N users (``bench/graph.py`` when present, else the
-   small generator below) and loads it with ``presencedctl load-friends``;
+1. writes a Barabási–Albert graph over N users (``bench/graph.py``) and loads it with
+   ``presencedctl load-friends``;
 2. starts ``twistd -n presenced`` (comet with ``require_token = false``, the Thrift door for
    publishing; XMPP and the web admin off) and reads its RSS from ``/proc/<pid>/status``;
 3. opens N NDJSON streams, one per user, from several client processes bound to 127.0.0.x
@@ -40,50 +40,15 @@ REPO = Path(__file__).resolve().parent.parent
 CLIENT_BATCH = 0.01
 sys.path.insert(0, str(REPO))
 
-
-# --- friends graph -------------------------------------------------------------------------
-
-def barabasi_albert(n: int, m: int, seed: int) -> list[tuple[int, int]]:
-    """Edges of a Barabási–Albert graph: each new node links to ``m`` existing nodes chosen
-    with probability proportional to their degree (the repeated-nodes list trick)."""
-    rng = random.Random(seed)
-    edges: list[tuple[int, int]] = []
-    targets = list(range(m))
-    repeated: list[int] = []
-    for node in range(m, n):
-        for target in set(targets):
-            edges.append((node, target))
-        repeated.extend(targets)
-        repeated.extend([node] * m)
-        targets = [rng.choice(repeated) for _ in range(m)]
-    return edges
-
-
-def graph_edges(n: int, m: int, seed: int) -> tuple[list[tuple[int, int]], str]:
-    try:
-        from bench import graph  # another bench's generator, when present
-        return list(graph.barabasi_albert(n, m, seed)), "bench/graph.py"
-    except (ImportError, AttributeError):
-        return barabasi_albert(n, m, seed), "bench/comet.py generator"
+from bench.graph import barabasi_albert, user_name  # noqa: E402
+from bench.procs import free_port, percentile, rss_kb, server_pids, start_redis  # noqa: E402
 
 
 # --- helpers -------------------------------------------------------------------------------
 
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def user_name(i: int) -> str:
-    return f"u{i}"
 
 
 # --- stream clients ------------------------------------------------------------------------
@@ -205,7 +170,7 @@ def main() -> None:
     raise_nofile()
 
     work = Path(tempfile.mkdtemp(prefix="comet-bench-"))
-    edges, generator = graph_edges(args.streams, args.m, args.seed)
+    edges = list(barabasi_albert(args.streams, args.m, args.seed))
     (work / "friends.txt").write_text("".join(f"{user_name(a)} {user_name(b)}\n" for a, b in edges))
     config = work / "presenced.toml"
     redis = start_redis(work) if args.store == "redis" else None
@@ -241,7 +206,7 @@ enabled = false
          "--pidfile", "", "--logfile", str(work / "presenced.log"), "presenced",
          "--config", str(config)], env=env, cwd=work)
     try:
-        run(args, work, server, edges, generator)
+        run(args, work, server, edges)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -253,46 +218,7 @@ enabled = false
             redis[0].wait(10)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(work: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                "--save", "", "--appendonly", "no", "--dir", str(work)],
-                               stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("redis-server did not start")
-
-
-def server_pids(pid: int) -> list[int]:
-    """The server process and its worker processes (its children)."""
-    pids = [pid]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rpartition(")")[2].split()[1]) == pid:
-                        pids.append(int(entry))
-            except (OSError, ValueError):
-                pass
-    return pids
-
-
-def server_rss_kb(pid: int) -> int:
-    return sum(rss_kb(p) for p in server_pids(pid))
-
-
-def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> None:
+def run(args, work: Path, server: subprocess.Popen, edges) -> None:
     ports_file = work / "data" / "run" / "ports.json"
     deadline = time.monotonic() + 60
     while True:
@@ -307,7 +233,7 @@ def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> No
         time.sleep(0.1)
     pid = server.pid
     time.sleep(3.0 if args.workers > 1 else 1.0)
-    rss_before = server_rss_kb(pid)
+    rss_before = rss_kb(pid)
 
     ctx = mp.get_context("fork")
     results = ctx.Queue()
@@ -328,7 +254,7 @@ def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> No
         connected += count
     connect_seconds = time.monotonic() - connect_started
     time.sleep(2.0)
-    rss_after = server_rss_kb(pid)
+    rss_after = rss_kb(pid)
 
     for control in controls:
         control.put("go")
@@ -365,9 +291,8 @@ def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> No
         degree[a] += 1
         degree[b] += 1
 
-    def pct(q: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2) \
-            if latencies else None
+    def pct(q: float) -> float | None:
+        return round(percentile(latencies, q) * 1000, 2) if latencies else None
 
     print(json.dumps({
         "streams": args.streams,
@@ -381,7 +306,7 @@ def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> No
         "rss_per_idle_stream_bytes": round((rss_after - rss_before) * 1024 / max(connected, 1)),
         "graph": {"model": "barabasi-albert", "m": args.m, "edges": len(edges),
                   "mean_degree": round(2 * len(edges) / args.streams, 2),
-                  "max_degree": max(degree), "generator": generator},
+                  "max_degree": max(degree), "generator": "bench/graph.py"},
         "publishers": args.publishers,
         "published": published,
         "publishes_per_second": round(published / publish_seconds),
@@ -389,7 +314,7 @@ def run(args, work: Path, server: subprocess.Popen, edges, generator: str) -> No
         "deliveries_per_second": round(received / publish_seconds),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
                        "samples": len(latencies)},
-        "server_rss_end_kb": server_rss_kb(server.pid),
+        "server_rss_end_kb": rss_kb(server.pid),
     }, indent=2))
 
 

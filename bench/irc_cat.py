@@ -33,17 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.procs import rss_kb  # noqa: E402
 from tests.conftest import PresencedProcess  # noqa: E402
 from tests.ircd import IRCWatcher, NgIRCd, cat  # noqa: E402
 
 CHANNEL = "#bench"
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def start(directory: Path, ircd: NgIRCd, **irc: object) -> PresencedProcess:
@@ -138,7 +132,7 @@ def garbage(directory: Path, ircd: NgIRCd, megabytes: int) -> dict:
     try:
         joined(watcher)
         pid = server.process.pid
-        before = rss_kib(pid)
+        before = rss_kb(pid)
         # Lines of random bytes, each with a 0xFF (never valid in UTF-8): every one is refused
         # (nothing queued for IRC to hold up the check below) and answered with an error
         # this client never reads, which the server must not buffer without bound.
@@ -154,7 +148,7 @@ def garbage(directory: Path, ircd: NgIRCd, megabytes: int) -> dict:
         for _ in range(megabytes):
             cat(server.ports["irc_cat"], b"x" * 100000 + b"\n")
         elapsed = time.monotonic() - started
-        after = rss_kib(pid)
+        after = rss_kb(pid)
         cat(server.ports["irc_cat"], b"alive after garbage\n")
         watcher.wait_for(lambda m: m.command == "PRIVMSG" and "alive after" in m.params[-1], 30)
         return {"garbage_mb": megabytes * 2, "seconds": round(elapsed, 2),

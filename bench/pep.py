@@ -37,7 +37,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ if __package__ in (None, ""):  # run as a file: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.graph import barabasi_albert, user_name, write_edge_list  # noqa: E402
+from bench.procs import cpu_seconds, free_port, percentile, server_pids, start_redis  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "localhost"
@@ -278,72 +278,21 @@ def write_config(directory: Path, scram_iterations: int, workers: int,
     return config, env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
-    """A private redis-server persisting as a deployment would (appendonly, fsync every s)."""
-    port = free_port()
-    directory.mkdir()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def server_pids(pid: int) -> list[int]:
-    """The twistd process and the workers it started."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except FileNotFoundError:
-        children = []
-    return [pid] + [int(c) for c in children]
-
-
 def ctl(config: Path, env: dict, *args: str) -> None:
     subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config), *args],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, every thread) the server and its workers have used: on a
-    shared machine this says what the server itself costs, whatever else runs."""
-    total = 0
-    for one in server_pids(pid):
-        fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def wait_until_idle(pid: int, timeout: float = 120.0) -> None:
     """Wait until the server uses under 4% of a core for half a second."""
     deadline = time.monotonic() + timeout
-    before = process_cpu_seconds(pid)
+    before = cpu_seconds(pid)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = process_cpu_seconds(pid)
+        now = cpu_seconds(pid)
         if now - before < 0.02:
             return
         before = now
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def main() -> None:
@@ -375,7 +324,8 @@ def main() -> None:
             "".join(f"{user_name(i)}@{DOMAIN} {password}\n" for i in online))
         redis_url = ""
         if args.workers > 1 or args.store == "redis":
-            redis, redis_url = start_redis(directory / "redis")
+            redis, redis_port = start_redis(directory / "redis", persist=True)
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
         config, env = write_config(directory, args.scram_iterations, args.workers, redis_url)
         ctl(config, env, "import-users", "-q", str(directory / "users.txt"))
         ctl(config, env, "load-friends", "-q", str(directory / "edges.txt"))
@@ -432,12 +382,12 @@ def main() -> None:
         connected = sum(ready.get(timeout=600) for _ in procs)
         login_seconds = time.monotonic() - login_start
         wait_until_idle(server.pid)  # last-item lookups of the login storm are done
-        cpu_before = process_cpu_seconds(server.pid)
-        redis_before = process_cpu_seconds(redis.pid) if redis is not None else 0.0
+        cpu_before = cpu_seconds(server.pid)
+        redis_before = cpu_seconds(redis.pid) if redis is not None else 0.0
         go.set()
         results = [out.get(timeout=600) for _ in procs]
-        server_cpu = process_cpu_seconds(server.pid) - cpu_before
-        redis_cpu = process_cpu_seconds(redis.pid) - redis_before if redis is not None else 0.0
+        server_cpu = cpu_seconds(server.pid) - cpu_before
+        redis_cpu = cpu_seconds(redis.pid) - redis_before if redis is not None else 0.0
         for proc in procs:
             proc.join(30)
 

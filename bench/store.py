@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import random
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,7 @@ if __package__ in (None, ""):  # run as a file: make the checkout importable
 from twisted.internet import defer, reactor, task
 
 from bench.graph import barabasi_albert, user_name, write_edge_list
+from bench.procs import cpu_seconds, percentile, start_redis
 from presenced import bulk
 from presenced.store import IRosterStore
 
@@ -42,37 +41,20 @@ DOMAIN = "bench.example"
 
 
 class PrivateRedis:
-    """A redis-server in a temporary directory on a free loopback port."""
+    """A persisting redis-server in ``directory`` on a free loopback port, for a ``with``."""
 
     def __init__(self, directory: Path):
         self.directory = directory
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
         self.process: Optional[subprocess.Popen] = None
+        self.port = 0
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def __enter__(self) -> "PrivateRedis":
-        binary = shutil.which("redis-server")
-        if binary is None:
-            sys.exit("redis-server is not installed (scripts/install-test-deps.sh)")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.directory), "--appendonly", "yes", "--appendfsync", "everysec",
-             "--save", "", "--protected-mode", "no"],
-            stdout=open(self.directory / "redis.log", "ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        self.process, self.port = start_redis(self.directory, persist=True)
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.process is not None:
@@ -81,17 +63,11 @@ class PrivateRedis:
 
     def cpu_seconds(self) -> float:
         """CPU the server used so far (user + system), from /proc."""
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+        return round(cpu_seconds(self.process.pid), 2)
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file()
                    and f.name != "redis.log")
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(round(p / 100 * (len(sorted_values) - 1))))]
 
 
 @defer.inlineCallbacks
@@ -131,8 +107,8 @@ def measure(store: IRosterStore, edges_path: Path, n: int, samples: int, seed: i
         # the machine is shared, so wall-clock rates depend on what else runs.
         "load_cpu_seconds": round(load_cpu, 2),
         "get_subscribers_samples": samples,
-        "get_subscribers_p50_ms": round(percentile(latencies, 50) * 1000, 3),
-        "get_subscribers_p99_ms": round(percentile(latencies, 99) * 1000, 3),
+        "get_subscribers_p50_ms": round(percentile(latencies, 0.50) * 1000, 3),
+        "get_subscribers_p99_ms": round(percentile(latencies, 0.99) * 1000, 3),
         "get_subscribers_max_ms": round(latencies[-1] * 1000, 3),
         "subscribers_p50": sorted(sizes)[len(sizes) // 2],
         "subscribers_max": max(sizes),

@@ -37,6 +37,7 @@ from thriftpy2.protocol.cybin import TCyBinaryProtocol  # noqa: E402
 from thriftpy2.thrift import TMessageType  # noqa: E402
 from thriftpy2.transport.memory import TCyMemoryBuffer, TMemoryBuffer  # noqa: E402
 
+from bench.procs import cpu_seconds  # noqa: E402
 from presenced.thrift import admin  # noqa: E402
 
 SERVICE = admin.PresencedAdmin
@@ -145,12 +146,6 @@ def run_client(port: int, method: str, names: list[str], count: int, start, resu
     for sock in sockets.values():
         sock.close()
     results.put((began, ended, answered))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(server: subprocess.Popen, port: int, method: str, connections: int,

@@ -34,9 +34,7 @@ import json
 import multiprocessing
 import os
 import re
-import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.procs import cpu_seconds, free_port, percentile, rss_kb, start_redis  # noqa: E402
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
@@ -238,61 +238,6 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
 
 # --- the server -----------------------------------------------------------------------------
 
-def server_pids(pid: int) -> list[int]:
-    """The server process and its worker processes (its children)."""
-    pids = [pid]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rpartition(")")[2].split()[1]) == pid:
-                        pids.append(int(entry))
-            except (OSError, ValueError):
-                pass
-    return pids
-
-
-def rss_kb(pid: int) -> int:
-    """Resident memory of the server and its workers."""
-    total = 0
-    for p in server_pids(pid):
-        with open(f"/proc/{p}/status") as f:
-            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return total
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the server and its workers (all threads) have used."""
-    total = 0
-    for p in server_pids(pid):
-        with open(f"/proc/{p}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(directory: Path) -> subprocess.Popen:
-    """A private Redis for the cluster runs (``--workers`` above 1)."""
-    port = free_port()
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                "--save", "", "--appendonly", "no", "--dir", str(directory)],
-                               stdout=subprocess.DEVNULL)
-    process.port = port
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("redis-server did not start")
-
-
 def start_server(directory: Path, iterations: int, workers: int = 1,
                  redis_port: int = 0) -> tuple[subprocess.Popen, int, Path]:
     config = directory / "presenced.toml"
@@ -355,9 +300,9 @@ def main() -> None:
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
     with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
         directory = Path(tmp)
-        redis = start_redis(directory) if args.workers > 1 else None
+        redis, redis_port = start_redis(directory) if args.workers > 1 else (None, 0)
         server, port, config = start_server(directory, args.iterations, args.workers,
-                                            redis.port if redis else 0)
+                                            redis_port)
         try:
             lines = "".join(f"{u} {PASSWORD}\n" for u in users)
             subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
@@ -435,15 +380,15 @@ def main() -> None:
                 if message_elapsed > 0 else None,
                 "server_cpu_us_per_message": round(1e6 * message_cpu / max(1, len(latencies)),
                                                    1),
-                "latency_p50_ms": round(1000 * statistics.median(latencies), 2)
+                "latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2)
                 if latencies else None,
-                "latency_p99_ms": round(1000 * latencies[int(len(latencies) * 0.99) - 1], 2)
+                "latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2)
                 if latencies else None,
                 "paced_rate_per_s": args.paced_rate,
                 "paced_delivered": len(paced),
-                "paced_latency_p50_ms": round(1000 * statistics.median(paced), 2)
+                "paced_latency_p50_ms": round(1000 * percentile(paced, 0.5), 2)
                 if paced else None,
-                "paced_latency_p99_ms": round(1000 * paced[int(len(paced) * 0.99) - 1], 2)
+                "paced_latency_p99_ms": round(1000 * percentile(paced, 0.99), 2)
                 if paced else None,
                 "load_average_1min": round(os.getloadavg()[0], 2),
             }

@@ -1,0 +1,103 @@
+"""Process helpers shared by the benchmarks: free ports, a private redis-server, and the
+RSS and CPU of a server together with its worker processes, read from ``/proc`` (Linux).
+
+Usage from a bench::
+
+    from bench.procs import cpu_seconds, free_port, percentile, rss_kb, server_pids, start_redis
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(directory: Path, persist: bool = False) -> tuple[subprocess.Popen, int]:
+    """Start a private redis-server on a free loopback port, its files and ``redis.log`` in
+    ``directory``; returns the process and the port once it accepts connections.
+
+    ``persist``: append-only file, fsync every second (as a deployment would run it);
+    otherwise nothing is written to disk."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (scripts/install-test-deps.sh)")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if persist \
+        else ["--appendonly", "no"]
+    with open(directory / "redis.log", "ab") as log:
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+             "--save", "", *durability], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process, port
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise SystemExit(f"redis-server did not start: see {directory / 'redis.log'}")
+
+
+def server_pids(pid: int) -> list[int]:
+    """``pid`` followed by its child processes (a server's workers)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rpartition(")")[2].split()[1]) == pid:
+                        pids.append(int(entry))
+            except (OSError, ValueError):
+                pass  # gone meanwhile
+    return pids
+
+
+def _read_each(pid: int, name: str) -> list[str]:
+    """``/proc/<p>/<name>`` of ``pid`` and of each child still there."""
+    texts = []
+    for one in server_pids(pid):
+        try:
+            with open(f"/proc/{one}/{name}") as f:
+                texts.append(f.read())
+        except OSError:
+            if one == pid:
+                raise
+    return texts
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory (kB) of ``pid`` and its children."""
+    return sum(next((int(line.split()[1]) for line in text.splitlines()
+                     if line.startswith("VmRSS:")), 0)
+               for text in _read_each(pid, "status"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time (every thread) ``pid`` and its children have used so far."""
+    ticks = 0
+    for text in _read_each(pid, "stat"):
+        fields = text.rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0 <= q <= 1) of ``values``, by rank; NaN when there are none."""
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
