@@ -202,27 +202,33 @@ def _confirmation(action: ConfirmedAction, params: Params, problems: list[str],
     return Page("Please confirm", [errors(problems), action.question(params), form], status)
 
 
+@defer.inlineCallbacks
+def _read_action(console: Console, request):
+    """Fires ``(action, params, None)``, or ``(None, None, page)`` explaining why not."""
+    action = ACTIONS.get(arg(request, "action") or "")
+    if action is None:
+        return None, None, Page("Cannot do that", errors(["Unknown action."]), 400)
+    params, problems = yield action.read(console, request)
+    if problems:
+        return None, None, _cannot(action, params, problems)
+    return action, params, None
+
+
 def register(console: Console) -> None:
     @console.route("GET", "/confirm")
     @defer.inlineCallbacks
     def confirm(console: Console, request, login):
-        action = ACTIONS.get(arg(request, "action") or "")
-        if action is None:
-            return Page("Cannot do that", errors(["Unknown action."]), 400)
-        params, problems = yield action.read(console, request)
-        if problems:
-            return _cannot(action, params, problems)
+        action, params, refusal = yield _read_action(console, request)
+        if refusal is not None:
+            return refusal
         return _confirmation(action, params, [], login)
 
     @console.route("POST", "/action")
     @defer.inlineCallbacks
     def perform(console: Console, request, login):
-        action = ACTIONS.get(arg(request, "action") or "")
-        if action is None:
-            return Page("Cannot do that", errors(["Unknown action."]), 400)
-        params, problems = yield action.read(console, request)
-        if problems:
-            return _cannot(action, params, problems)
+        action, params, refusal = yield _read_action(console, request)
+        if refusal is not None:
+            return refusal
         problems = action.check_inputs(request, params)
         if problems:
             return _confirmation(action, params, problems, login, 400)

@@ -110,11 +110,7 @@ class Subscriptions:
 
     async def unsubscribe(self, user: str, contact: str) -> None:
         """``user`` stops receiving ``contact``'s presence."""
-        mine = await self.store.get_roster_item(user, contact)
-        if mine is not None and (mine.subscription in LOSE_TO or mine.ask):
-            mine.subscription = LOSE_TO.get(mine.subscription, mine.subscription)
-            mine.ask = False
-            await self._save(user, mine)
+        await self._drop_to(user, contact)
         await self._drop_from(contact, user)
         self._to_sessions(contact, presence_stanza(user, contact, "unsubscribe"))
         self._show_presence(contact, user, False)
@@ -122,13 +118,17 @@ class Subscriptions:
     async def unsubscribed(self, contact: str, user: str) -> None:
         """``contact`` cancels (or refuses) ``user``'s subscription to it."""
         await self._drop_from(contact, user)
+        await self._drop_to(user, contact)
+        self._to_sessions(user, presence_stanza(contact, user, "unsubscribed"))
+        self._show_presence(contact, user, False)
+
+    async def _drop_to(self, user: str, contact: str) -> None:
+        """``user``'s side: no longer subscribed to ``contact``, nothing asked."""
         mine = await self.store.get_roster_item(user, contact)
         if mine is not None and (mine.subscription in LOSE_TO or mine.ask):
             mine.subscription = LOSE_TO.get(mine.subscription, mine.subscription)
             mine.ask = False
             await self._save(user, mine)
-        self._to_sessions(user, presence_stanza(contact, user, "unsubscribed"))
-        self._show_presence(contact, user, False)
 
     async def _drop_from(self, contact: str, user: str) -> None:
         theirs = await self.store.get_roster_item(contact, user)
