@@ -46,3 +46,18 @@ def test_presence_and_messages_cross_nodes(redis_server, presenced_factory):
     assert b"<body>across</body>" in got and b"ann@localhost/a" in got
     ann.close()
     assert b"unavailable" in ben.read_until(b"from=.ann@localhost/a.[^>]*type=.unavailable.")
+
+
+def test_binding_a_resource_bound_on_another_node_replaces_it(redis_server, presenced_factory):
+    a = presenced_factory(node(redis_server.url, "a"), name="a")
+    b = presenced_factory(node(redis_server.url, "b"), name="b")
+    a.ctl("import-users", "-", "--quiet", input="cy@localhost pw\n")
+    first = RawClient(a.ports["xmpp"])
+    first.login("cy", "pw", "laptop")
+    time.sleep(0.5)  # the login reaches node b's directory
+    second = RawClient(b.ports["xmpp"])
+    second.login("cy", "pw", "laptop")
+    assert b"<conflict" in first.read_until(b"<conflict[^>]*/>", timeout=5)
+    assert first.closed()
+    second.send(b"<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert b"id='p1'" in second.read_until(b"<iq[^>]*id=.p1.[^>]*/?>")

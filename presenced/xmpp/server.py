@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
 
+from presenced.events import Event
 from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_PREAPPROVAL, NS_REGISTER_FEATURE,
                                     NS_ROSTERVER, NS_SESSION, NS_TLS, to_bytes)
 
@@ -171,7 +172,7 @@ class C2SServer:
     def choose_resource(self, user: str, requested: Optional[str]) -> str:
         """The resource to bind: the client's (an older session on it is replaced, RFC 6120
         7.7.2.2) or a generated one."""
-        from presenced.xmpp.session import xmpp_sessions
+        from presenced.xmpp.session import RESOURCE_CLAIMED, replace, xmpp_sessions
 
         if requested:
             resource = parse_address(f"{user}/{requested}").resource
@@ -179,9 +180,11 @@ class C2SServer:
                 raise ValueError("empty resource")
             for session in xmpp_sessions(self.core, user):
                 if session.label == resource:
-                    session.close("conflict")
-                    session.stream.session = None
-                    session.ended()
+                    replace(session)
+            if self.core.router.transport.remote_nodes(user):
+                # The same resource on another node of the cluster is replaced there.
+                self.core.router.deliver(user, Event(RESOURCE_CLAIMED, user,
+                                                     {"resource": resource}))
             return resource
         return secrets.token_hex(6)
 

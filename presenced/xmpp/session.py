@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 _request_ids = itertools.count(1)
 
+# Router event: a resource of this user was bound on another node; ours of that name yields.
+RESOURCE_CLAIMED = "xmpp-resource-claimed"
+
 STREAM_CONDITIONS = frozenset((
     "conflict", "system-shutdown", "connection-timeout", "policy-violation", "not-authorized",
     "reset", "see-other-host", "resource-constraint"))
@@ -141,10 +144,20 @@ class C2SSession:
             self.server.presence.render(self, event)
         elif kind == events.ROSTER:
             self.server.roster.render(self, event)
+        elif kind == RESOURCE_CLAIMED:
+            if event.payload["resource"] == self.label:
+                replace(self)
         else:
             renderer = self.server.event_renderers.get(kind)
             if renderer is not None:
                 renderer(self, event)
+
+
+def replace(session: C2SSession) -> None:
+    """End ``session`` because its resource was bound again (RFC 6120 7.7.2.2)."""
+    session.close("conflict")
+    session.stream.session = None
+    session.ended()
 
 
 def xmpp_sessions(core: "Core", user: str) -> list[C2SSession]:
