@@ -21,9 +21,9 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 
-from presenced.config import Config
+from presenced.config import Config, ConfigError
 from presenced.core import Core
-from presenced.store import make_store
+from presenced.store import StoreError, make_store
 
 # Config section -> module providing make_service(core). Order is start-up order.
 DOORS: dict[str, str] = {
@@ -140,7 +140,6 @@ class PresencedService(service.MultiService):
         super().__init__()
         self.config = config
         self.core: Optional[Core] = None
-        self.ready: defer.Deferred = defer.Deferred()
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -169,11 +168,13 @@ class PresencedService(service.MultiService):
 
     def _start_doors(self) -> None:
         assert self.core is not None
+        doors = 0
         for section, module_name in DOORS.items():
             if getattr(self.config, section).enabled:
                 module = importlib.import_module(module_name)
                 door = module.make_service(self.core)
                 door.setServiceParent(self)
+                doors += 1
         if self.config.server.workers > 1 and not is_worker():
             from presenced.workers import WorkerSupervisor
 
@@ -181,14 +182,19 @@ class PresencedService(service.MultiService):
         if not is_worker():
             record_port(self.config.server.data_dir, "ready", os.getpid())
         log.info("presenced ready: {n} front door(s), domains {domains}",
-                 n=len(self.services), domains=", ".join(self.config.server.domains))
-        self.ready.callback(self.core)
+                 n=doors, domains=", ".join(self.config.server.domains))
 
     def _failed(self, failure: Any) -> None:
+        """Start-up failed (store unreachable, a door refused its config): stop cleanly,
+        then exit with status 1 so supervisors and scripts see the failure."""
         log.critical("presenced could not start: {error}", error=failure.getErrorMessage())
-        log.failure("start-up failure", failure)
+        if not failure.check(ConfigError, StoreError):
+            log.failure("start-up failure", failure)
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         if reactor.running:
             reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
 
     @defer.inlineCallbacks
     def stopService(self):
