@@ -101,3 +101,30 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def start_presenced(directory: Path, config: Path,
+                    timeout: float = 30.0) -> tuple[subprocess.Popen, dict]:
+    """Run ``twistd -n presenced --config config`` from this checkout, logging to
+    ``directory/presenced.log``; returns the process and the ports it recorded once ready."""
+    import json
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+         "--pidfile", "", "--logfile", str(directory / "presenced.log"), "presenced",
+         "--config", str(config)], cwd=directory, env=env)
+    ports_file = directory / "data" / "run" / "ports.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ports = json.loads(ports_file.read_text())
+            if "ready" in ports:
+                return process, ports
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    process.kill()
+    raise SystemExit(f"presenced did not start: see {directory / 'presenced.log'}")

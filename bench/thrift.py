@@ -37,7 +37,7 @@ from thriftpy2.protocol.cybin import TCyBinaryProtocol  # noqa: E402
 from thriftpy2.thrift import TMessageType  # noqa: E402
 from thriftpy2.transport.memory import TCyMemoryBuffer, TMemoryBuffer  # noqa: E402
 
-from bench.procs import cpu_seconds  # noqa: E402
+from bench.procs import cpu_seconds, start_presenced  # noqa: E402
 from presenced.thrift import admin  # noqa: E402
 
 SERVICE = admin.PresencedAdmin
@@ -52,23 +52,8 @@ def start_server(directory: Path) -> tuple[subprocess.Popen, int]:
         f'[server]\ndata_dir = "{directory / "data"}"\n'
         '[xmpp]\nenabled = false\n[comet]\nenabled = false\n'
         '[webadmin]\nenabled = false\n[thrift]\nport = 0\n')
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-         "--pidfile", "", "--logfile", str(directory / "presenced.log"), "presenced",
-         "--config", str(config)], cwd=directory, env=env)
-    ports = directory / "data" / "run" / "ports.json"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            recorded = json.loads(ports.read_text())
-            if "ready" in recorded:
-                return process, recorded["thrift"]
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    process.kill()
-    raise SystemExit("presenced did not start: see " + str(directory / "presenced.log"))
+    process, ports = start_presenced(directory, config)
+    return process, ports["thrift"]
 
 
 def encode_calls(method: str, connection: int, count: int) -> bytes:

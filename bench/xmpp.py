@@ -44,7 +44,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.procs import cpu_seconds, free_port, percentile, rss_kb, start_redis  # noqa: E402
+from bench.procs import (cpu_seconds, free_port, percentile, rss_kb, start_presenced,  # noqa: E402
+                         start_redis)
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
@@ -268,19 +269,8 @@ enabled = false
 [irc]
 enabled = false
 """)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-         "--pidfile", "", "--logfile", str(directory / "presenced.log"), "presenced",
-         "--config", str(config)], env=env, cwd=directory)
-    ports_file = directory / "data" / "run" / "ports.json"
-    for _ in range(600):
-        if ports_file.exists():
-            ports = json.loads(ports_file.read_text() or "{}")
-            if "ready" in ports:
-                return process, ports["xmpp"], config
-        time.sleep(0.05)
-    raise RuntimeError("presenced did not start")
+    process, ports = start_presenced(directory, config)
+    return process, ports["xmpp"], config
 
 
 def main() -> None:

@@ -17,20 +17,14 @@ from presenced.events import Event
 from presenced.nowplaying import TUNE_NS, BadTune, Tune, parse_tune_xml
 from presenced.router import ISession
 from presenced.store.embedded import EmbeddedRosterStore
+from presenced.xmlparse import parse_element
 from presenced.xmpp.caps import (BadCaps, EntityCaps, caps_hash, notify_nodes,
                                  parse_disco_info, verification_string)
 
 
 def parse(xml: str) -> domish.Element:
     """One element from XML text, with domish's own parser (as the server reads stanzas)."""
-    found: list[domish.Element] = []
-    stream = domish.elementStream()
-    stream.DocumentStartEvent = lambda root: None
-    stream.ElementEvent = found.append
-    stream.DocumentEndEvent = lambda: None
-    stream.parse(("<wrap>" + xml + "</wrap>").encode("utf-8"))
-    assert len(found) == 1
-    return found[0]
+    return parse_element(xml)
 
 
 # --- the Tune model -------------------------------------------------------------------------
