@@ -31,7 +31,8 @@ from presenced.config import Config
 from presenced.events import Event
 from presenced.hooks import Hooks
 from presenced.metrics import Metrics
-from presenced.nowplaying import Tune, get_now_playing, publish_tune
+from presenced.nowplaying import Tune
+from presenced.pep import PepService
 from presenced.router import SubscriptionRouter
 from presenced.scram import make_credentials
 from presenced.store import IRosterStore, Pair, RosterItem
@@ -70,8 +71,7 @@ class Core:
         self.started_at = time.time()
         self.domains = tuple(config.server.domains)
         self.features: dict[str, object] = {}
-        self.metrics.describe("presenced_tunes_published_total", "counter",
-                              "Tunes published (stops included), from every door.")
+        self.pep = PepService(store, self.router, self.metrics)
 
     def user(self, text: str) -> str:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""
@@ -123,12 +123,12 @@ class Core:
 
     def publish_tune(self, user: str, tune: Optional[Tune]) -> defer.Deferred:
         """Announce what ``user`` plays (None: stopped) to every door; fires the number of
-        sessions reached. Validation is :class:`Tune`'s; see :mod:`presenced.nowplaying`."""
-        return publish_tune(self, user, tune)
+        sessions reached. Validation is :class:`Tune`'s; see :mod:`presenced.pep`."""
+        return defer.ensureDeferred(self.pep.publish_tune(user, tune))
 
     def now_playing(self, user: str) -> defer.Deferred:
         """Fires ``user``'s current :class:`Tune`, or None when stopped or never set."""
-        return get_now_playing(self, user)
+        return defer.ensureDeferred(self.pep.now_playing(user))
 
     # --- friendships -----------------------------------------------------------------------
 

@@ -1,11 +1,9 @@
-"""Now playing: the User Tune model (XEP-0118) and the one path every door publishes through.
+"""Now playing: the User Tune model (XEP-0118): validation, and XML and payload forms.
 
 Whoever announces a song — a Jabber client publishing to its PEP tune node, the Thrift
-``publish_np`` call, anything else — ends in :func:`publish_tune`: the tune is validated, kept
-in the roster store as the user's last item of the tune node (so a restart remembers who plays
-what), and sent as ONE router event (:data:`presenced.events.TUNE`) to the user's own sessions
-and every subscriber's, whatever their protocol. The XMPP door turns that event into PEP
-notifications for resources with ``tune+notify``; comet streams and IRC hooks read its payload.
+``publish_np`` call, anything else — builds a :class:`Tune` and hands it to the core's PEP
+service (:mod:`presenced.pep`), which keeps it as the tune node's item and sends ONE router
+event (:data:`presenced.events.TUNE`) to every door.
 
 The event payload holds the tune's fields that are set (``artist``, ``title``, ``source``,
 ``length``, ``track``, ``rating``, ``uri``); an empty payload means "stopped".
@@ -16,18 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from xml.sax.saxutils import escape
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-from twisted.internet import defer
 from twisted.words.xish import domish
 
-from presenced import events
-from presenced.events import Event
-from presenced.store import PepItem
 from presenced.xmlparse import parse_element
-
-if TYPE_CHECKING:
-    from presenced.core import Core
 
 TUNE_NS = "http://jabber.org/protocol/tune"
 # The tune node is a singleton: one item, with the id XEP-0060 recommends for such nodes.
@@ -163,39 +154,3 @@ def parse_tune_xml(xml: str) -> Tune:
     except ValueError:
         raise BadTune("stored tune is not one <tune/> element") from None
     return Tune.from_element(element)
-
-
-@defer.inlineCallbacks
-def publish_tune(core: "Core", user: str, tune: Optional[Tune]):
-    """Keep ``tune`` as ``user``'s now playing and tell everyone who follows them.
-
-    ``None`` or an empty tune means "stopped" and travels the same way. Fires the number of
-    sessions the event reached (all doors, the user's own included).
-    """
-    tune = tune if tune is not None else Tune()
-    yield core.store.set_pep_item(user, TUNE_NS, PepItem(TUNE_ITEM_ID, tune.to_xml()))
-    reached = yield _announce(core, user, tune)
-    return reached
-
-
-@defer.inlineCallbacks
-def forget_tune(core: "Core", user: str):
-    """Drop ``user``'s tune node (a PEP retract or delete); followers are told "stopped"."""
-    yield core.store.delete_pep_node(user, TUNE_NS)
-    reached = yield _announce(core, user, Tune())
-    return reached
-
-
-def _announce(core: "Core", user: str, tune: Tune) -> defer.Deferred:
-    core.metrics.inc("presenced_tunes_published_total")
-    return core.router.send(user, Event(events.TUNE, user, tune.to_payload()))
-
-
-@defer.inlineCallbacks
-def get_now_playing(core: "Core", user: str):
-    """Fires ``user``'s last published :class:`Tune`, or None when stopped or never set."""
-    item = yield core.store.get_pep_item(user, TUNE_NS)
-    if item is None:
-        return None
-    tune = parse_tune_xml(item.payload)
-    return None if tune.stopped else tune

@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 
 from presenced.scram import make_credentials, verify_password
-from presenced.store import IRosterStore, PepItem, RosterItem
+from presenced.store import IRosterStore, RosterItem
 from tests.conftest import RedisServer
 
 
@@ -111,37 +111,61 @@ async def test_subscription_graph_is_directed(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_pep_keeps_last_item_per_node(store):
-    await store.set_pep_item("a@x", "tune", PepItem("1", "<tune/>"))
-    await store.set_pep_item("a@x", "tune", PepItem("2", "<tune><title>T</title></tune>"))
-    await store.set_pep_item("a@x", "mood", PepItem("m", "<mood/>"))
-    assert await store.get_pep_item("a@x", "tune") == PepItem("2", "<tune><title>T</title></tune>")
-    assert set(await store.get_pep_nodes("a@x")) == {"tune", "mood"}
-    assert await store.delete_pep_node("a@x", "tune") is True
-    assert await store.delete_pep_node("a@x", "tune") is False
-    assert await store.get_pep_item("a@x", "tune") is None
-    assert await store.get_pep_item("nobody@x", "tune") is None
+async def test_map_keeps_one_value_per_key_and_user(store):
+    pep = store.open_map("pep")
+    assert store.open_map("pep") is pep
+    await pep.set("a@x", "tune", "1")
+    await pep.set("a@x", "tune", "2")
+    await pep.set("a@x", "mood", "m")
+    await pep.set("b@x", "tune", "other")
+    assert await pep.get("a@x", "tune") == "2"
+    assert await pep.items("a@x") == {"tune": "2", "mood": "m"}
+    assert await pep.delete("a@x", "tune") is True
+    assert await pep.delete("a@x", "tune") is False
+    assert await pep.get("a@x", "tune") is None
+    assert await pep.get("nobody@x", "tune") is None
+    assert await store.open_map("private").items("a@x") == {}
+    with pytest.raises(ValueError):
+        store.open_list("pep")
+    for bad in ("roster", "Bad", "a:b", ""):
+        with pytest.raises(ValueError):
+            store.open_map(bad)
 
 
 @pytest_twisted.ensureDeferred
-async def test_offline_messages_are_bounded_and_popped_in_order(store):
+async def test_list_is_bounded_and_popped_in_order(store):
+    offline = store.open_list("offline")
     for i in range(3):
-        assert await store.push_offline("a@x", f"<message id='{i}'/>", 3)
-    assert await store.push_offline("a@x", "<message id='overflow'/>", 3) is False
-    assert await store.peek_offline("a@x") == [f"<message id='{i}'/>" for i in range(3)]
-    assert await store.pop_offline("a@x") == [f"<message id='{i}'/>" for i in range(3)]
-    assert await store.pop_offline("a@x") == []
+        assert await offline.push("a@x", f"<message id='{i}'/>", 3)
+    assert await offline.push("a@x", "<message id='overflow'/>", 3) is False
+    assert await offline.peek("a@x") == [f"<message id='{i}'/>" for i in range(3)]
+    assert await offline.pop_all("a@x") == [f"<message id='{i}'/>" for i in range(3)]
+    assert await offline.pop_all("a@x") == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_pending_requests_and_private_documents(store):
-    await store.set_pending("a@x", "b@x", "<presence type='subscribe'/>")
-    assert await store.get_pending("a@x") == {"b@x": "<presence type='subscribe'/>"}
-    assert await store.remove_pending("a@x", "b@x") is True
-    assert await store.remove_pending("a@x", "b@x") is False
-    await store.set_private("a@x", "vcard", "<vCard/>")
-    assert await store.get_private("a@x", "vcard") == "<vCard/>"
-    assert await store.get_private("a@x", "other") is None
+async def test_archive_pages_by_id_and_time(store):
+    archive = store.open_archive("archive")
+    ids = [await archive.append("a@x", f"m{i}", 1000.0 + i, "b@x" if i % 2 else "c@x")
+           for i in range(10)]
+    assert ids == sorted(ids, key=int) and len(set(ids)) == 10
+    page = await archive.query("a@x", limit=3)
+    assert [e.value for e in page.entries] == ["m0", "m1", "m2"] and not page.complete
+    page = await archive.query("a@x", after_id=page.entries[-1].id, limit=3)
+    assert [e.value for e in page.entries] == ["m3", "m4", "m5"]
+    page = await archive.query("a@x", limit=3, last=True)
+    assert [e.value for e in page.entries] == ["m7", "m8", "m9"] and not page.complete
+    page = await archive.query("a@x", before_id=page.entries[0].id, limit=10)
+    assert [e.value for e in page.entries] == [f"m{i}" for i in range(7)] and page.complete
+    page = await archive.query("a@x", start=1002.0, end=1005.0)
+    assert [e.value for e in page.entries] == ["m2", "m3", "m4", "m5"] and page.complete
+    assert page.entries[0].when == 1002.0 and page.entries[0].with_ == "c@x"
+    page = await archive.query("a@x", with_="b@x", start=1004.0, limit=2)
+    assert [e.value for e in page.entries] == ["m5", "m7"] and not page.complete
+    assert (await archive.query("nobody@x")).entries == ()
+    assert await archive.delete_all("a@x") == 10
+    assert (await archive.query("a@x")).entries == ()
+    assert int(await archive.append("a@x", "again", 2000.0)) > int(ids[-1])
 
 
 @pytest_twisted.ensureDeferred
@@ -149,20 +173,20 @@ async def test_remove_user_deletes_everything_it_owns(store):
     await store.create_user("a@x", make_credentials("p", iterations=8))
     await store.add_friends([("a@x", "b@x")])
     await store.add_subscriptions([("a@x", "star@x")])
-    await store.set_pep_item("a@x", "tune", PepItem("1", "<tune/>"))
-    await store.push_offline("a@x", "<message/>", 10)
-    await store.set_private("a@x", "vcard", "<vCard/>")
-    await store.set_pending("a@x", "c@x", "<presence/>")
+    await store.open_map("pep").set("a@x", "tune", "<tune/>")
+    await store.open_list("offline").push("a@x", "<message/>", 10)
+    await store.open_archive("archive").append("a@x", "<message/>", 1.0)
+    await store.open_map("pep").set("b@x", "tune", "<tune/>")
     assert await store.remove_user("a@x") is True
     assert not await store.user_exists("a@x")
     assert await store.get_roster("a@x") == []
     assert await store.get_roster("b@x") == []
     assert await store.get_subscribers("b@x") == []
     assert await store.get_subscribers("star@x") == []
-    assert await store.get_pep_item("a@x", "tune") is None
-    assert await store.peek_offline("a@x") == []
-    assert await store.get_private("a@x", "vcard") is None
-    assert await store.get_pending("a@x") == {}
+    assert await store.open_map("pep").items("a@x") == {}
+    assert await store.open_list("offline").peek("a@x") == []
+    assert (await store.open_archive("archive").query("a@x")).entries == ()
+    assert await store.open_map("pep").items("b@x") == {"tune": "<tune/>"}
     assert await store.remove_user("a@x") is False
 
 

@@ -42,7 +42,6 @@ WRITER = r"""
 import sys
 from twisted.internet import defer, task
 from presenced.scram import make_credentials
-from presenced.store import PepItem
 from presenced.store.embedded import EmbeddedRosterStore
 
 @defer.inlineCallbacks
@@ -50,7 +49,7 @@ def write(store, i):
     yield defer.gatherResults([
         store.add_friends([(f"a{i}@x", f"b{i}@x")]),
         store.create_user(f"a{i}@x", make_credentials("pw", iterations=4)),
-        store.set_pep_item(f"a{i}@x", "tune", PepItem(str(i), f"<tune>{i}</tune>")),
+        store.open_map("pep").set(f"a{i}@x", "tune", f"<tune>{i}</tune>"),
     ])
     sys.stdout.write(f"{i}\n")
     sys.stdout.flush()
@@ -103,7 +102,7 @@ async def test_embedded_writes_acknowledged_before_sigkill_are_on_disk(tmp_path:
                 f"a{i}@x", "both")
             assert await store.get_subscribers(f"a{i}@x") == [f"b{i}@x"]
             assert await store.user_exists(f"a{i}@x")
-            assert (await store.get_pep_item(f"a{i}@x", "tune")).payload == f"<tune>{i}</tune>"
+            assert await store.open_map("pep").get(f"a{i}@x", "tune") == f"<tune>{i}</tune>"
         assert await store.count_users() >= len(acked)
     finally:
         await store.stop()
@@ -168,8 +167,8 @@ async def test_redis_sigkill_with_requests_in_flight(redis_server: RedisServer):
     store = RedisRosterStore([redis_server.url], timeout=5.0, retries=3)
     await store.start()
     try:
-        writes = [store.set_private(f"p{i}@x", "doc", str(i)) for i in range(300)]
-        pushes = [store.push_offline("box@x", f"<message id='{i}'/>", 1000) for i in range(300)]
+        writes = [store.open_map("private").set(f"p{i}@x", "doc", str(i)) for i in range(300)]
+        pushes = [store.open_list("offline").push("box@x", f"<message id='{i}'/>", 1000) for i in range(300)]
         await sleep(0.01)
         redis_server.process.send_signal(signal.SIGKILL)
         redis_server.process.wait()
@@ -179,10 +178,10 @@ async def test_redis_sigkill_with_requests_in_flight(redis_server: RedisServer):
         for ok, value in results:
             if not ok:
                 assert value.check(StoreError), value
-        stored = await store.peek_offline("box@x")
+        stored = await store.open_list("offline").peek("box@x")
         for i, (ok, _) in enumerate(results[:300]):
             if ok:
-                assert await store.get_private(f"p{i}@x", "doc") == str(i)
+                assert await store.open_map("private").get(f"p{i}@x", "doc") == str(i)
         for i, (ok, pushed) in enumerate(results[300:]):
             if ok and pushed:
                 assert f"<message id='{i}'/>" in stored

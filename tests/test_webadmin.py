@@ -56,7 +56,7 @@ def on_store(server: PresencedProcess, body: str) -> str:
         "from twisted.internet import defer, task",
         "from presenced.nowplaying import TUNE_NS, TUNE_ITEM_ID, Tune",
         "from presenced.scram import verify_password",
-        "from presenced.store import PepItem, RosterItem",
+        "from presenced.pep import PepItem", "from presenced.store import RosterItem",
         "from presenced.store.embedded import EmbeddedRosterStore",
         "@defer.inlineCallbacks",
         "def main(reactor, path):",
@@ -79,10 +79,10 @@ def seed_hostile_data(server: PresencedProcess) -> None:
 EVIL = {EVIL!r}
 yield store.set_roster_item("alice@localhost", RosterItem(
     "mallory@localhost", "to", name=EVIL, groups=(EVIL,), ask=True))
-yield store.push_offline("alice@localhost", "<message from='mallory@localhost'><body>"
+yield store.open_list("offline").push("alice@localhost", "<message from='mallory@localhost'><body>"
                          + EVIL.replace("<", "&lt;") + "</body></message>", 100)
-yield store.set_pep_item("alice@localhost", TUNE_NS,
-                         PepItem(TUNE_ITEM_ID, Tune(artist=EVIL, title="Song").to_xml()))
+yield store.open_map("pep").set("alice@localhost", TUNE_NS,
+                         PepItem(TUNE_ITEM_ID, Tune(artist=EVIL, title="Song").to_xml()).encode())
 """)
 
 

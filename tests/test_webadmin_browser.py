@@ -75,10 +75,10 @@ def test_operator_adds_a_friend_through_the_console(presenced_factory, browser, 
     on_store(server, """
 yield store.add_subscriptions([("erin@localhost", "alice@localhost"),
                                ("alice@localhost", "carol@localhost")])
-yield store.set_pep_item("alice@localhost", TUNE_NS, PepItem(TUNE_ITEM_ID, Tune(
+yield store.open_map("pep").set("alice@localhost", TUNE_NS, PepItem(TUNE_ITEM_ID, Tune(
     artist="Nina Simone", title="Feeling Good", source="I Put a Spell on You",
-    length=177, track="7").to_xml()))
-yield store.push_offline("alice@localhost", "<message from='bob@localhost' type='chat'>"
+    length=177, track="7").to_xml()).encode())
+yield store.open_list("offline").push("alice@localhost", "<message from='bob@localhost' type='chat'>"
                          "<body>see you at eight</body></message>", 100)
 """)
     url = f"http://127.0.0.1:{server.ports['webadmin']}"

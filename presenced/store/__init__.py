@@ -5,6 +5,11 @@ backend blocks the reactor. Two backends implement :class:`IRosterStore` and pas
 suite: ``embedded`` (SQLite in the data directory) and ``redis`` (txredisapi, sharded by
 consistent hashing over several URLs).
 
+The store has three parts: accounts (:class:`IAccountStore`), the graph (:class:`IGraphStore`,
+the hot path, with encodings of its own) and capability stores (:class:`ICapabilityStores`):
+generic per-user maps, bounded lists and archives that a feature opens by name, so a new
+feature needs no store code.
+
 The subscription graph is kept apart from rosters: ``(subscriber, subject)`` means *subscriber
 receives subject's events*. XMPP keeps it in step with roster subscription states (a contact
 with ``from``/``both`` is a subscriber); web-only users may exist in the graph alone.
@@ -13,7 +18,8 @@ with ``from``/``both`` is a subscriber); web-only users may exist in the graph a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Optional
+import re
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from zope.interface import Attribute, Interface
 
@@ -67,26 +73,99 @@ class Credentials:
     scram: dict[str, ScramCredential] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class PepItem:
-    """The last item published on one PEP node; ``payload`` is the item's XML."""
+# Capability stores of the built-in features. The names are part of the data layout (Redis
+# keys, SQLite rows): keep them.
+PEP_STORE = "pep"            # map: PEP node -> last item (presenced.pep)
+OFFLINE_STORE = "offline"    # list: stanzas kept for an offline user (XEP-0160)
+PENDING_STORE = "pending"    # map: contact -> its unanswered subscription request
+PRIVATE_STORE = "private"    # map: key -> small document (vCard)
 
-    item_id: str
-    payload: str
+# Names a capability store may take: short, and never one of the records the backends keep
+# for accounts and the graph.
+_STORE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
+RESERVED_NAMES = frozenset({"acct", "roster", "friends", "ver", "subs", "subd", "stores"})
 
 
-class IRosterStore(Interface):
-    """Accounts, rosters, the subscription graph, PEP items, offline messages."""
+@dataclass(frozen=True, slots=True)
+class ArchiveEntry:
+    """One archived value: ``id`` orders the archive, ``when`` is POSIX seconds, ``with_``
+    the peer a query may filter on (XEP-0313's ``with``)."""
 
-    name = Attribute("Backend name for logs and benchmarks: 'embedded' or 'redis'.")
+    id: str
+    when: float
+    value: str
+    with_: Optional[str] = None
 
-    def start():
-        """Open the store; the Deferred fires when it can serve requests."""
 
-    def stop():
-        """Flush and close; the Deferred fires when every acknowledged write is durable."""
+@dataclass(frozen=True, slots=True)
+class ArchivePage:
+    """A page of an archive query, always oldest first. ``complete`` is False when more
+    entries match beyond the page in the direction of paging (XEP-0313's ``complete``)."""
 
-    # accounts
+    entries: tuple[ArchiveEntry, ...]
+    complete: bool
+
+
+class IMapStore(Interface):
+    """A per-user keyed map of strings (PEP nodes, pending requests, private documents)."""
+
+    name = Attribute("The name the store was opened by.")
+
+    def get(user: str, key: str):
+        """Fires the value, or None."""
+
+    def set(user: str, key: str, value: str):
+        """Keep ``value`` under ``key``, replacing what was there; fires None."""
+
+    def delete(user: str, key: str):
+        """Fires True when the key existed."""
+
+    def items(user: str):
+        """Fires ``{key: value}`` of the user's map."""
+
+
+class IListStore(Interface):
+    """A per-user bounded list of strings, oldest first (offline messages)."""
+
+    name = Attribute("The name the store was opened by.")
+
+    def push(user: str, value: str, limit: int):
+        """Append ``value``; fires False, keeping nothing, when ``limit`` values are there."""
+
+    def pop_all(user: str):
+        """Fires and deletes every value, oldest first."""
+
+    def peek(user: str):
+        """Fires every value, oldest first, without deleting them."""
+
+
+class IArchiveStore(Interface):
+    """A per-user append-only archive, paged by id and time (message archives, XEP-0313).
+
+    Ids are decimal strings that grow with every append and are never reused, even after
+    :meth:`delete_all`; callers append in time order (``when`` is now).
+    """
+
+    name = Attribute("The name the store was opened by.")
+
+    def append(user: str, value: str, when: float, with_: Optional[str] = None):
+        """Add an entry; fires its id."""
+
+    def query(user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
+              start: Optional[float] = None, end: Optional[float] = None,
+              with_: Optional[str] = None, limit: Optional[int] = None, last: bool = False):
+        """Fires an :class:`ArchivePage` of entries with ``after_id < id < before_id``,
+        ``start <= when <= end`` and peer ``with_`` (each bound optional). The page holds the
+        oldest ``limit`` matches, or the newest when ``before_id`` is given or ``last`` is set
+        (RSM's ``<before/>``: the page next to the end); either way oldest first."""
+
+    def delete_all(user: str):
+        """Delete the user's entries; fires how many there were."""
+
+
+class IAccountStore(Interface):
+    """Accounts and their credentials."""
+
     def create_user(user: str, credentials: Credentials):
         """Create an account; fires True, or False when it already exists."""
 
@@ -101,7 +180,7 @@ class IRosterStore(Interface):
 
     def remove_user(user: str):
         """Delete the account and everything it owns (roster, its graph edges both ways,
-        PEP, offline messages, pending requests, private data); fires False if unknown."""
+        its data in every capability store); fires False if unknown."""
 
     def search_users(pattern: str, limit: int):
         """Fires up to ``limit`` account names containing ``pattern``, sorted."""
@@ -109,7 +188,10 @@ class IRosterStore(Interface):
     def count_users():
         """Fires the number of accounts."""
 
-    # rosters
+
+class IGraphStore(Interface):
+    """Rosters and the subscription graph: the hot path, with encodings of its own."""
+
     def get_roster(user: str):
         """Fires the user's roster as a list of :class:`RosterItem`."""
 
@@ -133,7 +215,6 @@ class IRosterStore(Interface):
     def remove_friends(pairs: Iterable[Pair]):
         """Undo :meth:`add_friends` for each pair: roster items and edges both ways."""
 
-    # subscription graph
     def add_subscriptions(pairs: Iterable[Pair]):
         """Add ``(subscriber, subject)`` edges; fires the number of pairs."""
 
@@ -146,46 +227,52 @@ class IRosterStore(Interface):
     def get_subscriptions(subscriber: str):
         """Fires the list of users whose events ``subscriber`` receives."""
 
-    # PEP
-    def set_pep_item(user: str, node: str, item: PepItem):
-        """Keep ``item`` as the node's last (and only) item."""
 
-    def get_pep_item(user: str, node: str):
-        """Fires the node's last :class:`PepItem` or None."""
+class ICapabilityStores(Interface):
+    """Generic per-user stores a feature opens by name, so a feature needs no store code
+    (Prosody's ``module:open_store(name, "map"|"archive")``). Opening is cheap and gives
+    the same object every time; a name belongs to one kind."""
 
-    def get_pep_nodes(user: str):
-        """Fires ``{node: PepItem}`` for every node of the user."""
+    def open_map(name: str):
+        """The :class:`IMapStore` called ``name``."""
 
-    def delete_pep_node(user: str, node: str):
-        """Delete the node and its item; fires True if it existed."""
+    def open_list(name: str):
+        """The :class:`IListStore` called ``name``."""
 
-    # offline messages
-    def push_offline(user: str, stanza: str, limit: int):
-        """Append a stanza for later delivery; fires False (and keeps nothing) when the user
-        already has ``limit`` stored."""
+    def open_archive(name: str):
+        """The :class:`IArchiveStore` called ``name``."""
 
-    def pop_offline(user: str):
-        """Fires and deletes every stored stanza, oldest first."""
 
-    def peek_offline(user: str):
-        """Fires the stored stanzas without deleting them."""
+class IRosterStore(IAccountStore, IGraphStore, ICapabilityStores):
+    """Everything a presenced node keeps: accounts, the graph, capability stores."""
 
-    # pending inbound subscription requests
-    def set_pending(user: str, contact: str, stanza: str):
-        """Keep ``contact``'s subscription request to ``user`` until answered."""
+    name = Attribute("Backend name for logs and benchmarks: 'embedded' or 'redis'.")
 
-    def remove_pending(user: str, contact: str):
-        """Forget a pending request; fires True if there was one."""
+    def start():
+        """Open the store; the Deferred fires when it can serve requests."""
 
-    def get_pending(user: str):
-        """Fires ``{contact: stanza}`` of pending requests."""
+    def stop():
+        """Flush and close; the Deferred fires when every acknowledged write is durable."""
 
-    # small per-user documents (vCard, private XML)
-    def set_private(user: str, key: str, value: str):
-        """Store a small document."""
 
-    def get_private(user: str, key: str):
-        """Fires the document or None."""
+class CapabilityRegistry:
+    """The capability stores a backend has opened: one object per name, one kind per name."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self._opened: dict[str, Any] = {}
+
+    def open(self, name: str, kind: Callable[[Any, str], Any]) -> Any:
+        """The store ``name`` of class ``kind`` (built as ``kind(backend, name)``); raises
+        ValueError for a bad or reserved name, or one already opened as another kind."""
+        opened = self._opened.get(name)
+        if opened is None:
+            if not _STORE_NAME.match(name) or name in RESERVED_NAMES:
+                raise ValueError(f"bad capability store name {name!r}")
+            opened = self._opened[name] = kind(self._backend, name)
+        elif not isinstance(opened, kind):
+            raise ValueError(f"store {name!r} is already open as {type(opened).__name__}")
+        return opened
 
 
 def make_store(config: "Config") -> IRosterStore:

@@ -23,13 +23,19 @@ import threading
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import defer, reactor
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from presenced.store import (Credentials, IRosterStore, Pair, PepItem, RosterItem,
-                             StoreError)
+from presenced.store import (ArchiveEntry, ArchivePage, CapabilityRegistry, Credentials,
+                             IArchiveStore, IListStore, IMapStore, IRosterStore, Pair,
+                             RosterItem, StoreError)
 from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
                                    roster_item_from_text, roster_item_to_text)
+
+# PRAGMA user_version of the layout below. 0 is a file of a release before capability stores
+# (tables pep, offline, pending, private), which _upgrade turns into this layout.
+SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ids (id INTEGER PRIMARY KEY, jid TEXT NOT NULL UNIQUE);
@@ -46,19 +52,36 @@ CREATE INDEX IF NOT EXISTS subs_by_subscriber ON subs (subscriber, subject);
 CREATE TABLE IF NOT EXISTS friends (
     owner INTEGER NOT NULL, friend INTEGER NOT NULL,
     PRIMARY KEY (owner, friend)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pep (
-    owner INTEGER NOT NULL, node TEXT NOT NULL, item_id TEXT NOT NULL, payload TEXT NOT NULL,
-    PRIMARY KEY (owner, node)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS offline (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, owner INTEGER NOT NULL, stanza TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS offline_by_owner ON offline (owner, id);
-CREATE TABLE IF NOT EXISTS pending (
-    owner INTEGER NOT NULL, contact TEXT NOT NULL, stanza TEXT NOT NULL,
-    PRIMARY KEY (owner, contact)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS private (
-    owner INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-    PRIMARY KEY (owner, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS maps (
+    owner INTEGER NOT NULL, store TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (owner, store, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lists (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, owner INTEGER NOT NULL, store TEXT NOT NULL,
+    value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS lists_by_owner ON lists (owner, store, id);
+CREATE TABLE IF NOT EXISTS archives (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, owner INTEGER NOT NULL, store TEXT NOT NULL,
+    at REAL NOT NULL, peer TEXT, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS archives_by_owner ON archives (owner, store, id);
+CREATE INDEX IF NOT EXISTS archives_by_time ON archives (owner, store, at);
 """
+
+# Version 0 -> 1: the per-feature tables become rows of the capability stores, PEP items in
+# the encoding of presenced.pep.PepItem (JSON [item id, payload]).
+_UPGRADE_0 = (
+    ("PEP items", "pep",
+     "INSERT INTO maps (owner, store, key, value) "
+     "SELECT owner, 'pep', node, json_array(item_id, payload) FROM pep"),
+    ("offline messages", "offline",
+     "INSERT INTO lists (owner, store, value) SELECT owner, 'offline', stanza FROM offline "
+     "ORDER BY id"),
+    ("pending subscription requests", "pending",
+     "INSERT INTO maps (owner, store, key, value) "
+     "SELECT owner, 'pending', contact, stanza FROM pending"),
+    ("private documents", "private",
+     "INSERT INTO maps (owner, store, key, value) "
+     "SELECT owner, 'private', key, value FROM private"),
+)
 
 _MAX_BATCH = 512
 _IN_CHUNK = 500  # SQLite's default limit on bound parameters is far above this
@@ -97,12 +120,12 @@ class _Worker(threading.Thread):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-262144")  # up to 256 MB, as the file grows
-            conn.executescript(SCHEMA)
-        except sqlite3.Error as e:
+            notes = _open_schema(conn)
+        except (sqlite3.Error, StoreError) as e:
             reactor.callFromThread(self.opened.errback,
                                    StoreError(f"cannot open {self.path}: {e}"))
             return
-        reactor.callFromThread(self.opened.callback, None)
+        reactor.callFromThread(self.opened.callback, notes)
         while True:
             first = self.requests.get()
             if first is None:
@@ -159,6 +182,42 @@ def _fire(results: list) -> None:
 
 
 # --- functions that run on the worker thread -------------------------------------------
+
+def _open_schema(conn: sqlite3.Connection) -> list[str]:
+    """Create or upgrade the tables, in one transaction; fires what an upgrade did."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"schema version {version} is newer than this release knows "
+                             f"({SCHEMA_VERSION})")
+        legacy = version == 0 and conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'accounts'").fetchone() is not None
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        notes = _upgrade_0(conn) if legacy else []
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return notes
+
+
+def _upgrade_0(conn: sqlite3.Connection) -> list[str]:
+    """Move a version-0 file's per-feature tables into the capability stores."""
+    notes = []
+    for what, table, copy in _UPGRADE_0:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (table,)).fetchone() is None:
+            continue
+        moved = conn.execute(copy).rowcount
+        conn.execute(f"DROP TABLE {table}")
+        notes.append(f"{moved} {what} from table {table}")
+    return notes
+
 
 def _uid(conn: sqlite3.Connection, jid: str) -> Optional[int]:
     row = conn.execute("SELECT id FROM ids WHERE jid = ?", (jid,)).fetchone()
@@ -264,7 +323,7 @@ def _remove_user(conn, user):
                         (other, uid)).rowcount:
             contacts.add(other)
     _bump_versions(conn, contacts)
-    for table in ("roster_version", "pep", "offline", "pending", "private"):
+    for table in ("roster_version", "maps", "lists", "archives"):
         conn.execute(f"DELETE FROM {table} WHERE owner = ?", (uid,))
     conn.execute("DELETE FROM subs WHERE subject = ? OR subscriber = ?", (uid, uid))
     return existed
@@ -403,78 +462,85 @@ def _get_subscriptions(conn, subscriber):
         "SELECT friend FROM friends WHERE owner = (SELECT id FROM me))", (subscriber,))]
 
 
-def _set_pep_item(conn, user, node, item_id, payload):
-    conn.execute("INSERT OR REPLACE INTO pep (owner, node, item_id, payload) VALUES (?, ?, ?, ?)",
-                 (_intern(conn, user), node, item_id, payload))
+def _map_get(conn, store, user, key):
+    row = conn.execute("SELECT m.value FROM maps m JOIN ids i ON i.id = m.owner "
+                       "WHERE i.jid = ? AND m.store = ? AND m.key = ?",
+                       (user, store, key)).fetchone()
+    return row[0] if row else None
 
 
-def _get_pep_item(conn, user, node):
-    row = conn.execute("SELECT p.item_id, p.payload FROM pep p JOIN ids i ON i.id = p.owner "
-                       "WHERE i.jid = ? AND p.node = ?", (user, node)).fetchone()
-    return PepItem(*row) if row else None
+def _map_set(conn, store, user, key, value):
+    conn.execute("INSERT OR REPLACE INTO maps (owner, store, key, value) VALUES (?, ?, ?, ?)",
+                 (_intern(conn, user), store, key, value))
 
 
-def _get_pep_nodes(conn, user):
-    return {node: PepItem(item_id, payload) for node, item_id, payload in conn.execute(
-        "SELECT p.node, p.item_id, p.payload FROM pep p JOIN ids i ON i.id = p.owner "
-        "WHERE i.jid = ?", (user,))}
-
-
-def _delete_pep_node(conn, user, node):
+def _map_delete(conn, store, user, key):
     uid = _uid(conn, user)
     return uid is not None and conn.execute(
-        "DELETE FROM pep WHERE owner = ? AND node = ?", (uid, node)).rowcount == 1
+        "DELETE FROM maps WHERE owner = ? AND store = ? AND key = ?",
+        (uid, store, key)).rowcount == 1
 
 
-def _push_offline(conn, user, stanza, limit):
+def _map_items(conn, store, user):
+    return dict(conn.execute("SELECT m.key, m.value FROM maps m JOIN ids i ON i.id = m.owner "
+                             "WHERE i.jid = ? AND m.store = ?", (user, store)))
+
+
+def _list_push(conn, store, user, value, limit):
     uid = _intern(conn, user)
-    count = conn.execute("SELECT count(*) FROM offline WHERE owner = ?", (uid,)).fetchone()[0]
+    count = conn.execute("SELECT count(*) FROM lists WHERE owner = ? AND store = ?",
+                         (uid, store)).fetchone()[0]
     if count >= limit:
         return False
-    conn.execute("INSERT INTO offline (owner, stanza) VALUES (?, ?)", (uid, stanza))
+    conn.execute("INSERT INTO lists (owner, store, value) VALUES (?, ?, ?)", (uid, store, value))
     return True
 
 
-def _peek_offline(conn, user):
+def _list_peek(conn, store, user):
     return [r[0] for r in conn.execute(
-        "SELECT o.stanza FROM offline o JOIN ids i ON i.id = o.owner WHERE i.jid = ? "
-        "ORDER BY o.id", (user,))]
+        "SELECT l.value FROM lists l JOIN ids i ON i.id = l.owner WHERE i.jid = ? "
+        "AND l.store = ? ORDER BY l.id", (user, store))]
 
 
-def _pop_offline(conn, user):
-    stanzas = _peek_offline(conn, user)
-    if stanzas:
-        conn.execute("DELETE FROM offline WHERE owner = ?", (_uid(conn, user),))
-    return stanzas
+def _list_pop_all(conn, store, user):
+    values = _list_peek(conn, store, user)
+    if values:
+        conn.execute("DELETE FROM lists WHERE owner = ? AND store = ?", (_uid(conn, user), store))
+    return values
 
 
-def _set_pending(conn, user, contact, stanza):
-    conn.execute("INSERT OR REPLACE INTO pending (owner, contact, stanza) VALUES (?, ?, ?)",
-                 (_intern(conn, user), contact, stanza))
+def _archive_append(conn, store, user, value, when, peer):
+    return str(conn.execute(
+        "INSERT INTO archives (owner, store, at, peer, value) VALUES (?, ?, ?, ?, ?)",
+        (_intern(conn, user), store, when, peer, value)).lastrowid)
 
 
-def _remove_pending(conn, user, contact):
+def _archive_query(conn, store, user, after, before, start, end, peer, limit, newest):
     uid = _uid(conn, user)
-    return uid is not None and conn.execute(
-        "DELETE FROM pending WHERE owner = ? AND contact = ?", (uid, contact)).rowcount == 1
+    if uid is None:
+        return ArchivePage((), True)
+    where, args = ["owner = ?", "store = ?"], [uid, store]
+    for clause, value in (("id > ?", after), ("id < ?", before), ("at >= ?", start),
+                          ("at <= ?", end), ("peer = ?", peer)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    order = "DESC" if newest else "ASC"
+    args.append(-1 if limit is None else limit + 1)
+    rows = conn.execute(f"SELECT id, at, value, peer FROM archives WHERE {' AND '.join(where)} "
+                        f"ORDER BY id {order} LIMIT ?", args).fetchall()
+    complete = limit is None or len(rows) <= limit
+    rows = rows[:limit] if limit is not None else rows
+    if newest:
+        rows.reverse()
+    return ArchivePage(tuple(ArchiveEntry(str(i), at, value, peer) for i, at, value, peer in rows),
+                       complete)
 
 
-def _get_pending(conn, user):
-    return dict(conn.execute(
-        "SELECT p.contact, p.stanza FROM pending p JOIN ids i ON i.id = p.owner "
-        "WHERE i.jid = ?", (user,)))
-
-
-def _set_private(conn, user, key, value):
-    conn.execute("INSERT OR REPLACE INTO private (owner, key, value) VALUES (?, ?, ?)",
-                 (_intern(conn, user), key, value))
-
-
-def _get_private(conn, user, key):
-    row = conn.execute("SELECT v.value FROM private v JOIN ids i ON i.id = v.owner "
-                       "WHERE i.jid = ? AND v.key = ?", (user, key)).fetchone()
-    return row[0] if row else None
-
+def _archive_delete_all(conn, store, user):
+    uid = _uid(conn, user)
+    return 0 if uid is None else conn.execute(
+        "DELETE FROM archives WHERE owner = ? AND store = ?", (uid, store)).rowcount
 
 def _size(conn):
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -486,16 +552,23 @@ class EmbeddedRosterStore:
     """:class:`IRosterStore` in one SQLite file, served by one worker thread."""
 
     name = "embedded"
+    log = Logger()
 
     def __init__(self, path: str):
         self.path = path
         self._worker: Optional[_Worker] = None
+        self._stores = CapabilityRegistry(self)
 
     def start(self) -> defer.Deferred:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._worker = _Worker(self.path)
         self._worker.start()
-        return self._worker.opened
+        return self._worker.opened.addCallback(self._opened)
+
+    def _opened(self, notes: list[str]) -> None:
+        if notes:
+            self.log.info("upgraded {path} to schema version {version}: moved {notes}",
+                          path=self.path, version=SCHEMA_VERSION, notes="; ".join(notes))
 
     def stop(self) -> defer.Deferred:
         worker, self._worker = self._worker, None
@@ -567,38 +640,71 @@ class EmbeddedRosterStore:
     def get_subscriptions(self, subscriber: str) -> defer.Deferred:
         return self._run(_get_subscriptions, subscriber)
 
-    def set_pep_item(self, user: str, node: str, item: PepItem) -> defer.Deferred:
-        return self._run(_set_pep_item, user, node, item.item_id, item.payload)
+    def open_map(self, name: str) -> "EmbeddedMap":
+        return self._stores.open(name, EmbeddedMap)
 
-    def get_pep_item(self, user: str, node: str) -> defer.Deferred:
-        return self._run(_get_pep_item, user, node)
+    def open_list(self, name: str) -> "EmbeddedList":
+        return self._stores.open(name, EmbeddedList)
 
-    def get_pep_nodes(self, user: str) -> defer.Deferred:
-        return self._run(_get_pep_nodes, user)
+    def open_archive(self, name: str) -> "EmbeddedArchive":
+        return self._stores.open(name, EmbeddedArchive)
 
-    def delete_pep_node(self, user: str, node: str) -> defer.Deferred:
-        return self._run(_delete_pep_node, user, node)
 
-    def push_offline(self, user: str, stanza: str, limit: int = 1000) -> defer.Deferred:
-        return self._run(_push_offline, user, stanza, limit)
+class _Capability:
+    """A capability store of the embedded backend: rows of its table tagged with ``name``."""
 
-    def pop_offline(self, user: str) -> defer.Deferred:
-        return self._run(_pop_offline, user)
+    def __init__(self, backend: EmbeddedRosterStore, name: str):
+        self._backend = backend
+        self.name = name
 
-    def peek_offline(self, user: str) -> defer.Deferred:
-        return self._run(_peek_offline, user)
+    def _run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        return self._backend._run(fn, self.name, *args)
 
-    def set_pending(self, user: str, contact: str, stanza: str) -> defer.Deferred:
-        return self._run(_set_pending, user, contact, stanza)
 
-    def remove_pending(self, user: str, contact: str) -> defer.Deferred:
-        return self._run(_remove_pending, user, contact)
+@implementer(IMapStore)
+class EmbeddedMap(_Capability):
+    def get(self, user: str, key: str) -> defer.Deferred:
+        return self._run(_map_get, user, key)
 
-    def get_pending(self, user: str) -> defer.Deferred:
-        return self._run(_get_pending, user)
+    def set(self, user: str, key: str, value: str) -> defer.Deferred:
+        return self._run(_map_set, user, key, value)
 
-    def set_private(self, user: str, key: str, value: str) -> defer.Deferred:
-        return self._run(_set_private, user, key, value)
+    def delete(self, user: str, key: str) -> defer.Deferred:
+        return self._run(_map_delete, user, key)
 
-    def get_private(self, user: str, key: str) -> defer.Deferred:
-        return self._run(_get_private, user, key)
+    def items(self, user: str) -> defer.Deferred:
+        return self._run(_map_items, user)
+
+
+@implementer(IListStore)
+class EmbeddedList(_Capability):
+    def push(self, user: str, value: str, limit: int) -> defer.Deferred:
+        return self._run(_list_push, user, value, limit)
+
+    def pop_all(self, user: str) -> defer.Deferred:
+        return self._run(_list_pop_all, user)
+
+    def peek(self, user: str) -> defer.Deferred:
+        return self._run(_list_peek, user)
+
+
+@implementer(IArchiveStore)
+class EmbeddedArchive(_Capability):
+    def append(self, user: str, value: str, when: float,
+               with_: Optional[str] = None) -> defer.Deferred:
+        return self._run(_archive_append, user, value, when, with_)
+
+    def query(self, user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
+              start: Optional[float] = None, end: Optional[float] = None,
+              with_: Optional[str] = None, limit: Optional[int] = None,
+              last: bool = False) -> defer.Deferred:
+        try:
+            after = None if after_id is None else int(after_id)
+            before = None if before_id is None else int(before_id)
+        except ValueError:
+            return defer.fail(ValueError(f"not an archive id: {after_id or before_id!r}"))
+        return self._run(_archive_query, user, after, before, start, end, with_, limit,
+                         last or before is not None)
+
+    def delete_all(self, user: str) -> defer.Deferred:
+        return self._run(_archive_delete_all, user)

@@ -10,10 +10,11 @@ data lives on one node (and would share a slot under Redis Cluster)::
     u:{alice@x}:ver       string  roster changes other than added friends (see below)
     u:{alice@x}:subs      set     other subscribers: who else receives alice's events
     u:{alice@x}:subd      set     other subjects: whose events alice receives besides friends
-    u:{alice@x}:pep       hash    node -> JSON [item id, payload]
-    u:{alice@x}:offline   list    stanzas, oldest first
-    u:{alice@x}:pending   hash    contact -> subscription request stanza
-    u:{alice@x}:private   hash    key -> document
+    u:{alice@x}:stores    set     names of the capability stores that hold data of alice
+    u:{alice@x}:<name>    hash    a map store (pep, pending, private): key -> value
+                          list    a list store (offline): values, oldest first
+                          zset    an archive store: ``id:[when, value, peer]`` scored by id,
+                                  with the id counter in ``u:{alice@x}:<name>:seq``
     accounts              zset    (one per node) names of the node's accounts, for search/count
 
 A contact in ``friends`` is a ``both`` item whatever ``roster`` says about it;
@@ -40,8 +41,8 @@ place and running it again finishes the job.
 Outages. Each node has one connection that reconnects within a second of Redis coming back.
 A request waits for the connection, for at most ``timeout`` seconds in all, then fails with
 :class:`StoreError`. A request whose connection is lost after it was sent is sent again (up to
-``retries`` times) when it is idempotent; ``push_offline`` and ``pop_offline`` are not, so they
-fail instead (a lost reply may hide a push that happened, or a pop that deleted the stanzas).
+``retries`` times) when it is idempotent; list pushes and pops and archive appends are not, so they
+fail instead (a lost reply may hide a push that happened, or a pop that deleted the values).
 Replies only come after Redis accepted the write, so with ``appendonly yes`` and ``appendfsync
 always`` nothing acknowledged is lost when Redis restarts (``everysec``: at most one second).
 
@@ -56,7 +57,7 @@ import hashlib
 import json
 import zlib
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
@@ -65,12 +66,16 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from presenced.store import Credentials, IRosterStore, Pair, PepItem, RosterItem, StoreError
+from presenced.store import (OFFLINE_STORE, PENDING_STORE, PEP_STORE, PRIVATE_STORE,
+                             ArchiveEntry, ArchivePage, CapabilityRegistry, Credentials,
+                             IArchiveStore, IListStore, IMapStore, IRosterStore, Pair,
+                             RosterItem, StoreError)
 from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
                                    roster_item_from_text, roster_item_to_text)
 
-_USER_KEYS = ("acct", "roster", "friends", "ver", "subs", "subd", "pep", "offline", "pending",
-              "private")
+_USER_KEYS = ("acct", "roster", "friends", "ver", "subs", "subd", "stores")
+# Capability stores that releases before the ``stores`` set wrote (their keys are the same).
+_UNLISTED_STORES = (PEP_STORE, OFFLINE_STORE, PENDING_STORE, PRIVATE_STORE)
 _ACCOUNTS = "accounts"
 _SEARCH_CHUNK = 1000
 _SCRIPT_LINES = 5000  # users per graph script call
@@ -191,21 +196,15 @@ return redis.call('INCRBY', KEYS[3], bump) + redis.call('SCARD', KEYS[2])
 
 _ROSTER_KEYS = ("roster", "friends", "ver", "subs", "subd")
 
-_PUSH_OFFLINE = _Script("""
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('RPUSH', KEYS[1], ARGV[1])
-return 1
-""")
-
-_POP_OFFLINE = _Script("""
-local stanzas = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return stanzas
-""")
-
-# KEYS: the account key, the user's other keys, the node's accounts set. ARGV[1]: the user.
+# KEYS: the account key, the user's other keys, the node's accounts set. ARGV[1]: the user,
+# ARGV[2]: the key prefix, ARGV[3...]: capability stores not listed in ``stores``.
 _DELETE_USER_KEYS = _Script("""
 local existed = redis.call('DEL', KEYS[1])
+local names = redis.call('SMEMBERS', ARGV[2] .. 'stores')
+for i = 3, #ARGV do names[#names + 1] = ARGV[i] end
+for _, name in ipairs(names) do
+  redis.call('DEL', ARGV[2] .. name, ARGV[2] .. name .. ':seq')
+end
 redis.call('DEL', unpack(KEYS, 2, #KEYS - 1))
 redis.call('ZREM', KEYS[#KEYS], ARGV[1])
 return existed
@@ -295,6 +294,7 @@ class RedisRosterStore:
         self.nodes = [RedisNode(url, timeout) for url in self.urls]
         self._ring = HashRing(self.urls) if len(self.nodes) > 1 else None
         self._open = False
+        self._stores = CapabilityRegistry(self)
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -477,7 +477,7 @@ class RedisRosterStore:
             await self._graph(f"remove_user {user}", (("f", other, [user]) for other in related))
         keys = [user_key(user, kind) for kind in _USER_KEYS]
         existed = await self._eval(self.node_of(user), _DELETE_USER_KEYS, keys + [_ACCOUNTS],
-                                   [user])
+                                   [user, user_key(user, ""), *_UNLISTED_STORES])
         return bool(existed)
 
     def search_users(self, pattern: str, limit: int = 50) -> defer.Deferred:
@@ -580,55 +580,164 @@ class RedisRosterStore:
         return self._user_call(subscriber, "SUNION", user_key(subscriber, "friends"),
                                user_key(subscriber, "subd"))
 
-    # --- PEP --------------------------------------------------------------------------
+    # --- capability stores ------------------------------------------------------------
 
-    def set_pep_item(self, user: str, node: str, item: PepItem) -> defer.Deferred:
-        d = self._user_call(user, "HSET", user_key(user, "pep"), node,
-                            json.dumps([item.item_id, item.payload]))
+    def open_map(self, name: str) -> "RedisMap":
+        return self._stores.open(name, RedisMap)
+
+    def open_list(self, name: str) -> "RedisList":
+        return self._stores.open(name, RedisList)
+
+    def open_archive(self, name: str) -> "RedisArchive":
+        return self._stores.open(name, RedisArchive)
+
+
+# Writes of capability stores also add the store's name to the user's ``stores`` set, so
+# remove_user finds every store whatever process wrote it. KEYS[1]: the data, KEYS[2]: stores.
+_MAP_SET = _Script("""
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+""")
+
+_LIST_PUSH = _Script("""
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[3])
+return 1
+""")
+
+_LIST_POP_ALL = _Script("""
+local values = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return values
+""")
+
+# KEYS[3]: the id counter. Members are ``id:json`` so equal values stay distinct entries.
+_ARCHIVE_APPEND = _Script("""
+local id = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[1], id, id .. ':' .. ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return id
+""")
+
+# ARGV: low and high score bounds, newest first (1/0), limit (-1: none), start, end ('' for
+# none), peer ('' for any). Walks the id range in the direction of paging, filtering on time
+# and peer, until limit + 1 entries matched (the one more says the page is not complete).
+_ARCHIVE_QUERY = _Script("""
+local key, lo, hi, newest, limit = KEYS[1], ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
+local first, last, peer = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local out, offset = {}, 0
+while true do
+  local batch
+  if newest then batch = redis.call('ZREVRANGEBYSCORE', key, hi, lo, 'LIMIT', offset, 200)
+  else batch = redis.call('ZRANGEBYSCORE', key, lo, hi, 'LIMIT', offset, 200) end
+  for _, member in ipairs(batch) do
+    local e = cjson.decode(string.sub(member, string.find(member, ':', 1, true) + 1))
+    if (not first or e[1] >= first) and (not last or e[1] <= last)
+        and (peer == '' or e[3] == peer) then
+      out[#out + 1] = member
+      if limit >= 0 and #out > limit then return out end
+    end
+  end
+  if #batch < 200 then return out end
+  offset = offset + 200
+end
+""")
+
+_ARCHIVE_DELETE_ALL = _Script("""
+local n = redis.call('ZCARD', KEYS[1])
+redis.call('DEL', KEYS[1])
+return n
+""")
+
+
+class _Capability:
+    """A capability store of the Redis backend: the key ``u:{user}:<name>`` of each user."""
+
+    def __init__(self, backend: RedisRosterStore, name: str):
+        self._backend = backend
+        self.name = name
+
+    def _call(self, user: str, *args: Any, retriable: bool = True) -> defer.Deferred:
+        return self._backend._call(self._backend.node_of(user), *args, retriable=retriable)
+
+    def _eval(self, user: str, script: _Script, kinds: Iterable[str], argv: list[Any],
+              retriable: bool = True) -> defer.Deferred:
+        return self._backend._user_eval(user, script, kinds, argv, retriable)
+
+
+@implementer(IMapStore)
+class RedisMap(_Capability):
+    def get(self, user: str, key: str) -> defer.Deferred:
+        return self._call(user, "HGET", user_key(user, self.name), key)
+
+    def set(self, user: str, key: str, value: str) -> defer.Deferred:
+        d = self._eval(user, _MAP_SET, (self.name, "stores"), [key, value, self.name])
         return d.addCallback(lambda _: None)
 
-    def get_pep_item(self, user: str, node: str) -> defer.Deferred:
-        d = self._user_call(user, "HGET", user_key(user, "pep"), node)
-        return d.addCallback(lambda text: None if text is None else PepItem(*json.loads(text)))
+    def delete(self, user: str, key: str) -> defer.Deferred:
+        return self._call(user, "HDEL", user_key(user, self.name), key).addCallback(bool)
 
-    def get_pep_nodes(self, user: str) -> defer.Deferred:
-        d = self._user_call(user, "HGETALL", user_key(user, "pep"))
-        return d.addCallback(lambda flat: {
-            node: PepItem(*json.loads(text)) for node, text in _pairs_to_dict(flat).items()})
+    def items(self, user: str) -> defer.Deferred:
+        return self._call(user, "HGETALL", user_key(user, self.name)).addCallback(
+            _pairs_to_dict)
 
-    def delete_pep_node(self, user: str, node: str) -> defer.Deferred:
-        return self._user_call(user, "HDEL", user_key(user, "pep"), node).addCallback(bool)
 
-    # --- offline messages -------------------------------------------------------------
+@implementer(IListStore)
+class RedisList(_Capability):
+    """Pushes and pops are not idempotent: they are never retried (see Outages)."""
 
-    def push_offline(self, user: str, stanza: str, limit: int = 1000) -> defer.Deferred:
-        d = self._user_eval(user, _PUSH_OFFLINE, ("offline",), [stanza, limit], retriable=False)
+    def push(self, user: str, value: str, limit: int) -> defer.Deferred:
+        d = self._eval(user, _LIST_PUSH, (self.name, "stores"), [value, limit, self.name],
+                       retriable=False)
         return d.addCallback(bool)
 
-    def pop_offline(self, user: str) -> defer.Deferred:
-        return self._user_eval(user, _POP_OFFLINE, ("offline",), [], retriable=False)
+    def pop_all(self, user: str) -> defer.Deferred:
+        return self._eval(user, _LIST_POP_ALL, (self.name,), [], retriable=False)
 
-    def peek_offline(self, user: str) -> defer.Deferred:
-        return self._user_call(user, "LRANGE", user_key(user, "offline"), 0, -1)
+    def peek(self, user: str) -> defer.Deferred:
+        return self._call(user, "LRANGE", user_key(user, self.name), 0, -1)
 
-    # --- pending subscription requests ------------------------------------------------
 
-    def set_pending(self, user: str, contact: str, stanza: str) -> defer.Deferred:
-        d = self._user_call(user, "HSET", user_key(user, "pending"), contact, stanza)
-        return d.addCallback(lambda _: None)
+@implementer(IArchiveStore)
+class RedisArchive(_Capability):
+    """A sorted set scored by id, members ``id:[when, value, peer]``; the counter is
+    ``u:{user}:<name>:seq``. Appends are not retried (a lost reply may hide one)."""
 
-    def remove_pending(self, user: str, contact: str) -> defer.Deferred:
-        return self._user_call(user, "HDEL", user_key(user, "pending"), contact).addCallback(bool)
+    def append(self, user: str, value: str, when: float,
+               with_: Optional[str] = None) -> defer.Deferred:
+        d = self._eval(user, _ARCHIVE_APPEND, (self.name, "stores", self.name + ":seq"),
+                       [json.dumps([when, value, with_]), self.name], retriable=False)
+        return d.addCallback(str)
 
-    def get_pending(self, user: str) -> defer.Deferred:
-        d = self._user_call(user, "HGETALL", user_key(user, "pending"))
-        return d.addCallback(_pairs_to_dict)
+    def query(self, user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
+              start: Optional[float] = None, end: Optional[float] = None,
+              with_: Optional[str] = None, limit: Optional[int] = None,
+              last: bool = False) -> defer.Deferred:
+        try:
+            low = "-inf" if after_id is None else f"({int(after_id)}"
+            high = "+inf" if before_id is None else f"({int(before_id)}"
+        except ValueError:
+            return defer.fail(ValueError(f"not an archive id: {after_id or before_id!r}"))
+        newest = last or before_id is not None
+        d = self._eval(user, _ARCHIVE_QUERY, (self.name,), [
+            low, high, int(newest), -1 if limit is None else limit,
+            "" if start is None else repr(float(start)), "" if end is None else repr(float(end)),
+            with_ or ""])
 
-    # --- private documents ------------------------------------------------------------
+        def page(members: list[str]) -> ArchivePage:
+            complete = limit is None or len(members) <= limit
+            members = members[:limit] if limit is not None else members
+            if newest:
+                members.reverse()
+            entries = []
+            for member in members:
+                id_, _, text = member.partition(":")
+                when, value, peer = json.loads(text)
+                entries.append(ArchiveEntry(id_, when, value, peer))
+            return ArchivePage(tuple(entries), complete)
 
-    def set_private(self, user: str, key: str, value: str) -> defer.Deferred:
-        d = self._user_call(user, "HSET", user_key(user, "private"), key, value)
-        return d.addCallback(lambda _: None)
+        return d.addCallback(page)
 
-    def get_private(self, user: str, key: str) -> defer.Deferred:
-        return self._user_call(user, "HGET", user_key(user, "private"), key)
+    def delete_all(self, user: str) -> defer.Deferred:
+        return self._eval(user, _ARCHIVE_DELETE_ALL, (self.name,), []).addCallback(int)

@@ -13,6 +13,7 @@ from twisted.web.template import Tag, tags
 
 from presenced.core import Core
 from presenced.router import ISession
+from presenced.store import OFFLINE_STORE, PENDING_STORE
 from presenced.users import BadUser
 from presenced.webadmin.console import Console, arg
 from presenced.webadmin.layout import (Page, definitions, errors, hidden, href, table,
@@ -103,7 +104,8 @@ def user_details(core: Core, user: str, done: Optional[str]):
     store = core.store
     exists, roster, subscribers, subscriptions, offline, pending = yield defer.gatherResults([
         store.user_exists(user), store.get_roster(user), store.get_subscribers(user),
-        store.get_subscriptions(user), store.peek_offline(user), store.get_pending(user),
+        store.get_subscriptions(user), store.open_list(OFFLINE_STORE).peek(user),
+        store.open_map(PENDING_STORE).items(user),
     ], consumeErrors=True).addErrback(lambda f: f.value.subFailure)
     tune = yield _tune(core, user)
     sessions = core.router.sessions(user)

@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.words.xish import domish
 
 from presenced.events import Event
+from presenced.store import OFFLINE_STORE
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.server import parse_address
 from presenced.xmpp.session import message_targets
@@ -136,7 +137,7 @@ class MessageHandler(FeatureHandler):
         if not await self.server.account_exists(to):
             return
         stanza = delayed(message_bytes(event), to.partition("@")[2], event.time)
-        kept = await self.core.store.push_offline(to, stanza,
+        kept = await self.core.store.open_list(OFFLINE_STORE).push(to, stanza,
                                                   self.core.config.server.offline_limit)
         if not kept:
             self.log.info("offline store of {to} is full: message dropped", to=to)
@@ -146,4 +147,4 @@ class MessageHandler(FeatureHandler):
         online with a non-negative priority; none for others."""
         if session.priority < 0:
             return defer.succeed([])
-        return self.core.store.pop_offline(session.user)
+        return self.core.store.open_list(OFFLINE_STORE).pop_all(session.user)

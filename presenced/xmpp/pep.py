@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import presenced.wokkel_compat  # noqa: F401  (before any wokkel import)
 
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from twisted.internet import defer
 from twisted.words.protocols.jabber.error import StanzaError
@@ -32,8 +32,8 @@ from wokkel.pubsub import NS_PUBSUB, NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, BadReques
 
 from presenced import events
 from presenced.events import Event
-from presenced.nowplaying import TUNE_ITEM_ID, TUNE_NS, BadTune, Tune, forget_tune, tune_xml
-from presenced.store import PepItem
+from presenced.nowplaying import TUNE_ITEM_ID, TUNE_NS, BadTune, Tune, tune_xml
+from presenced.pep import MAX_NODES, PepItem, TooManyNodes
 from presenced.xmpp.caps import DISCO_INFO_NS, EntityCaps, notify_nodes
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.stanzas import NS_CLIENT, attr
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 NS_PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
 ACCESS_MODEL = "pubsub#access_model"
-MAX_NODES = 64          # PEP nodes per account: bounds what one user can make us store
 MAX_NODE_NAME = 256
 # Store lookups in flight for last items: a login storm (every resource asks for each of its
 # contacts' items) must queue here, not swamp the store until its requests time out.
@@ -155,13 +154,11 @@ class PepHandler(FeatureHandler):
             item_id = TUNE_ITEM_ID
         else:
             item_id = item.getAttribute("id") or DEFAULT_ITEM_ID
-            if not await self._room_for(user, node):
+            try:
+                await self.core.pep.publish(user, node, item_id, payloads[0].toXml())
+            except TooManyNodes:
                 session.error(iq, "policy-violation", f"at most {MAX_NODES} PEP nodes per account")
                 return
-            xml = payloads[0].toXml()
-            await self.core.store.set_pep_item(user, node, PepItem(item_id, xml))
-            await self.core.router.send(user, Event(events.PEP, user, {
-                "node": node, "item_id": item_id, "item": xml}))
         # Written as text: one answer per publish, on the hot path.
         to = iq.getAttribute("to")
         session.write((f"<iq type='result' id={attr(iq['id'])}"
@@ -174,32 +171,16 @@ class PepHandler(FeatureHandler):
         node, user = request.nodeIdentifier, session.user
         if not request.itemIdentifiers:
             return self._bad(session, iq, "item-required", "name the item to retract")
-        current = await self.core.store.get_pep_item(user, node)
-        if current is None or current.item_id not in request.itemIdentifiers:
+        if not await self.core.pep.retract(user, node, request.itemIdentifiers):
             session.error(iq, "item-not-found")
             return
-        await self._remove(user, node, {"retract": current.item_id})
         session.result(iq)
 
     async def _delete(self, session: "C2SSession", iq: domish.Element, node: str) -> None:
-        if await self.core.store.get_pep_item(session.user, node) is None:
+        if not await self.core.pep.delete(session.user, node):
             session.error(iq, "item-not-found")
             return
-        await self._remove(session.user, node, {"delete": True})
         session.result(iq)
-
-    async def _remove(self, user: str, node: str, what: dict[str, Any]) -> None:
-        """Drop a node's item and tell the subscribers; without its item the tune is stopped."""
-        if node == TUNE_NS:
-            await forget_tune(self.core, user)
-            return
-        await self.core.store.delete_pep_node(user, node)
-        await self.core.router.send(user, Event(events.PEP, user, dict(node=node, **what)))
-
-    async def _room_for(self, user: str, node: str) -> bool:
-        if await self.core.store.get_pep_item(user, node) is not None:
-            return True
-        return len(await self.core.store.get_pep_nodes(user)) < MAX_NODES
 
     # --- items ------------------------------------------------------------------------------
 
@@ -223,7 +204,7 @@ class PepHandler(FeatureHandler):
                     (NS_PUBSUB_ERRORS, "presence-subscription-required")))
                 session.send(error.toResponse(iq))
                 return
-        item = await self.core.store.get_pep_item(owner, node)
+        item = await self.core.pep.get_item(owner, node)
         if item is None:
             session.error(iq, "item-not-found")
             return
@@ -306,7 +287,7 @@ class PepHandler(FeatureHandler):
     def _last_items_of(self, owner: str) -> defer.Deferred:
         """``{node: PepItem}`` of ``owner``; ``{}`` (logged) when the store fails, so one
         unreadable contact does not cost the others."""
-        d = self._lookups.run(self.core.store.get_pep_nodes, owner)
+        d = self._lookups.run(self.core.pep.get_nodes, owner)
         return d.addErrback(self._lookup_failed, owner)
 
     def _lookup_failed(self, failure, owner: str) -> dict:

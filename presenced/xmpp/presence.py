@@ -15,6 +15,7 @@ from twisted.words.xish import domish
 
 from presenced import events
 from presenced.events import Event
+from presenced.store import PENDING_STORE
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.server import parse_address
 from presenced.xmpp.session import available_sessions
@@ -87,7 +88,7 @@ class PresenceHandler(FeatureHandler):
         ``xmpp_probe``) and its resources answer with PRESENCE events for this resource."""
         store, user = self.core.store, session.user
         contacts = store.get_subscriptions(user)
-        pending = store.get_pending(user)
+        pending = store.open_map(PENDING_STORE).items(user)
         offline = self.server.messages.take_offline(session)
         for contact in await contacts:
             for other in available_sessions(self.core, contact):

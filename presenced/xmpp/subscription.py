@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 
 from twisted.words.xish import domish
 
-from presenced.store import RosterItem
+from presenced.store import PENDING_STORE, RosterItem
 from presenced.xmpp.session import available_sessions
 from presenced.xmpp.stanzas import attr
 
@@ -76,7 +76,7 @@ class Subscriptions:
             mine.ask = True
             await self._save(user, mine)
         data = presence_stanza(user, contact, "subscribe", stanza)
-        await self.store.set_pending(contact, user, data.decode("utf-8"))
+        await self.store.open_map(PENDING_STORE).set(contact, user, data.decode("utf-8"))
         self._to_sessions(contact, data)
 
     async def subscribed(self, contact: str, user: str) -> None:
@@ -84,7 +84,7 @@ class Subscriptions:
         theirs = await self.store.get_roster_item(contact, user)
         if theirs is not None and theirs.subscription in ("from", "both"):
             return
-        pending = await self.store.get_pending(contact)
+        pending = await self.store.open_map(PENDING_STORE).items(contact)
         mine = await self.store.get_roster_item(user, contact)
         if user in pending or (mine is not None and mine.ask):
             await self.approve(contact, user)
@@ -99,7 +99,7 @@ class Subscriptions:
         theirs.subscription = GAIN_FROM.get(theirs.subscription, theirs.subscription)
         theirs.approved = False
         await self._save(contact, theirs)
-        await self.store.remove_pending(contact, user)
+        await self.store.open_map(PENDING_STORE).delete(contact, user)
         mine = await self.store.get_roster_item(user, contact) or RosterItem(contact)
         mine.subscription = GAIN_TO.get(mine.subscription, mine.subscription)
         mine.ask = False
@@ -136,7 +136,7 @@ class Subscriptions:
             theirs.subscription = LOSE_FROM.get(theirs.subscription, theirs.subscription)
             theirs.approved = False
             await self._save(contact, theirs)
-        await self.store.remove_pending(contact, user)
+        await self.store.open_map(PENDING_STORE).delete(contact, user)
         await self.store.remove_subscriptions([(user, contact)])
 
     async def cancel_both(self, user: str, contact: str, item: RosterItem) -> None:
@@ -145,4 +145,4 @@ class Subscriptions:
             await self.unsubscribe(user, contact)
         if item.subscription in ("from", "both") or item.approved:
             await self.unsubscribed(user, contact)
-        await self.store.remove_pending(user, contact)
+        await self.store.open_map(PENDING_STORE).delete(user, contact)

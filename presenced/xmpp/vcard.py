@@ -9,6 +9,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.words.xish import domish
 
+from presenced.store import PRIVATE_STORE
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.stanzas import attr
 
@@ -26,7 +27,7 @@ class VCardHandler(FeatureHandler):
     @defer.inlineCallbacks
     def on_get(self, session, iq):
         owner = iq.getAttribute("to") or session.user
-        text = yield self.core.store.get_private(owner, KEY)
+        text = yield self.core.store.open_map(PRIVATE_STORE).get(owner, KEY)
         if text is None:
             session.result(iq, domish.Element((NS_VCARD, "vCard")))
         else:
@@ -34,6 +35,7 @@ class VCardHandler(FeatureHandler):
                 attr(iq["id"]), attr(owner), text)).encode("utf-8"))
 
     def on_set(self, session, iq):
-        d = self.core.store.set_private(session.user, KEY, iq.firstChildElement().toXml())
+        d = self.core.store.open_map(PRIVATE_STORE).set(session.user, KEY,
+                                                    iq.firstChildElement().toXml())
         d.addCallback(lambda _: session.result(iq))
         return d
