@@ -197,3 +197,59 @@ async def test_bulk_friends_in_one_call(store):
     expected = sorted({b for a, b in pairs if a == "u0@x"} | {a for a, b in pairs if b == "u0@x"})
     assert sorted(await store.get_subscribers("u0@x")) == expected
     assert len(await store.get_roster("u0@x")) == len(expected)
+
+
+# The tables of release 6495b55 (schema version 0) that the upgrade moves.
+OLD_TABLES = """
+CREATE TABLE pep (owner INTEGER NOT NULL, node TEXT NOT NULL, item_id TEXT NOT NULL,
+    payload TEXT NOT NULL, PRIMARY KEY (owner, node)) WITHOUT ROWID;
+CREATE TABLE offline (id INTEGER PRIMARY KEY AUTOINCREMENT, owner INTEGER NOT NULL,
+    stanza TEXT NOT NULL);
+CREATE TABLE pending (owner INTEGER NOT NULL, contact TEXT NOT NULL, stanza TEXT NOT NULL,
+    PRIMARY KEY (owner, contact)) WITHOUT ROWID;
+CREATE TABLE private (owner INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (owner, key)) WITHOUT ROWID;
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_upgrades_a_version_0_file(tmp_path: Path):
+    import sqlite3
+
+    from presenced.pep import PepItem
+    from presenced.store.codec import credentials_to_json
+    from presenced.store.embedded import SCHEMA, SCHEMA_VERSION, EmbeddedRosterStore
+
+    path = tmp_path / "presenced.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA.split("CREATE TABLE IF NOT EXISTS maps")[0] + OLD_TABLES)
+    conn.executemany("INSERT INTO ids (id, jid) VALUES (?, ?)", [(1, "a@x"), (2, "b@x")])
+    creds = credentials_to_json(make_credentials("p", iterations=8))
+    conn.executemany("INSERT INTO accounts VALUES (?, ?)", [(1, creds), (2, creds)])
+    conn.execute("INSERT INTO friends VALUES (1, 2), (2, 1)")
+    conn.execute("INSERT INTO pep VALUES (1, 'http://jabber.org/protocol/tune', 'current', "
+                 "'<tune><title>T</title></tune>')")
+    conn.executemany("INSERT INTO offline (owner, stanza) VALUES (?, ?)",
+                     [(1, "<message id='1'/>"), (1, "<message id='2'/>")])
+    conn.execute("INSERT INTO pending VALUES (2, 'c@x', '<presence/>')")
+    conn.execute("INSERT INTO private VALUES (1, 'vcard-temp', '<vCard/>')")
+    conn.commit()
+    conn.close()
+    store = EmbeddedRosterStore(str(path))
+    await store.start()
+    try:
+        assert await store.user_exists("a@x") and await store.user_exists("b@x")
+        assert [i.jid for i in await store.get_roster("a@x")] == ["b@x"]
+        tune = await store.open_map("pep").get("a@x", "http://jabber.org/protocol/tune")
+        assert PepItem.decode(tune) == PepItem("current", "<tune><title>T</title></tune>")
+        assert await store.open_list("offline").peek("a@x") == ["<message id='1'/>",
+                                                                 "<message id='2'/>"]
+        assert await store.open_map("pending").items("b@x") == {"c@x": "<presence/>"}
+        assert await store.open_map("private").get("a@x", "vcard-temp") == "<vCard/>"
+    finally:
+        await store.stop()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
+                        "('pep', 'offline', 'pending', 'private')").fetchone()[0] == 0
+    conn.close()
