@@ -8,7 +8,6 @@ command-line entry points turn into a one-line message and a non-zero exit.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import string
 import tomllib
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from presenced import events
+from presenced.allowlist import allowlist_problem
 
 Check = Callable[[Any], Optional[str]]
 
@@ -75,15 +75,6 @@ def redis_urls(value: list) -> Optional[str]:
     for url in value:
         if not url.startswith(("redis://", "unix://")):
             return f"{url!r} is not a redis:// or unix:// URL"
-    return None
-
-
-def ip_networks(value: list) -> Optional[str]:
-    for text in value:
-        try:
-            ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            return f"{text!r} is not an IP address or network (127.0.0.1, 10.0.0.0/8, ::1)"
     return None
 
 
@@ -230,7 +221,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "reconnect_max_seconds": Key(60.0, "float", positive),
         "nick_regain_seconds": Key(30.0, "float", positive),
         "unknown_targets": Key("join", "str", one_of("join", "report")),
-        "cat_allow": Key([], "list[str]", ip_networks),
+        "cat_allow": Key([], "list[str]", allowlist_problem),
         "cat_max_line_bytes": Key(16384, "int", positive),
         "handler_timeout": Key(10.0, "float", positive),
         "handler_max_running": Key(4, "int", positive),

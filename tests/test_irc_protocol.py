@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from twisted.internet import task
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import StringTransport
 
 from presenced import config, events
@@ -240,6 +240,16 @@ def test_cat_allowlist(tmp_path: Path):
     assert factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 1234)) is not None
     assert CatFactory(bot, [], 1000).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) \
         is not None
+
+
+def test_cat_allowlist_reads_ipv4_mapped_addresses_as_ipv4(tmp_path: Path):
+    """A dual-stack listener sees IPv4 clients as ``::ffff:a.b.c.d``: the cat port admits them
+    as the Thrift port does (one allowlist policy for every door)."""
+    core = make_core(tmp_path)
+    bot = IRCBot(core, core.config.irc, clock=task.Clock())
+    factory = CatFactory(bot, ["127.0.0.1"], 1000)
+    assert factory.buildProtocol(IPv6Address("TCP", "::ffff:127.0.0.1", 1234)) is not None
+    assert factory.buildProtocol(IPv6Address("TCP", "::ffff:10.0.0.1", 1234)) is None
 
 
 @pytest.mark.parametrize("irc, problem", [

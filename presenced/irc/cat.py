@@ -13,7 +13,6 @@ Lines are UTF-8 and end with LF (CR LF works too). A line that is not UTF-8, lon
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -22,6 +21,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols import basic
 from zope.interface import implementer
 
+from presenced.allowlist import Allowlist
 from presenced.flow import WriteBudget
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class CatFactory(protocol.Factory):
 
     def __init__(self, bot: "IRCBot", allow: list[str], max_line_bytes: int):
         self.bot = bot
-        self.allow = [ipaddress.ip_network(a, strict=False) for a in allow]
+        self.allow = Allowlist(allow)
         self.max_line_bytes = max_line_bytes
         self.connections: set[CatProtocol] = set()
         metrics = bot.core.metrics
@@ -135,19 +135,12 @@ class CatFactory(protocol.Factory):
                          "Cat lines refused with an error to their sender")
 
     def buildProtocol(self, addr: object) -> Optional[CatProtocol]:
-        if self.allow and not self.allowed(getattr(addr, "host", "")):
+        if not self.allow.admits(getattr(addr, "host", "")):
             self.bot.core.metrics.inc("presenced_auth_failures_total", door="irc")
             return None
         if len(self.connections) >= MAX_CONNECTIONS:
             return None
         return CatProtocol(self)
-
-    def allowed(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.allow)
 
     def opened(self, connection: CatProtocol) -> None:
         self.connections.add(connection)

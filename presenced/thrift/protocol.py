@@ -19,22 +19,21 @@ the connection goes on. Other connections never notice.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from thriftpy2.thrift import TApplicationException
 
+from presenced.allowlist import Allowlist
 from presenced.core import Core
 from presenced.flow import WriteBudget
 from presenced.thrift.codec import BadMessage, MessageDecoder, MessageEncoder
 from presenced.thrift.dispatch import Dispatcher
 
 DOOR = "thrift"
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ReplyBudget(WriteBudget):
@@ -216,7 +215,7 @@ class AdminFactory(protocol.ServerFactory):
     noisy = False  # the listening port is logged by ListeningService already
 
     def __init__(self, core: Core, service: Any, handler: object, clock: IReactorTime,
-                 allow: Sequence[Network] = ()):
+                 allow: Allowlist = Allowlist()):
         settings = core.config.thrift
         self.core = core
         self.metrics = core.metrics
@@ -226,7 +225,7 @@ class AdminFactory(protocol.ServerFactory):
         self.dispatcher = Dispatcher(service, handler,
                                      MessageEncoder(self.protocol_name, self.framed))
         self.clock = clock
-        self.allow = tuple(allow)
+        self.allow = allow
         self.max_message_bytes: int = settings.max_message_bytes
         self.max_pending_calls: int = settings.max_pending_calls
         self.max_unread_bytes: int = settings.max_unread_bytes
@@ -245,7 +244,7 @@ class AdminFactory(protocol.ServerFactory):
 
     def buildProtocol(self, addr: IAddress) -> Optional[AdminProtocol]:
         host = getattr(addr, "host", "")
-        if self.allow and not _allowed(host, self.allow):
+        if not self.allow.admits(host):
             self.log.warn("thrift: refused connection from {host}: not in [thrift] allow",
                           host=host)
             self.metrics.inc("presenced_auth_failures_total", door=DOOR)
@@ -253,24 +252,3 @@ class AdminFactory(protocol.ServerFactory):
         self.metrics.inc("presenced_connections_total", door=DOOR)
         return AdminProtocol(self, f"{host}:{getattr(addr, 'port', '')}")
 
-
-def parse_allow(entries: Sequence[str]) -> list[Network]:
-    """``["127.0.0.1", "10.0.0.0/8", "::1"]`` -> networks; raises ValueError naming the
-    entry."""
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{entry!r} is not an IP address or network") from None
-    return networks
-
-
-def _allowed(host: str, networks: Sequence[Network]) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)

@@ -5,19 +5,20 @@ from __future__ import annotations
 from twisted.application.service import IService
 from twisted.internet import reactor
 
+from presenced.allowlist import Allowlist
 from presenced.config import ConfigError
 from presenced.core import Core
 from presenced.service import ListeningService
 from presenced.thrift import admin
 from presenced.thrift.handler import AdminHandler
-from presenced.thrift.protocol import AdminFactory, parse_allow
+from presenced.thrift.protocol import AdminFactory
 
 
 def make_service(core: Core) -> IService:
     """Serve ``PresencedAdmin`` (``Ejabthrift`` included) on ``[thrift] bind:port``."""
     settings = core.config.thrift
     try:
-        allow = parse_allow(settings.allow)
+        allow = Allowlist(settings.allow)
     except ValueError as e:
         raise ConfigError("[thrift] allow", str(e)) from None
     factory = AdminFactory(core, admin.PresencedAdmin, AdminHandler(core, reactor), reactor,
