@@ -138,8 +138,8 @@ class Core:
         pairs = list(pairs)
         yield self.store.add_friends(pairs)
         for a, b in pairs:
-            self._roster_changed(a, RosterItem(b, "both"))
-            self._roster_changed(b, RosterItem(a, "both"))
+            self.roster_changed(a, b, RosterItem(b, "both"))
+            self.roster_changed(b, a, RosterItem(a, "both"))
         self.hooks.fire("friends-added", pairs)
         return len(pairs)
 
@@ -148,13 +148,26 @@ class Core:
         pairs = list(pairs)
         yield self.store.remove_friends(pairs)
         for a, b in pairs:
-            self._roster_changed(a, None, b)
-            self._roster_changed(b, None, a)
+            self.roster_changed(a, b, None)
+            self.roster_changed(b, a, None)
         self.hooks.fire("friends-removed", pairs)
         return len(pairs)
 
-    def _roster_changed(self, owner: str, item: Optional[RosterItem],
-                        removed: Optional[str] = None) -> None:
-        contact = item.jid if item is not None else removed
-        self.router.deliver(owner, Event(events.ROSTER, contact,
-                                         {"to": owner, "item": item, "jid": contact}))
+    def roster_changed(self, owner: str, contact: str, item: Optional[RosterItem],
+                       version: Optional[int] = None, presence_exchanged: bool = False) -> None:
+        """The one producer of ROSTER events: ``contact``'s item on ``owner``'s roster is now
+        ``item`` (None: removed) at ``version`` (None: not known here, doors read it).
+        ``presence_exchanged`` says the subscription protocol already showed both sides'
+        presence; otherwise (an admin linked them) XMPP resources exchange it now."""
+        self.router.deliver(owner, Event(events.ROSTER, contact, {
+            "to": owner, "item": item, "jid": contact, "version": version,
+            "presence_exchanged": presence_exchanged}))
+
+    # --- subscription graph ----------------------------------------------------------------
+
+    def add_subscriptions(self, pairs: Iterable[Pair]) -> defer.Deferred:
+        """``(subscriber, subject)`` edges: the subscriber receives the subject's events."""
+        return self.store.add_subscriptions(list(pairs))
+
+    def remove_subscriptions(self, pairs: Iterable[Pair]) -> defer.Deferred:
+        return self.store.remove_subscriptions(list(pairs))

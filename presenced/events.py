@@ -18,7 +18,8 @@ _ids = itertools.count(1)
 TUNE = "tune"          # payload: artist, title, source, length, track, rating, uri ({} = stopped)
 PRESENCE = "presence"  # payload: show, status, available (bool), resource
 MESSAGE = "message"    # payload: to, body, subject, thread, kind ("chat"/"normal"), stanza
-ROSTER = "roster"      # payload: to, item (RosterItem or None when removed)
+ROSTER = "roster"      # payload: to, jid, item (RosterItem or None when removed), version
+                       # (int or None), presence_exchanged (bool); see Core.roster_changed
 ADMIN = "admin"        # payload: free-form admin notice (text)
 PEP = "pep"            # payload: node, and item_id + item (XML text) | retract (item id) |
                        # delete (True); PEP nodes other than the tune, rendered by XMPP only

@@ -25,6 +25,19 @@ class Hooks:
         if handler in self._handlers.get(name, ()):
             self._handlers[name].remove(handler)
 
+    def collect(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """Run every handler and return what each returned (a handler that raised is logged
+        and left out): a feature contributes work, often Deferreds, that the firer waits on
+        or orders, without knowing which features exist."""
+        results = []
+        for handler in list(self._handlers.get(name, ())):
+            try:
+                results.append(handler(*args, **kwargs))
+            except Exception:
+                self.log.failure("hook {name} handler {handler!r} failed", name=name,
+                                 handler=handler)
+        return results
+
     def fire(self, name: str, *args: Any, **kwargs: Any) -> None:
         for handler in list(self._handlers.get(name, ())):
             try:

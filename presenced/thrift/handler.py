@@ -114,10 +114,10 @@ class AdminHandler:
         return self.core.store.get_subscribers(self.user(user)).addCallback(sorted)
 
     def add_subscriptions(self, pairs: Optional[list]) -> defer.Deferred:
-        return self.core.store.add_subscriptions(self._edges(pairs))
+        return self.core.add_subscriptions(self._edges(pairs))
 
     def remove_subscriptions(self, pairs: Optional[list]) -> defer.Deferred:
-        return self.core.store.remove_subscriptions(self._edges(pairs))
+        return self.core.remove_subscriptions(self._edges(pairs))
 
     def _edges(self, pairs: Optional[list]) -> list[tuple[str, str]]:
         return [(self.user(p.subscriber), self.user(p.subject)) for p in pairs or ()]

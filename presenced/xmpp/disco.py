@@ -8,6 +8,8 @@ kept by hand. The identities are ours: the server is ``server/im``, an account
 
 from __future__ import annotations
 
+import presenced.wokkel_compat  # noqa: F401  (before any wokkel import)
+
 from twisted.internet import defer
 from twisted.words.protocols.jabber.jid import JID
 from wokkel import disco

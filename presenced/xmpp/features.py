@@ -1,43 +1,68 @@
-"""The feature handlers of the c2s door: the one list, and the base class they share.
+"""The base of every c2s feature handler, and what a handler may use of the server.
 
-Adding a feature is writing a :class:`FeatureHandler` subclass in its own module and naming
-it in :data:`FEATURES`. The server creates each handler once, wires its ``routes`` and
-``event_renderers`` (see :mod:`presenced.xmpp`) and asks it for disco features.
+This module imports no feature: the feature list is assembled at the door's composition
+root, :mod:`presenced.xmpp.service`, and handed to the server. A handler declares the stanzas
+it answers (``routes``) and the router events it renders (``event_renderers``); it reaches
+other features only through named hooks on ``core.hooks`` (see :mod:`presenced.xmpp`), never
+through another handler's attributes.
 """
 
 from __future__ import annotations
 
 import presenced.wokkel_compat  # noqa: F401  (before any wokkel import)
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional
 
 from wokkel import disco
 from wokkel.iwokkel import IDisco
 from wokkel.subprotocols import XMPPHandler
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 if TYPE_CHECKING:
-    from presenced.xmpp.server import C2SServer
+    from presenced.core import Core
+    from presenced.xmpp.session import C2SSession
+    from presenced.xmpp.stanzas import Address
+
+
+class IC2SServer(Interface):
+    """What the c2s server offers its feature handlers (and nothing else)."""
+
+    core = Attribute("The node's :class:`presenced.core.Core`.")
+    handlers = Attribute("Every feature handler, in composition order (disco gathers them).")
+    events_out = Attribute("Counter of stanzas rendered from router events (an int).")
+
+    def find_session(address: "Address") -> Optional["C2SSession"]:
+        """The local resource at a full address, or None."""
+
+    def must_start_tls(stream) -> bool:
+        """Whether ``stream`` has to negotiate TLS before anything else."""
+
+
+HandlerMethod = Callable[..., object]
 
 
 @implementer(IDisco)
 class FeatureHandler(XMPPHandler):
     """One feature of every c2s session, created once per server.
 
-    ``server_features`` / ``account_features`` are the disco#info features this handler
-    contributes for the server's JID and for account (bare) JIDs; override ``getDiscoInfo``
-    for anything richer (identities, nodes).
+    ``routes`` maps event names (``iq-get/host/urn:xmpp:ping:ping``, ``message/bare``...) to
+    method names; ``pre_auth_routes`` maps IQ namespaces answered before authentication
+    to methods called as ``method(stream, iq)``; ``event_renderers`` maps router event types to method names called as
+    ``method(session, event)``. ``server_features`` / ``account_features`` are the disco#info
+    features this handler contributes for the server's JID and for account (bare) JIDs;
+    override ``getDiscoInfo`` for anything richer (identities, nodes).
     """
 
     routes: dict[str, str] = {}
+    pre_auth_routes: dict[str, str] = {}  # namespace -> method(stream, iq), before SASL
     event_renderers: dict[str, str] = {}
     server_features: tuple[str, ...] = ()
     account_features: tuple[str, ...] = ()
 
-    def __init__(self, server: "C2SServer"):
+    def __init__(self, server: IC2SServer):
         super().__init__()
         self.server = server
-        self.core = server.core
+        self.core: "Core" = server.core
 
     def attached(self) -> None:
         """Called once the server has wired the handler's routes (register hooks here)."""
@@ -50,21 +75,3 @@ class FeatureHandler(XMPPHandler):
 
     def getDiscoItems(self, requestor, target, nodeIdentifier=""):
         return []
-
-
-def _features() -> tuple[type[FeatureHandler], ...]:
-    from presenced.xmpp.disco import DiscoHandler
-    from presenced.xmpp.messages import MessageHandler
-    from presenced.xmpp.pep import PepHandler
-    from presenced.xmpp.ping import PingHandler
-    from presenced.xmpp.presence import PresenceHandler
-    from presenced.xmpp.register import RegisterHandler
-    from presenced.xmpp.roster import RosterHandler
-    from presenced.xmpp.vcard import VCardHandler
-    from presenced.xmpp.version import VersionHandler
-
-    return (DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
-            VersionHandler, VCardHandler, RegisterHandler, PepHandler)
-
-
-FEATURES: tuple[type[FeatureHandler], ...] = _features()

@@ -14,12 +14,12 @@ import time
 from twisted.internet import defer
 from twisted.words.xish import domish
 
+from presenced import events
 from presenced.events import Event
 from presenced.store import OFFLINE_STORE
 from presenced.xmpp.features import FeatureHandler
-from presenced.xmpp.server import parse_address
 from presenced.xmpp.session import message_targets
-from presenced.xmpp.stanzas import NS_CLIENT, attr, to_bytes
+from presenced.xmpp.stanzas import NS_CLIENT, attr, parse_address, to_bytes
 
 OFFLINE_KINDS = ("normal", "chat")
 NS_OFFLINE = "msgoffline"
@@ -55,10 +55,12 @@ def delayed(stanza: bytes, domain: str, when: float) -> str:
 class MessageHandler(FeatureHandler):
     routes = {"message/bare": "on_bare", "message/self": "on_bare",
               "message/full": "on_full"}
+    event_renderers = {events.MESSAGE: "render"}
     server_features = (NS_OFFLINE,)
 
     def attached(self) -> None:
         self.core.hooks.add("message-sent", self.message_sent)
+        self.core.hooks.add("xmpp-initial-backlog", self.take_offline)
 
     # --- from the client ---------------------------------------------------------------------
 

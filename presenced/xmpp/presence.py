@@ -17,9 +17,8 @@ from presenced import events
 from presenced.events import Event
 from presenced.store import PENDING_STORE
 from presenced.xmpp.features import FeatureHandler
-from presenced.xmpp.server import parse_address
-from presenced.xmpp.session import available_sessions
-from presenced.xmpp.stanzas import NS_CLIENT, attr, children_bytes
+from presenced.xmpp.session import available_sessions, presence_bytes
+from presenced.xmpp.stanzas import NS_CLIENT, attr, children_bytes, parse_address
 from presenced.xmpp.subscription import Subscriptions
 
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
@@ -49,10 +48,15 @@ def _event_children(payload: dict) -> bytes:
 class PresenceHandler(FeatureHandler):
     routes = {"presence/self": "on_broadcast", "presence/host": "on_broadcast",
               "presence/bare": "on_addressed", "presence/full": "on_addressed"}
+    event_renderers = {events.PRESENCE: "render"}
     account_features = ()
 
     def attached(self) -> None:
         self.subscriptions = Subscriptions(self.server)
+        hooks = self.core.hooks
+        hooks.add("xmpp-session-ended", self.unavailable)
+        hooks.add("xmpp-roster-removing", self.subscriptions.cancel_both)
+        hooks.add("xmpp-contact-linked", self.contact_linked)
 
     # --- from the client ---------------------------------------------------------------------
 
@@ -80,8 +84,10 @@ class PresenceHandler(FeatureHandler):
         return None
 
     async def _came_online(self, session) -> None:
-        """Probes, pending requests, offline messages (RFC 6121 4.2.2). The three reads are
-        issued together so the store answers them in one batch.
+        """Probes, pending requests, then the backlogs other features keep for the resource
+        (offline messages: the ``xmpp-initial-backlog`` hook, Prosody's
+        ``message/offline/broadcast``), RFC 6121 4.2.2. The reads are issued together so the
+        store answers them in one batch.
 
         Probes are answered here for contacts online on this node; a contact online on
         another node of a cluster is asked through the router (a PRESENCE event carrying
@@ -89,15 +95,16 @@ class PresenceHandler(FeatureHandler):
         store, user = self.core.store, session.user
         contacts = store.get_subscriptions(user)
         pending = store.open_map(PENDING_STORE).items(user)
-        offline = self.server.messages.take_offline(session)
+        backlogs = self.core.hooks.collect("xmpp-initial-backlog", session)
         for contact in await contacts:
             for other in available_sessions(self.core, contact):
-                session.write(self.presence_bytes(other, session.full))
+                session.write(presence_bytes(other, session.full))
             self.probe_elsewhere(session, contact)
         for stanza in (await pending).values():
             session.write(stanza.encode("utf-8"))
-        for stanza in await offline:
-            session.write(stanza.encode("utf-8"))
+        for backlog in backlogs:
+            for stanza in await backlog:
+                session.write(stanza.encode("utf-8"))
 
     def probe_elsewhere(self, session, contact: str) -> None:
         """Ask ``contact``'s resources on other cluster nodes for their presence (they
@@ -123,10 +130,6 @@ class PresenceHandler(FeatureHandler):
                     other.write(head + b" to=%s" % attr(other.full).encode("utf-8") + data)
             session.directed = None
         self.core.hooks.fire("xmpp-unavailable", session)
-
-    def session_ended(self, session) -> None:
-        """The connection is gone: contacts see the resource go, cleanly or not."""
-        self.unavailable(session)
 
     def broadcast(self, session, available: bool, children: bytes) -> None:
         payload = self._payload(session, available, children)
@@ -178,7 +181,7 @@ class PresenceHandler(FeatureHandler):
         item = await self.core.store.get_roster_item(session.user, contact)
         if item is not None and item.subscription in ("to", "both"):
             for other in available_sessions(self.core, contact):
-                session.write(self.presence_bytes(other, session.full))
+                session.write(presence_bytes(other, session.full))
 
     def _directed(self, session, presence: domish.Element, address) -> None:
         data = presence.toXml(defaultUri=NS_CLIENT).encode("utf-8")
@@ -199,13 +202,17 @@ class PresenceHandler(FeatureHandler):
 
     # --- to the client -----------------------------------------------------------------------
 
-    def presence_bytes(self, other, to: str, available: bool = True) -> bytes:
-        """The current presence of resource ``other`` as sent to ``to``."""
-        head = b"<presence from=%s to=%s" % (attr(other.full).encode("utf-8"),
-                                             attr(to).encode("utf-8"))
-        if not available or other.presence is None:
-            return head + b" type='unavailable'/>"
-        return head + b">" + _children(other.presence) + b"</presence>"
+    def contact_linked(self, session, contact: str, linked: bool) -> None:
+        """The ``xmpp-contact-linked`` hook: an admin (un)made ``contact`` a friend of the
+        resource's user without the subscription protocol: show its presence, or its
+        going."""
+        for other in available_sessions(self.core, contact):
+            session.write(presence_bytes(other, session.full, available=linked))
+        if linked:
+            self.probe_elsewhere(session, contact)
+        elif self.core.router.transport.remote_nodes(contact):
+            session.write(b"<presence from=%s to=%s type='unavailable'/>" % (
+                attr(contact).encode("utf-8"), attr(session.full).encode("utf-8")))
 
     def render(self, session, event: Event) -> None:
         """A PRESENCE router event to an available resource."""

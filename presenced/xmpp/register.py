@@ -27,10 +27,12 @@ class RegisterHandler(FeatureHandler):
               f"iq-get/host/{QUERY}": "on_get", f"iq-set/host/{QUERY}": "on_set"}
     server_features = (NS_REGISTER,)
 
-    def attached(self) -> None:
+    def __init__(self, server) -> None:
+        super().__init__(server)
         if self.core.config.xmpp.allow_registration:
-            self.server.registration = self
+            self.pre_auth_routes = {NS_REGISTER: "pre_auth"}
         else:
+            self.pre_auth_routes = {}
             self.server_features = ()
 
     def _form(self, username: str = "") -> domish.Element:

@@ -18,13 +18,9 @@ from presenced import events
 from presenced.events import Event
 from presenced.store import RosterItem
 from presenced.xmpp.features import FeatureHandler
-from presenced.xmpp.server import parse_address
-from presenced.xmpp.session import available_sessions
-from presenced.xmpp.stanzas import NS_CLIENT, NS_ROSTER, attr
+from presenced.xmpp.stanzas import NS_CLIENT, NS_ROSTER, parse_address
 
 QUERY = f"{NS_ROSTER}:query"
-# A payload flag: the subscription protocol already exchanged presence for this change.
-PRESENCE_DONE = "xmpp_presence_done"
 
 
 def item_element(item: Optional[RosterItem], jid: str) -> domish.Element:
@@ -47,14 +43,8 @@ def item_element(item: Optional[RosterItem], jid: str) -> domish.Element:
 
 class RosterHandler(FeatureHandler):
     routes = {f"iq-get/self/{QUERY}": "on_get", f"iq-set/self/{QUERY}": "on_set"}
+    event_renderers = {events.ROSTER: "render"}
     account_features = ()
-
-    def changed(self, owner: str, contact: str, item: Optional[RosterItem],
-                version: Optional[int], presence_done: bool = True) -> None:
-        """Tell every session of ``owner`` that ``contact``'s item changed (None: removed)."""
-        payload = {"to": owner, "item": item, "jid": contact, "version": version,
-                   PRESENCE_DONE: presence_done}
-        self.core.router.deliver(owner, Event(events.ROSTER, contact, payload))
 
     # --- client requests ---------------------------------------------------------------------
 
@@ -99,11 +89,12 @@ class RosterHandler(FeatureHandler):
             if existing is None:
                 session.error(iq, "item-not-found")
                 return
-            yield defer.ensureDeferred(
-                self.server.presence.subscriptions.cancel_both(user, contact, existing))
+            yield defer.gatherResults([
+                defer.ensureDeferred(work) for work in
+                self.core.hooks.collect("xmpp-roster-removing", user, contact, existing)])
             version = yield store.remove_roster_item(user, contact)
             session.result(iq)
-            self.changed(user, contact, None, version)
+            self.core.roster_changed(user, contact, None, version, presence_exchanged=True)
             return
         item = RosterItem(contact, "none", element.getAttribute("name") or None, groups)
         if existing is not None:
@@ -111,7 +102,7 @@ class RosterHandler(FeatureHandler):
                 existing.subscription, existing.ask, existing.approved)
         version = yield store.set_roster_item(user, item)
         session.result(iq)
-        self.changed(user, contact, item, version)
+        self.core.roster_changed(user, contact, item, version, presence_exchanged=True)
 
     # --- router events -------------------------------------------------------------------------
 
@@ -126,16 +117,9 @@ class RosterHandler(FeatureHandler):
                 d.addErrback(lambda f: self.log.failure("roster push to {s}", f, s=session))
             else:
                 self._push(session, item, contact, version)
-        if session.available and not payload.get(PRESENCE_DONE):
-            presence = self.server.presence
+        if session.available and not payload.get("presence_exchanged"):
             linked = item is not None and item.subscription in ("to", "both")
-            for other in available_sessions(self.core, contact):
-                session.write(presence.presence_bytes(other, session.full, available=linked))
-            if linked:
-                presence.probe_elsewhere(session, contact)
-            elif self.core.router.transport.remote_nodes(contact):
-                session.write(b"<presence from=%s to=%s type='unavailable'/>" % (
-                    attr(contact).encode("utf-8"), attr(session.full).encode("utf-8")))
+            self.core.hooks.fire("xmpp-contact-linked", session, contact, linked)
 
     def _push(self, session, item: Optional[RosterItem], contact: str, version: int) -> None:
         if session.stream.session is not session:

@@ -9,61 +9,41 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import re
 import secrets
 import time
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
-from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from presenced.events import Event
-from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_PREAPPROVAL, NS_REGISTER_FEATURE,
-                                    NS_ROSTERVER, NS_SESSION, NS_TLS, to_bytes)
+from presenced.xmpp import sasl
+from presenced.xmpp.features import IC2SServer
+from presenced.xmpp.session import RESOURCE_CLAIMED, replace, xmpp_sessions
+from presenced.xmpp.stream import C2SStream
+from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_PREAPPROVAL, NS_REGISTER,
+                                    NS_REGISTER_FEATURE,
+                                    NS_ROSTERVER, NS_SESSION, NS_TLS, Address, parse_address,
+                                    to_bytes)
 
 if TYPE_CHECKING:
     from presenced.core import Core
+    from presenced.xmpp.features import FeatureHandler
     from presenced.xmpp.session import C2SSession
-    from presenced.xmpp.stream import C2SStream
 
 DOOR = "xmpp"
-# Plain lowercase ASCII JIDs are already in stringprep's canonical form: skip it.
-_PLAIN_JID = re.compile(r"(?:([a-z0-9._+-]+)@)?([a-z0-9.-]+)(?:/([\x21-\x7e]{1,1023}))?\Z")
 
 
-class Address:
-    """A parsed ``to`` address: ``bare`` is user@domain or None, ``domain``, ``resource``."""
-
-    __slots__ = ("bare", "domain", "resource", "full")
-
-    def __init__(self, bare: Optional[str], domain: str, resource: Optional[str]):
-        self.bare = bare
-        self.domain = domain
-        self.resource = resource
-        self.full = f"{bare or domain}/{resource}" if resource else (bare or domain)
-
-
-def parse_address(text: str) -> Address:
-    """Parse and normalise a JID; raises ValueError when it is not one."""
-    match = _PLAIN_JID.match(text)
-    if match is not None:
-        local, domain, resource = match.groups()
-        return Address(f"{local}@{domain}" if local else None, domain, resource)
-    try:
-        jid = JID(text)
-    except (InvalidFormat, UnicodeError) as e:
-        raise ValueError(str(e)) from None
-    return Address(jid.userhost() if jid.user else None, jid.host, jid.resource)
-
-
+@implementer(IC2SServer)
 class C2SServer:
     """Everything the streams of one node share."""
 
     log = Logger()
 
-    def __init__(self, core: "Core", tls_context, extauth=None):
+    def __init__(self, core: "Core", tls_context,
+                 features: Iterable[type["FeatureHandler"]], extauth=None):
         xmpp = core.config.xmpp
         self.core = core
         self.tls_context = tls_context
@@ -81,41 +61,33 @@ class C2SServer:
         self.routes: dict[str, Callable] = {}
         self.event_renderers: dict[str, Callable] = {}
         self._features_cache: dict[tuple, bytes] = {}
-        self.handlers = []
-        self.registration = None
-        from presenced.xmpp.features import FEATURES
-
-        for feature in FEATURES:
+        self.handlers: list["FeatureHandler"] = []
+        # Stanzas answered before authentication, by namespace (XEP-0077 registration).
+        self.pre_auth: dict[str, Callable] = {}
+        for feature in features:
             self.add_handler(feature(self))
-        # The three event kinds every session renders (see C2SSession.deliver).
-        self.messages = self.handler("MessageHandler")
-        self.presence = self.handler("PresenceHandler")
-        self.roster = self.handler("RosterHandler")
+        self.event_renderers[RESOURCE_CLAIMED] = _yield_claimed_resource
         self._describe_metrics()
 
     # --- handlers ----------------------------------------------------------------------------
 
-    def add_handler(self, handler) -> None:
+    def add_handler(self, handler: "FeatureHandler") -> None:
         self.handlers.append(handler)
         for name, method in handler.routes.items():
             if name in self.routes:
                 raise ValueError(f"two handlers route {name}")
             self.routes[name] = getattr(handler, method)
         for kind, method in handler.event_renderers.items():
+            if kind in self.event_renderers:
+                raise ValueError(f"two handlers render {kind} events")
             self.event_renderers[kind] = getattr(handler, method)
+        for namespace, method in handler.pre_auth_routes.items():
+            self.pre_auth[namespace] = getattr(handler, method)
         handler.attached()
-
-    def handler(self, class_name: str):
-        for handler in self.handlers:
-            if type(handler).__name__ == class_name:
-                return handler
-        raise LookupError(class_name)
 
     # --- streams -----------------------------------------------------------------------------
 
     def build_stream(self, direct_tls: bool) -> "C2SStream":
-        from presenced.xmpp.stream import C2SStream
-
         return C2SStream(self, direct_tls)
 
     def stream_opened(self, stream: "C2SStream") -> None:
@@ -140,8 +112,6 @@ class C2SServer:
 
     def features(self, stream: "C2SStream") -> bytes:
         """The ``<stream:features/>`` for the stream's state, serialised once per state."""
-        from presenced.xmpp import sasl
-
         tls = self.must_start_tls(stream)
         key = (stream.user is not None, stream.secure, tls)
         cached = self._features_cache.get(key)
@@ -162,7 +132,7 @@ class C2SServer:
                 mechs = features.addElement(("urn:ietf:params:xml:ns:xmpp-sasl", "mechanisms"))
                 for name in sasl.mechanisms(self.core, stream.secure, self.extauth):
                     mechs.addElement("mechanism", content=name)
-                if self.registration is not None:
+                if NS_REGISTER in self.pre_auth:
                     features.addElement((NS_REGISTER_FEATURE, "register"))
         data = features.toXml(prefixes={"http://etherx.jabber.org/streams": "stream"},
                               prefixesInScope=["stream"]).encode("utf-8")
@@ -172,8 +142,6 @@ class C2SServer:
     def choose_resource(self, user: str, requested: Optional[str]) -> str:
         """The resource to bind: the client's (an older session on it is replaced, RFC 6120
         7.7.2.2) or a generated one."""
-        from presenced.xmpp.session import RESOURCE_CLAIMED, replace, xmpp_sessions
-
         if requested:
             resource = parse_address(f"{user}/{requested}").resource
             if not resource:
@@ -204,7 +172,7 @@ class C2SServer:
         self.core.hooks.fire("xmpp-bound", session)
 
     def session_ended(self, session: "C2SSession") -> None:
-        self.presence.session_ended(session)
+        self.core.hooks.fire("xmpp-session-ended", session)
         self.core.router.logout(session)
 
     def session_count(self) -> int:
@@ -340,6 +308,12 @@ class C2SServer:
         metrics.gauge("presenced_events_out_total", lambda: self.events_out, door=DOOR)
         metrics.describe("presenced_xmpp_stream_errors_total", "counter",
                          "XMPP stream errors sent, by condition.")
+
+
+def _yield_claimed_resource(session: "C2SSession", event: Event) -> None:
+    """A resource of this user was bound on another node: ours of that name yields."""
+    if event.payload["resource"] == session.label:
+        replace(session)
 
 
 def _malloc_trim():

@@ -1,5 +1,9 @@
 """The XMPP c2s front door as a service: port 5222 (STARTTLS) and the optional XEP-0368
-direct-TLS port, over one :class:`~presenced.xmpp.server.C2SServer`."""
+direct-TLS port, over one :class:`~presenced.xmpp.server.C2SServer`.
+
+This is the door's composition root: :data:`FEATURES` is the one list of feature handlers,
+and the only module that imports them all. Adding a feature is writing its module and naming
+its handler here."""
 
 from __future__ import annotations
 
@@ -10,9 +14,23 @@ from twisted.internet import task
 
 from presenced.core import Core
 from presenced.service import ListeningService
+from presenced.xmpp.disco import DiscoHandler
 from presenced.xmpp.extauth import ExternalAuth
+from presenced.xmpp.features import FeatureHandler
+from presenced.xmpp.messages import MessageHandler
+from presenced.xmpp.pep import PepHandler
+from presenced.xmpp.ping import PingHandler
+from presenced.xmpp.presence import PresenceHandler
+from presenced.xmpp.register import RegisterHandler
+from presenced.xmpp.roster import RosterHandler
 from presenced.xmpp.server import C2SFactory, C2SServer
 from presenced.xmpp.tls import context_factory
+from presenced.xmpp.vcard import VCardHandler
+from presenced.xmpp.version import VersionHandler
+
+FEATURES: tuple[type[FeatureHandler], ...] = (
+    DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
+    VersionHandler, VCardHandler, RegisterHandler, PepHandler)
 
 
 class XMPPService(service.MultiService):
@@ -29,7 +47,7 @@ class XMPPService(service.MultiService):
         if config.extauth_program:
             self.extauth = ExternalAuth(config.extauth_program, config.extauth_pool_size,
                                         config.extauth_timeout)
-        self.server = C2SServer(core, tls, self.extauth)
+        self.server = C2SServer(core, tls, FEATURES, self.extauth)
         self.sweep = task.LoopingCall(self.server.hibernate_idle)
         self.deadlines = task.LoopingCall(self.server.close_late_streams)
         ListeningService(core, "xmpp", config.port, config.bind,

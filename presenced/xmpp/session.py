@@ -16,9 +16,8 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from zope.interface import implementer
 
-from presenced import events
 from presenced.router import ISession
-from presenced.xmpp.stanzas import error_reply, result_reply
+from presenced.xmpp.stanzas import attr, children_bytes, error_reply, result_reply
 
 if TYPE_CHECKING:
     from presenced.core import Core
@@ -137,20 +136,9 @@ class C2SSession:
     # --- router events -----------------------------------------------------------------------
 
     def deliver(self, event: "Event") -> None:
-        kind = event.type
-        if kind == events.MESSAGE:
-            self.server.messages.render(self, event)
-        elif kind == events.PRESENCE:
-            self.server.presence.render(self, event)
-        elif kind == events.ROSTER:
-            self.server.roster.render(self, event)
-        elif kind == RESOURCE_CLAIMED:
-            if event.payload["resource"] == self.label:
-                replace(self)
-        else:
-            renderer = self.server.event_renderers.get(kind)
-            if renderer is not None:
-                renderer(self, event)
+        renderer = self.server.event_renderers.get(event.type)
+        if renderer is not None:
+            renderer(self, event)
 
 
 def replace(session: C2SSession) -> None:
@@ -158,6 +146,15 @@ def replace(session: C2SSession) -> None:
     session.close("conflict")
     session.stream.session = None
     session.ended()
+
+
+def presence_bytes(other: C2SSession, to: str, available: bool = True) -> bytes:
+    """The current presence of resource ``other`` as sent to ``to``."""
+    head = b"<presence from=%s to=%s" % (attr(other.full).encode("utf-8"),
+                                         attr(to).encode("utf-8"))
+    if not available or other.presence is None:
+        return head + b" type='unavailable'/>"
+    return head + b">" + children_bytes(other.presence) + b"</presence>"
 
 
 def xmpp_sessions(core: "Core", user: str) -> list[C2SSession]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 from xml.sax.saxutils import quoteattr
 
 from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
 
 NS_CLIENT = "jabber:client"
@@ -22,6 +24,34 @@ NS_REGISTER_FEATURE = "http://jabber.org/features/iq-register"
 
 
 NS_XML = "http://www.w3.org/XML/1998/namespace"
+
+# Plain lowercase ASCII JIDs are already in stringprep's canonical form: skip it.
+_PLAIN_JID = re.compile(r"(?:([a-z0-9._+-]+)@)?([a-z0-9.-]+)(?:/([\x21-\x7e]{1,1023}))?\Z")
+
+
+class Address:
+    """A parsed ``to`` address: ``bare`` is user@domain or None, ``domain``, ``resource``."""
+
+    __slots__ = ("bare", "domain", "resource", "full")
+
+    def __init__(self, bare: Optional[str], domain: str, resource: Optional[str]):
+        self.bare = bare
+        self.domain = domain
+        self.resource = resource
+        self.full = f"{bare or domain}/{resource}" if resource else (bare or domain)
+
+
+def parse_address(text: str) -> Address:
+    """Parse and normalise a JID; raises ValueError when it is not one."""
+    match = _PLAIN_JID.match(text)
+    if match is not None:
+        local, domain, resource = match.groups()
+        return Address(f"{local}@{domain}" if local else None, domain, resource)
+    try:
+        jid = JID(text)
+    except (InvalidFormat, UnicodeError) as e:
+        raise ValueError(str(e)) from None
+    return Address(jid.userhost() if jid.user else None, jid.host, jid.resource)
 
 
 def to_bytes(element: domish.Element) -> bytes:

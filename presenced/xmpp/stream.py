@@ -24,7 +24,7 @@ from presenced.flow import WriteBudget
 from presenced.xmpp import sasl
 from presenced.xmpp.parser import PolicyViolation, RestrictedXML, StanzaParser
 from presenced.xmpp.session import C2SSession
-from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_REGISTER, NS_SASL, NS_SESSION,
+from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION,
                                     NS_STREAMS, NS_TLS, attr, error_reply, result_reply,
                                     to_bytes)
 
@@ -333,8 +333,9 @@ class C2SStream(xmlstream.XmlStream):
         child = iq.firstChildElement()
         kind = iq.getAttribute("type")
         if self.user is None:
-            if child is not None and child.uri == NS_REGISTER and self.server.registration:
-                self.server.registration.pre_auth(self, iq)
+            handler = self.server.pre_auth.get(child.uri) if child is not None else None
+            if handler is not None:
+                handler(self, iq)
             else:
                 self.stream_error("not-authorized", "authenticate first")
         elif kind == "set" and child is not None and child.uri == NS_BIND and child.name == "bind":

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional
 from twisted.words.xish import domish
 
 from presenced.store import PENDING_STORE, RosterItem
-from presenced.xmpp.session import available_sessions
+from presenced.xmpp.session import available_sessions, presence_bytes
 from presenced.xmpp.stanzas import attr
 
 if TYPE_CHECKING:
@@ -47,14 +47,13 @@ class Subscriptions:
 
     async def _save(self, owner: str, item: RosterItem) -> None:
         version = await self.store.set_roster_item(owner, item)
-        self.server.roster.changed(owner, item.jid, item, version)
+        self.core.roster_changed(owner, item.jid, item, version, presence_exchanged=True)
 
     def _show_presence(self, contact: str, user: str, available: bool) -> None:
         """``contact``'s resources' presence (or unavailable) to ``user``'s resources."""
-        presence = self.server.presence
         for recipient in available_sessions(self.core, user):
             for other in available_sessions(self.core, contact):
-                recipient.write(presence.presence_bytes(other, recipient.full, available))
+                recipient.write(presence_bytes(other, recipient.full, available))
 
     async def subscribe(self, user: str, contact: str, stanza: domish.Element) -> None:
         if not await self.server.account_exists(contact):
@@ -104,7 +103,7 @@ class Subscriptions:
         mine.subscription = GAIN_TO.get(mine.subscription, mine.subscription)
         mine.ask = False
         await self._save(user, mine)
-        await self.store.add_subscriptions([(user, contact)])
+        await self.core.add_subscriptions([(user, contact)])
         self._to_sessions(user, presence_stanza(contact, user, "subscribed"))
         self._show_presence(contact, user, True)
 
@@ -137,7 +136,7 @@ class Subscriptions:
             theirs.approved = False
             await self._save(contact, theirs)
         await self.store.open_map(PENDING_STORE).delete(contact, user)
-        await self.store.remove_subscriptions([(user, contact)])
+        await self.core.remove_subscriptions([(user, contact)])
 
     async def cancel_both(self, user: str, contact: str, item: RosterItem) -> None:
         """Before ``user`` removes ``contact`` from the roster (RFC 6121 2.5.2)."""
