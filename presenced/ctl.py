@@ -20,7 +20,8 @@ from twisted.internet import defer, task
 from presenced import bulk
 from presenced import config as configuration
 from presenced.core import Core
-from presenced.store import StoreError, make_store
+from presenced.store import StoreError
+from presenced.store.backends import make_store
 from presenced.thrift import client as admin_port
 from presenced.users import BadUser
 

@@ -10,7 +10,8 @@ import dataclasses
 import itertools
 import json
 import time
-from typing import Any, Optional
+from types import MappingProxyType
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 _ids = itertools.count(1)
 
@@ -34,7 +35,9 @@ class Event:
                  when: Optional[float] = None, event_id: Optional[int] = None):
         self.type = type
         self.sender = sender
-        self.payload = payload
+        # Read-only: a door that wrote a render cache here would send it to other nodes
+        # and other doors; caches live beside the door (RenderCache).
+        self.payload = MappingProxyType(dict(payload))
         self.time = time.time() if when is None else when
         self.id = next(_ids) if event_id is None else event_id
         self._json: Optional[bytes] = None
@@ -60,3 +63,26 @@ class Event:
 
 def _jsonable(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool, list, dict))
+
+
+Rendered = TypeVar("Rendered")
+
+
+class RenderCache(Generic[Rendered]):
+    """A door's rendering of the last event it saw: built by the first session an event
+    reaches, reused by every other session of the same fan-out (one build per event, not one
+    per session), and kept beside the door because events are immutable once sent. Keyed by
+    the object, not ``Event.id``: events relayed from other nodes keep their node's ids."""
+
+    __slots__ = ("build", "event", "value")
+
+    def __init__(self, build: Callable[[Event], Rendered]):
+        self.build = build
+        self.event: Optional[Event] = None
+        self.value: Any = None
+
+    def __call__(self, event: Event) -> Rendered:
+        if event is not self.event:
+            self.value = self.build(event)
+            self.event = event
+        return self.value

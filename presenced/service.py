@@ -23,7 +23,9 @@ from twisted.logger import Logger
 
 from presenced.config import Config, ConfigError
 from presenced.core import Core
-from presenced.store import StoreError, make_store
+from presenced.store import StoreError
+from presenced.store.backends import make_store
+from presenced.workers import is_worker
 
 # Config section -> module providing make_service(core). Order is start-up order.
 DOORS: dict[str, str] = {
@@ -36,7 +38,6 @@ DOORS: dict[str, str] = {
 
 log = Logger()
 
-WORKER_ENV = "PRESENCED_WORKER"
 
 
 class ListeningService(service.Service):
@@ -96,11 +97,6 @@ def listen_reuse_port(port: int, interface: str, factory: IProtocolFactory) -> I
         return reactor.adoptStreamPort(sock.fileno(), family, factory)
     finally:
         sock.close()  # the reactor holds its own duplicate of the descriptor
-
-
-def is_worker() -> bool:
-    """True in a worker process started by a master (``--workers``)."""
-    return bool(os.environ.get(WORKER_ENV))
 
 
 def record_port(data_dir: str, name: str, port: int) -> None:

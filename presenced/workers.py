@@ -18,10 +18,17 @@ from twisted.internet import defer, protocol, reactor
 from twisted.logger import Logger
 
 from presenced.config import Config
-from presenced.service import WORKER_ENV
 
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 10.0
+
+
+WORKER_ENV = "PRESENCED_WORKER"
+
+
+def is_worker() -> bool:
+    """True in a worker process started by a master (``--workers``)."""
+    return bool(os.environ.get(WORKER_ENV))
 
 
 class WorkerProcess(protocol.ProcessProtocol):

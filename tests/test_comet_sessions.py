@@ -16,7 +16,7 @@ from presenced.comet.door import CometDoor
 from presenced.comet.stream import CometConnection
 from presenced.core import Core
 from presenced.events import Event
-from presenced.store import make_store
+from presenced.store.backends import make_store
 
 
 def sleep(seconds: float) -> defer.Deferred:

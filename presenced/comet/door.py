@@ -15,7 +15,8 @@ from twisted.internet.interfaces import IAddress, IProtocol, ITransport
 from twisted.internet.protocol import Factory
 from twisted.web.server import Site
 
-from presenced.comet.frames import FrameCache, ndjson_frame, sse_frame
+from presenced.comet.frames import ndjson_frame, sse_frame
+from presenced.events import RenderCache
 from presenced.comet.http import HTTPError
 from presenced.comet.replay import Channels, UserChannel
 from presenced.comet.stream import CometConnection
@@ -44,9 +45,9 @@ class CometDoor(Factory):
         self.header_timeout = settings.header_timeout
         self.max_request_bytes = settings.max_request_bytes
         self.channels = Channels(core.router, settings.replay_size, settings.replay_linger)
-        self.ndjson = FrameCache(ndjson_frame)
-        self.sse = FrameCache(sse_frame)
-        self.text = FrameCache(lambda event: event.to_json().decode("utf-8"))  # WebSocket
+        self.ndjson = RenderCache(ndjson_frame)
+        self.sse = RenderCache(sse_frame)
+        self.text = RenderCache(lambda event: event.to_json().decode("utf-8"))  # WebSocket
         self.streams: set = set()      # open streams, waiting polls, WebSockets
         self.connections = 0           # open connections, but those handed to twisted.web
         self.events_out = 0

@@ -6,8 +6,6 @@ JSON (``curl -N``), Server-Sent Events with the event id for ``Last-Event-ID`` r
 
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 from presenced import events
 from presenced.events import Event
 
@@ -20,24 +18,6 @@ NDJSON_HEARTBEAT = b"1\r\n\n\r\n"
 SSE_HEARTBEAT = b"3\r\n:\n\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 SSE_RETRY_MS = 3000
-
-
-class FrameCache:
-    """The framed bytes of the last event: built by the first stream it reaches, reused by
-    every other stream of the same fan-out (one build per event, not one per stream)."""
-
-    __slots__ = ("build", "event", "frame")
-
-    def __init__(self, build: Callable[[Event], bytes]):
-        self.build = build
-        self.event: Optional[Event] = None
-        self.frame = b""
-
-    def __call__(self, event: Event) -> bytes:
-        if event is not self.event:
-            self.frame = self.build(event)
-            self.event = event
-        return self.frame
 
 
 def chunk(data: bytes) -> bytes:

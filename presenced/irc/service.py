@@ -15,7 +15,8 @@ from presenced.irc.cat import CatFactory
 from presenced.irc.commands import Commands
 from presenced.irc.hooks import HookAnnouncer
 from presenced.irc.http import CatResource
-from presenced.service import ListeningService, is_worker
+from presenced.service import ListeningService
+from presenced.workers import is_worker
 from presenced.users import BadUser
 
 

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import re
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from zope.interface import Attribute, Interface
-
-if TYPE_CHECKING:
-    from presenced.config import Config
 
 SUBSCRIPTIONS = ("none", "to", "from", "both")
 
@@ -273,16 +270,3 @@ class CapabilityRegistry:
         elif not isinstance(opened, kind):
             raise ValueError(f"store {name!r} is already open as {type(opened).__name__}")
         return opened
-
-
-def make_store(config: "Config") -> IRosterStore:
-    """The backend the config names; it still needs ``start()``."""
-    if config.store.backend == "redis":
-        from presenced.store.redis import RedisRosterStore
-
-        return RedisRosterStore(config.store.redis, timeout=config.store.redis_timeout,
-                                retries=config.store.redis_retries)
-    from presenced.store.embedded import EmbeddedRosterStore
-    import os
-
-    return EmbeddedRosterStore(os.path.join(config.server.data_dir, "presenced.sqlite3"))

@@ -12,7 +12,8 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from presenced.core import Core
-from presenced.service import ListeningService, is_worker
+from presenced.service import ListeningService
+from presenced.workers import is_worker
 from presenced.webadmin import actions, graph, login, overview, users
 from presenced.webadmin.auth import AdminAccounts
 from presenced.webadmin.console import Console, ConsoleRoot

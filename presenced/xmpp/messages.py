@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.words.xish import domish
 
 from presenced import events
-from presenced.events import Event
+from presenced.events import Event, RenderCache
 from presenced.store import OFFLINE_STORE
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.session import message_targets
@@ -26,7 +26,8 @@ NS_OFFLINE = "msgoffline"
 
 
 def message_bytes(event: Event) -> bytes:
-    """The XMPP form of a MESSAGE event, built at most once per event."""
+    """The XMPP form of a MESSAGE event: the client's stanza as sent, or one built from the
+    fields another door gave."""
     payload = event.payload
     data = payload.get("stanza")
     if data is None:
@@ -37,7 +38,7 @@ def message_bytes(event: Event) -> bytes:
         for name in ("subject", "body", "thread"):
             if payload.get(name):
                 message.addElement(name, content=payload[name])
-        data = payload["stanza"] = to_bytes(message)
+        data = to_bytes(message)
     return data
 
 
@@ -60,6 +61,7 @@ class MessageHandler(FeatureHandler):
 
     def attached(self) -> None:
         self.core.hooks.add("message-sent", self.message_sent)
+        self.wire = RenderCache(message_bytes)
         self.core.hooks.add("xmpp-initial-backlog", self.take_offline)
 
     # --- from the client ---------------------------------------------------------------------
@@ -118,7 +120,7 @@ class MessageHandler(FeatureHandler):
             siblings = message_targets(self.core, session.user)
             if len(siblings) > 1 and session.priority < max(s.priority for s in siblings):
                 return
-        session.write(message_bytes(event))
+        session.write(self.wire(event))
         self.server.events_out += 1
 
     # --- offline storage ---------------------------------------------------------------------

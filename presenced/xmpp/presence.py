@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.words.xish import domish
 
 from presenced import events
-from presenced.events import Event
+from presenced.events import Event, RenderCache
 from presenced.store import PENDING_STORE
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.session import available_sessions, presence_bytes
@@ -23,9 +23,12 @@ from presenced.xmpp.subscription import Subscriptions
 
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 MAX_DIRECTED = 100
-_RENDERED = "xmpp_rendered"
-PROBE = "xmpp_probe"  # a resource on another node asks for current presence (its full JID)
-FOR = "xmpp_for"  # the one resource that should render this presence (a probe's answer)
+# XMPP's own router events between nodes, never streamed to other doors. A probe asks a
+# contact's resources on another node for their presence (payload: a PRESENCE payload and
+# ``prober``, the asking full JID); the answer is a presence for that one resource
+# (payload: a PRESENCE payload and ``for``).
+PROBE = "xmpp-probe"
+PROBE_ANSWER = "xmpp-probe-answer"
 
 
 def _children(presence: domish.Element) -> bytes:
@@ -45,13 +48,25 @@ def _event_children(payload: dict) -> bytes:
     return "".join(parts).encode("utf-8")
 
 
+def _presence_parts(event: Event) -> tuple[bytes, bytes]:
+    """A PRESENCE event as a stanza cut where each recipient's ``to`` goes."""
+    payload = event.payload
+    resource = payload.get("resource")
+    sender = f"{event.sender}/{resource}" if resource else event.sender
+    kind = b"" if payload.get("available", True) else b" type='unavailable'"
+    return (b"<presence from=%s" % attr(sender).encode("utf-8"),
+            kind + b">" + _event_children(payload) + b"</presence>")
+
+
 class PresenceHandler(FeatureHandler):
     routes = {"presence/self": "on_broadcast", "presence/host": "on_broadcast",
               "presence/bare": "on_addressed", "presence/full": "on_addressed"}
-    event_renderers = {events.PRESENCE: "render"}
+    event_renderers = {events.PRESENCE: "render", PROBE: "answer_probe",
+                       PROBE_ANSWER: "render_answer"}
     account_features = ()
 
     def attached(self) -> None:
+        self.wire = RenderCache(_presence_parts)
         self.subscriptions = Subscriptions(self.server)
         hooks = self.core.hooks
         hooks.add("xmpp-session-ended", self.unavailable)
@@ -90,8 +105,8 @@ class PresenceHandler(FeatureHandler):
         store answers them in one batch.
 
         Probes are answered here for contacts online on this node; a contact online on
-        another node of a cluster is asked through the router (a PRESENCE event carrying
-        ``xmpp_probe``) and its resources answer with PRESENCE events for this resource."""
+        another node of a cluster is asked through the router (an ``xmpp-probe`` event)
+        and its resources answer with ``xmpp-probe-answer`` events."""
         store, user = self.core.store, session.user
         contacts = store.get_subscriptions(user)
         pending = store.open_map(PENDING_STORE).items(user)
@@ -111,8 +126,8 @@ class PresenceHandler(FeatureHandler):
         answer with PRESENCE events for ``session`` alone); nothing on a single node."""
         if session.available and self.core.router.transport.remote_nodes(contact):
             probe = self._payload(session, True, _children(session.presence))
-            probe[PROBE] = session.full
-            self.core.router.deliver(contact, Event(events.PRESENCE, session.user, probe))
+            probe["prober"] = session.full
+            self.core.router.deliver(contact, Event(PROBE, session.user, probe))
 
     def unavailable(self, session, children: bytes = b"") -> None:
         if not session.available:
@@ -218,29 +233,22 @@ class PresenceHandler(FeatureHandler):
         """A PRESENCE router event to an available resource."""
         if not session.available:
             return
-        payload = event.payload
-        if PROBE in payload:
-            self._answer_probe(session, payload[PROBE])
-            return
-        if payload.get(FOR, session.full) != session.full:
-            return
-        rendered = payload.get(_RENDERED)
-        if rendered is None:
-            resource = payload.get("resource")
-            sender = f"{event.sender}/{resource}" if resource else event.sender
-            kind = b"" if payload.get("available", True) else b" type='unavailable'"
-            rendered = payload[_RENDERED] = (
-                b"<presence from=%s" % attr(sender).encode("utf-8"),
-                kind + b">" + _event_children(payload) + b"</presence>")
+        rendered = self.wire(event)
         session.write(rendered[0] + b" to=" + attr(session.full).encode("utf-8") + rendered[1])
         self.server.events_out += 1
 
-    def _answer_probe(self, session, prober: str) -> None:
+    def answer_probe(self, session, event: Event) -> None:
         """Our presence for a resource that came online on another node (a local prober
         was answered directly)."""
-        if self.server.find_session(parse_address(prober)) is not None:
+        prober = event.payload["prober"]
+        if not session.available or self.server.find_session(parse_address(prober)):
             return
         answer = self._payload(session, True, _children(session.presence))
-        answer[FOR] = prober
+        answer["for"] = prober
         self.core.router.deliver(prober.partition("/")[0],
-                                 Event(events.PRESENCE, session.user, answer))
+                                 Event(PROBE_ANSWER, session.user, answer))
+
+    def render_answer(self, session, event: Event) -> None:
+        """A contact's presence answering this resource's probe."""
+        if event.payload["for"] == session.full:
+            self.render(session, event)
