@@ -21,16 +21,17 @@ XML stream) negotiates STARTTLS, SASL and resource binding. A bound resource is 
 Local XMPP sessions of a user: ``presenced.xmpp.session.xmpp_sessions(core, user)`` (the
 router's ``core.router.sessions(user)`` filtered by protocol ``"xmpp"``); available ones:
 ``available_sessions(core, user)``. The server (``session.server``) also offers
-``find_session(parse_address(jid))`` for one full JID, ``account_exists(user)`` (the store, or
-the extauth program's ``isuser``) and ``presence.presence_bytes(other, to)`` (a resource's
-current presence as a stanza for ``to``).
+``find_session(parse_address(jid))`` for one full JID and ``account_exists(user)`` (the
+store, or the extauth program's ``isuser``); ``presenced.xmpp.session.presence_bytes(other,
+to)`` is a resource's current presence as a stanza for ``to``.
 
 Rendering of a stanza for the wire: :func:`presenced.xmpp.stanzas.to_bytes` (fast path for
 plain elements) -- serialise once per routed stanza, write the bytes to each recipient.
 
 **Feature handlers.** Every feature is a :class:`presenced.xmpp.features.FeatureHandler`
 (a wokkel ``XMPPHandler`` implementing wokkel's ``IDisco``) listed ONCE in
-``presenced.xmpp.features.FEATURES``; adding a feature is adding its class there. A handler is
+``presenced.xmpp.service.FEATURES``, the door's composition root; adding a feature is adding
+its class there. Handlers never reach into each other: they meet through the hooks below. A handler is
 created once per server (not per connection: sessions stay small) with ``(server)`` and
 declares the stanzas it answers in ``routes``, Prosody style::
 
@@ -51,7 +52,12 @@ A handler may also render router events of its own type for XMPP sessions:
 **Hooks** (``core.hooks``): ``xmpp-available(session, presence_element)`` after a resource
 sent available presence (initial or changed; ``session.presence`` is already set);
 ``xmpp-unavailable(session)`` when it goes unavailable or disconnects;
-``xmpp-bound(session)`` after resource binding.
+``xmpp-bound(session)`` after resource binding; ``xmpp-session-ended(session)`` when the
+connection is gone; ``xmpp-initial-backlog(session)`` is collected (``hooks.collect``) on
+initial presence: each handler returns a Deferred of stanzas to send after the probes
+(offline messages); ``xmpp-roster-removing(user, contact, item)`` is collected before a
+roster item is removed (the subscription protocol cancels both ways);
+``xmpp-contact-linked(session, contact, linked)`` when an admin made or unmade a friend.
 
 **Disco.** disco#info/#items for the server (``to`` = a domain) and for accounts (``to`` = a
 bare JID) are assembled by :mod:`presenced.xmpp.disco` from every handler's
