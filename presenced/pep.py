@@ -24,7 +24,7 @@ from presenced.store import PEP_STORE
 if TYPE_CHECKING:
     from presenced.metrics import Metrics
     from presenced.router import SubscriptionRouter
-    from presenced.store import IRosterStore
+    from presenced.store import IMapStore, IRosterStore
 
 MAX_NODES = 64  # PEP nodes per account: bounds what one user can make us store
 
@@ -54,11 +54,17 @@ class PepService:
 
     def __init__(self, store: "IRosterStore", router: "SubscriptionRouter",
                  metrics: "Metrics"):
-        self.nodes = store.open_map(PEP_STORE)
+        self.store = store
         self.router = router
         self.metrics = metrics
         metrics.describe("presenced_tunes_published_total", "counter",
                          "Tunes published (stops included), from every door.")
+
+    @property
+    def nodes(self) -> "IMapStore":
+        """The "pep" map, opened on use: a core built without a store (in-memory door
+        tests) never touches PEP."""
+        return self.store.open_map(PEP_STORE)
 
     def get_item(self, user: str, node: str) -> defer.Deferred:
         """Fires the node's last :class:`PepItem`, or None."""
