@@ -35,9 +35,10 @@ class Event:
                  when: Optional[float] = None, event_id: Optional[int] = None):
         self.type = type
         self.sender = sender
-        # Read-only: a door that wrote a render cache here would send it to other nodes
-        # and other doors; caches live beside the door (RenderCache).
-        self.payload = MappingProxyType(dict(payload))
+        # Read-only for every door (a render cache written here would travel to other nodes
+        # and doors; caches live beside the door, RenderCache). Not copied: the producer
+        # hands its dict over, and the hot path makes one per message.
+        self.payload = MappingProxyType(payload)
         self.time = time.time() if when is None else when
         self.id = next(_ids) if event_id is None else event_id
         self._json: Optional[bytes] = None

@@ -80,8 +80,8 @@ class PepService:
         """Keep ``xml`` as the last item of a node other than the tune's (see
         :meth:`publish_tune`) and notify; raises :class:`TooManyNodes`. Returns the number
         of sessions reached."""
-        if await self.nodes.get(user, node) is None and \
-                len(await self.nodes.items(user)) >= MAX_NODES:
+        existing = await self.nodes.items(user)
+        if node not in existing and len(existing) >= MAX_NODES:
             raise TooManyNodes(f"at most {MAX_NODES} PEP nodes per account")
         await self.nodes.set(user, node, PepItem(item_id, xml).encode())
         return await self.router.send(user, Event(events.PEP, user, {
