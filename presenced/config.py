@@ -127,6 +127,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "workers": Key(1, "int", positive),
         "scram_iterations": Key(4096, "int", positive),
         "offline_limit": Key(1000, "int", non_negative),
+        "blocklist_limit": Key(1000, "int", non_negative),
+        "private_storage_bytes": Key(262144, "int", non_negative),
     },
     "store": {
         "backend": Key("embedded", "str", one_of("embedded", "redis")),

@@ -27,6 +27,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from presenced import events
+from presenced.blocking import Blocklists
 from presenced.config import Config
 from presenced.events import Event
 from presenced.hooks import Hooks
@@ -72,6 +73,7 @@ class Core:
         self.domains = tuple(config.server.domains)
         self.features: dict[str, object] = {}
         self.pep = PepService(store, self.router, self.metrics)
+        self.blocking = Blocklists(store, self.router, config.server.blocklist_limit)
 
     def user(self, text: str) -> str:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""

@@ -79,6 +79,10 @@ class SubscriptionRouter:
         self._watchers: dict[str, list[ISession]] = {}
         self.login_listeners: list[LoginListener] = []
         self.logout_listeners: list[LoginListener] = []
+        # Set by the core's blocklists: whether a user refuses an event, and who of a
+        # broadcast's recipients may see it.
+        self.delivery_filter: Optional[Callable[[str, Event], bool]] = None
+        self.recipient_filter: Optional[Callable[[str, list[str]], list[str]]] = None
         self.events_sent = 0
         self.deliveries = 0
         self.delivery_errors = 0
@@ -163,6 +167,8 @@ class SubscriptionRouter:
         sessions = self._sessions.get(user)
         if not sessions:
             return 0
+        if self.delivery_filter is not None and self.delivery_filter(user, event):
+            return 0
         reached = 0
         for session in sessions:
             try:
@@ -188,6 +194,8 @@ class SubscriptionRouter:
         self.events_sent += 1
         recipients = [subject]
         recipients.extend(subscribers)
+        if self.recipient_filter is not None:
+            recipients = self.recipient_filter(subject, recipients)
         return self.transport.route(self, recipients, event)
 
     def close_all(self, reason: str) -> None:

@@ -58,14 +58,22 @@ class AdminHandler:
         return self.friendships.remove(self._pair(luser, ruser))
 
     def spoof_message(self, fromuser: Any, touser: Any, msg: Optional[str],
-                      subject: Optional[str]) -> None:
-        self.core.send_message(self.user(fromuser), self.user(touser), msg or "",
-                               subject=subject or None, kind="normal")
+                      subject: Optional[str]) -> defer.Deferred:
+        return defer.ensureDeferred(self._spoof(fromuser, touser, msg or "", kind="normal",
+                                                subject=subject or None))
 
     def spoof_chat(self, fromuser: Any, touser: Any, msg: Optional[str],
-                   thread: Optional[str]) -> None:
-        self.core.send_message(self.user(fromuser), self.user(touser), msg or "",
-                               thread=thread or None, kind="chat")
+                   thread: Optional[str]) -> defer.Deferred:
+        return defer.ensureDeferred(self._spoof(fromuser, touser, msg or "", kind="chat",
+                                                thread=thread or None))
+
+    async def _spoof(self, fromuser: Any, touser: Any, body: str, **fields: Any) -> None:
+        """A message from another door: refused when the recipient blocks the sender
+        (XEP-0191 applies to every door)."""
+        sender, to = self.user(fromuser), self.user(touser)
+        if await self.core.blocking.blocks(to, sender):
+            raise admin.InvalidArgument(message=f"{to} blocks messages from {sender}")
+        self.core.send_message(sender, to, body, **fields)
 
     def publish_np(self, fromuser: Any, artist: Optional[str], album: Optional[str],
                    track: Optional[str], tracklength: Optional[int],

@@ -51,7 +51,8 @@ A handler may also render router events of its own type for XMPP sessions:
 
 **Hooks** (``core.hooks``): ``xmpp-available(session, presence_element)`` after a resource
 sent available presence (initial or changed; ``session.presence`` is already set);
-``xmpp-unavailable(session)`` when it goes unavailable or disconnects;
+``xmpp-unavailable(session, status)`` when it goes unavailable or disconnects (``status``:
+the text its unavailable presence gave, or "");
 ``xmpp-bound(session)`` after resource binding; ``xmpp-session-ended(session)`` when the
 connection is gone; ``xmpp-initial-backlog(session)`` is collected (``hooks.collect``) on
 initial presence: each handler returns a Deferred of stanzas to send after the probes

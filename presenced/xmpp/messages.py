@@ -19,27 +19,10 @@ from presenced.events import Event, RenderCache
 from presenced.store import OFFLINE_STORE
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.session import message_targets
-from presenced.xmpp.stanzas import NS_CLIENT, attr, parse_address, to_bytes
+from presenced.xmpp.stanzas import attr, message_bytes, parse_address, to_bytes
 
 OFFLINE_KINDS = ("normal", "chat")
 NS_OFFLINE = "msgoffline"
-
-
-def message_bytes(event: Event) -> bytes:
-    """The XMPP form of a MESSAGE event: the client's stanza as sent, or one built from the
-    fields another door gave."""
-    payload = event.payload
-    data = payload.get("stanza")
-    if data is None:
-        message = domish.Element((NS_CLIENT, "message"))
-        message["from"] = event.sender
-        message["to"] = payload["to"]
-        message["type"] = payload.get("kind") or "normal"
-        for name in ("subject", "body", "thread"):
-            if payload.get(name):
-                message.addElement(name, content=payload[name])
-        data = to_bytes(message)
-    return data
 
 
 def delayed(stanza: bytes, domain: str, when: float) -> str:
@@ -92,14 +75,21 @@ class MessageHandler(FeatureHandler):
         for child in message.children:
             if child.__class__ is not str and child.name in texts:
                 texts[child.name] = str(child)
+        data = to_bytes(message)
+        self.core.hooks.fire("xmpp-message-out", session, data, kind)
         self.core.send_message(session.user, to, texts["body"], texts["subject"],
-                               texts["thread"], kind, stanza=to_bytes(message))
+                               texts["thread"], kind, stanza=data)
 
     def on_full(self, session, message: domish.Element):
         recipient = self.server.find_session(parse_address(message["to"]))
         if recipient is not None:
-            recipient.write(to_bytes(message))
+            data = to_bytes(message)
+            kind = message.getAttribute("type") or "normal"
+            recipient.write(data)
             self.server.events_out += 1
+            hooks = self.core.hooks
+            hooks.fire("xmpp-message-out", session, data, kind)
+            hooks.fire("xmpp-message-in", recipient, data, kind)
             return None
         if message.getAttribute("type") in (None, "normal", "chat", "headline"):
             message["to"] = message["to"].partition("/")[0]
@@ -115,10 +105,12 @@ class MessageHandler(FeatureHandler):
         available resource with a non-negative priority, chat and normal messages to the
         highest-priority ones among them (RFC 6121 8.5.2.1)."""
         if not session.available or session.priority < 0:
+            self.core.hooks.fire("xmpp-message-passed-over", session, event)
             return
         if event.payload.get("kind") != "headline":
             siblings = message_targets(self.core, session.user)
             if len(siblings) > 1 and session.priority < max(s.priority for s in siblings):
+                self.core.hooks.fire("xmpp-message-passed-over", session, event)
                 return
         session.write(self.wire(event))
         self.server.events_out += 1
@@ -140,6 +132,8 @@ class MessageHandler(FeatureHandler):
     async def _store(self, to: str, event: Event) -> None:
         if not await self.server.account_exists(to):
             return
+        if await self.core.blocking.blocks(to, event.sender):
+            return  # XEP-0191: nothing from a blocked JID is kept for the user
         stanza = delayed(message_bytes(event), to.partition("@")[2], event.time)
         kept = await self.core.store.open_list(OFFLINE_STORE).push(to, stanza,
                                                   self.core.config.server.offline_limit)

@@ -244,7 +244,7 @@ class PepHandler(FeatureHandler):
     def _available(self, session: "C2SSession", presence: domish.Element) -> None:
         self.caps.learn(session, presence)
 
-    def _unavailable(self, session: "C2SSession") -> None:
+    def _unavailable(self, session: "C2SSession", status: str = "") -> None:
         self.caps.forget(session)
         self._to.pop(session, None)
 

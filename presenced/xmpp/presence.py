@@ -80,7 +80,8 @@ class PresenceHandler(FeatureHandler):
         if kind is None:
             return self.available(session, presence)
         if kind == "unavailable":
-            self.unavailable(session, _children(presence))
+            self.unavailable(session, _children(presence),
+                             str(presence.status) if presence.status else "")
         return None
 
     def available(self, session, presence: domish.Element) -> Optional[defer.Deferred]:
@@ -111,7 +112,10 @@ class PresenceHandler(FeatureHandler):
         contacts = store.get_subscriptions(user)
         pending = store.open_map(PENDING_STORE).items(user)
         backlogs = self.core.hooks.collect("xmpp-initial-backlog", session)
+        blocking = self.core.blocking
         for contact in await contacts:
+            if blocking.hides(user, contact):
+                continue
             for other in available_sessions(self.core, contact):
                 session.write(presence_bytes(other, session.full))
             self.probe_elsewhere(session, contact)
@@ -129,7 +133,7 @@ class PresenceHandler(FeatureHandler):
             probe["prober"] = session.full
             self.core.router.deliver(contact, Event(PROBE, session.user, probe))
 
-    def unavailable(self, session, children: bytes = b"") -> None:
+    def unavailable(self, session, children: bytes = b"", status: str = "") -> None:
         if not session.available:
             return
         session.available = False
@@ -144,7 +148,7 @@ class PresenceHandler(FeatureHandler):
                 for other in targets:
                     other.write(head + b" to=%s" % attr(other.full).encode("utf-8") + data)
             session.directed = None
-        self.core.hooks.fire("xmpp-unavailable", session)
+        self.core.hooks.fire("xmpp-unavailable", session, status)
 
     def broadcast(self, session, available: bool, children: bytes) -> None:
         payload = self._payload(session, available, children)

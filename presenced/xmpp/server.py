@@ -64,6 +64,9 @@ class C2SServer:
         self.handlers: list["FeatureHandler"] = []
         # Stanzas answered before authentication, by namespace (XEP-0077 registration).
         self.pre_auth: dict[str, Callable] = {}
+        # Checks of every stanza a client addresses to a user, ``f(session, stanza, address)
+        # -> True`` when the check refused it (blocking); features append theirs.
+        self.stanza_filters: list[Callable] = []
         for feature in features:
             self.add_handler(feature(self))
         self.event_renderers[RESOURCE_CLAIMED] = _yield_claimed_resource
@@ -209,6 +212,10 @@ class C2SServer:
         else:
             address = None
             target = "self"
+        if self.stanza_filters and address is not None and address.bare is not None:
+            for refused in self.stanza_filters:
+                if refused(session, stanza, address):
+                    return
         kind = stanza.getAttribute("type")
         if name == "iq":
             self._dispatch_iq(session, stanza, kind, target, address)

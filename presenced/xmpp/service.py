@@ -14,23 +14,29 @@ from twisted.internet import task
 
 from presenced.core import Core
 from presenced.service import ListeningService
+from presenced.xmpp.blocking import BlockingHandler
+from presenced.xmpp.carbons import CarbonsHandler
 from presenced.xmpp.disco import DiscoHandler
 from presenced.xmpp.extauth import ExternalAuth
 from presenced.xmpp.features import FeatureHandler
+from presenced.xmpp.last import LastActivityHandler
 from presenced.xmpp.messages import MessageHandler
 from presenced.xmpp.pep import PepHandler
 from presenced.xmpp.ping import PingHandler
 from presenced.xmpp.presence import PresenceHandler
+from presenced.xmpp.private import PrivateStorageHandler
 from presenced.xmpp.register import RegisterHandler
 from presenced.xmpp.roster import RosterHandler
 from presenced.xmpp.server import C2SFactory, C2SServer
+from presenced.xmpp.session_iq import LegacySessionHandler
 from presenced.xmpp.tls import context_factory
 from presenced.xmpp.vcard import VCardHandler
 from presenced.xmpp.version import VersionHandler
 
 FEATURES: tuple[type[FeatureHandler], ...] = (
     DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
-    VersionHandler, VCardHandler, RegisterHandler, PepHandler)
+    VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
+    CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler)
 
 
 class XMPPService(service.MultiService):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 from xml.sax.saxutils import quoteattr
 
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
+
+if TYPE_CHECKING:
+    from presenced.events import Event
 
 NS_CLIENT = "jabber:client"
 NS_STREAMS = "http://etherx.jabber.org/streams"
@@ -143,3 +146,20 @@ def result_reply(iq: domish.Element, child: Optional[domish.Element] = None) -> 
     if child is not None:
         reply.addChild(child)
     return reply
+
+
+def message_bytes(event: "Event") -> bytes:
+    """The XMPP form of a MESSAGE event: the client's stanza as sent, or one built from the
+    fields another door gave."""
+    payload = event.payload
+    data = payload.get("stanza")
+    if data is None:
+        message = domish.Element((NS_CLIENT, "message"))
+        message["from"] = event.sender
+        message["to"] = payload["to"]
+        message["type"] = payload.get("kind") or "normal"
+        for name in ("subject", "body", "thread"):
+            if payload.get(name):
+                message.addElement(name, content=payload[name])
+        data = to_bytes(message)
+    return data
