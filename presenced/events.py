@@ -22,8 +22,8 @@ MESSAGE = "message"    # payload: to, body, subject, thread, kind ("chat"/"norma
 ROSTER = "roster"      # payload: to, jid, item (RosterItem or None when removed), version
                        # (int or None), presence_exchanged (bool); see Core.roster_changed
 ADMIN = "admin"        # payload: free-form admin notice (text)
-PEP = "pep"            # payload: node, and item_id + item (XML text) | retract (item id) |
-                       # delete (True); PEP nodes other than the tune, rendered by XMPP only
+PEP = "pep"            # payload: node, and item_id + item (XML text) | retract (item ids) |
+                       # purge | delete (True); PEP nodes other than the tune, XMPP only
 
 
 class Event:

@@ -1,17 +1,23 @@
 """PEP nodes of every account (XEP-0163), kept and announced by the core for every door.
 
-Publishing, retracting and deleting are one path whatever door asks (an XMPP client, Thrift
-``publish_np``, the web admin): the item is kept in the ``pep`` map store as the node's last
-item, then ONE router event is sent. The User Tune node is one node among others; its event is
-a :data:`~presenced.events.TUNE` with the tune's fields (comet and IRC read it), any other
-node's a :data:`~presenced.events.PEP` that only XMPP renders. Events are never changed after
-they are sent.
+Publishing, retracting, purging and deleting are one path whatever door asks (an XMPP
+client, Thrift ``publish_np``, the web admin): the node (its configuration and items) is kept
+in the ``pep`` map store, then ONE router event is sent. The User Tune node is one node among
+others; its event is a :data:`~presenced.events.TUNE` with the tune's fields (comet and IRC
+read it), any other node's a :data:`~presenced.events.PEP` that only XMPP renders. Events are
+never changed after they are sent.
+
+A node's configuration (XEP-0060 publish-options / node configuration) decides who hears of
+it: the ``presence`` (default) and ``roster`` access models reach the owner and its
+subscribers, ``open`` the same (there are no other subscribers here), ``whitelist`` the
+owner alone — which is what XEP-0223 private storage and bookmarks (XEP-0402) use.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Collection, Optional
 
 from twisted.internet import defer
@@ -26,31 +32,134 @@ if TYPE_CHECKING:
     from presenced.router import SubscriptionRouter
     from presenced.store import IMapStore, IRosterStore
 
-MAX_NODES = 64  # PEP nodes per account: bounds what one user can make us store
+MAX_NODES = 64            # PEP nodes per account
+DEFAULT_ITEM_ID = "current"  # XEP-0060: the id of a singleton node's item when none is given
+MAX_ITEMS = 256           # items kept per node (a node's max_items is capped to it)
+MAX_NODE_BYTES = 262144   # bytes of items per node: what one node may make us store
+ACCESS_MODELS = ("presence", "open", "roster", "whitelist")
+SEND_LAST = ("never", "on_sub", "on_sub_and_presence")
 
 
-class TooManyNodes(Exception):
-    """A publish would create a node beyond :data:`MAX_NODES`."""
+class PepError(Exception):
+    """A request the node's rules refuse; ``condition`` is the XMPP error to answer."""
+
+    def __init__(self, condition: str, text: str):
+        super().__init__(text)
+        self.condition = condition
 
 
 @dataclass(frozen=True, slots=True)
 class PepItem:
-    """The last item published on one PEP node; ``payload`` is the item's XML."""
+    """One item of a PEP node; ``payload`` is the item's XML."""
 
     item_id: str
     payload: str
 
     def encode(self) -> str:
-        """The map store's value: JSON ``[item id, payload]`` (as releases before kept it)."""
+        """A single-item node with the default configuration, as releases before kept it:
+        JSON ``[item id, payload]``."""
         return json.dumps([self.item_id, self.payload])
 
     @classmethod
     def decode(cls, text: str) -> "PepItem":
-        return cls(*json.loads(text))
+        return PepNode.decode(text).last
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """The XEP-0060 fields presenced honours, with PEP's defaults (XEP-0163 and XEP-0222)."""
+
+    access_model: str = "presence"
+    max_items: int = 1
+    persist_items: bool = True
+    send_last_published_item: str = "on_sub_and_presence"
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], base: Optional["NodeConfig"] = None,
+                    ) -> "NodeConfig":
+        """A configuration from form fields (``pubsub#max_items`` ...); unknown fields are
+        ignored, bad values raise :class:`PepError` (``not-acceptable``)."""
+        config = base or cls()
+        values: dict[str, Any] = {}
+        model = fields.get("pubsub#access_model")
+        if model is not None:
+            if model not in ACCESS_MODELS:
+                raise PepError("not-acceptable", f"access model {model!r} is not offered")
+            values["access_model"] = model
+        count = fields.get("pubsub#max_items")
+        if count is not None:
+            if str(count) == "max":
+                values["max_items"] = MAX_ITEMS
+            else:
+                try:
+                    values["max_items"] = max(1, min(MAX_ITEMS, int(count)))
+                except ValueError:
+                    raise PepError("not-acceptable", f"max_items {count!r}") from None
+        persist = fields.get("pubsub#persist_items")
+        if persist is not None:
+            values["persist_items"] = str(persist).lower() in ("1", "true")
+        send_last = fields.get("pubsub#send_last_published_item")
+        if send_last is not None:
+            if send_last not in SEND_LAST:
+                raise PepError("not-acceptable", f"send_last_published_item {send_last!r}")
+            values["send_last_published_item"] = send_last
+        return replace(config, **values)
+
+    def as_fields(self) -> dict[str, str]:
+        return {"pubsub#access_model": self.access_model,
+                "pubsub#max_items": str(self.max_items),
+                "pubsub#persist_items": "true" if self.persist_items else "false",
+                "pubsub#send_last_published_item": self.send_last_published_item}
+
+    def differs(self, fields: dict[str, Any]) -> Optional[str]:
+        """The first publish-options field this configuration does not meet (a failed
+        XEP-0060 7.1.5 precondition), or None."""
+        wanted = NodeConfig.from_fields(fields, self)
+        for name in ("access_model", "max_items", "persist_items",
+                     "send_last_published_item"):
+            if getattr(wanted, name) != getattr(self, name):
+                return f"pubsub#{name}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PepNode:
+    """A node as stored: its configuration and items, oldest first."""
+
+    config: NodeConfig = field(default_factory=NodeConfig)
+    items: tuple[PepItem, ...] = ()
+
+    @property
+    def last(self) -> Optional[PepItem]:
+        return self.items[-1] if self.items else None
+
+    def encode(self) -> str:
+        if self.config == NodeConfig() and len(self.items) == 1:
+            return self.items[0].encode()
+        return json.dumps({"config": self.config.as_fields(),
+                           "items": [[i.item_id, i.payload] for i in self.items]})
+
+    @classmethod
+    def decode(cls, text: str) -> "PepNode":
+        data = json.loads(text)
+        if isinstance(data, list):  # a single item with the defaults
+            return cls(NodeConfig(), (PepItem(*data),))
+        return cls(NodeConfig.from_fields(data["config"]),
+                   tuple(PepItem(*pair) for pair in data["items"]))
+
+    def with_item(self, item: PepItem) -> "PepNode":
+        kept = [i for i in self.items if i.item_id != item.item_id]
+        kept.append(item)
+        if not self.config.persist_items:
+            kept = kept[-1:]
+        kept = kept[-self.config.max_items:]
+        if sum(len(i.payload) for i in kept) > MAX_NODE_BYTES:
+            raise PepError("not-acceptable", f"a node keeps at most {MAX_NODE_BYTES} bytes")
+        return replace(self, items=tuple(kept))
 
 
 class PepService:
-    """The core's PEP: every door's publish, retract and delete, and the reads of items."""
+    """The core's PEP: every door's publish, retract, purge and delete, and the reads."""
 
     def __init__(self, store: "IRosterStore", router: "SubscriptionRouter",
                  metrics: "Metrics"):
@@ -66,26 +175,53 @@ class PepService:
         tests) never touches PEP."""
         return self.store.open_map(PEP_STORE)
 
+    def get_node(self, user: str, node: str) -> defer.Deferred:
+        """Fires the :class:`PepNode`, or None."""
+        return self.nodes.get(user, node).addCallback(
+            lambda text: None if text is None else PepNode.decode(text))
+
     def get_item(self, user: str, node: str) -> defer.Deferred:
         """Fires the node's last :class:`PepItem`, or None."""
-        return self.nodes.get(user, node).addCallback(
-            lambda text: None if text is None else PepItem.decode(text))
+        return self.get_node(user, node).addCallback(
+            lambda found: None if found is None else found.last)
 
     def get_nodes(self, user: str) -> defer.Deferred:
-        """Fires ``{node: PepItem}`` of every node of ``user``."""
+        """Fires ``{node: PepNode}`` of every node of ``user``."""
         return self.nodes.items(user).addCallback(
-            lambda found: {node: PepItem.decode(text) for node, text in found.items()})
+            lambda found: {node: PepNode.decode(text) for node, text in found.items()})
 
-    async def publish(self, user: str, node: str, item_id: str, xml: str) -> int:
-        """Keep ``xml`` as the last item of a node other than the tune's (see
-        :meth:`publish_tune`) and notify; raises :class:`TooManyNodes`. Returns the number
-        of sessions reached."""
+    async def publish(self, user: str, node: str, item_id: Optional[str], xml: str,
+                      options: Optional[dict[str, Any]] = None) -> str:
+        """Add ``xml`` to a node other than the tune's (see :meth:`publish_tune`), creating
+        it with ``options`` (publish-options fields) when new, and notify. An existing node
+        whose configuration does not meet ``options`` is refused (``conflict``, XEP-0060
+        precondition). Returns the item id (generated when None)."""
         existing = await self.nodes.items(user)
-        if node not in existing and len(existing) >= MAX_NODES:
-            raise TooManyNodes(f"at most {MAX_NODES} PEP nodes per account")
-        await self.nodes.set(user, node, PepItem(item_id, xml).encode())
-        return await self.router.send(user, Event(events.PEP, user, {
-            "node": node, "item_id": item_id, "item": xml}))
+        text = existing.get(node)
+        if text is None:
+            if len(existing) >= MAX_NODES:
+                raise PepError("policy-violation", f"at most {MAX_NODES} PEP nodes per account")
+            current = PepNode(NodeConfig.from_fields(options or {}))
+        else:
+            current = PepNode.decode(text)
+            mismatch = current.config.differs(options) if options else None
+            if mismatch is not None:
+                raise PepError("conflict", f"the node's {mismatch} differs")
+        if item_id is None:
+            item_id = DEFAULT_ITEM_ID if current.config.max_items == 1 else secrets.token_hex(8)
+        updated = current.with_item(PepItem(item_id, xml))
+        await self.nodes.set(user, node, updated.encode())
+        await self._send(user, updated.config, {"node": node, "item_id": item_id, "item": xml})
+        return item_id
+
+    async def configure(self, user: str, node: str, fields: dict[str, Any]) -> None:
+        """Change an existing node's configuration (fewer max_items drops the oldest)."""
+        current = await self.get_node(user, node)
+        if current is None:
+            raise PepError("item-not-found", f"no node {node!r}")
+        config = NodeConfig.from_fields(fields, current.config)
+        items = current.items[-config.max_items:]
+        await self.nodes.set(user, node, PepNode(config, items).encode())
 
     async def publish_tune(self, user: str, tune: Optional[Tune]) -> int:
         """Keep ``tune`` (None: stopped) as the User Tune node's item and announce it."""
@@ -94,27 +230,54 @@ class PepService:
         return await self._announce_tune(user, tune)
 
     async def retract(self, user: str, node: str, item_ids: Collection[str]) -> bool:
-        """Retract the node's item if its id is one of ``item_ids``; False if it is not."""
-        current = await self.get_item(user, node)
-        if current is None or current.item_id not in item_ids:
+        """Retract the node's items among ``item_ids``; False if none of them is there."""
+        current = await self.get_node(user, node)
+        gone = [i.item_id for i in current.items if i.item_id in item_ids] if current else []
+        if not gone:
             return False
-        await self._remove(user, node, {"retract": current.item_id})
+        if node == TUNE_NS or len(gone) == len(current.items) and current.config == NodeConfig():
+            await self._remove(user, node, current.config, {"retract": gone})
+            return True
+        kept = tuple(i for i in current.items if i.item_id not in gone)
+        await self.nodes.set(user, node, replace(current, items=kept).encode())
+        await self._send(user, current.config, {"node": node, "retract": gone})
+        return True
+
+    async def purge(self, user: str, node: str) -> bool:
+        """Drop every item of the node, keeping its configuration; False when no node."""
+        current = await self.get_node(user, node)
+        if current is None:
+            return False
+        if node == TUNE_NS or current.config == NodeConfig():
+            await self._remove(user, node, current.config, {"purge": True})
+        else:
+            await self.nodes.set(user, node, replace(current, items=()).encode())
+            await self._send(user, current.config, {"node": node, "purge": True})
         return True
 
     async def delete(self, user: str, node: str) -> bool:
-        """Delete the node and its item; False when there was none."""
-        if await self.nodes.get(user, node) is None:
+        """Delete the node and its items; False when there was none."""
+        current = await self.get_node(user, node)
+        if current is None:
             return False
-        await self._remove(user, node, {"delete": True})
+        await self._remove(user, node, current.config, {"delete": True})
         return True
 
-    async def _remove(self, user: str, node: str, what: dict[str, Any]) -> None:
-        """Drop the node's item and notify; without its item the tune is stopped."""
+    async def _remove(self, user: str, node: str, config: NodeConfig,
+                      what: dict[str, Any]) -> None:
+        """Drop the node and notify; without its item the tune is stopped."""
         await self.nodes.delete(user, node)
         if node == TUNE_NS:
             await self._announce_tune(user, Tune())
         else:
-            await self.router.send(user, Event(events.PEP, user, dict(node=node, **what)))
+            await self._send(user, config, dict(node=node, **what))
+
+    def _send(self, user: str, config: NodeConfig, payload: dict[str, Any]) -> defer.Deferred:
+        """One PEP event to whoever the node's access model lets hear it."""
+        event = Event(events.PEP, user, payload)
+        if config.access_model == "whitelist":
+            return defer.succeed(self.router.deliver(user, event))
+        return self.router.send(user, event)
 
     def _announce_tune(self, user: str, tune: Tune) -> defer.Deferred:
         self.metrics.inc("presenced_tunes_published_total")

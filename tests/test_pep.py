@@ -434,7 +434,7 @@ def test_pep_items_and_disco_follow_the_presence_access_model(server):
         with pytest.raises(IqError) as error:
             await dave.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
         assert error.value.condition == "not-authorized"
-        # Only the owner publishes; PEP nodes offer the presence access model only.
+        # Only the owner publishes; the tune node keeps the presence access model.
         tune = slixmpp.plugins.xep_0118.UserTune()
         tune["title"] = "Not yours"
         with pytest.raises(IqError) as error:

@@ -268,3 +268,116 @@ def test_last_activity_for_contacts_and_the_server(server):
         await bob.close()
         await carol.close()
     run(scenario())
+
+
+BOOKMARKS = "urn:xmpp:bookmarks:1"
+AVATAR_DATA, AVATAR_META = "urn:xmpp:avatar:data", "urn:xmpp:avatar:metadata"
+
+
+async def pep_client(server, user: str, resource: str, interests: tuple[str, ...]) -> Client:
+    """A client with entity caps announcing ``+notify`` for ``interests``; PEP events queued
+    as (kind, node, item ids)."""
+    c = Client(user, resource)
+    for plugin in ("xep_0115", "xep_0163", "xep_0060", "xep_0004"):
+        c.register_plugin(plugin)
+    c.pep_events: asyncio.Queue = asyncio.Queue()
+    for kind in ("publish", "retract", "purge"):
+        c.add_event_handler(f"pubsub_{kind}", lambda m, kind=kind: c.pep_events.put_nowait(
+            (kind, m["pubsub_event"]["items"]["node"], ids(m["pubsub_event"]["items"]))))
+    await c.start(server.ports["xmpp"], presence=False)
+    for node in interests:
+        c.plugin["xep_0163"].add_interest(node)
+    c.send_presence()
+    await asyncio.sleep(0.3)
+    return c
+
+
+def ids(items) -> list[str]:
+    """The ids of a pubsub ``<items/>``' children, in order."""
+    return [child.get("id") for child in items.xml]
+
+
+def publish_options(c: Client, **fields: str):
+    form = c.plugin["xep_0004"].make_form(ftype="submit")
+    form.add_field(var="FORM_TYPE", ftype="hidden",
+                   value="http://jabber.org/protocol/pubsub#publish-options")
+    for name, value in fields.items():
+        form.add_field(var=f"pubsub#{name}", value=value)
+    return form
+
+
+def payload(xml: str):
+    return ET.fromstring(xml)
+
+
+def test_pep_nodes_access_models_items_and_bookmarks_2(server):
+    async def scenario():
+        laptop = await pep_client(server, "alice", "laptop", (BOOKMARKS,))
+        phone = await pep_client(server, "alice", "phone", (BOOKMARKS,))
+        bob = await pep_client(server, "bob", "b", (BOOKMARKS, AVATAR_META))
+        carol = await pep_client(server, "carol", "c", ())
+        pubsub = laptop.plugin["xep_0060"]
+        private = dict(persist_items="true", max_items="max",
+                       send_last_published_item="never", access_model="whitelist")
+
+        # Bookmarks 2: one item per room, private to the account's own resources.
+        for room in ("one@rooms.localhost", "two@rooms.localhost"):
+            await pubsub.publish("alice@localhost", BOOKMARKS, id=room, payload=payload(
+                f"<conference xmlns='{BOOKMARKS}' name='{room[:3]}' autojoin='true'/>"),
+                options=publish_options(laptop, **private))
+            assert await asyncio.wait_for(phone.pep_events.get(), 5) == (
+                "publish", BOOKMARKS, [room])
+        items = await pubsub.get_items("alice@localhost", BOOKMARKS)
+        assert ids(items["pubsub"]["items"]) == ["one@rooms.localhost", "two@rooms.localhost"]
+        with pytest.raises(IqError) as refused:
+            await bob.plugin["xep_0060"].get_items("alice@localhost", BOOKMARKS)
+        assert refused.value.condition == "not-allowed" and "closed-node" in str(
+            refused.value.iq)
+        await nothing_more(bob.pep_events, 0.2)
+
+        # Retract one item; a publish whose options the node does not meet is refused.
+        await pubsub.retract("alice@localhost", BOOKMARKS, "one@rooms.localhost")
+        assert await asyncio.wait_for(phone.pep_events.get(), 5) == (
+            "retract", BOOKMARKS, ["one@rooms.localhost"])
+        items = await pubsub.get_items("alice@localhost", BOOKMARKS)
+        assert ids(items["pubsub"]["items"]) == ["two@rooms.localhost"]
+        with pytest.raises(IqError) as refused:
+            await pubsub.publish("alice@localhost", BOOKMARKS, id="x", payload=payload(
+                f"<conference xmlns='{BOOKMARKS}'/>"),
+                options=publish_options(laptop, access_model="presence"))
+        assert refused.value.condition == "conflict"
+        assert "precondition-not-met" in str(refused.value.iq)
+        config = await pubsub.get_node_config("alice@localhost", BOOKMARKS)
+        fields = config["pubsub_owner"]["configure"]["form"].get_values()
+        assert fields["pubsub#access_model"] == "whitelist"
+        assert fields["pubsub#max_items"] == "256"
+        await pubsub.purge("alice@localhost", BOOKMARKS)
+        items = await pubsub.get_items("alice@localhost", BOOKMARKS)
+        assert ids(items["pubsub"]["items"]) == []
+
+        # Open nodes are readable by anyone; presence nodes by subscribed contacts only.
+        await pubsub.publish("alice@localhost", "urn:example:open", id="1",
+                             payload=payload("<open xmlns='urn:example:open'/>"),
+                             options=publish_options(laptop, access_model="open"))
+        items = await carol.plugin["xep_0060"].get_items("alice@localhost", "urn:example:open")
+        assert ids(items["pubsub"]["items"]) == ["1"]
+
+        # Avatars (XEP-0084): data and metadata nodes reach friends who want them.
+        avatar = b"\x89PNG fake image"
+        await laptop.plugin["xep_0060"].publish(
+            "alice@localhost", AVATAR_DATA, id="abc123", payload=payload(
+                f"<data xmlns='{AVATAR_DATA}'>iVBORw0K</data>"))
+        await laptop.plugin["xep_0060"].publish(
+            "alice@localhost", AVATAR_META, id="abc123", payload=payload(
+                f"<metadata xmlns='{AVATAR_META}'><info id='abc123' type='image/png' "
+                f"bytes='{len(avatar)}'/></metadata>"))
+        assert await asyncio.wait_for(bob.pep_events.get(), 5) == (
+            "publish", AVATAR_META, ["abc123"])
+        data = await bob.plugin["xep_0060"].get_item("alice@localhost", AVATAR_DATA, "abc123")
+        assert "iVBORw0K" in str(data)
+        with pytest.raises(IqError) as refused:
+            await carol.plugin["xep_0060"].get_items("alice@localhost", AVATAR_DATA)
+        assert refused.value.condition == "not-authorized"
+        for c in (laptop, phone, bob, carol):
+            await c.close()
+    run(scenario())

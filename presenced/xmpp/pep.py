@@ -33,7 +33,7 @@ from wokkel.pubsub import NS_PUBSUB, NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, BadReques
 from presenced import events
 from presenced.events import Event
 from presenced.nowplaying import TUNE_ITEM_ID, TUNE_NS, BadTune, Tune, tune_xml
-from presenced.pep import MAX_NODES, PepItem, TooManyNodes
+from presenced.pep import NodeConfig, PepError, PepItem, PepNode
 from presenced.xmpp.caps import DISCO_INFO_NS, EntityCaps, notify_nodes
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.stanzas import NS_CLIENT, attr
@@ -42,18 +42,17 @@ if TYPE_CHECKING:
     from presenced.xmpp.session import C2SSession
 
 NS_PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
-ACCESS_MODEL = "pubsub#access_model"
 MAX_NODE_NAME = 256
 # Store lookups in flight for last items: a login storm (every resource asks for each of its
 # contacts' items) must queue here, not swamp the store until its requests time out.
 LAST_ITEM_LOOKUPS = 32
-DEFAULT_ITEM_ID = "current"  # XEP-0060's id for the item of a singleton node
 
 PEP_FEATURES = tuple(f"{NS_PUBSUB}#{name}" for name in (
-    "access-presence", "auto-create", "auto-subscribe", "create-nodes", "delete-items",
-    "delete-nodes", "filtered-notifications", "item-ids", "last-published",
+    "access-open", "access-presence", "access-roster", "access-whitelist", "auto-create",
+    "auto-subscribe", "config-node", "create-nodes", "delete-items", "delete-nodes",
+    "filtered-notifications", "item-ids", "last-published", "multi-items",
     "persistent-items", "presence-notifications", "publish", "publish-options",
-    "retract-items", "retrieve-items")) + (NS_PUBSUB,)
+    "purge-nodes", "retract-items", "retrieve-items")) + (NS_PUBSUB,)
 
 
 class PepHandler(FeatureHandler):
@@ -65,6 +64,7 @@ class PepHandler(FeatureHandler):
         f"iq-get/self/{NS_PUBSUB}:pubsub": "on_get",
         f"iq-get/bare/{NS_PUBSUB}:pubsub": "on_get",
         f"iq-set/self/{NS_PUBSUB_OWNER}:pubsub": "on_owner_set",
+        f"iq-get/self/{NS_PUBSUB_OWNER}:pubsub": "on_owner_get",
     }
     event_renderers = {events.TUNE: "render_tune", events.PEP: "render_pep"}
 
@@ -127,9 +127,53 @@ class PepHandler(FeatureHandler):
         request = self._parse(session, iq)
         if request is None:
             return None
-        if request.verb in ("delete", "purge"):
-            return defer.ensureDeferred(self._delete(session, iq, request.nodeIdentifier))
+        node = request.nodeIdentifier
+        if request.verb == "delete":
+            return defer.ensureDeferred(self._owner(session, iq, self.core.pep.delete(
+                session.user, node)))
+        if request.verb == "purge":
+            return defer.ensureDeferred(self._owner(session, iq, self.core.pep.purge(
+                session.user, node)))
+        if request.verb == "configureSet":
+            fields = request.options.getValues() if request.options is not None else {}
+            return defer.ensureDeferred(self._owner(session, iq, self.core.pep.configure(
+                session.user, node, fields)))
         return self._unsupported(session, iq, request.verb)
+
+    def on_owner_get(self, session: "C2SSession", iq: domish.Element) -> Optional[defer.Deferred]:
+        request = self._parse(session, iq)
+        if request is None:
+            return None
+        if request.verb == "configureGet":
+            return defer.ensureDeferred(self._configuration(session, iq, request.nodeIdentifier))
+        return self._unsupported(session, iq, request.verb)
+
+    async def _owner(self, session: "C2SSession", iq: domish.Element, work) -> None:
+        """Answer an owner request: its coroutine returns False when the node is missing."""
+        try:
+            done = await work
+        except PepError as e:
+            session.error(iq, e.condition, str(e))
+            return
+        if done is False:
+            session.error(iq, "item-not-found")
+        else:
+            session.result(iq)
+
+    async def _configuration(self, session: "C2SSession", iq: domish.Element,
+                             node: str) -> None:
+        found = await self.core.pep.get_node(session.user, node)
+        if found is None:
+            session.error(iq, "item-not-found")
+            return
+        form = data_form.Form("form", formNamespace=NS_PUBSUB + "#node_config")
+        for name, value in found.config.as_fields().items():
+            form.addField(data_form.Field(var=name, value=value))
+        answer = domish.Element((NS_PUBSUB_OWNER, "pubsub"))
+        configure = answer.addElement("configure")
+        configure["node"] = node
+        configure.addChild(form.toElement())
+        session.result(iq, answer)
 
     async def _publish(self, session: "C2SSession", iq: domish.Element, node: str,
                        items: list[domish.Element]) -> None:
@@ -142,10 +186,14 @@ class PepHandler(FeatureHandler):
         payloads = list(item.elements())
         if len(payloads) != 1:
             return self._bad(session, iq, "invalid-payload", "an item carries one payload")
-        if not self._options_ok(session, iq):
-            return
+        options = _publish_options(iq)
         user = session.user
         if node == TUNE_NS:
+            mismatch = NodeConfig().differs(options) if options else None
+            if mismatch is not None:  # the tune node is every door's: its rules are fixed
+                self._refuse(session, iq, PepError("conflict", f"the tune node's {mismatch} "
+                                                   "is fixed"))
+                return
             try:
                 tune = Tune.from_element(payloads[0])
             except BadTune as e:
@@ -153,11 +201,11 @@ class PepHandler(FeatureHandler):
             await self.core.publish_tune(user, tune)
             item_id = TUNE_ITEM_ID
         else:
-            item_id = item.getAttribute("id") or DEFAULT_ITEM_ID
             try:
-                await self.core.pep.publish(user, node, item_id, payloads[0].toXml())
-            except TooManyNodes:
-                session.error(iq, "policy-violation", f"at most {MAX_NODES} PEP nodes per account")
+                item_id = await self.core.pep.publish(user, node, item.getAttribute("id"),
+                                                      payloads[0].toXml(), options)
+            except PepError as e:
+                self._refuse(session, iq, e)
                 return
         # Written as text: one answer per publish, on the hot path.
         to = iq.getAttribute("to")
@@ -172,12 +220,6 @@ class PepHandler(FeatureHandler):
         if not request.itemIdentifiers:
             return self._bad(session, iq, "item-required", "name the item to retract")
         if not await self.core.pep.retract(user, node, request.itemIdentifiers):
-            session.error(iq, "item-not-found")
-            return
-        session.result(iq)
-
-    async def _delete(self, session: "C2SSession", iq: domish.Element, node: str) -> None:
-        if not await self.core.pep.delete(session.user, node):
             session.error(iq, "item-not-found")
             return
         session.result(iq)
@@ -197,25 +239,45 @@ class PepHandler(FeatureHandler):
         to = iq.getAttribute("to")
         owner = to if to else session.user
         node = request.nodeIdentifier
-        if owner != session.user:
-            contact = await self.core.store.get_roster_item(owner, session.user)
-            if contact is None or contact.subscription not in ("from", "both"):
-                error = StanzaError("not-authorized", appCondition=domish.Element(
-                    (NS_PUBSUB_ERRORS, "presence-subscription-required")))
-                session.send(error.toResponse(iq))
-                return
-        item = await self.core.pep.get_item(owner, node)
-        if item is None:
+        found = await self.core.pep.get_node(owner, node)
+        if owner != session.user and not await self._may_read(session, iq, owner, found):
+            return
+        if found is None:
             session.error(iq, "item-not-found")
             return
         answer = domish.Element((NS_PUBSUB, "pubsub"))
         items = answer.addElement("items")
         items["node"] = node
-        if not request.itemIdentifiers or item.item_id in request.itemIdentifiers:
+        chosen = [i for i in found.items
+                  if not request.itemIdentifiers or i.item_id in request.itemIdentifiers]
+        if request.maxItems:
+            chosen = chosen[-request.maxItems:]
+        for item in chosen:
             element = items.addElement("item")
             element["id"] = item.item_id
             element.addRawXml(item.payload)
         session.result(iq, answer)
+
+    async def _may_read(self, session: "C2SSession", iq: domish.Element, owner: str,
+                        found: Optional[PepNode]) -> bool:
+        """The node's access model for another account's read; refuses and says so."""
+        model = found.config.access_model if found is not None else "presence"
+        if model == "open":
+            return True
+        if model == "whitelist":
+            error = StanzaError("not-allowed", appCondition=domish.Element(
+                (NS_PUBSUB_ERRORS, "closed-node")))
+            session.send(error.toResponse(iq))
+            return False
+        contact = await self.core.store.get_roster_item(owner, session.user)
+        if contact is None or contact.subscription not in ("from", "both"):
+            condition = ("presence-subscription-required" if model == "presence"
+                         else "not-in-roster-group")
+            error = StanzaError("not-authorized", appCondition=domish.Element(
+                (NS_PUBSUB_ERRORS, condition)))
+            session.send(error.toResponse(iq))
+            return False
+        return True
 
     # --- notifications ------------------------------------------------------------------------
 
@@ -271,9 +333,14 @@ class PepHandler(FeatureHandler):
         these)."""
         owners = list(owners)
         found = await defer.gatherResults([self._last_items_of(o) for o in owners])
-        for owner, items in zip(owners, found):
-            for node, item in items.items():
+        for owner, owned in zip(owners, found):
+            for node, pep_node in owned.items():
                 if nodes is not None and node not in nodes:
+                    continue
+                config, item = pep_node.config, pep_node.last
+                if (item is None or config.send_last_published_item == "never"
+                        or (config.access_model == "whitelist"
+                            and any(s.user != owner for s in sessions))):
                     continue
                 data = None
                 for session in sessions:
@@ -337,20 +404,13 @@ class PepHandler(FeatureHandler):
             return False
         return True
 
-    def _options_ok(self, session: "C2SSession", iq: domish.Element) -> bool:
-        """XEP-0223 preconditions: PEP nodes here are always presence-access."""
-        for options in iq.pubsub.elements(NS_PUBSUB, "publish-options"):
-            form = data_form.findForm(options, NS_PUBSUB + "#publish-options")
-            if form is None:
-                continue
-            model = form.getValues().get(ACCESS_MODEL, "presence")
-            if model != "presence":
-                error = StanzaError("conflict", text=f"access model {model!r} is not offered",
-                                    appCondition=domish.Element((NS_PUBSUB_ERRORS,
-                                                                 "precondition-not-met")))
-                session.send(error.toResponse(iq))
-                return False
-        return True
+    def _refuse(self, session: "C2SSession", iq: domish.Element, error: PepError) -> None:
+        """A publish the node's rules refused; a precondition carries its own condition."""
+        if error.condition == "conflict":
+            session.send(StanzaError("conflict", text=str(error), appCondition=domish.Element(
+                (NS_PUBSUB_ERRORS, "precondition-not-met"))).toResponse(iq))
+        else:
+            session.error(iq, error.condition, str(error))
 
     def _bad(self, session: "C2SSession", iq: domish.Element, condition: str, text: str) -> None:
         session.send(BadRequest(condition, text).toResponse(iq))
@@ -382,6 +442,15 @@ def _plain_publish(iq: domish.Element) -> Optional[tuple[str, list[domish.Elemen
     return node, list(publish.elements(NS_PUBSUB, "item"))
 
 
+def _publish_options(iq: domish.Element) -> Optional[dict]:
+    """The fields of a publish's XEP-0060 publish-options form, or None."""
+    for options in iq.pubsub.elements(NS_PUBSUB, "publish-options"):
+        form = data_form.findForm(options, NS_PUBSUB + "#publish-options")
+        if form is not None:
+            return form.getValues()
+    return None
+
+
 def _disco_query(iq: domish.Element) -> domish.Element:
     for child in iq.elements(DISCO_INFO_NS, "query"):
         return child
@@ -395,8 +464,11 @@ def _event_content(event: Event, node: str) -> str:
         return _item_xml(node, PepItem(TUNE_ITEM_ID, tune_xml(payload)))
     if payload.get("delete"):
         return f"<delete node={attr(node)}/>"
+    if payload.get("purge"):
+        return f"<purge node={attr(node)}/>"
     if "retract" in payload:
-        return f"<items node={attr(node)}><retract id={attr(payload['retract'])}/></items>"
+        retracted = "".join(f"<retract id={attr(i)}/>" for i in payload["retract"])
+        return f"<items node={attr(node)}>{retracted}</items>"
     return _item_xml(node, PepItem(payload["item_id"], payload["item"]))
 
 
