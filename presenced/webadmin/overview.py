@@ -8,10 +8,9 @@ from typing import Any
 
 from twisted.web.template import Tag, tags
 
+from presenced.doors import SESSION_DOORS
 from presenced.webadmin.console import Console
 from presenced.webadmin.layout import Page, definitions, table
-from presenced.webadmin.prometheus import SESSION_DOORS as DOORS
-
 
 
 def stats(console: Console) -> dict[str, Any]:
@@ -78,7 +77,7 @@ def register(console: Console) -> None:
             ("Front door", "Enabled", "Sessions"),
             ([door, _enabled(core, door),
               live(f"sessions_by_door.{door}", by_door.get(door, 0))]
-             for door in sorted(set(DOORS) | set(by_door), key=_door_order)),
+             for door in sorted(set(SESSION_DOORS) | set(by_door), key=_door_order)),
             "No front doors.")
         return Page("Overview", [
             summary, tags.h2("Sessions per front door"), doors, irc_bot(core),
@@ -108,4 +107,4 @@ def _enabled(core, door: str) -> str:
 
 
 def _door_order(door: str) -> tuple[int, str]:
-    return (DOORS.index(door) if door in DOORS else len(DOORS), door)
+    return (SESSION_DOORS.index(door) if door in SESSION_DOORS else len(SESSION_DOORS), door)
