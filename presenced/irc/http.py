@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from presenced.irc.cat import parse_cat_line
+from presenced.irc.cat import CAT_LINES, parse_cat_line
 
 if TYPE_CHECKING:
     from presenced.irc.bot import IRCBot
@@ -50,7 +50,7 @@ class CatResource(Resource):
             return self.answer(request, 400, 0, ["body is not UTF-8 text"])
         sent, errors = 0, []
         for number, line in enumerate(text.split("\n"), 1):
-            self.bot.core.metrics.inc("presenced_stanzas_in_total", door="irc")
+            self.bot.core.metrics.inc(CAT_LINES)
             try:
                 parsed = parse_cat_line(line.rstrip("\r"))
                 if parsed is not None:

@@ -169,8 +169,7 @@ class AdminHandler:
             "deliveries": router.deliveries,
             "delivery_errors": router.delivery_errors,
             "uptime_seconds": int(time.time() - self.core.started_at),
-            "thrift_calls": int(self.core.metrics.value("presenced_stanzas_in_total",
-                                                        door="thrift")),
+            "thrift_calls": int(self.core.metrics.value("presenced_thrift_calls_total")),
         }
         for session in router.all_sessions():
             key = f"sessions_{session.protocol}"
