@@ -148,7 +148,7 @@ class AdminHandler:
         return self.core.stream_token(jid, ttl or DEFAULT_TOKEN_TTL)
 
     def irc_say(self, target: Optional[str], text: Optional[str]) -> None:
-        bot: Any = self.core.features.get("irc")
+        bot = self.core.irc
         if bot is None:
             raise admin.NotEnabled(feature="irc", message="IRC bot not enabled")
         if not text:

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.web.template import Tag, tags
 
+from presenced.core import Core
 from presenced.doors import SESSION_DOORS
 from presenced.webadmin.console import Console
 from presenced.webadmin.layout import Page, definitions, table
@@ -85,19 +86,17 @@ def register(console: Console) -> None:
                    "reload the page otherwise.", class_="hint")])
 
 
-def irc_bot(core) -> Tag:
-    """What the IRC bot (``core.features["irc"]``) is doing, when it runs."""
-    bot = core.features.get("irc")
-    if bot is None:
+def irc_bot(core: Core) -> Tag:
+    """What the IRC bot (``core.irc``) is doing, when it runs."""
+    if core.irc is None:
         return tags.transparent()
-    connected = getattr(bot, "connection", None) is not None
-    queue = getattr(getattr(bot, "queue", None), "lines", ())
+    status = core.irc.status()
     return tags.transparent(tags.h2("IRC bot"), definitions([
         ("Server", f"{core.config.irc.server}:{core.config.irc.port}"),
-        ("State", f"signed on as {bot.nickname}" if connected else "not connected"),
-        ("Channels joined", ", ".join(sorted(getattr(bot, "joined", ()))) or "none"),
-        ("Lines waiting", str(len(queue))),
-        ("Last error", getattr(bot, "last_error", "") or "none"),
+        ("State", f"signed on as {status.nickname}" if status.connected else "not connected"),
+        ("Channels joined", ", ".join(status.channels) or "none"),
+        ("Lines waiting", str(status.lines_waiting)),
+        ("Last error", status.last_error or "none"),
     ], class_="figures"))
 
 
