@@ -3,8 +3,9 @@
 :class:`IRCBot` outlives connections: it knows the channels it wants, queues what should be
 said (bounded, sent at the flood limit, kept across a reconnect) and is what other parts call
 (cat lines, command replies, hooks; other doors as ``core.irc``, an
-:class:`~presenced.core.IIRCAnnouncer`: Thrift ``irc_say``, the web admin's status). :class:`IRCBotProtocol` is one connection, on Twisted's ``IRCClient``, plus what
-it lacks: IRCv3 capability negotiation with SASL PLAIN, nick regain, tolerance of nonsense.
+:class:`~presenced.core.IIRCAnnouncer`: Thrift ``irc_say``, the web admin's status).
+:class:`IRCBotProtocol` is one connection, on Twisted's ``IRCClient``, plus what it lacks:
+IRCv3 capability negotiation with SASL PLAIN, nick regain, tolerance of nonsense.
 """
 
 from __future__ import annotations
@@ -350,6 +351,7 @@ class IRCBot:
     # --- what others call --------------------------------------------------------------
 
     def status(self) -> IRCStatus:
+        """For operators (the web admin overview), so they never read the bot's fields."""
         return IRCStatus(connected=self.connection is not None, nickname=self.nickname,
                          channels=tuple(sorted(self.joined)),
                          lines_waiting=len(self.queue.lines), last_error=self.last_error)

@@ -1,8 +1,9 @@
 """Cat lines over HTTP, as newer irccat versions accept them: ``POST`` the same text.
 
 The web admin serves this resource at ``/irccat`` (the IRC door offers it as
-``core.web_resources[b"irccat"]`` when ``[irc] http_token`` is set). The body is one or more cat lines in irccat syntax; the
-request needs ``Authorization: Bearer <http_token>``. The answer is JSON:
+``core.web_resources[b"irccat"]`` when ``[irc] http_token`` is set). The body is one or more
+cat lines in irccat syntax; the request needs ``Authorization: Bearer <http_token>``. The
+answer is JSON:
 ``{"sent": <IRC lines queued>, "errors": ["line 2: ...", ...]}``, status 200 when every line
 was taken, 400 when some were refused (the others were still sent).
 """
