@@ -1,23 +1,22 @@
-"""Configuration: one TOML file, every key declared here with its type and default.
+"""Configuration: one TOML file, every key declared with its type and default.
 
-The schema is the single place that knows which keys exist; ``config/presenced.toml``
-documents the same keys for users, and a test checks that the two agree. A user error (unknown
+:data:`SCHEMA` is the single place that knows which keys exist: the core's sections are
+declared here, each door's in its own package (``presenced/<door>/options.py``, listed in
+:mod:`presenced.doors`) with the types and checks of :mod:`presenced.options`.
+``config/presenced.toml`` documents the same keys for users, and a test checks that the two
+agree. A user error (unknown
 key, wrong type, impossible value) raises :class:`ConfigError` naming the key, which the
 command-line entry points turn into a one-line message and a non-zero exit.
 """
 
 from __future__ import annotations
 
-import os
-import string
 import tomllib
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from presenced import events
-from presenced.allowlist import allowlist_problem
-
-Check = Callable[[Any], Optional[str]]
+from presenced.cluster import options as cluster_options
+from presenced.doors import DOORS
+from presenced.options import Key, Keys, non_empty, non_negative, one_of, positive, redis_urls
 
 
 class ConfigError(Exception):
@@ -29,98 +28,9 @@ class ConfigError(Exception):
         super().__init__(f"config error: {key}: {problem}")
 
 
-@dataclass(frozen=True)
-class Key:
-    default: Any
-    kind: str  # "int", "str", "bool", "float", "list[str]"
-    check: Optional[Check] = None
-
-
-def port(value: int) -> Optional[str]:
-    if not 0 <= value <= 65535:
-        return f"{value} is not a TCP port (0-65535; 0 picks a free one)"
-    return None
-
-
-def positive(value: float) -> Optional[str]:
-    return None if value > 0 else f"{value} must be greater than 0"
-
-
-def non_negative(value: float) -> Optional[str]:
-    return None if value >= 0 else f"{value} must be 0 or more"
-
-
-def one_of(*choices: str) -> Check:
-    def check(value: str) -> Optional[str]:
-        if value not in choices:
-            return f"{value!r} is not one of {', '.join(repr(c) for c in choices)}"
-        return None
-
-    return check
-
-
-def existing_file_or_empty(value: str) -> Optional[str]:
-    if value and not os.path.isfile(value):
-        return f"file {value!r} does not exist"
-    return None
-
-
-def non_empty(value: Any) -> Optional[str]:
-    return None if value else "must not be empty"
-
-
-def redis_urls(value: list) -> Optional[str]:
-    if not value:
-        return "needs at least one redis:// URL"
-    for url in value:
-        if not url.startswith(("redis://", "unix://")):
-            return f"{url!r} is not a redis:// or unix:// URL"
-    return None
-
-
-def irc_channels(value: list) -> Optional[str]:
-    for name in value:
-        if not name.startswith(("#", "&")) or len(name) < 2 or any(c in name for c in " ,\r\n\0"):
-            return f"{name!r} is not a channel name like \"#presenced\""
-    return None
-
-
-def irc_channel_keys(value: list) -> Optional[str]:
-    for text in value:
-        if len(text.split()) != 2 or not text.startswith(("#", "&")):
-            return f"{text!r} is not \"#channel key\""
-    return None
-
-
-IRC_HOOK_KEYS = {"events": "list of event types", "users": "list of users",
-                 "channel": "channel name", "format": "format string"}
-
-
-def irc_hooks(value: list) -> Optional[str]:
-    """``[[irc.hooks]]`` tables: which events of which users go to which channel, and how."""
-    kinds = (events.TUNE, events.PRESENCE, events.MESSAGE, events.ADMIN)
-    for n, hook in enumerate(value, 1):
-        if set(hook) != set(IRC_HOOK_KEYS):
-            return f"hook {n} needs exactly the keys {', '.join(IRC_HOOK_KEYS)}"
-        if not hook["events"] or not isinstance(hook["events"], list) \
-                or not set(hook["events"]) <= set(kinds):
-            return f"hook {n}: events must be a non-empty list of {', '.join(kinds)}"
-        if not hook["users"] or not isinstance(hook["users"], list) \
-                or not all(isinstance(u, str) and u for u in hook["users"]):
-            return f"hook {n}: users must be a non-empty list of user names"
-        if not isinstance(hook["channel"], str) or not hook["channel"].startswith(("#", "&")) \
-                or len(hook["channel"].split()) != 1:
-            return f"hook {n}: channel must be a channel name like \"#music\""
-        if not isinstance(hook["format"], str) or not hook["format"]:
-            return f"hook {n}: format must be a non-empty string"
-        try:
-            list(string.Formatter().parse(hook["format"]))
-        except ValueError as e:
-            return f"hook {n}: bad format string: {e}"
-    return None
-
-
-SCHEMA: dict[str, dict[str, Key]] = {
+# Sections in the order config/presenced.toml documents them: the core's here, the cluster's
+# and each door's from its own package (``presenced/<name>/options.py``).
+SCHEMA: dict[str, Keys] = {
     "server": {
         "domains": Key(["localhost"], "list[str]", non_empty),
         "data_dir": Key("presenced-data", "str", non_empty),
@@ -136,102 +46,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "redis_timeout": Key(5.0, "float", positive),
         "redis_retries": Key(3, "int", non_negative),
     },
-    "cluster": {
-        "enabled": Key(False, "bool"),
-        "node_id": Key("", "str"),
-        "redis": Key("", "str"),
-        "heartbeat_interval": Key(2.0, "float", positive),
-        "node_timeout": Key(10.0, "float", positive),
-    },
+    "cluster": cluster_options.KEYS,
     "router": {
         "session_queue_bytes": Key(1048576, "int", positive),
     },
-    "xmpp": {
-        "enabled": Key(True, "bool"),
-        "port": Key(5222, "int", port),
-        "bind": Key("0.0.0.0", "str"),
-        "require_tls": Key(True, "bool"),
-        "allow_plain": Key(False, "bool"),
-        "certificate": Key("", "str", existing_file_or_empty),
-        "private_key": Key("", "str", existing_file_or_empty),
-        "direct_tls": Key(False, "bool"),
-        "direct_tls_port": Key(5223, "int", port),
-        "max_stanza_size": Key(262144, "int", positive),
-        "auth_timeout": Key(30.0, "float", positive),
-        "auth_failure_delay": Key(1.0, "float", non_negative),
-        "allow_registration": Key(False, "bool"),
-        "extauth_program": Key("", "str"),
-        "extauth_pool_size": Key(1, "int", positive),
-        "extauth_timeout": Key(30.0, "float", positive),
-        "hibernate_after": Key(60.0, "float", non_negative),
-    },
-    "comet": {
-        "enabled": Key(True, "bool"),
-        "port": Key(8000, "int", port),
-        "bind": Key("0.0.0.0", "str"),
-        "require_token": Key(True, "bool"),
-        "cors_origins": Key([], "list[str]"),
-        "heartbeat_interval": Key(25.0, "float", positive),
-        "replay_size": Key(100, "int", non_negative),
-        "replay_linger": Key(60.0, "float", non_negative),
-        "poll_timeout": Key(30.0, "float", positive),
-        "max_buffered_bytes": Key(262144, "int", positive),
-        "header_timeout": Key(10.0, "float", positive),
-        "max_request_bytes": Key(8192, "int", positive),
-    },
-    "thrift": {
-        "enabled": Key(True, "bool"),
-        "port": Key(9000, "int", port),
-        "bind": Key("127.0.0.1", "str"),
-        "transport": Key("buffered", "str", one_of("buffered", "framed")),
-        "protocol": Key("binary", "str", one_of("binary", "compact")),
-        "max_message_bytes": Key(1048576, "int", positive),
-        "max_pending_calls": Key(32, "int", positive),
-        "max_unread_bytes": Key(4194304, "int", positive),
-        "timeout": Key(30.0, "float", positive),
-        "allow": Key([], "list[str]"),
-    },
-    "webadmin": {
-        "enabled": Key(True, "bool"),
-        "port": Key(8001, "int", port),
-        "bind": Key("127.0.0.1", "str"),
-        "admins": Key([], "list[str]"),
-        "session_ttl": Key(3600, "int", positive),
-        "metrics_token": Key("", "str"),
-        "stats_interval": Key(5.0, "float", positive),
-    },
-    "irc": {
-        "enabled": Key(False, "bool"),
-        "server": Key("127.0.0.1", "str"),
-        "port": Key(6667, "int", port),
-        "nick": Key("presenced", "str", non_empty),
-        "channels": Key(["#presenced"], "list[str]", irc_channels),
-        "cat_port": Key(12345, "int", port),
-        "cat_bind": Key("127.0.0.1", "str"),
-        "command_prefix": Key("?", "str", non_empty),
-        "handler": Key("", "str"),
-        "tls": Key(False, "bool"),
-        "tls_verify": Key(True, "bool"),
-        "password": Key("", "str"),
-        "sasl_username": Key("", "str"),
-        "sasl_password": Key("", "str"),
-        "channel_keys": Key([], "list[str]", irc_channel_keys),
-        "flood_lines_per_second": Key(2.0, "float", positive),
-        "flood_burst": Key(5, "int", positive),
-        "queue_lines": Key(1000, "int", positive),
-        "reconnect_min_seconds": Key(1.0, "float", positive),
-        "reconnect_max_seconds": Key(60.0, "float", positive),
-        "nick_regain_seconds": Key(30.0, "float", positive),
-        "unknown_targets": Key("join", "str", one_of("join", "report")),
-        "cat_allow": Key([], "list[str]", allowlist_problem),
-        "cat_max_line_bytes": Key(16384, "int", positive),
-        "handler_timeout": Key(10.0, "float", positive),
-        "handler_max_running": Key(4, "int", positive),
-        "handler_max_output_bytes": Key(65536, "int", positive),
-        "max_reply_lines": Key(5, "int", positive),
-        "http_token": Key("", "str"),
-        "hooks": Key([], "list[table]", irc_hooks),
-    },
+    **{door.section: door.keys for door in DOORS},
 }
 
 _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
@@ -321,10 +140,12 @@ def _check_together(sections: dict[str, dict[str, Any]]) -> None:
             raise ConfigError("[server] workers",
                               "several workers coordinate as a cluster: set [cluster] enabled "
                               "= true (and [store] backend = \"redis\")")
-        for door in ("xmpp", "comet", "thrift", "webadmin"):
-            if sections[door]["enabled"] and sections[door]["port"] == 0:
-                raise ConfigError(f"[{door}] port", "workers share fixed ports: 0 is not allowed "
-                                  "with several workers")
+        for door in DOORS:
+            section = sections[door.section]
+            if door.fixed_port and section["enabled"] and section[door.fixed_port] == 0:
+                raise ConfigError(f"[{door.section}] {door.fixed_port}",
+                                  "workers share fixed ports: 0 is not allowed with several "
+                                  "workers")
     if cluster["heartbeat_interval"] >= cluster["node_timeout"]:
         raise ConfigError("[cluster] node_timeout",
                           "must be longer than heartbeat_interval, or every node looks dead")

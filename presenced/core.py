@@ -12,8 +12,9 @@ Hooks fired here:
 - ``message-sent(event, reached)`` after :meth:`Core.send_message` handed a message to the
   recipient's sessions (``reached`` of them); XMPP stores it offline when no resource took it.
 
-A door that offers something other doors call (the IRC bot's ``say``) registers itself in
-``core.features`` under its name; callers check for it and report "not enabled" otherwise.
+What one door offers the others has a typed slot here, filled by that door when it starts:
+``core.irc`` (an :class:`IIRCAnnouncer`, None while no IRC bot runs: callers report "not
+enabled") and ``core.web_resources`` (resources the web admin serves for other doors).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from typing import Iterable, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import Interface
 
 from presenced import events
 from presenced.blocking import Blocklists
@@ -39,6 +42,9 @@ from presenced.scram import make_credentials
 from presenced.store import IRosterStore, Pair, RosterItem
 from presenced.tokens import make_token
 from presenced.users import normalize_user
+
+if TYPE_CHECKING:
+    from twisted.web.resource import IResource
 
 
 def load_secret(data_dir: str) -> bytes:
@@ -56,6 +62,30 @@ def load_secret(data_dir: str) -> bytes:
         return secret
 
 
+@dataclass(frozen=True)
+class IRCStatus:
+    """What the IRC bot is doing, as operators see it (web admin overview)."""
+
+    connected: bool
+    nickname: str
+    channels: tuple[str, ...]  # joined now, lower-cased, sorted
+    lines_waiting: int  # queued behind the flood limit
+    last_error: str  # "" when none since the last sign-on
+
+
+class IIRCAnnouncer(Interface):
+    """The IRC bot as other doors use it (``core.irc``): the Thrift ``irc_say``, the web
+    admin's status. The IRC door provides it; nobody else reaches into the bot."""
+
+    def say(target: Optional[str], text: str) -> int:
+        """Queue ``text`` for a channel or nick (``@nick``; None: the default channel), one
+        message per line; returns the messages queued. Raises ``ValueError`` (nothing
+        queued) for a bad target or a full queue."""
+
+    def status() -> IRCStatus:
+        """The bot's connection, channels and queue now."""
+
+
 class Core:
     """Shared state and shared operations of one presenced node."""
 
@@ -71,7 +101,11 @@ class Core:
         self.secret = load_secret(config.server.data_dir)
         self.started_at = time.time()
         self.domains = tuple(config.server.domains)
-        self.features: dict[str, object] = {}
+        # Filled by the doors that offer them, when they start (see the module docstring).
+        self.irc: Optional[IIRCAnnouncer] = None
+        # URL segment (b"irccat") -> resource the web admin serves there for another door;
+        # looked up per request, so a door may add one after the console started.
+        self.web_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
         self.blocking = Blocklists(store, self.router, config.server.blocklist_limit)
 

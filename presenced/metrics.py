@@ -17,8 +17,7 @@ DOOR_METRICS = {
     "presenced_connections_total": ("counter", "Connections accepted by front door"),
     "presenced_logins_total": ("counter", "Successful logins by front door"),
     "presenced_auth_failures_total": ("counter", "Refused authentications by front door"),
-    "presenced_stanzas_in_total": ("counter",
-                                   "Stanzas, requests or lines received by front door"),
+    "presenced_stanzas_in_total": ("counter", "Stanzas received by front door"),
     "presenced_events_out_total": ("counter", "Events sent to peers by front door"),
 }
 

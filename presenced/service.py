@@ -1,9 +1,10 @@
 """The presenced service: one store, one router, and every enabled front door, in one reactor.
 
-Each front door is a module with ``make_service(core) -> IService``; the doors run as child
-services, started once the store is open. A door listens through :class:`ListeningService`,
-which logs its address and records the bound port in ``<data_dir>/run/ports.json`` (port 0
-picks a free port: tests and benchmarks read the file).
+Each front door (:data:`presenced.doors.DOORS`) is a module with ``make_service(core) ->
+IService``; the enabled ones run as child services, started once the store is open. A door
+listens through :class:`ListeningService`, which logs its address and records the bound port
+in ``<data_dir>/run/ports.json`` (port 0 picks a free port: tests and benchmarks read the
+file).
 """
 
 from __future__ import annotations
@@ -23,21 +24,12 @@ from twisted.logger import Logger
 
 from presenced.config import Config, ConfigError
 from presenced.core import Core
+from presenced.doors import DOORS
 from presenced.store import StoreError
 from presenced.store.backends import make_store
 from presenced.workers import is_worker
 
-# Config section -> module providing make_service(core). Order is start-up order.
-DOORS: dict[str, str] = {
-    "thrift": "presenced.thrift.service",
-    "webadmin": "presenced.webadmin.service",
-    "xmpp": "presenced.xmpp.service",
-    "comet": "presenced.comet.service",
-    "irc": "presenced.irc.service",
-}
-
 log = Logger()
-
 
 
 class ListeningService(service.Service):
@@ -165,9 +157,9 @@ class PresencedService(service.MultiService):
     def _start_doors(self) -> None:
         assert self.core is not None
         doors = 0
-        for section, module_name in DOORS.items():
-            if getattr(self.config, section).enabled:
-                module = importlib.import_module(module_name)
+        for entry in DOORS:
+            if getattr(self.config, entry.section).enabled:
+                module = importlib.import_module(entry.service_module)
                 door = module.make_service(self.core)
                 door.setServiceParent(self)
                 doors += 1

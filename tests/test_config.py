@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import tomllib
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from presenced import config
+from presenced.doors import DOORS
+from presenced.options import port
 from tests.conftest import REPO, TWISTD, subprocess_env
 
 DOCUMENTED = REPO / "config" / "presenced.toml"
@@ -79,3 +82,39 @@ def test_broken_toml_is_reported(tmp_path: Path):
     path.write_text("[xmpp\n")
     with pytest.raises(config.ConfigError, match="not valid TOML"):
         config.load(str(path))
+
+
+# --- the door registry drives the schema and the checks across keys ------------------------
+
+CLUSTERED = {"server": {"workers": 2}, "cluster": {"enabled": True},
+             "store": {"backend": "redis"}}
+
+
+def test_every_door_brings_its_section_from_its_own_package():
+    for door in DOORS:
+        assert config.SCHEMA[door.section] is door.keys
+        assert door.keys["enabled"].kind == "bool"
+        assert importlib.util.find_spec(door.service_module) is not None, door.service_module
+        if door.fixed_port:
+            assert door.keys[door.fixed_port].kind == "int", door.section
+    assert list(tomllib.loads(DOCUMENTED.read_text())) == list(config.SCHEMA)
+
+
+@pytest.mark.parametrize("door", [d for d in DOORS if d.fixed_port], ids=lambda d: d.section)
+def test_several_workers_refuse_a_random_port_naming_the_doors_key(door):
+    config.build(CLUSTERED)  # fixed ports everywhere: fine
+    raw = {**CLUSTERED, door.section: {door.fixed_port: 0}}
+    with pytest.raises(config.ConfigError) as e:
+        config.build(raw)
+    assert e.value.key == f"[{door.section}] {door.fixed_port}"
+    assert "several workers" in str(e.value)
+    # A door that is off does not listen, so its port does not matter.
+    config.build({**CLUSTERED, door.section: {door.fixed_port: 0, "enabled": False}})
+
+
+def test_doors_that_run_in_the_first_process_only_may_pick_a_port_with_workers():
+    for door in DOORS:
+        if door.fixed_port is None:
+            port_keys = [name for name, key in door.keys.items() if key.check is port]
+            config.build({**CLUSTERED, door.section: {"enabled": True,
+                                                       **{name: 0 for name in port_keys}}})

@@ -20,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from presenced.webadmin.auth import ScryptHash
 from tests.conftest import PresencedProcess, subprocess_env
+from tests.ircd import cat
+from tests.test_thrift import client as thrift_client
 
 EVIL = '<script>alert("x")</script>'
 METRICS_TOKEN = "scrape-me"
@@ -430,6 +432,42 @@ def test_irc_http_cat_is_mounted_when_the_bot_offers_it(presenced_factory):
     overview = login(server).get(f"http://127.0.0.1:{server.ports['webadmin']}/", timeout=10)
     assert "<h2>IRC bot</h2>" in overview.text
     assert f"127.0.0.1:{port}" in overview.text and "not connected" in overview.text
+
+
+def test_thrift_calls_cat_lines_and_comet_streams_have_series_of_their_own(presenced_factory):
+    """Each door's traffic under a name that says what it counts, not under the names of
+    stanzas or logins (docs/admin-console.md, "Renamed series")."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # no IRC server: cat lines wait in the bot's queue, and are still counted
+    server = presenced_factory({
+        "xmpp": {"enabled": False},
+        "comet": {"require_token": False, "replay_linger": 0.0},
+        "irc": {"enabled": True, "port": port, "http_token": "cat-token"},
+    })
+    before = scrape(server)
+    calls = ("presenced_thrift_calls_total", ())
+    cat_lines = ("presenced_irc_cat_lines_total", ())
+    streams = ("presenced_comet_streams_opened_total", ())
+    thrift = thrift_client(server)
+    try:
+        for _ in range(3):
+            thrift.online_count()
+        assert thrift.stats()["thrift_calls"] == before.get(calls, 0) + 4  # stats() counts too
+    finally:
+        thrift.close()
+    cat(server.ports["irc_cat"], b"#presenced one\n#presenced two\n")
+    reply = requests.post(base(server) + "/irccat", data=b"#presenced three\nfour",
+                          headers={"Authorization": "Bearer cat-token"}, timeout=10)
+    assert reply.status_code == 200, reply.text
+    open_stream(server, "alice@localhost").close()
+    after = wait_for(lambda: (lambda m: m if m.get(streams) == 1 else None)(scrape(server)))
+    assert after[calls] == before.get(calls, 0) + 4
+    assert after[cat_lines] == 4
+    for door in ("thrift", "irc"):
+        assert ("presenced_stanzas_in_total", (("door", door),)) not in after
+    assert ("presenced_logins_total", (("door", "comet"),)) not in after
 
 
 # --- configuration and logins ----------------------------------------------------------------

@@ -37,7 +37,6 @@ class ClusterService(service.Service):
                                           cfg.heartbeat_interval, cfg.node_timeout)
         self.transport = PubSubTransport(self.link, self.directory, core.router)
         self.directory.on_node_dead.append(self._node_dead)
-        core.features["cluster"] = self
         core.metrics.describe("presenced_cluster_nodes", "gauge", "Live presenced nodes seen")
         core.metrics.gauge("presenced_cluster_nodes", lambda: len(self.directory.nodes()))
         core.metrics.describe("presenced_cluster_messages_total", "counter",

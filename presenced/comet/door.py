@@ -106,7 +106,7 @@ class CometDoor(Factory):
 
     def stream_opened(self, stream: object, user: str) -> None:
         self.streams.add(stream)
-        self.core.metrics.inc("presenced_logins_total", door=DOOR)
+        self.core.metrics.inc("presenced_comet_streams_opened_total")
         self.router.login(user, stream)
 
     def stream_closed(self, stream: object, channel: UserChannel) -> None:
@@ -132,6 +132,8 @@ class CometDoor(Factory):
         metrics = self.core.metrics
         metrics.describe("presenced_comet_streams", "gauge",
                          "Open comet streams, long polls and WebSockets")
+        metrics.describe("presenced_comet_streams_opened_total", "counter",
+                         "Comet streams, long polls and WebSockets opened")
         metrics.describe("presenced_comet_replay_users", "gauge",
                          "Users with a comet replay buffer")
         metrics.gauge("presenced_connections", lambda: self.connections, door=DOOR)

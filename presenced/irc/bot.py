@@ -2,9 +2,10 @@
 
 :class:`IRCBot` outlives connections: it knows the channels it wants, queues what should be
 said (bounded, sent at the flood limit, kept across a reconnect) and is what other parts call
-(``core.features["irc"].say(target, text)``: cat lines, command replies, hooks, Thrift
-``irc_say``). :class:`IRCBotProtocol` is one connection, on Twisted's ``IRCClient``, plus what
-it lacks: IRCv3 capability negotiation with SASL PLAIN, nick regain, tolerance of nonsense.
+(cat lines, command replies, hooks; other doors as ``core.irc``, an
+:class:`~presenced.core.IIRCAnnouncer`: Thrift ``irc_say``, the web admin's status).
+:class:`IRCBotProtocol` is one connection, on Twisted's ``IRCClient``, plus what it lacks:
+IRCv3 capability negotiation with SASL PLAIN, nick regain, tolerance of nonsense.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from twisted.internet import protocol, reactor, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.words.protocols import irc
+from zope.interface import implementer
 
+from presenced.core import IIRCAnnouncer, IRCStatus
 from presenced.irc.cat import ALL_CHANNELS, CatLine
 from presenced.irc.text import is_safe_word, payload_bytes, safe_text, split_to_fit
 
@@ -305,6 +308,7 @@ class IRCBotFactory(protocol.ReconnectingClientFactory):
                      why=reason.getErrorMessage(), delay=self.delay)
 
 
+@implementer(IIRCAnnouncer)
 class IRCBot:
     """What the rest of presenced sees of IRC: ``say``, cat lines, commands, channels."""
 
@@ -345,6 +349,12 @@ class IRCBot:
         return self.settings.channels[0]
 
     # --- what others call --------------------------------------------------------------
+
+    def status(self) -> IRCStatus:
+        """For operators (the web admin overview), so they never read the bot's fields."""
+        return IRCStatus(connected=self.connection is not None, nickname=self.nickname,
+                         channels=tuple(sorted(self.joined)),
+                         lines_waiting=len(self.queue.lines), last_error=self.last_error)
 
     def say(self, target: Optional[str], text: str, max_lines: Optional[int] = None) -> int:
         """Send ``text`` to a channel or nick (``@nick`` works too; None: the default

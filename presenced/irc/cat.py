@@ -32,6 +32,8 @@ TOPIC = "%TOPIC"
 ERROR_BUFFER_BYTES = 65536
 # Senders connected at once; each holds a line buffer of up to cat_max_line_bytes.
 MAX_CONNECTIONS = 256
+# Cat lines received, on the cat port and over HTTP (:mod:`presenced.irc.http`).
+CAT_LINES = "presenced_irc_cat_lines_total"
 
 
 class BadCatLine(ValueError):
@@ -97,7 +99,7 @@ class CatProtocol(basic.LineReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         metrics = self.factory.bot.core.metrics
-        metrics.inc("presenced_stanzas_in_total", door="irc")
+        metrics.inc(CAT_LINES)
         try:
             text = line.rstrip(b"\r").decode("utf-8")
         except UnicodeDecodeError:
@@ -131,6 +133,7 @@ class CatFactory(protocol.Factory):
         self.connections: set[CatProtocol] = set()
         metrics = bot.core.metrics
         metrics.gauge("presenced_connections", lambda: len(self.connections), door="irc")
+        metrics.describe(CAT_LINES, "counter", "Cat lines received (cat port and HTTP)")
         metrics.describe("presenced_irc_cat_errors_total", "counter",
                          "Cat lines refused with an error to their sender")
 

@@ -1,8 +1,9 @@
 """Cat lines over HTTP, as newer irccat versions accept them: ``POST`` the same text.
 
-The web admin mounts this resource (it finds it as ``core.features["irc_http"]``, present
-when ``[irc] http_token`` is set). The body is one or more cat lines in irccat syntax; the
-request needs ``Authorization: Bearer <http_token>``. The answer is JSON:
+The web admin serves this resource at ``/irccat`` (the IRC door offers it as
+``core.web_resources[b"irccat"]`` when ``[irc] http_token`` is set). The body is one or more
+cat lines in irccat syntax; the request needs ``Authorization: Bearer <http_token>``. The
+answer is JSON:
 ``{"sent": <IRC lines queued>, "errors": ["line 2: ...", ...]}``, status 200 when every line
 was taken, 400 when some were refused (the others were still sent).
 """
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from presenced.irc.cat import parse_cat_line
+from presenced.irc.cat import CAT_LINES, parse_cat_line
 
 if TYPE_CHECKING:
     from presenced.irc.bot import IRCBot
@@ -50,7 +51,7 @@ class CatResource(Resource):
             return self.answer(request, 400, 0, ["body is not UTF-8 text"])
         sent, errors = 0, []
         for number, line in enumerate(text.split("\n"), 1):
-            self.bot.core.metrics.inc("presenced_stanzas_in_total", door="irc")
+            self.bot.core.metrics.inc(CAT_LINES)
             try:
                 parsed = parse_cat_line(line.rstrip("\r"))
                 if parsed is not None:

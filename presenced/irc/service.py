@@ -56,7 +56,9 @@ class BotConnectionService(service.Service):
 
 def make_service(core: Core) -> service.IService:
     """The bot, its cat port and hooks; in the master process only (one bot per server,
-    however many workers: a worker gets an empty service and no ``irc`` feature)."""
+    however many workers: a worker gets an empty service and ``core.irc`` stays None).
+    The bot becomes ``core.irc``; with ``http_token`` its HTTP cat endpoint is offered to the
+    web admin as ``/irccat``."""
     door = service.MultiService()
     door.setName("irc")
     if is_worker():
@@ -72,7 +74,7 @@ def make_service(core: Core) -> service.IService:
     cat = CatFactory(bot, settings.cat_allow, settings.cat_max_line_bytes)
     ListeningService(core, "irc_cat", settings.cat_port, settings.cat_bind,
                      cat).setServiceParent(door)
-    core.features["irc"] = bot
+    core.irc = bot
     if settings.http_token:
-        core.features["irc_http"] = CatResource(bot, settings.http_token)
+        core.web_resources[b"irccat"] = CatResource(bot, settings.http_token)
     return door

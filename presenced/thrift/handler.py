@@ -156,7 +156,7 @@ class AdminHandler:
         return self.core.stream_token(jid, ttl or DEFAULT_TOKEN_TTL)
 
     def irc_say(self, target: Optional[str], text: Optional[str]) -> None:
-        bot: Any = self.core.features.get("irc")
+        bot = self.core.irc
         if bot is None:
             raise admin.NotEnabled(feature="irc", message="IRC bot not enabled")
         if not text:
@@ -177,8 +177,7 @@ class AdminHandler:
             "deliveries": router.deliveries,
             "delivery_errors": router.delivery_errors,
             "uptime_seconds": int(time.time() - self.core.started_at),
-            "thrift_calls": int(self.core.metrics.value("presenced_stanzas_in_total",
-                                                        door="thrift")),
+            "thrift_calls": int(self.core.metrics.value("presenced_thrift_calls_total")),
         }
         for session in router.all_sessions():
             key = f"sessions_{session.protocol}"

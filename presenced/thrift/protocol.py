@@ -111,7 +111,7 @@ class AdminProtocol(protocol.Protocol):
         finally:
             self._taking = False
             if taken:
-                factory.metrics.inc("presenced_stanzas_in_total", taken, door=DOOR)
+                factory.metrics.inc("presenced_thrift_calls_total", taken)
         if taken:
             self._cancel_timer()  # progress: the timeout counts from here
         self._update_reading()
@@ -232,6 +232,8 @@ class AdminFactory(protocol.ServerFactory):
         self.timeout: float = settings.timeout
         self.connections = 0
         self.metrics.gauge("presenced_connections", lambda: self.connections, door=DOOR)
+        self.metrics.describe("presenced_thrift_calls_total", "counter",
+                              "Thrift calls received, whatever their outcome")
         self.metrics.describe("presenced_thrift_bad_messages_total", "counter",
                               "Thrift connections closed for bytes that are not a message")
         self.metrics.describe("presenced_thrift_timeouts_total", "counter",

@@ -182,20 +182,18 @@ class StaticFiles(File):
 
 
 class ConsoleRoot(Resource):
-    """``/static``, ``mounted`` resources (``/metrics``), resources other doors register in
-    ``core.features`` (``features``: URL segment -> feature name, looked up per request since
-    those doors may start after this one), and pages for everything else."""
+    """``/static``, ``mounted`` resources (``/metrics``), resources other doors offer in
+    ``core.web_resources`` (looked up per request, since those doors may start after this
+    one), and pages for everything else."""
 
-    def __init__(self, console: Console, mounted: dict[bytes, Resource],
-                 features: dict[bytes, str]):
+    def __init__(self, console: Console, mounted: dict[bytes, Resource]):
         super().__init__()
         self.console = console
-        self.features = features
         self.pages = PageDispatcher(console)
         self.putChild(b"static", StaticFiles(STATIC))
         for name, resource in mounted.items():
             self.putChild(name, resource)
 
-    def getChild(self, path: bytes, request: server.Request) -> Resource:
-        feature = self.console.core.features.get(self.features.get(path, ""))
-        return feature if IResource.providedBy(feature) else self.pages
+    def getChild(self, path: bytes, request: server.Request) -> IResource:
+        offered = self.console.core.web_resources.get(path)
+        return self.pages if offered is None else offered

@@ -8,10 +8,10 @@ from typing import Any
 
 from twisted.web.template import Tag, tags
 
+from presenced.core import Core
+from presenced.doors import SESSION_DOORS
 from presenced.webadmin.console import Console
 from presenced.webadmin.layout import Page, definitions, table
-from presenced.webadmin.prometheus import SESSION_DOORS as DOORS
-
 
 
 def stats(console: Console) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def register(console: Console) -> None:
             ("Front door", "Enabled", "Sessions"),
             ([door, _enabled(core, door),
               live(f"sessions_by_door.{door}", by_door.get(door, 0))]
-             for door in sorted(set(DOORS) | set(by_door), key=_door_order)),
+             for door in sorted(set(SESSION_DOORS) | set(by_door), key=_door_order)),
             "No front doors.")
         return Page("Overview", [
             summary, tags.h2("Sessions per front door"), doors, irc_bot(core),
@@ -86,19 +86,17 @@ def register(console: Console) -> None:
                    "reload the page otherwise.", class_="hint")])
 
 
-def irc_bot(core) -> Tag:
-    """What the IRC bot (``core.features["irc"]``) is doing, when it runs."""
-    bot = core.features.get("irc")
-    if bot is None:
+def irc_bot(core: Core) -> Tag:
+    """What the IRC bot (``core.irc``) is doing, when it runs."""
+    if core.irc is None:
         return tags.transparent()
-    connected = getattr(bot, "connection", None) is not None
-    queue = getattr(getattr(bot, "queue", None), "lines", ())
+    status = core.irc.status()
     return tags.transparent(tags.h2("IRC bot"), definitions([
         ("Server", f"{core.config.irc.server}:{core.config.irc.port}"),
-        ("State", f"signed on as {bot.nickname}" if connected else "not connected"),
-        ("Channels joined", ", ".join(sorted(getattr(bot, "joined", ()))) or "none"),
-        ("Lines waiting", str(len(queue))),
-        ("Last error", getattr(bot, "last_error", "") or "none"),
+        ("State", f"signed on as {status.nickname}" if status.connected else "not connected"),
+        ("Channels joined", ", ".join(status.channels) or "none"),
+        ("Lines waiting", str(status.lines_waiting)),
+        ("Last error", status.last_error or "none"),
     ], class_="figures"))
 
 
@@ -108,4 +106,4 @@ def _enabled(core, door: str) -> str:
 
 
 def _door_order(door: str) -> tuple[int, str]:
-    return (DOORS.index(door) if door in DOORS else len(DOORS), door)
+    return (SESSION_DOORS.index(door) if door in SESSION_DOORS else len(SESSION_DOORS), door)

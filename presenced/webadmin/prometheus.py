@@ -14,10 +14,9 @@ import time
 from twisted.web.resource import Resource
 
 from presenced.core import Core
+from presenced.doors import SESSION_DOORS
 from presenced.webadmin.stats import EventRates, SessionCensus, StoreProbe
 
-# Doors whose clients hold router sessions: their series exist (at 0) from the start.
-SESSION_DOORS = ("xmpp", "comet", "irc")
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -58,6 +57,7 @@ def register_metrics(core: Core, rates: EventRates, probe: StoreProbe) -> Sessio
     def track(door: str) -> None:
         m.gauge("presenced_router_sessions", lambda: census.counts[door], door=door)
 
+    # Doors whose clients hold router sessions: their series exist (at 0) from the start.
     enabled = [door for door in SESSION_DOORS if getattr(core.config, door).enabled]
     census = SessionCensus(router, enabled, track)
     return census

@@ -1,8 +1,8 @@
 """The web admin door: the console and ``/metrics`` on ``[webadmin] port`` (127.0.0.1:8001).
 
 Pages are registered here from one module per page; a resource another door offers for this
-port (the IRC bot's HTTP cat endpoint, ``core.features["irc_http"]``) is served at
-``/irccat`` once that door has registered it.
+port in ``core.web_resources`` (the IRC bot's HTTP cat endpoint, ``/irccat``) is served once
+that door has started.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from presenced.webadmin.sessions import AdminLogins
 from presenced.webadmin.stats import EventRates, StoreProbe
 
 PAGES = (login, overview, users, graph, actions)
-# URL segment -> core.features name of a twisted.web Resource another door serves here.
-FEATURES = {b"irccat": "irc_http"}
 
 
 class AdminSite(server.Site):
@@ -53,7 +51,7 @@ def make_service(core: Core) -> service.IService:
     settings = core.config.webadmin
     console = make_console(core)
     mounted: dict[bytes, Resource] = {b"metrics": MetricsResource(core, settings.metrics_token)}
-    site = AdminSite(ConsoleRoot(console, mounted, FEATURES))
+    site = AdminSite(ConsoleRoot(console, mounted))
     ListeningService(core, "webadmin", settings.port, settings.bind, site).setServiceParent(door)
     for sampler in (console.rates.sample, console.probe.sample):
         internet.TimerService(settings.stats_interval, sampler).setServiceParent(door)

@@ -167,7 +167,6 @@ class EntityCaps:
         self._sessions: dict[Any, frozenset[str]] = {}
         self._announced: dict[Any, CapsAnnouncement] = {}
         self.listeners: list[FeaturesListener] = []
-        self.queries = 0
 
     def features(self, session: Any) -> frozenset[str]:
         """What ``session``'s client supports, as far as we know yet (empty until learned)."""
@@ -246,7 +245,6 @@ class EntityCaps:
         return result
 
     def _ask(self, session: Any, announced: CapsAnnouncement, verify: bool) -> defer.Deferred:
-        self.queries += 1
         d = defer.maybeDeferred(self._query, session, announced.query_node)
         d.addTimeout(self._timeout, self._clock)
         d.addCallback(self._answered, announced, verify)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import presenced.wokkel_compat  # noqa: F401  (before any wokkel import)
 
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 from wokkel import disco
 from wokkel.iwokkel import IDisco
@@ -36,9 +36,6 @@ class IC2SServer(Interface):
 
     def must_start_tls(stream) -> bool:
         """Whether ``stream`` has to negotiate TLS before anything else."""
-
-
-HandlerMethod = Callable[..., object]
 
 
 @implementer(IDisco)

@@ -1,0 +1,20 @@
+"""The ``[comet]`` keys: HTTP streams, long polls and WebSockets (docs/comet.md)."""
+
+from __future__ import annotations
+
+from presenced.options import Key, Keys, non_negative, port, positive
+
+KEYS: Keys = {
+    "enabled": Key(True, "bool"),
+    "port": Key(8000, "int", port),
+    "bind": Key("0.0.0.0", "str"),
+    "require_token": Key(True, "bool"),
+    "cors_origins": Key([], "list[str]"),
+    "heartbeat_interval": Key(25.0, "float", positive),
+    "replay_size": Key(100, "int", non_negative),
+    "replay_linger": Key(60.0, "float", non_negative),
+    "poll_timeout": Key(30.0, "float", positive),
+    "max_buffered_bytes": Key(262144, "int", positive),
+    "header_timeout": Key(10.0, "float", positive),
+    "max_request_bytes": Key(8192, "int", positive),
+}

@@ -1,0 +1,15 @@
+"""The ``[webadmin]`` keys: the console and ``/metrics`` (docs/admin-console.md)."""
+
+from __future__ import annotations
+
+from presenced.options import Key, Keys, port, positive
+
+KEYS: Keys = {
+    "enabled": Key(True, "bool"),
+    "port": Key(8001, "int", port),
+    "bind": Key("127.0.0.1", "str"),
+    "admins": Key([], "list[str]"),
+    "session_ttl": Key(3600, "int", positive),
+    "metrics_token": Key("", "str"),
+    "stats_interval": Key(5.0, "float", positive),
+}

@@ -1,0 +1,25 @@
+"""The ``[xmpp]`` keys: client connections (docs/xmpp.md)."""
+
+from __future__ import annotations
+
+from presenced.options import Key, Keys, existing_file_or_empty, non_negative, port, positive
+
+KEYS: Keys = {
+    "enabled": Key(True, "bool"),
+    "port": Key(5222, "int", port),
+    "bind": Key("0.0.0.0", "str"),
+    "require_tls": Key(True, "bool"),
+    "allow_plain": Key(False, "bool"),
+    "certificate": Key("", "str", existing_file_or_empty),
+    "private_key": Key("", "str", existing_file_or_empty),
+    "direct_tls": Key(False, "bool"),
+    "direct_tls_port": Key(5223, "int", port),
+    "max_stanza_size": Key(262144, "int", positive),
+    "auth_timeout": Key(30.0, "float", positive),
+    "auth_failure_delay": Key(1.0, "float", non_negative),
+    "allow_registration": Key(False, "bool"),
+    "extauth_program": Key("", "str"),
+    "extauth_pool_size": Key(1, "int", positive),
+    "extauth_timeout": Key(30.0, "float", positive),
+    "hibernate_after": Key(60.0, "float", non_negative),
+}
