@@ -18,7 +18,7 @@ from tests.test_xmpp import Client, admin, run
 from tests.test_xmpp_bad_input import RawClient
 
 USERS = ("alice", "bob", "carol", "mallory", "olive")
-PLUGINS = ("xep_0280", "xep_0191", "xep_0049", "xep_0012", "xep_0048")
+PLUGINS = ("xep_0280", "xep_0191", "xep_0049", "xep_0012", "xep_0048", "xep_0352")
 
 
 @pytest.fixture(scope="module")
@@ -380,4 +380,30 @@ def test_pep_nodes_access_models_items_and_bookmarks_2(server):
         assert refused.value.condition == "not-authorized"
         for c in (laptop, phone, bob, carol):
             await c.close()
+    run(scenario())
+
+
+def test_client_state_indication_holds_and_collapses_presence(server):
+    async def scenario():
+        alice = await client(server, "alice", "pocket")
+        bob = await client(server, "bob", "b")
+        await alice.presence_from("bob@localhost/b")
+        assert alice.plugin["xep_0352"].enabled, "the server did not offer <csi/>"
+        alice.plugin["xep_0352"].send_inactive()
+        await asyncio.sleep(0.2)
+        for status in ("first", "second", "third"):
+            bob.send_presence(pstatus=status)
+        bob.send_message(mto="alice@localhost/pocket", mbody="right now", mtype="chat")
+        assert (await alice.message())["body"] == "right now"  # messages are not held
+        await asyncio.sleep(0.3)
+        assert alice.presences.empty(), "presence was sent to an inactive client"
+
+        alice.plugin["xep_0352"].send_active()
+        presence = await alice.presence_from("bob@localhost/b")
+        assert presence["status"] == "third"  # only the newest was held
+        await nothing_more(alice.presences)
+        bob.send_presence(pstatus="live")
+        assert (await alice.presence_from("bob@localhost/b"))["status"] == "live"
+        await alice.close()
+        await bob.close()
     run(scenario())

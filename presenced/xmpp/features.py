@@ -51,6 +51,11 @@ class FeatureHandler(XMPPHandler):
     """
 
     routes: dict[str, str] = {}
+    # Top-level stream elements that are not stanzas (XEP-0352's <active/>): (namespace,
+    # name) -> method(session, element); and what the handler adds to the stream features
+    # offered once authenticated: (namespace, name) elements.
+    nonza_routes: dict[tuple[str, str], str] = {}
+    stream_features: tuple[tuple[str, str], ...] = ()
     pre_auth_routes: dict[str, str] = {}  # namespace -> method(stream, iq), before SASL
     event_renderers: dict[str, str] = {}
     server_features: tuple[str, ...] = ()

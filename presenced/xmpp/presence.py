@@ -17,18 +17,12 @@ from presenced import events
 from presenced.events import Event, RenderCache
 from presenced.store import PENDING_STORE
 from presenced.xmpp.features import FeatureHandler
-from presenced.xmpp.session import available_sessions, presence_bytes
+from presenced.xmpp.session import PROBE, PROBE_ANSWER, available_sessions, presence_bytes
 from presenced.xmpp.stanzas import NS_CLIENT, attr, children_bytes, parse_address
 from presenced.xmpp.subscription import Subscriptions
 
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 MAX_DIRECTED = 100
-# XMPP's own router events between nodes, never streamed to other doors. A probe asks a
-# contact's resources on another node for their presence (payload: a PRESENCE payload and
-# ``prober``, the asking full JID); the answer is a presence for that one resource
-# (payload: a PRESENCE payload and ``for``).
-PROBE = "xmpp-probe"
-PROBE_ANSWER = "xmpp-probe-answer"
 
 
 def _children(presence: domish.Element) -> bytes:

@@ -67,6 +67,11 @@ class C2SServer:
         # Checks of every stanza a client addresses to a user, ``f(session, stanza, address)
         # -> True`` when the check refused it (blocking); features append theirs.
         self.stanza_filters: list[Callable] = []
+        self.nonza_routes: dict[tuple[str, str], Callable] = {}
+        self.stream_features: list[tuple[str, str]] = []
+        # Sessions whose events a feature holds back (XEP-0352 while inactive): session ->
+        # ``hold(session, event) -> bool`` (True: held, not rendered now).
+        self.holds: dict["C2SSession", Callable] = {}
         for feature in features:
             self.add_handler(feature(self))
         self.event_renderers[RESOURCE_CLAIMED] = _yield_claimed_resource
@@ -86,6 +91,9 @@ class C2SServer:
             self.event_renderers[kind] = getattr(handler, method)
         for namespace, method in handler.pre_auth_routes.items():
             self.pre_auth[namespace] = getattr(handler, method)
+        for key, method in handler.nonza_routes.items():
+            self.nonza_routes[key] = getattr(handler, method)
+        self.stream_features.extend(handler.stream_features)
         handler.attached()
 
     # --- streams -----------------------------------------------------------------------------
@@ -126,6 +134,8 @@ class C2SServer:
             features.addElement((NS_SESSION, "session")).addElement("optional")
             features.addElement((NS_ROSTERVER, "ver"))
             features.addElement((NS_PREAPPROVAL, "sub"))
+            for feature in self.stream_features:
+                features.addElement(feature)
         else:
             if not stream.secure and self.tls_context is not None:
                 starttls = features.addElement((NS_TLS, "starttls"))
@@ -187,6 +197,10 @@ class C2SServer:
         """Route one stanza from a bound client (RFC 6120 8, RFC 6121 8)."""
         name = stanza.name
         if stanza.uri != NS_CLIENT or name not in ("message", "presence", "iq"):
+            nonza = self.nonza_routes.get((stanza.uri, name))
+            if nonza is not None:
+                nonza(session, stanza)
+                return
             session.stream.stream_error("unsupported-stanza-type", f"<{name}/>")
             return
         self.stanzas_in += 1

@@ -16,6 +16,7 @@ from presenced.core import Core
 from presenced.service import ListeningService
 from presenced.xmpp.blocking import BlockingHandler
 from presenced.xmpp.carbons import CarbonsHandler
+from presenced.xmpp.csi import ClientStateHandler
 from presenced.xmpp.disco import DiscoHandler
 from presenced.xmpp.extauth import ExternalAuth
 from presenced.xmpp.features import FeatureHandler
@@ -36,7 +37,8 @@ from presenced.xmpp.version import VersionHandler
 FEATURES: tuple[type[FeatureHandler], ...] = (
     DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
-    CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler)
+    CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
+    ClientStateHandler)
 
 
 class XMPPService(service.MultiService):

@@ -29,6 +29,12 @@ _request_ids = itertools.count(1)
 
 # Router event: a resource of this user was bound on another node; ours of that name yields.
 RESOURCE_CLAIMED = "xmpp-resource-claimed"
+# XMPP's own router events between nodes, never streamed to other doors. A probe asks a
+# contact's resources on another node for their presence (payload: a PRESENCE payload and
+# ``prober``, the asking full JID); the answer is a presence for that one resource
+# (payload: a PRESENCE payload and ``for``).
+PROBE = "xmpp-probe"
+PROBE_ANSWER = "xmpp-probe-answer"
 
 STREAM_CONDITIONS = frozenset((
     "conflict", "system-shutdown", "connection-timeout", "policy-violation", "not-authorized",
@@ -136,7 +142,12 @@ class C2SSession:
     # --- router events -----------------------------------------------------------------------
 
     def deliver(self, event: "Event") -> None:
-        renderer = self.server.event_renderers.get(event.type)
+        server = self.server
+        if server.holds:
+            hold = server.holds.get(self)
+            if hold is not None and hold(self, event):
+                return
+        renderer = server.event_renderers.get(event.type)
         if renderer is not None:
             renderer(self, event)
 
