@@ -94,3 +94,44 @@ def test_friends_on_two_nodes_see_presence_chats_and_tunes(redis_server, presenc
         await asyncio.sleep(0.2)
 
     asyncio.run(scenario())
+
+
+def test_carbons_reach_a_resource_on_the_other_node(redis_server, presenced_factory):
+    from tests.test_xmpp import Client
+
+    extra = {"server": {"scram_iterations": 64}, "xmpp": {"enabled": True,
+                                                          "bind": "127.0.0.1"}}
+    a = presenced_factory(node_config(redis_server.url, "a", **extra), name="a")
+    b = presenced_factory(node_config(redis_server.url, "b", **extra), name="b")
+    for user in ("ann", "ben"):
+        a.ctl("adduser", f"{user}@localhost", "--password", f"{user}-pw")
+    a.ctl("add-friend", "ann@localhost", "ben@localhost")
+
+    async def carbon_client(port: int, user: str, resource: str) -> Client:
+        c = Client(user, resource)
+        c.register_plugin("xep_0280")
+        c.carbons = asyncio.Queue()
+        c.add_event_handler("carbon_sent", lambda m: c.carbons.put_nowait(
+            ("sent", m["carbon_sent"]["body"])))
+        c.add_event_handler("carbon_received", lambda m: c.carbons.put_nowait(
+            ("received", m["carbon_received"]["body"])))
+        await c.start(port)
+        await c.plugin["xep_0280"].enable()
+        return c
+
+    async def scenario() -> None:
+        phone = await carbon_client(a.ports["xmpp"], "ann", "phone")
+        desk = await carbon_client(b.ports["xmpp"], "ann", "desk")
+        ben = await carbon_client(a.ports["xmpp"], "ben", "b")
+        await asyncio.sleep(0.7)  # logins reach the other node's directory
+        phone.send_message(mto="ben@localhost", mbody="sent on node a", mtype="chat")
+        assert (await ben.message())["body"] == "sent on node a"
+        assert await asyncio.wait_for(desk.carbons.get(), TIMEOUT) == ("sent", "sent on node a")
+        ben.send_message(mto="ann@localhost/phone", mbody="to the phone", mtype="chat")
+        assert (await phone.message())["body"] == "to the phone"
+        assert await asyncio.wait_for(desk.carbons.get(), TIMEOUT) == ("received",
+                                                                       "to the phone")
+        for c in (phone, desk, ben):
+            await c.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
