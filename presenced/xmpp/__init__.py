@@ -58,7 +58,18 @@ connection is gone; ``xmpp-initial-backlog(session)`` is collected (``hooks.coll
 initial presence: each handler returns a Deferred of stanzas to send after the probes
 (offline messages); ``xmpp-roster-removing(user, contact, item)`` is collected before a
 roster item is removed (the subscription protocol cancels both ways);
-``xmpp-contact-linked(session, contact, linked)`` when an admin made or unmade a friend.
+``xmpp-contact-linked(session, contact, linked)`` when an admin made or unmade a friend;
+``xmpp-message-out(session, data, kind)`` when a client sent a message (``data``: the
+stanza as serialised), ``xmpp-message-in(recipient, data, kind)`` when a message to a full
+JID reached that resource, ``xmpp-message-passed-over(session, event)`` when the priority
+rules kept a bare-JID message from a resource (carbons).
+
+Beyond routes and renderers a handler may declare ``nonza_routes`` (``{(namespace, name):
+method}`` for top-level elements that are not stanzas, XEP-0352's ``<active/>``),
+``stream_features`` (elements offered after authentication), append to
+``server.stanza_filters`` (``f(session, stanza, address) -> True`` when it refused a stanza a
+client addressed to a user) or put a session in ``server.holds`` (``session -> hold(session,
+event) -> True`` to keep an event back).
 
 **Disco.** disco#info/#items for the server (``to`` = a domain) and for accounts (``to`` = a
 bare JID) are assembled by :mod:`presenced.xmpp.disco` from every handler's
