@@ -81,7 +81,7 @@ class MessageHandler(FeatureHandler):
 
     @defer.inlineCallbacks
     def _send_to_offline(self, session, message, to, kind):
-        exists = yield self.server.account_exists(to)
+        exists = yield self.core.accounts.exists(to)
         if not exists:
             session.error(message, "service-unavailable")
         else:
@@ -138,7 +138,7 @@ class MessageHandler(FeatureHandler):
                                                 to=to))
 
     async def _store(self, to: str, event: Event) -> None:
-        if not await self.server.account_exists(to):
+        if not await self.core.accounts.exists(to):
             return
         stanza = delayed(message_bytes(event), to.partition("@")[2], event.time)
         kept = await self.core.store.open_list(OFFLINE_STORE).push(to, stanza,
