@@ -5,10 +5,13 @@ live here once; doors translate their wire format into these calls. Doors that m
 a change (XMPP sends roster pushes and presence) listen to router events or hooks; the core
 never imports a door.
 
+Account existence and passwords are :attr:`Core.accounts` (:mod:`presenced.accounts`): the
+store's keys, or the external auth program, for every door alike.
+
 Hooks fired here:
 
 - ``friends-added(pairs)`` / ``friends-removed(pairs)`` after the store wrote them;
-- ``user-removed(user)`` after an account was deleted;
+- ``user-removed(user)`` after an account was deleted (by :mod:`presenced.accounts`);
 - ``message-sent(event, reached)`` after :meth:`Core.send_message` handed a message to the
   recipient's sessions (``reached`` of them); XMPP stores it offline when no resource took it.
 
@@ -30,6 +33,7 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 from presenced import events
+from presenced.accounts import Accounts
 from presenced.blocking import Blocklists
 from presenced.config import Config
 from presenced.events import Event
@@ -38,13 +42,14 @@ from presenced.metrics import Metrics
 from presenced.nowplaying import Tune
 from presenced.pep import PepService
 from presenced.router import SubscriptionRouter
-from presenced.scram import make_credentials
 from presenced.store import IRosterStore, Pair, RosterItem
 from presenced.tokens import make_token
 from presenced.users import normalize_user
 
 if TYPE_CHECKING:
     from twisted.web.resource import IResource
+
+    from presenced.extauth import ExternalAuth
 
 
 def load_secret(data_dir: str) -> bytes:
@@ -92,11 +97,16 @@ class Core:
     log = Logger()
 
     def __init__(self, config: Config, store: IRosterStore,
-                 router: Optional[SubscriptionRouter] = None):
+                 router: Optional[SubscriptionRouter] = None,
+                 external_auth: Optional["ExternalAuth"] = None):
+        """``external_auth``: the extauth pool that owns the accounts (the server passes the
+        configured one and starts it with ``accounts.start()``); None: the store does."""
         self.config = config
         self.store = store
         self.router = router or SubscriptionRouter(store)
         self.hooks = Hooks()
+        self.accounts = Accounts(store, self.router, self.hooks,
+                                 config.server.scram_iterations, external_auth)
         self.metrics = Metrics()
         self.secret = load_secret(config.server.data_dir)
         self.started_at = time.time()
@@ -118,26 +128,6 @@ class Core:
 
     def stream_token(self, user: str, ttl: int = 86400) -> str:
         return make_token(self.secret, user, ttl)
-
-    # --- accounts ------------------------------------------------------------------------
-
-    def register_user(self, user: str, password: str) -> defer.Deferred:
-        """Create an account; fires False when it exists already."""
-        creds = make_credentials(password, self.config.server.scram_iterations)
-        return self.store.create_user(user, creds)
-
-    def set_password(self, user: str, password: str) -> defer.Deferred:
-        creds = make_credentials(password, self.config.server.scram_iterations)
-        return self.store.set_credentials(user, creds)
-
-    @defer.inlineCallbacks
-    def remove_user(self, user: str):
-        """Delete an account and its data; its online sessions are closed."""
-        existed = yield self.store.remove_user(user)
-        for session in self.router.sessions(user):
-            session.close("account removed")
-        self.hooks.fire("user-removed", user)
-        return existed
 
     # --- messages --------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ def _password(args: argparse.Namespace) -> str:
 @defer.inlineCallbacks
 def cmd_adduser(core: Core, args):
     user = core.user(args.user)
-    if not (yield core.register_user(user, _password(args))):
+    if not (yield core.accounts.register(user, _password(args))):
         raise CommandFailed(f"{user} already exists")
     print(f"created {user}")
 
@@ -55,7 +55,7 @@ def cmd_adduser(core: Core, args):
 @defer.inlineCallbacks
 def cmd_passwd(core: Core, args):
     user = core.user(args.user)
-    if not (yield core.set_password(user, _password(args))):
+    if not (yield core.accounts.set_password(user, _password(args))):
         raise CommandFailed(f"no such user {user}")
     print(f"password changed for {user}")
 
@@ -65,7 +65,7 @@ def cmd_deluser(core: Core, args):
     user = core.user(args.user)
     removed = yield admin_port.remove_user(core.config, user)
     if removed is None:  # no server running
-        removed = yield core.remove_user(user)
+        removed = yield core.accounts.remove(user)
     if not removed:
         raise CommandFailed(f"no such user {user}")
     print(f"deleted {user}")
@@ -148,7 +148,7 @@ def cmd_import_users(core: Core, args):
                 bad += 1
                 print(f"{args.file}:{number}: skipped: no password", file=sys.stderr)
                 continue
-            pending.append(core.register_user(user, password))
+            pending.append(core.accounts.register(user, password))
             if len(pending) >= 256:
                 for ok in (yield defer.gatherResults(pending)):
                     created, existing = created + ok, existing + (not ok)

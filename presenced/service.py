@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from presenced.config import Config, ConfigError
 from presenced.core import Core
 from presenced.doors import DOORS
+from presenced.extauth import configured_pool
 from presenced.store import StoreError
 from presenced.store.backends import make_store
 from presenced.workers import is_worker
@@ -122,7 +123,9 @@ def raise_open_files_limit() -> None:
 
 
 class PresencedService(service.MultiService):
-    """The whole server. Doors start after the store is open and stop before it closes."""
+    """The whole server. Doors start after the store is open and stop before it closes; the
+    core's accounts service (the extauth pool, when configured) runs for the whole life of
+    the node, whichever doors are enabled."""
 
     def __init__(self, config: Config):
         super().__init__()
@@ -137,7 +140,8 @@ class PresencedService(service.MultiService):
             os.remove(ports)
         raise_open_files_limit()
         store = make_store(self.config)
-        self.core = Core(self.config, store)
+        self.core = Core(self.config, store, external_auth=configured_pool(self.config))
+        self.core.accounts.start()
         log.info("store: {backend} ({where})", backend=store.name,
                  where=getattr(store, "path", None) or ", ".join(self.config.store.redis))
         d = defer.maybeDeferred(store.start)
@@ -190,5 +194,6 @@ class PresencedService(service.MultiService):
             self.core.router.close_all("system-shutdown")
         yield defer.maybeDeferred(super().stopService)
         if self.core is not None:
+            self.core.accounts.stop()
             yield self.core.store.stop()
             log.info("store closed")

@@ -87,33 +87,33 @@ class AdminHandler:
             raise admin.InvalidArgument(message=f"bad tune: {e}") from None
         return self.core.publish_tune(user, tune).addCallback(_none)
 
-    # --- accounts --------------------------------------------------------------------------
+    # --- accounts (core.accounts: the store, or the extauth program, as for XMPP) ---------
 
     def register_user(self, user: Any, password: Optional[str]) -> defer.Deferred:
         jid = self.user(user)
-        return self.core.register_user(jid, _password(password))
+        return self.core.accounts.register(jid, _password(password))
 
     @defer.inlineCallbacks
     def set_password(self, user: Any, password: Optional[str]):
         jid = self.user(user)
-        if not (yield self.core.set_password(jid, _password(password))):
+        if not (yield self.core.accounts.set_password(jid, _password(password))):
             raise admin.UnknownUser(jid=jid)
 
     @defer.inlineCallbacks
     def remove_user(self, user: Any):
         jid = self.user(user)
-        if not (yield self.core.remove_user(jid)):
+        if not (yield self.core.accounts.remove(jid)):
             raise admin.UnknownUser(jid=jid)
 
     def user_exists(self, user: Any) -> defer.Deferred:
-        return self.core.store.user_exists(self.user(user))
+        return self.core.accounts.exists(self.user(user))
 
     # --- rosters and the subscription graph ------------------------------------------------
 
     @defer.inlineCallbacks
     def get_roster(self, user: Any):
         jid = self.user(user)
-        if not (yield self.core.store.user_exists(jid)):
+        if not (yield self.core.accounts.exists(jid)):
             raise admin.UnknownUser(jid=jid)
         items = yield self.core.store.get_roster(jid)
         return [_roster_item(item) for item in items]

@@ -71,7 +71,7 @@ class AddFriend(ConfirmedAction):
     def read(self, console: Console, request):
         params, problems = _user_and(console, request, "friend", "friend")
         params["friend_exists"] = (not problems
-                                   and (yield console.core.store.user_exists(params["friend"])))
+                                   and (yield console.core.accounts.exists(params["friend"])))
         return params, problems
 
     def question(self, params: Params) -> Any:
@@ -132,7 +132,7 @@ class ResetPassword(ConfirmedAction):
     @defer.inlineCallbacks
     def read(self, console: Console, request):
         params, problems = _user_and(console, request, "", "")
-        if not problems and not (yield console.core.store.user_exists(params["user"])):
+        if not problems and not (yield console.core.accounts.exists(params["user"])):
             problems.append(f"There is no account named {params['user']}.")
         return params, problems
 
@@ -161,7 +161,7 @@ class ResetPassword(ConfirmedAction):
                     autocomplete="new-password"))]
 
     def perform(self, console: Console, params: Params) -> defer.Deferred:
-        return console.core.set_password(params["user"], params["password"])
+        return console.core.accounts.set_password(params["user"], params["password"])
 
 
 ACTIONS = {a.name: a for a in (AddFriend(), RemoveFriend(), Kick(), ResetPassword())}

@@ -1,13 +1,14 @@
 """Who may use the console: the ``[webadmin] admins`` list, checked off the reactor thread.
 
-An entry is either a store account (``admin@example.com``: its own password, checked against
-the salted SCRAM keys with :func:`presenced.scram.verify_password`, so an operator has one
-password and ``presencedctl passwd`` changes it) or a console-only account
+An entry is either a chat account (``admin@example.com``: its own password, checked by
+``core.accounts`` -- the store's salted keys, or the extauth program when one owns the
+accounts -- so an operator has one password for chat and console) or a console-only account
 ``name:scrypt$N$r$p$salt$hash`` for operators who should have no chat account. Make the
 latter with ``python3 -m presenced.webadmin.auth NAME`` (password from the terminal or stdin).
 
-Both checks cost tens of milliseconds of CPU by design, so they run in the reactor's thread
-pool: a login never stalls other doors.
+Both checks cost tens of milliseconds of CPU by design, so neither runs on the reactor
+thread: scrypt goes to the thread pool here, and ``core.accounts`` does the same with the
+store's keys (or asks the program). A login never stalls other doors.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import hmac
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from twisted.internet import defer, threads
 
 from presenced.config import ConfigError
-from presenced.scram import verify_password
-from presenced.store import IRosterStore
 from presenced.users import BadUser, normalize_user
+
+if TYPE_CHECKING:
+    from presenced.accounts import Accounts
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 
@@ -78,10 +80,10 @@ def _unb64(text: str) -> bytes:
 class AdminAccounts:
     """The configured admins; :meth:`check` fires the admin's name or None."""
 
-    def __init__(self, entries: list[str], store: IRosterStore, default_domain: str):
-        self.store = store
+    def __init__(self, entries: list[str], accounts: "Accounts", default_domain: str):
+        self.accounts = accounts
         self.default_domain = default_domain
-        self.store_accounts: set[str] = set()
+        self.chat_accounts: set[str] = set()
         self.console_accounts: dict[str, ScryptHash] = {}
         for entry in entries:
             name, colon, hashed = entry.partition(":")
@@ -91,7 +93,7 @@ class AdminAccounts:
                         raise ValueError("empty name")
                     self.console_accounts[name] = ScryptHash.parse(hashed)
                 else:
-                    self.store_accounts.add(normalize_user(entry, default_domain))
+                    self.chat_accounts.add(normalize_user(entry, default_domain))
             except (ValueError, BadUser) as e:
                 raise ConfigError("[webadmin] admins",
                                   f"bad entry {entry!r}: {e} (expected user@domain or "
@@ -99,7 +101,7 @@ class AdminAccounts:
                                   ) from None
 
     def __bool__(self) -> bool:
-        return bool(self.store_accounts or self.console_accounts)
+        return bool(self.chat_accounts or self.console_accounts)
 
     @defer.inlineCallbacks
     def check(self, name: str, password: str):
@@ -110,21 +112,18 @@ class AdminAccounts:
         if hashed is not None:
             ok = yield threads.deferToThread(hashed.verify, password)
             return name if ok else None
-        user = self._store_account(name)
+        user = self._chat_account(name)
         if user is None:
             return None
-        credentials = yield self.store.get_credentials(user)
-        if credentials is None:
-            return None
-        ok = yield threads.deferToThread(verify_password, credentials, password)
+        ok = yield self.accounts.check_password(user, password)
         return user if ok else None
 
-    def _store_account(self, name: str) -> Optional[str]:
+    def _chat_account(self, name: str) -> Optional[str]:
         try:
             user = normalize_user(name, self.default_domain)
         except BadUser:
             return None
-        return user if user in self.store_accounts else None
+        return user if user in self.chat_accounts else None
 
 
 def main(argv: Optional[list[str]] = None) -> int:

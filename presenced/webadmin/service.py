@@ -34,7 +34,7 @@ class AdminSite(server.Site):
 def make_console(core: Core) -> Console:
     settings = core.config.webadmin
     rates, probe = EventRates(core.router), StoreProbe(core.store)
-    console = Console(core, AdminAccounts(settings.admins, core.store, core.config.default_domain),
+    console = Console(core, AdminAccounts(settings.admins, core.accounts, core.config.default_domain),
                       AdminLogins(settings.session_ttl), rates, probe,
                       register_metrics(core, rates, probe))
     for page in PAGES:

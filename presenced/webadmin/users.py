@@ -103,7 +103,7 @@ def register(console: Console) -> None:
 def user_details(core: Core, user: str, done: Optional[str]):
     store = core.store
     exists, roster, subscribers, subscriptions, offline, pending = yield defer.gatherResults([
-        store.user_exists(user), store.get_roster(user), store.get_subscribers(user),
+        core.accounts.exists(user), store.get_roster(user), store.get_subscribers(user),
         store.get_subscriptions(user), store.open_list(OFFLINE_STORE).peek(user),
         store.open_map(PENDING_STORE).items(user),
     ], consumeErrors=True).addErrback(lambda f: f.value.subFailure)

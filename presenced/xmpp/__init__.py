@@ -21,8 +21,9 @@ XML stream) negotiates STARTTLS, SASL and resource binding. A bound resource is 
 Local XMPP sessions of a user: ``presenced.xmpp.session.xmpp_sessions(core, user)`` (the
 router's ``core.router.sessions(user)`` filtered by protocol ``"xmpp"``); available ones:
 ``available_sessions(core, user)``. The server (``session.server``) also offers
-``find_session(parse_address(jid))`` for one full JID and ``account_exists(user)`` (the
-store, or the extauth program's ``isuser``); ``presenced.xmpp.session.presence_bytes(other,
+``find_session(parse_address(jid))`` for one full JID. Whether an account exists, and
+passwords, are the core's: ``core.accounts.exists(user)`` (the store, or the extauth
+program's ``isuser``, the same answer every door gets). ``presenced.xmpp.session.presence_bytes(other,
 to)`` is a resource's current presence as a stanza for ``to``.
 
 Rendering of a stanza for the wire: :func:`presenced.xmpp.stanzas.to_bytes` (fast path for

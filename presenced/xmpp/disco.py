@@ -44,7 +44,7 @@ class DiscoHandler(FeatureHandler):
     def on_info(self, session, iq):
         target, node = self._target(session, iq)
         if target.user and target.userhost() != session.user:
-            exists = yield self.server.account_exists(target.userhost())
+            exists = yield self.core.accounts.exists(target.userhost())
             if not exists:
                 session.error(iq, "item-not-found")
                 return

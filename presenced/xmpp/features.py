@@ -13,6 +13,7 @@ import presenced.wokkel_compat  # noqa: F401  (before any wokkel import)
 
 from typing import TYPE_CHECKING, Optional
 
+from twisted.logger import Logger
 from wokkel import disco
 from wokkel.iwokkel import IDisco
 from wokkel.subprotocols import XMPPHandler
@@ -50,6 +51,7 @@ class FeatureHandler(XMPPHandler):
     override ``getDiscoInfo`` for anything richer (identities, nodes).
     """
 
+    log = Logger()  # handlers' errbacks log through it
     routes: dict[str, str] = {}
     # Top-level stream elements that are not stanzas (XEP-0352's <active/>): (namespace,
     # name) -> method(session, element); and what the handler adds to the stream features

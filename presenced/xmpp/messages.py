@@ -64,7 +64,7 @@ class MessageHandler(FeatureHandler):
 
     @defer.inlineCallbacks
     def _send_to_offline(self, session, message, to, kind):
-        exists = yield self.server.account_exists(to)
+        exists = yield self.core.accounts.exists(to)
         if not exists:
             session.error(message, "service-unavailable")
         else:
@@ -130,7 +130,7 @@ class MessageHandler(FeatureHandler):
                                                 to=to))
 
     async def _store(self, to: str, event: Event) -> None:
-        if not await self.server.account_exists(to):
+        if not await self.core.accounts.exists(to):
             return
         if await self.core.blocking.blocks(to, event.sender):
             return  # XEP-0191: nothing from a blocked JID is kept for the user

@@ -1,8 +1,8 @@
 """In-Band Registration (XEP-0077): account creation before login (off unless
 ``[xmpp] allow_registration``), password change and account removal after login.
 
-With external auth the program owns the accounts: requests go to it (``tryregister``,
-``setpass``, ``removeuser``).
+Every change goes through ``core.accounts``: with external auth the program owns the
+accounts and gets them (``tryregister``, ``setpass``, ``removeuser``), as from every door.
 """
 
 from __future__ import annotations
@@ -69,11 +69,7 @@ class RegisterHandler(FeatureHandler):
         except BadUser as e:
             stream.send(error_reply(iq, "jid-malformed", str(e)))
             return
-        if self.server.extauth is not None:
-            local, _, domain = user.partition("@")
-            created = await self.server.extauth.request("tryregister", local, domain, password)
-        else:
-            created = await self.core.register_user(user, password)
+        created = await self.core.accounts.register(user, password)
         stream.send(result_reply(iq) if created else error_reply(iq, "conflict"))
 
     # --- after authentication ----------------------------------------------------------------
@@ -84,23 +80,18 @@ class RegisterHandler(FeatureHandler):
     @defer.inlineCallbacks
     def on_set(self, session, iq):
         query = iq.firstChildElement()
-        extauth = self.server.extauth
-        local, _, domain = session.user.partition("@")
         if query.remove is not None:
-            if extauth is not None:
-                yield extauth.request("removeuser", local, domain)
+            # The result goes first: removing the account closes this very stream.
             session.result(iq)
-            yield self.core.remove_user(session.user)
+            if not (yield self.core.accounts.remove(session.user)):
+                self.log.warn("{user} asked to remove their account; it was not removed",
+                              user=session.user)
             return
         password = _field(query, "password")
         if not password:
             session.error(iq, "bad-request", "password required")
             return
-        if extauth is not None:
-            ok = yield extauth.request("setpass", local, domain, password)
-        else:
-            ok = yield self.core.set_password(session.user, password)
-        if ok:
+        if (yield self.core.accounts.set_password(session.user, password)):
             session.result(iq)
         else:
             session.error(iq, "not-acceptable")

@@ -3,8 +3,9 @@
 A mechanism is a small object per authentication attempt: ``step(data)`` fires a
 :class:`Step` -- a challenge to send, success (with the authenticated bare JID and optional
 additional data) or a failure condition. SCRAM checks the client's proof against the stored
-keys, never seeing the password; PLAIN salts and hashes the password (PBKDF2 in a worker
-thread so the reactor keeps serving) or asks the external auth programs.
+keys, never seeing the password; PLAIN hands the password to ``core.accounts``, which hashes
+it off the reactor thread or asks the external auth program. When the program owns the
+passwords (``core.accounts.external_passwords``) there are no keys, so only PLAIN is offered.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import hmac
 import os
 from typing import TYPE_CHECKING, Optional
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
-from presenced.scram import HASHES, verify_password
+from presenced.scram import HASHES
 from presenced.users import BadUser
 
 if TYPE_CHECKING:
     from presenced.core import Core
-    from presenced.xmpp.extauth import ExternalAuth
 
 
 class Step:
@@ -44,14 +44,13 @@ def failure(condition: str, text: str = "") -> Step:
 
 
 class Plain:
-    """PLAIN: ``[authzid] NUL authcid NUL password``, checked against the store or extauth."""
+    """PLAIN: ``[authzid] NUL authcid NUL password``, checked by ``core.accounts``."""
 
     name = "PLAIN"
 
-    def __init__(self, core: "Core", domain: str, extauth: Optional["ExternalAuth"] = None):
+    def __init__(self, core: "Core", domain: str):
         self.core = core
         self.domain = domain
-        self.extauth = extauth
 
     @defer.inlineCallbacks
     def step(self, data: bytes):
@@ -64,13 +63,7 @@ class Plain:
             return failure("invalid-authzid")
         if user.rpartition("@")[2] != self.domain or not password:
             return failure("not-authorized")
-        if self.extauth is not None:
-            local, _, server = user.partition("@")
-            ok = yield self.extauth.request("auth", local, server, password)
-        else:
-            creds = yield self.core.store.get_credentials(user)
-            ok = creds is not None and (
-                yield threads.deferToThread(verify_password, creds, password))
+        ok = yield self.core.accounts.check_password(user, password)
         return Step("success", user=user) if ok else failure("not-authorized")
 
 
@@ -114,7 +107,7 @@ class Scram:
             return failure("invalid-authzid")
         creds = None
         if self.user.rpartition("@")[2] == self.domain:
-            creds = await self.core.store.get_credentials(self.user)
+            creds = await self.core.accounts.credentials(self.user)
         self.credential = creds.scram.get(self.name) if creds is not None else None
         if self.credential is not None:
             salt, iterations = self.credential.salt, self.credential.iterations
@@ -155,17 +148,16 @@ class Scram:
         return Step("success", b"v=" + base64.b64encode(server_signature), user=self.user)
 
 
-def mechanisms(core: "Core", secure: bool, extauth: Optional["ExternalAuth"]) -> tuple[str, ...]:
+def mechanisms(core: "Core", secure: bool) -> tuple[str, ...]:
     """Mechanism names to offer on a stream (``secure``: TLS is on)."""
     plain_ok = secure or core.config.xmpp.allow_plain
-    if extauth is not None:
+    if core.accounts.external_passwords:
         return ("PLAIN",) if plain_ok else ()
     names = ("SCRAM-SHA-256", "SCRAM-SHA-1")
     return names + ("PLAIN",) if plain_ok else names
 
 
-def make_mechanism(name: str, core: "Core", domain: str,
-                   extauth: Optional["ExternalAuth"]):
+def make_mechanism(name: str, core: "Core", domain: str) -> "Plain | Scram":
     if name == "PLAIN":
-        return Plain(core, domain, extauth)
+        return Plain(core, domain)
     return Scram(core, domain, name)

@@ -43,11 +43,10 @@ class C2SServer:
     log = Logger()
 
     def __init__(self, core: "Core", tls_context,
-                 features: Iterable[type["FeatureHandler"]], extauth=None):
+                 features: Iterable[type["FeatureHandler"]]):
         xmpp = core.config.xmpp
         self.core = core
         self.tls_context = tls_context
-        self.extauth = extauth
         self.domains = frozenset(core.domains)
         self.max_stanza_size = xmpp.max_stanza_size
         self.auth_timeout = xmpp.auth_timeout
@@ -143,7 +142,7 @@ class C2SServer:
                     starttls.addElement("required")
             if not tls:
                 mechs = features.addElement(("urn:ietf:params:xml:ns:xmpp-sasl", "mechanisms"))
-                for name in sasl.mechanisms(self.core, stream.secure, self.extauth):
+                for name in sasl.mechanisms(self.core, stream.secure):
                     mechs.addElement("mechanism", content=name)
                 if NS_REGISTER in self.pre_auth:
                     features.addElement((NS_REGISTER_FEATURE, "register"))
@@ -168,14 +167,6 @@ class C2SServer:
                                                      {"resource": resource}))
             return resource
         return secrets.token_hex(6)
-
-    def account_exists(self, user: str) -> defer.Deferred:
-        """Whether ``user`` is an account: the external auth program's ``isuser`` when one
-        is configured (it owns the accounts), the store otherwise."""
-        if self.extauth is not None:
-            local, _, domain = user.partition("@")
-            return self.extauth.request("isuser", local, domain)
-        return self.core.store.user_exists(user)
 
     # --- sessions ----------------------------------------------------------------------------
 

@@ -7,8 +7,6 @@ its handler here."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 from twisted.application import service
 from twisted.internet import task
 
@@ -18,7 +16,6 @@ from presenced.xmpp.blocking import BlockingHandler
 from presenced.xmpp.carbons import CarbonsHandler
 from presenced.xmpp.csi import ClientStateHandler
 from presenced.xmpp.disco import DiscoHandler
-from presenced.xmpp.extauth import ExternalAuth
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.last import LastActivityHandler
 from presenced.xmpp.messages import MessageHandler
@@ -42,8 +39,8 @@ FEATURES: tuple[type[FeatureHandler], ...] = (
 
 
 class XMPPService(service.MultiService):
-    """Runs the listeners and the extauth pool; says ``system-shutdown`` to every stream
-    on stop."""
+    """Runs the listeners; says ``system-shutdown`` to every stream on stop. (Accounts,
+    external auth included, are the core's: ``core.accounts``.)"""
 
     def __init__(self, core: Core):
         super().__init__()
@@ -51,11 +48,7 @@ class XMPPService(service.MultiService):
         config = core.config.xmpp
         tls = context_factory(config.certificate, config.private_key,
                               core.config.server.data_dir, list(core.domains))
-        self.extauth: Optional[ExternalAuth] = None
-        if config.extauth_program:
-            self.extauth = ExternalAuth(config.extauth_program, config.extauth_pool_size,
-                                        config.extauth_timeout)
-        self.server = C2SServer(core, tls, FEATURES, self.extauth)
+        self.server = C2SServer(core, tls, FEATURES)
         self.sweep = task.LoopingCall(self.server.hibernate_idle)
         self.deadlines = task.LoopingCall(self.server.close_late_streams)
         ListeningService(core, "xmpp", config.port, config.bind,
@@ -66,8 +59,6 @@ class XMPPService(service.MultiService):
                              ).setServiceParent(self)
 
     def startService(self) -> None:
-        if self.extauth is not None:
-            self.extauth.start()
         super().startService()
         self.deadlines.start(1.0, now=False)
         interval = self.server.core.config.xmpp.hibernate_after
@@ -79,8 +70,6 @@ class XMPPService(service.MultiService):
             if loop.running:
                 loop.stop()
         self.server.close_all("system-shutdown")
-        if self.extauth is not None:
-            self.extauth.stop()
         return super().stopService()
 
 

@@ -258,11 +258,10 @@ class C2SStream(xmlstream.XmlStream):
             self.stream_error("policy-violation", "STARTTLS first")
         elif element.name == "auth":
             name = element.getAttribute("mechanism", "")
-            if name not in sasl.mechanisms(self.server.core, self.secure, self.server.extauth):
+            if name not in sasl.mechanisms(self.server.core, self.secure):
                 self._sasl_failure(sasl.failure("invalid-mechanism"))
                 return
-            self.mechanism = sasl.make_mechanism(name, self.server.core, self.domain,
-                                                 self.server.extauth)
+            self.mechanism = sasl.make_mechanism(name, self.server.core, self.domain)
             self._sasl_step(str(element))
         elif element.name == "response" and self.mechanism is not None:
             self._sasl_step(str(element))

@@ -56,7 +56,7 @@ class Subscriptions:
                 recipient.write(presence_bytes(other, recipient.full, available))
 
     async def subscribe(self, user: str, contact: str, stanza: domish.Element) -> None:
-        if not await self.server.account_exists(contact):
+        if not await self.core.accounts.exists(contact):
             self._to_sessions(user, presence_stanza(contact, user, "unsubscribed"))
             return
         mine = await self.store.get_roster_item(user, contact) or RosterItem(contact)

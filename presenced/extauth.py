@@ -1,5 +1,10 @@
 """External authentication: programs speaking ejabberd's extauth protocol, unchanged.
 
+The pool belongs to the core, not to a door: :class:`presenced.accounts.Accounts` sends it
+every account question (exists, password right, register, change, remove) whichever door
+asks, so XMPP, Thrift and the web admin agree on who exists. Its keys stay in ``[xmpp]``
+(``extauth_program``, ``extauth_pool_size``, ``extauth_timeout``) where deployments have them.
+
 Every message both ways is a 2-byte big-endian length and its bytes. Requests are
 ``auth:U:S:P``, ``isuser:U:S``, ``setpass:U:S:P``, ``tryregister:U:S:P``, ``removeuser:U:S``
 (the password is last, so it may contain ``:``); the only valid replies are ``00 02 00 00``
@@ -19,9 +24,20 @@ from typing import Optional
 from twisted.internet import defer, protocol, reactor
 from twisted.logger import Logger
 
+from presenced.config import Config
+
 YES = b"\x00\x02\x00\x01"
 NO = b"\x00\x02\x00\x00"
 RESTART_DELAY = 1.0
+
+
+def configured_pool(config: Config) -> Optional["ExternalAuth"]:
+    """The pool ``[xmpp] extauth_program`` asks for, not yet started; None without one."""
+    settings = config.xmpp
+    if not settings.extauth_program:
+        return None
+    return ExternalAuth(settings.extauth_program, settings.extauth_pool_size,
+                        settings.extauth_timeout)
 
 
 class ExtAuthError(Exception):
