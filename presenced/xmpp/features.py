@@ -56,6 +56,10 @@ class FeatureHandler(XMPPHandler):
     routes: dict[str, str] = {}
     pre_auth_routes: dict[str, str] = {}  # namespace -> method(stream, iq), before SASL
     event_renderers: dict[str, str] = {}
+    # Top-level non-stanza elements by namespace -> method(stream, element), once
+    # authenticated (bound or not), and (namespace, name) offered in the stream features.
+    nonza_routes: dict[str, str] = {}
+    stream_features: tuple[tuple[str, str], ...] = ()
     server_features: tuple[str, ...] = ()
     account_features: tuple[str, ...] = ()
 

@@ -67,6 +67,11 @@ class C2SServer:
         # Checks of every stanza a client addresses to a user, ``f(session, stanza, address)
         # -> True`` when the check refused it (blocking); features append theirs.
         self.stanza_filters: list[Callable] = []
+        # Top-level elements that are not stanzas, by namespace (XEP-0198's <enable/>,
+        # <r/>, <resume/>...): ``f(stream, element)``, on authenticated streams.
+        self.nonzas: dict[str, Callable] = {}
+        # Elements offered in the features of authenticated streams, as (namespace, name).
+        self.stream_features: list[tuple[str, str]] = []
         for feature in features:
             self.add_handler(feature(self))
         self.event_renderers[RESOURCE_CLAIMED] = _yield_claimed_resource
@@ -86,6 +91,9 @@ class C2SServer:
             self.event_renderers[kind] = getattr(handler, method)
         for namespace, method in handler.pre_auth_routes.items():
             self.pre_auth[namespace] = getattr(handler, method)
+        for namespace, method in handler.nonza_routes.items():
+            self.nonzas[namespace] = getattr(handler, method)
+        self.stream_features.extend(handler.stream_features)
         handler.attached()
 
     # --- streams -----------------------------------------------------------------------------
@@ -126,6 +134,8 @@ class C2SServer:
             features.addElement((NS_SESSION, "session")).addElement("optional")
             features.addElement((NS_ROSTERVER, "ver"))
             features.addElement((NS_PREAPPROVAL, "sub"))
+            for feature in self.stream_features:
+                features.addElement(feature)
         else:
             if not stream.secure and self.tls_context is not None:
                 starttls = features.addElement((NS_TLS, "starttls"))
@@ -170,7 +180,6 @@ class C2SServer:
     # --- sessions ----------------------------------------------------------------------------
 
     def session_bound(self, session: "C2SSession") -> None:
-        self.unbound.discard(session.stream)
         self.core.router.login(session.user, session)
         self.core.hooks.fire("xmpp-bound", session)
 
@@ -187,9 +196,15 @@ class C2SServer:
         """Route one stanza from a bound client (RFC 6120 8, RFC 6121 8)."""
         name = stanza.name
         if stanza.uri != NS_CLIENT or name not in ("message", "presence", "iq"):
-            session.stream.stream_error("unsupported-stanza-type", f"<{name}/>")
+            nonza = self.nonzas.get(stanza.uri)
+            if nonza is not None:
+                nonza(session.stream, stanza)
+            else:
+                session.stream.stream_error("unsupported-stanza-type", f"<{name}/>")
             return
         self.stanzas_in += 1
+        if session.sm is not None:
+            session.sm.stanza_handled()
         stanza["from"] = session.full
         to = stanza.getAttribute("to")
         if to:
