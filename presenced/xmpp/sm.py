@@ -67,7 +67,7 @@ class SmState:
     """
 
     __slots__ = ("manager", "id", "timeout", "handled", "sent", "queue", "queued_bytes",
-                 "requested", "timer")
+                 "requested", "timer", "full")
 
     def __init__(self, manager: "StreamManagementHandler", resume_id: Optional[str],
                  timeout: int):
@@ -80,6 +80,7 @@ class SmState:
         self.queued_bytes = 0
         self.requested = False  # an <r/> is outstanding
         self.timer: Optional[IDelayedCall] = None
+        self.full = False  # past the bound: the session ends
 
     def stanza_handled(self) -> None:
         """A stanza from the client was taken (the server's dispatch calls this)."""
@@ -93,7 +94,11 @@ class SmState:
         self.queued_bytes += len(data)
         manager = self.manager
         if len(queue) > manager.max_stanzas or self.queued_bytes > manager.max_bytes:
-            session.end("resource-constraint", "too many unacknowledged stanzas")
+            if not self.full:
+                # Not inside this delivery: its sender still counts the stanza as delivered
+                # (and kept here), so it must not find the user gone and store it twice.
+                self.full = True
+                reactor.callLater(0, manager.overflowed, session, self)
         elif len(queue) >= ACK_EVERY and not self.requested and self.timer is None:
             self.requested = True
             session.stream.write(REQUEST)
@@ -205,6 +210,11 @@ class StreamManagementHandler(FeatureHandler):
         if len(sm.queue) >= ACK_EVERY:
             sm.requested = True
             stream.write(REQUEST)
+
+    def overflowed(self, session: "C2SSession", sm: SmState) -> None:
+        """Past the bound: the stream is closed and the session ends (not resumable)."""
+        if session.sm is sm:
+            session.end("resource-constraint", "too many unacknowledged stanzas")
 
     def expire(self, session: "C2SSession") -> None:
         """No resumption in time: the session ends as if the connection had just closed."""
