@@ -20,6 +20,10 @@ whatever else runs: the JSON gives the load average and the server's CPU time pe
 per message, which other load does not distort). PBKDF2 cost per login follows
 ``--iterations`` (the accounts' ``[server] scram_iterations``; 4096 is the default).
 
+``--sm``: the PLAIN clients enable stream management (XEP-0198, with resumption) before their
+presence and answer the server's ``<r/>`` with ``<a/>``, so the message figures include the
+cost of counting, queueing and acknowledging every stanza.
+
     python3 bench/xmpp.py --users 5000
 """
 
@@ -52,6 +56,9 @@ HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:cli
 FEATURES_END = b"</stream:features>"
 PASSWORD = "bench-pw"
 PACED_MESSAGES = 5
+SM_ENABLE = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
+SM_REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
+STANZA = re.compile(rb"<(?:message|presence|iq)[\s/>]")
 
 
 # --- the load client ------------------------------------------------------------------------
@@ -69,7 +76,7 @@ async def read_until(reader: asyncio.StreamReader, buffer: bytearray, token: byt
         buffer += data
 
 
-async def login_plain(port: int, user: str):
+async def login_plain(port: int, user: str, sm: bool = False):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     buffer = bytearray()
     writer.write(HEADER)
@@ -78,13 +85,16 @@ async def login_plain(port: int, user: str):
     writer.write(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>"
                  % token)
     await read_until(reader, buffer, b"</success>")
-    await bind(reader, writer, buffer)
+    await bind(reader, writer, buffer, sm)
     return reader, writer, buffer
 
 
-async def bind(reader, writer, buffer) -> None:
+async def bind(reader, writer, buffer, sm: bool = False) -> None:
+    """Bind (and, with ``sm``, enable stream management: every stanza after the bind
+    result is then counted), then initial presence."""
     writer.write(HEADER + b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:"
-                 b"xmpp-bind'><resource>b</resource></bind></iq><presence/>")
+                 b"xmpp-bind'><resource>b</resource></bind></iq>"
+                 + (SM_ENABLE if sm else b"") + b"<presence/>")
     await read_until(reader, buffer, b"</iq>")
 
 
@@ -135,7 +145,8 @@ async def login_scram_tls(port: int, user: str, context: ssl.SSLContext):
     return reader, writer, buffer
 
 
-async def run_logins(port: int, users: list[str], concurrency: int, tls: bool):
+async def run_logins(port: int, users: list[str], concurrency: int, tls: bool,
+                     sm: bool = False):
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -147,7 +158,7 @@ async def run_logins(port: int, users: list[str], concurrency: int, tls: bool):
             if tls:
                 connections.append(await login_scram_tls(port, user, context))
             else:
-                connections.append(await login_plain(port, user))
+                connections.append(await login_plain(port, user, sm))
 
     started = time.perf_counter()
     await asyncio.gather(*(one(u) for u in users))
@@ -155,17 +166,18 @@ async def run_logins(port: int, users: list[str], concurrency: int, tls: bool):
 
 
 async def pump_messages(connections, users: list[str], count: int, barrier_at: float,
-                        interval: float = 0.0):
+                        interval: float = 0.0, handled: dict | None = None):
     """Each connection i sends ``count`` messages to its partner (i ^ 1), in bursts of ten
     (``interval`` 0) or one every ``interval`` seconds; returns latencies of received
-    messages and the time the last one arrived."""
+    messages and the time the last one arrived. With ``handled`` (stream management: the
+    stanzas each writer's connection received so far) requests for acks are answered."""
     latencies: list[float] = []
     stamp = re.compile(rb"<body>(\d+\.\d+)</body>")
     expected = count * len(connections)
     done = asyncio.get_running_loop().create_future()
     last = [0.0]
 
-    async def receive(reader, buffer):
+    async def receive(reader, writer, buffer):
         while not done.done():
             data = await reader.read(262144)
             if not data:
@@ -177,6 +189,11 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
             now = time.time()
             for match in stamp.finditer(buffer, 0, end):
                 latencies.append(now - float(match.group(1)))
+            if handled is not None:
+                chunk = bytes(buffer[:end + 10])
+                handled[writer] += len(STANZA.findall(chunk))
+                if SM_REQUEST in chunk:
+                    writer.write(b"<a xmlns='urn:xmpp:sm:3' h='%d'/>" % handled[writer])
             del buffer[:end + 10]
             last[0] = now
             if len(latencies) >= expected and not done.done():
@@ -199,7 +216,7 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
             await writer.drain()
             await asyncio.sleep(0)
 
-    receivers = [asyncio.ensure_future(receive(r, b)) for r, _, b in connections]
+    receivers = [asyncio.ensure_future(receive(r, w, b)) for r, w, b in connections]
     await asyncio.gather(*(send(i, w) for i, (_, w, _) in enumerate(connections)))
     try:
         await asyncio.wait_for(done, 120)
@@ -211,19 +228,21 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
 
 
 def worker(port: int, users: list[str], concurrency: int, messages: int, interval: float,
-           pipe) -> None:
+           sm: bool, pipe) -> None:
     """One load process: PLAIN logins, wait, message burst, paced messages, close,
     SCRAM+TLS logins."""
 
     async def main():
-        elapsed, connections = await run_logins(port, users, concurrency, tls=False)
+        elapsed, connections = await run_logins(port, users, concurrency, tls=False, sm=sm)
+        handled = {writer: 0 for _, writer, _ in connections} if sm else None
         pipe.send(("plain", elapsed))
         barrier_at = pipe.recv()
-        latencies, last = await pump_messages(connections, users, messages, barrier_at)
+        latencies, last = await pump_messages(connections, users, messages, barrier_at,
+                                              handled=handled)
         pipe.send(("messages", latencies, last))
         barrier_at = pipe.recv()
         latencies, last = await pump_messages(connections, users, PACED_MESSAGES, barrier_at,
-                                              interval)
+                                              interval, handled)
         pipe.send(("paced", latencies, last))
         for _, writer, _ in connections:
             writer.write(b"</stream:stream>")
@@ -286,6 +305,8 @@ def main() -> None:
                         help="messages/s of the paced phase (latency at a steady load)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server worker processes (above 1: a cluster over a private Redis)")
+    parser.add_argument("--sm", action="store_true",
+                        help="clients enable stream management (XEP-0198) and answer acks")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
     with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
@@ -309,7 +330,7 @@ def main() -> None:
                 ours, theirs = multiprocessing.Pipe()
                 proc = multiprocessing.Process(target=worker, args=(
                     port, share, args.concurrency, args.messages,
-                    len(users) / args.paced_rate, theirs))
+                    len(users) / args.paced_rate, args.sm, theirs))
                 proc.start()
                 pipes.append(ours)
                 procs.append(proc)
@@ -355,6 +376,7 @@ def main() -> None:
             result = {
                 "users": len(users),
                 "workers": args.workers,
+                "stream_management": args.sm,
                 "scram_iterations": args.iterations,
                 "load_processes": args.procs,
                 "login_plain_per_s": round(len(users) / plain_elapsed, 1),

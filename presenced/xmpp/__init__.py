@@ -15,6 +15,7 @@ XML stream) negotiates STARTTLS, SASL and resource binding. A bound resource is 
     session.priority     # int
     session.server       # the C2SServer (features, core, dispatch)
     session.send(obj)    # send a domish.Element, str or bytes to the client
+    session.write(data)  # one stanza's bytes (stream management counts what goes here)
     session.request(iq)  # send an <iq type='get'/'set'> to the client -> Deferred[Element]
                          #   (fires with the result element; errbacks with StanzaError)
 
@@ -55,7 +56,10 @@ sent available presence (initial or changed; ``session.presence`` is already set
 ``xmpp-unavailable(session, status)`` when it goes unavailable or disconnects (``status``:
 the text its unavailable presence gave, or "");
 ``xmpp-bound(session)`` after resource binding; ``xmpp-session-ended(session)`` when the
-connection is gone; ``xmpp-initial-backlog(session)`` is collected (``hooks.collect``) on
+session is over (its connection gone, or -- with stream management -- not resumed in time);
+``xmpp-unacknowledged(session, [(stanza_bytes, time_sent)])`` when a stream-managed session
+(:mod:`presenced.xmpp.sm`) ended with stanzas the client never acknowledged (messages keeps
+the messages offline); ``xmpp-initial-backlog(session)`` is collected (``hooks.collect``) on
 initial presence: each handler returns a Deferred of stanzas to send after the probes
 (offline messages); ``xmpp-roster-removing(user, contact, item)`` is collected before a
 roster item is removed (the subscription protocol cancels both ways);

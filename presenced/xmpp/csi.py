@@ -39,21 +39,25 @@ def _key(event: Event) -> Hashable:
 
 
 class ClientStateHandler(FeatureHandler):
-    nonza_routes = {(NS_CSI, "inactive"): "on_inactive", (NS_CSI, "active"): "on_active"}
+    nonza_routes = {NS_CSI: "on_element"}
     stream_features = ((NS_CSI, "csi"),)
 
     def attached(self) -> None:
         self.held: dict["C2SSession", dict[Hashable, Event]] = {}
         self.core.hooks.add("xmpp-session-ended", self._forget)
 
-    def on_inactive(self, session: "C2SSession", element: domish.Element) -> None:
-        if session not in self.held:
+    def on_element(self, stream, element: domish.Element) -> None:
+        """``<inactive/>`` or ``<active/>``; before a resource is bound there is nothing to
+        hold, and other names are ignored (XEP-0352 defines no errors)."""
+        session = stream.session
+        if session is None:
+            return
+        if element.name == "inactive" and session not in self.held:
             self.held[session] = {}
             self.server.holds[session] = self.hold
-
-    def on_active(self, session: "C2SSession", element: domish.Element) -> None:
-        self.flush(session)
-        self._forget(session)
+        elif element.name == "active":
+            self.flush(session)
+            self._forget(session)
 
     def hold(self, session: "C2SSession", event: Event) -> bool:
         key = _key(event)

@@ -53,13 +53,12 @@ class FeatureHandler(XMPPHandler):
 
     log = Logger()  # handlers' errbacks log through it
     routes: dict[str, str] = {}
-    # Top-level stream elements that are not stanzas (XEP-0352's <active/>): (namespace,
-    # name) -> method(session, element); and what the handler adds to the stream features
-    # offered once authenticated: (namespace, name) elements.
-    nonza_routes: dict[tuple[str, str], str] = {}
-    stream_features: tuple[tuple[str, str], ...] = ()
     pre_auth_routes: dict[str, str] = {}  # namespace -> method(stream, iq), before SASL
     event_renderers: dict[str, str] = {}
+    # Top-level non-stanza elements by namespace -> method(stream, element), once
+    # authenticated (bound or not), and (namespace, name) offered in the stream features.
+    nonza_routes: dict[str, str] = {}
+    stream_features: tuple[tuple[str, str], ...] = ()
     server_features: tuple[str, ...] = ()
     account_features: tuple[str, ...] = ()
 

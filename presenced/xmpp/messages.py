@@ -10,6 +10,8 @@ and delivered, with a ``<delay/>`` stamp, on the next available presence.
 from __future__ import annotations
 
 import time
+from typing import Optional
+from xml.parsers import expat
 
 from twisted.internet import defer
 from twisted.words.xish import domish
@@ -36,6 +38,30 @@ def delayed(stanza: bytes, domain: str, when: float) -> str:
     return head + delay + "</message>"
 
 
+class _Found(Exception):
+    """Stops the parse of a stanza at its first start tag."""
+
+
+def message_type(stanza: bytes) -> Optional[str]:
+    """The ``type`` of a serialised ``<message/>`` ("normal" when absent); None for any
+    other stanza or unparsable bytes."""
+    found: list[tuple[str, str]] = []
+
+    def start(name: str, attributes: dict) -> None:
+        found.append((name, attributes.get("type", "normal")))
+        raise _Found
+
+    parser = expat.ParserCreate()
+    parser.StartElementHandler = start
+    try:
+        parser.Parse(stanza, True)
+    except _Found:
+        pass
+    except expat.ExpatError:
+        return None
+    return found[0][1] if found and found[0][0] == "message" else None
+
+
 class MessageHandler(FeatureHandler):
     routes = {"message/bare": "on_bare", "message/self": "on_bare",
               "message/full": "on_full"}
@@ -46,6 +72,7 @@ class MessageHandler(FeatureHandler):
         self.core.hooks.add("message-sent", self.message_sent)
         self.wire = RenderCache(message_bytes)
         self.core.hooks.add("xmpp-initial-backlog", self.take_offline)
+        self.core.hooks.add("xmpp-unacknowledged", self.keep_unacknowledged)
 
     # --- from the client ---------------------------------------------------------------------
 
@@ -134,11 +161,30 @@ class MessageHandler(FeatureHandler):
             return
         if await self.core.blocking.blocks(to, event.sender):
             return  # XEP-0191: nothing from a blocked JID is kept for the user
-        stanza = delayed(message_bytes(event), to.partition("@")[2], event.time)
-        kept = await self.core.store.open_list(OFFLINE_STORE).push(to, stanza,
-                                                  self.core.config.server.offline_limit)
+        await self._keep(to, delayed(message_bytes(event), to.partition("@")[2], event.time))
+
+    async def _keep(self, to: str, stanza: str) -> None:
+        kept = await self.core.store.open_list(OFFLINE_STORE).push(
+            to, stanza, self.core.config.server.offline_limit)
         if not kept:
             self.log.info("offline store of {to} is full: message dropped", to=to)
+
+    def keep_unacknowledged(self, session, stanzas: list[tuple[bytes, float]]) -> None:
+        """Stream management's ``xmpp-unacknowledged`` hook: chat and normal messages a
+        session never acknowledged go offline for the user's next login, rather than being
+        lost (and not to another resource: the client may have shown them)."""
+        domain = session.user.partition("@")[2]
+        kept = [data.decode("utf-8") if b"urn:xmpp:delay" in data  # was offline already
+                else delayed(data, domain, when)
+                for data, when in stanzas if message_type(data) in OFFLINE_KINDS]
+        if kept:
+            d = defer.ensureDeferred(self._keep_all(session.user, kept))
+            d.addErrback(lambda f: self.log.failure(
+                "storing unacknowledged messages for {to}", f, to=session.user))
+
+    async def _keep_all(self, to: str, stanzas: list[str]) -> None:
+        for stanza in stanzas:  # in order
+            await self._keep(to, stanza)
 
     def take_offline(self, session) -> defer.Deferred:
         """XEP-0160: the stored messages (deleted from the store) for a resource coming

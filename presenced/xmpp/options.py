@@ -22,4 +22,7 @@ KEYS: Keys = {
     "extauth_pool_size": Key(1, "int", positive),
     "extauth_timeout": Key(30.0, "float", positive),
     "hibernate_after": Key(60.0, "float", non_negative),
+    "resume_timeout": Key(300, "int", non_negative),
+    "sm_max_unacked": Key(1000, "int", positive),
+    "sm_max_unacked_bytes": Key(1048576, "int", positive),
 }

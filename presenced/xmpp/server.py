@@ -66,7 +66,10 @@ class C2SServer:
         # Checks of every stanza a client addresses to a user, ``f(session, stanza, address)
         # -> True`` when the check refused it (blocking); features append theirs.
         self.stanza_filters: list[Callable] = []
-        self.nonza_routes: dict[tuple[str, str], Callable] = {}
+        # Top-level elements that are not stanzas, by namespace (XEP-0198's <enable/>,
+        # <r/>, <resume/>...): ``f(stream, element)``, on authenticated streams.
+        self.nonzas: dict[str, Callable] = {}
+        # Elements offered in the features of authenticated streams, as (namespace, name).
         self.stream_features: list[tuple[str, str]] = []
         # Sessions whose events a feature holds back (XEP-0352 while inactive): session ->
         # ``hold(session, event) -> bool`` (True: held, not rendered now).
@@ -90,8 +93,8 @@ class C2SServer:
             self.event_renderers[kind] = getattr(handler, method)
         for namespace, method in handler.pre_auth_routes.items():
             self.pre_auth[namespace] = getattr(handler, method)
-        for key, method in handler.nonza_routes.items():
-            self.nonza_routes[key] = getattr(handler, method)
+        for namespace, method in handler.nonza_routes.items():
+            self.nonzas[namespace] = getattr(handler, method)
         self.stream_features.extend(handler.stream_features)
         handler.attached()
 
@@ -171,7 +174,6 @@ class C2SServer:
     # --- sessions ----------------------------------------------------------------------------
 
     def session_bound(self, session: "C2SSession") -> None:
-        self.unbound.discard(session.stream)
         self.core.router.login(session.user, session)
         self.core.hooks.fire("xmpp-bound", session)
 
@@ -188,13 +190,15 @@ class C2SServer:
         """Route one stanza from a bound client (RFC 6120 8, RFC 6121 8)."""
         name = stanza.name
         if stanza.uri != NS_CLIENT or name not in ("message", "presence", "iq"):
-            nonza = self.nonza_routes.get((stanza.uri, name))
+            nonza = self.nonzas.get(stanza.uri)
             if nonza is not None:
-                nonza(session, stanza)
-                return
-            session.stream.stream_error("unsupported-stanza-type", f"<{name}/>")
+                nonza(session.stream, stanza)
+            else:
+                session.stream.stream_error("unsupported-stanza-type", f"<{name}/>")
             return
         self.stanzas_in += 1
+        if session.sm is not None:
+            session.sm.stanza_handled()
         stanza["from"] = session.full
         to = stanza.getAttribute("to")
         if to:

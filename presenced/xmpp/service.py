@@ -27,6 +27,7 @@ from presenced.xmpp.register import RegisterHandler
 from presenced.xmpp.roster import RosterHandler
 from presenced.xmpp.server import C2SFactory, C2SServer
 from presenced.xmpp.session_iq import LegacySessionHandler
+from presenced.xmpp.sm import StreamManagementHandler
 from presenced.xmpp.tls import context_factory
 from presenced.xmpp.vcard import VCardHandler
 from presenced.xmpp.version import VersionHandler
@@ -35,7 +36,7 @@ FEATURES: tuple[type[FeatureHandler], ...] = (
     DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
-    ClientStateHandler)
+    ClientStateHandler, StreamManagementHandler)
 
 
 class XMPPService(service.MultiService):

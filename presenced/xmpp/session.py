@@ -17,12 +17,13 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from presenced.router import ISession
-from presenced.xmpp.stanzas import attr, children_bytes, error_reply, result_reply
+from presenced.xmpp.stanzas import attr, children_bytes, error_reply, result_reply, to_bytes
 
 if TYPE_CHECKING:
     from presenced.core import Core
     from presenced.events import Event
     from presenced.xmpp.server import C2SServer
+    from presenced.xmpp.sm import SmState
     from presenced.xmpp.stream import C2SStream
 
 _request_ids = itertools.count(1)
@@ -48,7 +49,7 @@ class C2SSession:
     protocol = "xmpp"
 
     __slots__ = ("stream", "server", "user", "label", "full", "presence", "available",
-                 "priority", "roster_requested", "directed", "requests", "_jid")
+                 "priority", "roster_requested", "directed", "requests", "sm", "_jid")
 
     def __init__(self, stream: "C2SStream", user: str, resource: str):
         self.stream = stream
@@ -62,6 +63,7 @@ class C2SSession:
         self.roster_requested = False
         self.directed: Optional[set[str]] = None
         self.requests: Optional[dict[str, defer.Deferred]] = None
+        self.sm: Optional["SmState"] = None  # stream management, once the client enabled it
         self._jid: Optional[JID] = None
 
     def __repr__(self) -> str:
@@ -82,8 +84,14 @@ class C2SSession:
     def bound(self) -> None:
         self.server.session_bound(self)
 
+    def disconnected(self, clean: bool) -> None:
+        """The connection is gone. The session ends, unless it died without a clean close
+        and stream management keeps the session for a resumption."""
+        if clean or self.sm is None or not self.sm.detach(self):
+            self.ended()
+
     def ended(self) -> None:
-        """The connection is gone (clean close or not)."""
+        """The session is over (connection closed, replaced, not resumed in time)."""
         self.server.session_ended(self)
         if self.requests:
             requests, self.requests = self.requests, None
@@ -91,26 +99,47 @@ class C2SSession:
                 d.errback(ConnectionError("the client disconnected"))
 
     def close(self, reason: str) -> None:
+        """Disconnect (``ISession``): a stream error on the connection; a session waiting
+        for resumption has none and ends at once."""
+        if self.stream.session is not self:
+            self.ended()
+            return
         condition = reason if reason in STREAM_CONDITIONS else "reset"
         self.stream.stream_error(condition, None if condition == reason else reason)
+
+    def end(self, condition: str, text: Optional[str] = None) -> None:
+        """Close the stream with ``condition`` and end the session now, not when the
+        connection is gone: nothing more reaches it and it cannot be resumed."""
+        stream = self.stream
+        if stream.session is self:
+            stream.session = None
+            stream.stream_error(condition, text)
+        self.ended()
 
     # --- output ----------------------------------------------------------------------------
 
     def send(self, obj) -> None:
         """A domish element, str or bytes to the client."""
-        self.stream.send(obj)
+        if isinstance(obj, domish.Element):
+            obj = to_bytes(obj)
+        elif isinstance(obj, str):
+            obj = obj.encode("utf-8")
+        self.write(obj)
 
     def write(self, data: bytes) -> None:
+        """One stanza's bytes to the client (stream management counts and keeps them)."""
+        if self.sm is not None:
+            self.sm.stanza_sent(self, data)
         self.stream.write(data)
 
     def result(self, iq: domish.Element, child: Optional[domish.Element] = None) -> None:
-        self.stream.send(result_reply(iq, child))
+        self.send(result_reply(iq, child))
 
     def error(self, stanza: domish.Element, condition: str, text: Optional[str] = None) -> None:
         """Answer ``stanza`` with a stanza error (never for errors: no loops)."""
         if stanza.getAttribute("type") == "error":
             return
-        self.stream.send(error_reply(stanza, condition, text, own_jid=self.user))
+        self.send(error_reply(stanza, condition, text, own_jid=self.user))
 
     def request(self, iq: domish.Element) -> defer.Deferred:
         """Send an IQ get/set to the client; fires with its result, errbacks on its error."""
@@ -154,9 +183,7 @@ class C2SSession:
 
 def replace(session: C2SSession) -> None:
     """End ``session`` because its resource was bound again (RFC 6120 7.7.2.2)."""
-    session.close("conflict")
-    session.stream.session = None
-    session.ended()
+    session.end("conflict")
 
 
 def presence_bytes(other: C2SSession, to: str, available: bool = True) -> bytes:

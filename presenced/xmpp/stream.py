@@ -119,7 +119,8 @@ class C2SStream(xmlstream.XmlStream):
         self.server.stream_closed(self)
         if self.session is not None:
             session, self.session = self.session, None
-            session.ended()
+            session.disconnected(clean=self.closing)
+        self.closing = True  # nothing more is written to a closed connection
         if self.stream is not None:
             self.retired = self.stream  # closed here, or after Parse() if inside it
             if not self.parsing:
@@ -234,6 +235,8 @@ class C2SStream(xmlstream.XmlStream):
             self._sasl(element)
         elif element.name == "iq" and element.uri == NS_CLIENT:
             self._pre_bind_iq(element)
+        elif self.user is not None and element.uri in self.server.nonzas:
+            self.server.nonzas[element.uri](self, element)  # <resume/> instead of a bind
         else:
             self.stream_error("not-authorized", "authenticate first")
 
@@ -353,12 +356,20 @@ class C2SStream(xmlstream.XmlStream):
         except ValueError as e:
             self.send(error_reply(iq, "bad-request", str(e)))
             return
-        self.budget = WriteBudget(self.transport, self.server.session_queue_bytes)
-        self.session = C2SSession(self, self.user, resource)
+        session = C2SSession(self, self.user, resource)
+        self.attach(session)
         answer = domish.Element((NS_BIND, "bind"))
-        answer.addElement("jid", content=self.session.full)
+        answer.addElement("jid", content=session.full)
         self.send(result_reply(iq, answer))
-        self.session.bound()
+        session.bound()
+
+    def attach(self, session: C2SSession) -> None:
+        """From now on ``session`` (new, or resumed from another connection) talks over
+        this stream, whose output is bounded from here on."""
+        self.budget = WriteBudget(self.transport, self.server.session_queue_bytes)
+        self.session = session
+        session.stream = self
+        self.server.unbound.discard(self)
 
 
 def _ignore(*args: object) -> None:
