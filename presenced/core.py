@@ -1,4 +1,5 @@
-"""The core every front door stands on: config, store, router, hooks, metrics, secret.
+"""The core every front door stands on: config, store, router, hooks, metrics, secret, and
+the auth guard (failed logins counted across doors, :mod:`presenced.authguard`).
 
 Operations that more than one door offers (add a friend, register a user, publish a tune)
 live here once; doors translate their wire format into these calls. Doors that must react to
@@ -25,11 +26,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Optional
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from zope.interface import Interface
 
 from presenced import events
+from presenced.authguard import AuthGuard
 from presenced.config import Config
 from presenced.events import Event
 from presenced.hooks import Hooks
@@ -106,6 +108,11 @@ class Core:
         # looked up per request, so a door may add one after the console started.
         self.web_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
+        server = config.server
+        # Every door asks it before checking a secret and tells it the outcome.
+        self.auth_guard = AuthGuard(reactor, self.metrics, server.auth_failures_per_ip,
+                                    server.auth_failures_per_account,
+                                    server.auth_failure_period, server.auth_ban_seconds)
 
     def user(self, text: str) -> str:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""
