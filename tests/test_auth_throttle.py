@@ -115,3 +115,126 @@ def test_slow_checks_wait_for_a_core_and_a_full_queue_is_refused():
     for d in waiting:
         d.cancel()
         d.addErrback(lambda f: None)
+
+
+# --- real servers ---------------------------------------------------------------------------
+
+
+def plain_auth(user: str, password: str) -> bytes:
+    token = base64.b64encode(f"\0{user}\0{password}".encode())
+    return b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>" % token
+
+
+def metric(server: PresencedProcess, name: str, **labels: str) -> float:
+    text = requests.get(f"http://127.0.0.1:{server.ports['webadmin']}/metrics", timeout=10).text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if labels else "") + r" (\S+)"
+    match = re.search("^" + pattern + "$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def server_cpu_seconds(server: PresencedProcess) -> float:
+    fields = open(f"/proc/{server.process.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sasl_answer(client: RawClient, user: str, password: str) -> bytes:
+    client.send(HEADER)
+    client.read_until(b"</stream:features>")
+    client.send(plain_auth(user, password))
+    return client.read_until(b"<success[^>]*(/>|>.*?</success>)|</failure>")
+
+
+ACCOUNTS = ("alice", "bob", "carol", "dave", "erin", "admin")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Per-account bans (3 failures, 3 s); the address limit out of the way."""
+    process = PresencedProcess(tmp_path_factory.mktemp("auth-throttle"), {
+        "server": {"auth_failures_per_ip": 10000, "auth_failures_per_account": 3,
+                   "auth_ban_seconds": 3.0},
+        "xmpp": {"require_tls": False, "allow_plain": True, "auth_failure_delay": 0.05},
+        "comet": {"enabled": False}, "thrift": {"enabled": False},
+        "webadmin": {"admins": ["admin@localhost", "erin@localhost"]}})
+    process.start()
+    for name in ACCOUNTS:
+        process.ctl("adduser", f"{name}@localhost", "--password", f"{name}-pw")
+    yield process
+    process.stop()
+
+
+def test_pipelined_auth_costs_one_password_check_and_closes_the_stream(server):
+    checks = metric(server, "presenced_password_checks_total")
+    cpu = server_cpu_seconds(server)
+    clients = [RawClient(server.ports["xmpp"]) for _ in range(20)]
+    for client in clients:
+        client.send(HEADER)
+        client.read_until(b"</stream:features>")
+    flood = b"".join(plain_auth("alice", f"guess{n}") for n in range(1000))
+    for client in clients:
+        client.send(flood)
+    for client in clients:
+        error = client.read_until(b"</stream:error>", timeout=30)
+        assert b"<policy-violation" in error and b"wait for the answer" in error
+        assert client.closed()
+    # One check per connection at most (the first attempt), not 20 000.
+    assert metric(server, "presenced_password_checks_total") - checks <= 20
+    assert server_cpu_seconds(server) - cpu < 10.0  # 20 000 PBKDF2 would be about a minute
+    assert b"/check" in RawClient(server.ports["xmpp"]).login("bob", "bob-pw", "check")
+
+
+def test_an_attempt_after_its_answer_is_allowed(server):
+    client = RawClient(server.ports["xmpp"])
+    assert b"<not-authorized/>" in sasl_answer(client, "carol", "wrong")
+    client.send(plain_auth("carol", "carol-pw"))
+    assert b"<success" in client.read_until(b"<success[^>]*(/>|>.*?</success>)|</failure>")
+
+
+def test_an_account_past_its_limit_is_refused_then_allowed_again(server):
+    bans = metric(server, "presenced_auth_bans_total", door="xmpp")
+    for _ in range(3):
+        assert b"<not-authorized/>" in sasl_answer(RawClient(server.ports["xmpp"]), "dave",
+                                                   "wrong")
+    refused = sasl_answer(RawClient(server.ports["xmpp"]), "dave", "dave-pw")
+    assert b"<temporary-auth-failure/>" in refused and b"try again in" in refused
+    assert metric(server, "presenced_auth_bans_total", door="xmpp") == bans + 1
+    # Other accounts from the same address are not affected.
+    assert b"/other" in RawClient(server.ports["xmpp"]).login("bob", "bob-pw", "other")
+    time.sleep(4.0)  # the ban is 3 s
+    assert b"/back" in RawClient(server.ports["xmpp"]).login("dave", "dave-pw", "back")
+    assert "banned for 3 s" in server.log()
+
+
+@pytest.fixture
+def strict_server(presenced_factory):
+    """Per-address bans: 4 failures, banned for 3 s."""
+    process = presenced_factory({
+        "server": {"auth_failures_per_ip": 4, "auth_failures_per_account": 0,
+                   "auth_ban_seconds": 3.0},
+        "xmpp": {"require_tls": False, "allow_plain": True, "auth_failure_delay": 0.0},
+        "comet": {"require_token": True}, "thrift": {"enabled": False}})
+    for name in ("alice", "bob"):
+        process.ctl("adduser", f"{name}@localhost", "--password", f"{name}-pw")
+    return process
+
+
+def test_parallel_guessing_is_cut_off_at_the_address_limit(strict_server):
+    """50 connections guessing at once: at most the limit plus the attempts already in
+    flight are checked, everything after is refused without a password check."""
+    server = strict_server
+    checks = metric(server, "presenced_password_checks_total")
+    clients = [RawClient(server.ports["xmpp"]) for _ in range(50)]
+    for client in clients:
+        client.send(HEADER)
+        client.read_until(b"</stream:features>")
+    refused = 0
+    for _round in range(3):
+        for client in clients:
+            client.send(plain_auth("alice", "guess"))
+        for client in clients:
+            answer = client.read_until(b"</failure>|</stream:error>", timeout=30)
+            refused += b"<temporary-auth-failure/>" in answer
+    assert metric(server, "presenced_password_checks_total") - checks <= 4 + 50
+    assert refused >= 150 - 4 - 50
+    assert metric(server, "presenced_auth_bans_total", door="xmpp") >= 1

@@ -3,8 +3,10 @@
 A mechanism is a small object per authentication attempt: ``step(data)`` fires a
 :class:`Step` -- a challenge to send, success (with the authenticated bare JID and optional
 additional data) or a failure condition. SCRAM checks the client's proof against the stored
-keys, never seeing the password; PLAIN salts and hashes the password (PBKDF2 in a worker
-thread so the reactor keeps serving) or asks the external auth programs.
+keys, never seeing the password; PLAIN salts and hashes the password (PBKDF2 in the auth
+guard's bounded thread pool, so the reactor keeps serving) or asks the external auth programs.
+Each mechanism asks ``admit(user)`` as soon as it knows the account, before any costly work:
+a banned address or account gets ``temporary-auth-failure`` (as Prosody's mod_limit_auth).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
+from presenced.authguard import Busy
 from presenced.scram import HASHES, verify_password
 from presenced.users import BadUser
 
@@ -43,6 +47,16 @@ def failure(condition: str, text: str = "") -> Step:
     return Step("failure", condition=condition, text=text)
 
 
+def refused(wait: float) -> Step:
+    """The answer to an attempt from a banned address or for a banned account."""
+    return failure("temporary-auth-failure", "too many failed authentication attempts: try "
+                   f"again in {math.ceil(wait)} seconds")
+
+
+def _admit_all(user: str) -> float:
+    return 0.0
+
+
 class Plain:
     """PLAIN: ``[authzid] NUL authcid NUL password``, checked against the store or extauth."""
 
@@ -52,6 +66,9 @@ class Plain:
         self.core = core
         self.domain = domain
         self.extauth = extauth
+        self.user: Optional[str] = None
+        # Seconds this account must wait (0: go ahead); the stream sets it to its guard.
+        self.admit: Callable[[str], float] = _admit_all
 
     @defer.inlineCallbacks
     def step(self, data: bytes):
@@ -64,13 +81,20 @@ class Plain:
             return failure("invalid-authzid")
         if user.rpartition("@")[2] != self.domain or not password:
             return failure("not-authorized")
+        self.user = user
+        wait = self.admit(user)
+        if wait:
+            return refused(wait)
         if self.extauth is not None:
             local, _, server = user.partition("@")
             ok = yield self.extauth.request("auth", local, server, password)
         else:
             creds = yield self.core.store.get_credentials(user)
-            ok = creds is not None and (
-                yield threads.deferToThread(verify_password, creds, password))
+            try:
+                ok = creds is not None and (
+                    yield self.core.auth_guard.run_check(verify_password, creds, password))
+            except Busy:
+                return failure("temporary-auth-failure", "the server is busy: try again")
         return Step("success", user=user) if ok else failure("not-authorized")
 
 
@@ -89,6 +113,7 @@ class Scram:
         self.client_first_bare = ""
         self.server_first = ""
         self.gs2_header = ""
+        self.admit: Callable[[str], float] = _admit_all  # as Plain.admit
 
     def step(self, data: bytes) -> defer.Deferred:
         if self.user is None:
@@ -112,6 +137,9 @@ class Scram:
             return failure("not-authorized")
         if authzid and authzid[2:] not in (self.user, name):
             return failure("invalid-authzid")
+        wait = self.admit(self.user)
+        if wait:
+            return refused(wait)
         creds = None
         if self.user.rpartition("@")[2] == self.domain:
             creds = await self.core.store.get_credentials(self.user)
