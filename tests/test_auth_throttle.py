@@ -145,6 +145,12 @@ def sasl_answer(client: RawClient, user: str, password: str) -> bytes:
     return client.read_until(b"<success[^>]*(/>|>.*?</success>)|</failure>")
 
 
+def login_page(server: PresencedProcess, name: str, password: str, target: str = "/"):
+    return requests.post(f"http://127.0.0.1:{server.ports['webadmin']}/login",
+                         data={"name": name, "password": password, "next": target},
+                         allow_redirects=False, timeout=30)
+
+
 ACCOUNTS = ("alice", "bob", "carol", "dave", "erin", "admin")
 
 
@@ -162,6 +168,20 @@ def server(tmp_path_factory):
         process.ctl("adduser", f"{name}@localhost", "--password", f"{name}-pw")
     yield process
     process.stop()
+
+
+def test_web_admin_logins_are_throttled_with_xmpp_failures_counted_too(server):
+    """First: the backoff grows with the address's failures, which later tests add."""
+    assert login_page(server, "erin@localhost", "wrong").status_code == 401
+    assert b"<not-authorized/>" in sasl_answer(RawClient(server.ports["xmpp"]), "erin",
+                                               "wrong")
+    assert login_page(server, "erin@localhost", "wrong").status_code == 401
+    refused = login_page(server, "erin@localhost", "erin-pw")
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert "Too many failed logins" in refused.text
+    assert metric(server, "presenced_auth_bans_total", door="webadmin") >= 1
+    time.sleep(4.0)
+    assert login_page(server, "erin@localhost", "erin-pw").status_code == 303
 
 
 def test_pipelined_auth_costs_one_password_check_and_closes_the_stream(server):

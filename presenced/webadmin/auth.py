@@ -6,8 +6,9 @@ password and ``presencedctl passwd`` changes it) or a console-only account
 ``name:scrypt$N$r$p$salt$hash`` for operators who should have no chat account. Make the
 latter with ``python3 -m presenced.webadmin.auth NAME`` (password from the terminal or stdin).
 
-Both checks cost tens of milliseconds of CPU by design, so they run in the reactor's thread
-pool: a login never stalls other doors.
+Both checks cost tens of milliseconds of CPU by design, so they run through the core's auth
+guard (:meth:`presenced.authguard.AuthGuard.run_check`: the thread pool, one per core at a
+time): a login never stalls other doors, and a flood of logins cannot queue unbounded work.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import hmac
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
 from presenced.config import ConfigError
 from presenced.scram import verify_password
@@ -78,8 +79,10 @@ def _unb64(text: str) -> bytes:
 class AdminAccounts:
     """The configured admins; :meth:`check` fires the admin's name or None."""
 
-    def __init__(self, entries: list[str], store: IRosterStore, default_domain: str):
+    def __init__(self, entries: list[str], store: IRosterStore, default_domain: str,
+                 run_check: Callable[..., Any]):
         self.store = store
+        self.run_check = run_check  # AuthGuard.run_check: the slow part off the reactor
         self.default_domain = default_domain
         self.store_accounts: set[str] = set()
         self.console_accounts: dict[str, ScryptHash] = {}
@@ -108,7 +111,7 @@ class AdminAccounts:
             return None
         hashed = self.console_accounts.get(name)
         if hashed is not None:
-            ok = yield threads.deferToThread(hashed.verify, password)
+            ok = yield self.run_check(hashed.verify, password)
             return name if ok else None
         user = self._store_account(name)
         if user is None:
@@ -116,7 +119,7 @@ class AdminAccounts:
         credentials = yield self.store.get_credentials(user)
         if credentials is None:
             return None
-        ok = yield threads.deferToThread(verify_password, credentials, password)
+        ok = yield self.run_check(verify_password, credentials, password)
         return user if ok else None
 
     def _store_account(self, name: str) -> Optional[str]:
