@@ -117,6 +117,10 @@ def test_slow_checks_wait_for_a_core_and_a_full_queue_is_refused():
         d.addErrback(lambda f: None)
 
 
+def test_a_token_with_non_ascii_characters_is_simply_wrong():
+    assert not check_token(b"secret", "alice@localhost", "9999999999.é\u2603")
+
+
 # --- real servers ---------------------------------------------------------------------------
 
 
@@ -237,6 +241,27 @@ def strict_server(presenced_factory):
     for name in ("alice", "bob"):
         process.ctl("adduser", f"{name}@localhost", "--password", f"{name}-pw")
     return process
+
+
+def comet_status(server: PresencedProcess, path: str) -> int:
+    with socket.create_connection(("127.0.0.1", server.ports["comet"]), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        head = sock.recv(4096)
+    return int(head.split()[1])
+
+
+def test_a_banned_address_is_refused_on_every_door_until_the_ban_ends(strict_server):
+    server = strict_server
+    token = server.ctl("stream-token", "bob@localhost").stdout.strip().splitlines()[-1]
+    for n in range(4):
+        assert b"<not-authorized/>" in sasl_answer(RawClient(server.ports["xmpp"]),
+                                                   f"nobody{n}", "wrong")
+    refused = sasl_answer(RawClient(server.ports["xmpp"]), "alice", "alice-pw")
+    assert b"<temporary-auth-failure/>" in refused
+    assert comet_status(server, f"/poll/bob?token={urllib.parse.quote(token)}") == 429
+    time.sleep(4.0)  # the ban is 3 s
+    assert b"/back" in RawClient(server.ports["xmpp"]).login("alice", "alice-pw", "back")
+    assert comet_status(server, "/stream/bob?token=1.bad") == 403  # a fresh count: 1 of 4
 
 
 def test_parallel_guessing_is_cut_off_at_the_address_limit(strict_server):
