@@ -117,6 +117,18 @@ def test_slow_checks_wait_for_a_core_and_a_full_queue_is_refused():
         d.addErrback(lambda f: None)
 
 
+@pytest.mark.parametrize("target", ["/\t/evil.example", "/\n/evil.example", "//evil.example",
+                                    "/\\evil.example", "https://evil.example", "/ /x",
+                                    "/\x7f/x", "evil.example", "", None])
+def test_only_same_site_paths_are_redirect_targets(target):
+    assert local_path(target) == "/"
+
+
+def test_same_site_paths_are_kept():
+    assert local_path("/users?q=al%20ice") == "/users?q=al%20ice"
+    assert local_path("/") == "/"
+
+
 def test_a_token_with_non_ascii_characters_is_simply_wrong():
     assert not check_token(b"secret", "alice@localhost", "9999999999.é\u2603")
 
@@ -228,6 +240,25 @@ def test_an_account_past_its_limit_is_refused_then_allowed_again(server):
     time.sleep(4.0)  # the ban is 3 s
     assert b"/back" in RawClient(server.ports["xmpp"]).login("dave", "dave-pw", "back")
     assert "banned for 3 s" in server.log()
+
+
+@pytest.mark.parametrize("target", ["/%09/evil.example", "/%0a/evil.example", "//evil.example",
+                                    "/%5Cevil.example", "/\\evil.example",
+                                    "https://evil.example"])
+def test_login_redirects_only_to_same_site_paths(server, target):
+    raw = f"name=admin%40localhost&password=admin-pw&next={target}"
+    reply = requests.post(f"http://127.0.0.1:{server.ports['webadmin']}/login", data=raw,
+                          headers={"content-type": "application/x-www-form-urlencoded"},
+                          allow_redirects=False, timeout=30)
+    assert reply.status_code == 303 and reply.headers["location"] == "/"
+    form = requests.get(f"http://127.0.0.1:{server.ports['webadmin']}/login?next={target}",
+                        timeout=10)
+    assert 'value="/"' in form.text  # the form carries the safe target on
+
+
+def test_login_keeps_a_same_site_target(server):
+    reply = login_page(server, "admin@localhost", "admin-pw", "/users?q=al")
+    assert reply.status_code == 303 and reply.headers["location"] == "/users?q=al"
 
 
 @pytest.fixture
