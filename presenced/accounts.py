@@ -15,7 +15,7 @@ Hooks fired here: ``user-removed(user)`` after an account was deleted.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from twisted.internet import defer, threads
 
@@ -35,8 +35,11 @@ class Accounts:
     JIDs (``core.user(text)``)."""
 
     def __init__(self, store: "IRosterStore", router: "SubscriptionRouter", hooks: "Hooks",
-                 iterations: int, external: Optional["ExternalAuth"] = None):
+                 iterations: int, external: Optional["ExternalAuth"] = None,
+                 run_check: Callable[..., defer.Deferred] = threads.deferToThread):
         self.store = store
+        # Where password checks run: the core's auth guard (a bounded thread pool).
+        self.run_check = run_check
         self.router = router
         self.hooks = hooks
         self.iterations = iterations
@@ -75,7 +78,7 @@ class Accounts:
         credentials = await self.store.get_credentials(user)
         if credentials is None:
             return False
-        return await threads.deferToThread(verify_password, credentials, password)
+        return await self.run_check(verify_password, credentials, password)
 
     def credentials(self, user: str) -> defer.Deferred:
         """Fires ``user``'s stored SCRAM keys, or None (unknown user, or passwords are

@@ -39,6 +39,10 @@ SCHEMA: dict[str, Keys] = {
         "offline_limit": Key(1000, "int", non_negative),
         "blocklist_limit": Key(1000, "int", non_negative),
         "private_storage_bytes": Key(262144, "int", non_negative),
+        "auth_failures_per_ip": Key(20, "int", non_negative),
+        "auth_failures_per_account": Key(50, "int", non_negative),
+        "auth_failure_period": Key(600.0, "float", positive),
+        "auth_ban_seconds": Key(900.0, "float", positive),
     },
     "store": {
         "backend": Key("embedded", "str", one_of("embedded", "redis")),

@@ -1,4 +1,5 @@
-"""The core every front door stands on: config, store, router, hooks, metrics, secret.
+"""The core every front door stands on: config, store, router, hooks, metrics, secret, and
+the auth guard (failed logins counted across doors, :mod:`presenced.authguard`).
 
 Operations that more than one door offers (add a friend, register a user, publish a tune)
 live here once; doors translate their wire format into these calls. Doors that must react to
@@ -28,13 +29,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Optional
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from zope.interface import Interface
 
 from presenced import events
 from presenced.accounts import Accounts
 from presenced.blocking import Blocklists
+from presenced.authguard import AuthGuard
 from presenced.config import Config
 from presenced.events import Event
 from presenced.hooks import Hooks
@@ -105,9 +107,14 @@ class Core:
         self.store = store
         self.router = router or SubscriptionRouter(store)
         self.hooks = Hooks()
-        self.accounts = Accounts(store, self.router, self.hooks,
-                                 config.server.scram_iterations, external_auth)
         self.metrics = Metrics()
+        server = config.server
+        # Every door asks it before checking a secret and tells it the outcome.
+        self.auth_guard = AuthGuard(reactor, self.metrics, server.auth_failures_per_ip,
+                                    server.auth_failures_per_account,
+                                    server.auth_failure_period, server.auth_ban_seconds)
+        self.accounts = Accounts(store, self.router, self.hooks, server.scram_iterations,
+                                 external_auth, run_check=self.auth_guard.run_check)
         self.secret = load_secret(config.server.data_dir)
         self.started_at = time.time()
         self.domains = tuple(config.server.domains)
@@ -117,7 +124,7 @@ class Core:
         # looked up per request, so a door may add one after the console started.
         self.web_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
-        self.blocking = Blocklists(store, self.router, config.server.blocklist_limit)
+        self.blocking = Blocklists(store, self.router, server.blocklist_limit)
 
     def user(self, text: str) -> str:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""

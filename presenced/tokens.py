@@ -29,7 +29,10 @@ def check_token(secret: bytes, user: str, token: str, now: Optional[float] = Non
     expiry = int(expiry_text)
     if expiry < (time.time() if now is None else now):
         return False
-    return hmac.compare_digest(mac, _mac(secret, user, expiry))
+    # As bytes: compare_digest refuses str with non-ASCII characters (a forged token may
+    # hold any).
+    return hmac.compare_digest(mac.encode("utf-8", "replace"),
+                               _mac(secret, user, expiry).encode("ascii"))
 
 
 def _mac(secret: bytes, user: str, expiry: int) -> str:

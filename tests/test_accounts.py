@@ -179,7 +179,8 @@ async def test_thrift_and_the_web_admin_ask_the_program(tmp_path, store):
     assert await handler.get_roster(J("ext", "")) == []
     with pytest.raises(served.UnknownUser):
         await handler.get_roster(J("nobody", ""))
-    admins = AdminAccounts(["boss@localhost"], core.accounts, "localhost")
+    admins = AdminAccounts(["boss@localhost"], core.accounts, "localhost",
+                           core.auth_guard.run_check)
     assert await admins.check("boss", "boss-pw") == "boss@localhost"
     assert await admins.check("boss", "wrong") is None
     assert await admins.check("ext", "ext-pw") is None  # not an admin

@@ -8,6 +8,7 @@ serves ``/stream/<user>`` and ``/poll/<user>``; every other path is handed to th
 from __future__ import annotations
 
 import json
+import math
 from typing import Optional
 
 from twisted.internet import task
@@ -76,8 +77,11 @@ class CometDoor(Factory):
 
     # --- shared decisions ----------------------------------------------------------------
 
-    def authorize(self, user_text: str, token: Optional[str]) -> str:
-        """The user a request may stream, or :class:`HTTPError` 400/401/403/404."""
+    def authorize(self, user_text: str, token: Optional[str], host: str) -> str:
+        """The user a request from ``host`` may stream, or :class:`HTTPError`
+        400/401/403/404, or 429 while the auth guard bans ``host``. Bad tokens count per
+        address only: a token cannot be guessed, so banning the account would only let
+        anyone shut its owner out."""
         if not user_text or "/" in user_text:
             raise HTTPError(404, "no such path: expected /stream/<user>")
         try:
@@ -89,8 +93,14 @@ class CometDoor(Factory):
         if token is None:
             self.core.metrics.inc("presenced_auth_failures_total", door=DOOR)
             raise HTTPError(401, "a stream token is required: ?token= or Authorization: Bearer")
+        guard = self.core.auth_guard
+        wait = guard.refusal(host)
+        if wait:
+            raise HTTPError(429, "too many bad tokens from this address: try again in "
+                                 f"{math.ceil(wait)} seconds")
         if not check_token(self.core.secret, user, token):
             self.core.metrics.inc("presenced_auth_failures_total", door=DOOR)
+            guard.failed(DOOR, host)
             raise HTTPError(403, f"the token is not valid for {user} (wrong user or expired)")
         return user
 

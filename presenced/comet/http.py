@@ -17,7 +17,7 @@ WANTED = frozenset((b"accept", b"authorization", b"last-event-id", b"origin", b"
 
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-           413: "Content Too Large", 431: "Request Header Fields Too Large",
+           413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
            505: "HTTP Version Not Supported"}
 
 

@@ -136,7 +136,8 @@ class CometConnection:
             raise HTTPError(405, f"{request.method} is not allowed here; use GET")
         if request.has_body:
             raise HTTPError(413, "requests to streams carry no body")
-        user = self.door.authorize(user_text, request.bearer_token())
+        user = self.door.authorize(user_text, request.bearer_token(),
+                                   getattr(self.transport.getPeer(), "host", "?"))
         del self.buf[:consumed]
         if kind == "poll":
             self._start_poll(user, request)

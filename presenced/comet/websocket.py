@@ -129,7 +129,8 @@ class UserWebSocket(WebSocketResource):
                      for k, v in request.args.items()}
             token = bearer_token(query.get("token"),
                                  (request.getHeader(b"authorization") or b"").decode("latin-1"))
-            self.user = self.door.authorize(self.user_text, token)
+            self.user = self.door.authorize(self.user_text, token,
+                                            getattr(request.getClientAddress(), "host", "?"))
             self.cursor = parse_cursor(query.get("since", ""))
         except HTTPError as e:
             request.setResponseCode(e.status)

@@ -6,9 +6,10 @@ accounts -- so an operator has one password for chat and console) or a console-o
 ``name:scrypt$N$r$p$salt$hash`` for operators who should have no chat account. Make the
 latter with ``python3 -m presenced.webadmin.auth NAME`` (password from the terminal or stdin).
 
-Both checks cost tens of milliseconds of CPU by design, so neither runs on the reactor
-thread: scrypt goes to the thread pool here, and ``core.accounts`` does the same with the
-store's keys (or asks the program). A login never stalls other doors.
+Both checks cost tens of milliseconds of CPU by design, so they run through the core's auth
+guard (:meth:`presenced.authguard.AuthGuard.run_check`: the thread pool, one per core at a
+time) — ``core.accounts`` does the same with the store's keys, or asks the program: a login
+never stalls other doors, and a flood of logins cannot queue unbounded work.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import hmac
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
 from presenced.config import ConfigError
 from presenced.users import BadUser, normalize_user
@@ -80,8 +81,10 @@ def _unb64(text: str) -> bytes:
 class AdminAccounts:
     """The configured admins; :meth:`check` fires the admin's name or None."""
 
-    def __init__(self, entries: list[str], accounts: "Accounts", default_domain: str):
+    def __init__(self, entries: list[str], accounts: "Accounts", default_domain: str,
+                 run_check: Callable[..., Any]):
         self.accounts = accounts
+        self.run_check = run_check  # AuthGuard.run_check: the slow part off the reactor
         self.default_domain = default_domain
         self.chat_accounts: set[str] = set()
         self.console_accounts: dict[str, ScryptHash] = {}
@@ -110,7 +113,7 @@ class AdminAccounts:
             return None
         hashed = self.console_accounts.get(name)
         if hashed is not None:
-            ok = yield threads.deferToThread(hashed.verify, password)
+            ok = yield self.run_check(hashed.verify, password)
             return name if ok else None
         user = self._chat_account(name)
         if user is None:

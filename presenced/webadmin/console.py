@@ -167,9 +167,15 @@ def _local_target(request: server.Request) -> str:
 
 
 def local_path(target: Optional[str]) -> str:
-    """Where to go after logging in: only a path on this console, never another site."""
-    if target and target.startswith("/") and not target.startswith("//") \
-            and "\\" not in target:
+    """Where to go after logging in: only a path on this console, never another site.
+
+    Browsers drop tabs and newlines from a URL and read a backslash as a slash, so
+    ``/%09/evil.example`` (a tab) or ``/%5Cevil.example`` would be ``//evil.example``: a
+    path must start with one ``/`` and hold no backslash, whitespace or control character;
+    anything else goes to the console's home."""
+    if (target and target.startswith("/") and not target.startswith("//")
+            and "\\" not in target
+            and all(c.isprintable() and not c.isspace() for c in target)):
         return target
     return "/"
 

@@ -9,7 +9,9 @@ errors, sessions per front door, store latency and Redis reconnects.
 from __future__ import annotations
 
 import hmac
+import math
 import time
+from typing import Optional
 
 from twisted.web.resource import Resource
 
@@ -74,15 +76,29 @@ class MetricsResource(Resource):
         self.token = token.encode("utf-8")
 
     def render_GET(self, request) -> bytes:
-        if self.token and not self._authorized(request):
-            request.setResponseCode(401)
-            request.setHeader(b"www-authenticate", b'Bearer realm="presenced metrics"')
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"metrics need Authorization: Bearer <[webadmin] metrics_token>\n"
+        if self.token:
+            refused = self._refused(request)
+            if refused is not None:
+                return refused
         request.setHeader(b"content-type", CONTENT_TYPE)
         return self.core.metrics.render().encode("utf-8")
 
-    def _authorized(self, request) -> bool:
+    def _refused(self, request) -> Optional[bytes]:
+        """The answer to a scrape without the right token, or None when it has it. A wrong
+        token counts with the auth guard (per address); a banned address gets 429."""
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        host = getattr(request.getClientAddress(), "host", "?")
+        guard = self.core.auth_guard
+        wait = guard.refusal(host)
+        if wait:
+            request.setResponseCode(429)
+            request.setHeader(b"retry-after", str(math.ceil(wait)).encode())
+            return b"too many wrong metrics tokens from this address: try again later\n"
         scheme, _, credential = (request.getHeader(b"authorization") or b"").partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(),
-                                                                   self.token)
+        if scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self.token):
+            return None
+        if credential:
+            guard.failed("webadmin", host)
+        request.setResponseCode(401)
+        request.setHeader(b"www-authenticate", b'Bearer realm="presenced metrics"')
+        return b"metrics need Authorization: Bearer <[webadmin] metrics_token>\n"

@@ -34,8 +34,9 @@ class AdminSite(server.Site):
 def make_console(core: Core) -> Console:
     settings = core.config.webadmin
     rates, probe = EventRates(core.router), StoreProbe(core.store)
-    console = Console(core, AdminAccounts(settings.admins, core.accounts, core.config.default_domain),
-                      AdminLogins(settings.session_ttl), rates, probe,
+    accounts = AdminAccounts(settings.admins, core.accounts, core.config.default_domain,
+                             core.auth_guard.run_check)
+    console = Console(core, accounts, AdminLogins(settings.session_ttl), rates, probe,
                       register_metrics(core, rates, probe))
     for page in PAGES:
         page.register(console)

@@ -4,8 +4,11 @@ A mechanism is a small object per authentication attempt: ``step(data)`` fires a
 :class:`Step` -- a challenge to send, success (with the authenticated bare JID and optional
 additional data) or a failure condition. SCRAM checks the client's proof against the stored
 keys, never seeing the password; PLAIN hands the password to ``core.accounts``, which hashes
-it off the reactor thread or asks the external auth program. When the program owns the
-passwords (``core.accounts.external_passwords``) there are no keys, so only PLAIN is offered.
+it in the auth guard's bounded thread pool (the reactor keeps serving) or asks the external
+auth program. When the program owns the passwords (``core.accounts.external_passwords``)
+there are no keys, so only PLAIN is offered. Each mechanism asks ``admit(user)`` as soon as it
+knows the account, before any costly work: a banned address or account gets
+``temporary-auth-failure`` (as Prosody's mod_limit_auth).
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from twisted.internet import defer
 
+from presenced.authguard import Busy
 from presenced.scram import HASHES
 from presenced.users import BadUser
 
@@ -43,6 +48,17 @@ def failure(condition: str, text: str = "") -> Step:
     return Step("failure", condition=condition, text=text)
 
 
+def refused(wait: float) -> Step:
+    """The answer to an attempt from a banned address or for a banned account."""
+    return failure("temporary-auth-failure", "too many failed authentication attempts: try "
+                   f"again in {math.ceil(wait)} seconds")
+
+
+def _admit_all(user: str) -> float:
+    """``admit`` of a mechanism no stream has given a guard: nobody waits."""
+    return 0.0
+
+
 class Plain:
     """PLAIN: ``[authzid] NUL authcid NUL password``, checked by ``core.accounts``."""
 
@@ -51,6 +67,9 @@ class Plain:
     def __init__(self, core: "Core", domain: str):
         self.core = core
         self.domain = domain
+        self.user: Optional[str] = None
+        # Seconds this account must wait (0: go ahead); the stream sets it to its guard.
+        self.admit: Callable[[str], float] = _admit_all
 
     @defer.inlineCallbacks
     def step(self, data: bytes):
@@ -63,7 +82,14 @@ class Plain:
             return failure("invalid-authzid")
         if user.rpartition("@")[2] != self.domain or not password:
             return failure("not-authorized")
-        ok = yield self.core.accounts.check_password(user, password)
+        self.user = user
+        wait = self.admit(user)
+        if wait:
+            return refused(wait)
+        try:
+            ok = yield self.core.accounts.check_password(user, password)
+        except Busy:
+            return failure("temporary-auth-failure", "the server is busy: try again")
         return Step("success", user=user) if ok else failure("not-authorized")
 
 
@@ -82,6 +108,7 @@ class Scram:
         self.client_first_bare = ""
         self.server_first = ""
         self.gs2_header = ""
+        self.admit: Callable[[str], float] = _admit_all  # as Plain.admit
 
     def step(self, data: bytes) -> defer.Deferred:
         if self.user is None:
@@ -105,6 +132,9 @@ class Scram:
             return failure("not-authorized")
         if authzid and authzid[2:] not in (self.user, name):
             return failure("invalid-authzid")
+        wait = self.admit(self.user)
+        if wait:
+            return refused(wait)
         creds = None
         if self.user.rpartition("@")[2] == self.domain:
             creds = await self.core.accounts.credentials(self.user)

@@ -13,6 +13,7 @@ import binascii
 import random
 import secrets
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Optional
 
 from twisted.internet import reactor
@@ -20,6 +21,7 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish, xmlstream
 
+from presenced.authguard import backoff
 from presenced.flow import WriteBudget
 from presenced.xmpp import sasl
 from presenced.xmpp.parser import PolicyViolation, RestrictedXML, StanzaParser
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from presenced.xmpp.server import C2SServer
 
 MAX_AUTH_FAILURES = 3
+COUNTED_FAILURES = ("not-authorized", "invalid-authzid")  # wrong guesses, not bad encodings
 # Stream ids: unique and unguessable enough for c2s, without a syscall per stream restart.
 _stream_ids = random.Random(secrets.randbits(128))
 # Opens the parser of a woken stream: the namespaces of every c2s stream header.
@@ -45,7 +48,7 @@ class C2SStream(xmlstream.XmlStream):
     log = Logger()
     __slots__ = ("server", "secure", "domain", "user", "session", "mechanism", "failures",
                  "header_sent", "closing", "budget", "deadline", "retired", "parsing",
-                 "recent", "at_boundary")
+                 "recent", "at_boundary", "auth_pending")
 
     def __init__(self, server: "C2SServer", direct_tls: bool = False):
         super().__init__()
@@ -64,6 +67,7 @@ class C2SStream(xmlstream.XmlStream):
         self.parsing = False
         self.recent = True  # data arrived since the last hibernation sweep
         self.at_boundary = False  # the last read ended between stanzas
+        self.auth_pending = False  # a SASL step or a delayed failure is not answered yet
 
     # --- connection ------------------------------------------------------------------------
 
@@ -259,12 +263,18 @@ class C2SStream(xmlstream.XmlStream):
             self.stream_error("policy-violation", "already authenticated")
         elif self.server.must_start_tls(self):
             self.stream_error("policy-violation", "STARTTLS first")
+        elif self.auth_pending and element.name != "abort":
+            # Pipelined attempts would each cost a password check while only the last is
+            # answered: one attempt in flight per stream, as RFC 6120 6.4 has clients wait.
+            self.stream_error("policy-violation", "wait for the answer to the SASL attempt "
+                                                  "in progress")
         elif element.name == "auth":
             name = element.getAttribute("mechanism", "")
             if name not in sasl.mechanisms(self.server.core, self.secure):
                 self._sasl_failure(sasl.failure("invalid-mechanism"))
                 return
             self.mechanism = sasl.make_mechanism(name, self.server.core, self.domain)
+            self.mechanism.admit = partial(self.server.core.auth_guard.refusal, self.peer_host)
             self._sasl_step(str(element))
         elif element.name == "response" and self.mechanism is not None:
             self._sasl_step(str(element))
@@ -282,6 +292,7 @@ class C2SStream(xmlstream.XmlStream):
             self._sasl_failure(sasl.failure("incorrect-encoding"))
             return
         mechanism = self.mechanism
+        self.auth_pending = True
         d = mechanism.step(data)
         d.addCallback(self._sasl_answer, mechanism)
         d.addErrback(self._sasl_error, mechanism)
@@ -290,8 +301,15 @@ class C2SStream(xmlstream.XmlStream):
         self.log.failure("SASL {name} failed", failure, name=mechanism.name)
         self._sasl_answer(sasl.failure("temporary-auth-failure"), mechanism)
 
+    @property
+    def peer_host(self) -> str:
+        """The client's address, as the auth guard counts it."""
+        return getattr(self.transport.getPeer(), "host", "?")
+
     def _sasl_answer(self, step: sasl.Step, mechanism) -> None:
-        if self.closing or mechanism is not self.mechanism:
+        delay = self._sasl_judged(step, mechanism)
+        self.auth_pending = False
+        if self.closing or self.stream is None or mechanism is not self.mechanism:
             return
         if step.kind == "challenge":
             self.write(b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>%s</challenge>"
@@ -305,12 +323,24 @@ class C2SStream(xmlstream.XmlStream):
             self._restart()
         else:
             self.mechanism = None
-            self._sasl_failure(step)
+            self._sasl_failure(step, delay)
+
+    def _sasl_judged(self, step: sasl.Step, mechanism) -> Optional[float]:
+        """Tell the auth guard how an attempt ended, even when the client has gone (or
+        hanging up before the answer would make guesses free); returns the failure's
+        backoff, None when the guard does not count it."""
+        guard = self.server.core.auth_guard
+        if step.kind == "success":
+            guard.succeeded(self.peer_host, step.user)
+        elif step.kind == "failure" and step.condition in COUNTED_FAILURES:
+            failures = guard.failed("xmpp", self.peer_host, mechanism.user)
+            return backoff(self.server.auth_failure_delay, failures)
+        return None
 
     def _sasl_failure(self, step: sasl.Step, delay: Optional[float] = None) -> None:
         """Failures are answered after a delay and end the stream after a few: guessing
         passwords over one connection is slow, and reconnecting costs a TLS handshake."""
-        if step.condition in ("not-authorized", "invalid-authzid"):
+        if step.condition in COUNTED_FAILURES:
             self.failures += 1
             self.server.count("presenced_auth_failures_total")
         text = b"<text>%s</text>" % domish.escapeToXml(step.text).encode() if step.text else b""
@@ -318,9 +348,14 @@ class C2SStream(xmlstream.XmlStream):
                 % (step.condition.encode(), text))
         delay = self.server.auth_failure_delay if delay is None else delay
         if self.failures and delay:
-            reactor.callLater(delay, self._send_failure, data)
+            self.auth_pending = True  # until answered: no timer per pipelined <auth>
+            reactor.callLater(delay, self._send_delayed_failure, data)
         else:
             self._send_failure(data)
+
+    def _send_delayed_failure(self, data: bytes) -> None:
+        self.auth_pending = False
+        self._send_failure(data)
 
     def _send_failure(self, data: bytes) -> None:
         if self.closing or self.transport is None:

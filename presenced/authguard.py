@@ -1,0 +1,171 @@
+"""Failed authentications counted across connections and doors, as ejabberd's mod_fail2ban.
+
+Every door that checks a secret asks one :class:`AuthGuard` first (``refusal``), then tells it
+how the check went (``failed`` / ``succeeded``). Failures are counted per source address and
+per account over ``[server] auth_failure_period``; past ``auth_failures_per_ip`` (or
+``auth_failures_per_account``) that address (or account) is refused for ``auth_ban_seconds``
+without any password being checked. Until then each failure is answered after a backoff that
+doubles with the failures already counted past the first three (:func:`backoff`), so guessing from many
+connections at once is no faster than from one.
+
+The guard also runs the deliberately slow password checks (PBKDF2, scrypt) in the thread pool,
+at most one per core at a time and with a bounded queue, so a flood of attempts can neither
+stall the reactor nor queue unbounded work.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from presenced.metrics import Metrics
+
+FREE_FAILURES = 3  # failures answered after the first delay before the backoff doubles it
+MAX_BACKOFF_FACTOR = 16  # the backoff stops doubling here (16 s with a 1 s first delay)
+MAX_TRACKED = 100_000  # addresses and accounts remembered at most; the oldest are forgotten
+MAX_QUEUED_CHECKS = 256  # slow checks waiting for a core; more are refused (Busy)
+BAN_LOG_LINES = 10  # ban log lines per minute at most; the rest are summed up in the next one
+
+
+class Busy(Exception):
+    """Too many password checks are waiting: the attempt is refused, try again later."""
+
+
+@dataclass(slots=True)
+class Record:
+    """What is known of one address or account: failures since ``since``, a ban until."""
+
+    failures: int = 0
+    since: float = 0.0
+    banned_until: float = 0.0
+
+
+def address_key(host: str) -> str:
+    """The unit an address is counted in: an IPv4 address, or an IPv6 /64 (one subscriber's
+    network: anyone holding a /64 could otherwise try from 2^64 addresses)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a UNIX socket path or a test transport's name
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def backoff(first_delay: float, failures: int) -> float:
+    """Seconds before answering a failure, when ``failures`` have been counted (this one
+    included): ``first_delay`` for the first few (typos happen), then doubled per failure,
+    at most 16 times ``first_delay``."""
+    return first_delay * min(2 ** max(failures - FREE_FAILURES, 0), MAX_BACKOFF_FACTOR)
+
+
+class AuthGuard:
+    """One per node (``core.auth_guard``): bans, backoff and the slow-check pool."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, metrics: Metrics, per_ip: int, per_account: int,
+                 period: float, ban_seconds: float, cores: Optional[int] = None):
+        self.clock = clock
+        self.metrics = metrics
+        self.limits = {"ip": per_ip, "account": per_account}
+        self.period = period
+        self.ban_seconds = ban_seconds
+        self.records: dict[tuple[str, str], Record] = {}
+        self.checks = defer.DeferredSemaphore(cores or os.cpu_count() or 1)
+        self._next_prune = 0.0
+        self._log_window = 0.0
+        self._log_lines = 0
+        self._log_suppressed = 0
+        metrics.describe("presenced_auth_bans_total", "counter",
+                         "Addresses and accounts banned after too many failed authentications, "
+                         "by the door of the failure that caused the ban")
+        metrics.describe("presenced_password_checks_total", "counter",
+                         "Slow password checks (PBKDF2, scrypt) run in the thread pool")
+
+    # --- bans and backoff ------------------------------------------------------------------
+
+    def refusal(self, host: str, account: Optional[str] = None) -> float:
+        """Seconds until ``host`` (and ``account``, when given) may try again; 0: go ahead."""
+        now = self.clock.seconds()
+        wait = 0.0
+        for key in self._keys(host, account):
+            record = self.records.get(key)
+            if record is not None and record.banned_until > now:
+                wait = max(wait, record.banned_until - now)
+        return wait
+
+    def failed(self, door: str, host: str, account: Optional[str] = None) -> int:
+        """Count a failed attempt; returns the failures now counted for the worse of the
+        address and the account (for :func:`backoff`). Reaching a limit bans that key."""
+        now = self.clock.seconds()
+        self._prune(now)
+        worst = 0
+        for key in self._keys(host, account):
+            limit = self.limits[key[0]]
+            if not limit:
+                continue
+            record = self.records.get(key)
+            if (record is None or now - record.since > self.period
+                    or 0 < record.banned_until <= now):  # a ban served: a fresh count
+                record = self.records[key] = Record(0, now, 0.0)
+            record.failures += 1
+            worst = max(worst, record.failures)
+            if record.failures >= limit and record.banned_until <= now:
+                record.banned_until = now + self.ban_seconds
+                self._banned(door, key, record.failures)
+        return worst
+
+    def succeeded(self, host: str, account: Optional[str] = None) -> None:
+        """A right password: the account's failures are forgotten (its owner is back). The
+        address keeps its count, or an attacker could reset it with an account of their own."""
+        if account is not None:
+            self.records.pop(("account", account), None)
+
+    def _keys(self, host: str, account: Optional[str]) -> list[tuple[str, str]]:
+        keys = [("ip", address_key(host))]
+        if account is not None:
+            keys.append(("account", account))
+        return keys
+
+    def _banned(self, door: str, key: tuple[str, str], failures: int) -> None:
+        self.metrics.inc("presenced_auth_bans_total", door=door)
+        now = self.clock.seconds()
+        if now - self._log_window >= 60:
+            self._log_window, self._log_lines = now, 0
+        if self._log_lines >= BAN_LOG_LINES:
+            self._log_suppressed += 1
+            return
+        self._log_lines += 1
+        suppressed, self._log_suppressed = self._log_suppressed, 0
+        self.log.warn("auth: {kind} {name} banned for {seconds:.0f} s after {failures} failed "
+                      "authentications (last on {door}){more}", kind=key[0], name=key[1],
+                      seconds=self.ban_seconds, failures=failures, door=door,
+                      more=f"; {suppressed} more bans not logged" if suppressed else "")
+
+    def _prune(self, now: float) -> None:
+        """Forget expired records once per period, and the oldest past MAX_TRACKED."""
+        if now >= self._next_prune:
+            self._next_prune = now + self.period
+            self.records = {key: r for key, r in self.records.items()
+                            if r.banned_until > now or now - r.since <= self.period}
+        while len(self.records) >= MAX_TRACKED:
+            del self.records[next(iter(self.records))]
+
+    # --- slow checks ------------------------------------------------------------------------
+
+    def run_check(self, check: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """``check(*args)`` in the thread pool, one per core at a time; fails with
+        :class:`Busy` at once when MAX_QUEUED_CHECKS are already waiting."""
+        if len(self.checks.waiting) >= MAX_QUEUED_CHECKS:
+            return defer.fail(Busy("too many password checks waiting"))
+        self.metrics.inc("presenced_password_checks_total")
+        return self.checks.run(threads.deferToThread, check, *args)
