@@ -8,9 +8,7 @@ import asyncio
 import thriftpy2
 from thriftpy2.rpc import make_client
 
-from tests.conftest import REPO
-from tests.test_cluster_nodes import node_config
-from tests.test_pep import PASSWORD, SONG, SONG_SEEN, TIMEOUT, TuneClient
+from tests.helpers import PASSWORD, REPO, SONG, SONG_SEEN, TIMEOUT, TuneClient, node_config
 
 IDL = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"),
                      module_name="cluster_xmpp_presenced_thrift")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from presenced import config
-from tests.conftest import REPO, TWISTD, subprocess_env
+from tests.helpers import REPO, TWISTD, subprocess_env
 
 DOCUMENTED = REPO / "config" / "presenced.toml"
 

@@ -3,23 +3,25 @@ PEP (XEP-0163) with User Tune (XEP-0118) through a real server and real slixmpp 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import pytest_twisted
+import slixmpp
+from slixmpp.exceptions import IqError
 from twisted.internet import defer
 from twisted.words.xish import domish
-from zope.interface import implementer
 
 from presenced import config, events
 from presenced.core import Core
-from presenced.events import Event
 from presenced.nowplaying import TUNE_NS, BadTune, Tune, parse_tune_xml
-from presenced.router import ISession
 from presenced.store.embedded import EmbeddedRosterStore
 from presenced.xmlparse import parse_element
 from presenced.xmpp.caps import (BadCaps, EntityCaps, caps_hash, notify_nodes,
                                  parse_disco_info, verification_string)
+from tests.helpers import (PASSWORD, SONG, SONG_SEEN, TIMEOUT, RecordingSession,
+                           TuneClient)
 
 
 def parse(xml: str) -> domish.Element:
@@ -219,22 +221,6 @@ def test_entity_caps_cache_is_bounded():
 
 # --- the core publish path ------------------------------------------------------------------
 
-@implementer(ISession)
-class RecordingSession:
-    protocol = "test"
-
-    def __init__(self, user: str):
-        self.user = user
-        self.label = "r"
-        self.events: list[Event] = []
-
-    def deliver(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self, reason: str) -> None:
-        pass
-
-
 @pytest.fixture
 def core(tmp_path: Path):
     cfg = config.load(overrides={"server": {"data_dir": str(tmp_path / "data")}})
@@ -268,76 +254,6 @@ async def test_core_publish_tune_stores_it_and_sends_one_event_to_friends(core):
 
 # --- PEP with real slixmpp clients through a real server --------------------------------------
 
-slixmpp = pytest.importorskip("slixmpp")
-
-import asyncio  # noqa: E402
-import ssl  # noqa: E402
-from xml.etree import ElementTree  # noqa: E402
-
-from slixmpp.exceptions import IqError  # noqa: E402
-from slixmpp.xmlstream.handler import Callback  # noqa: E402
-from slixmpp.xmlstream.matcher import MatchXPath  # noqa: E402
-
-NS_EVENT = "http://jabber.org/protocol/pubsub#event"
-
-PASSWORD = "tune-secret"
-TIMEOUT = 15.0
-QUIET = 1.5  # how long "nothing arrives" is watched for
-
-
-class TuneClient(slixmpp.ClientXMPP):
-    """A Jabber client with disco, entity caps and (``notify``) User Tune interest."""
-
-    def __init__(self, user: str, notify: bool, moods: bool = False):
-        super().__init__(f"{user}@localhost/test", PASSWORD)
-        self.enable_direct_tls = False
-        self.ssl_context = ssl.create_default_context()
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE  # the server's generated certificate
-        plugins = ["xep_0030", "xep_0115", "xep_0060"]
-        if notify:
-            plugins += ["xep_0163", "xep_0118"]
-        if moods:
-            plugins += ["xep_0163", "xep_0107"]
-        for plugin in plugins:
-            self.register_plugin(plugin)
-        self.tunes: asyncio.Queue = asyncio.Queue()
-        self.started: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.add_event_handler("session_start", self._session_start)
-        # Every PEP notification, whatever the plugins: a client without interest must get none.
-        self.register_handler(Callback("pep", MatchXPath(
-            f"{{jabber:client}}message/{{{NS_EVENT}}}event"), self._notification))
-        self.add_event_handler("failed_auth", lambda _: self._fail("authentication failed"))
-
-    def _fail(self, why: str) -> None:
-        if not self.started.done():
-            self.started.set_exception(RuntimeError(why))
-
-    async def _session_start(self, _event) -> None:
-        self.send_presence()
-        if not self.started.done():
-            self.started.set_result(True)
-
-    def _notification(self, message) -> None:
-        """Queue (publisher, tune fields), or (publisher, the item's XML) for another node."""
-        item = message.xml.find(f"{{{NS_EVENT}}}event/{{{NS_EVENT}}}items/{{{NS_EVENT}}}item")
-        tune = item.find(f"{{{TUNE_NS}}}tune") if item is not None else None
-        if tune is None:
-            seen = ElementTree.tostring(message.xml, encoding="unicode")
-        else:
-            seen = {child.tag.partition("}")[2]: child.text or "" for child in tune}
-        self.tunes.put_nowait((message["from"].bare, seen))
-
-    async def next_tune(self) -> tuple[str, dict]:
-        return await asyncio.wait_for(self.tunes.get(), TIMEOUT)
-
-    async def nothing_more(self) -> None:
-        await asyncio.sleep(QUIET)
-        assert self.tunes.empty(), f"unexpected tune: {self.tunes.get_nowait()}"
-
-    def publish(self, **fields) -> asyncio.Future:
-        return self.plugin["xep_0118"].publish_tune(**fields)
-
 
 async def online(server, user: str, notify: bool = True, moods: bool = False) -> TuneClient:
     client = TuneClient(user, notify, moods)
@@ -363,12 +279,6 @@ def server(presenced_factory):
         server.ctl("add-friend", "alice@localhost", f"{friend}@localhost")
     # A running server reads the store on login: the accounts above are seen without restart.
     return server
-
-
-SONG = {"artist": "Yes", "title": "Heart of the Sunrise", "source": "Fragile", "length": 686,
-        "track": "4"}
-SONG_SEEN = {"artist": "Yes", "title": "Heart of the Sunrise", "source": "Fragile",
-             "length": "686", "track": "4"}
 
 
 def test_a_tune_reaches_friends_with_notify_only_and_later_logins_get_the_last_one(server):
@@ -481,7 +391,7 @@ def test_thrift_publish_np_takes_the_same_path_as_a_client_publish(server):
     import thriftpy2
     from thriftpy2.rpc import make_client
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     idl = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"), module_name="pep_np_thrift")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import TWISTD, subprocess_env, write_config
+from tests.helpers import TWISTD, subprocess_env, write_config
 
 
 def test_each_listening_door_logs_its_address(presenced_factory):

@@ -11,7 +11,6 @@ import importlib
 import json
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
 
-from tests.conftest import REPO, PresencedProcess
-from tests.test_thrift_abuse import SocketReader, encode_call, read_reply
+from tests.helpers import (REPO, PresencedProcess, SocketReader, encode_call, generate, php,
+                           read_reply)
 
 IDL = REPO / "thrift" / "presenced.thrift"
 admin = thriftpy2.load(str(IDL), module_name="test_presenced_admin_thrift")
@@ -196,14 +195,6 @@ def test_thriftpy2_framed_and_compact(tmp_path, transport, protocol):
         server.stop()
 
 
-def generate(tmp_path: Path, language: str) -> Path:
-    out = tmp_path / f"gen-{language}"
-    out.mkdir()
-    subprocess.run(["thrift", "--gen", language, "-out", str(out), str(IDL)], check=True,
-                   capture_output=True, timeout=60)
-    return out
-
-
 @pytest.fixture
 def apache_generated(tmp_path):
     """``thrift --gen py`` output, imported; removed from sys.modules afterwards."""
@@ -252,12 +243,6 @@ def test_apache_thrift_generated_client(tmp_path, server, apache_generated, fram
     finally:
         if framed:
             target.stop()
-
-
-def php(gen: Path, port: int, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["php", str(REPO / "tests" / "php" / "ejabthrift_client.php"),
-                           str(gen), "127.0.0.1", str(port), *args],
-                          capture_output=True, text=True, timeout=60)
 
 
 def test_php_client_add_friend_and_publish_np(tmp_path, server):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
-import sys
 import time
 from html.parser import HTMLParser
 from typing import Iterator, Optional
@@ -19,7 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from presenced.webadmin.auth import ScryptHash
-from tests.conftest import PresencedProcess, subprocess_env
+from tests.helpers import PresencedProcess, on_store, open_stream, roster
 
 EVIL = '<script>alert("x")</script>'
 METRICS_TOKEN = "scrape-me"
@@ -46,30 +44,6 @@ def server(tmp_path_factory) -> Iterator[PresencedProcess]:
     seed_hostile_data(process)
     yield process
     process.stop()
-
-
-def on_store(server: PresencedProcess, body: str) -> str:
-    """Run ``body`` (statements using ``store``, an open EmbeddedRosterStore of the running
-    server, inside an inlineCallbacks function) in a child process; returns its output."""
-    script = "\n".join([
-        "import sys",
-        "from twisted.internet import defer, task",
-        "from presenced.nowplaying import TUNE_NS, TUNE_ITEM_ID, Tune",
-        "from presenced.scram import verify_password",
-        "from presenced.pep import PepItem", "from presenced.store import RosterItem",
-        "from presenced.store.embedded import EmbeddedRosterStore",
-        "@defer.inlineCallbacks",
-        "def main(reactor, path):",
-        "    store = EmbeddedRosterStore(path)",
-        "    yield store.start()",
-        *("    " + line for line in body.strip().splitlines()),
-        "    yield store.stop()",
-        "task.react(main, sys.argv[1:])",
-    ])
-    return subprocess.run([sys.executable, "-c", script,
-                           str(server.data_dir / "presenced.sqlite3")],
-                          env=subprocess_env(), check=True, timeout=60, capture_output=True,
-                          text=True).stdout
 
 
 def seed_hostile_data(server: PresencedProcess) -> None:
@@ -125,11 +99,6 @@ def parse(html: str) -> TextAndScripts:
     parser = TextAndScripts()
     parser.feed(html)
     return parser
-
-
-def roster(server: PresencedProcess, user: str) -> dict[str, str]:
-    lines = server.ctl("roster", user).stdout.splitlines()
-    return {line.split("\t")[0]: line.split("\t")[1].split()[0] for line in lines if line}
 
 
 # --- authentication -----------------------------------------------------------------------
@@ -350,16 +319,6 @@ def test_metrics_need_the_configured_token(server):
     assert requests.get(url, timeout=10).status_code == 401
     assert requests.get(url, headers={"Authorization": "Bearer nope"},
                         timeout=10).status_code == 401
-
-
-def open_stream(server: PresencedProcess, user: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.ports["comet"]), timeout=10)
-    sock.sendall(f"GET /stream/{user} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    received = b""
-    while b"\r\n\r\n" not in received:
-        received += sock.recv(4096)
-    assert received.startswith(b"HTTP/1.1 200"), received
-    return sock
 
 
 def wait_for(predicate, timeout: float = 10.0):

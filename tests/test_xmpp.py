@@ -16,8 +16,7 @@ import slixmpp
 import thriftpy2
 from thriftpy2.rpc import make_client
 
-from tests.conftest import REPO, PresencedProcess
-from tests.test_xmpp_bad_input import HEADER, OTHER_DOORS_OFF, RawClient
+from tests.helpers import HEADER, OTHER_DOORS_OFF, REPO, PresencedProcess, RawClient
 
 admin = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"),
                        module_name="test_xmpp_admin_thrift")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import PresencedProcess
-from tests.test_xmpp_bad_input import OTHER_DOORS_OFF, RawClient
+from tests.helpers import OTHER_DOORS_OFF, PresencedProcess, RawClient
 
 
 @pytest.fixture(scope="module")
