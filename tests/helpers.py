@@ -176,6 +176,18 @@ class PresencedProcess:
             time.sleep(0.05)
         raise TimeoutError("presenced did not become ready:\n" + self.log())
 
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
+        """The log once ``text`` is in it. ``start()`` returns when ``ready`` is in
+        ports.json, which the server writes just *before* it logs its ready line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if text in log:
+                return log
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not logged after {timeout}s:\n" + log)
+            time.sleep(0.05)
+
     def log(self) -> str:
         text = self.log_path.read_text() if self.log_path.exists() else ""
         err = self.directory / "stderr.log"
