@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from presenced.store import IRosterStore
 from tests.helpers import PresencedProcess, RedisServer
@@ -67,3 +68,21 @@ def store(request, tmp_path: Path):
     pytest_twisted.blockon(backend.stop())
     for server in redis:
         server.stop()
+
+
+@pytest.fixture
+def memory_xmpp(tmp_path: Path):
+    """``await memory_xmpp(sections)``: a started in-memory XMPP door
+    (:class:`tests.xmpp_memory.MemoryServer`); stopped after the test."""
+    from tests.xmpp_memory import MemoryServer
+
+    nodes: list[MemoryServer] = []
+
+    async def make(sections: Optional[dict[str, dict[str, Any]]] = None) -> MemoryServer:
+        node = MemoryServer(tmp_path / f"memory{len(nodes)}", sections)
+        nodes.append(node)
+        return await node.start()
+
+    yield make
+    for node in nodes:
+        pytest_twisted.blockon(defer.ensureDeferred(node.stop()))
