@@ -97,13 +97,17 @@ class MemoryServer:
 
     async def online(self, user: str, resource: str = "test", password: str = "pw",
                      presence: Optional[bytes] = b"<presence/>",
-                     features: Optional[list[str]] = None) -> "MemoryClient":
-        """A client logged in and bound as ``user/resource``; with ``features`` it answers
-        the server's disco#info like a client with those features and sends them as entity
-        caps in its first presence; ``presence=None`` stays unavailable."""
+                     features: Optional[list[str]] = None,
+                     roster: bool = True) -> "MemoryClient":
+        """A client logged in and bound as ``user/resource`` that fetched its roster (as
+        clients do: roster pushes go to resources that did) and sent ``presence``
+        (None: stays unavailable). With ``features`` it answers the server's disco#info
+        like a client with those features and sends them as entity caps."""
         client = self.open()
         client.features = features
         await client.login(user, password, resource)
+        if roster:
+            await client.iq("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
         if presence is not None:
             client.send(client.with_caps(presence))
             await self.settle()
