@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from tests.conftest import free_port, wait_for_port
+from tests.helpers import free_port, wait_for_port
 
 NGIRCD = "/usr/sbin/ngircd"
 

@@ -28,10 +28,9 @@ from presenced.thrift import admin as served
 from presenced.thrift.handler import AdminHandler
 from presenced.webadmin.auth import AdminAccounts
 from presenced.xmpp import sasl
-from tests.conftest import PresencedProcess
-from tests.test_thrift import J, admin, client
-from tests.test_webadmin import base, login
-from tests.test_xmpp_bad_input import HEADER, RawClient
+from tests.helpers import (HEADER, J, THRIFT as admin, PresencedProcess, RawClient,
+                           thrift_client as client, webadmin_login as login,
+                           webadmin_url as base)
 
 
 class ProgramStub:

@@ -21,8 +21,7 @@ from presenced.authguard import MAX_QUEUED_CHECKS, AuthGuard, Busy, address_key,
 from presenced.metrics import Metrics
 from presenced.tokens import check_token
 from presenced.webadmin.console import local_path
-from tests.conftest import PresencedProcess
-from tests.test_xmpp_bad_input import HEADER, RawClient
+from tests.helpers import HEADER, PresencedProcess, RawClient
 
 
 def make_guard(per_ip: int = 5, per_account: int = 3, period: float = 60.0,

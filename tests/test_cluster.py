@@ -19,7 +19,7 @@ from presenced.cluster.service import ClusterService
 from presenced.core import Core
 from presenced.events import Event
 from presenced.store.redis import RedisRosterStore
-from tests.test_router import RecordingSession
+from tests.helpers import RecordingSession
 
 
 def sleep(seconds: float) -> defer.Deferred:

@@ -6,33 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
-import thriftpy2
 from thriftpy2.rpc import make_client
 
-from tests.conftest import REPO
-from tests.test_comet import HTTPStream
-
-IDL = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"),
-                     module_name="cluster_presenced_thrift")
-J = IDL.JabberUser
-
-
-def node_config(redis_url: str, node_id: str, **extra: dict) -> dict:
-    sections = {
-        "store": {"backend": "redis", "redis": [redis_url]},
-        "cluster": {"enabled": True, "node_id": node_id, "heartbeat_interval": 0.3,
-                    "node_timeout": 1.5},
-        "comet": {"require_token": False},
-        "xmpp": {"enabled": False},
-        "webadmin": {"enabled": False},
-    }
-    for section, values in extra.items():
-        sections.setdefault(section, {}).update(values)
-    return sections
-
+from tests.helpers import THRIFT, HTTPStream, J, node_config
 
 def admin(node):
-    return make_client(IDL.PresencedAdmin, "127.0.0.1", node.ports["thrift"], timeout=20000)
+    return make_client(THRIFT.PresencedAdmin, "127.0.0.1", node.ports["thrift"], timeout=20000)
 
 
 @pytest.fixture

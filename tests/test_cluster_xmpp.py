@@ -1,5 +1,6 @@
 """Jabber clients (slixmpp) on two cluster nodes: friends made through the Thrift admin of one
-node see each other's presence, chat and tunes across nodes."""
+node see each other's presence, chat and tunes across nodes; an XMPP user's presence and tune
+reach a comet stream on the other node."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import asyncio
 import thriftpy2
 from thriftpy2.rpc import make_client
 
-from tests.conftest import REPO
-from tests.test_cluster_nodes import node_config
-from tests.test_pep import PASSWORD, SONG, SONG_SEEN, TIMEOUT, TuneClient
+from tests.helpers import (PASSWORD, REPO, SONG, SONG_SEEN, TIMEOUT, Client, HTTPStream,
+                           TuneClient, node_config)
 
 IDL = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"),
                      module_name="cluster_xmpp_presenced_thrift")
@@ -96,9 +96,54 @@ def test_friends_on_two_nodes_see_presence_chats_and_tunes(redis_server, presenc
     asyncio.run(scenario())
 
 
-def test_carbons_reach_a_resource_on_the_other_node(redis_server, presenced_factory):
-    from tests.test_xmpp import Client
+def test_xmpp_presence_and_tune_on_node_a_reach_a_comet_stream_on_node_b(redis_server,
+                                                                         presenced_factory):
+    """Alice (XMPP, node A) comes online and plays a song. Bob, her friend, is online on
+    node A over XMPP too, so the event is rendered for a local XMPP resource before it is
+    encoded for the cluster; Carol, her friend on node B, watches a comet stream. The XMPP
+    rendering must not leak into what node B receives (it once did: render caches were
+    written into the event's payload)."""
+    a = presenced_factory(node_config(redis_server.url, "a", server={"scram_iterations": 64},
+                                      xmpp={"enabled": True, "bind": "127.0.0.1"}), name="a")
+    b = presenced_factory(node_config(redis_server.url, "b", comet={"require_token": True}),
+                          name="b")
+    a.ctl("import-users", "-", "--quiet",
+          input=f"alice@localhost {PASSWORD}\nbob@localhost {PASSWORD}\n")
+    a.ctl("load-friends", "-", "--quiet",
+          input="alice@localhost bob@localhost\nalice@localhost carol@localhost\n")
+    carol_token = b.ctl("stream-token", "carol@localhost").stdout.strip().splitlines()[-1]
+    carol = HTTPStream(b.ports["comet"], f"/stream/carol@localhost?token={carol_token}")
+    assert carol.status == 200
+    carol.wait_for("welcome")
 
+    async def scenario() -> None:
+        bob = await online(a.ports["xmpp"], "bob")
+        await asyncio.sleep(0.7)  # carol's stream reaches node a's directory; bob's caps
+        alice = await online(a.ports["xmpp"], "alice")
+        assert await asyncio.wait_for(bob.online_contacts.get(), TIMEOUT) == "alice@localhost"
+        presence = (await asyncio.to_thread(carol.wait_for, "presence"))[0]
+        assert (presence["from"], presence["available"], presence["resource"]) == \
+            ("alice@localhost", True, "test")
+
+        await asyncio.sleep(0.5)  # alice's caps are learned before she publishes
+        await alice.publish(**SONG)
+        assert await bob.next_tune() == ("alice@localhost", SONG_SEEN)
+        tune = (await asyncio.to_thread(carol.wait_for, "tune"))[0]
+        assert {k: tune.get(k) for k in SONG} == SONG
+        assert tune["from"] == "alice@localhost"
+        assert not any(key.startswith("_") or isinstance(value, bytes)
+                       for event in carol.json_lines() for key, value in event.items())
+        for client in (alice, bob):
+            client.disconnect()
+        await asyncio.sleep(0.2)
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+    finally:
+        carol.close()
+
+
+def test_carbons_reach_a_resource_on_the_other_node(redis_server, presenced_factory):
     extra = {"server": {"scram_iterations": 64}, "xmpp": {"enabled": True,
                                                           "bind": "127.0.0.1"}}
     a = presenced_factory(node_config(redis_server.url, "a", **extra), name="a")

@@ -6,170 +6,22 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any, Callable, Optional
 
 import pytest
-import thriftpy2
 import websocket
-from thriftpy2.rpc import make_client
 
-from tests.conftest import REPO
-
-IDL = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"), module_name="presenced_thrift")
-
-QUIET = {"xmpp": {"enabled": False}, "webadmin": {"enabled": False}}
-
-
-# --- clients -------------------------------------------------------------------------------
-
-class HTTPStream:
-    """A raw-socket HTTP/1.1 client that reads a chunked stream incrementally."""
-
-    def __init__(self, port: int, path: str, headers: Optional[dict[str, str]] = None,
-                 host: str = "127.0.0.1"):
-        self.sock = socket.create_connection((host, port), timeout=10)
-        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        self.raw = b""
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.body = b""           # de-chunked
-        self._pending = b""       # chunked bytes not yet decoded
-        self.closed = False
-        self._read_head()
-
-    def _recv(self, timeout: float) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except socket.timeout:
-            return False
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.closed = True
-            return False
-        self.raw += data
-        return True
-
-    def _read_head(self) -> None:
-        deadline = time.monotonic() + 10
-        while b"\r\n\r\n" not in self.raw:
-            if not self._recv(max(0.01, deadline - time.monotonic())) and \
-                    (self.closed or time.monotonic() > deadline):
-                raise AssertionError(f"no response head: {self.raw!r}")
-        head, _, rest = self.raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split()[1])
-        self.headers = {k.lower(): v.strip() for k, _, v in
-                        (line.partition(":") for line in lines[1:])}
-        self._take(rest)
-
-    def _take(self, data: bytes) -> None:
-        if self.headers.get("transfer-encoding") != "chunked":
-            self.body += data
-            return
-        self._pending += data
-        while True:
-            size_line, sep, rest = self._pending.partition(b"\r\n")
-            if not sep:
-                return
-            size = int(size_line, 16)
-            if len(rest) < size + 2:
-                return
-            self.body += rest[:size]
-            self._pending = rest[size + 2:]
-            if size == 0:
-                return
-
-    def wait(self, predicate: Callable[[bytes], bool], timeout: float = 10) -> bytes:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.body):
-            left = deadline - time.monotonic()
-            if left <= 0 or self.closed:
-                raise AssertionError(f"not seen in time; body so far: {self.body!r}")
-            before = len(self.raw)
-            if self._recv(min(left, 0.5)):
-                self._take(self.raw[before:])
-        return self.body
-
-    def json_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.body.split(b"\n") if line.strip()]
-
-    def sse_events(self) -> list[dict[str, Any]]:
-        events = []
-        for block in self.body.decode().split("\n\n"):
-            fields: dict[str, str] = {}
-            for line in block.split("\n"):
-                name, _, value = line.partition(": ")
-                if name in ("id", "data"):
-                    fields[name] = value
-            if "data" in fields:
-                doc = json.loads(fields["data"])
-                doc["_sse_id"] = fields.get("id")
-                events.append(doc)
-        return events
-
-    def wait_for(self, kind: str, count: int = 1, sse: bool = False,
-                 timeout: float = 10) -> list[dict[str, Any]]:
-        parse = self.sse_events if sse else self.json_lines
-
-        def seen(_: bytes) -> bool:
-            return sum(1 for e in parse() if e["type"] == kind) >= count
-        self.wait(seen, timeout)
-        return [e for e in parse() if e["type"] == kind]
-
-    def wait_closed(self, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.closed:
-            if time.monotonic() > deadline:
-                raise AssertionError("connection still open")
-            self._recv(0.2)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def http_get(port: int, path: str, headers: Optional[dict[str, str]] = None,
-             method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    """One complete request and response (the server closes after errors and 404s)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        lines = [f"{method} {path} HTTP/1.1", "Host: test", "Connection: close"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers_out = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
-    return int(lines[0].split()[1]), headers_out, body
-
-
-def thrift_admin(server) -> Any:
-    return make_client(IDL.PresencedAdmin, "127.0.0.1", server.ports["thrift"], timeout=10000)
-
-
-def jid(user: str) -> Any:
-    name, _, domain = user.partition("@")
-    return IDL.JabberUser(name=name, server=domain or "localhost")
-
-
-def token(server, user: str) -> str:
-    return server.ctl("stream-token", user).stdout.strip()
-
+from tests.helpers import COMET_ONLY, HTTPStream, http_get, jid, thrift_admin, token
 
 # --- fixtures ------------------------------------------------------------------------------
 
 @pytest.fixture
 def server(presenced_factory):
-    return presenced_factory({**QUIET, "comet": {"heartbeat_interval": 1.0,
-                                                  "header_timeout": 1.0,
-                                                  "max_request_bytes": 2048,
-                                                  "poll_timeout": 2.0,
-                                                  "replay_linger": 30.0,
-                                                  "cors_origins": ["https://fans.example"]}})
+    return presenced_factory({**COMET_ONLY, "comet": {"heartbeat_interval": 1.0,
+                                                       "header_timeout": 1.0,
+                                                       "max_request_bytes": 2048,
+                                                       "poll_timeout": 2.0,
+                                                       "replay_linger": 30.0,
+                                                       "cors_origins": ["https://fans.example"]}})
 
 
 # --- HTTP behaviour ------------------------------------------------------------------------

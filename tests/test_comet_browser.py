@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import websocket
 
-from tests.test_comet import QUIET, jid, thrift_admin, token
+from tests.helpers import COMET_ONLY, jid, thrift_admin, token
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -94,7 +94,7 @@ def browser(tmp_path: Path):
 
 
 def test_demo_page_shows_a_friends_tune_live(presenced_factory, browser):
-    server = presenced_factory(QUIET)
+    server = presenced_factory(COMET_ONLY)
     admin = thrift_admin(server)
     admin.add_friend(jid("alice"), jid("bob"))
     page = f"http://127.0.0.1:{server.ports['comet']}/"

@@ -12,7 +12,7 @@ import pytest
 from presenced import config
 from presenced.doors import DOORS
 from presenced.options import port
-from tests.conftest import REPO, TWISTD, subprocess_env
+from tests.helpers import REPO, TWISTD, subprocess_env
 
 DOCUMENTED = REPO / "config" / "presenced.toml"
 

@@ -12,7 +12,7 @@ import pytest_twisted
 from presenced.scram import verify_password
 from presenced.store.embedded import EmbeddedRosterStore
 from presenced.tokens import check_token
-from tests.conftest import subprocess_env
+from tests.helpers import subprocess_env
 
 
 def ctl(tmp_path: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess:

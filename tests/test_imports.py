@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, subprocess_env
+from tests.helpers import REPO, subprocess_env
 
 PACKAGE = REPO / "presenced"
 

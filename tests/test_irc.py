@@ -15,7 +15,7 @@ import thriftpy2
 from thriftpy2.rpc import make_client
 
 from presenced.xmpp.tls import generate_self_signed
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.ircd import IRCWatcher, Message, NgIRCd, cat
 
 BOT = "presenced"

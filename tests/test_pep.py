@@ -3,23 +3,23 @@ PEP (XEP-0163) with User Tune (XEP-0118) through a real server and real slixmpp 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.words.xish import domish
-from zope.interface import implementer
 
 from presenced import config, events
 from presenced.core import Core
-from presenced.events import Event
 from presenced.nowplaying import TUNE_NS, BadTune, Tune, parse_tune_xml
-from presenced.router import ISession
 from presenced.store.embedded import EmbeddedRosterStore
 from presenced.xmlparse import parse_element
 from presenced.xmpp.caps import (BadCaps, EntityCaps, caps_hash, notify_nodes,
                                  parse_disco_info, verification_string)
+from tests.helpers import (NS_EVENT, PASSWORD, SONG, SONG_SEEN, TIMEOUT, RecordingSession,
+                           TuneClient)
 
 
 def parse(xml: str) -> domish.Element:
@@ -219,22 +219,6 @@ def test_entity_caps_cache_is_bounded():
 
 # --- the core publish path ------------------------------------------------------------------
 
-@implementer(ISession)
-class RecordingSession:
-    protocol = "test"
-
-    def __init__(self, user: str):
-        self.user = user
-        self.label = "r"
-        self.events: list[Event] = []
-
-    def deliver(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self, reason: str) -> None:
-        pass
-
-
 @pytest.fixture
 def core(tmp_path: Path):
     cfg = config.load(overrides={"server": {"data_dir": str(tmp_path / "data")}})
@@ -268,76 +252,6 @@ async def test_core_publish_tune_stores_it_and_sends_one_event_to_friends(core):
 
 # --- PEP with real slixmpp clients through a real server --------------------------------------
 
-slixmpp = pytest.importorskip("slixmpp")
-
-import asyncio  # noqa: E402
-import ssl  # noqa: E402
-from xml.etree import ElementTree  # noqa: E402
-
-from slixmpp.exceptions import IqError  # noqa: E402
-from slixmpp.xmlstream.handler import Callback  # noqa: E402
-from slixmpp.xmlstream.matcher import MatchXPath  # noqa: E402
-
-NS_EVENT = "http://jabber.org/protocol/pubsub#event"
-
-PASSWORD = "tune-secret"
-TIMEOUT = 15.0
-QUIET = 1.5  # how long "nothing arrives" is watched for
-
-
-class TuneClient(slixmpp.ClientXMPP):
-    """A Jabber client with disco, entity caps and (``notify``) User Tune interest."""
-
-    def __init__(self, user: str, notify: bool, moods: bool = False):
-        super().__init__(f"{user}@localhost/test", PASSWORD)
-        self.enable_direct_tls = False
-        self.ssl_context = ssl.create_default_context()
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE  # the server's generated certificate
-        plugins = ["xep_0030", "xep_0115", "xep_0060"]
-        if notify:
-            plugins += ["xep_0163", "xep_0118"]
-        if moods:
-            plugins += ["xep_0163", "xep_0107"]
-        for plugin in plugins:
-            self.register_plugin(plugin)
-        self.tunes: asyncio.Queue = asyncio.Queue()
-        self.started: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.add_event_handler("session_start", self._session_start)
-        # Every PEP notification, whatever the plugins: a client without interest must get none.
-        self.register_handler(Callback("pep", MatchXPath(
-            f"{{jabber:client}}message/{{{NS_EVENT}}}event"), self._notification))
-        self.add_event_handler("failed_auth", lambda _: self._fail("authentication failed"))
-
-    def _fail(self, why: str) -> None:
-        if not self.started.done():
-            self.started.set_exception(RuntimeError(why))
-
-    async def _session_start(self, _event) -> None:
-        self.send_presence()
-        if not self.started.done():
-            self.started.set_result(True)
-
-    def _notification(self, message) -> None:
-        """Queue (publisher, tune fields), or (publisher, the item's XML) for another node."""
-        item = message.xml.find(f"{{{NS_EVENT}}}event/{{{NS_EVENT}}}items/{{{NS_EVENT}}}item")
-        tune = item.find(f"{{{TUNE_NS}}}tune") if item is not None else None
-        if tune is None:
-            seen = ElementTree.tostring(message.xml, encoding="unicode")
-        else:
-            seen = {child.tag.partition("}")[2]: child.text or "" for child in tune}
-        self.tunes.put_nowait((message["from"].bare, seen))
-
-    async def next_tune(self) -> tuple[str, dict]:
-        return await asyncio.wait_for(self.tunes.get(), TIMEOUT)
-
-    async def nothing_more(self) -> None:
-        await asyncio.sleep(QUIET)
-        assert self.tunes.empty(), f"unexpected tune: {self.tunes.get_nowait()}"
-
-    def publish(self, **fields) -> asyncio.Future:
-        return self.plugin["xep_0118"].publish_tune(**fields)
-
 
 async def online(server, user: str, notify: bool = True, moods: bool = False) -> TuneClient:
     client = TuneClient(user, notify, moods)
@@ -357,18 +271,12 @@ def server(presenced_factory):
     server = presenced_factory({"server": {"scram_iterations": 64},
                                 "xmpp": {"bind": "127.0.0.1"},
                                 "comet": {"enabled": False}, "webadmin": {"enabled": False}})
-    for user in ("alice", "bob", "carol", "dave", "erin"):
-        server.ctl("adduser", f"{user}@localhost", "--password", PASSWORD)
-    for friend in ("bob", "carol", "erin"):
-        server.ctl("add-friend", "alice@localhost", f"{friend}@localhost")
+    server.ctl("import-users", "-", "--quiet", input="".join(
+        f"{user}@localhost {PASSWORD}\n" for user in ("alice", "bob", "carol", "dave", "erin")))
+    server.ctl("load-friends", "-", "--quiet", input="".join(
+        f"alice@localhost {friend}@localhost\n" for friend in ("bob", "carol", "erin")))
     # A running server reads the store on login: the accounts above are seen without restart.
     return server
-
-
-SONG = {"artist": "Yes", "title": "Heart of the Sunrise", "source": "Fragile", "length": 686,
-        "track": "4"}
-SONG_SEEN = {"artist": "Yes", "title": "Heart of the Sunrise", "source": "Fragile",
-             "length": "686", "track": "4"}
 
 
 def test_a_tune_reaches_friends_with_notify_only_and_later_logins_get_the_last_one(server):
@@ -399,67 +307,6 @@ def test_a_tune_reaches_friends_with_notify_only_and_later_logins_get_the_last_o
     asyncio.run(scenario())
 
 
-def test_bad_tunes_get_bad_request_and_change_nothing(server):
-    async def scenario() -> None:
-        alice = await online(server, "alice")
-        bob = await online(server, "bob")
-        await asyncio.sleep(0.5)
-        await alice.publish(**SONG)
-        await bob.next_tune()
-        for bad in ({"title": "x", "length": "abc"}, {"title": "x", "rating": 11}):
-            with pytest.raises(IqError) as error:
-                await alice.publish(**bad)
-            assert error.value.condition == "bad-request"
-            assert "invalid-payload" in str(error.value.iq)
-        await bob.nothing_more()
-        # The server is still up and still plays the good song.
-        items = await bob.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
-        assert "Heart of the Sunrise" in str(items)
-        await offline(alice, bob)
-
-    asyncio.run(scenario())
-
-
-def test_pep_items_and_disco_follow_the_presence_access_model(server):
-    async def scenario() -> None:
-        alice = await online(server, "alice")
-        bob = await online(server, "bob")
-        dave = await online(server, "dave")
-        await alice.publish(**SONG)
-        info = await bob.plugin["xep_0030"].get_info(jid="alice@localhost")
-        assert ("pubsub", "pep", None, None) in info["disco_info"]["identities"]
-        assert "http://jabber.org/protocol/pubsub#publish" in info["disco_info"]["features"]
-        items = await bob.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
-        assert "Fragile" in str(items)
-        with pytest.raises(IqError) as error:
-            await dave.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
-        assert error.value.condition == "not-authorized"
-        # Only the owner publishes; the tune node keeps the presence access model.
-        tune = slixmpp.plugins.xep_0118.UserTune()
-        tune["title"] = "Not yours"
-        with pytest.raises(IqError) as error:
-            await dave.plugin["xep_0060"].publish("alice@localhost", TUNE_NS, payload=tune)
-        assert error.value.condition == "forbidden"
-        options = alice.plugin["xep_0004"].make_form(ftype="submit")
-        options.add_field(var="FORM_TYPE", ftype="hidden",
-                          value="http://jabber.org/protocol/pubsub#publish-options")
-        options.add_field(var="pubsub#access_model", value="open")
-        with pytest.raises(IqError) as error:
-            await alice.plugin["xep_0060"].publish("alice@localhost", TUNE_NS, payload=tune,
-                                                   options=options)
-        assert error.value.condition == "conflict"
-        assert "precondition-not-met" in str(error.value.iq)
-        items = await bob.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
-        assert "Fragile" in str(items) and "Not yours" not in str(items)
-        await alice.plugin["xep_0060"].delete_node("alice@localhost", TUNE_NS)
-        with pytest.raises(IqError) as error:
-            await bob.plugin["xep_0060"].get_items("alice@localhost", TUNE_NS)
-        assert error.value.condition == "item-not-found"
-        await offline(alice, bob, dave)
-
-    asyncio.run(scenario())
-
-
 def test_the_last_tune_survives_a_restart(server):
     async def publish() -> None:
         alice = await online(server, "alice")
@@ -481,7 +328,7 @@ def test_thrift_publish_np_takes_the_same_path_as_a_client_publish(server):
     import thriftpy2
     from thriftpy2.rpc import make_client
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     idl = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"), module_name="pep_np_thrift")
 
@@ -507,30 +354,148 @@ def test_thrift_publish_np_takes_the_same_path_as_a_client_publish(server):
     asyncio.run(scenario())
 
 
-def test_other_pep_nodes_are_kept_and_delivered_to_their_own_notify(server):
-    async def scenario() -> None:
-        alice = await online(server, "alice", notify=False, moods=True)
-        bob = await online(server, "bob", notify=False, moods=True)
-        carol = await online(server, "carol")  # tune+notify only
-        await asyncio.sleep(0.5)
-        await alice.plugin["xep_0107"].publish_mood("happy", "new record out")
-        sender, xml = await bob.next_tune()
-        assert sender == "alice@localhost"
-        assert "http://jabber.org/protocol/mood" in xml and "happy" in xml
-        await carol.nothing_more()
-        # Kept as the node's last item: a friend interested in moods who comes later gets it.
-        erin = await online(server, "erin", notify=False, moods=True)
-        sender, xml = await erin.next_tune()
-        assert "new record out" in xml
-        # Retract: the item goes, subscribers are told.
-        await alice.plugin["xep_0060"].retract("alice@localhost", "http://jabber.org/protocol/mood",
-                                              "current", notify=True)
-        sender, xml = await bob.next_tune()
-        assert "retract" in xml
-        with pytest.raises(IqError) as error:
-            await bob.plugin["xep_0060"].get_items("alice@localhost",
-                                                   "http://jabber.org/protocol/mood")
-        assert error.value.condition == "item-not-found"
-        await offline(alice, bob, carol, erin)
+# --- PEP in memory: the same door and store, no process (see tests/xmpp_memory.py) ----------
 
-    asyncio.run(scenario())
+MOOD_NS = "http://jabber.org/protocol/mood"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+TUNE_CLIENT = [TUNE_NS + "+notify", TUNE_NS]        # slixmpp with xep_0118 registered
+MOOD_CLIENT = [MOOD_NS + "+notify", MOOD_NS]        # slixmpp with xep_0107 registered
+NO_PEP = []                                          # a client without any +notify
+
+
+def tune_xml(**fields) -> str:
+    return f"<tune xmlns='{TUNE_NS}'>" + "".join(
+        f"<{name}>{value}</{name}>" for name, value in fields.items()) + "</tune>"
+
+
+def publish_iq(iq_id: str, node: str, payload: str, to: str = "", options: str = "") -> str:
+    """A PEP publish as slixmpp's xep_0163 sends it (item id ``current``)."""
+    to = f" to='{to}'" if to else ""
+    return (f"<iq type='set' id='{iq_id}'{to}><pubsub xmlns='http://jabber.org/protocol/pubsub'>"
+            f"<publish node='{node}'><item id='current'>{payload}</item></publish>{options}"
+            "</pubsub></iq>")
+
+
+def items_iq(iq_id: str, owner: str, node: str) -> str:
+    return (f"<iq type='get' id='{iq_id}' to='{owner}'><pubsub "
+            f"xmlns='http://jabber.org/protocol/pubsub'><items node='{node}'/></pubsub></iq>")
+
+
+def condition(iq: domish.Element) -> str:
+    """The defined condition of an error reply ('' for a result)."""
+    for error in (e for e in iq.elements() if e.name == "error"):
+        for child in error.elements():
+            if child.uri == "urn:ietf:params:xml:ns:xmpp-stanzas" and child.name != "text":
+                return child.name
+    return ""
+
+
+def is_notification(stanza: domish.Element) -> bool:
+    return stanza.name == "message" and any(
+        child.uri == NS_EVENT and child.name == "event" for child in stanza.elements())
+
+
+async def next_notification(client) -> tuple[str, object]:
+    """(publisher, tune fields) or (publisher, the message's XML), as TuneClient queues them."""
+    message = await client.expect(is_notification)
+    tunes = [tune for event in message.elements(NS_EVENT, "event")
+             for items in event.elements(NS_EVENT, "items")
+             for item in items.elements(NS_EVENT, "item")
+             for tune in item.elements(TUNE_NS, "tune")]
+    publisher = message["from"].partition("/")[0]
+    if not tunes:
+        return publisher, message.toXml()
+    return publisher, {child.name: str(child) for child in tunes[0].elements()}
+
+
+async def pep_node(memory_xmpp):
+    """The accounts and friendships of the process fixture ``server`` above, in memory."""
+    node = await memory_xmpp()
+    await node.add_users("alice", "bob", "carol", "dave", "erin", password=PASSWORD)
+    await node.add_friends(("alice", "bob"), ("alice", "carol"), ("alice", "erin"))
+    return node
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_tunes_get_bad_request_and_change_nothing(memory_xmpp):
+    node = await pep_node(memory_xmpp)
+    alice = await node.online("alice", password=PASSWORD, features=TUNE_CLIENT)
+    bob = await node.online("bob", password=PASSWORD, features=TUNE_CLIENT)
+    answer = await alice.iq(publish_iq("p1", TUNE_NS, tune_xml(**SONG)))
+    assert answer["type"] == "result"
+    assert await next_notification(bob) == ("alice@localhost", SONG_SEEN)
+    for number, bad in enumerate(({"title": "x", "length": "abc"}, {"title": "x", "rating": 11})):
+        answer = await alice.iq(publish_iq(f"bad{number}", TUNE_NS, tune_xml(**bad)))
+        assert answer["type"] == "error" and condition(answer) == "bad-request"
+        assert "invalid-payload" in answer.toXml()
+    await bob.nothing(is_notification)
+    # The server still plays the good song.
+    items = await bob.iq(items_iq("i1", "alice@localhost", TUNE_NS))
+    assert items["type"] == "result" and "Heart of the Sunrise" in items.toXml()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pep_items_and_disco_follow_the_presence_access_model(memory_xmpp):
+    node = await pep_node(memory_xmpp)
+    alice = await node.online("alice", password=PASSWORD, features=TUNE_CLIENT)
+    bob = await node.online("bob", password=PASSWORD, features=TUNE_CLIENT)
+    dave = await node.online("dave", password=PASSWORD, features=TUNE_CLIENT)
+    assert (await alice.iq(publish_iq("p1", TUNE_NS, tune_xml(**SONG))))["type"] == "result"
+    info = await bob.iq("<iq type='get' id='d1' to='alice@localhost'><query "
+                        "xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    query = info.firstChildElement()
+    assert ("pubsub", "pep") in [(i.getAttribute("category"), i.getAttribute("type"))
+                                 for i in query.elements(NS_DISCO_INFO, "identity")]
+    assert "http://jabber.org/protocol/pubsub#publish" in [
+        f["var"] for f in query.elements(NS_DISCO_INFO, "feature")]
+    items = await bob.iq(items_iq("i1", "alice@localhost", TUNE_NS))
+    assert items["type"] == "result" and "Fragile" in items.toXml()
+    refused = await dave.iq(items_iq("i2", "alice@localhost", TUNE_NS))
+    assert condition(refused) == "not-authorized"
+    # Only the owner publishes; PEP nodes offer the presence access model only.
+    not_yours = tune_xml(title="Not yours")
+    refused = await dave.iq(publish_iq("p2", TUNE_NS, not_yours, to="alice@localhost"))
+    assert condition(refused) == "forbidden"
+    options = ("<publish-options><x xmlns='jabber:x:data' type='submit'>"
+               "<field var='FORM_TYPE' type='hidden'><value>"
+               "http://jabber.org/protocol/pubsub#publish-options</value></field>"
+               "<field var='pubsub#access_model'><value>open</value></field></x>"
+               "</publish-options>")
+    refused = await alice.iq(publish_iq("p3", TUNE_NS, not_yours, to="alice@localhost",
+                                        options=options))
+    assert condition(refused) == "conflict" and "precondition-not-met" in refused.toXml()
+    items = await bob.iq(items_iq("i3", "alice@localhost", TUNE_NS))
+    assert "Fragile" in items.toXml() and "Not yours" not in items.toXml()
+    deleted = await alice.iq(
+        f"<iq type='set' id='x1' to='alice@localhost'><pubsub xmlns='http://jabber.org/"
+        f"protocol/pubsub#owner'><delete node='{TUNE_NS}'/></pubsub></iq>")
+    assert deleted["type"] == "result"
+    gone = await bob.iq(items_iq("i4", "alice@localhost", TUNE_NS))
+    assert condition(gone) == "item-not-found"
+
+
+@pytest_twisted.ensureDeferred
+async def test_other_pep_nodes_are_kept_and_delivered_to_their_own_notify(memory_xmpp):
+    node = await pep_node(memory_xmpp)
+    alice = await node.online("alice", password=PASSWORD, features=MOOD_CLIENT)
+    bob = await node.online("bob", password=PASSWORD, features=MOOD_CLIENT)
+    carol = await node.online("carol", password=PASSWORD, features=TUNE_CLIENT)
+    mood = f"<mood xmlns='{MOOD_NS}'><happy/><text>new record out</text></mood>"
+    assert (await alice.iq(publish_iq("m1", MOOD_NS, mood)))["type"] == "result"
+    sender, xml = await next_notification(bob)
+    assert sender == "alice@localhost"
+    assert MOOD_NS in xml and "happy" in xml
+    await carol.nothing(is_notification)
+    # Kept as the node's last item: a friend interested in moods who comes later gets it.
+    erin = await node.online("erin", password=PASSWORD, features=MOOD_CLIENT)
+    sender, xml = await next_notification(erin)
+    assert "new record out" in xml
+    # Retract: the item goes, subscribers are told.
+    retracted = await alice.iq(
+        f"<iq type='set' id='r1'><pubsub xmlns='http://jabber.org/protocol/pubsub'>"
+        f"<retract node='{MOOD_NS}' notify='true'><item id='current'/></retract></pubsub></iq>")
+    assert retracted["type"] == "result"
+    sender, xml = await next_notification(bob)
+    assert "retract" in xml
+    gone = await bob.iq(items_iq("i1", "alice@localhost", MOOD_NS))
+    assert condition(gone) == "item-not-found"

@@ -6,28 +6,11 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from zope.interface import implementer
 
 from presenced.events import Event
-from presenced.router import ISession, SubscriptionRouter
+from presenced.router import SubscriptionRouter
 from presenced.store.embedded import EmbeddedRosterStore
-
-
-@implementer(ISession)
-class RecordingSession:
-    protocol = "test"
-
-    def __init__(self, user: str, label: str = "s"):
-        self.user = user
-        self.label = label
-        self.events: list[Event] = []
-        self.closed: list[str] = []
-
-    def deliver(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self, reason: str) -> None:
-        self.closed.append(reason)
+from tests.helpers import RecordingSession
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import TWISTD, subprocess_env, write_config
+from tests.helpers import TWISTD, subprocess_env, write_config
 
 
 def test_each_listening_door_logs_its_address(presenced_factory):
     server = presenced_factory({"xmpp": {"enabled": False}})
-    log = server.log()
+    log = server.wait_for_log("presenced ready: ")
     for door in ("thrift", "webadmin", "comet"):
         assert f"{door} listening on " in log
         assert f":{server.ports[door]}" in log

@@ -8,30 +8,7 @@ import pytest
 import pytest_twisted
 
 from presenced.scram import make_credentials, verify_password
-from presenced.store import IRosterStore, RosterItem
-from tests.conftest import RedisServer
-
-
-@pytest.fixture(params=["embedded", "redis", "redis-sharded"])
-def store(request, tmp_path: Path):
-    redis = []
-    if request.param == "embedded":
-        from presenced.store.embedded import EmbeddedRosterStore
-
-        backend: IRosterStore = EmbeddedRosterStore(str(tmp_path / "store.sqlite3"))
-    else:
-        from presenced.store.redis import RedisRosterStore
-
-        redis = [RedisServer(tmp_path / f"redis{i}")
-                 for i in range(2 if request.param == "redis-sharded" else 1)]
-        for server in redis:
-            server.start()
-        backend = RedisRosterStore([server.url for server in redis])
-    pytest_twisted.blockon(backend.start())
-    yield backend
-    pytest_twisted.blockon(backend.stop())
-    for server in redis:
-        server.stop()
+from presenced.store import RosterItem
 
 
 @pytest_twisted.ensureDeferred

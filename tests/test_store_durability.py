@@ -28,7 +28,7 @@ from presenced.scram import make_credentials
 from presenced.store import RosterItem, StoreError
 from presenced.store.embedded import EmbeddedRosterStore
 from presenced.store.redis import RedisRosterStore
-from tests.conftest import REPO, RedisServer, subprocess_env
+from tests.helpers import REPO, RedisServer, subprocess_env
 
 ONLY_THRIFT = {"xmpp": {"enabled": False}, "comet": {"enabled": False},
                "webadmin": {"enabled": False}, "thrift": {}}

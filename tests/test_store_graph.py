@@ -12,11 +12,10 @@ import pytest_twisted
 
 from presenced.store import RosterItem, StoreError
 from presenced.store.redis import RedisRosterStore
-from tests.test_store import store  # noqa: F401  (the backend-parametrised fixture)
 
 
 @pytest_twisted.ensureDeferred
-async def test_removing_one_subscription_of_a_friendship_keeps_the_other(store):  # noqa: F811
+async def test_removing_one_subscription_of_a_friendship_keeps_the_other(store):
     await store.add_friends([("a@x", "b@x")])
     versions = [await store.get_roster_version(u) for u in ("a@x", "b@x")]
     assert min(versions) > 0
@@ -37,7 +36,7 @@ async def test_removing_one_subscription_of_a_friendship_keeps_the_other(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_changing_a_friends_roster_item_keeps_the_graph(store):  # noqa: F811
+async def test_changing_a_friends_roster_item_keeps_the_graph(store):
     await store.add_friends([("a@x", "b@x"), ("a@x", "c@x")])
     v1 = await store.get_roster_version("a@x")
     v2 = await store.set_roster_item("a@x", RosterItem("b@x", "both", name="Bob"))
@@ -60,7 +59,7 @@ async def test_changing_a_friends_roster_item_keeps_the_graph(store):  # noqa: F
 
 
 @pytest_twisted.ensureDeferred
-async def test_explicit_subscriptions_and_friendship_together(store):  # noqa: F811
+async def test_explicit_subscriptions_and_friendship_together(store):
     await store.add_subscriptions([("fan@x", "star@x")])
     await store.add_friends([("fan@x", "star@x")])
     assert await store.get_subscribers("star@x") == ["fan@x"]
@@ -97,7 +96,7 @@ async def test_redis_requests_after_stop_fail_at_once(redis_server):
 
 @pytest_twisted.ensureDeferred
 async def test_redis_unreachable_at_start_is_a_clear_error():
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     store = RedisRosterStore([url], timeout=0.5)
@@ -106,7 +105,7 @@ async def test_redis_unreachable_at_start_is_a_clear_error():
 
 
 @pytest_twisted.ensureDeferred
-async def test_bulk_write_larger_than_one_script(store):  # noqa: F811
+async def test_bulk_write_larger_than_one_script(store):
     pairs = [(f"big{i}@x", f"big{i + 1}@x") for i in range(12_000)]
     assert await store.add_friends(pairs) == len(pairs)
     for i in (1, 5_000, 11_999):

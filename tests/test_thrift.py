@@ -11,19 +11,15 @@ import importlib
 import json
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import thriftpy2
-from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
-from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException
-from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
 
-from tests.conftest import REPO, PresencedProcess
-from tests.test_thrift_abuse import SocketReader, encode_call, read_reply
+from tests.helpers import (REPO, thrift_client, PresencedProcess, SocketReader, encode_call, generate, php,
+                           read_reply)
 
 IDL = REPO / "thrift" / "presenced.thrift"
 admin = thriftpy2.load(str(IDL), module_name="test_presenced_admin_thrift")
@@ -44,13 +40,6 @@ def server(tmp_path_factory):
     process = start_server(tmp_path_factory.mktemp("thrift"))
     yield process
     process.stop()
-
-
-def client(server: PresencedProcess, framed: bool = False, compact: bool = False):
-    return make_client(
-        admin.PresencedAdmin, "127.0.0.1", server.ports["thrift"], timeout=20000,
-        trans_factory=TFramedTransportFactory() if framed else TBufferedTransportFactory(),
-        proto_factory=TCompactProtocolFactory() if compact else TBinaryProtocolFactory())
 
 
 def test_the_idl_ships_in_the_package():
@@ -84,7 +73,7 @@ def test_ejabthrift_is_the_designed_interface():
 
 
 def test_accounts(server):
-    c = client(server)
+    c = thrift_client(server)
     assert c.register_user(J("acc1", ""), "secret") is True
     assert c.register_user(J("acc1", "localhost"), "other") is False
     assert c.user_exists(J("ACC1", "localhost")) is True
@@ -106,7 +95,7 @@ def test_accounts(server):
 
 
 def test_friends_rosters_and_subscribers(server):
-    c = client(server)
+    c = thrift_client(server)
     for name in ("fa", "fb", "fc"):
         c.register_user(J(name, ""), "pw")
     c.add_friend(J("fa", "localhost"), J("fb", ""))
@@ -133,7 +122,7 @@ def test_friends_rosters_and_subscribers(server):
 
 
 def test_subscription_graph_in_bulk(server):
-    c = client(server)
+    c = thrift_client(server)
     S = admin.Subscription
     pairs = [S(J(f"sub{i}", ""), J("star", "")) for i in range(50)]
     assert c.add_subscriptions(pairs) == 50
@@ -148,7 +137,7 @@ def test_subscription_graph_in_bulk(server):
 
 
 def test_now_playing_messages_and_the_rest(server):
-    c = client(server)
+    c = thrift_client(server)
     empty = c.get_now_playing(J("np", ""))
     assert empty.playing is False and empty.artist == ""
     c.publish_np(J("np", ""), "Boards of Canada", "Geogaddi", "Julie and Candy", 330, 7)
@@ -185,7 +174,7 @@ def test_now_playing_messages_and_the_rest(server):
 def test_thriftpy2_framed_and_compact(tmp_path, transport, protocol):
     server = start_server(tmp_path / "s", transport=transport, protocol=protocol)
     try:
-        c = client(server, framed=transport == "framed", compact=protocol == "compact")
+        c = thrift_client(server, framed=transport == "framed", compact=protocol == "compact")
         assert c.register_user(J("x", ""), "pw") is True
         c.add_friend(J("x", ""), J("y", ""))
         assert [i.jid for i in c.get_roster(J("x", ""))] == ["y@localhost"]
@@ -194,14 +183,6 @@ def test_thriftpy2_framed_and_compact(tmp_path, transport, protocol):
         c.close()
     finally:
         server.stop()
-
-
-def generate(tmp_path: Path, language: str) -> Path:
-    out = tmp_path / f"gen-{language}"
-    out.mkdir()
-    subprocess.run(["thrift", "--gen", language, "-out", str(out), str(IDL)], check=True,
-                   capture_output=True, timeout=60)
-    return out
 
 
 @pytest.fixture
@@ -254,12 +235,6 @@ def test_apache_thrift_generated_client(tmp_path, server, apache_generated, fram
             target.stop()
 
 
-def php(gen: Path, port: int, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["php", str(REPO / "tests" / "php" / "ejabthrift_client.php"),
-                           str(gen), "127.0.0.1", str(port), *args],
-                          capture_output=True, text=True, timeout=60)
-
-
 def test_php_client_add_friend_and_publish_np(tmp_path, server):
     if shutil.which("php") is None:
         pytest.fail("php-cli is not installed: run scripts/install-test-deps.sh")
@@ -272,7 +247,7 @@ def test_php_client_add_friend_and_publish_np(tmp_path, server):
                  "Miss Modular", "270", "3")
     assert result.stdout == "ok\n", result.stderr
     # The effect, seen by another client (thriftpy2) and by PHP itself.
-    c = client(server)
+    c = thrift_client(server)
     assert [(i.jid, i.subscription) for i in c.get_roster(J("phpa", ""))] == [
         ("phpb@localhost", "both")]
     assert c.get_now_playing(J("phpa", "")).artist == "Stereolab"
@@ -289,7 +264,7 @@ def test_php_client_add_friend_and_publish_np(tmp_path, server):
 
 def test_presencedctl_goes_through_the_running_server(tmp_path):
     server = start_server(tmp_path / "ctl")
-    c = client(server)
+    c = thrift_client(server)
     c.register_user(J("ca", ""), "pw")
     before = c.stats()["thrift_calls"]
     server.ctl("add-friend", "ca", "cb")
@@ -330,7 +305,7 @@ def test_pipelined_friendship_changes_keep_their_order(server):
              ("add_friend", ("pa", "pd"))]
     data = b"".join(encode_call(name, seqid, getattr(S, name + "_args")(J(a, ""), J(b, "")))
                     for seqid, (name, (a, b)) in enumerate(calls))
-    c = client(server)
+    c = thrift_client(server)
     c.register_user(J("pa", ""), "pw")
     with socket.create_connection(("127.0.0.1", server.ports["thrift"]), timeout=10) as sock:
         sock.sendall(data)

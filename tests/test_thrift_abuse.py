@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 import thriftpy2
-from thriftpy2.protocol.binary import TBinaryProtocol
 from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException, TMessageType
 from thriftpy2.transport import TFramedTransportFactory
-from thriftpy2.transport.memory import TMemoryBuffer
 
-from tests.conftest import REPO, PresencedProcess
+from tests.helpers import REPO, PresencedProcess, SocketReader, encode_call, read_reply
 
 admin = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"),
                        module_name="test_abuse_admin_thrift")
@@ -43,38 +41,6 @@ def server(tmp_path_factory):
     process = start(tmp_path_factory.mktemp("abuse") / "s", allow=["127.0.0.0/8", "::1"])
     yield process
     process.stop()
-
-
-def encode_call(name: str, seqid: int, args: object = None) -> bytes:
-    buffer = TMemoryBuffer()
-    proto = TBinaryProtocol(buffer)
-    proto.write_message_begin(name, TMessageType.CALL, seqid)
-    proto.write_struct(args if args is not None else SERVICE.online_count_args())
-    return buffer.getvalue()
-
-
-class SocketReader:
-    """A blocking thriftpy2 transport over a socket, to read replies one by one."""
-
-    def __init__(self, sock: socket.socket):
-        self.file = sock.makefile("rb")
-
-    def read(self, size: int) -> bytes:
-        data = self.file.read(size)
-        if len(data) < size:
-            raise EOFError("connection closed")
-        return data
-
-
-def read_reply(reader: SocketReader):
-    proto = TBinaryProtocol(reader)
-    name, kind, seqid = proto.read_message_begin()
-    if kind == TMessageType.EXCEPTION:
-        body = TApplicationException()
-    else:
-        body = getattr(SERVICE, name + "_result")()
-    proto.read_struct(body)
-    return name, kind, seqid, body
 
 
 def connect(server: PresencedProcess, timeout: float = 10.0) -> socket.socket:

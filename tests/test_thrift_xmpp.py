@@ -14,7 +14,8 @@ from slixmpp.xmlstream.matcher import MatchXPath
 from thriftpy2.rpc import make_client
 
 from presenced.nowplaying import TUNE_NS
-from tests.test_thrift import J, admin, generate, php
+from tests.helpers import THRIFT as admin
+from tests.helpers import J, generate, php
 
 NS_EVENT = "http://jabber.org/protocol/pubsub#event"
 PASSWORD = "thrift-secret"

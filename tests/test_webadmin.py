@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
-import sys
 import time
 from html.parser import HTMLParser
 from typing import Iterator, Optional
@@ -19,9 +17,10 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from presenced.webadmin.auth import ScryptHash
-from tests.conftest import PresencedProcess, subprocess_env
+from tests.helpers import (PresencedProcess, on_store, open_stream, roster,
+                           webadmin_login as login, webadmin_url as base)
 from tests.ircd import cat
-from tests.test_thrift import client as thrift_client
+from tests.helpers import thrift_client
 
 EVIL = '<script>alert("x")</script>'
 METRICS_TOKEN = "scrape-me"
@@ -50,30 +49,6 @@ def server(tmp_path_factory) -> Iterator[PresencedProcess]:
     process.stop()
 
 
-def on_store(server: PresencedProcess, body: str) -> str:
-    """Run ``body`` (statements using ``store``, an open EmbeddedRosterStore of the running
-    server, inside an inlineCallbacks function) in a child process; returns its output."""
-    script = "\n".join([
-        "import sys",
-        "from twisted.internet import defer, task",
-        "from presenced.nowplaying import TUNE_NS, TUNE_ITEM_ID, Tune",
-        "from presenced.scram import verify_password",
-        "from presenced.pep import PepItem", "from presenced.store import RosterItem",
-        "from presenced.store.embedded import EmbeddedRosterStore",
-        "@defer.inlineCallbacks",
-        "def main(reactor, path):",
-        "    store = EmbeddedRosterStore(path)",
-        "    yield store.start()",
-        *("    " + line for line in body.strip().splitlines()),
-        "    yield store.stop()",
-        "task.react(main, sys.argv[1:])",
-    ])
-    return subprocess.run([sys.executable, "-c", script,
-                           str(server.data_dir / "presenced.sqlite3")],
-                          env=subprocess_env(), check=True, timeout=60, capture_output=True,
-                          text=True).stdout
-
-
 def seed_hostile_data(server: PresencedProcess) -> None:
     """Roster names, groups, an offline message and a tune full of markup, written straight
     into the server's embedded store (no door lets a client set all of these yet)."""
@@ -86,19 +61,6 @@ yield store.open_list("offline").push("alice@localhost", "<message from='mallory
 yield store.open_map("pep").set("alice@localhost", TUNE_NS,
                          PepItem(TUNE_ITEM_ID, Tune(artist=EVIL, title="Song").to_xml()).encode())
 """)
-
-
-def base(server: PresencedProcess) -> str:
-    return f"http://127.0.0.1:{server.ports['webadmin']}"
-
-
-def login(server: PresencedProcess, name: str = "admin@localhost",
-          password: str = "admin-pw") -> requests.Session:
-    http = requests.Session()
-    reply = http.post(base(server) + "/login", data={"name": name, "password": password},
-                      allow_redirects=False, timeout=10)
-    assert reply.status_code == 303, reply.text
-    return http
 
 
 def csrf_of(html: str) -> str:
@@ -127,11 +89,6 @@ def parse(html: str) -> TextAndScripts:
     parser = TextAndScripts()
     parser.feed(html)
     return parser
-
-
-def roster(server: PresencedProcess, user: str) -> dict[str, str]:
-    lines = server.ctl("roster", user).stdout.splitlines()
-    return {line.split("\t")[0]: line.split("\t")[1].split()[0] for line in lines if line}
 
 
 # --- authentication -----------------------------------------------------------------------
@@ -352,16 +309,6 @@ def test_metrics_need_the_configured_token(server):
     assert requests.get(url, timeout=10).status_code == 401
     assert requests.get(url, headers={"Authorization": "Bearer nope"},
                         timeout=10).status_code == 401
-
-
-def open_stream(server: PresencedProcess, user: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.ports["comet"]), timeout=10)
-    sock.sendall(f"GET /stream/{user} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    received = b""
-    while b"\r\n\r\n" not in received:
-        received += sock.recv(4096)
-    assert received.startswith(b"HTTP/1.1 200"), received
-    return sock
 
 
 def wait_for(predicate, timeout: float = 10.0):

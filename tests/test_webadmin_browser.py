@@ -18,8 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.conftest import REPO
-from tests.test_webadmin import on_store, open_stream, roster
+from tests.helpers import REPO, on_store, open_stream, roster
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -1,11 +1,12 @@
 """The XMPP c2s door with real clients: slixmpp over STARTTLS with SCRAM (roster, presence,
-messages, subscriptions, admin friend pushes through the Thrift door), go-sendxmpp, and
-raw streams where bytes matter (resource conflict, system-shutdown, direct TLS, extauth)."""
+messages, admin friend pushes through the Thrift door, disco, ping, version, vcard),
+go-sendxmpp, and raw streams where bytes matter (resource conflict, system-shutdown, direct
+TLS, extauth). Server logic without a process (subscriptions, offline storage, routing by
+priority, registration, roster versioning) is tested in memory in test_xmpp_memory.py."""
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 import sys
 import textwrap
 import time
@@ -13,16 +14,13 @@ from pathlib import Path
 
 import pytest
 import slixmpp
-import thriftpy2
 from thriftpy2.rpc import make_client
 
-from tests.conftest import REPO, PresencedProcess
-from tests.test_xmpp_bad_input import HEADER, OTHER_DOORS_OFF, RawClient
+from tests.helpers import (HEADER, OTHER_DOORS_OFF, THRIFT, Client, PresencedProcess,
+                           RawClient, run)
 
-admin = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"),
-                       module_name="test_xmpp_admin_thrift")
-USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
-         "kim", "leo"]
+admin = THRIFT
+USERS = ["alice", "bob", "carol", "dave", "ivan", "judy", "kim", "leo"]
 
 
 @pytest.fixture(scope="module")
@@ -37,70 +35,6 @@ def server(tmp_path_factory):
     process.ctl("add-friend", "alice@localhost", "bob@localhost")
     yield process
     process.stop()
-
-
-class Client(slixmpp.ClientXMPP):
-    """slixmpp with the server's self-signed certificate accepted and events collected."""
-
-    def __init__(self, user: str, resource: str = "test", password: str | None = None):
-        super().__init__(f"{user}@localhost/{resource}", password or f"{user}-pw")
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE
-        for plugin in ("xep_0030", "xep_0199", "xep_0092", "xep_0054", "xep_0203"):
-            self.register_plugin(plugin)
-        self.messages: asyncio.Queue = asyncio.Queue()
-        self.presences: asyncio.Queue = asyncio.Queue()
-        self.pushes: asyncio.Queue = asyncio.Queue()
-        self.add_event_handler("message", self.messages.put_nowait)
-        self.add_event_handler("presence", self.presences.put_nowait)
-        self.add_event_handler("roster_update", self.pushes.put_nowait)
-        self.auto_authorize = None
-        self.auto_subscribe = False
-
-    async def start(self, port: int, presence: bool = True) -> "Client":
-        started = asyncio.get_running_loop().create_future()
-        self.add_event_handler("session_start", lambda _: started.done() or
-                               started.set_result(True))
-        self.add_event_handler("failed_auth", lambda _: started.done() or
-                               started.set_exception(PermissionError("auth failed")))
-        self.connect("127.0.0.1", port)
-        await asyncio.wait_for(started, 15)
-        await self.get_roster()
-        if presence:
-            self.send_presence()
-        return self
-
-    async def presence_from(self, jid: str, kind: str = "available",
-                            timeout: float = 5) -> slixmpp.Presence:
-        deadline = time.monotonic() + timeout
-        while True:
-            presence = await asyncio.wait_for(self.presences.get(),
-                                              max(0.01, deadline - time.monotonic()))
-            if str(presence["from"]).startswith(jid) and presence["type"] == kind:
-                return presence
-
-    async def message(self, timeout: float = 5) -> slixmpp.Message:
-        while True:
-            message = await asyncio.wait_for(self.messages.get(), timeout)
-            if message["type"] != "error":
-                return message
-
-    async def push_for(self, jid: str, timeout: float = 5) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            iq = await asyncio.wait_for(self.pushes.get(),
-                                        max(0.01, deadline - time.monotonic()))
-            items = iq["roster"]["items"]
-            if slixmpp.JID(jid) in items:
-                return items[slixmpp.JID(jid)]
-
-    async def close(self) -> None:
-        self.disconnect()
-        await asyncio.sleep(0.05)
-
-
-def run(coroutine) -> None:
-    asyncio.run(asyncio.wait_for(coroutine, 60))
 
 
 def test_login_starttls_scram_roster_presence_and_chat(server):
@@ -171,55 +105,6 @@ def test_admin_add_friend_pushes_roster_and_presence(server):
 
     run(scenario())
     thrift.close()
-
-
-def test_subscription_request_approval_and_cancel(server):
-    async def scenario():
-        erin = await Client("erin").start(server.ports["xmpp"])
-        frank = await Client("frank").start(server.ports["xmpp"])
-        erin.send_presence(pto="frank@localhost", ptype="subscribe")
-        assert (await erin.push_for("frank@localhost"))["ask"] == "subscribe"
-        request = await frank.presence_from("erin@localhost", "subscribe")
-        assert request["from"] == "erin@localhost"
-        frank.send_presence(pto="erin@localhost", ptype="subscribed")
-        await erin.presence_from("frank@localhost", "subscribed")
-        item = await erin.push_for("frank@localhost")
-        assert item["subscription"] == "to"
-        await erin.presence_from("frank@localhost/test")
-        # frank now has erin as a subscriber: his new presence reaches her.
-        frank.send_presence(pstatus="busy", pshow="dnd")
-        seen = await erin.presence_from("frank@localhost/test", "dnd")  # slixmpp: type = show
-        assert seen["status"] == "busy" and seen["show"] == "dnd"
-
-        erin.send_presence(pto="frank@localhost", ptype="unsubscribe")
-        item = await erin.push_for("frank@localhost")
-        assert item["subscription"] == "none"
-        await frank.presence_from("erin@localhost", "unsubscribe")
-        await erin.presence_from("frank@localhost/test", "unavailable")
-        await erin.close()
-        await frank.close()
-
-    run(scenario())
-
-
-def test_pending_request_and_offline_message_on_login(server):
-    async def scenario():
-        grace = await Client("grace").start(server.ports["xmpp"])
-        grace.send_presence(pto="heidi@localhost", ptype="subscribe")
-        grace.send_message(mto="heidi@localhost", mbody="while you were out", mtype="chat")
-        await grace.push_for("heidi@localhost")
-        await asyncio.sleep(0.5)
-        heidi = await Client("heidi").start(server.ports["xmpp"])
-        request = await heidi.presence_from("grace@localhost", "subscribe")
-        assert request["to"] == "heidi@localhost"
-        stored = await heidi.message()
-        assert stored["body"] == "while you were out"
-        assert stored["from"] == "grace@localhost/test"
-        assert stored["delay"]["stamp"] is not None
-        await grace.close()
-        await heidi.close()
-
-    run(scenario())
 
 
 def test_disco_ping_version_vcard_and_unknown_iq(server):
@@ -371,59 +256,6 @@ def test_external_auth_program(tmp_path: Path):
         for name in ("p1", "p2", "p3"):
             assert b"/raw" in RawClient(process.ports["xmpp"]).login(name, "open:sesame")
         assert process.process.poll() is None
-    finally:
-        process.stop()
-
-
-def test_registration_roster_versioning_preapproval_and_directed_presence(tmp_path: Path):
-    process = PresencedProcess(tmp_path, {**OTHER_DOORS_OFF, "server": {
-        "scram_iterations": 100}, "xmpp": {"require_tls": False, "allow_plain": True,
-                                           "allow_registration": True}})
-    process.start()
-    try:
-        port = process.ports["xmpp"]
-        for name in ("newbie", "oldie"):
-            client = RawClient(port)
-            client.send(HEADER)
-            assert b"iq-register" in client.read_until(b"</stream:features>")
-            client.send(b"<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>")
-            assert b"<password" in client.read_until(b"</iq>")
-            client.send(b"<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>"
-                        b"%s</username><password>pw</password></query></iq>" % name.encode())
-            assert b"type='result'" in client.read_until(b"</iq>|<iq [^>]*/>")
-            client.send(b"<iq type='set' id='r3'><query xmlns='jabber:iq:register'><username>"
-                        b"%s</username><password>pw</password></query></iq>" % name.encode())
-            assert b"<conflict" in client.read_until(b"</iq>")
-        newbie = RawClient(port)
-        newbie.login("newbie", "pw", "n")
-        newbie.send(b"<iq type='get' id='v1'><query xmlns='jabber:iq:roster' ver=''/></iq>")
-        first = newbie.read_until(b"</iq>|<iq [^>]*/>")
-        assert b"ver='0'" in first
-        # Pre-approve oldie, then oldie's request is approved at once.
-        newbie.send(b"<presence to='oldie@localhost' type='subscribed'/>")
-        push = newbie.read_until(b"</iq>")
-        assert b"approved='true'" in push and b"ver='1'" in push
-        newbie.send(b"<iq type='get' id='v2'><query xmlns='jabber:iq:roster' ver='1'/></iq>")
-        unchanged = newbie.read_until(b"</iq>|<iq [^>]*/>")
-        assert b"<item" not in unchanged and b"id='v2'" in unchanged
-        newbie.send(b"<presence/>")
-        oldie = RawClient(port)
-        oldie.login("oldie", "pw", "o")
-        oldie.send(b"<presence/>")
-        oldie.send(b"<presence to='newbie@localhost' type='subscribe'/>")
-        got = oldie.read_until(b"type=.subscribed.")
-        assert b"from='newbie@localhost'" in got or b'from="newbie@localhost"' in got
-        oldie.read_until(b"from=.newbie@localhost/n.")
-        # Directed presence to a stranger's resource, and its unavailable on logout.
-        stranger = RawClient(port)
-        process.ctl("adduser", "stranger@localhost", "--password", "pw")
-        stranger.login("stranger", "pw", "s")
-        stranger.send(b"<presence/>")
-        newbie.send(b"<presence to='stranger@localhost/s'><status>psst</status></presence>")
-        assert b"psst" in stranger.read_until(b"</presence>")
-        newbie.send(b"</stream:stream>")
-        assert b"unavailable" in stranger.read_until(b"from=.newbie@localhost/n. [^>]*>|"
-                                                     b"type=.unavailable.[^>]*/?>")
     finally:
         process.stop()
 

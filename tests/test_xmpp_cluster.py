@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tests.test_xmpp_bad_input import RawClient
+from tests.helpers import RawClient
 
 
 def node(redis_url: str, node_id: str) -> dict:

@@ -13,9 +13,7 @@ from slixmpp.xmlstream import ET
 from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException
 
-from tests.conftest import PresencedProcess
-from tests.test_xmpp import Client, admin, run
-from tests.test_xmpp_bad_input import RawClient
+from tests.helpers import THRIFT as admin, Client, PresencedProcess, RawClient, run
 
 USERS = ("alice", "bob", "carol", "mallory", "olive")
 PLUGINS = ("xep_0280", "xep_0191", "xep_0049", "xep_0012", "xep_0048", "xep_0352")

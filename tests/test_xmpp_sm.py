@@ -14,8 +14,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from tests.conftest import PresencedProcess
-from tests.test_xmpp_bad_input import HEADER, OTHER_DOORS_OFF
+from tests.helpers import HEADER, OTHER_DOORS_OFF, PresencedProcess
 
 SM = "urn:xmpp:sm:3"
 CLIENT = "jabber:client"

@@ -1,0 +1,183 @@
+"""XMPP server logic in memory (tests/xmpp_memory.py: the real c2s door, core and embedded
+store, no process): the subscription state machine, offline storage of requests and
+messages, message routing by priority (RFC 6121 8.5.2), in-band registration, roster
+versioning, pre-approval and directed presence. The same features with real clients over
+TCP and TLS are in test_xmpp.py."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest_twisted
+from twisted.words.xish import domish
+
+from tests.xmpp_memory import HEADER, MemoryClient
+
+NS_ROSTER = "jabber:iq:roster"
+
+
+async def push_for(client: MemoryClient, jid: str) -> domish.Element:
+    """The item for ``jid`` of the next roster push that has one (answered, as clients do)."""
+    def has_item(stanza: domish.Element) -> bool:
+        query = stanza.firstChildElement()
+        return (stanza.name == "iq" and stanza.getAttribute("type") == "set"
+                and query is not None and query.uri == NS_ROSTER
+                and any(item.getAttribute("jid") == jid for item in query.elements()))
+    push = await client.expect(has_item)
+    client.send(f"<iq type='result' id='{push['id']}'/>")
+    return next(item for item in push.firstChildElement().elements()
+                if item.getAttribute("jid") == jid)
+
+
+async def presence_from(client: MemoryClient, jid: str, kind: str = "available"
+                        ) -> domish.Element:
+    """The next presence whose ``from`` starts with ``jid`` and whose type is ``kind``
+    (``available``: no type attribute)."""
+    def wanted(stanza: domish.Element) -> bool:
+        return (stanza.name == "presence" and stanza.getAttribute("from", "").startswith(jid)
+                and stanza.getAttribute("type", "available") == kind)
+    return await client.expect(wanted)
+
+
+def child_text(stanza: domish.Element, name: str) -> Optional[str]:
+    for child in stanza.elements():
+        if child.name == name:
+            return str(child)
+    return None
+
+
+async def message(client: MemoryClient) -> domish.Element:
+    return await client.expect(lambda s: s.name == "message"
+                               and s.getAttribute("type") != "error")
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscription_request_approval_and_cancel(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("erin", "frank")
+    erin = await node.online("erin")
+    frank = await node.online("frank")
+    erin.send("<presence to='frank@localhost' type='subscribe'/>")
+    assert (await push_for(erin, "frank@localhost"))["ask"] == "subscribe"
+    request = await presence_from(frank, "erin@localhost", "subscribe")
+    assert request["from"] == "erin@localhost"
+    frank.send("<presence to='erin@localhost' type='subscribed'/>")
+    await presence_from(erin, "frank@localhost", "subscribed")
+    item = await push_for(erin, "frank@localhost")
+    assert item["subscription"] == "to"
+    await presence_from(erin, "frank@localhost/test")
+    # frank now has erin as a subscriber: his new presence reaches her.
+    frank.send("<presence><show>dnd</show><status>busy</status></presence>")
+    seen = await erin.expect(lambda s: s.name == "presence"
+                             and s.getAttribute("from") == "frank@localhost/test"
+                             and child_text(s, "show") == "dnd")
+    assert child_text(seen, "status") == "busy"
+
+    erin.send("<presence to='frank@localhost' type='unsubscribe'/>")
+    item = await push_for(erin, "frank@localhost")
+    assert item["subscription"] == "none"
+    await presence_from(frank, "erin@localhost", "unsubscribe")
+    await presence_from(erin, "frank@localhost/test", "unavailable")
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_request_and_offline_message_on_login(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("grace", "heidi")
+    grace = await node.online("grace")
+    grace.send("<presence to='heidi@localhost' type='subscribe'/>")
+    grace.send("<message to='heidi@localhost' type='chat'><body>while you were out</body>"
+               "</message>")
+    await push_for(grace, "heidi@localhost")
+    await node.settle()
+    heidi = await node.online("heidi")
+    request = await presence_from(heidi, "grace@localhost", "subscribe")
+    assert request["to"] == "heidi@localhost"
+    stored = await message(heidi)
+    assert child_text(stored, "body") == "while you were out"
+    assert stored["from"] == "grace@localhost/test"
+    delays = [c for c in stored.elements() if (c.uri, c.name) == ("urn:xmpp:delay", "delay")]
+    assert delays and delays[0].getAttribute("stamp")
+
+
+async def prioritised(node, user: str, resource: str, priority: int) -> MemoryClient:
+    client = await node.online(user, resource, roster=False,
+                               presence=b"<presence><priority>%d</priority></presence>"
+                               % priority)
+    await client.expect(f"from='{user}@localhost/{resource}'")
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_bare_jid_messages_prefer_the_highest_priority(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("sender", "multi")
+    high = await prioritised(node, "multi", "high", 5)
+    low = await prioritised(node, "multi", "low", 1)
+    sender = await prioritised(node, "sender", "s", 0)
+    sender.send("<message to='multi@localhost' type='chat' id='c1'><body>chat</body></message>")
+    assert child_text(await high.expect(lambda s: s.name == "message"), "body") == "chat"
+    sender.send("<message to='multi@localhost' type='headline' id='h1'><body>news</body>"
+                "</message>")
+    assert child_text(await high.expect(lambda s: s.name == "message"), "body") == "news"
+    got = await low.expect(lambda s: s.name == "message")
+    assert child_text(got, "body") == "news"
+    await low.nothing("<body>chat</body>")
+    # A full JID reaches exactly that resource, whatever its priority.
+    sender.send("<message to='multi@localhost/low' id='f1'><body>direct</body></message>")
+    assert child_text(await low.expect(lambda s: s.name == "message"), "body") == "direct"
+    # A negative priority takes no bare-JID messages: stored offline instead.
+    low.send("<presence><priority>-1</priority></presence>")
+    high.send("<presence><priority>-1</priority></presence>")
+    await high.expect("<priority>-1</priority>")
+    sender.send("<message to='multi@localhost' type='chat' id='o1'><body>later</body>"
+                "</message>")
+    await node.settle()
+    await high.nothing("<body>later</body>")
+    await low.nothing("<body>later</body>")
+    fresh = await node.online("multi", "fresh", roster=False)
+    stored = await fresh.expect("<body>later</body>")
+    assert "urn:xmpp:delay" in stored.toXml()
+
+
+@pytest_twisted.ensureDeferred
+async def test_registration_roster_versioning_preapproval_and_directed_presence(memory_xmpp):
+    node = await memory_xmpp({"xmpp": {"allow_registration": True}})
+    for name in ("newbie", "oldie"):
+        client = node.open()
+        client.send(HEADER)
+        assert "iq-register" in (await client.expect(lambda s: s.name == "features")).toXml()
+        form = await client.iq("<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>")
+        assert "<password" in form.toXml()
+        created = await client.iq("<iq type='set' id='r2'><query xmlns='jabber:iq:register'>"
+                                  f"<username>{name}</username><password>pw</password>"
+                                  "</query></iq>")
+        assert created["type"] == "result"
+        again = await client.iq("<iq type='set' id='r3'><query xmlns='jabber:iq:register'>"
+                                f"<username>{name}</username><password>pw</password>"
+                                "</query></iq>")
+        assert "<conflict" in again.toXml()
+    newbie = await node.online("newbie", "n", presence=None, roster=False)
+    first = await newbie.iq("<iq type='get' id='v1'><query xmlns='jabber:iq:roster' ver=''/>"
+                            "</iq>")
+    assert "ver='0'" in first.toXml()
+    # Pre-approve oldie, then oldie's request is approved at once.
+    newbie.send("<presence to='oldie@localhost' type='subscribed'/>")
+    push = await newbie.expect(lambda s: s.name == "iq" and s.getAttribute("type") == "set")
+    assert "approved='true'" in push.toXml() and "ver='1'" in push.toXml()
+    unchanged = await newbie.iq("<iq type='get' id='v2'><query xmlns='jabber:iq:roster' "
+                                "ver='1'/></iq>")
+    assert "<item" not in unchanged.toXml() and unchanged["type"] == "result"
+    newbie.send("<presence/>")
+    oldie = await node.online("oldie", "o", roster=False)
+    oldie.send("<presence to='newbie@localhost' type='subscribe'/>")
+    got = await presence_from(oldie, "newbie@localhost", "subscribed")
+    assert got["from"] == "newbie@localhost"
+    await presence_from(oldie, "newbie@localhost/n")
+    # Directed presence to a stranger's resource, and its unavailable on logout.
+    await node.add_users("stranger")
+    stranger = await node.online("stranger", "s", roster=False)
+    newbie.send("<presence to='stranger@localhost/s'><status>psst</status></presence>")
+    assert child_text(await presence_from(stranger, "newbie@localhost/n"), "status") == "psst"
+    newbie.send("</stream:stream>")
+    await presence_from(stranger, "newbie@localhost/n", "unavailable")
