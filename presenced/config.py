@@ -37,6 +37,7 @@ SCHEMA: dict[str, Keys] = {
         "workers": Key(1, "int", positive),
         "scram_iterations": Key(4096, "int", positive),
         "offline_limit": Key(1000, "int", non_negative),
+        "reserved_files": Key(1024, "int", non_negative),
     },
     "store": {
         "backend": Key("embedded", "str", one_of("embedded", "redis")),

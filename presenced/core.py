@@ -33,6 +33,7 @@ from presenced import events
 from presenced.config import Config
 from presenced.events import Event
 from presenced.hooks import Hooks
+from presenced.listener import OpenFiles
 from presenced.metrics import Metrics
 from presenced.nowplaying import Tune
 from presenced.pep import PepService
@@ -106,6 +107,8 @@ class Core:
         # looked up per request, so a door may add one after the console started.
         self.web_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
+        # What the public doors' listeners may hold together (presenced.listener).
+        self.open_files = OpenFiles.for_process(config.server.reserved_files)
 
     def user(self, text: str) -> str:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""

@@ -17,4 +17,6 @@ KEYS: Keys = {
     "max_buffered_bytes": Key(262144, "int", positive),
     "header_timeout": Key(10.0, "float", positive),
     "max_request_bytes": Key(8192, "int", positive),
+    "max_connections": Key(100000, "int", positive),
+    "max_connections_per_ip": Key(1000, "int", positive),
 }

@@ -12,6 +12,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from presenced.core import Core
+from presenced.listener import HTTP_REFUSAL, ConnectionLimits
 from presenced.service import ListeningService
 from presenced.workers import is_worker
 from presenced.webadmin import actions, graph, login, overview, users
@@ -52,7 +53,10 @@ def make_service(core: Core) -> service.IService:
     console = make_console(core)
     mounted: dict[bytes, Resource] = {b"metrics": MetricsResource(core, settings.metrics_token)}
     site = AdminSite(ConsoleRoot(console, mounted))
-    ListeningService(core, "webadmin", settings.port, settings.bind, site).setServiceParent(door)
+    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_ip,
+                              public=False, refusal=HTTP_REFUSAL)
+    ListeningService(core, "webadmin", settings.port, settings.bind, site,
+                     limits).setServiceParent(door)
     for sampler in (console.rates.sample, console.probe.sample):
         internet.TimerService(settings.stats_interval, sampler).setServiceParent(door)
     return door

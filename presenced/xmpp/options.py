@@ -22,4 +22,6 @@ KEYS: Keys = {
     "extauth_pool_size": Key(1, "int", positive),
     "extauth_timeout": Key(30.0, "float", positive),
     "hibernate_after": Key(60.0, "float", non_negative),
+    "max_connections": Key(50000, "int", positive),
+    "max_connections_per_ip": Key(200, "int", positive),
 }
