@@ -21,6 +21,7 @@ not lock out the next script).
 
 from __future__ import annotations
 
+import gc
 import resource
 from collections import Counter
 from dataclasses import dataclass
@@ -41,8 +42,8 @@ log = Logger()
 
 CLOSE_GRACE = 15.0      # seconds a closing peer has to take our last bytes (Twisted web's too)
 LOG_INTERVAL = 10.0     # at most one refusal log line per door this often
-TRIM_AFTER = 1000       # closed connections (and more than remain open) after which freed
-                        # memory goes back to the OS
+TRIM_AFTER = 100        # closed connections (and more than remain open in the process)
+                        # after which freed memory goes back to the OS
 REFUSED = "presenced_connections_refused_total"
 PER_IP, DOOR_TOTAL, OPEN_FILES = "per_ip", "door_total", "open_files"
 
@@ -66,6 +67,12 @@ class ConnectionLimits:
     refusal: bytes = b""
     idle_timeout: float = 0.0
     evict_idle: bool = False
+
+
+def _collect_and_trim() -> None:
+    """Closed TLS connections sit in reference cycles: collect them, then give the pages back."""
+    gc.collect()
+    release_free_memory()
 
 
 class OpenFiles:
@@ -210,9 +217,9 @@ class GuardedFactory(Factory):
         if self.limits.public:
             self.files.open -= 1
         self.closed_since_trim += 1
-        if self.closed_since_trim >= max(TRIM_AFTER, len(self.connections)):
+        if self.closed_since_trim >= max(TRIM_AFTER, len(self.connections), self.files.open):
             self.closed_since_trim = 0
-            self.clock.callLater(0, release_free_memory)
+            self.clock.callLater(0, _collect_and_trim)
 
     def close_idle(self) -> None:
         """Close the connections that have sent nothing for ``idle_timeout``."""
