@@ -40,6 +40,7 @@ from presenced.authguard import AuthGuard
 from presenced.config import Config
 from presenced.events import Event
 from presenced.hooks import Hooks
+from presenced.listener import OpenFiles
 from presenced.metrics import Metrics
 from presenced.nowplaying import Tune
 from presenced.pep import PepService
@@ -125,6 +126,8 @@ class Core:
         self.web_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
         self.blocking = Blocklists(store, self.router, server.blocklist_limit)
+        # What the public doors' listeners may hold together (presenced.listener).
+        self.open_files = OpenFiles.for_process(config.server.reserved_files)
 
     def user(self, text: str) -> str:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""

@@ -15,6 +15,8 @@ Labels = tuple[tuple[str, str], ...]
 DOOR_METRICS = {
     "presenced_connections": ("gauge", "Open connections by front door"),
     "presenced_connections_total": ("counter", "Connections accepted by front door"),
+    "presenced_connections_refused_total": (
+        "counter", "Connections refused at the listener by door and reason"),
     "presenced_logins_total": ("counter", "Successful logins by front door"),
     "presenced_auth_failures_total": ("counter", "Refused authentications by front door"),
     "presenced_stanzas_in_total": ("counter", "Stanzas received by front door"),

@@ -2,9 +2,9 @@
 
 Each front door (:data:`presenced.doors.DOORS`) is a module with ``make_service(core) ->
 IService``; the enabled ones run as child services, started once the store is open. A door
-listens through :class:`ListeningService`, which logs its address and records the bound port
-in ``<data_dir>/run/ports.json`` (port 0 picks a free port: tests and benchmarks read the
-file).
+listens through :class:`ListeningService`, which applies the door's connection limits
+(:mod:`presenced.listener`), logs its address and records the bound port in
+``<data_dir>/run/ports.json`` (port 0 picks a free port: tests and benchmarks read the file).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from presenced.config import Config, ConfigError
 from presenced.core import Core
 from presenced.doors import DOORS
 from presenced.extauth import configured_pool
+from presenced.listener import ConnectionLimits, GuardedFactory
 from presenced.store import StoreError
 from presenced.store.backends import make_store
 from presenced.workers import is_worker
@@ -34,7 +35,7 @@ log = Logger()
 
 
 class ListeningService(service.Service):
-    """Listens on one TCP port with ``factory`` while running.
+    """Listens on one TCP port with ``factory`` while running, within ``limits``.
 
     ``tls`` (an ``IOpenSSLServerConnectionCreator`` such as ``CertificateOptions``) makes it a
     direct-TLS port. With several workers (``[server] workers``) every worker binds the same
@@ -42,22 +43,25 @@ class ListeningService(service.Service):
     """
 
     def __init__(self, core: Core, name: str, port: int, interface: str,
-                 factory: IProtocolFactory, tls: Any = None):
+                 factory: IProtocolFactory, limits: ConnectionLimits, tls: Any = None):
         self.core = core
         self.setName(name)
         self.port = port
         self.interface = interface
         self.factory = factory
+        self.limits = limits
         self.tls = tls
         self.listening: Optional[IListeningPort] = None
 
     def startService(self) -> None:
         super().startService()
-        factory = self.factory
-        factory.noisy = False  # our own line below says where it listens
+        self.factory.noisy = False  # our own line below says where it listens
+        tls = None
         if self.tls is not None:
-            factory = TLSMemoryBIOFactory(self.tls, False, factory)
-            factory.noisy = False
+            tls = TLSMemoryBIOFactory(self.tls, False, self.factory)
+            tls.noisy = False
+        factory = GuardedFactory(self.name, self.factory, self.limits, self.core.open_files,
+                                 self.core.metrics, reactor, tls)
         if self.core.config.server.workers > 1:
             self.listening = listen_reuse_port(self.port, self.interface, factory)
         else:
@@ -142,6 +146,8 @@ class PresencedService(service.MultiService):
         store = make_store(self.config)
         self.core = Core(self.config, store, external_auth=configured_pool(self.config))
         self.core.accounts.start()
+        log.info("public doors hold up to {n} connections together (open files limit less "
+                 "[server] reserved_files)", n=self.core.open_files.limit)
         log.info("store: {backend} ({where})", backend=store.name,
                  where=getattr(store, "path", None) or ", ".join(self.config.store.redis))
         d = defer.maybeDeferred(store.start)

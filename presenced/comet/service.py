@@ -6,9 +6,13 @@ from twisted.application.service import IService
 
 from presenced.comet.door import CometDoor
 from presenced.core import Core
+from presenced.listener import HTTP_REFUSAL, ConnectionLimits
 from presenced.service import ListeningService
 
 
 def make_service(core: Core) -> IService:
     settings = core.config.comet
-    return ListeningService(core, "comet", settings.port, settings.bind, CometDoor(core))
+    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_ip,
+                              refusal=HTTP_REFUSAL)
+    return ListeningService(core, "comet", settings.port, settings.bind, CometDoor(core),
+                            limits)

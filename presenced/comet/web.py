@@ -1,7 +1,9 @@
 """Everything on the comet port that is not a stream: demo page, WebSocket, JSON 404s.
 
 Served by ``twisted.web`` on connections the lean parser handed over. Each such connection
-carries one request: the next one may be a stream, which only the lean parser serves.
+carries one request: the next one may be a stream, which only the lean parser serves. The
+request must arrive whole within ``[comet] request_timeout``; a WebSocket's messages are
+bounded by ``websocket_max_message_bytes``.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from twisted.web import http, resource, server, static
+from twisted.internet.interfaces import IProtocol
+from twisted.web import resource, server, static
 
 from presenced.comet.http import error_body
 from presenced.comet.websocket import UserWebSocket
+from presenced.comet.wslimit import MessageSizeLimit
+from presenced.httpdeadline import DeadlineChannel
 
 if TYPE_CHECKING:
     from presenced.comet.door import CometDoor
@@ -66,7 +71,7 @@ class CometRoot(resource.Resource):
         return not_found(request)
 
 
-class OneRequestChannel(http.HTTPChannel):
+class OneRequestChannel(DeadlineChannel):
     """An HTTP channel that closes after its request, so a stream request that follows on
     the same connection reaches the lean parser on a new one."""
 
@@ -74,13 +79,24 @@ class OneRequestChannel(http.HTTPChannel):
         request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         return False
 
+    def _protocolUpgradeForWebsockets(self, protocol: IProtocol) -> None:
+        """The WebSocket's bytes pass the message size check first."""
+        super()._protocolUpgradeForWebsockets(
+            MessageSizeLimit(protocol, self.site.websocket_max_message_bytes))
+
 
 class CometSite(server.Site):
     protocol = OneRequestChannel
     displayTracebacks = False
 
+    def __init__(self, root: resource.Resource, timeout: float, websocket_max_message_bytes: int):
+        super().__init__(root, timeout=timeout)
+        self.websocket_max_message_bytes = websocket_max_message_bytes
+
 
 def make_site(door: "CometDoor") -> server.Site:
-    site = CometSite(CometRoot(door))
+    settings = door.core.config.comet
+    site = CometSite(CometRoot(door), settings.request_timeout,
+                     settings.websocket_max_message_bytes)
     site.noisy = False
     return site

@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 ALL_CHANNELS = "#*"
 TOPIC = "%TOPIC"
 ERROR_BUFFER_BYTES = 65536
-# Senders connected at once; each holds a line buffer of up to cat_max_line_bytes.
-MAX_CONNECTIONS = 256
 # Cat lines received, on the cat port and over HTTP (:mod:`presenced.irc.http`).
 CAT_LINES = "presenced_irc_cat_lines_total"
 
@@ -122,7 +120,8 @@ class CatProtocol(basic.LineReceiver):
 
 
 class CatFactory(protocol.Factory):
-    """Accepts senders from the allowlist (empty: anyone who can reach the port)."""
+    """Accepts senders from the allowlist (empty: anyone who can reach the port). How many
+    and for how long silent is the listener's part ([irc] cat_max_connections...)."""
 
     noisy = False
 
@@ -140,8 +139,6 @@ class CatFactory(protocol.Factory):
     def buildProtocol(self, addr: object) -> Optional[CatProtocol]:
         if not self.allow.admits(getattr(addr, "host", "")):
             self.bot.core.metrics.inc("presenced_auth_failures_total", door="irc")
-            return None
-        if len(self.connections) >= MAX_CONNECTIONS:
             return None
         return CatProtocol(self)
 

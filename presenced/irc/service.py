@@ -15,6 +15,7 @@ from presenced.irc.cat import CatFactory
 from presenced.irc.commands import Commands
 from presenced.irc.hooks import HookAnnouncer
 from presenced.irc.http import CatResource
+from presenced.listener import ConnectionLimits
 from presenced.service import ListeningService
 from presenced.workers import is_worker
 from presenced.users import BadUser
@@ -72,8 +73,11 @@ def make_service(core: Core) -> service.IService:
         raise ConfigError("[irc] hooks", str(e)) from None
     BotConnectionService(bot, hooks).setServiceParent(door)
     cat = CatFactory(bot, settings.cat_allow, settings.cat_max_line_bytes)
-    ListeningService(core, "irc_cat", settings.cat_port, settings.cat_bind,
-                     cat).setServiceParent(door)
+    limits = ConnectionLimits(settings.cat_max_connections, settings.cat_max_connections_per_ip,
+                              refusal=b"error: too many connections\n",
+                              idle_timeout=settings.cat_idle_timeout, evict_idle=True)
+    ListeningService(core, "irc_cat", settings.cat_port, settings.cat_bind, cat,
+                     limits).setServiceParent(door)
     core.irc = bot
     if settings.http_token:
         core.web_resources[b"irccat"] = CatResource(bot, settings.http_token)

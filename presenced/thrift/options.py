@@ -15,4 +15,6 @@ KEYS: Keys = {
     "max_unread_bytes": Key(4194304, "int", positive),
     "timeout": Key(30.0, "float", positive),
     "allow": Key([], "list[str]"),
+    "max_connections": Key(256, "int", positive),
+    "max_connections_per_ip": Key(256, "int", positive),
 }

@@ -8,6 +8,7 @@ from twisted.internet import reactor
 from presenced.allowlist import Allowlist
 from presenced.config import ConfigError
 from presenced.core import Core
+from presenced.listener import ConnectionLimits
 from presenced.service import ListeningService
 from presenced.thrift import admin
 from presenced.thrift.handler import AdminHandler
@@ -23,4 +24,6 @@ def make_service(core: Core) -> IService:
         raise ConfigError("[thrift] allow", str(e)) from None
     factory = AdminFactory(core, admin.PresencedAdmin, AdminHandler(core, reactor), reactor,
                            allow)
-    return ListeningService(core, "thrift", settings.port, settings.bind, factory)
+    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_ip,
+                              public=False)
+    return ListeningService(core, "thrift", settings.port, settings.bind, factory, limits)

@@ -12,4 +12,7 @@ KEYS: Keys = {
     "session_ttl": Key(3600, "int", positive),
     "metrics_token": Key("", "str"),
     "stats_interval": Key(5.0, "float", positive),
+    "request_timeout": Key(30.0, "float", positive),
+    "max_connections": Key(128, "int", positive),
+    "max_connections_per_ip": Key(64, "int", positive),
 }

@@ -12,6 +12,8 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from presenced.core import Core
+from presenced.httpdeadline import DeadlineChannel
+from presenced.listener import HTTP_REFUSAL, ConnectionLimits
 from presenced.service import ListeningService
 from presenced.workers import is_worker
 from presenced.webadmin import actions, graph, login, overview, users
@@ -25,7 +27,10 @@ PAGES = (login, overview, users, graph, actions)
 
 
 class AdminSite(server.Site):
-    """The console's site: no access log lines per request (the doors log what matters)."""
+    """The console's site: no access log lines per request (the doors log what matters);
+    each request must arrive whole within ``[webadmin] request_timeout``."""
+
+    protocol = DeadlineChannel
 
     def log(self, request: server.Request) -> None:
         pass
@@ -52,8 +57,11 @@ def make_service(core: Core) -> service.IService:
     settings = core.config.webadmin
     console = make_console(core)
     mounted: dict[bytes, Resource] = {b"metrics": MetricsResource(core, settings.metrics_token)}
-    site = AdminSite(ConsoleRoot(console, mounted))
-    ListeningService(core, "webadmin", settings.port, settings.bind, site).setServiceParent(door)
+    site = AdminSite(ConsoleRoot(console, mounted), timeout=settings.request_timeout)
+    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_ip,
+                              public=False, refusal=HTTP_REFUSAL)
+    ListeningService(core, "webadmin", settings.port, settings.bind, site,
+                     limits).setServiceParent(door)
     for sampler in (console.rates.sample, console.probe.sample):
         internet.TimerService(settings.stats_interval, sampler).setServiceParent(door)
     return door

@@ -25,4 +25,6 @@ KEYS: Keys = {
     "resume_timeout": Key(300, "int", non_negative),
     "sm_max_unacked": Key(1000, "int", positive),
     "sm_max_unacked_bytes": Key(1048576, "int", positive),
+    "max_connections": Key(50000, "int", positive),
+    "max_connections_per_ip": Key(200, "int", positive),
 }

@@ -7,8 +7,6 @@ routes the feature handlers declared. The server itself knows no feature.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import secrets
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
@@ -19,6 +17,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from presenced.events import Event
+from presenced.memory import release_free_memory
 from presenced.xmpp import sasl
 from presenced.xmpp.features import IC2SServer
 from presenced.xmpp.session import RESOURCE_CLAIMED, replace, xmpp_sessions
@@ -330,22 +329,6 @@ def _yield_claimed_resource(session: "C2SSession", event: Event) -> None:
     """A resource of this user was bound on another node: ours of that name yields."""
     if event.payload["resource"] == session.label:
         replace(session)
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_trim = _malloc_trim()
-
-
-def release_free_memory() -> None:
-    """glibc keeps freed small blocks; ``malloc_trim`` returns the free pages to the OS."""
-    if _trim is not None:
-        _trim(0)
 
 
 class C2SFactory(protocol.ServerFactory):

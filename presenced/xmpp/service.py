@@ -11,6 +11,7 @@ from twisted.application import service
 from twisted.internet import task
 
 from presenced.core import Core
+from presenced.listener import ConnectionLimits
 from presenced.service import ListeningService
 from presenced.xmpp.blocking import BlockingHandler
 from presenced.xmpp.carbons import CarbonsHandler
@@ -38,6 +39,13 @@ FEATURES: tuple[type[FeatureHandler], ...] = (
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
     ClientStateHandler, StreamManagementHandler)
 
+# What a connection past [xmpp] max_connections(_per_ip) reads before it is closed.
+REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'><stream:error>"
+           b"<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+           b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>too many connections</text>"
+           b"</stream:error></stream:stream>")
+
 
 class XMPPService(service.MultiService):
     """Runs the listeners; says ``system-shutdown`` to every stream on stop. (Accounts,
@@ -52,11 +60,13 @@ class XMPPService(service.MultiService):
         self.server = C2SServer(core, tls, FEATURES)
         self.sweep = task.LoopingCall(self.server.hibernate_idle)
         self.deadlines = task.LoopingCall(self.server.close_late_streams)
+        limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip,
+                                  refusal=REFUSAL)
         ListeningService(core, "xmpp", config.port, config.bind,
-                         C2SFactory(self.server)).setServiceParent(self)
+                         C2SFactory(self.server), limits).setServiceParent(self)
         if config.direct_tls:
             ListeningService(core, "xmpp_tls", config.direct_tls_port, config.bind,
-                             C2SFactory(self.server, direct_tls=True), tls=tls
+                             C2SFactory(self.server, direct_tls=True), limits, tls=tls
                              ).setServiceParent(self)
 
     def startService(self) -> None:
