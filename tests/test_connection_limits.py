@@ -340,7 +340,7 @@ def metric(port: int, series: str) -> float:
 def limited_server(presenced_factory, monkeypatch):
     """XMPP over plain TCP with a per-IP cap of 5, in a process allowed 300 open files (so
     the public doors may hold 225 connections together), every other door on."""
-    monkeypatch.setattr(conftest, "TWISTD", ["prlimit", "--nofile=300:300", "--"]
+    monkeypatch.setattr(helpers, "TWISTD", ["prlimit", "--nofile=300:300", "--"]
                         + helpers.TWISTD)
     process = presenced_factory({
         "server": {"scram_iterations": 1000},
