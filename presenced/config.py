@@ -37,6 +37,8 @@ SCHEMA: dict[str, Keys] = {
         "workers": Key(1, "int", positive),
         "scram_iterations": Key(4096, "int", positive),
         "offline_limit": Key(1000, "int", non_negative),
+        "log_file_bytes": Key(1000000, "int", positive),
+        "log_files": Key(10, "int", positive),
     },
     "store": {
         "backend": Key("embedded", "str", one_of("embedded", "redis")),
