@@ -3,18 +3,25 @@
 A message from a client to a bare JID goes through ``core.send_message`` (one path for every
 door: Thrift ``spoof_message`` uses it too) carrying the stanza serialised once; each XMPP
 resource that takes bare-JID messages (available, priority >= 0) writes those bytes. A
-message that reaches no such resource is stored offline (the core's ``message-sent`` hook)
-and delivered, with a ``<delay/>`` stamp, on the next available presence.
+message that reaches no such resource is stored offline and delivered, with a ``<delay/>``
+stamp, on the next available presence. Past ``[server] offline_limit`` stored messages the
+sender's client gets a ``resource-constraint`` error; an XMPP sender's stanza counts as
+being handled until its message is written, so a flooder's reading stops while its writes
+wait (:mod:`presenced.xmpp.shaping`). Messages from other doors are stored through the
+core's ``message-sent`` hook.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from presenced import events
+from presenced.logs import RepeatLimiter
 from presenced.events import Event, RenderCache
 from presenced.store import OFFLINE_STORE
 from presenced.xmpp.features import FeatureHandler
@@ -54,6 +61,7 @@ def delayed(stanza: bytes, domain: str, when: float) -> str:
 
 
 class MessageHandler(FeatureHandler):
+    log = Logger()
     routes = {"message/bare": "on_bare", "message/self": "on_bare",
               "message/full": "on_full"}
     event_renderers = {events.MESSAGE: "render"}
@@ -63,6 +71,7 @@ class MessageHandler(FeatureHandler):
         self.core.hooks.add("message-sent", self.message_sent)
         self.wire = RenderCache(message_bytes)
         self.core.hooks.add("xmpp-initial-backlog", self.take_offline)
+        self.repeats = RepeatLimiter()
 
     # --- from the client ---------------------------------------------------------------------
 
@@ -75,8 +84,7 @@ class MessageHandler(FeatureHandler):
             session.error(message, "service-unavailable", "no group chat here")
             return None
         if self.core.router.is_online_anywhere(to):
-            self._send(session, message, to, kind)
-            return None
+            return self._send(session, message, to, kind)
         return self._send_to_offline(session, message, to, kind)
 
     @defer.inlineCallbacks
@@ -85,15 +93,30 @@ class MessageHandler(FeatureHandler):
         if not exists:
             session.error(message, "service-unavailable")
         else:
-            self._send(session, message, to, kind)
+            yield self._send(session, message, to, kind)
 
-    def _send(self, session, message: domish.Element, to: str, kind: str) -> None:
+    def _send(self, session, message: domish.Element, to: str,
+              kind: str) -> Optional[defer.Deferred]:
+        """Deliver; a message nobody took is stored, and the Deferred of that write is
+        returned so the stanza counts as being handled until it is done."""
         texts = {"body": None, "subject": None, "thread": None}
         for child in message.children:
             if child.__class__ is not str and child.name in texts:
                 texts[child.name] = str(child)
+        stanza = to_bytes(message)
         self.core.send_message(session.user, to, texts["body"], texts["subject"],
-                               texts["thread"], kind, stanza=to_bytes(message))
+                               texts["thread"], kind, stanza=stanza)
+        if not self._goes_offline(to, kind):
+            return None
+        d = defer.ensureDeferred(self._store(to, stanza, time.time()))
+        d.addCallback(self._bounce_if_full, session, message, to)
+        d.addErrback(self._store_failed, session, message, to)
+        return d
+
+    def _bounce_if_full(self, kept: bool, session, message: domish.Element, to: str) -> None:
+        if not kept:
+            session.error(message, "resource-constraint",
+                          f"{to} has too many offline messages")
 
     def on_full(self, session, message: domish.Element):
         recipient = self.server.find_session(parse_address(message["to"]))
@@ -125,26 +148,49 @@ class MessageHandler(FeatureHandler):
 
     # --- offline storage ---------------------------------------------------------------------
 
-    def message_sent(self, event: Event, reached: int) -> None:
-        """core.send_message's hook: keep the message if no XMPP resource could take it."""
-        to = event.payload["to"]
-        kind = event.payload.get("kind") or "normal"
-        if kind not in OFFLINE_KINDS or not self.core.is_local(to):
-            return
-        if message_targets(self.core, to) or self.core.router.transport.remote_nodes(to):
-            return  # taken here, or by the node where the user is online
-        d = defer.ensureDeferred(self._store(to, event))
-        d.addErrback(lambda f: self.log.failure("storing an offline message for {to}", f,
-                                                to=to))
+    def _store_failed(self, failure, session, message: domish.Element, to: str) -> None:
+        self._log_failure(failure, to)
+        session.error(message, "internal-server-error", "the message could not be stored")
 
-    async def _store(self, to: str, event: Event) -> None:
-        if not await self.server.account_exists(to):
+    def message_sent(self, event: Event, reached: int) -> None:
+        """core.send_message's hook: keep a message from another door (an XMPP client's is
+        kept by :meth:`_send`) if no XMPP resource could take it."""
+        to = event.payload["to"]
+        if event.payload.get("stanza") is not None:
             return
-        stanza = delayed(message_bytes(event), to.partition("@")[2], event.time)
-        kept = await self.core.store.open_list(OFFLINE_STORE).push(to, stanza,
-                                                  self.core.config.server.offline_limit)
+        if not self._goes_offline(to, event.payload.get("kind") or "normal"):
+            return
+        d = defer.ensureDeferred(self._store(to, message_bytes(event), event.time))
+        d.addErrback(lambda f: self._log_failure(f, to))
+
+    def _goes_offline(self, to: str, kind: str) -> bool:
+        """No XMPP resource here or on another node takes this message to ``to``."""
+        if kind not in OFFLINE_KINDS or not self.core.is_local(to):
+            return False
+        return not (message_targets(self.core, to)
+                    or self.core.router.transport.remote_nodes(to))
+
+    async def _store(self, to: str, stanza: bytes, when: float) -> bool:
+        """Keep ``stanza`` for ``to``; False when the store of ``to`` is full (the message
+        is not kept). A user that is no account is not stored for (True: nothing to say)."""
+        if not await self.server.account_exists(to):
+            return True
+        stored = delayed(stanza, to.partition("@")[2], when)
+        kept = await self.core.store.open_list(OFFLINE_STORE).push(
+            to, stored, self.core.config.server.offline_limit)
         if not kept:
-            self.log.info("offline store of {to} is full: message dropped", to=to)
+            repeats = self.repeats.allow(("full", to))
+            if repeats is not None:
+                self.log.info("offline store of {to} is full: messages refused "
+                              "({repeats} more since the last such line)", to=to,
+                              repeats=repeats)
+        return bool(kept)
+
+    def _log_failure(self, failure, to: str) -> None:
+        repeats = self.repeats.allow(("failed", failure.type))
+        if repeats is not None:
+            self.log.failure("storing an offline message for {to} ({repeats} more failures "
+                             "since the last such line)", failure, to=to, repeats=repeats)
 
     def take_offline(self, session) -> defer.Deferred:
         """XEP-0160: the stored messages (deleted from the store) for a resource coming
