@@ -22,4 +22,12 @@ KEYS: Keys = {
     "extauth_pool_size": Key(1, "int", positive),
     "extauth_timeout": Key(30.0, "float", positive),
     "hibernate_after": Key(60.0, "float", non_negative),
+    # Floods (docs/security.md): read pacing, stanza rate, work in flight, partial stanzas.
+    "read_bytes_per_second": Key(65536.0, "float", positive),
+    "read_burst_bytes": Key(1048576, "int", positive),
+    "stanzas_per_second": Key(100.0, "float", positive),
+    "stanza_burst": Key(1000, "int", positive),
+    "max_pending_stanzas": Key(16, "int", positive),
+    "stanza_timeout": Key(30.0, "float", positive),
+    "max_sessions_per_user": Key(10, "int", positive),
 }
