@@ -156,7 +156,7 @@ class C2SStream(xmlstream.XmlStream):
         """Flood control after a read (:mod:`presenced.xmpp.shaping`): pace the reading,
         and time a stanza the read left unfinished (bound streams: before binding the
         ``auth_timeout`` covers everything)."""
-        if self.closing:
+        if self.closing or self.stream is None:  # closed meanwhile
             return
         partial = self.session is not None and not self.at_boundary
         self.shaper.read(size, partial)
