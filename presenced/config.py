@@ -44,6 +44,8 @@ SCHEMA: dict[str, Keys] = {
         "auth_failure_period": Key(600.0, "float", positive),
         "auth_ban_seconds": Key(900.0, "float", positive),
         "reserved_files": Key(1024, "int", non_negative),
+        "log_file_bytes": Key(1000000, "int", positive),
+        "log_files": Key(10, "int", positive),
     },
     "store": {
         "backend": Key("embedded", "str", one_of("embedded", "redis")),

@@ -4,26 +4,37 @@ Twisted's transports buffer every write in memory. A door protocol wraps its tra
 :class:`WriteBudget`: the transport tells it (as a push producer) when the kernel buffer is
 full; while paused, bytes written are counted, and past ``limit`` the connection is aborted.
 The policy is *disconnect*: an event stream with a hole in it is worse than a reconnect.
+
+Input is paced the other way round: a :class:`ReadGate` pauses reading from a connection
+(``transport.pauseProducing``) while its :class:`TokenBucket` is in debt or while the output
+it caused waits for the peer, so a client can make the server neither buffer nor work
+without bound.
 """
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IPushProducer, ITransport
+import time
+from typing import Callable, Optional
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from zope.interface import implementer
 
 
 @implementer(IPushProducer)
 class WriteBudget:
-    """Counts bytes queued while the peer is not reading; aborts past ``limit``."""
+    """Counts bytes queued while the peer is not reading; aborts past ``limit``. With a
+    ``gate``, reading from the peer stops meanwhile: a client that does not take its replies
+    gets no more work done for it."""
 
-    __slots__ = ("transport", "limit", "pending", "paused", "exceeded")
+    __slots__ = ("transport", "limit", "pending", "paused", "exceeded", "gate")
 
-    def __init__(self, transport: ITransport, limit: int):
+    def __init__(self, transport: ITransport, limit: int, gate: Optional["ReadGate"] = None):
         self.transport = transport
         self.limit = limit
         self.pending = 0
         self.paused = False
         self.exceeded = False
+        self.gate = gate
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> bool:
@@ -41,10 +52,90 @@ class WriteBudget:
 
     def pauseProducing(self) -> None:
         self.paused = True
+        if self.gate is not None:
+            self.gate.hold("output")
 
     def resumeProducing(self) -> None:
         self.paused = False
         self.pending = 0
+        if self.gate is not None:
+            self.gate.release("output")
 
     def stopProducing(self) -> None:
         self.paused = True
+
+
+class TokenBucket:
+    """A rate with a burst: ``take`` spends tokens, which come back at ``rate`` per second up
+    to ``burst``. A negative balance is a debt the caller pays by waiting (``wait``)."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp", "clock")
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.clock = clock
+        self.stamp = clock()
+
+    def take(self, amount: float) -> float:
+        """Spend ``amount``; return the balance left (negative: in debt)."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate) - amount
+        self.stamp = now
+        return self.tokens
+
+    def wait(self) -> float:
+        """Seconds until the balance is back to zero."""
+        return max(0.0, -self.tokens / self.rate)
+
+
+class ReadGate:
+    """Stops reading from a transport while any reason holds (a rate debt, replies the peer
+    has not taken, work in progress), and reads again when none does. Nothing is buffered:
+    the kernel's receive window fills and the peer's sends block, which is the point."""
+
+    __slots__ = ("transport", "holds", "timers", "reactor")
+
+    def __init__(self, transport: IPushProducer, clock: Optional[IReactorTime] = None):
+        self.transport: Optional[IPushProducer] = transport
+        self.holds: set[str] = set()
+        self.timers: dict[str, IDelayedCall] = {}
+        self.reactor = clock if clock is not None else _reactor()
+
+    def hold(self, reason: str) -> None:
+        if not self.holds and self.transport is not None:
+            self.transport.pauseProducing()
+        self.holds.add(reason)
+
+    def release(self, reason: str) -> None:
+        if reason not in self.holds:
+            return
+        self.holds.discard(reason)
+        timer = self.timers.pop(reason, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not self.holds and self.transport is not None:
+            self.transport.resumeProducing()
+
+    def hold_for(self, reason: str, seconds: float) -> None:
+        """Hold for ``seconds`` (a rate debt being paid), unless already held for it."""
+        if reason in self.holds:
+            return
+        self.hold(reason)
+        self.timers[reason] = self.reactor.callLater(seconds, self.release, reason)
+
+    def close(self) -> None:
+        """The connection is gone: cancel the timers, touch the transport no more."""
+        self.transport = None
+        for timer in self.timers.values():
+            if timer.active():
+                timer.cancel()
+        self.timers.clear()
+        self.holds.clear()
+
+
+def _reactor() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return reactor  # type: ignore[return-value]

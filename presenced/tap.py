@@ -8,6 +8,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from presenced import config as configuration
+from presenced import logs
 from presenced.service import PresencedService
 
 
@@ -42,6 +43,14 @@ class Options(usage.Options):
             self["loaded"] = configuration.load(self["config"], overrides)
         except configuration.ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        self._cap_log_files()
+
+    def _cap_log_files(self) -> None:
+        """twistd keeps every rotated log file: keep ``[server] log_files`` of
+        ``log_file_bytes`` each instead."""
+        if self.parent is not None:
+            server = self["loaded"].server
+            logs.cap_twistd_log_file(self.parent, server.log_file_bytes, server.log_files)
 
 
 @implementer(IServiceMaker, IPlugin)

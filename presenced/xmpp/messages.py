@@ -3,8 +3,12 @@
 A message from a client to a bare JID goes through ``core.send_message`` (one path for every
 door: Thrift ``spoof_message`` uses it too) carrying the stanza serialised once; each XMPP
 resource that takes bare-JID messages (available, priority >= 0) writes those bytes. A
-message that reaches no such resource is stored offline (the core's ``message-sent`` hook)
-and delivered, with a ``<delay/>`` stamp, on the next available presence.
+message that reaches no such resource is stored offline and delivered, with a ``<delay/>``
+stamp, on the next available presence. Past ``[server] offline_limit`` stored messages the
+sender's client gets a ``resource-constraint`` error; an XMPP sender's stanza counts as
+being handled until its message is written, so a flooder's reading stops while its writes
+wait (:mod:`presenced.xmpp.shaping`). Messages from other doors are stored through the
+core's ``message-sent`` hook.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from twisted.words.xish import domish
 
 from presenced import events
 from presenced.events import Event, RenderCache
+from presenced.logs import RepeatLimiter
 from presenced.store import OFFLINE_STORE
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.session import message_targets
@@ -73,6 +78,7 @@ class MessageHandler(FeatureHandler):
         self.wire = RenderCache(message_bytes)
         self.core.hooks.add("xmpp-initial-backlog", self.take_offline)
         self.core.hooks.add("xmpp-unacknowledged", self.keep_unacknowledged)
+        self.repeats = RepeatLimiter()
 
     # --- from the client ---------------------------------------------------------------------
 
@@ -85,8 +91,7 @@ class MessageHandler(FeatureHandler):
             session.error(message, "service-unavailable", "no group chat here")
             return None
         if self.core.router.is_online_anywhere(to):
-            self._send(session, message, to, kind)
-            return None
+            return self._send(session, message, to, kind)
         return self._send_to_offline(session, message, to, kind)
 
     @defer.inlineCallbacks
@@ -95,17 +100,31 @@ class MessageHandler(FeatureHandler):
         if not exists:
             session.error(message, "service-unavailable")
         else:
-            self._send(session, message, to, kind)
+            yield self._send(session, message, to, kind)
 
-    def _send(self, session, message: domish.Element, to: str, kind: str) -> None:
+    def _send(self, session, message: domish.Element, to: str,
+              kind: str) -> Optional[defer.Deferred]:
+        """Deliver; a message nobody took is stored, and the Deferred of that write is
+        returned so the stanza counts as being handled until it is done."""
         texts = {"body": None, "subject": None, "thread": None}
         for child in message.children:
             if child.__class__ is not str and child.name in texts:
                 texts[child.name] = str(child)
-        data = to_bytes(message)
-        self.core.hooks.fire("xmpp-message-out", session, data, kind)
+        stanza = to_bytes(message)
+        self.core.hooks.fire("xmpp-message-out", session, stanza, kind)
         self.core.send_message(session.user, to, texts["body"], texts["subject"],
-                               texts["thread"], kind, stanza=data)
+                               texts["thread"], kind, stanza=stanza)
+        if not self._goes_offline(to, kind):
+            return None
+        d = defer.ensureDeferred(self._store(to, session.user, stanza, time.time()))
+        d.addCallback(self._bounce_if_full, session, message, to)
+        d.addErrback(self._store_failed, session, message, to)
+        return d
+
+    def _bounce_if_full(self, kept: bool, session, message: domish.Element, to: str) -> None:
+        if not kept:
+            session.error(message, "resource-constraint",
+                          f"{to} has too many offline messages")
 
     def on_full(self, session, message: domish.Element):
         recipient = self.server.find_session(parse_address(message["to"]))
@@ -144,30 +163,55 @@ class MessageHandler(FeatureHandler):
 
     # --- offline storage ---------------------------------------------------------------------
 
+    def _store_failed(self, failure, session, message: domish.Element, to: str) -> None:
+        self._log_failure(failure, to)
+        session.error(message, "internal-server-error", "the message could not be stored")
+
     def message_sent(self, event: Event, reached: int) -> None:
-        """core.send_message's hook: keep the message if no XMPP resource could take it."""
+        """core.send_message's hook: keep a message from another door (an XMPP client's is
+        kept by :meth:`_send`) if no XMPP resource could take it."""
         to = event.payload["to"]
-        kind = event.payload.get("kind") or "normal"
+        if event.payload.get("stanza") is not None:
+            return
+        if not self._goes_offline(to, event.payload.get("kind") or "normal"):
+            return
+        d = defer.ensureDeferred(self._store(to, event.sender, message_bytes(event),
+                                             event.time))
+        d.addErrback(lambda f: self._log_failure(f, to))
+
+    def _goes_offline(self, to: str, kind: str) -> bool:
+        """No XMPP resource here or on another node takes this message to ``to``."""
         if kind not in OFFLINE_KINDS or not self.core.is_local(to):
-            return
-        if message_targets(self.core, to) or self.core.router.transport.remote_nodes(to):
-            return  # taken here, or by the node where the user is online
-        d = defer.ensureDeferred(self._store(to, event))
-        d.addErrback(lambda f: self.log.failure("storing an offline message for {to}", f,
-                                                to=to))
+            return False
+        return not (message_targets(self.core, to)
+                    or self.core.router.transport.remote_nodes(to))
 
-    async def _store(self, to: str, event: Event) -> None:
+    async def _store(self, to: str, sender: str, stanza: bytes, when: float) -> bool:
+        """Keep ``stanza`` for ``to``; False when the store of ``to`` is full (the message
+        is not kept). Nothing is stored for a user that is no account, nor from a JID the
+        user blocks (XEP-0191; True: nothing to say)."""
         if not await self.core.accounts.exists(to):
-            return
-        if await self.core.blocking.blocks(to, event.sender):
-            return  # XEP-0191: nothing from a blocked JID is kept for the user
-        await self._keep(to, delayed(message_bytes(event), to.partition("@")[2], event.time))
+            return True
+        if await self.core.blocking.blocks(to, sender):
+            return True
+        return await self._push(to, delayed(stanza, to.partition("@")[2], when))
 
-    async def _keep(self, to: str, stanza: str) -> None:
+    async def _push(self, to: str, stored: str) -> bool:
         kept = await self.core.store.open_list(OFFLINE_STORE).push(
-            to, stanza, self.core.config.server.offline_limit)
+            to, stored, self.core.config.server.offline_limit)
         if not kept:
-            self.log.info("offline store of {to} is full: message dropped", to=to)
+            repeats = self.repeats.allow(("full", to))
+            if repeats is not None:
+                self.log.info("offline store of {to} is full: messages refused "
+                              "({repeats} more since the last such line)", to=to,
+                              repeats=repeats)
+        return bool(kept)
+
+    def _log_failure(self, failure, to: str) -> None:
+        repeats = self.repeats.allow(("failed", failure.type))
+        if repeats is not None:
+            self.log.failure("storing an offline message for {to} ({repeats} more failures "
+                             "since the last such line)", failure, to=to, repeats=repeats)
 
     def keep_unacknowledged(self, session, stanzas: list[tuple[bytes, float]]) -> None:
         """Stream management's ``xmpp-unacknowledged`` hook: chat and normal messages a
@@ -184,7 +228,7 @@ class MessageHandler(FeatureHandler):
 
     async def _keep_all(self, to: str, stanzas: list[str]) -> None:
         for stanza in stanzas:  # in order
-            await self._keep(to, stanza)
+            await self._push(to, stanza)
 
     def take_offline(self, session) -> defer.Deferred:
         """XEP-0160: the stored messages (deleted from the store) for a resource coming

@@ -27,4 +27,12 @@ KEYS: Keys = {
     "sm_max_unacked_bytes": Key(1048576, "int", positive),
     "max_connections": Key(50000, "int", positive),
     "max_connections_per_ip": Key(200, "int", positive),
+    # Floods (docs/security.md): read pacing, stanza rate, work in flight, partial stanzas.
+    "read_bytes_per_second": Key(65536.0, "float", positive),
+    "read_burst_bytes": Key(1048576, "int", positive),
+    "stanzas_per_second": Key(100.0, "float", positive),
+    "stanza_burst": Key(1000, "int", positive),
+    "max_pending_stanzas": Key(16, "int", positive),
+    "stanza_timeout": Key(30.0, "float", positive),
+    "max_sessions_per_user": Key(10, "int", positive),
 }

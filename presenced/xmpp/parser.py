@@ -8,6 +8,8 @@ exhaust memory nor the serialiser's recursion.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.words.xish import domish
 
 
@@ -31,6 +33,8 @@ class StanzaParser(domish.ExpatElementStream):
         self.maxElementCount = max_elements
         self.depth = 0
         self.stanza_start = 0
+        self.fed = 0  # bytes given to the parser
+        self.stanza_end: Optional[int] = None  # where the last stanza of a read ended
         parser = self.parser
         parser.StartDoctypeDeclHandler = self._forbidden
         parser.EntityDeclHandler = self._forbidden
@@ -50,10 +54,16 @@ class StanzaParser(domish.ExpatElementStream):
 
     def parse(self, buffer: bytes) -> None:
         self.stanzaSize += len(buffer)
+        self.fed += len(buffer)
+        self.stanza_end = None
         try:
             self.parser.Parse(buffer)
         except self.error as e:
             raise domish.ParserError(str(e)) from None
+        if self.stanza_end is not None:
+            # What follows the read's last stanza is the next one's start: it counts at
+            # once (expat holds it, a partial start tag fires no event to check it at).
+            self.stanzaSize = self.fed - self.stanza_end
         if self.stanzaSize > self.maxStanzaSize:
             raise PolicyViolation(f"stanza larger than {self.maxStanzaSize} bytes")
 
@@ -84,5 +94,7 @@ class StanzaParser(domish.ExpatElementStream):
 
     def _onEndElement(self, name: str) -> None:
         self._check_size()
+        if self.depth == 2:
+            self.stanza_end = self.parser.CurrentByteIndex
         self.depth -= 1
         super()._onEndElement(name)

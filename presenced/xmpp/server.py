@@ -21,6 +21,7 @@ from presenced.memory import release_free_memory
 from presenced.xmpp import sasl
 from presenced.xmpp.features import IC2SServer
 from presenced.xmpp.session import RESOURCE_CLAIMED, replace, xmpp_sessions
+from presenced.xmpp.shaping import FloodLimits, TooManySessions
 from presenced.xmpp.stream import C2SStream
 from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_PREAPPROVAL, NS_REGISTER,
                                     NS_REGISTER_FEATURE,
@@ -51,8 +52,11 @@ class C2SServer:
         self.auth_timeout = xmpp.auth_timeout
         self.auth_failure_delay = xmpp.auth_failure_delay
         self.session_queue_bytes = core.config.router.session_queue_bytes
+        self.flood_limits = FloodLimits.from_config(xmpp)
+        self.max_sessions_per_user = xmpp.max_sessions_per_user
         self.streams: set["C2SStream"] = set()
         self.unbound: set["C2SStream"] = set()
+        self.partial: set["C2SStream"] = set()  # bound streams inside an unfinished stanza
         # Hot-path counters: plain ints, read by the metrics at scrape time.
         self.stanzas_in = 0
         self.events_out = 0
@@ -110,13 +114,26 @@ class C2SServer:
     def stream_closed(self, stream: "C2SStream") -> None:
         self.streams.discard(stream)
         self.unbound.discard(stream)
+        self.partial.discard(stream)
+
+    def stanza_started(self, stream: "C2SStream", partial: bool) -> None:
+        """Whether a read left ``stream`` inside a stanza (timed by the sweep)."""
+        if partial:
+            self.partial.add(stream)
+        else:
+            self.partial.discard(stream)
 
     def close_late_streams(self) -> None:
         """Once a second: ``connection-timeout`` for streams not bound within
-        ``auth_timeout`` (one sweep instead of a timer per connection)."""
+        ``auth_timeout``, ``policy-violation`` for a stanza not finished within
+        ``stanza_timeout`` (one sweep instead of a timer per connection)."""
         now = time.monotonic()
         for stream in [s for s in self.unbound if s.timed_out(now)]:
             self.unbound.discard(stream)
+        for stream in [s for s in self.partial if s.shaper.stanza_overdue(now)]:
+            self.partial.discard(stream)
+            stream.stream_error("policy-violation", "a stanza must be finished within "
+                                f"{self.flood_limits.stanza_timeout:g} seconds")
 
     def must_start_tls(self, stream: "C2SStream") -> bool:
         return (not stream.secure and self.tls_context is not None
@@ -155,20 +172,26 @@ class C2SServer:
 
     def choose_resource(self, user: str, requested: Optional[str]) -> str:
         """The resource to bind: the client's (an older session on it is replaced, RFC 6120
-        7.7.2.2) or a generated one."""
+        7.7.2.2) or a generated one; :class:`TooManySessions` past ``max_sessions_per_user``
+        (a replaced resource does not count)."""
+        resource = None
         if requested:
             resource = parse_address(f"{user}/{requested}").resource
             if not resource:
                 raise ValueError("empty resource")
-            for session in xmpp_sessions(self.core, user):
-                if session.label == resource:
-                    replace(session)
-            if self.core.router.transport.remote_nodes(user):
-                # The same resource on another node of the cluster is replaced there.
-                self.core.router.deliver(user, Event(RESOURCE_CLAIMED, user,
-                                                     {"resource": resource}))
-            return resource
-        return secrets.token_hex(6)
+        sessions = xmpp_sessions(self.core, user)
+        replaced = [s for s in sessions if resource is not None and s.label == resource]
+        if len(sessions) - len(replaced) >= self.max_sessions_per_user:
+            raise TooManySessions(f"at most {self.max_sessions_per_user} resources per account")
+        if resource is None:
+            return secrets.token_hex(6)
+        for session in replaced:
+            replace(session)
+        if self.core.router.transport.remote_nodes(user):
+            # The same resource on another node of the cluster is replaced there.
+            self.core.router.deliver(user, Event(RESOURCE_CLAIMED, user,
+                                                 {"resource": resource}))
+        return resource
 
     # --- sessions ----------------------------------------------------------------------------
 
@@ -283,6 +306,8 @@ class C2SServer:
             session.error(stanza, "internal-server-error")
             return
         if isinstance(result, defer.Deferred):
+            if not result.called:
+                session.stream.shaper.track(result)
             result.addErrback(self._failed, session, stanza)
 
     def _failed(self, failure, session: "C2SSession", stanza: domish.Element) -> None:

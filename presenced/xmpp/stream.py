@@ -26,6 +26,7 @@ from presenced.flow import WriteBudget
 from presenced.xmpp import sasl
 from presenced.xmpp.parser import PolicyViolation, RestrictedXML, StanzaParser
 from presenced.xmpp.session import C2SSession
+from presenced.xmpp.shaping import StreamShaper, TooManySessions
 from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION,
                                     NS_STREAMS, NS_TLS, attr, error_reply, result_reply,
                                     to_bytes)
@@ -48,7 +49,7 @@ class C2SStream(xmlstream.XmlStream):
     log = Logger()
     __slots__ = ("server", "secure", "domain", "user", "session", "mechanism", "failures",
                  "header_sent", "closing", "budget", "deadline", "retired", "parsing",
-                 "recent", "at_boundary", "auth_pending")
+                 "recent", "at_boundary", "auth_pending", "shaper")
 
     def __init__(self, server: "C2SServer", direct_tls: bool = False):
         super().__init__()
@@ -68,10 +69,12 @@ class C2SStream(xmlstream.XmlStream):
         self.recent = True  # data arrived since the last hibernation sweep
         self.at_boundary = False  # the last read ended between stanzas
         self.auth_pending = False  # a SASL step or a delayed failure is not answered yet
+        self.shaper: Optional[StreamShaper] = None
 
     # --- connection ------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self.shaper = StreamShaper(self, self.server.flood_limits)
         self._initializeStream()
         self.server.stream_opened(self)
         self.deadline = time.monotonic() + self.server.auth_timeout
@@ -107,6 +110,7 @@ class C2SStream(xmlstream.XmlStream):
             if last:
                 self.at_boundary = self.stream is not None and self.stream.depth == 1 and (
                     last == b">")
+            self._paced(len(data))
         except PolicyViolation as e:
             self.stream_error("policy-violation", str(e))
         except RestrictedXML as e:
@@ -121,6 +125,8 @@ class C2SStream(xmlstream.XmlStream):
 
     def connectionLost(self, reason: object) -> None:
         self.server.stream_closed(self)
+        if self.shaper is not None:
+            self.shaper.close()
         if self.session is not None:
             session, self.session = self.session, None
             session.disconnected(clean=self.closing)
@@ -150,6 +156,16 @@ class C2SStream(xmlstream.XmlStream):
         self.stream.DocumentStartEvent = _ignore
         self.stream.parse(RESUME_HEADER)
         self.stream.DocumentStartEvent = self.onDocumentStart
+
+    def _paced(self, size: int) -> None:
+        """Flood control after a read (:mod:`presenced.xmpp.shaping`): pace the reading,
+        and time a stanza the read left unfinished (bound streams: before binding the
+        ``auth_timeout`` covers everything)."""
+        if self.closing or self.stream is None:  # closed meanwhile
+            return
+        partial = self.session is not None and not self.at_boundary
+        self.shaper.read(size, partial)
+        self.server.stanza_started(self, partial)
 
     def timed_out(self, now: float) -> bool:
         """Called by the server's sweep: an unbound stream past its deadline is closed."""
@@ -231,6 +247,8 @@ class C2SStream(xmlstream.XmlStream):
     # --- stanzas ---------------------------------------------------------------------------
 
     def onElement(self, element: domish.Element) -> None:
+        if self.closing or not self.shaper.stanza():
+            return
         if self.session is not None:
             self.session.received(element)
         elif element.uri == NS_TLS and element.name == "starttls":
@@ -388,6 +406,9 @@ class C2SStream(xmlstream.XmlStream):
             requested = str(child).strip()
         try:
             resource = self.server.choose_resource(self.user, requested)
+        except TooManySessions as e:
+            self.send(error_reply(iq, "resource-constraint", str(e)))
+            return
         except ValueError as e:
             self.send(error_reply(iq, "bad-request", str(e)))
             return
@@ -401,7 +422,8 @@ class C2SStream(xmlstream.XmlStream):
     def attach(self, session: C2SSession) -> None:
         """From now on ``session`` (new, or resumed from another connection) talks over
         this stream, whose output is bounded from here on."""
-        self.budget = WriteBudget(self.transport, self.server.session_queue_bytes)
+        self.budget = WriteBudget(self.transport, self.server.session_queue_bytes,
+                                  self.shaper.gate)
         self.session = session
         session.stream = self
         self.server.unbound.discard(self)

@@ -1,0 +1,68 @@
+"""Read pacing pieces in memory: the token bucket, the read gate, the write budget's hold."""
+
+from __future__ import annotations
+
+from twisted.internet import task
+
+from presenced.flow import ReadGate, TokenBucket, WriteBudget
+
+
+class FakeTransport:
+    def __init__(self):
+        self.reading = True
+        self.producer = None
+        self.written = b""
+
+    def pauseProducing(self):
+        self.reading = False
+
+    def resumeProducing(self):
+        self.reading = True
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def write(self, data):
+        self.written += data
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+def test_bucket_allows_the_burst_then_the_rate():
+    now = [0.0]
+    bucket = TokenBucket(rate=10, burst=100, clock=lambda: now[0])
+    assert bucket.take(100) == 0
+    assert bucket.take(20) == -20
+    assert bucket.wait() == 2.0
+    now[0] = 2.0
+    assert bucket.take(0) == 0
+    now[0] = 1000.0
+    assert bucket.take(0) == 100  # never more than the burst
+
+
+def test_gate_reads_again_only_when_every_hold_is_released():
+    clock = task.Clock()
+    transport = FakeTransport()
+    gate = ReadGate(transport, clock)
+    gate.hold("work")
+    gate.hold_for("bytes", 1.5)
+    assert not transport.reading
+    clock.advance(2)
+    assert not transport.reading  # still held for work
+    gate.release("work")
+    assert transport.reading
+    gate.hold_for("bytes", 1.0)
+    gate.close()
+    clock.advance(2)
+    assert not clock.getDelayedCalls()
+
+
+def test_write_budget_holds_the_gate_while_the_peer_does_not_read():
+    transport = FakeTransport()
+    gate = ReadGate(transport, task.Clock())
+    budget = WriteBudget(transport, 100, gate)
+    budget.pauseProducing()  # the kernel buffer is full
+    assert not transport.reading
+    budget.resumeProducing()
+    assert transport.reading
