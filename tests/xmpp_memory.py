@@ -75,7 +75,7 @@ class MemoryServer:
     async def add_users(self, *users: str, password: str = "pw") -> None:
         """``presencedctl adduser`` for each of ``users`` (local parts or bare JIDs)."""
         for user in users:
-            await self.core.register_user(self.core.user(user), password)
+            await self.core.accounts.register(self.core.user(user), password)
 
     async def add_friends(self, *pairs: tuple[str, str]) -> None:
         """``presencedctl add-friend`` (``Core.add_friends``: online resources are told)."""
