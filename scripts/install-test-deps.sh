@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs: the Debian packages of the real peers the tests
-# talk to (Redis, ngircd, PHP Thrift, the Thrift compiler, Chromium, a Jabber CLI client) and
-# the Python package with its test extras.
+# talk to (Redis, ngircd, PHP Thrift, the Thrift compiler, Chromium, Jabber clients: go-sendxmpp,
+# and profanity, mcabber and poezio, which tests drive in tmux) and the Python package with its
+# test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(redis-server ngircd php-cli php-thrift thrift-compiler chromium chromium-driver go-sendxmpp)
+debs=(redis-server ngircd php-cli php-thrift thrift-compiler chromium chromium-driver go-sendxmpp
+      profanity mcabber poezio tmux)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

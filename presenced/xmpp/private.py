@@ -6,6 +6,10 @@ Each document is kept whole, by its element's qualified name, in the account's `
 map (beside the vCard); the documents of one account together stay within ``[server]
 private_storage_bytes``: a store past it is refused with ``not-acceptable`` and keeps
 nothing of that request.
+
+The feature is listed on the server's disco#info as well as on accounts', as Prosody does:
+clients look for it there (poezio 0.14 checks only the server's features, and without it
+says "No remote bookmark storage available" and keeps bookmarks locally).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def _key(element: domish.Element) -> str:
 class PrivateStorageHandler(FeatureHandler):
     routes = {f"iq-get/self/{NS_PRIVATE}:query": "on_get",
               f"iq-set/self/{NS_PRIVATE}:query": "on_set"}
+    server_features = (NS_PRIVATE,)
     account_features = (NS_PRIVATE,)
 
     def attached(self) -> None:
