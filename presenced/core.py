@@ -130,10 +130,15 @@ class Core:
 
     @defer.inlineCallbacks
     def remove_user(self, user: str):
-        """Delete an account and its data; its online sessions are closed."""
+        """Delete an account and its data; its online sessions are closed and its contacts'
+        sessions drop it from their rosters (XMPP roster push ``remove``, a comet event):
+        the contacts are read first, since the store forgets them with the account."""
+        contacts = [item.jid for item in (yield self.store.get_roster(user))]
         existed = yield self.store.remove_user(user)
         for session in self.router.sessions(user):
             session.close("account removed")
+        for contact in contacts:
+            self.roster_changed(contact, user, None)
         self.hooks.fire("user-removed", user)
         return existed
 

@@ -1,0 +1,59 @@
+"""Core operations in memory: a real Core over the embedded store, recording sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from zope.interface import implementer
+
+from presenced import config, events
+from presenced.core import Core
+from presenced.events import Event
+from presenced.router import ISession
+from presenced.store.embedded import EmbeddedRosterStore
+
+
+@implementer(ISession)
+class RecordingSession:
+    protocol = "test"
+
+    def __init__(self, user: str):
+        self.user = user
+        self.label = "r"
+        self.events: list[Event] = []
+        self.closed: list[str] = []
+
+    def deliver(self, event: Event) -> None:
+        self.events.append(event)
+
+    def close(self, reason: str) -> None:
+        self.closed.append(reason)
+
+
+@pytest.fixture
+def core(tmp_path: Path):
+    cfg = config.load(overrides={"server": {"data_dir": str(tmp_path / "data"),
+                                            "domains": ["localhost", "example.com"]}})
+    store = EmbeddedRosterStore(str(tmp_path / "core.sqlite3"))
+    pytest_twisted.blockon(store.start())
+    yield Core(cfg, store)
+    pytest_twisted.blockon(store.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_remove_user_drops_it_from_its_contacts_online_rosters(core):
+    await core.register_user("alice@localhost", "pw")
+    await core.add_friends([("alice@localhost", "bob@localhost"),
+                            ("alice@localhost", "carol@localhost")])
+    bob, carol, alice = (RecordingSession(u) for u in
+                         ("bob@localhost", "carol@localhost", "alice@localhost"))
+    for s in (bob, carol, alice):
+        core.router.login(s.user, s)
+    assert await core.remove_user("alice@localhost") is True
+    for contact in (bob, carol):
+        assert [(e.type, e.sender, e.payload["item"]) for e in contact.events] == [
+            (events.ROSTER, "alice@localhost", None)]
+    assert alice.closed == ["account removed"]
+    assert await core.store.get_roster("bob@localhost") == []
