@@ -40,7 +40,7 @@ from presenced.router import SubscriptionRouter
 from presenced.scram import make_credentials
 from presenced.store import IRosterStore, Pair, RosterItem
 from presenced.tokens import make_token
-from presenced.users import normalize_user
+from presenced.users import BadUser, normalize_user
 
 if TYPE_CHECKING:
     from twisted.web.resource import IResource
@@ -111,6 +111,15 @@ class Core:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""
         return normalize_user(text, self.config.default_domain)
 
+    def local_user(self, text: str) -> str:
+        """:meth:`user` on a domain this server serves: what may become an account or a
+        friend (raises :class:`presenced.users.BadUser` for another domain)."""
+        user = self.user(text)
+        if not self.is_local(user):
+            raise BadUser(f"{user}: {user.rpartition('@')[2]} is not a domain this server "
+                          f"serves ({', '.join(self.domains)})")
+        return user
+
     def is_local(self, user: str) -> bool:
         return user.rpartition("@")[2] in self.domains
 
@@ -120,7 +129,9 @@ class Core:
     # --- accounts ------------------------------------------------------------------------
 
     def register_user(self, user: str, password: str) -> defer.Deferred:
-        """Create an account; fires False when it exists already."""
+        """Create an account; fires False when it exists already. Only on a served domain
+        (raises :class:`presenced.users.BadUser`): no door makes a foreign account."""
+        self.local_user(user)
         creds = make_credentials(password, self.config.server.scram_iterations)
         return self.store.create_user(user, creds)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet import task
 from zope.interface import implementer
 
 from presenced import config, events
@@ -13,6 +14,9 @@ from presenced.core import Core
 from presenced.events import Event
 from presenced.router import ISession
 from presenced.store.embedded import EmbeddedRosterStore
+from presenced.thrift import admin
+from presenced.thrift.handler import AdminHandler
+from presenced.users import BadUser
 
 
 @implementer(ISession)
@@ -57,3 +61,16 @@ async def test_remove_user_drops_it_from_its_contacts_online_rosters(core):
             (events.ROSTER, "alice@localhost", None)]
     assert alice.closed == ["account removed"]
     assert await core.store.get_roster("bob@localhost") == []
+
+
+def test_only_served_domains_become_accounts_or_friends(core):
+    assert core.local_user("Alice@Example.com") == "alice@example.com"
+    with pytest.raises(BadUser, match="not a domain this server serves"):
+        core.local_user("x@otherdomain.org")
+    with pytest.raises(BadUser):
+        core.register_user("x@otherdomain.org", "pw")
+    handler = AdminHandler(core, task.Clock())
+    with pytest.raises(admin.BadJid):
+        handler.add_friend(admin.JabberUser("alice", ""), admin.JabberUser("x", "otherdomain.org"))
+    with pytest.raises(admin.BadJid):
+        handler.register_user(admin.JabberUser("x", "otherdomain.org"), "pw")
