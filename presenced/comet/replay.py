@@ -62,6 +62,11 @@ class UserChannel:
                 return events[index + 1:]
         return events
 
+    def last_id(self) -> int:
+        """The newest kept event's id, or 0 (no event has it): as a cursor, either replays
+        exactly what is kept after now."""
+        return self.events[-1].id if self.events else 0
+
     # while held (a router watcher)
     def deliver(self, event: Event) -> None:
         if event.type in STREAMED_TYPES:
