@@ -189,7 +189,7 @@ class C2SServer:
         self.stanzas_in += 1
         stanza["from"] = session.full
         to = stanza.getAttribute("to")
-        if to:
+        if to is not None:      # to="" is no address, not "to myself": jid-malformed
             try:
                 address = parse_address(to)
             except ValueError:

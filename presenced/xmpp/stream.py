@@ -116,6 +116,7 @@ class C2SStream(xmlstream.XmlStream):
                 self.retired = None
 
     def connectionLost(self, reason: object) -> None:
+        self.closing = True  # answers still on their way (SASL, delayed failures) are dropped
         self.server.stream_closed(self)
         if self.session is not None:
             session, self.session = self.session, None
