@@ -12,6 +12,7 @@ from zope.interface import implementer
 from presenced import config, events
 from presenced.core import Core
 from presenced.events import Event
+from presenced.metrics import Metrics
 from presenced.router import ISession
 from presenced.store.embedded import EmbeddedRosterStore
 from presenced.thrift import admin
@@ -74,3 +75,15 @@ def test_only_served_domains_become_accounts_or_friends(core):
         handler.add_friend(admin.JabberUser("alice", ""), admin.JabberUser("x", "otherdomain.org"))
     with pytest.raises(admin.BadJid):
         handler.register_user(admin.JabberUser("x", "otherdomain.org"), "pw")
+
+
+def test_counters_nothing_counted_yet_are_exported_as_zero():
+    metrics = Metrics()
+    metrics.describe("presenced_things_total", "counter", "Things")
+    metrics.describe("presenced_level", "gauge", "A level")
+    text = metrics.render()
+    assert "# TYPE presenced_things_total counter\npresenced_things_total 0\n" in text
+    assert "presenced_level" not in text          # a gauge has no value until it is read
+    metrics.inc("presenced_things_total", kind="x")
+    assert "presenced_things_total 0" not in metrics.render()
+    assert 'presenced_things_total{kind="x"} 1' in metrics.render()
