@@ -315,6 +315,7 @@ def test_cat_allowlist_reads_ipv4_mapped_addresses_as_ipv4(tmp_path: Path):
      "bad format"),
     ({"hooks": ["tune"]}, r"expected list\[table\]"),
     ({"channel_keys": ["#a"]}, "#channel key"),
+    ({"auth_channel": "ops"}, "not a channel name"),
     ({"cat_allow": ["nowhere"]}, "not an IP address"),
     ({"unknown_targets": "ignore"}, "not one of"),
     ({"channels": ["#ok", "presenced"]}, "not a channel name"),
