@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from twisted.internet import defer, threads
 
 from presenced.scram import make_credentials, verify_password
+from presenced.users import BadUser
 
 if TYPE_CHECKING:
     from presenced.extauth import ExternalAuth
@@ -36,8 +37,10 @@ class Accounts:
 
     def __init__(self, store: "IRosterStore", router: "SubscriptionRouter", hooks: "Hooks",
                  iterations: int, external: Optional["ExternalAuth"] = None,
-                 run_check: Callable[..., defer.Deferred] = threads.deferToThread):
+                 run_check: Callable[..., defer.Deferred] = threads.deferToThread,
+                 domains: tuple[str, ...] = ()):
         self.store = store
+        self.domains = domains  # served domains (empty: any, for tools on a bare store)
         # Where password checks run: the core's auth guard (a bounded thread pool).
         self.run_check = run_check
         self.router = router
@@ -89,7 +92,11 @@ class Accounts:
 
     def register(self, user: str, password: str) -> defer.Deferred:
         """Create an account (the program's ``tryregister``); fires False when it exists
-        already or the program refused."""
+        already or the program refused. Only on a served domain (raises
+        :class:`presenced.users.BadUser`): no door makes a foreign account."""
+        domain = user.rpartition("@")[2]
+        if self.domains and domain not in self.domains:
+            raise BadUser(f"{user}: {domain} is not a domain this server serves")
         if self.external is not None:
             return self._ask("tryregister", user, password)
         return self._derive(password).addCallback(
@@ -110,6 +117,9 @@ class Accounts:
         return defer.ensureDeferred(self._remove(user))
 
     async def _remove(self, user: str) -> bool:
+        # Read first: the store forgets the contacts with the account, and their sessions
+        # must drop the user from their rosters (the core's ``user-removed`` listener).
+        contacts = [item.jid for item in await self.store.get_roster(user)]
         if self.external is not None:
             if not await self._ask("removeuser", user):
                 return False
@@ -119,7 +129,7 @@ class Accounts:
             existed = await self.store.remove_user(user)
         for session in self.router.sessions(user):
             session.close("account removed")
-        self.hooks.fire("user-removed", user)
+        self.hooks.fire("user-removed", user, contacts)
         return existed
 
     def _derive(self, password: str) -> defer.Deferred:

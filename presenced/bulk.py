@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Iterable, Iterator, Optional, TextIO
+from typing import Callable, Collection, Iterable, Iterator, Optional, TextIO
 
 from twisted.internet import defer
 
@@ -24,13 +24,30 @@ IN_FLIGHT = 2
 BadLine = Callable[[int, str, str], None]
 
 
-def parse_edges(lines: Iterable[str], default_domain: str, on_bad: BadLine) -> Iterator[Pair]:
+def undecodable(line: str) -> bool:
+    """True for a line read with ``errors="surrogateescape"`` that held bytes not UTF-8: one
+    bad byte spoils its line only, never the whole file."""
+    if line.isascii():
+        return False
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def parse_edges(lines: Iterable[str], default_domain: str, on_bad: BadLine,
+                domains: Optional[Collection[str]] = None) -> Iterator[Pair]:
     """Yield ``(a, b)`` for each edge line; blank lines and ``#`` comments are skipped, bad
-    lines reported through ``on_bad(line_number, line, reason)``."""
+    lines reported through ``on_bad(line_number, line, reason)``; with ``domains``, a user on
+    another domain makes a bad line (no friend the server does not serve)."""
     cache: dict[str, str] = {}
     for number, line in enumerate(lines, 1):
         fields = line.split("#", 1)[0].split()
         if not fields:
+            continue
+        if undecodable(line):
+            on_bad(number, line.rstrip("\n"), "not UTF-8")
             continue
         if len(fields) != 2:
             on_bad(number, line.rstrip("\n"), f"expected two user ids, found {len(fields)}")
@@ -45,6 +62,10 @@ def parse_edges(lines: Iterable[str], default_domain: str, on_bad: BadLine) -> I
             continue
         if a == b:
             on_bad(number, line.rstrip("\n"), "a user cannot be their own friend")
+            continue
+        if domains is not None and not (a.rpartition("@")[2] in domains
+                                        and b.rpartition("@")[2] in domains):
+            on_bad(number, line.rstrip("\n"), "a user on a domain this server does not serve")
             continue
         if len(cache) > 2_000_000:
             cache.clear()

@@ -171,8 +171,10 @@ def load(path: Optional[str] = None, overrides: Optional[dict[str, dict[str, Any
                 raw = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError("--config", f"file {path!r} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(path, f"not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError("--config", f"cannot read {path!r}: {e.strerror or e}") from None
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {}).update(values)
     return build(raw, path)

@@ -12,7 +12,8 @@ store's keys, or the external auth program, for every door alike.
 Hooks fired here:
 
 - ``friends-added(pairs)`` / ``friends-removed(pairs)`` after the store wrote them;
-- ``user-removed(user)`` after an account was deleted (by :mod:`presenced.accounts`);
+- ``user-removed(user, contacts)`` after an account was deleted (by
+  :mod:`presenced.accounts`); the core drops it from its contacts' rosters (ROSTER events);
 - ``message-sent(event, reached)`` after :meth:`Core.send_message` handed a message to the
   recipient's sessions (``reached`` of them); XMPP stores it offline when no resource took it.
 
@@ -47,7 +48,7 @@ from presenced.pep import PepService
 from presenced.router import SubscriptionRouter
 from presenced.store import IRosterStore, Pair, RosterItem
 from presenced.tokens import make_token
-from presenced.users import normalize_user
+from presenced.users import BadUser, normalize_user
 
 if TYPE_CHECKING:
     from twisted.web.resource import IResource
@@ -115,7 +116,9 @@ class Core:
                                     server.auth_failures_per_account,
                                     server.auth_failure_period, server.auth_ban_seconds)
         self.accounts = Accounts(store, self.router, self.hooks, server.scram_iterations,
-                                 external_auth, run_check=self.auth_guard.run_check)
+                                 external_auth, run_check=self.auth_guard.run_check,
+                                 domains=tuple(server.domains))
+        self.hooks.add("user-removed", self._drop_from_contacts)
         self.secret = load_secret(config.server.data_dir)
         self.started_at = time.time()
         self.domains = tuple(config.server.domains)
@@ -132,6 +135,15 @@ class Core:
     def user(self, text: str) -> str:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""
         return normalize_user(text, self.config.default_domain)
+
+    def local_user(self, text: str) -> str:
+        """:meth:`user` on a domain this server serves: what may become an account or a
+        friend (raises :class:`presenced.users.BadUser` for another domain)."""
+        user = self.user(text)
+        if not self.is_local(user):
+            raise BadUser(f"{user}: {user.rpartition('@')[2]} is not a domain this server "
+                          f"serves ({', '.join(self.domains)})")
+        return user
 
     def is_local(self, user: str) -> bool:
         return user.rpartition("@")[2] in self.domains
@@ -188,6 +200,12 @@ class Core:
             self.roster_changed(b, a, None)
         self.hooks.fire("friends-removed", pairs)
         return len(pairs)
+
+    def _drop_from_contacts(self, user: str, contacts: Iterable[str]) -> None:
+        """A removed account leaves its contacts' rosters on every door (roster push
+        ``remove``, a comet roster event)."""
+        for contact in contacts:
+            self.roster_changed(contact, user, None)
 
     def roster_changed(self, owner: str, contact: str, item: Optional[RosterItem],
                        version: Optional[int] = None, presence_exchanged: bool = False) -> None:

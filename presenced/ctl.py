@@ -4,14 +4,17 @@ Each command opens the configured store directly (as ``prosodyctl`` does), excep
 change what online users see (``add-friend``, ``remove-friend``, ``deluser``): they go through
 the running server's Thrift admin port when one answers, so online sessions get roster pushes
 and presence at once, and use the store only when no server runs. Exit status: 0 on success,
-1 when the command failed (unknown user...), 2 for a usage or config error.
+1 when the command failed (unknown user, unreadable file...), 2 for a usage or config error;
+a user's mistake is a one-line message, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import io
 import json
+import os
 import sys
 from typing import Any, Optional, Sequence
 
@@ -46,7 +49,7 @@ def _password(args: argparse.Namespace) -> str:
 
 @defer.inlineCallbacks
 def cmd_adduser(core: Core, args):
-    user = core.user(args.user)
+    user = core.local_user(args.user)
     if not (yield core.accounts.register(user, _password(args))):
         raise CommandFailed(f"{user} already exists")
     print(f"created {user}")
@@ -73,7 +76,7 @@ def cmd_deluser(core: Core, args):
 
 @defer.inlineCallbacks
 def cmd_add_friend(core: Core, args):
-    a, b = core.user(args.a), core.user(args.b)
+    a, b = core.local_user(args.a), core.local_user(args.b)
     if a == b:
         raise CommandFailed("a user cannot be their own friend")
     if (yield admin_port.add_friend(core.config, a, b)) is None:
@@ -123,7 +126,7 @@ def cmd_load_friends(core: Core, args):
 
     progress = bulk.Progress("friendships", None if args.quiet else sys.stderr)
     with _open(args.file) as f:
-        pairs = bulk.parse_edges(f, core.config.default_domain, on_bad)
+        pairs = bulk.parse_edges(f, core.config.default_domain, on_bad, core.domains)
         loaded = yield bulk.load_friends(core.store, pairs, progress)
     print(f"loaded {loaded:,} friendships ({progress.rate():,.0f}/s), {bad} bad line(s) skipped")
 
@@ -135,19 +138,16 @@ def cmd_import_users(core: Core, args):
     pending: list[defer.Deferred] = []
     with _open(args.file) as f:
         for number, line in enumerate(f, 1):
-            if not line.strip() or line.lstrip().startswith("#"):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
                 continue
-            user_text, _, password = line.rstrip("\n").strip().partition(" ")
             try:
-                user = core.user(user_text)
+                user = _account_line(core, line, fields)
             except BadUser as e:
                 bad += 1
                 print(f"{args.file}:{number}: skipped: {e}", file=sys.stderr)
                 continue
-            if not password:
-                bad += 1
-                print(f"{args.file}:{number}: skipped: no password", file=sys.stderr)
-                continue
+            password = fields[1]
             pending.append(core.accounts.register(user, password))
             if len(pending) >= 256:
                 for ok in (yield defer.gatherResults(pending)):
@@ -159,12 +159,37 @@ def cmd_import_users(core: Core, args):
     print(f"created {created:,} account(s), {existing:,} existed already, {bad} bad line(s)")
 
 
+def _account_line(core: Core, line: str, fields: list[str]) -> str:
+    """The account of an ``import-users`` line ``user@domain password``; raises
+    :class:`BadUser` for any other shape, so ``bad user@localhost pw`` is no account ``bad``."""
+    if bulk.undecodable(line):
+        raise BadUser("not UTF-8")
+    if len(fields) != 2:
+        raise BadUser(f"expected 'user@domain password', found {len(fields)} field(s)")
+    return core.local_user(fields[0])
+
+
 def cmd_stream_token(core: Core, args) -> None:
     print(core.stream_token(core.user(args.user), args.ttl))
 
 
 def _open(path: str):
-    return sys.stdin if path == "-" else open(path, encoding="utf-8")
+    """A bulk file as text; bytes that are not UTF-8 become a bad line (see
+    :func:`presenced.bulk.undecodable`), not an abort of the whole load."""
+    if path == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+    return open(path, encoding="utf-8", errors="surrogateescape")
+
+
+def _positive_ttl(text: str) -> int:
+    """``--ttl`` as the Thrift ``stream_token`` takes it: a token valid for no time is refused."""
+    try:
+        ttl = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if ttl <= 0:
+        raise argparse.ArgumentTypeError(f"ttl {ttl} is not positive")
+    return ttl
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,12 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage presenced accounts, rosters and the subscription graph. "
                     "User names are bare JIDs (alice@example.com); a bare local part means "
                     "that user on the first configured domain.")
-    parser.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
-    parser.add_argument("--data-dir", help="data directory (overrides [server] data_dir)")
+    _common_options(parser, argparse.SUPPRESS)
+    # The same options after the command (presencedctl roster alice --config x.toml); SUPPRESS
+    # keeps a subcommand's absent option from hiding one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, fn, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         p.set_defaults(fn=fn)
         return p
 
@@ -209,15 +237,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p = command("stream-token", cmd_stream_token, "print a comet stream token for a user")
     p.add_argument("user")
-    p.add_argument("--ttl", type=int, default=86400, help="validity in seconds (default 1 day)")
+    p.add_argument("--ttl", type=_positive_ttl, default=86400,
+                   help="validity in seconds, more than 0 (default 1 day)")
     return parser
+
+
+def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--config", "-c", default=default,
+                        help="the server's TOML config file")
+    parser.add_argument("--data-dir", default=default,
+                        help="data directory (overrides [server] data_dir)")
+
+
+def _load_config(args: argparse.Namespace) -> configuration.Config:
+    """The config the server uses; never an empty data directory made up on the spot (a
+    typo'd or missing ``--config`` must not show an empty roster and write accounts nobody
+    serves): without ``--config``/``--data-dir`` the server's default directory must exist."""
+    path, data_dir = getattr(args, "config", None), getattr(args, "data_dir", None)
+    if path is None and data_dir is None:
+        default = configuration.load(None).server.data_dir
+        if not os.path.isdir(default):
+            raise configuration.ConfigError(
+                "--config", f"no ./{default} here, where the server keeps its data by "
+                "default: give the server's config (--config FILE) or --data-dir DIR")
+    overrides = {"server": {"data_dir": data_dir}} if data_dir else {}
+    return configuration.load(path, overrides)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    overrides = {"server": {"data_dir": args.data_dir}} if args.data_dir else {}
     try:
-        config = configuration.load(args.config, overrides)
+        config = _load_config(args)
     except configuration.ConfigError as e:
         print(f"presencedctl: {e}", file=sys.stderr)
         sys.exit(2)
@@ -232,6 +282,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             yield defer.maybeDeferred(args.fn, core, args)
         except (CommandFailed, BadUser, admin_port.AdminCallFailed, StoreError) as e:
             print(f"presencedctl: {e}", file=sys.stderr)
+            status[0] = 1
+        except OSError as e:
+            print(f"presencedctl: cannot open {e.filename or 'input'}: {e.strerror or e}",
+                  file=sys.stderr)
             status[0] = 1
         finally:
             yield store.stop()

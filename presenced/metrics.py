@@ -47,15 +47,22 @@ class Metrics:
     def render(self) -> str:
         """The Prometheus text exposition format (version 0.0.4)."""
         lines: list[str] = []
-        for name in sorted(set(self._counters) | set(self._gauges)):
+        # A described counter nothing has counted yet is exported as 0: a series that only
+        # appears at its first event cannot be graphed or alerted on (rate() has no start).
+        described = {name for name, (kind, _) in self._help.items() if kind == "counter"}
+        for name in sorted(set(self._counters) | set(self._gauges) | described):
             kind, help_text = self._help.get(
                 name, ("counter" if name in self._counters else "gauge", name))
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} {kind}")
-            for labels, value in self._counters.get(name, {}).items():
+            counted = self._counters.get(name, {})
+            gauges = self._gauges.get(name, {})
+            for labels, value in counted.items():
                 lines.append(f"{name}{_labels(labels)} {_number(value)}")
-            for labels, read in self._gauges.get(name, {}).items():
+            for labels, read in gauges.items():
                 lines.append(f"{name}{_labels(labels)} {_number(read())}")
+            if not counted and not gauges:
+                lines.append(f"{name} 0")
         return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,8 @@ def make_token(secret: bytes, user: str, ttl: int = DEFAULT_TTL,
 
 def check_token(secret: bytes, user: str, token: str, now: Optional[float] = None) -> bool:
     """True when ``token`` was made for ``user`` with ``secret`` and has not expired."""
+    if not token.isascii():     # never a token of ours; compare_digest takes ASCII only
+        return False
     expiry_text, _, mac = token.partition(".")
     if not expiry_text.isdigit() or not mac:
         return False

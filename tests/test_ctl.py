@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from presenced.config import ConfigError
+from presenced.ctl import _load_config, build_parser
 from presenced.scram import verify_password
 from presenced.store.embedded import EmbeddedRosterStore
 from presenced.tokens import check_token
@@ -60,21 +62,25 @@ def test_friends_roster_and_subscribers(tmp_path: Path):
     assert ctl(tmp_path, "roster", "rj").stdout == ""
     bad = ctl(tmp_path, "roster", "not a user")
     assert bad.returncode == 1 and "not a valid JID" in bad.stderr
+    foreign = ctl(tmp_path, "add-friend", "rj", "x@otherdomain.org")
+    assert foreign.returncode == 1 and "not a domain this server serves" in foreign.stderr
 
 
 def test_load_friends_reports_bad_lines_and_loads_the_rest(tmp_path: Path):
     edges = tmp_path / "edges.txt"
-    edges.write_text("# friends\n1 2\n\n2 3  # trailing comment\nonly-one\n4 4\n"
-                     "5 carol@example.org\nx y z\n")
+    edges.write_bytes(b"# friends\n1 2\n\n2 3  # trailing comment\nonly-one\n4 4\n"
+                      b"5 carol@example.org\nx y z\n6 \xff7\n8 9\n")
     result = ctl(tmp_path, "load-friends", str(edges))
     assert result.returncode == 0, result.stderr
-    assert "loaded 3 friendships" in result.stdout
-    assert f"{edges}:5: skipped" in result.stderr
-    assert f"{edges}:6: skipped" in result.stderr
-    assert f"{edges}:8: skipped" in result.stderr
+    assert "loaded 3 friendships" in result.stdout and "5 bad line(s)" in result.stdout
+    for number in (5, 6, 7, 8, 9):
+        assert f"{edges}:{number}: skipped" in result.stderr
+    assert "does not serve" in result.stderr and "not UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr
     assert sorted(ctl(tmp_path, "subscribers", "2").stdout.split()) == \
         ["1@localhost", "3@localhost"]
-    assert ctl(tmp_path, "subscribers", "carol@example.org").stdout.split() == ["5@localhost"]
+    assert ctl(tmp_path, "subscribers", "8").stdout.split() == ["9@localhost"]
+    assert ctl(tmp_path, "subscribers", "carol@example.org").stdout == ""
 
 
 def test_load_friends_shows_progress_on_large_files(tmp_path: Path):
@@ -90,11 +96,13 @@ def test_load_friends_shows_progress_on_large_files(tmp_path: Path):
 def test_import_users_creates_accounts_in_bulk(tmp_path: Path):
     users = tmp_path / "users.txt"
     users.write_text("".join(f"user{i}@localhost pass{i}\n" for i in range(300))
-                     + "bad@@x pw\nnopass@localhost\n")
+                     + "bad@@x pw\nnopass@localhost\nbad user@localhost pw\n"
+                     "x@otherdomain.org pw\n")
     result = ctl(tmp_path, "import-users", str(users), "--quiet")
     assert result.returncode == 0, result.stderr
     assert "created 300 account(s)" in result.stdout
-    assert "2 bad line(s)" in result.stdout
+    assert "4 bad line(s)" in result.stdout
+    assert ctl(tmp_path, "passwd", "bad", "--password", "x").returncode == 1   # no account
     again = ctl(tmp_path, "import-users", str(users), "--quiet")
     assert "300 existed already" in again.stdout
 
@@ -124,3 +132,49 @@ def test_unreachable_redis_is_a_clear_error(tmp_path: Path):
     assert result.returncode == 1
     assert "cannot connect to Redis" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def run_ctl(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "presenced.ctl", *args], cwd=cwd,
+                          capture_output=True, text=True, env=subprocess_env(), timeout=120)
+
+
+def test_user_errors_are_messages_not_tracebacks(tmp_path: Path):
+    missing = ctl(tmp_path, "load-friends", str(tmp_path / "nope.txt"))
+    assert missing.returncode == 1 and "cannot open" in missing.stderr
+    config = tmp_path / "latin1.toml"
+    config.write_bytes(b"# caf\xe9\n[server]\n")
+    bad_config = run_ctl(tmp_path, "--config", str(config), "roster", "alice")
+    assert bad_config.returncode == 2 and "not valid TOML" in bad_config.stderr
+    for result in (missing, bad_config):
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_no_data_directory_is_made_up(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="--config FILE"):
+        _load_config(build_parser().parse_args(["adduser", "alice"]))
+    assert not (tmp_path / "presenced-data").exists()
+    (tmp_path / "presenced-data").mkdir()    # where the server keeps it by default
+    config = _load_config(build_parser().parse_args(["adduser", "alice"]))
+    assert config.server.data_dir == "presenced-data"
+
+
+def test_options_are_taken_after_the_command_too(tmp_path: Path):
+    config = tmp_path / "server.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path / "elsewhere"}"\n')
+    for argv in (["roster", "a", "--config", str(config)], ["-c", str(config), "roster", "a"]):
+        assert _load_config(build_parser().parse_args(argv)).server.data_dir == \
+            str(tmp_path / "elsewhere")
+    args = build_parser().parse_args(["--data-dir", "x", "roster", "a", "-c", str(config)])
+    assert (args.data_dir, args.config) == ("x", str(config))
+    assert _load_config(args).server.data_dir == "x"
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5", "soon"])
+def test_stream_token_refuses_a_ttl_that_is_not_positive(ttl: str, capsys):
+    with pytest.raises(SystemExit) as exit:
+        build_parser().parse_args(["stream-token", "alice", f"--ttl={ttl}"])
+    assert exit.value.code == 2
+    assert "--ttl" in capsys.readouterr().err

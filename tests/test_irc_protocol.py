@@ -18,7 +18,7 @@ from presenced.events import Event
 from presenced.irc.bot import FloodQueue, IRCBot, IRCBotFactory, IRCRefused
 from presenced.irc.cat import BadCatLine, CatFactory, CatLine, parse_cat_line
 from presenced.irc.hooks import HookAnnouncer
-from presenced.irc.text import payload_bytes, safe_text, split_to_fit
+from presenced.irc.text import irccat_formatting, payload_bytes, safe_text, split_to_fit
 
 
 def make_core(tmp_path: Path, **irc) -> Core:
@@ -189,12 +189,63 @@ def test_commands_reach_dispatch_without_line_ends_or_nul(tmp_path: Path):
 
     bot.commands = Recorder()  # type: ignore[assignment]
     connection.dataReceived(b":srv 001 presenced :Welcome\r\n"
+                            b":srv 353 presenced = #presenced :presenced @al\r\n"
                             b":al!~al@h PRIVMSG #presenced :?echo a\x100b\x10nc\r\n"
                             b":al!~al@h PRIVMSG presenced :?np alice\r\n"
                             b":al!~al@h PRIVMSG #presenced :no prefix\r\n")
     assert calls == [("al!~al@h", "#presenced", "#presenced", "?echo a b c"),
                      ("al!~al@h", "presenced", "al", "?np alice")]
     connection.connectionLost(None)
+
+
+def test_private_commands_only_from_members_of_the_auth_channel(tmp_path: Path):
+    core = make_core(tmp_path, channels=["#presenced", "#music"], auth_channel="#ops")
+    bot, connection, transport = connect(core)
+    calls: list[str] = []
+
+    class Recorder:
+        def dispatch(self, sender: str, channel: str, respond_to: str, message: str) -> None:
+            calls.append(f"{respond_to} {message}")
+
+    bot.commands = Recorder()  # type: ignore[assignment]
+    connection.dataReceived(b":srv 001 presenced :Welcome\r\n")
+    assert "JOIN #ops" in sent_lines(transport)        # the bot joins the auth channel
+
+    def private(nick: str) -> None:
+        connection.dataReceived(b":%s!~u@h PRIVMSG presenced :?friends alice\r\n" % nick)
+
+    connection.dataReceived(b":presenced!~p@h JOIN #ops\r\n"
+                            b":srv 353 presenced @ #ops :presenced @Al +bob\r\n"
+                            b":srv 353 presenced = #music :eve\r\n"
+                            b":srv 366 presenced #ops :End of /NAMES list.\r\n")
+    for nick in (b"al", b"bob", b"eve", b"carol"):
+        private(nick)
+    assert calls == ["al ?friends alice", "bob ?friends alice"]
+    calls.clear()
+    connection.dataReceived(b":carol!~c@h JOIN #ops\r\n:al!~a@h PART #ops :bye\r\n"
+                            b":bob!~b@h NICK :robert\r\n:x!~x@h KICK #ops carol :out\r\n")
+    for nick in (b"al", b"bob", b"robert", b"carol"):
+        private(nick)
+    assert calls == ["robert ?friends alice"]
+    connection.dataReceived(b":eve!~e@h PRIVMSG #music :?online bob\r\n")  # channel: as before
+    assert calls[-1] == "#music ?online bob"
+    connection.dataReceived(b":robert!~b@h QUIT :gone\r\n:robert!~b@h JOIN #ops\r\n"
+                            b":presenced!~p@h PART #ops\r\n")   # the bot left: forgotten
+    private(b"robert")
+    assert calls[-1] == "#music ?online bob"
+    assert core.metrics.value("presenced_irc_commands_total", kind="refused") == 6
+    connection.connectionLost(None)
+
+
+def test_cat_lines_translate_irccat_formatting(tmp_path: Path):
+    assert irccat_formatting("Status is%GREEN OK %NORMAL#BOLDx %green #RED5") == \
+        "Status is\x0309 OK \x0f\x02x %green \x03045"
+    core = make_core(tmp_path)
+    bot = IRCBot(core, core.config.irc, clock=task.Clock())
+    bot.cat(parse_cat_line("#ops %REDdown%NORMAL since 10:00"))
+    bot.cat(parse_cat_line("%TOPIC #ops %BOLDfrozen"))
+    assert list(bot.queue.lines)[-2:] == ["PRIVMSG #ops :\x0304down\x0f since 10:00",
+                                          "TOPIC #ops :\x02frozen"]
 
 
 def test_silent_server_is_dropped_at_the_heartbeat(tmp_path: Path):
@@ -264,6 +315,7 @@ def test_cat_allowlist_reads_ipv4_mapped_addresses_as_ipv4(tmp_path: Path):
      "bad format"),
     ({"hooks": ["tune"]}, r"expected list\[table\]"),
     ({"channel_keys": ["#a"]}, "#channel key"),
+    ({"auth_channel": "ops"}, "not a channel name"),
     ({"cat_allow": ["nowhere"]}, "not an IP address"),
     ({"unknown_targets": "ignore"}, "not one of"),
     ({"channels": ["#ok", "presenced"]}, "not a channel name"),

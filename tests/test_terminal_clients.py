@@ -26,8 +26,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import PresencedProcess
-from tests.test_xmpp import Client, run
+from tests.helpers import Client, PresencedProcess, run
 
 SCREEN_DEADLINE = 30.0  # seconds to wait for something on a client's screen
 POLL_INTERVAL = 0.2

@@ -12,6 +12,7 @@ from thriftpy2.transport.memory import TMemoryBuffer
 
 from presenced.thrift import admin
 from presenced.thrift.codec import BadMessage, MessageDecoder, MessageEncoder
+from presenced.thrift.dispatch import describe
 
 SERVICE = admin.PresencedAdmin
 J = admin.JabberUser
@@ -164,3 +165,15 @@ def test_compact_list_of_zero_width_items_does_not_spin():
     decoder = MessageDecoder(SERVICE, "compact", max_bytes=10_000_000)
     decoder.feed(data)
     assert decoder.next_message() is None  # waits for a byte per item before reading any
+
+
+def test_application_exception_messages_are_sentences():
+    assert describe(admin.BadJid(jid="a b", reason="not a valid JID")) == \
+        "bad user name a b: not a valid JID"
+    assert describe(admin.UnknownUser(jid="x@localhost")) == "no such user x@localhost"
+    assert describe(admin.InvalidArgument(message="the password is empty")) == \
+        "the password is empty"
+    assert describe(admin.NotEnabled(feature="irc", message="")) == \
+        "irc is not enabled on this server"
+    for error in (admin.BadJid(jid="x", reason="y"), admin.UnknownUser(jid="x")):
+        assert "=" not in describe(error) and "'" not in describe(error)

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PresencedProcess
-from tests.test_xmpp_bad_input import OTHER_DOORS_OFF, RawClient
+from tests.helpers import OTHER_DOORS_OFF, PresencedProcess, RawClient
 
 MAX_STANZA = 65536
 OFFLINE_LIMIT = 50

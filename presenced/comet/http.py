@@ -18,7 +18,9 @@ WANTED = frozenset((b"accept", b"authorization", b"last-event-id", b"origin", b"
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-           505: "HTTP Version Not Supported"}
+           501: "Not Implemented", 505: "HTTP Version Not Supported"}
+# Headers whose repetition makes the request ambiguous (RFC 9112 6.3: a 400, never a guess).
+SINGLE = frozenset((b"content-length", b"host"))
 
 
 class HTTPError(Exception):
@@ -74,11 +76,14 @@ def bearer_token(query_token: Optional[str], authorization: str) -> Optional[str
 
 
 def parse_head(head: bytes) -> RequestHead:
-    """Parse a request head (without the blank line); raises :class:`HTTPError` 400/505."""
+    """Parse a request head (without the blank line); raises :class:`HTTPError`
+    400/501/505."""
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not parts[0].isalpha():
         raise HTTPError(400, "malformed request line")
+    if not parts[0].isupper():      # methods are case-sensitive (RFC 9110 9.1): "get" is none
+        raise HTTPError(501, f"unknown method {parts[0].decode('latin-1')!r}")
     method, target, version = (p.decode("latin-1") for p in parts)
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise HTTPError(505, f"{version} is not supported; use HTTP/1.1")
@@ -96,9 +101,11 @@ def parse_head(head: bytes) -> RequestHead:
         if not colon or not name or name != name.strip():
             raise HTTPError(400, "malformed header line")
         name = name.lower()
-        if name in WANTED:
+        if name in SINGLE and name in headers:
+            raise HTTPError(400, f"more than one {name.decode('latin-1')} header")
+        if name in WANTED or name in SINGLE:
             headers[name] = value.strip()
-    return RequestHead(method.upper(), path, query, version, headers)
+    return RequestHead(method, path, query, version, headers)
 
 
 def response_head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:

@@ -1,9 +1,11 @@
 """Per-user replay buffers: what lets an SSE client resume and a long-poll client miss nothing.
 
 Every event that reaches one of a user's comet streams is kept (once, however many streams
-took it) in a bounded buffer. When the user's last stream closes, the buffer itself logs in to
-the router as a session (label ``held``) for ``replay_linger`` seconds, so events that arrive
-while a client reconnects or between two polls are still collected; then it is dropped.
+took it) in a bounded buffer. When the user's last stream closes, the buffer watches the user
+(``router.watch``) for ``replay_linger`` seconds, so events that arrive while a client
+reconnects or between two polls are still collected; then it is dropped. A held buffer is not a
+session: the user is offline for every count, ``?online`` and the cluster directory, and a
+message to the user counts as not delivered (XMPP keeps it offline too).
 Memory is bounded by ``replay_size`` events per user, for online users and those seen within
 the linger time.
 """
@@ -23,7 +25,7 @@ from presenced.router import ISession, SubscriptionRouter
 
 @implementer(ISession)
 class UserChannel:
-    """One user's replay buffer; a router session only while the user has no stream."""
+    """One user's replay buffer; a router watcher only while the user has no stream."""
 
     __slots__ = ("user", "events", "streams", "held_since", "_owner")
 
@@ -60,7 +62,12 @@ class UserChannel:
                 return events[index + 1:]
         return events
 
-    # ISession, while held
+    def last_id(self) -> int:
+        """The newest kept event's id, or 0 (no event has it): as a cursor, either replays
+        exactly what is kept after now."""
+        return self.events[-1].id if self.events else 0
+
+    # while held (a router watcher)
     def deliver(self, event: Event) -> None:
         if event.type in STREAMED_TYPES:
             self.record(event)
@@ -91,7 +98,7 @@ class Channels:
             channel = self._by_user[user] = UserChannel(user, self)
         elif channel.held_since is not None:
             channel.held_since = None
-            self.router.logout(channel)
+            self.router.unwatch(user, channel)
         channel.streams += 1
         return channel
 
@@ -104,14 +111,14 @@ class Channels:
             self.drop(channel)
             return
         channel.held_since = time.monotonic()
-        self.router.login(channel.user, channel)
+        self.router.watch(channel.user, channel)
 
     def drop(self, channel: UserChannel) -> None:
         if self._by_user.get(channel.user) is channel and not channel.streams:
             del self._by_user[channel.user]
         if channel.held_since is not None:
             channel.held_since = None
-            self.router.logout(channel)
+            self.router.unwatch(channel.user, channel)
 
     def expire(self, now: Optional[float] = None) -> int:
         """Drop channels held longer than the linger time; returns how many."""

@@ -105,6 +105,8 @@ class CometConnection:
         if end < 0 or end + 4 > self.door.max_request_bytes:
             if len(buf) > self.door.max_request_bytes:
                 self._fail(HTTPError(431, "request head too large"))
+            elif end < 0 and b"\n\n" in buf:     # bare LF lines: answered, not waited for
+                self._fail(HTTPError(400, "request lines must end with CR LF"))
             return
         self._cancel_timer()
         try:
@@ -149,6 +151,9 @@ class CometConnection:
         self.mode = DONE
         raw, self.buf = bytes(self.buf), None
         transport = self.transport
+        if self.budget is not None:     # a keep-alive poll's; twisted.web registers its own
+            transport.unregisterProducer()
+            self.budget = None
         channel = self.door.web_channel(transport)
         transport.protocol = channel
         self.transport = None
@@ -263,8 +268,9 @@ class CometConnection:
             events.append(event)
         request = self.request
         last = events[-1].id if events else self.cursor
-        body = b'{"events":[%b],"next":%b}' % (b",".join(e.to_json() for e in events),
-                                               b"null" if last is None else b"%d" % last)
+        if last is None:    # timed out without ``since``: a cursor that replays what comes
+            last = self.channel.last_id()
+        body = b'{"events":[%b],"next":%d}' % (b",".join(e.to_json() for e in events), last)
         self.door.events_out += len(events)
         self._leave()
         keep_alive = request.keep_alive

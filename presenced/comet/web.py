@@ -45,6 +45,18 @@ def not_found(request: server.Request) -> JSONError:
     return JSONError(404, f"no such path: {request.path.decode('utf-8', 'replace')}")
 
 
+class StaticFiles(static.File):
+    """``/static/``: a missing file is a JSON 404 like every other on this port, and so is a
+    name with NUL (the OS refuses it with ValueError, which would answer 500)."""
+
+    childNotFound = JSONError(404, "no such file")
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+        if b"\0" in path:
+            return self.childNotFound
+        return super().getChild(path, request)
+
+
 class WebSockets(resource.Resource):
     """``/ws/<user>``."""
 
@@ -64,7 +76,7 @@ class CometRoot(resource.Resource):
     def __init__(self, door: "CometDoor"):
         super().__init__()
         self.putChild(b"", static.File(os.path.join(STATIC_DIR, "index.html")))
-        self.putChild(b"static", static.File(STATIC_DIR))
+        self.putChild(b"static", StaticFiles(STATIC_DIR))
         self.putChild(b"ws", WebSockets(door))
 
     def getChild(self, name: bytes, request: server.Request) -> resource.Resource:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+import h11
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
+from wsproto import ConnectionType
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import ProtocolError
 from zope.interface import implementer
 
 from presenced.comet.frames import STREAMED_TYPES
@@ -110,6 +114,17 @@ class CometWebSocket:
         self.budget = None
 
 
+def check_handshake(request: Request) -> None:
+    """Raise :class:`HTTPError` 400 for an upgrade request wsproto refuses: Twisted would log
+    each one (an h11 error such as a second Host header, critical) and answer 500."""
+    headers = [(name, value) for name, values in request.requestHeaders.getAllRawHeaders()
+               for value in values]
+    try:
+        H11Handshake(ConnectionType.SERVER).initiate_upgrade_connection(headers, request.path)
+    except (ProtocolError, h11.ProtocolError, UnicodeError) as e:
+        raise HTTPError(400, f"not a valid WebSocket handshake: {e}") from None
+
+
 class UserWebSocket(WebSocketResource):
     """The WebSocket endpoint of one user: checks the token, then upgrades."""
 
@@ -132,6 +147,7 @@ class UserWebSocket(WebSocketResource):
             self.user = self.door.authorize(self.user_text, token,
                                             getattr(request.getClientAddress(), "host", "?"))
             self.cursor = parse_cursor(query.get("since", ""))
+            check_handshake(request)
         except HTTPError as e:
             request.setResponseCode(e.status)
             request.setHeader(b"content-type", b"application/json")

@@ -22,7 +22,9 @@ from zope.interface import implementer
 
 from presenced.core import IIRCAnnouncer, IRCStatus
 from presenced.irc.cat import ALL_CHANNELS, CatLine
-from presenced.irc.text import is_safe_word, payload_bytes, safe_text, split_to_fit
+from presenced.irc.members import ChannelMembers
+from presenced.irc.text import (irccat_formatting, is_safe_word, payload_bytes, safe_text,
+                                split_to_fit)
 
 if TYPE_CHECKING:
     from presenced.config import Section
@@ -190,11 +192,17 @@ class IRCBotProtocol(irc.IRCClient):
             log.info("IRC: regained nick {nick}", nick=nick)
 
     def userQuit(self, user: str, quitMessage: str) -> None:
-        if user == self.wanted_nick and self.nickname != self.wanted_nick:
-            self.setNick(self.wanted_nick)
+        self.bot.members.quit(user)
+        self.regain_from(user)
 
     def userRenamed(self, oldname: str, newname: str) -> None:
-        self.userQuit(oldname, "")
+        self.bot.members.renamed(oldname, newname)
+        self.regain_from(oldname)
+
+    def regain_from(self, nick: str) -> None:
+        """``nick`` is free now: take it when it is ours."""
+        if nick == self.wanted_nick and self.nickname != self.wanted_nick:
+            self.setNick(self.wanted_nick)
 
     def stop_regain(self) -> None:
         if self.regain is not None and self.regain.running:
@@ -208,6 +216,20 @@ class IRCBotProtocol(irc.IRCClient):
 
     def left(self, channel: str) -> None:
         self.bot.left_channel(channel)
+
+    # who is in the auth channel (ChannelMembers)
+    def irc_RPL_NAMREPLY(self, prefix: str, params: list[str]) -> None:
+        if len(params) >= 4:
+            self.bot.members.names(params[2], params[3])
+
+    def userJoined(self, user: str, channel: str) -> None:
+        self.bot.members.joined(user, channel)
+
+    def userLeft(self, user: str, channel: str) -> None:
+        self.bot.members.left(user, channel)
+
+    def userKicked(self, kickee: str, channel: str, kicker: str, message: str) -> None:
+        self.bot.members.left(kickee, channel)
 
     def kickedFrom(self, channel: str, kicker: str, message: str) -> None:
         log.warn("IRC: kicked from {channel} by {kicker}: {message}", channel=channel,
@@ -229,7 +251,14 @@ class IRCBotProtocol(irc.IRCClient):
     def privmsg(self, user: str, channel: str, message: str) -> None:
         if self.bot.commands is not None and \
                 message.startswith(self.bot.settings.command_prefix):
-            respond_to = channel if is_channel(channel) else user.split("!", 1)[0]
+            nick = user.split("!", 1)[0]
+            if not is_channel(channel) and nick not in self.bot.members:
+                # Private commands only from members of the auth channel (as irccat):
+                # rosters and who is online are not for anyone who can message the bot.
+                # Unanswered, so strangers cannot spend the bot's flood budget either.
+                self.bot.core.metrics.inc("presenced_irc_commands_total", kind="refused")
+                return
+            respond_to = channel if is_channel(channel) else nick
             # IRCClient undoes CTCP low-level quoting: a message may carry NUL, CR or LF,
             # which must not reach a handler's argv or environment.
             self.bot.commands.dispatch(user, channel, respond_to, safe_text(message))
@@ -322,6 +351,11 @@ class IRCBot:
         # then those cat lines asked for. Rejoined after every reconnect.
         self.wanted: dict[str, tuple[str, Optional[str]]] = {
             c.lower(): (c, self.keys.get(c.lower())) for c in settings.channels}
+        # Members of the auth channel may send private commands (empty name: nobody may).
+        auth = settings.auth_channel or (settings.channels[0] if settings.channels else "")
+        if auth:
+            self.wanted.setdefault(auth.lower(), (auth, self.keys.get(auth.lower())))
+        self.members = ChannelMembers(auth)
         self.joined: set[str] = set()
         self.rejoins: dict[str, int] = {}
         self.queue = FloodQueue(settings.flood_lines_per_second, settings.flood_burst,
@@ -421,7 +455,7 @@ class IRCBot:
         """Send one parsed cat line; returns IRC lines queued, raises :class:`IRCRefused`."""
         targets = line.targets or (self.default_channel,)
         if line.topic:
-            self.set_topic(targets[0], line.text)
+            self.set_topic(targets[0], irccat_formatting(line.text))
             return 1
         expanded: list[str] = []
         for target in targets:
@@ -431,8 +465,9 @@ class IRCBot:
             else:
                 expanded.append(target)
         sent = 0
+        text = irccat_formatting(line.text)
         for target in dict.fromkeys(expanded):
-            sent += self.say(target, line.text)
+            sent += self.say(target, text)
         return sent
 
     # --- connection events -------------------------------------------------------------
@@ -460,6 +495,7 @@ class IRCBot:
 
     def left_channel(self, channel: str) -> None:
         self.joined.discard(channel.lower())
+        self.members.bot_left(channel)
 
     def rejoin_later(self, channel: str) -> None:
         """Rejoin a channel we were kicked from (or could not join), with backoff."""
@@ -481,6 +517,7 @@ class IRCBot:
         if self.connection is connection:
             self.connection = None
             self.joined.clear()
+            self.members.bot_left()
             self.queue.detach()
 
     def quit(self, message: str) -> None:

@@ -48,7 +48,8 @@ class Commands:
             "help": (self.help, "help: this list"),
         }
         core.metrics.describe("presenced_irc_commands_total", "counter",
-                              "IRC commands run, by kind (builtin, handler, unknown)")
+                              "IRC commands run, by kind (builtin, handler, unknown; refused: "
+                              "a private command from outside the auth channel)")
 
     def dispatch(self, sender: str, channel: str, respond_to: str, message: str) -> None:
         """Run the command in ``message`` (which starts with the prefix) and reply."""

@@ -36,6 +36,14 @@ class CatResource(Resource):
         self.bot = bot
         self.expected = f"Bearer {token}".encode("utf-8")
 
+    def render(self, request: Request) -> bytes:
+        """Only POST; any other method (HEAD and GET included: Resource's HEAD would call a
+        render_GET there is none of) gets a JSON 405, as every answer here is JSON."""
+        if request.method != b"POST":
+            request.setHeader(b"allow", b"POST")
+            return self.answer(request, 405, 0, ["use POST with cat lines as the body"])
+        return self.render_POST(request)
+
     def render_POST(self, request: Request) -> bytes:
         given = request.getHeader(b"authorization") or b""
         if not hmac.compare_digest(given, self.expected):

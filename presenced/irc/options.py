@@ -18,6 +18,10 @@ def irc_channels(value: list) -> Optional[str]:
     return None
 
 
+def irc_auth_channel(value: str) -> Optional[str]:
+    return irc_channels([value]) if value else None
+
+
 def irc_channel_keys(value: list) -> Optional[str]:
     for text in value:
         if len(text.split()) != 2 or not text.startswith(("#", "&")):
@@ -62,6 +66,7 @@ KEYS: Keys = {
     "cat_port": Key(12345, "int", port),
     "cat_bind": Key("127.0.0.1", "str"),
     "command_prefix": Key("?", "str", non_empty),
+    "auth_channel": Key("", "str", irc_auth_channel),
     "handler": Key("", "str"),
     "tls": Key(False, "bool"),
     "tls_verify": Key(True, "bool"),

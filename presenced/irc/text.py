@@ -55,3 +55,21 @@ def split_to_fit(text: str, limit: int) -> list[str]:
     if data or not pieces:
         pieces.append(data.decode("utf-8"))
     return pieces
+
+
+# irccat's formatting words (``%GREEN``, ``#BOLD``...), as its senders write them: each
+# becomes the mIRC control code; colours are two digits, so a digit after one stays text.
+_FORMATTING = {
+    "NORMAL": "\x0f", "BOLD": "\x02", "UNDERLINE": "\x1f", "REVERSE": "\x16",
+    "WHITE": "\x0300", "BLACK": "\x0301", "DBLUE": "\x0302", "DGREEN": "\x0303",
+    "RED": "\x0304", "BROWN": "\x0305", "PURPLE": "\x0306", "ORANGE": "\x0307",
+    "YELLOW": "\x0308", "GREEN": "\x0309", "TEAL": "\x0310", "CYAN": "\x0311",
+    "BLUE": "\x0312", "PINK": "\x0313", "DGRAY": "\x0314", "GRAY": "\x0315",
+}
+_FORMATTING_WORD = re.compile("[%#](" + "|".join(_FORMATTING) + ")")
+
+
+def irccat_formatting(text: str) -> str:
+    """``Status is %GREENOK%NORMAL`` -> the same with mIRC colour and style codes, as
+    irccat translates it (upper case only: ``#green`` stays a word)."""
+    return _FORMATTING_WORD.sub(lambda m: _FORMATTING[m.group(1)], text)

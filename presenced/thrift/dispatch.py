@@ -62,7 +62,7 @@ class Dispatcher:
         if method is None:
             return self.exception(message.name, message.seqid,
                                   TApplicationException.UNKNOWN_METHOD,
-                                  f"unknown method {message.name!r}")
+                                  f"this server has no method {message.name}")
         body = message.body
         try:
             value = method.function(*[getattr(body, name) for name in method.arg_names])
@@ -124,8 +124,21 @@ class Dispatcher:
                                    TApplicationException(kind, text))
 
 
+# The IDL's exceptions as the sentences an old Ejabthrift client shows its user (its methods
+# declare no exceptions, so only the TApplicationException message reaches it).
+_SENTENCES = {
+    "BadJid": lambda e: f"bad user name {e.jid}: {e.reason}",
+    "UnknownUser": lambda e: f"no such user {e.jid}",
+    "InvalidArgument": lambda e: e.message,
+    "NotEnabled": lambda e: e.message or f"{e.feature} is not enabled on this server",
+}
+
+
 def describe(error: TException) -> str:
-    """``BadJid(jid='x', reason='...')`` as a sentence for a ``TApplicationException``."""
-    fields = ", ".join(f"{spec[1]}={getattr(error, spec[1], None)!r}"
+    """An IDL exception as a sentence for a ``TApplicationException`` (not a Python repr)."""
+    sentence = _SENTENCES.get(type(error).__name__)
+    if sentence is not None:
+        return str(sentence(error))
+    fields = "; ".join(f"{spec[1]} {getattr(error, spec[1], None)}"
                        for spec in error.thrift_spec.values())
-    return f"{type(error).__name__}: {fields}"
+    return f"{type(error).__name__}: {fields}" if fields else type(error).__name__

@@ -32,19 +32,20 @@ class AdminHandler:
         self.core = core
         self.friendships = FriendshipBatcher(core.add_friends, core.remove_friends, clock)
 
-    def user(self, who: Optional[Any]) -> str:
+    def user(self, who: Optional[Any], local: bool = False) -> str:
         """``JabberUser{name, server}`` -> ``name@server``; an empty server is the default
-        domain. Raises :class:`admin.BadJid`."""
+        domain; ``local``: only on a served domain (what becomes an account or a friend).
+        Raises :class:`admin.BadJid`."""
         name = getattr(who, "name", None) or ""
         server = getattr(who, "server", None) or ""
         text = f"{name}@{server}" if server else name
         try:
-            return self.core.user(text)
+            return self.core.local_user(text) if local else self.core.user(text)
         except BadUser as e:
             raise admin.BadJid(jid=text, reason=str(e)) from None
 
-    def _pair(self, a: Any, b: Any) -> tuple[str, str]:
-        pair = self.user(a), self.user(b)
+    def _pair(self, a: Any, b: Any, local: bool = False) -> tuple[str, str]:
+        pair = self.user(a, local), self.user(b, local)
         if pair[0] == pair[1]:
             raise admin.InvalidArgument(message=f"{pair[0]} cannot be their own friend")
         return pair
@@ -52,7 +53,7 @@ class AdminHandler:
     # --- Ejabthrift ------------------------------------------------------------------------
 
     def add_friend(self, luser: Any, ruser: Any) -> defer.Deferred:
-        return self.friendships.add(self._pair(luser, ruser))
+        return self.friendships.add(self._pair(luser, ruser, local=True))
 
     def remove_friend(self, luser: Any, ruser: Any) -> defer.Deferred:
         return self.friendships.remove(self._pair(luser, ruser))
@@ -90,7 +91,7 @@ class AdminHandler:
     # --- accounts (core.accounts: the store, or the extauth program, as for XMPP) ---------
 
     def register_user(self, user: Any, password: Optional[str]) -> defer.Deferred:
-        jid = self.user(user)
+        jid = self.user(user, local=True)
         return self.core.accounts.register(jid, _password(password))
 
     @defer.inlineCallbacks

@@ -35,6 +35,7 @@ class StanzaParser(domish.ExpatElementStream):
         self.stanza_start = 0
         self.fed = 0  # bytes given to the parser
         self.stanza_end: Optional[int] = None  # where the last stanza of a read ended
+        self.declarations = 0  # xmlns declarations of the element about to start
         parser = self.parser
         parser.StartDoctypeDeclHandler = self._forbidden
         parser.EntityDeclHandler = self._forbidden
@@ -53,7 +54,8 @@ class StanzaParser(domish.ExpatElementStream):
                             "allowed in XMPP")
 
     def parse(self, buffer: bytes) -> None:
-        self.stanzaSize += len(buffer)
+        if self.depth > 1 or not buffer.isspace():   # keepalives between stanzas are free
+            self.stanzaSize += len(buffer)
         self.fed += len(buffer)
         self.stanza_end = None
         try:
@@ -81,12 +83,21 @@ class StanzaParser(domish.ExpatElementStream):
             raise PolicyViolation(f"elements nested deeper than {self.max_depth}")
         else:
             self._check_size()
-        if len(attrs) > self.max_attributes:
+        declarations, self.declarations = self.declarations, 0
+        if len(attrs) + declarations > self.max_attributes:
             raise PolicyViolation(f"more than {self.max_attributes} attributes")
         try:
             super()._onStartElement(name, attrs)
         except domish.ParserError as e:
             raise PolicyViolation(str(e)) from None
+
+    def _onStartNamespace(self, prefix: str, uri: str) -> None:
+        """An ``xmlns`` declaration is an attribute too (expat reports it apart): counted
+        against ``max_attributes``, refused as soon as there are too many."""
+        self.declarations += 1
+        if self.declarations > self.max_attributes:
+            raise PolicyViolation(f"more than {self.max_attributes} attributes")
+        super()._onStartNamespace(prefix, uri)
 
     def _onCdata(self, data: str) -> None:
         self._check_size()

@@ -223,7 +223,7 @@ class C2SServer:
             session.sm.stanza_handled()
         stanza["from"] = session.full
         to = stanza.getAttribute("to")
-        if to:
+        if to is not None:      # to="" is no address, not "to myself": jid-malformed
             try:
                 address = parse_address(to)
             except ValueError:

@@ -44,17 +44,31 @@ class Address:
         self.full = f"{bare or domain}/{resource}" if resource else (bare or domain)
 
 
+# RFC 7622 3: each of local part, domain part and resource is 1 to 1023 bytes.
+MAX_JID_PART_BYTES = 1023
+
+
 def parse_address(text: str) -> Address:
-    """Parse and normalise a JID; raises ValueError when it is not one."""
+    """Parse and normalise a JID; raises ValueError when it is not one (also for what
+    Twisted's JID lets through: an empty address, ``@domain``, ``user@domain/``, a part
+    over 1023 bytes), so no caller meets a JID with an empty part."""
     match = _PLAIN_JID.match(text)
     if match is not None:
         local, domain, resource = match.groups()
-        return Address(f"{local}@{domain}" if local else None, domain, resource)
-    try:
-        jid = JID(text)
-    except (InvalidFormat, UnicodeError) as e:
-        raise ValueError(str(e)) from None
-    return Address(jid.userhost() if jid.user else None, jid.host, jid.resource)
+    else:
+        bare, slash, resource = text.partition("/")
+        local, at, _ = bare.partition("@")
+        if not text or (at and not local) or (slash and not resource):
+            raise ValueError(f"{text!r} has an empty part")
+        try:
+            jid = JID(text)
+        except (InvalidFormat, UnicodeError, RuntimeError) as e:
+            raise ValueError(str(e)) from None
+        local, domain, resource = jid.user, jid.host, jid.resource
+    for part in (local, domain, resource):
+        if part and len(part.encode("utf-8")) > MAX_JID_PART_BYTES:
+            raise ValueError(f"a JID part is longer than {MAX_JID_PART_BYTES} bytes")
+    return Address(f"{local}@{domain}" if local else None, domain, resource)
 
 
 def to_bytes(element: domish.Element) -> bytes:

@@ -124,6 +124,7 @@ class C2SStream(xmlstream.XmlStream):
                 self.retired = None
 
     def connectionLost(self, reason: object) -> None:
+        self.closing = True  # answers still on their way (SASL, delayed failures) are dropped
         self.server.stream_closed(self)
         if self.shaper is not None:
             self.shaper.close()
