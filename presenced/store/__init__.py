@@ -145,8 +145,11 @@ class IArchiveStore(Interface):
 
     name = Attribute("The name the store was opened by.")
 
-    def append(user: str, value: str, when: float, with_: Optional[str] = None):
-        """Add an entry; fires its id."""
+    def append(user: str, value: str, when: float, with_: Optional[str] = None,
+               keep: Optional[int] = None, since: Optional[float] = None):
+        """Add an entry; fires its id. With ``keep`` the user's oldest entries beyond the
+        newest ``keep`` are dropped, with ``since`` those older than ``since``: bounds a
+        feature enforces in the same request as the write (retention, per-user size)."""
 
     def query(user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
               start: Optional[float] = None, end: Optional[float] = None,
