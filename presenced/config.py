@@ -164,6 +164,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "extauth_pool_size": Key(1, "int", positive),
         "extauth_timeout": Key(30.0, "float", positive),
         "hibernate_after": Key(60.0, "float", non_negative),
+        "archive_days": Key(365, "int", non_negative),
+        "archive_limit": Key(10000, "int", positive),
     },
     "comet": {
         "enabled": Key(True, "bool"),

@@ -76,6 +76,8 @@ PEP_STORE = "pep"            # map: PEP node -> last item (presenced.pep)
 OFFLINE_STORE = "offline"    # list: stanzas kept for an offline user (XEP-0160)
 PENDING_STORE = "pending"    # map: contact -> its unanswered subscription request
 PRIVATE_STORE = "private"    # map: key -> small document (vCard)
+MAM_STORE = "mam"            # archive: one-to-one messages, peer = the other party (XEP-0313)
+MAM_PREFS_STORE = "mam-prefs"  # map: "prefs" -> the account's archiving preferences (JSON)
 
 # Names a capability store may take: short, and never one of the records the backends keep
 # for accounts and the graph.

@@ -20,6 +20,7 @@ from presenced.xmpp.disco import DiscoHandler
 from presenced.xmpp.extauth import ExternalAuth
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.last import LastActivityHandler
+from presenced.xmpp.mam import ArchiveHandler
 from presenced.xmpp.messages import MessageHandler
 from presenced.xmpp.pep import PepHandler
 from presenced.xmpp.ping import PingHandler
@@ -36,7 +37,8 @@ from presenced.xmpp.version import VersionHandler
 FEATURES: tuple[type[FeatureHandler], ...] = (
     DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
-    CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler)
+    CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
+    ArchiveHandler)
 
 
 class XMPPService(service.MultiService):
