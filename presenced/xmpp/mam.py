@@ -44,6 +44,7 @@ from twisted.words.xish import domish
 from presenced.events import Event
 from presenced.store import MAM_PREFS_STORE, MAM_STORE
 from presenced.xmpp.features import FeatureHandler
+from presenced.xmpp.session import xmpp_sessions
 from presenced.xmpp.stanzas import attr, forwardable, message_bytes, parse_address
 
 NS_MAM = "urn:xmpp:mam:2"
@@ -56,6 +57,7 @@ MAX_PAGE = 100          # results per query page, whatever a client asks
 MAX_PREFS_JIDS = 1000   # JIDs in one account's always + never lists
 ARCHIVED_KINDS = ("chat", "normal")
 PREFS_KEY = "prefs"     # the one key of an account's preferences in the MAM_PREFS_STORE map
+PREFS_CHANGED = "xmpp-mam-prefs"  # router event to the user's sessions; payload: prefs (JSON)
 
 _BODY = re.compile(rb"<body[\s>/]")
 _NO_STORE = re.compile(rb"<no-(?:permanent-)?store[^>]+urn:xmpp:hints")
@@ -246,16 +248,19 @@ class ArchiveHandler(FeatureHandler):
               f"iq-set/self/{NS_MAM}:prefs": "on_set_prefs"}
 
     account_features = (NS_MAM,)
+    event_renderers = {PREFS_CHANGED: "prefs_changed"}
 
     def attached(self) -> None:
         config = self.core.config.xmpp
         self.retention = config.archive_days * 86400.0
         self.limit = config.archive_limit
         self._archive = self._prefs = None
-        self._busy: dict[str, defer.Deferred] = {}  # owner -> its archiving in progress
+        self._busy: dict[str, defer.Deferred] = {}  # owner -> its checks in progress
+        self._known: dict[str, Prefs] = {}  # prefs of users with a resource on this node
         if self.retention:
             self.core.hooks.add("message-sent", self.message_sent)
             self.core.hooks.add("xmpp-message-in", self.message_in)
+            self.core.hooks.add("xmpp-session-ended", self._session_ended)
 
     @property
     def archive(self):
@@ -310,8 +315,9 @@ class ArchiveHandler(FeatureHandler):
                     owner, peer, text, when, (sender, to) if refused_if_blocked else None))
 
     def _in_order(self, owner: str, work: Coroutine) -> None:
-        """Run ``work`` after the owner's earlier archiving: the checks before an append take
-        a varying number of store requests, and archive ids must follow the messages."""
+        """Run ``work`` once the owner's earlier messages are decided: the checks before an
+        append take a varying number of store requests, and archive ids must follow the
+        messages (the store takes appends in the order they are sent)."""
         previous = self._busy.get(owner)
 
         async def after_previous() -> None:
@@ -339,18 +345,41 @@ class ArchiveHandler(FeatureHandler):
             if self.core.is_local(to) and await self.core.blocking.blocks(to, sender):
                 return
         if await self._wants(owner, peer):
-            await self.archive.append(owner, text, when, peer, keep=self.limit,
-                                      since=when - self.retention)
+            # Sent, not awaited: the checks of the owner's next message need not wait.
+            d = self.archive.append(owner, text, when, peer, keep=self.limit,
+                                    since=when - self.retention)
+            d.addErrback(lambda f: self.log.failure("archiving a message for {owner}", f,
+                                                    owner=owner))
 
     async def _wants(self, owner: str, peer: str) -> bool:
         """Whether ``owner`` is an account that archives messages with ``peer``."""
         if not self.core.router.is_online_anywhere(owner) \
                 and not await self.server.account_exists(owner):
             return False
-        decided = Prefs.from_json(await self.prefs.get(owner, PREFS_KEY)).decides(peer)
+        decided = (await self._prefs_of(owner)).decides(peer)
         if decided is None:
             return await self.core.store.get_roster_item(owner, peer) is not None
         return decided
+
+    # --- preferences, kept in memory for users online here -----------------------------------
+
+    async def _prefs_of(self, user: str) -> Prefs:
+        """The user's preferences: every message asks, so a user with a resource on this
+        node has them in memory (changes reach every node as :data:`PREFS_CHANGED`)."""
+        prefs = self._known.get(user)
+        if prefs is None:
+            prefs = Prefs.from_json(await self.prefs.get(user, PREFS_KEY))
+            if xmpp_sessions(self.core, user):
+                self._known[user] = prefs
+        return prefs
+
+    def prefs_changed(self, session, event: Event) -> None:
+        if session.user in self._known:
+            self._known[session.user] = Prefs.from_json(event.payload["prefs"])
+
+    def _session_ended(self, session) -> None:
+        if all(s is session for s in xmpp_sessions(self.core, session.user)):
+            self._known.pop(session.user, None)
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -402,8 +431,8 @@ class ArchiveHandler(FeatureHandler):
     def on_get_prefs(self, session, iq: domish.Element):
         if self._refused(session, iq):
             return
-        text = yield self.prefs.get(session.user, PREFS_KEY)
-        session.result(iq, Prefs.from_json(text).element())
+        prefs = yield defer.ensureDeferred(self._prefs_of(session.user))
+        session.result(iq, prefs.element())
 
     @defer.inlineCallbacks
     def on_set_prefs(self, session, iq: domish.Element):
@@ -414,5 +443,9 @@ class ArchiveHandler(FeatureHandler):
         except BadQuery as e:
             session.error(iq, "bad-request", str(e))
             return
-        yield self.prefs.set(session.user, PREFS_KEY, prefs.to_json())
+        text = prefs.to_json()
+        yield self.prefs.set(session.user, PREFS_KEY, text)
+        self._known.pop(session.user, None)
+        self.core.router.deliver(session.user, Event(PREFS_CHANGED, session.user,
+                                                     {"prefs": text}))
         session.result(iq, prefs.element())
