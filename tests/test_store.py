@@ -146,6 +146,24 @@ async def test_archive_pages_by_id_and_time(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_archive_append_drops_entries_beyond_keep_and_older_than_since(store):
+    archive = store.open_archive("archive")
+    for i in range(6):
+        await archive.append("a@x", f"m{i}", 1000.0 + i, "b@x", keep=4)
+    await archive.append("b@x", "other user", 1000.0, "a@x")
+    page = await archive.query("a@x")
+    assert [e.value for e in page.entries] == ["m2", "m3", "m4", "m5"]
+    await archive.append("a@x", "m6", 1006.0, "b@x", since=1004.0)
+    assert [e.value for e in (await archive.query("a@x")).entries] == ["m4", "m5", "m6"]
+    for i in range(250):  # more than one batch of expired entries
+        await archive.append("c@x", f"n{i}", 1.0 + i)
+    await archive.append("c@x", "fresh", 500.0, since=240.5)
+    values = [e.value for e in (await archive.query("c@x")).entries]
+    assert values == [f"n{i}" for i in range(240, 250)] + ["fresh"]
+    assert [e.value for e in (await archive.query("b@x")).entries] == ["other user"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_remove_user_deletes_everything_it_owns(store):
     await store.create_user("a@x", make_credentials("p", iterations=8))
     await store.add_friends([("a@x", "b@x")])

@@ -76,6 +76,8 @@ PEP_STORE = "pep"            # map: PEP node -> last item (presenced.pep)
 OFFLINE_STORE = "offline"    # list: stanzas kept for an offline user (XEP-0160)
 PENDING_STORE = "pending"    # map: contact -> its unanswered subscription request
 PRIVATE_STORE = "private"    # map: key -> small document (vCard)
+MAM_STORE = "mam"            # archive: one-to-one messages, peer = the other party (XEP-0313)
+MAM_PREFS_STORE = "mam-prefs"  # map: "prefs" -> the account's archiving preferences (JSON)
 
 # Names a capability store may take: short, and never one of the records the backends keep
 # for accounts and the graph.
@@ -145,8 +147,11 @@ class IArchiveStore(Interface):
 
     name = Attribute("The name the store was opened by.")
 
-    def append(user: str, value: str, when: float, with_: Optional[str] = None):
-        """Add an entry; fires its id."""
+    def append(user: str, value: str, when: float, with_: Optional[str] = None,
+               keep: Optional[int] = None, since: Optional[float] = None):
+        """Add an entry; fires its id. With ``keep`` the user's oldest entries beyond the
+        newest ``keep`` are dropped, with ``since`` those older than ``since``: bounds a
+        feature enforces in the same request as the write (retention, per-user size)."""
 
     def query(user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
               start: Optional[float] = None, end: Optional[float] = None,

@@ -509,10 +509,19 @@ def _list_pop_all(conn, store, user):
     return values
 
 
-def _archive_append(conn, store, user, value, when, peer):
-    return str(conn.execute(
+def _archive_append(conn, store, user, value, when, peer, keep, since):
+    uid = _intern(conn, user)
+    new = conn.execute(
         "INSERT INTO archives (owner, store, at, peer, value) VALUES (?, ?, ?, ?, ?)",
-        (_intern(conn, user), store, when, peer, value)).lastrowid)
+        (uid, store, when, peer, value)).lastrowid
+    if since is not None:
+        conn.execute("DELETE FROM archives WHERE owner = ? AND store = ? AND at < ?",
+                     (uid, store, since))
+    if keep is not None:  # the id of the newest entry beyond ``keep``, and all before it
+        conn.execute("DELETE FROM archives WHERE owner = ? AND store = ? AND id <= ("
+                     "SELECT id FROM archives WHERE owner = ? AND store = ? "
+                     "ORDER BY id DESC LIMIT 1 OFFSET ?)", (uid, store, uid, store, keep))
+    return str(new)
 
 
 def _archive_query(conn, store, user, after, before, start, end, peer, limit, newest):
@@ -690,9 +699,9 @@ class EmbeddedList(_Capability):
 
 @implementer(IArchiveStore)
 class EmbeddedArchive(_Capability):
-    def append(self, user: str, value: str, when: float,
-               with_: Optional[str] = None) -> defer.Deferred:
-        return self._run(_archive_append, user, value, when, with_)
+    def append(self, user: str, value: str, when: float, with_: Optional[str] = None,
+               keep: Optional[int] = None, since: Optional[float] = None) -> defer.Deferred:
+        return self._run(_archive_append, user, value, when, with_, keep, since)
 
     def query(self, user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
               start: Optional[float] = None, end: Optional[float] = None,

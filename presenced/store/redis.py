@@ -613,10 +613,28 @@ return values
 """)
 
 # KEYS[3]: the id counter. Members are ``id:json`` so equal values stay distinct entries.
+# ARGV[3]: entries to keep ('' for all), ARGV[4]: drop entries older than this ('' for none):
+# ids grow with time, so the expired entries are the lowest ranks, walked 100 at a time.
 _ARCHIVE_APPEND = _Script("""
 local id = redis.call('INCR', KEYS[3])
 redis.call('ZADD', KEYS[1], id, id .. ':' .. ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
+local keep, since = tonumber(ARGV[3]), tonumber(ARGV[4])
+if keep then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -keep - 1) end
+if since then
+  local expired = 0
+  while true do
+    local batch, old = redis.call('ZRANGE', KEYS[1], expired, expired + 99), 0
+    for _, member in ipairs(batch) do
+      local e = cjson.decode(string.sub(member, string.find(member, ':', 1, true) + 1))
+      if e[1] >= since then break end
+      old = old + 1
+    end
+    expired = expired + old
+    if old < 100 then break end
+  end
+  if expired > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, expired - 1) end
+end
 return id
 """)
 
@@ -704,10 +722,12 @@ class RedisArchive(_Capability):
     """A sorted set scored by id, members ``id:[when, value, peer]``; the counter is
     ``u:{user}:<name>:seq``. Appends are not retried (a lost reply may hide one)."""
 
-    def append(self, user: str, value: str, when: float,
-               with_: Optional[str] = None) -> defer.Deferred:
+    def append(self, user: str, value: str, when: float, with_: Optional[str] = None,
+               keep: Optional[int] = None, since: Optional[float] = None) -> defer.Deferred:
         d = self._eval(user, _ARCHIVE_APPEND, (self.name, "stores", self.name + ":seq"),
-                       [json.dumps([when, value, with_]), self.name], retriable=False)
+                       [json.dumps([when, value, with_]), self.name,
+                        "" if keep is None else int(keep),
+                        "" if since is None else repr(float(since))], retriable=False)
         return d.addCallback(str)
 
     def query(self, user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,

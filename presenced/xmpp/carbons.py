@@ -22,7 +22,7 @@ from twisted.words.xish import domish
 
 from presenced.events import Event
 from presenced.xmpp.features import FeatureHandler
-from presenced.xmpp.stanzas import attr, message_bytes
+from presenced.xmpp.stanzas import attr, forwardable, message_bytes
 
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_FORWARD = "urn:xmpp:forward:0"
@@ -39,15 +39,6 @@ def eligible(data: bytes, kind: str) -> bool:
     elif kind != "normal" or b"<body" not in data:
         return False
     return _NO_COPY.search(data) is None
-
-
-def _as_forwarded(data: bytes) -> bytes:
-    """The message as a child of ``<forwarded/>``: it needs its own ``jabber:client``
-    namespace there (on the stream it inherits the default)."""
-    head_end = data.index(b">")
-    if b"xmlns=" in data[:head_end]:
-        return data
-    return b"<message xmlns='jabber:client'" + data[len(b"<message"):]
 
 
 class CarbonsHandler(FeatureHandler):
@@ -111,5 +102,5 @@ class CarbonsHandler(FeatureHandler):
                       b"<forwarded xmlns='%s'>%s</forwarded></%s></message>" % (
                           attr(session.user).encode(), attr(session.full).encode(),
                           direction.encode(), NS_CARBONS.encode(), NS_FORWARD.encode(),
-                          _as_forwarded(data), direction.encode()))
+                          forwardable(data), direction.encode()))
         self.server.events_out += 1

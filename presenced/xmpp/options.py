@@ -35,4 +35,6 @@ KEYS: Keys = {
     "max_pending_stanzas": Key(16, "int", positive),
     "stanza_timeout": Key(30.0, "float", positive),
     "max_sessions_per_user": Key(10, "int", positive),
+    "archive_days": Key(0, "int", non_negative),
+    "archive_limit": Key(10000, "int", positive),
 }

@@ -162,6 +162,16 @@ def result_reply(iq: domish.Element, child: Optional[domish.Element] = None) -> 
     return reply
 
 
+def forwardable(data: bytes) -> bytes:
+    """A serialised message fit to be the child of ``<forwarded/>`` (XEP-0297, carbons and
+    archives): it needs its own ``jabber:client`` namespace there (on the stream it inherits
+    the default)."""
+    head_end = data.index(b">")
+    if b"xmlns=" in data[:head_end]:
+        return data
+    return b"<message xmlns='jabber:client'" + data[len(b"<message"):]
+
+
 def message_bytes(event: "Event") -> bytes:
     """The XMPP form of a MESSAGE event: the client's stanza as sent, or one built from the
     fields another door gave."""

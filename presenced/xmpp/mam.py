@@ -1,0 +1,451 @@
+"""Message Archive Management (XEP-0313, ``urn:xmpp:mam:2``): each account's archive of its
+one-to-one chats, queried by contact, time and id, paged with RSM (XEP-0059).
+
+What is kept: ``chat`` messages, and ``normal`` ones, with a body, in the archive of each local
+party (sender and recipient), unless the party's preferences say otherwise or the message
+carries a no-store hint (XEP-0334). Each message is archived once per party, from one of two
+hooks:
+
+- the core's ``message-sent``: every message to a bare JID, whatever door sent it (XMPP
+  clients, Thrift ``spoof_chat``/``spoof_message``). A local recipient that blocks the sender
+  refused it (:mod:`presenced.blocking`): it is in neither archive;
+- ``xmpp-message-in``: a message to one full JID that reached that resource (it never passes
+  the core; the server's stanza filter has already refused blocked ones).
+
+``xmpp-message-out`` is not used: it also fires for bare-JID sends, which ``message-sent``
+covers.
+
+Bounds (``[xmpp]``): ``archive_days`` of retention, applied by every append (the store drops
+the owner's older entries in the same request) and by every query, so an expired entry is
+never served; ``archive_limit`` entries per account, the oldest dropped for the new ones;
+pages of at most :data:`MAX_PAGE`. ``archive_days = 0`` turns the feature off: nothing is
+archived, queries get ``service-unavailable`` and disco does not announce it.
+
+Result ids are the store's archive ids. Delivered messages carry no ``<stanza-id/>``
+(XEP-0359): the id exists only once the store has answered, after delivery, so
+``urn:xmpp:sid:0`` is not announced. A ``with`` that is a full JID matches the conversation
+with its bare JID.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Coroutine, Optional
+from xml.sax.saxutils import unescape
+
+from twisted.internet import defer
+from twisted.words.xish import domish
+
+from presenced.events import Event
+from presenced.store import MAM_PREFS_STORE, MAM_STORE
+from presenced.xmpp.features import FeatureHandler
+from presenced.xmpp.session import xmpp_sessions
+from presenced.xmpp.stanzas import attr, forwardable, message_bytes, parse_address
+
+NS_MAM = "urn:xmpp:mam:2"
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_DATA = "jabber:x:data"
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_DELAY = "urn:xmpp:delay"
+
+MAX_PAGE = 100          # results per query page, whatever a client asks
+MAX_PREFS_JIDS = 1000   # JIDs in one account's always + never lists
+ARCHIVED_KINDS = ("chat", "normal")
+PREFS_KEY = "prefs"     # the one key of an account's preferences in the MAM_PREFS_STORE map
+PREFS_CHANGED = "xmpp-mam-prefs"  # router event to the user's sessions; payload: prefs (JSON)
+
+_BODY = re.compile(rb"<body[\s>/]")
+_NO_STORE = re.compile(rb"<no-(?:permanent-)?store[^>]+urn:xmpp:hints")
+_FROM = re.compile(rb"""\sfrom=(["'])(.*?)\1""")
+_FORM_FIELDS = (("with", "jid-single"), ("start", "text-single"), ("end", "text-single"),
+                ("after-id", "text-single"), ("before-id", "text-single"))
+
+
+class BadQuery(ValueError):
+    """A query or preferences request the client has to fix (``bad-request``)."""
+
+
+def archivable(data: bytes, kind: str) -> bool:
+    """Whether a message (as serialised) goes into archives."""
+    return kind in ARCHIVED_KINDS and _BODY.search(data) is not None \
+        and _NO_STORE.search(data) is None
+
+
+def sender_of(data: bytes) -> str:
+    """The bare JID in a serialised stanza's ``from`` (the server stamps it on every stanza
+    a client sends)."""
+    found = _FROM.search(data, 0, data.index(b">"))
+    if found is None:
+        raise ValueError("a stanza without from")
+    text = unescape(found.group(2).decode("utf-8"), {"&apos;": "'", "&quot;": '"'})
+    return text.partition("/")[0]
+
+
+def stamp(when: float) -> str:
+    """XEP-0082 date and time, to the microsecond (clients resume by time); never later
+    than ``when`` (a query starting at the stamp finds the entry)."""
+    seconds, micros = divmod(math.floor(when * 1e6), 1_000_000)
+    moment = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=micros)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> float:
+    """POSIX seconds of an XEP-0082 date and time (UTC when it names no zone)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadQuery(f"not a date and time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _bare(text: str) -> str:
+    try:
+        address = parse_address(text.strip())
+    except ValueError:
+        raise BadQuery(f"not a JID: {text!r}") from None
+    return address.bare or address.domain
+
+
+# --- preferences ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prefs:
+    """An account's archiving preferences (XEP-0313 6): ``never`` wins over ``always``, which
+    wins over ``default`` (``always``, ``never``, or ``roster``: contacts on the roster)."""
+
+    default: str = "always"
+    always: frozenset[str] = field(default_factory=frozenset)
+    never: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_json(cls, text: Optional[str]) -> "Prefs":
+        if text is None:
+            return cls()
+        doc = json.loads(text)
+        return cls(doc["default"], frozenset(doc["always"]), frozenset(doc["never"]))
+
+    def to_json(self) -> str:
+        return json.dumps({"default": self.default, "always": sorted(self.always),
+                           "never": sorted(self.never)})
+
+    @classmethod
+    def from_element(cls, prefs: domish.Element) -> "Prefs":
+        default = prefs.getAttribute("default")
+        if default not in ("always", "never", "roster"):
+            raise BadQuery("default must be always, never or roster")
+        lists = {}
+        for name in ("always", "never"):
+            lists[name] = frozenset(_bare(str(jid)) for element in prefs.elements(NS_MAM, name)
+                                    for jid in element.elements(NS_MAM, "jid"))
+        if len(lists["always"]) + len(lists["never"]) > MAX_PREFS_JIDS:
+            raise BadQuery(f"at most {MAX_PREFS_JIDS} JIDs")
+        return cls(default, lists["always"], lists["never"])
+
+    def element(self) -> domish.Element:
+        prefs = domish.Element((NS_MAM, "prefs"))
+        prefs["default"] = self.default
+        for name in ("always", "never"):
+            element = prefs.addElement(name)
+            for jid in sorted(getattr(self, name)):
+                element.addElement("jid", content=jid)
+        return prefs
+
+    def decides(self, peer: str) -> Optional[bool]:
+        """Whether to archive a message with ``peer``; None: as the roster says."""
+        if peer in self.never:
+            return False
+        if peer in self.always or self.default == "always":
+            return True
+        return None if self.default == "roster" else False
+
+
+# --- queries --------------------------------------------------------------------------------
+
+@dataclass
+class Query:
+    """A parsed archive query: the filters of its data form and its RSM page."""
+
+    with_: Optional[str] = None
+    start: Optional[float] = None
+    end: Optional[float] = None
+    after_id: Optional[str] = None
+    before_id: Optional[str] = None
+    last: bool = False
+    limit: int = MAX_PAGE
+
+    @classmethod
+    def from_element(cls, query: domish.Element) -> "Query":
+        parsed = cls()
+        for form in query.elements(NS_DATA, "x"):
+            for item in form.elements(NS_DATA, "field"):
+                parsed._field(item.getAttribute("var"),
+                              [str(v) for v in item.elements(NS_DATA, "value")])
+        for rsm in query.elements(NS_RSM, "set"):
+            parsed._rsm(rsm)
+        return parsed
+
+    def _field(self, var: Optional[str], values: list[str]) -> None:
+        if var == "FORM_TYPE":
+            if values != [NS_MAM]:
+                raise BadQuery(f"FORM_TYPE must be {NS_MAM}")
+        elif var not in dict(_FORM_FIELDS):
+            raise BadQuery(f"unknown field {var!r}")
+        elif values and values[0].strip():
+            value = values[0].strip()
+            if var == "with":
+                self.with_ = _bare(value)
+            elif var in ("start", "end"):
+                setattr(self, var, parse_time(value))
+            else:
+                setattr(self, var.replace("-", "_"), value)
+
+    def _rsm(self, rsm: domish.Element) -> None:
+        for child in rsm.elements():
+            text = str(child).strip()
+            if child.name == "max":
+                if not text.isdigit():
+                    raise BadQuery("max must be a number")
+                self.limit = min(int(text), MAX_PAGE)
+            elif child.name == "after":
+                self.after_id = text or None
+            elif child.name == "before":
+                self.before_id = text or None
+                self.last = not text
+            elif child.name == "index":
+                raise BadQuery("paging by index is not supported: use after and before")
+
+
+def form_element() -> domish.Element:
+    """The query form a client discovers (XEP-0313 7.1)."""
+    query = domish.Element((NS_MAM, "query"))
+    form = query.addElement((NS_DATA, "x"))
+    form["type"] = "form"
+    hidden = form.addElement("field")
+    hidden["var"], hidden["type"] = "FORM_TYPE", "hidden"
+    hidden.addElement("value", content=NS_MAM)
+    for var, kind in _FORM_FIELDS:
+        item = form.addElement("field")
+        item["var"], item["type"] = var, kind
+    return query
+
+
+# --- the handler ----------------------------------------------------------------------------
+
+class ArchiveHandler(FeatureHandler):
+    """Archives chats as they pass and answers queries and preferences of the account's own
+    archive (IQs to the own bare JID or with no ``to``)."""
+
+    routes = {f"iq-set/self/{NS_MAM}:query": "on_query",
+              f"iq-get/self/{NS_MAM}:query": "on_form",
+              f"iq-get/self/{NS_MAM}:prefs": "on_get_prefs",
+              f"iq-set/self/{NS_MAM}:prefs": "on_set_prefs"}
+
+    account_features = (NS_MAM,)
+    event_renderers = {PREFS_CHANGED: "prefs_changed"}
+
+    def attached(self) -> None:
+        config = self.core.config.xmpp
+        self.retention = config.archive_days * 86400.0
+        self.limit = config.archive_limit
+        self._archive = self._prefs = None
+        self._busy: dict[str, defer.Deferred] = {}  # owner -> its checks in progress
+        self._known: dict[str, Prefs] = {}  # prefs of users with a resource on this node
+        if self.retention:
+            self.core.hooks.add("message-sent", self.message_sent)
+            self.core.hooks.add("xmpp-message-in", self.message_in)
+            self.core.hooks.add("xmpp-session-ended", self._session_ended)
+
+    @property
+    def archive(self):
+        """The archive, opened on use (a core without a store still starts)."""
+        if self._archive is None:
+            self._archive = self.core.store.open_archive(MAM_STORE)
+        return self._archive
+
+    @property
+    def prefs(self):
+        if self._prefs is None:
+            self._prefs = self.core.store.open_map(MAM_PREFS_STORE)
+        return self._prefs
+
+    def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
+        if not self.retention:
+            return []
+        return super().getDiscoInfo(requestor, target, nodeIdentifier)
+
+    def _refused(self, session, iq: domish.Element) -> bool:
+        """Archiving is off (``archive_days = 0``): the IQ is answered as if nobody knew it."""
+        if self.retention:
+            return False
+        session.error(iq, "service-unavailable")
+        return True
+
+    # --- archiving ---------------------------------------------------------------------------
+
+    def message_sent(self, event: Event, reached: int) -> None:
+        """The core's hook: a message to a bare JID from any door."""
+        payload = event.payload
+        if (payload.get("kind") or "normal") not in ARCHIVED_KINDS or not payload.get("body"):
+            return
+        data = message_bytes(event)
+        if _NO_STORE.search(data) is None:
+            self._archive_both(event.sender, payload["to"].partition("/")[0], data,
+                               event.time, refused_if_blocked=True)
+
+    def message_in(self, recipient, data: bytes, kind: str) -> None:
+        """The XMPP door's hook: a message to a full JID reached that resource."""
+        if archivable(data, kind):
+            self._archive_both(sender_of(data), recipient.user, data, time.time(),
+                               refused_if_blocked=False)
+
+    def _archive_both(self, sender: str, to: str, data: bytes, when: float,
+                      refused_if_blocked: bool) -> None:
+        text = forwardable(data).decode("utf-8")
+        when = math.floor(when * 1e6) / 1e6  # what a stamp says, so start=stamp finds it
+        for owner, peer in {sender: to, to: sender}.items():  # once for a note to oneself
+            if self.core.is_local(owner):
+                self._in_order(owner, self._archive_one(
+                    owner, peer, text, when, (sender, to) if refused_if_blocked else None))
+
+    def _in_order(self, owner: str, work: Coroutine) -> None:
+        """Run ``work`` once the owner's earlier messages are decided: the checks before an
+        append take a varying number of store requests, and archive ids must follow the
+        messages (the store takes appends in the order they are sent)."""
+        previous = self._busy.get(owner)
+
+        async def after_previous() -> None:
+            if previous is not None:
+                await previous
+            await work
+
+        d = defer.ensureDeferred(after_previous())
+        d.addErrback(lambda f: self.log.failure("archiving a message for {owner}", f,
+                                                owner=owner))
+        if not d.called:
+            self._busy[owner] = d
+            d.addBoth(self._done, owner, d)
+
+    def _done(self, _: object, owner: str, d: defer.Deferred) -> None:
+        if self._busy.get(owner) is d:
+            del self._busy[owner]
+
+    async def _archive_one(self, owner: str, peer: str, text: str, when: float,
+                           blocking: Optional[tuple[str, str]]) -> None:
+        """Append to ``owner``'s archive unless the message was refused (``blocking``: the
+        sender and recipient to check) or the owner does not want it."""
+        if blocking is not None:
+            sender, to = blocking
+            if self.core.is_local(to) and await self.core.blocking.blocks(to, sender):
+                return
+        if await self._wants(owner, peer):
+            # Sent, not awaited: the checks of the owner's next message need not wait.
+            d = self.archive.append(owner, text, when, peer, keep=self.limit,
+                                    since=when - self.retention)
+            d.addErrback(lambda f: self.log.failure("archiving a message for {owner}", f,
+                                                    owner=owner))
+
+    async def _wants(self, owner: str, peer: str) -> bool:
+        """Whether ``owner`` is an account that archives messages with ``peer``."""
+        if not self.core.router.is_online_anywhere(owner) \
+                and not await self.server.account_exists(owner):
+            return False
+        decided = (await self._prefs_of(owner)).decides(peer)
+        if decided is None:
+            return await self.core.store.get_roster_item(owner, peer) is not None
+        return decided
+
+    # --- preferences, kept in memory for users online here -----------------------------------
+
+    async def _prefs_of(self, user: str) -> Prefs:
+        """The user's preferences: every message asks, so a user with a resource on this
+        node has them in memory (changes reach every node as :data:`PREFS_CHANGED`)."""
+        prefs = self._known.get(user)
+        if prefs is None:
+            prefs = Prefs.from_json(await self.prefs.get(user, PREFS_KEY))
+            if xmpp_sessions(self.core, user):
+                self._known[user] = prefs
+        return prefs
+
+    def prefs_changed(self, session, event: Event) -> None:
+        if session.user in self._known:
+            self._known[session.user] = Prefs.from_json(event.payload["prefs"])
+
+    def _session_ended(self, session) -> None:
+        if all(s is session for s in xmpp_sessions(self.core, session.user)):
+            self._known.pop(session.user, None)
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def on_query(self, session, iq: domish.Element):
+        if self._refused(session, iq):
+            return None
+        try:
+            query = Query.from_element(iq.firstChildElement())
+        except BadQuery as e:
+            session.error(iq, "bad-request", str(e))
+            return None
+        return defer.ensureDeferred(self._answer(session, iq, query))
+
+    async def _answer(self, session, iq: domish.Element, query: Query) -> None:
+        expired = time.time() - self.retention
+        try:
+            page = await self.archive.query(
+                session.user, after_id=query.after_id, before_id=query.before_id,
+                start=expired if query.start is None else max(query.start, expired),
+                end=query.end, with_=query.with_, limit=query.limit, last=query.last)
+        except ValueError:
+            session.error(iq, "item-not-found", "no such archive id")
+            return
+        queryid = iq.firstChildElement().getAttribute("queryid")
+        head = (f"<message from={attr(session.user)} to={attr(session.full)}>"
+                f"<result xmlns='{NS_MAM}'"
+                + ("" if queryid is None else f" queryid={attr(queryid)}")).encode("utf-8")
+        for entry in page.entries:
+            session.write(head + (
+                f" id={attr(entry.id)}><forwarded xmlns='{NS_FORWARD}'>"
+                f"<delay xmlns='{NS_DELAY}' stamp='{stamp(entry.when)}'/>{entry.value}"
+                f"</forwarded></result></message>").encode("utf-8"))
+        fin = domish.Element((NS_MAM, "fin"))
+        fin["complete"] = "true" if page.complete else "false"
+        rsm = fin.addElement((NS_RSM, "set"))
+        if page.entries:
+            rsm.addElement("first", content=page.entries[0].id)
+            rsm.addElement("last", content=page.entries[-1].id)
+        session.result(iq, fin)
+
+    def on_form(self, session, iq: domish.Element) -> None:
+        if self._refused(session, iq):
+            return
+        session.result(iq, form_element())
+
+    # --- preferences -------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def on_get_prefs(self, session, iq: domish.Element):
+        if self._refused(session, iq):
+            return
+        prefs = yield defer.ensureDeferred(self._prefs_of(session.user))
+        session.result(iq, prefs.element())
+
+    @defer.inlineCallbacks
+    def on_set_prefs(self, session, iq: domish.Element):
+        if self._refused(session, iq):
+            return
+        try:
+            prefs = Prefs.from_element(iq.firstChildElement())
+        except BadQuery as e:
+            session.error(iq, "bad-request", str(e))
+            return
+        text = prefs.to_json()
+        yield self.prefs.set(session.user, PREFS_KEY, text)
+        self._known.pop(session.user, None)
+        self.core.router.deliver(session.user, Event(PREFS_CHANGED, session.user,
+                                                     {"prefs": text}))
+        session.result(iq, prefs.element())
