@@ -1,4 +1,4 @@
-"""Connection limits at the listener, the same for every door (docs/security-connections.md).
+"""Connection limits at the listener, the same for every door (docs/security.md).
 
 Every door listens through :class:`presenced.service.ListeningService`, which wraps the door's
 factory in a :class:`GuardedFactory`. Before the door's protocol is built, three caps are
