@@ -15,14 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import thriftpy2
 from thriftpy2.thrift import TApplicationException
 
-from tests.helpers import (REPO, thrift_client, PresencedProcess, SocketReader, encode_call, generate, php,
+from tests.helpers import (REPO, THRIFT, thrift_client, PresencedProcess, SocketReader, encode_call, generate, php,
                            read_reply)
 
 IDL = REPO / "thrift" / "presenced.thrift"
-admin = thriftpy2.load(str(IDL), module_name="test_presenced_admin_thrift")
+admin = THRIFT  # the IDL module thrift_client's answers and exceptions come from
 J = admin.JabberUser
 ONLY_THRIFT = {"xmpp": {"enabled": False}, "comet": {"enabled": False},
                "webadmin": {"enabled": False}}
