@@ -268,6 +268,8 @@ def write_config(directory: Path, scram_iterations: int, workers: int,
             f"scram_iterations = {scram_iterations}\nworkers = {workers}\n"
             f"[xmpp]\nport = {free_port() if workers > 1 else 0}\nbind = \"127.0.0.1\"\n"
             "require_tls = false\nallow_plain = true\n"
+            # Every load client connects from 127.0.0.1: no per-address cap.
+            "max_connections_per_ip = 1000000\n"
             "[comet]\nenabled = false\n[thrift]\nenabled = false\n[webadmin]\nenabled = false\n")
     if redis_url:
         text += f"[store]\nbackend = \"redis\"\nredis = [\"{redis_url}\"]\n"
