@@ -13,7 +13,8 @@ from presenced.blocking import BLOCKLIST, Blocklists, matches
 from presenced.events import Event
 from presenced.pep import MAX_ITEMS, NodeConfig, PepError, PepItem, PepNode
 from presenced.router import SubscriptionRouter
-from presenced.xmpp.carbons import _as_forwarded, eligible
+from presenced.xmpp.carbons import eligible
+from presenced.xmpp.stanzas import forwardable as _as_forwarded
 from presenced.xmpp.csi import _key
 
 
