@@ -97,6 +97,11 @@ class Config:
     def default_domain(self) -> str:
         return self.server.domains[0]
 
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """Every section's keys and values, copied: what a reload compares and merges."""
+        return {name: {k: _copy(v) for k, v in section.__dict__.items() if not k.startswith("_")}
+                for name, section in self._sections.items()}
+
 
 def _coerce(section: str, name: str, key: Key, value: Any) -> Any:
     full = f"[{section}] {name}"

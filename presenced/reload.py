@@ -1,0 +1,96 @@
+"""Reloading the configuration while the server runs (SIGHUP, ``presencedctl reload``).
+
+A renewed certificate or a changed limit must not cost every user their connection, as a
+restart would. The file given with ``--config`` is read again and validated as at start-up;
+a file with an error is refused as a whole (the key is logged) and the running config kept.
+Keys the running server cannot change in place (what it listens on, which store and cluster
+it joined, the data it was started over) keep their running values and are named in one
+"needs a restart" log line, so nothing is half-applied. The others replace ``core.config``,
+and the hook ``config-reloaded(old, new)`` lets doors refresh what they copied at start (the
+XMPP door: its TLS certificate and stanza limits).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.logger import Logger
+
+from presenced import config as configuration
+from presenced.config import Config, ConfigError
+
+log = Logger()
+
+# Whole sections the node is built over: another store or cluster is another server.
+RESTART_SECTIONS = frozenset({"store", "cluster"})
+
+# Keys read once when the node starts (the object that uses them is built from them then).
+RESTART_KEYS = frozenset({
+    ("server", "data_dir"), ("server", "workers"), ("server", "domains"),
+    ("server", "scram_iterations"), ("server", "reserved_files"),
+    ("server", "auth_failures_per_ip"), ("server", "auth_failures_per_account"),
+    ("server", "auth_failure_period"), ("server", "auth_ban_seconds"),
+    ("server", "blocklist_limit"),
+    ("xmpp", "direct_tls"), ("xmpp", "hibernate_after"), ("xmpp", "extauth_program"),
+    ("xmpp", "extauth_pool_size"), ("xmpp", "extauth_timeout"),
+    ("webadmin", "stats_interval"), ("webadmin", "metrics_token"),
+    ("webadmin", "session_ttl"), ("webadmin", "admins"),
+})
+
+
+def needs_restart(section: str, key: str) -> bool:
+    """Whether a change of ``[section] key`` only takes effect after a restart: listening
+    sockets (``enabled``, ports, binds, connection limits of the listeners), the store and
+    cluster sections, and the keys of :data:`RESTART_KEYS`."""
+    return (section in RESTART_SECTIONS or (section, key) in RESTART_KEYS
+            or key == "enabled" or key in ("port", "bind") or key.endswith(("_port", "_bind"))
+            or key.startswith("max_connections"))
+
+
+def merge(running: Config, new: Config) -> tuple[Config, list[str], list[str]]:
+    """The config to run after a reload: ``new``'s values, except keys that need a restart,
+    which keep their running values. Returns it with the keys applied and those that wait
+    for a restart, each as ``[section] key``."""
+    merged = new.sections()
+    old = running.sections()
+    applied: list[str] = []
+    waiting: list[str] = []
+    for section, values in merged.items():
+        for key, value in values.items():
+            before = old[section][key]
+            if value == before:
+                continue
+            if needs_restart(section, key):
+                values[key] = before
+                waiting.append(f"[{section}] {key}")
+            else:
+                applied.append(f"[{section}] {key}")
+    return Config(merged, new.path), applied, waiting
+
+
+class ConfigReloader:
+    """Re-reads ``path`` (with the command line's ``overrides``) into ``core``."""
+
+    def __init__(self, core: Any, path: Optional[str],
+                 overrides: Optional[dict[str, dict[str, Any]]] = None):
+        self.core = core
+        self.path = path
+        self.overrides = overrides or {}
+
+    def reload(self) -> bool:
+        """Apply the file as it is now; False (and the running config kept) if it is bad."""
+        try:
+            new = configuration.load(self.path, self.overrides)
+        except ConfigError as e:
+            log.error("reload refused, running config kept: {error}", error=str(e))
+            return False
+        old = self.core.config
+        merged, applied, waiting = merge(old, new)
+        self.core.config = merged
+        self.core.hooks.fire("config-reloaded", old, merged)
+        log.info("config reloaded from {path}: {changed}",
+                 path=self.path or "built-in defaults",
+                 changed=", ".join(applied) or "no key changed")
+        if waiting:
+            log.warn("needs a restart: {keys} (running values kept)", keys=", ".join(waiting))
+        return True
