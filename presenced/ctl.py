@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
+import signal
 import sys
 from typing import Any, Optional, Sequence
 
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 
+from presenced import backup as backups
 from presenced import bulk
 from presenced import config as configuration
 from presenced.core import Core
@@ -163,6 +166,33 @@ def cmd_stream_token(core: Core, args) -> None:
     print(core.stream_token(core.user(args.user), args.ttl))
 
 
+# Commands below run without opening the store (they must not, or cannot: restore).
+
+def cmd_reload(config: configuration.Config, args) -> None:
+    pid = backups.server_pid(config.server.data_dir)
+    if pid is None:
+        raise CommandFailed(f"no server runs over {config.server.data_dir}")
+    os.kill(pid, signal.SIGHUP)
+    print(f"asked presenced (pid {pid}) to reload its config; its log says what changed")
+
+
+@defer.inlineCallbacks
+def cmd_backup(config: configuration.Config, args):
+    if config.store.backend != "embedded":
+        raise CommandFailed("backup copies the embedded store; for Redis use its RDB "
+                            "snapshots (docs/deployment.md)")
+    meta = yield threads.deferToThread(backups.backup, config.server.data_dir, args.file)
+    print(f"backup written to {args.file} (format {meta['format']}, schema {meta['schema']})")
+
+
+def cmd_restore(config: configuration.Config, args) -> None:
+    if config.store.backend != "embedded":
+        raise CommandFailed("restore fills the embedded store; for Redis see "
+                            "docs/deployment.md")
+    backups.restore(args.file, config.server.data_dir, args.force)
+    print(f"restored {args.file} into {backups.store_path(config.server.data_dir)}")
+
+
 def _open(path: str):
     return sys.stdin if path == "-" else open(path, encoding="utf-8")
 
@@ -210,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("stream-token", cmd_stream_token, "print a comet stream token for a user")
     p.add_argument("user")
     p.add_argument("--ttl", type=int, default=86400, help="validity in seconds (default 1 day)")
+    command("reload", cmd_reload, "make the running server reload its config and TLS "
+            "certificates (SIGHUP)").set_defaults(store=False)
+    p = command("backup", cmd_backup, "write a consistent copy of the embedded store to FILE "
+                "while the server runs")
+    p.add_argument("file")
+    p.set_defaults(store=False)
+    p = command("restore", cmd_restore, "replace the embedded store of a stopped server by "
+                "the backup FILE")
+    p.add_argument("file")
+    p.add_argument("--force", action="store_true", help="replace an existing store")
+    p.set_defaults(store=False)
     return parser
 
 
@@ -225,6 +266,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     @defer.inlineCallbacks
     def run(reactor: Any):
+        if not getattr(args, "store", True):
+            try:
+                yield defer.maybeDeferred(args.fn, config, args)
+            except (CommandFailed, backups.BackupError, OSError) as e:
+                print(f"presencedctl: {e}", file=sys.stderr)
+                status[0] = 1
+            return
         store = make_store(config)
         try:
             yield store.start()
