@@ -21,30 +21,22 @@ from presenced.config import Config, ConfigError
 
 log = Logger()
 
-# Whole sections the node is built over: another store or cluster is another server.
-RESTART_SECTIONS = frozenset({"store", "cluster"})
-
-# Keys read once when the node starts (the object that uses them is built from them then).
-RESTART_KEYS = frozenset({
-    ("server", "data_dir"), ("server", "workers"), ("server", "domains"),
-    ("server", "scram_iterations"), ("server", "reserved_files"),
-    ("server", "auth_failures_per_ip"), ("server", "auth_failures_per_account"),
-    ("server", "auth_failure_period"), ("server", "auth_ban_seconds"),
-    ("server", "blocklist_limit"),
-    ("xmpp", "direct_tls"), ("xmpp", "hibernate_after"), ("xmpp", "extauth_program"),
-    ("xmpp", "extauth_pool_size"), ("xmpp", "extauth_timeout"),
-    ("webadmin", "stats_interval"), ("webadmin", "metrics_token"),
-    ("webadmin", "session_ttl"), ("webadmin", "admins"),
+# The keys a running node takes up on reload: read on each use, or refreshed by a door's
+# ``config-reloaded`` hook. Every other key was copied when the node was built (listening
+# sockets, the store and cluster, limits held by long-lived objects) and waits for a restart,
+# so a change is never half-applied. A door that learns to refresh a key adds it here.
+LIVE_KEYS = frozenset({
+    ("server", "offline_limit"),
+    ("router", "session_queue_bytes"),
+    ("xmpp", "certificate"), ("xmpp", "private_key"), ("xmpp", "require_tls"),
+    ("xmpp", "allow_plain"), ("xmpp", "max_stanza_size"), ("xmpp", "auth_timeout"),
+    ("xmpp", "auth_failure_delay"),
 })
 
 
 def needs_restart(section: str, key: str) -> bool:
-    """Whether a change of ``[section] key`` only takes effect after a restart: listening
-    sockets (``enabled``, ports, binds, connection limits of the listeners), the store and
-    cluster sections, and the keys of :data:`RESTART_KEYS`."""
-    return (section in RESTART_SECTIONS or (section, key) in RESTART_KEYS
-            or key == "enabled" or key in ("port", "bind") or key.endswith(("_port", "_bind"))
-            or key.startswith("max_connections"))
+    """Whether a change of ``[section] key`` only takes effect after a restart."""
+    return (section, key) not in LIVE_KEYS
 
 
 def merge(running: Config, new: Config) -> tuple[Config, list[str], list[str]]:

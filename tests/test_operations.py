@@ -31,12 +31,14 @@ NS_TLS = b"urn:ietf:params:xml:ns:xmpp-tls"
 def test_merge_applies_live_keys_and_keeps_restart_keys():
     running = configuration.build({})
     new = configuration.build({"xmpp": {"port": 5999, "max_stanza_size": 1000},
-                               "store": {"redis_timeout": 1.0}})
+                               "store": {"redis_timeout": 1.0},
+                               "comet": {"heartbeat_interval": 5.0}})
     merged, applied, waiting = merge(running, new)
     assert merged.xmpp.port == 5222 and merged.store.redis_timeout == 5.0
+    assert merged.comet.heartbeat_interval == 25.0
     assert merged.xmpp.max_stanza_size == 1000
     assert applied == ["[xmpp] max_stanza_size"]
-    assert waiting == ["[store] redis_timeout", "[xmpp] port"]
+    assert waiting == ["[store] redis_timeout", "[xmpp] port", "[comet] heartbeat_interval"]
 
 
 def starttls(port: int) -> RawClient:
