@@ -44,6 +44,7 @@ SCHEMA: dict[str, Keys] = {
         "auth_failure_period": Key(600.0, "float", positive),
         "auth_ban_seconds": Key(900.0, "float", positive),
         "reserved_files": Key(1024, "int", non_negative),
+        "stop_grace_period": Key(10.0, "float", non_negative),
     },
     "store": {
         "backend": Key("embedded", "str", one_of("embedded", "redis")),

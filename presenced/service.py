@@ -19,7 +19,7 @@ import threading
 from typing import Any, Optional
 
 from twisted.application import service
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
@@ -206,6 +206,22 @@ class PresencedService(service.MultiService):
             return False
         return ConfigReloader(self.core, self.config.path, self.overrides).reload()
 
+    @defer.inlineCallbacks
+    def _sessions_gone(self, closing: set, grace: float):
+        """Wait (at most ``grace`` seconds) until the sessions told to close have flushed
+        their last bytes and logged out: the reactor drops what is still unsent when it
+        stops. (Sessions that begin as others close, such as a comet replay buffer held for
+        a closed stream, are not waited for.)"""
+        assert self.core is not None
+        deadline = reactor.seconds() + grace
+        while reactor.seconds() < deadline:
+            closing.intersection_update(self.core.router.all_sessions())
+            if not closing:
+                return
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        log.warn("stopping with {n} session(s) still open after the grace period",
+                 n=len(closing))
+
     def _failed(self, failure: Any) -> None:
         """Start-up failed (store unreachable, a door refused its config): stop cleanly,
         then exit with status 1 so supervisors and scripts see the failure."""
@@ -222,7 +238,9 @@ class PresencedService(service.MultiService):
     def stopService(self):
         if self.core is not None:
             self.core.state = "stopping"
+            closing = set(self.core.router.all_sessions())
             self.core.router.close_all("system-shutdown")
+            yield self._sessions_gone(closing, self.config.server.stop_grace_period)
         yield defer.maybeDeferred(super().stopService)
         if self.core is not None:
             self.core.accounts.stop()
