@@ -15,6 +15,8 @@ import json
 import os
 import signal
 import sys
+import urllib.error
+import urllib.request
 from typing import Any, Optional, Sequence
 
 from twisted.internet import defer, task, threads
@@ -177,6 +179,37 @@ def cmd_reload(config: configuration.Config, args) -> None:
 
 
 @defer.inlineCallbacks
+def cmd_status(config: configuration.Config, args):
+    body = yield threads.deferToThread(_health, config)
+    for key, value in body.items():
+        print(f"{key}: {value}")
+    if body.get("status") != "ok":
+        raise CommandFailed(f"the server is not healthy: {body.get('status')}")
+
+
+def _health(config: configuration.Config) -> dict:
+    """The running server's ``/health`` answer, asked on the web admin or the comet port
+    recorded in ``run/ports.json``."""
+    if backups.server_pid(config.server.data_dir) is None:
+        raise CommandFailed(f"no server runs over {config.server.data_dir}")
+    with open(os.path.join(config.server.data_dir, "run", "ports.json")) as f:
+        ports = json.load(f)
+    for door in ("webadmin", "comet"):
+        if door in ports:
+            host = getattr(config, door).bind
+            host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+            url = f"http://{host}:{ports[door]}/health"
+            try:
+                with urllib.request.urlopen(url, timeout=10) as reply:
+                    return json.load(reply)
+            except urllib.error.HTTPError as e:
+                return json.load(e)
+            except (OSError, ValueError) as e:
+                raise CommandFailed(f"{url}: {e}") from None
+    raise CommandFailed("neither the web admin nor the comet door is enabled")
+
+
+@defer.inlineCallbacks
 def cmd_backup(config: configuration.Config, args):
     if config.store.backend != "embedded":
         raise CommandFailed("backup copies the embedded store; for Redis use its RDB "
@@ -240,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("stream-token", cmd_stream_token, "print a comet stream token for a user")
     p.add_argument("user")
     p.add_argument("--ttl", type=int, default=86400, help="validity in seconds (default 1 day)")
+    command("status", cmd_status, "print the running server's health: state, uptime, "
+            "sessions, store, version").set_defaults(store=False)
     command("reload", cmd_reload, "make the running server reload its config and TLS "
             "certificates (SIGHUP)").set_defaults(store=False)
     p = command("backup", cmd_backup, "write a consistent copy of the embedded store to FILE "

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer, reactor
 from twisted.web import resource, server
 
+from presenced import __version__
+
 if TYPE_CHECKING:
     from presenced.core import Core
 
@@ -25,7 +27,8 @@ PROBE_USER = "health-probe@invalid"
 
 async def check(core: "Core") -> tuple[int, dict[str, Any]]:
     """The HTTP status and JSON body of a health check now."""
-    body: dict[str, Any] = {"status": "ok", "state": core.state,
+    body: dict[str, Any] = {"status": "ok", "state": core.state, "version": __version__,
+                            "store": core.store.name,
                             "uptime": round(time.time() - core.started_at, 1),
                             "sessions": core.router.session_count()}
     if core.state != "ready":
@@ -37,7 +40,7 @@ async def check(core: "Core") -> tuple[int, dict[str, Any]]:
     try:
         await d
     except Exception as e:  # any failure of the read means the store is not usable
-        body.update(status="store unavailable", store=f"{type(e).__name__}: {e}")
+        body.update(status="store unavailable", store_error=f"{type(e).__name__}: {e}")
         return 503, body
     body["store_ms"] = round((time.monotonic() - started) * 1000, 1)
     return 200, body

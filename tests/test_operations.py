@@ -227,3 +227,12 @@ def test_sigterm_sends_system_shutdown_to_100_sessions(presenced_factory):
         assert b"<system-shutdown" in client.read_until(b"</stream:error>", timeout=30)
         client.close()
     server.process.wait(30)
+
+
+def test_status_prints_health(presenced_factory):
+    server = presenced_factory({"xmpp": {"enabled": False}, "thrift": {"enabled": False}})
+    out = server.ctl("status").stdout
+    assert "status: ok" in out and "version: " in out and "uptime: " in out
+    server.stop()
+    stopped = server.ctl("status", check=False)
+    assert stopped.returncode == 1 and "no server runs" in stopped.stderr
