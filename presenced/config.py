@@ -46,6 +46,7 @@ SCHEMA: dict[str, Keys] = {
         "reserved_files": Key(1024, "int", non_negative),
         "log_file_bytes": Key(1000000, "int", positive),
         "log_files": Key(10, "int", positive),
+        "stop_grace_period": Key(10.0, "float", non_negative),
     },
     "store": {
         "backend": Key("embedded", "str", one_of("embedded", "redis")),
@@ -98,6 +99,11 @@ class Config:
     @property
     def default_domain(self) -> str:
         return self.server.domains[0]
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """Every section's keys and values, copied: what a reload compares and merges."""
+        return {name: {k: _copy(v) for k, v in section.__dict__.items() if not k.startswith("_")}
+                for name, section in self._sections.items()}
 
 
 def _coerce(section: str, name: str, key: Key, value: Any) -> Any:

@@ -121,6 +121,8 @@ class Core:
         self.hooks.add("user-removed", self._drop_from_contacts)
         self.secret = load_secret(config.server.data_dir)
         self.started_at = time.time()
+        # "starting", "ready" (every door listens) or "stopping": what /health reports.
+        self.state = "starting"
         self.domains = tuple(config.server.domains)
         # Filled by the doors that offer them, when they start (see the module docstring).
         self.irc: Optional[IIRCAnnouncer] = None

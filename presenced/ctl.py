@@ -15,11 +15,15 @@ import getpass
 import io
 import json
 import os
+import signal
 import sys
+import urllib.error
+import urllib.request
 from typing import Any, Optional, Sequence
 
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 
+from presenced import backup as backups
 from presenced import bulk
 from presenced import config as configuration
 from presenced.core import Core
@@ -173,6 +177,64 @@ def cmd_stream_token(core: Core, args) -> None:
     print(core.stream_token(core.user(args.user), args.ttl))
 
 
+# Commands below run without opening the store (they must not, or cannot: restore).
+
+def cmd_reload(config: configuration.Config, args) -> None:
+    pid = backups.server_pid(config.server.data_dir)
+    if pid is None:
+        raise CommandFailed(f"no server runs over {config.server.data_dir}")
+    os.kill(pid, signal.SIGHUP)
+    print(f"asked presenced (pid {pid}) to reload its config; its log says what changed")
+
+
+@defer.inlineCallbacks
+def cmd_status(config: configuration.Config, args):
+    body = yield threads.deferToThread(_health, config)
+    for key, value in body.items():
+        print(f"{key}: {value}")
+    if body.get("status") != "ok":
+        raise CommandFailed(f"the server is not healthy: {body.get('status')}")
+
+
+def _health(config: configuration.Config) -> dict:
+    """The running server's ``/health`` answer, asked on the web admin or the comet port
+    recorded in ``run/ports.json``."""
+    if backups.server_pid(config.server.data_dir) is None:
+        raise CommandFailed(f"no server runs over {config.server.data_dir}")
+    with open(os.path.join(config.server.data_dir, "run", "ports.json")) as f:
+        ports = json.load(f)
+    for door in ("webadmin", "comet"):
+        if door in ports:
+            host = getattr(config, door).bind
+            host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+            url = f"http://{host}:{ports[door]}/health"
+            try:
+                with urllib.request.urlopen(url, timeout=10) as reply:
+                    return json.load(reply)
+            except urllib.error.HTTPError as e:
+                return json.load(e)
+            except (OSError, ValueError) as e:
+                raise CommandFailed(f"{url}: {e}") from None
+    raise CommandFailed("neither the web admin nor the comet door is enabled")
+
+
+@defer.inlineCallbacks
+def cmd_backup(config: configuration.Config, args):
+    if config.store.backend != "embedded":
+        raise CommandFailed("backup copies the embedded store; for Redis use its RDB "
+                            "snapshots (docs/deployment.md)")
+    meta = yield threads.deferToThread(backups.backup, config.server.data_dir, args.file)
+    print(f"backup written to {args.file} (format {meta['format']}, schema {meta['schema']})")
+
+
+def cmd_restore(config: configuration.Config, args) -> None:
+    if config.store.backend != "embedded":
+        raise CommandFailed("restore fills the embedded store; for Redis see "
+                            "docs/deployment.md")
+    backups.restore(args.file, config.server.data_dir, args.force)
+    print(f"restored {args.file} into {backups.store_path(config.server.data_dir)}")
+
+
 def _open(path: str):
     """A bulk file as text; bytes that are not UTF-8 become a bad line (see
     :func:`presenced.bulk.undecodable`), not an abort of the whole load."""
@@ -239,6 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--ttl", type=_positive_ttl, default=86400,
                    help="validity in seconds, more than 0 (default 1 day)")
+    command("status", cmd_status, "print the running server's health: state, uptime, "
+            "sessions, store, version").set_defaults(store=False)
+    command("reload", cmd_reload, "make the running server reload its config and TLS "
+            "certificates (SIGHUP)").set_defaults(store=False)
+    p = command("backup", cmd_backup, "write a consistent copy of the embedded store to FILE "
+                "while the server runs")
+    p.add_argument("file")
+    p.set_defaults(store=False)
+    p = command("restore", cmd_restore, "replace the embedded store of a stopped server by "
+                "the backup FILE")
+    p.add_argument("file")
+    p.add_argument("--force", action="store_true", help="replace an existing store")
+    p.set_defaults(store=False)
     return parser
 
 
@@ -275,6 +350,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     @defer.inlineCallbacks
     def run(reactor: Any):
+        if not getattr(args, "store", True):
+            try:
+                yield defer.maybeDeferred(args.fn, config, args)
+            except (CommandFailed, backups.BackupError, OSError) as e:
+                print(f"presencedctl: {e}", file=sys.stderr)
+                status[0] = 1
+            return
         store = make_store(config)
         try:
             yield store.start()

@@ -13,11 +13,13 @@ import importlib
 import json
 import os
 import resource
+import signal
 import socket
+import threading
 from typing import Any, Optional
 
 from twisted.application import service
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
@@ -27,6 +29,7 @@ from presenced.core import Core
 from presenced.doors import DOORS
 from presenced.extauth import configured_pool
 from presenced.listener import ConnectionLimits, GuardedFactory
+from presenced.reload import ConfigReloader
 from presenced.store import StoreError
 from presenced.store.backends import make_store
 from presenced.workers import is_worker
@@ -131,9 +134,11 @@ class PresencedService(service.MultiService):
     core's accounts service (the extauth pool, when configured) runs for the whole life of
     the node, whichever doors are enabled."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, overrides: Optional[dict[str, dict[str, Any]]] = None):
+        """``overrides``: the command line's values (``--data-dir``), kept over reloads."""
         super().__init__()
         self.config = config
+        self.overrides = overrides or {}
         self.core: Optional[Core] = None
 
     def startService(self) -> None:
@@ -143,6 +148,7 @@ class PresencedService(service.MultiService):
         if os.path.exists(ports) and not is_worker():
             os.remove(ports)
         raise_open_files_limit()
+        self._handle_sighup()
         store = make_store(self.config)
         self.core = Core(self.config, store, external_auth=configured_pool(self.config))
         self.core.accounts.start()
@@ -177,10 +183,44 @@ class PresencedService(service.MultiService):
             from presenced.workers import WorkerSupervisor
 
             WorkerSupervisor(self.config).setServiceParent(self)
+        self.core.state = "ready"
         if not is_worker():
             record_port(self.config.server.data_dir, "ready", os.getpid())
         log.info("presenced ready: {n} front door(s), domains {domains}",
                  n=doors, domains=", ".join(self.config.server.domains))
+
+    def _handle_sighup(self) -> None:
+        """SIGHUP (``systemctl reload``, ``presencedctl reload``, logrotate) reloads the
+        config instead of ending the process; the handler only schedules the reload, which
+        runs on the reactor thread. Signals can only be caught on the main thread."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP,
+                          lambda signum, frame: reactor.callFromThread(self.reload))
+
+    def reload(self) -> bool:
+        """Reload the config file now (:mod:`presenced.reload`); only once every door has
+        started, since a door not yet built would miss the change."""
+        if self.core is None or self.core.state != "ready":
+            log.warn("reload ignored: the server is {state}",
+                     state=self.core.state if self.core else "starting")
+            return False
+        return ConfigReloader(self.core, self.config.path, self.overrides).reload()
+
+    @defer.inlineCallbacks
+    def _sessions_gone(self, closing: set, grace: float):
+        """Wait (at most ``grace`` seconds) until the sessions told to close have flushed
+        their last bytes and logged out: the reactor drops what is still unsent when it
+        stops. (Sessions that begin as others close, such as a comet replay buffer held for
+        a closed stream, are not waited for.)"""
+        assert self.core is not None
+        deadline = reactor.seconds() + grace
+        while reactor.seconds() < deadline:
+            closing.intersection_update(self.core.router.all_sessions())
+            if not closing:
+                return
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        log.warn("stopping with {n} session(s) still open after the grace period",
+                 n=len(closing))
 
     def _failed(self, failure: Any) -> None:
         """Start-up failed (store unreachable, a door refused its config): stop cleanly,
@@ -197,7 +237,10 @@ class PresencedService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         if self.core is not None:
+            self.core.state = "stopping"
+            closing = set(self.core.router.all_sessions())
             self.core.router.close_all("system-shutdown")
+            yield self._sessions_gone(closing, self.config.server.stop_grace_period)
         yield defer.maybeDeferred(super().stopService)
         if self.core is not None:
             self.core.accounts.stop()

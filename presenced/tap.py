@@ -39,6 +39,7 @@ class Options(usage.Options):
             except ValueError:
                 raise usage.UsageError(f"--workers: {self['workers']!r} is not a number") from None
         overrides = {"server": server} if server else {}
+        self["overrides"] = overrides  # applied again on every reload
         try:
             self["loaded"] = configuration.load(self["config"], overrides)
         except configuration.ConfigError as e:
@@ -60,4 +61,4 @@ class ServiceMaker:
     options = Options
 
     def makeService(self, options: Options) -> PresencedService:
-        return PresencedService(options["loaded"])
+        return PresencedService(options["loaded"], options["overrides"])

@@ -17,6 +17,7 @@ from twisted.web import resource, server, static
 from presenced.comet.http import error_body
 from presenced.comet.websocket import UserWebSocket
 from presenced.comet.wslimit import MessageSizeLimit
+from presenced.health import HealthResource
 from presenced.httpdeadline import DeadlineChannel
 
 if TYPE_CHECKING:
@@ -71,13 +72,15 @@ class WebSockets(resource.Resource):
 
 
 class CometRoot(resource.Resource):
-    """``/`` (the demo page), ``/static/``, ``/ws/``; a JSON 404 for anything else."""
+    """``/`` (the demo page), ``/static/``, ``/ws/``, ``/health`` (:mod:`presenced.health`);
+    a JSON 404 for anything else."""
 
     def __init__(self, door: "CometDoor"):
         super().__init__()
         self.putChild(b"", static.File(os.path.join(STATIC_DIR, "index.html")))
         self.putChild(b"static", StaticFiles(STATIC_DIR))
         self.putChild(b"ws", WebSockets(door))
+        self.putChild(b"health", HealthResource(door.core))
 
     def getChild(self, name: bytes, request: server.Request) -> resource.Resource:
         return not_found(request)

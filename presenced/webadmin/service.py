@@ -12,6 +12,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from presenced.core import Core
+from presenced.health import HealthResource
 from presenced.httpdeadline import DeadlineChannel
 from presenced.listener import HTTP_REFUSAL, ConnectionLimits
 from presenced.service import ListeningService
@@ -56,7 +57,8 @@ def make_service(core: Core) -> service.IService:
         return door
     settings = core.config.webadmin
     console = make_console(core)
-    mounted: dict[bytes, Resource] = {b"metrics": MetricsResource(core, settings.metrics_token)}
+    mounted: dict[bytes, Resource] = {b"metrics": MetricsResource(core, settings.metrics_token),
+                                      b"health": HealthResource(core)}
     site = AdminSite(ConsoleRoot(console, mounted), timeout=settings.request_timeout)
     limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_ip,
                               public=False, refusal=HTTP_REFUSAL)

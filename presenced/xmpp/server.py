@@ -29,6 +29,7 @@ from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_PREAPPROVAL, NS_REGIS
                                     to_bytes)
 
 if TYPE_CHECKING:
+    from presenced.config import Config
     from presenced.core import Core
     from presenced.xmpp.features import FeatureHandler
     from presenced.xmpp.session import C2SSession
@@ -44,16 +45,10 @@ class C2SServer:
 
     def __init__(self, core: "Core", tls_context,
                  features: Iterable[type["FeatureHandler"]]):
-        xmpp = core.config.xmpp
         self.core = core
         self.tls_context = tls_context
         self.domains = frozenset(core.domains)
-        self.max_stanza_size = xmpp.max_stanza_size
-        self.auth_timeout = xmpp.auth_timeout
-        self.auth_failure_delay = xmpp.auth_failure_delay
-        self.session_queue_bytes = core.config.router.session_queue_bytes
-        self.flood_limits = FloodLimits.from_config(xmpp)
-        self.max_sessions_per_user = xmpp.max_sessions_per_user
+        self.apply_limits(core.config)
         self.streams: set["C2SStream"] = set()
         self.unbound: set["C2SStream"] = set()
         self.partial: set["C2SStream"] = set()  # bound streams inside an unfinished stanza
@@ -102,6 +97,16 @@ class C2SServer:
         handler.attached()
 
     # --- streams -----------------------------------------------------------------------------
+
+    def apply_limits(self, config: "Config") -> None:
+        """Copy the limits every stream reads (at start and on a config reload: streams
+        opened after it get the new values)."""
+        self.max_stanza_size = config.xmpp.max_stanza_size
+        self.auth_timeout = config.xmpp.auth_timeout
+        self.auth_failure_delay = config.xmpp.auth_failure_delay
+        self.session_queue_bytes = config.router.session_queue_bytes
+        self.flood_limits = FloodLimits.from_config(config.xmpp)
+        self.max_sessions_per_user = config.xmpp.max_sessions_per_user
 
     def build_stream(self, direct_tls: bool) -> "C2SStream":
         return C2SStream(self, direct_tls)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from twisted.application import service
 from twisted.internet import task
+from twisted.logger import Logger
 
+from presenced.config import Config
 from presenced.core import Core
 from presenced.listener import ConnectionLimits
 from presenced.service import ListeningService
@@ -30,7 +32,7 @@ from presenced.xmpp.roster import RosterHandler
 from presenced.xmpp.server import C2SFactory, C2SServer
 from presenced.xmpp.session_iq import LegacySessionHandler
 from presenced.xmpp.sm import StreamManagementHandler
-from presenced.xmpp.tls import context_factory
+from presenced.xmpp.tls import LOAD_ERRORS, context_factory
 from presenced.xmpp.vcard import VCardHandler
 from presenced.xmpp.version import VersionHandler
 
@@ -52,13 +54,17 @@ class XMPPService(service.MultiService):
     """Runs the listeners; says ``system-shutdown`` to every stream on stop. (Accounts,
     external auth included, are the core's: ``core.accounts``.)"""
 
+    log = Logger()
+
     def __init__(self, core: Core):
         super().__init__()
         self.setName("xmpp-door")
         config = core.config.xmpp
         tls = context_factory(config.certificate, config.private_key,
                               core.config.server.data_dir, list(core.domains))
+        self.tls = tls
         self.server = C2SServer(core, tls, FEATURES)
+        core.hooks.add("config-reloaded", self.config_reloaded)
         self.sweep = task.LoopingCall(self.server.hibernate_idle)
         self.deadlines = task.LoopingCall(self.server.close_late_streams)
         limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip,
@@ -69,6 +75,21 @@ class XMPPService(service.MultiService):
             ListeningService(core, "xmpp_tls", config.direct_tls_port, config.bind,
                              C2SFactory(self.server, direct_tls=True), limits, tls=tls
                              ).setServiceParent(self)
+
+    def config_reloaded(self, old: Config, new: Config) -> None:
+        """Read the certificate files again (a renewal replaced them) and the limits the
+        server copied; a certificate that does not load keeps the running one."""
+        settings = new.xmpp
+        try:
+            fresh = context_factory(settings.certificate, settings.private_key,
+                                    new.server.data_dir, list(self.server.core.domains))
+        except LOAD_ERRORS as e:
+            self.log.error("reload: [xmpp] certificate: {error}; the running certificate is "
+                           "kept", error=e)
+        else:
+            self.tls.replace(fresh)
+            self.log.info("xmpp: TLS certificate reloaded for new connections")
+        self.server.apply_limits(new)
 
     def startService(self) -> None:
         super().startService()

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.logger import Logger
 
@@ -66,6 +66,11 @@ class ServerTLSContext(ssl.ContextFactory):
     def getContext(self) -> SSL.Context:
         return self.context
 
+    def replace(self, other: "ServerTLSContext") -> None:
+        """Serve ``other``'s certificate from now on. Every new connection (STARTTLS and
+        the direct-TLS port) asks :meth:`getContext`; open ones keep the context they got."""
+        self.context = other.context
+
 
 def context_factory(certificate: str, private_key: str, data_dir: str,
                     domains: list[str]) -> ServerTLSContext:
@@ -84,6 +89,10 @@ def context_factory(certificate: str, private_key: str, data_dir: str,
     with open(private_key or certificate, "rb") as f:
         key_pem = f.read()
     return ServerTLSContext(cert_pem, key_pem)
+
+
+# What loading a certificate or key may raise: missing file, bad PEM, key not matching.
+LOAD_ERRORS = (OSError, ValueError, SSL.Error, crypto.Error)
 
 
 def _pem_blocks(pem: bytes) -> list[bytes]:

@@ -1,0 +1,238 @@
+"""Running presenced in production: reload on SIGHUP, /health, the systemd unit, backup and
+restore, graceful stop (issue 20)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import requests
+
+from presenced import config as configuration
+from presenced.reload import merge
+from presenced.xmpp.tls import generate_self_signed
+from tests.helpers import (HEADER, OTHER_DOORS_OFF, REPO, J, PresencedProcess, RawClient,
+                           roster, thrift_client, write_config)
+
+NS_TLS = b"urn:ietf:params:xml:ns:xmpp-tls"
+
+
+# --- reload -------------------------------------------------------------------------------
+
+def test_merge_applies_live_keys_and_keeps_restart_keys():
+    running = configuration.build({})
+    new = configuration.build({"xmpp": {"port": 5999, "max_stanza_size": 1000},
+                               "store": {"redis_timeout": 1.0},
+                               "comet": {"heartbeat_interval": 5.0}})
+    merged, applied, waiting = merge(running, new)
+    assert merged.xmpp.port == 5222 and merged.store.redis_timeout == 5.0
+    assert merged.comet.heartbeat_interval == 25.0
+    assert merged.xmpp.max_stanza_size == 1000
+    assert applied == ["[xmpp] max_stanza_size"]
+    assert waiting == ["[store] redis_timeout", "[xmpp] port", "[comet] heartbeat_interval"]
+
+
+def starttls(port: int) -> RawClient:
+    client = RawClient(port)
+    client.send(HEADER)
+    client.read_until(b"</stream:features>")
+    client.send(b"<starttls xmlns='%s'/>" % NS_TLS)
+    client.read_until(b"<proceed[^>]*/>")
+    client.starttls_wrap()
+    return client
+
+
+def served_certificate(port: int) -> bytes:
+    client = starttls(port)
+    try:
+        return client.sock.getpeercert(binary_form=True)
+    finally:
+        client.close()
+
+
+def pem_to_der(path: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(path.read_text())
+
+
+def reload_and_wait(server: PresencedProcess, text: str, ctl: bool = True) -> str:
+    """Reload with ``presencedctl reload`` (or a bare SIGHUP, as ``systemctl reload``
+    sends); the log once ``text`` appeared in it once more."""
+    count = server.log().count(text)
+    if ctl:
+        server.ctl("reload")
+    else:
+        server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while server.log().count(text) <= count:
+        assert time.monotonic() < deadline, f"{text!r} not logged again:\n{server.log()}"
+        assert server.process.poll() is None, server.log()
+        time.sleep(0.05)
+    return server.log()
+
+
+def edit_config(server: PresencedProcess, **xmpp: object) -> None:
+    """Change ``[xmpp]`` keys in the running server's config file."""
+    sections = tomllib.loads(server.config_path.read_text())
+    sections["xmpp"].update(xmpp)
+    write_config(server.config_path, sections)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, presenced_factory):
+    cert, key = tmp_path / "xmpp.crt", tmp_path / "xmpp.key"
+    generate_self_signed(str(cert), str(key), ["localhost"])
+    server = presenced_factory({**OTHER_DOORS_OFF,
+                                "xmpp": {"certificate": str(cert), "private_key": str(key)}})
+    server.ctl("adduser", "ann@localhost", "--password", "pw")
+    return server, cert, key
+
+
+def test_sighup_serves_new_certificate_and_keeps_sessions(tls_server):
+    server, cert, key = tls_server
+    first = pem_to_der(cert)
+    assert served_certificate(server.ports["xmpp"]) == first
+    online = starttls(server.ports["xmpp"])
+    online.login("ann", "pw", started=False)
+
+    generate_self_signed(str(cert), str(key), ["localhost"])  # the renewal
+    edit_config(server, port=1, max_stanza_size=100000)
+    log = reload_and_wait(server, "TLS certificate reloaded")
+
+    assert served_certificate(server.ports["xmpp"]) == pem_to_der(cert) != first
+    assert re.search(r"needs a restart: \[xmpp\] port", log), log
+    assert "[xmpp] max_stanza_size" in log
+    online.send(b"<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert b"id='p1'" in online.read_until(b"<iq[^>]*id='p1'[^>]*/?>")
+    online.close()
+
+
+def test_bad_config_on_reload_is_refused(tls_server):
+    server, cert, key = tls_server
+    edit_config(server, max_stanza_size=-5)
+    checked = server.ctl("reload", check=False)  # presencedctl checks the file first
+    assert checked.returncode == 2 and "[xmpp] max_stanza_size" in checked.stderr
+    log = reload_and_wait(server, "reload refused", ctl=False)
+    assert "[xmpp] max_stanza_size" in log.split("reload refused")[-1]
+    client = starttls(server.ports["xmpp"])
+    client.login("ann", "pw", started=False)
+    client.close()
+
+
+# --- health -------------------------------------------------------------------------------
+
+def get_health(port: int) -> requests.Response:
+    return requests.get(f"http://127.0.0.1:{port}/health", timeout=10)
+
+
+def test_health_turns_503_when_redis_stops(redis_server, presenced_factory):
+    server = presenced_factory({"store": {"backend": "redis", "redis": [redis_server.url],
+                                          "redis_timeout": 1.0, "redis_retries": 0},
+                                "xmpp": {"enabled": False}, "thrift": {"enabled": False}})
+    for door in ("comet", "webadmin"):
+        reply = get_health(server.ports[door])
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["status"] == "ok"
+    redis_server.stop()
+    for door in ("comet", "webadmin"):
+        reply = get_health(server.ports[door])
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["status"] == "store unavailable"
+
+
+# --- the systemd unit ---------------------------------------------------------------------
+
+def test_systemd_unit_verifies(tmp_path: Path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    unit = (REPO / "contrib" / "systemd" / "presenced.service").read_text()
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    # verify checks that ExecStart's program exists: point it at this machine's twistd.
+    twistd = shutil.which("twistd") or sys.executable
+    (tmp_path / "presenced.service").write_text(unit.replace("/usr/bin/twistd", twistd))
+    result = subprocess.run([analyze, "verify", str(tmp_path / "presenced.service")],
+                            capture_output=True, text=True, timeout=60)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                  if "presenced.service" in line]
+    assert result.returncode == 0 and not complaints, result.stdout + result.stderr
+
+
+# --- backup and restore -------------------------------------------------------------------
+
+def test_backup_during_add_friend_load_restores_acknowledged_friendships(presenced_factory):
+    server = presenced_factory({"xmpp": {"enabled": False}, "comet": {"enabled": False},
+                                "webadmin": {"enabled": False}})
+    acknowledged: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        client = thrift_client(server)
+        n = 0
+        while not stop.is_set():
+            client.add_friend(J("hub", "localhost"), J(f"f{n}", "localhost"))
+            acknowledged.append(n)
+            n += 1
+        client.close()
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        while len(acknowledged) < 50:
+            time.sleep(0.01)
+        before = len(acknowledged)
+        backup_file = server.directory / "backup.presenced"
+        result = server.ctl("backup", str(backup_file))
+        assert "backup written" in result.stdout
+        while len(acknowledged) < before + 20:  # the server kept serving
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        worker.join(30)
+
+    refused = server.ctl("restore", str(backup_file), "--force", check=False)
+    assert refused.returncode == 1 and "running" in refused.stderr
+    restored = presenced_factory({"xmpp": {"enabled": False}, "comet": {"enabled": False},
+                                  "webadmin": {"enabled": False}}, start=False)
+    write_config(restored.config_path, {"server": {"data_dir": str(restored.data_dir)}})
+    restored.ctl("restore", str(backup_file))
+    friends = roster(restored, "hub")
+    missing = [n for n in range(before) if f"f{n}@localhost" not in friends]
+    assert not missing, missing
+    assert set(friends.values()) == {"both"}
+
+
+# --- graceful stop ------------------------------------------------------------------------
+
+def test_sigterm_sends_system_shutdown_to_100_sessions(presenced_factory):
+    server = presenced_factory({**OTHER_DOORS_OFF,
+                                "xmpp": {"require_tls": False, "allow_plain": True}})
+    server.ctl("import-users", "-", "--quiet",
+               input="".join(f"u{i}@localhost pw\n" for i in range(100)))
+    clients = []
+    for i in range(100):
+        client = RawClient(server.ports["xmpp"])
+        client.login(f"u{i}", "pw")
+        clients.append(client)
+    server.process.send_signal(signal.SIGTERM)
+    for client in clients:
+        assert b"<system-shutdown" in client.read_until(b"</stream:error>", timeout=30)
+        client.close()
+    server.process.wait(30)
+
+
+def test_status_prints_health(presenced_factory):
+    server = presenced_factory({"xmpp": {"enabled": False}, "thrift": {"enabled": False}})
+    out = server.ctl("status").stdout
+    assert "status: ok" in out and "version: " in out and "uptime: " in out
+    server.stop()
+    stopped = server.ctl("status", check=False)
+    assert stopped.returncode == 1 and "no server runs" in stopped.stderr
