@@ -159,7 +159,12 @@ def cmd_import_users(core: Core, args):
     print(f"created {created:,} account(s), {existing:,} existed already, {bad} bad line(s)")
 
 
-def cmd_stream_token(core: Core, args) -> None:
+@defer.inlineCallbacks
+def cmd_stream_token(core: Core, args):
+    if core.config.cluster.enabled:  # sign with the secret every node checks tokens with
+        from presenced.cluster.secret import fetch_shared_secret
+
+        core.secret = yield defer.ensureDeferred(fetch_shared_secret(core.config, core.secret))
     print(core.stream_token(core.user(args.user), args.ttl))
 
 
