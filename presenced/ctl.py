@@ -173,7 +173,12 @@ def _account_line(core: Core, line: str, fields: list[str]) -> str:
     return core.local_user(fields[0])
 
 
-def cmd_stream_token(core: Core, args) -> None:
+@defer.inlineCallbacks
+def cmd_stream_token(core: Core, args):
+    if core.config.cluster.enabled:  # sign with the secret every node checks tokens with
+        from presenced.cluster.secret import fetch_shared_secret
+
+        core.secret = yield defer.ensureDeferred(fetch_shared_secret(core.config, core.secret))
     print(core.stream_token(core.user(args.user), args.ttl))
 
 

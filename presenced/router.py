@@ -48,6 +48,12 @@ class IRouterTransport(Interface):
     def remote_nodes(user: str) -> Iterable[str]:
         """The other nodes that hold sessions of ``user`` (empty on a single node)."""
 
+    def remote_users() -> Iterable[str]:
+        """Users with sessions on other nodes (the admin views count the whole cluster)."""
+
+    def remote_sessions(user: str) -> defer.Deferred:
+        """Fires ``(protocol, label)`` of each of ``user``'s sessions on other nodes."""
+
 
 @implementer(IRouterTransport)
 class InProcessTransport:
@@ -61,6 +67,12 @@ class InProcessTransport:
 
     def remote_nodes(self, user: str) -> Iterable[str]:
         return ()
+
+    def remote_users(self) -> Iterable[str]:
+        return ()
+
+    def remote_sessions(self, user: str) -> defer.Deferred:
+        return defer.succeed([])
 
 
 LoginListener = Callable[[str, ISession], None]
@@ -129,6 +141,17 @@ class SubscriptionRouter:
 
     def online_users(self) -> int:
         return len(self._sessions)
+
+    def online_users_anywhere(self) -> int:
+        """Users online on any node (this one's count on a single node)."""
+        remote = self.transport.remote_users()
+        return len(self._sessions.keys() | set(remote)) if remote else len(self._sessions)
+
+    @defer.inlineCallbacks
+    def sessions_anywhere(self, user: str):
+        """Fires ``(protocol, label)`` of ``user``'s sessions on every node."""
+        remote = yield self.transport.remote_sessions(user)
+        return [(s.protocol, str(s.label)) for s in self.sessions(user)] + list(remote)
 
     def session_count(self) -> int:
         return self._count

@@ -90,3 +90,68 @@ def test_a_node_stops_promptly_while_redis_is_down(two_nodes, redis_server):
     a.process.wait(12)
     assert time.monotonic() - started < 8
     assert "could not deregister" in a.log() or "did not close" in a.log()
+
+
+def test_a_token_made_on_one_node_opens_a_stream_on_the_other(redis_server, presenced_factory):
+    """The nodes share one secret (kept in Redis), so a load balancer may send a stream to
+    any node: a token from presencedctl against node A's config, or from node B's Thrift,
+    is good on the other node."""
+    a = presenced_factory(node_config(redis_server.url, "a", comet={"require_token": True}),
+                          name="a")
+    b = presenced_factory(node_config(redis_server.url, "b", comet={"require_token": True}),
+                          name="b")
+    from_ctl = a.ctl("stream-token", "gil@localhost").stdout.strip().splitlines()[-1]
+    stream = HTTPStream(b.ports["comet"], f"/stream/gil@localhost?token={from_ctl}")
+    assert stream.status == 200
+    stream.close()
+    from_thrift = admin(b).stream_token(J(name="gil", server="localhost"), 60)
+    stream = HTTPStream(a.ports["comet"], f"/stream/gil@localhost?token={from_thrift}")
+    assert stream.status == 200
+    stream.close()
+    forged = HTTPStream(b.ports["comet"], f"/stream/gil@localhost?token={from_ctl[:-2]}00")
+    assert forged.status == 403
+    forged.close()
+
+
+def test_online_count_and_user_sessions_answer_for_the_whole_cluster(two_nodes):
+    a, b = two_nodes
+    streams = [HTTPStream(a.ports["comet"], "/stream/hal@localhost"),
+               HTTPStream(a.ports["comet"], "/stream/ida@localhost"),
+               HTTPStream(b.ports["comet"], "/stream/ida@localhost"),
+               HTTPStream(b.ports["comet"], "/stream/jon@localhost")]
+    ida = J(name="ida", server="localhost")
+    deadline = time.monotonic() + 20
+    while True:  # the logins reach the other node's directory
+        counts = [admin(node).online_count() for node in (a, b)]
+        sessions = [admin(node).user_sessions(ida) for node in (a, b)]
+        if counts == [3, 3] and [len(s) for s in sessions] == [2, 2]:
+            break
+        assert time.monotonic() < deadline, (counts, sessions)
+        time.sleep(0.1)
+    assert {s.protocol for s in sessions[0]} == {"comet"}
+    assert sorted(s.label for s in sessions[0]) == sorted(s.label for s in sessions[1])
+    for stream in streams:
+        stream.close()
+
+
+def test_a_node_restarted_before_its_timeout_clears_its_old_users(redis_server,
+                                                                  presenced_factory):
+    """Killed and started again before the others declared it dead, a node comes back with
+    no sessions and announces ``sync``: users the others knew there are gone, and their
+    friends elsewhere are told at once, not when the (long) node timeout would have passed."""
+    slow = {"cluster": {"node_timeout": 60.0}}
+    a = presenced_factory(node_config(redis_server.url, "a", **slow), name="a")
+    b = presenced_factory(node_config(redis_server.url, "b", **slow), name="b")
+    admin(a).add_friend(J(name="kim", server="localhost"), J(name="lou", server="localhost"))
+    lou = HTTPStream(b.ports["comet"], "/stream/lou@localhost")
+    kim = HTTPStream(a.ports["comet"], "/stream/kim@localhost")
+    deadline = time.monotonic() + 20
+    while admin(b).online_count() != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    a.kill()
+    kim.close()
+    a.start()
+    gone = lou.wait_for("presence", timeout=20)[0]
+    assert gone["from"] == "kim@localhost" and gone["available"] is False
+    lou.close()

@@ -5,19 +5,28 @@ and Redis keeps the truth it is rebuilt from:
 
 - ``presenced:nodes`` — the set of node ids;
 - ``presenced:node:<id>:users`` — users with at least one session on that node;
+- ``presenced:node:<id>:sessions`` — a hash: user -> JSON list of that user's sessions
+  there as ``[protocol, label]`` (read only by the admin view ``user_sessions``);
 - ``presenced:node:<id>:alive`` — a key that expires ``node_timeout`` seconds after the
   node's last heartbeat.
 
 Changes travel on the ``presenced:directory`` channel as ``+ node user``, ``- node user``,
 ``hb node`` and ``bye node``. A node whose heartbeat is older than ``node_timeout`` is dead:
-its users leave the directory and :attr:`on_node_dead` is told, so their friends on live nodes
-see them go unavailable. After a lost subscription the directory is reloaded from Redis.
+its users leave the directory and :attr:`on_users_gone` is told, so their friends on live
+nodes see them go unavailable. After a lost subscription, or when a node announces ``sync``
+(it started again, or reconnected), its entries are re-read from Redis; users it no longer
+holds are gone too (their ``-`` was lost, or the node restarted before it was declared dead).
+
+A node's writes and announcements go over one connection (:attr:`RedisLink.ordered`), so
+Redis holds an entry before the others hear of it; changes heard while a node's entries are
+being re-read are applied again on top of what was read.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import defer, reactor, task
 from twisted.logger import Logger
@@ -38,7 +47,15 @@ def alive_key(node: str) -> str:
     return f"presenced:node:{node}:alive"
 
 
-DeadNodeListener = Callable[[str, set[str]], Any]
+def sessions_key(node: str) -> str:
+    return f"presenced:node:{node}:sessions"
+
+
+def node_keys(node: str) -> list[str]:
+    return [users_key(node), alive_key(node), sessions_key(node)]
+
+
+GoneListener = Callable[[str, set[str]], Any]
 
 
 def _text(value: Any) -> str:
@@ -60,7 +77,9 @@ class SessionDirectory:
         self.nodes_of: dict[str, set[str]] = {}
         self.users_of: dict[str, set[str]] = {}
         self.last_seen: dict[str, float] = {}
-        self.on_node_dead: list[DeadNodeListener] = []
+        self.on_users_gone: list[GoneListener] = []
+        # node -> changes heard while its entries are being read from Redis
+        self._loading: dict[str, list[tuple[str, str]]] = {}
         self._heartbeat: Optional[task.LoopingCall] = None
         link.subscribe(CHANNEL, self._message)
         link.on_reconnect.append(self.reload)
@@ -90,9 +109,9 @@ class SessionDirectory:
             self.log.warn("cluster: could not deregister from Redis: {e}", e=e)
 
     async def _deregister(self) -> None:
-        await self.link.commands.delete([users_key(self.node_id), alive_key(self.node_id)])
-        await self.link.commands.srem(NODES, self.node_id)
-        await self.link.publish(CHANNEL, f"bye {self.node_id}")
+        await self.link.ordered.delete(node_keys(self.node_id))
+        await self.link.ordered.srem(NODES, self.node_id)
+        await self.link.publish(CHANNEL, f"bye {self.node_id}", ordered=True)
 
     # --- queries -------------------------------------------------------------------------
 
@@ -100,17 +119,40 @@ class SessionDirectory:
         """Live nodes, this one included."""
         return sorted({self.node_id, *self.users_of, *self.last_seen})
 
+    def remote_users(self) -> Iterable[str]:
+        """Users with sessions on other nodes."""
+        return self.nodes_of.keys()
+
+    async def remote_sessions(self, user: str) -> list[tuple[str, str]]:
+        """``(protocol, label)`` of ``user``'s sessions on other nodes, read from Redis."""
+        found: list[tuple[str, str]] = []
+        for node in sorted(self.nodes_of.get(user, ())):
+            text = await self.link.commands.hget(sessions_key(node), user)
+            found.extend((protocol, label) for protocol, label in json.loads(_text(text or "[]")))
+        return found
+
     # --- local changes -------------------------------------------------------------------
 
     def _local_login(self, user: str, session: ISession) -> None:
+        redis = self.link.ordered
         if len(self.router.sessions(user)) == 1:
-            self.link.commands.sadd(users_key(self.node_id), user).addErrback(self._write_failed)
-            self.link.publish(CHANNEL, f"+ {self.node_id} {user}")
+            redis.sadd(users_key(self.node_id), user).addErrback(self._write_failed)
+            self.link.publish(CHANNEL, f"+ {self.node_id} {user}", ordered=True)
+        redis.hset(sessions_key(self.node_id), user,
+                   self._sessions_text(user)).addErrback(self._write_failed)
 
     def _local_logout(self, user: str, session: ISession) -> None:
-        if not self.router.is_online(user):
-            self.link.commands.srem(users_key(self.node_id), user).addErrback(self._write_failed)
-            self.link.publish(CHANNEL, f"- {self.node_id} {user}")
+        redis = self.link.ordered
+        if self.router.is_online(user):
+            redis.hset(sessions_key(self.node_id), user,
+                       self._sessions_text(user)).addErrback(self._write_failed)
+            return
+        redis.srem(users_key(self.node_id), user).addErrback(self._write_failed)
+        redis.hdel(sessions_key(self.node_id), user).addErrback(self._write_failed)
+        self.link.publish(CHANNEL, f"- {self.node_id} {user}", ordered=True)
+
+    def _sessions_text(self, user: str) -> str:
+        return json.dumps([[s.protocol, str(s.label)] for s in self.router.sessions(user)])
 
     def _write_failed(self, failure: Any) -> None:
         self.log.warn("cluster: directory update failed: {e}", e=failure.getErrorMessage())
@@ -128,10 +170,11 @@ class SessionDirectory:
         self.last_seen[node] = time.monotonic()
         if kind == "sync":
             self._load_node(node).addErrback(self._write_failed)
-        elif kind == "+":
-            self._add(node, user)
-        elif kind == "-":
-            self._remove(node, user)
+        elif kind in ("+", "-"):
+            loading = self._loading.get(node)
+            if loading is not None:
+                loading.append((kind, user))
+            (self._add if kind == "+" else self._remove)(node, user)
 
     def _add(self, node: str, user: str) -> None:
         self.nodes_of.setdefault(user, set()).add(node)
@@ -175,8 +218,8 @@ class SessionDirectory:
                 continue
             alive = yield self.link.commands.exists(alive_key(node))
             if alive or node in self.last_seen:
-                yield self._load_node(node)
                 self.last_seen[node] = now
+                yield self._load_node(node)
             else:
                 yield self._bury(node)
         self.log.info("cluster: directory loaded, {n} other node(s)", n=len(self.last_seen))
@@ -185,23 +228,39 @@ class SessionDirectory:
     def _register_self(self):
         """Make Redis hold exactly this node's users, never dropping a current one on the way
         (another node may be reading the set meanwhile), then tell the others to re-read it."""
+        redis = self.link.ordered
         users = {session.user for session in self.router.all_sessions()}
-        key = users_key(self.node_id)
+        key, sessions = users_key(self.node_id), sessions_key(self.node_id)
         if users:
-            yield self.link.commands.sadd(key, list(users))
-        stale = set(map(_text, (yield self.link.commands.smembers(key)))) - users
+            yield redis.sadd(key, list(users))
+            yield redis.hmset(sessions, {user: self._sessions_text(user) for user in users})
+        stale = set(map(_text, (yield redis.smembers(key)))) - users
         if stale:
-            yield self.link.commands.srem(key, list(stale))
+            yield redis.srem(key, list(stale))
+        stale = set(map(_text, (yield redis.hkeys(sessions)))) - users
+        if stale:
+            yield redis.hdel(sessions, list(stale))
         yield self._beat()
-        yield self.link.publish(CHANNEL, f"sync {self.node_id}")
+        yield self.link.publish(CHANNEL, f"sync {self.node_id}", ordered=True)
 
     @defer.inlineCallbacks
     def _load_node(self, node: str):
-        members = yield self.link.commands.smembers(users_key(node))
-        self._forget(node)
-        self.users_of[node] = set()
-        for user in map(_text, members):
+        """Re-read ``node``'s users; those we knew that it no longer holds are gone."""
+        self._loading[node] = changes = []
+        try:
+            members = set(map(_text, (yield self.link.commands.smembers(users_key(node)))))
+        finally:
+            del self._loading[node]
+        for kind, user in changes:  # heard after Redis answered, or while it did
+            (members.add if kind == "+" else members.discard)(user)
+        gone = self.users_of.get(node, set()) - members
+        for user in gone:
+            self._remove(node, user)
+        for user in members:
             self._add(node, user)
+        self.users_of.setdefault(node, set())
+        if gone:
+            self._tell_gone(node, gone)
 
     # --- heartbeats -------------------------------------------------------------------------
 
@@ -209,10 +268,10 @@ class SessionDirectory:
     def _beat(self):
         """Refresh this node's alive key; fires True when the node had to be registered again
         (another node took it for dead, e.g. after a long Redis outage)."""
-        commands = self.link.commands
+        commands = self.link.ordered
         yield commands.set(alive_key(self.node_id), "1", expire=max(1, int(self.node_timeout)))
         added = yield commands.sadd(NODES, self.node_id)
-        yield self.link.publish(CHANNEL, f"hb {self.node_id}")
+        yield self.link.publish(CHANNEL, f"hb {self.node_id}", ordered=True)
         return bool(added)
 
     @defer.inlineCallbacks
@@ -237,10 +296,13 @@ class SessionDirectory:
         users = self._forget(node)
         self.log.warn("cluster: node {node} stopped answering; {n} user(s) now offline there",
                       node=node, n=len(users))
-        for listener in self.on_node_dead:
+        self._tell_gone(node, users)
+
+    def _tell_gone(self, node: str, users: set[str]) -> None:
+        for listener in self.on_users_gone:
             listener(node, users)
 
     @defer.inlineCallbacks
     def _bury(self, node: str):
-        yield self.link.commands.delete([users_key(node), alive_key(node)])
+        yield self.link.commands.delete(node_keys(node))
         yield self.link.commands.srem(NODES, node)

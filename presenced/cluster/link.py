@@ -47,17 +47,24 @@ class RedisLink:
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 6379
         db = parsed.path.strip("/")
-        self.commands = txredisapi.lazyConnectionPool(
-            self.host, self.port, dbid=int(db) if db else None, poolsize=4,
-            password=parsed.password, replyTimeout=5)
-        # Reconnect within a second or so once Redis is back (txredisapi waits up to 10 s).
-        self.commands._factory.maxDelay = RECONNECT_MAX_DELAY
+        self.commands = self._pool(parsed, int(db) if db else None, 4)
+        # One connection: Redis runs its commands in the order they were sent (a pool spreads
+        # them over connections), so a directory entry is written before it is announced and
+        # a user's "+" and "-" reach the other nodes in the order they happened.
+        self.ordered = self._pool(parsed, int(db) if db else None, 1)
         self.handlers: dict[str, MessageHandler] = {}
         self.on_reconnect: list[Callable[[], Any]] = []
         self._factory: txredisapi.SubscriberFactory | None = None
         self._protocol: _Subscriber | None = None
         self.ready: defer.Deferred = defer.Deferred()
         self.reconnects = 0
+
+    def _pool(self, parsed: Any, db: int | None, size: int) -> Any:
+        pool = txredisapi.lazyConnectionPool(self.host, self.port, dbid=db, poolsize=size,
+                                             password=parsed.password, replyTimeout=5)
+        # Reconnect within a second or so once Redis is back (txredisapi waits up to 10 s).
+        pool._factory.maxDelay = RECONNECT_MAX_DELAY
+        return pool
 
     def subscribe(self, channel: str, handler: MessageHandler) -> None:
         """Call before :meth:`start`; channels are (re)subscribed on every connection."""
@@ -80,15 +87,16 @@ class RedisLink:
             self._factory.stopTrying()
             if self._protocol is not None and self._protocol.transport is not None:
                 self._protocol.transport.loseConnection()
-        closing = self.commands.disconnect()
+        closing = defer.gatherResults([self.commands.disconnect(), self.ordered.disconnect()])
         closing.addTimeout(2.0, reactor)
         try:
             yield closing
         except defer.TimeoutError:
             self.log.warn("cluster: Redis connections did not close in time")
 
-    def publish(self, channel: str, message: str) -> defer.Deferred:
-        d = self.commands.publish(channel, message)
+    def publish(self, channel: str, message: str, ordered: bool = False) -> defer.Deferred:
+        """``ordered``: on :attr:`ordered`, after the commands sent there before."""
+        d = (self.ordered if ordered else self.commands).publish(channel, message)
         d.addErrback(self._publish_failed, channel)
         return d
 

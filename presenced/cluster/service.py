@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from presenced import events
 from presenced.cluster.directory import SessionDirectory
 from presenced.cluster.link import RedisLink
+from presenced.cluster.secret import cluster_redis_url, shared_secret
 from presenced.cluster.transport import PubSubTransport, send_local
 from presenced.core import Core
 from presenced.events import Event
@@ -32,13 +33,17 @@ class ClusterService(service.Service):
         cfg = core.config.cluster
         self.core = core
         self.node_id = cfg.node_id or default_node_id()
-        self.link = RedisLink(cfg.redis or core.config.store.redis[0])
+        self.link = RedisLink(cluster_redis_url(core.config))
         self.directory = SessionDirectory(self.link, self.node_id, core.router,
                                           cfg.heartbeat_interval, cfg.node_timeout)
         self.transport = PubSubTransport(self.link, self.directory, core.router)
-        self.directory.on_node_dead.append(self._node_dead)
+        self.directory.on_users_gone.append(self._users_gone)
         core.metrics.describe("presenced_cluster_nodes", "gauge", "Live presenced nodes seen")
         core.metrics.gauge("presenced_cluster_nodes", lambda: len(self.directory.nodes()))
+        core.metrics.describe("presenced_cluster_online_users", "gauge",
+                              "Users online on any node of the cluster (the directory)")
+        core.metrics.gauge("presenced_cluster_online_users",
+                           core.router.online_users_anywhere)
         core.metrics.describe("presenced_cluster_messages_total", "counter",
                               "Events carried between nodes over Redis pub/sub")
         core.metrics.gauge("presenced_cluster_messages_total",
@@ -52,8 +57,11 @@ class ClusterService(service.Service):
 
     @defer.inlineCallbacks
     def join(self):
-        """Start after the store and before the doors: fires once the node is registered."""
+        """Start after the store and before the doors (they check tokens with the cluster's
+        secret): fires once the node is registered."""
         yield self.link.start()
+        self.core.secret = yield defer.ensureDeferred(
+            shared_secret(self.link.commands, self.core.secret))
         self.directory.start()
         self.core.router.transport = self.transport
         self.log.info("cluster: node {node} joined ({n} node(s) live)", node=self.node_id,
@@ -65,8 +73,14 @@ class ClusterService(service.Service):
         yield self.directory.stop()
         yield self.link.stop()
 
-    def _node_dead(self, node: str, users: set[str]) -> None:
+    def _users_gone(self, node: str, users: set[str]) -> None:
+        """``users`` have no session on ``node`` any more (it died, or restarted before it
+        was declared dead): tell their friends here, unless they are still online on
+        another node (then this node cannot tell which of their resources went)."""
+        router = self.core.router
         for user in users:
+            if router.is_online_anywhere(user):
+                continue
             event = Event(events.PRESENCE, user, {"available": False, "show": None,
                                                    "status": None, "resource": None,
                                                    "reason": f"node {node} is gone"})

@@ -67,6 +67,12 @@ class PubSubTransport:
     def remote_nodes(self, user: str) -> Iterable[str]:
         return self.directory.nodes_of.get(user, ())
 
+    def remote_users(self) -> Iterable[str]:
+        return self.directory.remote_users()
+
+    def remote_sessions(self, user: str) -> defer.Deferred:
+        return defer.ensureDeferred(self.directory.remote_sessions(user))
+
     def _received(self, message: str) -> None:
         for users, event in wire.decode(message):
             self.received += 1

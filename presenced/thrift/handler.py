@@ -143,12 +143,14 @@ class AdminHandler:
                                 track=tune.title or "", tracklength=tune.length or 0,
                                 tracknum=_int(tune.track), playing=True)
 
-    def user_sessions(self, user: Any) -> list:
-        return [admin.UserSession(protocol=s.protocol, label=str(s.label))
-                for s in self.core.router.sessions(self.user(user))]
+    @defer.inlineCallbacks
+    def user_sessions(self, user: Any):
+        """On every node of a cluster: any node's admin port answers for all of them."""
+        found = yield self.core.router.sessions_anywhere(self.user(user))
+        return [admin.UserSession(protocol=protocol, label=label) for protocol, label in found]
 
     def online_count(self) -> int:
-        return self.core.router.online_users()
+        return self.core.router.online_users_anywhere()
 
     def stream_token(self, user: Any, ttl: Optional[int]) -> str:
         jid = self.user(user)
@@ -169,10 +171,13 @@ class AdminHandler:
 
     @defer.inlineCallbacks
     def stats(self):
+        """This node's figures (this worker's, with workers); ``cluster_online_users`` alone
+        counts the whole cluster (docs/admin-thrift.md)."""
         router = self.core.router
         figures = {
             "users": (yield self.core.store.count_users()),
             "online_users": router.online_users(),
+            "cluster_online_users": router.online_users_anywhere(),
             "sessions": router.session_count(),
             "events_sent": router.events_sent,
             "deliveries": router.deliveries,

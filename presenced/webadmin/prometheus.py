@@ -28,7 +28,8 @@ def register_metrics(core: Core, rates: EventRates, probe: StoreProbe) -> Sessio
     m, router, store = core.metrics, core.router, core.store
     m.describe("presenced_uptime_seconds", "gauge", "Seconds since this node started.")
     m.gauge("presenced_uptime_seconds", lambda: time.time() - core.started_at)
-    m.describe("presenced_router_online_users", "gauge", "Users with at least one session.")
+    m.describe("presenced_router_online_users", "gauge",
+               "Users with at least one session on this node.")
     m.gauge("presenced_router_online_users", router.online_users)
     m.describe("presenced_router_events_sent_total", "counter",
                "Events fanned out to a subject's subscribers (router.send).")

@@ -4,6 +4,13 @@ A resource's available/unavailable presence is ONE router event sent with
 ``core.router.send(user, Event(PRESENCE, ...))``: it reaches the user's own resources and every
 subscriber (contacts with ``from``/``both``) on every door, comet streams included. Each XMPP
 session renders the event with its own ``to``; the stanza body is serialised once per event.
+
+A resource is not shown a contact resource's presence it already shows: when both come
+online at once, each gets the other's broadcast *and* the answer to its own probe (on one
+node, the broadcast lands while the probes read the store; across nodes, while the probe
+travels), and clients would see every contact arrive twice. A user-wide unavailable presence
+(its node died: nobody knows its resources any more) is shown as the unavailable presence of
+each of its resources this resource was shown, as clients track resources.
 """
 
 from __future__ import annotations
@@ -61,6 +68,9 @@ class PresenceHandler(FeatureHandler):
 
     def attached(self) -> None:
         self.wire = RenderCache(_presence_parts)
+        # session -> contact full JID -> the presence children it was last shown (available
+        # contact resources only, so bounded by what the roster has online).
+        self.shown: dict[object, dict[str, bytes]] = {}
         self.subscriptions = Subscriptions(self.server)
         hooks = self.core.hooks
         hooks.add("xmpp-session-ended", self.unavailable)
@@ -111,7 +121,8 @@ class PresenceHandler(FeatureHandler):
             if blocking.hides(user, contact):
                 continue
             for other in available_sessions(self.core, contact):
-                session.write(presence_bytes(other, session.full))
+                if self._fresh(session, other.full, children_bytes(other.presence)):
+                    session.write(presence_bytes(other, session.full))
             self.probe_elsewhere(session, contact)
         for stanza in (await pending).values():
             session.write(stanza.encode("utf-8"))
@@ -128,6 +139,7 @@ class PresenceHandler(FeatureHandler):
             self.core.router.deliver(contact, Event(PROBE, session.user, probe))
 
     def unavailable(self, session, children: bytes = b"", status: str = "") -> None:
+        self.shown.pop(session, None)  # shown again in full when it comes back
         if not session.available:
             return
         session.available = False
@@ -220,6 +232,10 @@ class PresenceHandler(FeatureHandler):
         resource's user without the subscription protocol: show its presence, or its
         going."""
         for other in available_sessions(self.core, contact):
+            if not linked:
+                self.shown.get(session, {}).pop(other.full, None)
+            elif not self._fresh(session, other.full, children_bytes(other.presence)):
+                continue
             session.write(presence_bytes(other, session.full, available=linked))
         if linked:
             self.probe_elsewhere(session, contact)
@@ -231,9 +247,40 @@ class PresenceHandler(FeatureHandler):
         """A PRESENCE router event to an available resource."""
         if not session.available:
             return
+        payload, to = event.payload, attr(session.full).encode("utf-8")
+        resource = payload.get("resource")
+        sender = f"{event.sender}/{resource}" if resource else event.sender
+        if payload.get("available", True):
+            if not self._fresh(session, sender, _event_children(payload)):
+                return
+        elif resource is None and self._went(session, event.sender, to):
+            return
+        else:
+            self.shown.get(session, {}).pop(sender, None)
         rendered = self.wire(event)
-        session.write(rendered[0] + b" to=" + attr(session.full).encode("utf-8") + rendered[1])
+        session.write(rendered[0] + b" to=" + to + rendered[1])
         self.server.events_out += 1
+
+    def _fresh(self, session, sender: str, children: bytes) -> bool:
+        """Whether ``session`` does not show this available presence of ``sender`` yet
+        (and from now on does)."""
+        shown = self.shown.setdefault(session, {})
+        if shown.get(sender) == children:
+            return False
+        shown[sender] = children
+        return True
+
+    def _went(self, session, user: str, to: bytes) -> bool:
+        """A user-wide unavailable presence as one per resource ``session`` was shown;
+        False when it was shown none (the bare one is sent)."""
+        shown = self.shown.get(session)
+        prefix = user + "/"
+        gone = [full for full in shown or () if full.startswith(prefix)]
+        for full in gone:
+            del shown[full]
+            session.write(b"<presence from=%s to=%s type='unavailable'/>" % (
+                attr(full).encode("utf-8"), to))
+        return bool(gone)
 
     def answer_probe(self, session, event: Event) -> None:
         """Our presence for a resource that came online on another node (a local prober
