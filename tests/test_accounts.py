@@ -125,7 +125,7 @@ async def test_store_accounts_register_check_change_and_remove(tmp_path, store, 
     assert await accounts.check_password("a@localhost", "new")
 
     removed: list[str] = []
-    core.hooks.add("user-removed", removed.append)
+    core.hooks.add("user-removed", lambda user, contacts: removed.append(user))
     session = RecordingSession("a@localhost")
     core.router.login("a@localhost", session)
     assert await accounts.remove("a@localhost") is True

@@ -54,7 +54,8 @@ def c2s(tmp_path: Path):
     cfg = config.load(None, {"server": {"data_dir": str(tmp_path)},
                              "xmpp": {"require_tls": False, "allow_plain": True}})
     auth = ExternalAuth()
-    server = C2SServer(Core(cfg, store=None), None, FEATURES, auth)  # type: ignore[arg-type]
+    server = C2SServer(Core(cfg, store=None, external_auth=auth), None,  # type: ignore[arg-type]
+                       FEATURES)
     return server, auth
 
 
