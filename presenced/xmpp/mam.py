@@ -354,7 +354,7 @@ class ArchiveHandler(FeatureHandler):
     async def _wants(self, owner: str, peer: str) -> bool:
         """Whether ``owner`` is an account that archives messages with ``peer``."""
         if not self.core.router.is_online_anywhere(owner) \
-                and not await self.server.account_exists(owner):
+                and not await self.core.accounts.exists(owner):
             return False
         decided = (await self._prefs_of(owner)).decides(peer)
         if decided is None:
