@@ -13,16 +13,17 @@ import pytest
 
 from tests.helpers import HEADER, OTHER_DOORS_OFF, PresencedProcess, RawClient
 
+XMPP = {"require_tls": False, "allow_plain": True, "max_stanza_size": 20000,
+        # Long enough for a login while the server still digests a flood from the test
+        # before (a shorter one made still_serving() flaky under load).
+        "auth_timeout": 5.0, "auth_failure_delay": 0.0, "hibernate_after": 0.3}
+SETTINGS = {**OTHER_DOORS_OFF, "server": {"scram_iterations": 100},
+            "router": {"session_queue_bytes": 65536}, "xmpp": XMPP}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = PresencedProcess(tmp_path_factory.mktemp("xmpp-bad"), {
-        **OTHER_DOORS_OFF, "server": {"scram_iterations": 100},
-        "router": {"session_queue_bytes": 65536},
-        "xmpp": {"require_tls": False, "allow_plain": True, "max_stanza_size": 20000,
-                 # Long enough for a login while the server still digests a flood from the
-                 # test before (a shorter one made still_serving() flaky under load).
-                 "auth_timeout": 5.0, "auth_failure_delay": 0.0,
-                 "hibernate_after": 0.3}})
+    process = PresencedProcess(tmp_path_factory.mktemp("xmpp-bad"), SETTINGS)
     process.start()
     process.ctl("adduser", "mallory@localhost", "--password", "pw")
     yield process
@@ -108,12 +109,12 @@ def test_unknown_host_and_bad_namespace(server):
 
 def test_idle_unauthenticated_connection_times_out(server):
     client = RawClient(server.ports["xmpp"])
+    silent = RawClient(server.ports["xmpp"])  # sends nothing at all; waits alongside
     client.send(HEADER)
     started = time.monotonic()
     assert b"<connection-timeout" in client.read_until(b"</stream:error>", timeout=20)
     assert 4.5 < time.monotonic() - started < 15
     assert client.closed()
-    silent = RawClient(server.ports["xmpp"])
     assert b"<connection-timeout" in silent.read_until(b"</stream:error>", timeout=20)
 
 
@@ -220,7 +221,13 @@ def test_hibernated_streams_wake_up(server):
     assert b"id='h2'" in client.read_until(b"<iq [^>]*/>|</iq>")
 
 
-def test_a_client_that_stops_reading_is_cut_off(server):
+def test_a_client_that_stops_reading_is_cut_off(presenced_factory):
+    # Its own server with read shaping out of the way: the 8 MB below would take two
+    # minutes at the default 64 KB/s, and the bound tested here is the recipient's queue.
+    server = presenced_factory({**SETTINGS, "xmpp": {
+        **XMPP, "read_bytes_per_second": 1e9, "read_burst_bytes": 10**9,
+        "stanzas_per_second": 1e6, "stanza_burst": 10**6}})
+    server.ctl("adduser", "mallory@localhost", "--password", "pw")
     server.ctl("adduser", "sloth@localhost", "--password", "pw")
     sloth = RawClient(server.ports["xmpp"])
     sloth.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -124,14 +124,13 @@ class C2SStream(xmlstream.XmlStream):
                 self.retired = None
 
     def connectionLost(self, reason: object) -> None:
-        self.closing = True  # answers still on their way (SASL, delayed failures) are dropped
         self.server.stream_closed(self)
         if self.shaper is not None:
             self.shaper.close()
         if self.session is not None:
             session, self.session = self.session, None
             session.disconnected(clean=self.closing)
-        self.closing = True  # nothing more is written to a closed connection
+        self.closing = True  # nothing more is written; answers on their way (SASL) are dropped
         if self.stream is not None:
             self.retired = self.stream  # closed here, or after Parse() if inside it
             if not self.parsing:
