@@ -13,6 +13,7 @@ from typing import Any, Optional
 import pytest
 import pytest_twisted
 from twisted.internet import defer
+from twisted.logger import globalLogPublisher
 
 from presenced.store import IRosterStore
 from tests.helpers import PresencedProcess, RedisServer
@@ -86,3 +87,18 @@ def memory_xmpp(tmp_path: Path):
     yield make
     for node in nodes:
         pytest_twisted.blockon(defer.ensureDeferred(node.stop()))
+
+
+@pytest.fixture
+def logged_errors():
+    """The error and critical log events emitted during the test (in-memory door tests
+    assert that bad input is answered without any)."""
+    seen: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if event["log_level"].name in ("error", "critical"):
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)

@@ -10,7 +10,6 @@ import pytest
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.web import server
 
 from presenced import config, events
@@ -32,19 +31,6 @@ def door(tmp_path: Path, monkeypatch):
     door = CometDoor(Core(cfg, store=None))  # type: ignore[arg-type]  # HTTP only
     door.clock = clock
     return door
-
-
-@pytest.fixture
-def logged_errors():
-    seen: list[dict] = []
-
-    def observe(event: dict) -> None:
-        if event["log_level"].name in ("error", "critical"):
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield seen
-    globalLogPublisher.removeObserver(observe)
 
 
 def connect(door: CometDoor):

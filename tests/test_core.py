@@ -7,34 +7,15 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import task
-from zope.interface import implementer
 
 from presenced import config, events
 from presenced.core import Core
-from presenced.events import Event
 from presenced.metrics import Metrics
-from presenced.router import ISession
 from presenced.store.embedded import EmbeddedRosterStore
 from presenced.thrift import admin
 from presenced.thrift.handler import AdminHandler
 from presenced.users import BadUser
-
-
-@implementer(ISession)
-class RecordingSession:
-    protocol = "test"
-
-    def __init__(self, user: str):
-        self.user = user
-        self.label = "r"
-        self.events: list[Event] = []
-        self.closed: list[str] = []
-
-    def deliver(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self, reason: str) -> None:
-        self.closed.append(reason)
+from tests.helpers import RecordingSession
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 
 from presenced import config
 from presenced.core import Core
@@ -34,19 +33,6 @@ class ExternalAuth:
         d = defer.Deferred()
         self.pending.append(d)
         return d
-
-
-@pytest.fixture
-def logged_errors():
-    seen: list[dict] = []
-
-    def observe(event: dict) -> None:
-        if event["log_level"].name in ("error", "critical"):
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield seen
-    globalLogPublisher.removeObserver(observe)
 
 
 @pytest.fixture
