@@ -29,7 +29,11 @@ from presenced.metrics import Metrics
 FREE_FAILURES = 3  # failures answered after the first delay before the backoff doubles it
 MAX_BACKOFF_FACTOR = 16  # the backoff stops doubling here (16 s with a 1 s first delay)
 MAX_TRACKED = 100_000  # addresses and accounts remembered at most; the oldest are forgotten
-MAX_QUEUED_CHECKS = 256  # slow checks waiting for a core; more are refused (Busy)
+# Slow checks waiting for a core; more are refused (Busy). Each stream has at most one
+# attempt in flight and connections are capped, so this only stops a runaway: it must stay
+# well above a login storm's size (1000 clients reconnecting at once after a restart were
+# refused at the first value tried, 256).
+MAX_QUEUED_CHECKS = 8192
 BAN_LOG_LINES = 10  # ban log lines per minute at most; the rest are summed up in the next one
 
 
