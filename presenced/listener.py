@@ -44,6 +44,8 @@ CLOSE_GRACE = 15.0      # seconds a closing peer has to take our last bytes (Twi
 LOG_INTERVAL = 10.0     # at most one refusal log line per door this often
 TRIM_AFTER = 100        # closed connections (and more than remain open in the process)
                         # after which freed memory goes back to the OS
+TRIM_INTERVAL = 60.0    # seconds between two such collections at the most: a full collection
+                        # pauses the reactor (0.7 s over a bench/xmpp.py run when unpaced)
 REFUSED = "presenced_connections_refused_total"
 PER_IP, DOOR_TOTAL, OPEN_FILES = "per_ip", "door_total", "open_files"
 
@@ -75,6 +77,29 @@ def _collect_and_trim() -> None:
     release_free_memory()
 
 
+class MemoryTrim:
+    """Runs :func:`_collect_and_trim` when asked, but at most once per ``TRIM_INTERVAL``: a
+    request inside the interval is served at its end (the memory still goes back after an
+    attack, a storm of reconnects does not pause the reactor again and again)."""
+
+    def __init__(self, clock: IReactorTime):
+        self.clock = clock
+        self.last: Optional[float] = None
+        self.pending: Optional[Any] = None
+
+    def request(self) -> None:
+        if self.pending is not None and self.pending.active():
+            return
+        now = self.clock.seconds()
+        delay = 0.0 if self.last is None else max(0.0, self.last + TRIM_INTERVAL - now)
+        self.pending = self.clock.callLater(delay, self._run)
+
+    def _run(self) -> None:
+        self.pending = None
+        self.last = self.clock.seconds()
+        _collect_and_trim()
+
+
 class OpenFiles:
     """The connections the public doors may hold together: the process's open-files limit
     less ``reserved`` (at most a quarter of the limit), so accepting never fails with EMFILE
@@ -83,6 +108,13 @@ class OpenFiles:
     def __init__(self, limit: int):
         self.limit = limit
         self.open = 0
+        self._trim: Optional[MemoryTrim] = None
+
+    def trim(self, clock: IReactorTime) -> MemoryTrim:
+        """The process's one :class:`MemoryTrim` (memory is the process's, like the files)."""
+        if self._trim is None:
+            self._trim = MemoryTrim(clock)
+        return self._trim
 
     @classmethod
     def for_process(cls, reserved: int) -> "OpenFiles":
@@ -151,6 +183,7 @@ class GuardedFactory(Factory):
         self.per_ip: Counter[str] = Counter()
         self.refusals = RefusalLog(door, metrics, clock)
         self.closed_since_trim = 0
+        self.trim = files.trim(clock)
         self.sweep = task.LoopingCall(self.close_idle)
         self.sweep.clock = clock
 
@@ -219,7 +252,7 @@ class GuardedFactory(Factory):
         self.closed_since_trim += 1
         if self.closed_since_trim >= max(TRIM_AFTER, len(self.connections), self.files.open):
             self.closed_since_trim = 0
-            self.clock.callLater(0, _collect_and_trim)
+            self.trim.request()
 
     def close_idle(self) -> None:
         """Close the connections that have sent nothing for ``idle_timeout``."""

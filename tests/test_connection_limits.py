@@ -524,3 +524,23 @@ def test_a_slow_http_body_times_out_on_comet_and_the_web_admin(presenced_factory
         assert answer.startswith(b"HTTP/1.1 408"), (path, answer)
         assert 1.0 < elapsed < 8.0, elapsed
         sock.close()
+
+
+def test_memory_is_given_back_at_most_once_per_interval(monkeypatch):
+    """A full collection pauses the reactor: a storm of closes asks many times, it runs at
+    once the first time, then once at the end of each interval, never in between."""
+    runs: list[float] = []
+    clock = task.Clock()
+    monkeypatch.setattr(listener, "_collect_and_trim", lambda: runs.append(clock.seconds()))
+    trim = listener.MemoryTrim(clock)
+    trim.request()
+    clock.advance(0)
+    assert runs == [0.0]
+    for _ in range(5):
+        clock.advance(5)
+        trim.request()
+    assert runs == [0.0]  # asked five more times within the interval: nothing yet
+    clock.advance(listener.TRIM_INTERVAL - 25)
+    assert runs == [0.0, listener.TRIM_INTERVAL]  # once, at the end of the interval
+    clock.advance(listener.TRIM_INTERVAL * 3)
+    assert len(runs) == 2  # nobody asked again
