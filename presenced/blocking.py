@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 BLOCKING_STORE = "blocking"   # map: blocked JID -> "" (the capability store's name)
 BLOCKLIST = "blocklist"       # router event; payload: items (the whole new list), block,
                               # unblock (the JIDs this change added / removed; [] = all)
-# Events a user still receives from a JID they block: their own roster and list changes.
-_ALWAYS_DELIVERED = frozenset((events.ROSTER, BLOCKLIST))
 
 
 def matches(blocked: frozenset[str], jid: str) -> bool:
@@ -114,14 +112,11 @@ class Blocklists:
 
     def refuses_event(self, user: str, event: Event) -> bool:
         """True: ``event`` is from a JID ``user`` blocks and is not delivered."""
-        blocked = self.lists.get(user)
-        if blocked is None:
-            if event.type == BLOCKLIST:
-                self.changed(user, event.payload["items"])
+        if event.type == BLOCKLIST:  # this node's copy follows every change, wherever made
+            self.changed(user, event.payload["items"])
             return False
-        if event.type in _ALWAYS_DELIVERED:
-            if event.type == BLOCKLIST:
-                self.changed(user, event.payload["items"])
+        blocked = self.lists.get(user)
+        if blocked is None or event.type == events.ROSTER:  # roster changes always arrive
             return False
         return matches(blocked, event.sender)
 

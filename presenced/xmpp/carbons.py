@@ -34,9 +34,7 @@ _NO_COPY = re.compile(rb"<private[^>]+urn:xmpp:carbons:2|<no-copy[^>]+urn:xmpp:h
 
 def eligible(data: bytes, kind: str) -> bool:
     """Whether a message (as serialised) is copied to the account's other resources."""
-    if kind == "chat":
-        pass
-    elif kind != "normal" or b"<body" not in data:
+    if kind != "chat" and (kind != "normal" or b"<body" not in data):
         return False
     return _NO_COPY.search(data) is None
 
