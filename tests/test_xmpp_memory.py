@@ -181,3 +181,42 @@ async def test_registration_roster_versioning_preapproval_and_directed_presence(
     assert child_text(await presence_from(stranger, "newbie@localhost/n"), "status") == "psst"
     newbie.send("</stream:stream>")
     await presence_from(stranger, "newbie@localhost/n", "unavailable")
+
+
+PHOTO = b"\x89PNG not really an image"
+NS_UPDATE = "vcard-temp:x:update"
+
+
+def photo_of(presence: domish.Element) -> Optional[str]:
+    """The XEP-0153 photo hash a presence carries ('' for an empty ``<photo/>``), or None."""
+    for x in presence.elements(NS_UPDATE, "x"):
+        for photo in x.elements(NS_UPDATE, "photo"):
+            return str(photo)
+    return None
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_server_adds_the_vcard_photo_hash_to_presence(memory_xmpp):
+    import base64
+    import hashlib
+    node = await memory_xmpp()
+    await node.add_users("vera", "walt")
+    await node.add_friends(("vera", "walt"))
+    walt = await node.online("walt")
+    vera = await node.online("vera")
+    assert photo_of(await presence_from(walt, "vera@localhost/test")) == ""  # no vCard yet
+    binval = base64.b64encode(PHOTO).decode()
+    await vera.iq(f"<iq type='set' id='v1'><vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png"
+                  f"</TYPE><BINVAL>{binval[:10]}\n{binval[10:]}</BINVAL></PHOTO></vCard></iq>")
+    await node.settle()
+    vera.send("<presence><show>away</show></presence>")
+    seen = await walt.expect(lambda s: s.name == "presence" and child_text(s, "show") == "away")
+    assert photo_of(seen) == hashlib.sha1(PHOTO).hexdigest()
+    # A client that states its own hash (or is not ready: an empty <x/>) is left alone.
+    vera.send(f"<presence><show>dnd</show><x xmlns='{NS_UPDATE}'/></presence>")
+    seen = await walt.expect(lambda s: s.name == "presence" and child_text(s, "show") == "dnd")
+    assert [x.toXml() for x in seen.elements(NS_UPDATE, "x")] == [f"<x xmlns='{NS_UPDATE}'/>"]
+    # A second resource binding later knows the hash at once.
+    await node.online("vera", resource="phone", presence=b"<presence><show>xa</show></presence>")
+    seen = await walt.expect(lambda s: s.name == "presence" and child_text(s, "show") == "xa")
+    assert photo_of(seen) == hashlib.sha1(PHOTO).hexdigest()
