@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,16 +60,26 @@ PACED_MESSAGES = 5
 SM_ENABLE = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
 SM_REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
 STANZA = re.compile(rb"<(?:message|presence|iq)[\s/>]")
+# SASL success, with data (SCRAM) or without (PLAIN: Prosody and ejabberd send <success/>).
+SUCCESS = re.compile(rb"<success[^>]*/>|</success>")
 
 
 # --- the load client ------------------------------------------------------------------------
 
-async def read_until(reader: asyncio.StreamReader, buffer: bytearray, token: bytes) -> bytes:
+async def read_until(reader: asyncio.StreamReader, buffer: bytearray,
+                     token: bytes | re.Pattern) -> bytes:
+    """The buffered bytes up to and including ``token`` (bytes, or a pattern: the end of
+    its first match), read on until it arrives."""
     while True:
-        index = buffer.find(token)
-        if index >= 0:
-            out = bytes(buffer[:index + len(token)])
-            del buffer[:index + len(token)]
+        if isinstance(token, bytes):
+            index = buffer.find(token)
+            end = index + len(token) if index >= 0 else -1
+        else:
+            match = token.search(buffer)
+            end = match.end() if match else -1
+        if end >= 0:
+            out = bytes(buffer[:end])
+            del buffer[:end]
             return out
         data = await reader.read(65536)
         if not data:
@@ -81,10 +92,11 @@ async def login_plain(port: int, user: str, sm: bool = False):
     buffer = bytearray()
     writer.write(HEADER)
     await read_until(reader, buffer, FEATURES_END)
-    token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode())
+    # The authcid is the local part, as clients send it (Prosody accepts nothing else).
+    token = base64.b64encode(f"\0{user.partition('@')[0]}\0{PASSWORD}".encode())
     writer.write(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>"
                  % token)
-    await read_until(reader, buffer, b"</success>")
+    await read_until(reader, buffer, SUCCESS)
     await bind(reader, writer, buffer, sm)
     return reader, writer, buffer
 
@@ -294,6 +306,111 @@ enabled = false
     return process, ports["xmpp"], config
 
 
+@dataclass(frozen=True)
+class LoadPlan:
+    """What the load processes do (bench/xmpp.py's options; bench/peers.py drives every
+    server with the same plan)."""
+
+    procs: int = 2
+    concurrency: int = 200
+    messages: int = 20
+    paced_rate: float = 5000.0
+    sm: bool = False
+
+
+def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
+    """Run the load processes against the XMPP server listening on ``port`` (process
+    ``pid``, whose CPU and memory are measured with its children): PLAIN logins, the idle
+    memory per session, a message burst, paced messages, STARTTLS + SCRAM logins. The
+    accounts of ``users`` exist with password PASSWORD. Returns the figures."""
+    rss_before = rss_kb(pid)
+    # Pairs stay within one process: split on even boundaries.
+    per = (len(users) // plan.procs) & ~1
+    shares = [users[i * per:(i + 1) * per] for i in range(plan.procs - 1)]
+    shares.append(users[(plan.procs - 1) * per:])
+    pipes, procs = [], []
+    for share in shares:
+        ours, theirs = multiprocessing.Pipe()
+        proc = multiprocessing.Process(target=worker, args=(
+            port, share, plan.concurrency, plan.messages, len(users) / plan.paced_rate,
+            plan.sm, theirs))
+        proc.start()
+        pipes.append(ours)
+        procs.append(proc)
+    try:
+        started, cpu = time.perf_counter(), cpu_seconds(pid)
+        for pipe in pipes:
+            pipe.recv()
+        plain_elapsed = time.perf_counter() - started
+        plain_cpu = cpu_seconds(pid) - cpu
+        time.sleep(3.5)  # idle: past two hibernation sweeps
+        rss_idle = rss_kb(pid)
+        barrier = time.time() + 0.5
+        cpu = cpu_seconds(pid)
+        for pipe in pipes:
+            pipe.send(barrier)
+        latencies: list[float] = []
+        last = 0.0
+        for pipe in pipes:
+            _, received, finished = pipe.recv()
+            latencies.extend(received)
+            last = max(last, finished)
+        message_elapsed = last - barrier
+        message_cpu = cpu_seconds(pid) - cpu
+        time.sleep(1.0)
+        barrier = time.time() + 0.5
+        for pipe in pipes:
+            pipe.send(barrier)
+        paced: list[float] = []
+        for pipe in pipes:
+            paced.extend(pipe.recv()[1])
+        paced.sort()
+        time.sleep(1.0)
+        started, cpu = time.perf_counter(), cpu_seconds(pid)
+        for pipe in pipes:
+            pipe.send("go")
+        for pipe in pipes:
+            pipe.recv()
+        scram_elapsed = time.perf_counter() - started
+        scram_cpu = cpu_seconds(pid) - cpu
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.terminate()
+    latencies.sort()
+    return {
+        "users": len(users),
+        "stream_management": plan.sm,
+        "load_processes": plan.procs,
+        "login_plain_per_s": round(len(users) / plain_elapsed, 1),
+        "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1),
+        "server_cpu_ms_per_login_plain": round(1000 * plain_cpu / len(users), 3),
+        "server_cpu_ms_per_login_starttls_scram": round(1000 * scram_cpu / len(users), 3),
+        "idle_rss_kb_per_session": round((rss_idle - rss_before) / len(users), 2),
+        "server_rss_mb_with_sessions": round(rss_idle / 1024, 1),
+        "messages_sent": len(users) * plan.messages,
+        "messages_delivered": len(latencies),
+        "messages_per_s": round(len(latencies) / message_elapsed, 1)
+        if message_elapsed > 0 else None,
+        "server_cpu_us_per_message": round(1e6 * message_cpu / max(1, len(latencies)), 1),
+        "latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2) if latencies else None,
+        "latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2) if latencies else None,
+        "paced_rate_per_s": plan.paced_rate,
+        "paced_delivered": len(paced),
+        "paced_latency_p50_ms": round(1000 * percentile(paced, 0.5), 2) if paced else None,
+        "paced_latency_p99_ms": round(1000 * percentile(paced, 0.99), 2) if paced else None,
+    }
+
+
+def import_users(config: Path, users: list[str], directory: Path) -> None:
+    """Create the bench accounts with ``presencedctl import-users``."""
+    lines = "".join(f"{u} {PASSWORD}\n" for u in users)
+    subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
+                    "import-users", "-", "--quiet"], input=lines.encode(), check=True,
+                   env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=directory)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=5000)
@@ -311,101 +428,21 @@ def main() -> None:
                         help="clients enable stream management (XEP-0198) and answer acks")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
+    plan = LoadPlan(args.procs, args.concurrency, args.messages, args.paced_rate, args.sm)
     with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
         directory = Path(tmp)
         redis, redis_port = start_redis(directory) if args.workers > 1 else (None, 0)
         server, port, config = start_server(directory, args.iterations, args.workers,
                                             redis_port)
         try:
-            lines = "".join(f"{u} {PASSWORD}\n" for u in users)
-            subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
-                            "import-users", "-", "--quiet"], input=lines.encode(), check=True,
-                           env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=directory)
+            started = time.perf_counter()
+            import_users(config, users, directory)
+            imported = len(users) / (time.perf_counter() - started)
             time.sleep(1.0 + 2 * args.workers)  # workers up and in the cluster
-            rss_before = rss_kb(server.pid)
-            # Pairs stay within one process: split on even boundaries.
-            per = (len(users) // args.procs) & ~1
-            shares = [users[i * per:(i + 1) * per] for i in range(args.procs - 1)]
-            shares.append(users[(args.procs - 1) * per:])
-            pipes, procs = [], []
-            for share in shares:
-                ours, theirs = multiprocessing.Pipe()
-                proc = multiprocessing.Process(target=worker, args=(
-                    port, share, args.concurrency, args.messages,
-                    len(users) / args.paced_rate, args.sm, theirs))
-                proc.start()
-                pipes.append(ours)
-                procs.append(proc)
-            started, cpu = time.perf_counter(), cpu_seconds(server.pid)
-            for pipe in pipes:
-                pipe.recv()
-            plain_elapsed = time.perf_counter() - started
-            plain_cpu = cpu_seconds(server.pid) - cpu
-            time.sleep(3.5)  # idle: past two hibernation sweeps
-            rss_idle = rss_kb(server.pid)
-            barrier = time.time() + 0.5
-            cpu = cpu_seconds(server.pid)
-            for pipe in pipes:
-                pipe.send(barrier)
-            latencies: list[float] = []
-            last = 0.0
-            for pipe in pipes:
-                _, received, finished = pipe.recv()
-                latencies.extend(received)
-                last = max(last, finished)
-            message_elapsed = last - barrier
-            message_cpu = cpu_seconds(server.pid) - cpu
-            time.sleep(1.0)
-            barrier = time.time() + 0.5
-            for pipe in pipes:
-                pipe.send(barrier)
-            paced: list[float] = []
-            for pipe in pipes:
-                paced.extend(pipe.recv()[1])
-            paced.sort()
-            time.sleep(1.0)
-            started, cpu = time.perf_counter(), cpu_seconds(server.pid)
-            for pipe in pipes:
-                pipe.send("go")
-            for pipe in pipes:
-                pipe.recv()
-            scram_elapsed = time.perf_counter() - started
-            scram_cpu = cpu_seconds(server.pid) - cpu
-            for proc in procs:
-                proc.join(30)
-            latencies.sort()
-            sent = len(users) * args.messages
-            result = {
-                "users": len(users),
-                "workers": args.workers,
-                "stream_management": args.sm,
-                "scram_iterations": args.iterations,
-                "load_processes": args.procs,
-                "login_plain_per_s": round(len(users) / plain_elapsed, 1),
-                "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1),
-                "server_cpu_ms_per_login_plain": round(1000 * plain_cpu / len(users), 3),
-                "server_cpu_ms_per_login_starttls_scram": round(1000 * scram_cpu / len(users),
-                                                                3),
-                "idle_rss_kb_per_session": round((rss_idle - rss_before) / len(users), 2),
-                "server_rss_mb_with_sessions": round(rss_idle / 1024, 1),
-                "messages_sent": sent,
-                "messages_delivered": len(latencies),
-                "messages_per_s": round(len(latencies) / message_elapsed, 1)
-                if message_elapsed > 0 else None,
-                "server_cpu_us_per_message": round(1e6 * message_cpu / max(1, len(latencies)),
-                                                   1),
-                "latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2)
-                if latencies else None,
-                "latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2)
-                if latencies else None,
-                "paced_rate_per_s": args.paced_rate,
-                "paced_delivered": len(paced),
-                "paced_latency_p50_ms": round(1000 * percentile(paced, 0.5), 2)
-                if paced else None,
-                "paced_latency_p99_ms": round(1000 * percentile(paced, 0.99), 2)
-                if paced else None,
-                "load_average_1min": round(os.getloadavg()[0], 2),
-            }
+            result = {"workers": args.workers, "scram_iterations": args.iterations,
+                      "import_users_per_s": round(imported, 1),
+                      **drive(server.pid, port, users, plan),
+                      "load_average_1min": round(os.getloadavg()[0], 2)}
             print(json.dumps(result, indent=2))
         finally:
             server.terminate()
