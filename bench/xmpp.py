@@ -270,8 +270,14 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
 
 # --- the server -----------------------------------------------------------------------------
 
-def start_server(directory: Path, iterations: int, workers: int = 1,
-                 redis_port: int = 0) -> tuple[subprocess.Popen, int, Path]:
+def start_server(directory: Path, iterations: int, workers: int = 1, redis_port: int = 0,
+                 checkout: Path = REPO) -> tuple[subprocess.Popen, int, Path]:
+    """A private presenced from ``checkout`` with the bench config (keys that checkout's
+    ``config/presenced.toml`` does not document are left out: older revisions refuse them)."""
+    known = (checkout / "config" / "presenced.toml").read_text()
+    # Every load client connects from 127.0.0.1: the per-address cap would refuse them.
+    per_ip = ("max_connections_per_ip = 1000000\n" if "max_connections_per_ip" in known
+              else "")
     config = directory / "presenced.toml"
     cluster = ""
     if workers > 1:
@@ -291,9 +297,7 @@ port = {free_port() if workers > 1 else 0}
 require_tls = false
 allow_plain = true
 hibernate_after = 1.0
-# Every load client connects from 127.0.0.1: the per-address cap would refuse them.
-max_connections_per_ip = 1000000
-[comet]
+{per_ip}[comet]
 enabled = false
 [thrift]
 enabled = false
@@ -302,7 +306,7 @@ enabled = false
 [irc]
 enabled = false
 """)
-    process, ports = start_presenced(directory, config)
+    process, ports = start_presenced(directory, config, checkout=checkout)
     return process, ports["xmpp"], config
 
 
@@ -403,12 +407,41 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
     }
 
 
-def import_users(config: Path, users: list[str], directory: Path) -> None:
-    """Create the bench accounts with ``presencedctl import-users``."""
+def import_users(config: Path, users: list[str], directory: Path,
+                 checkout: Path = REPO) -> None:
+    """Create the bench accounts with ``presencedctl import-users`` (of ``checkout``)."""
     lines = "".join(f"{u} {PASSWORD}\n" for u in users)
     subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
                     "import-users", "-", "--quiet"], input=lines.encode(), check=True,
-                   env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=directory)
+                   env=dict(os.environ, PYTHONPATH=str(checkout)), cwd=directory,
+                   stdout=subprocess.DEVNULL)
+
+
+def run_checkout(checkout: Path, users: list[str], plan: LoadPlan, iterations: int,
+                 workers: int) -> dict:
+    """The whole bench against a private server from ``checkout``."""
+    with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
+        directory = Path(tmp)
+        redis, redis_port = start_redis(directory) if workers > 1 else (None, 0)
+        server, port, config = start_server(directory, iterations, workers, redis_port,
+                                            checkout)
+        try:
+            started = time.perf_counter()
+            import_users(config, users, directory, checkout)
+            imported = len(users) / (time.perf_counter() - started)
+            time.sleep(1.0 + 2 * workers)  # workers up and in the cluster
+            commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short",
+                                     "HEAD"], capture_output=True, text=True).stdout.strip()
+            return {"checkout": str(checkout), "commit": commit, "workers": workers,
+                    "scram_iterations": iterations, "import_users_per_s": round(imported, 1),
+                    **drive(server.pid, port, users, plan),
+                    "load_average_1min": round(os.getloadavg()[0], 2)}
+        finally:
+            server.terminate()
+            server.wait(30)
+            if redis is not None:
+                redis.terminate()
+                redis.wait(10)
 
 
 def main() -> None:
@@ -426,30 +459,16 @@ def main() -> None:
                         help="server worker processes (above 1: a cluster over a private Redis)")
     parser.add_argument("--sm", action="store_true",
                         help="clients enable stream management (XEP-0198) and answer acks")
+    parser.add_argument("--checkouts", default="",
+                        help="comma-separated presenced checkouts (git worktrees) to measure "
+                             "one after the other with this load client: before/after in one "
+                             "run; prints a list of results")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
     plan = LoadPlan(args.procs, args.concurrency, args.messages, args.paced_rate, args.sm)
-    with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
-        directory = Path(tmp)
-        redis, redis_port = start_redis(directory) if args.workers > 1 else (None, 0)
-        server, port, config = start_server(directory, args.iterations, args.workers,
-                                            redis_port)
-        try:
-            started = time.perf_counter()
-            import_users(config, users, directory)
-            imported = len(users) / (time.perf_counter() - started)
-            time.sleep(1.0 + 2 * args.workers)  # workers up and in the cluster
-            result = {"workers": args.workers, "scram_iterations": args.iterations,
-                      "import_users_per_s": round(imported, 1),
-                      **drive(server.pid, port, users, plan),
-                      "load_average_1min": round(os.getloadavg()[0], 2)}
-            print(json.dumps(result, indent=2))
-        finally:
-            server.terminate()
-            server.wait(30)
-            if redis is not None:
-                redis.terminate()
-                redis.wait(10)
+    checkouts = [Path(c).resolve() for c in args.checkouts.split(",") if c] or [REPO]
+    results = [run_checkout(c, users, plan, args.iterations, args.workers) for c in checkouts]
+    print(json.dumps(results if args.checkouts else results[0], indent=2))
 
 
 if __name__ == "__main__":
