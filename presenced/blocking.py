@@ -63,6 +63,13 @@ class Blocklists:
             return self.lists.get(user, frozenset())
         return frozenset(await self.store.items(user))
 
+    def known_blocks(self, user: str, other: str) -> Optional[bool]:
+        """Whether ``user`` blocks ``other``, from the lists held here; None when this node
+        does not hold ``user``'s list (ask :meth:`blocks`)."""
+        if user not in self._loaded:
+            return None
+        return matches(self.lists.get(user, frozenset()), other)
+
     async def blocks(self, user: str, other: str) -> bool:
         """Whether ``user`` blocks ``other`` (any door may ask before sending)."""
         return matches(await self.items(user), other)
