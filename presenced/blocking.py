@@ -130,6 +130,8 @@ class Blocklists:
     def hides(self, user: str, other: str) -> bool:
         """Whether either of two users blocks the other, from the lists held here (users
         online on this node): what a door that writes to a session directly asks."""
+        if not self.lists:  # nobody online here blocks anyone: every stanza asks
+            return False
         a, b = self.lists.get(user), self.lists.get(other.partition("/")[0])
         return (a is not None and matches(a, other)) or (b is not None and matches(b, user))
 

@@ -66,3 +66,50 @@ def test_write_budget_holds_the_gate_while_the_peer_does_not_read():
     assert not transport.reading
     budget.resumeProducing()
     assert transport.reading
+
+
+class FakeStream:
+    def __init__(self):
+        self.transport = FakeTransport()
+        self.errors = []
+
+    def stream_error(self, condition, text=None):
+        self.errors.append(condition)
+
+
+def _shaper(clock, burst=10, rate=1.0):
+    from presenced.xmpp.shaping import FloodLimits, StreamShaper
+
+    stream = FakeStream()
+    limits = FloodLimits(read_rate=1e9, read_burst=10**9, stanza_rate=rate,
+                         stanza_burst=burst, max_pending=100, stanza_timeout=10)
+    return stream, StreamShaper(stream, limits, clock)
+
+
+def test_shaper_passes_the_burst_then_holds_reading_then_closes_past_twice_the_burst():
+    clock = task.Clock()
+    stream, shaper = _shaper(clock)
+    assert all(shaper.stanza() for _ in range(10))  # the burst, in one read
+    assert stream.transport.reading
+    assert shaper.stanza()  # one over: reading stops until the debt is paid
+    assert not stream.transport.reading
+    shaper.read(100, partial=False)  # settling in debt grants no allowance
+    assert all(shaper.stanza() for _ in range(9))
+    assert not shaper.stanza()  # 11 over the rate: closed
+    assert stream.errors == ["policy-violation"]
+
+
+def test_shaper_allowance_grows_with_time_between_reads():
+    clock = task.Clock()
+    stream, shaper = _shaper(clock)
+    for _ in range(10):
+        shaper.stanza()
+    shaper.read(100, partial=False)
+    clock.advance(5)  # 5 tokens back
+    shaper.read(100, partial=False)
+    assert all(shaper.stanza() for _ in range(5))
+    assert stream.transport.reading
+    shaper.stanza()
+    assert not stream.transport.reading
+    clock.advance(1)
+    assert stream.transport.reading

@@ -310,7 +310,9 @@ class C2SServer:
             self.log.failure("handling {stanza}", stanza=stanza.toXml()[:200])
             session.error(stanza, "internal-server-error")
             return
-        if isinstance(result, defer.Deferred):
+        # Most handlers return None; ``isinstance`` against Deferred (an ABC through
+        # Awaitable) is costly enough to skip on the message path.
+        if result is not None and isinstance(result, defer.Deferred):
             if not result.called:
                 session.stream.shaper.track(result)
             result.addErrback(self._failed, session, stanza)
