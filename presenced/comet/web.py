@@ -72,18 +72,21 @@ class WebSockets(resource.Resource):
 
 
 class CometRoot(resource.Resource):
-    """``/`` (the demo page), ``/static/``, ``/ws/``, ``/health`` (:mod:`presenced.health`);
-    a JSON 404 for anything else."""
+    """``/`` (the demo page), ``/static/``, ``/ws/``, ``/health`` (:mod:`presenced.health`),
+    what other doors offer in ``core.http_resources`` (looked up per request: those doors
+    may start after this one); a JSON 404 for anything else."""
 
     def __init__(self, door: "CometDoor"):
         super().__init__()
+        self.offered = door.core.http_resources
         self.putChild(b"", static.File(os.path.join(STATIC_DIR, "index.html")))
         self.putChild(b"static", StaticFiles(STATIC_DIR))
         self.putChild(b"ws", WebSockets(door))
         self.putChild(b"health", HealthResource(door.core))
 
     def getChild(self, name: bytes, request: server.Request) -> resource.Resource:
-        return not_found(request)
+        offered = self.offered.get(name)
+        return not_found(request) if offered is None else offered
 
 
 class OneRequestChannel(DeadlineChannel):

@@ -37,4 +37,7 @@ KEYS: Keys = {
     "max_sessions_per_user": Key(10, "int", positive),
     "archive_days": Key(0, "int", non_negative),
     "archive_limit": Key(10000, "int", positive),
+    # Web clients, on the HTTP door ([comet] port): docs/web-clients.md.
+    "websocket": Key(True, "bool"),
+    "web_public_url": Key("", "str"),
 }

@@ -1,0 +1,183 @@
+"""XMPP for web clients on the HTTP door: WebSocket (RFC 7395) with a raw client, host-meta
+(XEP-0156); the TCP peers are raw streams on the same server. The framing helpers are tested
+without a process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import time
+
+import pytest
+import websocket
+
+from presenced.xmpp.websocket import FramingError, framing_element, qualified, stream_header
+from tests.helpers import HEADER, PresencedProcess, RawClient, http_get
+
+USERS = ["alice", "bob", "carol", "dave"]
+OPEN = ("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>")
+CLOSE = "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"
+ALLOWED = "http://pages.example"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = PresencedProcess(tmp_path_factory.mktemp("web"), {
+        "webadmin": {"enabled": False}, "thrift": {"enabled": False},
+        "server": {"scram_iterations": 1000},
+        "comet": {"cors_origins": [ALLOWED]},
+        "xmpp": {"allow_plain": True, "require_tls": False, "auth_failure_delay": 0.1}})
+    process.start()
+    process.ctl("import-users", "-", "--quiet",
+                input="".join(f"{user}@localhost {user}-pw\n" for user in USERS))
+    process.ctl("add-friend", "alice@localhost", "bob@localhost")
+    process.ctl("add-friend", "carol@localhost", "dave@localhost")
+    yield process
+    process.stop()
+
+
+class WebSocketClient:
+    """A raw RFC 7395 client: one text message per element."""
+
+    def __init__(self, server: PresencedProcess, **options):
+        self.ws = websocket.create_connection(
+            f"ws://127.0.0.1:{server.ports['comet']}/xmpp-websocket", timeout=10,
+            subprotocols=["xmpp"], **options)
+
+    def send(self, text: str) -> None:
+        self.ws.send(text)
+
+    def recv(self) -> str:
+        return self.ws.recv()
+
+    def until(self, pattern: str) -> list[str]:
+        """Messages up to the first that matches ``pattern``."""
+        seen = []
+        while True:
+            message = self.recv()
+            seen.append(message)
+            if re.search(pattern, message):
+                return seen
+
+    def login(self, user: str, resource: str = "web") -> str:
+        self.send(OPEN)
+        assert self.recv().startswith("<open ")
+        features = self.recv()
+        assert "PLAIN" in features and "starttls" not in features
+        token = base64.b64encode(f"\0{user}\0{user.split('@')[0]}-pw".encode()).decode()
+        self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}"
+                  "</auth>")
+        assert self.recv().startswith("<success")
+        self.send(OPEN)
+        assert self.recv().startswith("<open ")
+        assert "xmpp-bind" in self.recv()
+        self.send("<iq xmlns='jabber:client' type='set' id='b'>"
+                  "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                  f"<resource>{resource}</resource></bind></iq>")
+        return self.recv()
+
+
+def tcp_login(server: PresencedProcess, user: str) -> RawClient:
+    client = RawClient(server.ports["xmpp"])
+    client.login(user, f"{user.split('@')[0]}-pw")
+    client.send(b"<presence/>")
+    return client
+
+
+def test_websocket_login_presence_and_chat_with_a_tcp_client(server):
+    bob = tcp_login(server, "bob@localhost")
+    bob.read_until(b"<presence[^>]*from=.bob@localhost/raw")
+    web = WebSocketClient(server)
+    assert web.ws.subprotocol == "xmpp"
+    bound = web.login("alice@localhost")
+    assert bound.startswith("<iq xmlns='jabber:client'") and "alice@localhost/web" in bound
+    web.send("<presence xmlns='jabber:client'/>")
+    presence = web.until("from=.bob@localhost/raw")[-1]
+    assert presence.startswith("<presence xmlns='jabber:client'")
+    bob.read_until(b"<presence[^>]*from=.alice@localhost/web")
+
+    bob.send(b"<message to='alice@localhost' type='chat'><body>over tcp</body></message>")
+    message = web.until("over tcp")[-1]
+    assert message.startswith("<message xmlns='jabber:client'")
+    web.send("<message xmlns='jabber:client' to='bob@localhost' type='chat'>"
+             "<body>over websocket</body></message>")
+    bob.read_until(b"over websocket")
+
+    web.send(CLOSE)
+    assert web.until("<close ")[-1] == CLOSE
+    bob.read_until(b"<presence[^>]*from=.alice@localhost/web[^>]*type=.unavailable")
+    bob.close()
+
+
+def test_a_websocket_killed_mid_stream_is_a_lost_connection(server):
+    """The socket dies with half a stanza sent: the friend sees the resource go, and the
+    account logs in again at once."""
+    dave = tcp_login(server, "dave@localhost")
+    dave.read_until(b"<presence[^>]*from=.dave@localhost/raw")
+    web = WebSocketClient(server)
+    web.login("carol@localhost")
+    web.send("<presence xmlns='jabber:client'/>")
+    dave.read_until(b"<presence[^>]*from=.carol@localhost/web")
+    web.ws.sock.sendall(b"\x81\xfe\x01\x00" + b"\0\0\0\0" + b"<message><bo")  # half a frame
+    web.ws.sock.shutdown(socket.SHUT_RDWR)
+    web.ws.sock.close()
+    dave.read_until(b"<presence[^>]*from=.carol@localhost/web[^>]*type=.unavailable")
+    again = WebSocketClient(server)
+    assert "carol@localhost/web" in again.login("carol@localhost")
+    dave.close()
+
+
+def test_a_message_with_half_a_stanza_ends_the_session_with_a_stream_error(server):
+    web = WebSocketClient(server)
+    web.login("alice@localhost", "half")
+    web.send("<message xmlns='jabber:client' to='bob@localhost'><body>")
+    seen = web.until("<close ")
+    assert "not-well-formed" in seen[-2] and "xmlns:stream=" in seen[-2]
+
+
+def test_binary_messages_and_foreign_framing_are_stream_errors(server):
+    web = WebSocketClient(server)
+    web.send(OPEN)
+    web.recv(), web.recv()
+    web.ws.send_binary(b"<presence/>")
+    assert "bad-format" in web.until("<close ")[-2]
+    other = WebSocketClient(server)
+    other.send("<open xmlns='urn:example' to='localhost' version='1.0'/>")
+    assert "invalid-namespace" in other.until("<close ")[-2]
+
+
+def test_websocket_origin_and_subprotocol_are_checked(server):
+    base = f"ws://127.0.0.1:{server.ports['comet']}/xmpp-websocket"
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(base, subprotocols=["xmpp"], origin="http://evil.example")
+    assert refused.value.status_code == 403
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(base, origin=ALLOWED)
+    assert refused.value.status_code == 400
+    allowed = WebSocketClient(server, origin=ALLOWED)
+    allowed.send(OPEN)
+    assert allowed.recv().startswith("<open ")
+
+
+# --- framing, without a process --------------------------------------------------------------
+
+def test_stanzas_get_their_namespace_once():
+    assert qualified(b"<iq type='result' id='1'/>") == (
+        b"<iq xmlns='jabber:client' type='result' id='1'/>")
+    assert qualified(b"<presence/>") == b"<presence xmlns='jabber:client'/>"
+    assert qualified(b"<message xmlns='jabber:client'><body>a</body></message>") == (
+        b"<message xmlns='jabber:client'><body>a</body></message>")
+    assert qualified(b"<a xmlns='urn:xmpp:sm:3' h='1'/>") == b"<a xmlns='urn:xmpp:sm:3' h='1'/>"
+
+
+def test_open_becomes_a_stream_header():
+    element = framing_element(b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' "
+                              b"to='local&amp;host' version='1.0'/>")
+    assert stream_header(element) == (
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
+        b" to=\"local&amp;host\" version=\"1.0\">")
+    assert framing_element(b"<message/>") is None
+    with pytest.raises(FramingError):
+        framing_element(b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing'><!-- x --></open>")
