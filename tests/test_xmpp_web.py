@@ -13,6 +13,9 @@ import time
 import pytest
 import websocket
 
+from twisted.web.test.requesthelper import DummyRequest
+
+from presenced.xmpp.hostmeta import ConnectionLinks
 from presenced.xmpp.websocket import FramingError, framing_element, qualified, stream_header
 from tests.helpers import HEADER, PresencedProcess, RawClient, http_get
 
@@ -159,6 +162,27 @@ def test_websocket_origin_and_subprotocol_are_checked(server):
     allowed = WebSocketClient(server, origin=ALLOWED)
     allowed.send(OPEN)
     assert allowed.recv().startswith("<open ")
+
+
+def test_host_meta_names_both_urls(server):
+    port = server.ports["comet"]
+    status, headers, body = http_get(port, "/.well-known/host-meta.json")
+    assert status == 200
+    links = {link["rel"]: link["href"] for link in json.loads(body)["links"]}
+    assert links["urn:xmpp:alt-connections:websocket"] == "ws://test/xmpp-websocket"
+    assert headers["access-control-allow-origin"] == "*"
+    status, headers, body = http_get(port, "/.well-known/host-meta")
+    assert status == 200 and headers["content-type"].startswith("application/xrd+xml")
+    assert b"<Link rel=\"urn:xmpp:alt-connections:websocket\" href=\"ws://test/xmpp-websocket\"/>" in body
+
+
+def test_host_meta_behind_a_proxy_names_the_public_urls():
+    request = DummyRequest([b"host-meta"])
+    request.requestHeaders.setRawHeaders(b"host", [b"127.0.0.1:8000"])
+    links = ConnectionLinks("https://chat.example/", websocket=True, bosh=True)
+    assert links.links(request) == [
+        ("urn:xmpp:alt-connections:websocket", "wss://chat.example/xmpp-websocket"),
+        ("urn:xmpp:alt-connections:xbosh", "https://chat.example/http-bind")]
 
 
 # --- framing, without a process --------------------------------------------------------------

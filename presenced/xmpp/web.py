@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from presenced.xmpp.hostmeta import ConnectionLinks, WellKnown
 from presenced.xmpp.websocket import XMPPWebSocketResource
 
 if TYPE_CHECKING:
@@ -21,3 +22,6 @@ def offer_web_resources(core: "Core", server: "C2SServer") -> None:
     origins = frozenset(core.config.comet.cors_origins)
     if settings.websocket:
         core.http_resources[b"xmpp-websocket"] = XMPPWebSocketResource(server, origins)
+    if settings.websocket:
+        core.http_resources[b".well-known"] = WellKnown(
+            ConnectionLinks(settings.web_public_url, settings.websocket, bosh=False))
