@@ -16,7 +16,8 @@ import websocket
 from twisted.web.test.requesthelper import DummyRequest
 
 from presenced.xmpp.hostmeta import ConnectionLinks
-from presenced.xmpp.websocket import FramingError, framing_element, qualified, stream_header
+from presenced.xmpp.websocket import FramingError, framing_element
+from presenced.xmpp.webstream import qualified, stream_header
 from tests.helpers import HEADER, PresencedProcess, RawClient, http_get
 
 USERS = ["alice", "bob", "carol", "dave"]
@@ -199,7 +200,7 @@ def test_stanzas_get_their_namespace_once():
 def test_open_becomes_a_stream_header():
     element = framing_element(b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' "
                               b"to='local&amp;host' version='1.0'/>")
-    assert stream_header(element) == (
+    assert stream_header(element.getAttribute("to"), element.getAttribute("version")) == (
         b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
         b" to=\"local&amp;host\" version=\"1.0\">")
     assert framing_element(b"<message/>") is None

@@ -27,8 +27,9 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import ProtocolError
 
 from presenced.xmpp.parser import StanzaParser
-from presenced.xmpp.stanzas import NS_STREAMS, attr
+from presenced.xmpp.stanzas import NS_STREAMS
 from presenced.xmpp.stream import STREAM_END, C2SStream, TCPFraming
+from presenced.xmpp.webstream import header, origin_allowed, qualified, stream_header
 
 if TYPE_CHECKING:
     from presenced.xmpp.server import C2SServer
@@ -38,7 +39,6 @@ SUBPROTOCOL = "xmpp"
 CLOSE = b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"
 FEATURES = b"<stream:features"
 STREAM_PREFIX = b" xmlns:stream='http://etherx.jabber.org/streams'"
-STANZAS = (b"<message", b"<presence", b"<iq")
 # The first bytes of a framing element (anything else is a stanza or a nonza).
 FRAMING_HEADS = (b"<open", b"<close")
 MAX_FRAMING_BYTES = 4096
@@ -63,19 +63,6 @@ class WebSocketFraming(TCPFraming):
 
 
 WEBSOCKET = WebSocketFraming()
-
-
-def qualified(data: bytes) -> bytes:
-    """A stanza with its ``jabber:client`` namespace on the top element, which a stream's
-    serialisation leaves to the stream header (every top ``>`` in our output is the end of
-    the start tag: attribute values escape it)."""
-    if not data.startswith(STANZAS):
-        return data
-    end = data.index(b">")
-    if b"xmlns=" in data[:end]:
-        return data
-    name_end = next(len(head) for head in STANZAS if data.startswith(head))
-    return data[:name_end] + b" xmlns='jabber:client'" + data[name_end:]
 
 
 class FramingError(ValueError):
@@ -106,18 +93,6 @@ def framing_element(data: bytes) -> Optional[domish.Element]:
     if not found or found[0].uri != NS_FRAMING:
         raise FramingError("invalid-namespace", f"expected {NS_FRAMING}")
     return found[0]
-
-
-def stream_header(element: domish.Element) -> bytes:
-    """The TCP stream header saying what ``<open/>`` says, for the stream's parser."""
-    parts = [b"<stream:stream xmlns='jabber:client' "
-             b"xmlns:stream='http://etherx.jabber.org/streams'"]
-    for name in ("to", "version"):
-        value = element.getAttribute(name)
-        if value is not None:
-            parts.append(b" %s=%s" % (name.encode(), attr(value).encode("utf-8")))
-    parts.append(b">")
-    return b"".join(parts)
 
 
 class WebSocketLink:
@@ -191,7 +166,8 @@ class XMPPWebSocket:
             stream.stream_error(e.condition, str(e))
             return
         if element is not None:
-            data = stream_header(element) if element.name == "open" else STREAM_END
+            data = (stream_header(element.getAttribute("to"), element.getAttribute("version"))
+                    if element.name == "open" else STREAM_END)
         stream.dataReceived(data)
         parser = stream.stream
         if not stream.closing and parser is not None and parser.depth > 1:
@@ -216,10 +192,10 @@ def _nothing(*args: object) -> None:
 
 
 class XMPPWebSocketResource(resource.Resource):
-    """``/xmpp-websocket``: checks the Origin against ``[comet] cors_origins`` (a page of
-    this host may always connect) and upgrades with the ``xmpp`` subprotocol, which
-    Twisted's ``WebSocketResource`` cannot select, so its handshake is done here with
-    wsproto and the connection handed to Twisted's WebSocket wire protocol as it does."""
+    """``/xmpp-websocket``: checks the Origin (:func:`origin_allowed`) and upgrades with
+    the ``xmpp`` subprotocol, which Twisted's ``WebSocketResource`` cannot select, so its
+    handshake is done here with wsproto and the connection handed to Twisted's WebSocket
+    wire protocol as that resource does."""
 
     isLeaf = True
 
@@ -230,10 +206,9 @@ class XMPPWebSocketResource(resource.Resource):
 
     def render_GET(self, request: Request) -> bytes | int:
         request.setHeader(b"cache-control", b"no-store")
-        origin = _header(request, b"origin")
-        if origin and not self.origin_allowed(origin, _header(request, b"host")):
+        if not origin_allowed(self.origins, request):
             return _refuse(request, 403, "origin not allowed: add it to [comet] cors_origins")
-        offered = [p.strip() for p in _header(request, b"sec-websocket-protocol").split(",")]
+        offered = [p.strip() for p in header(request, b"sec-websocket-protocol").split(",")]
         if SUBPROTOCOL not in offered:
             return _refuse(request, 400, "ask for the 'xmpp' WebSocket subprotocol (RFC 7395)")
         headers = [(name, value) for name, values in request.requestHeaders.getAllRawHeaders()
@@ -250,15 +225,6 @@ class XMPPWebSocketResource(resource.Resource):
         request.channel.transport.write(accept)
         protocol.negotiationFinished()
         return NOT_DONE_YET
-
-    def origin_allowed(self, origin: str, host: str) -> bool:
-        if "*" in self.origins or origin in self.origins:
-            return True
-        return origin.partition("://")[2] == host   # the page came from this door
-
-
-def _header(request: Request, name: bytes) -> str:
-    return (request.getHeader(name) or b"").decode("latin-1")
 
 
 def _refuse(request: Request, status: int, message: str) -> bytes:
