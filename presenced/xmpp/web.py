@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from presenced.xmpp.bosh import BoshLimits, BoshResource, BoshSessions
 from presenced.xmpp.hostmeta import ConnectionLinks, WellKnown
 from presenced.xmpp.websocket import XMPPWebSocketResource
 
@@ -17,11 +18,14 @@ if TYPE_CHECKING:
 
 
 def offer_web_resources(core: "Core", server: "C2SServer") -> None:
-    """Fill ``core.http_resources`` with what ``[xmpp] websocket`` enables."""
+    """Fill ``core.http_resources`` with what ``[xmpp] websocket`` and ``bosh`` enable."""
     settings = core.config.xmpp
     origins = frozenset(core.config.comet.cors_origins)
     if settings.websocket:
         core.http_resources[b"xmpp-websocket"] = XMPPWebSocketResource(server, origins)
-    if settings.websocket:
+    if settings.bosh:
+        limits = BoshLimits.from_config(settings, core.config.router.session_queue_bytes)
+        core.http_resources[b"http-bind"] = BoshResource(BoshSessions(server, limits), origins)
+    if settings.websocket or settings.bosh:
         core.http_resources[b".well-known"] = WellKnown(
-            ConnectionLinks(settings.web_public_url, settings.websocket, bosh=False))
+            ConnectionLinks(settings.web_public_url, settings.websocket, settings.bosh))
