@@ -19,7 +19,8 @@ Hooks fired here:
 
 What one door offers the others has a typed slot here, filled by that door when it starts:
 ``core.irc`` (an :class:`IIRCAnnouncer`, None while no IRC bot runs: callers report "not
-enabled") and ``core.web_resources`` (resources the web admin serves for other doors).
+enabled"), ``core.web_resources`` (resources the web admin serves for other doors) and
+``core.http_resources`` (resources the public HTTP door serves for other doors).
 """
 
 from __future__ import annotations
@@ -129,6 +130,9 @@ class Core:
         # URL segment (b"irccat") -> resource the web admin serves there for another door;
         # looked up per request, so a door may add one after the console started.
         self.web_resources: dict[bytes, IResource] = {}
+        # The same for the public HTTP door (comet, port 8000): the XMPP door's
+        # /xmpp-websocket, /http-bind and /.well-known (XEP-0156).
+        self.http_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
         self.blocking = Blocklists(store, self.router, server.blocklist_limit)
         # What the public doors' listeners may hold together (presenced.listener).

@@ -37,6 +37,7 @@ from presenced.xmpp.sm import StreamManagementHandler
 from presenced.xmpp.tls import LOAD_ERRORS, context_factory
 from presenced.xmpp.vcard import VCardHandler
 from presenced.xmpp.version import VersionHandler
+from presenced.xmpp.web import offer_web_resources
 
 FEATURES: tuple[type[FeatureHandler], ...] = (
     DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
@@ -72,6 +73,7 @@ class XMPPService(service.MultiService):
         self.deadlines = task.LoopingCall(self.server.close_late_streams)
         limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip,
                                   refusal=REFUSAL)
+        offer_web_resources(core, self.server)
         ListeningService(core, "xmpp", config.port, config.bind,
                          C2SFactory(self.server), limits).setServiceParent(self)
         if config.direct_tls:
