@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
 from presenced.store import IRosterStore
-from tests.helpers import PresencedProcess, RedisClusterServers, RedisServer
+from tests.helpers import PresencedProcess, RedisClusterServers, RedisSentinels, RedisServer
 
 
 @pytest.fixture
@@ -61,6 +61,15 @@ def shared_redis_cluster(tmp_path_factory):
 def redis_cluster(tmp_path: Path):
     """A private Redis Cluster (3 masters, 3 replicas) of this test's own."""
     servers = RedisClusterServers(tmp_path / "redis-cluster")
+    servers.start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def redis_sentinels(tmp_path: Path):
+    """A private master, its replica and three sentinels watching them."""
+    servers = RedisSentinels(tmp_path / "redis-sentinel")
     servers.start()
     yield servers
     servers.stop()

@@ -14,6 +14,7 @@ from twisted.internet import defer, threads
 
 from presenced.store import RosterItem, StoreError
 from presenced.store.redis import RedisRosterStore
+from tests.helpers import wait_until
 
 
 def replica_port(master) -> int:
@@ -58,11 +59,11 @@ async def test_acknowledged_friendships_survive_a_master_sigkill(redis_cluster):
         await threads.deferToThread(lambda: None)
     victim.kill()
     killed_at = len(acked)
-    await threads.deferToThread(redis_cluster.wait_until, lambda: role(heir) == "master",
+    await threads.deferToThread(wait_until, lambda: role(heir) == "master",
                                 "the replica to take over")
     victim.start()  # it comes back as the replica of its heir, so WAIT 1 can succeed again
     await threads.deferToThread(
-        redis_cluster.wait_until,
+        wait_until,
         lambda: "master_link_status:up" in victim.cli("INFO", "replication"),
         "the old master to follow its heir")
     rejoined = True
