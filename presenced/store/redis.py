@@ -78,6 +78,7 @@ _USER_KEYS = ("acct", "roster", "friends", "ver", "subs", "subd", "stores")
 # Capability stores that releases before the ``stores`` set wrote (their keys are the same).
 _UNLISTED_STORES = (PEP_STORE, OFFLINE_STORE, PENDING_STORE, PRIVATE_STORE)
 _ACCOUNTS = "accounts"
+_KINDS = {"hash": "map", "list": "list", "zset": "archive"}  # Redis TYPE -> capability kind
 _SEARCH_CHUNK = 1000
 _SCRIPT_LINES = 5000  # users per graph script call
 # Errors Redis answers before running the command: waiting and asking again is always safe.
@@ -492,6 +493,7 @@ class RedisRosterStore:
                                       for url in self.urls], self.urls)
         self._open = False
         self._stores = CapabilityRegistry(self)
+        self._dumped: Optional[list[str]] = None
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -697,6 +699,39 @@ class RedisRosterStore:
             return sum(int(line.split(":", 1)[1]) for info in infos
                        for line in info.splitlines() if line.startswith("used_memory:"))
         return defer.ensureDeferred(total())
+
+    # --- dump (copy-store) -------------------------------------------------------------
+
+    def dump_users(self, after: str, limit: int) -> defer.Deferred:
+        """Users are found by SCAN of every node (``u:{user}:*`` keys) on the first call and
+        kept, sorted, for the calls after it: a copy reads a store nobody writes."""
+        return defer.ensureDeferred(self._dump_users(after, limit))
+
+    async def _dump_users(self, after: str, limit: int) -> list[str]:
+        if self._dumped is None:
+            found: set[str] = set()
+            for node in self.nodes:
+                cursor = "0"
+                while True:
+                    cursor, keys = await self._call(node, "SCAN", cursor, "MATCH", "u:{*",
+                                                    "COUNT", 1000)
+                    found.update(key[3:key.rindex("}:")] for key in keys)
+                    if cursor in ("0", 0):
+                        break
+            self._dumped = sorted(found)
+        start = bisect.bisect_right(self._dumped, after)
+        return self._dumped[start:start + limit]
+
+    def user_store_names(self, user: str) -> defer.Deferred:
+        return defer.ensureDeferred(self._user_store_names(user))
+
+    async def _user_store_names(self, user: str) -> dict[str, str]:
+        listed = await self._user_call(user, "SMEMBERS", user_key(user, "stores"))
+        names = sorted(set(listed).union(_UNLISTED_STORES))
+        kinds = await defer.gatherResults(
+            [self._user_call(user, "TYPE", user_key(user, name)) for name in names],
+            consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+        return {name: _KINDS[kind] for name, kind in zip(names, kinds) if kind in _KINDS}
 
     # --- accounts ---------------------------------------------------------------------
 
