@@ -176,6 +176,18 @@ class ClusterMap:
         self._last_refresh = reactor.seconds()
         self._refreshing = defer.ensureDeferred(self._refresh())
 
+    async def reload(self) -> None:
+        """Load the slot map now, from a node that answers, else from the seeds (what a
+        connection that must find a slot's master again waits for)."""
+        for node in self.masters() + list(self._nodes.values()):
+            if node.connected():
+                try:
+                    await self._load(node, self.timeout)
+                    return
+                except Exception:  # ask the next node
+                    continue
+        await self.start()
+
     async def _refresh(self) -> None:
         try:
             for node in self.masters() + list(self._nodes.values()):
