@@ -62,6 +62,7 @@ class _UserData:
     credentials: Any
     roster: tuple
     subscribers: frozenset
+    subscriptions: frozenset
     stores: tuple  # (name, kind, content) sorted by name
 
     def counts(self) -> CopyCounts:
@@ -74,9 +75,9 @@ class _UserData:
 
 
 async def read_user(store: IRosterStore, user: str) -> _UserData:
-    credentials, roster, subscribers, names = await _all([
+    credentials, roster, subscribers, subscriptions, names = await _all([
         store.get_credentials(user), store.get_roster(user), store.get_subscribers(user),
-        store.user_store_names(user)])
+        store.get_subscriptions(user), store.user_store_names(user)])
     stores = []
     for name, kind in sorted(names.items()):
         if kind == "map":
@@ -88,7 +89,8 @@ async def read_user(store: IRosterStore, user: str) -> _UserData:
             content = tuple((e.when, e.value, e.with_) for e in page.entries)
         if content:
             stores.append((name, kind, content))
-    return _UserData(credentials, tuple(roster), frozenset(subscribers), tuple(stores))
+    return _UserData(credentials, tuple(roster), frozenset(subscribers),
+                     frozenset(subscriptions), tuple(stores))
 
 
 def _all(deferreds: list[defer.Deferred]) -> defer.Deferred:
@@ -113,18 +115,25 @@ class StoreCopy:
         after, counts = ("", CopyCounts()) if restart else await self._load_progress()
         if after:
             self.report(f"resuming after {after} ({counts.users} users copied before)")
-        while True:
-            users = await self.source.dump_users(after, self.batch)
-            if not users:
-                return counts
-            datas = await _all([defer.ensureDeferred(read_user(self.source, u))
-                                for u in users])
+        reading = await self._read_after(after)
+        while reading is not None:
+            users, datas = await reading
+            reading = await self._read_after(users[-1])  # read the next while writing this
             await self._write(dict(zip(users, datas)))
             for data in datas:
                 counts.add(data.counts())
             after = users[-1]
             await threads.deferToThread(self._save_progress, after, counts)
             self.report(f"copied {counts.users} users (last {after})")
+        return counts
+
+    async def _read_after(self, after: str) -> Optional[defer.Deferred]:
+        """The next batch being read (fires ``(users, datas)``), or None after the last."""
+        users = await self.source.dump_users(after, self.batch)
+        if not users:
+            return None
+        d = _all([defer.ensureDeferred(read_user(self.source, u)) for u in users])
+        return d.addCallback(lambda datas: (users, datas))
 
     async def _write(self, batch: dict[str, _UserData]) -> None:
         friends, items, writes = [], [], []
@@ -132,12 +141,13 @@ class StoreCopy:
             if data.credentials is not None:
                 writes.append(self._account(user, data.credentials))
             for item in data.roster:
-                if item == RosterItem(item.jid, "both") and item.jid in data.subscribers:
+                if (item == RosterItem(item.jid, "both") and item.jid in data.subscribers
+                        and item.jid in data.subscriptions):
                     friends.append((user, item))
                 else:
                     items.append((user, item))
             writes.extend(self._stores(user, data.stores))
-        mutual = await _all([defer.ensureDeferred(self._mutual(u, item)) for u, item in friends])
+        mutual = await _all([self._mutual(batch, u, item) for u, item in friends])
         for (user, item), is_mutual in zip(friends, mutual):
             if not is_mutual:
                 items.append((user, item))
@@ -151,11 +161,15 @@ class StoreCopy:
         if edges:
             await self.target.add_subscriptions(edges)
 
-    async def _mutual(self, user: str, item: RosterItem) -> bool:
-        """A friendship: a plain ``both`` on the contact's side too, edges both ways."""
-        back, subscribers = await _all([self.source.get_roster_item(item.jid, user),
-                                        self.source.get_subscribers(item.jid)])
-        return back == RosterItem(user, "both") and user in subscribers
+    def _mutual(self, batch: dict[str, _UserData], user: str,
+                item: RosterItem) -> defer.Deferred:
+        """A friendship (the edges both ways are known): a plain ``both`` on the contact's
+        side too, read from the batch when the contact is in it."""
+        contact = batch.get(item.jid)
+        if contact is not None:
+            return defer.succeed(RosterItem(user, "both") in contact.roster)
+        d = self.source.get_roster_item(item.jid, user)
+        return d.addCallback(lambda back: back == RosterItem(user, "both"))
 
     def _account(self, user: str, credentials: Any) -> defer.Deferred:
         d = self.target.create_user(user, credentials)
