@@ -153,6 +153,10 @@ def _check_together(sections: dict[str, dict[str, Any]]) -> None:
                           "a Redis Cluster has no Sentinel: set redis_cluster or "
                           "redis_sentinels, not both")
     cluster = sections["cluster"]
+    if cluster["enabled"] and store["redis_sentinels"] and not cluster["redis"]:
+        raise ConfigError("[cluster] redis",
+                          "the cluster channel does not follow Sentinel fail-overs: name its "
+                          "Redis here when [store] redis_sentinels is set")
     if cluster["enabled"] and sections["store"]["backend"] != "redis":
         raise ConfigError("[cluster] enabled",
                           'nodes share their state through Redis: set [store] backend = "redis"')
