@@ -259,3 +259,21 @@ async def test_embedded_upgrades_a_version_0_file(tmp_path: Path):
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
                         "('pep', 'offline', 'pending', 'private')").fetchone()[0] == 0
     conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dump_lists_every_user_with_data_and_their_stores(store):
+    await store.create_user("acct@x", make_credentials("p", iterations=8))
+    await store.add_subscriptions([("fan@x", "star@x")])
+    await store.open_map("pep").set("mapper@x", "tune", "<tune/>")
+    await store.open_list("offline").push("lister@x", "<message/>", 10)
+    await store.open_archive("mam").append("archiver@x", "<message/>", 1.0)
+    everyone = ["acct@x", "archiver@x", "fan@x", "lister@x", "mapper@x", "star@x"]
+    assert await store.dump_users("", 100) == everyone
+    assert await store.dump_users("", 2) == everyone[:2]
+    assert await store.dump_users("fan@x", 2) == everyone[3:5]
+    assert await store.dump_users("star@x", 10) == []
+    assert await store.user_store_names("mapper@x") == {"pep": "map"}
+    assert await store.user_store_names("lister@x") == {"offline": "list"}
+    assert await store.user_store_names("archiver@x") == {"mam": "archive"}
+    assert await store.user_store_names("acct@x") == {}

@@ -70,6 +70,9 @@ class RedisLink:
         """Call before :meth:`start`; channels are (re)subscribed on every connection."""
         self.handlers[channel] = handler
 
+    async def open_commands(self) -> None:
+        """Commands can be sent at once: the pools connect on first use."""
+
     def start(self) -> defer.Deferred:
         """Fires when the first subscription is in place."""
         factory = txredisapi.SubscriberFactory(isLazy=True)

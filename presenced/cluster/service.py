@@ -12,8 +12,7 @@ from twisted.logger import Logger
 
 from presenced import events
 from presenced.cluster.directory import SessionDirectory
-from presenced.cluster.link import RedisLink
-from presenced.cluster.secret import cluster_redis_url, shared_secret
+from presenced.cluster.secret import make_link, shared_secret
 from presenced.cluster.transport import PubSubTransport, send_local
 from presenced.core import Core
 from presenced.events import Event
@@ -33,7 +32,7 @@ class ClusterService(service.Service):
         cfg = core.config.cluster
         self.core = core
         self.node_id = cfg.node_id or default_node_id()
-        self.link = RedisLink(cluster_redis_url(core.config))
+        self.link = make_link(core.config)
         self.directory = SessionDirectory(self.link, self.node_id, core.router,
                                           cfg.heartbeat_interval, cfg.node_timeout)
         self.transport = PubSubTransport(self.link, self.directory, core.router)

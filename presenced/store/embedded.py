@@ -570,6 +570,21 @@ def _archive_delete_all(conn, store, user):
                         (uid, store)).rowcount
 
 
+def _dump_users(conn, after, limit):
+    return [jid for (jid,) in conn.execute(
+        "SELECT jid FROM ids WHERE jid > ? ORDER BY jid LIMIT ?", (after, limit))]
+
+
+def _user_store_names(conn, user):
+    uid = _uid(conn, user)
+    names = {}
+    if uid is not None:
+        for table, kind in (("maps", "map"), ("lists", "list"), ("archives", "archive")):
+            names.update((name, kind) for (name,) in conn.execute(
+                f"SELECT DISTINCT store FROM {table} WHERE owner = ?", (uid,)))
+    return names
+
+
 def _size(conn):
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     return pages * conn.execute("PRAGMA page_size").fetchone()[0]
@@ -613,6 +628,12 @@ class EmbeddedRosterStore:
     def size_bytes(self) -> defer.Deferred:
         """Bytes the database takes on disk (for benchmarks and the admin console)."""
         return self._run(_size)
+
+    def dump_users(self, after: str, limit: int) -> defer.Deferred:
+        return self._run(_dump_users, after, limit)
+
+    def user_store_names(self, user: str) -> defer.Deferred:
+        return self._run(_user_store_names, user)
 
     def create_user(self, user: str, credentials: Credentials) -> defer.Deferred:
         return self._run(_create_user, user, credentials_to_json(credentials))
