@@ -39,6 +39,7 @@ SCHEMA: dict[str, Keys] = {
         "offline_limit": Key(1000, "int", non_negative),
         "blocklist_limit": Key(1000, "int", non_negative),
         "private_storage_bytes": Key(262144, "int", non_negative),
+        "max_event_bytes": Key(8192, "int", positive),
         "auth_failures_per_ip": Key(20, "int", non_negative),
         "auth_failures_per_account": Key(50, "int", non_negative),
         "auth_failure_period": Key(600.0, "float", positive),

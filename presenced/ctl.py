@@ -114,9 +114,25 @@ def cmd_roster(core: Core, args):
 
 @defer.inlineCallbacks
 def cmd_subscribers(core: Core, args):
-    user = core.user(args.user)
+    user = core.subject(args.user)
     for subscriber in sorted((yield core.store.get_subscribers(user))):
         print(subscriber)
+
+
+@defer.inlineCallbacks
+def cmd_subscribe(core: Core, args):
+    user, subject = core.user(args.user), core.subject(args.subject)
+    if (yield admin_port.follow(core.config, user, subject)) is None:
+        yield core.add_subscriptions([(user, subject)])
+    print(f"{user} follows {subject}")
+
+
+@defer.inlineCallbacks
+def cmd_unsubscribe(core: Core, args):
+    user, subject = core.user(args.user), core.subject(args.subject)
+    if (yield admin_port.follow(core.config, user, subject, add=False)) is None:
+        yield core.remove_subscriptions([(user, subject)])
+    print(f"{user} no longer follows {subject}")
 
 
 @defer.inlineCallbacks
@@ -292,7 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--json", action="store_true", help="print JSON")
     command("subscribers", cmd_subscribers,
-            "print who receives a user's events").add_argument("user")
+            "print who receives a user's or a topic's events").add_argument("user")
+    for name, fn, text in (("subscribe", cmd_subscribe, "make USER follow SUBJECT (a user "
+                                                         "or a topic such as artist/radiohead)"),
+                           ("unsubscribe", cmd_unsubscribe, "make USER stop following SUBJECT")):
+        p = command(name, fn, text)
+        p.add_argument("user")
+        p.add_argument("subject")
     p = command("load-friends", cmd_load_friends,
                 "load an edge list: two user ids per line, each a mutual friendship "
                 "('-' reads stdin; '#' comments and blank lines skipped)")
