@@ -40,6 +40,8 @@ SCHEMA: dict[str, Keys] = {
         "blocklist_limit": Key(1000, "int", non_negative),
         "private_storage_bytes": Key(262144, "int", non_negative),
         "max_event_bytes": Key(8192, "int", positive),
+        "api_tokens_max": Key(1000, "int", positive),
+        "api_token_cache_seconds": Key(10.0, "float", non_negative),
         "auth_failures_per_ip": Key(20, "int", non_negative),
         "auth_failures_per_account": Key(50, "int", non_negative),
         "auth_failure_period": Key(600.0, "float", positive),

@@ -36,6 +36,8 @@ from zope.interface import Interface
 
 from presenced import events
 from presenced.accounts import Accounts
+from presenced.apitokens import STORE as API_TOKEN_STORE
+from presenced.apitokens import ApiTokens
 from presenced.blocking import Blocklists
 from presenced.authguard import AuthGuard
 from presenced.config import Config
@@ -131,6 +133,10 @@ class Core:
         # looked up per request, so a door may add one after the console started.
         self.web_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
+        # Bearer tokens of the HTTP API (presenced.apitokens), valid on every node.
+        self.api_tokens = ApiTokens(store.open_map(API_TOKEN_STORE), self.domains[0],
+                                    lambda: self.secret, server.api_tokens_max,
+                                    server.api_token_cache_seconds)
         self.blocking = Blocklists(store, self.router, server.blocklist_limit)
         # What the public doors' listeners may hold together (presenced.listener).
         self.open_files = OpenFiles.for_process(config.server.reserved_files)

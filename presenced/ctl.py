@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Optional, Sequence
@@ -26,6 +27,8 @@ from twisted.internet import defer, task, threads
 from presenced import backup as backups
 from presenced import bulk
 from presenced import config as configuration
+from presenced.apitokens import DEFAULT_TTL as API_TOKEN_TTL
+from presenced.apitokens import SCOPES, TokenRefused
 from presenced.core import Core
 from presenced.store import StoreError
 from presenced.store.backends import make_store
@@ -189,13 +192,30 @@ def _account_line(core: Core, line: str, fields: list[str]) -> str:
     return core.local_user(fields[0])
 
 
-@defer.inlineCallbacks
-def cmd_stream_token(core: Core, args):
-    if core.config.cluster.enabled:  # sign with the secret every node checks tokens with
+async def _use_cluster_secret(core: Core) -> None:
+    """Sign with the secret every node checks tokens with."""
+    if core.config.cluster.enabled:
         from presenced.cluster.secret import fetch_shared_secret
 
-        core.secret = yield defer.ensureDeferred(fetch_shared_secret(core.config, core.secret))
+        core.secret = await fetch_shared_secret(core.config, core.secret)
+
+
+@defer.inlineCallbacks
+def cmd_stream_token(core: Core, args):
+    yield defer.ensureDeferred(_use_cluster_secret(core))
     print(core.stream_token(core.user(args.user), args.ttl))
+
+
+@defer.inlineCallbacks
+def cmd_api_token(core: Core, args):
+    yield defer.ensureDeferred(_use_cluster_secret(core))
+    try:
+        token, entry = yield defer.ensureDeferred(core.api_tokens.create(args.scope, args.ttl))
+    except TokenRefused as e:
+        raise CommandFailed(str(e)) from None
+    print(f"token {entry.id}, scope {entry.scope}, valid until "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(entry.expires))}:")
+    print(token)
 
 
 # Commands below run without opening the store (they must not, or cannot: restore).
@@ -328,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--ttl", type=_positive_ttl, default=86400,
                    help="validity in seconds, more than 0 (default 1 day)")
+    p = command("api-token", cmd_api_token, "print a bearer token for the HTTP API on the "
+                "admin port (docs/http-api.md), on its last line")
+    p.add_argument("--scope", choices=SCOPES, default="publish",
+                   help="publish: publish events and read subject counts (default); "
+                        "admin: every admin method too")
+    p.add_argument("--ttl", type=_positive_ttl, default=API_TOKEN_TTL,
+                   help="validity in seconds, more than 0 (default 365 days)")
     command("status", cmd_status, "print the running server's health: state, uptime, "
             "sessions, store, version").set_defaults(store=False)
     command("reload", cmd_reload, "make the running server reload its config and TLS "
