@@ -10,11 +10,12 @@ import http.client
 import json
 import re
 import shutil
+import time
 
 import pytest
 
 from tests.helpers import (PASSWORD, THRIFT, TIMEOUT, HTTPStream, TuneClient, generate, php,
-                           run, thrift_client, webadmin_login, webadmin_url)
+                           node_config, run, thrift_client, webadmin_login, webadmin_url)
 
 J = THRIFT.JabberUser
 TOPIC = "artist/radiohead"
@@ -345,3 +346,28 @@ def test_every_admin_method_over_http_matches_the_openapi_document(server):
     # The publisher's own paths answer as documented too.
     for path, method in (("/api/publish/{subject}", "post"), ("/api/subjects/{subject}", "get")):
         assert "200" in document["paths"][path][method]["responses"]
+
+
+def test_a_token_from_one_node_publishes_on_another(redis_server, presenced_factory):
+    """Tokens and topics cluster-wide: a token made for node a works on node b, and a topic
+    event posted on b reaches a follower streaming on a."""
+    a = presenced_factory(node_config(redis_server.url, "a", webadmin={"enabled": True}),
+                          name="a")
+    b = presenced_factory(node_config(redis_server.url, "b", webadmin={"enabled": True}),
+                          name="b")
+    token = api_token(a)
+    assert api(b, "/api/add_subscriptions", {"pairs": [
+        {"subscriber": "kfan", "subject": "label/warp"}]}, api_token(a, "admin"))[0] == 200
+    stream = HTTPStream(a.ports["comet"], "/stream/kfan")
+    stream.wait_for("welcome")
+    deadline = time.monotonic() + 10
+    # Node b learns from the cluster directory that the follower is online on a.
+    while api(b, "/api/subjects/label/warp", token=token, method="GET")[1][
+            "online_subscribers"] != 1:
+        assert time.monotonic() < deadline, "node b never saw the follower online"
+        time.sleep(0.05)
+    status, answer = api(b, "/api/publish/label/warp?type=release", {"title": "Selected"},
+                         token)
+    assert status == 200
+    assert stream.wait_for("release")[0]["data"] == {"title": "Selected"}
+    stream.close()
