@@ -37,6 +37,8 @@ from zope.interface import Interface
 
 from presenced import events
 from presenced.accounts import Accounts
+from presenced.apitokens import STORE as API_TOKEN_STORE
+from presenced.apitokens import ApiTokens
 from presenced.blocking import Blocklists
 from presenced.authguard import AuthGuard
 from presenced.config import Config
@@ -48,6 +50,7 @@ from presenced.nowplaying import Tune
 from presenced.pep import PepService
 from presenced.router import SubscriptionRouter
 from presenced.store import IRosterStore, Pair, RosterItem
+from presenced.subjects import check_event_data, check_event_type, normalize_subject
 from presenced.tokens import make_token
 from presenced.users import BadUser, normalize_user
 
@@ -134,6 +137,10 @@ class Core:
         # /xmpp-websocket, /http-bind and /.well-known (XEP-0156).
         self.http_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
+        # Bearer tokens of the HTTP API (presenced.apitokens), valid on every node.
+        self.api_tokens = ApiTokens(store.open_map(API_TOKEN_STORE), self.domains[0],
+                                    lambda: self.secret, server.api_tokens_max,
+                                    server.api_token_cache_seconds)
         self.blocking = Blocklists(store, self.router, server.blocklist_limit)
         # What the public doors' listeners may hold together (presenced.listener).
         self.open_files = OpenFiles.for_process(config.server.reserved_files)
@@ -141,6 +148,13 @@ class Core:
     def user(self, text: str) -> str:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""
         return normalize_user(text, self.config.default_domain)
+
+    def subject(self, text: str) -> str:
+        """A user name (as :meth:`user`) or a topic (``artist/radiohead``,
+        :mod:`presenced.subjects`): what may be followed or published to. Raises
+        :class:`presenced.users.BadUser` (a :class:`presenced.subjects.BadSubject` for a
+        bad topic)."""
+        return normalize_subject(text, self.config.default_domain)
 
     def local_user(self, text: str) -> str:
         """:meth:`user` on a domain this server serves: what may become an account or a
@@ -183,6 +197,19 @@ class Core:
     def now_playing(self, user: str) -> defer.Deferred:
         """Fires ``user``'s current :class:`Tune`, or None when stopped or never set."""
         return defer.ensureDeferred(self.pep.now_playing(user))
+
+    # --- site events -----------------------------------------------------------------------
+
+    def publish(self, subject: str, kind: str, data: dict) -> defer.Deferred:
+        """Send the site event ``kind`` with ``data`` (a JSON object) from ``subject`` (a
+        normalized user or topic) to its followers' sessions on every door, as a friend's
+        tune goes; fires ``(event, sessions reached)``. Raises
+        :class:`presenced.subjects.BadEvent` for a reserved or malformed type and for data
+        past ``[server] max_event_bytes``, before anything is sent."""
+        check_event_type(kind)
+        check_event_data(data, self.config.server.max_event_bytes)
+        event = Event(events.SITE, subject, {"type": kind, "data": data})
+        return self.router.send(subject, event).addCallback(lambda reached: (event, reached))
 
     # --- friendships -----------------------------------------------------------------------
 

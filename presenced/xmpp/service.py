@@ -33,6 +33,7 @@ from presenced.xmpp.register import RegisterHandler
 from presenced.xmpp.roster import RosterHandler
 from presenced.xmpp.server import C2SFactory, C2SServer
 from presenced.xmpp.session_iq import LegacySessionHandler
+from presenced.xmpp.siteevents import SiteEventHandler
 from presenced.xmpp.sm import StreamManagementHandler
 from presenced.xmpp.tls import LOAD_ERRORS, context_factory
 from presenced.xmpp.vcard import VCardHandler
@@ -44,7 +45,7 @@ FEATURES: tuple[type[FeatureHandler], ...] = (
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
     ClientStateHandler, StreamManagementHandler, ArchiveHandler, VCardAvatarHandler,
-    BookmarksCompatHandler)
+    BookmarksCompatHandler, SiteEventHandler)
 
 # What a connection past [xmpp] max_connections(_per_ip) reads before it is closed.
 REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
