@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
-
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -14,7 +12,7 @@ from presenced import events
 from presenced.cluster.directory import SessionDirectory
 from presenced.cluster.link import RedisLink
 from presenced.cluster.secret import cluster_redis_url, shared_secret
-from presenced.cluster.transport import PubSubTransport, send_local
+from presenced.cluster.transport import PubSubTransport
 from presenced.core import Core
 from presenced.events import Event
 
@@ -84,7 +82,5 @@ class ClusterService(service.Service):
             event = Event(events.PRESENCE, user, {"available": False, "show": None,
                                                    "status": None, "resource": None,
                                                    "reason": f"node {node} is gone"})
-            send_local(self.core.router, user, event).addErrback(self._failed)
-
-    def _failed(self, failure: Any) -> None:
-        self.log.failure("cluster: announcing a dead node's users failed", failure)
+            # Each live node tells its own sessions, from its own followers index.
+            router.fan_out_local(user, event)
