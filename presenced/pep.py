@@ -27,7 +27,7 @@ from twisted.internet import defer
 
 from presenced import events
 from presenced.events import Event
-from presenced.nowplaying import TUNE_ITEM_ID, TUNE_NS, Tune, parse_tune_xml
+from presenced.nowplaying import TUNE_ITEM_ID, TUNE_NS, Tune, parse_tune_xml, tune_xml
 from presenced.store import PEP_STORE
 
 if TYPE_CHECKING:
@@ -229,10 +229,10 @@ class PepService:
 
     async def publish_tune(self, user: str, tune: Optional[Tune]) -> int:
         """Keep ``tune`` (None: stopped) as the User Tune node's item and announce it."""
-        tune = tune if tune is not None else Tune()
+        payload = tune.to_payload() if tune is not None else {}
         # The announcement does not wait for the write; the publisher's answer does.
-        stored = self.nodes.set(user, TUNE_NS, PepItem(TUNE_ITEM_ID, tune.to_xml()).encode())
-        reached = await self._announce_tune(user, tune)
+        stored = self.nodes.set(user, TUNE_NS, PepItem(TUNE_ITEM_ID, tune_xml(payload)).encode())
+        reached = await self._announce_tune(user, payload)
         await stored
         return reached
 
@@ -275,7 +275,7 @@ class PepService:
         """Drop the node and notify; without its item the tune is stopped."""
         await self.nodes.delete(user, node)
         if node == TUNE_NS:
-            await self._announce_tune(user, Tune())
+            await self._announce_tune(user, {})
         else:
             await self._send(user, config, dict(node=node, **what))
 
@@ -286,9 +286,10 @@ class PepService:
             return defer.succeed(self.router.deliver(user, event))
         return self.router.send(user, event)
 
-    def _announce_tune(self, user: str, tune: Tune) -> defer.Deferred:
+    def _announce_tune(self, user: str, payload: dict[str, Any]) -> defer.Deferred:
+        """``payload``: the tune's (:meth:`Tune.to_payload`, ``{}`` = stopped), handed over."""
         self.metrics.inc("presenced_tunes_published_total")
-        return self.router.send(user, Event(events.TUNE, user, tune.to_payload()))
+        return self.router.send(user, Event(events.TUNE, user, payload))
 
     async def now_playing(self, user: str) -> Optional[Tune]:
         """``user``'s last published :class:`Tune`, or None when stopped or never set."""
