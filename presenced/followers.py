@@ -42,10 +42,11 @@ _EMPTY: frozenset[str] = frozenset()
 class _Load:
     """One read of a user's subscriptions, with the changes heard while it is in flight."""
 
-    __slots__ = ("number", "changes", "done")
+    __slots__ = ("number", "changes", "done", "refresh")
 
-    def __init__(self, number: int):
+    def __init__(self, number: int, refresh: bool = False):
         self.number = number
+        self.refresh = refresh  # a re-read of an indexed user: sends do not wait for it
         self.changes: list[tuple[bool, str]] = []  # (added?, subject), in the order heard
         self.done: defer.Deferred = defer.Deferred()
 
@@ -78,7 +79,8 @@ class FollowersIndex:
 
     @property
     def loading(self) -> bool:
-        return bool(self._loads)
+        """Whether a login's read is in flight (sends wait for those)."""
+        return any(not load.refresh for load in self._loads.values())
 
     def started(self) -> int:
         """The number of the latest load begun (loads are numbered from 1)."""
@@ -86,7 +88,8 @@ class FollowersIndex:
 
     def oldest_loading(self) -> Optional[int]:
         """The number of the oldest load still in flight, None when none is."""
-        return min((load.number for load in self._loads.values()), default=None)
+        return min((load.number for load in self._loads.values() if not load.refresh),
+                   default=None)
 
     # --- users coming and going -----------------------------------------------------------
 
@@ -106,6 +109,19 @@ class FollowersIndex:
                        errbackArgs=(user, load))
         return load.done
 
+    def refresh(self) -> None:
+        """Read every indexed user's subscriptions again, keeping the index as it is until
+        each answer is in (after changes may have been missed: a lost Redis subscription)."""
+        if self.store is None:
+            return
+        for user in list(self.follows):
+            if user in self._loads:
+                continue  # its read is in flight, and changes heard meanwhile apply to it
+            load = self._loads[user] = _Load(0, refresh=True)
+            d = defer.maybeDeferred(self.store.get_subscriptions, user)
+            d.addCallbacks(self._loaded, self._load_failed, callbackArgs=(user, load),
+                           errbackArgs=(user, load))
+
     def user_offline(self, user: str) -> None:
         """``user``'s last session here logged out: drop its edges."""
         subjects = self.follows.pop(user, None)
@@ -120,15 +136,19 @@ class FollowersIndex:
     def _loaded(self, subjects: Iterable[str], user: str, load: _Load) -> None:
         if self._loads.get(user) is not load:  # logged out (and perhaps in again) meanwhile
             return
+        read = {sys.intern(subject) for subject in subjects}  # one string per subject
+        if load.refresh:
+            for subject in self.follows[user] - read - {user}:
+                self._unlink(user, subject)
         link = self._link
-        for subject in subjects:
-            link(user, sys.intern(subject))  # one string per subject, however many follow it
+        for subject in read:
+            link(user, subject)
         self._finish(user, load)
 
     def _load_failed(self, failure, user: str, load: _Load) -> None:
         self.load_failures += 1
-        self.log.warn("followers: could not read {user}'s subscriptions: {e}; it receives "
-                      "only events of subjects linked from now on", user=user,
+        self.log.warn("followers: could not read {user}'s subscriptions ({e}); it follows "
+                      "what the index knew (itself, and changes heard since)", user=user,
                       e=failure.getErrorMessage())
         if self._loads.get(user) is load:
             self._finish(user, load)

@@ -277,7 +277,10 @@ class SubscriptionRouter:
                 return d
             self.log.warn("router: {n} events wait for logins; {event!r} goes out without "
                           "the users still loading", n=len(self._held), event=event)
-        return defer.succeed(self._publish(subject, event))
+        try:
+            return defer.succeed(self._publish(subject, event))
+        except Exception:
+            return defer.fail()
 
     def _publish(self, subject: str, event: Event) -> int:
         reached = self.fan_out_local(subject, event)
@@ -311,7 +314,12 @@ class SubscriptionRouter:
             if oldest is not None and oldest <= mark:
                 return
             held.popleft()
-            d.callback(self._publish(subject, event))
+            try:
+                reached = self._publish(subject, event)
+            except Exception:
+                d.errback()
+            else:
+                d.callback(reached)
 
     def subscriptions_changed(self, added: Sequence[Pair] = (), removed: Sequence[Pair] = (),
                               gone: Sequence[str] = ()) -> None:

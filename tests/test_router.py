@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor, task
 
 from presenced.events import Event
 from presenced.router import SubscriptionRouter
@@ -172,3 +173,26 @@ async def test_a_watched_offline_user_still_sees_its_subjects_events(store):
     assert router.followers.follows == {}
     await router.send("rj@x", Event("tune", "rj@x", {"title": "2"}))
     assert len(watcher.events) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_catches_up_with_changes_the_index_missed(store):
+    """After a lost cluster subscription the index reads its users again: edges added and
+    removed meanwhile (announcements it never heard) are right afterwards; sends do not wait
+    for such a re-read."""
+    router = SubscriptionRouter(store)
+    await store.add_subscriptions([("fan@x", "old@x")])
+    fan = RecordingSession("fan@x")
+    router.login("fan@x", fan)
+    await router.send("fan@x", Event("tune", "fan@x", {}))  # the login's read is in
+    await store.remove_subscriptions([("fan@x", "old@x")])
+    await store.add_subscriptions([("fan@x", "new@x")])
+    router.followers.refresh()
+    assert not router.followers.loading
+    assert router.followers.follows["fan@x"] == {"fan@x", "old@x"}  # until the answer
+    for _ in range(500):  # the store thread answers within a few turns
+        if router.followers.follows["fan@x"] == {"fan@x", "new@x"}:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert router.followers.follows["fan@x"] == {"fan@x", "new@x"}
+    assert router.followers.of("old@x") == frozenset()

@@ -21,7 +21,8 @@ Graph changes made on a node (friends, subscriptions, removed accounts) go to ev
 the events sent after it leave over one connection, so every node hears them in that order:
 a removed subscriber's node drops it before the next event arrives. A new follower's node
 starts hearing the subject once its ``SUBSCRIBE`` is in (one Redis round trip after it heard
-of the change, or of the login).
+of the change, or of the login). Changes announced while a node's subscription was lost are
+caught up when it is back: the node reads its online users' subscriptions again.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class PubSubTransport:
             link.join(subject)
         followers.on_interest.append(link.join)
         followers.on_no_interest.append(link.leave)
+        link.on_reconnect.append(followers.refresh)  # graph changes may have been missed
 
     # --- out -------------------------------------------------------------------------------
 
