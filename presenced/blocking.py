@@ -48,6 +48,7 @@ class Blocklists:
         router.logout_listeners.append(self._logged_out)
         router.delivery_filter = self.refuses_event
         router.recipient_filter = self.visible_recipients
+        router.broadcast_hidden = self.hidden_from
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -135,9 +136,17 @@ class Blocklists:
         a, b = self.lists.get(user), self.lists.get(other.partition("/")[0])
         return (a is not None and matches(a, other)) or (b is not None and matches(b, user))
 
-    def visible_recipients(self, subject: str, recipients: list[str]) -> list[str]:
-        """The recipients of ``subject``'s broadcast, without those ``subject`` blocks."""
-        blocked = self.lists.get(subject)
+    def hidden_from(self, subject: str) -> frozenset[str]:
+        """What ``subject``'s broadcasts skip, as this node knows it: the router sends it
+        along to other nodes, where the subject's list may not be held."""
+        return self.lists.get(subject, frozenset())
+
+    def visible_recipients(self, subject: str, recipients: list[str],
+                           blocked: Optional[frozenset[str]] = None) -> list[str]:
+        """The recipients of ``subject``'s broadcast, without those ``subject`` blocks
+        (``blocked``: the list as the subject's node sent it, when not held here)."""
+        if not blocked:
+            blocked = self.lists.get(subject)
         if blocked is None:
             return recipients
         return [r for r in recipients if not matches(blocked, r)]

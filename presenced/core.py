@@ -123,6 +123,7 @@ class Core:
                                  external_auth, run_check=self.auth_guard.run_check,
                                  domains=tuple(server.domains))
         self.hooks.add("user-removed", self._drop_from_contacts)
+        self.hooks.add("user-removed", self._drop_from_graph)
         self.secret = load_secret(config.server.data_dir)
         self.started_at = time.time()
         # "starting", "ready" (every door listens) or "stopping": what /health reports.
@@ -218,6 +219,7 @@ class Core:
         """Make each pair mutual friends and tell their online sessions (roster events)."""
         pairs = list(pairs)
         yield self.store.add_friends(pairs)
+        self.router.subscriptions_changed(added=_both_ways(pairs))
         for a, b in pairs:
             self.roster_changed(a, b, RosterItem(b, "both"))
             self.roster_changed(b, a, RosterItem(a, "both"))
@@ -228,11 +230,17 @@ class Core:
     def remove_friends(self, pairs: Iterable[Pair]):
         pairs = list(pairs)
         yield self.store.remove_friends(pairs)
+        self.router.subscriptions_changed(removed=_both_ways(pairs))
         for a, b in pairs:
             self.roster_changed(a, b, None)
             self.roster_changed(b, a, None)
         self.hooks.fire("friends-removed", pairs)
         return len(pairs)
+
+    def _drop_from_graph(self, user: str, contacts: Iterable[str]) -> None:
+        """A removed account follows nobody and nobody follows it any more (the store
+        dropped its edges both ways)."""
+        self.router.subscriptions_changed(gone=[user])
 
     def _drop_from_contacts(self, user: str, contacts: Iterable[str]) -> None:
         """A removed account leaves its contacts' rosters on every door (roster push
@@ -252,9 +260,26 @@ class Core:
 
     # --- subscription graph ----------------------------------------------------------------
 
-    def add_subscriptions(self, pairs: Iterable[Pair]) -> defer.Deferred:
-        """``(subscriber, subject)`` edges: the subscriber receives the subject's events."""
-        return self.store.add_subscriptions(list(pairs))
+    # Every change of the graph passes here, after the store wrote it, and is told to the
+    # router (its followers index on every node): the core is the graph's one producer.
 
-    def remove_subscriptions(self, pairs: Iterable[Pair]) -> defer.Deferred:
-        return self.store.remove_subscriptions(list(pairs))
+    @defer.inlineCallbacks
+    def add_subscriptions(self, pairs: Iterable[Pair]):
+        """``(subscriber, subject)`` edges: the subscriber receives the subject's events
+        from the next one on. Subjects are users or topics (any string)."""
+        pairs = list(pairs)
+        count = yield self.store.add_subscriptions(pairs)
+        self.router.subscriptions_changed(added=pairs)
+        return count
+
+    @defer.inlineCallbacks
+    def remove_subscriptions(self, pairs: Iterable[Pair]):
+        pairs = list(pairs)
+        count = yield self.store.remove_subscriptions(pairs)
+        self.router.subscriptions_changed(removed=pairs)
+        return count
+
+
+def _both_ways(pairs: list[Pair]) -> list[Pair]:
+    """A friendship's two graph edges for each pair."""
+    return pairs + [(b, a) for a, b in pairs]

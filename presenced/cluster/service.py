@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
-
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from presenced import events
 from presenced.cluster.directory import SessionDirectory
+<<<<<<< HEAD
 from presenced.cluster.secret import make_link, shared_secret
 from presenced.cluster.transport import PubSubTransport, send_local
+=======
+from presenced.cluster.link import RedisLink
+from presenced.cluster.secret import cluster_redis_url, shared_secret
+from presenced.cluster.transport import PubSubTransport
+>>>>>>> wt-router
 from presenced.core import Core
 from presenced.events import Event
 
@@ -83,7 +87,5 @@ class ClusterService(service.Service):
             event = Event(events.PRESENCE, user, {"available": False, "show": None,
                                                    "status": None, "resource": None,
                                                    "reason": f"node {node} is gone"})
-            send_local(self.core.router, user, event).addErrback(self._failed)
-
-    def _failed(self, failure: Any) -> None:
-        self.log.failure("cluster: announcing a dead node's users failed", failure)
+            # Each live node tells its own sessions, from its own followers index.
+            router.fan_out_local(user, event)
