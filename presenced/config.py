@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from presenced.cluster import options as cluster_options
 from presenced.doors import DOORS
+from presenced.muc import options as muc_options
 from presenced.options import Key, Keys, non_empty, non_negative, one_of, positive, redis_urls
 
 
@@ -58,6 +59,7 @@ SCHEMA: dict[str, Keys] = {
     "router": {
         "session_queue_bytes": Key(1048576, "int", positive),
     },
+    "muc": muc_options.KEYS,
     **{door.section: door.keys for door in DOORS},
 }
 

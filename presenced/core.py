@@ -43,6 +43,7 @@ from presenced.events import Event
 from presenced.hooks import Hooks
 from presenced.listener import OpenFiles
 from presenced.metrics import Metrics
+from presenced.muc.service import RoomService
 from presenced.nowplaying import Tune
 from presenced.pep import PepService
 from presenced.router import SubscriptionRouter
@@ -131,6 +132,7 @@ class Core:
         self.web_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
         self.blocking = Blocklists(store, self.router, server.blocklist_limit)
+        self.rooms = RoomService(self)  # group chat (presenced.muc), for every door
         # What the public doors' listeners may hold together (presenced.listener).
         self.open_files = OpenFiles.for_process(config.server.reserved_files)
 

@@ -23,6 +23,7 @@ from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.last import LastActivityHandler
 from presenced.xmpp.mam import ArchiveHandler
 from presenced.xmpp.messages import MessageHandler
+from presenced.xmpp.muc import MucHandler
 from presenced.xmpp.pep import PepHandler
 from presenced.xmpp.ping import PingHandler
 from presenced.xmpp.presence import PresenceHandler
@@ -40,7 +41,7 @@ FEATURES: tuple[type[FeatureHandler], ...] = (
     DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
-    ClientStateHandler, StreamManagementHandler, ArchiveHandler)
+    ClientStateHandler, StreamManagementHandler, ArchiveHandler, MucHandler)
 
 # What a connection past [xmpp] max_connections(_per_ip) reads before it is closed.
 REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "

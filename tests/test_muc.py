@@ -1,0 +1,181 @@
+"""Multi-User Chat (XEP-0045) in memory (tests/xmpp_memory.py: the real c2s door, core and
+room service over an embedded store): joining, presence and status codes, messages, nick
+conflicts, history, subject, occupant ids, self-ping, disco, configuration, moderation and
+invitations. The slixmpp end-to-end test is in test_muc_clients.py."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest_twisted
+from twisted.words.xish import domish
+
+from tests.xmpp_memory import MemoryClient
+
+ROOM = "lounge@conference.localhost"
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_USER = f"{NS_MUC}#user"
+NS_OCCUPANT_ID = "urn:xmpp:occupant-id:0"
+
+
+def muc_x(stanza: domish.Element) -> Optional[domish.Element]:
+    return next(stanza.elements(NS_USER, "x"), None)
+
+
+def codes(stanza: domish.Element) -> set[int]:
+    x = muc_x(stanza)
+    return {int(s["code"]) for s in x.elements(NS_USER, "status")} if x is not None else set()
+
+
+def item(stanza: domish.Element) -> domish.Element:
+    return next(muc_x(stanza).elements(NS_USER, "item"))
+
+
+def text(stanza: domish.Element, name: str) -> Optional[str]:
+    child = next((c for c in stanza.elements() if c.name == name), None)
+    return None if child is None else str(child)
+
+
+async def presence_of(client: MemoryClient, nick: str, kind: str = "available",
+                      room: str = ROOM) -> domish.Element:
+    return await client.expect(lambda s: s.name == "presence"
+                               and s.getAttribute("from") == f"{room}/{nick}"
+                               and s.getAttribute("type", "available") == kind)
+
+
+async def join(client: MemoryClient, nick: str, room: str = ROOM, extra: str = "") -> domish.Element:
+    """Join and return the self-presence (status 110), after which come history and subject."""
+    client.send(f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'>{extra}</x></presence>")
+    return await client.expect(lambda s: s.name == "presence" and
+                               s.getAttribute("from") == f"{room}/{nick}" and 110 in codes(s)
+                               or s.getAttribute("type") == "error")
+
+
+async def subject(client: MemoryClient) -> domish.Element:
+    return await client.expect(lambda s: s.name == "message" and text(s, "subject") is not None
+                               and text(s, "body") is None)
+
+
+async def groupchat(client: MemoryClient, nick: str) -> domish.Element:
+    return await client.expect(lambda s: s.name == "message"
+                               and s.getAttribute("type") == "groupchat"
+                               and s.getAttribute("from") == f"{ROOM}/{nick}"
+                               and text(s, "body") is not None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_join_creates_a_room_and_others_see_each_other(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("alice", "bob")
+    alice = await node.online("alice")
+    bob = await node.online("bob")
+
+    own = await join(alice, "Alice")
+    assert codes(own) == {110, 201}
+    assert (item(own)["affiliation"], item(own)["role"]) == ("owner", "moderator")
+    assert item(own)["jid"] == "alice@localhost/test"  # one's own real JID is always shown
+    alice_id = next(own.elements(NS_OCCUPANT_ID, "occupant-id"))["id"]
+    assert (await subject(alice))["from"] == ROOM
+
+    bob_own = await join(bob, "Bob")
+    assert codes(bob_own) == {110}
+    assert (item(bob_own)["affiliation"], item(bob_own)["role"]) == ("none", "participant")
+    seen_alice = await presence_of(bob, "Alice")
+    assert next(seen_alice.elements(NS_OCCUPANT_ID, "occupant-id"))["id"] == alice_id
+    assert item(seen_alice).getAttribute("jid") is None  # semi-anonymous: bob is no moderator
+    seen_bob = await presence_of(alice, "Bob")
+    assert item(seen_bob)["jid"] == "bob@localhost/test"  # moderators see real JIDs
+    assert codes(seen_bob) == set()
+
+    bob.send(f"<message to='{ROOM}' type='groupchat' id='m1'><body>hi all</body></message>")
+    for client in (alice, bob):
+        said = await groupchat(client, "Bob")
+        assert text(said, "body") == "hi all" and said["id"] == "m1"
+        assert next(said.elements(NS_OCCUPANT_ID, "occupant-id"))["id"]
+
+    bob.send(f"<presence to='{ROOM}/Bob' type='unavailable'/>")
+    gone = await presence_of(alice, "Bob", "unavailable")
+    assert item(gone)["role"] == "none"
+    assert codes(await presence_of(bob, "Bob", "unavailable")) == {110}
+
+
+@pytest_twisted.ensureDeferred
+async def test_nick_conflict_nick_change_and_disconnect(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("alice", "bob")
+    alice = await node.online("alice")
+    bob = await node.online("bob")
+    await join(alice, "Alice")
+    refused = await join(bob, "Alice")
+    assert refused["type"] == "error" and "conflict" in refused.toXml()
+
+    await join(bob, "Bob")
+    bob.send(f"<presence to='{ROOM}/Robert'/>")
+    changed = await presence_of(alice, "Bob", "unavailable")
+    assert codes(changed) == {303} and item(changed)["nick"] == "Robert"
+    await presence_of(alice, "Robert")
+    assert codes(await presence_of(bob, "Bob", "unavailable")) == {303, 110}
+
+    bob.disconnect()
+    await presence_of(alice, "Robert", "unavailable")
+    again = await node.online("bob", "two")
+    assert codes(await join(again, "Robert")) == {110}  # the nick was freed
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_on_join_subject_and_delay(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("alice", "bob")
+    alice = await node.online("alice")
+    await join(alice, "Alice")
+    assert text(await subject(alice), "subject") == ""  # no subject yet, still sent
+    for n in range(3):
+        alice.send(f"<message to='{ROOM}' type='groupchat'><body>line {n}</body></message>")
+        await groupchat(alice, "Alice")
+    alice.send(f"<message to='{ROOM}' type='groupchat'><subject>Plans</subject></message>")
+    assert text(await subject(alice), "subject") == "Plans"
+
+    bob = await node.online("bob")
+    await join(bob, "Bob", extra="<history maxstanzas='2'/>")
+    old = [await groupchat(bob, "Alice") for _ in range(2)]
+    assert [text(m, "body") for m in old] == ["line 1", "line 2"]
+    assert all(next(m.elements("urn:xmpp:delay", "delay"))["from"] == ROOM for m in old)
+    topic = await subject(bob)
+    assert text(topic, "subject") == "Plans" and topic["from"] == f"{ROOM}/Alice"
+
+    # A participant may not change the subject by default.
+    bob.send(f"<message to='{ROOM}' type='groupchat' id='s'><subject>mine</subject></message>")
+    assert "forbidden" in (await bob.expect(lambda s: s.getAttribute("type") == "error")).toXml()
+
+
+@pytest_twisted.ensureDeferred
+async def test_self_ping_and_disco(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("alice", "bob")
+    alice = await node.online("alice")
+    bob = await node.online("bob")
+    await join(alice, "Alice")
+
+    items = await alice.iq("<iq type='get' id='d1' to='localhost'><query "
+                           "xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+    assert "conference.localhost" in items.toXml()
+    info = await alice.iq("<iq type='get' id='d2' to='conference.localhost'><query "
+                          "xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    assert "category='conference'" in info.toXml() or 'category="conference"' in info.toXml()
+    assert NS_MUC in info.toXml()
+    rooms = await alice.iq("<iq type='get' id='d3' to='conference.localhost'><query "
+                           "xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+    assert ROOM in rooms.toXml()
+    room_info = await alice.iq(f"<iq type='get' id='d4' to='{ROOM}'><query "
+                               "xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    assert room_info["type"] == "result"
+    for feature in ("muc_temporary", "muc_open", "muc_semianonymous", NS_OCCUPANT_ID):
+        assert feature in room_info.toXml()
+    missing = await alice.iq("<iq type='get' id='d5' to='nothing@conference.localhost'><query "
+                             "xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    assert missing["type"] == "error" and "item-not-found" in missing.toXml()
+
+    ping = "<iq type='get' id='{id}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>"
+    assert (await alice.iq(ping.format(id="p1", to=f"{ROOM}/Alice")))["type"] == "result"
+    answer = await bob.iq(ping.format(id="p2", to=f"{ROOM}/Bob"))
+    assert answer["type"] == "error" and "not-acceptable" in answer.toXml()
