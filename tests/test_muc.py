@@ -16,6 +16,7 @@ ROOM = "lounge@conference.localhost"
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_USER = f"{NS_MUC}#user"
 NS_OCCUPANT_ID = "urn:xmpp:occupant-id:0"
+CONFIG_CHANGED = 104
 
 
 def muc_x(stanza: domish.Element) -> Optional[domish.Element]:
@@ -179,3 +180,147 @@ async def test_self_ping_and_disco(memory_xmpp):
     assert (await alice.iq(ping.format(id="p1", to=f"{ROOM}/Alice")))["type"] == "result"
     answer = await bob.iq(ping.format(id="p2", to=f"{ROOM}/Bob"))
     assert answer["type"] == "error" and "not-acceptable" in answer.toXml()
+
+
+def form(**fields: str) -> str:
+    values = "".join(f"<field var='muc#roomconfig_{k}'><value>{v}</value></field>"
+                     for k, v in fields.items())
+    return (f"<iq type='set' id='cfg' to='{ROOM}'><query xmlns='{NS_MUC}#owner'>"
+            "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>"
+            f"{NS_MUC}#roomconfig</value></field>{values}</x></query></iq>")
+
+
+def admin(items: str, kind: str = "set") -> str:
+    return (f"<iq type='{kind}' id='adm' to='{ROOM}'><query xmlns='{NS_MUC}#admin'>{items}"
+            "</query></iq>")
+
+
+@pytest_twisted.ensureDeferred
+async def test_configuration_form_members_only_password_and_max_occupants(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("alice", "bob", "carol")
+    alice = await node.online("alice")
+    await join(alice, "Alice")
+    got = await alice.iq(f"<iq type='get' id='g' to='{ROOM}'><query xmlns='{NS_MUC}#owner'/></iq>")
+    xml = got.toXml()
+    for var in ("roomname", "roomdesc", "persistentroom", "publicroom", "membersonly",
+                "roomsecret", "moderatedroom", "maxusers", "whois", "historylength"):
+        assert f"muc#roomconfig_{var}" in xml
+
+    done = await alice.iq(form(roomname="Lounge", membersonly="1", whois="anyone"))
+    assert done["type"] == "result"
+    assert CONFIG_CHANGED in codes(await alice.expect(lambda s: s.name == "message" and
+                                                      muc_x(s) is not None))
+    bob = await node.online("bob")
+    refused = await join(bob, "Bob")
+    assert refused["type"] == "error" and "registration-required" in refused.toXml()
+    assert (await alice.iq(admin("<item affiliation='member' jid='bob@localhost'/>")))["type"] \
+        == "result"
+    assert 100 in codes(await join(bob, "Bob"))  # non-anonymous now
+
+    assert (await alice.iq(form(membersonly="0", passwordprotectedroom="1", roomsecret="s3",
+                                maxusers="2")))["type"] == "result"
+    carol = await node.online("carol")
+    refused = await join(carol, "Carol", extra="<password>wrong</password>")
+    assert "not-authorized" in refused.toXml()
+    full = await join(carol, "Carol", extra="<password>s3</password>")
+    assert full["type"] == "error" and "service-unavailable" in full.toXml()
+    bad = await alice.iq(form(maxusers="many"))
+    assert bad["type"] == "error" and "not-acceptable" in bad.toXml()
+
+    listing = await alice.iq(admin("<item affiliation='member'/>", "get"))
+    assert [i["jid"] for i in listing.firstChildElement().elements()] == ["bob@localhost"]
+    assert "forbidden" in (await bob.iq(admin("<item affiliation='member'/>", "get"))).toXml()
+
+
+@pytest_twisted.ensureDeferred
+async def test_moderation_voice_kick_and_ban(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("alice", "bob")
+    alice = await node.online("alice")
+    bob = await node.online("bob")
+    await join(alice, "Alice")
+    assert (await alice.iq(form(moderatedroom="1")))["type"] == "result"
+    assert item(await join(bob, "Bob"))["role"] == "visitor"
+    bob.send(f"<message to='{ROOM}' type='groupchat' id='v'><body>let me</body></message>")
+    assert "forbidden" in (await bob.expect(lambda s: s.getAttribute("type") == "error")).toXml()
+
+    assert (await alice.iq(admin("<item nick='Bob' role='participant'/>")))["type"] == "result"
+    assert item(await presence_of(bob, "Bob"))["role"] == "participant"
+    bob.send(f"<message to='{ROOM}' type='groupchat'><body>thanks</body></message>")
+    await groupchat(alice, "Bob")
+    # Bob may not kick the owner.
+    assert (await bob.iq(admin("<item nick='Alice' role='none'/>")))["type"] == "error"
+
+    assert (await alice.iq(admin("<item nick='Bob' role='none'><reason>calm down</reason>"
+                                 "</item>")))["type"] == "result"
+    kicked = await presence_of(bob, "Bob", "unavailable")
+    assert codes(kicked) == {307, 110} and text(item(kicked), "reason") == "calm down"
+    assert codes(await presence_of(alice, "Bob", "unavailable")) == {307}
+
+    await join(bob, "Bob")
+    assert (await alice.iq(admin("<item affiliation='outcast' jid='bob@localhost'/>")))[
+        "type"] == "result"
+    assert codes(await presence_of(bob, "Bob", "unavailable")) == {301, 110}
+    assert "forbidden" in (await join(bob, "Bob")).toXml()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mediated_invitation_and_private_message(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("alice", "bob")
+    alice = await node.online("alice")
+    bob = await node.online("bob")
+    await join(alice, "Alice")
+    alice.send(f"<message to='{ROOM}'><x xmlns='{NS_USER}'><invite to='bob@localhost'>"
+               "<reason>come</reason></invite></x></message>")
+    invitation = await bob.expect(lambda s: s.name == "message" and muc_x(s) is not None)
+    invite = next(muc_x(invitation).elements(NS_USER, "invite"))
+    assert invitation["from"] == ROOM and invite["from"] == "alice@localhost"
+    assert text(invite, "reason") == "come"
+
+    await join(bob, "Bob")
+    bob.send(f"<message to='{ROOM}/Alice' type='chat'><body>psst</body></message>")
+    private = await alice.expect(lambda s: s.name == "message" and s.getAttribute("type") == "chat")
+    assert private["from"] == f"{ROOM}/Bob" and text(private, "body") == "psst"
+    await bob.nothing(lambda s: s.name == "message" and s.getAttribute("type") == "chat")
+
+
+@pytest_twisted.ensureDeferred
+async def test_persistent_rooms_keep_configuration_affiliations_and_subject(tmp_path):
+    from tests.xmpp_memory import MemoryServer
+
+    node = await MemoryServer(tmp_path).start()
+    try:
+        await node.add_users("alice", "bob", "carol")
+        alice = await node.online("alice")
+        await join(alice, "Alice")
+        assert (await alice.iq(form(persistentroom="1", membersonly="1", roomname="Lounge")
+                               ))["type"] == "result"
+        await alice.iq(admin("<item affiliation='member' jid='bob@localhost'/>"))
+        alice.send(f"<message to='{ROOM}' type='groupchat'><subject>Kept</subject></message>")
+        await subject(alice)
+        alice.send(f"<presence to='{ROOM}/Alice' type='unavailable'/>")
+        await presence_of(alice, "Alice", "unavailable")
+        # A temporary room goes with its last occupant; this one stays.
+        temporary = "scratch@conference.localhost"
+        await join(alice, "Alice", room=temporary)
+        alice.send(f"<presence to='{temporary}/Alice' type='unavailable'/>")
+        await presence_of(alice, "Alice", "unavailable", room=temporary)
+    finally:
+        await node.stop()
+
+    again = await MemoryServer(tmp_path).start()
+    try:
+        bob = await again.online("bob")
+        rooms = await bob.iq("<iq type='get' id='r' to='conference.localhost'><query "
+                             "xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+        assert ROOM in rooms.toXml() and "Lounge" in rooms.toXml()
+        assert "scratch@" not in rooms.toXml()
+        own = await join(bob, "Bob")
+        assert codes(own) == {110} and item(own)["affiliation"] == "member"
+        assert text(await subject(bob), "subject") == "Kept"
+        carol = await again.online("carol")
+        assert "registration-required" in (await join(carol, "Carol")).toXml()
+    finally:
+        await again.stop()
