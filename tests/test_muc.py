@@ -324,3 +324,52 @@ async def test_persistent_rooms_keep_configuration_affiliations_and_subject(tmp_
         assert "registration-required" in (await join(carol, "Carol")).toXml()
     finally:
         await again.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_rpcs_create_list_occupants_affiliate_say_destroy(memory_xmpp):
+    """The Thrift handler over the same core (the wire is tested in test_muc_clients.py)."""
+    from twisted.internet import reactor
+
+    from presenced.thrift import admin
+    from presenced.thrift.handler import AdminHandler
+
+    node = await memory_xmpp()
+    await node.add_users("alice", "bob")
+    rpc = AdminHandler(node.core, reactor)
+    await rpc.create_room("Ops@conference.localhost", admin.JabberUser(name="", server=""),
+                          True)
+    try:
+        await rpc.create_room("ops@conference.localhost", None, False)
+    except admin.InvalidArgument as e:
+        assert "conflict" in e.message
+    else:
+        raise AssertionError("a second room of the same name was created")
+    try:
+        await rpc.create_room("ops@elsewhere", None, False)
+    except admin.InvalidArgument as e:
+        assert "conference.localhost" in e.message
+    else:
+        raise AssertionError("a room outside the service was created")
+    await rpc.set_room_affiliation("ops@conference.localhost",
+                                   admin.JabberUser(name="alice", server="localhost"), "owner")
+    alice = await node.online("alice")
+    own = await join(alice, "Alice", room="ops@conference.localhost")
+    assert item(own)["affiliation"] == "owner"
+    [listed] = await rpc.list_rooms()
+    assert (listed.jid, listed.persistent, listed.occupants) == (
+        "ops@conference.localhost", True, 1)
+    [occupant] = await rpc.room_occupants("ops@conference.localhost")
+    assert (occupant.nick, occupant.jid, occupant.role) == (
+        "Alice", "alice@localhost/test", "moderator")
+
+    await rpc.send_room_message("ops@conference.localhost", "maintenance at noon")
+    notice = await alice.expect(lambda s: s.name == "message" and text(s, "body") ==
+                                "maintenance at noon")
+    assert notice["from"] == "ops@conference.localhost"
+
+    await rpc.destroy_room("ops@conference.localhost", "done")
+    gone = await alice.expect(lambda s: s.name == "presence" and s.getAttribute("type") ==
+                              "unavailable")
+    assert next(muc_x(gone).elements(NS_USER, "destroy"), None) is not None
+    assert await rpc.list_rooms() == []

@@ -108,6 +108,8 @@ class RoomService:
                 waiter.callback(result)
 
     async def get(self, jid: str) -> Room:
+        """The room ``jid`` names, or :class:`RoomError` ``item-not-found``."""
+        jid = self.room_jid(jid)
         room = await self.find(jid)
         if room is None:
             raise RoomError("item-not-found", f"no room {jid}")
@@ -133,6 +135,7 @@ class RoomService:
     async def destroy(self, jid: str, actor: Optional[str], reason: str = "") -> None:
         """Close the room: every occupant leaves with ``<destroy/>``; its record goes."""
         room = await self.get(jid)
+        jid = room.jid
         if actor is not None and room.affiliation(actor) != "owner":
             raise RoomError("forbidden", "only owners destroy rooms")
         for occupant in list(room.occupants.values()):
@@ -155,6 +158,7 @@ class RoomService:
 
     async def configure(self, jid: str, actor: Optional[str], config: RoomConfig) -> None:
         room = await self.get(jid)
+        jid = room.jid
         if actor is not None and room.affiliation(actor) != "owner":
             raise RoomError("forbidden", "only owners configure the room")
         was_persistent = room.config.persistent
@@ -253,7 +257,7 @@ class RoomService:
                   subject: Optional[str] = None) -> None:
         """A groupchat message from occupant ``real`` (None: the room itself, an admin's)
         to every occupant, kept in the history; a ``subject`` changes the subject."""
-        room = await self.get(self.room_jid(jid))
+        room = await self.get(jid)
         nick, occupant_id = "", ""
         if real is not None:
             occupant = room.occupant(real)

@@ -1,0 +1,106 @@
+"""Group chat end to end: slixmpp's XEP-0045 plugin against a presenced process, and the
+room admin RPCs over the Thrift wire. The room rules themselves are tested in memory
+(test_muc.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import slixmpp
+
+from tests.helpers import Client, PresencedProcess, run, thrift_client
+
+USERS = ("alice", "bob", "carol")
+ROOM = "lounge@conference.localhost"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = PresencedProcess(tmp_path_factory.mktemp("muc"), {
+        "comet": {"enabled": False}, "webadmin": {"enabled": False},
+        "thrift": {"port": 0},
+        "server": {"scram_iterations": 100},
+        "xmpp": {"require_tls": False, "allow_plain": True, "auth_failure_delay": 0.0}})
+    process.start()
+    process.ctl("import-users", "-", "--quiet",
+                input="".join(f"{user}@localhost {user}-pw\n" for user in USERS))
+    yield process
+    process.stop()
+
+
+async def muc_client(server: PresencedProcess, user: str) -> Client:
+    c = Client(user)
+    c.register_plugin("xep_0045")
+    c.register_plugin("xep_0004")
+    c.groupchat: asyncio.Queue = asyncio.Queue()
+    c.add_event_handler("groupchat_message", c.groupchat.put_nowait)
+    c.room_presences: asyncio.Queue = asyncio.Queue()
+    c.add_event_handler("groupchat_presence", c.room_presences.put_nowait)
+    await c.start(server.ports["xmpp"])
+    return c
+
+
+async def said(c: Client, body: str) -> slixmpp.Message:
+    while True:
+        message = await asyncio.wait_for(c.groupchat.get(), 5)
+        if message["body"] == body:
+            return message
+
+
+def test_a_room_with_slixmpp_and_the_admin_rpcs(server):
+    async def scenario():
+        alice, bob, carol = [await muc_client(server, u) for u in USERS]
+        muc = alice.plugin["xep_0045"]
+        own, subject, occupants, history = await muc.join_muc_wait(
+            slixmpp.JID(ROOM), "Alice", timeout=5)
+        assert {110, 201} <= set(own["muc"]["status_codes"])
+        assert own["muc"]["affiliation"] == "owner"
+
+        form = await muc.get_room_config(ROOM)
+        assert "muc#roomconfig_persistentroom" in form.get_fields()
+        form.reply()  # becomes the submission, keeping the fields' values
+        form.set_values({"FORM_TYPE": "http://jabber.org/protocol/muc#roomconfig",
+                         "muc#roomconfig_persistentroom": True,
+                         "muc#roomconfig_roomname": "The lounge"})
+        await muc.set_room_config(ROOM, form)
+        alice.send_message(mto=ROOM, mbody="before you came", mtype="groupchat")
+        await said(alice, "before you came")
+        muc.set_subject(ROOM, "Tea")
+
+        _, subject, occupants, history = await bob.plugin["xep_0045"].join_muc_wait(
+            slixmpp.JID(ROOM), "Bob", maxstanzas=5, timeout=5)
+        assert [m["body"] for m in history] == ["before you came"]
+        assert subject["subject"] == "Tea"
+        assert sorted(str(p["from"]) for p in occupants) == [f"{ROOM}/Alice", f"{ROOM}/Bob"]
+        await carol.plugin["xep_0045"].join_muc_wait(slixmpp.JID(ROOM), "Carol", timeout=5)
+
+        carol.send_message(mto=ROOM, mbody="hello both", mtype="groupchat")
+        for c in (alice, bob, carol):
+            message = await said(c, "hello both")
+            assert str(message["from"]) == f"{ROOM}/Carol"
+
+        admin = thrift_client(server)
+        try:
+            [room] = await asyncio.to_thread(admin.list_rooms)
+            assert (room.jid, room.name, room.persistent, room.occupants) == (
+                ROOM, "The lounge", True, 3)
+            nicks = {o.nick: o for o in await asyncio.to_thread(admin.room_occupants, ROOM)}
+            assert sorted(nicks) == ["Alice", "Bob", "Carol"]
+            assert nicks["Bob"].jid == "bob@localhost/test"
+            await asyncio.to_thread(admin.send_room_message, ROOM, "from the operators")
+            for c in (alice, bob, carol):
+                assert str((await said(c, "from the operators"))["from"]) == ROOM
+        finally:
+            admin.close()
+
+        await muc.set_role(ROOM, "Bob", "none", reason="out")
+        while True:
+            kicked = await asyncio.wait_for(bob.room_presences.get(), 5)
+            if kicked["type"] == "unavailable" and kicked["from"].resource == "Bob":
+                break
+        assert {307, 110} <= set(kicked["muc"]["status_codes"])
+        for c in (alice, bob, carol):
+            await c.close()
+
+    run(scenario())
