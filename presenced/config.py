@@ -70,6 +70,7 @@ _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
     "bool": lambda v: isinstance(v, bool),
     "list[str]": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
     "list[table]": lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v),
+    "table[str]": lambda v: isinstance(v, dict) and all(isinstance(i, str) for i in v.values()),
 }
 
 
@@ -167,6 +168,8 @@ def _check_together(sections: dict[str, dict[str, Any]]) -> None:
 
 
 def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
     return list(value) if isinstance(value, list) else value
 
 

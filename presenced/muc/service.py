@@ -70,10 +70,16 @@ class RoomService:
         self.max_history: int = settings.max_history
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, defer.Deferred] = {}
-        self._store = core.store.open_map("muc-rooms")
+        self._records = None  # the muc-rooms map, opened on first use (a core may have no store)
         core.hooks.add("user-removed", self._user_removed)
 
     # --- rooms -----------------------------------------------------------------------------
+
+    @property
+    def _store(self):
+        if self._records is None:
+            self._records = self.core.store.open_map("muc-rooms")
+        return self._records
 
     def room_jid(self, text: str) -> str:
         """``text`` as a room JID of this service, or :class:`RoomError` ``item-not-found``."""
