@@ -156,9 +156,12 @@ class RoomBridge:
 
     async def _ensure_room(self) -> None:
         rooms = self.core.rooms
-        if await rooms.find(rooms.room_jid(self.room)) is None:
+        try:
             await rooms.create(self.room, None, RoomConfig(
                 name=self.channel, persistent=True, history_length=rooms.default_history))
+        except RoomError as e:
+            if e.condition != "conflict":
+                raise
 
     async def _enter(self, real: str, nick: str) -> None:
         rooms = self.core.rooms

@@ -16,18 +16,28 @@ and tells the occupants what happened as router events, which each door renders:
 Persistent rooms (configuration, affiliations, subject) live in the capability map
 ``muc-rooms`` under the service domain, one key per room, and are loaded on first use, so
 they survive a restart. Occupants and history are in memory: a restart empties the rooms.
+
+In a cluster a room lives on one node, its *home* (:attr:`RoomService.homes`, an
+:class:`IRoomHomes`: the cluster's claims it in Redis for the first node that needs it).
+Every call marked :func:`homed` runs there: a door on another node calls the same method
+and the call travels to the home and its answer or refusal back; the home's events reach
+occupants on every node through the router. When the home dies, its rooms' occupants on
+other nodes are told they left (status 332) and the next join makes the room anew on a
+live node (persistent rooms with their configuration from the store).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
 
 from presenced.events import Event
 from presenced.muc.room import (BANNED, CONFIG_CHANGED, CREATED, KICKED, NICK_CHANGED,
@@ -42,16 +52,61 @@ ROOM_MESSAGE = "muc-message"
 ROOM_INVITE = "muc-invite"
 
 
-class HistoryRequest:
+SHUTDOWN = 332  # XEP-0045: removed from the room because its service went down
+
+
+class HistoryRequest(NamedTuple):
     """What a joining client asked to see (``<history/>``); None: the room's default."""
 
-    __slots__ = ("max_stanzas", "seconds", "since")
+    max_stanzas: Optional[int] = None
+    seconds: Optional[float] = None
+    since: Optional[float] = None
 
-    def __init__(self, max_stanzas: Optional[int] = None, seconds: Optional[float] = None,
-                 since: Optional[float] = None):
-        self.max_stanzas = max_stanzas
-        self.seconds = seconds
-        self.since = since
+
+class IRoomHomes(Interface):
+    """Which node a room lives on, and calls to it (one node: always this one)."""
+
+    async def home(room: str) -> Optional[str]:
+        """None when ``room`` lives here (claimed now if nobody holds it), else the id of
+        the node it lives on."""
+
+    def released(room: str) -> None:
+        """``room`` is gone from this node (its last occupant left, or it was destroyed)."""
+
+    async def call(node: str, room: str, method: str, args: list) -> Any:
+        """Run ``method(room, *args)`` of the room service on ``node``; its answer, or the
+        :class:`RoomError` it raised."""
+
+
+@implementer(IRoomHomes)
+class LocalHomes:
+    """A single node holds every room."""
+
+    async def home(self, room: str) -> Optional[str]:
+        return None
+
+    def released(self, room: str) -> None:
+        """Nothing to give back."""
+
+    async def call(self, node: str, room: str, method: str, args: list) -> Any:
+        raise RoomError("internal-server-error", "no other node")
+
+
+def homed(method: Callable) -> Callable:
+    """A room call that runs on the room's home node: here, or forwarded there. The
+    wrapped method (``.local``) takes the room JID normalised, and arguments and answers
+    that travel between nodes: plain values, bytes, :class:`RoomConfig`."""
+
+    @functools.wraps(method)
+    async def run(self: "RoomService", jid: str, *args: Any) -> Any:
+        jid = self.room_jid(jid)
+        node = None if jid in self.rooms else await self.homes.home(jid)
+        if node is None:
+            return await method(self, jid, *args)
+        return await self.remote_call(node, jid, method.__name__, list(args))
+
+    run.local = method  # type: ignore[attr-defined]
+    return run
 
 
 class RoomService:
@@ -68,7 +123,11 @@ class RoomService:
         self.max_occupants: int = settings.max_occupants
         self.default_history: int = settings.default_history
         self.max_history: int = settings.max_history
-        self.rooms: dict[str, Room] = {}
+        self.rooms: dict[str, Room] = {}  # the rooms whose home is this node
+        self.homes: IRoomHomes = LocalHomes()  # the cluster puts its own
+        # Rooms elsewhere that resources of this node joined:
+        # real JID -> room -> (home node, nick).
+        self.remote: dict[str, dict[str, tuple[str, str]]] = {}
         self._loading: dict[str, defer.Deferred] = {}
         self._records = None  # the muc-rooms map, opened on first use (a core may have no store)
         core.hooks.add("user-removed", self._user_removed)
@@ -88,7 +147,7 @@ class RoomService:
             raise RoomError("item-not-found", f"rooms are name@{self.domain}")
         return f"{local}@{domain}"
 
-    async def find(self, jid: str) -> Optional[Room]:
+    async def _find(self, jid: str) -> Optional[Room]:
         """The room, loaded from the store when persistent and not in memory; None."""
         room = self.rooms.get(jid)
         if room is not None:
@@ -113,20 +172,23 @@ class RoomService:
             else:
                 waiter.callback(result)
 
-    async def get(self, jid: str) -> Room:
-        """The room ``jid`` names, or :class:`RoomError` ``item-not-found``."""
-        jid = self.room_jid(jid)
-        room = await self.find(jid)
+    async def _get(self, jid: str) -> Room:
+        """The room ``jid`` names (here: it is this node's), or ``item-not-found``."""
+        room = await self._find(jid)
         if room is None:
             raise RoomError("item-not-found", f"no room {jid}")
         return room
 
+    @homed
     async def create(self, jid: str, owner: Optional[str],
-                     config: Optional[RoomConfig] = None) -> Room:
-        """A new room (an admin's, or made by its first occupant): ``conflict`` if it
-        exists, ``resource-constraint`` past ``[muc] max_rooms``."""
-        jid = self.room_jid(jid)
-        if await self.find(jid) is not None:
+                     config: Optional[RoomConfig] = None) -> None:
+        """A new room (an admin's): ``conflict`` if it exists, ``resource-constraint``
+        past ``[muc] max_rooms``."""
+        await self._create(jid, owner, config)
+
+    async def _create(self, jid: str, owner: Optional[str],
+                      config: Optional[RoomConfig] = None) -> Room:
+        if await self._find(jid) is not None:
             raise RoomError("conflict", f"{jid} exists")
         if len(self.rooms) >= self.max_rooms:
             raise RoomError("resource-constraint",
@@ -138,33 +200,48 @@ class RoomService:
         await self._save(room)
         return room
 
+    @homed
     async def destroy(self, jid: str, actor: Optional[str], reason: str = "") -> None:
         """Close the room: every occupant leaves with ``<destroy/>``; its record goes."""
-        room = await self.get(jid)
-        jid = room.jid
+        room = await self._get(jid)
         if actor is not None and room.affiliation(actor) != "owner":
             raise RoomError("forbidden", "only owners destroy rooms")
         for occupant in list(room.occupants.values()):
             room.remove(occupant)
             self._tell(room, occupant, occupant, available=False, codes=(SELF,),
                        reason=reason, destroyed=True)
-        self.rooms.pop(jid, None)
+        self._drop(room)
         if room.config.persistent:
             await self._store.delete(self.domain, jid.partition("@")[0])
 
-    async def list_rooms(self, public_only: bool) -> list[Room]:
-        """Rooms in memory and persistent ones in the store, sorted by JID."""
-        stored = await self._store.items(self.domain)
-        for local, text in stored.items():
-            jid = f"{local}@{self.domain}"
-            if jid not in self.rooms:
-                self.rooms[jid] = Room.from_json(jid, text, self.max_history)
-        rooms = sorted(self.rooms.values(), key=lambda r: r.jid)
-        return [r for r in rooms if r.config.public] if public_only else rooms
+    async def list_rooms(self, public_only: bool) -> list[dict[str, Any]]:
+        """This node's rooms and every persistent one (in the store), sorted by JID:
+        ``jid``, ``name``, ``public``, ``persistent``, ``occupants`` (-1: unknown here, it
+        lives on another node)."""
+        found: dict[str, dict[str, Any]] = {}
+        for local, text in (await self._store.items(self.domain)).items():
+            config = Room.from_json(f"{local}@{self.domain}", text, 0).config
+            found[f"{local}@{self.domain}"] = _listing(f"{local}@{self.domain}", config, -1)
+        for room in self.rooms.values():
+            found[room.jid] = _listing(room.jid, room.config, len(room.occupants))
+        return [found[j] for j in sorted(found)
+                if found[j]["public"] or not public_only]
 
+    @homed
+    async def describe(self, jid: str, viewer: Optional[str] = None) -> dict[str, Any]:
+        """What disco, the owner's form and the admin RPCs show of a room: ``jid``,
+        ``config`` (a :class:`RoomConfig`), ``subject``, ``occupants`` (nick, jid, role,
+        affiliation each) and ``affiliation`` (the viewer's)."""
+        room = await self._get(jid)
+        return {"jid": room.jid, "config": room.config, "subject": room.subject,
+                "affiliation": room.affiliation(viewer) if viewer else "none",
+                "occupants": [{"nick": o.nick, "jid": o.jid, "role": o.role,
+                               "affiliation": o.affiliation}
+                              for o in room.occupants.values()]}
+
+    @homed
     async def configure(self, jid: str, actor: Optional[str], config: RoomConfig) -> None:
-        room = await self.get(jid)
-        jid = room.jid
+        room = await self._get(jid)
         if actor is not None and room.affiliation(actor) != "owner":
             raise RoomError("forbidden", "only owners configure the room")
         was_persistent = room.config.persistent
@@ -174,22 +251,22 @@ class RoomService:
         await self._save(room)
         self._announce(room, codes=(CONFIG_CHANGED,))
         if not room.occupants and not config.persistent:
-            self.rooms.pop(jid, None)
+            self._drop(room)
 
     # --- occupants ---------------------------------------------------------------------------
 
+    @homed
     async def join(self, jid: str, nick: str, real: str, presence: bytes = b"",
                    password: Optional[str] = None,
-                   history: Optional[HistoryRequest] = None) -> Occupant:
+                   history: Optional[HistoryRequest] = None) -> None:
         """Enter (creating an instant room on first join, XEP-0045 10.1.2), or change
         presence when already in under ``nick``, or change nick when in under another."""
-        jid = self.room_jid(jid)
         if not nick or len(nick.encode("utf-8")) > 1023:
             raise RoomError("jid-malformed", "a nickname is needed to join")
-        room = await self.find(jid)
+        room = await self._find(jid)
         created = room is None
         if created:
-            room = await self.create(jid, real)
+            room = await self._create(jid, real)
         current = room.occupant(real)
         if current is not None:
             current.presence = presence
@@ -197,7 +274,7 @@ class RoomService:
                 await self._rename(room, current, nick)
             else:
                 self._broadcast_presence(room, current)
-            return current
+            return
         occupant = room.admit(nick, real, password, self.occupant_id(jid, real), presence,
                               self.max_occupants)
         for other in room.occupants.values():
@@ -210,9 +287,9 @@ class RoomService:
             codes.append(CREATED)
         for other in room.occupants.values():
             self._tell(room, occupant, other, codes=tuple(codes) if other is occupant else ())
-        self._send_history(room, occupant, history)
-        return occupant
+        self._send_history(room, occupant, HistoryRequest(*history) if history else None)
 
+    @homed
     async def leave(self, jid: str, real: str, presence: bytes = b"") -> None:
         room = self.rooms.get(jid)
         occupant = room.occupant(real) if room is not None else None
@@ -222,17 +299,23 @@ class RoomService:
         self._exit(room, occupant, ())
 
     def leave_everywhere(self, real: str) -> None:
-        """``real`` is gone (its session ended): it leaves every room it was in."""
+        """``real`` is gone (its session ended): it leaves every room it was in, here
+        and on other nodes."""
         for room in list(self.rooms.values()):
             occupant = room.occupant(real)
             if occupant is not None:
                 occupant.presence = b""
                 self._exit(room, occupant, ())
+        for room, (node, _) in self.remote.pop(real, {}).items():
+            defer.ensureDeferred(self.remote_call(node, room, "leave", [real])).addErrback(
+                lambda f: self.log.warn("leaving {room} on {node}: {why}", room=room,
+                                        node=node, why=f.getErrorMessage()))
 
-    def occupant(self, jid: str, real: str) -> Optional[Occupant]:
-        """The occupant ``real`` is in room ``jid`` (loaded rooms only), or None."""
+    @homed
+    async def is_occupant(self, jid: str, real: str) -> bool:
+        """Whether ``real`` is in the room (XEP-0410 self-ping)."""
         room = self.rooms.get(jid)
-        return None if room is None else room.occupant(real)
+        return room is not None and room.occupant(real) is not None
 
     async def _rename(self, room: Room, occupant: Occupant, nick: str) -> None:
         old = occupant.nick
@@ -254,16 +337,21 @@ class RoomService:
         occupant.role = role
         room.remove(occupant)
         if not room.occupants and not room.config.persistent:
-            self.rooms.pop(room.jid, None)
+            self._drop(room)
+
+    def _drop(self, room: Room) -> None:
+        if self.rooms.pop(room.jid, None) is not None:
+            self.homes.released(room.jid)
 
     # --- speaking --------------------------------------------------------------------------
 
+    @homed
     async def say(self, jid: str, real: Optional[str], body: Optional[str],
                   stanza: Optional[bytes] = None, message_id: Optional[str] = None,
                   subject: Optional[str] = None) -> None:
         """A groupchat message from occupant ``real`` (None: the room itself, an admin's)
         to every occupant, kept in the history; a ``subject`` changes the subject."""
-        room = await self.get(jid)
+        room = await self._get(jid)
         nick, occupant_id = "", ""
         if real is not None:
             occupant = room.occupant(real)
@@ -283,10 +371,11 @@ class RoomService:
         self._send(room, said, tuple(o.jid for o in room.occupants.values()), "groupchat",
                    message_id)
 
+    @homed
     async def whisper(self, jid: str, real: str, nick: str, body: Optional[str],
                       stanza: Optional[bytes], message_id: Optional[str]) -> None:
         """A private message from occupant ``real`` to the occupant ``nick``."""
-        room = await self.get(jid)
+        room = await self._get(jid)
         sender = room.occupant(real)
         if sender is None:
             raise RoomError("not-acceptable", "join the room before sending to occupants")
@@ -296,10 +385,11 @@ class RoomService:
         self._send(room, Said(sender.nick, body, None, stanza, sender.occupant_id),
                    (target.jid,), "chat", message_id)
 
+    @homed
     async def invite(self, jid: str, real: str, invitee: str, reason: str = "") -> None:
         """A mediated invitation (XEP-0045 7.8.2): members-only rooms make the invitee a
         member when an admin invites, and only admins may invite there."""
-        room = await self.get(jid)
+        room = await self._get(jid)
         if room.occupant(real) is None:
             raise RoomError("not-acceptable", "join the room before inviting")
         invitee = bare(invitee)
@@ -315,10 +405,11 @@ class RoomService:
 
     # --- moderation ------------------------------------------------------------------------
 
+    @homed
     async def set_role(self, jid: str, actor: str, nick: str, role: str,
                        reason: str = "") -> None:
         """Kick (role ``none``), grant or revoke voice or moderator (XEP-0045 8.2-8.6)."""
-        room = await self.get(jid)
+        room = await self._get(jid)
         by = room.occupant(actor)
         target = room.occupants.get(nick)
         if by is None:
@@ -332,11 +423,12 @@ class RoomService:
         target.role = role
         self._broadcast_presence(room, target, reason)
 
+    @homed
     async def set_affiliation(self, jid: str, actor: Optional[str], target: str,
                               affiliation: str, reason: str = "") -> None:
         """Owner, admin, member, none or outcast (a ban, XEP-0045 9.1) for a bare JID;
         ``actor`` None is the server's admin (Thrift)."""
-        room = await self.get(jid)
+        room = await self._get(jid)
         target = bare(target)
         room.may_set_affiliation("owner" if actor is None else room.affiliation(actor),
                                  target, affiliation)
@@ -350,10 +442,11 @@ class RoomService:
             else:
                 self._broadcast_presence(room, occupant, reason)
 
+    @homed
     async def affiliated(self, jid: str, actor: Optional[str], affiliation: str
                          ) -> list[str]:
         """The bare JIDs with ``affiliation`` (admins and owners may ask)."""
-        room = await self.get(jid)
+        room = await self._get(jid)
         if actor is not None and room.affiliation(actor) not in ("owner", "admin"):
             raise RoomError("forbidden", "only admins and owners see affiliation lists")
         return sorted(j for j, a in room.affiliations.items() if a == affiliation)
@@ -399,7 +492,7 @@ class RoomService:
             "body": said.body, "subject": said.subject, "stanza": said.stanza,
             "occupant_id": said.occupant_id, "id": message_id, "delay": delay})
         router = self.core.router
-        router.transport.route(router, {bare(r): None for r in recipients}, event)
+        router.transport.route(router, list(dict.fromkeys(bare(r) for r in recipients)), event)
 
     def _send_history(self, room: Room, occupant: Occupant,
                       history: Optional[HistoryRequest]) -> None:
@@ -414,6 +507,47 @@ class RoomService:
         if room.config.persistent:
             await self._store.set(self.domain, room.jid.partition("@")[0], room.to_json())
 
+    # --- between nodes -----------------------------------------------------------------------
+
+    async def remote_call(self, node: str, jid: str, method: str, args: list) -> Any:
+        """A :func:`homed` call run on ``node``; a resource's joins and leaves are noted, so
+        its end (or the home's death) makes it leave there."""
+        result = await self.homes.call(node, jid, method, args)
+        if method == "join":
+            self.remote.setdefault(args[1], {})[jid] = (node, args[0])
+        elif method == "leave" and args[0] in self.remote:
+            self.remote[args[0]].pop(jid, None)
+        return result
+
+    async def run_here(self, jid: str, method: str, args: list) -> Any:
+        """A call another node forwarded to this room's home (see :class:`IRoomHomes`)."""
+        call = getattr(type(self), method, None)
+        local = getattr(call, "local", None)
+        if local is None:
+            raise RoomError("bad-request", f"no room call {method}")
+        return await local(self, self.room_jid(jid), *args)
+
+    def home_lost(self, node: str) -> None:
+        """``node`` died: this node's resources in rooms that lived there are out of them
+        (status 332), and may join again (the room then lives on a live node)."""
+        for real, rooms in list(self.remote.items()):
+            for room in [r for r, (home, _) in rooms.items() if home == node]:
+                _, nick = rooms.pop(room)
+                self.core.router.deliver(bare(real), Event(ROOM_PRESENCE, room, {
+                    "to": real, "room": room, "nick": nick, "available": False,
+                    "presence": b"", "role": "none", "affiliation": "none", "jid": "",
+                    "codes": (SHUTDOWN, SELF), "new_nick": "", "occupant_id": "",
+                    "reason": f"node {node} is gone", "destroyed": False}))
+            if not rooms:
+                del self.remote[real]
+
+    def occupants_gone(self, users: set[str]) -> None:
+        """Users are online nowhere any more (their node died): out of this node's rooms."""
+        for room in list(self.rooms.values()):
+            for occupant in [o for o in room.occupants.values() if o.bare in users]:
+                occupant.presence = b""
+                self._exit(room, occupant, ())
+
     def _user_removed(self, user: str, contacts) -> None:
         """A deleted account keeps no affiliation (owners stay: the room needs one)."""
         for room in self.rooms.values():
@@ -422,3 +556,8 @@ class RoomService:
                 defer.ensureDeferred(self._save(room)).addErrback(
                     lambda f: self.log.failure("saving room {room}", f, room=room.jid))
 
+
+
+def _listing(jid: str, config: RoomConfig, occupants: int) -> dict[str, Any]:
+    return {"jid": jid, "name": config.name, "public": config.public,
+            "persistent": config.persistent, "occupants": occupants}

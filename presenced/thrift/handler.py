@@ -183,13 +183,12 @@ class AdminHandler:
 
     def list_rooms(self):
         return self._rooms(self.core.rooms.list_rooms(public_only=False), lambda rooms: [
-            admin.Room(jid=r.jid, name=r.config.name, persistent=r.config.persistent,
-                       listed=r.config.public, occupants=len(r.occupants)) for r in rooms])
+            admin.Room(jid=r["jid"], name=r["name"], persistent=r["persistent"],
+                       listed=r["public"], occupants=r["occupants"]) for r in rooms])
 
     def room_occupants(self, room: Optional[str]):
-        return self._rooms(self.core.rooms.get(room or ""), lambda r: [
-            admin.Occupant(nick=o.nick, jid=o.jid, role=o.role, affiliation=o.affiliation)
-            for o in r.occupants.values()])
+        return self._rooms(self.core.rooms.describe(room or ""), lambda r: [
+            admin.Occupant(**occupant) for occupant in r["occupants"]])
 
     def set_room_affiliation(self, room: Optional[str], user: Any,
                              affiliation: Optional[str]):

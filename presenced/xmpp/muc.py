@@ -20,7 +20,7 @@ from twisted.words.xish import domish
 from wokkel import data_form, disco
 
 from presenced.events import Event, RenderCache
-from presenced.muc.room import Room, RoomConfig, RoomError
+from presenced.muc.room import RoomConfig, RoomError
 from presenced.muc.service import ROOM_INVITE, ROOM_MESSAGE, ROOM_PRESENCE, HistoryRequest
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.stanzas import Address, attr, children_bytes
@@ -182,7 +182,7 @@ class MucHandler(FeatureHandler):
         query = (kind, child.uri, child.name)
         if query == ("get", NS_PING, "ping"):
             if address.resource is not None and \
-                    self.rooms.occupant(address.bare, session.full) is None:
+                    not await self.rooms.is_occupant(address.bare, session.full):
                 raise RoomError("not-acceptable", "you are not in this room")  # XEP-0410
             session.result(iq)
         elif query == ("get", disco.NS_DISCO_INFO, "query") and address.resource is None:
@@ -208,8 +208,8 @@ class MucHandler(FeatureHandler):
                             NS_OCCUPANT_ID):
                 info.append(disco.DiscoFeature(feature))
             return info.toElement()
-        room = await self.rooms.get(address.bare)
-        config = room.config
+        room = await self.rooms.describe(address.bare)
+        config = room["config"]
         info.append(disco.DiscoIdentity("conference", "text", config.name or address.bare))
         flags = (("muc_public", "muc_hidden", config.public),
                  ("muc_persistent", "muc_temporary", config.persistent),
@@ -223,9 +223,9 @@ class MucHandler(FeatureHandler):
         form = data_form.Form("result", formNamespace=NS_ROOMINFO)
         form.addField(data_form.Field(var="muc#roominfo_description",
                                       value=config.description))
-        form.addField(data_form.Field(var="muc#roominfo_subject", value=room.subject))
+        form.addField(data_form.Field(var="muc#roominfo_subject", value=room["subject"]))
         form.addField(data_form.Field(var="muc#roominfo_occupants",
-                                      value=str(len(room.occupants))))
+                                      value=str(len(room["occupants"]))))
         info.append(form)
         return info.toElement()
 
@@ -233,10 +233,9 @@ class MucHandler(FeatureHandler):
         items = disco.DiscoItems()
         if address.bare is None:
             for room in await self.rooms.list_rooms(public_only=True):
-                items.append(disco.DiscoItem(JID(room.jid),
-                                             name=room.config.name or None))
+                items.append(disco.DiscoItem(JID(room["jid"]), name=room["name"] or None))
         else:
-            await self.rooms.get(address.bare)  # occupants stay private: an empty list
+            await self.rooms.describe(address.bare)  # occupants stay private: an empty list
         return items.toElement()
 
     # --- muc#admin: roles and affiliations -------------------------------------------------
@@ -274,12 +273,12 @@ class MucHandler(FeatureHandler):
 
     async def _owner(self, session, iq: domish.Element, query: domish.Element,
                      jid: str) -> None:
-        room = await self.rooms.get(jid)
+        room = await self.rooms.describe(jid, session.full)
         if iq["type"] == "get":
-            if room.affiliation(session.full) != "owner":
+            if room["affiliation"] != "owner":
                 raise RoomError("forbidden", "only owners configure the room")
             answer = domish.Element((NS_OWNER, "query"))
-            answer.addChild(self._config_form(room).toElement())
+            answer.addChild(self._config_form(jid, room["config"]).toElement())
             session.result(iq, answer)
             return
         destroy = _child(query, NS_OWNER, "destroy")
@@ -296,12 +295,11 @@ class MucHandler(FeatureHandler):
         if form.formType == "cancel":
             session.result(iq)
             return
-        await self.rooms.configure(jid, session.full, self._read_form(room.config, form))
+        await self.rooms.configure(jid, session.full, self._read_form(room["config"], form))
         session.result(iq)
 
-    def _config_form(self, room: Room) -> data_form.Form:
-        config = room.config
-        form = data_form.Form("form", title=f"Configuration of {room.jid}",
+    def _config_form(self, jid: str, config: RoomConfig) -> data_form.Form:
+        form = data_form.Form("form", title=f"Configuration of {jid}",
                               formNamespace=NS_CONFIG)
         for var, (name, kind, label) in CONFIG_FIELDS.items():
             value = bool(config.password) if name is None else getattr(config, name)
