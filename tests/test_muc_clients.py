@@ -9,7 +9,7 @@ import asyncio
 import pytest
 import slixmpp
 
-from tests.helpers import Client, PresencedProcess, run, thrift_client
+from tests.helpers import Client, PresencedProcess, node_config, run, thrift_client
 
 USERS = ("alice", "bob", "carol")
 ROOM = "lounge@conference.localhost"
@@ -102,5 +102,56 @@ def test_a_room_with_slixmpp_and_the_admin_rpcs(server):
         assert {307, 110} <= set(kicked["muc"]["status_codes"])
         for c in (alice, bob, carol):
             await c.close()
+
+    run(scenario())
+
+
+def test_one_room_for_three_clients_over_two_cluster_nodes(redis_server, presenced_factory):
+    """The room lives on the node of its first occupant; the other node forwards its
+    clients' calls there. When that node dies, the others are told (332) and the room
+    lives again on the surviving node at the next join."""
+    extra = {"server": {"scram_iterations": 64},
+             "xmpp": {"enabled": True, "bind": "127.0.0.1", "require_tls": False,
+                      "allow_plain": True, "auth_failure_delay": 0.0}}
+    a = presenced_factory(node_config(redis_server.url, "a", **extra), name="a")
+    b = presenced_factory(node_config(redis_server.url, "b", **extra), name="b")
+    a.ctl("import-users", "-", "--quiet",
+          input="".join(f"{user}@localhost {user}-pw\n" for user in USERS))
+
+    async def scenario():
+        alice = await muc_client(a, "alice")
+        bob, carol = [await muc_client(b, u) for u in ("bob", "carol")]
+        own, _, _, _ = await alice.plugin["xep_0045"].join_muc_wait(
+            slixmpp.JID(ROOM), "Alice", timeout=10)
+        assert 201 in own["muc"]["status_codes"]
+        for c, nick in ((bob, "Bob"), (carol, "Carol")):
+            own, _, occupants, _ = await c.plugin["xep_0045"].join_muc_wait(
+                slixmpp.JID(ROOM), nick, timeout=10)
+            assert 201 not in own["muc"]["status_codes"]  # one room, made once
+        assert sorted(p["from"].resource for p in occupants) == ["Alice", "Bob", "Carol"]
+
+        carol.send_message(mto=ROOM, mbody="from node b", mtype="groupchat")
+        alice.send_message(mto=ROOM, mbody="from node a", mtype="groupchat")
+        for c in (alice, bob, carol):
+            assert str((await said(c, "from node b"))["from"]) == f"{ROOM}/Carol"
+            assert str((await said(c, "from node a"))["from"]) == f"{ROOM}/Alice"
+
+        await bob.close()
+        while True:  # bob's session ended on node b: he left the room on node a
+            gone = await asyncio.wait_for(alice.room_presences.get(), 10)
+            if gone["type"] == "unavailable" and gone["from"].resource == "Bob":
+                break
+
+        a.kill()
+        while True:
+            out = await asyncio.wait_for(carol.room_presences.get(), 15)
+            if out["type"] == "unavailable" and out["from"].resource == "Carol":
+                break
+        assert 332 in out["muc"]["status_codes"]
+        own, _, occupants, _ = await carol.plugin["xep_0045"].join_muc_wait(
+            slixmpp.JID(ROOM), "Carol", timeout=10)
+        assert 201 in own["muc"]["status_codes"]  # made anew on the live node
+        assert [p["from"].resource for p in occupants] == ["Carol"]
+        await carol.close()
 
     run(scenario())
