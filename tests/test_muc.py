@@ -373,3 +373,39 @@ async def test_admin_rpcs_create_list_occupants_affiliate_say_destroy(memory_xmp
                               "unavailable")
     assert next(muc_x(gone).elements(NS_USER, "destroy"), None) is not None
     assert await rpc.list_rooms() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_input_gets_a_clear_error_and_nothing_is_logged(memory_xmpp, logged_errors):
+    node = await memory_xmpp()
+    await node.add_users("alice")
+    alice = await node.online("alice")
+
+    async def error_for(xml: str) -> str:
+        alice.send(xml)
+        return (await alice.expect(lambda s: s.getAttribute("type") == "error")).toXml()
+
+    assert "bad-request" in await error_for(
+        f"<presence to='{ROOM}/Alice'><x xmlns='{NS_MUC}'><history maxstanzas='lots'/></x>"
+        "</presence>")
+    assert "jid-malformed" in await error_for(f"<presence to='{ROOM}'/>")
+    assert "item-not-found" in await error_for(
+        "<presence to='conference.localhost/x'/>")  # the service itself is no room
+    await join(alice, "Alice")
+    assert "bad-request" in await error_for(
+        f"<message to='{ROOM}/Alice' type='groupchat'><body>x</body></message>")
+    assert "bad-request" in await error_for(f"<message to='{ROOM}'><body>not groupchat</body>"
+                                            "</message>")
+    assert "bad-request" in await error_for(
+        f"<iq type='set' id='a1' to='{ROOM}'><query xmlns='{NS_MUC}#admin'/></iq>")
+    assert "bad-request" in await error_for(admin("<item nick='Alice' role='emperor'/>"))
+    assert "not-acceptable" in await error_for(form(historylength="100000"))
+    assert "service-unavailable" in await error_for(
+        f"<iq type='get' id='v' to='{ROOM}/Alice'><vCard xmlns='vcard-temp'/></iq>")
+    assert "item-not-found" in await error_for(
+        "<iq type='get' id='n' to='nothing@conference.localhost'><query "
+        f"xmlns='{NS_MUC}#owner'/></iq>")
+    # The room is still there and still works.
+    alice.send(f"<message to='{ROOM}' type='groupchat'><body>still here</body></message>")
+    assert text(await groupchat(alice, "Alice"), "body") == "still here"
+    assert logged_errors == []

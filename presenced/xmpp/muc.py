@@ -114,7 +114,11 @@ class MucHandler(FeatureHandler):
 
     async def _presence(self, session, presence: domish.Element, address: Address) -> None:
         kind = presence.getAttribute("type")
-        if address.bare is None or kind not in (None, "unavailable"):
+        if kind not in (None, "unavailable"):
+            return  # subscriptions and bounces: a room has no roster
+        if address.bare is None:
+            if kind is None:
+                raise RoomError("item-not-found", "join a room as room@service/nick")
             return
         if kind == "unavailable":
             await self.rooms.leave(address.bare, session.full, _relayed(presence))
