@@ -409,3 +409,44 @@ async def test_bad_input_gets_a_clear_error_and_nothing_is_logged(memory_xmpp, l
     alice.send(f"<message to='{ROOM}' type='groupchat'><body>still here</body></message>")
     assert text(await groupchat(alice, "Alice"), "body") == "still here"
     assert logged_errors == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_archive_with_mam_when_archives_are_on(memory_xmpp):
+    node = await memory_xmpp({"xmpp": {"archive_days": 1}})
+    await node.add_users("alice", "bob", "carol")
+    alice = await node.online("alice")
+    await join(alice, "Alice")
+    for n in range(3):
+        alice.send(f"<message to='{ROOM}' type='groupchat'><body>kept {n}</body></message>")
+        await groupchat(alice, "Alice")
+    info = await alice.iq(f"<iq type='get' id='i' to='{ROOM}'><query "
+                          "xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    assert "urn:xmpp:mam:2" in info.toXml()
+
+    bob = await node.online("bob")  # not in the room: an open room's archive is public
+
+    async def page(rsm: str) -> tuple[list[domish.Element], domish.Element]:
+        done = await bob.iq(f"<iq type='set' id='q' to='{ROOM}'><query xmlns='urn:xmpp:mam:2' "
+                            f"queryid='x'><set xmlns='http://jabber.org/protocol/rsm'>{rsm}"
+                            "</set></query></iq>")
+        assert done["type"] == "result"
+        results = [s for s in bob.received if s.name == "message"]
+        del bob.received[:]
+        forwarded = [next(next(r.elements("urn:xmpp:mam:2", "result")).elements())
+                     for r in results]
+        return [next(c for c in f.elements() if c.name == "message") for f in forwarded], \
+            done.firstChildElement()
+
+    messages, fin = await page("<max>2</max>")
+    assert [text(m, "body") for m in messages] == ["kept 0", "kept 1"]
+    assert all(m["from"] == f"{ROOM}/Alice" for m in messages)
+    assert fin["complete"] == "false"
+    last = str(next(e for e in next(fin.elements()).elements() if e.name == "last"))
+    messages, fin = await page(f"<max>2</max><after>{last}</after>")
+    assert [text(m, "body") for m in messages] == ["kept 2"] and fin["complete"] == "true"
+
+    assert (await alice.iq(form(membersonly="1")))["type"] == "result"
+    refused = await bob.iq(f"<iq type='set' id='q2' to='{ROOM}'><query "
+                           "xmlns='urn:xmpp:mam:2'/></iq>")
+    assert refused["type"] == "error" and "forbidden" in refused.toXml()

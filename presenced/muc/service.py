@@ -32,6 +32,8 @@ import base64
 import functools
 import hashlib
 import hmac
+import json
+import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from twisted.internet import defer
@@ -40,6 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from presenced.events import Event
+from presenced.store import MUC_ARCHIVE_STORE, MUC_ROOMS_STORE, ArchivePage
 from presenced.muc.room import (BANNED, CONFIG_CHANGED, CREATED, KICKED, NICK_CHANGED,
                                 NON_ANONYMOUS, SELF, Occupant, Room, RoomConfig, RoomError,
                                 Said, bare)
@@ -129,7 +132,12 @@ class RoomService:
         # real JID -> room -> (home node, nick).
         self.remote: dict[str, dict[str, tuple[str, str]]] = {}
         self._loading: dict[str, defer.Deferred] = {}
-        self._records = None  # the muc-rooms map, opened on first use (a core may have no store)
+        # Room archives (XEP-0313 on rooms) follow the message archive's [xmpp] keys.
+        self.archive_seconds: float = core.config.xmpp.archive_days * 86400.0
+        self.archive_limit: int = core.config.xmpp.archive_limit
+        # Stores opened on first use (a core may have no store).
+        self._records = None
+        self._archives = None
         core.hooks.add("user-removed", self._user_removed)
 
     # --- rooms -----------------------------------------------------------------------------
@@ -137,8 +145,14 @@ class RoomService:
     @property
     def _store(self):
         if self._records is None:
-            self._records = self.core.store.open_map("muc-rooms")
+            self._records = self.core.store.open_map(MUC_ROOMS_STORE)
         return self._records
+
+    @property
+    def _archive(self):
+        if self._archives is None:
+            self._archives = self.core.store.open_archive(MUC_ARCHIVE_STORE)
+        return self._archives
 
     def room_jid(self, text: str) -> str:
         """``text`` as a room JID of this service, or :class:`RoomError` ``item-not-found``."""
@@ -368,6 +382,11 @@ class RoomService:
         said = Said(nick, body, subject, stanza, occupant_id)
         if subject is None:
             room.remember(said)
+            if self.archive_seconds and body is not None:
+                self._archive.append(
+                    room.jid, said_to_json(said), said.when, keep=self.archive_limit,
+                    since=said.when - self.archive_seconds).addErrback(
+                        lambda f: self.log.failure("archiving in {room}", f, room=room.jid))
         self._send(room, said, tuple(o.jid for o in room.occupants.values()), "groupchat",
                    message_id)
 
@@ -402,6 +421,26 @@ class RoomService:
         self.core.router.deliver(invitee, Event(ROOM_INVITE, room.jid, {
             "room": room.jid, "from": bare(real), "reason": reason,
             "password": room.config.password}))
+
+    async def archived(self, jid: str, viewer: str, after_id: Optional[str] = None,
+                       before_id: Optional[str] = None, start: Optional[float] = None,
+                       end: Optional[float] = None, limit: int = 100,
+                       last: bool = False) -> tuple[ArchivePage, list[Said]]:
+        """A page of the room's archive (XEP-0313): anyone may read an open room's,
+        members a members-only one's, outcasts none. ``ValueError`` for an unknown id."""
+        if not self.archive_seconds:
+            raise RoomError("service-unavailable", "message archives are off")
+        room = await self.describe(jid, viewer)
+        config = room["config"]
+        if room["affiliation"] == "outcast" or (config.members_only and room["affiliation"]
+                                                not in ("owner", "admin", "member")):
+            raise RoomError("forbidden", "only members read this room's archive")
+        expired = time.time() - self.archive_seconds
+        page = await self._archive.query(
+            room["jid"], after_id=after_id, before_id=before_id,
+            start=expired if start is None else max(start, expired), end=end, limit=limit,
+            last=last)
+        return page, [said_from_json(entry.value, entry.when) for entry in page.entries]
 
     # --- moderation ------------------------------------------------------------------------
 
@@ -561,3 +600,17 @@ class RoomService:
 def _listing(jid: str, config: RoomConfig, occupants: int) -> dict[str, Any]:
     return {"jid": jid, "name": config.name, "public": config.public,
             "persistent": config.persistent, "occupants": occupants}
+
+
+def said_to_json(said: Said) -> str:
+    return json.dumps({"nick": said.nick, "body": said.body, "occupant_id": said.occupant_id,
+                       "stanza": said.stanza.decode("utf-8") if said.stanza else None},
+                      separators=(",", ":"))
+
+
+def said_from_json(text: str, when: float) -> Said:
+    doc = json.loads(text)
+    stanza = doc.get("stanza")
+    return Said(doc["nick"], doc.get("body"), None,
+                stanza.encode("utf-8") if stanza is not None else None,
+                doc.get("occupant_id", ""), when)

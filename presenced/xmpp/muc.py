@@ -23,6 +23,7 @@ from presenced.events import Event, RenderCache
 from presenced.muc.room import RoomConfig, RoomError
 from presenced.muc.service import ROOM_INVITE, ROOM_MESSAGE, ROOM_PRESENCE, HistoryRequest
 from presenced.xmpp.features import FeatureHandler
+from presenced.xmpp.mam import NS_MAM, NS_RSM, BadQuery, Query, form_element, stamp
 from presenced.xmpp.stanzas import Address, attr, children_bytes
 
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -197,6 +198,12 @@ class MucHandler(FeatureHandler):
             await self._admin(session, iq, child, address.bare)
         elif address.bare is not None and address.resource is None and child.uri == NS_OWNER:
             await self._owner(session, iq, child, address.bare)
+        elif query == ("set", NS_MAM, "query") and address.bare is not None and \
+                address.resource is None:
+            await self._archive(session, iq, child, address.bare)
+        elif query == ("get", NS_MAM, "query") and address.bare is not None and \
+                self.rooms.archive_seconds:
+            session.result(iq, form_element())
         else:
             session.error(iq, "service-unavailable")
 
@@ -221,7 +228,8 @@ class MucHandler(FeatureHandler):
                  ("muc_moderated", "muc_unmoderated", config.moderated),
                  ("muc_passwordprotected", "muc_unsecured", bool(config.password)),
                  ("muc_nonanonymous", "muc_semianonymous", config.whois == "anyone"))
-        for feature in (disco.NS_DISCO_INFO, NS_MUC, NS_PING, NS_OCCUPANT_ID) + tuple(
+        archive = (NS_MAM,) if self.rooms.archive_seconds else ()
+        for feature in (disco.NS_DISCO_INFO, NS_MUC, NS_PING, NS_OCCUPANT_ID) + archive + tuple(
                 yes if on else no for yes, no, on in flags):
             info.append(disco.DiscoFeature(feature))
         form = data_form.Form("result", formNamespace=NS_ROOMINFO)
@@ -241,6 +249,42 @@ class MucHandler(FeatureHandler):
         else:
             await self.rooms.describe(address.bare)  # occupants stay private: an empty list
         return items.toElement()
+
+    # --- XEP-0313: the room's archive ----------------------------------------------------------
+
+    async def _archive(self, session, iq: domish.Element, query: domish.Element,
+                       room: str) -> None:
+        try:
+            asked = Query.from_element(query)
+        except BadQuery as e:
+            raise RoomError("bad-request", str(e))
+        if asked.with_ is not None:
+            raise RoomError("bad-request", "a room archive is not filtered by 'with'")
+        try:
+            page, said = await self.rooms.archived(
+                room, session.full, asked.after_id, asked.before_id, asked.start, asked.end,
+                asked.limit, asked.last)
+        except ValueError:
+            raise RoomError("item-not-found", "no such archive id")
+        queryid = query.getAttribute("queryid")
+        head = b"<message from=%s to=%s><result xmlns='%s'%s" % (
+            attr(room).encode(), attr(session.full).encode(), NS_MAM.encode(),
+            b"" if queryid is None else b" queryid=" + attr(queryid).encode())
+        for entry, message in zip(page.entries, said):
+            sender = room + (f"/{message.nick}" if message.nick else "")
+            session.write(head + b" id=%s><forwarded xmlns='urn:xmpp:forward:0'><delay "
+                          b"xmlns='%s' stamp='%s'/><message xmlns='jabber:client' from=%s "
+                          b"type='groupchat'>%s</message></forwarded></result></message>" % (
+                              attr(entry.id).encode(), NS_DELAY.encode(),
+                              stamp(entry.when).encode(), attr(sender).encode(),
+                              self._children(message.stanza, None, message.body)))
+        fin = domish.Element((NS_MAM, "fin"))
+        fin["complete"] = "true" if page.complete else "false"
+        rsm = fin.addElement((NS_RSM, "set"))
+        if page.entries:
+            rsm.addElement("first", content=page.entries[0].id)
+            rsm.addElement("last", content=page.entries[-1].id)
+        session.result(iq, fin)
 
     # --- muc#admin: roles and affiliations -------------------------------------------------
 
@@ -377,13 +421,7 @@ class MucHandler(FeatureHandler):
         head = b" from=%s type='%s'" % (attr(sender).encode(), payload["kind"].encode())
         if payload["id"]:
             head += b" id=" + attr(payload["id"]).encode()
-        children = payload["stanza"]
-        if children is None:
-            children = b""
-            if payload["subject"] is not None:
-                children += b"<subject>%s</subject>" % _text(payload["subject"])
-            if payload["body"] is not None:
-                children += b"<body>%s</body>" % _text(payload["body"])
+        children = MucHandler._children(payload["stanza"], payload["subject"], payload["body"])
         if payload["kind"] == "chat":
             children += b"<x xmlns='%s'/>" % NS_USER.encode()
         if payload["occupant_id"]:
@@ -394,6 +432,20 @@ class MucHandler(FeatureHandler):
                 NS_DELAY.encode(), attr(payload["room"]).encode(),
                 _stamp(payload["delay"]).encode())
         return frozenset(payload["to"]), head + b">" + children + b"</message>"
+
+    @staticmethod
+    def _children(stanza: Optional[bytes], subject: Optional[str], body: Optional[str]
+                  ) -> bytes:
+        """A room message's children: the client's as sent, or built from another door's
+        subject and body."""
+        if stanza is not None:
+            return stanza
+        children = b""
+        if subject is not None:
+            children += b"<subject>%s</subject>" % _text(subject)
+        if body is not None:
+            children += b"<body>%s</body>" % _text(body)
+        return children
 
     def render_invite(self, session, event: Event) -> None:
         payload = event.payload
