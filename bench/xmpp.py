@@ -14,6 +14,11 @@ with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` p
    ``--paced-rate`` messages/s in total gives the latency at a steady load.
 4. ``login_scram_tls``: the same accounts log in again with STARTTLS + SCRAM-SHA-1 (the
    client computes PBKDF2 too, as real clients do); logins/s.
+5. ``room``: ``--room-occupants`` of the accounts join one group chat room (XEP-0045) and
+   ``--room-senders`` of them send ``--room-messages`` groupchat messages each as fast as
+   they can; every occupant (the senders too) receives every message: occupant
+   deliveries/s, p50/p99 send-to-receive latency over all deliveries, and the server's CPU
+   per delivery.
 
 The load client shares this machine's cores with the server (and, on a shared machine, with
 whatever else runs: the JSON gives the load average and the server's CPU time per login and
@@ -283,6 +288,76 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
     asyncio.run(main())
 
 
+ROOM = b"bench@conference.localhost"
+
+
+async def room_phase(port: int, users: list[str], senders: int, messages: int) -> dict:
+    """One room, ``users`` in it; returns the ``room_*`` figures (see the module doc)."""
+    connections = []
+    for index, user in enumerate(users):
+        reader, writer, buffer = await login_plain(port, user)
+        writer.write(b"<presence to='%s/o%d'><x xmlns='http://jabber.org/protocol/muc'>"
+                     b"<history maxstanzas='0'/></x></presence>" % (ROOM, index))
+        await read_until(reader, buffer, b"</subject>")  # joined: the subject comes last
+        connections.append((reader, writer, buffer))
+    stamp = re.compile(rb"<body>(\d+\.\d+)</body>")
+    latencies: list[float] = []
+    expected = senders * messages * len(connections)
+    done = asyncio.get_running_loop().create_future()
+    last = [0.0]
+
+    async def receive(reader, buffer):
+        while not done.done():
+            data = await reader.read(262144)
+            if not data:
+                return
+            buffer += data
+            end = buffer.rfind(b"</message>")
+            if end < 0:
+                continue
+            now = time.time()
+            for match in stamp.finditer(buffer, 0, end):
+                latencies.append(now - float(match.group(1)))
+            del buffer[:end + 10]
+            last[0] = now
+            if len(latencies) >= expected and not done.done():
+                done.set_result(True)
+
+    async def send(writer):
+        for batch in range(0, messages, 10):
+            writer.write(b"".join(
+                b"<message to='%s' type='groupchat'><body>%.6f</body></message>"
+                % (ROOM, time.time()) for _ in range(min(10, messages - batch))))
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    for _, _, buffer in connections:
+        del buffer[:]  # presence of later joiners
+    receivers = [asyncio.ensure_future(receive(r, b)) for r, _, b in connections]
+    started = time.time()
+    await asyncio.gather(*(send(w) for _, w, _ in connections[:senders]))
+    try:
+        await asyncio.wait_for(done, 120)
+    except asyncio.TimeoutError:
+        pass
+    for task in receivers:
+        task.cancel()
+    for _, writer, _ in connections:
+        writer.close()
+    latencies.sort()
+    elapsed = last[0] - started
+    return {
+        "room_occupants": len(connections),
+        "room_messages_sent": senders * messages,
+        "room_deliveries": len(latencies),
+        "room_deliveries_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
+        "room_latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2)
+        if latencies else None,
+        "room_latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2)
+        if latencies else None,
+    }
+
+
 # --- the server -----------------------------------------------------------------------------
 
 def start_server(directory: Path, iterations: int, workers: int = 1,
@@ -340,6 +415,11 @@ def main() -> None:
                         help="how the load clients connect (module docstring)")
     parser.add_argument("--sm", action="store_true",
                         help="clients enable stream management (XEP-0198) and answer acks")
+    parser.add_argument("--room-occupants", type=int, default=100,
+                        help="occupants of the group chat room phase (0: no room phase)")
+    parser.add_argument("--room-senders", type=int, default=10)
+    parser.add_argument("--room-messages", type=int, default=100,
+                        help="groupchat messages per sender")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
     with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
@@ -403,6 +483,15 @@ def main() -> None:
             scram_cpu = cpu_seconds(server.pid) - cpu
             for proc in procs:
                 proc.join(30)
+            room: dict = {}
+            if args.room_occupants:
+                time.sleep(1.0)
+                cpu = cpu_seconds(server.pid)
+                room = asyncio.run(room_phase(port, users[:args.room_occupants],
+                                              min(args.room_senders, args.room_occupants),
+                                              args.room_messages))
+                room["server_cpu_us_per_room_delivery"] = round(
+                    1e6 * (cpu_seconds(server.pid) - cpu) / max(1, room["room_deliveries"]), 2)
             latencies.sort()
             sent = 0 if args.transport == "bosh" else len(users) * args.messages
             result = {
@@ -436,6 +525,7 @@ def main() -> None:
                 if paced else None,
                 "paced_latency_p99_ms": round(1000 * percentile(paced, 0.99), 2)
                 if paced else None,
+                **room,
                 "load_average_1min": round(os.getloadavg()[0], 2),
             }
             print(json.dumps(result, indent=2))

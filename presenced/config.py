@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from presenced.cluster import options as cluster_options
 from presenced.doors import DOORS
+from presenced.muc import options as muc_options
 from presenced.options import (Key, Keys, non_empty, non_negative, one_of, optional_redis_urls,
                                positive, redis_urls)
 
@@ -66,6 +67,7 @@ SCHEMA: dict[str, Keys] = {
     "router": {
         "session_queue_bytes": Key(1048576, "int", positive),
     },
+    "muc": muc_options.KEYS,
     **{door.section: door.keys for door in DOORS},
 }
 
@@ -76,6 +78,7 @@ _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
     "bool": lambda v: isinstance(v, bool),
     "list[str]": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
     "list[table]": lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v),
+    "table[str]": lambda v: isinstance(v, dict) and all(isinstance(i, str) for i in v.values()),
 }
 
 
@@ -182,6 +185,8 @@ def _check_together(sections: dict[str, dict[str, Any]]) -> None:
 
 
 def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
     return list(value) if isinstance(value, list) else value
 
 

@@ -46,6 +46,7 @@ from presenced.events import Event
 from presenced.hooks import Hooks
 from presenced.listener import OpenFiles
 from presenced.metrics import Metrics
+from presenced.muc.service import RoomService
 from presenced.nowplaying import Tune
 from presenced.pep import PepService
 from presenced.router import SubscriptionRouter
@@ -143,6 +144,7 @@ class Core:
                                     lambda: self.secret, server.api_tokens_max,
                                     server.api_token_cache_seconds)
         self.blocking = Blocklists(store, self.router, server.blocklist_limit)
+        self.rooms = RoomService(self)  # group chat (presenced.muc), for every door
         # What the public doors' listeners may hold together (presenced.listener).
         self.open_files = OpenFiles.for_process(config.server.reserved_files)
 

@@ -27,12 +27,9 @@ from twisted.internet import defer, task, threads
 from presenced import backup as backups
 from presenced import bulk
 from presenced import config as configuration
-<<<<<<< HEAD
-from presenced.copystore import StoreCopy
-=======
 from presenced.apitokens import DEFAULT_TTL as API_TOKEN_TTL
 from presenced.apitokens import SCOPES, TokenRefused
->>>>>>> wt-topics
+from presenced.copystore import StoreCopy
 from presenced.core import Core
 from presenced.store import StoreError
 from presenced.store.backends import make_store

@@ -20,7 +20,7 @@ class Key:
     """One key of a section: its default, its TOML type and an optional value check."""
 
     default: Any
-    kind: str  # "int", "str", "bool", "float", "list[str]", "list[table]"
+    kind: str  # "int", "str", "bool", "float", "list[str]", "list[table]", "table[str]"
     check: Optional[Check] = None
 
 

@@ -81,10 +81,9 @@ class RedisLink:
         """Call before :meth:`start`; channels are (re)subscribed on every connection."""
         self.handlers[channel] = handler
 
-<<<<<<< HEAD
     async def open_commands(self) -> None:
         """Commands can be sent at once: the pools connect on first use."""
-=======
+
     def subscribe_family(self, prefix: str, handler: FamilyHandler) -> None:
         """Messages of joined channels named ``prefix + name`` go to ``handler(name, msg)``."""
         self.family_prefix, self.family_handler = prefix, handler
@@ -128,7 +127,6 @@ class RedisLink:
 
     def _subscribe_failed(self, failure: Any) -> None:
         self.log.warn("cluster: (un)subscribing failed: {e}", e=failure.getErrorMessage())
->>>>>>> wt-router
 
     def start(self) -> defer.Deferred:
         """Fires when the first subscription is in place."""

@@ -1,4 +1,5 @@
-"""Joins this node to the cluster: directory, pub/sub transport, dead-node presence."""
+"""Joins this node to the cluster: directory, pub/sub transport, dead-node presence, and
+where group chat rooms live (:mod:`presenced.cluster.rooms`)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,9 @@ from twisted.logger import Logger
 
 from presenced import events
 from presenced.cluster.directory import SessionDirectory
-<<<<<<< HEAD
+from presenced.cluster.rooms import ClusterRoomHomes
 from presenced.cluster.secret import make_link, shared_secret
-from presenced.cluster.transport import PubSubTransport, send_local
-=======
-from presenced.cluster.link import RedisLink
-from presenced.cluster.secret import cluster_redis_url, shared_secret
 from presenced.cluster.transport import PubSubTransport
->>>>>>> wt-router
 from presenced.core import Core
 from presenced.events import Event
 
@@ -41,6 +37,7 @@ class ClusterService(service.Service):
                                           cfg.heartbeat_interval, cfg.node_timeout)
         self.transport = PubSubTransport(self.link, self.directory, core.router)
         self.directory.on_users_gone.append(self._users_gone)
+        self.room_homes = ClusterRoomHomes(core, self.link, self.directory)
         core.metrics.describe("presenced_cluster_nodes", "gauge", "Live presenced nodes seen")
         core.metrics.gauge("presenced_cluster_nodes", lambda: len(self.directory.nodes()))
         core.metrics.describe("presenced_cluster_online_users", "gauge",
@@ -67,6 +64,7 @@ class ClusterService(service.Service):
             shared_secret(self.link.commands, self.core.secret))
         self.directory.start()
         self.core.router.transport = self.transport
+        self.core.rooms.homes = self.room_homes
         self.log.info("cluster: node {node} joined ({n} node(s) live)", node=self.node_id,
                       n=len(self.directory.nodes()))
 

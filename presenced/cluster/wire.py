@@ -17,26 +17,28 @@ from presenced.store import Pair, RosterItem
 from presenced.store.codec import roster_item_from_text, roster_item_to_text
 from presenced.xmlparse import parse_element
 
-_TAG = "__presenced__"
+TAG = "__presenced__"  # marks an encoded non-JSON value
 
 
-def _encode_value(value: Any) -> Any:
+def encode_value(value: Any) -> Any:
+    """A payload value as JSON-able data (RosterItem, bytes and elements tagged)."""
     if isinstance(value, RosterItem):
-        return {_TAG: "roster-item", "jid": value.jid, "text": roster_item_to_text(value)}
+        return {TAG: "roster-item", "jid": value.jid, "text": roster_item_to_text(value)}
     if isinstance(value, bytes):
-        return {_TAG: "bytes", "text": value.decode("utf-8", "surrogateescape")}
+        return {TAG: "bytes", "text": value.decode("utf-8", "surrogateescape")}
     if isinstance(value, domish.Element):
-        return {_TAG: "xml", "xml": value.toXml()}
+        return {TAG: "xml", "xml": value.toXml()}
     if isinstance(value, (list, tuple)):
-        return [_encode_value(v) for v in value]
+        return [encode_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: _encode_value(v) for k, v in value.items()}
+        return {k: encode_value(v) for k, v in value.items()}
     return value
 
 
-def _decode_value(value: Any) -> Any:
-    if isinstance(value, dict) and _TAG in value:
-        kind = value[_TAG]
+def decode_value(value: Any) -> Any:
+    """The value :func:`encode_value` made."""
+    if isinstance(value, dict) and TAG in value:
+        kind = value[TAG]
         if kind == "roster-item":
             return roster_item_from_text(value["jid"], value["text"])
         if kind == "bytes":
@@ -44,16 +46,16 @@ def _decode_value(value: Any) -> Any:
         if kind == "xml":
             return parse_element(value["xml"])
     if isinstance(value, list):
-        return [_decode_value(v) for v in value]
+        return [decode_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: _decode_value(v) for k, v in value.items()}
+        return {k: decode_value(v) for k, v in value.items()}
     return value
 
 
 def encode(recipients: list[str], event: Event, hidden: frozenset[str] = frozenset()) -> str:
     """``hidden``: JIDs the subject's broadcast skips (its blocklist), when any."""
     doc = {"r": recipients, "t": event.type, "s": event.sender, "w": event.time,
-           "i": event.id, "p": {k: _encode_value(v) for k, v in event.payload.items()}}
+           "i": event.id, "p": {k: encode_value(v) for k, v in event.payload.items()}}
     if hidden:
         doc["h"] = sorted(hidden)
     return json.dumps(doc, separators=(",", ":"))
@@ -73,7 +75,7 @@ def decode(text: str) -> list[tuple[list[str], Event]]:
 
 
 def _event(doc: dict[str, Any]) -> Event:
-    return Event(doc["t"], doc["s"], {k: _decode_value(v) for k, v in doc["p"].items()},
+    return Event(doc["t"], doc["s"], {k: decode_value(v) for k, v in doc["p"].items()},
                  when=doc["w"], event_id=doc["i"])
 
 

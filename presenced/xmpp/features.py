@@ -67,6 +67,12 @@ class FeatureHandler(XMPPHandler):
         self.server = server
         self.core: "Core" = server.core
 
+    def service_domains(self) -> tuple[str, ...]:
+        """Component domains this handler serves (``conference.localhost``): every stanza a
+        client sends to that domain or a JID on it goes to ``on_service_stanza(session,
+        stanza, address)``, whatever its kind."""
+        return ()
+
     def attached(self) -> None:
         """Called once the server has wired the handler's routes (register hooks here)."""
 

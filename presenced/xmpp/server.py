@@ -69,6 +69,9 @@ class C2SServer:
         self.nonzas: dict[str, Callable] = {}
         # Elements offered in the features of authenticated streams, as (namespace, name).
         self.stream_features: list[tuple[str, str]] = []
+        # Component domains (conference.<domain>...) -> the handler serving every stanza
+        # addressed there (FeatureHandler.service_domains).
+        self.services: dict[str, Callable] = {}
         # Sessions whose events a feature holds back (XEP-0352 while inactive): session ->
         # ``hold(session, event) -> bool`` (True: held, not rendered now).
         self.holds: dict["C2SSession", Callable] = {}
@@ -94,6 +97,10 @@ class C2SServer:
         for namespace, method in handler.nonza_routes.items():
             self.nonzas[namespace] = getattr(handler, method)
         self.stream_features.extend(handler.stream_features)
+        for domain in handler.service_domains():
+            if domain in self.services or domain in self.domains:
+                raise ValueError(f"two handlers serve {domain}")
+            self.services[domain] = handler.on_service_stanza
         handler.attached()
 
     # --- streams -----------------------------------------------------------------------------
@@ -240,6 +247,11 @@ class C2SServer:
                 session.error(stanza, "jid-malformed")
                 return
             if address.domain not in self.domains:
+                service = self.services.get(address.domain)
+                if service is not None:
+                    stanza["to"] = address.full
+                    self._call(lambda s, st: service(s, st, address), session, stanza)
+                    return
                 session.error(stanza, "remote-server-not-found",
                               "this server does not federate")
                 return

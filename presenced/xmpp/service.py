@@ -25,6 +25,7 @@ from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.last import LastActivityHandler
 from presenced.xmpp.mam import ArchiveHandler
 from presenced.xmpp.messages import MessageHandler
+from presenced.xmpp.muc import MucHandler
 from presenced.xmpp.pep import PepHandler
 from presenced.xmpp.ping import PingHandler
 from presenced.xmpp.presence import PresenceHandler
@@ -45,7 +46,7 @@ FEATURES: tuple[type[FeatureHandler], ...] = (
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
     ClientStateHandler, StreamManagementHandler, ArchiveHandler, VCardAvatarHandler,
-    BookmarksCompatHandler, SiteEventHandler)
+    BookmarksCompatHandler, SiteEventHandler, MucHandler)
 
 # What a connection past [xmpp] max_connections(_per_ip) reads before it is closed.
 REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
