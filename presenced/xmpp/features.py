@@ -31,6 +31,8 @@ class IC2SServer(Interface):
     core = Attribute("The node's :class:`presenced.core.Core`.")
     handlers = Attribute("Every feature handler, in composition order (disco gathers them).")
     events_out = Attribute("Counter of stanzas rendered from router events (an int).")
+    domains = Attribute("The XMPP domains this server serves (a frozenset).")
+    services = Attribute("Service host (``upload.localhost``) -> the label of its routes.")
 
     def find_session(address: "Address") -> Optional["C2SSession"]:
         """The local resource at a full address, or None."""
@@ -61,6 +63,8 @@ class FeatureHandler(XMPPHandler):
     stream_features: tuple[tuple[str, str], ...] = ()
     server_features: tuple[str, ...] = ()
     account_features: tuple[str, ...] = ()
+    # The route label of a service on subdomains of its own (``upload``), "" for none.
+    service: str = ""
 
     def __init__(self, server: IC2SServer):
         super().__init__()
@@ -70,8 +74,13 @@ class FeatureHandler(XMPPHandler):
     def attached(self) -> None:
         """Called once the server has wired the handler's routes (register hooks here)."""
 
+    def service_hosts(self) -> list[str]:
+        """The hosts of this handler's ``service``: ``<service>.<domain>`` for every domain
+        (none while the service is off, in an override)."""
+        return [f"{self.service}.{domain}" for domain in self.core.domains]
+
     def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if nodeIdentifier:
+        if nodeIdentifier or target.host not in self.server.domains:
             return []
         names = self.account_features if target.user else self.server_features
         return [disco.DiscoFeature(name) for name in names]

@@ -59,6 +59,8 @@ class C2SServer:
         self.event_renderers: dict[str, Callable] = {}
         self._features_cache: dict[tuple, bytes] = {}
         self.handlers: list["FeatureHandler"] = []
+        # Service hosts (``upload.localhost``) -> the label their routes use (``upload``).
+        self.services: dict[str, str] = {}
         # Stanzas answered before authentication, by namespace (XEP-0077 registration).
         self.pre_auth: dict[str, Callable] = {}
         # Checks of every stanza a client addresses to a user, ``f(session, stanza, address)
@@ -94,6 +96,9 @@ class C2SServer:
         for namespace, method in handler.nonza_routes.items():
             self.nonzas[namespace] = getattr(handler, method)
         self.stream_features.extend(handler.stream_features)
+        if handler.service:
+            for host in handler.service_hosts():
+                self.services[host] = handler.service
         handler.attached()
 
     # --- streams -----------------------------------------------------------------------------
@@ -234,12 +239,15 @@ class C2SServer:
             except ValueError:
                 session.error(stanza, "jid-malformed")
                 return
-            if address.domain not in self.domains:
+            service = self.services.get(address.domain)
+            if address.domain not in self.domains and service is None:
                 session.error(stanza, "remote-server-not-found",
                               "this server does not federate")
                 return
             stanza["to"] = address.full
-            if address.bare is None:
+            if service is not None:
+                target = service
+            elif address.bare is None:
                 target = "host" if address.resource is None else "full"
             elif address.resource is not None:
                 target = "full"
@@ -248,7 +256,8 @@ class C2SServer:
         else:
             address = None
             target = "self"
-        if self.stanza_filters and address is not None and address.bare is not None:
+        if (self.stanza_filters and address is not None and address.bare is not None
+                and target not in self.services.values()):
             for refused in self.stanza_filters:
                 if refused(session, stanza, address):
                     return
@@ -269,7 +278,10 @@ class C2SServer:
             if child is None or iq.getAttribute("id") is None:
                 session.error(iq, "bad-request", "an IQ needs an id and one child")
                 return
-            method = self.routes.get(f"iq-{kind}/{target}/{child.uri}:{child.name}")
+            query = f"{child.uri}:{child.name}"
+            method = self.routes.get(f"iq-{kind}/{target}/{query}")
+            if method is None and target in self.services.values():
+                method = self.routes.get(f"iq-{kind}/service/{query}")  # disco of any service
             if method is not None:
                 self._call(method, session, iq)
             elif target == "full":
