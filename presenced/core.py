@@ -48,6 +48,7 @@ from presenced.pep import PepService
 from presenced.router import SubscriptionRouter
 from presenced.store import IRosterStore, Pair, RosterItem
 from presenced.tokens import make_token
+from presenced.uploads import FileShare
 from presenced.users import BadUser, normalize_user
 
 if TYPE_CHECKING:
@@ -131,6 +132,8 @@ class Core:
         self.web_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
         self.blocking = Blocklists(store, self.router, server.blocklist_limit)
+        # HTTP File Upload: slots for the XMPP door, files for the HTTP door (uploads.py).
+        self.uploads = FileShare(config, store, lambda: self.secret)
         # What the public doors' listeners may hold together (presenced.listener).
         self.open_files = OpenFiles.for_process(config.server.reserved_files)
 

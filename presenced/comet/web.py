@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IProtocol
 from twisted.web import resource, server, static
 
 from presenced.comet.http import error_body
+from presenced.comet.upload import mount as mount_uploads
 from presenced.comet.websocket import UserWebSocket
 from presenced.comet.wslimit import MessageSizeLimit
 from presenced.health import HealthResource
@@ -72,8 +73,9 @@ class WebSockets(resource.Resource):
 
 
 class CometRoot(resource.Resource):
-    """``/`` (the demo page), ``/static/``, ``/ws/``, ``/health`` (:mod:`presenced.health`);
-    a JSON 404 for anything else."""
+    """``/`` (the demo page), ``/static/``, ``/ws/``, ``/health`` (:mod:`presenced.health`),
+    ``/upload/`` (:mod:`presenced.comet.upload`, mounted by :func:`make_site`); a JSON 404
+    for anything else."""
 
     def __init__(self, door: "CometDoor"):
         super().__init__()
@@ -114,4 +116,5 @@ def make_site(door: "CometDoor") -> server.Site:
     site = CometSite(CometRoot(door), settings.request_timeout,
                      settings.websocket_max_message_bytes)
     site.noisy = False
+    mount_uploads(site, door)
     return site

@@ -33,6 +33,7 @@ from presenced.xmpp.server import C2SFactory, C2SServer
 from presenced.xmpp.session_iq import LegacySessionHandler
 from presenced.xmpp.sm import StreamManagementHandler
 from presenced.xmpp.tls import LOAD_ERRORS, context_factory
+from presenced.xmpp.upload import UploadHandler
 from presenced.xmpp.vcard import VCardHandler
 from presenced.xmpp.version import VersionHandler
 
@@ -40,7 +41,7 @@ FEATURES: tuple[type[FeatureHandler], ...] = (
     DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
-    ClientStateHandler, StreamManagementHandler, ArchiveHandler)
+    ClientStateHandler, StreamManagementHandler, ArchiveHandler, UploadHandler)
 
 # What a connection past [xmpp] max_connections(_per_ip) reads before it is closed.
 REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
