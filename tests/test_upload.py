@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from http.client import HTTPConnection
+import io
 import os
+import socket
+import time
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -179,9 +183,8 @@ async def slot(client: Client, name: str, size: int, kind: str) -> tuple[str, st
 def http(method: str, url: str, body: bytes = b"", headers: dict | None = None,
          length: int | None = None) -> tuple[int, dict, bytes]:
     """One request over a fresh connection: status, lower-cased headers, body."""
-    import http.client
     parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20)
+    connection = HTTPConnection(parts.hostname, parts.port, timeout=20)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     connection.putrequest(method, target, skip_accept_encoding=True)
     for name, value in (headers or {}).items():
@@ -208,7 +211,7 @@ def test_a_5_mb_file_goes_up_and_comes_back_with_slixmpp(server):
         alice = await uploader(server, "alice")
         url = await alice.plugin["xep_0363"].upload_file(
             "holiday.jpg", size=len(data), content_type="image/jpeg",
-            input_file=__import__("io").BytesIO(data), timeout=30)
+            input_file=io.BytesIO(data), timeout=30)
         await alice.disconnect()
         return url
     url = asyncio.run(asyncio.wait_for(scenario(), 60))
@@ -230,12 +233,10 @@ def test_the_quota_refuses_a_slot_with_slixmpp(server):
             await slot(bob, "b.bin", 5_000_000, "application/octet-stream")
         assert refused.value.condition == "resource-constraint"
         assert "quota" in refused.value.text
-        too_big = bob.plugin["xep_0363"]
         with pytest.raises(slixmpp.exceptions.IqError) as big:
             await slot(bob, "c.bin", 6_000_001, "application/octet-stream")
         assert big.value.condition == "not-acceptable"
         await bob.disconnect()
-        return too_big
     run(scenario())
 
 
@@ -266,19 +267,25 @@ def test_bad_signatures_sizes_and_types_are_refused_before_the_body(server):
     assert "sandbox" in headers["content-security-policy"]
 
 
-def test_a_body_cut_short_leaves_nothing(server):
-    import socket
+def wait_until(condition, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_body_goes_to_disk_as_it_arrives_and_a_cut_one_leaves_nothing(server):
     put, get = slot_for(server, "cut.bin", 100_000, "application/octet-stream")
     parts = urlsplit(put)
+    partial = server.data_dir / "uploads" / ".partial" / parts.path.split("/")[2]
     with socket.create_connection((parts.hostname, parts.port)) as sock:
         sock.sendall(f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: x\r\n"
                      f"Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n"
                      f"\r\n".encode() + b"x" * 50_000)
-    partial = server.data_dir / "uploads" / ".partial"
-    deadline = __import__("time").monotonic() + 10
-    while any(partial.iterdir()) and __import__("time").monotonic() < deadline:
-        __import__("time").sleep(0.05)
-    assert not any(partial.iterdir())
+        assert wait_until(lambda: partial.exists() and partial.stat().st_size == 50_000)
+    assert wait_until(lambda: not partial.exists())
     assert http("GET", get)[0] == 404
 
 
