@@ -15,6 +15,7 @@ from presenced.config import Config
 from presenced.core import Core
 from presenced.listener import ConnectionLimits
 from presenced.service import ListeningService
+from presenced.xmpp.admin import AdminCommandsHandler
 from presenced.xmpp.blocking import BlockingHandler
 from presenced.xmpp.carbons import CarbonsHandler
 from presenced.xmpp.csi import ClientStateHandler
@@ -41,7 +42,8 @@ FEATURES: tuple[type[FeatureHandler], ...] = (
     DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
-    ClientStateHandler, StreamManagementHandler, ArchiveHandler, UploadHandler)
+    ClientStateHandler, StreamManagementHandler, ArchiveHandler, UploadHandler,
+    AdminCommandsHandler)
 
 # What a connection past [xmpp] max_connections(_per_ip) reads before it is closed.
 REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
