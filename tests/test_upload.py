@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 from http.client import HTTPConnection
 import io
+import json
 import os
 import socket
 import time
@@ -16,8 +17,12 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import pytest_twisted
 import slixmpp
+from twisted.internet import error, task
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from presenced.comet.door import CometDoor
 from presenced.uploads import FileShare, clean_name
 from tests.helpers import Client, PresencedProcess, free_port, run
 
@@ -137,6 +142,57 @@ async def test_an_unused_slot_stops_counting_after_its_deadlines(memory_xmpp):
     assert condition(await alice.iq(request("b.txt", 1, iq_id="b"))) == "resource-constraint"
     now[0] += 16
     slot_urls(await alice.iq(request("c.txt", 100, iq_id="c")))
+
+
+def http_connection(core, clock: task.Clock | None = None):
+    """A connection of the comet door's twisted.web site on a StringTransport."""
+    channel = CometDoor(core).site.buildProtocol(None)
+    if clock is not None:
+        channel.callLater = clock.callLater
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def put_head(url: str, length: int, kind: str) -> bytes:
+    parts = urlsplit(url)
+    return (f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode("ascii")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_name_beyond_ascii_survives_the_url(memory_xmpp):
+    node = await memory_xmpp()
+    uploads: FileShare = node.core.uploads
+    slot = await uploads.grant("alice@localhost", "résumé €.txt", 5, "text/plain")
+    channel, transport = http_connection(node.core)
+    channel.dataReceived(put_head(uploads.put_url(slot), 5, "text/plain"))
+    finished = channel.requests[-1].notifyFinish()
+    channel.dataReceived(b"hello")
+    await finished
+    assert transport.value().startswith(b"HTTP/1.1 201 "), transport.value()
+    with open(uploads.file_path(slot.id), "rb") as f:
+        assert f.read() == b"hello"
+    with open(uploads.file_path(slot.id) + ".meta", "rb") as f:
+        assert json.loads(f.read()) == {"type": "text/plain", "name": "résumé €.txt"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_accepted_put_has_its_own_deadline(memory_xmpp):
+    node = await memory_xmpp({"upload": {"put_timeout": 60.0}, "comet": {"request_timeout": 30.0}})
+    uploads: FileShare = node.core.uploads
+    slot = await uploads.grant("alice@localhost", "slow.bin", 1000, "application/octet-stream")
+    clock = task.Clock()
+    channel, transport = http_connection(node.core, clock)
+    channel.dataReceived(put_head(uploads.put_url(slot), 1000, "application/octet-stream")
+                         + b"x" * 10)
+    assert os.path.exists(uploads.partial_path(slot.id))
+    clock.advance(45)           # past [comet] request_timeout: an upload may take longer
+    assert transport.value() == b"" and not transport.disconnecting
+    clock.advance(16)
+    assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
+    channel.connectionLost(Failure(error.ConnectionDone()))
+    assert not os.path.exists(uploads.partial_path(slot.id))
 
 
 def test_file_names_keep_their_last_part_and_printable_characters():

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+import pytest
 import pytest_twisted
 from twisted.words.xish import domish
 
+from presenced import config
 from tests.helpers import Client, PresencedProcess, run
 
 NS_COMMANDS = "http://jabber.org/protocol/commands"
@@ -238,3 +240,12 @@ def test_slixmpp_runs_add_user_and_counts(tmp_path):
         run(scenario())
     finally:
         process.stop()
+
+
+def test_admins_must_be_bare_jids_in_lower_case():
+    for bad in (["root"], ["Root@localhost"], ["root@localhost/phone"]):
+        with pytest.raises(config.ConfigError) as refused:
+            config.load(None, {"xmpp": {"admins": bad}})
+        assert refused.value.key == "[xmpp] admins"
+    assert config.load(None, {"xmpp": {"admins": ["root@localhost"]}}).xmpp.admins == [
+        "root@localhost"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from typing import TYPE_CHECKING, Optional
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -60,12 +60,14 @@ class UploadRequest(server.Request):
             self.channel.setTimeout(uploads.put_timeout)   # the PUT's own deadline
 
     def _check(self, uploads: FileShare, uri: bytes, length: Optional[int]) -> Slot:
-        path, _, query = uri.decode("latin-1").partition("?")
-        parts = path[len(PREFIX):].split("/")
+        path, _, query = uri.partition(b"?")
+        parts = path[len(PREFIX):].split(b"/")
         if len(parts) != 2:
             raise BadPut(404, "no such upload")
+        name = unquote_to_bytes(parts[1]).decode("utf-8", "replace")
         kind = self.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
-        slot = uploads.check_put(parts[0], unquote(parts[1]), dict(parse_qsl(query)),
+        slot = uploads.check_put(parts[0].decode("latin-1"), name,
+                                 dict(parse_qsl(query.decode("latin-1"))),
                                  kind.decode("latin-1"), length)
         if os.path.exists(uploads.file_path(slot.id)):
             raise BadPut(409, "this slot was filled already")
