@@ -133,7 +133,7 @@ class Core:
         self.pep = PepService(store, self.router, self.metrics)
         self.blocking = Blocklists(store, self.router, server.blocklist_limit)
         # HTTP File Upload: slots for the XMPP door, files for the HTTP door (uploads.py).
-        self.uploads = FileShare(config, store, lambda: self.secret)
+        self.uploads = FileShare(config, store, lambda: self.secret, self.metrics)
         # What the public doors' listeners may hold together (presenced.listener).
         self.open_files = OpenFiles.for_process(config.server.reserved_files)
 

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 from urllib.parse import quote, urlencode
 
 from presenced.config import Config
+from presenced.metrics import Metrics
 from presenced.store import IRosterStore
 from presenced.tokens import check_token, make_token
 
@@ -100,7 +101,7 @@ class FileShare:
     """Slots, quotas and the upload directory of one node (``core.uploads``)."""
 
     def __init__(self, config: Config, store: IRosterStore, secret: Callable[[], bytes],
-                 clock: Callable[[], float] = time.time):
+                 metrics: Metrics, clock: Callable[[], float] = time.time):
         """``secret`` is read at each use: joining a cluster replaces the node's."""
         settings = config.upload
         self.enabled = settings.enabled
@@ -116,6 +117,12 @@ class FileShare:
         self.store = store
         self.secret = secret
         self.clock = clock
+        self.metrics = metrics
+        metrics.describe("presenced_upload_slots_total", "counter",
+                         "HTTP upload slot requests, by result (granted, too-large, quota)")
+        metrics.describe("presenced_upload_puts_total", "counter",
+                         "HTTP upload PUTs, by status (201 stored, 4xx refused)")
+        metrics.describe("presenced_upload_bytes_total", "counter", "Bytes of files stored")
 
     @property
     def files(self):
@@ -128,21 +135,25 @@ class FileShare:
         """A slot for ``user``'s file, charged to the quota; :class:`SlotRefused` when the
         file is too large, the quota or the file count would be exceeded."""
         if size > self.max_file_size:
+            self.metrics.inc("presenced_upload_slots_total", result="too-large")
             raise SlotRefused("not-acceptable", f"the file is {size} bytes; at most "
                               f"{self.max_file_size} are accepted", self.max_file_size)
         now = self.clock()
         used, count = await self._holdings(user, now)
+        refusal = None
         if count >= self.max_files:
-            raise SlotRefused("resource-constraint", f"quota: at most {self.max_files} files "
-                              f"per account")
-        if used + size > self.quota:
-            raise SlotRefused("resource-constraint", f"quota: {used} of {self.quota} bytes "
-                              f"used, {size} more do not fit")
+            refusal = f"quota: at most {self.max_files} files per account"
+        elif used + size > self.quota:
+            refusal = f"quota: {used} of {self.quota} bytes used, {size} more do not fit"
+        if refusal:
+            self.metrics.inc("presenced_upload_slots_total", result="quota")
+            raise SlotRefused("resource-constraint", refusal)
         file_id = secrets.token_hex(16)
         name = clean_name(filename)
         token = make_token(self.secret(), signed_text(user, file_id, name, size, content_type),
                            self.slot_timeout, now)
         await self.files.set(user, file_id, json.dumps([size, now, False]))
+        self.metrics.inc("presenced_upload_slots_total", result="granted")
         return Slot(user, file_id, name, size, content_type, token)
 
     async def _holdings(self, user: str, now: float) -> tuple[int, int]:
@@ -194,8 +205,13 @@ class FileShare:
             raise BadPut(415, f"the slot is for Content-Type {kind}")
         return Slot(owner, file_id, name, size, kind, token)
 
+    def count_put(self, status: int) -> None:
+        """The HTTP door answered a PUT with ``status``."""
+        self.metrics.inc("presenced_upload_puts_total", status=str(status))
+
     async def stored(self, slot: Slot) -> None:
         """The file of ``slot`` is on disk: it counts until it expires."""
+        self.metrics.inc("presenced_upload_bytes_total", slot.size)
         await self.files.set(slot.owner, slot.id, json.dumps([slot.size, self.clock(), True]))
 
     def file_path(self, file_id: str) -> str:

@@ -117,6 +117,21 @@ async def test_too_large_and_over_quota_are_refused(memory_xmpp):
     slot_urls(await alice.iq(request("c.txt", 500, iq_id="c")))   # what still fits
     bob = await node.online("bob")
     slot_urls(await bob.iq(request("d.txt", 1000, iq_id="d")))    # a quota is per account
+    metrics = node.core.metrics
+    assert [metrics.value("presenced_upload_slots_total", result=result)
+            for result in ("granted", "too-large", "quota")] == [3, 1, 1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_number_of_files_is_bounded_too(memory_xmpp):
+    node = await memory_xmpp({"upload": {"max_files": 2}})
+    await node.add_users("alice")
+    alice = await node.online("alice")
+    slot_urls(await alice.iq(request("a.txt", 1, iq_id="a")))
+    slot_urls(await alice.iq(request("b.txt", 1, iq_id="b")))
+    third = await alice.iq(request("c.txt", 1, iq_id="c"))
+    assert condition(third) == "resource-constraint"
+    assert "at most 2 files" in str(child(child(third, "error"), "text"))
 
 
 @pytest_twisted.ensureDeferred
@@ -171,6 +186,8 @@ async def test_a_file_name_beyond_ascii_survives_the_url(memory_xmpp):
     channel.dataReceived(b"hello")
     await finished
     assert transport.value().startswith(b"HTTP/1.1 201 "), transport.value()
+    assert node.core.metrics.value("presenced_upload_puts_total", status="201") == 1
+    assert node.core.metrics.value("presenced_upload_bytes_total") == 5
     with open(uploads.file_path(slot.id), "rb") as f:
         assert f.read() == b"hello"
     with open(uploads.file_path(slot.id) + ".meta", "rb") as f:

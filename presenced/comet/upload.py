@@ -76,6 +76,7 @@ class UploadRequest(server.Request):
     def _refuse(self, status: int, message: str) -> None:
         """Answer now and close: the body, if any, is never read."""
         self.slot = None
+        self.channel.site.upload_files.uploads.count_put(status)
         self.content = _Discard()
         origin = self.requestHeaders.getRawHeaders(b"origin", [b""])[0].decode("latin-1")
         cors = self.channel.site.upload_files.door.cors_headers(origin)
@@ -190,6 +191,7 @@ class UploadedFile(resource.Resource):
         if not placed:
             _reply(request, 409, "this slot was filled already")
             return
+        self.uploads.count_put(201)
         request.setResponseCode(201)
         request.setHeader(b"content-length", b"0")
         request.finish()
