@@ -71,9 +71,6 @@ class Slot:
         """The URL path of the file (the PUT adds the query of :meth:`FileShare.put_url`)."""
         return f"/upload/{self.id}/{quote(self.name, safe='')}"
 
-    def signed(self) -> str:
-        return signed_text(self.owner, self.id, self.name, self.size, self.content_type)
-
 
 def signed_text(owner: str, file_id: str, name: str, size: int, content_type: str) -> str:
     """What a PUT token signs (never a valid user name, so never a stream token)."""

@@ -13,6 +13,7 @@ cors_origins`` and headers that keep a browser from running what it fetched.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import TYPE_CHECKING, Optional
@@ -39,6 +40,8 @@ class UploadRequest(server.Request):
     ``/upload/``, goes to the slot's file instead of twisted.web's buffer."""
 
     slot: Optional[Slot] = None
+    refused = False     # answered on its head; the connection is closing
+    log = Logger()
 
     def gotLength(self, length: Optional[int]) -> None:
         # The request line is parsed but not yet handed to the request (twisted.web does
@@ -48,7 +51,8 @@ class UploadRequest(server.Request):
         if command != b"PUT" or not uri.startswith(PREFIX):
             super().gotLength(length)
             return
-        uploads: FileShare = self.channel.site.upload_files.uploads
+        self.files: UploadedFiles = self.channel.site.upload_files
+        uploads = self.files.uploads
         try:
             self.slot = self._check(uploads, uri, length)
             self.content = open(uploads.partial_path(self.slot.id), "xb+", buffering=0)
@@ -56,6 +60,10 @@ class UploadRequest(server.Request):
             self._refuse(refused.status, refused.message)
         except FileExistsError:
             self._refuse(409, "this slot is being uploaded already")
+        except OSError as e:
+            self.log.error("upload: cannot create {path}: {error}",
+                           path=uploads.partial_path(self.slot.id), error=e)
+            self._refuse(500, "this server cannot store the file now")
         else:
             self.channel.setTimeout(uploads.put_timeout)   # the PUT's own deadline
 
@@ -76,10 +84,11 @@ class UploadRequest(server.Request):
     def _refuse(self, status: int, message: str) -> None:
         """Answer now and close: the body, if any, is never read."""
         self.slot = None
-        self.channel.site.upload_files.uploads.count_put(status)
-        self.content = _Discard()
+        self.refused = True
+        self.files.uploads.count_put(status)
+        self.content = io.BytesIO()     # what one socket read may still bring
         origin = self.requestHeaders.getRawHeaders(b"origin", [b""])[0].decode("latin-1")
-        cors = self.channel.site.upload_files.door.cors_headers(origin)
+        cors = self.files.door.cors_headers(origin)
         self.channel.transport.write(json_response(status, error_body(message), cors))
         self.channel.loseConnection()
 
@@ -87,28 +96,9 @@ class UploadRequest(server.Request):
         """A body cut short leaves nothing behind."""
         if self.slot is not None and not self.finished:
             self.content.close()
-            _remove(self.channel.site.upload_files.uploads.partial_path(self.slot.id))
+            _remove(self.files.uploads.partial_path(self.slot.id))
             self.slot = None
         super().connectionLost(reason)
-
-
-class _Discard:
-    """Where the bytes of a refused PUT go while its connection closes."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def tell(self) -> int:
-        return 0
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return 0
-
-    def read(self, size: int = -1) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
 
 
 def _remove(path: str) -> None:
@@ -166,10 +156,13 @@ class UploadedFile(resource.Resource):
         return b""
 
     def render_PUT(self, request: UploadRequest):
-        slot = request.slot
-        if slot is None:    # refused at its head: the connection is closing
+        if getattr(request, "refused", False):
             return server.NOT_DONE_YET
+        slot = getattr(request, "slot", None)
         self._cors(request)
+        if slot is None:    # the body did not go through UploadRequest.gotLength
+            _reply(request, 500, "this server cannot take uploads now")
+            return server.NOT_DONE_YET
         written = os.fstat(request.content.fileno()).st_size
         request.content.close()
         request.slot = None
