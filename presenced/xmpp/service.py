@@ -16,7 +16,9 @@ from presenced.core import Core
 from presenced.listener import ConnectionLimits
 from presenced.service import ListeningService
 from presenced.xmpp.admin import AdminCommandsHandler
+from presenced.xmpp.avatars import VCardAvatarHandler
 from presenced.xmpp.blocking import BlockingHandler
+from presenced.xmpp.bookmarks import BookmarksCompatHandler
 from presenced.xmpp.carbons import CarbonsHandler
 from presenced.xmpp.csi import ClientStateHandler
 from presenced.xmpp.disco import DiscoHandler
@@ -42,8 +44,8 @@ FEATURES: tuple[type[FeatureHandler], ...] = (
     DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
-    ClientStateHandler, StreamManagementHandler, ArchiveHandler, UploadHandler,
-    AdminCommandsHandler)
+    ClientStateHandler, StreamManagementHandler, ArchiveHandler, VCardAvatarHandler,
+    BookmarksCompatHandler, UploadHandler, AdminCommandsHandler)
 
 # What a connection past [xmpp] max_connections(_per_ip) reads before it is closed.
 REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
