@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 from urllib.parse import quote, urlencode
 
+from twisted.internet import defer
+
 from presenced.config import Config
 from presenced.metrics import Metrics
 from presenced.store import IRosterStore
@@ -115,6 +117,7 @@ class FileShare:
         self.secret = secret
         self.clock = clock
         self.metrics = metrics
+        self._granting: dict[str, defer.DeferredLock] = {}   # users with a request under way
         metrics.describe("presenced_upload_slots_total", "counter",
                          "HTTP upload slot requests, by result (granted, too-large, quota)")
         metrics.describe("presenced_upload_puts_total", "counter",
@@ -130,7 +133,19 @@ class FileShare:
 
     async def grant(self, user: str, filename: str, size: int, content_type: str) -> Slot:
         """A slot for ``user``'s file, charged to the quota; :class:`SlotRefused` when the
-        file is too large, the quota or the file count would be exceeded."""
+        file is too large, the quota or the file count would be exceeded. One account's
+        requests are granted one after the other on a node, so two cannot share the room
+        left in its quota."""
+        lock = self._granting.setdefault(user, defer.DeferredLock())
+        await lock.acquire()
+        try:
+            return await self._grant(user, filename, size, content_type)
+        finally:
+            lock.release()
+            if not lock.locked:     # nobody waits: the next request starts a new lock
+                del self._granting[user]
+
+    async def _grant(self, user: str, filename: str, size: int, content_type: str) -> Slot:
         if size > self.max_file_size:
             self.metrics.inc("presenced_upload_slots_total", result="too-large")
             raise SlotRefused("not-acceptable", f"the file is {size} bytes; at most "

@@ -123,6 +123,18 @@ async def test_too_large_and_over_quota_are_refused(memory_xmpp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_requests_at_once_cannot_share_the_room_left(memory_xmpp):
+    node = await memory_xmpp({"upload": {"quota_bytes": 1000}})
+    await node.add_users("alice")
+    alice = await node.online("alice")
+    alice.send(request("a.txt", 600, iq_id="a") + request("b.txt", 600, iq_id="b"))
+    answers = [await alice.expect(lambda s, i=i: s.name == "iq" and s["id"] == i)
+               for i in ("a", "b")]
+    assert sorted(answer["type"] for answer in answers) == ["error", "result"]
+    assert not node.core.uploads._granting     # nothing left behind
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_number_of_files_is_bounded_too(memory_xmpp):
     node = await memory_xmpp({"upload": {"max_files": 2}})
     await node.add_users("alice")
