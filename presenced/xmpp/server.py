@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from presenced.xmpp.session import C2SSession
 
 DOOR = "xmpp"
+# The targets of routes that name an address's form (a service's label must differ).
+ADDRESS_TARGETS = frozenset(("host", "self", "bare", "full", "service"))
 
 
 @implementer(IC2SServer)
@@ -97,6 +99,9 @@ class C2SServer:
             self.nonzas[namespace] = getattr(handler, method)
         self.stream_features.extend(handler.stream_features)
         if handler.service:
+            if handler.service in ADDRESS_TARGETS:
+                raise ValueError(f"{handler.service!r} names addresses; a service needs "
+                                 "a label of its own")
             for host in handler.service_hosts():
                 self.services[host] = handler.service
         handler.attached()
