@@ -80,9 +80,12 @@ async def test_admins_see_the_commands_and_others_see_none(memory_xmpp):
         "get-online-users-num", "get-registered-users-num", "announce", "end-user-session")
     } == listed
     assert list((await alice.iq(query)).firstChildElement().elements()) == []
-    info = await alice.iq(f"<iq type='get' id='i' to='localhost'><query xmlns='{NS_DISCO_INFO}' "
-                          f"node='{NS_ADMIN}#add-user'/></iq>")
-    assert info["type"] == "error"
+    info_query = (f"<iq type='get' id='i' to='localhost'><query xmlns='{NS_DISCO_INFO}' "
+                  f"node='{NS_ADMIN}#add-user'/></iq>")
+    assert (await alice.iq(info_query))["type"] == "error"
+    info = (await root.iq(info_query)).firstChildElement()
+    assert [(i["category"], i["type"]) for i in info.elements(NS_DISCO_INFO, "identity")] == [
+        ("automation", "command-node")]
     refused = await alice.iq(f"<iq type='set' id='r' to='localhost'><command "
                              f"xmlns='{NS_COMMANDS}' node='{NS_ADMIN}#add-user'/></iq>")
     assert refused["type"] == "error" and child(child(refused, "error"), "forbidden")

@@ -107,12 +107,14 @@ class AdHocHandler(FeatureHandler):
                 for command in self.by_node.values() if self.may_run(requestor, command)]
 
     def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if nodeIdentifier == NS_COMMANDS and not target.user:
-            return [disco.DiscoIdentity("automation", "command-list")]
         command = self.by_node.get(nodeIdentifier)
-        if command is None:
+        if command is None and nodeIdentifier != NS_COMMANDS:
             return super().getDiscoInfo(requestor, target, nodeIdentifier)
-        if target.user or not self.may_run(requestor, command):
+        if target.user or target.host not in self.server.domains:
+            return []
+        if command is None:
+            return [disco.DiscoIdentity("automation", "command-list")]
+        if not self.may_run(requestor, command):
             return []
         return [disco.DiscoIdentity("automation", "command-node", command.name),
                 disco.DiscoFeature(NS_COMMANDS), disco.DiscoFeature(data_form.NS_X_DATA)]
