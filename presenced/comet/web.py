@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IProtocol
 from twisted.web import resource, server, static
 
 from presenced.comet.http import error_body, json_response
+from presenced.comet.upload import mount as mount_uploads
 from presenced.comet.websocket import UserWebSocket
 from presenced.comet.wslimit import MessageSizeLimit
 from presenced.health import HealthResource
@@ -74,8 +75,9 @@ class WebSockets(resource.Resource):
 
 class CometRoot(resource.Resource):
     """``/`` (the demo page), ``/static/``, ``/ws/``, ``/health`` (:mod:`presenced.health`),
-    what other doors offer in ``core.http_resources`` (looked up per request: those doors
-    may start after this one); a JSON 404 for anything else."""
+    ``/upload/`` (:mod:`presenced.comet.upload`, mounted by :func:`make_site`), what other
+    doors offer in ``core.http_resources`` (looked up per request: those doors may start
+    after this one); a JSON 404 for anything else."""
 
     def __init__(self, door: "CometDoor"):
         super().__init__()
@@ -156,4 +158,5 @@ def make_site(door: "CometDoor") -> server.Site:
     site = CometSite(CometRoot(door), settings.request_timeout,
                      settings.websocket_max_message_bytes, settings.max_body_bytes)
     site.noisy = False
+    mount_uploads(site, door)
     return site

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from presenced.options import Key, Keys, existing_file_or_empty, non_negative, port, positive
+
+
+def bare_jids(value: list) -> Optional[str]:
+    """Each entry a bare JID ``user@domain`` (lower case: JIDs are compared as written)."""
+    for entry in value:
+        local, at, domain = entry.partition("@")
+        if not (local and at and domain) or "/" in entry or entry != entry.strip().lower():
+            return f"{entry!r} is not a bare JID in lower case (user@domain)"
+    return None
+
 
 KEYS: Keys = {
     "enabled": Key(True, "bool"),
@@ -45,4 +57,6 @@ KEYS: Keys = {
     "bosh_max_requests": Key(2, "int", positive),
     "bosh_inactivity": Key(60.0, "float", positive),
     "web_public_url": Key("", "str"),
+    # Ad-hoc service administration (XEP-0133, docs/xmpp.md): who may run the commands.
+    "admins": Key([], "list[str]", bare_jids),
 }

@@ -15,6 +15,7 @@ from presenced.config import Config
 from presenced.core import Core
 from presenced.listener import ConnectionLimits
 from presenced.service import ListeningService
+from presenced.xmpp.admin import AdminCommandsHandler
 from presenced.xmpp.avatars import VCardAvatarHandler
 from presenced.xmpp.blocking import BlockingHandler
 from presenced.xmpp.bookmarks import BookmarksCompatHandler
@@ -37,6 +38,7 @@ from presenced.xmpp.session_iq import LegacySessionHandler
 from presenced.xmpp.siteevents import SiteEventHandler
 from presenced.xmpp.sm import StreamManagementHandler
 from presenced.xmpp.tls import LOAD_ERRORS, context_factory
+from presenced.xmpp.upload import UploadHandler
 from presenced.xmpp.vcard import VCardHandler
 from presenced.xmpp.version import VersionHandler
 from presenced.xmpp.web import offer_web_resources
@@ -46,7 +48,8 @@ FEATURES: tuple[type[FeatureHandler], ...] = (
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
     ClientStateHandler, StreamManagementHandler, ArchiveHandler, VCardAvatarHandler,
-    BookmarksCompatHandler, SiteEventHandler, MucHandler)
+    BookmarksCompatHandler, SiteEventHandler, MucHandler, UploadHandler,
+    AdminCommandsHandler)
 
 # What a connection past [xmpp] max_connections(_per_ip) reads before it is closed.
 REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
