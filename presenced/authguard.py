@@ -15,7 +15,6 @@ stall the reactor nor queue unbounded work.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -24,6 +23,7 @@ from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from presenced.addresses import address_key
 from presenced.metrics import Metrics
 
 FREE_FAILURES = 3  # failures answered after the first delay before the backoff doubles it
@@ -48,20 +48,6 @@ class Record:
     failures: int = 0
     since: float = 0.0
     banned_until: float = 0.0
-
-
-def address_key(host: str) -> str:
-    """The unit an address is counted in: an IPv4 address, or an IPv6 /64 (one subscriber's
-    network: anyone holding a /64 could otherwise try from 2^64 addresses)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host  # a UNIX socket path or a test transport's name
-    if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
 
 
 def backoff(first_delay: float, failures: int) -> float:

@@ -2,7 +2,8 @@
 
 Every door listens through :class:`presenced.service.ListeningService`, which wraps the door's
 factory in a :class:`GuardedFactory`. Before the door's protocol is built, three caps are
-checked: connections from the source address, connections of the door, and for the doors the
+checked: connections from the source address (an IPv6 address counts as its /64,
+``addresses.py``), connections of the door, and for the doors the
 public reaches, their connections together against the process's open-files limit less a
 reserve (:class:`OpenFiles`), so a flood on one door leaves files for the admin doors, the
 store, the logs and Redis. A refused connection gets the door's refusal bytes (if any) and is
@@ -35,6 +36,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
+from presenced.addresses import address_key
 from presenced.memory import release_free_memory
 from presenced.metrics import Metrics
 
@@ -198,7 +200,7 @@ class GuardedFactory(Factory):
         self.wrapped.doStop()
 
     def buildProtocol(self, addr: Any) -> Optional[IProtocol]:
-        host = getattr(addr, "host", "")
+        host = address_key(getattr(addr, "host", ""))
         reason = self.refusal_reason(host)
         if reason is not None and not (self.limits.evict_idle and self.make_room(host, reason)):
             self.refusals.record(reason, host)
@@ -218,7 +220,8 @@ class GuardedFactory(Factory):
         return connection
 
     def refusal_reason(self, host: str) -> Optional[str]:
-        """Which cap a new connection from ``host`` would exceed, or None."""
+        """Which cap a new connection from ``host`` (an :func:`address_key`) would exceed,
+        or None."""
         if self.per_ip[host] >= self.limits.max_per_ip:
             return PER_IP
         if len(self.connections) >= self.limits.max_connections:

@@ -17,7 +17,8 @@ import pytest
 import requests
 from twisted.internet import task
 
-from presenced.authguard import MAX_QUEUED_CHECKS, AuthGuard, Busy, address_key, backoff
+from presenced.addresses import address_key
+from presenced.authguard import MAX_QUEUED_CHECKS, AuthGuard, Busy, backoff
 from presenced.metrics import Metrics
 from presenced.tokens import check_token
 from presenced.webadmin.console import local_path

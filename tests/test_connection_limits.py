@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import pytest
 from twisted.internet import task
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.web import resource, server
@@ -78,6 +78,19 @@ def test_per_ip_cap_refuses_the_next_connection_and_counts_it():
     again, _ = connect(factory, "10.0.0.1")           # a place freed is a place again
     assert isinstance(again.protocol, Recorder)
     assert factory.files.open == 3 and dict(factory.per_ip) == {"10.0.0.1": 2, "10.0.0.2": 1}
+
+
+def test_ipv6_addresses_of_one_64_share_the_per_ip_cap():
+    factory = policy(ConnectionLimits(10, 2))
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"):
+        assert factory.buildProtocol(IPv6Address("TCP", host, 40000)) is not None
+    assert factory.buildProtocol(IPv6Address("TCP", "2001:db8:1:2::77", 1)) is None
+    assert refused(factory, listener.PER_IP) == 1
+    assert factory.buildProtocol(IPv6Address("TCP", "2001:db8:1:3::1", 1)) is not None
+    assert factory.per_ip["2001:db8:1:2::/64"] == 2
+    connect(factory, "10.0.0.1")
+    assert factory.buildProtocol(IPv6Address("TCP", "::ffff:10.0.0.1", 1)) is not None
+    assert factory.per_ip["10.0.0.1"] == 2      # a dual-stack socket's IPv4 client counts once
 
 
 def test_door_total_and_the_shared_open_files_budget():
