@@ -198,13 +198,17 @@ class PresencedService(service.MultiService):
                           lambda signum, frame: reactor.callFromThread(self.reload))
 
     def reload(self) -> bool:
-        """Reload the config file now (:mod:`presenced.reload`); only once every door has
-        started, since a door not yet built would miss the change."""
+        """Reload the config file now (:mod:`presenced.reload`), then in every worker; only
+        once every door has started, since a door not yet built would miss the change."""
         if self.core is None or self.core.state != "ready":
             log.warn("reload ignored: the server is {state}",
                      state=self.core.state if self.core else "starting")
             return False
-        return ConfigReloader(self.core, self.config.path, self.overrides).reload()
+        applied = ConfigReloader(self.core, self.config.path, self.overrides).reload()
+        workers = self.namedServices.get("workers")
+        if workers is not None:
+            workers.forward_reload()  # each reads the file itself, refusing it as we did
+        return applied
 
     @defer.inlineCallbacks
     def _sessions_gone(self, closing: set, grace: float):

@@ -21,7 +21,7 @@ from presenced import config as configuration
 from presenced.reload import merge
 from presenced.xmpp.tls import generate_self_signed
 from tests.helpers import (HEADER, OTHER_DOORS_OFF, REPO, J, PresencedProcess, RawClient,
-                           roster, thrift_client, write_config)
+                           free_port, roster, thrift_client, write_config)
 
 NS_TLS = b"urn:ietf:params:xml:ns:xmpp-tls"
 
@@ -125,6 +125,25 @@ def test_bad_config_on_reload_is_refused(tls_server):
     client = starttls(server.ports["xmpp"])
     client.login("ann", "pw", started=False)
     client.close()
+
+
+def test_reload_reaches_every_worker(redis_server, presenced_factory):
+    server = presenced_factory({
+        "server": {"workers": 2}, "cluster": {"enabled": True},
+        "store": {"backend": "redis", "redis": [redis_server.url]},
+        "xmpp": {"enabled": False}, "thrift": {"enabled": False},
+        "comet": {"port": free_port()}, "webadmin": {"port": free_port()}})
+    server.wait_for_log("worker 1: ")
+    deadline = time.monotonic() + 30
+    while "presenced ready" not in server.log().split("worker 1: ", 1)[1]:
+        assert time.monotonic() < deadline, server.log()  # the worker's own ready line
+        time.sleep(0.05)
+    log = reload_and_wait(server, "reload sent to 1 worker(s)")
+    deadline = time.monotonic() + 20
+    while not re.search(r"worker 1: .*config reloaded from", log):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.05)
+        log = server.log()
 
 
 # --- health -------------------------------------------------------------------------------
