@@ -175,9 +175,35 @@ async def test_server_shutdown_ends_streams_with_a_reason(comet):
     client = await open_stream(port, "/stream/dave")
     core.router.close_all("system-shutdown")
     await client.lost
-    assert b'{"type": "closed", "reason": "system-shutdown"}' in client.data
+    assert (b'{"type": "closed", "reason": "system-shutdown", "reconnect": true, '
+            b'"retry_ms": 3000}' in client.data)
     assert client.data.endswith(b"0\r\n\r\n")
     assert door.connections == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_shutdown_tells_polls_and_websockets_to_reconnect_a_kick_does_not(comet):
+    core, door, port = comet
+    poll = Client()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), poll)
+    poll.transport.write(b"GET /poll/fred HTTP/1.1\r\nHost: t\r\n\r\n")
+    await until(lambda: streams_of(core, "fred@localhost"), what="waiting poll")
+    ws = Client()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), ws)
+    ws.transport.write(b"GET /ws/gina HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       b"Sec-WebSocket-Version: 13\r\n\r\n")
+    await until(lambda: b'"welcome"' in ws.data, what="websocket welcome")
+    kicked = await open_stream(port, "/stream/hank")
+    streams_of(core, "hank@localhost")[0].close("kicked by admin")
+    await kicked.lost
+    assert b'{"type": "closed", "reason": "kicked by admin"}' in kicked.data
+    core.router.close_all("system-shutdown")
+    await poll.lost
+    await ws.lost
+    assert poll.data.startswith(b"HTTP/1.1 503") and b"Retry-After: 3\r\n" in poll.data
+    assert b'"reconnect": true' in ws.data
+    assert b"\x88" in ws.data and b"\x03\xe9system-shutdown" in ws.data   # close 1001
 
 
 @pytest_twisted.ensureDeferred

@@ -19,6 +19,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import ProtocolError
 from zope.interface import implementer
 
+from presenced.comet import frames
 from presenced.comet.frames import STREAMED_TYPES
 from presenced.comet.http import HTTPError, bearer_token, error_body
 from presenced.comet.replay import UserChannel
@@ -93,7 +94,9 @@ class CometWebSocket:
             self.ws.ping(b"")
 
     def close(self, reason: str) -> None:
+        """The closed document as the last message (as on streams), then close 1001."""
         if self.channel is not None:
+            self.budget.write(frames.closed_doc(reason).decode("utf-8"))
             self.ws.loseConnection(1001, reason)
 
     def textMessageReceived(self, message: str) -> None:
