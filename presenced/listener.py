@@ -188,16 +188,32 @@ class GuardedFactory(Factory):
         self.trim = files.trim(clock)
         self.sweep = task.LoopingCall(self.close_idle)
         self.sweep.clock = clock
+        self.listening = False
 
     def startFactory(self) -> None:
         self.wrapped.doStart()
-        if self.limits.idle_timeout > 0:
-            self.sweep.start(min(1.0, self.limits.idle_timeout / 2), now=False)
+        self.listening = True
+        self._start_sweep()
 
     def stopFactory(self) -> None:
+        self.listening = False
         if self.sweep.running:
             self.sweep.stop()
         self.wrapped.doStop()
+
+    def _start_sweep(self) -> None:
+        if self.limits.idle_timeout > 0:
+            self.sweep.start(min(1.0, self.limits.idle_timeout / 2), now=False)
+
+    def apply(self, limits: ConnectionLimits) -> None:
+        """New caps (a reload): new connections are checked against them; connections
+        already open are never closed for a lowered cap, only counted."""
+        idle_changed = limits.idle_timeout != self.limits.idle_timeout
+        self.limits = limits
+        if idle_changed and self.listening:
+            if self.sweep.running:
+                self.sweep.stop()
+            self._start_sweep()
 
     def buildProtocol(self, addr: Any) -> Optional[IProtocol]:
         host = address_key(getattr(addr, "host", ""))

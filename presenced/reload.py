@@ -36,6 +36,21 @@ LIVE_KEYS = frozenset({
     ("xmpp", "stanzas_per_second"), ("xmpp", "stanza_burst"),
     ("xmpp", "max_pending_stanzas"), ("xmpp", "stanza_timeout"),
     ("xmpp", "max_sessions_per_user"),
+    # Connection caps of every door: ListeningService reads them again (new connections).
+    *((door, key) for door in ("xmpp", "comet", "thrift", "webadmin")
+      for key in ("max_connections", "max_connections_per_ip")),
+    ("irc", "cat_max_connections"), ("irc", "cat_max_connections_per_ip"),
+    ("irc", "cat_idle_timeout"),
+    # CometDoor.apply and CometSite.apply: requests and streams begun after the reload.
+    ("comet", "require_token"), ("comet", "cors_origins"), ("comet", "heartbeat_interval"),
+    ("comet", "poll_timeout"), ("comet", "max_buffered_bytes"), ("comet", "header_timeout"),
+    ("comet", "max_request_bytes"), ("comet", "request_timeout"),
+    ("comet", "websocket_max_message_bytes"),
+    # AdminFactory.config_reloaded: allow for new connections, the bounds for all.
+    ("thrift", "allow"), ("thrift", "max_message_bytes"), ("thrift", "max_pending_calls"),
+    ("thrift", "max_unread_bytes"), ("thrift", "timeout"),
+    # The web admin: the scrape token is read per request, the deadline per connection.
+    ("webadmin", "metrics_token"), ("webadmin", "request_timeout"),
 })
 
 

@@ -109,6 +109,19 @@ def test_door_total_and_the_shared_open_files_budget():
     assert isinstance(kept.protocol, Recorder) and files.open == 3
 
 
+def test_new_caps_apply_to_new_connections_and_keep_open_ones():
+    clock = task.Clock()
+    factory = policy(ConnectionLimits(10, 10), clock=clock)
+    factory.startFactory()
+    held = [connect(factory, "10.0.0.1")[1] for _ in range(3)]
+    factory.apply(ConnectionLimits(10, 2, idle_timeout=5.0))         # a reload
+    assert factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)) is None
+    assert not any(t.disconnecting for t in held)   # a lowered cap closes nobody
+    assert factory.per_ip["10.0.0.1"] == 3
+    clock.advance(6)                                 # the new idle timeout is swept for
+    assert all(t.disconnecting for t in held)
+
+
 def test_evict_idle_makes_room_for_a_newcomer_and_idle_connections_are_swept():
     clock = task.Clock()
     factory = policy(ConnectionLimits(3, 3, idle_timeout=10.0, evict_idle=True), clock=clock)

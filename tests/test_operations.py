@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -20,8 +21,8 @@ import requests
 from presenced import config as configuration
 from presenced.reload import merge
 from presenced.xmpp.tls import generate_self_signed
-from tests.helpers import (HEADER, OTHER_DOORS_OFF, REPO, J, PresencedProcess, RawClient,
-                           free_port, roster, thrift_client, write_config)
+from tests.helpers import (HEADER, OTHER_DOORS_OFF, REPO, HTTPStream, J, PresencedProcess,
+                           RawClient, free_port, http_get, roster, thrift_client, write_config)
 
 NS_TLS = b"urn:ietf:params:xml:ns:xmpp-tls"
 
@@ -32,13 +33,13 @@ def test_merge_applies_live_keys_and_keeps_restart_keys():
     running = configuration.build({})
     new = configuration.build({"xmpp": {"port": 5999, "max_stanza_size": 1000},
                                "store": {"redis_timeout": 1.0},
-                               "comet": {"heartbeat_interval": 5.0}})
+                               "comet": {"replay_size": 5, "heartbeat_interval": 5.0}})
     merged, applied, waiting = merge(running, new)
     assert merged.xmpp.port == 5222 and merged.store.redis_timeout == 5.0
-    assert merged.comet.heartbeat_interval == 25.0
-    assert merged.xmpp.max_stanza_size == 1000
-    assert applied == ["[xmpp] max_stanza_size"]
-    assert waiting == ["[store] redis_timeout", "[xmpp] port", "[comet] heartbeat_interval"]
+    assert merged.comet.replay_size == 100
+    assert merged.xmpp.max_stanza_size == 1000 and merged.comet.heartbeat_interval == 5.0
+    assert applied == ["[xmpp] max_stanza_size", "[comet] heartbeat_interval"]
+    assert waiting == ["[store] redis_timeout", "[xmpp] port", "[comet] replay_size"]
 
 
 def starttls(port: int) -> RawClient:
@@ -125,6 +126,54 @@ def test_bad_config_on_reload_is_refused(tls_server):
     client = starttls(server.ports["xmpp"])
     client.login("ann", "pw", started=False)
     client.close()
+
+
+def edit_sections(server: PresencedProcess, **sections: dict) -> None:
+    """Change keys of several sections in the running server's config file."""
+    current = tomllib.loads(server.config_path.read_text())
+    for name, values in sections.items():
+        current.setdefault(name, {}).update(values)
+    write_config(server.config_path, current)
+
+
+def thrift_refused(port: int) -> bool:
+    """Whether the Thrift port closes a new connection at once (not in [thrift] allow)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        return sock.recv(1) == b""
+    except socket.timeout:
+        return False
+    finally:
+        sock.close()
+
+
+def test_reload_applies_the_other_doors_limits_and_allowlists(presenced_factory):
+    server = presenced_factory({"xmpp": {"enabled": False},
+                                "comet": {"require_token": False},
+                                "thrift": {"timeout": 3.0}})
+    comet, thrift, web = (server.ports[d] for d in ("comet", "thrift", "webadmin"))
+    assert requests.get(f"http://127.0.0.1:{web}/metrics", timeout=10).status_code == 200
+    edit_sections(server, comet={"max_connections_per_ip": 1},
+                  thrift={"allow": ["192.0.2.0/24"]}, webadmin={"metrics_token": "s3cret"})
+    log = reload_and_wait(server, "config reloaded from")
+    for key in ("[comet] max_connections_per_ip", "[thrift] allow", "[webadmin] metrics_token"):
+        assert key in log.split("config reloaded from")[-1], log
+    assert "needs a restart" not in log
+    stream = HTTPStream(comet, "/stream/kim@localhost")
+    stream.wait_for("welcome")
+    status, _, body = http_get(comet, "/stream/lee@localhost")
+    assert status == 503 and b"too many connections" in body
+    stream.close()
+    assert thrift_refused(thrift)
+    scrape = requests.get(f"http://127.0.0.1:{web}/metrics", timeout=10)
+    assert scrape.status_code == 401
+    assert requests.get(f"http://127.0.0.1:{web}/metrics", timeout=10,
+                        headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+    edit_sections(server, thrift={"allow": ["127.0.0.1", "not-a-network"]})
+    log = reload_and_wait(server, "reload refused", ctl=False)
+    assert "[thrift] allow" in log.split("reload refused")[-1]
+    assert thrift_refused(thrift)                     # the running allowlist is kept
 
 
 def test_reload_reaches_every_worker(redis_server, presenced_factory):

@@ -22,6 +22,7 @@ from presenced.comet.http import HTTPError
 from presenced.comet.replay import Channels, UserChannel
 from presenced.comet.stream import CometConnection
 from presenced.comet.web import make_site
+from presenced.config import Config
 from presenced.core import Core
 from presenced.tokens import check_token
 from presenced.users import BadUser
@@ -38,13 +39,7 @@ class CometDoor(Factory):
         settings = core.config.comet
         self.core = core
         self.router = core.router
-        self.require_token = settings.require_token
-        self.cors_origins = frozenset(settings.cors_origins)
-        self.heartbeat_interval = settings.heartbeat_interval
-        self.poll_timeout = settings.poll_timeout
-        self.max_buffered_bytes = settings.max_buffered_bytes
-        self.header_timeout = settings.header_timeout
-        self.max_request_bytes = settings.max_request_bytes
+        self.apply(core.config)
         self.channels = Channels(core.router, settings.replay_size, settings.replay_linger)
         self.ndjson = RenderCache(ndjson_frame)
         self.sse = RenderCache(sse_frame)
@@ -55,6 +50,26 @@ class CometDoor(Factory):
         self.site: Site = make_site(self)
         self._heartbeat = task.LoopingCall(self.beat)
         self._describe_metrics()
+        core.hooks.add("config-reloaded", self.config_reloaded)
+
+    def apply(self, config: Config) -> None:
+        """Take the ``[comet]`` keys that apply to requests from now on (a reload changes
+        them for new requests and streams; open streams keep their buffer bound)."""
+        settings = config.comet
+        self.require_token = settings.require_token
+        self.cors_origins = frozenset(settings.cors_origins)
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.poll_timeout = settings.poll_timeout
+        self.max_buffered_bytes = settings.max_buffered_bytes
+        self.header_timeout = settings.header_timeout
+        self.max_request_bytes = settings.max_request_bytes
+
+    def config_reloaded(self, old: Config, new: Config) -> None:
+        self.apply(new)
+        self.site.apply(new.comet.request_timeout, new.comet.websocket_max_message_bytes)
+        if self._heartbeat.running and old.comet.heartbeat_interval != self.heartbeat_interval:
+            self._heartbeat.stop()
+            self._heartbeat.start(self.heartbeat_interval, now=False)
 
     # --- factory -------------------------------------------------------------------------
 

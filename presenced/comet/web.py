@@ -108,6 +108,11 @@ class CometSite(server.Site):
         super().__init__(root, timeout=timeout)
         self.websocket_max_message_bytes = websocket_max_message_bytes
 
+    def apply(self, timeout: float, websocket_max_message_bytes: int) -> None:
+        """New limits (a reload) for the connections handed over from now on."""
+        self.timeOut = timeout
+        self.websocket_max_message_bytes = websocket_max_message_bytes
+
 
 def make_site(door: "CometDoor") -> server.Site:
     settings = door.core.config.comet

@@ -11,6 +11,7 @@ from twisted.application import internet, service
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from presenced.config import Config
 from presenced.core import Core
 from presenced.health import HealthResource
 from presenced.httpdeadline import DeadlineChannel
@@ -36,6 +37,17 @@ class AdminSite(server.Site):
     def log(self, request: server.Request) -> None:
         pass
 
+    def config_reloaded(self, old: Config, new: Config) -> None:
+        """Connections opened from now on get the new ``request_timeout``."""
+        self.timeOut = new.webadmin.request_timeout
+
+
+def limits(config: Config) -> ConnectionLimits:
+    """The console port's caps (read again on reload), within the files kept in reserve."""
+    return ConnectionLimits(config.webadmin.max_connections,
+                            config.webadmin.max_connections_per_ip, public=False,
+                            refusal=HTTP_REFUSAL)
+
 
 def make_console(core: Core) -> Console:
     settings = core.config.webadmin
@@ -57,11 +69,10 @@ def make_service(core: Core) -> service.IService:
         return door
     settings = core.config.webadmin
     console = make_console(core)
-    mounted: dict[bytes, Resource] = {b"metrics": MetricsResource(core, settings.metrics_token),
+    mounted: dict[bytes, Resource] = {b"metrics": MetricsResource(core),
                                       b"health": HealthResource(core)}
     site = AdminSite(ConsoleRoot(console, mounted), timeout=settings.request_timeout)
-    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_ip,
-                              public=False, refusal=HTTP_REFUSAL)
+    core.hooks.add("config-reloaded", site.config_reloaded)
     ListeningService(core, "webadmin", settings.port, settings.bind, site,
                      limits).setServiceParent(door)
     for sampler in (console.rates.sample, console.probe.sample):

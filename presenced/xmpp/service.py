@@ -50,6 +50,12 @@ REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
            b"</stream:error></stream:stream>")
 
 
+def limits(config: Config) -> ConnectionLimits:
+    """The caps of both XMPP ports (each counts its own; read again on reload)."""
+    return ConnectionLimits(config.xmpp.max_connections, config.xmpp.max_connections_per_ip,
+                            refusal=REFUSAL)
+
+
 class XMPPService(service.MultiService):
     """Runs the listeners; says ``system-shutdown`` to every stream on stop. (Accounts,
     external auth included, are the core's: ``core.accounts``.)"""
@@ -67,8 +73,6 @@ class XMPPService(service.MultiService):
         core.hooks.add("config-reloaded", self.config_reloaded)
         self.sweep = task.LoopingCall(self.server.hibernate_idle)
         self.deadlines = task.LoopingCall(self.server.close_late_streams)
-        limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip,
-                                  refusal=REFUSAL)
         ListeningService(core, "xmpp", config.port, config.bind,
                          C2SFactory(self.server), limits).setServiceParent(self)
         if config.direct_tls:
