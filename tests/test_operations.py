@@ -22,7 +22,8 @@ from presenced import config as configuration
 from presenced.reload import merge
 from presenced.xmpp.tls import generate_self_signed
 from tests.helpers import (HEADER, OTHER_DOORS_OFF, REPO, HTTPStream, J, PresencedProcess,
-                           RawClient, free_port, http_get, roster, thrift_client, write_config)
+                           RawClient, free_port, http_get, node_config, roster, thrift_client,
+                           write_config)
 
 NS_TLS = b"urn:ietf:params:xml:ns:xmpp-tls"
 
@@ -176,6 +177,17 @@ def test_reload_applies_the_other_doors_limits_and_allowlists(presenced_factory)
     assert thrift_refused(thrift)                     # the running allowlist is kept
 
 
+def test_status_names_the_cluster_nodes(redis_server, presenced_factory):
+    a = presenced_factory(node_config(redis_server.url, "a", webadmin={"enabled": True}),
+                          name="a")
+    presenced_factory(node_config(redis_server.url, "b"), name="b")
+    deadline = time.monotonic() + 20
+    while "cluster_nodes: a, b" not in (out := a.ctl("status").stdout):
+        assert time.monotonic() < deadline, out   # b's heartbeat reaches a
+        time.sleep(0.1)
+    assert "node: a\n" in out
+
+
 def test_reload_reaches_every_worker(redis_server, presenced_factory):
     server = presenced_factory({
         "server": {"workers": 2}, "cluster": {"enabled": True},
@@ -298,9 +310,14 @@ def test_sigterm_sends_system_shutdown_to_100_sessions(presenced_factory):
 
 
 def test_status_prints_health(presenced_factory):
-    server = presenced_factory({"xmpp": {"enabled": False}, "thrift": {"enabled": False}})
+    server = presenced_factory({"xmpp": {"enabled": False}, "thrift": {"enabled": False},
+                                "comet": {"require_token": False}})
+    stream = HTTPStream(server.ports["comet"], "/stream/kim@localhost")
+    stream.wait_for("welcome")
     out = server.ctl("status").stdout
     assert "status: ok" in out and "version: " in out and "uptime: " in out
+    assert "sessions: 1\n" in out and "sessions_per_door: comet 1\n" in out, out
+    stream.close()
     server.stop()
     stopped = server.ctl("status", check=False)
     assert stopped.returncode == 1 and "no server runs" in stopped.stderr

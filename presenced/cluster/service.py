@@ -38,6 +38,7 @@ class ClusterService(service.Service):
                                           cfg.heartbeat_interval, cfg.node_timeout)
         self.transport = PubSubTransport(self.link, self.directory, core.router)
         self.directory.on_users_gone.append(self._users_gone)
+        core.hooks.add("health-details", self.health_details)
         core.metrics.describe("presenced_cluster_nodes", "gauge", "Live presenced nodes seen")
         core.metrics.gauge("presenced_cluster_nodes", lambda: len(self.directory.nodes()))
         core.metrics.describe("presenced_cluster_online_users", "gauge",
@@ -66,6 +67,10 @@ class ClusterService(service.Service):
         self.core.router.transport = self.transport
         self.log.info("cluster: node {node} joined ({n} node(s) live)", node=self.node_id,
                       n=len(self.directory.nodes()))
+
+    def health_details(self) -> dict[str, object]:
+        """For ``/health`` and ``presencedctl status``: this node and the live ones."""
+        return {"node": self.node_id, "cluster_nodes": self.directory.nodes()}
 
     @defer.inlineCallbacks
     def stopService(self):

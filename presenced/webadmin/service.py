@@ -54,8 +54,9 @@ def make_console(core: Core) -> Console:
     rates, probe = EventRates(core.router), StoreProbe(core.store)
     accounts = AdminAccounts(settings.admins, core.accounts, core.config.default_domain,
                              core.auth_guard.run_check)
-    console = Console(core, accounts, AdminLogins(settings.session_ttl), rates, probe,
-                      register_metrics(core, rates, probe))
+    census = register_metrics(core, rates, probe)
+    console = Console(core, accounts, AdminLogins(settings.session_ttl), rates, probe, census)
+    core.hooks.add("health-details", lambda: {"sessions_per_door": dict(census.counts)})
     for page in PAGES:
         page.register(console)
     return console
