@@ -253,6 +253,9 @@ class PresencedService(service.MultiService):
     def stopService(self):
         if self.core is not None:
             self.core.state = "stopping"
+            # A cluster node leaves the directory first ("node-stopping"), so friends on
+            # other nodes see its users go at once, however long their sessions take.
+            yield defer.gatherResults(self.core.hooks.collect("node-stopping"))
             closing = set(self.core.router.all_sessions())
             self.core.router.close_all("system-shutdown")
             yield self._sessions_gone(closing, self.config.server.stop_grace_period)

@@ -309,6 +309,37 @@ def test_sigterm_sends_system_shutdown_to_100_sessions(presenced_factory):
     server.process.wait(30)
 
 
+def test_a_stopping_node_leaves_the_cluster_before_its_slow_sessions_end(redis_server,
+                                                                          presenced_factory):
+    big = {"comet": {"max_buffered_bytes": 64 * 2**20},
+           "server": {"stop_grace_period": 30.0}}
+    a = presenced_factory(node_config(redis_server.url, "a", **big), name="a")
+    b = presenced_factory(node_config(redis_server.url, "b"), name="b")
+    admin = thrift_client(a)
+    admin.add_friend(J("ann", "localhost"), J("dan", "localhost"))
+    dan = HTTPStream(b.ports["comet"], "/stream/dan@localhost")
+    dan.wait_for("welcome")
+    # ann's browser stops reading: her stream's close cannot finish (15 s at most).
+    ann = socket.socket()
+    ann.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ann.connect(("127.0.0.1", a.ports["comet"]))
+    ann.sendall(b"GET /stream/ann@localhost HTTP/1.1\r\nHost: a\r\n\r\n")
+    body = "x" * 60000
+    for _ in range(150):                                  # 9 MB she never reads
+        admin.spoof_message(J("dan", "localhost"), J("ann", "localhost"), body, "s")
+    admin.close()
+    time.sleep(0.5)                                       # the directory reached node b
+    a.process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    gone = dan.wait_for("presence", timeout=10)[0]
+    assert gone["from"] == "ann@localhost" and gone["available"] is False
+    assert time.monotonic() - started < 5
+    assert a.process.poll() is None                       # still in its grace period
+    ann.close()
+    dan.close()
+    a.process.wait(30)
+
+
 def test_status_prints_health(presenced_factory):
     server = presenced_factory({"xmpp": {"enabled": False}, "thrift": {"enabled": False},
                                 "comet": {"require_token": False}})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import Any, Optional
 
 from twisted.application import service
 from twisted.internet import defer
@@ -39,6 +39,8 @@ class ClusterService(service.Service):
         self.transport = PubSubTransport(self.link, self.directory, core.router)
         self.directory.on_users_gone.append(self._users_gone)
         core.hooks.add("health-details", self.health_details)
+        core.hooks.add("node-stopping", self.leave)
+        self.leaving: Optional[defer.Deferred] = None
         core.metrics.describe("presenced_cluster_nodes", "gauge", "Live presenced nodes seen")
         core.metrics.gauge("presenced_cluster_nodes", lambda: len(self.directory.nodes()))
         core.metrics.describe("presenced_cluster_online_users", "gauge",
@@ -72,10 +74,18 @@ class ClusterService(service.Service):
         """For ``/health`` and ``presencedctl status``: this node and the live ones."""
         return {"node": self.node_id, "cluster_nodes": self.directory.nodes()}
 
+    def leave(self) -> defer.Deferred:
+        """Leave the directory (once): the other nodes tell this node's users' friends
+        that they went offline at once, not after the stop's grace period, during which a
+        slow client's session may linger here."""
+        if self.leaving is None:
+            self.leaving = self.directory.stop()
+        return self.leaving
+
     @defer.inlineCallbacks
     def stopService(self):
         super().stopService()
-        yield self.directory.stop()
+        yield self.leave()
         yield self.link.stop()
 
     def _users_gone(self, node: str, users: set[str]) -> None:
