@@ -45,12 +45,13 @@ LIVE_KEYS = frozenset({
     ("comet", "require_token"), ("comet", "cors_origins"), ("comet", "heartbeat_interval"),
     ("comet", "poll_timeout"), ("comet", "max_buffered_bytes"), ("comet", "header_timeout"),
     ("comet", "max_request_bytes"), ("comet", "request_timeout"),
-    ("comet", "websocket_max_message_bytes"),
+    ("comet", "websocket_max_message_bytes"), ("comet", "max_body_bytes"),
     # AdminFactory.config_reloaded: allow for new connections, the bounds for all.
     ("thrift", "allow"), ("thrift", "max_message_bytes"), ("thrift", "max_pending_calls"),
     ("thrift", "max_unread_bytes"), ("thrift", "timeout"),
     # The web admin: the scrape token is read per request, the deadline per connection.
     ("webadmin", "metrics_token"), ("webadmin", "request_timeout"),
+    ("webadmin", "max_body_bytes"),
 })
 
 

@@ -239,10 +239,18 @@ class Echo(resource.Resource):
         return b"got " + request.content.read()
 
 
+class LimitedSite(server.Site):
+    protocol = DeadlineChannel
+    max_body = 10
+
+    def body_limit(self, method: bytes, path: bytes) -> int:
+        return self.max_body
+
+
 def deadline_channel(timeout: float) -> tuple[DeadlineChannel, StringTransport, task.Clock]:
     clock = task.Clock()
-    site = server.Site(Echo(), timeout=timeout, reactor=clock)
-    site.protocol = DeadlineChannel
+    site = LimitedSite(Echo(), timeout=timeout, reactor=clock)
+    site.max_body = 1000
     channel = site.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)
@@ -270,6 +278,27 @@ def test_a_complete_request_is_answered_and_the_deadline_restarts_for_the_next()
     transport.clear()
     clock.advance(1.5)                               # idle keep-alive: closed, no 408
     assert transport.disconnecting and transport.value() == b""
+
+
+def test_a_declared_body_past_the_limit_gets_413_before_it_is_read():
+    channel, transport, _ = deadline_channel(5.0)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\nabc")
+    assert transport.value().startswith(b"HTTP/1.1 413") and transport.disconnecting
+    channel.dataReceived(b"x" * 5000)                # nothing more is read or answered
+    assert transport.value().count(b"HTTP/1.1") == 1 and b"got" not in transport.value()
+
+
+def test_a_chunked_body_is_counted_as_it_arrives():
+    channel, transport, _ = deadline_channel(5.0)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    channel.dataReceived(b"3e8\r\n" + b"a" * 1000 + b"\r\n")   # 1000 bytes: at the limit
+    assert transport.value() == b""
+    channel.dataReceived(b"1\r\nb\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 413") and transport.disconnecting
+    within, answer, _ = deadline_channel(5.0)       # a body within the limit is served
+    within.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"2\r\nhi\r\n0\r\n\r\n")
+    assert b"got hi" in answer.value()
 
 
 # --- real processes ------------------------------------------------------------------------
@@ -524,7 +553,7 @@ def test_oversized_websocket_messages_are_refused_with_1009_and_cost_no_memory(
     sock.close()
 
 
-def test_a_slow_http_body_times_out_on_comet_and_the_web_admin(presenced_factory):
+def test_slow_and_oversized_http_bodies_are_refused_on_comet_and_the_web_admin(presenced_factory):
     process = presenced_factory({
         "comet": {"request_timeout": 1.5}, "webadmin": {"request_timeout": 1.5},
         "xmpp": {"enabled": False}, "thrift": {"enabled": False}})
@@ -549,6 +578,15 @@ def test_a_slow_http_body_times_out_on_comet_and_the_web_admin(presenced_factory
         elapsed = time.monotonic() - started
         assert answer.startswith(b"HTTP/1.1 408"), (path, answer)
         assert 1.0 < elapsed < 8.0, elapsed
+        sock.close()
+    # A body past the door's max_body_bytes (64 KB, 1 MB) is refused before it is sent.
+    for port, path, size in ((process.ports["comet"], "/static/index.html", 65537),
+                             (process.ports["webadmin"], "/login", 1048577)):
+        sock = dial(port)
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n"
+                     "\r\n".encode())
+        assert read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 413"), path
+        assert closed_after(sock, 5.0) is not None
         sock.close()
 
 

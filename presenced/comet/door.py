@@ -66,7 +66,7 @@ class CometDoor(Factory):
 
     def config_reloaded(self, old: Config, new: Config) -> None:
         self.apply(new)
-        self.site.apply(new.comet.request_timeout, new.comet.websocket_max_message_bytes)
+        self.site.apply(new.comet)
         if self._heartbeat.running and old.comet.heartbeat_interval != self.heartbeat_interval:
             self._heartbeat.stop()
             self._heartbeat.start(self.heartbeat_interval, now=False)

@@ -9,7 +9,7 @@ bounded by ``websocket_max_message_bytes``.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IProtocol
 from twisted.web import resource, server, static
@@ -104,19 +104,24 @@ class CometSite(server.Site):
     protocol = OneRequestChannel
     displayTracebacks = False
 
-    def __init__(self, root: resource.Resource, timeout: float, websocket_max_message_bytes: int):
-        super().__init__(root, timeout=timeout)
-        self.websocket_max_message_bytes = websocket_max_message_bytes
+    def __init__(self, root: resource.Resource, settings: Any):
+        super().__init__(root, timeout=settings.request_timeout)
+        self.apply(settings)
 
-    def apply(self, timeout: float, websocket_max_message_bytes: int) -> None:
-        """New limits (a reload) for the connections handed over from now on."""
-        self.timeOut = timeout
-        self.websocket_max_message_bytes = websocket_max_message_bytes
+    def apply(self, settings: Any) -> None:
+        """The ``[comet]`` limits of the twisted.web part (a reload: for the connections
+        handed over and the requests begun from now on)."""
+        self.timeOut = settings.request_timeout
+        self.websocket_max_message_bytes = settings.websocket_max_message_bytes
+        self.max_body_bytes = settings.max_body_bytes
+
+    def body_limit(self, method: bytes, path: bytes) -> int:
+        """The most a request body may hold here (``DeadlineChannel`` asks)."""
+        return self.max_body_bytes
 
 
 def make_site(door: "CometDoor") -> server.Site:
     settings = door.core.config.comet
-    site = CometSite(CometRoot(door), settings.request_timeout,
-                     settings.websocket_max_message_bytes)
+    site = CometSite(CometRoot(door), settings)
     site.noisy = False
     return site

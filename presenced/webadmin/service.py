@@ -37,9 +37,19 @@ class AdminSite(server.Site):
     def log(self, request: server.Request) -> None:
         pass
 
+    def __init__(self, root: Resource, settings: Any):
+        super().__init__(root, timeout=settings.request_timeout)
+        self.max_body_bytes: int = settings.max_body_bytes
+
     def config_reloaded(self, old: Config, new: Config) -> None:
-        """Connections opened from now on get the new ``request_timeout``."""
+        """Connections opened from now on get the new ``request_timeout``; requests begun
+        from now on the new ``max_body_bytes``."""
         self.timeOut = new.webadmin.request_timeout
+        self.max_body_bytes = new.webadmin.max_body_bytes
+
+    def body_limit(self, method: bytes, path: bytes) -> int:
+        """The most a request body may hold (``DeadlineChannel`` asks)."""
+        return self.max_body_bytes
 
 
 def limits(config: Config) -> ConnectionLimits:
@@ -72,7 +82,7 @@ def make_service(core: Core) -> service.IService:
     console = make_console(core)
     mounted: dict[bytes, Resource] = {b"metrics": MetricsResource(core),
                                       b"health": HealthResource(core)}
-    site = AdminSite(ConsoleRoot(console, mounted), timeout=settings.request_timeout)
+    site = AdminSite(ConsoleRoot(console, mounted), settings)
     core.hooks.add("config-reloaded", site.config_reloaded)
     ListeningService(core, "webadmin", settings.port, settings.bind, site,
                      limits).setServiceParent(door)
