@@ -46,6 +46,7 @@ LIVE_KEYS = frozenset({
     ("comet", "poll_timeout"), ("comet", "max_buffered_bytes"), ("comet", "header_timeout"),
     ("comet", "max_request_bytes"), ("comet", "request_timeout"),
     ("comet", "websocket_max_message_bytes"), ("comet", "max_body_bytes"),
+    ("comet", "websocket_idle_timeout"),
     # AdminFactory.config_reloaded: allow for new connections, the bounds for all.
     ("thrift", "allow"), ("thrift", "max_message_bytes"), ("thrift", "max_pending_calls"),
     ("thrift", "max_unread_bytes"), ("thrift", "timeout"),

@@ -206,6 +206,46 @@ async def test_server_shutdown_tells_polls_and_websockets_to_reconnect_a_kick_do
     assert b"\x88" in ws.data and b"\x03\xe9system-shutdown" in ws.data   # close 1001
 
 
+WS_UPGRADE = (b"GET /ws/%s HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+PONG = b"\x8a\x80" + b"\x00\x00\x00\x00"     # a masked, empty pong (the mask is all zero)
+
+
+class Ponger(Client):
+    """A browser: answers every ping (an empty ping frame is 0x89 0x00)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        for _ in range(data.count(b"\x89\x00")):
+            self.transport.write(PONG)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_that_answers_no_ping_is_closed(tmp_path: Path):
+    cfg = config.load(None, {"server": {"data_dir": str(tmp_path / "data")},
+                             "comet": {"require_token": False, "heartbeat_interval": 0.2,
+                                       "websocket_idle_timeout": 0.7}})
+    store = make_store(cfg)
+    await defer.maybeDeferred(store.start)
+    door = CometDoor(Core(cfg, store))
+    port = reactor.listenTCP(0, door, interface="127.0.0.1")
+    try:
+        silent, browser = Client(), Ponger()
+        for client, user in ((silent, b"ida"), (browser, b"jon")):
+            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+                                  client)
+            client.transport.write(WS_UPGRADE % user)
+            await until(lambda: b'"welcome"' in client.data, what="websocket welcome")
+        await until(lambda: silent.lost.called, timeout=5, what="the silent client closed")
+        assert b"\x03\xe9idle: no answer to pings" in silent.data      # close 1001
+        assert not browser.lost.called and browser.data.count(b"\x89\x00") >= 4
+        browser.transport.loseConnection()
+        await browser.lost
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+        await store.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_long_poll_keeps_the_connection_for_the_next_poll(comet):
     core, door, port = comet

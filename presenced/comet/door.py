@@ -63,6 +63,7 @@ class CometDoor(Factory):
         self.max_buffered_bytes = settings.max_buffered_bytes
         self.header_timeout = settings.header_timeout
         self.max_request_bytes = settings.max_request_bytes
+        self.websocket_idle_timeout = settings.websocket_idle_timeout
 
     def config_reloaded(self, old: Config, new: Config) -> None:
         self.apply(new)
