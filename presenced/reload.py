@@ -28,7 +28,8 @@ log = Logger()
 LIVE_KEYS = frozenset({
     ("server", "offline_limit"),
     ("router", "session_queue_bytes"),
-    ("xmpp", "certificate"), ("xmpp", "private_key"), ("xmpp", "require_tls"),
+    ("xmpp", "certificate"), ("xmpp", "private_key"), ("xmpp", "certificate_dir"),
+    ("xmpp", "require_tls"),
     ("xmpp", "allow_plain"), ("xmpp", "max_stanza_size"), ("xmpp", "auth_timeout"),
     ("xmpp", "auth_failure_delay"),
     # Read by the c2s server's apply_limits: streams opened after the reload use them.

@@ -117,6 +117,48 @@ def test_sighup_serves_new_certificate_and_keeps_sessions(tls_server):
     online.close()
 
 
+def certificate_for(port: int, name: str) -> bytes:
+    """The certificate the XMPP port serves a STARTTLS client that asks for ``name``."""
+    client = RawClient(port)
+    client.send(HEADER.replace(b"to='localhost'", b"to='%s'" % name.encode()))
+    client.read_until(b"</stream:features>")
+    client.send(b"<starttls xmlns='%s'/>" % NS_TLS)
+    client.read_until(b"<proceed[^>]*/>")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    sock = context.wrap_socket(client.sock, server_hostname=name)
+    try:
+        return sock.getpeercert(binary_form=True)
+    finally:
+        sock.close()
+
+
+def test_each_domain_gets_its_own_certificate_by_sni(tmp_path: Path, presenced_factory):
+    default_cert, default_key = tmp_path / "default.crt", tmp_path / "default.key"
+    generate_self_signed(str(default_cert), str(default_key), ["localhost"])
+    certs = tmp_path / "certs"
+    (certs / "example.org").mkdir(parents=True)      # Let's Encrypt's layout
+    generate_self_signed(str(certs / "example.org" / "fullchain.pem"),
+                         str(certs / "example.org" / "privkey.pem"), ["example.org"])
+    generate_self_signed(str(certs / "example.net.crt"), str(certs / "example.net.key"),
+                         ["example.net"])            # Prosody's layout
+    server = presenced_factory({
+        **OTHER_DOORS_OFF, "server": {"domains": ["localhost", "example.org", "example.net"]},
+        "xmpp": {"certificate": str(default_cert), "private_key": str(default_key),
+                 "certificate_dir": str(certs)}})
+    port = server.ports["xmpp"]
+    assert certificate_for(port, "example.org") == pem_to_der(certs / "example.org" /
+                                                              "fullchain.pem")
+    assert certificate_for(port, "example.net") == pem_to_der(certs / "example.net.crt")
+    assert certificate_for(port, "localhost") == pem_to_der(default_cert)
+    assert "no certificate for localhost" in server.log()
+    # A renewed domain certificate is served after a reload.
+    generate_self_signed(str(certs / "example.net.crt"), str(certs / "example.net.key"),
+                         ["example.net"])
+    reload_and_wait(server, "TLS certificate reloaded")
+    assert certificate_for(port, "example.net") == pem_to_der(certs / "example.net.crt")
+
+
 def test_bad_config_on_reload_is_refused(tls_server):
     server, cert, key = tls_server
     edit_config(server, max_stanza_size=-5)

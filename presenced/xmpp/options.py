@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from presenced.options import Key, Keys, existing_file_or_empty, non_negative, port, positive
+from presenced.options import (Key, Keys, existing_dir_or_empty, existing_file_or_empty,
+                               non_negative, port, positive)
 
 KEYS: Keys = {
     "enabled": Key(True, "bool"),
@@ -12,6 +13,7 @@ KEYS: Keys = {
     "allow_plain": Key(False, "bool"),
     "certificate": Key("", "str", existing_file_or_empty),
     "private_key": Key("", "str", existing_file_or_empty),
+    "certificate_dir": Key("", "str", existing_dir_or_empty),
     "direct_tls": Key(False, "bool"),
     "direct_tls_port": Key(5223, "int", port),
     "max_stanza_size": Key(262144, "int", positive),

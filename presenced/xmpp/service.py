@@ -67,7 +67,8 @@ class XMPPService(service.MultiService):
         self.setName("xmpp-door")
         config = core.config.xmpp
         tls = context_factory(config.certificate, config.private_key,
-                              core.config.server.data_dir, list(core.domains))
+                              core.config.server.data_dir, list(core.domains),
+                              config.certificate_dir)
         self.tls = tls
         self.server = C2SServer(core, tls, FEATURES)
         core.hooks.add("config-reloaded", self.config_reloaded)
@@ -86,7 +87,8 @@ class XMPPService(service.MultiService):
         settings = new.xmpp
         try:
             fresh = context_factory(settings.certificate, settings.private_key,
-                                    new.server.data_dir, list(self.server.core.domains))
+                                    new.server.data_dir, list(self.server.core.domains),
+                                    settings.certificate_dir)
         except LOAD_ERRORS as e:
             self.log.error("reload: [xmpp] certificate: {error}; the running certificate is "
                            "kept", error=e)
