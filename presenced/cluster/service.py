@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from presenced import events
+from presenced.cluster.bans import SharedBans
 from presenced.cluster.directory import SessionDirectory
 from presenced.cluster.link import RedisLink
 from presenced.cluster.secret import cluster_redis_url, shared_secret
@@ -37,6 +38,7 @@ class ClusterService(service.Service):
         self.directory = SessionDirectory(self.link, self.node_id, core.router,
                                           cfg.heartbeat_interval, cfg.node_timeout)
         self.transport = PubSubTransport(self.link, self.directory, core.router)
+        self.bans = SharedBans(self.link, core.auth_guard, self.node_id)
         self.directory.on_users_gone.append(self._users_gone)
         core.hooks.add("health-details", self.health_details)
         core.hooks.add("node-stopping", self.leave)
