@@ -42,6 +42,8 @@ LIVE_KEYS = frozenset({
       for key in ("max_connections", "max_connections_per_ip")),
     ("irc", "cat_max_connections"), ("irc", "cat_max_connections_per_ip"),
     ("irc", "cat_idle_timeout"),
+    # IRCBot.reconfigure: parts and joins at once.
+    ("irc", "channels"), ("irc", "channel_keys"),
     # CometDoor.apply and CometSite.apply: requests and streams begun after the reload.
     ("comet", "require_token"), ("comet", "cors_origins"), ("comet", "heartbeat_interval"),
     ("comet", "poll_timeout"), ("comet", "max_buffered_bytes"), ("comet", "header_timeout"),

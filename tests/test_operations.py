@@ -24,6 +24,7 @@ from presenced.xmpp.tls import generate_self_signed
 from tests.helpers import (HEADER, OTHER_DOORS_OFF, REPO, HTTPStream, J, PresencedProcess,
                            RawClient, free_port, http_get, node_config, roster, thrift_client,
                            write_config)
+from tests.ircd import IRCWatcher, NgIRCd
 
 NS_TLS = b"urn:ietf:params:xml:ns:xmpp-tls"
 
@@ -228,6 +229,38 @@ def test_status_names_the_cluster_nodes(redis_server, presenced_factory):
         assert time.monotonic() < deadline, out   # b's heartbeat reaches a
         time.sleep(0.1)
     assert "node: a\n" in out
+
+
+def test_reload_parts_and_joins_irc_channels(tmp_path: Path, presenced_factory):
+    ircd = NgIRCd(tmp_path / "ircd")
+    ircd.start()
+    watcher = IRCWatcher(ircd.port)
+    try:
+        watcher.join("#one", "#two", "#three")
+        server = presenced_factory({
+            "irc": {"enabled": True, "server": "127.0.0.1", "port": ircd.port,
+                    "channels": ["#one", "#two"], "reconnect_min_seconds": 0.2},
+            "xmpp": {"enabled": False}, "comet": {"enabled": False},
+            "thrift": {"enabled": False}, "webadmin": {"enabled": False}})
+        for channel in ("#one", "#two"):
+            watcher.wait_for(lambda m: m.command == "JOIN" and m.nick == "presenced"
+                             and m.params[0].lower() == channel)
+        edit_sections(server, irc={"channels": ["#three", "#two"]})
+        log = reload_and_wait(server, "config reloaded from")
+        assert "[irc] channels" in log.split("config reloaded from")[-1]
+        watcher.wait_for(lambda m: m.command == "JOIN" and m.nick == "presenced"
+                         and m.params[0].lower() == "#three")
+        # #one was the auth channel (the first): kept, so private commands still work.
+        assert not any(m.command == "PART" and m.nick == "presenced"
+                       for m in watcher.collect(1.0))
+        edit_sections(server, irc={"channels": ["#three", "#one"]})
+        reload_and_wait(server, "config reloaded from")
+        watcher.wait_for(lambda m: m.command == "PART" and m.nick == "presenced"
+                         and m.params[0].lower() == "#two")
+        server.stop()
+    finally:
+        watcher.close()
+        ircd.stop()
 
 
 def test_reload_reaches_every_worker(redis_server, presenced_factory):

@@ -74,6 +74,7 @@ def make_service(core: Core) -> service.IService:
         return door
     settings = core.config.irc
     bot = IRCBot(core, settings)
+    core.hooks.add("config-reloaded", bot.config_reloaded)
     bot.commands = Commands(core, bot)
     try:
         hooks = [HookAnnouncer(core, bot, hook) for hook in settings.hooks]
