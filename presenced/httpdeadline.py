@@ -41,8 +41,14 @@ class DeadlineChannel(http.HTTPChannel):
         self.request_started = True
         super().dataReceived(data)
 
+    def body_limit(self) -> Optional[int]:
+        """The body bytes the request whose head just arrived may send (the site's
+        ``max_body_bytes``); None: no limit here (a subclass that takes such a body
+        itself, as the comet door's uploads, bounds it)."""
+        return getattr(self.site, "max_body_bytes", None)
+
     def allHeadersReceived(self) -> None:
-        limit: Optional[int] = getattr(self.site, "max_body_bytes", None)
+        limit = self.body_limit()
         self.body_left = limit
         if limit is not None and self.length is not None and self.length > limit:
             self._too_large()

@@ -35,22 +35,35 @@ SAFE_HEADERS = ((b"X-Content-Type-Options", b"nosniff"),
                 (b"Content-Security-Policy", b"default-src 'none'; sandbox"))
 
 
+def _request_line(channel) -> tuple[bytes, bytes]:
+    """The method and URI of the request whose head a channel is reading. twisted.web hands
+    them to the request only once the body is in, so they are read where the channel keeps
+    them; a Twisted that kept them elsewhere makes every request a plain one here."""
+    return getattr(channel, "_command", b""), getattr(channel, "_path", b"")
+
+
+def is_upload_put(channel) -> bool:
+    """Whether the request a channel reads is a PUT to ``/upload/`` on a site that serves
+    uploads (its body is then bounded by its slot, not by the site's body limit)."""
+    command, uri = _request_line(channel)
+    return (command == b"PUT" and uri.startswith(PREFIX)
+            and getattr(channel.site, "upload_files", None) is not None)
+
+
 class UploadRequest(server.Request):
     """A request of the comet port's twisted.web site whose body, for a PUT to
-    ``/upload/``, goes to the slot's file instead of twisted.web's buffer."""
+    ``/upload/``, goes to the slot's file instead of twisted.web's buffer (any other
+    request is left to the classes after this one: the site's body limit)."""
 
     slot: Optional[Slot] = None
     refused = False     # answered on its head; the connection is closing
     log = Logger()
 
     def gotLength(self, length: Optional[int]) -> None:
-        # The request line is parsed but not yet handed to the request (twisted.web does
-        # that once the body is in): read it where the channel keeps it.
-        command = getattr(self.channel, "_command", b"")
-        uri = getattr(self.channel, "_path", b"")
-        if command != b"PUT" or not uri.startswith(PREFIX):
+        if not is_upload_put(self.channel):
             super().gotLength(length)
             return
+        uri = _request_line(self.channel)[1]
         self.files: UploadedFiles = self.channel.site.upload_files
         uploads = self.files.uploads
         try:
@@ -91,6 +104,12 @@ class UploadRequest(server.Request):
         cors = self.files.door.cors_headers(origin)
         self.channel.transport.write(json_response(status, error_body(message), cors))
         self.channel.loseConnection()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.slot is not None:
+            self.content.write(data)    # at most the slot's size: the length was checked
+        elif not self.refused:
+            super().handleContentChunk(data)
 
     def connectionLost(self, reason) -> None:
         """A body cut short leaves nothing behind."""
@@ -261,11 +280,11 @@ def _reply(request: server.Request, status: int, message: str) -> None:
 
 
 def mount(site: server.Site, door: "CometDoor") -> None:
-    """Serve ``/upload/`` on the comet door's site (its requests read PUT bodies to disk)."""
+    """Serve ``/upload/`` on the comet door's site (whose requests are
+    :class:`UploadRequest` s, reading PUT bodies to disk)."""
     files = UploadedFiles(door)
     if not files.uploads.enabled:
         return
     os.makedirs(os.path.dirname(files.uploads.partial_path("x")), exist_ok=True)
-    site.requestFactory = UploadRequest
     site.upload_files = files       # what UploadRequest checks a PUT's head against
     site.resource.putChild(b"upload", files)

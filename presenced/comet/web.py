@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IProtocol
 from twisted.web import resource, server, static
 
 from presenced.comet.http import error_body, json_response
-from presenced.comet.upload import mount as mount_uploads
+from presenced.comet.upload import UploadRequest, is_upload_put, mount as mount_uploads
 from presenced.comet.websocket import UserWebSocket
 from presenced.comet.wslimit import MessageSizeLimit
 from presenced.health import HealthResource
@@ -96,6 +96,10 @@ class OneRequestChannel(DeadlineChannel):
     """An HTTP channel that closes after its request, so a stream request that follows on
     the same connection reaches the lean parser on a new one."""
 
+    def body_limit(self) -> Optional[int]:
+        """An upload's body is bounded by its slot (presenced.comet.upload), not here."""
+        return None if is_upload_put(self) else super().body_limit()
+
     def checkPersistence(self, request: server.Request, version: bytes) -> bool:
         request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         return False
@@ -141,9 +145,14 @@ class BoundedRequest(server.Request):
         self.channel.transport.loseConnection()
 
 
+class CometRequest(UploadRequest, BoundedRequest):
+    """A request of the comet port: an upload's body goes to its slot's file, any other
+    body is bounded by ``max_body_bytes``."""
+
+
 class CometSite(server.Site):
     protocol = OneRequestChannel
-    requestFactory = BoundedRequest
+    requestFactory = CometRequest
     displayTracebacks = False
 
     def __init__(self, root: resource.Resource, timeout: float, websocket_max_message_bytes: int,
