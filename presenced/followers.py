@@ -63,6 +63,7 @@ class FollowersIndex:
         self.on_interest: list[SubjectListener] = []
         self.on_no_interest: list[SubjectListener] = []
         self._loads: dict[str, _Load] = {}
+        self._holding: dict[int, _Load] = {}  # logins' loads by number, oldest first
         self._started = 0
         self.load_failures = 0
 
@@ -80,7 +81,7 @@ class FollowersIndex:
     @property
     def loading(self) -> bool:
         """Whether a login's read is in flight (sends wait for those)."""
-        return any(not load.refresh for load in self._loads.values())
+        return bool(self._holding)
 
     def started(self) -> int:
         """The number of the latest load begun (loads are numbered from 1)."""
@@ -88,8 +89,7 @@ class FollowersIndex:
 
     def oldest_loading(self) -> Optional[int]:
         """The number of the oldest load still in flight, None when none is."""
-        return min((load.number for load in self._loads.values() if not load.refresh),
-                   default=None)
+        return next(iter(self._holding), None)
 
     # --- users coming and going -----------------------------------------------------------
 
@@ -103,10 +103,8 @@ class FollowersIndex:
         if self.store is None:  # a router without a store (door tests): no graph
             return None
         self._started += 1
-        load = self._loads[user] = _Load(self._started)
-        d = defer.maybeDeferred(self.store.get_subscriptions, user)
-        d.addCallbacks(self._loaded, self._load_failed, callbackArgs=(user, load),
-                       errbackArgs=(user, load))
+        load = self._holding[self._started] = _Load(self._started)
+        self._read(user, load)
         return load.done
 
     def refresh(self) -> None:
@@ -117,10 +115,14 @@ class FollowersIndex:
         for user in list(self.follows):
             if user in self._loads:
                 continue  # its read is in flight, and changes heard meanwhile apply to it
-            load = self._loads[user] = _Load(0, refresh=True)
-            d = defer.maybeDeferred(self.store.get_subscriptions, user)
-            d.addCallbacks(self._loaded, self._load_failed, callbackArgs=(user, load),
-                           errbackArgs=(user, load))
+            self._read(user, _Load(0, refresh=True))
+
+    def _read(self, user: str, load: _Load) -> None:
+        assert self.store is not None
+        self._loads[user] = load
+        d = defer.maybeDeferred(self.store.get_subscriptions, user)
+        d.addCallbacks(self._loaded, self._load_failed, callbackArgs=(user, load),
+                       errbackArgs=(user, load))
 
     def user_offline(self, user: str) -> None:
         """``user``'s last session here logged out: drop its edges."""
@@ -131,6 +133,7 @@ class FollowersIndex:
         for subject in subjects:
             self._unlink_subject(user, subject)
         if load is not None:
+            self._holding.pop(load.number, None)
             load.done.callback(None)
 
     def _loaded(self, subjects: Iterable[str], user: str, load: _Load) -> None:
@@ -157,6 +160,7 @@ class FollowersIndex:
         for added, subject in load.changes:
             (self._link if added else self._unlink)(user, subject)
         del self._loads[user]
+        self._holding.pop(load.number, None)
         load.done.callback(None)
 
     # --- graph changes --------------------------------------------------------------------

@@ -33,6 +33,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from presenced.events import Event
 from presenced.followers import FollowersIndex
+from presenced.logs import RepeatLimiter
 from presenced.store import IRosterStore, Pair
 
 # Events held back while logins read their subscriptions (see the module docstring); held
@@ -124,6 +125,7 @@ class SubscriptionRouter:
         self.followers = FollowersIndex(store)
         # (load number current when sent, subject, event, Deferred of the send)
         self._held: deque[tuple[int, str, Event, defer.Deferred]] = deque()
+        self._overflow_log = RepeatLimiter()
         self._sessions: dict[str, list[ISession]] = {}
         self._count = 0
         self._watchers: dict[str, list[ISession]] = {}
@@ -275,8 +277,11 @@ class SubscriptionRouter:
                 d: defer.Deferred = defer.Deferred()
                 self._held.append((self.followers.started(), subject, event, d))
                 return d
-            self.log.warn("router: {n} events wait for logins; {event!r} goes out without "
-                          "the users still loading", n=len(self._held), event=event)
+            repeats = self._overflow_log.allow("held")
+            if repeats is not None:
+                self.log.warn("router: {n} events wait for logins; {event!r} goes out "
+                              "without the users still loading ({repeats} more since the "
+                              "last line)", n=len(self._held), event=event, repeats=repeats)
         try:
             return defer.succeed(self._publish(subject, event))
         except Exception:
