@@ -136,7 +136,7 @@ class SubscriptionRouter:
         self.delivery_filter: Optional[Callable[[str, Event], bool]] = None
         # (subject, recipients, hidden or None: as this node knows the subject's list)
         self.recipient_filter: Optional[
-            Callable[[str, list[str], Optional[frozenset[str]]], list[str]]] = None
+            Callable[[str, Sequence[str], Optional[frozenset[str]]], Sequence[str]]] = None
         # What a subject's broadcasts skip, carried to the other nodes with the event.
         self.broadcast_hidden: Optional[Callable[[str], frozenset[str]]] = None
         self.events_sent = 0
@@ -298,10 +298,9 @@ class SubscriptionRouter:
         """Deliver ``event`` to the sessions on this node of ``subject`` and of the users
         that follow it; ``hidden``: what the subject's node said its broadcasts skip (an
         event of another node arrives here), None: this node's own knowledge."""
-        followers = self.followers.of(subject)
-        if not followers:
+        recipients = self.followers.of(subject)
+        if not recipients:
             return 0
-        recipients = list(followers)
         if self.recipient_filter is not None:
             recipients = self.recipient_filter(subject, recipients, hidden)
         deliver = self.deliver_local
