@@ -14,7 +14,7 @@ its bare JID or its domain is on the list.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 from presenced import events
 from presenced.events import Event
@@ -141,8 +141,8 @@ class Blocklists:
         along to other nodes, where the subject's list may not be held."""
         return self.lists.get(subject, frozenset())
 
-    def visible_recipients(self, subject: str, recipients: list[str],
-                           blocked: Optional[frozenset[str]] = None) -> list[str]:
+    def visible_recipients(self, subject: str, recipients: Sequence[str],
+                           blocked: Optional[frozenset[str]] = None) -> Sequence[str]:
         """The recipients of ``subject``'s broadcast, without those ``subject`` blocks
         (``blocked``: the list as the subject's node sent it, when not held here)."""
         if not blocked:

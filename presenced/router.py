@@ -33,6 +33,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from presenced.events import Event
 from presenced.followers import FollowersIndex
+from presenced.logs import RepeatLimiter
 from presenced.store import IRosterStore, Pair
 
 # Events held back while logins read their subscriptions (see the module docstring); held
@@ -124,6 +125,7 @@ class SubscriptionRouter:
         self.followers = FollowersIndex(store)
         # (load number current when sent, subject, event, Deferred of the send)
         self._held: deque[tuple[int, str, Event, defer.Deferred]] = deque()
+        self._overflow_log = RepeatLimiter()
         self._sessions: dict[str, list[ISession]] = {}
         self._count = 0
         self._watchers: dict[str, list[ISession]] = {}
@@ -134,7 +136,7 @@ class SubscriptionRouter:
         self.delivery_filter: Optional[Callable[[str, Event], bool]] = None
         # (subject, recipients, hidden or None: as this node knows the subject's list)
         self.recipient_filter: Optional[
-            Callable[[str, list[str], Optional[frozenset[str]]], list[str]]] = None
+            Callable[[str, Sequence[str], Optional[frozenset[str]]], Sequence[str]]] = None
         # What a subject's broadcasts skip, carried to the other nodes with the event.
         self.broadcast_hidden: Optional[Callable[[str], frozenset[str]]] = None
         self.events_sent = 0
@@ -275,8 +277,11 @@ class SubscriptionRouter:
                 d: defer.Deferred = defer.Deferred()
                 self._held.append((self.followers.started(), subject, event, d))
                 return d
-            self.log.warn("router: {n} events wait for logins; {event!r} goes out without "
-                          "the users still loading", n=len(self._held), event=event)
+            repeats = self._overflow_log.allow("held")
+            if repeats is not None:
+                self.log.warn("router: {n} events wait for logins; {event!r} goes out "
+                              "without the users still loading ({repeats} more since the "
+                              "last line)", n=len(self._held), event=event, repeats=repeats)
         try:
             return defer.succeed(self._publish(subject, event))
         except Exception:
@@ -293,10 +298,9 @@ class SubscriptionRouter:
         """Deliver ``event`` to the sessions on this node of ``subject`` and of the users
         that follow it; ``hidden``: what the subject's node said its broadcasts skip (an
         event of another node arrives here), None: this node's own knowledge."""
-        followers = self.followers.of(subject)
-        if not followers:
+        recipients = self.followers.of(subject)
+        if not recipients:
             return 0
-        recipients = list(followers)
         if self.recipient_filter is not None:
             recipients = self.recipient_filter(subject, recipients, hidden)
         deliver = self.deliver_local

@@ -111,12 +111,11 @@ class RedisLink:
         if protocol is None:  # the next connection subscribes to every joined channel
             return
         prefix = self.family_prefix
-        joins = [prefix + name for name in changed if name in self.joined]
+        joins = [name for name in changed if name in self.joined]
         leaves = [prefix + name for name in changed if name not in self.joined]
         if joins:
-            names = [name for name in changed if name in self.joined]
-            d = protocol.subscribe(joins)
-            d.addCallback(lambda _: self._listening(names, protocol))
+            d = protocol.subscribe([prefix + name for name in joins])
+            d.addCallback(lambda _: self._listening(joins, protocol))
             d.addErrback(self._subscribe_failed)
         if leaves:
             protocol.unsubscribe(leaves).addErrback(self._subscribe_failed)
