@@ -2,7 +2,7 @@
 # The longer fuzz job (optional, not part of CI's suite): the tests marked `fuzz` with
 # SCALE times their rounds and a fresh seed, printed so a failure can be replayed with
 # PRESENCED_FUZZ_SEED=<seed> scripts/fuzz.sh. Usage: scripts/fuzz.sh [SCALE] [pytest args]
-# (SCALE 50, about 10 minutes on a quiet 2-core machine, is the default).
+# (SCALE 50, a few minutes on a quiet 2-core machine, is the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale="${1:-50}"

@@ -64,6 +64,25 @@ def fuzz_rng(default_seed: int) -> random.Random:
     return random.Random(int(FUZZ_SEED) if FUZZ_SEED else default_seed)
 
 
+def mutate(rng: random.Random, seed: bytes, edits: int = 5) -> bytes:
+    """``seed`` with 1 to ``edits`` random byte changes, deletions or insertions."""
+    data = bytearray(seed)
+    for _ in range(rng.randrange(1, edits + 1)):
+        position = rng.randrange(len(data))
+        action = rng.randrange(3)
+        if action == 0:
+            data[position] = rng.randrange(256)
+        elif action == 1:
+            del data[position]
+        else:
+            data[position:position] = bytes(rng.randrange(256)
+                                            for _ in range(rng.randrange(1, 8)))
+    return bytes(data)
+
+
+SERVER_ERRORS = re.compile(r"#critical\]|Traceback|Unhandled")  # what bad input must not log
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -94,6 +94,14 @@ def test_garbage_bytes_close_the_connection(server):
     bystander.close()
 
 
+def test_a_framed_client_on_the_buffered_port_is_closed_at_once(server):
+    call = encode_call("online_count", 1)
+    sock = connect(server)
+    sock.sendall(struct.pack("!i", len(call)) + call)
+    assert closed_within(sock, TIMEOUT / 2)   # at once, not at the [thrift] timeout
+    sock.close()
+
+
 def test_declared_string_length_far_beyond_the_data(server):
     # In the message header: nothing to answer to, the connection closes at once.
     sock = connect(server)

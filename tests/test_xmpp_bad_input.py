@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import base64
 import random
-import re
 import socket
 import time
 
 import pytest
 
-from tests.helpers import (FUZZ_SCALE, HEADER, OTHER_DOORS_OFF, PresencedProcess, RawClient,
-                           fuzz_rng)
+from tests.helpers import (FUZZ_SCALE, HEADER, OTHER_DOORS_OFF, SERVER_ERRORS, PresencedProcess,
+                           RawClient, fuzz_rng, mutate)
 
 XMPP = {"require_tls": False, "allow_plain": True, "max_stanza_size": 20000,
         # Long enough for a login while the server still digests a flood from the test
@@ -188,27 +187,17 @@ def test_fuzzed_stanzas_leave_the_server_up(server):
         client = RawClient(server.ports["xmpp"])
         client.login("mallory", "pw", f"fuzz{round_number}")
         for _ in range(10):
-            data = bytearray(rng.choice(seeds))
-            for _ in range(rng.randrange(1, 6)):
-                action = rng.randrange(3)
-                position = rng.randrange(len(data))
-                if action == 0:
-                    data[position] = rng.randrange(256)
-                elif action == 1:
-                    del data[position]
-                else:
-                    data[position:position] = bytes(rng.randrange(256)
-                                                    for _ in range(rng.randrange(1, 8)))
+            data = mutate(rng, rng.choice(seeds))
             if rng.random() < 0.2:
-                data = bytearray(rng.randbytes(rng.randrange(1, 200)))
+                data = rng.randbytes(rng.randrange(1, 200))
             try:
-                client.send(bytes(data))
+                client.send(data)
             except OSError:
                 break
         client.close()
     still_serving(server)
     # Bad input is answered, never an error of the server's (a critical line, a traceback).
-    assert not re.search(r"#critical\]|Traceback|Unhandled", server.log()), server.log()[-4000:]
+    assert not SERVER_ERRORS.search(server.log()), server.log()[-4000:]
 
 
 def test_hibernated_streams_wake_up(server):

@@ -49,12 +49,17 @@ def not_found(request: server.Request) -> JSONError:
 
 class StaticFiles(static.File):
     """``/static/``: a missing file is a JSON 404 like every other on this port, and so is a
-    name with NUL (the OS refuses it with ValueError, which would answer 500)."""
+    name with NUL (the OS refuses it with ValueError, which would answer 500) or one that is
+    not UTF-8 (twisted.web would log a traceback for each: a fuzzer's flood of log lines)."""
 
     childNotFound = JSONError(404, "no such file")
 
     def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
         if b"\0" in path:
+            return self.childNotFound
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:
             return self.childNotFound
         return super().getChild(path, request)
 
