@@ -190,6 +190,9 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
                                                       args.events // processes, headers,
                                                       results))
                   for i in range(processes)]
+    spy = subprocess.Popen(["py-spy", "record", "-r", "500", "-p", str(server_pid), "-f", "raw", "-o",
+                            args.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                           ) if args.profile and stream_headers == "" else None
     cpu_before = cpu_seconds(server_pid)
     started = time.monotonic()
     for p in publishers:
@@ -201,6 +204,9 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
         errors += failed
     publish_seconds = time.monotonic() - started
     cpu_used = cpu_seconds(server_pid) - cpu_before
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
     for control in controls:
         control.put("stop")
     received, latencies = 0, []
