@@ -122,12 +122,12 @@ def publisher(index: int, port: int, connections: int, targets: list[str], event
     rng = random.Random(index)
     sel = selectors.DefaultSelector()
     left = {}
-    for _ in range(connections):
+    for n in range(connections):
         s = socket.create_connection(("127.0.0.1", port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ, bytearray())
-        left[s] = events // connections
+        left[s] = events // connections + (n < events % connections)
     sent = errors = 0
     started = time.monotonic()
 
@@ -185,11 +185,11 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
     for control in controls:
         control.put("go")
     processes = max(1, min(args.publishers, args.connections))
-    per_process = args.connections // processes
-    publishers = [ctx.Process(target=publisher, args=(i, port_publish, per_process, targets,
-                                                      args.events // processes, headers,
-                                                      results))
-                  for i in range(processes)]
+    publishers = [ctx.Process(target=publisher, args=(
+        i, port_publish, args.connections // processes + (i < args.connections % processes),
+        targets,
+        args.events // processes + (i < args.events % processes), headers, results))
+        for i in range(processes)]
     spy = subprocess.Popen(["py-spy", "record", "-r", "500", "-p", str(server_pid), "-f", "raw", "-o",
                             args.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                            ) if args.profile and stream_headers == "" else None
