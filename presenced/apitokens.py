@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
-from presenced.store import IMapStore
+from presenced.store import IMapStore, IRosterStore
 from presenced.tokens import check_token, make_token
 
 SCOPES = ("publish", "admin")
@@ -52,15 +52,22 @@ class ApiToken:
 class ApiTokens:
     """The registry of one node (``core.api_tokens``); see the module docstring."""
 
-    def __init__(self, tokens: IMapStore, owner: str, secret: Callable[[], bytes],
+    def __init__(self, store: IRosterStore, owner: str, secret: Callable[[], bytes],
                  limit: int, cache_seconds: float, clock: Callable[[], float] = time.time):
-        self.tokens = tokens
+        self.store = store          # opened on first use: a core may have no store at all
+        self._tokens: Optional[IMapStore] = None
         self.owner = owner          # the first domain: whose map holds the registry
         self.secret = secret        # read at each use: a cluster node swaps in the shared one
         self.limit = limit
         self.cache_seconds = cache_seconds
         self.clock = clock
         self._known: dict[str, tuple[Optional[ApiToken], float]] = {}
+
+    @property
+    def tokens(self) -> IMapStore:
+        if self._tokens is None:
+            self._tokens = self.store.open_map(STORE)
+        return self._tokens
 
     async def create(self, scope: str, ttl: int = DEFAULT_TTL) -> tuple[str, ApiToken]:
         """A new token (the text to hand out) and its registry entry."""

@@ -36,7 +36,6 @@ from zope.interface import Interface
 
 from presenced import events
 from presenced.accounts import Accounts
-from presenced.apitokens import STORE as API_TOKEN_STORE
 from presenced.apitokens import ApiTokens
 from presenced.blocking import Blocklists
 from presenced.authguard import AuthGuard
@@ -134,7 +133,7 @@ class Core:
         self.web_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
         # Bearer tokens of the HTTP API (presenced.apitokens), valid on every node.
-        self.api_tokens = ApiTokens(store.open_map(API_TOKEN_STORE), self.domains[0],
+        self.api_tokens = ApiTokens(store, self.domains[0],
                                     lambda: self.secret, server.api_tokens_max,
                                     server.api_token_cache_seconds)
         self.blocking = Blocklists(store, self.router, server.blocklist_limit)

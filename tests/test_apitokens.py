@@ -22,8 +22,7 @@ class Clock:
 
 
 def registry(store, clock: Clock, secret: bytes = SECRET, limit: int = 3) -> ApiTokens:
-    return ApiTokens(store.open_map("api-tokens"), "localhost", lambda: secret, limit, 10.0,
-                     clock)
+    return ApiTokens(store, "localhost", lambda: secret, limit, 10.0, clock)
 
 
 @pytest_twisted.ensureDeferred
