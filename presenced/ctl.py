@@ -29,6 +29,7 @@ from presenced import bulk
 from presenced import config as configuration
 from presenced.apitokens import DEFAULT_TTL as API_TOKEN_TTL
 from presenced.apitokens import SCOPES, TokenRefused
+from presenced.copystore import StoreCopy
 from presenced.core import Core
 from presenced.store import StoreError
 from presenced.store.backends import make_store
@@ -276,6 +277,39 @@ def cmd_restore(config: configuration.Config, args) -> None:
     print(f"restored {args.file} into {backups.store_path(config.server.data_dir)}")
 
 
+def cmd_copy_store(_config: Optional[configuration.Config], args):
+    """Two stores, each from its own config; the source is only read."""
+    return defer.ensureDeferred(_copy_store(args))
+
+
+async def _copy_store(args) -> None:
+    source_config, target_config = (configuration.load(path) for path in (args.source,
+                                                                         args.target))
+    source, target = make_store(source_config), make_store(target_config)
+    progress = args.progress or os.path.join(target_config.server.data_dir,
+                                             "copy-store.progress")
+    opened = []
+    try:
+        for store in (source, target):
+            await store.start()
+            opened.append(store)
+        copier = StoreCopy(source, target, progress,
+                           report=(lambda line: None) if args.quiet else print)
+        counts = await copier.copy(restart=args.restart)
+        print(f"copied: {counts.describe()}")
+        agreed, differ = await copier.verify()
+        print(f"verified: {agreed.describe()}")
+        if differ or agreed.users != counts.users:
+            raise CommandFailed(f"the stores differ for {len(differ) or 'some'} user(s)"
+                                + (f": {', '.join(differ)}" if differ else "")
+                                + " (run copy-store again with --restart)")
+    except StoreError as e:
+        raise CommandFailed(str(e)) from None
+    finally:
+        for store in opened:
+            await store.stop()
+
+
 def _open(path: str):
     """A bulk file as text; bytes that are not UTF-8 become a bad line (see
     :func:`presenced.bulk.undecodable`), not an abort of the whole load."""
@@ -368,6 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--force", action="store_true", help="replace an existing store")
     p.set_defaults(store=False)
+    p = command("copy-store", cmd_copy_store, "copy every account, roster, graph edge and "
+                "capability store from the store of one config to that of another (any "
+                "backends), resumable, verified at the end")
+    p.add_argument("--from", dest="source", required=True, metavar="CONFIG",
+                   help="config of the store to read (no server should write to it)")
+    p.add_argument("--to", dest="target", required=True, metavar="CONFIG",
+                   help="config of the store to fill")
+    p.add_argument("--progress", metavar="FILE",
+                   help="resume file (default: copy-store.progress in the target's data_dir)")
+    p.add_argument("--restart", action="store_true", help="ignore the progress file")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(store=False, own_config=True)
     return parser
 
 
@@ -396,7 +442,10 @@ def _load_config(args: argparse.Namespace) -> configuration.Config:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        config = _load_config(args)
+        config = None if getattr(args, "own_config", False) else _load_config(args)
+        if config is None:
+            for path in (args.source, args.target):
+                configuration.load(path)  # a config error is a usage error (exit 2)
     except configuration.ConfigError as e:
         print(f"presencedctl: {e}", file=sys.stderr)
         sys.exit(2)

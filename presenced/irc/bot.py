@@ -29,6 +29,7 @@ from presenced.irc.text import (irccat_formatting, is_safe_word, payload_bytes, 
 if TYPE_CHECKING:
     from presenced.config import Section
     from presenced.core import Core
+    from presenced.irc.bridge import RoomBridge
     from presenced.irc.commands import Commands
 
 log = Logger()
@@ -193,10 +194,14 @@ class IRCBotProtocol(irc.IRCClient):
 
     def userQuit(self, user: str, quitMessage: str) -> None:
         self.bot.members.quit(user)
+        for bridge in self.bot.bridges.values():
+            bridge.left(user)
         self.regain_from(user)
 
     def userRenamed(self, oldname: str, newname: str) -> None:
         self.bot.members.renamed(oldname, newname)
+        for bridge in self.bot.bridges.values():
+            bridge.renamed(oldname, newname)
         self.regain_from(oldname)
 
     def regain_from(self, nick: str) -> None:
@@ -221,15 +226,27 @@ class IRCBotProtocol(irc.IRCClient):
     def irc_RPL_NAMREPLY(self, prefix: str, params: list[str]) -> None:
         if len(params) >= 4:
             self.bot.members.names(params[2], params[3])
+            bridge = self.bot.bridges.get(params[2].lower())
+            if bridge is not None:
+                bridge.names(params[3])
 
     def userJoined(self, user: str, channel: str) -> None:
         self.bot.members.joined(user, channel)
+        bridge = self.bot.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.joined(user.split("!", 1)[0])
 
     def userLeft(self, user: str, channel: str) -> None:
         self.bot.members.left(user, channel)
+        bridge = self.bot.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.left(user.split("!", 1)[0])
 
     def userKicked(self, kickee: str, channel: str, kicker: str, message: str) -> None:
         self.bot.members.left(kickee, channel)
+        bridge = self.bot.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.left(kickee)
 
     def kickedFrom(self, channel: str, kicker: str, message: str) -> None:
         log.warn("IRC: kicked from {channel} by {kicker}: {message}", channel=channel,
@@ -249,6 +266,10 @@ class IRCBotProtocol(irc.IRCClient):
     # --- commands -----------------------------------------------------------------------
 
     def privmsg(self, user: str, channel: str, message: str) -> None:
+        bridge = self.bot.bridges.get(channel.lower())
+        if bridge is not None and not message.startswith(self.bot.settings.command_prefix):
+            bridge.said(user.split("!", 1)[0], message)
+            return
         if self.bot.commands is not None and \
                 message.startswith(self.bot.settings.command_prefix):
             nick = user.split("!", 1)[0]
@@ -262,6 +283,11 @@ class IRCBotProtocol(irc.IRCClient):
             # IRCClient undoes CTCP low-level quoting: a message may carry NUL, CR or LF,
             # which must not reach a handler's argv or environment.
             self.bot.commands.dispatch(user, channel, respond_to, safe_text(message))
+
+    def action(self, user: str, channel: str, data: str) -> None:
+        bridge = self.bot.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.said(user.split("!", 1)[0], f"/me {data}")
 
     # --- robustness -------------------------------------------------------------------
 
@@ -362,6 +388,8 @@ class IRCBot:
                                 settings.queue_lines, clock)
         self.connection: Optional[IRCBotProtocol] = None
         self.commands: Optional[Commands] = None  # set by the service; None: no commands
+        # Channels mirrored into rooms (lower-cased name -> bridge), set by the service.
+        self.bridges: dict[str, RoomBridge] = {}
         self.last_error = ""
         metrics = core.metrics
         metrics.describe("presenced_irc_connected", "gauge", "1 while the IRC bot is signed on")
@@ -470,6 +498,13 @@ class IRCBot:
             sent += self.say(target, text)
         return sent
 
+    def add_bridge(self, bridge: "RoomBridge") -> None:
+        """Mirror ``bridge.channel`` into its room: the channel is joined like a
+        configured one."""
+        key = bridge.channel.lower()
+        self.bridges[key] = bridge
+        self.wanted.setdefault(key, (bridge.channel, self.keys.get(key)))
+
     # --- connection events -------------------------------------------------------------
 
     def join_line(self, channel: str, key: Optional[str]) -> str:
@@ -492,10 +527,16 @@ class IRCBot:
         self.joined.add(channel.lower())
         self.rejoins.pop(channel.lower(), None)
         log.info("IRC: joined {channel}", channel=channel)
+        bridge = self.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.bot_joined()
 
     def left_channel(self, channel: str) -> None:
         self.joined.discard(channel.lower())
         self.members.bot_left(channel)
+        bridge = self.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.lost()
 
     def rejoin_later(self, channel: str) -> None:
         """Rejoin a channel we were kicked from (or could not join), with backoff."""
@@ -519,6 +560,8 @@ class IRCBot:
             self.joined.clear()
             self.members.bot_left()
             self.queue.detach()
+            for bridge in self.bridges.values():
+                bridge.lost()
 
     def quit(self, message: str) -> None:
         if self.connection is not None:

@@ -29,6 +29,18 @@ def irc_channel_keys(value: list) -> Optional[str]:
     return None
 
 
+def irc_bridges(value: dict) -> Optional[str]:
+    """``[irc.bridges]``: ``"#channel" = "room@conference.domain"``."""
+    for channel, room in value.items():
+        if irc_channels([channel]) or "/" in channel:
+            return f"{channel!r} is not a channel name like \"#ops\" (without \"/\")"
+        if room.count("@") != 1 or "/" in room or room.startswith("@") or room.endswith("@"):
+            return f"{channel} = {room!r}: expected a room JID like \"ops@conference.localhost\""
+    if len({c.lower() for c in value}) != len(value):
+        return "a channel is bridged twice"
+    return None
+
+
 HOOK_KEYS = {"events": "list of event types", "users": "list of users",
              "channel": "channel name", "format": "format string"}
 
@@ -94,4 +106,5 @@ KEYS: Keys = {
     "max_reply_lines": Key(5, "int", positive),
     "http_token": Key("", "str"),
     "hooks": Key([], "list[table]", irc_hooks),
+    "bridges": Key({}, "table[str]", irc_bridges),
 }

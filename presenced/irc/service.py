@@ -11,11 +11,13 @@ from twisted.internet.interfaces import IConnector
 from presenced.config import ConfigError
 from presenced.core import Core
 from presenced.irc.bot import IRCBot, IRCBotFactory
+from presenced.irc.bridge import RoomBridge
 from presenced.irc.cat import CatFactory
 from presenced.irc.commands import Commands
 from presenced.irc.hooks import HookAnnouncer
 from presenced.irc.http import CatResource
 from presenced.listener import ConnectionLimits
+from presenced.muc.room import RoomError
 from presenced.service import ListeningService
 from presenced.workers import is_worker
 from presenced.users import BadUser
@@ -43,11 +45,15 @@ class BotConnectionService(service.Service):
             self.connector = reactor.connectTCP(settings.server, settings.port, self.factory)
         for hook in self.hooks:
             hook.start()
+        for bridge in self.bot.bridges.values():
+            bridge.start()
 
     def stopService(self) -> Any:
         super().stopService()
         for hook in self.hooks:
             hook.stop()
+        for bridge in self.bot.bridges.values():
+            bridge.stop()
         self.factory.stopTrying()
         self.bot.quit("presenced stopping")
         if self.connector is not None:
@@ -71,6 +77,13 @@ def make_service(core: Core) -> service.IService:
         hooks = [HookAnnouncer(core, bot, hook) for hook in settings.hooks]
     except BadUser as e:
         raise ConfigError("[irc] hooks", str(e)) from None
+    for channel, room in settings.bridges.items():
+        if not core.rooms.enabled:
+            raise ConfigError("[irc] bridges", "group chat is off ([muc] enabled = false)")
+        try:
+            bot.add_bridge(RoomBridge(core, bot, channel, core.rooms.room_jid(room)))
+        except RoomError as e:
+            raise ConfigError("[irc] bridges", f"{channel} = {room!r}: {e.text}") from None
     BotConnectionService(bot, hooks).setServiceParent(door)
     cat = CatFactory(bot, settings.cat_allow, settings.cat_max_line_bytes)
     limits = ConnectionLimits(settings.cat_max_connections, settings.cat_max_connections_per_ip,

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from presenced.core import Core
+from presenced.muc.room import RoomConfig, RoomError
 from presenced.nowplaying import BadTune, Tune
 from presenced.store import RosterItem
 from presenced.subjects import DEFAULT_EVENT_TYPE
@@ -184,6 +185,49 @@ class AdminHandler:
         except ValueError as e:  # the bot's refusal: bad target, queue full...
             raise admin.InvalidArgument(message=f"IRC bot refused: {e}") from None
 
+    # --- group chat (core.rooms) --------------------------------------------------------------
+
+    def create_room(self, room: Optional[str], owner: Any, persistent: Optional[bool]):
+        owner_jid = self.user(owner) if getattr(owner, "name", None) else None
+        config = RoomConfig(persistent=bool(persistent),
+                            history_length=self.core.rooms.default_history)
+        return self._rooms(self.core.rooms.create(room or "", owner_jid, config), _none)
+
+    def destroy_room(self, room: Optional[str], reason: Optional[str]):
+        return self._rooms(self.core.rooms.destroy(room or "", None, reason or ""))
+
+    def list_rooms(self):
+        return self._rooms(self.core.rooms.list_rooms(public_only=False), lambda rooms: [
+            admin.Room(jid=r["jid"], name=r["name"], persistent=r["persistent"],
+                       listed=r["public"], occupants=r["occupants"]) for r in rooms])
+
+    def room_occupants(self, room: Optional[str]):
+        return self._rooms(self.core.rooms.describe(room or ""), lambda r: [
+            admin.Occupant(**occupant) for occupant in r["occupants"]])
+
+    def set_room_affiliation(self, room: Optional[str], user: Any,
+                             affiliation: Optional[str]):
+        return self._rooms(self.core.rooms.set_affiliation(room or "", None, self.user(user),
+                                                           affiliation or ""))
+
+    def send_room_message(self, room: Optional[str], body: Optional[str]):
+        if not body:
+            raise admin.InvalidArgument(message="nothing to say")
+        return self._rooms(self.core.rooms.say(room or "", None, body))
+
+    def _rooms(self, work, answer=None) -> defer.Deferred:
+        """A room service call: its refusals become ``InvalidArgument``; switched off,
+        ``NotEnabled``."""
+        if not self.core.rooms.enabled:
+            work.close()
+            raise admin.NotEnabled(feature="muc", message="group chat is not enabled")
+
+        def refused(failure):
+            failure.trap(RoomError)
+            raise admin.InvalidArgument(message=f"{failure.value.condition}: "
+                                        f"{failure.value.text or ''}".rstrip(": "))
+        return defer.ensureDeferred(work).addCallbacks(answer or _none, refused)
+
     @defer.inlineCallbacks
     def stats(self):
         """This node's figures (this worker's, with workers); ``cluster_online_users`` alone
@@ -204,7 +248,6 @@ class AdminHandler:
             key = f"sessions_{session.protocol}"
             figures[key] = figures.get(key, 0) + 1
         return figures
-
 
     # --- site events -----------------------------------------------------------------------
 
