@@ -54,8 +54,7 @@ class ApiTokens:
 
     def __init__(self, store: IRosterStore, owner: str, secret: Callable[[], bytes],
                  limit: int, cache_seconds: float, clock: Callable[[], float] = time.time):
-        self.store = store          # opened on first use: a core may have no store at all
-        self._tokens: Optional[IMapStore] = None
+        self.store = store
         self.owner = owner          # the first domain: whose map holds the registry
         self.secret = secret        # read at each use: a cluster node swaps in the shared one
         self.limit = limit
@@ -65,9 +64,9 @@ class ApiTokens:
 
     @property
     def tokens(self) -> IMapStore:
-        if self._tokens is None:
-            self._tokens = self.store.open_map(STORE)
-        return self._tokens
+        """The registry's capability map, opened on use (a core built without a store, as
+        in-memory door tests make, never touches it)."""
+        return self.store.open_map(STORE)
 
     async def create(self, scope: str, ttl: int = DEFAULT_TTL) -> tuple[str, ApiToken]:
         """A new token (the text to hand out) and its registry entry."""

@@ -207,6 +207,24 @@ async def test_a_file_name_beyond_ascii_survives_the_url(memory_xmpp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_only_upload_bodies_pass_the_sites_body_limit(memory_xmpp):
+    node = await memory_xmpp({"comet": {"max_body_bytes": 1000}})
+    uploads: FileShare = node.core.uploads
+    slot = await uploads.grant("alice@localhost", "big.bin", 5000, "application/octet-stream")
+    channel, transport = http_connection(node.core)
+    channel.dataReceived(put_head(uploads.put_url(slot), 5000, "application/octet-stream"))
+    finished = channel.requests[-1].notifyFinish()
+    channel.dataReceived(b"x" * 5000)
+    await finished
+    assert transport.value().startswith(b"HTTP/1.1 201 "), transport.value()
+    for head in (b"POST /http-bind HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n",
+                 b"PUT /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"):
+        channel, transport = http_connection(node.core)
+        channel.dataReceived(head + b"x" * 5000)
+        assert transport.value().startswith(b"HTTP/1.1 413 "), (head, transport.value())
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_accepted_put_has_its_own_deadline(memory_xmpp):
     node = await memory_xmpp({"upload": {"put_timeout": 60.0}, "comet": {"request_timeout": 30.0}})
     uploads: FileShare = node.core.uploads

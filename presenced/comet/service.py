@@ -8,15 +8,20 @@ from twisted.application.service import IService, MultiService
 from twisted.internet import threads
 
 from presenced.comet.door import CometDoor
+from presenced.config import Config
 from presenced.core import Core
 from presenced.listener import HTTP_REFUSAL, ConnectionLimits
 from presenced.service import ListeningService
 
 
+def limits(config: Config) -> ConnectionLimits:
+    """The comet port's caps (read again on reload)."""
+    return ConnectionLimits(config.comet.max_connections, config.comet.max_connections_per_ip,
+                            refusal=HTTP_REFUSAL)
+
+
 def make_service(core: Core) -> IService:
     settings = core.config.comet
-    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_ip,
-                              refusal=HTTP_REFUSAL)
     listening = ListeningService(core, "comet", settings.port, settings.bind, CometDoor(core),
                                  limits)
     if not core.uploads.enabled:

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server, static
 
 from presenced.comet.http import error_body, json_response
+from presenced.comet.web import CometRequest
 from presenced.uploads import BadPut, FileShare, Slot, is_file_id
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ SAFE_HEADERS = ((b"X-Content-Type-Options", b"nosniff"),
                 (b"Content-Security-Policy", b"default-src 'none'; sandbox"))
 
 
-class UploadRequest(server.Request):
+class UploadRequest(CometRequest):
     """A request of the comet port's twisted.web site whose body, for a PUT to
     ``/upload/``, goes to the slot's file instead of twisted.web's buffer."""
 
@@ -268,4 +269,5 @@ def mount(site: server.Site, door: "CometDoor") -> None:
     os.makedirs(os.path.dirname(files.uploads.partial_path("x")), exist_ok=True)
     site.requestFactory = UploadRequest
     site.upload_files = files       # what UploadRequest checks a PUT's head against
+    site.large_bodies[(b"PUT", PREFIX)] = files.uploads.max_file_size
     site.resource.putChild(b"upload", files)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from presenced.options import Key, Keys, existing_file_or_empty, non_negative, port, positive
+from presenced.options import (Key, Keys, existing_dir_or_empty, existing_file_or_empty,
+                               non_negative, port, positive)
 
 
 def bare_jids(value: list) -> Optional[str]:
@@ -24,6 +25,7 @@ KEYS: Keys = {
     "allow_plain": Key(False, "bool"),
     "certificate": Key("", "str", existing_file_or_empty),
     "private_key": Key("", "str", existing_file_or_empty),
+    "certificate_dir": Key("", "str", existing_dir_or_empty),
     "direct_tls": Key(False, "bool"),
     "direct_tls_port": Key(5223, "int", port),
     "max_stanza_size": Key(262144, "int", positive),

@@ -59,6 +59,12 @@ REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
            b"</stream:error></stream:stream>")
 
 
+def limits(config: Config) -> ConnectionLimits:
+    """The caps of both XMPP ports (each counts its own; read again on reload)."""
+    return ConnectionLimits(config.xmpp.max_connections, config.xmpp.max_connections_per_ip,
+                            refusal=REFUSAL)
+
+
 class XMPPService(service.MultiService):
     """Runs the listeners; says ``system-shutdown`` to every stream on stop. (Accounts,
     external auth included, are the core's: ``core.accounts``.)"""
@@ -70,14 +76,13 @@ class XMPPService(service.MultiService):
         self.setName("xmpp-door")
         config = core.config.xmpp
         tls = context_factory(config.certificate, config.private_key,
-                              core.config.server.data_dir, list(core.domains))
+                              core.config.server.data_dir, list(core.domains),
+                              config.certificate_dir)
         self.tls = tls
         self.server = C2SServer(core, tls, FEATURES)
         core.hooks.add("config-reloaded", self.config_reloaded)
         self.sweep = task.LoopingCall(self.server.hibernate_idle)
         self.deadlines = task.LoopingCall(self.server.close_late_streams)
-        limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip,
-                                  refusal=REFUSAL)
         offer_web_resources(core, self.server)
         ListeningService(core, "xmpp", config.port, config.bind,
                          C2SFactory(self.server), limits).setServiceParent(self)
@@ -92,7 +97,8 @@ class XMPPService(service.MultiService):
         settings = new.xmpp
         try:
             fresh = context_factory(settings.certificate, settings.private_key,
-                                    new.server.data_dir, list(self.server.core.domains))
+                                    new.server.data_dir, list(self.server.core.domains),
+                                    settings.certificate_dir)
         except LOAD_ERRORS as e:
             self.log.error("reload: [xmpp] certificate: {error}; the running certificate is "
                            "kept", error=e)
