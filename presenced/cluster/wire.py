@@ -17,28 +17,26 @@ from presenced.store import RosterItem
 from presenced.store.codec import roster_item_from_text, roster_item_to_text
 from presenced.xmlparse import parse_element
 
-TAG = "__presenced__"  # marks an encoded non-JSON value
+_TAG = "__presenced__"
 
 
-def encode_value(value: Any) -> Any:
-    """A payload value as JSON-able data (RosterItem, bytes and elements tagged)."""
+def _encode_value(value: Any) -> Any:
     if isinstance(value, RosterItem):
-        return {TAG: "roster-item", "jid": value.jid, "text": roster_item_to_text(value)}
+        return {_TAG: "roster-item", "jid": value.jid, "text": roster_item_to_text(value)}
     if isinstance(value, bytes):
-        return {TAG: "bytes", "text": value.decode("utf-8", "surrogateescape")}
+        return {_TAG: "bytes", "text": value.decode("utf-8", "surrogateescape")}
     if isinstance(value, domish.Element):
-        return {TAG: "xml", "xml": value.toXml()}
+        return {_TAG: "xml", "xml": value.toXml()}
     if isinstance(value, (list, tuple)):
-        return [encode_value(v) for v in value]
+        return [_encode_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: encode_value(v) for k, v in value.items()}
+        return {k: _encode_value(v) for k, v in value.items()}
     return value
 
 
-def decode_value(value: Any) -> Any:
-    """The value :func:`encode_value` made."""
-    if isinstance(value, dict) and TAG in value:
-        kind = value[TAG]
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict) and _TAG in value:
+        kind = value[_TAG]
         if kind == "roster-item":
             return roster_item_from_text(value["jid"], value["text"])
         if kind == "bytes":
@@ -46,16 +44,16 @@ def decode_value(value: Any) -> Any:
         if kind == "xml":
             return parse_element(value["xml"])
     if isinstance(value, list):
-        return [decode_value(v) for v in value]
+        return [_decode_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: decode_value(v) for k, v in value.items()}
+        return {k: _decode_value(v) for k, v in value.items()}
     return value
 
 
 def encode(recipients: list[str], event: Event) -> str:
     return json.dumps({
         "r": recipients, "t": event.type, "s": event.sender, "w": event.time, "i": event.id,
-        "p": {k: encode_value(v) for k, v in event.payload.items()},
+        "p": {k: _encode_value(v) for k, v in event.payload.items()},
     }, separators=(",", ":"))
 
 
@@ -69,6 +67,6 @@ def decode(text: str) -> list[tuple[list[str], Event]]:
     docs = json.loads(text)
     if isinstance(docs, dict):
         docs = [docs]
-    return [(doc["r"], Event(doc["t"], doc["s"], {k: decode_value(v) for k, v in
+    return [(doc["r"], Event(doc["t"], doc["s"], {k: _decode_value(v) for k, v in
                                                   doc["p"].items()},
                              when=doc["w"], event_id=doc["i"])) for doc in docs]
