@@ -25,6 +25,12 @@ whatever else runs: the JSON gives the load average and the server's CPU time pe
 per message, which other load does not distort). PBKDF2 cost per login follows
 ``--iterations`` (the accounts' ``[server] scram_iterations``; 4096 is the default).
 
+``--transport websocket``: the same phases over XMPP over WebSocket (RFC 7395, the HTTP
+door's ``/xmpp-websocket``) instead of TCP, but the SCRAM+TLS logins (TLS is the HTTP door's,
+not the stream's); ``--transport bosh``: BOSH logins (``/http-bind``, one POST per request)
+and the idle memory of sessions that each keep one request held, no message phases. Run
+the three for the figures side by side.
+
 ``--sm``: the PLAIN clients enable stream management (XEP-0198, with resumption) before their
 presence and answer the server's ``<r/>`` with ``<a/>``, so the message figures include the
 cost of counting, queueing and acknowledging every stanza.
@@ -55,6 +61,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.procs import (cpu_seconds, free_port, percentile, rss_kb, start_presenced,  # noqa: E402
                          start_redis)
+from bench.webclients import BoshClient, websocket_login_plain  # noqa: E402
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
@@ -151,7 +158,7 @@ async def login_scram_tls(port: int, user: str, context: ssl.SSLContext):
 
 
 async def run_logins(port: int, users: list[str], concurrency: int, tls: bool,
-                     sm: bool = False):
+                     sm: bool = False, transport: str = "tcp"):
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -160,7 +167,14 @@ async def run_logins(port: int, users: list[str], concurrency: int, tls: bool,
 
     async def one(user: str):
         async with semaphore:
-            if tls:
+            if transport == "websocket":
+                connections.append(await websocket_login_plain(port, user, PASSWORD))
+            elif transport == "bosh":
+                client = BoshClient(port)
+                await client.login_plain(user, PASSWORD)
+                client.hold()
+                connections.append(client)
+            elif tls:
                 connections.append(await login_scram_tls(port, user, context))
             else:
                 connections.append(await login_plain(port, user, sm))
@@ -233,14 +247,24 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
 
 
 def worker(port: int, users: list[str], concurrency: int, messages: int, interval: float,
-           sm: bool, pipe) -> None:
+           sm: bool, transport: str, pipe) -> None:
     """One load process: PLAIN logins, wait, message burst, paced messages, close,
-    SCRAM+TLS logins."""
+    SCRAM+TLS logins (TCP only; BOSH: logins and idle sessions only)."""
 
     async def main():
-        elapsed, connections = await run_logins(port, users, concurrency, tls=False, sm=sm)
-        handled = {writer: 0 for _, writer, _ in connections} if sm else None
+        elapsed, connections = await run_logins(port, users, concurrency, tls=False, sm=sm,
+                                                transport=transport)
         pipe.send(("plain", elapsed))
+        if transport == "bosh":
+            for phase in ("messages", "paced"):
+                pipe.recv()
+                pipe.send((phase, [], 0.0))
+            pipe.recv()
+            for client in connections:
+                client.held.cancel()
+            pipe.send(("scram", None))
+            return
+        handled = {writer: 0 for _, writer, _ in connections} if sm else None
         barrier_at = pipe.recv()
         latencies, last = await pump_messages(connections, users, messages, barrier_at,
                                               handled=handled)
@@ -253,6 +277,9 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
             writer.write(b"</stream:stream>")
             writer.close()
         pipe.recv()
+        if transport != "tcp":
+            pipe.send(("scram", None))
+            return
         elapsed, connections = await run_logins(port, users, concurrency, tls=True)
         pipe.send(("scram", elapsed))
         for _, writer, _ in connections:
@@ -334,7 +361,8 @@ async def room_phase(port: int, users: list[str], senders: int, messages: int) -
 # --- the server -----------------------------------------------------------------------------
 
 def start_server(directory: Path, iterations: int, workers: int = 1,
-                 redis_port: int = 0) -> tuple[subprocess.Popen, int, Path]:
+                 redis_port: int = 0, transport: str = "tcp"
+                 ) -> tuple[subprocess.Popen, int, Path]:
     config = directory / "presenced.toml"
     cluster = ""
     if workers > 1:
@@ -357,7 +385,8 @@ hibernate_after = 1.0
 # Every load client connects from 127.0.0.1: the per-address cap would refuse them.
 max_connections_per_ip = 1000000
 [comet]
-enabled = false
+enabled = {"false" if transport == "tcp" else "true"}
+max_connections_per_ip = 1000000
 [thrift]
 enabled = false
 [webadmin]
@@ -366,7 +395,7 @@ enabled = false
 enabled = false
 """)
     process, ports = start_presenced(directory, config)
-    return process, ports["xmpp"], config
+    return process, ports["xmpp" if transport == "tcp" else "comet"], config
 
 
 def main() -> None:
@@ -382,6 +411,8 @@ def main() -> None:
                         help="messages/s of the paced phase (latency at a steady load)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server worker processes (above 1: a cluster over a private Redis)")
+    parser.add_argument("--transport", choices=("tcp", "websocket", "bosh"), default="tcp",
+                        help="how the load clients connect (module docstring)")
     parser.add_argument("--sm", action="store_true",
                         help="clients enable stream management (XEP-0198) and answer acks")
     parser.add_argument("--room-occupants", type=int, default=100,
@@ -395,7 +426,7 @@ def main() -> None:
         directory = Path(tmp)
         redis, redis_port = start_redis(directory) if args.workers > 1 else (None, 0)
         server, port, config = start_server(directory, args.iterations, args.workers,
-                                            redis_port)
+                                            redis_port, args.transport)
         try:
             lines = "".join(f"{u} {PASSWORD}\n" for u in users)
             subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
@@ -412,7 +443,7 @@ def main() -> None:
                 ours, theirs = multiprocessing.Pipe()
                 proc = multiprocessing.Process(target=worker, args=(
                     port, share, args.concurrency, args.messages,
-                    len(users) / args.paced_rate, args.sm, theirs))
+                    len(users) / args.paced_rate, args.sm, args.transport, theirs))
                 proc.start()
                 pipes.append(ours)
                 procs.append(proc)
@@ -447,9 +478,8 @@ def main() -> None:
             started, cpu = time.perf_counter(), cpu_seconds(server.pid)
             for pipe in pipes:
                 pipe.send("go")
-            for pipe in pipes:
-                pipe.recv()
-            scram_elapsed = time.perf_counter() - started
+            scram_done = [pipe.recv()[1] for pipe in pipes]
+            scram_elapsed = (time.perf_counter() - started) if None not in scram_done else None
             scram_cpu = cpu_seconds(server.pid) - cpu
             for proc in procs:
                 proc.join(30)
@@ -463,18 +493,20 @@ def main() -> None:
                 room["server_cpu_us_per_room_delivery"] = round(
                     1e6 * (cpu_seconds(server.pid) - cpu) / max(1, room["room_deliveries"]), 2)
             latencies.sort()
-            sent = len(users) * args.messages
+            sent = 0 if args.transport == "bosh" else len(users) * args.messages
             result = {
                 "users": len(users),
                 "workers": args.workers,
+                "transport": args.transport,
                 "stream_management": args.sm,
                 "scram_iterations": args.iterations,
                 "load_processes": args.procs,
                 "login_plain_per_s": round(len(users) / plain_elapsed, 1),
-                "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1),
+                "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1)
+                if scram_elapsed else None,
                 "server_cpu_ms_per_login_plain": round(1000 * plain_cpu / len(users), 3),
                 "server_cpu_ms_per_login_starttls_scram": round(1000 * scram_cpu / len(users),
-                                                                3),
+                                                                3) if scram_elapsed else None,
                 "idle_rss_kb_per_session": round((rss_idle - rss_before) / len(users), 2),
                 "server_rss_mb_with_sessions": round(rss_idle / 1024, 1),
                 "messages_sent": sent,

@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional
 from presenced.cluster import options as cluster_options
 from presenced.doors import DOORS
 from presenced.muc import options as muc_options
-from presenced.options import Key, Keys, non_empty, non_negative, one_of, positive, redis_urls
+from presenced.options import (Key, Keys, non_empty, non_negative, one_of, optional_redis_urls,
+                               positive, redis_urls)
 
 
 class ConfigError(Exception):
@@ -40,6 +41,9 @@ SCHEMA: dict[str, Keys] = {
         "offline_limit": Key(1000, "int", non_negative),
         "blocklist_limit": Key(1000, "int", non_negative),
         "private_storage_bytes": Key(262144, "int", non_negative),
+        "max_event_bytes": Key(8192, "int", positive),
+        "api_tokens_max": Key(1000, "int", positive),
+        "api_token_cache_seconds": Key(10.0, "float", non_negative),
         "auth_failures_per_ip": Key(20, "int", non_negative),
         "auth_failures_per_account": Key(50, "int", non_negative),
         "auth_failure_period": Key(600.0, "float", positive),
@@ -54,6 +58,10 @@ SCHEMA: dict[str, Keys] = {
         "redis": Key(["redis://127.0.0.1:6379/0"], "list[str]", redis_urls),
         "redis_timeout": Key(5.0, "float", positive),
         "redis_retries": Key(3, "int", non_negative),
+        "redis_cluster": Key([], "list[str]", optional_redis_urls),
+        "redis_wait_replicas": Key(0, "int", non_negative),
+        "redis_sentinels": Key([], "list[str]", optional_redis_urls),
+        "redis_sentinel_master": Key("mymaster", "str", non_empty),
     },
     "cluster": cluster_options.KEYS,
     "router": {
@@ -145,7 +153,16 @@ def build(raw: dict[str, Any], path: Optional[str] = None) -> Config:
 
 def _check_together(sections: dict[str, dict[str, Any]]) -> None:
     """Rules that involve more than one key."""
+    store = sections["store"]
+    if store["redis_cluster"] and store["redis_sentinels"]:
+        raise ConfigError("[store] redis_sentinels",
+                          "a Redis Cluster has no Sentinel: set redis_cluster or "
+                          "redis_sentinels, not both")
     cluster = sections["cluster"]
+    if cluster["enabled"] and store["redis_sentinels"] and not cluster["redis"]:
+        raise ConfigError("[cluster] redis",
+                          "the cluster channel does not follow Sentinel fail-overs: name its "
+                          "Redis here when [store] redis_sentinels is set")
     if cluster["enabled"] and sections["store"]["backend"] != "redis":
         raise ConfigError("[cluster] enabled",
                           'nodes share their state through Redis: set [store] backend = "redis"')

@@ -264,10 +264,14 @@ class GuardedFactory(Factory):
 @implementer(IProtocol, IHandshakeListener)
 class GuardedConnection:
     """One admitted connection: the door's protocol above it, the TCP (or TLS) transport
-    below. It forwards everything, uncounts itself when lost and bounds closing."""
+    below. It forwards everything, uncounts itself when lost and bounds closing.
+
+    Writes are on every stanza's path and need nothing of the wrapper: ``write`` and
+    ``writeSequence`` are the transport's own methods, bound when the connection is made
+    (TLS started later goes through the same transport object)."""
 
     __slots__ = ("factory", "wrapped", "transport", "host", "handshaking", "last_read",
-                 "closer", "__provides__")
+                 "closer", "write", "writeSequence", "__provides__")
 
     def __init__(self, factory: GuardedFactory, wrapped: IProtocol, host: str,
                  handshaking: bool = False):
@@ -293,6 +297,8 @@ class GuardedConnection:
 
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
+        self.write = transport.write
+        self.writeSequence = transport.writeSequence
         directlyProvides(self, providedBy(transport))
         if IHalfCloseableProtocol.providedBy(self.wrapped):
             alsoProvides(self, IHalfCloseableProtocol)
@@ -321,12 +327,6 @@ class GuardedConnection:
         self.wrapped.connectionLost(reason)
 
     # --- the transport, from above ------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def writeSequence(self, data: Any) -> None:
-        self.transport.writeSequence(data)
 
     def loseConnection(self) -> None:
         if self.transport is None:

@@ -61,6 +61,11 @@ def non_empty(value: Any) -> Optional[str]:
     return None if value else "must not be empty"
 
 
+def optional_redis_urls(value: list) -> Optional[str]:
+    """Like :func:`redis_urls`, but empty means the feature is off."""
+    return redis_urls(value) if value else None
+
+
 def redis_urls(value: list) -> Optional[str]:
     if not value:
         return "needs at least one redis:// URL"

@@ -155,7 +155,7 @@ class PresencedService(service.MultiService):
         log.info("public doors hold up to {n} connections together (open files limit less "
                  "[server] reserved_files)", n=self.core.open_files.limit)
         log.info("store: {backend} ({where})", backend=store.name,
-                 where=getattr(store, "path", None) or ", ".join(self.config.store.redis))
+                 where=getattr(store, "path", None) or ", ".join(store.urls))
         d = defer.maybeDeferred(store.start)
         if self.config.cluster.enabled:
             d.addCallback(lambda _: self._join_cluster())

@@ -246,6 +246,33 @@ def test_a_complete_request_is_answered_and_the_deadline_restarts_for_the_next()
     assert transport.disconnecting and transport.value() == b""
 
 
+def bounded_channel(limit: int) -> tuple[DeadlineChannel, StringTransport]:
+    channel, transport, _ = deadline_channel(30.0)
+    channel.site.max_body_bytes = limit
+    return channel, transport
+
+
+def test_a_body_past_the_sites_limit_is_refused_before_it_is_read():
+    channel, transport = bounded_channel(10)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 413") and transport.disconnecting
+    channel.dataReceived(b"x" * 11)                  # arriving anyway: dropped, no answer
+    assert transport.value().count(b"HTTP/1.1") == 1
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_and_smaller_ones_pass():
+    channel, transport = bounded_channel(40)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+                         b"0123456789")
+    assert b"got 0123456789" in transport.value() and not transport.disconnecting
+    transport.clear()
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    channel.dataReceived(b"14\r\n" + b"y" * 20 + b"\r\n")
+    assert transport.value() == b""
+    channel.dataReceived(b"14\r\n" + b"y" * 20 + b"\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 413") and transport.disconnecting
+
+
 # --- real processes ------------------------------------------------------------------------
 
 STREAM = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "

@@ -101,7 +101,7 @@ def test_every_page_needs_a_login(server):
         reply = requests.get(url + path, allow_redirects=False, timeout=10)
         assert reply.status_code == 303, path
         assert reply.headers["location"].startswith("/login?next=%2F"), path
-    assert requests.get(url + "/api/stats", timeout=10).status_code == 401
+    assert requests.get(url + "/live/stats", timeout=10).status_code == 401
     reply = requests.post(url + "/action", data={"action": "add-friend", "user": "alice",
                                                  "friend": "carol"}, timeout=10)
     assert reply.status_code == 403
@@ -338,7 +338,7 @@ def test_metrics_and_pages_follow_a_session_until_it_is_kicked(server):
         assert after[connections] == before[connections] + 1
         assert after[("presenced_router_online_users", ())] == \
             before[("presenced_router_online_users", ())] + 1
-        stats = http.get(base(server) + "/api/stats", timeout=10).json()
+        stats = http.get(base(server) + "/live/stats", timeout=10).json()
         assert stats["sessions_by_door"]["comet"] == 1 and stats["online_users"] >= 1
         overview = http.get(base(server) + "/", timeout=10).text
         assert '<span data-live="sessions_by_door.comet">1</span>' in overview

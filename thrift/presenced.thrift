@@ -56,7 +56,8 @@ struct RosterItem {
   5: bool ask                  // our subscription request is pending
 }
 
-/* subscriber receives subject's events (tunes, presence). */
+/* subscriber receives subject's events (tunes, presence, site events); subject may be a
+   topic: name "artist/radiohead", server empty (docs/topics.md). */
 struct Subscription {
   1: JabberUser subscriber,
   2: JabberUser subject
@@ -129,7 +130,11 @@ service PresencedAdmin extends Ejabthrift {
   void irc_say(1: string target, 2: string text)
     throws (1: NotEnabled not_enabled, 2: InvalidArgument invalid),
   /* Server counters: users, online_users, sessions, sessions_<protocol>, uptime_seconds... */
-  map<string, i64> stats()
+  map<string, i64> stats(),
+  /* A site event (docs/topics.md) from a user or a topic ("artist/radiohead") to its
+     followers; json_data is a JSON object; returns the sessions reached. */
+  i32 publish_event(1: string subject, 2: string type, 3: string json_data)
+    throws (1: BadJid bad_jid, 2: InvalidArgument invalid),
   /* Group chat (docs/muc.md). A room is name@conference.<domain>; an empty owner
      makes a room without one (the admin manages it). */
   void create_room(1: string room, 2: JabberUser owner, 3: bool persistent)

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
-
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from presenced import events
 from presenced.cluster.directory import SessionDirectory
-from presenced.cluster.link import RedisLink
 from presenced.cluster.rooms import ClusterRoomHomes
-from presenced.cluster.secret import cluster_redis_url, shared_secret
-from presenced.cluster.transport import PubSubTransport, send_local
+from presenced.cluster.secret import make_link, shared_secret
+from presenced.cluster.transport import PubSubTransport
 from presenced.core import Core
 from presenced.events import Event
 
@@ -35,7 +32,7 @@ class ClusterService(service.Service):
         cfg = core.config.cluster
         self.core = core
         self.node_id = cfg.node_id or default_node_id()
-        self.link = RedisLink(cluster_redis_url(core.config))
+        self.link = make_link(core.config)
         self.directory = SessionDirectory(self.link, self.node_id, core.router,
                                           cfg.heartbeat_interval, cfg.node_timeout)
         self.transport = PubSubTransport(self.link, self.directory, core.router)
@@ -88,7 +85,5 @@ class ClusterService(service.Service):
             event = Event(events.PRESENCE, user, {"available": False, "show": None,
                                                    "status": None, "resource": None,
                                                    "reason": f"node {node} is gone"})
-            send_local(self.core.router, user, event).addErrback(self._failed)
-
-    def _failed(self, failure: Any) -> None:
-        self.log.failure("cluster: announcing a dead node's users failed", failure)
+            # Each live node tells its own sessions, from its own followers index.
+            router.fan_out_local(user, event)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from presenced import events
 from presenced.events import Event
 
-# The event types comet clients see; others (raw PEP items) are for XMPP clients only.
+# The event types comet clients see; others (raw PEP items) are for XMPP clients only. Site
+# events go out with the site's own type (events.public_type).
 STREAMED_TYPES = frozenset((events.TUNE, events.PRESENCE, events.MESSAGE, events.ROSTER,
-                            events.ADMIN))
+                            events.ADMIN, events.SITE))
 
 # What a stream writes when nothing happened for a heartbeat interval, and at its end.
 NDJSON_HEARTBEAT = b"1\r\n\n\r\n"

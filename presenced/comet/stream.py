@@ -202,7 +202,7 @@ class CometConnection:
         self.buf = None
         self.mode = SSE if sse else NDJSON
         self.channel = channel = door.channels.attach(user)
-        self.budget = WriteBudget(self.transport, door.max_buffered_bytes)
+        self.budget = WriteBudget(self.transport, door.max_buffered_bytes, direct=True)
         welcome = door.welcome(user, "sse" if sse else "ndjson")
         out = [response_head(200, headers),
                frames.sse_data(welcome, retry=True) if sse else frames.ndjson_line(welcome)]

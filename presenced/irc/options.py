@@ -52,11 +52,13 @@ def irc_hooks(value: list) -> Optional[str]:
         if set(hook) != set(HOOK_KEYS):
             return f"hook {n} needs exactly the keys {', '.join(HOOK_KEYS)}"
         if not hook["events"] or not isinstance(hook["events"], list) \
-                or not set(hook["events"]) <= set(kinds):
-            return f"hook {n}: events must be a non-empty list of {', '.join(kinds)}"
+                or not all(isinstance(e, str) and (e in kinds or events.is_site_type(e))
+                           for e in hook["events"]):
+            return (f"hook {n}: events must be a non-empty list of {', '.join(kinds)} or "
+                    "site event types (docs/topics.md)")
         if not hook["users"] or not isinstance(hook["users"], list) \
                 or not all(isinstance(u, str) and u for u in hook["users"]):
-            return f"hook {n}: users must be a non-empty list of user names"
+            return f"hook {n}: users must be a non-empty list of user names or topics"
         if not isinstance(hook["channel"], str) or not hook["channel"].startswith(("#", "&")) \
                 or len(hook["channel"].split()) != 1:
             return f"hook {n}: channel must be a channel name like \"#music\""

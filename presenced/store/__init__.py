@@ -247,7 +247,20 @@ class ICapabilityStores(Interface):
         """The :class:`IArchiveStore` called ``name``."""
 
 
-class IRosterStore(IAccountStore, IGraphStore, ICapabilityStores):
+class IStoreDump(Interface):
+    """What copying a whole store needs (``presencedctl copy-store``): every user, and the
+    capability stores that hold data of one."""
+
+    def dump_users(after: str, limit: int):
+        """Fires up to ``limit`` users that have any data (account, roster, graph, capability
+        stores), sorted, each greater than ``after`` ('' for the first)."""
+
+    def user_store_names(user: str):
+        """Fires ``{name: "map"|"list"|"archive"}``: the capability stores with data of
+        ``user``."""
+
+
+class IRosterStore(IAccountStore, IGraphStore, ICapabilityStores, IStoreDump):
     """Everything a presenced node keeps: accounts, the graph, capability stores."""
 
     name = Attribute("Backend name for logs and benchmarks: 'embedded' or 'redis'.")

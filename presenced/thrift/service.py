@@ -1,4 +1,7 @@
-"""The Thrift admin door: ``make_service(core)`` for :mod:`presenced.service`."""
+"""The Thrift admin door: ``make_service(core)`` for :mod:`presenced.service`.
+
+The same handler also answers the HTTP/JSON API (:mod:`presenced.thrift.http`), which this
+door offers the web admin's port as ``core.web_resources[b"api"]``."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from presenced.listener import ConnectionLimits
 from presenced.service import ListeningService
 from presenced.thrift import admin
 from presenced.thrift.handler import AdminHandler
+from presenced.thrift.http import AdminAPI
 from presenced.thrift.protocol import AdminFactory
 
 
@@ -22,8 +26,9 @@ def make_service(core: Core) -> IService:
         allow = Allowlist(settings.allow)
     except ValueError as e:
         raise ConfigError("[thrift] allow", str(e)) from None
-    factory = AdminFactory(core, admin.PresencedAdmin, AdminHandler(core, reactor), reactor,
-                           allow)
+    handler = AdminHandler(core, reactor)
+    factory = AdminFactory(core, admin.PresencedAdmin, handler, reactor, allow)
+    core.web_resources[b"api"] = AdminAPI(core, admin.PresencedAdmin, handler)
     limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_ip,
                               public=False)
     return ListeningService(core, "thrift", settings.port, settings.bind, factory, limits)

@@ -17,21 +17,26 @@ from presenced.httpdeadline import DeadlineChannel
 from presenced.listener import HTTP_REFUSAL, ConnectionLimits
 from presenced.service import ListeningService
 from presenced.workers import is_worker
-from presenced.webadmin import actions, graph, login, overview, users
+from presenced.webadmin import actions, graph, login, overview, tokens, users
 from presenced.webadmin.auth import AdminAccounts
 from presenced.webadmin.console import Console, ConsoleRoot
 from presenced.webadmin.prometheus import MetricsResource, register_metrics
 from presenced.webadmin.sessions import AdminLogins
 from presenced.webadmin.stats import EventRates, StoreProbe
 
-PAGES = (login, overview, users, graph, actions)
+PAGES = (login, overview, users, graph, actions, tokens)
 
 
 class AdminSite(server.Site):
     """The console's site: no access log lines per request (the doors log what matters);
-    each request must arrive whole within ``[webadmin] request_timeout``."""
+    each request must arrive whole within ``[webadmin] request_timeout``, its body at most
+    ``[webadmin] max_body_bytes``."""
 
     protocol = DeadlineChannel
+
+    def __init__(self, root: Resource, timeout: float, max_body_bytes: int):
+        super().__init__(root, timeout=timeout)
+        self.max_body_bytes = max_body_bytes  # DeadlineChannel answers 413 past it
 
     def log(self, request: server.Request) -> None:
         pass
@@ -59,7 +64,8 @@ def make_service(core: Core) -> service.IService:
     console = make_console(core)
     mounted: dict[bytes, Resource] = {b"metrics": MetricsResource(core, settings.metrics_token),
                                       b"health": HealthResource(core)}
-    site = AdminSite(ConsoleRoot(console, mounted), timeout=settings.request_timeout)
+    site = AdminSite(ConsoleRoot(console, mounted), settings.request_timeout,
+                     settings.max_body_bytes)
     limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_ip,
                               public=False, refusal=HTTP_REFUSAL)
     ListeningService(core, "webadmin", settings.port, settings.bind, site,

@@ -51,7 +51,9 @@ A handler may also render router events of its own type for XMPP sessions:
 ``event_renderers = {"tune": "render_tune"}`` -> ``method(session, event)`` is called from
 ``session.deliver(event)`` for each XMPP session the router hands the event to.
 
-**Hooks** (``core.hooks``): ``xmpp-available(session, presence_element)`` after a resource
+**Hooks** (``core.hooks``): ``xmpp-presence-broadcasting(session, presence_element)``
+before a resource's available presence is broadcast (a handler may add children: the
+XEP-0153 photo hash); ``xmpp-available(session, presence_element)`` after a resource
 sent available presence (initial or changed; ``session.presence`` is already set);
 ``xmpp-unavailable(session, status)`` when it goes unavailable or disconnects (``status``:
 the text its unavailable presence gave, or "");
@@ -67,7 +69,8 @@ roster item is removed (the subscription protocol cancels both ways);
 ``xmpp-message-out(session, data, kind)`` when a client sent a message (``data``: the
 stanza as serialised), ``xmpp-message-in(recipient, data, kind)`` when a message to a full
 JID reached that resource, ``xmpp-message-passed-over(session, event)`` when the priority
-rules kept a bare-JID message from a resource (carbons).
+rules kept a bare-JID message from a resource (carbons); ``xmpp-vcard-stored(session,
+vcard_element)`` after a client stored its vCard (avatar hashes).
 
 Beyond routes and renderers a handler may declare ``nonza_routes`` (``{(namespace, name):
 method}`` for top-level elements that are not stanzas, XEP-0352's ``<active/>``),

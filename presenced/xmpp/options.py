@@ -37,4 +37,12 @@ KEYS: Keys = {
     "max_sessions_per_user": Key(10, "int", positive),
     "archive_days": Key(0, "int", non_negative),
     "archive_limit": Key(10000, "int", positive),
+    # Web clients, on the HTTP door ([comet] port): docs/web-clients.md.
+    "websocket": Key(True, "bool"),
+    "bosh": Key(True, "bool"),
+    "bosh_max_wait": Key(60.0, "float", positive),
+    "bosh_max_hold": Key(1, "int", positive),
+    "bosh_max_requests": Key(2, "int", positive),
+    "bosh_inactivity": Key(60.0, "float", positive),
+    "web_public_url": Key("", "str"),
 }

@@ -22,7 +22,7 @@ from presenced.xmpp import sasl
 from presenced.xmpp.features import IC2SServer
 from presenced.xmpp.session import RESOURCE_CLAIMED, replace, xmpp_sessions
 from presenced.xmpp.shaping import FloodLimits, TooManySessions
-from presenced.xmpp.stream import C2SStream
+from presenced.xmpp.stream import TCP, C2SStream, TCPFraming
 from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_PREAPPROVAL, NS_REGISTER,
                                     NS_REGISTER_FEATURE,
                                     NS_ROSTERVER, NS_SESSION, NS_TLS, Address, parse_address,
@@ -115,8 +115,9 @@ class C2SServer:
         self.flood_limits = FloodLimits.from_config(config.xmpp)
         self.max_sessions_per_user = config.xmpp.max_sessions_per_user
 
-    def build_stream(self, direct_tls: bool) -> "C2SStream":
-        return C2SStream(self, direct_tls)
+    def build_stream(self, direct_tls: bool, framing: TCPFraming = TCP) -> "C2SStream":
+        """A stream for a new connection (``framing``: a web door's, RFC 7395 or BOSH)."""
+        return C2SStream(self, direct_tls, framing)
 
     def stream_opened(self, stream: "C2SStream") -> None:
         self.streams.add(stream)
@@ -148,13 +149,17 @@ class C2SServer:
                                 f"{self.flood_limits.stanza_timeout:g} seconds")
 
     def must_start_tls(self, stream: "C2SStream") -> bool:
-        return (not stream.secure and self.tls_context is not None
-                and self.core.config.xmpp.require_tls)
+        return self.offers_starttls(stream) and self.core.config.xmpp.require_tls
+
+    def offers_starttls(self, stream: "C2SStream") -> bool:
+        """STARTTLS is for TCP streams; a web stream's TLS is the HTTP door's."""
+        return not stream.secure and self.tls_context is not None and stream.framing.starttls
 
     def features(self, stream: "C2SStream") -> bytes:
         """The ``<stream:features/>`` for the stream's state, serialised once per state."""
-        tls = self.must_start_tls(stream)
-        key = (stream.user is not None, stream.secure, tls)
+        offers = self.offers_starttls(stream)
+        tls = offers and self.core.config.xmpp.require_tls
+        key = (stream.user is not None, stream.secure, offers, tls)
         cached = self._features_cache.get(key)
         if cached is not None:
             return cached
@@ -167,7 +172,7 @@ class C2SServer:
             for feature in self.stream_features:
                 features.addElement(feature)
         else:
-            if not stream.secure and self.tls_context is not None:
+            if offers:
                 starttls = features.addElement((NS_TLS, "starttls"))
                 if tls:
                     starttls.addElement("required")
@@ -322,7 +327,9 @@ class C2SServer:
             self.log.failure("handling {stanza}", stanza=stanza.toXml()[:200])
             session.error(stanza, "internal-server-error")
             return
-        if isinstance(result, defer.Deferred):
+        # Most handlers return None; ``isinstance`` against Deferred (an ABC through
+        # Awaitable) is costly enough to skip on the message path.
+        if result is not None and isinstance(result, defer.Deferred):
             if not result.called:
                 session.stream.shaper.track(result)
             result.addErrback(self._failed, session, stanza)

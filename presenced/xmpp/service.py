@@ -15,7 +15,9 @@ from presenced.config import Config
 from presenced.core import Core
 from presenced.listener import ConnectionLimits
 from presenced.service import ListeningService
+from presenced.xmpp.avatars import VCardAvatarHandler
 from presenced.xmpp.blocking import BlockingHandler
+from presenced.xmpp.bookmarks import BookmarksCompatHandler
 from presenced.xmpp.carbons import CarbonsHandler
 from presenced.xmpp.csi import ClientStateHandler
 from presenced.xmpp.disco import DiscoHandler
@@ -32,16 +34,19 @@ from presenced.xmpp.register import RegisterHandler
 from presenced.xmpp.roster import RosterHandler
 from presenced.xmpp.server import C2SFactory, C2SServer
 from presenced.xmpp.session_iq import LegacySessionHandler
+from presenced.xmpp.siteevents import SiteEventHandler
 from presenced.xmpp.sm import StreamManagementHandler
 from presenced.xmpp.tls import LOAD_ERRORS, context_factory
 from presenced.xmpp.vcard import VCardHandler
 from presenced.xmpp.version import VersionHandler
+from presenced.xmpp.web import offer_web_resources
 
 FEATURES: tuple[type[FeatureHandler], ...] = (
     DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
-    ClientStateHandler, StreamManagementHandler, ArchiveHandler, MucHandler)
+    ClientStateHandler, StreamManagementHandler, ArchiveHandler, VCardAvatarHandler,
+    BookmarksCompatHandler, SiteEventHandler, MucHandler)
 
 # What a connection past [xmpp] max_connections(_per_ip) reads before it is closed.
 REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
@@ -70,6 +75,7 @@ class XMPPService(service.MultiService):
         self.deadlines = task.LoopingCall(self.server.close_late_streams)
         limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip,
                                   refusal=REFUSAL)
+        offer_web_resources(core, self.server)
         ListeningService(core, "xmpp", config.port, config.bind,
                          C2SFactory(self.server), limits).setServiceParent(self)
         if config.direct_tls:
