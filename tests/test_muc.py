@@ -109,6 +109,10 @@ async def test_nick_conflict_nick_change_and_disconnect(memory_xmpp):
     await join(alice, "Alice")
     refused = await join(bob, "Alice")
     assert refused["type"] == "error" and "conflict" in refused.toXml()
+    other_resource = await node.online("alice", "phone")
+    refused = await join(other_resource, "Alice")  # one occupant per nick, even one's own
+    assert refused["type"] == "error" and "conflict" in refused.toXml()
+    await alice.nothing(lambda s: s.name == "presence" and "Alice" in s.getAttribute("from", ""))
 
     await join(bob, "Bob")
     bob.send(f"<presence to='{ROOM}/Robert'/>")
