@@ -272,6 +272,13 @@ CALLS = {
     "stats": {},
     "irc_say": {"target": "", "text": "hi"},
     "publish_event": {"subject": "artist/api", "type": "photo", "json_data": "{}"},
+    "create_room": {"room": "api@conference.localhost", "owner": "apia", "persistent": True},
+    "set_room_affiliation": {"room": "api@conference.localhost", "user": "apib",
+                             "affiliation": "member"},
+    "room_occupants": {"room": "api@conference.localhost"},
+    "list_rooms": {},
+    "send_room_message": {"room": "api@conference.localhost", "body": "hello"},
+    "destroy_room": {"room": "api@conference.localhost", "reason": "done"},
     "remove_friend": {"luser": "apia", "ruser": "apib"},
     "remove_user": {"user": "apia"},
 }
