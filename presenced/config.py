@@ -68,6 +68,18 @@ SCHEMA: dict[str, Keys] = {
         "session_queue_bytes": Key(1048576, "int", positive),
     },
     "muc": muc_options.KEYS,
+    # HTTP File Upload (presenced.uploads): slots by XMPP, files on the comet door's port.
+    "upload": {
+        "enabled": Key(True, "bool"),
+        "url": Key("", "str"),
+        "max_file_size": Key(10485760, "int", positive),
+        "quota_bytes": Key(104857600, "int", non_negative),
+        "max_files": Key(1000, "int", positive),
+        "expire_after": Key(604800.0, "float", non_negative),
+        "slot_timeout": Key(300, "int", positive),
+        "put_timeout": Key(300.0, "float", positive),
+        "cleanup_interval": Key(3600.0, "float", positive),
+    },
     **{door.section: door.keys for door in DOORS},
 }
 

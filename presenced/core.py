@@ -53,6 +53,7 @@ from presenced.router import SubscriptionRouter
 from presenced.store import IRosterStore, Pair, RosterItem
 from presenced.subjects import check_event_data, check_event_type, normalize_subject
 from presenced.tokens import make_token
+from presenced.uploads import FileShare
 from presenced.users import BadUser, normalize_user
 
 if TYPE_CHECKING:
@@ -145,6 +146,8 @@ class Core:
                                     server.api_token_cache_seconds)
         self.blocking = Blocklists(store, self.router, server.blocklist_limit)
         self.rooms = RoomService(self)  # group chat (presenced.muc), for every door
+        # HTTP File Upload: slots for the XMPP door, files for the HTTP door (uploads.py).
+        self.uploads = FileShare(config, store, lambda: self.secret, self.metrics)
         # What the public doors' listeners may hold together (presenced.listener).
         self.open_files = OpenFiles.for_process(config.server.reserved_files)
 

@@ -233,6 +233,10 @@ def cmd_reload(config: configuration.Config, args) -> None:
 def cmd_status(config: configuration.Config, args):
     body = yield threads.deferToThread(_health, config)
     for key, value in body.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
         print(f"{key}: {value}")
     if body.get("status") != "ok":
         raise CommandFailed(f"the server is not healthy: {body.get('status')}")

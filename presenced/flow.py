@@ -8,7 +8,11 @@ The policy is *disconnect*: an event stream with a hole in it is worse than a re
 Input is paced the other way round: a :class:`ReadGate` pauses reading from a connection
 (``transport.pauseProducing``) while its :class:`TokenBucket` is in debt or while the output
 it caused waits for the peer, so a client can make the server neither buffer nor work
-without bound.
+without bound. That output includes what it sends to others: while a door handles a
+client's stanza it names that client's gate in :data:`SENDER`, and a write to a recipient
+whose queue is full holds the sender too ("recipients"), until that recipient reads again
+or ``RECIPIENT_WAIT`` has passed (a recipient that never reads must not stall its senders
+for good: it is cut off at its own limit).
 """
 
 from __future__ import annotations
@@ -61,13 +65,30 @@ def _plain_tcp(raw: object) -> bool:
     return isinstance(raw, tcp.Connection) and not getattr(raw, "TLS", False)
 
 
+RECIPIENT_WAIT = 1.0  # seconds a sender is held at most for a recipient that does not read
+
+
+class Sender:
+    """The gate of the client whose input is being handled now, or None (the reactor runs
+    one handler at a time; a door sets it around a stanza's synchronous handling)."""
+
+    __slots__ = ("gate",)
+
+    def __init__(self) -> None:
+        self.gate: Optional["ReadGate"] = None
+
+
+SENDER = Sender()
+
+
 @implementer(IPushProducer)
 class WriteBudget:
     """Counts bytes queued while the peer is not reading; aborts past ``limit``. With a
     ``gate``, reading from the peer stops meanwhile: a client that does not take its replies
     gets no more work done for it."""
 
-    __slots__ = ("transport", "limit", "pending", "paused", "exceeded", "gate", "_write")
+    __slots__ = ("transport", "limit", "pending", "paused", "exceeded", "gate", "senders",
+                 "_write")
 
     def __init__(self, transport: ITransport, limit: int, gate: Optional["ReadGate"] = None,
                  direct: bool = False):
@@ -80,6 +101,7 @@ class WriteBudget:
         self.paused = False
         self.exceeded = False
         self.gate = gate
+        self.senders: set[ReadGate] = set()  # held while this peer is not reading
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> bool:
@@ -90,8 +112,13 @@ class WriteBudget:
             self.pending += len(data)
             if self.pending > self.limit:
                 self.exceeded = True
+                self._release_senders()
                 self.transport.abortConnection()
                 return False
+            sender = SENDER.gate
+            if sender is not None and sender is not self.gate:
+                sender.hold_for("recipients", RECIPIENT_WAIT)
+                self.senders.add(sender)
         self._write(data)
         return True
 
@@ -105,9 +132,16 @@ class WriteBudget:
         self.pending = 0
         if self.gate is not None:
             self.gate.release("output")
+        self._release_senders()
 
     def stopProducing(self) -> None:
         self.paused = True
+        self._release_senders()
+
+    def _release_senders(self) -> None:
+        senders, self.senders = self.senders, set()
+        for sender in senders:
+            sender.release("recipients")
 
 
 class TokenBucket:

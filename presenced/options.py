@@ -57,6 +57,12 @@ def existing_file_or_empty(value: str) -> Optional[str]:
     return None
 
 
+def existing_dir_or_empty(value: str) -> Optional[str]:
+    if value and not os.path.isdir(value):
+        return f"directory {value!r} does not exist"
+    return None
+
+
 def non_empty(value: Any) -> Optional[str]:
     return None if value else "must not be empty"
 

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -50,6 +51,18 @@ COMET_ONLY = {"xmpp": {"enabled": False}, "webadmin": {"enabled": False}}
 
 
 # --- processes: presenced and Redis ----------------------------------------------------------
+
+# The fuzz tests run a few rounds in the suite; scripts/fuzz.sh runs them longer (a scale)
+# and with a new seed each time (docs/security.md, "Fuzzing").
+FUZZ_SCALE = int(os.environ.get("PRESENCED_FUZZ_SCALE", "1"))
+FUZZ_SEED = os.environ.get("PRESENCED_FUZZ_SEED")
+
+
+def fuzz_rng(default_seed: int) -> random.Random:
+    """The fuzz tests' random source: a fixed seed in the suite, ``PRESENCED_FUZZ_SEED``
+    in a longer run (printed by scripts/fuzz.sh, so a failure can be replayed)."""
+    return random.Random(int(FUZZ_SEED) if FUZZ_SEED else default_seed)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import base64
 import random
+import re
 import socket
 import time
 
 import pytest
 
-from tests.helpers import HEADER, OTHER_DOORS_OFF, PresencedProcess, RawClient
+from tests.helpers import (FUZZ_SCALE, HEADER, OTHER_DOORS_OFF, PresencedProcess, RawClient,
+                           fuzz_rng)
 
 XMPP = {"require_tls": False, "allow_plain": True, "max_stanza_size": 20000,
         # Long enough for a login while the server still digests a flood from the test
@@ -173,15 +175,16 @@ def test_flood_of_stanzas_is_served_and_bounded(server):
     still_serving(server)
 
 
+@pytest.mark.fuzz
 def test_fuzzed_stanzas_leave_the_server_up(server):
-    rng = random.Random(1234)
+    rng = fuzz_rng(1234)
     seeds = [b"<message to='mallory@localhost' type='chat'><body>hi</body></message>",
              b"<presence><show>away</show><priority>5</priority></presence>",
              b"<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>",
              b"<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='x@localhost'"
              b"/></query></iq>",
              b"<presence to='x@localhost' type='subscribe'/>"]
-    for round_number in range(40):
+    for round_number in range(40 * FUZZ_SCALE):
         client = RawClient(server.ports["xmpp"])
         client.login("mallory", "pw", f"fuzz{round_number}")
         for _ in range(10):
@@ -204,6 +207,8 @@ def test_fuzzed_stanzas_leave_the_server_up(server):
                 break
         client.close()
     still_serving(server)
+    # Bad input is answered, never an error of the server's (a critical line, a traceback).
+    assert not re.search(r"#critical\]|Traceback|Unhandled", server.log()), server.log()[-4000:]
 
 
 def test_hibernated_streams_wake_up(server):

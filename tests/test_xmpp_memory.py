@@ -11,7 +11,7 @@ from typing import Optional
 import pytest_twisted
 from twisted.words.xish import domish
 
-from tests.xmpp_memory import HEADER, MemoryClient
+from tests.xmpp_memory import HEADER, MemoryClient, sleep
 
 NS_ROSTER = "jabber:iq:roster"
 
@@ -326,3 +326,23 @@ async def test_messages_past_the_archive_queue_bound_are_counted_not_kept(memory
         page = await node.store.open_archive(MAM_STORE).query(owner)
         assert len(page.entries) == 5
     assert node.core.metrics.value("presenced_archive_skipped_total") == 30
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sender_is_held_while_its_recipient_does_not_read(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("gus", "hal")
+    await node.add_friends(("gus", "hal"))
+    gus = await node.online("gus")
+    hal = await node.online("hal")
+    hal.stream.budget.pauseProducing()    # hal's kernel buffer and queue are full
+    gus.send("<message to='hal@localhost/test' type='chat'><body>1</body></message>")
+    assert gus.transport.producerState == "paused"   # gus is read no more meanwhile
+    hal.stream.budget.resumeProducing()   # hal reads again
+    assert gus.transport.producerState == "producing"
+    await message(hal)
+    hal.stream.budget.pauseProducing()    # a recipient that never reads holds a sender
+    gus.send("<message to='hal@localhost/test' type='chat'><body>2</body></message>")
+    assert gus.transport.producerState == "paused"
+    await sleep(1.2)                      # for RECIPIENT_WAIT at most
+    assert gus.transport.producerState == "producing"

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import io
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.interfaces import IProtocol
 from twisted.web import resource, server, static
 
-from presenced.comet.http import error_body, json_response
+from presenced.comet.http import error_body
 from presenced.comet.websocket import UserWebSocket
 from presenced.comet.wslimit import MessageSizeLimit
 from presenced.health import HealthResource
@@ -74,8 +74,9 @@ class WebSockets(resource.Resource):
 
 class CometRoot(resource.Resource):
     """``/`` (the demo page), ``/static/``, ``/ws/``, ``/health`` (:mod:`presenced.health`),
-    what other doors offer in ``core.http_resources`` (looked up per request: those doors
-    may start after this one); a JSON 404 for anything else."""
+    ``/upload/`` (:mod:`presenced.comet.upload`, mounted by the door), what other
+    doors offer in ``core.http_resources`` (looked up per request: those doors may start
+    after this one); a JSON 404 for anything else."""
 
     def __init__(self, door: "CometDoor"):
         super().__init__()
@@ -104,56 +105,43 @@ class OneRequestChannel(DeadlineChannel):
             MessageSizeLimit(protocol, self.site.websocket_max_message_bytes))
 
 
-TOO_LARGE = json_response(413, error_body("request body too large"))
-
-
-class BoundedRequest(server.Request):
-    """A request whose body may be at most the site's ``max_body_bytes`` (BOSH bodies):
-    twisted.web takes a body of any size, spooled to a temporary file past 100 KB (blocking
-    writes). Past the limit: ``413`` and closed, the body never held."""
-
-    received = 0
-    refused = False
+class CometRequest(server.Request):
+    """A request whose body is kept in memory: the channel bounds it (``body_limit``), so
+    twisted.web's spooling of a large body to a temporary file (blocking writes) is never
+    needed."""
 
     def gotLength(self, length: Optional[int]) -> None:
         self.content = io.BytesIO()
-        if length is not None and length > self.channel.site.max_body_bytes:
-            self.refuse()
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.refused:
-            return
-        self.received += len(data)
-        if self.received > self.channel.site.max_body_bytes:
-            self.refuse()
-        else:
-            self.content.write(data)
-
-    def process(self) -> None:
-        if not self.refused:
-            super().process()
-
-    def refuse(self) -> None:
-        self.refused = True
-        self.channel.transport.write(TOO_LARGE)
-        self.channel.transport.loseConnection()
 
 
 class CometSite(server.Site):
     protocol = OneRequestChannel
-    requestFactory = BoundedRequest
+    requestFactory = CometRequest
     displayTracebacks = False
 
-    def __init__(self, root: resource.Resource, timeout: float, websocket_max_message_bytes: int,
-                 max_body_bytes: int):
-        super().__init__(root, timeout=timeout)
-        self.websocket_max_message_bytes = websocket_max_message_bytes
-        self.max_body_bytes = max_body_bytes
+    def __init__(self, root: resource.Resource, settings: Any):
+        super().__init__(root, timeout=settings.request_timeout)
+        # (method, path prefix) -> the body limit of such requests, where it is not
+        # max_body_bytes (an upload's PUT, bounded by its slot).
+        self.large_bodies: dict[tuple[bytes, bytes], int] = {}
+        self.apply(settings)
+
+    def apply(self, settings: Any) -> None:
+        """The ``[comet]`` limits of the twisted.web part (a reload: for the connections
+        handed over and the requests begun from now on)."""
+        self.timeOut = settings.request_timeout
+        self.websocket_max_message_bytes = settings.websocket_max_message_bytes
+        self.max_body_bytes = settings.max_body_bytes
+
+    def body_limit(self, method: bytes, path: bytes) -> int:
+        """The most a request body may hold here (``DeadlineChannel`` asks)."""
+        for (large_method, prefix), limit in self.large_bodies.items():
+            if method == large_method and path.startswith(prefix):
+                return limit
+        return self.max_body_bytes
 
 
 def make_site(door: "CometDoor") -> server.Site:
-    settings = door.core.config.comet
-    site = CometSite(CometRoot(door), settings.request_timeout,
-                     settings.websocket_max_message_bytes, settings.max_body_bytes)
+    site = CometSite(CometRoot(door), door.core.config.comet)
     site.noisy = False
     return site

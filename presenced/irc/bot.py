@@ -27,7 +27,7 @@ from presenced.irc.text import (irccat_formatting, is_safe_word, payload_bytes, 
                                 split_to_fit)
 
 if TYPE_CHECKING:
-    from presenced.config import Section
+    from presenced.config import Config, Section
     from presenced.core import Core
     from presenced.irc.bridge import RoomBridge
     from presenced.irc.commands import Commands
@@ -364,6 +364,11 @@ class IRCBotFactory(protocol.ReconnectingClientFactory):
 
 
 @implementer(IIRCAnnouncer)
+def channel_keys(settings: "Section") -> dict[str, str]:
+    """``[irc] channel_keys`` ("#channel key" each) by lower-cased channel name."""
+    return {name.lower(): key for name, key in map(str.split, settings.channel_keys)}
+
+
 class IRCBot:
     """What the rest of presenced sees of IRC: ``say``, cat lines, commands, channels."""
 
@@ -372,12 +377,13 @@ class IRCBot:
         self.core = core
         self.settings = settings
         self.clock = clock
-        self.keys = {name.lower(): key for name, key in map(str.split, settings.channel_keys)}
+        self.keys = channel_keys(settings)
         # Channels we want to be in (lower-cased name -> (name, key)): the configured ones,
         # then those cat lines asked for. Rejoined after every reconnect.
         self.wanted: dict[str, tuple[str, Optional[str]]] = {
             c.lower(): (c, self.keys.get(c.lower())) for c in settings.channels}
         # Members of the auth channel may send private commands (empty name: nobody may).
+        # It is kept over reloads (who is in it is only known from joining it).
         auth = settings.auth_channel or (settings.channels[0] if settings.channels else "")
         if auth:
             self.wanted.setdefault(auth.lower(), (auth, self.keys.get(auth.lower())))
@@ -399,6 +405,34 @@ class IRCBot:
         metrics.describe("presenced_irc_lines_in_total", "counter", "Lines from the IRC server")
         metrics.describe("presenced_irc_bad_lines_total", "counter",
                          "Lines from the IRC server the bot could not use")
+
+    def config_reloaded(self, old: "Config", new: "Config") -> None:
+        self.reconfigure(new.irc)
+
+    def reconfigure(self, settings: "Section") -> None:
+        """A reload: the bot reads ``settings`` from now on; channels no longer configured
+        are parted (the auth channel and those cat lines asked for stay), new ones joined,
+        and changed keys used from the next join."""
+        old = {c.lower() for c in self.settings.channels}
+        self.settings = settings
+        self.keys = channel_keys(settings)
+        new = {c.lower(): c for c in settings.channels}
+        lines = []
+        for key in old - set(new):
+            if key != self.members.channel and key in self.wanted:
+                name = self.wanted.pop(key)[0]
+                lines.append(f"PART {name}")
+        for key, name in new.items():
+            entry = (name, self.keys.get(key))
+            if self.wanted.get(key) != entry:
+                if key not in self.wanted:
+                    lines.append(self.join_line(*entry))
+                self.wanted[key] = entry
+        if lines:
+            log.info("IRC: channels reconfigured: {lines}", lines=", ".join(lines))
+            if self.connection is not None:  # else the next sign-on joins what is wanted
+                self.queue.push_front(lines)
+                self.queue.drain()
 
     @property
     def nickname(self) -> str:

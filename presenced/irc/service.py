@@ -8,7 +8,7 @@ from twisted.application import service
 from twisted.internet import reactor, ssl
 from twisted.internet.interfaces import IConnector
 
-from presenced.config import ConfigError
+from presenced.config import Config, ConfigError
 from presenced.core import Core
 from presenced.irc.bot import IRCBot, IRCBotFactory
 from presenced.irc.bridge import RoomBridge
@@ -61,6 +61,14 @@ class BotConnectionService(service.Service):
         return None
 
 
+def cat_limits(config: Config) -> ConnectionLimits:
+    """The cat port's caps and idle timeout (read again on reload)."""
+    settings = config.irc
+    return ConnectionLimits(settings.cat_max_connections, settings.cat_max_connections_per_ip,
+                            refusal=b"error: too many connections\n",
+                            idle_timeout=settings.cat_idle_timeout, evict_idle=True)
+
+
 def make_service(core: Core) -> service.IService:
     """The bot, its cat port and hooks; in the master process only (one bot per server,
     however many workers: a worker gets an empty service and ``core.irc`` stays None).
@@ -72,6 +80,7 @@ def make_service(core: Core) -> service.IService:
         return door
     settings = core.config.irc
     bot = IRCBot(core, settings)
+    core.hooks.add("config-reloaded", bot.config_reloaded)
     bot.commands = Commands(core, bot)
     try:
         hooks = [HookAnnouncer(core, bot, hook) for hook in settings.hooks]
@@ -86,11 +95,8 @@ def make_service(core: Core) -> service.IService:
             raise ConfigError("[irc] bridges", f"{channel} = {room!r}: {e.text}") from None
     BotConnectionService(bot, hooks).setServiceParent(door)
     cat = CatFactory(bot, settings.cat_allow, settings.cat_max_line_bytes)
-    limits = ConnectionLimits(settings.cat_max_connections, settings.cat_max_connections_per_ip,
-                              refusal=b"error: too many connections\n",
-                              idle_timeout=settings.cat_idle_timeout, evict_idle=True)
     ListeningService(core, "irc_cat", settings.cat_port, settings.cat_bind, cat,
-                     limits).setServiceParent(door)
+                     cat_limits).setServiceParent(door)
     core.irc = bot
     if settings.http_token:
         core.web_resources[b"irccat"] = CatResource(bot, settings.http_token)

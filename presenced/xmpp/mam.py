@@ -49,7 +49,7 @@ from twisted.words.xish import domish
 
 from presenced.events import Event
 from presenced.logs import RepeatLimiter
-from presenced.store import MAM_PREFS_STORE, MAM_STORE
+from presenced.store import MAM_PREFS_STORE, MAM_STORE, ArchivePage
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.session import xmpp_sessions
 from presenced.xmpp.stanzas import attr, forwardable, message_bytes, parse_address
@@ -238,6 +238,17 @@ class Query:
                 self.last = not text
             elif child.name == "index":
                 raise BadQuery("paging by index is not supported: use after and before")
+
+
+def fin_element(page: ArchivePage) -> domish.Element:
+    """The ``<fin/>`` that ends the answer to a query: complete or not, the page's RSM ids."""
+    fin = domish.Element((NS_MAM, "fin"))
+    fin["complete"] = "true" if page.complete else "false"
+    rsm = fin.addElement((NS_RSM, "set"))
+    if page.entries:
+        rsm.addElement("first", content=page.entries[0].id)
+        rsm.addElement("last", content=page.entries[-1].id)
+    return fin
 
 
 def form_element() -> domish.Element:
@@ -471,13 +482,7 @@ class ArchiveHandler(FeatureHandler):
                 f" id={attr(entry.id)}><forwarded xmlns='{NS_FORWARD}'>"
                 f"<delay xmlns='{NS_DELAY}' stamp='{stamp(entry.when)}'/>{entry.value}"
                 f"</forwarded></result></message>").encode("utf-8"))
-        fin = domish.Element((NS_MAM, "fin"))
-        fin["complete"] = "true" if page.complete else "false"
-        rsm = fin.addElement((NS_RSM, "set"))
-        if page.entries:
-            rsm.addElement("first", content=page.entries[0].id)
-            rsm.addElement("last", content=page.entries[-1].id)
-        session.result(iq, fin)
+        session.result(iq, fin_element(page))
 
     def on_form(self, session, iq: domish.Element) -> None:
         if self._refused(session, iq):

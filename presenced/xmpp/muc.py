@@ -24,8 +24,8 @@ from presenced.events import Event, RenderCache
 from presenced.muc.room import RoomConfig, RoomError
 from presenced.muc.service import ROOM_INVITE, ROOM_MESSAGE, ROOM_PRESENCE, HistoryRequest
 from presenced.xmpp.features import FeatureHandler
-from presenced.xmpp.mam import (NS_MAM, NS_RSM, BadQuery, Query, form_element, parse_time,
-                                 stamp)
+from presenced.xmpp.mam import (NS_MAM, BadQuery, Query, fin_element, form_element,
+                                parse_time, stamp)
 from presenced.xmpp.stanzas import Address, attr, children_bytes
 
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -275,13 +275,7 @@ class MucHandler(FeatureHandler):
                               attr(entry.id).encode(), NS_DELAY.encode(),
                               stamp(entry.when).encode(), attr(sender).encode(),
                               self._children(message.stanza, None, message.body)))
-        fin = domish.Element((NS_MAM, "fin"))
-        fin["complete"] = "true" if page.complete else "false"
-        rsm = fin.addElement((NS_RSM, "set"))
-        if page.entries:
-            rsm.addElement("first", content=page.entries[0].id)
-            rsm.addElement("last", content=page.entries[-1].id)
-        session.result(iq, fin)
+        session.result(iq, fin_element(page))
 
     # --- muc#admin: roles and affiliations -------------------------------------------------
 

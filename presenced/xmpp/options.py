@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from presenced.options import Key, Keys, existing_file_or_empty, non_negative, port, positive
+from typing import Optional
+
+from presenced.options import (Key, Keys, existing_dir_or_empty, existing_file_or_empty,
+                               non_negative, port, positive)
+
+
+def bare_jids(value: list) -> Optional[str]:
+    """Each entry a bare JID ``user@domain`` (lower case: JIDs are compared as written)."""
+    for entry in value:
+        local, at, domain = entry.partition("@")
+        if not (local and at and domain) or "/" in entry or entry != entry.strip().lower():
+            return f"{entry!r} is not a bare JID in lower case (user@domain)"
+    return None
+
 
 KEYS: Keys = {
     "enabled": Key(True, "bool"),
@@ -12,6 +25,7 @@ KEYS: Keys = {
     "allow_plain": Key(False, "bool"),
     "certificate": Key("", "str", existing_file_or_empty),
     "private_key": Key("", "str", existing_file_or_empty),
+    "certificate_dir": Key("", "str", existing_dir_or_empty),
     "direct_tls": Key(False, "bool"),
     "direct_tls_port": Key(5223, "int", port),
     "max_stanza_size": Key(262144, "int", positive),
@@ -45,4 +59,6 @@ KEYS: Keys = {
     "bosh_max_requests": Key(2, "int", positive),
     "bosh_inactivity": Key(60.0, "float", positive),
     "web_public_url": Key("", "str"),
+    # Ad-hoc service administration (XEP-0133, docs/xmpp.md): who may run the commands.
+    "admins": Key([], "list[str]", bare_jids),
 }

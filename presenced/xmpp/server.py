@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from presenced.xmpp.session import C2SSession
 
 DOOR = "xmpp"
+# The targets of routes that name an address's form (a service's label must differ).
+ADDRESS_TARGETS = frozenset(("host", "self", "bare", "full", "service"))
 
 
 @implementer(IC2SServer)
@@ -69,9 +71,11 @@ class C2SServer:
         self.nonzas: dict[str, Callable] = {}
         # Elements offered in the features of authenticated streams, as (namespace, name).
         self.stream_features: list[tuple[str, str]] = []
-        # Component domains (conference.<domain>...) -> the handler serving every stanza
-        # addressed there (FeatureHandler.service_domains).
+        # Service domains (conference.<domain>, upload.<domain>) -> ``f(session, stanza,
+        # address)`` of the handler serving every stanza addressed there
+        # (FeatureHandler.service_domains and on_service_stanza).
         self.services: dict[str, Callable] = {}
+        self.service_labels: set[str] = set()  # route targets of label-routed services
         # Sessions whose events a feature holds back (XEP-0352 while inactive): session ->
         # ``hold(session, event) -> bool`` (True: held, not rendered now).
         self.holds: dict["C2SSession", Callable] = {}
@@ -97,6 +101,11 @@ class C2SServer:
         for namespace, method in handler.nonza_routes.items():
             self.nonzas[namespace] = getattr(handler, method)
         self.stream_features.extend(handler.stream_features)
+        if handler.service:
+            if handler.service in ADDRESS_TARGETS:
+                raise ValueError(f"{handler.service!r} names addresses; a service needs "
+                                 "a label of its own")
+            self.service_labels.add(handler.service)
         for domain in handler.service_domains():
             if domain in self.services or domain in self.domains:
                 raise ValueError(f"two handlers serve {domain}")
@@ -269,7 +278,13 @@ class C2SServer:
             for refused in self.stanza_filters:
                 if refused(session, stanza, address):
                     return
-        kind = stanza.getAttribute("type")
+        self.route(session, stanza, target, address)
+
+    def route(self, session: "C2SSession", stanza: domish.Element, target: str,
+              address: Optional[Address]) -> None:
+        """Hand a stanza to the route of ``target``: ``host``, ``self``, ``bare``, ``full``
+        or a label-routed service's label (``upload``)."""
+        name, kind = stanza.name, stanza.getAttribute("type")
         if name == "iq":
             self._dispatch_iq(session, stanza, kind, target, address)
             return
@@ -286,7 +301,10 @@ class C2SServer:
             if child is None or iq.getAttribute("id") is None:
                 session.error(iq, "bad-request", "an IQ needs an id and one child")
                 return
-            method = self.routes.get(f"iq-{kind}/{target}/{child.uri}:{child.name}")
+            query = f"{child.uri}:{child.name}"
+            method = self.routes.get(f"iq-{kind}/{target}/{query}")
+            if method is None and target in self.service_labels:
+                method = self.routes.get(f"iq-{kind}/service/{query}")  # disco of any service
             if method is not None:
                 self._call(method, session, iq)
             elif target == "full":

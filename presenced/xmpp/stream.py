@@ -22,7 +22,7 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish, xmlstream
 
 from presenced.authguard import backoff
-from presenced.flow import WriteBudget
+from presenced.flow import SENDER, WriteBudget
 from presenced.xmpp import sasl
 from presenced.xmpp.parser import PolicyViolation, RestrictedXML, StanzaParser
 from presenced.xmpp.session import C2SSession
@@ -278,7 +278,11 @@ class C2SStream(xmlstream.XmlStream):
         if self.closing or not self.shaper.stanza():
             return
         if self.session is not None:
-            self.session.received(element)
+            SENDER.gate = self.shaper.gate  # a full recipient queue holds this client too
+            try:
+                self.session.received(element)
+            finally:
+                SENDER.gate = None
         elif element.uri == NS_TLS and element.name == "starttls":
             self._starttls()
         elif element.uri == NS_SASL:
