@@ -18,7 +18,8 @@ with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` p
    ``--room-senders`` of them send ``--room-messages`` groupchat messages each as fast as
    they can; every occupant (the senders too) receives every message: occupant
    deliveries/s, p50/p99 send-to-receive latency over all deliveries, and the server's CPU
-   per delivery.
+   per delivery. Then a paced round at ``--room-paced-rate`` messages/s gives the latency
+   at a steady load.
 
 The load client shares this machine's cores with the server (and, on a shared machine, with
 whatever else runs: the JSON gives the load average and the server's CPU time per login and
@@ -291,7 +292,8 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
 ROOM = b"bench@conference.localhost"
 
 
-async def room_phase(port: int, users: list[str], senders: int, messages: int) -> dict:
+async def room_phase(port: int, users: list[str], senders: int, messages: int,
+                     paced_rate: float) -> dict:
     """One room, ``users`` in it; returns the ``room_*`` figures (see the module doc)."""
     connections = []
     for index, user in enumerate(users):
@@ -300,6 +302,33 @@ async def room_phase(port: int, users: list[str], senders: int, messages: int) -
                      b"<history maxstanzas='0'/></x></presence>" % (ROOM, index))
         await read_until(reader, buffer, b"</subject>")  # joined: the subject comes last
         connections.append((reader, writer, buffer))
+    for _, _, buffer in connections:
+        del buffer[:]  # presence of later joiners
+    burst, elapsed = await room_round(connections, senders, messages, 0.0)
+    paced, _ = await room_round(connections, senders, PACED_MESSAGES, senders / paced_rate)
+    for _, writer, _ in connections:
+        writer.close()
+    return {
+        "room_occupants": len(connections),
+        "room_messages_sent": senders * messages,
+        "room_deliveries": len(burst),
+        "room_deliveries_per_s": round(len(burst) / elapsed, 1) if elapsed > 0 else None,
+        "room_latency_p50_ms": round(1000 * percentile(burst, 0.5), 2) if burst else None,
+        "room_latency_p99_ms": round(1000 * percentile(burst, 0.99), 2) if burst else None,
+        "room_paced_messages_per_s": paced_rate,
+        "room_paced_deliveries": len(paced),
+        "room_paced_latency_p50_ms": round(1000 * percentile(paced, 0.5), 2)
+        if paced else None,
+        "room_paced_latency_p99_ms": round(1000 * percentile(paced, 0.99), 2)
+        if paced else None,
+    }
+
+
+async def room_round(connections, senders: int, messages: int, interval: float
+                     ) -> tuple[list[float], float]:
+    """The first ``senders`` send ``messages`` each, in bursts of ten (``interval`` 0) or
+    one every ``interval`` seconds; every occupant's deliveries' latencies, sorted, and the
+    time from the first send to the last delivery."""
     stamp = re.compile(rb"<body>(\d+\.\d+)</body>")
     latencies: list[float] = []
     expected = senders * messages * len(connections)
@@ -323,39 +352,31 @@ async def room_phase(port: int, users: list[str], senders: int, messages: int) -
             if len(latencies) >= expected and not done.done():
                 done.set_result(True)
 
-    async def send(writer):
+    async def send(index: int, writer):
+        message = b"<message to='%s' type='groupchat'><body>%.6f</body></message>"
+        if interval:
+            await asyncio.sleep(interval * index / senders)  # spread the senders
+            for _ in range(messages):
+                writer.write(message % (ROOM, time.time()))
+                await asyncio.sleep(interval)
+            return
         for batch in range(0, messages, 10):
-            writer.write(b"".join(
-                b"<message to='%s' type='groupchat'><body>%.6f</body></message>"
-                % (ROOM, time.time()) for _ in range(min(10, messages - batch))))
+            writer.write(b"".join(message % (ROOM, time.time())
+                                  for _ in range(min(10, messages - batch))))
             await writer.drain()
             await asyncio.sleep(0)
 
-    for _, _, buffer in connections:
-        del buffer[:]  # presence of later joiners
     receivers = [asyncio.ensure_future(receive(r, b)) for r, _, b in connections]
     started = time.time()
-    await asyncio.gather(*(send(w) for _, w, _ in connections[:senders]))
+    await asyncio.gather(*(send(i, w) for i, (_, w, _) in enumerate(connections[:senders])))
     try:
         await asyncio.wait_for(done, 120)
     except asyncio.TimeoutError:
         pass
     for task in receivers:
         task.cancel()
-    for _, writer, _ in connections:
-        writer.close()
     latencies.sort()
-    elapsed = last[0] - started
-    return {
-        "room_occupants": len(connections),
-        "room_messages_sent": senders * messages,
-        "room_deliveries": len(latencies),
-        "room_deliveries_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
-        "room_latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2)
-        if latencies else None,
-        "room_latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2)
-        if latencies else None,
-    }
+    return latencies, last[0] - started
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -420,6 +441,9 @@ def main() -> None:
     parser.add_argument("--room-senders", type=int, default=10)
     parser.add_argument("--room-messages", type=int, default=100,
                         help="groupchat messages per sender")
+    parser.add_argument("--room-paced-rate", type=float, default=100.0,
+                        help="groupchat messages/s of the room's paced round (latency at a "
+                             "steady load: each is delivered to every occupant)")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
     with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
@@ -489,9 +513,10 @@ def main() -> None:
                 cpu = cpu_seconds(server.pid)
                 room = asyncio.run(room_phase(port, users[:args.room_occupants],
                                               min(args.room_senders, args.room_occupants),
-                                              args.room_messages))
+                                              args.room_messages, args.room_paced_rate))
                 room["server_cpu_us_per_room_delivery"] = round(
-                    1e6 * (cpu_seconds(server.pid) - cpu) / max(1, room["room_deliveries"]), 2)
+                    1e6 * (cpu_seconds(server.pid) - cpu)
+                    / max(1, room["room_deliveries"] + room["room_paced_deliveries"]), 2)
             latencies.sort()
             sent = 0 if args.transport == "bosh" else len(users) * args.messages
             result = {
