@@ -1,7 +1,10 @@
-"""The Redis store: :class:`IRosterStore` over one or more Redis servers through txredisapi.
+"""The Redis store: :class:`IRosterStore` over Redis through txredisapi: a hash ring of
+independent servers (:class:`RingLayout`), a Redis Cluster (:class:`ClusterLayout`, routing in
+:mod:`presenced.store.rediscluster`) or one Sentinel-managed master
+(:mod:`presenced.store.redissentinel`).
 
 Layout. Every key of a user carries the user's bare JID as a hash tag, so all of one user's
-data lives on one node (and would share a slot under Redis Cluster)::
+data lives on one node (under Redis Cluster: in one slot)::
 
     u:{alice@x}:acct      string  credentials (codec JSON); the account exists iff this does
     u:{alice@x}:friends   set     mutual friends: each a ``both`` roster item and graph edges
@@ -16,6 +19,8 @@ data lives on one node (and would share a slot under Redis Cluster)::
                           zset    an archive store: ``id:[when, value, peer]`` scored by id,
                                   with the id counter in ``u:{alice@x}:<name>:seq``
     accounts              zset    (one per node) names of the node's accounts, for search/count
+    accounts:{tag}        zset    the same under Redis Cluster, one per slot (``tag`` falls in
+                                  it), so creating an account stays one script on one slot
 
 A contact in ``friends`` is a ``both`` item whatever ``roster`` says about it;
 ``get_subscribers`` is ``SUNION friends subs``. The roster version is ``ver + SCARD friends``:
@@ -27,6 +32,8 @@ side of it (``set_roster_item``, ``remove_subscriptions``) moves it to the expli
 
 Sharding. With several URLs each user is placed on one node by consistent hashing of the JID
 (:class:`HashRing`, points named after the URL strings: keep the URLs as written, or users move).
+Under Redis Cluster a command goes to its slot's master; graph writes go one script per master
+(:meth:`RedisRosterStore._graph_on_masters`), sent again on the new map when a slot moved.
 
 Writes that span nodes. ``add_friends`` of (A, B) writes A's side on A's node and B's side on
 B's node, in Lua script calls of up to 5000 users each, each atomic on its node (so a bulk load
@@ -45,6 +52,11 @@ A request waits for the connection, for at most ``timeout`` seconds in all, then
 fail instead (a lost reply may hide a push that happened, or a pop that deleted the values).
 Replies only come after Redis accepted the write, so with ``appendonly yes`` and ``appendfsync
 always`` nothing acknowledged is lost when Redis restarts (``everysec``: at most one second).
+
+Durability. Replication is asynchronous: a replica promoted after its master died may lack the
+master's last writes. With ``wait_replicas`` every write (a write command, a script that
+writes) is acknowledged only after ``WAIT`` says that many replicas have it
+(:class:`ReplicaConfirmation`); fewer within half the timeout fail the request.
 
 Replies are parsed by hiredis when it is installed (txredisapi picks it up by itself): its C
 parser is what keeps large ``get_subscribers`` replies well under a millisecond.
@@ -596,7 +608,7 @@ class RedisRosterStore:
                           retriable)
 
     async def _on_every_node(self, what: str, requests: dict[Any, defer.Deferred]) -> list:
-        """Wait for one request per node (or slot); when some fail, say which were written."""
+        """Wait for one request per node; when some fail, say which nodes were written."""
         results = await defer.DeferredList(list(requests.values()), consumeErrors=True)
         failed = [(node, r) for node, (ok, r) in zip(requests, results) if not ok]
         if not failed:
@@ -605,7 +617,7 @@ class RedisRosterStore:
         reasons = "; ".join(f"{node}: {f.getErrorMessage()}" for node, f in failed[:5])
         written = f"written on {_some(done)}" if done else "nothing written"
         raise StoreError(f"{what} failed on {len(failed)} of {len(requests)} Redis node(s) "
-                         f"or slot(s) ({reasons}{'; ...' if len(failed) > 5 else ''}); "
+                         f"({reasons}{'; ...' if len(failed) > 5 else ''}); "
                          f"{written}. The writes are idempotent: repeat the request to repair "
                          f"what may be half-written")
 
