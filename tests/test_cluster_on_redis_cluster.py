@@ -4,7 +4,6 @@ and comet and XMPP events cross nodes as they do over one Redis."""
 
 from __future__ import annotations
 
-
 import pytest
 from thriftpy2.rpc import make_client
 
