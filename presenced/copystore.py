@@ -126,10 +126,10 @@ class StoreCopy:
         if after:
             self.report(f"resuming after {after} ({counts.users} users copied before)")
         self._started_after = after
-        reading = await self._read_after(after)
+        reading = await self._read_after(after, self.source)
         while reading is not None:
-            users, datas = await reading
-            reading = await self._read_after(users[-1])  # read the next while writing this
+            users, (datas,) = await reading
+            reading = await self._read_after(users[-1], self.source)  # next while writing
             await self._write(dict(zip(users, datas)))
             for data in datas:
                 counts.add(data.counts())
@@ -138,12 +138,14 @@ class StoreCopy:
             self.report(f"copied {counts.users} users (last {after})")
         return counts
 
-    async def _read_after(self, after: str) -> Optional[defer.Deferred]:
-        """The next batch being read (fires ``(users, datas)``), or None after the last."""
+    async def _read_after(self, after: str, *stores: IRosterStore) -> Optional[defer.Deferred]:
+        """The next batch of the source's users being read from ``stores`` (fires
+        ``(users, [datas of each store])``), or None after the last."""
         users = await self.source.dump_users(after, self.batch)
         if not users:
             return None
-        d = _all([defer.ensureDeferred(read_user(self.source, u)) for u in users])
+        d = _all([_all([defer.ensureDeferred(read_user(store, u)) for u in users])
+                  for store in stores])
         return d.addCallback(lambda datas: (users, datas))
 
     async def _write(self, batch: dict[str, _UserData]) -> None:
@@ -242,20 +244,16 @@ class StoreCopy:
         """Read every user from both stores: the counts that agree, and the users that
         differ (the first 20)."""
         agreed, differ = CopyCounts(), []
-        after = ""
-        while True:
-            users = await self.source.dump_users(after, self.batch)
-            if not users:
-                return agreed, differ
-            pairs = await _all([_all([defer.ensureDeferred(read_user(store, u))
-                                      for store in (self.source, self.target)])
-                                for u in users])
-            for user, (mine, theirs) in zip(users, pairs):
-                if mine == theirs:
-                    agreed.add(mine.counts())
+        reading = await self._read_after("", self.source, self.target)
+        while reading is not None:
+            users, (mine, theirs) = await reading
+            reading = await self._read_after(users[-1], self.source, self.target)
+            for user, ours, copied in zip(users, mine, theirs):
+                if ours == copied:
+                    agreed.add(ours.counts())
                 elif len(differ) < 20:
                     differ.append(user)
-            after = users[-1]
+        return agreed, differ
 
     async def _load_progress(self) -> tuple[str, CopyCounts]:
         text = await threads.deferToThread(_read_text, self.progress)

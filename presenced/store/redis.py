@@ -735,15 +735,10 @@ class RedisRosterStore:
         return self._dumped[start:start + limit]
 
     def user_store_names(self, user: str) -> defer.Deferred:
-        return defer.ensureDeferred(self._user_store_names(user))
-
-    async def _user_store_names(self, user: str) -> dict[str, str]:
-        listed = await self._user_call(user, "SMEMBERS", user_key(user, "stores"))
-        names = sorted(set(listed).union(_UNLISTED_STORES))
-        kinds = await defer.gatherResults(
-            [self._user_call(user, "TYPE", user_key(user, name)) for name in names],
-            consumeErrors=True).addErrback(lambda f: f.value.subFailure)
-        return {name: _KINDS[kind] for name, kind in zip(names, kinds) if kind in _KINDS}
+        d = self._user_eval(user, _STORE_TYPES, ("stores",),
+                            [user_key(user, ""), *_UNLISTED_STORES])
+        return d.addCallback(lambda flat: {name: _KINDS[kind] for name, kind
+                                           in _pairs_to_dict(flat).items() if kind in _KINDS})
 
     # --- accounts ---------------------------------------------------------------------
 
@@ -998,6 +993,18 @@ while true do
   if #batch < 200 then return out end
   offset = offset + 200
 end
+""", writes=False)
+
+# KEYS[1]: the user's ``stores`` set; ARGV[1]: the key prefix, ARGV[2...]: the unlisted stores.
+# Fires name, TYPE, name, TYPE... for each store name (what copy-store reads per user).
+_STORE_TYPES = _Script("""
+local names, out = redis.call('SMEMBERS', KEYS[1]), {}
+for i = 2, #ARGV do names[#names + 1] = ARGV[i] end
+for _, name in ipairs(names) do
+  out[#out + 1] = name
+  out[#out + 1] = redis.call('TYPE', ARGV[1] .. name)['ok']
+end
+return out
 """, writes=False)
 
 _ARCHIVE_DELETE_ALL = _Script("""
