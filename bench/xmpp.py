@@ -14,11 +14,22 @@ with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` p
    ``--paced-rate`` messages/s in total gives the latency at a steady load.
 4. ``login_scram_tls``: the same accounts log in again with STARTTLS + SCRAM-SHA-1 (the
    client computes PBKDF2 too, as real clients do); logins/s.
+5. ``room``: ``--room-occupants`` of the accounts join one group chat room (XEP-0045) and
+   ``--room-senders`` of them send ``--room-messages`` groupchat messages each as fast as
+   they can; every occupant (the senders too) receives every message: occupant
+   deliveries/s, p50/p99 send-to-receive latency over all deliveries, and the server's CPU
+   per delivery.
 
 The load client shares this machine's cores with the server (and, on a shared machine, with
 whatever else runs: the JSON gives the load average and the server's CPU time per login and
 per message, which other load does not distort). PBKDF2 cost per login follows
 ``--iterations`` (the accounts' ``[server] scram_iterations``; 4096 is the default).
+
+``--transport websocket``: the same phases over XMPP over WebSocket (RFC 7395, the HTTP
+door's ``/xmpp-websocket``) instead of TCP, but the SCRAM+TLS logins (TLS is the HTTP door's,
+not the stream's); ``--transport bosh``: BOSH logins (``/http-bind``, one POST per request)
+and the idle memory of sessions that each keep one request held, no message phases. Run
+the three for the figures side by side.
 
 ``--sm``: the PLAIN clients enable stream management (XEP-0198, with resumption) before their
 presence and answer the server's ``<r/>`` with ``<a/>``, so the message figures include the
@@ -50,6 +61,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.procs import (cpu_seconds, free_port, percentile, rss_kb, start_presenced,  # noqa: E402
                          start_redis)
+from bench.webclients import BoshClient, websocket_login_plain  # noqa: E402
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
@@ -146,7 +158,7 @@ async def login_scram_tls(port: int, user: str, context: ssl.SSLContext):
 
 
 async def run_logins(port: int, users: list[str], concurrency: int, tls: bool,
-                     sm: bool = False):
+                     sm: bool = False, transport: str = "tcp"):
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -155,7 +167,14 @@ async def run_logins(port: int, users: list[str], concurrency: int, tls: bool,
 
     async def one(user: str):
         async with semaphore:
-            if tls:
+            if transport == "websocket":
+                connections.append(await websocket_login_plain(port, user, PASSWORD))
+            elif transport == "bosh":
+                client = BoshClient(port)
+                await client.login_plain(user, PASSWORD)
+                client.hold()
+                connections.append(client)
+            elif tls:
                 connections.append(await login_scram_tls(port, user, context))
             else:
                 connections.append(await login_plain(port, user, sm))
@@ -228,14 +247,24 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
 
 
 def worker(port: int, users: list[str], concurrency: int, messages: int, interval: float,
-           sm: bool, pipe) -> None:
+           sm: bool, transport: str, pipe) -> None:
     """One load process: PLAIN logins, wait, message burst, paced messages, close,
-    SCRAM+TLS logins."""
+    SCRAM+TLS logins (TCP only; BOSH: logins and idle sessions only)."""
 
     async def main():
-        elapsed, connections = await run_logins(port, users, concurrency, tls=False, sm=sm)
-        handled = {writer: 0 for _, writer, _ in connections} if sm else None
+        elapsed, connections = await run_logins(port, users, concurrency, tls=False, sm=sm,
+                                                transport=transport)
         pipe.send(("plain", elapsed))
+        if transport == "bosh":
+            for phase in ("messages", "paced"):
+                pipe.recv()
+                pipe.send((phase, [], 0.0))
+            pipe.recv()
+            for client in connections:
+                client.held.cancel()
+            pipe.send(("scram", None))
+            return
+        handled = {writer: 0 for _, writer, _ in connections} if sm else None
         barrier_at = pipe.recv()
         latencies, last = await pump_messages(connections, users, messages, barrier_at,
                                               handled=handled)
@@ -248,6 +277,9 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
             writer.write(b"</stream:stream>")
             writer.close()
         pipe.recv()
+        if transport != "tcp":
+            pipe.send(("scram", None))
+            return
         elapsed, connections = await run_logins(port, users, concurrency, tls=True)
         pipe.send(("scram", elapsed))
         for _, writer, _ in connections:
@@ -256,10 +288,81 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
     asyncio.run(main())
 
 
+ROOM = b"bench@conference.localhost"
+
+
+async def room_phase(port: int, users: list[str], senders: int, messages: int) -> dict:
+    """One room, ``users`` in it; returns the ``room_*`` figures (see the module doc)."""
+    connections = []
+    for index, user in enumerate(users):
+        reader, writer, buffer = await login_plain(port, user)
+        writer.write(b"<presence to='%s/o%d'><x xmlns='http://jabber.org/protocol/muc'>"
+                     b"<history maxstanzas='0'/></x></presence>" % (ROOM, index))
+        await read_until(reader, buffer, b"</subject>")  # joined: the subject comes last
+        connections.append((reader, writer, buffer))
+    stamp = re.compile(rb"<body>(\d+\.\d+)</body>")
+    latencies: list[float] = []
+    expected = senders * messages * len(connections)
+    done = asyncio.get_running_loop().create_future()
+    last = [0.0]
+
+    async def receive(reader, buffer):
+        while not done.done():
+            data = await reader.read(262144)
+            if not data:
+                return
+            buffer += data
+            end = buffer.rfind(b"</message>")
+            if end < 0:
+                continue
+            now = time.time()
+            for match in stamp.finditer(buffer, 0, end):
+                latencies.append(now - float(match.group(1)))
+            del buffer[:end + 10]
+            last[0] = now
+            if len(latencies) >= expected and not done.done():
+                done.set_result(True)
+
+    async def send(writer):
+        for batch in range(0, messages, 10):
+            writer.write(b"".join(
+                b"<message to='%s' type='groupchat'><body>%.6f</body></message>"
+                % (ROOM, time.time()) for _ in range(min(10, messages - batch))))
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    for _, _, buffer in connections:
+        del buffer[:]  # presence of later joiners
+    receivers = [asyncio.ensure_future(receive(r, b)) for r, _, b in connections]
+    started = time.time()
+    await asyncio.gather(*(send(w) for _, w, _ in connections[:senders]))
+    try:
+        await asyncio.wait_for(done, 120)
+    except asyncio.TimeoutError:
+        pass
+    for task in receivers:
+        task.cancel()
+    for _, writer, _ in connections:
+        writer.close()
+    latencies.sort()
+    elapsed = last[0] - started
+    return {
+        "room_occupants": len(connections),
+        "room_messages_sent": senders * messages,
+        "room_deliveries": len(latencies),
+        "room_deliveries_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
+        "room_latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2)
+        if latencies else None,
+        "room_latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2)
+        if latencies else None,
+    }
+
+
 # --- the server -----------------------------------------------------------------------------
 
 def start_server(directory: Path, iterations: int, workers: int = 1,
-                 redis_port: int = 0) -> tuple[subprocess.Popen, int, Path]:
+                 redis_port: int = 0, transport: str = "tcp"
+                 ) -> tuple[subprocess.Popen, int, Path]:
     config = directory / "presenced.toml"
     cluster = ""
     if workers > 1:
@@ -282,7 +385,8 @@ hibernate_after = 1.0
 # Every load client connects from 127.0.0.1: the per-address cap would refuse them.
 max_connections_per_ip = 1000000
 [comet]
-enabled = false
+enabled = {"false" if transport == "tcp" else "true"}
+max_connections_per_ip = 1000000
 [thrift]
 enabled = false
 [webadmin]
@@ -291,7 +395,7 @@ enabled = false
 enabled = false
 """)
     process, ports = start_presenced(directory, config)
-    return process, ports["xmpp"], config
+    return process, ports["xmpp" if transport == "tcp" else "comet"], config
 
 
 def main() -> None:
@@ -307,15 +411,22 @@ def main() -> None:
                         help="messages/s of the paced phase (latency at a steady load)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server worker processes (above 1: a cluster over a private Redis)")
+    parser.add_argument("--transport", choices=("tcp", "websocket", "bosh"), default="tcp",
+                        help="how the load clients connect (module docstring)")
     parser.add_argument("--sm", action="store_true",
                         help="clients enable stream management (XEP-0198) and answer acks")
+    parser.add_argument("--room-occupants", type=int, default=100,
+                        help="occupants of the group chat room phase (0: no room phase)")
+    parser.add_argument("--room-senders", type=int, default=10)
+    parser.add_argument("--room-messages", type=int, default=100,
+                        help="groupchat messages per sender")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
     with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
         directory = Path(tmp)
         redis, redis_port = start_redis(directory) if args.workers > 1 else (None, 0)
         server, port, config = start_server(directory, args.iterations, args.workers,
-                                            redis_port)
+                                            redis_port, args.transport)
         try:
             lines = "".join(f"{u} {PASSWORD}\n" for u in users)
             subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
@@ -332,7 +443,7 @@ def main() -> None:
                 ours, theirs = multiprocessing.Pipe()
                 proc = multiprocessing.Process(target=worker, args=(
                     port, share, args.concurrency, args.messages,
-                    len(users) / args.paced_rate, args.sm, theirs))
+                    len(users) / args.paced_rate, args.sm, args.transport, theirs))
                 proc.start()
                 pipes.append(ours)
                 procs.append(proc)
@@ -367,25 +478,35 @@ def main() -> None:
             started, cpu = time.perf_counter(), cpu_seconds(server.pid)
             for pipe in pipes:
                 pipe.send("go")
-            for pipe in pipes:
-                pipe.recv()
-            scram_elapsed = time.perf_counter() - started
+            scram_done = [pipe.recv()[1] for pipe in pipes]
+            scram_elapsed = (time.perf_counter() - started) if None not in scram_done else None
             scram_cpu = cpu_seconds(server.pid) - cpu
             for proc in procs:
                 proc.join(30)
+            room: dict = {}
+            if args.room_occupants:
+                time.sleep(1.0)
+                cpu = cpu_seconds(server.pid)
+                room = asyncio.run(room_phase(port, users[:args.room_occupants],
+                                              min(args.room_senders, args.room_occupants),
+                                              args.room_messages))
+                room["server_cpu_us_per_room_delivery"] = round(
+                    1e6 * (cpu_seconds(server.pid) - cpu) / max(1, room["room_deliveries"]), 2)
             latencies.sort()
-            sent = len(users) * args.messages
+            sent = 0 if args.transport == "bosh" else len(users) * args.messages
             result = {
                 "users": len(users),
                 "workers": args.workers,
+                "transport": args.transport,
                 "stream_management": args.sm,
                 "scram_iterations": args.iterations,
                 "load_processes": args.procs,
                 "login_plain_per_s": round(len(users) / plain_elapsed, 1),
-                "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1),
+                "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1)
+                if scram_elapsed else None,
                 "server_cpu_ms_per_login_plain": round(1000 * plain_cpu / len(users), 3),
                 "server_cpu_ms_per_login_starttls_scram": round(1000 * scram_cpu / len(users),
-                                                                3),
+                                                                3) if scram_elapsed else None,
                 "idle_rss_kb_per_session": round((rss_idle - rss_before) / len(users), 2),
                 "server_rss_mb_with_sessions": round(rss_idle / 1024, 1),
                 "messages_sent": sent,
@@ -404,6 +525,7 @@ def main() -> None:
                 if paced else None,
                 "paced_latency_p99_ms": round(1000 * percentile(paced, 0.99), 2)
                 if paced else None,
+                **room,
                 "load_average_1min": round(os.getloadavg()[0], 2),
             }
             print(json.dumps(result, indent=2))

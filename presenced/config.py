@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from presenced.cluster import options as cluster_options
 from presenced.doors import DOORS
+from presenced.muc import options as muc_options
 from presenced.options import (Key, Keys, non_empty, non_negative, one_of, optional_redis_urls,
                                positive, redis_urls)
 
@@ -40,6 +41,9 @@ SCHEMA: dict[str, Keys] = {
         "offline_limit": Key(1000, "int", non_negative),
         "blocklist_limit": Key(1000, "int", non_negative),
         "private_storage_bytes": Key(262144, "int", non_negative),
+        "max_event_bytes": Key(8192, "int", positive),
+        "api_tokens_max": Key(1000, "int", positive),
+        "api_token_cache_seconds": Key(10.0, "float", non_negative),
         "auth_failures_per_ip": Key(20, "int", non_negative),
         "auth_failures_per_account": Key(50, "int", non_negative),
         "auth_failure_period": Key(600.0, "float", positive),
@@ -63,6 +67,19 @@ SCHEMA: dict[str, Keys] = {
     "router": {
         "session_queue_bytes": Key(1048576, "int", positive),
     },
+    "muc": muc_options.KEYS,
+    # HTTP File Upload (presenced.uploads): slots by XMPP, files on the comet door's port.
+    "upload": {
+        "enabled": Key(True, "bool"),
+        "url": Key("", "str"),
+        "max_file_size": Key(10485760, "int", positive),
+        "quota_bytes": Key(104857600, "int", non_negative),
+        "max_files": Key(1000, "int", positive),
+        "expire_after": Key(604800.0, "float", non_negative),
+        "slot_timeout": Key(300, "int", positive),
+        "put_timeout": Key(300.0, "float", positive),
+        "cleanup_interval": Key(3600.0, "float", positive),
+    },
     **{door.section: door.keys for door in DOORS},
 }
 
@@ -73,6 +90,7 @@ _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
     "bool": lambda v: isinstance(v, bool),
     "list[str]": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
     "list[table]": lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v),
+    "table[str]": lambda v: isinstance(v, dict) and all(isinstance(i, str) for i in v.values()),
 }
 
 
@@ -179,6 +197,8 @@ def _check_together(sections: dict[str, dict[str, Any]]) -> None:
 
 
 def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
     return list(value) if isinstance(value, list) else value
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Optional, Sequence
@@ -26,6 +27,8 @@ from twisted.internet import defer, task, threads
 from presenced import backup as backups
 from presenced import bulk
 from presenced import config as configuration
+from presenced.apitokens import DEFAULT_TTL as API_TOKEN_TTL
+from presenced.apitokens import SCOPES, TokenRefused
 from presenced.copystore import StoreCopy
 from presenced.core import Core
 from presenced.store import StoreError
@@ -115,9 +118,25 @@ def cmd_roster(core: Core, args):
 
 @defer.inlineCallbacks
 def cmd_subscribers(core: Core, args):
-    user = core.user(args.user)
+    user = core.subject(args.user)
     for subscriber in sorted((yield core.store.get_subscribers(user))):
         print(subscriber)
+
+
+@defer.inlineCallbacks
+def cmd_subscribe(core: Core, args):
+    user, subject = core.user(args.user), core.subject(args.subject)
+    if (yield admin_port.follow(core.config, user, subject)) is None:
+        yield core.add_subscriptions([(user, subject)])
+    print(f"{user} follows {subject}")
+
+
+@defer.inlineCallbacks
+def cmd_unsubscribe(core: Core, args):
+    user, subject = core.user(args.user), core.subject(args.subject)
+    if (yield admin_port.follow(core.config, user, subject, add=False)) is None:
+        yield core.remove_subscriptions([(user, subject)])
+    print(f"{user} no longer follows {subject}")
 
 
 @defer.inlineCallbacks
@@ -174,13 +193,30 @@ def _account_line(core: Core, line: str, fields: list[str]) -> str:
     return core.local_user(fields[0])
 
 
-@defer.inlineCallbacks
-def cmd_stream_token(core: Core, args):
-    if core.config.cluster.enabled:  # sign with the secret every node checks tokens with
+async def _use_cluster_secret(core: Core) -> None:
+    """Sign with the secret every node checks tokens with."""
+    if core.config.cluster.enabled:
         from presenced.cluster.secret import fetch_shared_secret
 
-        core.secret = yield defer.ensureDeferred(fetch_shared_secret(core.config, core.secret))
+        core.secret = await fetch_shared_secret(core.config, core.secret)
+
+
+@defer.inlineCallbacks
+def cmd_stream_token(core: Core, args):
+    yield defer.ensureDeferred(_use_cluster_secret(core))
     print(core.stream_token(core.user(args.user), args.ttl))
+
+
+@defer.inlineCallbacks
+def cmd_api_token(core: Core, args):
+    yield defer.ensureDeferred(_use_cluster_secret(core))
+    try:
+        token, entry = yield defer.ensureDeferred(core.api_tokens.create(args.scope, args.ttl))
+    except TokenRefused as e:
+        raise CommandFailed(str(e)) from None
+    print(f"token {entry.id}, scope {entry.scope}, valid until "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(entry.expires))}:")
+    print(token)
 
 
 # Commands below run without opening the store (they must not, or cannot: restore).
@@ -197,6 +233,10 @@ def cmd_reload(config: configuration.Config, args) -> None:
 def cmd_status(config: configuration.Config, args):
     body = yield threads.deferToThread(_health, config)
     for key, value in body.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
         print(f"{key}: {value}")
     if body.get("status") != "ok":
         raise CommandFailed(f"the server is not healthy: {body.get('status')}")
@@ -326,7 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--json", action="store_true", help="print JSON")
     command("subscribers", cmd_subscribers,
-            "print who receives a user's events").add_argument("user")
+            "print who receives a user's or a topic's events").add_argument("user")
+    for name, fn, text in (("subscribe", cmd_subscribe, "make USER follow SUBJECT (a user "
+                                                         "or a topic such as artist/radiohead)"),
+                           ("unsubscribe", cmd_unsubscribe, "make USER stop following SUBJECT")):
+        p = command(name, fn, text)
+        p.add_argument("user")
+        p.add_argument("subject")
     p = command("load-friends", cmd_load_friends,
                 "load an edge list: two user ids per line, each a mutual friendship "
                 "('-' reads stdin; '#' comments and blank lines skipped)")
@@ -340,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--ttl", type=_positive_ttl, default=86400,
                    help="validity in seconds, more than 0 (default 1 day)")
+    p = command("api-token", cmd_api_token, "print a bearer token for the HTTP API on the "
+                "admin port (docs/http-api.md), on its last line")
+    p.add_argument("--scope", choices=SCOPES, default="publish",
+                   help="publish: publish events and read subject counts (default); "
+                        "admin: every admin method too")
+    p.add_argument("--ttl", type=_positive_ttl, default=API_TOKEN_TTL,
+                   help="validity in seconds, more than 0 (default 365 days)")
     command("status", cmd_status, "print the running server's health: state, uptime, "
             "sessions, store, version").set_defaults(store=False)
     command("reload", cmd_reload, "make the running server reload its config and TLS "

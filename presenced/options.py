@@ -20,7 +20,7 @@ class Key:
     """One key of a section: its default, its TOML type and an optional value check."""
 
     default: Any
-    kind: str  # "int", "str", "bool", "float", "list[str]", "list[table]"
+    kind: str  # "int", "str", "bool", "float", "list[str]", "list[table]", "table[str]"
     check: Optional[Check] = None
 
 
@@ -54,6 +54,12 @@ def one_of(*choices: str) -> Check:
 def existing_file_or_empty(value: str) -> Optional[str]:
     if value and not os.path.isfile(value):
         return f"file {value!r} does not exist"
+    return None
+
+
+def existing_dir_or_empty(value: str) -> Optional[str]:
+    if value and not os.path.isdir(value):
+        return f"directory {value!r} does not exist"
     return None
 
 

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -51,6 +52,37 @@ COMET_ONLY = {"xmpp": {"enabled": False}, "webadmin": {"enabled": False}}
 
 # --- processes: presenced and Redis ----------------------------------------------------------
 
+# The fuzz tests run a few rounds in the suite; scripts/fuzz.sh runs them longer (a scale)
+# and with a new seed each time (docs/security.md, "Fuzzing").
+FUZZ_SCALE = int(os.environ.get("PRESENCED_FUZZ_SCALE", "1"))
+FUZZ_SEED = os.environ.get("PRESENCED_FUZZ_SEED")
+
+
+def fuzz_rng(default_seed: int) -> random.Random:
+    """The fuzz tests' random source: a fixed seed in the suite, ``PRESENCED_FUZZ_SEED``
+    in a longer run (printed by scripts/fuzz.sh, so a failure can be replayed)."""
+    return random.Random(int(FUZZ_SEED) if FUZZ_SEED else default_seed)
+
+
+def mutate(rng: random.Random, seed: bytes, edits: int = 5) -> bytes:
+    """``seed`` with 1 to ``edits`` random byte changes, deletions or insertions."""
+    data = bytearray(seed)
+    for _ in range(rng.randrange(1, edits + 1)):
+        position = rng.randrange(len(data))
+        action = rng.randrange(3)
+        if action == 0:
+            data[position] = rng.randrange(256)
+        elif action == 1:
+            del data[position]
+        else:
+            data[position:position] = bytes(rng.randrange(256)
+                                            for _ in range(rng.randrange(1, 8)))
+    return bytes(data)
+
+
+SERVER_ERRORS = re.compile(r"#critical\]|Traceback|Unhandled")  # what bad input must not log
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,7 +117,7 @@ def toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(value)
 
 

@@ -161,6 +161,17 @@ async def test_archive_append_drops_entries_beyond_keep_and_older_than_since(sto
     values = [e.value for e in (await archive.query("c@x")).entries]
     assert values == [f"n{i}" for i in range(240, 250)] + ["fresh"]
     assert [e.value for e in (await archive.query("b@x")).entries] == ["other user"]
+    # The count behind ``keep`` follows every change: expiry above, then appends with and
+    # without a bound, then deleting everything.
+    await archive.append("a@x", "m7", 1007.0, "b@x", keep=3)
+    assert [e.value for e in (await archive.query("a@x")).entries] == ["m5", "m6", "m7"]
+    await archive.append("a@x", "m8", 1008.0, "b@x")
+    await archive.append("a@x", "m9", 1009.0, "b@x", keep=3)
+    assert [e.value for e in (await archive.query("a@x")).entries] == ["m7", "m8", "m9"]
+    assert await archive.delete_all("a@x") == 3
+    for i in range(3):
+        await archive.append("a@x", f"k{i}", 2000.0 + i, "b@x", keep=2)
+    assert [e.value for e in (await archive.query("a@x")).entries] == ["k1", "k2"]
 
 
 @pytest_twisted.ensureDeferred

@@ -11,7 +11,7 @@ from typing import Optional
 import pytest_twisted
 from twisted.words.xish import domish
 
-from tests.xmpp_memory import HEADER, MemoryClient
+from tests.xmpp_memory import HEADER, MemoryClient, sleep
 
 NS_ROSTER = "jabber:iq:roster"
 
@@ -181,3 +181,168 @@ async def test_registration_roster_versioning_preapproval_and_directed_presence(
     assert child_text(await presence_from(stranger, "newbie@localhost/n"), "status") == "psst"
     newbie.send("</stream:stream>")
     await presence_from(stranger, "newbie@localhost/n", "unavailable")
+
+
+PHOTO = b"\x89PNG not really an image"
+NS_UPDATE = "vcard-temp:x:update"
+
+
+def photo_of(presence: domish.Element) -> Optional[str]:
+    """The XEP-0153 photo hash a presence carries ('' for an empty ``<photo/>``), or None."""
+    for x in presence.elements(NS_UPDATE, "x"):
+        for photo in x.elements(NS_UPDATE, "photo"):
+            return str(photo)
+    return None
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_server_adds_the_vcard_photo_hash_to_presence(memory_xmpp):
+    import base64
+    import hashlib
+    node = await memory_xmpp()
+    await node.add_users("vera", "walt")
+    await node.add_friends(("vera", "walt"))
+    walt = await node.online("walt")
+    vera = await node.online("vera")
+    assert photo_of(await presence_from(walt, "vera@localhost/test")) == ""  # no vCard yet
+    binval = base64.b64encode(PHOTO).decode()
+    await vera.iq(f"<iq type='set' id='v1'><vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png"
+                  f"</TYPE><BINVAL>{binval[:10]}\n{binval[10:]}</BINVAL></PHOTO></vCard></iq>")
+    await node.settle()
+    vera.send("<presence><show>away</show></presence>")
+    seen = await walt.expect(lambda s: s.name == "presence" and child_text(s, "show") == "away")
+    assert photo_of(seen) == hashlib.sha1(PHOTO).hexdigest()
+    # A client that states its own hash (or is not ready: an empty <x/>) is left alone.
+    vera.send(f"<presence><show>dnd</show><x xmlns='{NS_UPDATE}'/></presence>")
+    seen = await walt.expect(lambda s: s.name == "presence" and child_text(s, "show") == "dnd")
+    assert [x.toXml() for x in seen.elements(NS_UPDATE, "x")] == [f"<x xmlns='{NS_UPDATE}'/>"]
+    # A second resource binding later knows the hash at once.
+    await node.online("vera", resource="phone", presence=b"<presence><show>xa</show></presence>")
+    seen = await walt.expect(lambda s: s.name == "presence" and child_text(s, "show") == "xa")
+    assert photo_of(seen) == hashlib.sha1(PHOTO).hexdigest()
+
+
+LEGACY = ("<storage xmlns='storage:bookmarks'>"
+          "<conference jid='ops@conference.localhost' name='Ops' autojoin='1'><nick>vee</nick>"
+          "</conference><url name='Docs' url='https://example.org/'/></storage>")
+
+
+def rooms_of(reply: domish.Element) -> dict[str, dict[str, Optional[str]]]:
+    """The XEP-0048 conferences of a private storage answer."""
+    storage = reply.firstChildElement().firstChildElement()
+    return {c["jid"]: {"name": c.getAttribute("name"), "autojoin": c.getAttribute("autojoin"),
+                       "nick": child_text(c, "nick")}
+            for c in storage.elements("storage:bookmarks", "conference")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_storage_bookmarks_and_bookmarks_2_are_one_list(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("vera")
+    vera = await node.online("vera")
+    info = await vera.iq("<iq type='get' id='d' to='vera@localhost'>"
+                         "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    assert "urn:xmpp:bookmarks:1#compat" in {
+        f.getAttribute("var") for f in info.firstChildElement().elements()}
+    await vera.iq(f"<iq type='set' id='p1'><query xmlns='jabber:iq:private'>{LEGACY}"
+                  f"</query></iq>")
+    await node.settle()
+    items = await vera.iq("<iq type='get' id='i1'><pubsub xmlns='http://jabber.org/protocol/"
+                          "pubsub'><items node='urn:xmpp:bookmarks:1'/></pubsub></iq>")
+    (item,) = items.firstChildElement().firstChildElement().elements()
+    assert item["id"] == "ops@conference.localhost"
+    conference = item.firstChildElement()
+    assert (conference.uri, conference["autojoin"], conference["name"]) == (
+        "urn:xmpp:bookmarks:1", "true", "Ops")
+    assert child_text(conference, "nick") == "vee"
+
+    # A bookmarks 2 client adds a room: the XEP-0048 view has both, and the stored URL.
+    await vera.iq("<iq type='set' id='i2'><pubsub xmlns='http://jabber.org/protocol/pubsub'>"
+                  "<publish node='urn:xmpp:bookmarks:1'><item id='dev@conference.localhost'>"
+                  "<conference xmlns='urn:xmpp:bookmarks:1' autojoin='false'/></item></publish>"
+                  "</pubsub></iq>")
+    get = ("<iq type='get' id='p2'><query xmlns='jabber:iq:private'>"
+           "<storage xmlns='storage:bookmarks'/></query></iq>")
+    reply = await vera.iq(get)
+    assert rooms_of(reply) == {
+        "ops@conference.localhost": {"name": "Ops", "autojoin": "true", "nick": "vee"},
+        "dev@conference.localhost": {"name": None, "autojoin": "false", "nick": None}}
+    storage = reply.firstChildElement().firstChildElement()
+    assert [u["url"] for u in storage.elements("storage:bookmarks", "url")] == [
+        "https://example.org/"]
+
+    # A XEP-0048 client drops a room: it is retracted from bookmarks 2 too.
+    await vera.iq("<iq type='set' id='p3'><query xmlns='jabber:iq:private'>"
+                  "<storage xmlns='storage:bookmarks'><conference jid='dev@conference.localhost'"
+                  " autojoin='false'/></storage></query></iq>")
+    await node.settle()
+    assert set(rooms_of(await vera.iq(get))) == {"dev@conference.localhost"}
+    items = await vera.iq("<iq type='get' id='i3'><pubsub xmlns='http://jabber.org/protocol/"
+                          "pubsub'><items node='urn:xmpp:bookmarks:1'/></pubsub></iq>")
+    assert [i["id"] for i in items.firstChildElement().firstChildElement().elements()] == [
+        "dev@conference.localhost"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_chats_is_archived_in_order_for_both_parties(memory_xmpp,
+                                                                     logged_errors):
+    """2 000 messages in one read, the first decided by store reads and the rest queued
+    behind it: each is archived once per party, in order (the queue was once a chain of
+    awaits that overflowed the stack and lost the archive's writes)."""
+    from presenced.store import MAM_STORE
+    count = 2000
+    node = await memory_xmpp({"xmpp": {"archive_days": 7, "stanzas_per_second": 1e6,
+                                       "stanza_burst": 10 * count,
+                                       "max_pending_stanzas": 10 * count}})
+    await node.add_users("ann", "ben")
+    ann = await node.online("ann")
+    await node.online("ben")
+    ann.send(b"".join(b"<message to='ben@localhost' type='chat'><body>m%d</body></message>"
+                      % i for i in range(count)))
+    await node.settle(20)
+    archive = node.store.open_archive(MAM_STORE)
+    for owner in ("ann@localhost", "ben@localhost"):
+        page = await archive.query(owner, limit=10 * count)
+        bodies = [e.value.partition("<body>")[2].partition("</body>")[0] for e in page.entries]
+        assert bodies == [f"m{i}" for i in range(count)]
+    assert logged_errors == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_past_the_archive_queue_bound_are_counted_not_kept(memory_xmpp,
+                                                                        monkeypatch):
+    from presenced.store import MAM_STORE
+    monkeypatch.setattr("presenced.xmpp.mam.MAX_QUEUED", 5)
+    node = await memory_xmpp({"xmpp": {"archive_days": 7}})
+    await node.add_users("ann", "ben")
+    ann = await node.online("ann")
+    await node.online("ben")
+    # ann's preferences are not in memory yet: her first message waits for the store, and
+    # the next ones queue behind it.
+    ann.send(b"".join(b"<message to='ben@localhost' type='chat'><body>m%d</body></message>"
+                      % i for i in range(20)))
+    await node.settle(20)
+    for owner in ("ann@localhost", "ben@localhost"):
+        page = await node.store.open_archive(MAM_STORE).query(owner)
+        assert len(page.entries) == 5
+    assert node.core.metrics.value("presenced_archive_skipped_total") == 30
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sender_is_held_while_its_recipient_does_not_read(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("gus", "hal")
+    await node.add_friends(("gus", "hal"))
+    gus = await node.online("gus")
+    hal = await node.online("hal")
+    hal.stream.budget.pauseProducing()    # hal's kernel buffer and queue are full
+    gus.send("<message to='hal@localhost/test' type='chat'><body>1</body></message>")
+    assert gus.transport.producerState == "paused"   # gus is read no more meanwhile
+    hal.stream.budget.resumeProducing()   # hal reads again
+    assert gus.transport.producerState == "producing"
+    await message(hal)
+    hal.stream.budget.pauseProducing()    # a recipient that never reads holds a sender
+    gus.send("<message to='hal@localhost/test' type='chat'><body>2</body></message>")
+    assert gus.transport.producerState == "paused"
+    await sleep(1.2)                      # for RECIPIENT_WAIT at most
+    assert gus.transport.producerState == "producing"

@@ -81,6 +81,20 @@ def test_parts_up_to_1023_bytes_are_addresses():
     assert len(address.resource) == 1023 and address.domain == "localhost"
 
 
+def test_parsed_addresses_are_cached_within_a_bound_and_refusals_never():
+    from presenced.xmpp import stanzas
+
+    first = parse_address("Alice@LocalHost/r")
+    assert parse_address("Alice@LocalHost/r") is first and first.bare == "alice@localhost"
+    for i in range(stanzas.ADDRESS_CACHE_SIZE + 10):
+        parse_address(f"u{i}@localhost")
+    assert len(stanzas._addresses) <= stanzas.ADDRESS_CACHE_SIZE
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            parse_address("@localhost")
+    assert "@localhost" not in stanzas._addresses
+
+
 def test_bind_refuses_a_resource_over_1023_bytes(c2s):
     server, _ = c2s
     with pytest.raises(ValueError):

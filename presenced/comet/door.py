@@ -21,7 +21,9 @@ from presenced.events import RenderCache
 from presenced.comet.http import HTTPError
 from presenced.comet.replay import Channels, UserChannel
 from presenced.comet.stream import CometConnection
+from presenced.comet.upload import mount as mount_uploads
 from presenced.comet.web import make_site
+from presenced.config import Config
 from presenced.core import Core
 from presenced.tokens import check_token
 from presenced.users import BadUser
@@ -38,13 +40,7 @@ class CometDoor(Factory):
         settings = core.config.comet
         self.core = core
         self.router = core.router
-        self.require_token = settings.require_token
-        self.cors_origins = frozenset(settings.cors_origins)
-        self.heartbeat_interval = settings.heartbeat_interval
-        self.poll_timeout = settings.poll_timeout
-        self.max_buffered_bytes = settings.max_buffered_bytes
-        self.header_timeout = settings.header_timeout
-        self.max_request_bytes = settings.max_request_bytes
+        self.apply(core.config)
         self.channels = Channels(core.router, settings.replay_size, settings.replay_linger)
         self.ndjson = RenderCache(ndjson_frame)
         self.sse = RenderCache(sse_frame)
@@ -53,8 +49,30 @@ class CometDoor(Factory):
         self.connections = 0           # open connections, but those handed to twisted.web
         self.events_out = 0
         self.site: Site = make_site(self)
+        mount_uploads(self.site, self)
         self._heartbeat = task.LoopingCall(self.beat)
         self._describe_metrics()
+        core.hooks.add("config-reloaded", self.config_reloaded)
+
+    def apply(self, config: Config) -> None:
+        """Take the ``[comet]`` keys that apply to requests from now on (a reload changes
+        them for new requests and streams; open streams keep their buffer bound)."""
+        settings = config.comet
+        self.require_token = settings.require_token
+        self.cors_origins = frozenset(settings.cors_origins)
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.poll_timeout = settings.poll_timeout
+        self.max_buffered_bytes = settings.max_buffered_bytes
+        self.header_timeout = settings.header_timeout
+        self.max_request_bytes = settings.max_request_bytes
+        self.websocket_idle_timeout = settings.websocket_idle_timeout
+
+    def config_reloaded(self, old: Config, new: Config) -> None:
+        self.apply(new)
+        self.site.apply(new.comet)
+        if self._heartbeat.running and old.comet.heartbeat_interval != self.heartbeat_interval:
+            self._heartbeat.stop()
+            self._heartbeat.start(self.heartbeat_interval, now=False)
 
     # --- factory -------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ reading is cut off. The class has no ``__dict__`` and keeps one reference per fi
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Optional
 
 from twisted.internet import reactor
@@ -202,7 +201,7 @@ class CometConnection:
         self.buf = None
         self.mode = SSE if sse else NDJSON
         self.channel = channel = door.channels.attach(user)
-        self.budget = WriteBudget(self.transport, door.max_buffered_bytes)
+        self.budget = WriteBudget(self.transport, door.max_buffered_bytes, direct=True)
         welcome = door.welcome(user, "sse" if sse else "ndjson")
         out = [response_head(200, headers),
                frames.sse_data(welcome, retry=True) if sse else frames.ndjson_line(welcome)]
@@ -237,12 +236,14 @@ class CometConnection:
         """Say why, end the response, disconnect (an operator's kick, server stopping)."""
         mode = self.mode
         if mode in (NDJSON, SSE):
-            doc = json.dumps({"type": "closed", "reason": reason}).encode("utf-8")
+            doc = frames.closed_doc(reason)
             self.budget.write((frames.sse_data(doc) if mode == SSE else frames.ndjson_line(doc))
                               + frames.LAST_CHUNK)
         elif mode == POLLING:
             self._leave()
-            self.transport.write(json_response(503, error_body(reason)))
+            retry = ([("Retry-After", str(frames.RECONNECT_AFTER_MS // 1000))]
+                     if reason == frames.SERVER_STOPPING else [])
+            self.transport.write(json_response(503, error_body(reason), retry))
         if mode != DONE and self.transport is not None:
             self._finish()
 

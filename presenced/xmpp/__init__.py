@@ -42,7 +42,11 @@ declares the stanzas it answers in ``routes``, Prosody style::
 Event names are ``iq-{get|set}/{target}/{namespace}:{child element name}`` for IQs and
 ``{message|presence}/{target}`` for the others, where *target* is ``host`` (addressed to a
 local domain), ``self`` (no ``to`` or the sender's own bare JID), ``bare`` (another account's
-bare JID) or ``full`` (a full JID). The method is called as ``method(session, stanza)``; it
+bare JID) or ``full`` (a full JID). A handler that is a service of its own on a subdomain
+declares ``service = "upload"``: every address at one of its ``service_hosts()``
+(``upload.localhost``, ``room@conference.localhost/nick``) has that label as its target
+(``iq-get/upload/urn:xmpp:http:upload:0:request``), and IQs no service route takes fall back
+to ``iq-get/service/...`` (disco answers for every service). The method is called as ``method(session, stanza)``; it
 may return a Deferred (errors become ``internal-server-error``). An IQ nobody routes gets
 ``service-unavailable``. Helpers: ``session.result(iq, child=None)``,
 ``session.error(stanza, condition)`` (see :mod:`presenced.xmpp.stanzas`).
@@ -51,7 +55,9 @@ A handler may also render router events of its own type for XMPP sessions:
 ``event_renderers = {"tune": "render_tune"}`` -> ``method(session, event)`` is called from
 ``session.deliver(event)`` for each XMPP session the router hands the event to.
 
-**Hooks** (``core.hooks``): ``xmpp-available(session, presence_element)`` after a resource
+**Hooks** (``core.hooks``): ``xmpp-presence-broadcasting(session, presence_element)``
+before a resource's available presence is broadcast (a handler may add children: the
+XEP-0153 photo hash); ``xmpp-available(session, presence_element)`` after a resource
 sent available presence (initial or changed; ``session.presence`` is already set);
 ``xmpp-unavailable(session, status)`` when it goes unavailable or disconnects (``status``:
 the text its unavailable presence gave, or "");
@@ -67,7 +73,8 @@ roster item is removed (the subscription protocol cancels both ways);
 ``xmpp-message-out(session, data, kind)`` when a client sent a message (``data``: the
 stanza as serialised), ``xmpp-message-in(recipient, data, kind)`` when a message to a full
 JID reached that resource, ``xmpp-message-passed-over(session, event)`` when the priority
-rules kept a bare-JID message from a resource (carbons).
+rules kept a bare-JID message from a resource (carbons); ``xmpp-vcard-stored(session,
+vcard_element)`` after a client stored its vCard (avatar hashes).
 
 Beyond routes and renderers a handler may declare ``nonza_routes`` (``{(namespace, name):
 method}`` for top-level elements that are not stanzas, XEP-0352's ``<active/>``),
@@ -79,6 +86,6 @@ event) -> True`` to keep an event back).
 **Disco.** disco#info/#items for the server (``to`` = a domain) and for accounts (``to`` = a
 bare JID) are assembled by :mod:`presenced.xmpp.disco` from every handler's
 ``getDiscoInfo(requestor, target, nodeIdentifier)`` / ``getDiscoItems`` (wokkel ``IDisco``;
-``target.user`` is None for the server, set for an account), exactly as wokkel's
-``DiscoHandler`` does.
+``target.user`` is None for the server, set for an account; ``target.host`` is a service
+host for a service), exactly as wokkel's ``DiscoHandler`` does.
 """

@@ -153,7 +153,8 @@ class MessageHandler(FeatureHandler):
         if not session.available or session.priority < 0:
             self.core.hooks.fire("xmpp-message-passed-over", session, event)
             return
-        if event.payload.get("kind") != "headline":
+        if (event.payload.get("kind") != "headline"
+                and len(self.core.router.sessions(session.user)) > 1):
             siblings = message_targets(self.core, session.user)
             if len(siblings) > 1 and session.priority < max(s.priority for s in siblings):
                 self.core.hooks.fire("xmpp-message-passed-over", session, event)

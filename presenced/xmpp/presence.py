@@ -95,6 +95,7 @@ class PresenceHandler(FeatureHandler):
         except ValueError:
             priority = 0
         session.priority = max(-128, min(127, priority))
+        self.core.hooks.fire("xmpp-presence-broadcasting", session, presence)
         session.presence = presence
         session.available = True
         self.broadcast(session, True, _children(presence))

@@ -10,6 +10,10 @@ nothing of that request.
 The feature is listed on the server's disco#info as well as on accounts', as Prosody does:
 clients look for it there (poezio 0.14 checks only the server's features, and without it
 says "No remote bookmark storage available" and keeps bookmarks locally).
+
+Hooks: ``xmpp-private-document(user, wanted_element, stored_text)`` is collected on a get (a
+handler may answer a Deferred of the document to serve instead: bookmarks from PEP);
+``xmpp-private-stored(session, document)`` fires for each document stored.
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ class PrivateStorageHandler(FeatureHandler):
             return
         wanted = documents[0]
         text = yield self.core.store.open_map(PRIVATE_STORE).get(session.user, _key(wanted))
+        for provided in self.core.hooks.collect("xmpp-private-document", session.user, wanted,
+                                                text):
+            if provided is not None:
+                text = yield provided
+                break
         if text is None:
             text = domish.Element((wanted.uri, wanted.name)).toXml()
         session.write((f"<iq type='result' id={attr(iq['id'])}>"
@@ -80,3 +89,5 @@ class PrivateStorageHandler(FeatureHandler):
         for key, text in texts.items():
             yield private.set(session.user, key, text)
         session.result(iq)
+        for document in documents:
+            self.core.hooks.fire("xmpp-private-stored", session, document)

@@ -33,7 +33,8 @@ _PLAIN_JID = re.compile(r"(?:([a-z0-9._+-]+)@)?([a-z0-9.-]+)(?:/([\x21-\x7e]{1,1
 
 
 class Address:
-    """A parsed ``to`` address: ``bare`` is user@domain or None, ``domain``, ``resource``."""
+    """A parsed ``to`` address: ``bare`` is user@domain or None, ``domain``, ``resource``.
+    Shared between callers (:func:`parse_address` caches them): never changed once made."""
 
     __slots__ = ("bare", "domain", "resource", "full")
 
@@ -48,10 +49,26 @@ class Address:
 MAX_JID_PART_BYTES = 1023
 
 
+# Addresses parsed lately: a chat client sends to the same few JIDs again and again, and
+# every stanza's ``to`` is parsed. Emptied when full (a bound, not a working set to keep).
+ADDRESS_CACHE_SIZE = 4096
+_addresses: dict[str, Address] = {}
+
+
 def parse_address(text: str) -> Address:
     """Parse and normalise a JID; raises ValueError when it is not one (also for what
     Twisted's JID lets through: an empty address, ``@domain``, ``user@domain/``, a part
     over 1023 bytes), so no caller meets a JID with an empty part."""
+    address = _addresses.get(text)
+    if address is None:
+        address = _parse_address(text)
+        if len(_addresses) >= ADDRESS_CACHE_SIZE:
+            _addresses.clear()
+        _addresses[text] = address
+    return address
+
+
+def _parse_address(text: str) -> Address:
     match = _PLAIN_JID.match(text)
     if match is not None:
         local, domain, resource = match.groups()

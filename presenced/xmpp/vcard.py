@@ -35,7 +35,11 @@ class VCardHandler(FeatureHandler):
                 attr(iq["id"]), attr(owner), text)).encode("utf-8"))
 
     def on_set(self, session, iq):
-        d = self.core.store.open_map(PRIVATE_STORE).set(session.user, KEY,
-                                                    iq.firstChildElement().toXml())
-        d.addCallback(lambda _: session.result(iq))
+        vcard = iq.firstChildElement()
+        d = self.core.store.open_map(PRIVATE_STORE).set(session.user, KEY, vcard.toXml())
+        d.addCallback(self._stored, session, iq, vcard)
         return d
+
+    def _stored(self, _: object, session, iq, vcard: domish.Element) -> None:
+        session.result(iq)
+        self.core.hooks.fire("xmpp-vcard-stored", session, vcard)
