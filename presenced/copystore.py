@@ -32,6 +32,13 @@ from twisted.internet import defer, threads
 from presenced.store import IRosterStore, RosterItem
 
 BATCH = 200  # users read and written together
+_REMEMBERED = 1_000_000  # friendships kept in memory until their second user is copied
+
+
+def _friend_form(data: "_UserData") -> set[str]:
+    """Contacts a user lists as a plain ``both`` with edges both ways."""
+    return {item.jid for item in data.roster if item == RosterItem(item.jid, "both")
+            and item.jid in data.subscribers and item.jid in data.subscriptions}
 
 
 @dataclass
@@ -109,16 +116,20 @@ class StoreCopy:
         self.progress = progress
         self.report = report
         self.batch = batch
+        self._written: set[tuple[str, str]] = set()
+        self._forgot = False
+        self._started_after = ""
 
     async def copy(self, restart: bool = False) -> CopyCounts:
         """Copy every user after the recorded progress; fires the counts of the whole copy."""
         after, counts = ("", CopyCounts()) if restart else await self._load_progress()
         if after:
             self.report(f"resuming after {after} ({counts.users} users copied before)")
-        reading = await self._read_after(after)
+        self._started_after = after
+        reading = await self._read_after(after, self.source)
         while reading is not None:
-            users, datas = await reading
-            reading = await self._read_after(users[-1])  # read the next while writing this
+            users, (datas,) = await reading
+            reading = await self._read_after(users[-1], self.source)  # next while writing
             await self._write(dict(zip(users, datas)))
             for data in datas:
                 counts.add(data.counts())
@@ -127,49 +138,83 @@ class StoreCopy:
             self.report(f"copied {counts.users} users (last {after})")
         return counts
 
-    async def _read_after(self, after: str) -> Optional[defer.Deferred]:
-        """The next batch being read (fires ``(users, datas)``), or None after the last."""
+    async def _read_after(self, after: str, *stores: IRosterStore) -> Optional[defer.Deferred]:
+        """The next batch of the source's users being read from ``stores`` (fires
+        ``(users, [datas of each store])``), or None after the last."""
         users = await self.source.dump_users(after, self.batch)
         if not users:
             return None
-        d = _all([defer.ensureDeferred(read_user(self.source, u)) for u in users])
+        d = _all([_all([defer.ensureDeferred(read_user(store, u)) for u in users])
+                  for store in stores])
         return d.addCallback(lambda datas: (users, datas))
 
     async def _write(self, batch: dict[str, _UserData]) -> None:
-        friends, items, writes = [], [], []
+        """One batch. A pair of users linked both ways whose smaller name lists the other as
+        a plain ``both`` is written by the smaller as a friendship (``add_friends``, both
+        sides); the larger then writes its own item only if it differs (which turns its side
+        into explicit records) or removes the item ``add_friends`` gave it if it had none."""
+        writes, pairs, own_items, missing = [], [], [], []
+        settled: set[tuple[str, str]] = set()  # (user, subscriber) edges add_friends writes
+        checks = []
+        forms = {user: _friend_form(data) for user, data in batch.items()}
         for user, data in batch.items():
             if data.credentials is not None:
                 writes.append(self._account(user, data.credentials))
-            for item in data.roster:
-                if (item == RosterItem(item.jid, "both") and item.jid in data.subscribers
-                        and item.jid in data.subscriptions):
-                    friends.append((user, item))
-                else:
-                    items.append((user, item))
             writes.extend(self._stores(user, data.stores))
-        mutual = await _all([self._mutual(batch, u, item) for u, item in friends])
-        for (user, item), is_mutual in zip(friends, mutual):
-            if not is_mutual:
-                items.append((user, item))
-        befriended = {(user, item.jid) for (user, item), m in zip(friends, mutual) if m}
-        pairs = [(user, contact) for user, contact in befriended if user < contact]
-        edges = [(subscriber, user) for user, data in batch.items()
-                 for subscriber in data.subscribers if (user, subscriber) not in befriended]
-        await _all(writes + [self.target.set_roster_item(u, item) for u, item in items])
+            friendly = forms[user]
+            items = {item.jid: item for item in data.roster}
+            for contact in data.subscribers & data.subscriptions:
+                if contact > user and contact in friendly:
+                    pairs.append((user, contact))
+                    settled.add((user, contact))
+                elif contact < user:
+                    checks.append((user, contact, items.get(contact), contact in friendly))
+            own_items.extend((user, item) for item in data.roster
+                             if not (item.jid > user and item.jid in friendly))
+        befriended = await _all([self._befriended(forms, user, smaller)
+                                 for user, smaller, _, _ in checks])
+        skip = set()
+        for (user, smaller, item, friendly), yes in zip(checks, befriended):
+            if not yes:
+                continue
+            settled.add((user, smaller))
+            if item is None:
+                missing.append((user, smaller))
+            elif friendly:
+                skip.add((user, smaller))  # add_friends wrote it as it is
         if pairs:
             await self.target.add_friends(pairs)
+            self._remember(pairs)
+        await _all(writes + [self.target.set_roster_item(user, item) for user, item in own_items
+                             if (user, item.jid) not in skip]
+                   + [self.target.remove_roster_item(user, smaller) for user, smaller in missing])
+        edges = [(subscriber, user) for user, data in batch.items()
+                 for subscriber in data.subscribers
+                 if (user, subscriber) not in settled and (subscriber, user) not in settled]
         if edges:
             await self.target.add_subscriptions(edges)
 
-    def _mutual(self, batch: dict[str, _UserData], user: str,
-                item: RosterItem) -> defer.Deferred:
-        """A friendship (the edges both ways are known): a plain ``both`` on the contact's
-        side too, read from the batch when the contact is in it."""
-        contact = batch.get(item.jid)
-        if contact is not None:
-            return defer.succeed(RosterItem(user, "both") in contact.roster)
-        d = self.source.get_roster_item(item.jid, user)
-        return d.addCallback(lambda back: back == RosterItem(user, "both"))
+    def _remember(self, pairs: list[tuple[str, str]]) -> None:
+        """Keep the friendships written, for their larger side's batch (bounded: past the
+        bound, the larger side reads the smaller's item from the source)."""
+        room = _REMEMBERED - len(self._written)
+        if len(pairs) > room:
+            self._forgot = True
+        self._written.update(pairs[:max(0, room)])
+
+    def _befriended(self, forms: dict[str, set[str]], user: str,
+                    smaller: str) -> defer.Deferred:
+        """Did ``smaller`` write its link with ``user`` as a friendship? (``forms``: the
+        friend-form contacts of the batch's users.)"""
+        if smaller in forms:
+            return defer.succeed(user in forms[smaller])
+        if (smaller, user) in self._written:
+            self._written.discard((smaller, user))
+            return defer.succeed(True)
+        if smaller > self._started_after and not self._forgot:
+            return defer.succeed(False)
+        d = self.source.get_roster_item(smaller, user)  # written before this run, or forgotten
+        return d.addCallback(lambda item: item == RosterItem(user, "both"))
 
     def _account(self, user: str, credentials: Any) -> defer.Deferred:
         d = self.target.create_user(user, credentials)
@@ -199,20 +244,16 @@ class StoreCopy:
         """Read every user from both stores: the counts that agree, and the users that
         differ (the first 20)."""
         agreed, differ = CopyCounts(), []
-        after = ""
-        while True:
-            users = await self.source.dump_users(after, self.batch)
-            if not users:
-                return agreed, differ
-            pairs = await _all([_all([defer.ensureDeferred(read_user(store, u))
-                                      for store in (self.source, self.target)])
-                                for u in users])
-            for user, (mine, theirs) in zip(users, pairs):
-                if mine == theirs:
-                    agreed.add(mine.counts())
+        reading = await self._read_after("", self.source, self.target)
+        while reading is not None:
+            users, (mine, theirs) = await reading
+            reading = await self._read_after(users[-1], self.source, self.target)
+            for user, ours, copied in zip(users, mine, theirs):
+                if ours == copied:
+                    agreed.add(ours.counts())
                 elif len(differ) < 20:
                     differ.append(user)
-            after = users[-1]
+        return agreed, differ
 
     async def _load_progress(self) -> tuple[str, CopyCounts]:
         text = await threads.deferToThread(_read_text, self.progress)

@@ -252,7 +252,8 @@ class RedisClusterServers:
             RedisServer(directory / f"node{i}", extra=(
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-port", str(free_port()),
-                "--cluster-node-timeout", str(node_timeout_ms), "--appendfsync", "everysec"))
+                "--cluster-node-timeout", str(node_timeout_ms), "--appendfsync", "everysec",
+                "--repl-diskless-sync-delay", "0"))
             for i in range(2 * masters)]
 
     @property
@@ -268,6 +269,11 @@ class RedisClusterServers:
                        check=True, capture_output=True, timeout=120)
         wait_until(lambda: all("cluster_state:ok" in s.cli("CLUSTER", "INFO")
                                     for s in self.live()), "the cluster to be ok")
+        # A replica that never finished its first sync cannot take over from its master.
+        wait_until(lambda: all("master_link_status:up" in s.cli("INFO", "replication")
+                               for s in self.live()
+                               if "role:slave" in s.cli("INFO", "replication")),
+                   "every replica to be in sync")
 
     def live(self) -> list[RedisServer]:
         return [s for s in self.servers if s.process is not None]

@@ -4,8 +4,6 @@ and comet and XMPP events cross nodes as they do over one Redis."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from thriftpy2.rpc import make_client
 
@@ -58,7 +56,8 @@ def test_comet_events_cross_nodes_over_sharded_pubsub(cluster, presenced_factory
     for master in cluster.masters():
         sharded.update(master.cli("PUBSUB", "SHARDCHANNELS").split())
         assert master.cli("PUBSUB", "CHANNELS").split() == []
-    assert {"presenced:directory", "presenced:node:a", "presenced:node:b"} <= sharded
+    assert {"{presenced}presenced:directory", "{presenced}presenced:node:a",
+            "{presenced}presenced:node:b", "presenced:subject:rj@localhost"} <= sharded
     online_everywhere((b,), "rj", 1)
     a.stop()
     online_everywhere((b,), "rj", 0)  # node a's goodbye crossed the cluster too
@@ -92,3 +91,4 @@ def test_xmpp_presence_and_messages_cross_nodes(cluster, presenced_factory):
     ann.close()
     assert b"unavailable" in ben.read_until(b"from=.ann@localhost/a.[^>]*type=.unavailable.")
     ben.close()
+

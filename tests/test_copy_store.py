@@ -35,6 +35,8 @@ async def filled(path: Path) -> EmbeddedRosterStore:
                                                    groups=("Pals",)))
     await store.set_roster_item("u2@x", RosterItem("u9@x", "to", ask=True))
     await store.add_subscriptions([("fan@web", "u3@x"), ("u4@x", "star@web")])
+    await store.add_friends([("a1@web", "z1@web")])  # edges both ways, an item on one side
+    await store.remove_roster_item("z1@web", "a1@web")
     await store.open_map("pep").set("u5@x", "tune", "<tune>5</tune>")
     await store.open_map("pending").set("u6@x", "u7@x", "<presence/>")
     for n in range(3):
@@ -66,7 +68,7 @@ async def test_embedded_to_cluster_and_back_resumes_and_verifies(tmp_path, share
         copier.report = lines.append
         counts = await copier.copy()
         assert lines[2].startswith("resuming after ") and "(6 users copied before)" in lines[2]
-        assert counts.users == 14 and counts.accounts == 12
+        assert counts.users == 16 and counts.accounts == 12
         assert counts.list_entries == 3 and counts.archive_entries == 3
         agreed, differ = await copier.verify()
         assert differ == [] and agreed == counts
@@ -84,7 +86,9 @@ async def test_embedded_to_cluster_and_back_resumes_and_verifies(tmp_path, share
         again = StoreCopy(cluster, back, str(tmp_path / "progress-back"), report=lines.append)
         assert await again.copy() == counts
         assert (await again.verify())[1] == []
-        for user in ("u0@x", "u7@x", "u8@x", "fan@web"):
+        assert await cluster.get_roster("z1@web") == []
+        assert await cluster.get_subscribers("z1@web") == ["a1@web"]
+        for user in ("u0@x", "u7@x", "u8@x", "fan@web", "z1@web"):
             assert await read_user(back, user) == await read_user(source, user)
         await back.open_map("pep").set("u5@x", "tune", "<tune>changed</tune>")
         assert (await again.verify())[1] == ["u5@x"]

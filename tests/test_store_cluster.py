@@ -2,13 +2,15 @@
 load: a master SIGKILLed during 2 000 add_friend calls (with ``redis_wait_replicas = 1``
 every acknowledged friendship is there after its replica took over, and the same store keeps
 serving), and slots migrated with ``redis-cli --cluster reshard`` with no failed request.
-The store suite itself runs on the cluster through the ``store`` fixture (conftest)."""
+A write no replica confirms fails and says so. The store suite itself runs on the cluster
+through the ``store`` fixture (conftest)."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
@@ -173,3 +175,20 @@ async def test_requests_follow_ask_and_moved_while_one_slot_moves(redis_cluster)
     assert int(target.cli("CLUSTER", "COUNTKEYSINSLOT", str(slot))) > 0
     assert int(owner.cli("CLUSTER", "COUNTKEYSINSLOT", str(slot))) == 0
     await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_no_replica_confirms_fails_and_says_so(redis_server):
+    """``wait_replicas`` on a Redis without replicas: writes run but are never acknowledged
+    (the error says the write may be there), reads are answered as usual."""
+    store = RedisRosterStore([redis_server.url], timeout=1.0, wait_replicas=1)
+    await store.start()
+    try:
+        with pytest.raises(StoreError, match="0 of 1 replicas confirmed"):
+            await store.add_friends([("a@x", "b@x")])
+        with pytest.raises(StoreError, match="0 of 1 replicas confirmed"):
+            await store.open_map("pep").set("a@x", "tune", "<tune/>")
+        assert await store.get_subscribers("a@x") == ["b@x"]  # it ran on the master
+        assert await store.get_roster_version("a@x") == 1
+    finally:
+        await store.stop()

@@ -1,7 +1,10 @@
-"""The Redis store: :class:`IRosterStore` over one or more Redis servers through txredisapi.
+"""The Redis store: :class:`IRosterStore` over Redis through txredisapi: a hash ring of
+independent servers (:class:`RingLayout`), a Redis Cluster (:class:`ClusterLayout`, routing in
+:mod:`presenced.store.rediscluster`) or one Sentinel-managed master
+(:mod:`presenced.store.redissentinel`).
 
 Layout. Every key of a user carries the user's bare JID as a hash tag, so all of one user's
-data lives on one node (and would share a slot under Redis Cluster)::
+data lives on one node (under Redis Cluster: in one slot)::
 
     u:{alice@x}:acct      string  credentials (codec JSON); the account exists iff this does
     u:{alice@x}:friends   set     mutual friends: each a ``both`` roster item and graph edges
@@ -16,6 +19,8 @@ data lives on one node (and would share a slot under Redis Cluster)::
                           zset    an archive store: ``id:[when, value, peer]`` scored by id,
                                   with the id counter in ``u:{alice@x}:<name>:seq``
     accounts              zset    (one per node) names of the node's accounts, for search/count
+    accounts:{tag}        zset    the same under Redis Cluster, one per slot (``tag`` falls in
+                                  it), so creating an account stays one script on one slot
 
 A contact in ``friends`` is a ``both`` item whatever ``roster`` says about it;
 ``get_subscribers`` is ``SUNION friends subs``. The roster version is ``ver + SCARD friends``:
@@ -27,6 +32,8 @@ side of it (``set_roster_item``, ``remove_subscriptions``) moves it to the expli
 
 Sharding. With several URLs each user is placed on one node by consistent hashing of the JID
 (:class:`HashRing`, points named after the URL strings: keep the URLs as written, or users move).
+Under Redis Cluster a command goes to its slot's master; graph writes go one script per master
+(:meth:`RedisRosterStore._graph_on_masters`), sent again on the new map when a slot moved.
 
 Writes that span nodes. ``add_friends`` of (A, B) writes A's side on A's node and B's side on
 B's node, in Lua script calls of up to 5000 users each, each atomic on its node (so a bulk load
@@ -45,6 +52,11 @@ A request waits for the connection, for at most ``timeout`` seconds in all, then
 fail instead (a lost reply may hide a push that happened, or a pop that deleted the values).
 Replies only come after Redis accepted the write, so with ``appendonly yes`` and ``appendfsync
 always`` nothing acknowledged is lost when Redis restarts (``everysec``: at most one second).
+
+Durability. Replication is asynchronous: a replica promoted after its master died may lack the
+master's last writes. With ``wait_replicas`` every write (a write command, a script that
+writes) is acknowledged only after ``WAIT`` says that many replicas have it
+(:class:`ReplicaConfirmation`); fewer within half the timeout fail the request.
 
 Replies are parsed by hiredis when it is installed (txredisapi picks it up by itself): its C
 parser is what keeps large ``get_subscribers`` replies well under a millisecond.
@@ -596,7 +608,7 @@ class RedisRosterStore:
                           retriable)
 
     async def _on_every_node(self, what: str, requests: dict[Any, defer.Deferred]) -> list:
-        """Wait for one request per node (or slot); when some fail, say which were written."""
+        """Wait for one request per node; when some fail, say which nodes were written."""
         results = await defer.DeferredList(list(requests.values()), consumeErrors=True)
         failed = [(node, r) for node, (ok, r) in zip(requests, results) if not ok]
         if not failed:
@@ -605,7 +617,7 @@ class RedisRosterStore:
         reasons = "; ".join(f"{node}: {f.getErrorMessage()}" for node, f in failed[:5])
         written = f"written on {_some(done)}" if done else "nothing written"
         raise StoreError(f"{what} failed on {len(failed)} of {len(requests)} Redis node(s) "
-                         f"or slot(s) ({reasons}{'; ...' if len(failed) > 5 else ''}); "
+                         f"({reasons}{'; ...' if len(failed) > 5 else ''}); "
                          f"{written}. The writes are idempotent: repeat the request to repair "
                          f"what may be half-written")
 
@@ -723,15 +735,10 @@ class RedisRosterStore:
         return self._dumped[start:start + limit]
 
     def user_store_names(self, user: str) -> defer.Deferred:
-        return defer.ensureDeferred(self._user_store_names(user))
-
-    async def _user_store_names(self, user: str) -> dict[str, str]:
-        listed = await self._user_call(user, "SMEMBERS", user_key(user, "stores"))
-        names = sorted(set(listed).union(_UNLISTED_STORES))
-        kinds = await defer.gatherResults(
-            [self._user_call(user, "TYPE", user_key(user, name)) for name in names],
-            consumeErrors=True).addErrback(lambda f: f.value.subFailure)
-        return {name: _KINDS[kind] for name, kind in zip(names, kinds) if kind in _KINDS}
+        d = self._user_eval(user, _STORE_TYPES, ("stores",),
+                            [user_key(user, ""), *_UNLISTED_STORES])
+        return d.addCallback(lambda flat: {name: _KINDS[kind] for name, kind
+                                           in _pairs_to_dict(flat).items() if kind in _KINDS})
 
     # --- accounts ---------------------------------------------------------------------
 
@@ -986,6 +993,18 @@ while true do
   if #batch < 200 then return out end
   offset = offset + 200
 end
+""", writes=False)
+
+# KEYS[1]: the user's ``stores`` set; ARGV[1]: the key prefix, ARGV[2...]: the unlisted stores.
+# Fires name, TYPE, name, TYPE... for each store name (what copy-store reads per user).
+_STORE_TYPES = _Script("""
+local names, out = redis.call('SMEMBERS', KEYS[1]), {}
+for i = 2, #ARGV do names[#names + 1] = ARGV[i] end
+for _, name in ipairs(names) do
+  out[#out + 1] = name
+  out[#out + 1] = redis.call('TYPE', ARGV[1] .. name)['ok']
+end
+return out
 """, writes=False)
 
 _ARCHIVE_DELETE_ALL = _Script("""
