@@ -24,12 +24,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_redis(directory: Path, persist: bool = False) -> tuple[subprocess.Popen, int]:
+def start_redis(directory: Path, persist: bool = False,
+                extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
     """Start a private redis-server on a free loopback port, its files and ``redis.log`` in
     ``directory``; returns the process and the port once it accepts connections.
 
     ``persist``: append-only file, fsync every second (as a deployment would run it);
-    otherwise nothing is written to disk."""
+    otherwise nothing is written to disk. ``extra``: more redis-server arguments."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (scripts/install-test-deps.sh)")
@@ -40,7 +41,7 @@ def start_redis(directory: Path, persist: bool = False) -> tuple[subprocess.Pope
     with open(directory / "redis.log", "ab") as log:
         process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-             "--save", "", *durability], stdout=log, stderr=subprocess.STDOUT)
+             "--save", "", *durability, *extra], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -51,6 +52,52 @@ def start_redis(directory: Path, persist: bool = False) -> tuple[subprocess.Pope
     process.kill()
     process.wait()
     raise SystemExit(f"redis-server did not start: see {directory / 'redis.log'}")
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of ``masters`` masters with one replica each in ``directory``, on free
+    loopback ports (``redis-cli --cluster create``), for a ``with``."""
+
+    def __init__(self, directory: Path, masters: int = 3, persist: bool = True):
+        self.directory = directory
+        self.masters = masters
+        self.persist = persist
+        self.nodes: list[tuple[subprocess.Popen, int]] = []
+
+    @property
+    def seeds(self) -> list[str]:
+        return [f"redis://127.0.0.1:{port}" for _, port in self.nodes]
+
+    def __enter__(self) -> "PrivateRedisCluster":
+        for i in range(2 * self.masters):
+            self.nodes.append(start_redis(self.directory / f"node{i}", self.persist, (
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(free_port()))))
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *(f"127.0.0.1:{port}" for _, port in self.nodes),
+                        "--cluster-replicas", "1", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=120)
+        deadline = time.monotonic() + 60
+        while not all("cluster_state:ok" in subprocess.run(
+                ["redis-cli", "-p", str(port), "CLUSTER", "INFO"], capture_output=True,
+                text=True).stdout for _, port in self.nodes):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the Redis Cluster in {self.directory} did not come up")
+            time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process, _ in self.nodes:
+            process.terminate()
+            process.wait(60)
+
+    def cpu_seconds(self) -> float:
+        """CPU every node used so far, masters and replicas."""
+        return round(sum(cpu_seconds(process.pid) for process, _ in self.nodes), 2)
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file()
+                   and f.name not in ("redis.log", "nodes.conf"))
 
 
 def server_pids(pid: int) -> list[int]:

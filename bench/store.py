@@ -9,6 +9,10 @@ deployment would have it (``appendonly yes``, ``appendfsync everysec``).
 Prints one JSON document::
 
     python3 bench/store.py --n 100000 --m 15 --backends embedded,redis
+    python3 bench/store.py --n 100000 --m 15 --backends redis,redis-cluster [--wait-replicas 1]
+
+``redis-cluster`` starts a private Redis Cluster (``--cluster-masters`` masters, one replica
+each, same persistence) and loads it through the same store calls.
 
 Targets on a 2-core machine: >= 200 000 edges/s loaded, get_subscribers p99 <= 1 ms at
 n = 1 000 000.
@@ -33,7 +37,7 @@ if __package__ in (None, ""):  # run as a file: make the checkout importable
 from twisted.internet import defer, reactor, task
 
 from bench.graph import barabasi_albert, user_name, write_edge_list
-from bench.procs import cpu_seconds, percentile, start_redis
+from bench.procs import PrivateRedisCluster, cpu_seconds, percentile, start_redis
 from presenced import bulk
 from presenced.store import IRosterStore
 
@@ -138,7 +142,22 @@ def run_backend(backend: str, args: argparse.Namespace, edges_path: Path, work: 
             yield task.deferLater(reactor, 1.5, lambda: None)  # appendfsync everysec
             figures["disk_bytes"] = redis.disk_bytes()
         return figures
-    raise SystemExit(f"unknown backend {backend!r} (embedded, redis)")
+    if backend == "redis-cluster":
+        from presenced.store.redis import RedisRosterStore
+
+        with PrivateRedisCluster(work / "redis-cluster", args.cluster_masters) as cluster:
+            store = RedisRosterStore(cluster.seeds, timeout=60.0, cluster=True,
+                                     wait_replicas=args.wait_replicas)
+            figures = yield measure(store, edges_path, args.n, args.samples, args.seed)
+            # used_memory summed over the masters (replicas hold as much again)
+            figures["redis_used_memory_bytes"] = figures.pop("store_bytes")
+            figures["redis_cpu_seconds"] = cluster.cpu_seconds()
+            figures["masters"] = args.cluster_masters
+            figures["wait_replicas"] = args.wait_replicas
+            yield task.deferLater(reactor, 1.5, lambda: None)  # appendfsync everysec
+            figures["disk_bytes"] = cluster.disk_bytes()
+        return figures
+    raise SystemExit(f"unknown backend {backend!r} (embedded, redis, redis-cluster)")
 
 
 @defer.inlineCallbacks
@@ -163,7 +182,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="users (default 100000)")
     parser.add_argument("--m", type=int, default=15, help="friends per new user (default 15)")
-    parser.add_argument("--backends", default="embedded,redis")
+    parser.add_argument("--backends", default="embedded,redis",
+                        help="comma-separated: embedded, redis, redis-cluster")
+    parser.add_argument("--cluster-masters", type=int, default=3,
+                        help="redis-cluster: masters, each with one replica (default 3)")
+    parser.add_argument("--wait-replicas", type=int, default=0,
+                        help="redis-cluster: [store] redis_wait_replicas (default 0)")
     parser.add_argument("--samples", type=int, default=10_000,
                         help="get_subscribers calls timed per backend")
     parser.add_argument("--seed", type=int, default=1)

@@ -14,11 +14,23 @@ with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` p
    ``--paced-rate`` messages/s in total gives the latency at a steady load.
 4. ``login_scram_tls``: the same accounts log in again with STARTTLS + SCRAM-SHA-1 (the
    client computes PBKDF2 too, as real clients do); logins/s.
+5. ``room``: ``--room-occupants`` of the accounts join one group chat room (XEP-0045) and
+   ``--room-senders`` of them send ``--room-messages`` groupchat messages each as fast as
+   they can; every occupant (the senders too) receives every message: occupant
+   deliveries/s, p50/p99 send-to-receive latency over all deliveries, and the server's CPU
+   per delivery. Then a paced round at ``--room-paced-rate`` messages/s gives the latency
+   at a steady load.
 
 The load client shares this machine's cores with the server (and, on a shared machine, with
 whatever else runs: the JSON gives the load average and the server's CPU time per login and
 per message, which other load does not distort). PBKDF2 cost per login follows
 ``--iterations`` (the accounts' ``[server] scram_iterations``; 4096 is the default).
+
+``--transport websocket``: the same phases over XMPP over WebSocket (RFC 7395, the HTTP
+door's ``/xmpp-websocket``) instead of TCP, but the SCRAM+TLS logins (TLS is the HTTP door's,
+not the stream's); ``--transport bosh``: BOSH logins (``/http-bind``, one POST per request)
+and the idle memory of sessions that each keep one request held, no message phases. Run
+the three for the figures side by side.
 
 ``--sm``: the PLAIN clients enable stream management (XEP-0198, with resumption) before their
 presence and answer the server's ``<r/>`` with ``<a/>``, so the message figures include the
@@ -51,6 +63,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.procs import (cpu_seconds, free_port, percentile, rss_kb, start_presenced,  # noqa: E402
                          start_redis)
+from bench.webclients import BoshClient, websocket_login_plain  # noqa: E402
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
@@ -158,7 +171,7 @@ async def login_scram_tls(port: int, user: str, context: ssl.SSLContext):
 
 
 async def run_logins(port: int, users: list[str], concurrency: int, tls: bool,
-                     sm: bool = False):
+                     sm: bool = False, transport: str = "tcp"):
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -167,7 +180,14 @@ async def run_logins(port: int, users: list[str], concurrency: int, tls: bool,
 
     async def one(user: str):
         async with semaphore:
-            if tls:
+            if transport == "websocket":
+                connections.append(await websocket_login_plain(port, user, PASSWORD))
+            elif transport == "bosh":
+                client = BoshClient(port)
+                await client.login_plain(user, PASSWORD)
+                client.hold()
+                connections.append(client)
+            elif tls:
                 connections.append(await login_scram_tls(port, user, context))
             else:
                 connections.append(await login_plain(port, user, sm))
@@ -240,14 +260,24 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
 
 
 def worker(port: int, users: list[str], concurrency: int, messages: int, interval: float,
-           sm: bool, pipe) -> None:
+           sm: bool, transport: str, pipe) -> None:
     """One load process: PLAIN logins, wait, message burst, paced messages, close,
-    SCRAM+TLS logins."""
+    SCRAM+TLS logins (TCP only; BOSH: logins and idle sessions only)."""
 
     async def main():
-        elapsed, connections = await run_logins(port, users, concurrency, tls=False, sm=sm)
-        handled = {writer: 0 for _, writer, _ in connections} if sm else None
+        elapsed, connections = await run_logins(port, users, concurrency, tls=False, sm=sm,
+                                                transport=transport)
         pipe.send(("plain", elapsed))
+        if transport == "bosh":
+            for phase in ("messages", "paced"):
+                pipe.recv()
+                pipe.send((phase, [], 0.0))
+            pipe.recv()
+            for client in connections:
+                client.held.cancel()
+            pipe.send(("scram", None))
+            return
+        handled = {writer: 0 for _, writer, _ in connections} if sm else None
         barrier_at = pipe.recv()
         latencies, last = await pump_messages(connections, users, messages, barrier_at,
                                               handled=handled)
@@ -260,6 +290,9 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
             writer.write(b"</stream:stream>")
             writer.close()
         pipe.recv()
+        if transport != "tcp":
+            pipe.send(("scram", None))
+            return
         elapsed, connections = await run_logins(port, users, concurrency, tls=True)
         pipe.send(("scram", elapsed))
         for _, writer, _ in connections:
@@ -268,10 +301,101 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
     asyncio.run(main())
 
 
+ROOM = b"bench@conference.localhost"
+
+
+async def room_phase(port: int, users: list[str], senders: int, messages: int,
+                     paced_rate: float) -> dict:
+    """One room, ``users`` in it; returns the ``room_*`` figures (see the module doc)."""
+    connections = []
+    for index, user in enumerate(users):
+        reader, writer, buffer = await login_plain(port, user)
+        writer.write(b"<presence to='%s/o%d'><x xmlns='http://jabber.org/protocol/muc'>"
+                     b"<history maxstanzas='0'/></x></presence>" % (ROOM, index))
+        await read_until(reader, buffer, b"</subject>")  # joined: the subject comes last
+        connections.append((reader, writer, buffer))
+    for _, _, buffer in connections:
+        del buffer[:]  # presence of later joiners
+    burst, elapsed = await room_round(connections, senders, messages, 0.0)
+    paced, _ = await room_round(connections, senders, PACED_MESSAGES, senders / paced_rate)
+    for _, writer, _ in connections:
+        writer.close()
+    return {
+        "room_occupants": len(connections),
+        "room_messages_sent": senders * messages,
+        "room_deliveries": len(burst),
+        "room_deliveries_per_s": round(len(burst) / elapsed, 1) if elapsed > 0 else None,
+        "room_latency_p50_ms": round(1000 * percentile(burst, 0.5), 2) if burst else None,
+        "room_latency_p99_ms": round(1000 * percentile(burst, 0.99), 2) if burst else None,
+        "room_paced_messages_per_s": paced_rate,
+        "room_paced_deliveries": len(paced),
+        "room_paced_latency_p50_ms": round(1000 * percentile(paced, 0.5), 2)
+        if paced else None,
+        "room_paced_latency_p99_ms": round(1000 * percentile(paced, 0.99), 2)
+        if paced else None,
+    }
+
+
+async def room_round(connections, senders: int, messages: int, interval: float
+                     ) -> tuple[list[float], float]:
+    """The first ``senders`` send ``messages`` each, in bursts of ten (``interval`` 0) or
+    one every ``interval`` seconds; every occupant's deliveries' latencies, sorted, and the
+    time from the first send to the last delivery."""
+    stamp = re.compile(rb"<body>(\d+\.\d+)</body>")
+    latencies: list[float] = []
+    expected = senders * messages * len(connections)
+    done = asyncio.get_running_loop().create_future()
+    last = [0.0]
+
+    async def receive(reader, buffer):
+        while not done.done():
+            data = await reader.read(262144)
+            if not data:
+                return
+            buffer += data
+            end = buffer.rfind(b"</message>")
+            if end < 0:
+                continue
+            now = time.time()
+            for match in stamp.finditer(buffer, 0, end):
+                latencies.append(now - float(match.group(1)))
+            del buffer[:end + 10]
+            last[0] = now
+            if len(latencies) >= expected and not done.done():
+                done.set_result(True)
+
+    async def send(index: int, writer):
+        message = b"<message to='%s' type='groupchat'><body>%.6f</body></message>"
+        if interval:
+            await asyncio.sleep(interval * index / senders)  # spread the senders
+            for _ in range(messages):
+                writer.write(message % (ROOM, time.time()))
+                await asyncio.sleep(interval)
+            return
+        for batch in range(0, messages, 10):
+            writer.write(b"".join(message % (ROOM, time.time())
+                                  for _ in range(min(10, messages - batch))))
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    receivers = [asyncio.ensure_future(receive(r, b)) for r, _, b in connections]
+    started = time.time()
+    await asyncio.gather(*(send(i, w) for i, (_, w, _) in enumerate(connections[:senders])))
+    try:
+        await asyncio.wait_for(done, 120)
+    except asyncio.TimeoutError:
+        pass
+    for task in receivers:
+        task.cancel()
+    latencies.sort()
+    return latencies, last[0] - started
+
+
 # --- the server -----------------------------------------------------------------------------
 
 def start_server(directory: Path, iterations: int, workers: int = 1, redis_port: int = 0,
-                 checkout: Path = REPO) -> tuple[subprocess.Popen, int, Path]:
+                 transport: str = "tcp", checkout: Path = REPO
+                 ) -> tuple[subprocess.Popen, int, Path]:
     """A private presenced from ``checkout`` with the bench config (keys that checkout's
     ``config/presenced.toml`` does not document are left out: older revisions refuse them)."""
     known = (checkout / "config" / "presenced.toml").read_text()
@@ -298,8 +422,8 @@ require_tls = false
 allow_plain = true
 hibernate_after = 1.0
 {per_ip}[comet]
-enabled = false
-[thrift]
+enabled = {"false" if transport == "tcp" else "true"}
+{per_ip}[thrift]
 enabled = false
 [webadmin]
 enabled = false
@@ -307,7 +431,7 @@ enabled = false
 enabled = false
 """)
     process, ports = start_presenced(directory, config, checkout=checkout)
-    return process, ports["xmpp"], config
+    return process, ports["xmpp" if transport == "tcp" else "comet"], config
 
 
 @dataclass(frozen=True)
@@ -337,7 +461,7 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
         ours, theirs = multiprocessing.Pipe()
         proc = multiprocessing.Process(target=worker, args=(
             port, share, plan.concurrency, plan.messages, len(users) / plan.paced_rate,
-            plan.sm, theirs))
+            plan.sm, "tcp", theirs))
         proc.start()
         pipes.append(ours)
         procs.append(proc)
@@ -424,7 +548,7 @@ def run_checkout(checkout: Path, users: list[str], plan: LoadPlan, iterations: i
         directory = Path(tmp)
         redis, redis_port = start_redis(directory) if workers > 1 else (None, 0)
         server, port, config = start_server(directory, iterations, workers, redis_port,
-                                            checkout)
+                                            checkout=checkout)
         try:
             started = time.perf_counter()
             import_users(config, users, directory, checkout)
@@ -457,18 +581,144 @@ def main() -> None:
                         help="messages/s of the paced phase (latency at a steady load)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server worker processes (above 1: a cluster over a private Redis)")
+    parser.add_argument("--transport", choices=("tcp", "websocket", "bosh"), default="tcp",
+                        help="how the load clients connect (module docstring)")
     parser.add_argument("--sm", action="store_true",
                         help="clients enable stream management (XEP-0198) and answer acks")
     parser.add_argument("--checkouts", default="",
                         help="comma-separated presenced checkouts (git worktrees) to measure "
-                             "one after the other with this load client: before/after in one "
-                             "run; prints a list of results")
+                             "one after the other with this load client over TCP, without "
+                             "the room phase: before/after in one run; prints a list")
+    parser.add_argument("--room-occupants", type=int, default=100,
+                        help="occupants of the group chat room phase (0: no room phase)")
+    parser.add_argument("--room-senders", type=int, default=10)
+    parser.add_argument("--room-messages", type=int, default=100,
+                        help="groupchat messages per sender")
+    parser.add_argument("--room-paced-rate", type=float, default=100.0,
+                        help="groupchat messages/s of the room's paced round (latency at a "
+                             "steady load: each is delivered to every occupant)")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
-    plan = LoadPlan(args.procs, args.concurrency, args.messages, args.paced_rate, args.sm)
-    checkouts = [Path(c).resolve() for c in args.checkouts.split(",") if c] or [REPO]
-    results = [run_checkout(c, users, plan, args.iterations, args.workers) for c in checkouts]
-    print(json.dumps(results if args.checkouts else results[0], indent=2))
+    if args.checkouts:
+        plan = LoadPlan(args.procs, args.concurrency, args.messages, args.paced_rate, args.sm)
+        print(json.dumps([run_checkout(Path(c).resolve(), users, plan, args.iterations,
+                                       args.workers) for c in args.checkouts.split(",") if c],
+                         indent=2))
+        return
+    with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
+        directory = Path(tmp)
+        redis, redis_port = start_redis(directory) if args.workers > 1 else (None, 0)
+        server, port, config = start_server(directory, args.iterations, args.workers,
+                                            redis_port, args.transport)
+        try:
+            lines = "".join(f"{u} {PASSWORD}\n" for u in users)
+            subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
+                            "import-users", "-", "--quiet"], input=lines.encode(), check=True,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=directory)
+            time.sleep(1.0 + 2 * args.workers)  # workers up and in the cluster
+            rss_before = rss_kb(server.pid)
+            # Pairs stay within one process: split on even boundaries.
+            per = (len(users) // args.procs) & ~1
+            shares = [users[i * per:(i + 1) * per] for i in range(args.procs - 1)]
+            shares.append(users[(args.procs - 1) * per:])
+            pipes, procs = [], []
+            for share in shares:
+                ours, theirs = multiprocessing.Pipe()
+                proc = multiprocessing.Process(target=worker, args=(
+                    port, share, args.concurrency, args.messages,
+                    len(users) / args.paced_rate, args.sm, args.transport, theirs))
+                proc.start()
+                pipes.append(ours)
+                procs.append(proc)
+            started, cpu = time.perf_counter(), cpu_seconds(server.pid)
+            for pipe in pipes:
+                pipe.recv()
+            plain_elapsed = time.perf_counter() - started
+            plain_cpu = cpu_seconds(server.pid) - cpu
+            time.sleep(3.5)  # idle: past two hibernation sweeps
+            rss_idle = rss_kb(server.pid)
+            barrier = time.time() + 0.5
+            cpu = cpu_seconds(server.pid)
+            for pipe in pipes:
+                pipe.send(barrier)
+            latencies: list[float] = []
+            last = 0.0
+            for pipe in pipes:
+                _, received, finished = pipe.recv()
+                latencies.extend(received)
+                last = max(last, finished)
+            message_elapsed = last - barrier
+            message_cpu = cpu_seconds(server.pid) - cpu
+            time.sleep(1.0)
+            barrier = time.time() + 0.5
+            for pipe in pipes:
+                pipe.send(barrier)
+            paced: list[float] = []
+            for pipe in pipes:
+                paced.extend(pipe.recv()[1])
+            paced.sort()
+            time.sleep(1.0)
+            started, cpu = time.perf_counter(), cpu_seconds(server.pid)
+            for pipe in pipes:
+                pipe.send("go")
+            scram_done = [pipe.recv()[1] for pipe in pipes]
+            scram_elapsed = (time.perf_counter() - started) if None not in scram_done else None
+            scram_cpu = cpu_seconds(server.pid) - cpu
+            for proc in procs:
+                proc.join(30)
+            room: dict = {}
+            if args.room_occupants:
+                time.sleep(1.0)
+                cpu = cpu_seconds(server.pid)
+                room = asyncio.run(room_phase(port, users[:args.room_occupants],
+                                              min(args.room_senders, args.room_occupants),
+                                              args.room_messages, args.room_paced_rate))
+                room["server_cpu_us_per_room_delivery"] = round(
+                    1e6 * (cpu_seconds(server.pid) - cpu)
+                    / max(1, room["room_deliveries"] + room["room_paced_deliveries"]), 2)
+            latencies.sort()
+            sent = 0 if args.transport == "bosh" else len(users) * args.messages
+            result = {
+                "users": len(users),
+                "workers": args.workers,
+                "transport": args.transport,
+                "stream_management": args.sm,
+                "scram_iterations": args.iterations,
+                "load_processes": args.procs,
+                "login_plain_per_s": round(len(users) / plain_elapsed, 1),
+                "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1)
+                if scram_elapsed else None,
+                "server_cpu_ms_per_login_plain": round(1000 * plain_cpu / len(users), 3),
+                "server_cpu_ms_per_login_starttls_scram": round(1000 * scram_cpu / len(users),
+                                                                3) if scram_elapsed else None,
+                "idle_rss_kb_per_session": round((rss_idle - rss_before) / len(users), 2),
+                "server_rss_mb_with_sessions": round(rss_idle / 1024, 1),
+                "messages_sent": sent,
+                "messages_delivered": len(latencies),
+                "messages_per_s": round(len(latencies) / message_elapsed, 1)
+                if message_elapsed > 0 else None,
+                "server_cpu_us_per_message": round(1e6 * message_cpu / max(1, len(latencies)),
+                                                   1),
+                "latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2)
+                if latencies else None,
+                "latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2)
+                if latencies else None,
+                "paced_rate_per_s": args.paced_rate,
+                "paced_delivered": len(paced),
+                "paced_latency_p50_ms": round(1000 * percentile(paced, 0.5), 2)
+                if paced else None,
+                "paced_latency_p99_ms": round(1000 * percentile(paced, 0.99), 2)
+                if paced else None,
+                **room,
+                "load_average_1min": round(os.getloadavg()[0], 2),
+            }
+            print(json.dumps(result, indent=2))
+        finally:
+            server.terminate()
+            server.wait(30)
+            if redis is not None:
+                redis.terminate()
+                redis.wait(10)
 
 
 if __name__ == "__main__":

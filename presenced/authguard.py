@@ -8,6 +8,10 @@ without any password being checked. Until then each failure is answered after a 
 doubles with the failures already counted past the first three (:func:`backoff`), so guessing from many
 connections at once is no faster than from one.
 
+Failures are counted per node; bans are shared: ``ban_listeners`` hear every ban this node
+decides (the cluster passes them on, ``cluster/bans.py``) and :meth:`ban` applies one decided
+elsewhere, so an address banned on one node is refused by all.
+
 The guard also runs the deliberately slow password checks (PBKDF2, scrypt) on threads of
 their own (:class:`CheckPool`), one per core, with a bounded queue, so a flood of attempts can
 neither stall the reactor nor queue unbounded work.
@@ -15,17 +19,16 @@ neither stall the reactor nor queue unbounded work.
 
 from __future__ import annotations
 
-import ipaddress
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
-
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 
+from presenced.addresses import address_key
 from presenced.metrics import Metrics
 
 FREE_FAILURES = 3  # failures answered after the first delay before the backoff doubles it
@@ -50,20 +53,6 @@ class Record:
     failures: int = 0
     since: float = 0.0
     banned_until: float = 0.0
-
-
-def address_key(host: str) -> str:
-    """The unit an address is counted in: an IPv4 address, or an IPv6 /64 (one subscriber's
-    network: anyone holding a /64 could otherwise try from 2^64 addresses)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host  # a UNIX socket path or a test transport's name
-    if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
 
 
 def backoff(first_delay: float, failures: int) -> float:
@@ -141,6 +130,8 @@ class AuthGuard:
         self._log_window = 0.0
         self._log_lines = 0
         self._log_suppressed = 0
+        # Called with (kind, name, seconds) for every ban this node decides.
+        self.ban_listeners: list[Callable[[str, str, float], None]] = []
         metrics.describe("presenced_auth_bans_total", "counter",
                          "Addresses and accounts banned after too many failed authentications, "
                          "by the door of the failure that caused the ban")
@@ -182,6 +173,16 @@ class AuthGuard:
                 self._banned(door, key, record.failures)
         return worst
 
+    def ban(self, kind: str, name: str, seconds: float) -> None:
+        """Apply a ban decided on another node (``kind``: ``ip`` or ``account``, ``name``
+        as counted there) for the ``seconds`` it has left; a longer one held here stays."""
+        if kind not in self.limits or seconds <= 0:
+            return
+        now = self.clock.seconds()
+        self._prune(now)
+        record = self.records.setdefault((kind, name), Record(0, now, 0.0))
+        record.banned_until = max(record.banned_until, now + seconds)
+
     def succeeded(self, host: str, account: Optional[str] = None) -> None:
         """A right password: the account's failures are forgotten (its owner is back). The
         address keeps its count, or an attacker could reset it with an account of their own."""
@@ -196,6 +197,8 @@ class AuthGuard:
 
     def _banned(self, door: str, key: tuple[str, str], failures: int) -> None:
         self.metrics.inc("presenced_auth_bans_total", door=door)
+        for listener in self.ban_listeners:
+            listener(key[0], key[1], self.ban_seconds)
         now = self.clock.seconds()
         if now - self._log_window >= 60:
             self._log_window, self._log_lines = now, 0

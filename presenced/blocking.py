@@ -14,7 +14,7 @@ its bare JID or its domain is on the list.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 from presenced import events
 from presenced.events import Event
@@ -48,6 +48,7 @@ class Blocklists:
         router.logout_listeners.append(self._logged_out)
         router.delivery_filter = self.refuses_event
         router.recipient_filter = self.visible_recipients
+        router.broadcast_hidden = self.hidden_from
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -62,6 +63,13 @@ class Blocklists:
         if user in self._loaded:
             return self.lists.get(user, frozenset())
         return frozenset(await self.store.items(user))
+
+    def known_blocks(self, user: str, other: str) -> Optional[bool]:
+        """Whether ``user`` blocks ``other``, from the lists held here; None when this node
+        does not hold ``user``'s list (ask :meth:`blocks`)."""
+        if user not in self._loaded:
+            return None
+        return matches(self.lists.get(user, frozenset()), other)
 
     async def blocks(self, user: str, other: str) -> bool:
         """Whether ``user`` blocks ``other`` (any door may ask before sending)."""
@@ -128,9 +136,17 @@ class Blocklists:
         a, b = self.lists.get(user), self.lists.get(other.partition("/")[0])
         return (a is not None and matches(a, other)) or (b is not None and matches(b, user))
 
-    def visible_recipients(self, subject: str, recipients: list[str]) -> list[str]:
-        """The recipients of ``subject``'s broadcast, without those ``subject`` blocks."""
-        blocked = self.lists.get(subject)
+    def hidden_from(self, subject: str) -> frozenset[str]:
+        """What ``subject``'s broadcasts skip, as this node knows it: the router sends it
+        along to other nodes, where the subject's list may not be held."""
+        return self.lists.get(subject, frozenset())
+
+    def visible_recipients(self, subject: str, recipients: Sequence[str],
+                           blocked: Optional[frozenset[str]] = None) -> Sequence[str]:
+        """The recipients of ``subject``'s broadcast, without those ``subject`` blocks
+        (``blocked``: the list as the subject's node sent it, when not held here)."""
+        if not blocked:
+            blocked = self.lists.get(subject)
         if blocked is None:
             return recipients
         return [r for r in recipients if not matches(blocked, r)]

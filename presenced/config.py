@@ -16,7 +16,9 @@ from typing import Any, Callable, Optional
 
 from presenced.cluster import options as cluster_options
 from presenced.doors import DOORS
-from presenced.options import Key, Keys, non_empty, non_negative, one_of, positive, redis_urls
+from presenced.muc import options as muc_options
+from presenced.options import (Key, Keys, non_empty, non_negative, one_of, optional_redis_urls,
+                               positive, redis_urls)
 
 
 class ConfigError(Exception):
@@ -39,6 +41,9 @@ SCHEMA: dict[str, Keys] = {
         "offline_limit": Key(1000, "int", non_negative),
         "blocklist_limit": Key(1000, "int", non_negative),
         "private_storage_bytes": Key(262144, "int", non_negative),
+        "max_event_bytes": Key(8192, "int", positive),
+        "api_tokens_max": Key(1000, "int", positive),
+        "api_token_cache_seconds": Key(10.0, "float", non_negative),
         "auth_failures_per_ip": Key(20, "int", non_negative),
         "auth_failures_per_account": Key(50, "int", non_negative),
         "auth_failure_period": Key(600.0, "float", positive),
@@ -53,10 +58,27 @@ SCHEMA: dict[str, Keys] = {
         "redis": Key(["redis://127.0.0.1:6379/0"], "list[str]", redis_urls),
         "redis_timeout": Key(5.0, "float", positive),
         "redis_retries": Key(3, "int", non_negative),
+        "redis_cluster": Key([], "list[str]", optional_redis_urls),
+        "redis_wait_replicas": Key(0, "int", non_negative),
+        "redis_sentinels": Key([], "list[str]", optional_redis_urls),
+        "redis_sentinel_master": Key("mymaster", "str", non_empty),
     },
     "cluster": cluster_options.KEYS,
     "router": {
         "session_queue_bytes": Key(1048576, "int", positive),
+    },
+    "muc": muc_options.KEYS,
+    # HTTP File Upload (presenced.uploads): slots by XMPP, files on the comet door's port.
+    "upload": {
+        "enabled": Key(True, "bool"),
+        "url": Key("", "str"),
+        "max_file_size": Key(10485760, "int", positive),
+        "quota_bytes": Key(104857600, "int", non_negative),
+        "max_files": Key(1000, "int", positive),
+        "expire_after": Key(604800.0, "float", non_negative),
+        "slot_timeout": Key(300, "int", positive),
+        "put_timeout": Key(300.0, "float", positive),
+        "cleanup_interval": Key(3600.0, "float", positive),
     },
     **{door.section: door.keys for door in DOORS},
 }
@@ -68,6 +90,7 @@ _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
     "bool": lambda v: isinstance(v, bool),
     "list[str]": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
     "list[table]": lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v),
+    "table[str]": lambda v: isinstance(v, dict) and all(isinstance(i, str) for i in v.values()),
 }
 
 
@@ -142,7 +165,16 @@ def build(raw: dict[str, Any], path: Optional[str] = None) -> Config:
 
 def _check_together(sections: dict[str, dict[str, Any]]) -> None:
     """Rules that involve more than one key."""
+    store = sections["store"]
+    if store["redis_cluster"] and store["redis_sentinels"]:
+        raise ConfigError("[store] redis_sentinels",
+                          "a Redis Cluster has no Sentinel: set redis_cluster or "
+                          "redis_sentinels, not both")
     cluster = sections["cluster"]
+    if cluster["enabled"] and store["redis_sentinels"] and not cluster["redis"]:
+        raise ConfigError("[cluster] redis",
+                          "the cluster channel does not follow Sentinel fail-overs: name its "
+                          "Redis here when [store] redis_sentinels is set")
     if cluster["enabled"] and sections["store"]["backend"] != "redis":
         raise ConfigError("[cluster] enabled",
                           'nodes share their state through Redis: set [store] backend = "redis"')
@@ -165,6 +197,8 @@ def _check_together(sections: dict[str, dict[str, Any]]) -> None:
 
 
 def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
     return list(value) if isinstance(value, list) else value
 
 

@@ -19,7 +19,8 @@ Hooks fired here:
 
 What one door offers the others has a typed slot here, filled by that door when it starts:
 ``core.irc`` (an :class:`IIRCAnnouncer`, None while no IRC bot runs: callers report "not
-enabled") and ``core.web_resources`` (resources the web admin serves for other doors).
+enabled"), ``core.web_resources`` (resources the web admin serves for other doors) and
+``core.http_resources`` (resources the public HTTP door serves for other doors).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from zope.interface import Interface
 
 from presenced import events
 from presenced.accounts import Accounts
+from presenced.apitokens import ApiTokens
 from presenced.blocking import Blocklists
 from presenced.authguard import AuthGuard
 from presenced.config import Config
@@ -43,11 +45,14 @@ from presenced.events import Event
 from presenced.hooks import Hooks
 from presenced.listener import OpenFiles
 from presenced.metrics import Metrics
+from presenced.muc.service import RoomService
 from presenced.nowplaying import Tune
 from presenced.pep import PepService
 from presenced.router import SubscriptionRouter
 from presenced.store import IRosterStore, Pair, RosterItem
+from presenced.subjects import check_event_data, check_event_type, normalize_subject
 from presenced.tokens import make_token
+from presenced.uploads import FileShare
 from presenced.users import BadUser, normalize_user
 
 if TYPE_CHECKING:
@@ -119,6 +124,7 @@ class Core:
                                  external_auth, run_check=self.auth_guard.run_check,
                                  domains=tuple(server.domains))
         self.hooks.add("user-removed", self._drop_from_contacts)
+        self.hooks.add("user-removed", self._drop_from_graph)
         self.secret = load_secret(config.server.data_dir)
         self.started_at = time.time()
         # "starting", "ready" (every door listens) or "stopping": what /health reports.
@@ -129,14 +135,31 @@ class Core:
         # URL segment (b"irccat") -> resource the web admin serves there for another door;
         # looked up per request, so a door may add one after the console started.
         self.web_resources: dict[bytes, IResource] = {}
+        # The same for the public HTTP door (comet, port 8000): the XMPP door's
+        # /xmpp-websocket, /http-bind and /.well-known (XEP-0156).
+        self.http_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
+        # Bearer tokens of the HTTP API (presenced.apitokens), valid on every node.
+        self.api_tokens = ApiTokens(store, self.domains[0],
+                                    lambda: self.secret, server.api_tokens_max,
+                                    server.api_token_cache_seconds)
         self.blocking = Blocklists(store, self.router, server.blocklist_limit)
+        self.rooms = RoomService(self)  # group chat (presenced.muc), for every door
+        # HTTP File Upload: slots for the XMPP door, files for the HTTP door (uploads.py).
+        self.uploads = FileShare(config, store, lambda: self.secret, self.metrics)
         # What the public doors' listeners may hold together (presenced.listener).
         self.open_files = OpenFiles.for_process(config.server.reserved_files)
 
     def user(self, text: str) -> str:
         """Normalize a user name from any door (raises :class:`presenced.users.BadUser`)."""
         return normalize_user(text, self.config.default_domain)
+
+    def subject(self, text: str) -> str:
+        """A user name (as :meth:`user`) or a topic (``artist/radiohead``,
+        :mod:`presenced.subjects`): what may be followed or published to. Raises
+        :class:`presenced.users.BadUser` (a :class:`presenced.subjects.BadSubject` for a
+        bad topic)."""
+        return normalize_subject(text, self.config.default_domain)
 
     def local_user(self, text: str) -> str:
         """:meth:`user` on a domain this server serves: what may become an account or a
@@ -180,6 +203,19 @@ class Core:
         """Fires ``user``'s current :class:`Tune`, or None when stopped or never set."""
         return defer.ensureDeferred(self.pep.now_playing(user))
 
+    # --- site events -----------------------------------------------------------------------
+
+    def publish(self, subject: str, kind: str, data: dict) -> defer.Deferred:
+        """Send the site event ``kind`` with ``data`` (a JSON object) from ``subject`` (a
+        normalized user or topic) to its followers' sessions on every door, as a friend's
+        tune goes; fires ``(event, sessions reached)``. Raises
+        :class:`presenced.subjects.BadEvent` for a reserved or malformed type and for data
+        past ``[server] max_event_bytes``, before anything is sent."""
+        check_event_type(kind)
+        check_event_data(data, self.config.server.max_event_bytes)
+        event = Event(events.SITE, subject, {"type": kind, "data": data})
+        return self.router.send(subject, event).addCallback(lambda reached: (event, reached))
+
     # --- friendships -----------------------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -187,6 +223,7 @@ class Core:
         """Make each pair mutual friends and tell their online sessions (roster events)."""
         pairs = list(pairs)
         yield self.store.add_friends(pairs)
+        self.router.subscriptions_changed(added=_both_ways(pairs))
         for a, b in pairs:
             self.roster_changed(a, b, RosterItem(b, "both"))
             self.roster_changed(b, a, RosterItem(a, "both"))
@@ -197,11 +234,17 @@ class Core:
     def remove_friends(self, pairs: Iterable[Pair]):
         pairs = list(pairs)
         yield self.store.remove_friends(pairs)
+        self.router.subscriptions_changed(removed=_both_ways(pairs))
         for a, b in pairs:
             self.roster_changed(a, b, None)
             self.roster_changed(b, a, None)
         self.hooks.fire("friends-removed", pairs)
         return len(pairs)
+
+    def _drop_from_graph(self, user: str, contacts: Iterable[str]) -> None:
+        """A removed account follows nobody and nobody follows it any more (the store
+        dropped its edges both ways)."""
+        self.router.subscriptions_changed(gone=[user])
 
     def _drop_from_contacts(self, user: str, contacts: Iterable[str]) -> None:
         """A removed account leaves its contacts' rosters on every door (roster push
@@ -221,9 +264,26 @@ class Core:
 
     # --- subscription graph ----------------------------------------------------------------
 
-    def add_subscriptions(self, pairs: Iterable[Pair]) -> defer.Deferred:
-        """``(subscriber, subject)`` edges: the subscriber receives the subject's events."""
-        return self.store.add_subscriptions(list(pairs))
+    # Every change of the graph passes here, after the store wrote it, and is told to the
+    # router (its followers index on every node): the core is the graph's one producer.
 
-    def remove_subscriptions(self, pairs: Iterable[Pair]) -> defer.Deferred:
-        return self.store.remove_subscriptions(list(pairs))
+    @defer.inlineCallbacks
+    def add_subscriptions(self, pairs: Iterable[Pair]):
+        """``(subscriber, subject)`` edges: the subscriber receives the subject's events
+        from the next one on. Subjects are users or topics (any string)."""
+        pairs = list(pairs)
+        count = yield self.store.add_subscriptions(pairs)
+        self.router.subscriptions_changed(added=pairs)
+        return count
+
+    @defer.inlineCallbacks
+    def remove_subscriptions(self, pairs: Iterable[Pair]):
+        pairs = list(pairs)
+        count = yield self.store.remove_subscriptions(pairs)
+        self.router.subscriptions_changed(removed=pairs)
+        return count
+
+
+def _both_ways(pairs: list[Pair]) -> list[Pair]:
+    """A friendship's two graph edges for each pair."""
+    return pairs + [(b, a) for a, b in pairs]

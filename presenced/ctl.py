@@ -17,6 +17,8 @@ import json
 import os
 import signal
 import sys
+import tempfile
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Optional, Sequence
@@ -26,6 +28,9 @@ from twisted.internet import defer, task, threads
 from presenced import backup as backups
 from presenced import bulk
 from presenced import config as configuration
+from presenced.apitokens import DEFAULT_TTL as API_TOKEN_TTL
+from presenced.apitokens import SCOPES, TokenRefused
+from presenced.copystore import StoreCopy
 from presenced.core import Core
 from presenced.store import StoreError
 from presenced.store.backends import make_store
@@ -114,9 +119,25 @@ def cmd_roster(core: Core, args):
 
 @defer.inlineCallbacks
 def cmd_subscribers(core: Core, args):
-    user = core.user(args.user)
+    user = core.subject(args.user)
     for subscriber in sorted((yield core.store.get_subscribers(user))):
         print(subscriber)
+
+
+@defer.inlineCallbacks
+def cmd_subscribe(core: Core, args):
+    user, subject = core.user(args.user), core.subject(args.subject)
+    if (yield admin_port.follow(core.config, user, subject)) is None:
+        yield core.add_subscriptions([(user, subject)])
+    print(f"{user} follows {subject}")
+
+
+@defer.inlineCallbacks
+def cmd_unsubscribe(core: Core, args):
+    user, subject = core.user(args.user), core.subject(args.subject)
+    if (yield admin_port.follow(core.config, user, subject, add=False)) is None:
+        yield core.remove_subscriptions([(user, subject)])
+    print(f"{user} no longer follows {subject}")
 
 
 @defer.inlineCallbacks
@@ -173,13 +194,30 @@ def _account_line(core: Core, line: str, fields: list[str]) -> str:
     return core.local_user(fields[0])
 
 
-@defer.inlineCallbacks
-def cmd_stream_token(core: Core, args):
-    if core.config.cluster.enabled:  # sign with the secret every node checks tokens with
+async def _use_cluster_secret(core: Core) -> None:
+    """Sign with the secret every node checks tokens with."""
+    if core.config.cluster.enabled:
         from presenced.cluster.secret import fetch_shared_secret
 
-        core.secret = yield defer.ensureDeferred(fetch_shared_secret(core.config, core.secret))
+        core.secret = await fetch_shared_secret(core.config, core.secret)
+
+
+@defer.inlineCallbacks
+def cmd_stream_token(core: Core, args):
+    yield defer.ensureDeferred(_use_cluster_secret(core))
     print(core.stream_token(core.user(args.user), args.ttl))
+
+
+@defer.inlineCallbacks
+def cmd_api_token(core: Core, args):
+    yield defer.ensureDeferred(_use_cluster_secret(core))
+    try:
+        token, entry = yield defer.ensureDeferred(core.api_tokens.create(args.scope, args.ttl))
+    except TokenRefused as e:
+        raise CommandFailed(str(e)) from None
+    print(f"token {entry.id}, scope {entry.scope}, valid until "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(entry.expires))}:")
+    print(token)
 
 
 # Commands below run without opening the store (they must not, or cannot: restore).
@@ -196,6 +234,10 @@ def cmd_reload(config: configuration.Config, args) -> None:
 def cmd_status(config: configuration.Config, args):
     body = yield threads.deferToThread(_health, config)
     for key, value in body.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
         print(f"{key}: {value}")
     if body.get("status") != "ok":
         raise CommandFailed(f"the server is not healthy: {body.get('status')}")
@@ -223,21 +265,98 @@ def _health(config: configuration.Config) -> dict:
     raise CommandFailed("neither the web admin nor the comet door is enabled")
 
 
-@defer.inlineCallbacks
 def cmd_backup(config: configuration.Config, args):
-    if config.store.backend != "embedded":
-        raise CommandFailed("backup copies the embedded store; for Redis use its RDB "
-                            "snapshots (docs/deployment.md)")
-    meta = yield threads.deferToThread(backups.backup, config.server.data_dir, args.file)
+    return defer.ensureDeferred(_backup(config, args))
+
+
+async def _backup(config: configuration.Config, args) -> None:
+    """The embedded store: SQLite's online backup. Another store (Redis): copied into an
+    embedded store in a scratch directory (as copy-store does), verified, and written as
+    the same versioned file, so either restores into either."""
+    if config.store.backend == "embedded":
+        meta = await threads.deferToThread(backups.backup, config.server.data_dir, args.file)
+    else:
+        with tempfile.TemporaryDirectory(prefix="presenced-backup-") as scratch:
+            await _copy_between(make_store(config), _embedded_store(scratch), scratch,
+                                args.quiet)
+            meta = await threads.deferToThread(backups.backup, scratch, args.file)
     print(f"backup written to {args.file} (format {meta['format']}, schema {meta['schema']})")
 
 
-def cmd_restore(config: configuration.Config, args) -> None:
-    if config.store.backend != "embedded":
-        raise CommandFailed("restore fills the embedded store; for Redis see "
-                            "docs/deployment.md")
-    backups.restore(args.file, config.server.data_dir, args.force)
-    print(f"restored {args.file} into {backups.store_path(config.server.data_dir)}")
+def cmd_restore(config: configuration.Config, args):
+    if config.store.backend == "embedded":
+        backups.restore(args.file, config.server.data_dir, args.force)
+        print(f"restored {args.file} into {backups.store_path(config.server.data_dir)}")
+        return None
+    return defer.ensureDeferred(_restore_by_copy(config, args))
+
+
+async def _restore_by_copy(config: configuration.Config, args) -> None:
+    """A backup file into a store other than the embedded one, which must be empty (or
+    ``--force``: what the file holds replaces those users' data, others stay)."""
+    target = make_store(config)
+    try:
+        await target.start()
+        users = await target.count_users()
+    except StoreError as e:
+        raise CommandFailed(str(e)) from None
+    finally:
+        await target.stop()
+    if users and not args.force:
+        raise CommandFailed(f"the {config.store.backend} store holds {users} accounts: "
+                            "restore into an empty store, or pass --force")
+    with tempfile.TemporaryDirectory(prefix="presenced-restore-") as scratch:
+        await threads.deferToThread(backups.restore, args.file, scratch)
+        await _copy_between(_embedded_store(scratch), make_store(config), scratch,
+                            args.quiet)
+    print(f"restored {args.file} into the {config.store.backend} store")
+
+
+def _embedded_store(data_dir: str):
+    return make_store(configuration.load(None, {"server": {"data_dir": data_dir}}))
+
+
+def cmd_copy_store(_config: Optional[configuration.Config], args):
+    """Two stores, each from its own config; the source is only read."""
+    return defer.ensureDeferred(_copy_store(args))
+
+
+async def _copy_store(args) -> None:
+    source_config, target_config = (configuration.load(path) for path in (args.source,
+                                                                         args.target))
+    progress = args.progress or os.path.join(target_config.server.data_dir,
+                                             "copy-store.progress")
+    await _copy_between(make_store(source_config), make_store(target_config), progress,
+                        args.quiet, args.restart)
+
+
+async def _copy_between(source, target, progress: str, quiet: bool,
+                        restart: bool = False) -> None:
+    """Copy one store into another and verify them (copy-store, and backups of stores
+    other than the embedded one); ``progress`` is the resume file, or a scratch directory
+    to keep it in."""
+    if os.path.isdir(progress):
+        progress = os.path.join(progress, "copy.progress")
+    opened = []
+    try:
+        for store in (source, target):
+            await store.start()
+            opened.append(store)
+        copier = StoreCopy(source, target, progress,
+                           report=(lambda line: None) if quiet else print)
+        counts = await copier.copy(restart=restart)
+        print(f"copied: {counts.describe()}")
+        agreed, differ = await copier.verify()
+        print(f"verified: {agreed.describe()}")
+        if differ or agreed.users != counts.users:
+            raise CommandFailed(f"the stores differ for {len(differ) or 'some'} user(s)"
+                                + (f": {', '.join(differ)}" if differ else "")
+                                + " (run copy-store again with --restart)")
+    except StoreError as e:
+        raise CommandFailed(str(e)) from None
+    finally:
+        for store in opened:
+            await store.stop()
 
 
 def _open(path: str):
@@ -292,7 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--json", action="store_true", help="print JSON")
     command("subscribers", cmd_subscribers,
-            "print who receives a user's events").add_argument("user")
+            "print who receives a user's or a topic's events").add_argument("user")
+    for name, fn, text in (("subscribe", cmd_subscribe, "make USER follow SUBJECT (a user "
+                                                         "or a topic such as artist/radiohead)"),
+                           ("unsubscribe", cmd_unsubscribe, "make USER stop following SUBJECT")):
+        p = command(name, fn, text)
+        p.add_argument("user")
+        p.add_argument("subject")
     p = command("load-friends", cmd_load_friends,
                 "load an edge list: two user ids per line, each a mutual friendship "
                 "('-' reads stdin; '#' comments and blank lines skipped)")
@@ -306,19 +431,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--ttl", type=_positive_ttl, default=86400,
                    help="validity in seconds, more than 0 (default 1 day)")
+    p = command("api-token", cmd_api_token, "print a bearer token for the HTTP API on the "
+                "admin port (docs/http-api.md), on its last line")
+    p.add_argument("--scope", choices=SCOPES, default="publish",
+                   help="publish: publish events and read subject counts (default); "
+                        "admin: every admin method too")
+    p.add_argument("--ttl", type=_positive_ttl, default=API_TOKEN_TTL,
+                   help="validity in seconds, more than 0 (default 365 days)")
     command("status", cmd_status, "print the running server's health: state, uptime, "
             "sessions, store, version").set_defaults(store=False)
     command("reload", cmd_reload, "make the running server reload its config and TLS "
             "certificates (SIGHUP)").set_defaults(store=False)
-    p = command("backup", cmd_backup, "write a consistent copy of the embedded store to FILE "
-                "while the server runs")
+    p = command("backup", cmd_backup, "write a copy of the store to FILE while the server "
+                "runs: the embedded store's online backup, or a Redis store copied and "
+                "verified into the same versioned file")
     p.add_argument("file")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(store=False)
     p = command("restore", cmd_restore, "replace the embedded store of a stopped server by "
-                "the backup FILE")
+                "the backup FILE, or copy FILE into an empty Redis store")
     p.add_argument("file")
-    p.add_argument("--force", action="store_true", help="replace an existing store")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing embedded store; into Redis: a store that holds "
+                        "accounts already")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(store=False)
+    p = command("copy-store", cmd_copy_store, "copy every account, roster, graph edge and "
+                "capability store from the store of one config to that of another (any "
+                "backends), resumable, verified at the end")
+    p.add_argument("--from", dest="source", required=True, metavar="CONFIG",
+                   help="config of the store to read (no server should write to it)")
+    p.add_argument("--to", dest="target", required=True, metavar="CONFIG",
+                   help="config of the store to fill")
+    p.add_argument("--progress", metavar="FILE",
+                   help="resume file (default: copy-store.progress in the target's data_dir)")
+    p.add_argument("--restart", action="store_true", help="ignore the progress file")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(store=False, own_config=True)
     return parser
 
 
@@ -347,7 +496,10 @@ def _load_config(args: argparse.Namespace) -> configuration.Config:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        config = _load_config(args)
+        config = None if getattr(args, "own_config", False) else _load_config(args)
+        if config is None:
+            for path in (args.source, args.target):
+                configuration.load(path)  # a config error is a usage error (exit 2)
     except configuration.ConfigError as e:
         print(f"presencedctl: {e}", file=sys.stderr)
         sys.exit(2)

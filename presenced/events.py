@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 import time
 from types import MappingProxyType
 from typing import Any, Callable, Generic, Optional, TypeVar
@@ -24,6 +25,18 @@ ROSTER = "roster"      # payload: to, jid, item (RosterItem or None when removed
 ADMIN = "admin"        # payload: free-form admin notice (text)
 PEP = "pep"            # payload: node, and item_id + item (XML text) | retract (item ids) |
                        # purge | delete (True); PEP nodes other than the tune, XMPP only
+SITE = "site"          # payload: type (the site's event type), data (a JSON object); sender
+                       # is a user or a topic (presenced.subjects, Core.publish)
+
+# What a site may name its events (presenced.subjects): short, lower case, not one of ours.
+SITE_TYPE = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
+OWN_TYPES = frozenset((TUNE, PRESENCE, MESSAGE, ROSTER, ADMIN, PEP, SITE, "welcome", "closed"))
+
+
+def is_site_type(name: str) -> bool:
+    """``name`` may be a site event's type: the pattern, and none of presenced's own types
+    (which comet clients already read with another meaning)."""
+    return bool(SITE_TYPE.match(name)) and name not in OWN_TYPES
 
 
 class Event:
@@ -46,8 +59,8 @@ class Event:
     def to_json(self) -> bytes:
         """``{"type", "from", "time", "id", ...payload}`` as UTF-8, cached."""
         if self._json is None:
-            doc = {"type": self.type, "from": self.sender, "time": round(self.time, 3),
-                   "id": self.id}
+            doc = {"type": public_type(self), "from": self.sender,
+                   "time": round(self.time, 3), "id": self.id}
             for key, value in self.payload.items():
                 if key in doc:
                     continue
@@ -60,6 +73,11 @@ class Event:
 
     def __repr__(self) -> str:
         return f"<Event {self.type} from {self.sender} #{self.id}>"
+
+
+def public_type(event: Event) -> str:
+    """The type clients see: a site event's own type (``photo``), else the event's."""
+    return event.payload["type"] if event.type == SITE else event.type
 
 
 def _jsonable(value: Any) -> bool:

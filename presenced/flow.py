@@ -8,7 +8,11 @@ The policy is *disconnect*: an event stream with a hole in it is worse than a re
 Input is paced the other way round: a :class:`ReadGate` pauses reading from a connection
 (``transport.pauseProducing``) while its :class:`TokenBucket` is in debt or while the output
 it caused waits for the peer, so a client can make the server neither buffer nor work
-without bound.
+without bound. That output includes what it sends to others: while a door handles a
+client's stanza it names that client's gate in :data:`SENDER`, and a write to a recipient
+whose queue is full holds the sender too ("recipients"), until that recipient reads again
+or ``RECIPIENT_WAIT`` has passed (a recipient that never reads must not stall its senders
+for good: it is cut off at its own limit).
 """
 
 from __future__ import annotations
@@ -20,21 +24,84 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from zope.interface import implementer
 
 
+class SocketWriter:
+    """``transport.write`` that hands bytes to the kernel at once when nothing is queued.
+
+    Twisted queues every write and asks epoll to report the socket writable, then sends from
+    the next reactor iteration and deregisters again: three system calls for each event a
+    stream receives, two of them ``epoll_ctl``. A fan-out writes one frame to each of
+    thousands of idle sockets whose kernel buffers are empty, so the frame is sent directly
+    (one ``send``) and only what the kernel does not take is queued with Twisted as before,
+    which keeps producers, flow control and errors its business. Used for plain TCP only
+    (under TLS the bytes must pass the TLS layer: Twisted's write is used)."""
+
+    __slots__ = ("tcp", "fallback")
+
+    def __init__(self, transport: ITransport):
+        self.fallback = transport.write
+        raw = getattr(transport, "transport", transport)  # under listener.GuardedConnection
+        self.tcp = raw if _plain_tcp(raw) else None
+
+    def __call__(self, data: bytes) -> None:
+        raw = self.tcp
+        if (raw is None or raw.TLS or raw._tempDataBuffer or raw.dataBuffer
+                or not raw.connected or raw.disconnecting or raw._writeDisconnected):
+            self.fallback(data)
+            return
+        try:
+            sent = raw.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the connection is failing: Twisted finds out and reports it
+            self.fallback(data)
+            return
+        if sent < len(data):
+            self.fallback(data[sent:])
+
+
+def _plain_tcp(raw: object) -> bool:
+    from twisted.internet import tcp
+
+    return isinstance(raw, tcp.Connection) and not getattr(raw, "TLS", False)
+
+
+RECIPIENT_WAIT = 1.0  # seconds a sender is held at most for a recipient that does not read
+
+
+class Sender:
+    """The gate of the client whose input is being handled now, or None (the reactor runs
+    one handler at a time; a door sets it around a stanza's synchronous handling)."""
+
+    __slots__ = ("gate",)
+
+    def __init__(self) -> None:
+        self.gate: Optional["ReadGate"] = None
+
+
+SENDER = Sender()
+
+
 @implementer(IPushProducer)
 class WriteBudget:
     """Counts bytes queued while the peer is not reading; aborts past ``limit``. With a
     ``gate``, reading from the peer stops meanwhile: a client that does not take its replies
     gets no more work done for it."""
 
-    __slots__ = ("transport", "limit", "pending", "paused", "exceeded", "gate")
+    __slots__ = ("transport", "limit", "pending", "paused", "exceeded", "gate", "senders",
+                 "_write")
 
-    def __init__(self, transport: ITransport, limit: int, gate: Optional["ReadGate"] = None):
+    def __init__(self, transport: ITransport, limit: int, gate: Optional["ReadGate"] = None,
+                 direct: bool = False):
+        """``direct``: write through a :class:`SocketWriter` (a door fanning events out to
+        many idle sockets)."""
         self.transport = transport
+        self._write = SocketWriter(transport) if direct else transport.write
         self.limit = limit
         self.pending = 0
         self.paused = False
         self.exceeded = False
         self.gate = gate
+        self.senders: set[ReadGate] = set()  # held while this peer is not reading
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> bool:
@@ -45,9 +112,14 @@ class WriteBudget:
             self.pending += len(data)
             if self.pending > self.limit:
                 self.exceeded = True
+                self._release_senders()
                 self.transport.abortConnection()
                 return False
-        self.transport.write(data)
+            sender = SENDER.gate
+            if sender is not None and sender is not self.gate:
+                sender.hold_for("recipients", RECIPIENT_WAIT)
+                self.senders.add(sender)
+        self._write(data)
         return True
 
     def pauseProducing(self) -> None:
@@ -60,9 +132,16 @@ class WriteBudget:
         self.pending = 0
         if self.gate is not None:
             self.gate.release("output")
+        self._release_senders()
 
     def stopProducing(self) -> None:
         self.paused = True
+        self._release_senders()
+
+    def _release_senders(self) -> None:
+        senders, self.senders = self.senders, set()
+        for sender in senders:
+            sender.release("recipients")
 
 
 class TokenBucket:

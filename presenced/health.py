@@ -4,6 +4,11 @@
 answers a cheap read within :data:`STORE_DEADLINE`; 503 with the reason while the node
 starts or stops, or when the store does not answer, so a balancer takes the node out of
 rotation before its users notice.
+
+Parts of the server add their own figures through the hook ``health-details`` (each handler
+returns a dict merged into the body): the cluster its live nodes, the web admin's session
+census the sessions per door. Every figure is kept up to date as things happen, so a check
+costs the same however many users are online.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ async def check(core: "Core") -> tuple[int, dict[str, Any]]:
                             "store": core.store.name,
                             "uptime": round(time.time() - core.started_at, 1),
                             "sessions": core.router.session_count()}
+    for details in core.hooks.collect("health-details"):
+        body.update(details)
     if core.state != "ready":
         body["status"] = core.state
         return 503, body

@@ -2,7 +2,8 @@
 
 Every door listens through :class:`presenced.service.ListeningService`, which wraps the door's
 factory in a :class:`GuardedFactory`. Before the door's protocol is built, three caps are
-checked: connections from the source address, connections of the door, and for the doors the
+checked: connections from the source address (an IPv6 address counts as its /64,
+``addresses.py``), connections of the door, and for the doors the
 public reaches, their connections together against the process's open-files limit less a
 reserve (:class:`OpenFiles`), so a flood on one door leaves files for the admin doors, the
 store, the logs and Redis. A refused connection gets the door's refusal bytes (if any) and is
@@ -35,6 +36,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
+from presenced.addresses import address_key
 from presenced.memory import release_free_memory
 from presenced.metrics import Metrics
 
@@ -186,19 +188,35 @@ class GuardedFactory(Factory):
         self.trim = files.trim(clock)
         self.sweep = task.LoopingCall(self.close_idle)
         self.sweep.clock = clock
+        self.listening = False
 
     def startFactory(self) -> None:
         self.wrapped.doStart()
-        if self.limits.idle_timeout > 0:
-            self.sweep.start(min(1.0, self.limits.idle_timeout / 2), now=False)
+        self.listening = True
+        self._start_sweep()
 
     def stopFactory(self) -> None:
+        self.listening = False
         if self.sweep.running:
             self.sweep.stop()
         self.wrapped.doStop()
 
+    def _start_sweep(self) -> None:
+        if self.limits.idle_timeout > 0:
+            self.sweep.start(min(1.0, self.limits.idle_timeout / 2), now=False)
+
+    def apply(self, limits: ConnectionLimits) -> None:
+        """New caps (a reload): new connections are checked against them; connections
+        already open are never closed for a lowered cap, only counted."""
+        idle_changed = limits.idle_timeout != self.limits.idle_timeout
+        self.limits = limits
+        if idle_changed and self.listening:
+            if self.sweep.running:
+                self.sweep.stop()
+            self._start_sweep()
+
     def buildProtocol(self, addr: Any) -> Optional[IProtocol]:
-        host = getattr(addr, "host", "")
+        host = address_key(getattr(addr, "host", ""))
         reason = self.refusal_reason(host)
         if reason is not None and not (self.limits.evict_idle and self.make_room(host, reason)):
             self.refusals.record(reason, host)
@@ -218,7 +236,8 @@ class GuardedFactory(Factory):
         return connection
 
     def refusal_reason(self, host: str) -> Optional[str]:
-        """Which cap a new connection from ``host`` would exceed, or None."""
+        """Which cap a new connection from ``host`` (an :func:`address_key`) would exceed,
+        or None."""
         if self.per_ip[host] >= self.limits.max_per_ip:
             return PER_IP
         if len(self.connections) >= self.limits.max_connections:
@@ -334,6 +353,12 @@ class GuardedConnection:
         if self.handshaking:
             self.transport.abortConnection()
             return
+        # A closing connection produces nothing more. Left registered, a producer paused
+        # while the peer's buffer was full (flow.WriteBudget) is resumed by Twisted once the
+        # buffer drains, instead of the connection being closed: it stayed open until the
+        # grace below ran out.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         if self.closer is None:
             self.closer = self.factory.clock.callLater(CLOSE_GRACE, self.abortConnection)

@@ -20,7 +20,7 @@ class Key:
     """One key of a section: its default, its TOML type and an optional value check."""
 
     default: Any
-    kind: str  # "int", "str", "bool", "float", "list[str]", "list[table]"
+    kind: str  # "int", "str", "bool", "float", "list[str]", "list[table]", "table[str]"
     check: Optional[Check] = None
 
 
@@ -57,8 +57,19 @@ def existing_file_or_empty(value: str) -> Optional[str]:
     return None
 
 
+def existing_dir_or_empty(value: str) -> Optional[str]:
+    if value and not os.path.isdir(value):
+        return f"directory {value!r} does not exist"
+    return None
+
+
 def non_empty(value: Any) -> Optional[str]:
     return None if value else "must not be empty"
+
+
+def optional_redis_urls(value: list) -> Optional[str]:
+    """Like :func:`redis_urls`, but empty means the feature is off."""
+    return redis_urls(value) if value else None
 
 
 def redis_urls(value: list) -> Optional[str]:

@@ -2,7 +2,10 @@
 
 Publishing, retracting, purging and deleting are one path whatever door asks (an XMPP
 client, Thrift ``publish_np``, the web admin): the node (its configuration and items) is kept
-in the ``pep`` map store, then ONE router event is sent. The User Tune node is one node among
+in the ``pep`` map store and ONE router event is sent. A published item is announced while
+its write is in flight (the router's followers index needs no store read, so subscribers
+hear of it at once); the publisher is answered only once the item is stored, and a failed
+write fails the publish. The User Tune node is one node among
 others; its event is a :data:`~presenced.events.TUNE` with the tune's fields (comet and IRC
 read it), any other node's a :data:`~presenced.events.PEP` that only XMPP renders. Events are
 never changed after they are sent.
@@ -24,7 +27,7 @@ from twisted.internet import defer
 
 from presenced import events
 from presenced.events import Event
-from presenced.nowplaying import TUNE_ITEM_ID, TUNE_NS, Tune, parse_tune_xml
+from presenced.nowplaying import TUNE_ITEM_ID, TUNE_NS, Tune, parse_tune_xml, tune_xml
 from presenced.store import PEP_STORE
 
 if TYPE_CHECKING:
@@ -210,8 +213,9 @@ class PepService:
         if item_id is None:
             item_id = DEFAULT_ITEM_ID if current.config.max_items == 1 else secrets.token_hex(8)
         updated = current.with_item(PepItem(item_id, xml))
-        await self.nodes.set(user, node, updated.encode())
+        stored = self.nodes.set(user, node, updated.encode())
         await self._send(user, updated.config, {"node": node, "item_id": item_id, "item": xml})
+        await stored
         return item_id
 
     async def configure(self, user: str, node: str, fields: dict[str, Any]) -> None:
@@ -225,9 +229,12 @@ class PepService:
 
     async def publish_tune(self, user: str, tune: Optional[Tune]) -> int:
         """Keep ``tune`` (None: stopped) as the User Tune node's item and announce it."""
-        tune = tune if tune is not None else Tune()
-        await self.nodes.set(user, TUNE_NS, PepItem(TUNE_ITEM_ID, tune.to_xml()).encode())
-        return await self._announce_tune(user, tune)
+        payload = tune.to_payload() if tune is not None else {}
+        # The announcement does not wait for the write; the publisher's answer does.
+        stored = self.nodes.set(user, TUNE_NS, PepItem(TUNE_ITEM_ID, tune_xml(payload)).encode())
+        reached = await self._announce_tune(user, payload)
+        await stored
+        return reached
 
     async def retract(self, user: str, node: str, item_ids: Collection[str]) -> bool:
         """Retract the node's items among ``item_ids``; False if none of them is there."""
@@ -268,7 +275,7 @@ class PepService:
         """Drop the node and notify; without its item the tune is stopped."""
         await self.nodes.delete(user, node)
         if node == TUNE_NS:
-            await self._announce_tune(user, Tune())
+            await self._announce_tune(user, {})
         else:
             await self._send(user, config, dict(node=node, **what))
 
@@ -279,9 +286,10 @@ class PepService:
             return defer.succeed(self.router.deliver(user, event))
         return self.router.send(user, event)
 
-    def _announce_tune(self, user: str, tune: Tune) -> defer.Deferred:
+    def _announce_tune(self, user: str, payload: dict[str, Any]) -> defer.Deferred:
+        """``payload``: the tune's (:meth:`Tune.to_payload`, ``{}`` = stopped), handed over."""
         self.metrics.inc("presenced_tunes_published_total")
-        return self.router.send(user, Event(events.TUNE, user, tune.to_payload()))
+        return self.router.send(user, Event(events.TUNE, user, payload))
 
     async def now_playing(self, user: str) -> Optional[Tune]:
         """``user``'s last published :class:`Tune`, or None when stopped or never set."""

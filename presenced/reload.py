@@ -28,7 +28,8 @@ log = Logger()
 LIVE_KEYS = frozenset({
     ("server", "offline_limit"),
     ("router", "session_queue_bytes"),
-    ("xmpp", "certificate"), ("xmpp", "private_key"), ("xmpp", "require_tls"),
+    ("xmpp", "certificate"), ("xmpp", "private_key"), ("xmpp", "certificate_dir"),
+    ("xmpp", "require_tls"),
     ("xmpp", "allow_plain"), ("xmpp", "max_stanza_size"), ("xmpp", "auth_timeout"),
     ("xmpp", "auth_failure_delay"),
     # Read by the c2s server's apply_limits: streams opened after the reload use them.
@@ -36,6 +37,25 @@ LIVE_KEYS = frozenset({
     ("xmpp", "stanzas_per_second"), ("xmpp", "stanza_burst"),
     ("xmpp", "max_pending_stanzas"), ("xmpp", "stanza_timeout"),
     ("xmpp", "max_sessions_per_user"),
+    # Connection caps of every door: ListeningService reads them again (new connections).
+    *((door, key) for door in ("xmpp", "comet", "thrift", "webadmin")
+      for key in ("max_connections", "max_connections_per_ip")),
+    ("irc", "cat_max_connections"), ("irc", "cat_max_connections_per_ip"),
+    ("irc", "cat_idle_timeout"),
+    # IRCBot.reconfigure: parts and joins at once.
+    ("irc", "channels"), ("irc", "channel_keys"),
+    # CometDoor.apply and CometSite.apply: requests and streams begun after the reload.
+    ("comet", "require_token"), ("comet", "cors_origins"), ("comet", "heartbeat_interval"),
+    ("comet", "poll_timeout"), ("comet", "max_buffered_bytes"), ("comet", "header_timeout"),
+    ("comet", "max_request_bytes"), ("comet", "request_timeout"),
+    ("comet", "websocket_max_message_bytes"), ("comet", "max_body_bytes"),
+    ("comet", "websocket_idle_timeout"),
+    # AdminFactory.config_reloaded: allow for new connections, the bounds for all.
+    ("thrift", "allow"), ("thrift", "max_message_bytes"), ("thrift", "max_pending_calls"),
+    ("thrift", "max_unread_bytes"), ("thrift", "timeout"),
+    # The web admin: the scrape token is read per request, the deadline per connection.
+    ("webadmin", "metrics_token"), ("webadmin", "request_timeout"),
+    ("webadmin", "max_body_bytes"),
 })
 
 

@@ -3,25 +3,43 @@
 A session is any protocol's endpoint (an XMPP resource, a comet stream, an IRC hook) that
 implements :class:`ISession`. ``send(subject, event)`` reaches the subject's own sessions and
 the sessions of every online subscriber of the subject (the roster store's subscription graph).
+Who those are on this node is :class:`presenced.followers.FollowersIndex`, kept in memory, so a
+send reads nothing from the store: a dictionary lookup and a loop. The core tells the router
+of every graph change (:meth:`SubscriptionRouter.subscriptions_changed`).
+
+An event sent while users are logging in here (their subscriptions being read) is held until
+those reads are done, then delivered in order: a user logged in before a send receives it,
+exactly as when every send read the store. At most :data:`MAX_HELD` events wait so; past that
+an event goes out at once, without the users still loading.
 
 Sessions must never block the router: ``deliver`` only queues bytes. A session whose peer does
 not keep up is bounded by :class:`presenced.flow.WriteBudget` and disconnected when it passes
 its bound (the documented policy: disconnect, never buffer without limit).
 
 Between nodes the router hands recipients to a transport: :class:`InProcessTransport` for one
-node; a Redis pub/sub transport can replace it without the router or the doors changing.
+node; a Redis pub/sub transport can replace it without the router or the doors changing. A
+send goes to the transport once per event (:meth:`IRouterTransport.broadcast`): the other
+nodes whose sessions follow the subject fan it out from their own index.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from collections import deque
+from typing import Callable, Iterable, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from presenced.events import Event
-from presenced.store import IRosterStore
+from presenced.followers import FollowersIndex
+from presenced.logs import RepeatLimiter
+from presenced.store import IRosterStore, Pair
+
+# Events held back while logins read their subscriptions (see the module docstring); held
+# only for the length of a store read, so the bound is met only when the store stalls.
+MAX_HELD = 10000
+_NOBODY: frozenset[str] = frozenset()
 
 
 class ISession(Interface):
@@ -45,6 +63,16 @@ class IRouterTransport(Interface):
         """Deliver ``event`` to each recipient's sessions; return how many sessions it reached
         (on this node; other nodes count their own)."""
 
+    def broadcast(router: "SubscriptionRouter", subject: str, event: Event,
+                  hidden: frozenset[str]) -> None:
+        """Carry ``subject``'s event to the other nodes whose sessions follow it; each
+        delivers it with :meth:`SubscriptionRouter.fan_out_local`, skipping ``hidden`` (the
+        JIDs the subject blocks, as this node knows them). Nothing on one node."""
+
+    def subscriptions_changed(added: Sequence[Pair], removed: Sequence[Pair],
+                              gone: Sequence[str]) -> None:
+        """Tell the other nodes' indexes of a graph change made here (nothing on one node)."""
+
     def remote_nodes(user: str) -> Iterable[str]:
         """The other nodes that hold sessions of ``user`` (empty on a single node)."""
 
@@ -64,6 +92,14 @@ class InProcessTransport:
         for user in recipients:
             reached += router.deliver_local(user, event)
         return reached
+
+    def broadcast(self, router: "SubscriptionRouter", subject: str, event: Event,
+                  hidden: frozenset[str]) -> None:
+        pass
+
+    def subscriptions_changed(self, added: Sequence[Pair], removed: Sequence[Pair],
+                              gone: Sequence[str]) -> None:
+        pass
 
     def remote_nodes(self, user: str) -> Iterable[str]:
         return ()
@@ -86,6 +122,10 @@ class SubscriptionRouter:
     def __init__(self, store: IRosterStore, transport: Optional[IRouterTransport] = None):
         self.store = store
         self.transport: IRouterTransport = transport or InProcessTransport()
+        self.followers = FollowersIndex(store)
+        # (load number current when sent, subject, event, Deferred of the send)
+        self._held: deque[tuple[int, str, Event, defer.Deferred]] = deque()
+        self._overflow_log = RepeatLimiter()
         self._sessions: dict[str, list[ISession]] = {}
         self._count = 0
         self._watchers: dict[str, list[ISession]] = {}
@@ -94,7 +134,11 @@ class SubscriptionRouter:
         # Set by the core's blocklists: whether a user refuses an event, and who of a
         # broadcast's recipients may see it.
         self.delivery_filter: Optional[Callable[[str, Event], bool]] = None
-        self.recipient_filter: Optional[Callable[[str, list[str]], list[str]]] = None
+        # (subject, recipients, hidden or None: as this node knows the subject's list)
+        self.recipient_filter: Optional[
+            Callable[[str, Sequence[str], Optional[frozenset[str]]], Sequence[str]]] = None
+        # What a subject's broadcasts skip, carried to the other nodes with the event.
+        self.broadcast_hidden: Optional[Callable[[str], frozenset[str]]] = None
         self.events_sent = 0
         self.deliveries = 0
         self.delivery_errors = 0
@@ -106,6 +150,7 @@ class SubscriptionRouter:
         sessions = self._sessions.get(user)
         if sessions is None:
             self._sessions[user] = [session]
+            self._index(user)
         elif session in sessions:
             return
         else:
@@ -122,12 +167,24 @@ class SubscriptionRouter:
             return
         if len(sessions) == 1:
             del self._sessions[user]
+            self._unindex(user)
         else:
             # A new list, so a fan-out iterating the old one is not disturbed.
             self._sessions[user] = [s for s in sessions if s is not session]
         self._count -= 1
         for listener in self.logout_listeners:
             listener(user, session)
+
+    def _index(self, user: str) -> None:
+        """``user`` gained its first session or watcher here: the followers index reads
+        what it follows (a no-op when it has one already)."""
+        loaded = self.followers.user_online(user)
+        if loaded is not None:
+            loaded.addCallback(self._release_held)
+
+    def _unindex(self, user: str) -> None:
+        if user not in self._sessions and user not in self._watchers:
+            self.followers.user_offline(user)
 
     def sessions(self, user: str) -> tuple[ISession, ...]:
         return tuple(self._sessions.get(user, ()))
@@ -165,15 +222,17 @@ class SubscriptionRouter:
     def watch(self, user: str, watcher: ISession) -> None:
         """Show ``watcher`` every event that reaches ``user`` on this node, without making
         ``user`` online or counting as a delivery (an IRC hook announcing a user's tunes must
-        not keep that user's messages from going offline)."""
+        not keep that user's messages from going offline). A watched user is in the
+        followers index as an online one is: its subjects' events reach the watcher."""
         self._watchers[user] = self._watchers.get(user, []) + [watcher]
+        self._index(user)
 
     def unwatch(self, user: str, watcher: ISession) -> None:
         remaining = [w for w in self._watchers.get(user, ()) if w is not watcher]
         if remaining:
             self._watchers[user] = remaining
-        else:
-            self._watchers.pop(user, None)
+        elif self._watchers.pop(user, None) is not None:
+            self._unindex(user)
 
     def _show_watchers(self, user: str, event: Event) -> None:
         for watcher in self._watchers.get(user, ()):
@@ -209,17 +268,69 @@ class SubscriptionRouter:
         """Hand ``event`` to ``user``'s own sessions, wherever they are (a message, a push)."""
         return self.transport.route(self, (user,), event)
 
-    @defer.inlineCallbacks
-    def send(self, subject: str, event: Event):
-        """Deliver ``event`` to ``subject``'s sessions and every subscriber's; fires the
-        number of sessions reached."""
-        subscribers = yield self.store.get_subscribers(subject)
+    def send(self, subject: str, event: Event) -> defer.Deferred:
+        """Deliver ``event`` to ``subject``'s sessions and every subscriber's, on every node;
+        fires the number of sessions reached on this node."""
         self.events_sent += 1
-        recipients = [subject]
-        recipients.extend(subscribers)
+        if self._held or self.followers.loading:
+            if len(self._held) < MAX_HELD:
+                d: defer.Deferred = defer.Deferred()
+                self._held.append((self.followers.started(), subject, event, d))
+                return d
+            repeats = self._overflow_log.allow("held")
+            if repeats is not None:
+                self.log.warn("router: {n} events wait for logins; {event!r} goes out "
+                              "without the users still loading ({repeats} more since the "
+                              "last line)", n=len(self._held), event=event, repeats=repeats)
+        try:
+            return defer.succeed(self._publish(subject, event))
+        except Exception:
+            return defer.fail()
+
+    def _publish(self, subject: str, event: Event) -> int:
+        reached = self.fan_out_local(subject, event)
+        hidden = _NOBODY if self.broadcast_hidden is None else self.broadcast_hidden(subject)
+        self.transport.broadcast(self, subject, event, hidden)
+        return reached
+
+    def fan_out_local(self, subject: str, event: Event,
+                      hidden: Optional[frozenset[str]] = None) -> int:
+        """Deliver ``event`` to the sessions on this node of ``subject`` and of the users
+        that follow it; ``hidden``: what the subject's node said its broadcasts skip (an
+        event of another node arrives here), None: this node's own knowledge."""
+        recipients = self.followers.of(subject)
+        if not recipients:
+            return 0
         if self.recipient_filter is not None:
-            recipients = self.recipient_filter(subject, recipients)
-        return self.transport.route(self, recipients, event)
+            recipients = self.recipient_filter(subject, recipients, hidden)
+        deliver = self.deliver_local
+        reached = 0
+        for user in recipients:
+            reached += deliver(user, event)
+        return reached
+
+    def _release_held(self, _: object = None) -> None:
+        """Deliver, in order, the held events whose logins have all been read."""
+        held = self._held
+        while held:
+            oldest = self.followers.oldest_loading()
+            mark, subject, event, d = held[0]
+            if oldest is not None and oldest <= mark:
+                return
+            held.popleft()
+            try:
+                reached = self._publish(subject, event)
+            except Exception:
+                d.errback()
+            else:
+                d.callback(reached)
+
+    def subscriptions_changed(self, added: Sequence[Pair] = (), removed: Sequence[Pair] = (),
+                              gone: Sequence[str] = ()) -> None:
+        """The graph changed and the store holds it (the core is the one caller): the index
+        here and, in a cluster, every node's index follow at once."""
+        self.followers.apply(added, removed, gone)
+        self.transport.subscriptions_changed(added, removed, gone)
 
     def close_all(self, reason: str) -> None:
         """Close every session (server stopping)."""

@@ -16,7 +16,7 @@ import resource
 import signal
 import socket
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.application import service
 from twisted.internet import defer, reactor, task
@@ -38,7 +38,9 @@ log = Logger()
 
 
 class ListeningService(service.Service):
-    """Listens on one TCP port with ``factory`` while running, within ``limits``.
+    """Listens on one TCP port with ``factory`` while running, within the caps
+    ``limits_of(config)`` reads from the door's keys: read again on every reload
+    (``config-reloaded``), so a door's connection caps change without a restart.
 
     ``tls`` (an ``IOpenSSLServerConnectionCreator`` such as ``CertificateOptions``) makes it a
     direct-TLS port. With several workers (``[server] workers``) every worker binds the same
@@ -46,15 +48,17 @@ class ListeningService(service.Service):
     """
 
     def __init__(self, core: Core, name: str, port: int, interface: str,
-                 factory: IProtocolFactory, limits: ConnectionLimits, tls: Any = None):
+                 factory: IProtocolFactory, limits_of: Callable[[Config], ConnectionLimits],
+                 tls: Any = None):
         self.core = core
         self.setName(name)
         self.port = port
         self.interface = interface
         self.factory = factory
-        self.limits = limits
+        self.limits_of = limits_of
         self.tls = tls
         self.listening: Optional[IListeningPort] = None
+        self.guard: Optional[GuardedFactory] = None
 
     def startService(self) -> None:
         super().startService()
@@ -63,8 +67,10 @@ class ListeningService(service.Service):
         if self.tls is not None:
             tls = TLSMemoryBIOFactory(self.tls, False, self.factory)
             tls.noisy = False
-        factory = GuardedFactory(self.name, self.factory, self.limits, self.core.open_files,
-                                 self.core.metrics, reactor, tls)
+        factory = GuardedFactory(self.name, self.factory, self.limits_of(self.core.config),
+                                 self.core.open_files, self.core.metrics, reactor, tls)
+        self.guard = factory
+        self.core.hooks.add("config-reloaded", self.config_reloaded)
         if self.core.config.server.workers > 1:
             self.listening = listen_reuse_port(self.port, self.interface, factory)
         else:
@@ -76,8 +82,13 @@ class ListeningService(service.Service):
         if not is_worker():
             record_port(self.core.config.server.data_dir, self.name, address.port)
 
+    def config_reloaded(self, old: Config, new: Config) -> None:
+        if self.guard is not None:
+            self.guard.apply(self.limits_of(new))
+
     def stopService(self) -> Any:
         super().stopService()
+        self.core.hooks.remove("config-reloaded", self.config_reloaded)
         if self.listening is not None:
             port, self.listening = self.listening, None
             return port.stopListening()
@@ -155,7 +166,7 @@ class PresencedService(service.MultiService):
         log.info("public doors hold up to {n} connections together (open files limit less "
                  "[server] reserved_files)", n=self.core.open_files.limit)
         log.info("store: {backend} ({where})", backend=store.name,
-                 where=getattr(store, "path", None) or ", ".join(self.config.store.redis))
+                 where=getattr(store, "path", None) or ", ".join(store.urls))
         d = defer.maybeDeferred(store.start)
         if self.config.cluster.enabled:
             d.addCallback(lambda _: self._join_cluster())
@@ -198,13 +209,17 @@ class PresencedService(service.MultiService):
                           lambda signum, frame: reactor.callFromThread(self.reload))
 
     def reload(self) -> bool:
-        """Reload the config file now (:mod:`presenced.reload`); only once every door has
-        started, since a door not yet built would miss the change."""
+        """Reload the config file now (:mod:`presenced.reload`), then in every worker; only
+        once every door has started, since a door not yet built would miss the change."""
         if self.core is None or self.core.state != "ready":
             log.warn("reload ignored: the server is {state}",
                      state=self.core.state if self.core else "starting")
             return False
-        return ConfigReloader(self.core, self.config.path, self.overrides).reload()
+        applied = ConfigReloader(self.core, self.config.path, self.overrides).reload()
+        workers = self.namedServices.get("workers")
+        if workers is not None:
+            workers.forward_reload()  # each reads the file itself, refusing it as we did
+        return applied
 
     @defer.inlineCallbacks
     def _sessions_gone(self, closing: set, grace: float):
@@ -238,6 +253,9 @@ class PresencedService(service.MultiService):
     def stopService(self):
         if self.core is not None:
             self.core.state = "stopping"
+            # A cluster node leaves the directory first ("node-stopping"), so friends on
+            # other nodes see its users go at once, however long their sessions take.
+            yield defer.gatherResults(self.core.hooks.collect("node-stopping"))
             closing = set(self.core.router.all_sessions())
             self.core.router.close_all("system-shutdown")
             yield self._sessions_gone(closing, self.config.server.stop_grace_period)

@@ -4,7 +4,9 @@ Python runs one core per process. With ``[server] workers = N`` (or ``--workers 
 process started by ``twistd`` is worker 0 and starts N-1 more copies of itself; every worker
 binds the same ports with ``SO_REUSEPORT`` (the kernel spreads connections over them) and
 joins the cluster through Redis exactly as separate machines do. A worker that dies is
-restarted; stopping the first process stops them all.
+restarted; stopping the first process stops them all, and a reload of the first
+(SIGHUP, ``presencedctl reload``) is passed on to every worker, each of which reads the
+config file again and applies it or refuses it as the first did.
 """
 
 from __future__ import annotations
@@ -97,6 +99,20 @@ class WorkerSupervisor(service.Service):
             self.log.warn("worker {i} ended ({why}); restarting", i=worker.index,
                           why=reason.getErrorMessage())
             reactor.callLater(RESTART_DELAY, self._respawn, worker.index)
+
+    def forward_reload(self) -> int:
+        """Send SIGHUP to every worker (each reloads its config); returns how many."""
+        sent = 0
+        for worker in list(self.processes.values()):
+            try:
+                worker.transport.signalProcess("HUP")
+            except Exception as e:  # ended meanwhile: ``ended`` restarts it on the new file
+                self.log.warn("worker {i}: reload not sent ({e})", i=worker.index, e=e)
+                continue
+            sent += 1
+        if sent:
+            self.log.info("reload sent to {n} worker(s)", n=sent)
+        return sent
 
     def _respawn(self, index: int) -> None:
         if self.running and index not in self.processes:

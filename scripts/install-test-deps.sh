@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs: the Debian packages of the real peers the tests
 # talk to (Redis, ngircd, PHP Thrift, the Thrift compiler, Chromium, Jabber clients: go-sendxmpp,
-# and profanity, mcabber and poezio, which tests drive in tmux) and the Python package with its
-# test extras.
+# and profanity, mcabber and poezio, which tests drive in tmux), the Python package with its
+# test extras, and converse.js (npm) for the web client test, into build/web-clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs=(redis-server ngircd php-cli php-thrift thrift-compiler chromium chromium-driver go-sendxmpp
       profanity mcabber poezio tmux)
+# npm for converse.js, unless the machine already has one (not always Debian's).
+command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,3 +28,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 python3 -m pip install -q '.[test]'
+
+# converse.js, served to headless Chromium by tests/test_web_converse.py (a project-local
+# install: nothing global).
+CONVERSE_VERSION=14.0.0
+if [ ! -f build/web-clients/node_modules/converse.js/dist/converse.min.js ] || \
+   ! grep -q "\"version\": \"$CONVERSE_VERSION\"" build/web-clients/node_modules/converse.js/package.json; then
+  npm install --no-audit --no-fund --silent --prefix build/web-clients "converse.js@$CONVERSE_VERSION"
+fi

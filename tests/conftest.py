@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
 from presenced.store import IRosterStore
-from tests.helpers import PresencedProcess, RedisServer
+from tests.helpers import PresencedProcess, RedisClusterServers, RedisSentinels, RedisServer
 
 
 @pytest.fixture
@@ -47,15 +47,50 @@ def presenced_factory(tmp_path: Path):
         server.stop()
 
 
-@pytest.fixture(params=["embedded", "redis", "redis-sharded"])
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory):
+    """One Redis Cluster (3 masters, 3 replicas) for the tests that leave it as they found
+    it; tests that kill or reshard nodes use ``redis_cluster``."""
+    servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    servers.start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path):
+    """A private Redis Cluster (3 masters, 3 replicas) of this test's own."""
+    servers = RedisClusterServers(tmp_path / "redis-cluster")
+    servers.start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def redis_sentinels(tmp_path: Path):
+    """A private master, its replica and three sentinels watching them."""
+    servers = RedisSentinels(tmp_path / "redis-sentinel")
+    servers.start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(params=["embedded", "redis", "redis-sharded", "redis-cluster"])
 def store(request, tmp_path: Path):
-    """A started roster store, once per backend (Redis: private servers, one or two shards).
-    Modules with a ``store`` fixture of their own (one backend) override this one."""
+    """A started roster store, once per backend (Redis: private servers, one or two shards,
+    or the shared Redis Cluster, emptied first). Modules with a ``store`` fixture of their own
+    (one backend) override this one."""
     redis = []
     if request.param == "embedded":
         from presenced.store.embedded import EmbeddedRosterStore
 
         backend: IRosterStore = EmbeddedRosterStore(str(tmp_path / "store.sqlite3"))
+    elif request.param == "redis-cluster":
+        from presenced.store.redis import RedisRosterStore
+
+        cluster = request.getfixturevalue("shared_redis_cluster")
+        cluster.flush()
+        backend = RedisRosterStore(cluster.seeds, cluster=True)
     else:
         from presenced.store.redis import RedisRosterStore
 

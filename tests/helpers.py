@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -51,6 +52,37 @@ COMET_ONLY = {"xmpp": {"enabled": False}, "webadmin": {"enabled": False}}
 
 # --- processes: presenced and Redis ----------------------------------------------------------
 
+# The fuzz tests run a few rounds in the suite; scripts/fuzz.sh runs them longer (a scale)
+# and with a new seed each time (docs/security.md, "Fuzzing").
+FUZZ_SCALE = int(os.environ.get("PRESENCED_FUZZ_SCALE", "1"))
+FUZZ_SEED = os.environ.get("PRESENCED_FUZZ_SEED")
+
+
+def fuzz_rng(default_seed: int) -> random.Random:
+    """The fuzz tests' random source: a fixed seed in the suite, ``PRESENCED_FUZZ_SEED``
+    in a longer run (printed by scripts/fuzz.sh, so a failure can be replayed)."""
+    return random.Random(int(FUZZ_SEED) if FUZZ_SEED else default_seed)
+
+
+def mutate(rng: random.Random, seed: bytes, edits: int = 5) -> bytes:
+    """``seed`` with 1 to ``edits`` random byte changes, deletions or insertions."""
+    data = bytearray(seed)
+    for _ in range(rng.randrange(1, edits + 1)):
+        position = rng.randrange(len(data))
+        action = rng.randrange(3)
+        if action == 0:
+            data[position] = rng.randrange(256)
+        elif action == 1:
+            del data[position]
+        else:
+            data[position:position] = bytes(rng.randrange(256)
+                                            for _ in range(rng.randrange(1, 8)))
+    return bytes(data)
+
+
+SERVER_ERRORS = re.compile(r"#critical\]|Traceback|Unhandled")  # what bad input must not log
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,7 +117,7 @@ def toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(value)
 
 
@@ -100,11 +132,14 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
 
 
 class RedisServer:
-    """A private redis-server with persistence on (appendfsync always) in its own directory."""
+    """A private redis-server with persistence on (appendfsync always) in its own directory;
+    ``extra`` arguments go on its command line (cluster mode, replication)."""
 
-    def __init__(self, directory: Path, port: Optional[int] = None):
+    def __init__(self, directory: Path, port: Optional[int] = None,
+                 extra: tuple[str, ...] = ()):
         self.directory = directory
         self.port = port or free_port()
+        self.extra = extra
         self.process: Optional[subprocess.Popen] = None
 
     @property
@@ -119,7 +154,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
              str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--protected-mode", "no", "--daemonize", "no"],
+             "--save", "", "--protected-mode", "no", "--daemonize", "no", *self.extra],
             stdout=open(self.directory / "redis.log", "ab"), stderr=subprocess.STDOUT)
         wait_for_port(self.port)
 
@@ -132,6 +167,127 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last write."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def cli(self, *args: str) -> str:
+        """A redis-cli command against this server; its output."""
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], check=True,
+                              capture_output=True, text=True, timeout=60).stdout
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` (a state another process reaches: no event to await) until true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class RedisSentinels:
+    """A private replicated Redis watched by Sentinel: one master, one replica, ``count``
+    sentinels (quorum 2) that fail over after ``down_ms`` of silence."""
+
+    def __init__(self, directory: Path, count: int = 3, down_ms: int = 1000,
+                 name: str = "mymaster"):
+        self.name = name
+        self.directory = directory
+        self.down_ms = down_ms
+        self.master = RedisServer(directory / "master")
+        self.replica = RedisServer(directory / "replica",
+                                   extra=("--replicaof", "127.0.0.1", str(self.master.port)))
+        self.sentinel_ports = [free_port() for _ in range(count)]
+        self.sentinels: list[subprocess.Popen] = []
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"redis://127.0.0.1:{port}" for port in self.sentinel_ports]
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        for i, port in enumerate(self.sentinel_ports):
+            directory = self.directory / f"sentinel{i}"
+            directory.mkdir(parents=True, exist_ok=True)
+            conf = directory / "sentinel.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {directory}\n"
+                f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.name} {self.down_ms}\n"
+                f"sentinel failover-timeout {self.name} 10000\n")
+            self.sentinels.append(subprocess.Popen(
+                [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"],
+                stdout=open(directory / "sentinel.log", "ab"), stderr=subprocess.STDOUT))
+            wait_for_port(port)
+        wait_until(lambda: "master_link_status:up" in self.replica.cli(
+            "INFO", "replication"), "the replica to sync")
+
+    def master_port(self) -> int:
+        """The master's port as the first sentinel says it."""
+        out = subprocess.run(["redis-cli", "-p", str(self.sentinel_ports[0]), "SENTINEL",
+                              "get-master-addr-by-name", self.name], capture_output=True,
+                             text=True, timeout=10).stdout.split()
+        return int(out[1])
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.terminate()
+            sentinel.wait(10)
+        self.replica.stop()
+        self.master.stop()
+
+
+class RedisClusterServers:
+    """A private Redis Cluster: ``masters`` masters with one replica each, built with
+    ``redis-cli --cluster create``; fail-over after ``node_timeout_ms`` of silence."""
+
+    def __init__(self, directory: Path, masters: int = 3, node_timeout_ms: int = 1000):
+        self.servers = [
+            RedisServer(directory / f"node{i}", extra=(
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(free_port()),
+                "--cluster-node-timeout", str(node_timeout_ms), "--appendfsync", "everysec",
+                "--repl-diskless-sync-delay", "0"))
+            for i in range(2 * masters)]
+
+    @property
+    def seeds(self) -> list[str]:
+        return [server.url.rsplit("/", 1)[0] for server in self.servers]
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *(f"127.0.0.1:{s.port}" for s in self.servers),
+                        "--cluster-replicas", "1", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=120)
+        wait_until(lambda: all("cluster_state:ok" in s.cli("CLUSTER", "INFO")
+                                    for s in self.live()), "the cluster to be ok")
+        # A replica that never finished its first sync cannot take over from its master.
+        wait_until(lambda: all("master_link_status:up" in s.cli("INFO", "replication")
+                               for s in self.live()
+                               if "role:slave" in s.cli("INFO", "replication")),
+                   "every replica to be in sync")
+
+    def live(self) -> list[RedisServer]:
+        return [s for s in self.servers if s.process is not None]
+
+    def masters(self) -> list[RedisServer]:
+        return [s for s in self.live() if "role:master" in s.cli("INFO", "replication")]
+
+    def flush(self) -> None:
+        for server in self.masters():
+            server.cli("FLUSHALL")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
 
 
 class PresencedProcess:

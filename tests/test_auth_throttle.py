@@ -18,7 +18,8 @@ import pytest
 import requests
 from twisted.internet import defer, task
 
-from presenced.authguard import MAX_QUEUED_CHECKS, AuthGuard, Busy, address_key, backoff
+from presenced.addresses import address_key
+from presenced.authguard import MAX_QUEUED_CHECKS, AuthGuard, Busy, backoff
 from presenced.metrics import Metrics
 from presenced.tokens import check_token
 from presenced.webadmin.console import local_path
@@ -48,6 +49,22 @@ def test_an_address_is_banned_after_its_limit_and_the_ban_expires():
     assert guard.refusal("192.0.2.1") == pytest.approx(1.0)
     clock.advance(1.5)
     assert guard.refusal("192.0.2.1") == 0
+
+
+def test_bans_are_told_to_listeners_and_bans_from_elsewhere_apply():
+    guard, clock, _ = make_guard(per_ip=2, per_account=0)
+    heard: list[tuple[str, str, float]] = []
+    guard.ban_listeners.append(lambda *ban: heard.append(ban))
+    guard.failed("xmpp", "2001:db8::1")
+    guard.failed("xmpp", "2001:db8::2")
+    assert heard == [("ip", "2001:db8::/64", 30.0)]
+    guard.ban("account", "eve@localhost", 10.0)      # decided on another node
+    assert guard.refusal("192.0.2.9", "eve@localhost") == 10.0
+    guard.ban("ip", "2001:db8::/64", 5.0)            # a shorter one does not cut ours
+    assert guard.refusal("2001:db8::3") == 30.0
+    assert len(heard) == 1                           # a ban applied is not told again
+    clock.advance(10.5)
+    assert guard.refusal("192.0.2.9", "eve@localhost") == 0
 
 
 def test_an_account_is_banned_whatever_the_address():

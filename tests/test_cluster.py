@@ -93,6 +93,7 @@ async def test_events_cross_nodes_once_per_node(nodes):
     bob1, bob2, ann = b.session("bob@x", "1"), b.session("bob@x", "2"), b.session("ann@x")
     await eventually(lambda: "bob@x" in a.cluster.directory.nodes_of
                      and "ann@x" in a.cluster.directory.nodes_of)
+    await eventually(lambda: "rj@x" in b.cluster.link.listening)  # b hears rj's channel
     published = a.cluster.transport.published
     tune = Event(events.TUNE, "rj@x", {"artist": "A", "title": "T"})
     assert await a.core.router.send("rj@x", tune) == 1  # rj's own session here
@@ -184,3 +185,66 @@ async def test_events_for_a_node_in_one_reactor_turn_share_one_publish(nodes):
     await eventually(lambda: len(carol.events) == 5)
     assert [e.payload["body"] for e in carol.events] == [f"message {i}" for i in range(5)]
     assert channels == ["presenced:node:b"]
+
+
+def tune_titles(session: RecordingSession) -> list[str]:
+    return [e.payload["title"] for e in session.events if e.type == events.TUNE]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscription_changed_on_one_node_changes_who_receives_on_another(nodes):
+    """Bob (node b) starts or stops following alice (node a) while both are online; the
+    change is made on node a. Node b subscribes to alice's channel once it hears of the
+    change; a removal reaches node b before the next event does."""
+    a, b = await nodes("a"), await nodes("b")
+    await a.store.add_subscriptions([("bob@x", "carol@x")])
+    alice, bob = a.session("alice@x"), b.session("bob@x")
+    await eventually(lambda: "carol@x" in b.cluster.link.listening)
+    assert "alice@x" not in b.cluster.link.joined  # nobody on b follows alice yet
+
+    async def tune(subject: str, title: str) -> None:
+        await a.core.router.send(subject, Event(events.TUNE, subject, {"title": title}))
+
+    await a.core.add_subscriptions([("bob@x", "alice@x")])
+    await eventually(lambda: "alice@x" in b.cluster.link.listening)
+    await tune("alice@x", "followed")
+    await eventually(lambda: tune_titles(bob) == ["followed"])
+
+    await a.core.remove_subscriptions([("bob@x", "alice@x")])
+    await tune("alice@x", "unfollowed")
+    await tune("carol@x", "still followed")
+    await eventually(lambda: "still followed" in tune_titles(bob))
+    assert tune_titles(bob) == ["followed", "still followed"]
+    assert tune_titles(alice) == ["followed", "unfollowed"]
+    await eventually(lambda: "alice@x" not in b.cluster.link.joined)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_hears_only_subjects_its_sessions_follow(nodes):
+    a, b = await nodes("a"), await nodes("b")
+    await a.store.add_friends([("rj@x", "bob@x")])
+    a.session("loner@x")
+    b.session("bob@x")
+    await eventually(lambda: b.cluster.link.listening == {"bob@x", "rj@x"})
+    assert a.cluster.link.joined == {"loner@x"}
+    received = b.cluster.transport.received
+    await a.core.router.send("loner@x", Event(events.TUNE, "loner@x", {"title": "alone"}))
+    await a.core.router.send("rj@x", Event(events.TUNE, "rj@x", {"title": "heard"}))
+    await eventually(lambda: b.cluster.transport.received == received + 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_skips_whom_the_subject_blocks_on_other_nodes_too(nodes):
+    """Node b does not hold alice's blocklist: node a sends it along with her event."""
+    a, b = await nodes("a"), await nodes("b")
+    await a.store.add_friends([("alice@x", "bob@x"), ("alice@x", "carol@x"),
+                               ("bob@x", "carol@x")])
+    a.session("alice@x")
+    bob, carol = b.session("bob@x"), b.session("carol@x")
+    await a.core.blocking.block("alice@x", ["bob@x"])
+    await eventually(lambda: "alice@x" in b.cluster.link.listening)
+    await a.core.router.send("alice@x", Event(events.TUNE, "alice@x", {"title": "hidden"}))
+    await a.core.router.send("carol@x", Event(events.TUNE, "carol@x", {"title": "later"}))
+    await eventually(lambda: "later" in tune_titles(bob))
+    assert tune_titles(bob) == ["later"]
+    assert tune_titles(carol) == ["hidden", "later"]

@@ -8,7 +8,7 @@ import time
 import pytest
 from thriftpy2.rpc import make_client
 
-from tests.helpers import THRIFT, HTTPStream, J, node_config
+from tests.helpers import THRIFT, HTTPStream, J, http_get, node_config
 
 def admin(node):
     return make_client(THRIFT.PresencedAdmin, "127.0.0.1", node.ports["thrift"], timeout=20000)
@@ -111,6 +111,24 @@ def test_a_token_made_on_one_node_opens_a_stream_on_the_other(redis_server, pres
     forged = HTTPStream(b.ports["comet"], f"/stream/gil@localhost?token={from_ctl[:-2]}00")
     assert forged.status == 403
     forged.close()
+
+
+def test_an_address_banned_on_one_node_is_refused_by_the_others(redis_server,
+                                                                 presenced_factory):
+    strict = {"comet": {"require_token": True}, "server": {"auth_failures_per_ip": 3}}
+    a = presenced_factory(node_config(redis_server.url, "a", **strict), name="a")
+    b = presenced_factory(node_config(redis_server.url, "b", **strict), name="b")
+    for _ in range(3):
+        status, _, _ = http_get(a.ports["comet"], "/poll/eve@localhost?token=guess")
+        assert status == 403
+    assert http_get(a.ports["comet"], "/poll/eve@localhost?token=guess")[0] == 429
+    deadline = time.monotonic() + 10
+    while http_get(b.ports["comet"], "/poll/eve@localhost?token=guess")[0] != 429:
+        assert time.monotonic() < deadline, b.log()       # the ban reaches node b
+        time.sleep(0.05)
+    # A node that joins later reads the bans still running.
+    c = presenced_factory(node_config(redis_server.url, "c", **strict), name="c")
+    assert http_get(c.ports["comet"], "/poll/eve@localhost?token=guess")[0] == 429
 
 
 def test_online_count_and_user_sessions_answer_for_the_whole_cluster(two_nodes):

@@ -11,7 +11,8 @@ import pytest
 import websocket
 
 from presenced.tokens import make_token
-from tests.helpers import COMET_ONLY, HTTPStream, http_get, jid, thrift_admin, token
+from tests.helpers import (COMET_ONLY, FUZZ_SCALE, SERVER_ERRORS, HTTPStream, fuzz_rng,
+                           http_get, jid, mutate, thrift_admin, token)
 
 # --- fixtures ------------------------------------------------------------------------------
 
@@ -226,3 +227,33 @@ def test_heartbeats_keep_an_idle_stream_alive(server):
     stream.wait(lambda body: body.count(b"\n") >= 3, timeout=5)   # blank heartbeat lines
     assert not stream.closed
     stream.close()
+
+
+# --- fuzzing -------------------------------------------------------------------------------
+
+SEEDS = [b"GET /stream/alice@localhost?token=abc HTTP/1.1\r\nHost: x\r\n\r\n",
+         b"GET /poll/alice@localhost?since=3&token=%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n",
+         b"GET /stream/bob HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+         b"Last-Event-ID: 7\r\n\r\n",
+         b"GET /ws/carol HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         b"POST /static/index.html HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+         b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]
+
+
+@pytest.mark.fuzz
+def test_fuzzed_requests_are_answered_never_an_error_of_the_server(server):
+    rng = fuzz_rng(4321)
+    port = server.ports["comet"]
+    for _ in range(60 * FUZZ_SCALE):
+        data = mutate(rng, rng.choice(SEEDS), edits=4)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            try:
+                sock.sendall(data)
+                sock.settimeout(0.1)
+                sock.recv(65536)
+            except OSError:
+                pass
+    assert http_get(port, "/health")[0] == 200
+    assert not SERVER_ERRORS.search(server.log()), server.log()[-4000:]

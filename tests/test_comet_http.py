@@ -57,6 +57,7 @@ def status(response: bytes) -> int:
     (b"get /poll/a HTTP/1.1\r\nHost: x\r\n\r\n", 501),
     (b"GET /stream/a?token=1999999999.%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n", 403),
     (b"GET /static/%00 HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    (b"POST /static/index\x92html HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx", 404),
 ])
 def test_bad_requests_get_an_answer_and_log_nothing(door, logged_errors, request_bytes,
                                                     expected):

@@ -175,9 +175,75 @@ async def test_server_shutdown_ends_streams_with_a_reason(comet):
     client = await open_stream(port, "/stream/dave")
     core.router.close_all("system-shutdown")
     await client.lost
-    assert b'{"type": "closed", "reason": "system-shutdown"}' in client.data
+    assert (b'{"type": "closed", "reason": "system-shutdown", "reconnect": true, '
+            b'"retry_ms": 3000}' in client.data)
     assert client.data.endswith(b"0\r\n\r\n")
     assert door.connections == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_shutdown_tells_polls_and_websockets_to_reconnect_a_kick_does_not(comet):
+    core, door, port = comet
+    poll = Client()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), poll)
+    poll.transport.write(b"GET /poll/fred HTTP/1.1\r\nHost: t\r\n\r\n")
+    await until(lambda: streams_of(core, "fred@localhost"), what="waiting poll")
+    ws = Client()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), ws)
+    ws.transport.write(b"GET /ws/gina HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       b"Sec-WebSocket-Version: 13\r\n\r\n")
+    await until(lambda: b'"welcome"' in ws.data, what="websocket welcome")
+    kicked = await open_stream(port, "/stream/hank")
+    streams_of(core, "hank@localhost")[0].close("kicked by admin")
+    await kicked.lost
+    assert b'{"type": "closed", "reason": "kicked by admin"}' in kicked.data
+    core.router.close_all("system-shutdown")
+    await poll.lost
+    await ws.lost
+    assert poll.data.startswith(b"HTTP/1.1 503") and b"Retry-After: 3\r\n" in poll.data
+    assert b'"reconnect": true' in ws.data
+    assert b"\x88" in ws.data and b"\x03\xe9system-shutdown" in ws.data   # close 1001
+
+
+WS_UPGRADE = (b"GET /ws/%s HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+PONG = b"\x8a\x80" + b"\x00\x00\x00\x00"     # a masked, empty pong (the mask is all zero)
+
+
+class Ponger(Client):
+    """A browser: answers every ping (an empty ping frame is 0x89 0x00)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        for _ in range(data.count(b"\x89\x00")):
+            self.transport.write(PONG)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_that_answers_no_ping_is_closed(tmp_path: Path):
+    cfg = config.load(None, {"server": {"data_dir": str(tmp_path / "data")},
+                             "comet": {"require_token": False, "heartbeat_interval": 0.2,
+                                       "websocket_idle_timeout": 0.7}})
+    store = make_store(cfg)
+    await defer.maybeDeferred(store.start)
+    door = CometDoor(Core(cfg, store))
+    port = reactor.listenTCP(0, door, interface="127.0.0.1")
+    try:
+        silent, browser = Client(), Ponger()
+        for client, user in ((silent, b"ida"), (browser, b"jon")):
+            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+                                  client)
+            client.transport.write(WS_UPGRADE % user)
+            await until(lambda: b'"welcome"' in client.data, what="websocket welcome")
+        await until(lambda: silent.lost.called, timeout=5, what="the silent client closed")
+        assert b"\x03\xe9idle: no answer to pings" in silent.data      # close 1001
+        assert not browser.lost.called and browser.data.count(b"\x89\x00") >= 4
+        browser.transport.loseConnection()
+        await browser.lost
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+        await store.stop()
 
 
 @pytest_twisted.ensureDeferred

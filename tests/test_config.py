@@ -42,6 +42,12 @@ def test_documented_file_loads_to_the_defaults():
     ("[xmpp]\ncertificate = \"/no/such/cert.pem\"\n", "[xmpp] certificate"),
     ("[store]\nbackend = \"mysql\"\n", "[store] backend"),
     ("[store]\nredis = [\"http://x\"]\n", "[store] redis"),
+    ("[store]\nredis_cluster = [\"http://x\"]\n", "[store] redis_cluster"),
+    ("[store]\nredis_wait_replicas = -1\n", "[store] redis_wait_replicas"),
+    ("[store]\nredis_cluster = [\"redis://a:1\"]\nredis_sentinels = [\"redis://b:2\"]\n",
+     "[store] redis_sentinels"),
+    ("[store]\nbackend = \"redis\"\nredis_sentinels = [\"redis://b:2\"]\n[cluster]\nenabled = true\n",
+     "[cluster] redis"),
     ("[server]\ndomains = []\n", "[server] domains"),
     ("[comet]\nenabled = 1\n", "[comet] enabled"),
 ])

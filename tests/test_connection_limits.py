@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import pytest
 from twisted.internet import task
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.web import resource, server
@@ -80,6 +80,19 @@ def test_per_ip_cap_refuses_the_next_connection_and_counts_it():
     assert factory.files.open == 3 and dict(factory.per_ip) == {"10.0.0.1": 2, "10.0.0.2": 1}
 
 
+def test_ipv6_addresses_of_one_64_share_the_per_ip_cap():
+    factory = policy(ConnectionLimits(10, 2))
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"):
+        assert factory.buildProtocol(IPv6Address("TCP", host, 40000)) is not None
+    assert factory.buildProtocol(IPv6Address("TCP", "2001:db8:1:2::77", 1)) is None
+    assert refused(factory, listener.PER_IP) == 1
+    assert factory.buildProtocol(IPv6Address("TCP", "2001:db8:1:3::1", 1)) is not None
+    assert factory.per_ip["2001:db8:1:2::/64"] == 2
+    connect(factory, "10.0.0.1")
+    assert factory.buildProtocol(IPv6Address("TCP", "::ffff:10.0.0.1", 1)) is not None
+    assert factory.per_ip["10.0.0.1"] == 2      # a dual-stack socket's IPv4 client counts once
+
+
 def test_door_total_and_the_shared_open_files_budget():
     files = OpenFiles(3)
     xmpp = policy(ConnectionLimits(2, 100), files)
@@ -94,6 +107,19 @@ def test_door_total_and_the_shared_open_files_budget():
     assert refused(comet, listener.OPEN_FILES) == 1
     kept, _ = connect(admin, "127.0.0.1")            # the admin doors use the reserve
     assert isinstance(kept.protocol, Recorder) and files.open == 3
+
+
+def test_new_caps_apply_to_new_connections_and_keep_open_ones():
+    clock = task.Clock()
+    factory = policy(ConnectionLimits(10, 10), clock=clock)
+    factory.startFactory()
+    held = [connect(factory, "10.0.0.1")[1] for _ in range(3)]
+    factory.apply(ConnectionLimits(10, 2, idle_timeout=5.0))         # a reload
+    assert factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)) is None
+    assert not any(t.disconnecting for t in held)   # a lowered cap closes nobody
+    assert factory.per_ip["10.0.0.1"] == 3
+    clock.advance(6)                                 # the new idle timeout is swept for
+    assert all(t.disconnecting for t in held)
 
 
 def test_evict_idle_makes_room_for_a_newcomer_and_idle_connections_are_swept():
@@ -213,10 +239,18 @@ class Echo(resource.Resource):
         return b"got " + request.content.read()
 
 
+class LimitedSite(server.Site):
+    protocol = DeadlineChannel
+    max_body = 10
+
+    def body_limit(self, method: bytes, path: bytes) -> int:
+        return self.max_body
+
+
 def deadline_channel(timeout: float) -> tuple[DeadlineChannel, StringTransport, task.Clock]:
     clock = task.Clock()
-    site = server.Site(Echo(), timeout=timeout, reactor=clock)
-    site.protocol = DeadlineChannel
+    site = LimitedSite(Echo(), timeout=timeout, reactor=clock)
+    site.max_body = 1000
     channel = site.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)
@@ -244,6 +278,27 @@ def test_a_complete_request_is_answered_and_the_deadline_restarts_for_the_next()
     transport.clear()
     clock.advance(1.5)                               # idle keep-alive: closed, no 408
     assert transport.disconnecting and transport.value() == b""
+
+
+def test_a_declared_body_past_the_limit_gets_413_before_it_is_read():
+    channel, transport, _ = deadline_channel(5.0)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\nabc")
+    assert transport.value().startswith(b"HTTP/1.1 413") and transport.disconnecting
+    channel.dataReceived(b"x" * 5000)                # nothing more is read or answered
+    assert transport.value().count(b"HTTP/1.1") == 1 and b"got" not in transport.value()
+
+
+def test_a_chunked_body_is_counted_as_it_arrives():
+    channel, transport, _ = deadline_channel(5.0)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    channel.dataReceived(b"3e8\r\n" + b"a" * 1000 + b"\r\n")   # 1000 bytes: at the limit
+    assert transport.value() == b""
+    channel.dataReceived(b"1\r\nb\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 413") and transport.disconnecting
+    within, answer, _ = deadline_channel(5.0)       # a body within the limit is served
+    within.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"2\r\nhi\r\n0\r\n\r\n")
+    assert b"got hi" in answer.value()
 
 
 # --- real processes ------------------------------------------------------------------------
@@ -498,7 +553,7 @@ def test_oversized_websocket_messages_are_refused_with_1009_and_cost_no_memory(
     sock.close()
 
 
-def test_a_slow_http_body_times_out_on_comet_and_the_web_admin(presenced_factory):
+def test_slow_and_oversized_http_bodies_are_refused_on_comet_and_the_web_admin(presenced_factory):
     process = presenced_factory({
         "comet": {"request_timeout": 1.5}, "webadmin": {"request_timeout": 1.5},
         "xmpp": {"enabled": False}, "thrift": {"enabled": False}})
@@ -523,6 +578,15 @@ def test_a_slow_http_body_times_out_on_comet_and_the_web_admin(presenced_factory
         elapsed = time.monotonic() - started
         assert answer.startswith(b"HTTP/1.1 408"), (path, answer)
         assert 1.0 < elapsed < 8.0, elapsed
+        sock.close()
+    # A body past the door's max_body_bytes (256 KB, 1 MB) is refused before it is sent.
+    for port, path, size in ((process.ports["comet"], "/static/index.html", 262145),
+                             (process.ports["webadmin"], "/login", 1048577)):
+        sock = dial(port)
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n"
+                     "\r\n".encode())
+        assert read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 413"), path
+        assert closed_after(sock, 5.0) is not None
         sock.close()
 
 

@@ -66,6 +66,17 @@ def test_friends_roster_and_subscribers(tmp_path: Path):
     assert foreign.returncode == 1 and "not a domain this server serves" in foreign.stderr
 
 
+def test_subscribe_to_a_topic_without_a_server(tmp_path: Path):
+    done = ctl(tmp_path, "subscribe", "rj", "artist/radiohead")
+    assert done.returncode == 0, done.stderr
+    assert "rj@localhost follows artist/radiohead" in done.stdout
+    assert ctl(tmp_path, "subscribers", "artist/radiohead").stdout.split() == ["rj@localhost"]
+    bad = ctl(tmp_path, "subscribe", "rj", "artist/../x")
+    assert bad.returncode == 1 and "is not a topic" in bad.stderr
+    assert ctl(tmp_path, "unsubscribe", "rj", "artist/radiohead").returncode == 0
+    assert ctl(tmp_path, "subscribers", "artist/radiohead").stdout == ""
+
+
 def test_load_friends_reports_bad_lines_and_loads_the_rest(tmp_path: Path):
     edges = tmp_path / "edges.txt"
     edges.write_bytes(b"# friends\n1 2\n\n2 3  # trailing comment\nonly-one\n4 4\n"

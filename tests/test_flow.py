@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from twisted.internet import task
+import pytest_twisted
+from twisted.internet import defer, endpoints, task
 
 from presenced.flow import ReadGate, TokenBucket, WriteBudget
 
@@ -113,3 +114,45 @@ def test_shaper_allowance_grows_with_time_between_reads():
     assert not stream.transport.reading
     clock.advance(1)
     assert stream.transport.reading
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_writes_reach_a_real_socket_in_order_past_a_full_kernel_buffer():
+    """A SocketWriter sends at once while nothing is queued and hands the rest (a kernel
+    buffer filled by a write larger than it) to Twisted; bytes arrive whole and in order."""
+    from twisted.internet import protocol, reactor
+
+    budgets: list[WriteBudget] = []
+
+    class Writer(protocol.Protocol):
+        def connectionMade(self):
+            budgets.append(WriteBudget(self.transport, 64 * 1024 * 1024, direct=True))
+
+    received = bytearray()
+    done: defer.Deferred = defer.Deferred()
+    big = bytes(range(256)) * (16 * 1024)  # 4 MB: more than the kernel takes at once
+
+    class Reader(protocol.Protocol):
+        def dataReceived(self, data):
+            received.extend(data)
+            if len(received) >= len(big) + 5 and not done.called:
+                done.callback(None)
+
+    factory = protocol.Factory.forProtocol(Writer)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = await endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+        protocol.Factory.forProtocol(Reader))
+    try:
+        while not budgets:
+            await task.deferLater(reactor, 0.01, lambda: None)
+        budget = budgets[0]
+        assert budget._write.tcp is not None  # plain TCP: the direct path is in use
+        budget.write(b"hello")
+        assert budget._write.tcp.dataBuffer == b"" and not budget._write.tcp._tempDataBuffer
+        budget.write(big)      # the kernel takes part; Twisted queues the rest
+        budget.write(b"world")  # queued behind it, not sent ahead of it
+        await done
+        assert bytes(received) == b"hello" + big + b"world"
+    finally:
+        client.transport.loseConnection()
+        await port.stopListening()

@@ -305,7 +305,7 @@ def test_cat_allowlist_reads_ipv4_mapped_addresses_as_ipv4(tmp_path: Path):
 
 @pytest.mark.parametrize("irc, problem", [
     ({"hooks": [{"events": ["tune"], "users": ["a"], "channel": "#m"}]}, "needs exactly"),
-    ({"hooks": [{"events": ["song"], "users": ["a"], "channel": "#m", "format": "x"}]},
+    ({"hooks": [{"events": ["roster"], "users": ["a"], "channel": "#m", "format": "x"}]},
      "events must be"),
     ({"hooks": [{"events": ["tune"], "users": [], "channel": "#m", "format": "x"}]},
      "users must be"),

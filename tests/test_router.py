@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor, task
 
 from presenced.events import Event
 from presenced.router import SubscriptionRouter
@@ -122,3 +123,95 @@ def test_roster_events_carry_the_item_in_json():
     parsed = json.loads(event.to_json())
     assert parsed["item"]["subscription"] == "both"
     assert parsed["item"]["groups"] == ["Friends"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_send_during_a_login_waits_for_that_users_subscriptions(store):
+    """A user logged in before a send receives it, although its subscriptions are still
+    being read: the send is held until the read is in the index, and sends keep their
+    order."""
+    router = SubscriptionRouter(store)
+    await store.add_subscriptions([("fan@x", "rj@x")])
+    fan = RecordingSession("fan@x")
+    router.login("fan@x", fan)
+    assert router.followers.loading
+    first = router.send("rj@x", Event("tune", "rj@x", {"title": "1"}))
+    second = router.send("rj@x", Event("tune", "rj@x", {"title": "2"}))
+    assert fan.events == []
+    assert await first == 1 and await second == 1
+    assert [e.payload["title"] for e in fan.events] == ["1", "2"]
+    assert not router.followers.loading
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_heard_while_a_login_reads_is_not_undone_by_the_read(store):
+    router = SubscriptionRouter(store)
+    await store.add_subscriptions([("fan@x", "old@x")])
+    fan = RecordingSession("fan@x")
+    router.login("fan@x", fan)
+    # While the read is in flight the graph changes (the store has both already).
+    await store.remove_subscriptions([("fan@x", "old@x")])
+    router.subscriptions_changed(removed=[("fan@x", "old@x")])
+    await store.add_subscriptions([("fan@x", "new@x")])
+    router.subscriptions_changed(added=[("fan@x", "new@x")])
+    await router.send("fan@x", Event("tune", "fan@x", {}))  # waits for the read
+    assert set(router.followers.follows["fan@x"]) == {"fan@x", "new@x"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watched_offline_user_still_sees_its_subjects_events(store):
+    """A watcher (a comet replay buffer, an IRC hook) of a user with no session sees what
+    reaches that user: the index keeps the user while it is watched."""
+    router = SubscriptionRouter(store)
+    await store.add_subscriptions([("fan@x", "rj@x")])
+    watcher = RecordingSession("fan@x", "watcher")
+    router.watch("fan@x", watcher)
+    assert await router.send("rj@x", Event("tune", "rj@x", {"title": "1"})) == 0
+    assert [e.payload["title"] for e in watcher.events] == ["1"]
+    assert not router.is_online("fan@x")
+    router.unwatch("fan@x", watcher)
+    assert router.followers.follows == {}
+    await router.send("rj@x", Event("tune", "rj@x", {"title": "2"}))
+    assert len(watcher.events) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_catches_up_with_changes_the_index_missed(store):
+    """After a lost cluster subscription the index reads its users again: edges added and
+    removed meanwhile (announcements it never heard) are right afterwards; sends do not wait
+    for such a re-read."""
+    router = SubscriptionRouter(store)
+    await store.add_subscriptions([("fan@x", "old@x")])
+    fan = RecordingSession("fan@x")
+    router.login("fan@x", fan)
+    await router.send("fan@x", Event("tune", "fan@x", {}))  # the login's read is in
+    await store.remove_subscriptions([("fan@x", "old@x")])
+    await store.add_subscriptions([("fan@x", "new@x")])
+    router.followers.refresh()
+    assert not router.followers.loading
+    assert set(router.followers.follows["fan@x"]) == {"fan@x", "old@x"}  # until the answer
+    for _ in range(500):  # the store thread answers within a few turns
+        if set(router.followers.follows["fan@x"]) == {"fan@x", "new@x"}:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert set(router.followers.follows["fan@x"]) == {"fan@x", "new@x"}
+    assert not router.followers.of("old@x")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_follower_may_log_out_during_a_send(store):
+    """The followers list a send iterates is replaced, not changed, by a logout."""
+    router = SubscriptionRouter(store)
+    await store.add_subscriptions([("a@x", "rj@x"), ("b@x", "rj@x"), ("c@x", "rj@x")])
+
+    class LeavesOnEvent(RecordingSession):
+        def deliver(self, event):
+            super().deliver(event)
+            router.logout(self)
+
+    sessions = [LeavesOnEvent("a@x"), LeavesOnEvent("b@x"), LeavesOnEvent("c@x")]
+    for s in sessions:
+        router.login(s.user, s)
+    assert await router.send("rj@x", Event("tune", "rj@x", {})) == 3
+    assert all(len(s.events) == 1 for s in sessions)
+    assert not router.followers.of("rj@x") and router.followers.follows == {}

@@ -161,6 +161,17 @@ async def test_archive_append_drops_entries_beyond_keep_and_older_than_since(sto
     values = [e.value for e in (await archive.query("c@x")).entries]
     assert values == [f"n{i}" for i in range(240, 250)] + ["fresh"]
     assert [e.value for e in (await archive.query("b@x")).entries] == ["other user"]
+    # The count behind ``keep`` follows every change: expiry above, then appends with and
+    # without a bound, then deleting everything.
+    await archive.append("a@x", "m7", 1007.0, "b@x", keep=3)
+    assert [e.value for e in (await archive.query("a@x")).entries] == ["m5", "m6", "m7"]
+    await archive.append("a@x", "m8", 1008.0, "b@x")
+    await archive.append("a@x", "m9", 1009.0, "b@x", keep=3)
+    assert [e.value for e in (await archive.query("a@x")).entries] == ["m7", "m8", "m9"]
+    assert await archive.delete_all("a@x") == 3
+    for i in range(3):
+        await archive.append("a@x", f"k{i}", 2000.0 + i, "b@x", keep=2)
+    assert [e.value for e in (await archive.query("a@x")).entries] == ["k1", "k2"]
 
 
 @pytest_twisted.ensureDeferred
@@ -248,3 +259,21 @@ async def test_embedded_upgrades_a_version_0_file(tmp_path: Path):
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
                         "('pep', 'offline', 'pending', 'private')").fetchone()[0] == 0
     conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dump_lists_every_user_with_data_and_their_stores(store):
+    await store.create_user("acct@x", make_credentials("p", iterations=8))
+    await store.add_subscriptions([("fan@x", "star@x")])
+    await store.open_map("pep").set("mapper@x", "tune", "<tune/>")
+    await store.open_list("offline").push("lister@x", "<message/>", 10)
+    await store.open_archive("mam").append("archiver@x", "<message/>", 1.0)
+    everyone = ["acct@x", "archiver@x", "fan@x", "lister@x", "mapper@x", "star@x"]
+    assert await store.dump_users("", 100) == everyone
+    assert await store.dump_users("", 2) == everyone[:2]
+    assert await store.dump_users("fan@x", 2) == everyone[3:5]
+    assert await store.dump_users("star@x", 10) == []
+    assert await store.user_store_names("mapper@x") == {"pep": "map"}
+    assert await store.user_store_names("lister@x") == {"offline": "list"}
+    assert await store.user_store_names("archiver@x") == {"mam": "archive"}
+    assert await store.user_store_names("acct@x") == {}

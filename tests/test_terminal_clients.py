@@ -31,7 +31,7 @@ from tests.helpers import Client, PresencedProcess, run
 SCREEN_DEADLINE = 30.0  # seconds to wait for something on a client's screen
 POLL_INTERVAL = 0.2
 NOBODY = 65534  # poezio refuses to run as root; as root, it runs as nobody/nogroup
-USERS = ["alice", "bob", "carol", "dave", "erin", "frank"]
+USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
 FRIENDS = [("alice", "bob"), ("carol", "dave"), ("erin", "frank")]  # (client user, contact)
 
 
@@ -230,6 +230,45 @@ tls.policy=force
         client.type("/win 2")
         await client.wait_for(r"bob@localhost/test: hello profanity, from bob")
         await bob.close()
+        client.assert_no_errors()
+
+    run(scenario())
+
+
+def test_profanity_joins_a_room_sees_its_history_and_an_occupant(server, terminal):
+    """profanity in a group chat room (XEP-0045): it joins, shows the history another
+    occupant left and then that occupant's new message."""
+    require_programs("tmux", "profanity")
+    client = terminal("profanity-muc", PROFANITY_ERRORS)
+    port = server.ports["xmpp"]
+    room = "tea@conference.localhost"
+    write_private(client.home / ".local" / "share" / "profanity" / "accounts", f"""\
+[grace@localhost]
+enabled=true
+jid=grace@localhost
+server=127.0.0.1
+port={port}
+resource=profanity
+password=grace-pw
+tls.policy=force
+""")
+
+    async def scenario() -> None:
+        heidi = Client("heidi")
+        heidi.register_plugin("xep_0045")
+        await heidi.start(port)
+        await heidi.plugin["xep_0045"].join_muc_wait(room, "Heidi", timeout=10)
+        heidi.send_message(mto=room, mbody="scones are in the oven", mtype="groupchat")
+
+        client.start(["profanity", "-a", "grace@localhost"])
+        await client.wait_for(r"Use '/tls allow'")
+        client.type("/tls allow")
+        await client.wait_for(r"grace@localhost/profanity logged in successfully")
+        client.type(f"/join {room} nick Grace")
+        await client.wait_for(r"Heidi: scones are in the oven")  # the room's history
+        heidi.send_message(mto=room, mbody="tea is ready", mtype="groupchat")
+        await client.wait_for(r"Heidi: tea is ready")
+        await heidi.close()
         client.assert_no_errors()
 
     run(scenario())

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import random
 import socket
 import struct
 import time
@@ -15,7 +14,9 @@ from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException, TMessageType
 from thriftpy2.transport import TFramedTransportFactory
 
-from tests.helpers import REPO, PresencedProcess, SocketReader, encode_call, read_reply
+from presenced import config
+from tests.helpers import (FUZZ_SCALE, REPO, PresencedProcess, SocketReader, encode_call,
+                           fuzz_rng, read_reply)
 
 admin = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"),
                        module_name="test_abuse_admin_thrift")
@@ -78,11 +79,12 @@ def healthy(server: PresencedProcess) -> None:
     c.close()
 
 
+@pytest.mark.fuzz
 def test_garbage_bytes_close_the_connection(server):
     bystander = make_client(SERVICE, "127.0.0.1", server.ports["thrift"], timeout=10000)
-    rng = random.Random(5)
+    rng = fuzz_rng(5)
     for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-                    bytes(rng.randrange(256) for _ in range(4096)),
+                    *(bytes(rng.randrange(256) for _ in range(4096)) for _ in range(FUZZ_SCALE)),
                     b"\x80\x01\x00\x09" + b"\x00" * 64):  # version ok, message type 9
         sock = connect(server)
         sock.sendall(garbage)
@@ -90,6 +92,14 @@ def test_garbage_bytes_close_the_connection(server):
         sock.close()
     assert bystander.online_count() == 0  # opened before, still served
     bystander.close()
+
+
+def test_a_framed_client_on_the_buffered_port_is_closed_at_once(server):
+    call = encode_call("online_count", 1)
+    sock = connect(server)
+    sock.sendall(struct.pack("!i", len(call)) + call)
+    assert closed_within(sock, TIMEOUT / 2)   # at once, not at the [thrift] timeout
+    sock.close()
 
 
 def test_declared_string_length_far_beyond_the_data(server):
@@ -266,11 +276,14 @@ def test_allowlist_refuses_other_addresses(tmp_path):
         server.stop()
 
 
-def test_a_bad_allowlist_entry_stops_the_server_with_a_clear_message(tmp_path):
-    with pytest.raises(RuntimeError) as failed:
-        start(tmp_path / "badallow", allow=["127.0.0.1", "localhost-ish"])
-    assert "[thrift] allow" in str(failed.value)
+def test_a_bad_allowlist_entry_is_a_config_error_naming_the_key(tmp_path):
+    # Checked when the config is read (at start and on reload), not when the door starts.
+    with pytest.raises(config.ConfigError) as failed:
+        config.build({"thrift": {"allow": ["127.0.0.1", "localhost-ish"]}})
+    assert failed.value.key == "[thrift] allow"
     assert "'localhost-ish' is not an IP address or network" in str(failed.value)
+    with pytest.raises(RuntimeError, match="exited with"):
+        start(tmp_path / "badallow", allow=["127.0.0.1", "localhost-ish"])
 
 
 def test_framed_transport_bad_frames(tmp_path):

@@ -91,6 +91,15 @@ def test_a_large_message_in_pieces_is_not_parsed_again_for_every_piece():
     assert attempts <= 3  # the header tells how long the password is: no retry until then
 
 
+@pytest.mark.parametrize("protocol", ["binary", "compact"])
+def test_a_framed_call_on_a_buffered_port_is_refused_at_its_first_bytes(protocol):
+    call = written_by_thriftpy2(protocol, True, "online_count", 1, SERVICE.online_count_args())
+    decoder = MessageDecoder(SERVICE, protocol, framed=False)
+    decoder.feed(call[:6])                  # the frame length and two bytes are enough
+    with pytest.raises(BadMessage):
+        decoder.next_message()
+
+
 def test_compact_varint_without_end_is_refused():
     decoder = MessageDecoder(SERVICE, "compact")
     decoder.feed(b"\x82\x21" + b"\xff" * 64)

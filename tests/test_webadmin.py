@@ -17,8 +17,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from presenced.webadmin.auth import ScryptHash
-from tests.helpers import (PresencedProcess, on_store, open_stream, roster,
-                           webadmin_login as login, webadmin_url as base)
+from tests.helpers import (FUZZ_SCALE, SERVER_ERRORS, PresencedProcess, fuzz_rng, mutate,
+                           on_store, open_stream, roster, webadmin_login as login,
+                           webadmin_url as base)
 from tests.ircd import cat
 from tests.helpers import thrift_client
 
@@ -101,7 +102,7 @@ def test_every_page_needs_a_login(server):
         reply = requests.get(url + path, allow_redirects=False, timeout=10)
         assert reply.status_code == 303, path
         assert reply.headers["location"].startswith("/login?next=%2F"), path
-    assert requests.get(url + "/api/stats", timeout=10).status_code == 401
+    assert requests.get(url + "/live/stats", timeout=10).status_code == 401
     reply = requests.post(url + "/action", data={"action": "add-friend", "user": "alice",
                                                  "friend": "carol"}, timeout=10)
     assert reply.status_code == 403
@@ -338,7 +339,7 @@ def test_metrics_and_pages_follow_a_session_until_it_is_kicked(server):
         assert after[connections] == before[connections] + 1
         assert after[("presenced_router_online_users", ())] == \
             before[("presenced_router_online_users", ())] + 1
-        stats = http.get(base(server) + "/api/stats", timeout=10).json()
+        stats = http.get(base(server) + "/live/stats", timeout=10).json()
         assert stats["sessions_by_door"]["comet"] == 1 and stats["online_users"] >= 1
         overview = http.get(base(server) + "/", timeout=10).text
         assert '<span data-live="sessions_by_door.comet">1</span>' in overview
@@ -457,3 +458,31 @@ def test_logins_expire_when_idle_and_stay_bounded():
     for _ in range(sessions.MAX_LOGINS + 10):
         logins.start(browser_with(b""), "admin@localhost")
     assert len(logins) == sessions.MAX_LOGINS
+
+
+@pytest.mark.fuzz
+def test_fuzzed_requests_are_answered_never_an_error_of_the_server(presenced_factory):
+    # A server of its own: the fuzzed logins get its address banned.
+    server = presenced_factory({"xmpp": {"enabled": False}, "comet": {"enabled": False},
+                                "thrift": {"enabled": False},
+                                "irc": {"http_token": "t0ken"}})
+    rng = fuzz_rng(2468)
+    port = server.ports["webadmin"]
+    seeds = [b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
+             b"\r\nContent-Length: 29\r\n\r\nname=a&password=b&next=%2Fu",
+             b"GET /users?q=al%C3%A9 HTTP/1.1\r\nHost: x\r\nCookie: presenced_admin=abc\r\n\r\n",
+             b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\n\r\n",
+             b"GET /confirm?action=kick&user=a%40localhost HTTP/1.1\r\nHost: x\r\n\r\n",
+             b"POST /irccat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n"
+             b"5\r\nhello\r\n0\r\n\r\n"]
+    for _ in range(40 * FUZZ_SCALE):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            try:
+                sock.sendall(mutate(rng, rng.choice(seeds), edits=4))
+                sock.settimeout(0.1)
+                sock.recv(65536)
+            except OSError:
+                pass
+    assert server.process.poll() is None
+    assert not SERVER_ERRORS.search(server.log()), server.log()[-4000:]

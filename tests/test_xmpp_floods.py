@@ -230,6 +230,32 @@ def test_flood_to_an_online_friend_is_bounded(server):
     friend.close()
 
 
+@pytest.mark.parametrize("to", [b"", b" to='mallory@localhost'"], ids=["to-all", "to-self"])
+def test_presence_flood_is_bounded_and_the_flooder_cut_off(server, to):
+    """100 000 presence updates, broadcast to the flooder's 51 contacts (bob online and
+    reading) or sent to the flooder's own bare JID: the flooder is disconnected with
+    policy-violation, the contact keeps its connection, memory and logins are unaffected."""
+    friend = logged_in(server, "bob", "watcher")
+    friend.read_until(b"<presence", timeout=10)
+    before = rss_mb(server)
+    client = logged_in(server, "mallory")
+    payload = b"".join(b"<presence%s><status>flood %d</status></presence>" % (to, i)
+                       for i in range(100000))
+    with Flood(friend, b"") as reader, Flood(client, payload) as flood:
+        peak, login = watch(server, flood)
+    report(f"presence flood{to.decode()}", before, peak, login, flood)
+    assert peak - before < RSS_GROWTH_MB
+    assert login < LOGIN_SECONDS
+    assert flood.closed and flood.count(b"<policy-violation") == 1
+    assert flood.sent < len(payload)                 # the rest was never taken
+    assert not reader.closed and (to or reader.received > 0)  # bob saw the broadcasts
+    friend.send(b"<iq type='get' id='alive'><ping xmlns='urn:xmpp:ping'/></iq>")
+    friend.sock.settimeout(10)
+    assert b"alive" in friend.read_until(b"id='alive'[^>]*>|id=\"alive\"[^>]*>", timeout=10)
+    client.close()
+    friend.close()
+
+
 def test_read_rate_paces_a_fast_sender(server):
     """Big stanzas under the stanza rate: the bytes read are paced at
     read_bytes_per_second after read_burst_bytes (1 MB, then 64 KB/s by default)."""

@@ -11,7 +11,7 @@ from typing import Optional
 import pytest_twisted
 from twisted.words.xish import domish
 
-from tests.xmpp_memory import HEADER, MemoryClient
+from tests.xmpp_memory import HEADER, MemoryClient, sleep
 
 NS_ROSTER = "jabber:iq:roster"
 
@@ -281,3 +281,68 @@ async def test_private_storage_bookmarks_and_bookmarks_2_are_one_list(memory_xmp
                           "pubsub'><items node='urn:xmpp:bookmarks:1'/></pubsub></iq>")
     assert [i["id"] for i in items.firstChildElement().firstChildElement().elements()] == [
         "dev@conference.localhost"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_chats_is_archived_in_order_for_both_parties(memory_xmpp,
+                                                                     logged_errors):
+    """2 000 messages in one read, the first decided by store reads and the rest queued
+    behind it: each is archived once per party, in order (the queue was once a chain of
+    awaits that overflowed the stack and lost the archive's writes)."""
+    from presenced.store import MAM_STORE
+    count = 2000
+    node = await memory_xmpp({"xmpp": {"archive_days": 7, "stanzas_per_second": 1e6,
+                                       "stanza_burst": 10 * count,
+                                       "max_pending_stanzas": 10 * count}})
+    await node.add_users("ann", "ben")
+    ann = await node.online("ann")
+    await node.online("ben")
+    ann.send(b"".join(b"<message to='ben@localhost' type='chat'><body>m%d</body></message>"
+                      % i for i in range(count)))
+    await node.settle(20)
+    archive = node.store.open_archive(MAM_STORE)
+    for owner in ("ann@localhost", "ben@localhost"):
+        page = await archive.query(owner, limit=10 * count)
+        bodies = [e.value.partition("<body>")[2].partition("</body>")[0] for e in page.entries]
+        assert bodies == [f"m{i}" for i in range(count)]
+    assert logged_errors == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_past_the_archive_queue_bound_are_counted_not_kept(memory_xmpp,
+                                                                        monkeypatch):
+    from presenced.store import MAM_STORE
+    monkeypatch.setattr("presenced.xmpp.mam.MAX_QUEUED", 5)
+    node = await memory_xmpp({"xmpp": {"archive_days": 7}})
+    await node.add_users("ann", "ben")
+    ann = await node.online("ann")
+    await node.online("ben")
+    # ann's preferences are not in memory yet: her first message waits for the store, and
+    # the next ones queue behind it.
+    ann.send(b"".join(b"<message to='ben@localhost' type='chat'><body>m%d</body></message>"
+                      % i for i in range(20)))
+    await node.settle(20)
+    for owner in ("ann@localhost", "ben@localhost"):
+        page = await node.store.open_archive(MAM_STORE).query(owner)
+        assert len(page.entries) == 5
+    assert node.core.metrics.value("presenced_archive_skipped_total") == 30
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sender_is_held_while_its_recipient_does_not_read(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("gus", "hal")
+    await node.add_friends(("gus", "hal"))
+    gus = await node.online("gus")
+    hal = await node.online("hal")
+    hal.stream.budget.pauseProducing()    # hal's kernel buffer and queue are full
+    gus.send("<message to='hal@localhost/test' type='chat'><body>1</body></message>")
+    assert gus.transport.producerState == "paused"   # gus is read no more meanwhile
+    hal.stream.budget.resumeProducing()   # hal reads again
+    assert gus.transport.producerState == "producing"
+    await message(hal)
+    hal.stream.budget.pauseProducing()    # a recipient that never reads holds a sender
+    gus.send("<message to='hal@localhost/test' type='chat'><body>2</body></message>")
+    assert gus.transport.producerState == "paused"
+    await sleep(1.2)                      # for RECIPIENT_WAIT at most
+    assert gus.transport.producerState == "producing"

@@ -56,7 +56,8 @@ struct RosterItem {
   5: bool ask                  // our subscription request is pending
 }
 
-/* subscriber receives subject's events (tunes, presence). */
+/* subscriber receives subject's events (tunes, presence, site events); subject may be a
+   topic: name "artist/radiohead", server empty (docs/topics.md). */
 struct Subscription {
   1: JabberUser subscriber,
   2: JabberUser subject
@@ -76,6 +77,23 @@ struct NowPlaying {
 struct UserSession {
   1: string protocol,
   2: string label
+}
+
+/* A group chat room (docs/muc.md): name@conference.<domain>. */
+struct Room {
+  1: string jid,
+  2: string name,
+  3: bool persistent,
+  4: bool listed,             // in the disco#items of the conference service
+  5: i32 occupants
+}
+
+/* Someone in a room; jid is their real JID (an XMPP resource, irc:<channel>/<nick>...). */
+struct Occupant {
+  1: string nick,
+  2: string jid,
+  3: string role,
+  4: string affiliation
 }
 
 service PresencedAdmin extends Ejabthrift {
@@ -112,5 +130,24 @@ service PresencedAdmin extends Ejabthrift {
   void irc_say(1: string target, 2: string text)
     throws (1: NotEnabled not_enabled, 2: InvalidArgument invalid),
   /* Server counters: users, online_users, sessions, sessions_<protocol>, uptime_seconds... */
-  map<string, i64> stats()
+  map<string, i64> stats(),
+  /* A site event (docs/topics.md) from a user or a topic ("artist/radiohead") to its
+     followers; json_data is a JSON object; returns the sessions reached. */
+  i32 publish_event(1: string subject, 2: string type, 3: string json_data)
+    throws (1: BadJid bad_jid, 2: InvalidArgument invalid),
+  /* Group chat (docs/muc.md). A room is name@conference.<domain>; an empty owner
+     makes a room without one (the admin manages it). */
+  void create_room(1: string room, 2: JabberUser owner, 3: bool persistent)
+    throws (1: BadJid bad_jid, 2: InvalidArgument invalid, 3: NotEnabled not_enabled),
+  void destroy_room(1: string room, 2: string reason)
+    throws (2: InvalidArgument invalid, 3: NotEnabled not_enabled),
+  list<Room> list_rooms() throws (3: NotEnabled not_enabled),
+  list<Occupant> room_occupants(1: string room)
+    throws (2: InvalidArgument invalid, 3: NotEnabled not_enabled),
+  /* owner, admin, member, none or outcast (a ban: occupants of that JID leave). */
+  void set_room_affiliation(1: string room, 2: JabberUser user, 3: string affiliation)
+    throws (1: BadJid bad_jid, 2: InvalidArgument invalid, 3: NotEnabled not_enabled),
+  /* A message from the room itself to every occupant, kept in its history. */
+  void send_room_message(1: string room, 2: string body)
+    throws (2: InvalidArgument invalid, 3: NotEnabled not_enabled)
 }

@@ -165,7 +165,11 @@ class SessionDirectory:
         if node == self.node_id or not node:
             return
         if kind == "bye":
-            self._forget(node)
+            # A stopping node leaves before its sessions have ended (a slow client's close
+            # may take the whole grace period): those users are gone for their friends now.
+            users = self._forget(node)
+            if users:
+                self._tell_gone(node, users)
             return
         self.last_seen[node] = time.monotonic()
         if kind == "sync":

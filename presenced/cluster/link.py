@@ -3,6 +3,11 @@
 Pub/sub messages sent while a node is disconnected are lost (Redis does not keep them), so
 whoever needs a consistent view registers ``on_reconnect`` and reloads its state from Redis
 keys after each (re)subscription.
+
+Besides the fixed channels (:meth:`RedisLink.subscribe`, before start), a family of channels
+sharing a prefix may be joined and left while running (:meth:`RedisLink.join`,
+:meth:`RedisLink.leave`: the cluster's per-subject channels). Joins and leaves of one reactor
+turn go out as one ``SUBSCRIBE`` and one ``UNSUBSCRIBE``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from twisted.internet import defer, endpoints, reactor
 from twisted.logger import Logger
 
 MessageHandler = Callable[[str], None]
+FamilyHandler = Callable[[str, str], None]  # (channel without the prefix, message)
 
 RECONNECT_MAX_DELAY = 1.0
 
@@ -53,6 +59,11 @@ class RedisLink:
         # a user's "+" and "-" reach the other nodes in the order they happened.
         self.ordered = self._pool(parsed, int(db) if db else None, 1)
         self.handlers: dict[str, MessageHandler] = {}
+        self.family_prefix = ""
+        self.family_handler: FamilyHandler | None = None
+        self.joined: set[str] = set()
+        self.listening: set[str] = set()  # joined, and Redis confirmed the SUBSCRIBE
+        self._changed: set[str] = set()
         self.on_reconnect: list[Callable[[], Any]] = []
         self._factory: txredisapi.SubscriberFactory | None = None
         self._protocol: _Subscriber | None = None
@@ -69,6 +80,52 @@ class RedisLink:
     def subscribe(self, channel: str, handler: MessageHandler) -> None:
         """Call before :meth:`start`; channels are (re)subscribed on every connection."""
         self.handlers[channel] = handler
+
+    async def open_commands(self) -> None:
+        """Commands can be sent at once: the pools connect on first use."""
+
+    def subscribe_family(self, prefix: str, handler: FamilyHandler) -> None:
+        """Messages of joined channels named ``prefix + name`` go to ``handler(name, msg)``."""
+        self.family_prefix, self.family_handler = prefix, handler
+
+    def join(self, name: str) -> None:
+        """Receive the family channel ``name`` (subscribed at the end of this turn)."""
+        self._change(name, True)
+
+    def leave(self, name: str) -> None:
+        self._change(name, False)
+
+    def _change(self, name: str, joined: bool) -> None:
+        if joined:
+            self.joined.add(name)
+        else:
+            self.joined.discard(name)
+            self.listening.discard(name)
+        if not self._changed:
+            reactor.callLater(0, self._apply_changes)
+        self._changed.add(name)
+
+    def _apply_changes(self) -> None:
+        changed, self._changed = self._changed, set()
+        protocol = self._protocol
+        if protocol is None:  # the next connection subscribes to every joined channel
+            return
+        prefix = self.family_prefix
+        joins = [name for name in changed if name in self.joined]
+        leaves = [prefix + name for name in changed if name not in self.joined]
+        if joins:
+            d = protocol.subscribe([prefix + name for name in joins])
+            d.addCallback(lambda _: self._listening(joins, protocol))
+            d.addErrback(self._subscribe_failed)
+        if leaves:
+            protocol.unsubscribe(leaves).addErrback(self._subscribe_failed)
+
+    def _listening(self, names: list[str], protocol: _Subscriber) -> None:
+        if protocol is self._protocol:
+            self.listening.update(name for name in names if name in self.joined)
+
+    def _subscribe_failed(self, failure: Any) -> None:
+        self.log.warn("cluster: (un)subscribing failed: {e}", e=failure.getErrorMessage())
 
     def start(self) -> defer.Deferred:
         """Fires when the first subscription is in place."""
@@ -107,7 +164,10 @@ class RedisLink:
     @defer.inlineCallbacks
     def _subscribed(self, protocol: _Subscriber):
         self._protocol = protocol
-        yield protocol.subscribe(list(self.handlers))
+        prefix = self.family_prefix
+        names = list(self.joined)
+        yield protocol.subscribe(list(self.handlers) + [prefix + n for n in names])
+        self._listening(names, protocol)
         first = not self.ready.called
         if not first:
             self.reconnects += 1
@@ -120,12 +180,15 @@ class RedisLink:
     def _lost(self, protocol: _Subscriber) -> None:
         if self._protocol is protocol:
             self._protocol = None
+            self.listening.clear()
             self.log.warn("cluster: lost the Redis subscription, reconnecting")
 
     def _received(self, channel: str, message: str) -> None:
         handler = self.handlers.get(channel)
-        if handler is not None:
-            try:
+        try:
+            if handler is not None:
                 handler(message)
-            except Exception:
-                self.log.failure("cluster message on {channel} failed", channel=channel)
+            elif self.family_handler is not None and channel.startswith(self.family_prefix):
+                self.family_handler(channel[len(self.family_prefix):], message)
+        except Exception:
+            self.log.failure("cluster message on {channel} failed", channel=channel)

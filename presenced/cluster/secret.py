@@ -23,6 +23,16 @@ def cluster_redis_url(config: Config) -> str:
     return config.cluster.redis or config.store.redis[0]
 
 
+def make_link(config: Config) -> Any:
+    """The cluster channel: sharded pub/sub on the store's Redis Cluster when the store is one
+    and ``[cluster] redis`` names no other Redis, else :class:`RedisLink`."""
+    if config.store.redis_cluster and not config.cluster.redis:
+        from presenced.cluster.shardedlink import ShardedLink
+
+        return ShardedLink(config.store.redis_cluster)
+    return RedisLink(cluster_redis_url(config))
+
+
 async def shared_secret(commands: Any, candidate: bytes) -> bytes:
     """The cluster's secret, storing ``candidate`` as that secret when there is none yet."""
     await commands.set(SECRET_KEY, candidate.hex(), only_if_not_exists=True)
@@ -33,8 +43,9 @@ async def shared_secret(commands: Any, candidate: bytes) -> bytes:
 
 async def fetch_shared_secret(config: Config, candidate: bytes) -> bytes:
     """:func:`shared_secret` over a connection of its own (presencedctl, no node running)."""
-    link = RedisLink(cluster_redis_url(config))
+    link = make_link(config)
+    await link.open_commands()
     try:
         return await shared_secret(link.commands, candidate)
     finally:
-        await link.commands.disconnect()
+        await link.stop()

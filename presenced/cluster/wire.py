@@ -8,35 +8,37 @@ session on another node receives an event equal to the one sent here.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from twisted.words.xish import domish
 
 from presenced.events import Event
-from presenced.store import RosterItem
+from presenced.store import Pair, RosterItem
 from presenced.store.codec import roster_item_from_text, roster_item_to_text
 from presenced.xmlparse import parse_element
 
-_TAG = "__presenced__"
+TAG = "__presenced__"  # marks an encoded non-JSON value
 
 
-def _encode_value(value: Any) -> Any:
+def encode_value(value: Any) -> Any:
+    """A payload value as JSON-able data (RosterItem, bytes and elements tagged)."""
     if isinstance(value, RosterItem):
-        return {_TAG: "roster-item", "jid": value.jid, "text": roster_item_to_text(value)}
+        return {TAG: "roster-item", "jid": value.jid, "text": roster_item_to_text(value)}
     if isinstance(value, bytes):
-        return {_TAG: "bytes", "text": value.decode("utf-8", "surrogateescape")}
+        return {TAG: "bytes", "text": value.decode("utf-8", "surrogateescape")}
     if isinstance(value, domish.Element):
-        return {_TAG: "xml", "xml": value.toXml()}
+        return {TAG: "xml", "xml": value.toXml()}
     if isinstance(value, (list, tuple)):
-        return [_encode_value(v) for v in value]
+        return [encode_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: _encode_value(v) for k, v in value.items()}
+        return {k: encode_value(v) for k, v in value.items()}
     return value
 
 
-def _decode_value(value: Any) -> Any:
-    if isinstance(value, dict) and _TAG in value:
-        kind = value[_TAG]
+def decode_value(value: Any) -> Any:
+    """The value :func:`encode_value` made."""
+    if isinstance(value, dict) and TAG in value:
+        kind = value[TAG]
         if kind == "roster-item":
             return roster_item_from_text(value["jid"], value["text"])
         if kind == "bytes":
@@ -44,17 +46,19 @@ def _decode_value(value: Any) -> Any:
         if kind == "xml":
             return parse_element(value["xml"])
     if isinstance(value, list):
-        return [_decode_value(v) for v in value]
+        return [decode_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: _decode_value(v) for k, v in value.items()}
+        return {k: decode_value(v) for k, v in value.items()}
     return value
 
 
-def encode(recipients: list[str], event: Event) -> str:
-    return json.dumps({
-        "r": recipients, "t": event.type, "s": event.sender, "w": event.time, "i": event.id,
-        "p": {k: _encode_value(v) for k, v in event.payload.items()},
-    }, separators=(",", ":"))
+def encode(recipients: list[str], event: Event, hidden: frozenset[str] = frozenset()) -> str:
+    """``hidden``: JIDs the subject's broadcast skips (its blocklist), when any."""
+    doc = {"r": recipients, "t": event.type, "s": event.sender, "w": event.time,
+           "i": event.id, "p": {k: encode_value(v) for k, v in event.payload.items()}}
+    if hidden:
+        doc["h"] = sorted(hidden)
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def batch(encoded: list[str]) -> str:
@@ -67,6 +71,34 @@ def decode(text: str) -> list[tuple[list[str], Event]]:
     docs = json.loads(text)
     if isinstance(docs, dict):
         docs = [docs]
-    return [(doc["r"], Event(doc["t"], doc["s"], {k: _decode_value(v) for k, v in
-                                                  doc["p"].items()},
-                             when=doc["w"], event_id=doc["i"])) for doc in docs]
+    return [(doc["r"], _event(doc)) for doc in docs]
+
+
+def _event(doc: dict[str, Any]) -> Event:
+    return Event(doc["t"], doc["s"], {k: decode_value(v) for k, v in doc["p"].items()},
+                 when=doc["w"], event_id=doc["i"])
+
+
+def subject_batch(origin: str, encoded: list[str]) -> str:
+    """A subject channel's events of one reactor turn (each :func:`encode`d with no
+    recipients: every node that follows the subject finds its own), from node ``origin``."""
+    return '{"o":' + json.dumps(origin) + ',"e":' + batch(encoded) + "}"
+
+
+def decode_subject_batch(text: str) -> tuple[str, list[tuple[Event, Optional[frozenset[str]]]]]:
+    """``(origin node, [(event, hidden or None)])`` of a :func:`subject_batch` message."""
+    doc = json.loads(text)
+    return doc["o"], [(_event(e), frozenset(e["h"]) if "h" in e else None) for e in doc["e"]]
+
+
+def encode_graph(origin: str, added: Sequence[Pair], removed: Sequence[Pair],
+                 gone: Sequence[str]) -> str:
+    """A change of the subscription graph made on node ``origin``."""
+    return json.dumps({"o": origin, "a": list(added), "r": list(removed), "g": list(gone)},
+                      separators=(",", ":"))
+
+
+def decode_graph(text: str) -> tuple[str, list[Pair], list[Pair], list[str]]:
+    doc = json.loads(text)
+    return (doc["o"], [tuple(p) for p in doc["a"]], [tuple(p) for p in doc["r"]],
+            list(doc["g"]))

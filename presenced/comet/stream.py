@@ -17,11 +17,11 @@ reading is cut off. The class has no ``__dict__`` and keeps one reference per fi
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Optional
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IDelayedCall, IProtocol, ITransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -36,7 +36,8 @@ from presenced.router import ISession
 if TYPE_CHECKING:
     from presenced.comet.door import CometDoor
 
-READING, NDJSON, SSE, POLLING, DONE = range(5)
+READING, NDJSON, SSE, POLLING, DONE, AUTHORIZING = range(6)
+log = Logger()
 HOT_PATHS = ("stream", "poll")
 
 
@@ -138,13 +139,31 @@ class CometConnection:
             raise HTTPError(405, f"{request.method} is not allowed here; use GET")
         if request.has_body:
             raise HTTPError(413, "requests to streams carry no body")
-        user = self.door.authorize(user_text, request.bearer_token(),
-                                   getattr(self.transport.getPeer(), "host", "?"))
+        token, host = request.bearer_token(), getattr(self.transport.getPeer(), "host", "?")
+        if self.door.needs_site(token):
+            self.mode = AUTHORIZING  # what arrives meanwhile waits in buf (bounded)
+            d = defer.ensureDeferred(self.door.authorize_by_site(user_text, request, host))
+            d.addCallbacks(self._authorized, self._not_authorized,
+                           callbackArgs=(kind, request, consumed))
+            return
+        self._authorized(self.door.authorize(user_text, token, host), kind, request, consumed)
+
+    def _authorized(self, user: str, kind: str, request: RequestHead, consumed: int) -> None:
+        if self.mode == DONE:       # the client left while the site was asked
+            return
+        self.mode = READING
         del self.buf[:consumed]
         if kind == "poll":
             self._start_poll(user, request)
         else:
             self._start_stream(user, request)
+
+    def _not_authorized(self, failure: Failure) -> None:
+        if not failure.check(HTTPError):
+            log.failure("asking the site about a stream", failure)
+        if self.mode != DONE:
+            self._fail(failure.value if failure.check(HTTPError)
+                       else HTTPError(503, "stream authorization failed"))
 
     def _hand_off(self) -> None:
         """Give the connection, and every byte read, to the door's twisted.web site."""
@@ -202,7 +221,7 @@ class CometConnection:
         self.buf = None
         self.mode = SSE if sse else NDJSON
         self.channel = channel = door.channels.attach(user)
-        self.budget = WriteBudget(self.transport, door.max_buffered_bytes)
+        self.budget = WriteBudget(self.transport, door.max_buffered_bytes, direct=True)
         welcome = door.welcome(user, "sse" if sse else "ndjson")
         out = [response_head(200, headers),
                frames.sse_data(welcome, retry=True) if sse else frames.ndjson_line(welcome)]
@@ -237,12 +256,14 @@ class CometConnection:
         """Say why, end the response, disconnect (an operator's kick, server stopping)."""
         mode = self.mode
         if mode in (NDJSON, SSE):
-            doc = json.dumps({"type": "closed", "reason": reason}).encode("utf-8")
+            doc = frames.closed_doc(reason)
             self.budget.write((frames.sse_data(doc) if mode == SSE else frames.ndjson_line(doc))
                               + frames.LAST_CHUNK)
         elif mode == POLLING:
             self._leave()
-            self.transport.write(json_response(503, error_body(reason)))
+            retry = ([("Retry-After", str(frames.RECONNECT_AFTER_MS // 1000))]
+                     if reason == frames.SERVER_STOPPING else [])
+            self.transport.write(json_response(503, error_body(reason), retry))
         if mode != DONE and self.transport is not None:
             self._finish()
 

@@ -2,14 +2,15 @@
 
 Served by ``twisted.web`` on connections the lean parser handed over. Each such connection
 carries one request: the next one may be a stream, which only the lean parser serves. The
-request must arrive whole within ``[comet] request_timeout``; a WebSocket's messages are
-bounded by ``websocket_max_message_bytes``.
+request must arrive whole within ``[comet] request_timeout``, its body within
+``max_body_bytes``; a WebSocket's messages are bounded by ``websocket_max_message_bytes``.
 """
 
 from __future__ import annotations
 
+import io
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.interfaces import IProtocol
 from twisted.web import resource, server, static
@@ -48,12 +49,17 @@ def not_found(request: server.Request) -> JSONError:
 
 class StaticFiles(static.File):
     """``/static/``: a missing file is a JSON 404 like every other on this port, and so is a
-    name with NUL (the OS refuses it with ValueError, which would answer 500)."""
+    name with NUL (the OS refuses it with ValueError, which would answer 500) or one that is
+    not UTF-8 (twisted.web would log a traceback for each: a fuzzer's flood of log lines)."""
 
     childNotFound = JSONError(404, "no such file")
 
     def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
         if b"\0" in path:
+            return self.childNotFound
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:
             return self.childNotFound
         return super().getChild(path, request)
 
@@ -72,18 +78,22 @@ class WebSockets(resource.Resource):
 
 
 class CometRoot(resource.Resource):
-    """``/`` (the demo page), ``/static/``, ``/ws/``, ``/health`` (:mod:`presenced.health`);
-    a JSON 404 for anything else."""
+    """``/`` (the demo page), ``/static/``, ``/ws/``, ``/health`` (:mod:`presenced.health`),
+    ``/upload/`` (:mod:`presenced.comet.upload`, mounted by the door), what other
+    doors offer in ``core.http_resources`` (looked up per request: those doors may start
+    after this one); a JSON 404 for anything else."""
 
     def __init__(self, door: "CometDoor"):
         super().__init__()
+        self.offered = door.core.http_resources
         self.putChild(b"", static.File(os.path.join(STATIC_DIR, "index.html")))
         self.putChild(b"static", StaticFiles(STATIC_DIR))
         self.putChild(b"ws", WebSockets(door))
         self.putChild(b"health", HealthResource(door.core))
 
     def getChild(self, name: bytes, request: server.Request) -> resource.Resource:
-        return not_found(request)
+        offered = self.offered.get(name)
+        return not_found(request) if offered is None else offered
 
 
 class OneRequestChannel(DeadlineChannel):
@@ -100,18 +110,43 @@ class OneRequestChannel(DeadlineChannel):
             MessageSizeLimit(protocol, self.site.websocket_max_message_bytes))
 
 
+class CometRequest(server.Request):
+    """A request whose body is kept in memory: the channel bounds it (``body_limit``), so
+    twisted.web's spooling of a large body to a temporary file (blocking writes) is never
+    needed."""
+
+    def gotLength(self, length: Optional[int]) -> None:
+        self.content = io.BytesIO()
+
+
 class CometSite(server.Site):
     protocol = OneRequestChannel
+    requestFactory = CometRequest
     displayTracebacks = False
 
-    def __init__(self, root: resource.Resource, timeout: float, websocket_max_message_bytes: int):
-        super().__init__(root, timeout=timeout)
-        self.websocket_max_message_bytes = websocket_max_message_bytes
+    def __init__(self, root: resource.Resource, settings: Any):
+        super().__init__(root, timeout=settings.request_timeout)
+        # (method, path prefix) -> the body limit of such requests, where it is not
+        # max_body_bytes (an upload's PUT, bounded by its slot).
+        self.large_bodies: dict[tuple[bytes, bytes], int] = {}
+        self.apply(settings)
+
+    def apply(self, settings: Any) -> None:
+        """The ``[comet]`` limits of the twisted.web part (a reload: for the connections
+        handed over and the requests begun from now on)."""
+        self.timeOut = settings.request_timeout
+        self.websocket_max_message_bytes = settings.websocket_max_message_bytes
+        self.max_body_bytes = settings.max_body_bytes
+
+    def body_limit(self, method: bytes, path: bytes) -> int:
+        """The most a request body may hold here (``DeadlineChannel`` asks)."""
+        for (large_method, prefix), limit in self.large_bodies.items():
+            if method == large_method and path.startswith(prefix):
+                return limit
+        return self.max_body_bytes
 
 
 def make_site(door: "CometDoor") -> server.Site:
-    settings = door.core.config.comet
-    site = CometSite(CometRoot(door), settings.request_timeout,
-                     settings.websocket_max_message_bytes)
+    site = CometSite(CometRoot(door), door.core.config.comet)
     site.noisy = False
     return site

@@ -2,7 +2,9 @@
 
 Each event is one text message holding the event's JSON; the first message is the welcome.
 Messages from the client are ignored. Auth, replay (``?since=``), heartbeats (WebSocket pings)
-and the slow-client bound are the same as for streams.
+and the slow-client bound are the same as for streams. A client that has sent nothing, not
+even the pong a browser answers each ping with, for ``[comet] websocket_idle_timeout``
+seconds is gone (a dead network path holds a socket open for hours): the server closes it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 import h11
+from twisted.internet import reactor
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -19,6 +22,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import ProtocolError
 from zope.interface import implementer
 
+from presenced.comet import frames
 from presenced.comet.frames import STREAMED_TYPES
 from presenced.comet.http import HTTPError, bearer_token, error_body
 from presenced.comet.replay import UserChannel
@@ -55,7 +59,7 @@ class WebSocketOutput:
 class CometWebSocket:
     """One WebSocket of a user: a router session while open."""
 
-    __slots__ = ("door", "user", "cursor", "label", "ws", "channel", "budget")
+    __slots__ = ("door", "user", "cursor", "label", "ws", "channel", "budget", "heard")
 
     protocol = "comet"
 
@@ -67,6 +71,7 @@ class CometWebSocket:
         self.ws: Optional[WebSocketTransport] = None
         self.channel: Optional[UserChannel] = None
         self.budget: Optional[WriteBudget] = None
+        self.heard = reactor.seconds()
 
     def negotiationStarted(self, transport: WebSocketTransport) -> None:
         self.ws = transport
@@ -89,21 +94,28 @@ class CometWebSocket:
             self.budget.write(self.door.text(event))
 
     def heartbeat(self) -> None:
-        if self.channel is not None:
-            self.ws.ping(b"")
+        """Ping; close a client silent past the idle timeout (it answered no ping)."""
+        if self.channel is None:
+            return
+        if reactor.seconds() - self.heard > self.door.websocket_idle_timeout:
+            self.ws.loseConnection(1001, "idle: no answer to pings")
+            return
+        self.ws.ping(b"")
 
     def close(self, reason: str) -> None:
+        """The closed document as the last message (as on streams), then close 1001."""
         if self.channel is not None:
+            self.budget.write(frames.closed_doc(reason).decode("utf-8"))
             self.ws.loseConnection(1001, reason)
 
     def textMessageReceived(self, message: str) -> None:
-        pass
+        self.heard = reactor.seconds()
 
     def bytesMessageReceived(self, data: bytes) -> None:
-        pass
+        self.heard = reactor.seconds()
 
     def pongReceived(self, payload: bytes) -> None:
-        pass
+        self.heard = reactor.seconds()
 
     def connectionLost(self, reason: Failure) -> None:
         channel = self.channel

@@ -27,8 +27,9 @@ from presenced.irc.text import (irccat_formatting, is_safe_word, payload_bytes, 
                                 split_to_fit)
 
 if TYPE_CHECKING:
-    from presenced.config import Section
+    from presenced.config import Config, Section
     from presenced.core import Core
+    from presenced.irc.bridge import RoomBridge
     from presenced.irc.commands import Commands
 
 log = Logger()
@@ -193,10 +194,14 @@ class IRCBotProtocol(irc.IRCClient):
 
     def userQuit(self, user: str, quitMessage: str) -> None:
         self.bot.members.quit(user)
+        for bridge in self.bot.bridges.values():
+            bridge.left(user)
         self.regain_from(user)
 
     def userRenamed(self, oldname: str, newname: str) -> None:
         self.bot.members.renamed(oldname, newname)
+        for bridge in self.bot.bridges.values():
+            bridge.renamed(oldname, newname)
         self.regain_from(oldname)
 
     def regain_from(self, nick: str) -> None:
@@ -221,15 +226,27 @@ class IRCBotProtocol(irc.IRCClient):
     def irc_RPL_NAMREPLY(self, prefix: str, params: list[str]) -> None:
         if len(params) >= 4:
             self.bot.members.names(params[2], params[3])
+            bridge = self.bot.bridges.get(params[2].lower())
+            if bridge is not None:
+                bridge.names(params[3])
 
     def userJoined(self, user: str, channel: str) -> None:
         self.bot.members.joined(user, channel)
+        bridge = self.bot.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.joined(user.split("!", 1)[0])
 
     def userLeft(self, user: str, channel: str) -> None:
         self.bot.members.left(user, channel)
+        bridge = self.bot.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.left(user.split("!", 1)[0])
 
     def userKicked(self, kickee: str, channel: str, kicker: str, message: str) -> None:
         self.bot.members.left(kickee, channel)
+        bridge = self.bot.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.left(kickee)
 
     def kickedFrom(self, channel: str, kicker: str, message: str) -> None:
         log.warn("IRC: kicked from {channel} by {kicker}: {message}", channel=channel,
@@ -249,6 +266,10 @@ class IRCBotProtocol(irc.IRCClient):
     # --- commands -----------------------------------------------------------------------
 
     def privmsg(self, user: str, channel: str, message: str) -> None:
+        bridge = self.bot.bridges.get(channel.lower())
+        if bridge is not None and not message.startswith(self.bot.settings.command_prefix):
+            bridge.said(user.split("!", 1)[0], message)
+            return
         if self.bot.commands is not None and \
                 message.startswith(self.bot.settings.command_prefix):
             nick = user.split("!", 1)[0]
@@ -262,6 +283,11 @@ class IRCBotProtocol(irc.IRCClient):
             # IRCClient undoes CTCP low-level quoting: a message may carry NUL, CR or LF,
             # which must not reach a handler's argv or environment.
             self.bot.commands.dispatch(user, channel, respond_to, safe_text(message))
+
+    def action(self, user: str, channel: str, data: str) -> None:
+        bridge = self.bot.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.said(user.split("!", 1)[0], f"/me {data}")
 
     # --- robustness -------------------------------------------------------------------
 
@@ -338,6 +364,11 @@ class IRCBotFactory(protocol.ReconnectingClientFactory):
 
 
 @implementer(IIRCAnnouncer)
+def channel_keys(settings: "Section") -> dict[str, str]:
+    """``[irc] channel_keys`` ("#channel key" each) by lower-cased channel name."""
+    return {name.lower(): key for name, key in map(str.split, settings.channel_keys)}
+
+
 class IRCBot:
     """What the rest of presenced sees of IRC: ``say``, cat lines, commands, channels."""
 
@@ -346,12 +377,13 @@ class IRCBot:
         self.core = core
         self.settings = settings
         self.clock = clock
-        self.keys = {name.lower(): key for name, key in map(str.split, settings.channel_keys)}
+        self.keys = channel_keys(settings)
         # Channels we want to be in (lower-cased name -> (name, key)): the configured ones,
         # then those cat lines asked for. Rejoined after every reconnect.
         self.wanted: dict[str, tuple[str, Optional[str]]] = {
             c.lower(): (c, self.keys.get(c.lower())) for c in settings.channels}
         # Members of the auth channel may send private commands (empty name: nobody may).
+        # It is kept over reloads (who is in it is only known from joining it).
         auth = settings.auth_channel or (settings.channels[0] if settings.channels else "")
         if auth:
             self.wanted.setdefault(auth.lower(), (auth, self.keys.get(auth.lower())))
@@ -362,6 +394,8 @@ class IRCBot:
                                 settings.queue_lines, clock)
         self.connection: Optional[IRCBotProtocol] = None
         self.commands: Optional[Commands] = None  # set by the service; None: no commands
+        # Channels mirrored into rooms (lower-cased name -> bridge), set by the service.
+        self.bridges: dict[str, RoomBridge] = {}
         self.last_error = ""
         metrics = core.metrics
         metrics.describe("presenced_irc_connected", "gauge", "1 while the IRC bot is signed on")
@@ -371,6 +405,34 @@ class IRCBot:
         metrics.describe("presenced_irc_lines_in_total", "counter", "Lines from the IRC server")
         metrics.describe("presenced_irc_bad_lines_total", "counter",
                          "Lines from the IRC server the bot could not use")
+
+    def config_reloaded(self, old: "Config", new: "Config") -> None:
+        self.reconfigure(new.irc)
+
+    def reconfigure(self, settings: "Section") -> None:
+        """A reload: the bot reads ``settings`` from now on; channels no longer configured
+        are parted (the auth channel and those cat lines asked for stay), new ones joined,
+        and changed keys used from the next join."""
+        old = {c.lower() for c in self.settings.channels}
+        self.settings = settings
+        self.keys = channel_keys(settings)
+        new = {c.lower(): c for c in settings.channels}
+        lines = []
+        for key in old - set(new):
+            if key != self.members.channel and key in self.wanted:
+                name = self.wanted.pop(key)[0]
+                lines.append(f"PART {name}")
+        for key, name in new.items():
+            entry = (name, self.keys.get(key))
+            if self.wanted.get(key) != entry:
+                if key not in self.wanted:
+                    lines.append(self.join_line(*entry))
+                self.wanted[key] = entry
+        if lines:
+            log.info("IRC: channels reconfigured: {lines}", lines=", ".join(lines))
+            if self.connection is not None:  # else the next sign-on joins what is wanted
+                self.queue.push_front(lines)
+                self.queue.drain()
 
     @property
     def nickname(self) -> str:
@@ -470,6 +532,13 @@ class IRCBot:
             sent += self.say(target, text)
         return sent
 
+    def add_bridge(self, bridge: "RoomBridge") -> None:
+        """Mirror ``bridge.channel`` into its room: the channel is joined like a
+        configured one."""
+        key = bridge.channel.lower()
+        self.bridges[key] = bridge
+        self.wanted.setdefault(key, (bridge.channel, self.keys.get(key)))
+
     # --- connection events -------------------------------------------------------------
 
     def join_line(self, channel: str, key: Optional[str]) -> str:
@@ -492,10 +561,16 @@ class IRCBot:
         self.joined.add(channel.lower())
         self.rejoins.pop(channel.lower(), None)
         log.info("IRC: joined {channel}", channel=channel)
+        bridge = self.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.bot_joined()
 
     def left_channel(self, channel: str) -> None:
         self.joined.discard(channel.lower())
         self.members.bot_left(channel)
+        bridge = self.bridges.get(channel.lower())
+        if bridge is not None:
+            bridge.lost()
 
     def rejoin_later(self, channel: str) -> None:
         """Rejoin a channel we were kicked from (or could not join), with backoff."""
@@ -519,6 +594,8 @@ class IRCBot:
             self.joined.clear()
             self.members.bot_left()
             self.queue.detach()
+            for bridge in self.bridges.values():
+                bridge.lost()
 
     def quit(self, message: str) -> None:
         if self.connection is not None:

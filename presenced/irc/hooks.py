@@ -48,7 +48,7 @@ class HookAnnouncer:
         self.core = core
         self.bot = bot
         self.types = frozenset(hook["events"])
-        self.users = tuple(dict.fromkeys(core.user(u) for u in hook["users"]))
+        self.users = tuple(dict.fromkeys(core.subject(u) for u in hook["users"]))
         self.channel = hook["channel"]
         self.format = hook["format"]
         self.label = f"hook {self.channel}"
@@ -64,7 +64,7 @@ class HookAnnouncer:
             self.core.router.unwatch(user, self)
 
     def deliver(self, event: Event) -> None:
-        if event.type not in self.types or event.id in self.recent:
+        if events.public_type(event) not in self.types or event.id in self.recent:
             return
         if event.sender not in self.users and event.payload.get("to") not in self.users:
             return
@@ -80,7 +80,10 @@ class HookAnnouncer:
     def text(self, event: Event) -> str:
         fields = _Fields({k: v for k, v in event.payload.items()
                           if isinstance(v, (str, int, float))})
-        fields.update(type=event.type, user=event.sender,
+        data = event.payload.get("data") if event.type == events.SITE else None
+        if isinstance(data, dict):  # a site event's fields: {text}, {url}...
+            fields.update((k, v) for k, v in data.items() if isinstance(v, (str, int, float)))
+        fields.update(type=events.public_type(event), user=event.sender,
                       to=event.payload.get("to") or "",
                       time=time.strftime("%H:%M:%S", time.gmtime(event.time)))
         try:

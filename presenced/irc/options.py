@@ -29,6 +29,18 @@ def irc_channel_keys(value: list) -> Optional[str]:
     return None
 
 
+def irc_bridges(value: dict) -> Optional[str]:
+    """``[irc.bridges]``: ``"#channel" = "room@conference.domain"``."""
+    for channel, room in value.items():
+        if irc_channels([channel]) or "/" in channel:
+            return f"{channel!r} is not a channel name like \"#ops\" (without \"/\")"
+        if room.count("@") != 1 or "/" in room or room.startswith("@") or room.endswith("@"):
+            return f"{channel} = {room!r}: expected a room JID like \"ops@conference.localhost\""
+    if len({c.lower() for c in value}) != len(value):
+        return "a channel is bridged twice"
+    return None
+
+
 HOOK_KEYS = {"events": "list of event types", "users": "list of users",
              "channel": "channel name", "format": "format string"}
 
@@ -40,11 +52,13 @@ def irc_hooks(value: list) -> Optional[str]:
         if set(hook) != set(HOOK_KEYS):
             return f"hook {n} needs exactly the keys {', '.join(HOOK_KEYS)}"
         if not hook["events"] or not isinstance(hook["events"], list) \
-                or not set(hook["events"]) <= set(kinds):
-            return f"hook {n}: events must be a non-empty list of {', '.join(kinds)}"
+                or not all(isinstance(e, str) and (e in kinds or events.is_site_type(e))
+                           for e in hook["events"]):
+            return (f"hook {n}: events must be a non-empty list of {', '.join(kinds)} or "
+                    "site event types (docs/topics.md)")
         if not hook["users"] or not isinstance(hook["users"], list) \
                 or not all(isinstance(u, str) and u for u in hook["users"]):
-            return f"hook {n}: users must be a non-empty list of user names"
+            return f"hook {n}: users must be a non-empty list of user names or topics"
         if not isinstance(hook["channel"], str) or not hook["channel"].startswith(("#", "&")) \
                 or len(hook["channel"].split()) != 1:
             return f"hook {n}: channel must be a channel name like \"#music\""
@@ -92,4 +106,5 @@ KEYS: Keys = {
     "max_reply_lines": Key(5, "int", positive),
     "http_token": Key("", "str"),
     "hooks": Key([], "list[table]", irc_hooks),
+    "bridges": Key({}, "table[str]", irc_bridges),
 }

@@ -78,6 +78,8 @@ PENDING_STORE = "pending"    # map: contact -> its unanswered subscription reque
 PRIVATE_STORE = "private"    # map: key -> small document (vCard)
 MAM_STORE = "mam"            # archive: one-to-one messages, peer = the other party (XEP-0313)
 MAM_PREFS_STORE = "mam-prefs"  # map: "prefs" -> the account's archiving preferences (JSON)
+MUC_ROOMS_STORE = "muc-rooms"  # map, under the conference domain: room name -> its record
+MUC_ARCHIVE_STORE = "muc-archive"  # archive, per room JID: its groupchat messages (MAM)
 
 # Names a capability store may take: short, and never one of the records the backends keep
 # for accounts and the graph.
@@ -245,7 +247,20 @@ class ICapabilityStores(Interface):
         """The :class:`IArchiveStore` called ``name``."""
 
 
-class IRosterStore(IAccountStore, IGraphStore, ICapabilityStores):
+class IStoreDump(Interface):
+    """What copying a whole store needs (``presencedctl copy-store``): every user, and the
+    capability stores that hold data of one."""
+
+    def dump_users(after: str, limit: int):
+        """Fires up to ``limit`` users that have any data (account, roster, graph, capability
+        stores), sorted, each greater than ``after`` ('' for the first)."""
+
+    def user_store_names(user: str):
+        """Fires ``{name: "map"|"list"|"archive"}``: the capability stores with data of
+        ``user``."""
+
+
+class IRosterStore(IAccountStore, IGraphStore, ICapabilityStores, IStoreDump):
     """Everything a presenced node keeps: accounts, the graph, capability stores."""
 
     name = Attribute("Backend name for logs and benchmarks: 'embedded' or 'redis'.")

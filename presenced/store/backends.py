@@ -14,8 +14,19 @@ def make_store(config: Config) -> IRosterStore:
     if config.store.backend == "redis":
         from presenced.store.redis import RedisRosterStore
 
-        return RedisRosterStore(config.store.redis, timeout=config.store.redis_timeout,
-                                retries=config.store.redis_retries)
+        store = config.store
+        if store.redis_cluster:
+            return RedisRosterStore(store.redis_cluster, timeout=store.redis_timeout,
+                                    retries=store.redis_retries, cluster=True,
+                                    wait_replicas=store.redis_wait_replicas)
+        if store.redis_sentinels:
+            return RedisRosterStore(store.redis_sentinels, timeout=store.redis_timeout,
+                                    retries=store.redis_retries,
+                                    wait_replicas=store.redis_wait_replicas,
+                                    sentinel_master=store.redis_sentinel_master)
+        return RedisRosterStore(store.redis, timeout=store.redis_timeout,
+                                retries=store.redis_retries,
+                                wait_replicas=store.redis_wait_replicas)
     from presenced.store.embedded import EmbeddedRosterStore
 
     return EmbeddedRosterStore(os.path.join(config.server.data_dir, "presenced.sqlite3"))

@@ -64,6 +64,9 @@ CREATE TABLE IF NOT EXISTS archives (
     at REAL NOT NULL, peer TEXT, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS archives_by_owner ON archives (owner, store, id);
 CREATE INDEX IF NOT EXISTS archives_by_time ON archives (owner, store, at);
+CREATE TABLE IF NOT EXISTS archive_sizes (
+    owner INTEGER NOT NULL, store TEXT NOT NULL, entries INTEGER NOT NULL,
+    PRIMARY KEY (owner, store)) WITHOUT ROWID;
 """
 
 # Version 0 -> 1: the per-feature tables become rows of the capability stores, PEP items in
@@ -323,7 +326,7 @@ def _remove_user(conn, user):
                         (other, uid)).rowcount:
             contacts.add(other)
     _bump_versions(conn, contacts)
-    for table in ("roster_version", "maps", "lists", "archives"):
+    for table in ("roster_version", "maps", "lists", "archives", "archive_sizes"):
         conn.execute(f"DELETE FROM {table} WHERE owner = ?", (uid,))
     conn.execute("DELETE FROM subs WHERE subject = ? OR subscriber = ?", (uid, uid))
     return existed
@@ -510,17 +513,29 @@ def _list_pop_all(conn, store, user):
 
 
 def _archive_append(conn, store, user, value, when, peer, keep, since):
+    """Append, then drop what is past ``since`` and beyond the newest ``keep``. The owner's
+    entry count is kept beside the archive, so the bound costs index seeks, not a walk over
+    ``keep`` entries on every append (822 us an append at 10 000 entries)."""
     uid = _intern(conn, user)
     new = conn.execute(
         "INSERT INTO archives (owner, store, at, peer, value) VALUES (?, ?, ?, ?, ?)",
         (uid, store, when, peer, value)).lastrowid
+    row = conn.execute("SELECT entries FROM archive_sizes WHERE owner = ? AND store = ?",
+                       (uid, store)).fetchone()
+    if row is None:  # the first append since this table exists: count once
+        entries = conn.execute("SELECT COUNT(*) FROM archives WHERE owner = ? AND store = ?",
+                               (uid, store)).fetchone()[0]
+    else:
+        entries = row[0] + 1
     if since is not None:
-        conn.execute("DELETE FROM archives WHERE owner = ? AND store = ? AND at < ?",
-                     (uid, store, since))
-    if keep is not None:  # the id of the newest entry beyond ``keep``, and all before it
-        conn.execute("DELETE FROM archives WHERE owner = ? AND store = ? AND id <= ("
-                     "SELECT id FROM archives WHERE owner = ? AND store = ? "
-                     "ORDER BY id DESC LIMIT 1 OFFSET ?)", (uid, store, uid, store, keep))
+        entries -= conn.execute("DELETE FROM archives WHERE owner = ? AND store = ? AND at < ?",
+                                (uid, store, since)).rowcount
+    if keep is not None and entries > keep:
+        entries -= conn.execute(
+            "DELETE FROM archives WHERE id IN (SELECT id FROM archives WHERE owner = ? AND "
+            "store = ? ORDER BY id LIMIT ?)", (uid, store, entries - keep)).rowcount
+    conn.execute("INSERT OR REPLACE INTO archive_sizes (owner, store, entries) VALUES (?, ?, ?)",
+                 (uid, store, entries))
     return str(new)
 
 
@@ -548,8 +563,27 @@ def _archive_query(conn, store, user, after, before, start, end, peer, limit, ne
 
 def _archive_delete_all(conn, store, user):
     uid = _uid(conn, user)
-    return 0 if uid is None else conn.execute(
-        "DELETE FROM archives WHERE owner = ? AND store = ?", (uid, store)).rowcount
+    if uid is None:
+        return 0
+    conn.execute("DELETE FROM archive_sizes WHERE owner = ? AND store = ?", (uid, store))
+    return conn.execute("DELETE FROM archives WHERE owner = ? AND store = ?",
+                        (uid, store)).rowcount
+
+
+def _dump_users(conn, after, limit):
+    return [jid for (jid,) in conn.execute(
+        "SELECT jid FROM ids WHERE jid > ? ORDER BY jid LIMIT ?", (after, limit))]
+
+
+def _user_store_names(conn, user):
+    uid = _uid(conn, user)
+    names = {}
+    if uid is not None:
+        for table, kind in (("maps", "map"), ("lists", "list"), ("archives", "archive")):
+            names.update((name, kind) for (name,) in conn.execute(
+                f"SELECT DISTINCT store FROM {table} WHERE owner = ?", (uid,)))
+    return names
+
 
 def _size(conn):
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -594,6 +628,12 @@ class EmbeddedRosterStore:
     def size_bytes(self) -> defer.Deferred:
         """Bytes the database takes on disk (for benchmarks and the admin console)."""
         return self._run(_size)
+
+    def dump_users(self, after: str, limit: int) -> defer.Deferred:
+        return self._run(_dump_users, after, limit)
+
+    def user_store_names(self, user: str) -> defer.Deferred:
+        return self._run(_user_store_names, user)
 
     def create_user(self, user: str, credentials: Credentials) -> defer.Deferred:
         return self._run(_create_user, user, credentials_to_json(credentials))

@@ -1,7 +1,10 @@
-"""The Redis store: :class:`IRosterStore` over one or more Redis servers through txredisapi.
+"""The Redis store: :class:`IRosterStore` over Redis through txredisapi: a hash ring of
+independent servers (:class:`RingLayout`), a Redis Cluster (:class:`ClusterLayout`, routing in
+:mod:`presenced.store.rediscluster`) or one Sentinel-managed master
+(:mod:`presenced.store.redissentinel`).
 
 Layout. Every key of a user carries the user's bare JID as a hash tag, so all of one user's
-data lives on one node (and would share a slot under Redis Cluster)::
+data lives on one node (under Redis Cluster: in one slot)::
 
     u:{alice@x}:acct      string  credentials (codec JSON); the account exists iff this does
     u:{alice@x}:friends   set     mutual friends: each a ``both`` roster item and graph edges
@@ -16,6 +19,8 @@ data lives on one node (and would share a slot under Redis Cluster)::
                           zset    an archive store: ``id:[when, value, peer]`` scored by id,
                                   with the id counter in ``u:{alice@x}:<name>:seq``
     accounts              zset    (one per node) names of the node's accounts, for search/count
+    accounts:{tag}        zset    the same under Redis Cluster, one per slot (``tag`` falls in
+                                  it), so creating an account stays one script on one slot
 
 A contact in ``friends`` is a ``both`` item whatever ``roster`` says about it;
 ``get_subscribers`` is ``SUNION friends subs``. The roster version is ``ver + SCARD friends``:
@@ -27,6 +32,8 @@ side of it (``set_roster_item``, ``remove_subscriptions``) moves it to the expli
 
 Sharding. With several URLs each user is placed on one node by consistent hashing of the JID
 (:class:`HashRing`, points named after the URL strings: keep the URLs as written, or users move).
+Under Redis Cluster a command goes to its slot's master; graph writes go one script per master
+(:meth:`RedisRosterStore._graph_on_masters`), sent again on the new map when a slot moved.
 
 Writes that span nodes. ``add_friends`` of (A, B) writes A's side on A's node and B's side on
 B's node, in Lua script calls of up to 5000 users each, each atomic on its node (so a bulk load
@@ -45,6 +52,11 @@ A request waits for the connection, for at most ``timeout`` seconds in all, then
 fail instead (a lost reply may hide a push that happened, or a pop that deleted the values).
 Replies only come after Redis accepted the write, so with ``appendonly yes`` and ``appendfsync
 always`` nothing acknowledged is lost when Redis restarts (``everysec``: at most one second).
+
+Durability. Replication is asynchronous: a replica promoted after its master died may lack the
+master's last writes. With ``wait_replicas`` every write (a write command, a script that
+writes) is acknowledged only after ``WAIT`` says that many replicas have it
+(:class:`ReplicaConfirmation`); fewer within half the timeout fail the request.
 
 Replies are parsed by hiredis when it is installed (txredisapi picks it up by itself): its C
 parser is what keeps large ``get_subscribers`` replies well under a millisecond.
@@ -70,6 +82,7 @@ from presenced.store import (OFFLINE_STORE, PENDING_STORE, PEP_STORE, PRIVATE_ST
                              ArchiveEntry, ArchivePage, CapabilityRegistry, Credentials,
                              IArchiveStore, IListStore, IMapStore, IRosterStore, Pair,
                              RosterItem, StoreError)
+from presenced.store.rediscluster import ClusterMap, SlotRoute, key_slot, slot_tags
 from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
                                    roster_item_from_text, roster_item_to_text)
 
@@ -77,10 +90,14 @@ _USER_KEYS = ("acct", "roster", "friends", "ver", "subs", "subd", "stores")
 # Capability stores that releases before the ``stores`` set wrote (their keys are the same).
 _UNLISTED_STORES = (PEP_STORE, OFFLINE_STORE, PENDING_STORE, PRIVATE_STORE)
 _ACCOUNTS = "accounts"
+_KINDS = {"hash": "map", "list": "list", "zset": "archive"}  # Redis TYPE -> capability kind
 _SEARCH_CHUNK = 1000
 _SCRIPT_LINES = 5000  # users per graph script call
 # Errors Redis answers before running the command: waiting and asking again is always safe.
-_TRANSIENT = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN")
+_TRANSIENT = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
+# A script stopped part way because a key it reached has just been migrated to another slot
+# owner: asking again (elsewhere) is safe when the request is idempotent.
+_PARTIAL = "non local key"
 
 
 def user_key(user: str, kind: str) -> str:
@@ -89,13 +106,15 @@ def user_key(user: str, kind: str) -> str:
 
 
 class _Script:
-    """A Lua script run by EVALSHA, loaded with EVAL when the node does not know it yet."""
+    """A Lua script run by EVALSHA, loaded with EVAL when the node does not know it yet.
+    ``writes``: its reply waits for replicas under ``wait_replicas`` (see Durability)."""
 
-    __slots__ = ("source", "sha")
+    __slots__ = ("source", "sha", "writes")
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, writes: bool = True):
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.writes = writes
 
 
 # Graph writes for many users at once. ARGV[1] is the text of a ``both`` roster item, ARGV[2]
@@ -147,6 +166,9 @@ end
 return lines
 """)
 
+# Under Redis Cluster one graph script serves every user of one master, whatever their slots.
+_GRAPH_ON_MASTER = _Script("#!lua flags=allow-cross-slot-keys\n" + _GRAPH.source)
+
 _CREATE_USER = _Script("""
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   redis.call('ZADD', KEYS[2], 0, ARGV[2])
@@ -161,16 +183,16 @@ return 0
 # as explicit ones. The version is ``ver + SCARD friends``.
 _GET_ROSTER_VERSION = _Script("""
 return tonumber(redis.call('GET', KEYS[1]) or 0) + redis.call('SCARD', KEYS[2])
-""")
+""", writes=False)
 
 _GET_ROSTER = _Script("""
 return {redis.call('HGETALL', KEYS[1]), redis.call('SMEMBERS', KEYS[2])}
-""")
+""", writes=False)
 
 _GET_ROSTER_ITEM = _Script("""
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return ARGV[2] end
 return redis.call('HGET', KEYS[1], ARGV[1])
-""")
+""", writes=False)
 
 _SET_ROSTER_ITEM = _Script("""
 local bump = 1
@@ -235,9 +257,12 @@ class _ReconnectingFactory(txredisapi.RedisFactory):
 
 
 class RedisNode:
-    """One Redis URL: a reconnecting connection (txredisapi) and the name errors report."""
+    """One Redis URL: a reconnecting connection (txredisapi) and the name errors report.
 
-    def __init__(self, url: str, timeout: float):
+    With ``wait_replicas`` set, :meth:`execute_confirmed` follows a write with ``WAIT`` so its
+    reply only comes once that many replicas have it (see Durability)."""
+
+    def __init__(self, url: str, timeout: float, wait_replicas: int = 0):
         self.url = url
         parts = urlsplit(url)
         try:
@@ -257,6 +282,7 @@ class RedisNode:
             charset="utf-8", password=unquote(parts.password) if parts.password else None,
             replyTimeout=timeout, convertNumbers=False,
             username=unquote(parts.username) if parts.username else None)
+        self._confirmation = ReplicaConfirmation(self, wait_replicas, timeout)
 
     def __str__(self) -> str:
         return self.url
@@ -267,11 +293,183 @@ class RedisNode:
         self._factory.startConnecting(self._endpoint)
         return ready
 
+    def connected(self) -> bool:
+        return self._factory.size > 0
+
     def execute(self, *args: Any) -> defer.Deferred:
         return self._factory.handler.execute_command(*args)
 
+    def execute_confirmed(self, *args: Any) -> defer.Deferred:
+        """Run a write; with ``wait_replicas``, fire its reply once the replicas have it."""
+        return defer.ensureDeferred(self._confirmation.write(args))
+
     def close(self) -> defer.Deferred:
         return self._factory.disconnect()
+
+
+class NotReplicated(Exception):
+    """A write ran on the master but fewer replicas than ``redis_wait_replicas`` confirmed it
+    in time: a fail-over now could lose it."""
+
+
+class ReplicaConfirmation:
+    """``WAIT`` for one node, shared by the writes in flight (group commit): a write whose
+    reply came joins the next ``WAIT``, one at a time on the connection, since ``WAIT`` holds
+    the connection until the replicas answer and covers every write sent on it before."""
+
+    def __init__(self, node: RedisNode, replicas: int, timeout: float):
+        self._node = node
+        self._replicas = replicas
+        self._timeout_ms = max(1, int(timeout * 500))  # half the request deadline
+        self._next: list[defer.Deferred] = []
+        self._waiting = False
+
+    async def write(self, args: tuple) -> Any:
+        reply = await self._node.execute(*args)
+        if not self._replicas:
+            return reply
+        confirmed: defer.Deferred = defer.Deferred()
+        self._next.append(confirmed)
+        if not self._waiting:
+            self._send()
+        acked = await confirmed
+        if acked < self._replicas:
+            raise NotReplicated(f"{args[0]} ran on {self._node} but {acked} of "
+                                f"{self._replicas} replicas confirmed it within "
+                                f"{self._timeout_ms} ms")
+        return reply
+
+    def _send(self) -> None:
+        waiters, self._next = self._next, []
+        self._waiting = True
+
+        def done(result: Any) -> None:
+            self._waiting = False
+            if self._next:
+                self._send()
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(int(result))
+
+        self._node.execute("WAIT", self._replicas, self._timeout_ms).addBoth(done)
+
+
+# Per-master scripts over the accounts index of a cluster: one key per slot, named in ARGV
+# (declared KEYS must share a slot; these only share the master). ARGV of the search: the
+# lower-case pattern, the limit, then the keys.
+_COUNT_INDEX = _Script("""#!lua flags=allow-cross-slot-keys,no-writes
+local n = 0
+for i = 1, #ARGV do n = n + redis.call('ZCARD', ARGV[i]) end
+return n
+""", writes=False)
+
+_SEARCH_INDEX = _Script("""#!lua flags=allow-cross-slot-keys,no-writes
+local pattern, limit, found = ARGV[1], tonumber(ARGV[2]), {}
+for i = 3, #ARGV do
+  local start, matched = '-', 0
+  while matched < limit do
+    local names = redis.call('ZRANGEBYLEX', ARGV[i], start, '+', 'LIMIT', 0, 1000)
+    for _, name in ipairs(names) do
+      if matched < limit and string.find(string.lower(name), pattern, 1, true) then
+        found[#found + 1] = name
+        matched = matched + 1
+      end
+    end
+    if #names < 1000 then break end
+    start = '(' .. names[#names]
+  end
+  if #found > 4 * limit then
+    table.sort(found)
+    for j = #found, limit + 1, -1 do found[j] = nil end
+  end
+end
+return found
+""", writes=False)
+
+
+class RingLayout:
+    """Independent Redis servers (or one), each user placed on one by consistent hashing;
+    a place is a node's index. Also one Sentinel-managed master (``nodes`` of one)."""
+
+    def __init__(self, nodes: list[Any], names: list[str]):
+        self.nodes = nodes
+        self.names = names
+        self._ring = HashRing(names) if len(nodes) > 1 else None
+
+    def start(self, timeout: float) -> defer.Deferred:
+        return defer.gatherResults([node.connect() for node in self.nodes], consumeErrors=True)
+
+    def close(self) -> defer.Deferred:
+        return defer.gatherResults([node.close() for node in self.nodes], consumeErrors=True)
+
+    def place(self, user: str) -> int:
+        return self._ring.index(user) if self._ring else 0
+
+    def target(self, place: int) -> Any:
+        return self.nodes[place]
+
+    def accounts_key(self, place: int) -> str:
+        return _ACCOUNTS
+
+    def every_node(self) -> list[Any]:
+        return self.nodes
+
+
+class ClusterLayout:
+    """Redis Cluster: a place is a slot, sent through :class:`SlotRoute`; the accounts index
+    is one sorted set per slot (``accounts:{tag}``), so creating an account stays one script
+    on the user's slot."""
+
+    def __init__(self, seeds: list[str], timeout: float, wait_replicas: int):
+        self.names = list(seeds)
+        self.map = ClusterMap(seeds, lambda url: _started(RedisNode(url, timeout,
+                                                                    wait_replicas)),
+                              timeout / max(1, len(seeds)))
+        self._tags: list[str] = []
+
+    def start(self, timeout: float) -> defer.Deferred:
+        self._tags = slot_tags()
+        return defer.ensureDeferred(self.map.start())
+
+    def close(self) -> defer.Deferred:
+        return self.map.close()
+
+    def place(self, user: str) -> int:
+        return key_slot(user_key(user, "acct"))
+
+    def target(self, place: int) -> SlotRoute:
+        return self.map.route(place)
+
+    def accounts_key(self, place: int) -> str:
+        return f"{_ACCOUNTS}:{{{self._tags[place]}}}"
+
+    def every_node(self) -> list[Any]:
+        return self.map.masters()
+
+    def index_keys(self) -> dict[Any, list[str]]:
+        """The accounts keys of the slots each master owns now."""
+        return {node: [self.accounts_key(slot) for slot in slots]
+                for node, slots in self.map.slots_by_master().items()}
+
+
+def _started(node: RedisNode) -> RedisNode:
+    node.connect().addErrback(lambda _: None)  # requests wait for it, or time out
+    return node
+
+
+def _retry_later(failure: Failure) -> bool:
+    """Whether a failed idempotent attempt may be sent again once the slot map is reloaded."""
+    if failure.check(txredisapi.ConnectionError, defer.TimeoutError):
+        return True
+    text = failure.getErrorMessage()
+    return bool(failure.check(txredisapi.ResponseError)) and (
+        text.startswith(_TRANSIENT) or _PARTIAL in text)
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _pairs_to_dict(flat: list) -> dict:
@@ -281,25 +479,38 @@ def _pairs_to_dict(flat: list) -> dict:
 
 @implementer(IRosterStore)
 class RedisRosterStore:
-    """:class:`IRosterStore` over Redis nodes, users spread over them by consistent hashing."""
+    """:class:`IRosterStore` over Redis: independent nodes placed by consistent hashing, one
+    Redis Cluster (``cluster=True``: ``urls`` are seeds) or a Sentinel-managed master."""
 
     name = "redis"
 
-    def __init__(self, urls: list[str], timeout: float = 5.0, retries: int = 3):
+    def __init__(self, urls: list[str], timeout: float = 5.0, retries: int = 3,
+                 cluster: bool = False, wait_replicas: int = 0,
+                 sentinel_master: Optional[str] = None):
         if not urls:
             raise StoreError("the Redis store needs at least one URL")
         self.urls = list(urls)
         self.timeout = timeout
         self.retries = retries
-        self.nodes = [RedisNode(url, timeout) for url in self.urls]
-        self._ring = HashRing(self.urls) if len(self.nodes) > 1 else None
+        self.layout: Any
+        if cluster:
+            self.layout = ClusterLayout(self.urls, timeout, wait_replicas)
+        elif sentinel_master:
+            from presenced.store.redissentinel import SentinelNode
+
+            self.layout = RingLayout([SentinelNode(self.urls, sentinel_master, timeout,
+                                                   wait_replicas)], [sentinel_master])
+        else:
+            self.layout = RingLayout([RedisNode(url, timeout, wait_replicas)
+                                      for url in self.urls], self.urls)
         self._open = False
         self._stores = CapabilityRegistry(self)
+        self._dumped: Optional[list[str]] = None
 
     # --- plumbing ---------------------------------------------------------------------
 
     def start(self) -> defer.Deferred:
-        d = defer.gatherResults([node.connect() for node in self.nodes], consumeErrors=True)
+        d = self.layout.start(self.timeout)
 
         def unreachable(failure: Failure, timeout: float) -> Failure:
             return Failure(StoreError(
@@ -308,8 +519,7 @@ class RedisRosterStore:
         d.addTimeout(self.timeout, reactor, onTimeoutCancel=unreachable)
 
         def failed(failure: Failure) -> Failure:
-            for node in self.nodes:
-                node.close()
+            self.layout.close()
             if failure.check(defer.FirstError):
                 failure = failure.value.subFailure
             if failure.check(StoreError):
@@ -322,21 +532,26 @@ class RedisRosterStore:
         return d.addCallbacks(opened, failed)
 
     def stop(self) -> defer.Deferred:
-        """Close the connections; Redis itself makes the writes durable (AOF)."""
+        """Close the connections; Redis itself makes the writes durable (AOF, replicas)."""
         self._open = False
-        return defer.gatherResults([node.close() for node in self.nodes],
-                                   consumeErrors=True).addCallback(lambda _: None)
+        return self.layout.close().addCallback(lambda _: None)
 
-    def node_of(self, user: str) -> RedisNode:
-        """The node that holds ``user``'s data."""
-        return self.nodes[self._ring.index(user)] if self._ring else self.nodes[0]
+    @property
+    def nodes(self) -> list[Any]:
+        """The Redis servers that hold data now (a cluster's masters)."""
+        return self.layout.every_node()
 
-    def _call(self, node: RedisNode, *args: Any, retriable: bool = True) -> defer.Deferred:
+    def node_of(self, user: str) -> Any:
+        """Where ``user``'s data is: a node, or a cluster slot's route."""
+        return self.layout.target(self.layout.place(user))
+
+    def _call(self, node: Any, *args: Any, retriable: bool = True,
+              write: bool = False) -> defer.Deferred:
         """Run one command on ``node``; fires its reply or fails with :class:`StoreError`
         once ``timeout`` seconds have passed, retrying as the module docstring says."""
         if not self._open:
             return defer.fail(StoreError("the store is not started"))
-        d = defer.ensureDeferred(self._attempts(node, args, retriable))
+        d = defer.ensureDeferred(self._attempts(node, args, retriable, write))
 
         def too_late(failure: Failure, timeout: float) -> Failure:
             return Failure(StoreError(f"Redis {node} did not answer {args[0]} "
@@ -344,14 +559,18 @@ class RedisRosterStore:
 
         return d.addTimeout(self.timeout, reactor, onTimeoutCancel=too_late)
 
-    async def _attempts(self, node: RedisNode, args: tuple, retriable: bool) -> Any:
+    async def _attempts(self, node: Any, args: tuple, retriable: bool, write: bool) -> Any:
         lost = 0
         while True:
             try:
+                if write:
+                    return await node.execute_confirmed(*args)
                 return await node.execute(*args)
+            except NotReplicated as e:
+                raise StoreError(f"Redis {e}") from None
             except txredisapi.ResponseError as e:
                 text = str(e)
-                if not text.startswith(_TRANSIENT):
+                if not (text.startswith(_TRANSIENT) or (retriable and _PARTIAL in text)):
                     raise StoreError(f"Redis {node}: {text}") from None
                 await task.deferLater(reactor, 0.1)
             except txredisapi.ConnectionError as e:
@@ -364,74 +583,125 @@ class RedisRosterStore:
                     await task.deferLater(reactor, 0.05)
                 lost += not never_sent
 
-    def _eval(self, node: RedisNode, script: _Script, keys: list[str], argv: list[Any],
+    def _eval(self, node: Any, script: _Script, keys: list[str], argv: list[Any],
               retriable: bool = True) -> defer.Deferred:
         """Run a Lua script: EVALSHA, or EVAL once if the node has not cached it yet (it
         forgets its scripts when it restarts)."""
         d = self._call(node, "EVALSHA", script.sha, len(keys), *keys, *argv,
-                       retriable=retriable)
+                       retriable=retriable, write=script.writes)
 
         def unknown_script(failure: Failure) -> Any:
             failure.trap(StoreError)
             if "NOSCRIPT" not in str(failure.value):
                 return failure
             return self._call(node, "EVAL", script.source, len(keys), *keys, *argv,
-                              retriable=retriable)
+                              retriable=retriable, write=script.writes)
 
         return d.addErrback(unknown_script)
 
-    def _user_call(self, user: str, *args: Any) -> defer.Deferred:
-        return self._call(self.node_of(user), *args)
+    def _user_call(self, user: str, *args: Any, write: bool = False) -> defer.Deferred:
+        return self._call(self.node_of(user), *args, write=write)
 
     def _user_eval(self, user: str, script: _Script, kinds: Iterable[str], argv: list[Any],
                    retriable: bool = True) -> defer.Deferred:
         return self._eval(self.node_of(user), script, [user_key(user, k) for k in kinds], argv,
                           retriable)
 
-    async def _on_every_node(self, what: str, requests: dict[RedisNode, defer.Deferred]) -> list:
+    async def _on_every_node(self, what: str, requests: dict[Any, defer.Deferred]) -> list:
         """Wait for one request per node; when some fail, say which nodes were written."""
         results = await defer.DeferredList(list(requests.values()), consumeErrors=True)
         failed = [(node, r) for node, (ok, r) in zip(requests, results) if not ok]
         if not failed:
             return [r for _, r in results]
         done = [str(node) for node, (ok, _) in zip(requests, results) if ok]
-        reasons = "; ".join(f"{node}: {f.getErrorMessage()}" for node, f in failed)
-        written = f"written on {', '.join(done)}" if done else "nothing written"
+        reasons = "; ".join(f"{node}: {f.getErrorMessage()}" for node, f in failed[:5])
+        written = f"written on {_some(done)}" if done else "nothing written"
         raise StoreError(f"{what} failed on {len(failed)} of {len(requests)} Redis node(s) "
-                         f"({reasons}); {written}. The writes are idempotent: repeat the "
-                         f"request to repair what may be half-written")
+                         f"({reasons}{'; ...' if len(failed) > 5 else ''}); "
+                         f"{written}. The writes are idempotent: repeat the request to repair "
+                         f"what may be half-written")
 
     def _graph(self, what: str, lines: Iterable[tuple[str, str, list[str]]]) -> defer.Deferred:
-        """Send graph ops (see ``_GRAPH``) to the nodes of their users, one script per node."""
-        by_node: dict[int, list[str]] = defaultdict(list)
+        """Send graph ops (see ``_GRAPH``) to the nodes of their users, one script per node
+        (under Redis Cluster, per master: :meth:`_graph_on_masters`)."""
+        by_place: dict[int, list[str]] = defaultdict(list)
         tabs: dict[int, int] = defaultdict(int)
-        ring = self._ring
+        place_of = self.layout.place
         for op, user, contacts in lines:
-            index = ring.index(user) if ring else 0
-            by_node[index].append(f"{op}\t{user}\t" + "\t".join(contacts))
-            tabs[index] += 1 + len(contacts)
-        payloads = {index: "\n".join(node_lines) for index, node_lines in by_node.items()}
-        for index, payload in payloads.items():  # all checked before anything is sent
-            if (payload.count("\t") != tabs[index]
-                    or payload.count("\n") != len(by_node[index]) - 1
+            place = place_of(user)
+            by_place[place].append(f"{op}\t{user}\t" + "\t".join(contacts))
+            tabs[place] += 1 + len(contacts)
+        for place, place_lines in by_place.items():  # all checked before anything is sent
+            payload = "\n".join(place_lines)
+            if (payload.count("\t") != tabs[place] or payload.count("\n") != len(place_lines) - 1
                     or "\t\t" in payload or "\t\n" in payload or payload.endswith("\t")):
                 return defer.fail(StoreError(f"{what}: empty user names or names with tabs "
                                              f"or newlines cannot be stored"))
-        requests = {}
-        for index, node_lines in by_node.items():
-            if len(node_lines) <= _SCRIPT_LINES:
-                chunks = [payloads[index]]
-            else:  # short scripts, so other clients of the node wait a few ms at most
-                chunks = ["\n".join(node_lines[i:i + _SCRIPT_LINES])
-                          for i in range(0, len(node_lines), _SCRIPT_LINES)]
-            requests[self.nodes[index]] = defer.ensureDeferred(
-                self._graph_chunks(self.nodes[index], chunks))
+        if isinstance(self.layout, ClusterLayout):
+            return defer.ensureDeferred(self._graph_on_masters(what, by_place))
+        requests = {self.layout.target(place): defer.ensureDeferred(
+                        self._graph_chunks(self.layout.target(place), place_lines))
+                    for place, place_lines in by_place.items()}
         return defer.ensureDeferred(self._on_every_node(what, requests))
 
-    async def _graph_chunks(self, node: RedisNode, chunks: list[str]) -> None:
-        """One chunk after the other: each gets the whole timeout, however big the request."""
-        for chunk in chunks:
-            await self._eval(node, _GRAPH, [], [BOTH, chunk])
+    async def _graph_chunks(self, node: Any, lines: list[str]) -> None:
+        """One chunk after the other (short scripts, so other clients of the node wait a few
+        ms at most): each gets the whole timeout, however big the request."""
+        for i in range(0, len(lines), _SCRIPT_LINES):
+            await self._eval(node, _GRAPH, [], [BOTH, "\n".join(lines[i:i + _SCRIPT_LINES])])
+
+    async def _graph_on_masters(self, what: str, by_slot: dict[int, list[str]]) -> None:
+        """Graph lines grouped by the master that owns their slots, one script per master
+        (a bulk load touches thousands of slots). When a master fails over or a slot moves
+        (the script meets a key that is not local), the lines of that master are grouped
+        again on the new map and sent again, until the request's deadline: they are
+        idempotent, so a script stopped part way is simply run once more."""
+        layout: ClusterLayout = self.layout
+        deadline = reactor.seconds() + self.timeout
+        pending = list(by_slot.items())
+        while True:
+            groups: dict[Any, list[tuple[int, list[str]]]] = defaultdict(list)
+            for slot, slot_lines in pending:
+                groups[layout.map.owner(slot)].append((slot, slot_lines))
+            attempts = {node: defer.ensureDeferred(self._graph_attempt(
+                            node, [line for _, ls in group for line in ls], deadline))
+                        for node, group in groups.items()}
+            results = await defer.DeferredList(list(attempts.values()), consumeErrors=True)
+            pending, failed = [], []
+            for (node, group), (ok, result) in zip(groups.items(), results):
+                if ok:
+                    continue
+                if reactor.seconds() < deadline and _retry_later(result):
+                    pending.extend(group)
+                else:
+                    failed.append(f"{node or 'no master'}: {result.getErrorMessage()}")
+            if failed:
+                raise StoreError(f"{what} failed on {len(failed)} of {len(groups)} Redis "
+                                 f"Cluster master(s) ({'; '.join(failed)}). The writes are "
+                                 f"idempotent: repeat the request to repair what may be "
+                                 f"half-written")
+            if not pending:
+                return
+            layout.map.refresh()
+            await task.deferLater(reactor, 0.1)
+
+    async def _graph_attempt(self, node: Any, lines: list[str], deadline: float) -> None:
+        """One try of a master's graph lines, chunk after chunk, each on the connection as it
+        is (no waiting for a dead master: the caller regroups)."""
+        if node is None or not node.connected():
+            raise txredisapi.ConnectionError("Not connected")
+        script = _GRAPH_ON_MASTER
+        for i in range(0, len(lines), _SCRIPT_LINES):
+            argv = (BOTH, "\n".join(lines[i:i + _SCRIPT_LINES]))
+            for command, first in (("EVALSHA", script.sha), ("EVAL", script.source)):
+                d = node.execute_confirmed(command, first, 0, *argv)
+                d.addTimeout(max(0.01, deadline - reactor.seconds()), reactor)
+                try:
+                    await d
+                    break
+                except txredisapi.ResponseError as e:
+                    if command == "EVAL" or not str(e).startswith("NOSCRIPT"):
+                        raise
 
     def size_bytes(self) -> defer.Deferred:
         """Memory Redis uses for the data, summed over nodes (INFO memory: used_memory)."""
@@ -442,17 +712,46 @@ class RedisRosterStore:
                        for line in info.splitlines() if line.startswith("used_memory:"))
         return defer.ensureDeferred(total())
 
+    # --- dump (copy-store) -------------------------------------------------------------
+
+    def dump_users(self, after: str, limit: int) -> defer.Deferred:
+        """Users are found by SCAN of every node (``u:{user}:*`` keys) on the first call and
+        kept, sorted, for the calls after it: a copy reads a store nobody writes."""
+        return defer.ensureDeferred(self._dump_users(after, limit))
+
+    async def _dump_users(self, after: str, limit: int) -> list[str]:
+        if self._dumped is None:
+            found: set[str] = set()
+            for node in self.nodes:
+                cursor = "0"
+                while True:
+                    cursor, keys = await self._call(node, "SCAN", cursor, "MATCH", "u:{*",
+                                                    "COUNT", 1000)
+                    found.update(key[3:key.rindex("}:")] for key in keys)
+                    if cursor in ("0", 0):
+                        break
+            self._dumped = sorted(found)
+        start = bisect.bisect_right(self._dumped, after)
+        return self._dumped[start:start + limit]
+
+    def user_store_names(self, user: str) -> defer.Deferred:
+        d = self._user_eval(user, _STORE_TYPES, ("stores",),
+                            [user_key(user, ""), *_UNLISTED_STORES])
+        return d.addCallback(lambda flat: {name: _KINDS[kind] for name, kind
+                                           in _pairs_to_dict(flat).items() if kind in _KINDS})
+
     # --- accounts ---------------------------------------------------------------------
 
     def create_user(self, user: str, credentials: Credentials) -> defer.Deferred:
-        node = self.node_of(user)
-        d = self._eval(node, _CREATE_USER, [user_key(user, "acct"), _ACCOUNTS],
+        place = self.layout.place(user)
+        d = self._eval(self.layout.target(place), _CREATE_USER,
+                       [user_key(user, "acct"), self.layout.accounts_key(place)],
                        [credentials_to_json(credentials), user])
         return d.addCallback(bool)
 
     def set_credentials(self, user: str, credentials: Credentials) -> defer.Deferred:
         d = self._user_call(user, "SET", user_key(user, "acct"),
-                            credentials_to_json(credentials), "XX")
+                            credentials_to_json(credentials), "XX", write=True)
         return d.addCallback(lambda reply: reply is not None)
 
     def get_credentials(self, user: str) -> defer.Deferred:
@@ -475,8 +774,10 @@ class RedisRosterStore:
         related.discard(user)
         if related:
             await self._graph(f"remove_user {user}", (("f", other, [user]) for other in related))
+        place = self.layout.place(user)
         keys = [user_key(user, kind) for kind in _USER_KEYS]
-        existed = await self._eval(self.node_of(user), _DELETE_USER_KEYS, keys + [_ACCOUNTS],
+        existed = await self._eval(self.layout.target(place), _DELETE_USER_KEYS,
+                                   keys + [self.layout.accounts_key(place)],
                                    [user, user_key(user, ""), *_UNLISTED_STORES])
         return bool(existed)
 
@@ -484,9 +785,12 @@ class RedisRosterStore:
         return defer.ensureDeferred(self._search_users(pattern.lower(), limit))
 
     async def _search_users(self, pattern: str, limit: int) -> list[str]:
-        found = await self._on_every_node("search_users", {
-            node: defer.ensureDeferred(self._search_node(node, pattern, limit))
-            for node in self.nodes})
+        if isinstance(self.layout, ClusterLayout):
+            found = await self._per_master("search_users", _SEARCH_INDEX, [pattern, limit])
+        else:
+            found = await self._on_every_node("search_users", {
+                node: defer.ensureDeferred(self._search_node(node, pattern, limit))
+                for node in self.nodes})
         return sorted(name for names in found for name in names)[:limit]
 
     async def _search_node(self, node: RedisNode, pattern: str, limit: int) -> list[str]:
@@ -503,9 +807,28 @@ class RedisRosterStore:
             start = "(" + names[-1]
         return matches[:limit]
 
+    async def _per_master(self, what: str, script: _Script, argv: list[Any]) -> list:
+        """Run an index script on every master over the accounts keys of its slots; while
+        slots move (a key is no longer local) the map is reloaded and the round repeated."""
+        deadline = reactor.seconds() + self.timeout
+        while True:
+            try:
+                return await self._on_every_node(what, {
+                    node: self._eval(node, script, [], [*argv, *keys], retriable=False)
+                    for node, keys in self.layout.index_keys().items()})
+            except StoreError as e:
+                if _PARTIAL not in str(e) or reactor.seconds() > deadline:
+                    raise
+                self.layout.map.refresh()
+                await task.deferLater(reactor, 0.1)
+
     def count_users(self) -> defer.Deferred:
-        d = defer.ensureDeferred(self._on_every_node(
-            "count_users", {node: self._call(node, "ZCARD", _ACCOUNTS) for node in self.nodes}))
+        if isinstance(self.layout, ClusterLayout):
+            d = defer.ensureDeferred(self._per_master("count_users", _COUNT_INDEX, []))
+        else:
+            d = defer.ensureDeferred(self._on_every_node(
+                "count_users", {node: self._call(node, "ZCARD", _ACCOUNTS)
+                                for node in self.nodes}))
         return d.addCallback(sum)
 
     # --- rosters ----------------------------------------------------------------------
@@ -573,12 +896,22 @@ class RedisRosterStore:
         return self._graph(what, lines).addCallback(lambda _: count)
 
     def get_subscribers(self, subject: str) -> defer.Deferred:
-        return self._user_call(subject, "SUNION", user_key(subject, "friends"),
-                               user_key(subject, "subs"))
+        return self._union(subject, "friends", "subs")
 
     def get_subscriptions(self, subscriber: str) -> defer.Deferred:
-        return self._user_call(subscriber, "SUNION", user_key(subscriber, "friends"),
-                               user_key(subscriber, "subd"))
+        return self._union(subscriber, "friends", "subd")
+
+    def _union(self, user: str, first: str, second: str) -> defer.Deferred:
+        """Two of a user's sets together. Under Redis Cluster as two reads: a multi-key
+        command on a slot being migrated waits (TRYAGAIN) until the slot has moved, while
+        each single-key read is answered at once, by the source or through ASK."""
+        if not isinstance(self.layout, ClusterLayout):
+            return self._user_call(user, "SUNION", user_key(user, first), user_key(user, second))
+        d = defer.gatherResults([self._user_call(user, "SMEMBERS", user_key(user, first)),
+                                 self._user_call(user, "SMEMBERS", user_key(user, second))],
+                                consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure)
+        return d.addCallback(lambda sets: list(set(sets[0]).union(sets[1])))
 
     # --- capability stores ------------------------------------------------------------
 
@@ -660,7 +993,19 @@ while true do
   if #batch < 200 then return out end
   offset = offset + 200
 end
-""")
+""", writes=False)
+
+# KEYS[1]: the user's ``stores`` set; ARGV[1]: the key prefix, ARGV[2...]: the unlisted stores.
+# Fires name, TYPE, name, TYPE... for each store name (what copy-store reads per user).
+_STORE_TYPES = _Script("""
+local names, out = redis.call('SMEMBERS', KEYS[1]), {}
+for i = 2, #ARGV do names[#names + 1] = ARGV[i] end
+for _, name in ipairs(names) do
+  out[#out + 1] = name
+  out[#out + 1] = redis.call('TYPE', ARGV[1] .. name)['ok']
+end
+return out
+""", writes=False)
 
 _ARCHIVE_DELETE_ALL = _Script("""
 local n = redis.call('ZCARD', KEYS[1])
@@ -676,8 +1021,8 @@ class _Capability:
         self._backend = backend
         self.name = name
 
-    def _call(self, user: str, *args: Any, retriable: bool = True) -> defer.Deferred:
-        return self._backend._call(self._backend.node_of(user), *args, retriable=retriable)
+    def _call(self, user: str, *args: Any, write: bool = False) -> defer.Deferred:
+        return self._backend._call(self._backend.node_of(user), *args, write=write)
 
     def _eval(self, user: str, script: _Script, kinds: Iterable[str], argv: list[Any],
               retriable: bool = True) -> defer.Deferred:
@@ -694,7 +1039,8 @@ class RedisMap(_Capability):
         return d.addCallback(lambda _: None)
 
     def delete(self, user: str, key: str) -> defer.Deferred:
-        return self._call(user, "HDEL", user_key(user, self.name), key).addCallback(bool)
+        return self._call(user, "HDEL", user_key(user, self.name), key,
+                          write=True).addCallback(bool)
 
     def items(self, user: str) -> defer.Deferred:
         return self._call(user, "HGETALL", user_key(user, self.name)).addCallback(

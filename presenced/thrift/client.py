@@ -150,9 +150,20 @@ def call_running_server(config: Config, name: str, *args: Any):
 
 
 def jabber_user(user: str) -> Any:
-    """``alice@example.com`` -> ``JabberUser(name="alice", server="example.com")``."""
-    name, _, server = user.rpartition("@")
-    return admin.JabberUser(name=name, server=server)
+    """``alice@example.com`` -> ``JabberUser(name="alice", server="example.com")``; a topic
+    ``artist/radiohead`` -> ``JabberUser(name="artist/radiohead", server="")``."""
+    name, at, server = user.rpartition("@")
+    return admin.JabberUser(name=name, server=server) if at else admin.JabberUser(name=user,
+                                                                                server="")
+
+
+@defer.inlineCallbacks
+def follow(config: Config, subscriber: str, subject: str, add: bool = True):
+    """Fires True when the running server added (``add``) or removed the edge, None when
+    none runs (the router may keep the graph in memory: never write behind its back)."""
+    edge = admin.Subscription(subscriber=jabber_user(subscriber), subject=jabber_user(subject))
+    return (yield call_running_server(
+        config, "add_subscriptions" if add else "remove_subscriptions", [edge]))
 
 
 @defer.inlineCallbacks

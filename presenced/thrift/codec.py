@@ -40,6 +40,7 @@ _I32 = struct.Struct("!i")  # also the frame length prefix
 _FIXED_SIZES = {TType.BOOL: 1, TType.BYTE: 1, TType.DOUBLE: 8, TType.I16: 2, TType.I32: 4,
                 TType.I64: 8}
 _STRINGS = (TType.STRING, TType.BINARY)
+_STRICT_START = _I32.pack(VERSION_1)[:2]  # b"\x80\x01": a strict binary message begins so
 _VARINT_MAX_BYTES = 10  # a 64-bit varint never needs more
 
 
@@ -88,6 +89,14 @@ class _BinaryExtent:
             name_at = pos + 4
             seqid_at = self._string(name_at)
         else:  # old style: name, type byte, sequence id
+            if not self.framed:
+                # A frame's length, then a strict header: a framed client on this buffered
+                # port (no method name starts with byte 0x80). Refused at once: it would
+                # otherwise wait for a "name" as long as its frame, until the timeout.
+                self._need(pos + 6)
+                if self.data[pos + 4:pos + 6] == _STRICT_START:
+                    raise BadMessage("a framed message on a buffered port (set [thrift] "
+                                     "transport = \"framed\" or use a buffered client)")
             name_at = pos
             seqid_at = self._string(name_at) + 1
         self._need(seqid_at + 4)

@@ -9,6 +9,7 @@ declares none.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Optional
 
@@ -16,8 +17,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from presenced.core import Core
+from presenced.muc.room import RoomConfig, RoomError
 from presenced.nowplaying import BadTune, Tune
 from presenced.store import RosterItem
+from presenced.subjects import DEFAULT_EVENT_TYPE
 from presenced.thrift import admin
 from presenced.thrift.batch import FriendshipBatcher
 from presenced.users import BadUser
@@ -41,6 +44,19 @@ class AdminHandler:
         text = f"{name}@{server}" if server else name
         try:
             return self.core.local_user(text) if local else self.core.user(text)
+        except BadUser as e:
+            raise admin.BadJid(jid=text, reason=str(e)) from None
+
+    def subject(self, who: Optional[Any]) -> str:
+        """A user as :meth:`user`, or a topic (``JabberUser{name="artist/radiohead"}``, no
+        server). Raises :class:`admin.BadJid`."""
+        name = getattr(who, "name", None) or ""
+        server = getattr(who, "server", None) or ""
+        return self._subject(f"{name}@{server}" if server else name)
+
+    def _subject(self, text: str) -> str:
+        try:
+            return self.core.subject(text)
         except BadUser as e:
             raise admin.BadJid(jid=text, reason=str(e)) from None
 
@@ -120,7 +136,7 @@ class AdminHandler:
         return [_roster_item(item) for item in items]
 
     def get_subscribers(self, user: Any) -> defer.Deferred:
-        return self.core.store.get_subscribers(self.user(user)).addCallback(sorted)
+        return self.core.store.get_subscribers(self.subject(user)).addCallback(sorted)
 
     def add_subscriptions(self, pairs: Optional[list]) -> defer.Deferred:
         return self.core.add_subscriptions(self._edges(pairs))
@@ -129,7 +145,7 @@ class AdminHandler:
         return self.core.remove_subscriptions(self._edges(pairs))
 
     def _edges(self, pairs: Optional[list]) -> list[tuple[str, str]]:
-        return [(self.user(p.subscriber), self.user(p.subject)) for p in pairs or ()]
+        return [(self.user(p.subscriber), self.subject(p.subject)) for p in pairs or ()]
 
     # --- who is online, what they play -----------------------------------------------------
 
@@ -169,6 +185,49 @@ class AdminHandler:
         except ValueError as e:  # the bot's refusal: bad target, queue full...
             raise admin.InvalidArgument(message=f"IRC bot refused: {e}") from None
 
+    # --- group chat (core.rooms) --------------------------------------------------------------
+
+    def create_room(self, room: Optional[str], owner: Any, persistent: Optional[bool]):
+        owner_jid = self.user(owner) if getattr(owner, "name", None) else None
+        config = RoomConfig(persistent=bool(persistent),
+                            history_length=self.core.rooms.default_history)
+        return self._rooms(self.core.rooms.create(room or "", owner_jid, config), _none)
+
+    def destroy_room(self, room: Optional[str], reason: Optional[str]):
+        return self._rooms(self.core.rooms.destroy(room or "", None, reason or ""))
+
+    def list_rooms(self):
+        return self._rooms(self.core.rooms.list_rooms(public_only=False), lambda rooms: [
+            admin.Room(jid=r["jid"], name=r["name"], persistent=r["persistent"],
+                       listed=r["public"], occupants=r["occupants"]) for r in rooms])
+
+    def room_occupants(self, room: Optional[str]):
+        return self._rooms(self.core.rooms.describe(room or ""), lambda r: [
+            admin.Occupant(**occupant) for occupant in r["occupants"]])
+
+    def set_room_affiliation(self, room: Optional[str], user: Any,
+                             affiliation: Optional[str]):
+        return self._rooms(self.core.rooms.set_affiliation(room or "", None, self.user(user),
+                                                           affiliation or ""))
+
+    def send_room_message(self, room: Optional[str], body: Optional[str]):
+        if not body:
+            raise admin.InvalidArgument(message="nothing to say")
+        return self._rooms(self.core.rooms.say(room or "", None, body))
+
+    def _rooms(self, work, answer=None) -> defer.Deferred:
+        """A room service call: its refusals become ``InvalidArgument``; switched off,
+        ``NotEnabled``."""
+        if not self.core.rooms.enabled:
+            work.close()
+            raise admin.NotEnabled(feature="muc", message="group chat is not enabled")
+
+        def refused(failure):
+            failure.trap(RoomError)
+            raise admin.InvalidArgument(message=f"{failure.value.condition}: "
+                                        f"{failure.value.text or ''}".rstrip(": "))
+        return defer.ensureDeferred(work).addCallbacks(answer or _none, refused)
+
     @defer.inlineCallbacks
     def stats(self):
         """This node's figures (this worker's, with workers); ``cluster_online_users`` alone
@@ -189,6 +248,19 @@ class AdminHandler:
             key = f"sessions_{session.protocol}"
             figures[key] = figures.get(key, 0) + 1
         return figures
+
+    # --- site events -----------------------------------------------------------------------
+
+    def publish_event(self, subject: Optional[str], type: Optional[str],
+                      json_data: Optional[str]) -> defer.Deferred:
+        """``json_data`` must hold a JSON object; an empty one is ``{}``."""
+        who = self._subject(subject or "")
+        try:
+            data = json.loads(json_data) if json_data else {}
+            d = self.core.publish(who, type or DEFAULT_EVENT_TYPE, data)
+        except ValueError as e:  # bad JSON, BadEvent
+            raise admin.InvalidArgument(message=f"bad event: {e}") from None
+        return d.addCallback(lambda sent: sent[1])
 
 
 def _none(_: Any) -> None:

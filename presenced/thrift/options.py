@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from presenced.allowlist import allowlist_problem
 from presenced.options import Key, Keys, one_of, port, positive
 
 KEYS: Keys = {
@@ -14,7 +15,7 @@ KEYS: Keys = {
     "max_pending_calls": Key(32, "int", positive),
     "max_unread_bytes": Key(4194304, "int", positive),
     "timeout": Key(30.0, "float", positive),
-    "allow": Key([], "list[str]"),
+    "allow": Key([], "list[str]", allowlist_problem),
     "max_connections": Key(256, "int", positive),
     "max_connections_per_ip": Key(256, "int", positive),
 }

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from thriftpy2.thrift import TApplicationException
 
 from presenced.allowlist import Allowlist
+from presenced.config import Config
 from presenced.core import Core
 from presenced.flow import WriteBudget
 from presenced.thrift.codec import BadMessage, MessageDecoder, MessageEncoder
@@ -226,10 +227,8 @@ class AdminFactory(protocol.ServerFactory):
                                      MessageEncoder(self.protocol_name, self.framed))
         self.clock = clock
         self.allow = allow
-        self.max_message_bytes: int = settings.max_message_bytes
-        self.max_pending_calls: int = settings.max_pending_calls
-        self.max_unread_bytes: int = settings.max_unread_bytes
-        self.timeout: float = settings.timeout
+        self.apply_limits(settings)
+        core.hooks.add("config-reloaded", self.config_reloaded)
         self.connections = 0
         self.metrics.gauge("presenced_connections", lambda: self.connections, door=DOOR)
         self.metrics.describe("presenced_thrift_calls_total", "counter",
@@ -239,6 +238,20 @@ class AdminFactory(protocol.ServerFactory):
         self.metrics.describe("presenced_thrift_timeouts_total", "counter",
                               "Thrift connections closed for a stalled message or unread "
                               "replies")
+
+    def apply_limits(self, settings: Any) -> None:
+        """The per-connection bounds of ``[thrift]``, read by every connection as it works
+        (a reload changes them for connections already open too)."""
+        self.max_message_bytes: int = settings.max_message_bytes
+        self.max_pending_calls: int = settings.max_pending_calls
+        self.max_unread_bytes: int = settings.max_unread_bytes
+        self.timeout: float = settings.timeout
+
+    def config_reloaded(self, old: Config, new: Config) -> None:
+        """New limits, and the new ``allow`` list for connections from now on (checked
+        when the config was read, so it parses)."""
+        self.apply_limits(new.thrift)
+        self.allow = Allowlist(new.thrift.allow)
 
     def new_decoder(self) -> MessageDecoder:
         return MessageDecoder(self.service, self.protocol_name, self.framed,

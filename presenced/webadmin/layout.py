@@ -53,6 +53,7 @@ class AdminPage(Element):
             return tag
         return tag(
             tags.nav(tags.a("Overview", href="/"), tags.a("Users", href="/users"),
+                     tags.a("API tokens", href="/api-tokens"),
                      tags.a("Metrics", href="/metrics")),
             tags.span(self.login.admin, class_="admin"),
             post_form("/logout", self.login, tags.button("Log out", type="submit"),

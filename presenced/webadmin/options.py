@@ -13,6 +13,7 @@ KEYS: Keys = {
     "metrics_token": Key("", "str"),
     "stats_interval": Key(5.0, "float", positive),
     "request_timeout": Key(30.0, "float", positive),
+    "max_body_bytes": Key(1048576, "int", positive),
     "max_connections": Key(128, "int", positive),
     "max_connections_per_ip": Key(64, "int", positive),
 }

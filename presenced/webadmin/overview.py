@@ -44,12 +44,12 @@ def duration(seconds: float) -> str:
 
 
 def live(key: str, value: Any) -> Tag:
-    """A figure the page script refreshes from ``/api/stats`` (``data-live`` names it)."""
+    """A figure the page script refreshes from ``/live/stats`` (``data-live`` names it)."""
     return tags.span(str(value), **{"data-live": key})
 
 
 def register(console: Console) -> None:
-    @console.route("GET", "/api/stats", json=True)
+    @console.route("GET", "/live/stats", json=True)
     def api_stats(console: Console, request, login) -> dict[str, Any]:
         return stats(console)
 

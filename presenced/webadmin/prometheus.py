@@ -71,10 +71,14 @@ class MetricsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, core: Core, token: str):
+    def __init__(self, core: Core):
         super().__init__()
         self.core = core
-        self.token = token.encode("utf-8")
+
+    @property
+    def token(self) -> bytes:
+        """``[webadmin] metrics_token``, read on each scrape (a reload changes it)."""
+        return self.core.config.webadmin.metrics_token.encode("utf-8")
 
     def render_GET(self, request) -> bytes:
         if self.token:

@@ -3,7 +3,9 @@
 How the pieces fit, and what a feature module (PEP, caps, ...) builds on:
 
 **Streams and sessions.** :class:`presenced.xmpp.stream.C2SStream` (a ``twisted.words.xish``
-XML stream) negotiates STARTTLS, SASL and resource binding. A bound resource is a
+XML stream) negotiates STARTTLS, SASL and resource binding; web clients' streams (RFC 7395
+WebSocket, BOSH: :mod:`presenced.xmpp.web`) are the same class with another framing
+(``stream.TCPFraming``), so features never tell them apart. A bound resource is a
 :class:`presenced.xmpp.session.C2SSession`, an ``ISession`` in ``core.router`` with
 ``protocol == "xmpp"`` and ``label == resource``. Useful attributes and methods::
 
@@ -42,7 +44,11 @@ declares the stanzas it answers in ``routes``, Prosody style::
 Event names are ``iq-{get|set}/{target}/{namespace}:{child element name}`` for IQs and
 ``{message|presence}/{target}`` for the others, where *target* is ``host`` (addressed to a
 local domain), ``self`` (no ``to`` or the sender's own bare JID), ``bare`` (another account's
-bare JID) or ``full`` (a full JID). The method is called as ``method(session, stanza)``; it
+bare JID) or ``full`` (a full JID). A handler that is a service of its own on a subdomain
+declares ``service = "upload"``: every address at one of its ``service_hosts()``
+(``upload.localhost``, ``room@conference.localhost/nick``) has that label as its target
+(``iq-get/upload/urn:xmpp:http:upload:0:request``), and IQs no service route takes fall back
+to ``iq-get/service/...`` (disco answers for every service). The method is called as ``method(session, stanza)``; it
 may return a Deferred (errors become ``internal-server-error``). An IQ nobody routes gets
 ``service-unavailable``. Helpers: ``session.result(iq, child=None)``,
 ``session.error(stanza, condition)`` (see :mod:`presenced.xmpp.stanzas`).
@@ -82,6 +88,6 @@ event) -> True`` to keep an event back).
 **Disco.** disco#info/#items for the server (``to`` = a domain) and for accounts (``to`` = a
 bare JID) are assembled by :mod:`presenced.xmpp.disco` from every handler's
 ``getDiscoInfo(requestor, target, nodeIdentifier)`` / ``getDiscoItems`` (wokkel ``IDisco``;
-``target.user`` is None for the server, set for an account), exactly as wokkel's
-``DiscoHandler`` does.
+``target.user`` is None for the server, set for an account; ``target.host`` is a service
+host for a service), exactly as wokkel's ``DiscoHandler`` does.
 """

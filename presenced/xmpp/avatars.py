@@ -63,7 +63,7 @@ class VCardAvatarHandler(FeatureHandler):
 
     def _bound(self, session) -> None:
         user = session.user
-        if user in self.hashes:
+        if user in self.hashes or self.core.store is None:  # no store: in-memory door tests
             return
         d = self.core.store.open_map(PRIVATE_STORE).get(user, VCARD_KEY)
         d.addCallback(self._loaded, user)

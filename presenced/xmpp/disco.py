@@ -22,7 +22,7 @@ ITEMS = f"{disco.NS_DISCO_ITEMS}:query"
 
 class DiscoHandler(FeatureHandler):
     routes = {f"iq-get/{target}/{query}": method
-              for target in ("host", "self", "bare")
+              for target in ("host", "self", "bare", "service")
               for query, method in ((INFO, "on_info"), (ITEMS, "on_items"))}
     server_features = (disco.NS_DISCO_INFO, disco.NS_DISCO_ITEMS)
     account_features = (disco.NS_DISCO_INFO, disco.NS_DISCO_ITEMS)
@@ -34,6 +34,8 @@ class DiscoHandler(FeatureHandler):
     def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
         if nodeIdentifier:
             return []
+        if target.host not in self.server.domains:    # a service: its handler names it
+            return [disco.DiscoFeature(name) for name in self.server_features]
         if target.user:
             identity = disco.DiscoIdentity("account", "registered")
         else:
@@ -43,7 +45,8 @@ class DiscoHandler(FeatureHandler):
     @defer.inlineCallbacks
     def on_info(self, session, iq):
         target, node = self._target(session, iq)
-        if target.user and target.userhost() != session.user:
+        if (target.user and target.host in self.server.domains
+                and target.userhost() != session.user):
             exists = yield self.core.accounts.exists(target.userhost())
             if not exists:
                 session.error(iq, "item-not-found")

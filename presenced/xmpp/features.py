@@ -31,6 +31,12 @@ class IC2SServer(Interface):
     core = Attribute("The node's :class:`presenced.core.Core`.")
     handlers = Attribute("Every feature handler, in composition order (disco gathers them).")
     events_out = Attribute("Counter of stanzas rendered from router events (an int).")
+    domains = Attribute("The XMPP domains this server serves (a frozenset).")
+    services = Attribute("Service domain (``upload.localhost``) -> the function serving it.")
+
+    def route(session, stanza, target: str, address) -> None:
+        """Hand a stanza to the routes of ``target`` (``host``, ``self``, ``bare``, ``full``
+        or a service's label)."""
 
     def find_session(address: "Address") -> Optional["C2SSession"]:
         """The local resource at a full address, or None."""
@@ -61,17 +67,37 @@ class FeatureHandler(XMPPHandler):
     stream_features: tuple[tuple[str, str], ...] = ()
     server_features: tuple[str, ...] = ()
     account_features: tuple[str, ...] = ()
+    # The route label of a service on subdomains of its own (``upload``), "" for none.
+    service: str = ""
 
     def __init__(self, server: IC2SServer):
         super().__init__()
         self.server = server
         self.core: "Core" = server.core
 
+    def service_domains(self) -> tuple[str, ...]:
+        """Service domains this handler serves (``conference.localhost``): every stanza a
+        client sends to that domain or a JID on it goes to :meth:`on_service_stanza`,
+        whatever its kind. With a ``service`` label: its :meth:`service_hosts`."""
+        return tuple(self.service_hosts()) if self.service else ()
+
+    def on_service_stanza(self, session, stanza, address) -> Optional[object]:
+        """A stanza to one of :meth:`service_domains`. By default it takes the routes with
+        the ``service`` label as target (``iq-get/upload/urn:xmpp:http:upload:0:request``;
+        ``iq-get/service/...`` answers for every service: disco); a handler that serves
+        whole JIDs itself (group chat rooms) overrides this."""
+        return self.server.route(session, stanza, self.service, address)
+
     def attached(self) -> None:
         """Called once the server has wired the handler's routes (register hooks here)."""
 
+    def service_hosts(self) -> list[str]:
+        """The hosts of this handler's ``service``: ``<service>.<domain>`` for every domain
+        (none while the service is off, in an override)."""
+        return [f"{self.service}.{domain}" for domain in self.core.domains]
+
     def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if nodeIdentifier:
+        if nodeIdentifier or target.host not in self.server.domains:
             return []
         names = self.account_features if target.user else self.server_features
         return [disco.DiscoFeature(name) for name in names]

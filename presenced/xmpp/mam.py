@@ -21,6 +21,11 @@ never served; ``archive_limit`` entries per account, the oldest dropped for the 
 pages of at most :data:`MAX_PAGE`. ``archive_days = 0`` turns the feature off: nothing is
 archived, queries get ``service-unavailable`` and disco does not announce it.
 
+Deciding costs nothing for users online here (preferences and blocklists are in memory): the
+message is appended at once. Otherwise it waits in its owner's queue for the store's answers
+(does the account exist, is the peer on the roster), at most :data:`MAX_QUEUED` messages per
+owner; past that a message is not archived (``presenced_archive_skipped_total``, a log line).
+
 Result ids are the store's archive ids. Delivered messages carry no ``<stanza-id/>``
 (XEP-0359): the id exists only once the store has answered, after delivery, so
 ``urn:xmpp:sid:0`` is not announced. A ``with`` that is a full JID matches the conversation
@@ -33,16 +38,18 @@ import json
 import math
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Coroutine, Optional
+from typing import Optional
 from xml.sax.saxutils import unescape
 
 from twisted.internet import defer
 from twisted.words.xish import domish
 
 from presenced.events import Event
-from presenced.store import MAM_PREFS_STORE, MAM_STORE
+from presenced.logs import RepeatLimiter
+from presenced.store import MAM_PREFS_STORE, MAM_STORE, ArchivePage
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.session import xmpp_sessions
 from presenced.xmpp.stanzas import attr, forwardable, message_bytes, parse_address
@@ -55,6 +62,7 @@ NS_DELAY = "urn:xmpp:delay"
 
 MAX_PAGE = 100          # results per query page, whatever a client asks
 MAX_PREFS_JIDS = 1000   # JIDs in one account's always + never lists
+MAX_QUEUED = 10000      # messages of one owner waiting for the store before being archived
 ARCHIVED_KINDS = ("chat", "normal")
 PREFS_KEY = "prefs"     # the one key of an account's preferences in the MAM_PREFS_STORE map
 PREFS_CHANGED = "xmpp-mam-prefs"  # router event to the user's sessions; payload: prefs (JSON)
@@ -64,6 +72,16 @@ _NO_STORE = re.compile(rb"<no-(?:permanent-)?store[^>]+urn:xmpp:hints")
 _FROM = re.compile(rb"""\sfrom=(["'])(.*?)\1""")
 _FORM_FIELDS = (("with", "jid-single"), ("start", "text-single"), ("end", "text-single"),
                 ("after-id", "text-single"), ("before-id", "text-single"))
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A message on its way into one owner's archive."""
+
+    peer: str
+    text: str
+    when: float
+    blocking: Optional[tuple[str, str]]  # (sender, recipient): refused if the recipient blocks
 
 
 class BadQuery(ValueError):
@@ -222,6 +240,17 @@ class Query:
                 raise BadQuery("paging by index is not supported: use after and before")
 
 
+def fin_element(page: ArchivePage) -> domish.Element:
+    """The ``<fin/>`` that ends the answer to a query: complete or not, the page's RSM ids."""
+    fin = domish.Element((NS_MAM, "fin"))
+    fin["complete"] = "true" if page.complete else "false"
+    rsm = fin.addElement((NS_RSM, "set"))
+    if page.entries:
+        rsm.addElement("first", content=page.entries[0].id)
+        rsm.addElement("last", content=page.entries[-1].id)
+    return fin
+
+
 def form_element() -> domish.Element:
     """The query form a client discovers (XEP-0313 7.1)."""
     query = domish.Element((NS_MAM, "query"))
@@ -255,7 +284,11 @@ class ArchiveHandler(FeatureHandler):
         self.retention = config.archive_days * 86400.0
         self.limit = config.archive_limit
         self._archive = self._prefs = None
-        self._busy: dict[str, defer.Deferred] = {}  # owner -> its checks in progress
+        self._queues: dict[str, deque[Pending]] = {}  # owner -> messages awaiting the store
+        self._repeats = RepeatLimiter()
+        self.core.metrics.describe("presenced_archive_skipped_total", "counter",
+                                   "Messages not archived: their owner had "
+                                   f"{MAX_QUEUED} waiting for the store.")
         self._known: dict[str, Prefs] = {}  # prefs of users with a resource on this node
         if self.retention:
             self.core.hooks.add("message-sent", self.message_sent)
@@ -311,55 +344,92 @@ class ArchiveHandler(FeatureHandler):
         when = math.floor(when * 1e6) / 1e6  # what a stamp says, so start=stamp finds it
         for owner, peer in {sender: to, to: sender}.items():  # once for a note to oneself
             if self.core.is_local(owner):
-                self._in_order(owner, self._archive_one(
-                    owner, peer, text, when, (sender, to) if refused_if_blocked else None))
+                self._enqueue(owner, Pending(peer, text, when,
+                                             (sender, to) if refused_if_blocked else None))
 
-    def _in_order(self, owner: str, work: Coroutine) -> None:
-        """Run ``work`` once the owner's earlier messages are decided: the checks before an
-        append take a varying number of store requests, and archive ids must follow the
-        messages (the store takes appends in the order they are sent)."""
-        previous = self._busy.get(owner)
+    def _enqueue(self, owner: str, item: "Pending") -> None:
+        """Archive ``item`` at once when this node can decide from memory (the usual case:
+        both parties online here); otherwise, or behind an undecided message of the same
+        owner, queue it for the owner's drain, so archive ids follow the messages (the store
+        takes appends in the order they are sent)."""
+        queue = self._queues.get(owner)
+        if queue is None:
+            decided = self._decide_now(owner, item)
+            if decided is not None:
+                if decided:
+                    self._append(owner, item)
+                return
+            queue = self._queues[owner] = deque((item,))
+            d = defer.ensureDeferred(self._drain(owner, queue))
+            d.addErrback(lambda f: self.log.failure("archiving for {owner}", f, owner=owner))
+        elif len(queue) < MAX_QUEUED:
+            queue.append(item)
+        else:
+            self.core.metrics.inc("presenced_archive_skipped_total")
+            repeats = self._repeats.allow(owner)
+            if repeats is not None:
+                self.log.warn("archive of {owner}: {max} messages wait for the store, so "
+                              "newer ones are not archived ({repeats} more since the last "
+                              "such line)", owner=owner, max=MAX_QUEUED, repeats=repeats)
 
-        async def after_previous() -> None:
-            if previous is not None:
-                await previous
-            await work
+    async def _drain(self, owner: str, queue: "deque[Pending]") -> None:
+        """Decide and append the owner's queued messages in order. What the store said
+        (the account exists, the roster has the peer) holds for the rest of the drain, so a
+        burst costs one read per peer, not one per message."""
+        answers: dict[str, bool] = {}
+        try:
+            while queue:
+                item = queue[0]
+                try:
+                    if await self._decide(owner, item, answers):
+                        self._append(owner, item)
+                except Exception:
+                    self.log.failure("archiving a message for {owner}", owner=owner)
+                queue.popleft()
+        finally:
+            del self._queues[owner]
 
-        d = defer.ensureDeferred(after_previous())
+    def _append(self, owner: str, item: "Pending") -> None:
+        d = self.archive.append(owner, item.text, item.when, item.peer, keep=self.limit,
+                                since=item.when - self.retention)
         d.addErrback(lambda f: self.log.failure("archiving a message for {owner}", f,
                                                 owner=owner))
-        if not d.called:
-            self._busy[owner] = d
-            d.addBoth(self._done, owner, d)
 
-    def _done(self, _: object, owner: str, d: defer.Deferred) -> None:
-        if self._busy.get(owner) is d:
-            del self._busy[owner]
+    def _decide_now(self, owner: str, item: "Pending") -> Optional[bool]:
+        """Whether to archive, from what this node holds in memory; None: ask the store."""
+        if item.blocking is not None:
+            sender, to = item.blocking
+            if self.core.is_local(to):
+                refused = self.core.blocking.known_blocks(to, sender)
+                if refused is None:
+                    return None
+                if refused:
+                    return False
+        prefs = self._known.get(owner)
+        if prefs is None or not self.core.router.is_online_anywhere(owner):
+            return None
+        return prefs.decides(item.peer)  # None: the roster decides
 
-    async def _archive_one(self, owner: str, peer: str, text: str, when: float,
-                           blocking: Optional[tuple[str, str]]) -> None:
-        """Append to ``owner``'s archive unless the message was refused (``blocking``: the
-        sender and recipient to check) or the owner does not want it."""
-        if blocking is not None:
-            sender, to = blocking
+    async def _decide(self, owner: str, item: "Pending", answers: dict[str, bool]) -> bool:
+        """Whether to archive: the refusal of a blocked sender (``item.blocking``: the
+        sender and recipient to check), then whether ``owner`` is an account that archives
+        messages with the peer. ``answers`` keeps the store's answers of this drain."""
+        if item.blocking is not None:
+            sender, to = item.blocking
             if self.core.is_local(to) and await self.core.blocking.blocks(to, sender):
-                return
-        if await self._wants(owner, peer):
-            # Sent, not awaited: the checks of the owner's next message need not wait.
-            d = self.archive.append(owner, text, when, peer, keep=self.limit,
-                                    since=when - self.retention)
-            d.addErrback(lambda f: self.log.failure("archiving a message for {owner}", f,
-                                                    owner=owner))
-
-    async def _wants(self, owner: str, peer: str) -> bool:
-        """Whether ``owner`` is an account that archives messages with ``peer``."""
-        if not self.core.router.is_online_anywhere(owner) \
-                and not await self.core.accounts.exists(owner):
+                return False
+        if "" not in answers:
+            answers[""] = self.core.router.is_online_anywhere(owner) \
+                or await self.core.accounts.exists(owner)
+        if not answers[""]:
             return False
-        decided = (await self._prefs_of(owner)).decides(peer)
-        if decided is None:
-            return await self.core.store.get_roster_item(owner, peer) is not None
-        return decided
+        decided = (await self._prefs_of(owner)).decides(item.peer)
+        if decided is not None:
+            return decided
+        if item.peer not in answers:
+            answers[item.peer] = await self.core.store.get_roster_item(owner,
+                                                                       item.peer) is not None
+        return answers[item.peer]
 
     # --- preferences, kept in memory for users online here -----------------------------------
 
@@ -412,13 +482,7 @@ class ArchiveHandler(FeatureHandler):
                 f" id={attr(entry.id)}><forwarded xmlns='{NS_FORWARD}'>"
                 f"<delay xmlns='{NS_DELAY}' stamp='{stamp(entry.when)}'/>{entry.value}"
                 f"</forwarded></result></message>").encode("utf-8"))
-        fin = domish.Element((NS_MAM, "fin"))
-        fin["complete"] = "true" if page.complete else "false"
-        rsm = fin.addElement((NS_RSM, "set"))
-        if page.entries:
-            rsm.addElement("first", content=page.entries[0].id)
-            rsm.addElement("last", content=page.entries[-1].id)
-        session.result(iq, fin)
+        session.result(iq, fin_element(page))
 
     def on_form(self, session, iq: domish.Element) -> None:
         if self._refused(session, iq):

@@ -95,7 +95,7 @@ class PepHandler(FeatureHandler):
     # --- disco ------------------------------------------------------------------------------
 
     def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if nodeIdentifier or not target.user:
+        if nodeIdentifier or not target.user or target.host not in self.server.domains:
             return []
         return [disco.DiscoIdentity("pubsub", "pep")] + [
             disco.DiscoFeature(name) for name in PEP_FEATURES]

@@ -22,7 +22,7 @@ from presenced.xmpp import sasl
 from presenced.xmpp.features import IC2SServer
 from presenced.xmpp.session import RESOURCE_CLAIMED, replace, xmpp_sessions
 from presenced.xmpp.shaping import FloodLimits, TooManySessions
-from presenced.xmpp.stream import C2SStream
+from presenced.xmpp.stream import TCP, C2SStream, TCPFraming
 from presenced.xmpp.stanzas import (NS_BIND, NS_CLIENT, NS_PREAPPROVAL, NS_REGISTER,
                                     NS_REGISTER_FEATURE,
                                     NS_ROSTERVER, NS_SESSION, NS_TLS, Address, parse_address,
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from presenced.xmpp.session import C2SSession
 
 DOOR = "xmpp"
+# The targets of routes that name an address's form (a service's label must differ).
+ADDRESS_TARGETS = frozenset(("host", "self", "bare", "full", "service"))
 
 
 @implementer(IC2SServer)
@@ -69,6 +71,11 @@ class C2SServer:
         self.nonzas: dict[str, Callable] = {}
         # Elements offered in the features of authenticated streams, as (namespace, name).
         self.stream_features: list[tuple[str, str]] = []
+        # Service domains (conference.<domain>, upload.<domain>) -> ``f(session, stanza,
+        # address)`` of the handler serving every stanza addressed there
+        # (FeatureHandler.service_domains and on_service_stanza).
+        self.services: dict[str, Callable] = {}
+        self.service_labels: set[str] = set()  # route targets of label-routed services
         # Sessions whose events a feature holds back (XEP-0352 while inactive): session ->
         # ``hold(session, event) -> bool`` (True: held, not rendered now).
         self.holds: dict["C2SSession", Callable] = {}
@@ -94,6 +101,15 @@ class C2SServer:
         for namespace, method in handler.nonza_routes.items():
             self.nonzas[namespace] = getattr(handler, method)
         self.stream_features.extend(handler.stream_features)
+        if handler.service:
+            if handler.service in ADDRESS_TARGETS:
+                raise ValueError(f"{handler.service!r} names addresses; a service needs "
+                                 "a label of its own")
+            self.service_labels.add(handler.service)
+        for domain in handler.service_domains():
+            if domain in self.services or domain in self.domains:
+                raise ValueError(f"two handlers serve {domain}")
+            self.services[domain] = handler.on_service_stanza
         handler.attached()
 
     # --- streams -----------------------------------------------------------------------------
@@ -108,8 +124,9 @@ class C2SServer:
         self.flood_limits = FloodLimits.from_config(config.xmpp)
         self.max_sessions_per_user = config.xmpp.max_sessions_per_user
 
-    def build_stream(self, direct_tls: bool) -> "C2SStream":
-        return C2SStream(self, direct_tls)
+    def build_stream(self, direct_tls: bool, framing: TCPFraming = TCP) -> "C2SStream":
+        """A stream for a new connection (``framing``: a web door's, RFC 7395 or BOSH)."""
+        return C2SStream(self, direct_tls, framing)
 
     def stream_opened(self, stream: "C2SStream") -> None:
         self.streams.add(stream)
@@ -141,13 +158,17 @@ class C2SServer:
                                 f"{self.flood_limits.stanza_timeout:g} seconds")
 
     def must_start_tls(self, stream: "C2SStream") -> bool:
-        return (not stream.secure and self.tls_context is not None
-                and self.core.config.xmpp.require_tls)
+        return self.offers_starttls(stream) and self.core.config.xmpp.require_tls
+
+    def offers_starttls(self, stream: "C2SStream") -> bool:
+        """STARTTLS is for TCP streams; a web stream's TLS is the HTTP door's."""
+        return not stream.secure and self.tls_context is not None and stream.framing.starttls
 
     def features(self, stream: "C2SStream") -> bytes:
         """The ``<stream:features/>`` for the stream's state, serialised once per state."""
-        tls = self.must_start_tls(stream)
-        key = (stream.user is not None, stream.secure, tls)
+        offers = self.offers_starttls(stream)
+        tls = offers and self.core.config.xmpp.require_tls
+        key = (stream.user is not None, stream.secure, offers, tls)
         cached = self._features_cache.get(key)
         if cached is not None:
             return cached
@@ -160,7 +181,7 @@ class C2SServer:
             for feature in self.stream_features:
                 features.addElement(feature)
         else:
-            if not stream.secure and self.tls_context is not None:
+            if offers:
                 starttls = features.addElement((NS_TLS, "starttls"))
                 if tls:
                     starttls.addElement("required")
@@ -235,6 +256,11 @@ class C2SServer:
                 session.error(stanza, "jid-malformed")
                 return
             if address.domain not in self.domains:
+                service = self.services.get(address.domain)
+                if service is not None:
+                    stanza["to"] = address.full
+                    self._call(lambda s, st: service(s, st, address), session, stanza)
+                    return
                 session.error(stanza, "remote-server-not-found",
                               "this server does not federate")
                 return
@@ -252,7 +278,13 @@ class C2SServer:
             for refused in self.stanza_filters:
                 if refused(session, stanza, address):
                     return
-        kind = stanza.getAttribute("type")
+        self.route(session, stanza, target, address)
+
+    def route(self, session: "C2SSession", stanza: domish.Element, target: str,
+              address: Optional[Address]) -> None:
+        """Hand a stanza to the route of ``target``: ``host``, ``self``, ``bare``, ``full``
+        or a label-routed service's label (``upload``)."""
+        name, kind = stanza.name, stanza.getAttribute("type")
         if name == "iq":
             self._dispatch_iq(session, stanza, kind, target, address)
             return
@@ -269,7 +301,10 @@ class C2SServer:
             if child is None or iq.getAttribute("id") is None:
                 session.error(iq, "bad-request", "an IQ needs an id and one child")
                 return
-            method = self.routes.get(f"iq-{kind}/{target}/{child.uri}:{child.name}")
+            query = f"{child.uri}:{child.name}"
+            method = self.routes.get(f"iq-{kind}/{target}/{query}")
+            if method is None and target in self.service_labels:
+                method = self.routes.get(f"iq-{kind}/service/{query}")  # disco of any service
             if method is not None:
                 self._call(method, session, iq)
             elif target == "full":

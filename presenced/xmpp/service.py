@@ -15,6 +15,7 @@ from presenced.config import Config
 from presenced.core import Core
 from presenced.listener import ConnectionLimits
 from presenced.service import ListeningService
+from presenced.xmpp.admin import AdminCommandsHandler
 from presenced.xmpp.avatars import VCardAvatarHandler
 from presenced.xmpp.blocking import BlockingHandler
 from presenced.xmpp.bookmarks import BookmarksCompatHandler
@@ -25,6 +26,7 @@ from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.last import LastActivityHandler
 from presenced.xmpp.mam import ArchiveHandler
 from presenced.xmpp.messages import MessageHandler
+from presenced.xmpp.muc import MucHandler
 from presenced.xmpp.pep import PepHandler
 from presenced.xmpp.ping import PingHandler
 from presenced.xmpp.presence import PresenceHandler
@@ -33,17 +35,21 @@ from presenced.xmpp.register import RegisterHandler
 from presenced.xmpp.roster import RosterHandler
 from presenced.xmpp.server import C2SFactory, C2SServer
 from presenced.xmpp.session_iq import LegacySessionHandler
+from presenced.xmpp.siteevents import SiteEventHandler
 from presenced.xmpp.sm import StreamManagementHandler
 from presenced.xmpp.tls import LOAD_ERRORS, context_factory
+from presenced.xmpp.upload import UploadHandler
 from presenced.xmpp.vcard import VCardHandler
 from presenced.xmpp.version import VersionHandler
+from presenced.xmpp.web import offer_web_resources
 
 FEATURES: tuple[type[FeatureHandler], ...] = (
     DiscoHandler, RosterHandler, PresenceHandler, MessageHandler, PingHandler,
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
     ClientStateHandler, StreamManagementHandler, ArchiveHandler, VCardAvatarHandler,
-    BookmarksCompatHandler)
+    BookmarksCompatHandler, SiteEventHandler, MucHandler, UploadHandler,
+    AdminCommandsHandler)
 
 # What a connection past [xmpp] max_connections(_per_ip) reads before it is closed.
 REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
@@ -51,6 +57,12 @@ REFUSAL = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
            b"<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
            b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>too many connections</text>"
            b"</stream:error></stream:stream>")
+
+
+def limits(config: Config) -> ConnectionLimits:
+    """The caps of both XMPP ports (each counts its own; read again on reload)."""
+    return ConnectionLimits(config.xmpp.max_connections, config.xmpp.max_connections_per_ip,
+                            refusal=REFUSAL)
 
 
 class XMPPService(service.MultiService):
@@ -64,14 +76,14 @@ class XMPPService(service.MultiService):
         self.setName("xmpp-door")
         config = core.config.xmpp
         tls = context_factory(config.certificate, config.private_key,
-                              core.config.server.data_dir, list(core.domains))
+                              core.config.server.data_dir, list(core.domains),
+                              config.certificate_dir)
         self.tls = tls
         self.server = C2SServer(core, tls, FEATURES)
         core.hooks.add("config-reloaded", self.config_reloaded)
         self.sweep = task.LoopingCall(self.server.hibernate_idle)
         self.deadlines = task.LoopingCall(self.server.close_late_streams)
-        limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip,
-                                  refusal=REFUSAL)
+        offer_web_resources(core, self.server)
         ListeningService(core, "xmpp", config.port, config.bind,
                          C2SFactory(self.server), limits).setServiceParent(self)
         if config.direct_tls:
@@ -85,7 +97,8 @@ class XMPPService(service.MultiService):
         settings = new.xmpp
         try:
             fresh = context_factory(settings.certificate, settings.private_key,
-                                    new.server.data_dir, list(self.server.core.domains))
+                                    new.server.data_dir, list(self.server.core.domains),
+                                    settings.certificate_dir)
         except LOAD_ERRORS as e:
             self.log.error("reload: [xmpp] certificate: {error}; the running certificate is "
                            "kept", error=e)

@@ -22,7 +22,7 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish, xmlstream
 
 from presenced.authguard import backoff
-from presenced.flow import WriteBudget
+from presenced.flow import SENDER, WriteBudget
 from presenced.xmpp import sasl
 from presenced.xmpp.parser import PolicyViolation, RestrictedXML, StanzaParser
 from presenced.xmpp.session import C2SSession
@@ -41,6 +41,34 @@ _stream_ids = random.Random(secrets.randbits(128))
 # Opens the parser of a woken stream: the namespaces of every c2s stream header.
 RESUME_HEADER = (b"<stream:stream xmlns='jabber:client' "
                  b"xmlns:stream='http://etherx.jabber.org/streams'>")
+STREAM_END = b"</stream:stream>"
+TLS_FAILURE = b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+
+
+class TCPFraming:
+    """How a stream opens and ends on the wire. Over TCP (RFC 6120 4) the whole stream is
+    one ``<stream:stream>`` document; other framings (RFC 7395's WebSocket ``<open/>``,
+    BOSH bodies) give their own pieces and the stream is otherwise the same. Each piece
+    returned is written with one ``write``: a framing that sends messages gets one per
+    element."""
+
+    starttls = True  # STARTTLS may be offered (web framings get TLS from the HTTP door)
+    end = STREAM_END
+
+    def opening(self, domain: bytes, stream_id: int, features: bytes) -> tuple[bytes, ...]:
+        """Our stream header for ``domain`` (an XML attribute value, quoted) and the
+        features, in one write: one TLS record."""
+        return (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0' "
+                b"xml:lang='en' id='%016x' from=%s>%s" % (stream_id, domain, features),)
+
+    def error(self, error: domish.Element) -> tuple[bytes, ...]:
+        """A stream error and the end of the stream."""
+        return (error.toXml(prefixes={NS_STREAMS: "stream"}, prefixesInScope=["stream"])
+                .encode("utf-8") + STREAM_END,)
+
+
+TCP = TCPFraming()
 
 
 class C2SStream(xmlstream.XmlStream):
@@ -49,12 +77,14 @@ class C2SStream(xmlstream.XmlStream):
     log = Logger()
     __slots__ = ("server", "secure", "domain", "user", "session", "mechanism", "failures",
                  "header_sent", "closing", "budget", "deadline", "retired", "parsing",
-                 "recent", "at_boundary", "auth_pending", "shaper")
+                 "recent", "at_boundary", "auth_pending", "shaper", "framing")
 
-    def __init__(self, server: "C2SServer", direct_tls: bool = False):
+    def __init__(self, server: "C2SServer", direct_tls: bool = False,
+                 framing: TCPFraming = TCP):
         super().__init__()
         self.server = server
         self.secure = direct_tls
+        self.framing = framing
         self.domain: Optional[str] = None
         self.user: Optional[str] = None
         self.session: Optional[C2SSession] = None
@@ -193,12 +223,11 @@ class C2SStream(xmlstream.XmlStream):
         self.write(obj)
 
     def send_header(self, then: bytes = b"") -> None:
-        """Our stream header, and ``then`` (the features) in the same write: one TLS record."""
+        """Our stream header, and ``then`` (the features), as the framing has them."""
         domain = self.domain or self.server.core.config.default_domain
-        self.write(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-                   b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0' "
-                   b"xml:lang='en' id='%016x' from=%s>%s" % (
-                       _stream_ids.getrandbits(64), attr(domain).encode(), then))
+        for data in self.framing.opening(attr(domain).encode(), _stream_ids.getrandbits(64),
+                                         then):
+            self.write(data)
         self.header_sent = True
 
     def stream_error(self, condition: str, text: Optional[str] = None) -> None:
@@ -207,9 +236,8 @@ class C2SStream(xmlstream.XmlStream):
             return
         if not self.header_sent:
             self.send_header()
-        error = StreamError(condition, text=text).getElement()
-        self.write(error.toXml(prefixes={NS_STREAMS: "stream"}, prefixesInScope=["stream"])
-                   .encode("utf-8") + b"</stream:stream>")
+        for data in self.framing.error(StreamError(condition, text=text).getElement()):
+            self.write(data)
         self.closing = True
         self.server.count_error(condition)
         self.transport.loseConnection()
@@ -240,7 +268,7 @@ class C2SStream(xmlstream.XmlStream):
 
     def onDocumentEnd(self) -> None:
         if not self.closing:
-            self.write(b"</stream:stream>")
+            self.write(self.framing.end)
             self.closing = True
         self.transport.loseConnection()
 
@@ -250,7 +278,11 @@ class C2SStream(xmlstream.XmlStream):
         if self.closing or not self.shaper.stanza():
             return
         if self.session is not None:
-            self.session.received(element)
+            SENDER.gate = self.shaper.gate  # a full recipient queue holds this client too
+            try:
+                self.session.received(element)
+            finally:
+                SENDER.gate = None
         elif element.uri == NS_TLS and element.name == "starttls":
             self._starttls()
         elif element.uri == NS_SASL:
@@ -264,8 +296,10 @@ class C2SStream(xmlstream.XmlStream):
 
     def _starttls(self) -> None:
         context = self.server.tls_context
-        if self.secure or context is None or self.user is not None:
-            self.write(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
+        if (self.secure or context is None or self.user is not None
+                or not self.framing.starttls):
+            for data in (TLS_FAILURE, self.framing.end):
+                self.write(data)
             self.closing = True
             self.transport.loseConnection()
             return

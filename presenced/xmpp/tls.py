@@ -1,10 +1,13 @@
-"""The TLS certificate of the c2s door: the configured one, or a self-signed one generated
-into the data directory on first start (and logged) so STARTTLS works out of the box."""
+"""The TLS certificates of the c2s door: the configured one, or a self-signed one generated
+into the data directory on first start (and logged) so STARTTLS works out of the box; and,
+with ``[xmpp] certificate_dir``, one per served domain, chosen by the name the client asks
+for in its handshake (SNI)."""
 
 from __future__ import annotations
 
 import datetime
 import os
+from typing import Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -39,42 +42,79 @@ def generate_self_signed(cert_path: str, key_path: str, domains: list[str]) -> N
         f.write(cert.public_bytes(serialization.Encoding.PEM))
 
 
-class ServerTLSContext(ssl.ContextFactory):
+def _context(cert_pem: bytes, key_pem: bytes) -> SSL.Context:
     """One OpenSSL server context: TLS 1.2 or newer, OpenSSL's default ciphers.
 
     Not Twisted's ``CertificateOptions``: with the OpenSSL that pyOpenSSL bundles its cipher
     settings make Go clients' handshakes (go-sendxmpp) fail with "internal error".
     """
+    pair = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
+                        | SSL.OP_NO_TICKET)
+    # No session cache or tickets: XMPP connections are long-lived, and each cached
+    # session would cost memory and each ticket CPU on every login.
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)  # idle connections hold no TLS buffers
+    context.use_certificate(pair.original)
+    context.use_privatekey(pair.privateKey.original)
+    for block in _pem_blocks(cert_pem)[1:]:
+        context.add_extra_chain_cert(ssl.Certificate.loadPEM(block).original)
+    context.check_privatekey()
+    return context
 
-    def __init__(self, cert_pem: bytes, key_pem: bytes):
-        pair = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-        context = SSL.Context(SSL.TLS_SERVER_METHOD)
-        context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
-                            | SSL.OP_NO_TICKET)
-        # No session cache or tickets: XMPP connections are long-lived, and each cached
-        # session would cost memory and each ticket CPU on every login.
-        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-        context.set_mode(SSL.MODE_RELEASE_BUFFERS)  # idle connections hold no TLS buffers
-        context.use_certificate(pair.original)
-        context.use_privatekey(pair.privateKey.original)
-        for block in _pem_blocks(cert_pem)[1:]:
-            context.add_extra_chain_cert(ssl.Certificate.loadPEM(block).original)
-        context.check_privatekey()
-        self.context = context
+
+def _load(certificate: str, private_key: str) -> SSL.Context:
+    with open(certificate, "rb") as f:
+        cert_pem = f.read()
+    with open(private_key or certificate, "rb") as f:
+        key_pem = f.read()
+    return _context(cert_pem, key_pem)
+
+
+class ServerTLSContext(ssl.ContextFactory):
+    """The door's TLS: a default context, and one per domain in ``by_name`` that a client's
+    SNI picks (a client names the domain it logs in to); any other name gets the default."""
+
+    def __init__(self, default: SSL.Context, by_name: Optional[dict[str, SSL.Context]] = None):
+        self.context = default
+        self.by_name = by_name or {}
+        default.set_tlsext_servername_callback(self._pick)
+
+    def _pick(self, connection: SSL.Connection) -> None:
+        name = (connection.get_servername() or b"").decode("ascii", "replace").lower()
+        chosen = self.by_name.get(name)
+        if chosen is not None:
+            connection.set_context(chosen)
 
     def getContext(self) -> SSL.Context:
         return self.context
 
     def replace(self, other: "ServerTLSContext") -> None:
-        """Serve ``other``'s certificate from now on. Every new connection (STARTTLS and
+        """Serve ``other``'s certificates from now on. Every new connection (STARTTLS and
         the direct-TLS port) asks :meth:`getContext`; open ones keep the context they got."""
-        self.context = other.context
+        other.context.set_tlsext_servername_callback(self._pick)
+        self.context, self.by_name = other.context, other.by_name
+
+
+def domain_files(directory: str, domain: str) -> Optional[tuple[str, str]]:
+    """The certificate and key of ``domain`` in ``directory``: Let's Encrypt's layout
+    (``<domain>/fullchain.pem``, ``privkey.pem``) or Prosody's (``<domain>.crt``,
+    ``<domain>.key``); None when neither is there."""
+    for cert, key in ((os.path.join(directory, domain, "fullchain.pem"),
+                       os.path.join(directory, domain, "privkey.pem")),
+                      (os.path.join(directory, f"{domain}.crt"),
+                       os.path.join(directory, f"{domain}.key"))):
+        if os.path.isfile(cert) and os.path.isfile(key):
+            return cert, key
+    return None
 
 
 def context_factory(certificate: str, private_key: str, data_dir: str,
-                    domains: list[str]) -> ServerTLSContext:
-    """TLS for the c2s door from the configured PEM files, or from ``<data_dir>/tls``."""
+                    domains: list[str], certificate_dir: str = "") -> ServerTLSContext:
+    """TLS for the c2s door from the configured PEM files, or from ``<data_dir>/tls``; with
+    ``certificate_dir``, a certificate of its own for each of ``domains`` found there."""
     if not certificate:
         directory = os.path.join(data_dir, "tls")
         os.makedirs(directory, exist_ok=True)
@@ -84,11 +124,18 @@ def context_factory(certificate: str, private_key: str, data_dir: str,
             generate_self_signed(certificate, private_key, domains)
             log.info("xmpp: generated a self-signed certificate for {domains} in {path}",
                      domains=", ".join(domains), path=certificate)
-    with open(certificate, "rb") as f:
-        cert_pem = f.read()
-    with open(private_key or certificate, "rb") as f:
-        key_pem = f.read()
-    return ServerTLSContext(cert_pem, key_pem)
+    by_name: dict[str, SSL.Context] = {}
+    if certificate_dir:
+        for domain in domains:
+            files = domain_files(certificate_dir, domain)
+            if files is None:
+                log.warn("xmpp: no certificate for {domain} in {dir}: it gets the default one",
+                         domain=domain, dir=certificate_dir)
+                continue
+            by_name[domain.lower()] = _load(*files)
+        log.info("xmpp: certificates by SNI for {names}",
+                 names=", ".join(sorted(by_name)) or "no domain")
+    return ServerTLSContext(_load(certificate, private_key), by_name)
 
 
 # What loading a certificate or key may raise: missing file, bad PEM, key not matching.

@@ -12,6 +12,8 @@
  *   get_now_playing USER                           (PresencedAdmin: prints the fields)
  *   register_user USER PASSWORD                    (PresencedAdmin: prints true/false)
  *   stats                                          (PresencedAdmin: prints key value lines)
+ *   add_subscription USER SUBJECT                  (PresencedAdmin; SUBJECT may be a topic)
+ *   publish_event SUBJECT TYPE JSON                (PresencedAdmin: prints sessions reached)
  * Prints "ok" after a void call; a Thrift exception is printed to stderr with exit status 1.
  */
 
@@ -36,6 +38,9 @@ use Thrift\Protocol\TBinaryProtocol;
 
 function jabber_user($text) {
     $at = strrpos($text, '@');
+    if ($at === false) {  // a topic (artist/radiohead), or a name on the first domain
+        return new JabberUser(['name' => $text, 'server' => '']);
+    }
     return new JabberUser(['name' => substr($text, 0, $at), 'server' => substr($text, $at + 1)]);
 }
 
@@ -87,6 +92,13 @@ try {
         foreach ($admin->stats() as $key => $value) {
             echo $key, ' ', $value, "\n";
         }
+        break;
+    case 'add_subscription':
+        echo $admin->add_subscriptions([new Subscription([
+            'subscriber' => jabber_user($args[0]), 'subject' => jabber_user($args[1])])]), "\n";
+        break;
+    case 'publish_event':
+        echo $admin->publish_event($args[0], $args[1], $args[2]), "\n";
         break;
     default:
         fwrite(STDERR, "unknown method $method\n");

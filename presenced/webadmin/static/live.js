@@ -1,4 +1,4 @@
-// Live figures for the overview: poll /api/stats and refresh every element whose data-live
+// Live figures for the overview: poll /live/stats and refresh every element whose data-live
 // attribute names a figure ("sessions", "sessions_by_door.xmpp"). Text only (textContent):
 // nothing from the server is ever parsed as HTML. Pages work the same without this script.
 (function () {
@@ -38,7 +38,7 @@
   }
 
   function poll(previous) {
-    fetch("/api/stats", {credentials: "same-origin", headers: {"Accept": "application/json"}})
+    fetch("/live/stats", {credentials: "same-origin", headers: {"Accept": "application/json"}})
       .then(function (response) {
         if (!response.ok) { throw new Error("HTTP " + response.status); }
         return response.json();

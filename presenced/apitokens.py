@@ -1,0 +1,122 @@
+"""API tokens: bearer tokens for the HTTP API (``/api/...`` on the admin port), with a scope.
+
+``presencedctl api-token [--scope publish|admin] [--ttl S]`` makes one; the web admin lists
+and revokes them. A token is signed like a stream token (:mod:`presenced.tokens`, the
+server's secret, which a cluster shares) and registered in the capability store
+``api-tokens`` (one map, kept under the first domain), so it is valid on every node and can
+be revoked:
+
+    ``pd1.<scope>.<id>.<expiry>.<HMAC-SHA256(secret, "api\\n<scope>\\n<id>\\nexpiry")>``
+
+Scopes: ``publish`` may publish events and read subject counts; ``admin`` may call every
+admin method as well. A check costs one HMAC; a token whose signature holds is then looked
+up in the registry, the answer kept for ``[server] api_token_cache_seconds`` (so a token
+revoked on another node stops working there within that time; on this node at once).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+from presenced.store import IMapStore, IRosterStore
+from presenced.tokens import check_token, make_token
+
+SCOPES = ("publish", "admin")
+STORE = "api-tokens"
+VERSION = "pd1"
+DEFAULT_TTL = 365 * 86400
+
+
+class TokenRefused(ValueError):
+    """A token cannot be made (bad scope or ttl, too many tokens); the message says why."""
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A registered token, as the web admin lists it (never the secret part)."""
+
+    id: str
+    scope: str
+    created: int
+    expires: int
+
+    def allows(self, scope: str) -> bool:
+        """``admin`` tokens may do what ``publish`` tokens may, and more."""
+        return self.scope == "admin" or self.scope == scope
+
+
+class ApiTokens:
+    """The registry of one node (``core.api_tokens``); see the module docstring."""
+
+    def __init__(self, store: IRosterStore, owner: str, secret: Callable[[], bytes],
+                 limit: int, cache_seconds: float, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.owner = owner          # the first domain: whose map holds the registry
+        self.secret = secret        # read at each use: a cluster node swaps in the shared one
+        self.limit = limit
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self._known: dict[str, tuple[Optional[ApiToken], float]] = {}
+
+    @property
+    def tokens(self) -> IMapStore:
+        """The registry's capability map, opened on use (a core built without a store, as
+        in-memory door tests make, never touches it)."""
+        return self.store.open_map(STORE)
+
+    async def create(self, scope: str, ttl: int = DEFAULT_TTL) -> tuple[str, ApiToken]:
+        """A new token (the text to hand out) and its registry entry."""
+        if scope not in SCOPES:
+            raise TokenRefused(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
+        if ttl <= 0:
+            raise TokenRefused(f"ttl {ttl} is not positive")
+        if len(await self.tokens.items(self.owner)) >= self.limit:
+            raise TokenRefused(f"{self.limit} tokens exist already ([server] api_tokens_max):"
+                               " revoke some in the web admin")
+        now = int(self.clock())
+        token_id = secrets.token_hex(8)
+        signed = make_token(self.secret(), _label(scope, token_id), ttl, now=now)
+        entry = ApiToken(token_id, scope, now, int(signed.partition(".")[0]))
+        await self.tokens.set(self.owner, token_id, json.dumps(asdict(entry)))
+        return f"{VERSION}.{scope}.{token_id}.{signed}", entry
+
+    async def list(self) -> list[ApiToken]:
+        """Every registered token, oldest first (expired ones included, until revoked)."""
+        found = [_entry(value) for value in (await self.tokens.items(self.owner)).values()]
+        return sorted(found, key=lambda t: (t.created, t.id))
+
+    async def revoke(self, token_id: str) -> bool:
+        self._known.pop(token_id, None)
+        return await self.tokens.delete(self.owner, token_id)
+
+    async def check(self, text: str) -> Optional[ApiToken]:
+        """The registered, unexpired token ``text`` is, or None."""
+        version, _, rest = text.partition(".")
+        scope, _, rest = rest.partition(".")
+        token_id, _, signed = rest.partition(".")
+        if version != VERSION or scope not in SCOPES or not token_id.isalnum():
+            return None
+        if not check_token(self.secret(), _label(scope, token_id), signed, now=self.clock()):
+            return None
+        now = self.clock()
+        cached = self._known.get(token_id)
+        if cached is None or now - cached[1] > self.cache_seconds:
+            value = await self.tokens.get(self.owner, token_id)
+            if len(self._known) >= 2 * self.limit:  # only signed ids get here: stays small
+                self._known.clear()
+            cached = (_entry(value) if value is not None else None, now)
+            self._known[token_id] = cached
+        entry = cached[0]
+        return entry if entry is not None and entry.scope == scope else None
+
+
+def _label(scope: str, token_id: str) -> str:
+    return f"api\n{scope}\n{token_id}"
+
+
+def _entry(value: str) -> ApiToken:
+    return ApiToken(**json.loads(value))

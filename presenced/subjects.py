@@ -1,0 +1,79 @@
+"""Subjects beyond users: topics, and the site events published to any subject.
+
+A *subject* is what others follow in the subscription graph: a user (a bare JID) or a
+**topic**, a name such as ``artist/radiohead`` or ``photo/789`` (docs/topics.md). A topic is
+told from a user by its ``/``, which a bare JID never holds; it is kept in the store as its
+name, so following a topic is an ordinary ``(subscriber, subject)`` edge.
+
+Topic syntax: a kind of 1..32 characters ``[a-z0-9_-]``, then one to seven more segments
+separated by ``/``, each of 1..128 characters ``[A-Za-z0-9._~-]`` (URL-safe, so a topic
+travels in a URL path as it is) and never ``.`` or ``..``; 255 characters at most.
+Topics are case-sensitive.
+
+A *site event* is ``(type, data)``: a short name the site chooses (``photo``, ``newsfeed``)
+and a JSON object, at most ``[server] max_event_bytes`` once encoded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from presenced import events
+from presenced.users import BadUser, normalize_user
+
+MAX_TOPIC = 255
+_TOPIC = re.compile(r"[a-z0-9_-]{1,32}(?:/[A-Za-z0-9._~-]{1,128}){1,7}\Z")
+DEFAULT_EVENT_TYPE = "event"
+
+
+class BadSubject(BadUser):
+    """Neither a bare JID nor a valid topic (every door already answers BadUser)."""
+
+
+class BadEvent(ValueError):
+    """A site event's type or data is unusable; the message says why."""
+
+
+def is_topic(subject: str) -> bool:
+    """A normalized subject is a topic (a bare JID never holds ``/``)."""
+    return "/" in subject
+
+
+def normalize_subject(text: str, default_domain: str) -> str:
+    """A topic as it is (checked), anything else as a user name
+    (:func:`presenced.users.normalize_user`). Raises :class:`BadSubject` / ``BadUser``."""
+    text = text.strip()
+    if "/" not in text or "@" in text:
+        return normalize_user(text, default_domain)
+    if (len(text) > MAX_TOPIC or not _TOPIC.match(text)
+            or any(segment in (".", "..") for segment in text.split("/"))):
+        raise BadSubject(f"{text[:80]!r} is not a topic: kind/name, as artist/radiohead "
+                         "(docs/topics.md)")
+    return text
+
+
+def check_event_type(kind: str) -> str:
+    """``kind`` when a site may use it as an event type; raises :class:`BadEvent`."""
+    if not events.SITE_TYPE.match(kind or ""):
+        raise BadEvent(f"event type {kind[:40]!r} must be 1..32 characters a-z 0-9 _ -, "
+                       "starting with a letter")
+    if kind in events.OWN_TYPES:
+        raise BadEvent(f"event type {kind!r} is reserved for presenced's own events")
+    return kind
+
+
+def check_event_data(data: Any, max_bytes: int) -> dict:
+    """``data`` when it is a JSON object of at most ``max_bytes`` encoded; raises
+    :class:`BadEvent`."""
+    if not isinstance(data, dict):
+        raise BadEvent("event data must be a JSON object")
+    try:
+        encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise BadEvent(f"event data is not JSON: {e}") from None
+    if len(encoded.encode("utf-8")) > max_bytes:
+        raise BadEvent(f"event data is larger than {max_bytes} bytes ([server] "
+                       "max_event_bytes)")
+    return data

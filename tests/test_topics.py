@@ -1,0 +1,203 @@
+"""Topics and site events in memory: subject syntax, Core.publish's checks, delivery to
+router sessions (the comet JSON shape), XMPP resources (tests/xmpp_memory.py) and IRC hooks.
+The same over HTTP, Thrift and real clients is in test_http_api.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+
+from presenced import events
+from presenced.comet import frames
+from presenced.irc.hooks import HookAnnouncer
+from presenced.irc.options import irc_hooks
+from presenced.subjects import BadEvent, BadSubject, is_topic, normalize_subject
+from presenced.users import BadUser
+from presenced.xmpp.siteevents import NS_JSON
+from tests.helpers import RecordingSession
+
+NS_EVENT = "http://jabber.org/protocol/pubsub#event"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("artist/radiohead", "artist/radiohead"),
+    ("photo/789", "photo/789"),
+    (" news/Front-Page.v2/2026 ", "news/Front-Page.v2/2026"),
+    ("alice", "alice@localhost"),
+    ("Bob@Example.com", "bob@example.com"),
+])
+def test_subjects_are_users_or_topics(text, expected):
+    assert normalize_subject(text, "localhost") == expected
+    assert is_topic(expected) == ("@" not in expected)
+
+
+@pytest.mark.parametrize("text", [
+    "artist/", "/radiohead", "Artist/radiohead", "artist//x", "artist/a b", "artist/../x",
+    "artist/.", "a/" + "x" * 129, "a/b/c/d/e/f/g/h/i", "artist/radi<o", "k" * 33 + "/x",
+])
+def test_bad_topics_are_refused_with_a_reason(text):
+    with pytest.raises(BadSubject, match="is not a topic"):
+        normalize_subject(text, "localhost")
+
+
+def test_a_jid_with_a_resource_is_no_topic():
+    with pytest.raises(BadUser):
+        normalize_subject("alice@localhost/phone", "localhost")
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_checks_type_and_data_before_sending(memory_xmpp):
+    node = await memory_xmpp({"server": {"max_event_bytes": 64}})
+    core = node.core
+    watcher = RecordingSession("artist/radiohead")
+    core.router.login("artist/radiohead", watcher)
+    for kind, data, problem in (("tune", {}, "reserved"), ("Photo", {}, "must be"),
+                                ("photo", [1], "JSON object"),
+                                ("photo", {"x": "y" * 64}, "max_event_bytes"),
+                                ("photo", {"x": float("nan")}, "not JSON")):
+        with pytest.raises(BadEvent, match=problem):
+            core.publish("artist/radiohead", kind, data)
+    assert watcher.events == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_topic_events_reach_followers_with_the_sites_type(memory_xmpp):
+    node = await memory_xmpp()
+    core = node.core
+    await core.add_subscriptions([("bob@localhost", "artist/radiohead"),
+                                  ("carol@localhost", "artist/radiohead")])
+    bob, carol, dave = (RecordingSession(u) for u in
+                        ("bob@localhost", "carol@localhost", "dave@localhost"))
+    for session in (bob, carol, dave):
+        core.router.login(session.user, session)
+    event, reached = await core.publish("artist/radiohead", "photo", {"url": "/p/1.jpg"})
+    assert reached == 2
+    assert bob.events == carol.events == [event] and dave.events == []
+    doc = json.loads(event.to_json())
+    assert doc == {"type": "photo", "from": "artist/radiohead", "time": doc["time"],
+                   "id": event.id, "data": {"url": "/p/1.jpg"}}
+    # Comet streams it (as it does a tune) with that type.
+    assert event.type in frames.STREAMED_TYPES
+    assert b'"type":"photo"' in frames.ndjson_frame(event)
+
+
+@pytest_twisted.ensureDeferred
+async def test_xmpp_followers_get_pubsub_notifications(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("alice", "bob", "carol")
+    await node.add_friends(("alice", "bob"))
+    await node.core.add_subscriptions([("carol@localhost", "artist/radiohead")])
+    bob = await node.online("bob")
+    carol = await node.online("carol")
+    # A topic's event comes from the pubsub service, on the topic's node.
+    _, reached = await node.core.publish("artist/radiohead", "news", {"text": "a <new> album"})
+    assert reached == 1
+    note = await carol.expect(lambda s: s.name == "message")
+    assert note["from"] == "pubsub.localhost" and note["type"] == "headline"
+    items = note.event.items
+    assert items.uri == NS_EVENT and items["node"] == "artist/radiohead"
+    payload = items.item.firstChildElement()
+    assert payload.uri == NS_JSON
+    doc = json.loads(str(payload))
+    assert doc["type"] == "news" and doc["data"] == {"text": "a <new> album"}
+    assert items.item["id"] == str(doc["id"])
+    # A user's event comes from the user's bare JID, on urn:presenced:events:<type>.
+    _, reached = await node.core.publish("alice@localhost", "photo", {"id": 7})
+    assert reached == 1
+    note = await bob.expect(lambda s: s.name == "message")
+    assert note["from"] == "alice@localhost"
+    assert note.event.items["node"] == "urn:presenced:events:photo"
+    assert json.loads(str(note.event.items.item.firstChildElement()))["data"] == {"id": 7}
+    await carol.nothing(lambda s: s.name == "message")
+
+
+class SaidLines:
+    """The IRC bot as a hook uses it: ``say(channel, text)``; remembers what was said."""
+
+    def __init__(self):
+        self.lines: list[tuple[str, str]] = []
+
+    def say(self, channel: str, text: str) -> int:
+        self.lines.append((channel, text))
+        return 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_irc_hooks_announce_site_events_of_topics(memory_xmpp):
+    node = await memory_xmpp()
+    hook = {"events": ["photo"], "users": ["photo/789"], "channel": "#photos",
+            "format": "{type} on {user}: {url}"}
+    assert irc_hooks([hook]) is None
+    bot = SaidLines()
+    announcer = HookAnnouncer(node.core, bot, hook)
+    announcer.start()
+    await node.core.publish("photo/789", "photo", {"url": "https://x/789.jpg"})
+    await node.core.publish("photo/789", "comment", {"url": "ignored"})
+    assert bot.lines == [("#photos", "photo on photo/789: https://x/789.jpg")]
+    announcer.stop()
+
+
+def test_hook_config_takes_site_types_but_not_reserved_names():
+    base = {"users": ["a"], "channel": "#c", "format": "{type}"}
+    assert irc_hooks([{**base, "events": ["newsfeed", "tune"]}]) is None
+    assert "site event types" in irc_hooks([{**base, "events": ["roster"]}])
+    assert "site event types" in irc_hooks([{**base, "events": ["Bad Type"]}])
+
+
+def test_site_event_json_is_the_documented_shape():
+    event = events.Event(events.SITE, "alice@localhost", {"type": "photo", "data": {"a": 1}})
+    assert events.public_type(event) == "photo"
+    assert json.loads(event.to_json())["type"] == "photo"
+
+
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribing_on_the_pubsub_service_is_following_the_topic(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("erin")
+    erin = await node.online("erin")
+    answer = await erin.iq(
+        f"<iq type='set' id='s1' to='pubsub.localhost'><pubsub xmlns='{NS_PUBSUB}'>"
+        "<subscribe node='artist/radiohead' jid='erin@localhost'/></pubsub></iq>")
+    assert answer["type"] == "result"
+    assert answer.pubsub.subscription["subscription"] == "subscribed"
+    # The same graph edge a site makes with add_subscriptions.
+    assert await node.core.store.get_subscribers("artist/radiohead") == ["erin@localhost"]
+    listing = await erin.iq(f"<iq type='get' id='s2' to='pubsub.localhost'>"
+                            f"<pubsub xmlns='{NS_PUBSUB}'><subscriptions/></pubsub></iq>")
+    assert [s["node"] for s in listing.pubsub.subscriptions.elements()] == ["artist/radiohead"]
+    _, reached = await node.core.publish("artist/radiohead", "news", {"n": 1})
+    assert reached == 1
+    note = await erin.expect(lambda s: s.name == "message")
+    assert note["from"] == "pubsub.localhost"
+    answer = await erin.iq(
+        f"<iq type='set' id='s3' to='pubsub.localhost'><pubsub xmlns='{NS_PUBSUB}'>"
+        "<unsubscribe node='artist/radiohead' jid='erin@localhost'/></pubsub></iq>")
+    assert answer["type"] == "result"
+    assert await node.core.store.get_subscribers("artist/radiohead") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pubsub_service_refuses_what_it_does_not_do(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("erin")
+    erin = await node.online("erin")
+    for n, (payload, condition) in enumerate((
+            ("<subscribe node='artist/x' jid='bob@localhost'/>", "bad-request"),
+            ("<subscribe node='no-slash' jid='erin@localhost'/>", "item-not-found"),
+            ("<create node='artist/x'/>", "feature-not-implemented"))):
+        answer = await erin.iq(f"<iq type='set' id='r{n}' to='pubsub.localhost'>"
+                               f"<pubsub xmlns='{NS_PUBSUB}'>{payload}</pubsub></iq>")
+        assert answer["type"] == "error", payload
+        assert answer.error.firstChildElement().name == condition, payload
+    assert await node.core.store.get_subscribers("artist/x") == []
+    items = await erin.iq("<iq type='get' id='d' to='localhost'>"
+                          "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+    assert "pubsub.localhost" in [i["jid"] for i in items.query.elements()]
+    info = await erin.iq("<iq type='get' id='i' to='pubsub.localhost'>"
+                         "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    assert [i["type"] for i in info.query.elements() if i.name == "identity"] == ["service"]
