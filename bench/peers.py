@@ -23,7 +23,6 @@ reported as such and skipped. presenced runs the bench config of ``bench/xmpp.py
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import hmac
 import json

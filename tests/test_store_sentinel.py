@@ -9,13 +9,14 @@ from twisted.internet import defer, threads
 
 from presenced.store import StoreError
 from presenced.store.redis import RedisRosterStore
+from presenced.store.redissentinel import sentinel_store
 from tests.helpers import wait_until
 
 
 @pytest_twisted.ensureDeferred
 async def test_the_store_follows_a_sentinel_fail_over_under_load(redis_sentinels):
-    store = RedisRosterStore(redis_sentinels.urls, timeout=10.0, wait_replicas=1,
-                             sentinel_master=redis_sentinels.name)
+    store = sentinel_store(redis_sentinels.urls, redis_sentinels.name, timeout=10.0,
+                           wait_replicas=1)
     await store.start()
     old_master = redis_sentinels.master
     acked: list[int] = []

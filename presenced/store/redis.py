@@ -485,21 +485,19 @@ class RedisRosterStore:
     name = "redis"
 
     def __init__(self, urls: list[str], timeout: float = 5.0, retries: int = 3,
-                 cluster: bool = False, wait_replicas: int = 0,
-                 sentinel_master: Optional[str] = None):
+                 cluster: bool = False, wait_replicas: int = 0, layout: Optional[Any] = None):
+        """``layout``: the servers the store talks to, when neither a ring of ``urls`` nor
+        a Redis Cluster (a Sentinel-managed master: ``redissentinel.sentinel_store``)."""
         if not urls:
             raise StoreError("the Redis store needs at least one URL")
         self.urls = list(urls)
         self.timeout = timeout
         self.retries = retries
         self.layout: Any
-        if cluster:
+        if layout is not None:
+            self.layout = layout
+        elif cluster:
             self.layout = ClusterLayout(self.urls, timeout, wait_replicas)
-        elif sentinel_master:
-            from presenced.store.redissentinel import SentinelNode
-
-            self.layout = RingLayout([SentinelNode(self.urls, sentinel_master, timeout,
-                                                   wait_replicas)], [sentinel_master])
         else:
             self.layout = RingLayout([RedisNode(url, timeout, wait_replicas)
                                       for url in self.urls], self.urls)
