@@ -20,10 +20,9 @@ neither stall the reactor nor queue unbounded work.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
-
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
