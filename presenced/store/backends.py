@@ -20,10 +20,11 @@ def make_store(config: Config) -> IRosterStore:
                                     retries=store.redis_retries, cluster=True,
                                     wait_replicas=store.redis_wait_replicas)
         if store.redis_sentinels:
-            return RedisRosterStore(store.redis_sentinels, timeout=store.redis_timeout,
-                                    retries=store.redis_retries,
-                                    wait_replicas=store.redis_wait_replicas,
-                                    sentinel_master=store.redis_sentinel_master)
+            from presenced.store.redissentinel import sentinel_store
+
+            return sentinel_store(store.redis_sentinels, store.redis_sentinel_master,
+                                  timeout=store.redis_timeout, retries=store.redis_retries,
+                                  wait_replicas=store.redis_wait_replicas)
         return RedisRosterStore(store.redis, timeout=store.redis_timeout,
                                 retries=store.redis_retries,
                                 wait_replicas=store.redis_wait_replicas)
