@@ -4,6 +4,10 @@ latency on a Barabási–Albert friends graph. Prints one JSON document.
 
     python3 bench/comet.py                     # N=10000
     python3 bench/comet.py --streams 15000 --seconds 20
+    python3 bench/comet.py --publish http -n 5000 --nchan      # events POSTed, vs Nchan
+    python3 bench/comet.py --publish http -n 5000 --fanout     # one topic, N followers
+
+``--publish http`` is described in ``bench/httppub.py``; without it:
 
 What it does:
 
@@ -166,7 +170,22 @@ def main() -> None:
                         help="server worker processes (needs --store redis)")
     parser.add_argument("--profile", metavar="FILE",
                         help="record the server with py-spy (raw stacks) while publishing")
+    parser.add_argument("--publish", choices=("thrift", "http"), default="thrift",
+                        help="http: events POSTed to /api/publish/<user> (bench/httppub.py)")
+    parser.add_argument("--events", type=int, default=None,
+                        help="http: events to POST (default 100000; 200 with --fanout)")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="http: keep-alive publishing connections")
+    parser.add_argument("--fanout", action="store_true",
+                        help="http: every stream's user follows one topic; events go to it")
+    parser.add_argument("--nchan", action="store_true",
+                        help="http: run the same load against nginx + Nchan and compare")
     args = parser.parse_args()
+    if args.publish == "http":
+        from bench.httppub import main as http_main
+
+        http_main(args)
+        return
     raise_nofile()
 
     work = Path(tempfile.mkdtemp(prefix="comet-bench-"))

@@ -35,4 +35,10 @@ fi
 for svc in "${services[@]}"; do
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done
+# ejabberd's maintainer scripts start Erlang's port mapper as a daemon; bench/peers.py runs
+# ejabberd without distribution and needs none. "epmd -kill" asks it to stop (it refuses
+# while a node is registered with it).
+if command -v epmd >/dev/null; then
+  epmd -kill >/dev/null 2>&1 || true
+fi
 echo "peers installed: $(command -v prosody) $(command -v ejabberdctl) $(command -v nginx)"

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Optional
 
 
 def free_port() -> int:
@@ -150,14 +151,15 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def start_presenced(directory: Path, config: Path,
-                    timeout: float = 30.0) -> tuple[subprocess.Popen, dict]:
-    """Run ``twistd -n presenced --config config`` from this checkout, logging to
-    ``directory/presenced.log``; returns the process and the ports it recorded once ready."""
+def start_presenced(directory: Path, config: Path, timeout: float = 30.0,
+                    checkout: Optional[Path] = None) -> tuple[subprocess.Popen, dict]:
+    """Run ``twistd -n presenced --config config`` from this checkout (or ``checkout``, to
+    measure another revision), logging to ``directory/presenced.log``; returns the process
+    and the ports it recorded once ready."""
     import json
     import sys
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = checkout or Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(repo))
     process = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",

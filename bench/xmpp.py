@@ -18,7 +18,8 @@ with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` p
    ``--room-senders`` of them send ``--room-messages`` groupchat messages each as fast as
    they can; every occupant (the senders too) receives every message: occupant
    deliveries/s, p50/p99 send-to-receive latency over all deliveries, and the server's CPU
-   per delivery.
+   per delivery. Then a paced round at ``--room-paced-rate`` messages/s gives the latency
+   at a steady load.
 
 The load client shares this machine's cores with the server (and, on a shared machine, with
 whatever else runs: the JSON gives the load average and the server's CPU time per login and
@@ -54,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,19 +70,30 @@ HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:cli
 FEATURES_END = b"</stream:features>"
 PASSWORD = "bench-pw"
 PACED_MESSAGES = 5
+CARBONS_ENABLE = b"<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>"
 SM_ENABLE = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
 SM_REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
 STANZA = re.compile(rb"<(?:message|presence|iq)[\s/>]")
+# SASL success, with data (SCRAM) or without (PLAIN: Prosody and ejabberd send <success/>).
+SUCCESS = re.compile(rb"<success[^>]*/>|</success>")
 
 
 # --- the load client ------------------------------------------------------------------------
 
-async def read_until(reader: asyncio.StreamReader, buffer: bytearray, token: bytes) -> bytes:
+async def read_until(reader: asyncio.StreamReader, buffer: bytearray,
+                     token: bytes | re.Pattern) -> bytes:
+    """The buffered bytes up to and including ``token`` (bytes, or a pattern: the end of
+    its first match), read on until it arrives."""
     while True:
-        index = buffer.find(token)
-        if index >= 0:
-            out = bytes(buffer[:index + len(token)])
-            del buffer[:index + len(token)]
+        if isinstance(token, bytes):
+            index = buffer.find(token)
+            end = index + len(token) if index >= 0 else -1
+        else:
+            match = token.search(buffer)
+            end = match.end() if match else -1
+        if end >= 0:
+            out = bytes(buffer[:end])
+            del buffer[:end]
             return out
         data = await reader.read(65536)
         if not data:
@@ -88,26 +101,31 @@ async def read_until(reader: asyncio.StreamReader, buffer: bytearray, token: byt
         buffer += data
 
 
-async def login_plain(port: int, user: str, sm: bool = False):
+async def login_plain(port: int, user: str, sm: bool = False, carbons: bool = False):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     buffer = bytearray()
     writer.write(HEADER)
     await read_until(reader, buffer, FEATURES_END)
-    token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode())
+    # The authcid is the local part, as clients send it (Prosody accepts nothing else).
+    token = base64.b64encode(f"\0{user.partition('@')[0]}\0{PASSWORD}".encode())
     writer.write(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>"
                  % token)
-    await read_until(reader, buffer, b"</success>")
-    await bind(reader, writer, buffer, sm)
+    await read_until(reader, buffer, SUCCESS)
+    await bind(reader, writer, buffer, sm, carbons)
     return reader, writer, buffer
 
 
-async def bind(reader, writer, buffer, sm: bool = False) -> None:
+async def bind(reader, writer, buffer, sm: bool = False, carbons: bool = False) -> None:
     """Bind (and, with ``sm``, enable stream management: every stanza after the bind
-    result is then counted), then initial presence."""
+    result is then counted; with ``carbons``, enable message carbons), then initial
+    presence."""
     writer.write(HEADER + b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:"
                  b"xmpp-bind'><resource>b</resource></bind></iq>"
-                 + (SM_ENABLE if sm else b"") + b"<presence/>")
+                 + (SM_ENABLE if sm else b"") + (CARBONS_ENABLE if carbons else b"")
+                 + b"<presence/>")
     await read_until(reader, buffer, b"</iq>")
+    if carbons:
+        await read_until(reader, buffer, b"id='c'")
 
 
 def scram_client(user: str, password: str):
@@ -158,7 +176,7 @@ async def login_scram_tls(port: int, user: str, context: ssl.SSLContext):
 
 
 async def run_logins(port: int, users: list[str], concurrency: int, tls: bool,
-                     sm: bool = False, transport: str = "tcp"):
+                     sm: bool = False, transport: str = "tcp", carbons: bool = False):
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -177,7 +195,7 @@ async def run_logins(port: int, users: list[str], concurrency: int, tls: bool,
             elif tls:
                 connections.append(await login_scram_tls(port, user, context))
             else:
-                connections.append(await login_plain(port, user, sm))
+                connections.append(await login_plain(port, user, sm, carbons))
 
     started = time.perf_counter()
     await asyncio.gather(*(one(u) for u in users))
@@ -247,13 +265,13 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
 
 
 def worker(port: int, users: list[str], concurrency: int, messages: int, interval: float,
-           sm: bool, transport: str, pipe) -> None:
+           sm: bool, transport: str, carbons: bool, pipe) -> None:
     """One load process: PLAIN logins, wait, message burst, paced messages, close,
     SCRAM+TLS logins (TCP only; BOSH: logins and idle sessions only)."""
 
     async def main():
         elapsed, connections = await run_logins(port, users, concurrency, tls=False, sm=sm,
-                                                transport=transport)
+                                                transport=transport, carbons=carbons)
         pipe.send(("plain", elapsed))
         if transport == "bosh":
             for phase in ("messages", "paced"):
@@ -291,7 +309,8 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
 ROOM = b"bench@conference.localhost"
 
 
-async def room_phase(port: int, users: list[str], senders: int, messages: int) -> dict:
+async def room_phase(port: int, users: list[str], senders: int, messages: int,
+                     paced_rate: float) -> dict:
     """One room, ``users`` in it; returns the ``room_*`` figures (see the module doc)."""
     connections = []
     for index, user in enumerate(users):
@@ -300,6 +319,33 @@ async def room_phase(port: int, users: list[str], senders: int, messages: int) -
                      b"<history maxstanzas='0'/></x></presence>" % (ROOM, index))
         await read_until(reader, buffer, b"</subject>")  # joined: the subject comes last
         connections.append((reader, writer, buffer))
+    for _, _, buffer in connections:
+        del buffer[:]  # presence of later joiners
+    burst, elapsed = await room_round(connections, senders, messages, 0.0)
+    paced, _ = await room_round(connections, senders, PACED_MESSAGES, senders / paced_rate)
+    for _, writer, _ in connections:
+        writer.close()
+    return {
+        "room_occupants": len(connections),
+        "room_messages_sent": senders * messages,
+        "room_deliveries": len(burst),
+        "room_deliveries_per_s": round(len(burst) / elapsed, 1) if elapsed > 0 else None,
+        "room_latency_p50_ms": round(1000 * percentile(burst, 0.5), 2) if burst else None,
+        "room_latency_p99_ms": round(1000 * percentile(burst, 0.99), 2) if burst else None,
+        "room_paced_messages_per_s": paced_rate,
+        "room_paced_deliveries": len(paced),
+        "room_paced_latency_p50_ms": round(1000 * percentile(paced, 0.5), 2)
+        if paced else None,
+        "room_paced_latency_p99_ms": round(1000 * percentile(paced, 0.99), 2)
+        if paced else None,
+    }
+
+
+async def room_round(connections, senders: int, messages: int, interval: float
+                     ) -> tuple[list[float], float]:
+    """The first ``senders`` send ``messages`` each, in bursts of ten (``interval`` 0) or
+    one every ``interval`` seconds; every occupant's deliveries' latencies, sorted, and the
+    time from the first send to the last delivery."""
     stamp = re.compile(rb"<body>(\d+\.\d+)</body>")
     latencies: list[float] = []
     expected = senders * messages * len(connections)
@@ -323,46 +369,47 @@ async def room_phase(port: int, users: list[str], senders: int, messages: int) -
             if len(latencies) >= expected and not done.done():
                 done.set_result(True)
 
-    async def send(writer):
+    async def send(index: int, writer):
+        message = b"<message to='%s' type='groupchat'><body>%.6f</body></message>"
+        if interval:
+            await asyncio.sleep(interval * index / senders)  # spread the senders
+            for _ in range(messages):
+                writer.write(message % (ROOM, time.time()))
+                await asyncio.sleep(interval)
+            return
         for batch in range(0, messages, 10):
-            writer.write(b"".join(
-                b"<message to='%s' type='groupchat'><body>%.6f</body></message>"
-                % (ROOM, time.time()) for _ in range(min(10, messages - batch))))
+            writer.write(b"".join(message % (ROOM, time.time())
+                                  for _ in range(min(10, messages - batch))))
             await writer.drain()
             await asyncio.sleep(0)
 
-    for _, _, buffer in connections:
-        del buffer[:]  # presence of later joiners
     receivers = [asyncio.ensure_future(receive(r, b)) for r, _, b in connections]
     started = time.time()
-    await asyncio.gather(*(send(w) for _, w, _ in connections[:senders]))
+    await asyncio.gather(*(send(i, w) for i, (_, w, _) in enumerate(connections[:senders])))
     try:
         await asyncio.wait_for(done, 120)
     except asyncio.TimeoutError:
         pass
     for task in receivers:
         task.cancel()
-    for _, writer, _ in connections:
-        writer.close()
     latencies.sort()
-    elapsed = last[0] - started
-    return {
-        "room_occupants": len(connections),
-        "room_messages_sent": senders * messages,
-        "room_deliveries": len(latencies),
-        "room_deliveries_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
-        "room_latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2)
-        if latencies else None,
-        "room_latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2)
-        if latencies else None,
-    }
+    return latencies, last[0] - started
 
 
 # --- the server -----------------------------------------------------------------------------
 
-def start_server(directory: Path, iterations: int, workers: int = 1,
-                 redis_port: int = 0, transport: str = "tcp"
+def start_server(directory: Path, iterations: int, workers: int = 1, redis_port: int = 0,
+                 checkout: Path = REPO, transport: str = "tcp", archive_days: int = 0
                  ) -> tuple[subprocess.Popen, int, Path]:
+    """A private presenced from ``checkout`` with the bench config (keys that checkout's
+    ``config/presenced.toml`` does not document are left out: older revisions refuse them).
+    Fires the process, the port the load clients use (XMPP, or the HTTP door for the web
+    transports) and the config file."""
+    known = (checkout / "config" / "presenced.toml").read_text()
+    # Every load client connects from 127.0.0.1: the per-address cap would refuse them.
+    per_ip = ("max_connections_per_ip = 1000000\n" if "max_connections_per_ip" in known
+              else "")
+    archive = f"archive_days = {archive_days}\n" if archive_days else ""
     config = directory / "presenced.toml"
     cluster = ""
     if workers > 1:
@@ -382,20 +429,186 @@ port = {free_port() if workers > 1 else 0}
 require_tls = false
 allow_plain = true
 hibernate_after = 1.0
-# Every load client connects from 127.0.0.1: the per-address cap would refuse them.
-max_connections_per_ip = 1000000
-[comet]
+{archive}{per_ip}[comet]
 enabled = {"false" if transport == "tcp" else "true"}
-max_connections_per_ip = 1000000
-[thrift]
+{per_ip}[thrift]
 enabled = false
 [webadmin]
 enabled = false
 [irc]
 enabled = false
 """)
-    process, ports = start_presenced(directory, config)
+    process, ports = start_presenced(directory, config, checkout=checkout)
     return process, ports["xmpp" if transport == "tcp" else "comet"], config
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What the load processes do (bench/xmpp.py's options; bench/peers.py drives every
+    server with the same plan)."""
+
+    procs: int = 2
+    concurrency: int = 200
+    messages: int = 20
+    paced_rate: float = 5000.0
+    sm: bool = False
+    transport: str = "tcp"
+    carbons: bool = False
+
+
+@dataclass(frozen=True)
+class RoomPlan:
+    """The group chat phase: one room, ``occupants`` of the bench users, ``senders`` of them
+    sending ``messages`` each, then a paced round (0 occupants: no room phase)."""
+
+    occupants: int = 100
+    senders: int = 10
+    messages: int = 100
+    paced_rate: float = 100.0
+
+
+def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
+    """Run the load processes against the server listening on ``port`` (process ``pid``,
+    whose CPU and memory are measured with its children): PLAIN logins, the idle memory
+    per session, a message burst, paced messages, STARTTLS + SCRAM logins (TCP only; BOSH:
+    logins and idle sessions only). The accounts of ``users`` exist with password PASSWORD.
+    Returns the figures."""
+    rss_before = rss_kb(pid)
+    # Pairs stay within one process: split on even boundaries.
+    per = (len(users) // plan.procs) & ~1
+    shares = [users[i * per:(i + 1) * per] for i in range(plan.procs - 1)]
+    shares.append(users[(plan.procs - 1) * per:])
+    pipes, procs = [], []
+    for share in shares:
+        ours, theirs = multiprocessing.Pipe()
+        proc = multiprocessing.Process(target=worker, args=(
+            port, share, plan.concurrency, plan.messages, len(users) / plan.paced_rate,
+            plan.sm, plan.transport, plan.carbons, theirs))
+        proc.start()
+        pipes.append(ours)
+        procs.append(proc)
+    try:
+        started, cpu = time.perf_counter(), cpu_seconds(pid)
+        for pipe in pipes:
+            pipe.recv()
+        plain_elapsed = time.perf_counter() - started
+        plain_cpu = cpu_seconds(pid) - cpu
+        time.sleep(3.5)  # idle: past two hibernation sweeps
+        rss_idle = rss_kb(pid)
+        barrier = time.time() + 0.5
+        cpu = cpu_seconds(pid)
+        for pipe in pipes:
+            pipe.send(barrier)
+        latencies: list[float] = []
+        last = 0.0
+        for pipe in pipes:
+            _, received, finished = pipe.recv()
+            latencies.extend(received)
+            last = max(last, finished)
+        message_elapsed = last - barrier
+        message_cpu = cpu_seconds(pid) - cpu
+        time.sleep(1.0)
+        barrier = time.time() + 0.5
+        for pipe in pipes:
+            pipe.send(barrier)
+        paced: list[float] = []
+        for pipe in pipes:
+            paced.extend(pipe.recv()[1])
+        paced.sort()
+        time.sleep(1.0)
+        started, cpu = time.perf_counter(), cpu_seconds(pid)
+        for pipe in pipes:
+            pipe.send("go")
+        scram_done = [pipe.recv()[1] for pipe in pipes]
+        scram_elapsed = (time.perf_counter() - started) if None not in scram_done else None
+        scram_cpu = cpu_seconds(pid) - cpu
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.terminate()
+    latencies.sort()
+    return {
+        "users": len(users),
+        "transport": plan.transport,
+        "stream_management": plan.sm,
+        "carbons": plan.carbons,
+        "load_processes": plan.procs,
+        "login_plain_per_s": round(len(users) / plain_elapsed, 1),
+        "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1)
+        if scram_elapsed else None,
+        "server_cpu_ms_per_login_plain": round(1000 * plain_cpu / len(users), 3),
+        "server_cpu_ms_per_login_starttls_scram": round(1000 * scram_cpu / len(users), 3)
+        if scram_elapsed else None,
+        "idle_rss_kb_per_session": round((rss_idle - rss_before) / len(users), 2),
+        "server_rss_mb_with_sessions": round(rss_idle / 1024, 1),
+        "messages_sent": 0 if plan.transport == "bosh" else len(users) * plan.messages,
+        "messages_delivered": len(latencies),
+        "messages_per_s": round(len(latencies) / message_elapsed, 1)
+        if message_elapsed > 0 else None,
+        "server_cpu_us_per_message": round(1e6 * message_cpu / max(1, len(latencies)), 1),
+        "latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2) if latencies else None,
+        "latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2) if latencies else None,
+        "paced_rate_per_s": plan.paced_rate,
+        "paced_delivered": len(paced),
+        "paced_latency_p50_ms": round(1000 * percentile(paced, 0.5), 2) if paced else None,
+        "paced_latency_p99_ms": round(1000 * percentile(paced, 0.99), 2) if paced else None,
+    }
+
+
+def drive_room(pid: int, port: int, users: list[str], plan: RoomPlan) -> dict:
+    """The group chat phase's figures (empty without occupants)."""
+    if not plan.occupants:
+        return {}
+    time.sleep(1.0)
+    cpu = cpu_seconds(pid)
+    room = asyncio.run(room_phase(port, users[:plan.occupants],
+                                  min(plan.senders, plan.occupants), plan.messages,
+                                  plan.paced_rate))
+    room["server_cpu_us_per_room_delivery"] = round(
+        1e6 * (cpu_seconds(pid) - cpu)
+        / max(1, room["room_deliveries"] + room["room_paced_deliveries"]), 2)
+    return room
+
+
+def import_users(config: Path, users: list[str], directory: Path,
+                 checkout: Path = REPO) -> None:
+    """Create the bench accounts with ``presencedctl import-users`` (of ``checkout``)."""
+    lines = "".join(f"{u} {PASSWORD}\n" for u in users)
+    subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
+                    "import-users", "-", "--quiet"], input=lines.encode(), check=True,
+                   env=dict(os.environ, PYTHONPATH=str(checkout)), cwd=directory,
+                   stdout=subprocess.DEVNULL)
+
+
+def run_checkout(checkout: Path, users: list[str], plan: LoadPlan, room: RoomPlan,
+                 iterations: int, workers: int, archive_days: int = 0) -> dict:
+    """The whole bench against a private server from ``checkout``."""
+    with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
+        directory = Path(tmp)
+        redis, redis_port = start_redis(directory) if workers > 1 else (None, 0)
+        server, port, config = start_server(directory, iterations, workers, redis_port,
+                                            checkout, plan.transport, archive_days)
+        try:
+            started = time.perf_counter()
+            import_users(config, users, directory, checkout)
+            imported = len(users) / (time.perf_counter() - started)
+            time.sleep(1.0 + 2 * workers)  # workers up and in the cluster
+            commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short",
+                                     "HEAD"], capture_output=True, text=True).stdout.strip()
+            figures = drive(server.pid, port, users, plan)
+            if plan.transport == "tcp":
+                figures.update(drive_room(server.pid, port, users, room))
+            return {"checkout": str(checkout), "commit": commit, "workers": workers,
+                    "scram_iterations": iterations, "archive_days": archive_days,
+                    "import_users_per_s": round(imported, 1), **figures,
+                    "load_average_1min": round(os.getloadavg()[0], 2)}
+        finally:
+            server.terminate()
+            server.wait(30)
+            if redis is not None:
+                redis.terminate()
+                redis.wait(10)
 
 
 def main() -> None:
@@ -415,127 +628,33 @@ def main() -> None:
                         help="how the load clients connect (module docstring)")
     parser.add_argument("--sm", action="store_true",
                         help="clients enable stream management (XEP-0198) and answer acks")
+    parser.add_argument("--carbons", action="store_true",
+                        help="TCP clients enable message carbons (XEP-0280)")
+    parser.add_argument("--archive-days", type=int, default=0,
+                        help="[xmpp] archive_days of the server: above 0 every chat is "
+                             "archived for both parties (XEP-0313)")
     parser.add_argument("--room-occupants", type=int, default=100,
                         help="occupants of the group chat room phase (0: no room phase)")
     parser.add_argument("--room-senders", type=int, default=10)
     parser.add_argument("--room-messages", type=int, default=100,
                         help="groupchat messages per sender")
+    parser.add_argument("--room-paced-rate", type=float, default=100.0,
+                        help="groupchat messages/s of the room's paced round (latency at a "
+                             "steady load: each is delivered to every occupant)")
+    parser.add_argument("--checkouts", default="",
+                        help="comma-separated presenced checkouts (git worktrees) to measure "
+                             "one after the other with this load client: before/after in one "
+                             "run; prints a list of results")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
-    with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
-        directory = Path(tmp)
-        redis, redis_port = start_redis(directory) if args.workers > 1 else (None, 0)
-        server, port, config = start_server(directory, args.iterations, args.workers,
-                                            redis_port, args.transport)
-        try:
-            lines = "".join(f"{u} {PASSWORD}\n" for u in users)
-            subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
-                            "import-users", "-", "--quiet"], input=lines.encode(), check=True,
-                           env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=directory)
-            time.sleep(1.0 + 2 * args.workers)  # workers up and in the cluster
-            rss_before = rss_kb(server.pid)
-            # Pairs stay within one process: split on even boundaries.
-            per = (len(users) // args.procs) & ~1
-            shares = [users[i * per:(i + 1) * per] for i in range(args.procs - 1)]
-            shares.append(users[(args.procs - 1) * per:])
-            pipes, procs = [], []
-            for share in shares:
-                ours, theirs = multiprocessing.Pipe()
-                proc = multiprocessing.Process(target=worker, args=(
-                    port, share, args.concurrency, args.messages,
-                    len(users) / args.paced_rate, args.sm, args.transport, theirs))
-                proc.start()
-                pipes.append(ours)
-                procs.append(proc)
-            started, cpu = time.perf_counter(), cpu_seconds(server.pid)
-            for pipe in pipes:
-                pipe.recv()
-            plain_elapsed = time.perf_counter() - started
-            plain_cpu = cpu_seconds(server.pid) - cpu
-            time.sleep(3.5)  # idle: past two hibernation sweeps
-            rss_idle = rss_kb(server.pid)
-            barrier = time.time() + 0.5
-            cpu = cpu_seconds(server.pid)
-            for pipe in pipes:
-                pipe.send(barrier)
-            latencies: list[float] = []
-            last = 0.0
-            for pipe in pipes:
-                _, received, finished = pipe.recv()
-                latencies.extend(received)
-                last = max(last, finished)
-            message_elapsed = last - barrier
-            message_cpu = cpu_seconds(server.pid) - cpu
-            time.sleep(1.0)
-            barrier = time.time() + 0.5
-            for pipe in pipes:
-                pipe.send(barrier)
-            paced: list[float] = []
-            for pipe in pipes:
-                paced.extend(pipe.recv()[1])
-            paced.sort()
-            time.sleep(1.0)
-            started, cpu = time.perf_counter(), cpu_seconds(server.pid)
-            for pipe in pipes:
-                pipe.send("go")
-            scram_done = [pipe.recv()[1] for pipe in pipes]
-            scram_elapsed = (time.perf_counter() - started) if None not in scram_done else None
-            scram_cpu = cpu_seconds(server.pid) - cpu
-            for proc in procs:
-                proc.join(30)
-            room: dict = {}
-            if args.room_occupants:
-                time.sleep(1.0)
-                cpu = cpu_seconds(server.pid)
-                room = asyncio.run(room_phase(port, users[:args.room_occupants],
-                                              min(args.room_senders, args.room_occupants),
-                                              args.room_messages))
-                room["server_cpu_us_per_room_delivery"] = round(
-                    1e6 * (cpu_seconds(server.pid) - cpu) / max(1, room["room_deliveries"]), 2)
-            latencies.sort()
-            sent = 0 if args.transport == "bosh" else len(users) * args.messages
-            result = {
-                "users": len(users),
-                "workers": args.workers,
-                "transport": args.transport,
-                "stream_management": args.sm,
-                "scram_iterations": args.iterations,
-                "load_processes": args.procs,
-                "login_plain_per_s": round(len(users) / plain_elapsed, 1),
-                "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1)
-                if scram_elapsed else None,
-                "server_cpu_ms_per_login_plain": round(1000 * plain_cpu / len(users), 3),
-                "server_cpu_ms_per_login_starttls_scram": round(1000 * scram_cpu / len(users),
-                                                                3) if scram_elapsed else None,
-                "idle_rss_kb_per_session": round((rss_idle - rss_before) / len(users), 2),
-                "server_rss_mb_with_sessions": round(rss_idle / 1024, 1),
-                "messages_sent": sent,
-                "messages_delivered": len(latencies),
-                "messages_per_s": round(len(latencies) / message_elapsed, 1)
-                if message_elapsed > 0 else None,
-                "server_cpu_us_per_message": round(1e6 * message_cpu / max(1, len(latencies)),
-                                                   1),
-                "latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2)
-                if latencies else None,
-                "latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2)
-                if latencies else None,
-                "paced_rate_per_s": args.paced_rate,
-                "paced_delivered": len(paced),
-                "paced_latency_p50_ms": round(1000 * percentile(paced, 0.5), 2)
-                if paced else None,
-                "paced_latency_p99_ms": round(1000 * percentile(paced, 0.99), 2)
-                if paced else None,
-                **room,
-                "load_average_1min": round(os.getloadavg()[0], 2),
-            }
-            print(json.dumps(result, indent=2))
-        finally:
-            server.terminate()
-            server.wait(30)
-            if redis is not None:
-                redis.terminate()
-                redis.wait(10)
-
+    plan = LoadPlan(args.procs, args.concurrency, args.messages, args.paced_rate, args.sm,
+                    args.transport, args.carbons)
+    room = RoomPlan(args.room_occupants, args.room_senders, args.room_messages,
+                    args.room_paced_rate)
+    checkouts = [Path(c).resolve() for c in args.checkouts.split(",") if c] or [REPO]
+    results = [run_checkout(c, users, plan, room, args.iterations, args.workers,
+                            args.archive_days) for c in checkouts]
+    print(json.dumps(results if args.checkouts else results[0], indent=2))
 
 if __name__ == "__main__":
     main()

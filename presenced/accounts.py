@@ -7,7 +7,7 @@ registration, disco, messages, subscriptions), Thrift and the web admin -- so no
 can disagree about who exists or which password is right.
 
 Deriving keys from a password (PBKDF2, thousands of rounds per hash) costs milliseconds of
-CPU, so it runs in the reactor's thread pool, for checks as for new passwords: a login or a
+CPU, so it runs on the auth guard's check threads, for checks as for new passwords: a login or a
 bulk import never stalls the other doors.
 
 Hooks fired here: ``user-removed(user)`` after an account was deleted.
@@ -41,7 +41,7 @@ class Accounts:
                  domains: tuple[str, ...] = ()):
         self.store = store
         self.domains = domains  # served domains (empty: any, for tools on a bare store)
-        # Where password checks run: the core's auth guard (a bounded thread pool).
+        # Where password checks run: the core's auth guard (its bounded check threads).
         self.run_check = run_check
         self.router = router
         self.hooks = hooks
@@ -133,7 +133,7 @@ class Accounts:
         return existed
 
     def _derive(self, password: str) -> defer.Deferred:
-        """Fresh salted keys for ``password``, derived in the thread pool."""
+        """Fresh salted keys for ``password``, derived on the check threads."""
         return threads.deferToThread(make_credentials, password, self.iterations)
 
     def _ask(self, command: str, user: str, *password: str) -> defer.Deferred:

@@ -12,19 +12,20 @@ Failures are counted per node; bans are shared: ``ban_listeners`` hear every ban
 decides (the cluster passes them on, ``cluster/bans.py``) and :meth:`ban` applies one decided
 elsewhere, so an address banned on one node is refused by all.
 
-The guard also runs the deliberately slow password checks (PBKDF2, scrypt) in the thread pool,
-at most one per core at a time and with a bounded queue, so a flood of attempts can neither
-stall the reactor nor queue unbounded work.
+The guard also runs the deliberately slow password checks (PBKDF2, scrypt) on threads of
+their own (:class:`CheckPool`), one per core, with a bounded queue, so a flood of attempts can
+neither stall the reactor nor queue unbounded work.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 
 from presenced.addresses import address_key
@@ -61,6 +62,56 @@ def backoff(first_delay: float, failures: int) -> float:
     return first_delay * min(2 ** max(failures - FREE_FAILURES, 0), MAX_BACKOFF_FACTOR)
 
 
+class CheckPool:
+    """Slow checks on ``cores`` threads of their own, started on first use. A thread that
+    finishes a check takes the next one from the queue at once: waiting for the reactor to
+    hand over the next (a semaphore released on the reactor thread) left a core idle for as
+    long as the reactor was busy, which in a login storm is all the time. The reactor sees
+    each result once, through ``callFromThread``."""
+
+    def __init__(self, cores: int, reactor: Optional[IReactorThreads] = None):
+        self.cores = cores
+        self.reactor = reactor
+        self.outstanding = 0  # running and queued
+        self.executor: Optional[ThreadPoolExecutor] = None
+
+    def run(self, check: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """``check(*args)`` on a check thread; fails with :class:`Busy` at once when
+        MAX_QUEUED_CHECKS are already waiting for one."""
+        if self.outstanding >= self.cores + MAX_QUEUED_CHECKS:
+            return defer.fail(Busy("too many password checks waiting"))
+        if self.executor is None:
+            if self.reactor is None:
+                from twisted.internet import reactor
+
+                self.reactor = reactor  # type: ignore[assignment]
+            self.executor = ThreadPoolExecutor(self.cores, "presenced-checks")
+            self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+        self.outstanding += 1
+        future = self.executor.submit(check, *args)
+        d: defer.Deferred = defer.Deferred(lambda _: future.cancel())
+        future.add_done_callback(lambda f: self.reactor.callFromThread(self._done, f, d))
+        return d
+
+    def _done(self, future: Future, d: defer.Deferred) -> None:
+        self.outstanding -= 1
+        if d.called:  # cancelled by the caller
+            return
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled():
+            d.cancel()
+        elif error is not None:
+            d.errback(error)
+        else:
+            d.callback(future.result())
+
+    def stop(self) -> None:
+        """Queued checks are dropped; running ones finish on their threads."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
+
+
 class AuthGuard:
     """One per node (``core.auth_guard``): bans, backoff and the slow-check pool."""
 
@@ -74,7 +125,7 @@ class AuthGuard:
         self.period = period
         self.ban_seconds = ban_seconds
         self.records: dict[tuple[str, str], Record] = {}
-        self.checks = defer.DeferredSemaphore(cores or os.cpu_count() or 1)
+        self.checks = CheckPool(cores or os.cpu_count() or 1)
         self._next_prune = 0.0
         self._log_window = 0.0
         self._log_lines = 0
@@ -91,6 +142,8 @@ class AuthGuard:
 
     def refusal(self, host: str, account: Optional[str] = None) -> float:
         """Seconds until ``host`` (and ``account``, when given) may try again; 0: go ahead."""
+        if not self.records:  # nobody failed lately: every login asks
+            return 0.0
         now = self.clock.seconds()
         wait = 0.0
         for key in self._keys(host, account):
@@ -171,9 +224,9 @@ class AuthGuard:
     # --- slow checks ------------------------------------------------------------------------
 
     def run_check(self, check: Callable[..., Any], *args: Any) -> defer.Deferred:
-        """``check(*args)`` in the thread pool, one per core at a time; fails with
-        :class:`Busy` at once when MAX_QUEUED_CHECKS are already waiting."""
-        if len(self.checks.waiting) >= MAX_QUEUED_CHECKS:
-            return defer.fail(Busy("too many password checks waiting"))
-        self.metrics.inc("presenced_password_checks_total")
-        return self.checks.run(threads.deferToThread, check, *args)
+        """``check(*args)`` on the check threads, one per core; fails with :class:`Busy` at
+        once when MAX_QUEUED_CHECKS are already waiting."""
+        d = self.checks.run(check, *args)
+        if not d.called:
+            self.metrics.inc("presenced_password_checks_total")
+        return d

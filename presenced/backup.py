@@ -5,7 +5,8 @@ is one read transaction, a snapshot of everything committed when it began (the s
 acknowledges no write before its COMMIT), and with WAL the server goes on writing while it
 runs. The copy carries a ``presenced_backup`` table (format version, store schema, time) so
 ``restore`` can refuse a file it does not understand. Restoring replaces the store file of a
-server that is not running. For the Redis backend see docs/deployment.md (Redis's own RDB).
+server that is not running. A Redis store is backed up into this same format by copying it
+into an embedded store first (``presencedctl``, :mod:`presenced.copystore`).
 """
 
 from __future__ import annotations

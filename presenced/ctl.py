@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -264,21 +265,55 @@ def _health(config: configuration.Config) -> dict:
     raise CommandFailed("neither the web admin nor the comet door is enabled")
 
 
-@defer.inlineCallbacks
 def cmd_backup(config: configuration.Config, args):
-    if config.store.backend != "embedded":
-        raise CommandFailed("backup copies the embedded store; for Redis use its RDB "
-                            "snapshots (docs/deployment.md)")
-    meta = yield threads.deferToThread(backups.backup, config.server.data_dir, args.file)
+    return defer.ensureDeferred(_backup(config, args))
+
+
+async def _backup(config: configuration.Config, args) -> None:
+    """The embedded store: SQLite's online backup. Another store (Redis): copied into an
+    embedded store in a scratch directory (as copy-store does), verified, and written as
+    the same versioned file, so either restores into either."""
+    if config.store.backend == "embedded":
+        meta = await threads.deferToThread(backups.backup, config.server.data_dir, args.file)
+    else:
+        with tempfile.TemporaryDirectory(prefix="presenced-backup-") as scratch:
+            await _copy_between(make_store(config), _embedded_store(scratch), scratch,
+                                args.quiet)
+            meta = await threads.deferToThread(backups.backup, scratch, args.file)
     print(f"backup written to {args.file} (format {meta['format']}, schema {meta['schema']})")
 
 
-def cmd_restore(config: configuration.Config, args) -> None:
-    if config.store.backend != "embedded":
-        raise CommandFailed("restore fills the embedded store; for Redis see "
-                            "docs/deployment.md")
-    backups.restore(args.file, config.server.data_dir, args.force)
-    print(f"restored {args.file} into {backups.store_path(config.server.data_dir)}")
+def cmd_restore(config: configuration.Config, args):
+    if config.store.backend == "embedded":
+        backups.restore(args.file, config.server.data_dir, args.force)
+        print(f"restored {args.file} into {backups.store_path(config.server.data_dir)}")
+        return None
+    return defer.ensureDeferred(_restore_by_copy(config, args))
+
+
+async def _restore_by_copy(config: configuration.Config, args) -> None:
+    """A backup file into a store other than the embedded one, which must be empty (or
+    ``--force``: what the file holds replaces those users' data, others stay)."""
+    target = make_store(config)
+    try:
+        await target.start()
+        users = await target.count_users()
+    except StoreError as e:
+        raise CommandFailed(str(e)) from None
+    finally:
+        await target.stop()
+    if users and not args.force:
+        raise CommandFailed(f"the {config.store.backend} store holds {users} accounts: "
+                            "restore into an empty store, or pass --force")
+    with tempfile.TemporaryDirectory(prefix="presenced-restore-") as scratch:
+        await threads.deferToThread(backups.restore, args.file, scratch)
+        await _copy_between(_embedded_store(scratch), make_store(config), scratch,
+                            args.quiet)
+    print(f"restored {args.file} into the {config.store.backend} store")
+
+
+def _embedded_store(data_dir: str):
+    return make_store(configuration.load(None, {"server": {"data_dir": data_dir}}))
 
 
 def cmd_copy_store(_config: Optional[configuration.Config], args):
@@ -289,17 +324,27 @@ def cmd_copy_store(_config: Optional[configuration.Config], args):
 async def _copy_store(args) -> None:
     source_config, target_config = (configuration.load(path) for path in (args.source,
                                                                          args.target))
-    source, target = make_store(source_config), make_store(target_config)
     progress = args.progress or os.path.join(target_config.server.data_dir,
                                              "copy-store.progress")
+    await _copy_between(make_store(source_config), make_store(target_config), progress,
+                        args.quiet, args.restart)
+
+
+async def _copy_between(source, target, progress: str, quiet: bool,
+                        restart: bool = False) -> None:
+    """Copy one store into another and verify them (copy-store, and backups of stores
+    other than the embedded one); ``progress`` is the resume file, or a scratch directory
+    to keep it in."""
+    if os.path.isdir(progress):
+        progress = os.path.join(progress, "copy.progress")
     opened = []
     try:
         for store in (source, target):
             await store.start()
             opened.append(store)
         copier = StoreCopy(source, target, progress,
-                           report=(lambda line: None) if args.quiet else print)
-        counts = await copier.copy(restart=args.restart)
+                           report=(lambda line: None) if quiet else print)
+        counts = await copier.copy(restart=restart)
         print(f"copied: {counts.describe()}")
         agreed, differ = await copier.verify()
         print(f"verified: {agreed.describe()}")
@@ -397,14 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
             "sessions, store, version").set_defaults(store=False)
     command("reload", cmd_reload, "make the running server reload its config and TLS "
             "certificates (SIGHUP)").set_defaults(store=False)
-    p = command("backup", cmd_backup, "write a consistent copy of the embedded store to FILE "
-                "while the server runs")
+    p = command("backup", cmd_backup, "write a copy of the store to FILE while the server "
+                "runs: the embedded store's online backup, or a Redis store copied and "
+                "verified into the same versioned file")
     p.add_argument("file")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(store=False)
     p = command("restore", cmd_restore, "replace the embedded store of a stopped server by "
-                "the backup FILE")
+                "the backup FILE, or copy FILE into an empty Redis store")
     p.add_argument("file")
-    p.add_argument("--force", action="store_true", help="replace an existing store")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing embedded store; into Redis: a store that holds "
+                        "accounts already")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(store=False)
     p = command("copy-store", cmd_copy_store, "copy every account, roster, graph edge and "
                 "capability store from the store of one config to that of another (any "

@@ -172,26 +172,30 @@ class TokenBucket:
 class ReadGate:
     """Stops reading from a transport while any reason holds (a rate debt, replies the peer
     has not taken, work in progress), and reads again when none does. Nothing is buffered:
-    the kernel's receive window fills and the peer's sends block, which is the point."""
+    the kernel's receive window fills and the peer's sends block, which is the point.
+
+    Every connection has one and most never hold: the reasons are a shared empty frozenset
+    and the timers None until the first hold (an empty set and dict were 280 bytes of every
+    idle session)."""
 
     __slots__ = ("transport", "holds", "timers", "reactor")
 
     def __init__(self, transport: IPushProducer, clock: Optional[IReactorTime] = None):
         self.transport: Optional[IPushProducer] = transport
-        self.holds: set[str] = set()
-        self.timers: dict[str, IDelayedCall] = {}
+        self.holds: frozenset[str] = _NO_HOLDS
+        self.timers: Optional[dict[str, IDelayedCall]] = None
         self.reactor = clock if clock is not None else _reactor()
 
     def hold(self, reason: str) -> None:
         if not self.holds and self.transport is not None:
             self.transport.pauseProducing()
-        self.holds.add(reason)
+        self.holds = self.holds | {reason}
 
     def release(self, reason: str) -> None:
         if reason not in self.holds:
             return
-        self.holds.discard(reason)
-        timer = self.timers.pop(reason, None)
+        self.holds = self.holds - {reason}
+        timer = self.timers.pop(reason, None) if self.timers else None
         if timer is not None and timer.active():
             timer.cancel()
         if not self.holds and self.transport is not None:
@@ -202,16 +206,21 @@ class ReadGate:
         if reason in self.holds:
             return
         self.hold(reason)
+        if self.timers is None:
+            self.timers = {}
         self.timers[reason] = self.reactor.callLater(seconds, self.release, reason)
 
     def close(self) -> None:
         """The connection is gone: cancel the timers, touch the transport no more."""
         self.transport = None
-        for timer in self.timers.values():
+        for timer in (self.timers or {}).values():
             if timer.active():
                 timer.cancel()
-        self.timers.clear()
-        self.holds.clear()
+        self.timers = None
+        self.holds = _NO_HOLDS
+
+
+_NO_HOLDS: frozenset[str] = frozenset()
 
 
 def _reactor() -> IReactorTime:

@@ -353,6 +353,12 @@ class GuardedConnection:
         if self.handshaking:
             self.transport.abortConnection()
             return
+        # A closing connection produces nothing more. Left registered, a producer paused
+        # while the peer's buffer was full (flow.WriteBudget) is resumed by Twisted once the
+        # buffer drains, instead of the connection being closed: it stayed open until the
+        # grace below ran out.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         if self.closer is None:
             self.closer = self.factory.clock.callLater(CLOSE_GRACE, self.abortConnection)

@@ -9,13 +9,14 @@ import base64
 import os
 import re
 import socket
+import threading
 import time
 import urllib.parse
 from types import SimpleNamespace
 
 import pytest
 import requests
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from presenced.addresses import address_key
 from presenced.authguard import MAX_QUEUED_CHECKS, AuthGuard, Busy, backoff
@@ -122,15 +123,46 @@ def test_bans_are_logged_at_a_bounded_rate(monkeypatch):
 
 def test_slow_checks_wait_for_a_core_and_a_full_queue_is_refused():
     guard, _, _ = make_guard()
-    guard.checks.acquire()  # the one core is busy
+    guard.checks.reactor = reactor = FakeThreadsReactor()
+    busy = threading.Event()
+    running = guard.run_check(busy.wait)  # the one core is busy
     waiting = [guard.run_check(lambda: True) for _ in range(MAX_QUEUED_CHECKS)]
     assert not any(d.called for d in waiting)
     refused = guard.run_check(lambda: True)
     assert refused.called
     refused.addErrback(lambda f: f.trap(Busy))  # fails at once with Busy
-    for d in waiting:
+    for d in waiting[1:]:
         d.cancel()
-        d.addErrback(lambda f: None)
+        d.addErrback(lambda f: f.trap(defer.CancelledError))
+    busy.set()
+    # Every check reports once through callFromThread: the cancelled ones at once, the two
+    # that ran from the check thread.
+    for _ in range(MAX_QUEUED_CHECKS + 1):
+        assert reactor.arrived.acquire(timeout=10)
+    reactor.run_calls()
+    assert running.result is True and waiting[0].result is True
+    assert guard.checks.outstanding == 0
+    guard.checks.stop()
+
+
+class FakeThreadsReactor:
+    """callFromThread collected, run when the test says (no reactor runs in unit tests)."""
+
+    def __init__(self):
+        self.calls = []
+        self.arrived = threading.Semaphore(0)
+
+    def callFromThread(self, f, *args):
+        self.calls.append((f, args))
+        self.arrived.release()
+
+    def addSystemEventTrigger(self, *args):
+        pass
+
+    def run_calls(self):
+        while self.calls:
+            f, args = self.calls.pop(0)
+            f(*args)
 
 
 @pytest.mark.parametrize("target", ["/\t/evil.example", "/\n/evil.example", "//evil.example",

@@ -380,3 +380,39 @@ def test_a_token_from_one_node_publishes_on_another(redis_server, presenced_fact
     assert status == 200
     assert stream.wait_for("release")[0]["data"] == {"title": "Selected"}
     stream.close()
+
+
+def test_a_slixmpp_client_subscribes_to_a_topic_node_and_gets_an_http_publish(server):
+    c = thrift_client(server)
+    try:
+        assert c.register_user(J("sfan", "localhost"), PASSWORD)
+    finally:
+        c.close()
+    token = api_token(server)
+
+    async def scenario():
+        client = TuneClient("sfan", notify=False)
+        client.connect("127.0.0.1", server.ports["xmpp"])
+        await asyncio.wait_for(client.started, TIMEOUT)
+        try:
+            pubsub = client.plugin["xep_0060"]
+            await pubsub.subscribe("pubsub.localhost", "artist/suede")
+            subscriptions = await pubsub.get_subscriptions("pubsub.localhost")
+            assert [s["node"] for s in subscriptions["pubsub"]["subscriptions"]] == [
+                "artist/suede"]
+            # The XMPP subscription is a follower of the topic, as the site sees it.
+            status, info = api(server, "/api/subjects/artist/suede", token=token,
+                               method="GET")
+            assert (status, info["subscribers"], info["online_subscribers"]) == (200, 1, 1)
+            status, answer = api(server, "/api/publish/artist/suede?type=news",
+                                 {"title": "Animal Nitrate"}, token)
+            assert (status, answer["reached"]) == (200, 1)
+            sender, xml = await client.next_tune()
+            assert sender == "pubsub.localhost" and "Animal Nitrate" in xml
+            await pubsub.unsubscribe("pubsub.localhost", "artist/suede")
+            assert api(server, "/api/subjects/artist/suede", token=token,
+                       method="GET")[1]["subscribers"] == 0
+        finally:
+            client.disconnect()
+
+    run(scenario())

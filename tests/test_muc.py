@@ -109,6 +109,10 @@ async def test_nick_conflict_nick_change_and_disconnect(memory_xmpp):
     await join(alice, "Alice")
     refused = await join(bob, "Alice")
     assert refused["type"] == "error" and "conflict" in refused.toXml()
+    other_resource = await node.online("alice", "phone")
+    refused = await join(other_resource, "Alice")  # one occupant per nick, even one's own
+    assert refused["type"] == "error" and "conflict" in refused.toXml()
+    await alice.nothing(lambda s: s.name == "presence" and "Alice" in s.getAttribute("from", ""))
 
     await join(bob, "Bob")
     bob.send(f"<presence to='{ROOM}/Robert'/>")
@@ -126,7 +130,7 @@ async def test_nick_conflict_nick_change_and_disconnect(memory_xmpp):
 @pytest_twisted.ensureDeferred
 async def test_history_on_join_subject_and_delay(memory_xmpp):
     node = await memory_xmpp()
-    await node.add_users("alice", "bob")
+    await node.add_users("alice", "bob", "carol", "dave")
     alice = await node.online("alice")
     await join(alice, "Alice")
     assert text(await subject(alice), "subject") == ""  # no subject yet, still sent
@@ -143,6 +147,15 @@ async def test_history_on_join_subject_and_delay(memory_xmpp):
     assert all(next(m.elements("urn:xmpp:delay", "delay"))["from"] == ROOM for m in old)
     topic = await subject(bob)
     assert text(topic, "subject") == "Plans" and topic["from"] == f"{ROOM}/Alice"
+
+    carol = await node.online("carol")
+    await join(carol, "Carol", extra="<history since='2000-01-01T00:00:00Z' maxstanzas='9'/>")
+    assert [text(await groupchat(carol, "Alice"), "body") for _ in range(3)] == [
+        "line 0", "line 1", "line 2"]
+    dave = await node.online("dave")
+    await join(dave, "Dave", extra="<history maxstanzas='0'/>")
+    assert text(await subject(dave), "subject") == "Plans"
+    await dave.nothing(lambda s: s.name == "message" and text(s, "body") is not None)
 
     # A participant may not change the subject by default.
     bob.send(f"<message to='{ROOM}' type='groupchat' id='s'><subject>mine</subject></message>")

@@ -1,10 +1,12 @@
-"""Group chat end to end: slixmpp's XEP-0045 plugin against a presenced process, and the
-room admin RPCs over the Thrift wire. The room rules themselves are tested in memory
+"""Group chat end to end: slixmpp's XEP-0045 plugin against a presenced process, the room
+admin RPCs over the Thrift wire and the HTTP API, and one room over two cluster nodes. The room rules themselves are tested in memory
 (test_muc.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 
 import pytest
 import slixmpp
@@ -18,7 +20,7 @@ ROOM = "lounge@conference.localhost"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     process = PresencedProcess(tmp_path_factory.mktemp("muc"), {
-        "comet": {"enabled": False}, "webadmin": {"enabled": False},
+        "comet": {"enabled": False},
         "thrift": {"port": 0},
         "server": {"scram_iterations": 100},
         "xmpp": {"require_tls": False, "allow_plain": True, "auth_failure_delay": 0.0}})
@@ -39,6 +41,20 @@ async def muc_client(server: PresencedProcess, user: str) -> Client:
     c.add_event_handler("groupchat_presence", c.room_presences.put_nowait)
     await c.start(server.ports["xmpp"])
     return c
+
+
+def api(server: PresencedProcess, method: str, body: dict) -> tuple[int, dict]:
+    """``POST /api/<method>`` on the admin port with an admin token, as curl would."""
+    token = server.ctl("api-token", "--scope", "admin").stdout.strip().splitlines()[-1]
+    connection = http.client.HTTPConnection("127.0.0.1", server.ports["webadmin"], timeout=20)
+    try:
+        connection.request("POST", f"/api/{method}", body=json.dumps(body).encode(),
+                           headers={"Authorization": f"Bearer {token}",
+                                    "Content-Type": "application/json"})
+        reply = connection.getresponse()
+        return reply.status, json.loads(reply.read())
+    finally:
+        connection.close()
 
 
 async def said(c: Client, body: str) -> slixmpp.Message:
@@ -93,6 +109,14 @@ def test_a_room_with_slixmpp_and_the_admin_rpcs(server):
                 assert str((await said(c, "from the operators"))["from"]) == ROOM
         finally:
             admin.close()
+        # The same RPCs on the HTTP API (POST /api/<method>, JSON).
+        status, answer = await asyncio.to_thread(api, server, "room_occupants", {"room": ROOM})
+        assert status == 200
+        assert sorted(o["nick"] for o in answer["result"]) == ["Alice", "Bob", "Carol"]
+        status, answer = await asyncio.to_thread(api, server, "create_room", {
+            "room": "ops@elsewhere.example", "owner": {"name": "", "server": ""},
+            "persistent": False})
+        assert status == 400 and answer["error"] == "InvalidArgument"
 
         await muc.set_role(ROOM, "Bob", "none", reason="out")
         while True:
@@ -132,9 +156,12 @@ def test_one_room_for_three_clients_over_two_cluster_nodes(redis_server, presenc
 
         carol.send_message(mto=ROOM, mbody="from node b", mtype="groupchat")
         alice.send_message(mto=ROOM, mbody="from node a", mtype="groupchat")
-        for c in (alice, bob, carol):
-            assert str((await said(c, "from node b"))["from"]) == f"{ROOM}/Carol"
-            assert str((await said(c, "from node a"))["from"]) == f"{ROOM}/Alice"
+        for c in (alice, bob, carol):  # in either order: they start on different nodes
+            got = {}
+            while len(got) < 2:
+                message = await asyncio.wait_for(c.groupchat.get(), 5)
+                got[message["body"]] = str(message["from"])
+            assert got == {"from node b": f"{ROOM}/Carol", "from node a": f"{ROOM}/Alice"}
 
         await bob.close()
         while True:  # bob's session ended on node b: he left the room on node a

@@ -427,3 +427,34 @@ def test_status_prints_health(presenced_factory):
     server.stop()
     stopped = server.ctl("status", check=False)
     assert stopped.returncode == 1 and "no server runs" in stopped.stderr
+
+
+def test_a_redis_store_backs_up_into_the_embedded_format_and_restores_into_redis(
+        presenced_factory, redis_server):
+    """The backup file of a Redis store is the embedded store's versioned format, written
+    while the server runs: it restores into an empty Redis, friendships and accounts
+    intact; a Redis that holds accounts is refused without --force."""
+    doors_off = {"xmpp": {"enabled": False}, "comet": {"enabled": False},
+                 "webadmin": {"enabled": False}}
+    source = presenced_factory({**doors_off, "store": {"backend": "redis",
+                                                        "redis": [redis_server.url]}})
+    source.ctl("import-users", "-", "--quiet",
+               input="".join(f"r{i}@localhost pw{i}\n" for i in range(30)))
+    source.ctl("load-friends", "-", "--quiet",
+               input="".join(f"r0@localhost r{i}@localhost\n" for i in range(1, 30)))
+    backup_file = source.directory / "redis.presenced"
+    written = source.ctl("backup", str(backup_file), "--quiet")
+    assert "backup written" in written.stdout and "format 1" in written.stdout
+    refused = source.ctl("restore", str(backup_file), check=False)
+    assert refused.returncode == 1 and "holds 30 accounts" in refused.stderr
+
+    other_db = {"backend": "redis", "redis": [redis_server.url.rsplit("/", 1)[0] + "/5"]}
+    empty = presenced_factory({**doors_off, "store": other_db}, name="restored", start=False)
+    write_config(empty.config_path, {"server": {"data_dir": str(empty.data_dir)},
+                                     "store": other_db})
+    assert "restored" in empty.ctl("restore", str(backup_file), "--quiet").stdout
+    empty.start()
+    friends = roster(empty, "r0")
+    assert set(friends) == {f"r{i}@localhost" for i in range(1, 30)}
+    assert set(friends.values()) == {"both"}
+    assert thrift_client(empty).user_exists(J("r29", "localhost"))

@@ -150,3 +150,54 @@ def test_site_event_json_is_the_documented_shape():
     event = events.Event(events.SITE, "alice@localhost", {"type": "photo", "data": {"a": 1}})
     assert events.public_type(event) == "photo"
     assert json.loads(event.to_json())["type"] == "photo"
+
+
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribing_on_the_pubsub_service_is_following_the_topic(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("erin")
+    erin = await node.online("erin")
+    answer = await erin.iq(
+        f"<iq type='set' id='s1' to='pubsub.localhost'><pubsub xmlns='{NS_PUBSUB}'>"
+        "<subscribe node='artist/radiohead' jid='erin@localhost'/></pubsub></iq>")
+    assert answer["type"] == "result"
+    assert answer.pubsub.subscription["subscription"] == "subscribed"
+    # The same graph edge a site makes with add_subscriptions.
+    assert await node.core.store.get_subscribers("artist/radiohead") == ["erin@localhost"]
+    listing = await erin.iq(f"<iq type='get' id='s2' to='pubsub.localhost'>"
+                            f"<pubsub xmlns='{NS_PUBSUB}'><subscriptions/></pubsub></iq>")
+    assert [s["node"] for s in listing.pubsub.subscriptions.elements()] == ["artist/radiohead"]
+    _, reached = await node.core.publish("artist/radiohead", "news", {"n": 1})
+    assert reached == 1
+    note = await erin.expect(lambda s: s.name == "message")
+    assert note["from"] == "pubsub.localhost"
+    answer = await erin.iq(
+        f"<iq type='set' id='s3' to='pubsub.localhost'><pubsub xmlns='{NS_PUBSUB}'>"
+        "<unsubscribe node='artist/radiohead' jid='erin@localhost'/></pubsub></iq>")
+    assert answer["type"] == "result"
+    assert await node.core.store.get_subscribers("artist/radiohead") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pubsub_service_refuses_what_it_does_not_do(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("erin")
+    erin = await node.online("erin")
+    for n, (payload, condition) in enumerate((
+            ("<subscribe node='artist/x' jid='bob@localhost'/>", "bad-request"),
+            ("<subscribe node='no-slash' jid='erin@localhost'/>", "item-not-found"),
+            ("<create node='artist/x'/>", "feature-not-implemented"))):
+        answer = await erin.iq(f"<iq type='set' id='r{n}' to='pubsub.localhost'>"
+                               f"<pubsub xmlns='{NS_PUBSUB}'>{payload}</pubsub></iq>")
+        assert answer["type"] == "error", payload
+        assert answer.error.firstChildElement().name == condition, payload
+    assert await node.core.store.get_subscribers("artist/x") == []
+    items = await erin.iq("<iq type='get' id='d' to='localhost'>"
+                          "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+    assert "pubsub.localhost" in [i["jid"] for i in items.query.elements()]
+    info = await erin.iq("<iq type='get' id='i' to='pubsub.localhost'>"
+                         "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    assert [i["type"] for i in info.query.elements() if i.name == "identity"] == ["service"]

@@ -20,7 +20,7 @@ from presenced.xmpp.websocket import FramingError, framing_element
 from presenced.xmpp.webstream import qualified, stream_header
 from tests.helpers import PresencedProcess, RawClient, http_get
 
-USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank"]
+USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank", "ivan", "judy"]
 OPEN = ("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>")
 CLOSE = "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"
 ALLOWED = "http://pages.example"
@@ -42,6 +42,7 @@ def server(tmp_path_factory):
     process.ctl("add-friend", "carol@localhost", "dave@localhost")
     process.ctl("add-friend", "erin@localhost", "frank@localhost")
     process.ctl("add-friend", "gina@localhost", "hank@localhost")
+    process.ctl("add-friend", "ivan@localhost", "judy@localhost")
     yield process
     process.stop()
 
@@ -135,6 +136,35 @@ def test_a_websocket_killed_mid_stream_is_a_lost_connection(server):
     again = WebSocketClient(server)
     assert "carol@localhost/web" in again.login("carol@localhost")
     dave.close()
+
+
+def test_stream_management_resumes_a_websocket_session_on_a_new_websocket(server):
+    """XEP-0198 over WebSocket: the socket dies, a message waits, a new WebSocket resumes
+    the session and gets it."""
+    judy = tcp_login(server, "judy@localhost")
+    web = WebSocketClient(server)
+    web.login("ivan@localhost", "sm")
+    web.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+    enabled = web.until("<enabled ")[-1]
+    previd = re.search(r"id='([^']+)'", enabled).group(1)
+    web.send("<presence xmlns='jabber:client'/>")
+    judy.read_until(b"<presence[^>]*from=.ivan@localhost/sm")
+    web.ws.sock.shutdown(socket.SHUT_RDWR)
+    web.ws.sock.close()
+    judy.send(b"<message to='ivan@localhost/sm' type='chat'><body>while away</body></message>")
+    again = WebSocketClient(server)
+    again.send(OPEN)
+    again.recv(), again.recv()
+    token = base64.b64encode(b"\0ivan@localhost\0ivan-pw").decode()
+    again.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}"
+               "</auth>")
+    assert again.recv().startswith("<success")
+    again.send(OPEN)
+    again.recv(), again.recv()
+    again.send(f"<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='0'/>")
+    seen = again.until("while away")
+    assert any(m.startswith("<resumed ") for m in seen)
+    judy.close()
 
 
 def test_a_message_with_half_a_stanza_ends_the_session_with_a_stream_error(server):

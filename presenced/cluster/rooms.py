@@ -24,7 +24,6 @@ from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from presenced.cluster import wire
 from presenced.cluster.directory import SessionDirectory
 from presenced.cluster.link import RedisLink
 from presenced.muc.room import RoomConfig, RoomError
@@ -45,6 +44,7 @@ return owner
 _RELEASE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
             "return redis.call('DEL', KEYS[1]) end return 0")
 _CONFIG_TAG = "__room_config__"
+_BYTES_TAG = "__bytes__"
 
 
 def home_key(room: str) -> str:
@@ -60,23 +60,28 @@ def _text(value: Any) -> Optional[str]:
 
 
 def _encode(value: Any) -> Any:
+    """Room call arguments and answers as JSON: plain values, bytes (stanzas), configs."""
     if isinstance(value, RoomConfig):
         return {_CONFIG_TAG: dataclasses.asdict(value)}
+    if isinstance(value, bytes):
+        return {_BYTES_TAG: value.decode("utf-8", "surrogateescape")}
     if isinstance(value, dict):
         return {k: _encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_encode(v) for v in value]
-    return wire.encode_value(value)
+    return value
 
 
 def _decode(value: Any) -> Any:
-    if isinstance(value, dict) and _CONFIG_TAG in value:
-        return RoomConfig(**value[_CONFIG_TAG])
-    if isinstance(value, dict) and wire.TAG not in value:
+    if isinstance(value, dict):
+        if _CONFIG_TAG in value:
+            return RoomConfig(**value[_CONFIG_TAG])
+        if _BYTES_TAG in value:
+            return value[_BYTES_TAG].encode("utf-8", "surrogateescape")
         return {k: _decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode(v) for v in value]
-    return wire.decode_value(value)
+    return value
 
 
 @implementer(IRoomHomes)

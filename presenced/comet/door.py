@@ -11,7 +11,7 @@ import json
 import math
 from typing import Optional
 
-from twisted.internet import task
+from twisted.internet import reactor, task
 from twisted.internet.interfaces import IAddress, IProtocol, ITransport
 from twisted.internet.protocol import Factory
 from twisted.web.server import Site
@@ -20,6 +20,7 @@ from presenced.comet.frames import ndjson_frame, sse_frame
 from presenced.events import RenderCache
 from presenced.comet.http import HTTPError
 from presenced.comet.replay import Channels, UserChannel
+from presenced.comet.siteauth import make_authorizer
 from presenced.comet.stream import CometConnection
 from presenced.comet.upload import mount as mount_uploads
 from presenced.comet.web import make_site
@@ -50,6 +51,8 @@ class CometDoor(Factory):
         self.events_out = 0
         self.site: Site = make_site(self)
         mount_uploads(self.site, self)
+        # [comet] authorize_url: the site names the user of a request without a token.
+        self.site_auth = make_authorizer(reactor, settings, core.user)
         self._heartbeat = task.LoopingCall(self.beat)
         self._describe_metrics()
         core.hooks.add("config-reloaded", self.config_reloaded)
@@ -120,6 +123,24 @@ class CometDoor(Factory):
             self.core.metrics.inc("presenced_auth_failures_total", door=DOOR)
             guard.failed(DOOR, host)
             raise HTTPError(403, f"the token is not valid for {user} (wrong user or expired)")
+        return user
+
+    def needs_site(self, token: Optional[str]) -> bool:
+        """A request without a token goes to the site when ``authorize_url`` is set."""
+        return token is None and self.require_token and self.site_auth is not None
+
+    async def authorize_by_site(self, user_text: str, request, host: str) -> str:
+        """The user the site allows ``request`` for; 403 when the path names another user,
+        503 when the site cannot say (:mod:`presenced.comet.siteauth`)."""
+        if not user_text or "/" in user_text:
+            raise HTTPError(404, "no such path: expected /stream/<user>")
+        try:
+            wanted = self.core.user(user_text)
+        except BadUser as e:
+            raise HTTPError(400, str(e)) from None
+        user = await self.site_auth.user_for(request.headers, request.path, host)
+        if user != wanted:
+            raise HTTPError(403, f"the site allows this browser {user}'s stream, not {wanted}'s")
         return user
 
     def cors_headers(self, origin: str) -> list[tuple[str, str]]:

@@ -13,7 +13,8 @@ from urllib.parse import parse_qsl, unquote
 
 # Headers the stream endpoints look at; the others are skipped without being stored.
 WANTED = frozenset((b"accept", b"authorization", b"last-event-id", b"origin", b"connection",
-                    b"content-length", b"transfer-encoding", b"upgrade"))
+                    b"content-length", b"transfer-encoding", b"upgrade", b"cookie",
+                    b"user-agent"))
 
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",

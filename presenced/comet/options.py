@@ -23,4 +23,8 @@ KEYS: Keys = {
     "websocket_idle_timeout": Key(75.0, "float", positive),
     "max_connections": Key(100000, "int", positive),
     "max_connections_per_ip": Key(1000, "int", positive),
+    "authorize_url": Key("", "str"),
+    "authorize_timeout": Key(5.0, "float", positive),
+    "authorize_cache_seconds": Key(10.0, "float", non_negative),
+    "authorize_cache_size": Key(10000, "int", positive),
 }

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IDelayedCall, IProtocol, ITransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -35,7 +36,8 @@ from presenced.router import ISession
 if TYPE_CHECKING:
     from presenced.comet.door import CometDoor
 
-READING, NDJSON, SSE, POLLING, DONE = range(5)
+READING, NDJSON, SSE, POLLING, DONE, AUTHORIZING = range(6)
+log = Logger()
 HOT_PATHS = ("stream", "poll")
 
 
@@ -137,13 +139,31 @@ class CometConnection:
             raise HTTPError(405, f"{request.method} is not allowed here; use GET")
         if request.has_body:
             raise HTTPError(413, "requests to streams carry no body")
-        user = self.door.authorize(user_text, request.bearer_token(),
-                                   getattr(self.transport.getPeer(), "host", "?"))
+        token, host = request.bearer_token(), getattr(self.transport.getPeer(), "host", "?")
+        if self.door.needs_site(token):
+            self.mode = AUTHORIZING  # what arrives meanwhile waits in buf (bounded)
+            d = defer.ensureDeferred(self.door.authorize_by_site(user_text, request, host))
+            d.addCallbacks(self._authorized, self._not_authorized,
+                           callbackArgs=(kind, request, consumed))
+            return
+        self._authorized(self.door.authorize(user_text, token, host), kind, request, consumed)
+
+    def _authorized(self, user: str, kind: str, request: RequestHead, consumed: int) -> None:
+        if self.mode == DONE:       # the client left while the site was asked
+            return
+        self.mode = READING
         del self.buf[:consumed]
         if kind == "poll":
             self._start_poll(user, request)
         else:
             self._start_stream(user, request)
+
+    def _not_authorized(self, failure: Failure) -> None:
+        if not failure.check(HTTPError):
+            log.failure("asking the site about a stream", failure)
+        if self.mode != DONE:
+            self._fail(failure.value if failure.check(HTTPError)
+                       else HTTPError(503, "stream authorization failed"))
 
     def _hand_off(self) -> None:
         """Give the connection, and every byte read, to the door's twisted.web site."""

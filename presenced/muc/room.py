@@ -162,8 +162,7 @@ class Room:
         affiliation = self.affiliation(jid)
         if affiliation == "outcast":
             raise RoomError("forbidden", "you are banned from this room")
-        taken = self.occupants.get(nick)
-        if taken is not None and taken.bare != bare(jid):
+        if nick in self.occupants:  # another resource of the same account too: one each
             raise RoomError("conflict", "that nickname is already in use")
         if self.config.members_only and _RANK[affiliation] < _RANK["member"]:
             raise RoomError("registration-required", "this room is for members only")

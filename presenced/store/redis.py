@@ -480,24 +480,24 @@ def _pairs_to_dict(flat: list) -> dict:
 @implementer(IRosterStore)
 class RedisRosterStore:
     """:class:`IRosterStore` over Redis: independent nodes placed by consistent hashing, one
-    Redis Cluster (``cluster=True``: ``urls`` are seeds) or one ready-made ``node``
-    (:func:`presenced.store.redissentinel.sentinel_store`)."""
+    Redis Cluster (``cluster=True``: ``urls`` are seeds) or a Sentinel-managed master."""
 
     name = "redis"
 
     def __init__(self, urls: list[str], timeout: float = 5.0, retries: int = 3,
-                 cluster: bool = False, wait_replicas: int = 0,
-                 node: Optional[RedisNode] = None):
+                 cluster: bool = False, wait_replicas: int = 0, layout: Optional[Any] = None):
+        """``layout``: the servers the store talks to, when neither a ring of ``urls`` nor
+        a Redis Cluster (a Sentinel-managed master: ``redissentinel.sentinel_store``)."""
         if not urls:
             raise StoreError("the Redis store needs at least one URL")
         self.urls = list(urls)
         self.timeout = timeout
         self.retries = retries
         self.layout: Any
-        if cluster:
+        if layout is not None:
+            self.layout = layout
+        elif cluster:
             self.layout = ClusterLayout(self.urls, timeout, wait_replicas)
-        elif node is not None:  # made by its own module (a Sentinel-managed master)
-            self.layout = RingLayout([node], [str(node)])
         else:
             self.layout = RingLayout([RedisNode(url, timeout, wait_replicas)
                                       for url in self.urls], self.urls)

@@ -16,7 +16,7 @@ import txredisapi
 from twisted.internet import defer
 
 from presenced.store import StoreError
-from presenced.store.redis import RedisNode, RedisRosterStore, ReplicaConfirmation
+from presenced.store.redis import RedisNode, RedisRosterStore, ReplicaConfirmation, RingLayout
 
 
 class SentinelNode(RedisNode):
@@ -73,7 +73,7 @@ class SentinelNode(RedisNode):
 
 def sentinel_store(sentinels: list[str], master: str, timeout: float = 5.0, retries: int = 3,
                    wait_replicas: int = 0) -> RedisRosterStore:
-    """The Redis store on the master ``sentinels`` know as ``master``."""
+    """The Redis store on the master that ``sentinels`` name ``master``."""
+    node = SentinelNode(sentinels, master, timeout, wait_replicas)
     return RedisRosterStore(sentinels, timeout=timeout, retries=retries,
-                            wait_replicas=wait_replicas,
-                            node=SentinelNode(sentinels, master, timeout, wait_replicas))
+                            wait_replicas=wait_replicas, layout=RingLayout([node], [master]))

@@ -249,7 +249,6 @@ class AdminHandler:
             figures[key] = figures.get(key, 0) + 1
         return figures
 
-
     # --- site events -----------------------------------------------------------------------
 
     def publish_event(self, subject: Optional[str], type: Optional[str],

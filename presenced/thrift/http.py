@@ -209,7 +209,9 @@ class AdminAPI(Resource):
         request.setHeader(b"cache-control", b"no-store")
         if status == 401:
             request.setHeader(b"www-authenticate", b'Bearer realm="presenced"')
-        request.write(body if isinstance(body, bytes) else json.dumps(body).encode("utf-8"))
+        data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+        request.setHeader(b"content-length", b"%d" % len(data))  # not chunked: one write
+        request.write(data)
         request.finish()
 
 

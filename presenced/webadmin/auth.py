@@ -7,7 +7,7 @@ accounts -- so an operator has one password for chat and console) or a console-o
 latter with ``python3 -m presenced.webadmin.auth NAME`` (password from the terminal or stdin).
 
 Both checks cost tens of milliseconds of CPU by design, so they run through the core's auth
-guard (:meth:`presenced.authguard.AuthGuard.run_check`: the thread pool, one per core at a
+guard (:meth:`presenced.authguard.AuthGuard.run_check`: the check threads, one per core at a
 time) — ``core.accounts`` does the same with the store's keys, or asks the program: a login
 never stalls other doors, and a flood of logins cannot queue unbounded work.
 """

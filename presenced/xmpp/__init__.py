@@ -3,7 +3,9 @@
 How the pieces fit, and what a feature module (PEP, caps, ...) builds on:
 
 **Streams and sessions.** :class:`presenced.xmpp.stream.C2SStream` (a ``twisted.words.xish``
-XML stream) negotiates STARTTLS, SASL and resource binding. A bound resource is a
+XML stream) negotiates STARTTLS, SASL and resource binding; web clients' streams (RFC 7395
+WebSocket, BOSH: :mod:`presenced.xmpp.web`) are the same class with another framing
+(``stream.TCPFraming``), so features never tell them apart. A bound resource is a
 :class:`presenced.xmpp.session.C2SSession`, an ``ISession`` in ``core.router`` with
 ``protocol == "xmpp"`` and ``label == resource``. Useful attributes and methods::
 

@@ -447,8 +447,11 @@ class BoshResource(resource.Resource):
     def render_POST(self, request: Request) -> bytes | int:
         if not self.cors(request):
             return _refuse(request, 403, "origin not allowed: add it to [comet] cors_origins")
+        data = request.content.read()
+        request.content.close()
+        request.content = None          # a held request keeps no copy of its body
         try:
-            body, content = parse_body(request.content.read())
+            body, content = parse_body(data)
         except BadBody as e:
             return _refuse(request, 400, str(e), terminate("bad-request"))
         sid = body.getAttribute("sid")

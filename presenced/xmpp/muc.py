@@ -1,5 +1,6 @@
 """Multi-User Chat (XEP-0045) on the conference component, with occupant ids (XEP-0421),
-self-ping (XEP-0410) and direct invitations (XEP-0249, client to client: only announced).
+self-ping (XEP-0410) and room archives (XEP-0313). Direct invitations (XEP-0249) need
+nothing here: they travel client to client as ordinary messages.
 
 The rooms are the core's (``core.rooms``, :mod:`presenced.muc.service`): this handler turns
 stanzas addressed to ``conference.<domain>`` into its calls and its router events
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import presenced.wokkel_compat  # noqa: F401  (before any wokkel import)
 
-from datetime import datetime, timezone
 from typing import Optional
+from xml.sax.saxutils import escape
 
 from twisted.internet import defer
 from twisted.words.protocols.jabber.jid import JID
@@ -24,7 +25,7 @@ from presenced.muc.room import RoomConfig, RoomError
 from presenced.muc.service import ROOM_INVITE, ROOM_MESSAGE, ROOM_PRESENCE, HistoryRequest
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.mam import (NS_MAM, BadQuery, Query, fin_element, form_element,
-                                 stamp)
+                                parse_time, stamp)
 from presenced.xmpp.stanzas import Address, attr, children_bytes
 
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -40,24 +41,20 @@ _DROPPED = frozenset((NS_MUC, NS_USER, NS_OCCUPANT_ID))  # never relayed as a cl
 
 # The owner's form: field -> (RoomConfig attribute, data form type, label).
 CONFIG_FIELDS = {
-    f"muc#roomconfig_roomname": ("name", "text-single", "Name"),
-    f"muc#roomconfig_roomdesc": ("description", "text-single", "Description"),
-    f"muc#roomconfig_persistentroom": ("persistent", "boolean", "Persistent"),
-    f"muc#roomconfig_publicroom": ("public", "boolean", "Listed in the directory"),
-    f"muc#roomconfig_membersonly": ("members_only", "boolean", "Members only"),
-    f"muc#roomconfig_passwordprotectedroom": (None, "boolean", "Password protected"),
-    f"muc#roomconfig_roomsecret": ("password", "text-private", "Password"),
-    f"muc#roomconfig_moderatedroom": ("moderated", "boolean", "Moderated"),
-    f"muc#roomconfig_maxusers": ("max_occupants", "text-single", "Maximum occupants"),
-    f"muc#roomconfig_whois": ("whois", "list-single", "Who may see real JIDs"),
-    f"muc#roomconfig_historylength": ("history_length", "text-single", "History length"),
-    f"muc#roomconfig_changesubject": ("change_subject", "boolean",
+    "muc#roomconfig_roomname": ("name", "text-single", "Name"),
+    "muc#roomconfig_roomdesc": ("description", "text-single", "Description"),
+    "muc#roomconfig_persistentroom": ("persistent", "boolean", "Persistent"),
+    "muc#roomconfig_publicroom": ("public", "boolean", "Listed in the directory"),
+    "muc#roomconfig_membersonly": ("members_only", "boolean", "Members only"),
+    "muc#roomconfig_passwordprotectedroom": (None, "boolean", "Password protected"),
+    "muc#roomconfig_roomsecret": ("password", "text-private", "Password"),
+    "muc#roomconfig_moderatedroom": ("moderated", "boolean", "Moderated"),
+    "muc#roomconfig_maxusers": ("max_occupants", "text-single", "Maximum occupants"),
+    "muc#roomconfig_whois": ("whois", "list-single", "Who may see real JIDs"),
+    "muc#roomconfig_historylength": ("history_length", "text-single", "History length"),
+    "muc#roomconfig_changesubject": ("change_subject", "boolean",
                                       "Participants may change the subject"),
 }
-
-
-def _stamp(when: float) -> str:
-    return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _relayed(element: domish.Element) -> bytes:
@@ -147,8 +144,7 @@ class MucHandler(FeatureHandler):
             return HistoryRequest(
                 int(stanzas) if stanzas is not None else None,
                 float(seconds) if seconds is not None else None,
-                datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
-                if since else None)
+                parse_time(since) if since else None)
         except ValueError:
             raise RoomError("bad-request", "history needs numbers and an XEP-0082 date")
 
@@ -425,7 +421,7 @@ class MucHandler(FeatureHandler):
         if payload["delay"] is not None:
             children += b"<delay xmlns='%s' from=%s stamp='%s'/>" % (
                 NS_DELAY.encode(), attr(payload["room"]).encode(),
-                _stamp(payload["delay"]).encode())
+                stamp(payload["delay"]).encode())
         return frozenset(payload["to"]), head + b">" + children + b"</message>"
 
     @staticmethod
@@ -457,4 +453,4 @@ class MucHandler(FeatureHandler):
 
 
 def _text(value: str) -> bytes:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").encode()
+    return escape(value).encode("utf-8")
