@@ -184,11 +184,17 @@ class RedisLink:
             self.log.warn("cluster: lost the Redis subscription, reconnecting")
 
     def _received(self, channel: str, message: str) -> None:
-        handler = self.handlers.get(channel)
-        try:
-            if handler is not None:
-                handler(message)
-            elif self.family_handler is not None and channel.startswith(self.family_prefix):
-                self.family_handler(channel[len(self.family_prefix):], message)
-        except Exception:
-            self.log.failure("cluster message on {channel} failed", channel=channel)
+        dispatch(self, channel, message)
+
+
+def dispatch(link: Any, channel: str, message: str) -> None:
+    """Hand a message to the handler of its fixed channel or of its family (a link's
+    ``handlers``, ``family_prefix`` and ``family_handler``); a failing handler is logged."""
+    handler = link.handlers.get(channel)
+    try:
+        if handler is not None:
+            handler(message)
+        elif link.family_handler is not None and channel.startswith(link.family_prefix):
+            link.family_handler(channel[len(link.family_prefix):], message)
+    except Exception:
+        link.log.failure("cluster message on {channel} failed", channel=channel)

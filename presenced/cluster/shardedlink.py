@@ -30,7 +30,8 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
-from presenced.cluster.link import RECONNECT_MAX_DELAY, FamilyHandler, MessageHandler, _text
+from presenced.cluster.link import (RECONNECT_MAX_DELAY, FamilyHandler, MessageHandler, _text,
+                                    dispatch)
 from presenced.store.rediscluster import ClusterMap, key_slot
 from presenced.store.redis import RedisNode
 
@@ -348,14 +349,7 @@ class ShardedLink:
     def _received(self, channel: str, message: str) -> None:
         if channel.startswith(_FIXED_TAG):
             channel = channel[len(_FIXED_TAG):]
-        handler = self.handlers.get(channel)
-        try:
-            if handler is not None:
-                handler(message)
-            elif self.family_handler is not None and channel.startswith(self.family_prefix):
-                self.family_handler(channel[len(self.family_prefix):], message)
-        except Exception:
-            self.log.failure("cluster message on {channel} failed", channel=channel)
+        dispatch(self, channel, message)
 
 
 def _address(node: Any) -> str:
