@@ -202,20 +202,21 @@ async def run_logins(port: int, users: list[str], concurrency: int, tls: bool,
     return time.perf_counter() - started, connections
 
 
-async def pump_messages(connections, users: list[str], count: int, barrier_at: float,
-                        interval: float = 0.0, handled: dict | None = None):
-    """Each connection i sends ``count`` messages to its partner (i ^ 1), in bursts of ten
-    (``interval`` 0) or one every ``interval`` seconds; returns latencies of received
-    messages and the time the last one arrived. With ``handled`` (stream management: the
-    stanzas each writer's connection received so far) requests for acks are answered."""
-    latencies: list[float] = []
-    stamp = re.compile(rb"<body>(\d+\.\d+)</body>")
-    expected = count * len(connections)
-    done = asyncio.get_running_loop().create_future()
-    last = [0.0]
+class Deliveries:
+    """The latencies of timestamped messages (``<body>`` = the send time) as the load
+    connections receive them, until ``expected`` have arrived."""
 
-    async def receive(reader, writer, buffer):
-        while not done.done():
+    STAMP = re.compile(rb"<body>(\d+\.\d+)</body>")
+
+    def __init__(self, expected: int):
+        self.expected = expected
+        self.latencies: list[float] = []
+        self.last = 0.0
+        self.done = asyncio.get_running_loop().create_future()
+
+    async def receive(self, reader, buffer: bytearray, on_chunk=None) -> None:
+        """Read one connection; ``on_chunk(bytes)`` sees each run of whole messages."""
+        while not self.done.done():
             data = await reader.read(262144)
             if not data:
                 return
@@ -224,17 +225,40 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
             if end < 0:
                 continue
             now = time.time()
-            for match in stamp.finditer(buffer, 0, end):
-                latencies.append(now - float(match.group(1)))
-            if handled is not None:
-                chunk = bytes(buffer[:end + 10])
-                handled[writer] += len(STANZA.findall(chunk))
-                if SM_REQUEST in chunk:
-                    writer.write(b"<a xmlns='urn:xmpp:sm:3' h='%d'/>" % handled[writer])
+            for match in self.STAMP.finditer(buffer, 0, end):
+                self.latencies.append(now - float(match.group(1)))
+            if on_chunk is not None:
+                on_chunk(bytes(buffer[:end + 10]))
             del buffer[:end + 10]
-            last[0] = now
-            if len(latencies) >= expected and not done.done():
-                done.set_result(True)
+            self.last = now
+            if len(self.latencies) >= self.expected and not self.done.done():
+                self.done.set_result(True)
+
+    async def wait(self, receivers: list) -> None:
+        """Until every expected message arrived (120 s at most), then stop reading."""
+        try:
+            await asyncio.wait_for(self.done, 120)
+        except asyncio.TimeoutError:
+            pass
+        for task in receivers:
+            task.cancel()
+
+
+async def pump_messages(connections, users: list[str], count: int, barrier_at: float,
+                        interval: float = 0.0, handled: dict | None = None):
+    """Each connection i sends ``count`` messages to its partner (i ^ 1), in bursts of ten
+    (``interval`` 0) or one every ``interval`` seconds; returns latencies of received
+    messages and the time the last one arrived. With ``handled`` (stream management: the
+    stanzas each writer's connection received so far) requests for acks are answered."""
+    deliveries = Deliveries(count * len(connections))
+
+    def acked(writer):
+        """Count the stanzas of a chunk and answer the ack requests in it (SM)."""
+        def on_chunk(chunk: bytes) -> None:
+            handled[writer] += len(STANZA.findall(chunk))
+            if SM_REQUEST in chunk:
+                writer.write(b"<a xmlns='urn:xmpp:sm:3' h='%d'/>" % handled[writer])
+        return on_chunk
 
     async def send(index: int, writer):
         partner = users[index ^ 1]
@@ -253,15 +277,11 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
             await writer.drain()
             await asyncio.sleep(0)
 
-    receivers = [asyncio.ensure_future(receive(r, w, b)) for r, w, b in connections]
+    receivers = [asyncio.ensure_future(deliveries.receive(
+        r, b, None if handled is None else acked(w))) for r, w, b in connections]
     await asyncio.gather(*(send(i, w) for i, (_, w, _) in enumerate(connections)))
-    try:
-        await asyncio.wait_for(done, 120)
-    except asyncio.TimeoutError:
-        pass
-    for task in receivers:
-        task.cancel()
-    return latencies, last[0]
+    await deliveries.wait(receivers)
+    return deliveries.latencies, deliveries.last
 
 
 def worker(port: int, users: list[str], concurrency: int, messages: int, interval: float,
@@ -346,28 +366,7 @@ async def room_round(connections, senders: int, messages: int, interval: float
     """The first ``senders`` send ``messages`` each, in bursts of ten (``interval`` 0) or
     one every ``interval`` seconds; every occupant's deliveries' latencies, sorted, and the
     time from the first send to the last delivery."""
-    stamp = re.compile(rb"<body>(\d+\.\d+)</body>")
-    latencies: list[float] = []
-    expected = senders * messages * len(connections)
-    done = asyncio.get_running_loop().create_future()
-    last = [0.0]
-
-    async def receive(reader, buffer):
-        while not done.done():
-            data = await reader.read(262144)
-            if not data:
-                return
-            buffer += data
-            end = buffer.rfind(b"</message>")
-            if end < 0:
-                continue
-            now = time.time()
-            for match in stamp.finditer(buffer, 0, end):
-                latencies.append(now - float(match.group(1)))
-            del buffer[:end + 10]
-            last[0] = now
-            if len(latencies) >= expected and not done.done():
-                done.set_result(True)
+    deliveries = Deliveries(senders * messages * len(connections))
 
     async def send(index: int, writer):
         message = b"<message to='%s' type='groupchat'><body>%.6f</body></message>"
@@ -383,17 +382,12 @@ async def room_round(connections, senders: int, messages: int, interval: float
             await writer.drain()
             await asyncio.sleep(0)
 
-    receivers = [asyncio.ensure_future(receive(r, b)) for r, _, b in connections]
+    receivers = [asyncio.ensure_future(deliveries.receive(r, b)) for r, _, b in connections]
     started = time.time()
     await asyncio.gather(*(send(i, w) for i, (_, w, _) in enumerate(connections[:senders])))
-    try:
-        await asyncio.wait_for(done, 120)
-    except asyncio.TimeoutError:
-        pass
-    for task in receivers:
-        task.cancel()
-    latencies.sort()
-    return latencies, last[0] - started
+    await deliveries.wait(receivers)
+    deliveries.latencies.sort()
+    return deliveries.latencies, deliveries.last - started
 
 
 # --- the server -----------------------------------------------------------------------------
