@@ -881,3 +881,28 @@ def webadmin_login(server: PresencedProcess, name: str = "admin@localhost",
                       allow_redirects=False, timeout=10)
     assert reply.status_code == 303, reply.text
     return http
+
+
+def presence_and_chat_across_nodes(a: "PresencedProcess", b: "PresencedProcess",
+                                   ben_known_on_a: Callable[[], None]) -> None:
+    """Friends ann (node a) and ben (node b, who logs in first): ann's probe is answered by
+    ben's resource on node b, ben sees ann come online, ann's chat reaches him, and her
+    going offline does too. ``ben_known_on_a()`` returns once node a's directory holds ben's
+    login."""
+    ben = RawClient(b.ports["xmpp"])
+    ben.login("ben", "pw", "b")
+    ben.send(b"<presence><status>on node b</status></presence>")
+    ben.read_until(b"on node b</status></presence>")
+    ben_known_on_a()
+    ann = RawClient(a.ports["xmpp"])
+    ann.login("ann", "pw", "a")
+    ann.send(b"<presence/>")
+    probed = ann.read_until(b"<presence from=.ben@localhost/b.[^>]*>.*?</presence>", timeout=5)
+    assert b"on node b" in probed.rpartition(b"<presence")[2]
+    assert b"ann@localhost/a" in ben.read_until(b"from=.ann@localhost/a.[^>]*/?>")
+    ann.send(b"<message to='ben@localhost' type='chat'><body>across</body></message>")
+    got = ben.read_until(b"</message>")
+    assert b"<body>across</body>" in got and b"ann@localhost/a" in got
+    ann.close()
+    assert b"unavailable" in ben.read_until(b"from=.ann@localhost/a.[^>]*type=.unavailable.")
+    ben.close()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from thriftpy2.rpc import make_client
 
-from tests.helpers import THRIFT, HTTPStream, J, RawClient, node_config, wait_until
+from tests.helpers import (THRIFT, HTTPStream, J, node_config,
+                           presence_and_chat_across_nodes, wait_until)
 
 
 def admin(node):
@@ -73,22 +74,5 @@ def test_xmpp_presence_and_messages_cross_nodes(cluster, presenced_factory):
     a.ctl("import-users", "-", "--quiet", input="ann@localhost pw\nben@localhost pw\n")
     a.ctl("add-friend", "ann@localhost", "ben@localhost")
 
-    ben = RawClient(b.ports["xmpp"])
-    ben.login("ben", "pw", "b")
-    ben.send(b"<presence><status>on node b</status></presence>")
-    ben.read_until(b"on node b</status></presence>")
-    online_everywhere((a, b), "ben", 1)
-
-    ann = RawClient(a.ports["xmpp"])
-    ann.login("ann", "pw", "a")
-    ann.send(b"<presence/>")
-    probed = ann.read_until(b"<presence from=.ben@localhost/b.[^>]*>.*?</presence>", timeout=5)
-    assert b"on node b" in probed.rpartition(b"<presence")[2]
-    assert b"ann@localhost/a" in ben.read_until(b"from=.ann@localhost/a.[^>]*/?>")
-    ann.send(b"<message to='ben@localhost' type='chat'><body>across</body></message>")
-    got = ben.read_until(b"</message>")
-    assert b"<body>across</body>" in got and b"ann@localhost/a" in got
-    ann.close()
-    assert b"unavailable" in ben.read_until(b"from=.ann@localhost/a.[^>]*type=.unavailable.")
-    ben.close()
+    presence_and_chat_across_nodes(a, b, lambda: online_everywhere((a, b), "ben", 1))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tests.helpers import RawClient
+from tests.helpers import RawClient, presence_and_chat_across_nodes
 
 
 def node(redis_url: str, node_id: str) -> dict:
@@ -26,26 +26,8 @@ def test_presence_and_messages_cross_nodes(redis_server, presenced_factory):
     a.ctl("import-users", "-", "--quiet", input="ann@localhost pw\nben@localhost pw\n")
     a.ctl("add-friend", "ann@localhost", "ben@localhost")
 
-    ben = RawClient(b.ports["xmpp"])
-    ben.login("ben", "pw", "b")
-    ben.send(b"<presence><status>on node b</status></presence>")
-    ben.read_until(b"on node b</status></presence>")
-    time.sleep(0.5)  # ben's login reaches node a's directory
-
-    ann = RawClient(a.ports["xmpp"])
-    ann.login("ann", "pw", "a")
-    ann.send(b"<presence/>")
-    # Answered by ben's resource on node b: ann sees ben as soon as she is online.
-    probed = ann.read_until(b"<presence from=.ben@localhost/b.[^>]*>.*?</presence>", timeout=5)
-    assert b"on node b" in probed.rpartition(b"<presence")[2]
-    # ...and ben sees ann come online (broadcast through the router).
-    assert b"ann@localhost/a" in ben.read_until(b"from=.ann@localhost/a.[^>]*/?>")
-
-    ann.send(b"<message to='ben@localhost' type='chat'><body>across</body></message>")
-    got = ben.read_until(b"</message>")
-    assert b"<body>across</body>" in got and b"ann@localhost/a" in got
-    ann.close()
-    assert b"unavailable" in ben.read_until(b"from=.ann@localhost/a.[^>]*type=.unavailable.")
+    # ben's login reaches node a's directory within half a second.
+    presence_and_chat_across_nodes(a, b, lambda: time.sleep(0.5))
 
 
 def test_binding_a_resource_bound_on_another_node_replaces_it(redis_server, presenced_factory):
