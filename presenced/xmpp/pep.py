@@ -106,7 +106,7 @@ class PepHandler(FeatureHandler):
         publish = _plain_publish(iq)
         if publish is not None:
             return defer.ensureDeferred(self._publish(session, iq, *publish))
-        request = self._parse(session, iq)
+        request = parse_request(session, iq)
         if request is None:
             return None
         if request.verb == "publish":
@@ -124,7 +124,7 @@ class PepHandler(FeatureHandler):
         session.error(iq, "forbidden", "only the account owner publishes to its PEP nodes")
 
     def on_owner_set(self, session: "C2SSession", iq: domish.Element) -> Optional[defer.Deferred]:
-        request = self._parse(session, iq)
+        request = parse_request(session, iq)
         if request is None:
             return None
         node = request.nodeIdentifier
@@ -141,7 +141,7 @@ class PepHandler(FeatureHandler):
         return self._unsupported(session, iq, request.verb)
 
     def on_owner_get(self, session: "C2SSession", iq: domish.Element) -> Optional[defer.Deferred]:
-        request = self._parse(session, iq)
+        request = parse_request(session, iq)
         if request is None:
             return None
         if request.verb == "configureGet":
@@ -227,7 +227,7 @@ class PepHandler(FeatureHandler):
     # --- items ------------------------------------------------------------------------------
 
     def on_get(self, session: "C2SSession", iq: domish.Element) -> Optional[defer.Deferred]:
-        request = self._parse(session, iq)
+        request = parse_request(session, iq)
         if request is None:
             return None
         if request.verb != "items":
@@ -387,16 +387,6 @@ class PepHandler(FeatureHandler):
 
     # --- request parsing and errors ------------------------------------------------------------
 
-    def _parse(self, session: "C2SSession", iq: domish.Element) -> Optional[PubSubRequest]:
-        """wokkel's parse of a pubsub request; on an error the client is answered, None."""
-        try:
-            return PubSubRequest.fromElement(iq)
-        except StanzaError as e:
-            session.send(e.toResponse(iq))
-        except NotImplementedError:
-            session.error(iq, "feature-not-implemented", "unknown pubsub request")
-        return None
-
     def _node_ok(self, session: "C2SSession", iq: domish.Element, node: str) -> bool:
         if not node or len(node) > MAX_NODE_NAME:
             self._bad(session, iq, "nodeid-required",
@@ -421,6 +411,18 @@ class PepHandler(FeatureHandler):
 
 
 TUNE_NOTIFY = TUNE_NS + "+notify"
+
+
+def parse_request(session: "C2SSession", iq: domish.Element) -> Optional[PubSubRequest]:
+    """wokkel's parse of a pubsub request (PEP's and the pubsub service's); on an error the
+    client is answered and None returned."""
+    try:
+        return PubSubRequest.fromElement(iq)
+    except StanzaError as e:
+        session.send(e.toResponse(iq))
+    except NotImplementedError:
+        session.error(iq, "feature-not-implemented", "unknown pubsub request")
+    return None
 
 
 def _plain_publish(iq: domish.Element) -> Optional[tuple[str, list[domish.Element]]]:

@@ -32,13 +32,14 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from wokkel import disco
-from wokkel.pubsub import NS_PUBSUB, NS_PUBSUB_EVENT, PubSubRequest
+from wokkel.pubsub import NS_PUBSUB, NS_PUBSUB_EVENT
 
 from presenced import events
 from presenced.events import Event, RenderCache
 from presenced.subjects import is_topic
 from presenced.users import BadUser
 from presenced.xmpp.features import FeatureHandler
+from presenced.xmpp.pep import parse_request
 from presenced.xmpp.stanzas import attr
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class SiteEventHandler(FeatureHandler):
         return [disco.DiscoItem(JID(PUBSUB_SERVICE + target.host), name="Topics")]
 
     def on_set(self, session: "C2SSession", iq: domish.Element) -> Optional[defer.Deferred]:
-        request = self._parse(session, iq)
+        request = parse_request(session, iq)
         if request is None:
             return None
         if request.verb not in ("subscribe", "unsubscribe"):
@@ -122,7 +123,7 @@ class SiteEventHandler(FeatureHandler):
             session.result(iq)
 
     def on_get(self, session: "C2SSession", iq: domish.Element) -> Optional[defer.Deferred]:
-        request = self._parse(session, iq)
+        request = parse_request(session, iq)
         if request is None:
             return None
         if request.verb != "subscriptions":
@@ -138,15 +139,6 @@ class SiteEventHandler(FeatureHandler):
             item = listing.addElement("subscription")
             item["node"], item["jid"], item["subscription"] = topic, session.user, "subscribed"
         session.result(iq, answer)
-
-    def _parse(self, session: "C2SSession", iq: domish.Element) -> Optional[PubSubRequest]:
-        try:
-            return PubSubRequest.fromElement(iq)
-        except StanzaError as e:
-            session.send(e.toResponse(iq))
-        except NotImplementedError:
-            session.error(iq, "feature-not-implemented", "unknown pubsub request")
-        return None
 
     def _topic(self, session: "C2SSession", iq: domish.Element,
                node: Optional[str]) -> Optional[str]:
