@@ -15,7 +15,8 @@ import time
 import pytest
 
 from tests.helpers import (PASSWORD, THRIFT, TIMEOUT, HTTPStream, TuneClient, generate, php,
-                           node_config, run, thrift_client, webadmin_login, webadmin_url)
+                           node_config, run, thrift_client, wait_until, webadmin_login,
+                           webadmin_url)
 
 J = THRIFT.JabberUser
 TOPIC = "artist/radiohead"
@@ -375,6 +376,10 @@ def test_a_token_from_one_node_publishes_on_another(redis_server, presenced_fact
             "online_subscribers"] != 1:
         assert time.monotonic() < deadline, "node b never saw the follower online"
         time.sleep(0.05)
+    # Node a hears the topic once its subscription to the topic's channel is in place
+    # (events published before that are not replayed: docs/cluster.md).
+    wait_until(lambda: redis_server.cli("PUBSUB", "NUMSUB", "presenced:subject:label/warp")
+               .split()[-1] != "0", "node a to subscribe to the topic's channel")
     status, answer = api(b, "/api/publish/label/warp?type=release", {"title": "Selected"},
                          token)
     assert status == 200
