@@ -248,3 +248,14 @@ async def test_a_broadcast_skips_whom_the_subject_blocks_on_other_nodes_too(node
     await eventually(lambda: "later" in tune_titles(bob))
     assert tune_titles(bob) == ["later"]
     assert tune_titles(carol) == ["hidden", "later"]
+
+
+def test_site_data_holding_the_wire_tag_crosses_nodes_unchanged():
+    """A site's event data may use any key, the wire format's own tag included."""
+    from presenced.cluster import wire
+
+    data = {"__presenced__": "bytes", "text": "not bytes", "nested": {"__presenced__": "xml"}}
+    event = Event("photo", "alice@example.com", {"data": data, "raw": b"\xff<x/>"})
+    [(recipients, received)] = wire.decode(wire.encode(["bob@example.com"], event))
+    assert recipients == ["bob@example.com"]
+    assert received.payload == {"data": data, "raw": b"\xff<x/>"}

@@ -2,7 +2,9 @@
 
 Payloads may carry a :class:`RosterItem` (roster events), a stanza already serialised as
 ``bytes`` or a ``domish.Element`` (XMPP events); these are turned into tagged JSON objects and back, so a
-session on another node receives an event equal to the one sent here.
+session on another node receives an event equal to the one sent here. A site's own data may hold
+any key, the tag's too: such a dictionary travels wrapped (kind ``dict``) so it is never taken
+for a tagged value.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def encode_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [encode_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: encode_value(v) for k, v in value.items()}
+        encoded = {k: encode_value(v) for k, v in value.items()}
+        return {TAG: "dict", "items": encoded} if TAG in value else encoded
     return value
 
 
@@ -45,6 +48,8 @@ def decode_value(value: Any) -> Any:
             return value["text"].encode("utf-8", "surrogateescape")
         if kind == "xml":
             return parse_element(value["xml"])
+        if kind == "dict":
+            return {k: decode_value(v) for k, v in value["items"].items()}
     if isinstance(value, list):
         return [decode_value(v) for v in value]
     if isinstance(value, dict):
