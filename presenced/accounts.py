@@ -120,13 +120,15 @@ class Accounts:
         # Read first: the store forgets the contacts with the account, and their sessions
         # must drop the user from their rosters (the core's ``user-removed`` listener).
         contacts = [item.jid for item in await self.store.get_roster(user)]
+        if self.external is not None and not await self._ask("removeuser", user):
+            return False
+        # Features holding what the store does not (files on disk) let go of it first,
+        # while the store still knows what is the user's.
+        await defer.gatherResults([work for work in self.hooks.collect("user-removing", user)
+                                   if isinstance(work, defer.Deferred)])
+        existed = await self.store.remove_user(user)
         if self.external is not None:
-            if not await self._ask("removeuser", user):
-                return False
-            await self.store.remove_user(user)
             existed = True
-        else:
-            existed = await self.store.remove_user(user)
         for session in self.router.sessions(user):
             session.close("account removed")
         self.hooks.fire("user-removed", user, contacts)

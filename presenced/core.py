@@ -147,6 +147,7 @@ class Core:
         self.rooms = RoomService(self)  # group chat (presenced.muc), for every door
         # HTTP File Upload: slots for the XMPP door, files for the HTTP door (uploads.py).
         self.uploads = FileShare(config, store, lambda: self.secret, self.metrics)
+        self.hooks.add("user-removing", self.uploads.forget_user)
         # What the public doors' listeners may hold together (presenced.listener).
         self.open_files = OpenFiles.for_process(config.server.reserved_files)
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 from urllib.parse import quote, urlencode
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
+from twisted.logger import Logger
 
 from presenced.config import Config
 from presenced.metrics import Metrics
@@ -98,6 +99,8 @@ def valid_content_type(text: str) -> bool:
 
 class FileShare:
     """Slots, quotas and the upload directory of one node (``core.uploads``)."""
+
+    log = Logger()
 
     def __init__(self, config: Config, store: IRosterStore, secret: Callable[[], bytes],
                  metrics: Metrics, clock: Callable[[], float] = time.time):
@@ -237,7 +240,30 @@ class FileShare:
         """What is kept beside a file for its GET: the type and the name it was sent as."""
         return json.dumps({"type": slot.content_type, "name": slot.name}).encode("utf-8")
 
-    # --- expiry (in a thread) -----------------------------------------------------------
+    # --- deletion and expiry (disk work in threads) ------------------------------------
+
+    def forget_user(self, user: str) -> defer.Deferred:
+        """The account is being deleted: its files on this node go with it (the ``uploads``
+        map goes with the account in the store)."""
+        async def forget() -> None:
+            if not self.enabled:
+                return
+            file_ids = list(await self.files.items(user))
+            if file_ids:
+                await threads.deferToThread(self._unlink, file_ids)
+        return defer.ensureDeferred(forget())
+
+    def _unlink(self, file_ids: list[str]) -> None:
+        for file_id in file_ids:
+            for path in (self.file_path(file_id), self.file_path(file_id) + ".meta",
+                         self.partial_path(file_id)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:    # the account still goes; the sweep retries
+                    self.log.warn("upload {path} not deleted: {error}", path=path, error=e)
+
 
     def expire(self) -> int:
         """Delete files older than ``expire_after`` and bodies abandoned for longer than a

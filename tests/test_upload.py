@@ -422,3 +422,28 @@ async def test_expired_files_and_abandoned_bodies_are_swept(memory_xmpp):
         os.utime(path, (now - ages[name], now - ages[name]))
     assert uploads.expire() == 2
     assert {name for name, path in paths.items() if os.path.exists(path)} == {"new", "receiving"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_an_account_deletes_its_files(memory_xmpp):
+    node = await memory_xmpp()
+    await node.add_users("alice@localhost", "bob@localhost")
+    uploads: FileShare = node.core.uploads
+    os.makedirs(os.path.dirname(uploads.partial_path("x")))
+    paths = {}
+    for user in ("alice@localhost", "bob@localhost"):
+        slot = await uploads.grant(user, "photo.jpg", 1, "image/jpeg")
+        await uploads.stored(slot)
+        paths[user] = [uploads.file_path(slot.id), uploads.file_path(slot.id) + ".meta"]
+        for path in paths[user]:
+            with open(path, "wb") as f:
+                f.write(b"x")
+    receiving = await uploads.grant("alice@localhost", "half.jpg", 1, "image/jpeg")
+    with open(uploads.partial_path(receiving.id), "wb") as f:
+        f.write(b"x")
+    paths["alice@localhost"].append(uploads.partial_path(receiving.id))
+
+    assert await node.core.accounts.remove("alice@localhost")
+    assert not any(os.path.exists(path) for path in paths["alice@localhost"])
+    assert all(os.path.exists(path) for path in paths["bob@localhost"])
+    assert await uploads.files.items("alice@localhost") == {}
