@@ -128,6 +128,34 @@ async def test_nick_conflict_nick_change_and_disconnect(memory_xmpp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_inactive_client_gets_the_newest_occupant_presence_before_news(memory_xmpp):
+    """CSI: presence updates of an occupant collapse while the client is inactive; a nick
+    change (status 303) is news: what is held goes out before it, in order."""
+    node = await memory_xmpp()
+    await node.add_users("alice", "bob")
+    alice = await node.online("alice")
+    bob = await node.online("bob")
+    await join(alice, "Alice")
+    await join(bob, "Bob")
+    await presence_of(alice, "Bob")
+    alice.send("<inactive xmlns='urn:xmpp:csi:0'/>")
+    for show in ("away", "xa", "dnd"):
+        bob.send(f"<presence to='{ROOM}/Bob'><show>{show}</show></presence>")
+        assert text(await presence_of(bob, "Bob"), "show") == show
+    await alice.nothing(lambda s: s.name == "presence" and s["from"].startswith(ROOM))
+
+    bob.send(f"<presence to='{ROOM}/Robert'/>")
+    await presence_of(bob, "Robert")
+    newest = await presence_of(alice, "Bob")
+    assert text(newest, "show") == "dnd"
+    changed = await presence_of(alice, "Bob", "unavailable")
+    assert codes(changed) == {303}
+    assert alice.log.index(newest) < alice.log.index(changed)
+    assert not [s for s in alice.received if s.name == "presence"
+                and s.getAttribute("from") == f"{ROOM}/Bob"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_history_on_join_subject_and_delay(memory_xmpp):
     node = await memory_xmpp()
     await node.add_users("alice", "bob", "carol", "dave")

@@ -2,8 +2,10 @@
 ``<inactive/>`` and the server holds what can wait.
 
 While a resource is inactive, presence, tune and PEP events for it are held and collapsed:
-only the newest per contact resource, per tune publisher, per PEP node and item survives.
-Messages and everything else pass at once. ``<active/>`` flushes what is held, oldest first;
+only the newest per contact resource, per tune publisher, per PEP node and item, per room
+occupant survives. Messages and everything else pass at once. A room presence with status
+codes (a nick change, one's own presence, a kick) is news that cannot be collapsed: it flushes
+what is held first, so the client never sees an occupant's older state after it. ``<active/>`` flushes what is held, oldest first;
 so does passing :data:`MAX_HELD` distinct entries (a bounded buffer: the client then gets
 them as if it were active). The held events live here, keyed by session: an active session
 costs nothing."""
@@ -16,6 +18,7 @@ from twisted.words.xish import domish
 
 from presenced import events
 from presenced.events import Event
+from presenced.muc.service import ROOM_PRESENCE
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.session import PROBE_ANSWER
 
@@ -35,6 +38,8 @@ def _key(event: Event) -> Hashable:
         return ("tune", event.sender)
     if kind == events.PEP:
         return ("pep", event.sender, payload["node"], payload.get("item_id"))
+    if kind == ROOM_PRESENCE and not payload["codes"]:
+        return ("room", payload["room"], payload["nick"])
     return None
 
 
@@ -62,6 +67,8 @@ class ClientStateHandler(FeatureHandler):
     def hold(self, session: "C2SSession", event: Event) -> bool:
         key = _key(event)
         if key is None:
+            if event.type == ROOM_PRESENCE:
+                self.flush(session)
             return False
         held = self.held[session]
         held.pop(key, None)  # the newest goes last: flushed in arrival order
