@@ -129,8 +129,7 @@ class Accounts:
         existed = await self.store.remove_user(user)
         if self.external is not None:
             existed = True
-        for session in self.router.sessions(user):
-            session.close("account removed")
+        self.router.end_sessions(user, "account removed")
         self.hooks.fire("user-removed", user, contacts)
         return existed
 

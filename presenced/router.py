@@ -31,7 +31,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-from presenced.events import Event
+from presenced.events import END_SESSIONS, Event
 from presenced.followers import FollowersIndex
 from presenced.logs import RepeatLimiter
 from presenced.store import IRosterStore, Pair
@@ -249,6 +249,10 @@ class SubscriptionRouter:
         sessions = self._sessions.get(user)
         if not sessions:
             return 0
+        if event.type == END_SESSIONS:
+            for session in list(sessions):
+                session.close(event.payload["reason"])
+            return len(sessions)
         if self.delivery_filter is not None and self.delivery_filter(user, event):
             return 0
         reached = 0
@@ -267,6 +271,12 @@ class SubscriptionRouter:
     def deliver(self, user: str, event: Event) -> int:
         """Hand ``event`` to ``user``'s own sessions, wherever they are (a message, a push)."""
         return self.transport.route(self, (user,), event)
+
+    def end_sessions(self, user: str, reason: str) -> int:
+        """Close every session of ``user`` on every node (account removed, an administrator's
+        order); returns how many were closed on this node (other nodes close theirs as the
+        event reaches them)."""
+        return self.transport.route(self, (user,), Event(END_SESSIONS, user, {"reason": reason}))
 
     def send(self, subject: str, event: Event) -> defer.Deferred:
         """Deliver ``event`` to ``subject``'s sessions and every subscriber's, on every node;

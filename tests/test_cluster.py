@@ -118,6 +118,19 @@ async def test_messages_reach_a_user_wherever_their_sessions_are(nodes):
 
 
 @pytest_twisted.ensureDeferred
+async def test_removing_an_account_closes_its_sessions_on_every_node(nodes):
+    a, b = await nodes("a"), await nodes("b")
+    assert await a.core.accounts.register("erin@localhost", "pw")
+    here, there = a.session("erin@localhost", "desk"), b.session("erin@localhost", "phone")
+    other = b.session("frank@localhost")
+    await eventually(lambda: "erin@localhost" in a.cluster.directory.nodes_of)
+    assert await a.core.accounts.remove("erin@localhost")
+    await eventually(lambda: there.closed)
+    assert here.closed == there.closed == ["account removed"]
+    assert not other.closed and not there.events
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_dead_nodes_users_go_unavailable_for_their_friends(nodes):
     a, b = await nodes("a"), await nodes("b")
     await a.store.add_friends([("ann@x", "bob@x")])

@@ -133,12 +133,13 @@ class EndUserSession(AdminCommand):
     fields = {"accountjids": ACCOUNTS}
 
     async def run(self, session: "C2SSession", values: dict[str, Any]) -> Outcome:
-        ended = 0
-        for user in self.accounts(values):
-            for found in self.core.router.sessions(user):
-                found.close("ended by an administrator")
-                ended += 1
-        return Outcome(f"{ended} sessions ended on this node")
+        users = self.accounts(values)
+        ended = sum(self.core.router.end_sessions(user, "ended by an administrator")
+                    for user in users)
+        elsewhere = len(set().union(*(self.core.router.transport.remote_nodes(user)
+                                      for user in users)))
+        return Outcome(f"{ended} sessions ended on this node" +
+                       (f", more on {elsewhere} other nodes" if elsewhere else ""))
 
 
 def online_users(core) -> set[str]:
