@@ -4,10 +4,13 @@ server in this process that answers by cookie and counts what it was asked."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import websocket
 
 from tests.helpers import HTTPStream, free_port, http_get
 
@@ -87,3 +90,82 @@ def test_a_site_that_cannot_answer_means_503(presenced_factory):
         "xmpp": {"enabled": False}, "webadmin": {"enabled": False}})
     status, _, body = http_get(server.ports["comet"], "/poll/alice", {"Cookie": "session=a"})
     assert status == 503 and b"authorization" in body
+
+
+# A site served by twisted.web in its own process: alice's cookie names alice, others are
+# refused; it prints its port, then serves until the test closes its stdin.
+TWISTED_SITE = r'''
+import json, sys
+from twisted.internet import reactor, stdio
+from twisted.internet.protocol import Protocol
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+class Auth(Resource):
+    isLeaf = True
+    def render_GET(self, request):
+        sys.stderr.write((request.getHeader(b"x-original-uri") or b"").decode() + "\n")
+        sys.stderr.flush()
+        request.setHeader(b"content-type", b"application/json")
+        if b"session=alice" in (request.getHeader(b"cookie") or b""):
+            return json.dumps({"user": "alice"}).encode()
+        request.setResponseCode(403)
+        return b"{}"
+
+class Quit(Protocol):
+    def connectionLost(self, reason):
+        reactor.stop()
+
+port = reactor.listenTCP(0, Site(Auth()), interface="127.0.0.1")
+print(port.getHost().port, flush=True)
+stdio.StandardIO(Quit())
+reactor.run()
+'''
+
+
+@pytest.fixture
+def twisted_site():
+    proc = subprocess.Popen([sys.executable, "-c", TWISTED_SITE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc, int(proc.stdout.readline())
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+def test_the_site_names_the_user_of_a_websocket_without_a_token(presenced_factory,
+                                                                twisted_site):
+    proc, site_port = twisted_site
+    server = presenced_factory({
+        "comet": {"authorize_url": f"http://127.0.0.1:{site_port}/auth"},
+        "xmpp": {"enabled": False}, "webadmin": {"enabled": False}})
+    url = f"ws://127.0.0.1:{server.ports['comet']}/ws/alice"
+    for _ in range(2):  # the second upgrade is answered from the cache
+        ws = websocket.create_connection(url, timeout=5, cookie="session=alice")
+        try:
+            assert json.loads(ws.recv())["user"] == "alice@localhost"
+        finally:
+            ws.close()
+    # Alice's cookie does not open bob's socket; a refused cookie opens nothing.
+    for path, cookie in (("/ws/bob", "session=alice"), ("/ws/alice", "session=mallory")):
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            websocket.create_connection(url.replace("/ws/alice", path), timeout=5,
+                                        cookie=cookie)
+        assert refused.value.status_code == 403
+    proc.stdin.close()
+    proc.wait(timeout=10)
+    # Asked once for alice's two sockets, once for bob's path, once for mallory's cookie.
+    assert proc.stderr.read().split() == ["/ws/alice", "/ws/bob", "/ws/alice"]
+
+
+def test_a_websocket_is_refused_with_503_before_upgrade_when_the_site_is_down(
+        presenced_factory):
+    server = presenced_factory({
+        "comet": {"authorize_url": f"http://127.0.0.1:{free_port()}/auth",
+                  "authorize_timeout": 2.0},
+        "xmpp": {"enabled": False}, "webadmin": {"enabled": False}})
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(f"ws://127.0.0.1:{server.ports['comet']}/ws/alice",
+                                    timeout=5, cookie="session=alice")
+    assert refused.value.status_code == 503

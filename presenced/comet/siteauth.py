@@ -1,6 +1,6 @@
 """Stream authorization by the site (``[comet] authorize_url``), as Nchan's
-``nchan_authorize_request``: a stream or poll request without a token is allowed when the
-site, asked with the browser's cookies, names the user.
+``nchan_authorize_request``: a stream, poll or WebSocket request without a token is allowed
+when the site, asked with the browser's cookies, names the user.
 
 presenced sends ``GET <authorize_url>`` with the request's ``Cookie``, ``Origin`` and
 ``User-Agent``, ``X-Forwarded-For`` (the browser's address) and ``X-Original-URI`` (the

@@ -1,7 +1,8 @@
 """``/ws/<user>``: the same events over a WebSocket (``twisted.web.websocket``).
 
 Each event is one text message holding the event's JSON; the first message is the welcome.
-Messages from the client are ignored. Auth, replay (``?since=``), heartbeats (WebSocket pings)
+Messages from the client are ignored. Auth (a token, or the site's answer when
+``[comet] authorize_url`` is set), replay (``?since=``), heartbeats (WebSocket pings)
 and the slow-client bound are the same as for streams. A client that has sent nothing, not
 even the pong a browser answers each ping with, for ``[comet] websocket_idle_timeout``
 seconds is gone (a dead network path holds a socket open for hours): the server closes it.
@@ -12,10 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 import h11
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from wsproto import ConnectionType
 from wsproto.handshake import H11Handshake
@@ -33,6 +35,8 @@ from presenced.router import ISession
 
 if TYPE_CHECKING:
     from presenced.comet.door import CometDoor
+
+log = Logger()
 
 
 class WebSocketOutput:
@@ -137,6 +141,27 @@ def check_handshake(request: Request) -> None:
         raise HTTPError(400, f"not a valid WebSocket handshake: {e}") from None
 
 
+class SiteAsk:
+    """What :meth:`SiteAuthorizer.user_for` reads of an upgrade request: lower-case
+    headers and the path the browser asked for."""
+
+    __slots__ = ("headers", "path")
+
+    def __init__(self, request: Request):
+        self.headers = {name.lower(): values[0] for name, values
+                        in request.requestHeaders.getAllRawHeaders()}
+        self.path = request.uri.decode("utf-8", "replace").partition("?")[0]
+
+
+def refusal(request: Request, e: HTTPError) -> bytes:
+    """The JSON error answer of a refused upgrade (the status and headers are set here)."""
+    request.setResponseCode(e.status)
+    request.setHeader(b"content-type", b"application/json")
+    if e.status == 401:
+        request.setHeader(b"www-authenticate", b'Bearer realm="presenced"')
+    return error_body(e.message)
+
+
 class UserWebSocket(WebSocketResource):
     """The WebSocket endpoint of one user: checks the token, then upgrades."""
 
@@ -156,17 +181,37 @@ class UserWebSocket(WebSocketResource):
                      for k, v in request.args.items()}
             token = bearer_token(query.get("token"),
                                  (request.getHeader(b"authorization") or b"").decode("latin-1"))
-            self.user = self.door.authorize(self.user_text, token,
-                                            getattr(request.getClientAddress(), "host", "?"))
+            host = getattr(request.getClientAddress(), "host", "?")
             self.cursor = parse_cursor(query.get("since", ""))
             check_handshake(request)
+            if self.door.needs_site(token):
+                # As on streams: the site names the user; its answer (or a 403/503) comes
+                # before the upgrade, so a site that is down never leaves an open socket.
+                d = defer.ensureDeferred(
+                    self.door.authorize_by_site(self.user_text, SiteAsk(request), host))
+                d.addCallbacks(self._site_allowed, self._site_refused,
+                               callbackArgs=(request,), errbackArgs=(request,))
+                return NOT_DONE_YET
+            self.user = self.door.authorize(self.user_text, token, host)
         except HTTPError as e:
-            request.setResponseCode(e.status)
-            request.setHeader(b"content-type", b"application/json")
-            if e.status == 401:
-                request.setHeader(b"www-authenticate", b'Bearer realm="presenced"')
-            return error_body(e.message)
+            return refusal(request, e)
         return super().render_GET(request)
+
+    def _site_allowed(self, user: str, request: Request) -> None:
+        if request.channel is None or request.channel.transport is None:
+            return      # the browser left while the site was asked
+        self.user = user
+        super().render_GET(request)
+
+    def _site_refused(self, failure: Failure, request: Request) -> None:
+        if not failure.check(HTTPError):
+            log.failure("asking the site about a WebSocket", failure)
+        if request.channel is None or request.channel.transport is None:
+            return
+        error = (failure.value if failure.check(HTTPError)
+                 else HTTPError(503, "stream authorization failed"))
+        request.write(refusal(request, error))
+        request.finish()
 
     def buildProtocol(self, request: Request) -> CometWebSocket:
         peer = request.getClientAddress()
