@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
+from presenced import apitokens
 from presenced.apitokens import ApiTokens, TokenRefused
 
 SECRET = b"k" * 32
@@ -58,6 +59,27 @@ async def test_revoked_tokens_stop_at_once_here_and_after_the_cache_elsewhere(st
     clock.now += 11
     assert await there.check(text) is None
     assert not await here.revoke(entry.id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_text_is_verified_once_per_secret_and_still_expires(store, monkeypatch):
+    clock, secret = Clock(), [SECRET]
+    tokens = ApiTokens(store, "localhost", lambda: secret[0], 3, 10.0, clock)
+    text, entry = await tokens.create("publish", ttl=100)
+    verified = []
+    real_check = apitokens.check_token
+    monkeypatch.setattr(apitokens, "check_token",
+                        lambda *args, **kw: verified.append(1) or real_check(*args, **kw))
+    for _ in range(5):
+        assert await tokens.check(text) == entry
+    assert len(verified) == 1
+    assert await tokens.check(text + "0") is None       # a forged text is verified, refused
+    secret[0] = b"x" * 32                               # the node took a cluster's secret
+    assert await tokens.check(text) is None
+    secret[0] = SECRET
+    assert await tokens.check(text) == entry
+    clock.now += 101
+    assert await tokens.check(text) is None             # expired, cached signature or not
 
 
 @pytest_twisted.ensureDeferred
