@@ -117,6 +117,8 @@ def measure(store: IRosterStore, edges_path: Path, n: int, samples: int, seed: i
         "subscribers_p50": sorted(sizes)[len(sizes) // 2],
         "subscribers_max": max(sizes),
         "store_bytes": store_bytes,
+        # the machine is shared: the load around this backend's run, to judge its figures
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
 

@@ -112,3 +112,32 @@ async def test_bulk_write_larger_than_one_script(store):
         assert sorted(await store.get_subscribers(f"big{i}@x")) == sorted(
             [f"big{i - 1}@x", f"big{i + 1}@x"])
     assert await store.get_roster_version("big12000@x") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_load_friends_leaves_the_input_graph_in_both_directions(store):
+    """The bulk loader (what ``presencedctl load-friends`` and bench/store.py run): every
+    edge of a preferential-attachment graph, repeated and reversed edges included, ends up as
+    subscribers and ``both`` roster items on each side, and nothing else does."""
+    import io
+    import random
+
+    from presenced import bulk
+
+    rng = random.Random(7)
+    lines, friends = [], {}
+    for new in range(1, 400):
+        for old in {rng.randrange(new) for _ in range(3)}:
+            a, b = (f"u{new}", f"u{old}") if rng.random() < 0.5 else (f"u{old}", f"u{new}")
+            lines.append(f"{a} {b}\n")
+            friends.setdefault(f"{a}@x", set()).add(f"{b}@x")
+            friends.setdefault(f"{b}@x", set()).add(f"{a}@x")
+    lines += lines[:50]  # a repeated load of the same edges changes nothing
+    bad: list[int] = []
+    pairs = bulk.parse_edges(io.StringIO("".join(lines)), "x", lambda n, *_: bad.append(n))
+    assert await bulk.load_friends(store, pairs, bulk.Progress("f", None)) == len(lines)
+    assert bad == []
+    for user, expected in friends.items():
+        assert set(await store.get_subscribers(user)) == expected, user
+        roster = await store.get_roster(user)
+        assert {(i.jid, i.subscription) for i in roster} == {(j, "both") for j in expected}
