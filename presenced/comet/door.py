@@ -104,7 +104,7 @@ class CometDoor(Factory):
         address only: a token cannot be guessed, so banning the account would only let
         anyone shut its owner out."""
         if not user_text or "/" in user_text:
-            raise HTTPError(404, "no such path: expected /stream/<user>")
+            raise HTTPError(404, "no such path: expected /stream/<user> or /ws/<user>")
         try:
             user = self.core.user(user_text)
         except BadUser as e:
@@ -133,7 +133,7 @@ class CometDoor(Factory):
         """The user the site allows ``request`` for; 403 when the path names another user,
         503 when the site cannot say (:mod:`presenced.comet.siteauth`)."""
         if not user_text or "/" in user_text:
-            raise HTTPError(404, "no such path: expected /stream/<user>")
+            raise HTTPError(404, "no such path: expected /stream/<user> or /ws/<user>")
         try:
             wanted = self.core.user(user_text)
         except BadUser as e:
