@@ -346,3 +346,24 @@ async def test_a_sender_is_held_while_its_recipient_does_not_read(memory_xmpp):
     assert gus.transport.producerState == "paused"
     await sleep(1.2)                      # for RECIPIENT_WAIT at most
     assert gus.transport.producerState == "producing"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_archive_append_is_counted_and_the_message_still_delivered(
+        memory_xmpp, monkeypatch, logged_errors):
+    def broken(conn, store, rows):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("presenced.store.embedded._archive_append_batch", broken)
+    node = await memory_xmpp({"xmpp": {"archive_days": 7}})
+    await node.add_users("ann", "ben")
+    ann = await node.online("ann")
+    ben = await node.online("ben")
+    ann.send(b"".join(b"<message to='ben@localhost' type='chat'><body>m%d</body></message>"
+                      % i for i in range(3)))
+    for i in range(3):
+        await ben.expect(lambda e, i=i: e.name == "message" and str(e.body) == f"m{i}")
+    await node.settle(20)
+    assert node.core.metrics.value("presenced_archive_failed_total") == 6
+    assert logged_errors and all("disk on fire" in str(e) for e in logged_errors)
+    logged_errors.clear()

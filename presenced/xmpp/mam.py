@@ -289,6 +289,9 @@ class ArchiveHandler(FeatureHandler):
         self.core.metrics.describe("presenced_archive_skipped_total", "counter",
                                    "Messages not archived: their owner had "
                                    f"{MAX_QUEUED} waiting for the store.")
+        self.core.metrics.describe("presenced_archive_failed_total", "counter",
+                                   "Archive appends the store failed (the messages were "
+                                   "delivered, not archived).")
         self._known: dict[str, Prefs] = {}  # prefs of users with a resource on this node
         if self.retention:
             self.core.hooks.add("message-sent", self.message_sent)
@@ -392,8 +395,12 @@ class ArchiveHandler(FeatureHandler):
     def _append(self, owner: str, item: "Pending") -> None:
         d = self.archive.append(owner, item.text, item.when, item.peer, keep=self.limit,
                                 since=item.when - self.retention)
-        d.addErrback(lambda f: self.log.failure("archiving a message for {owner}", f,
-                                                owner=owner))
+        d.addErrback(self._append_failed, owner)
+
+    def _append_failed(self, failure, owner: str) -> None:
+        """The store refused or lost an append: the message was delivered all the same."""
+        self.core.metrics.inc("presenced_archive_failed_total")
+        self.log.failure("archiving a message for {owner}", failure, owner=owner)
 
     def _decide_now(self, owner: str, item: "Pending") -> Optional[bool]:
         """Whether to archive, from what this node holds in memory; None: ask the store."""
