@@ -336,6 +336,7 @@ def run(args, work: Path, server: subprocess.Popen, edges) -> None:
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
                        "samples": len(latencies)},
         "server_rss_end_kb": rss_kb(server.pid),
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }, indent=2))
 
 

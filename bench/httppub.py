@@ -364,4 +364,5 @@ def main(args) -> None:
                 "server_cpu_us_per_event": round(ours["server_cpu_us_per_event"]
                                                  / max(nchan["server_cpu_us_per_event"], 0.01),
                                                  2)}
+    result["load_average_1min"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))
