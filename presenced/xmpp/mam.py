@@ -293,6 +293,7 @@ class ArchiveHandler(FeatureHandler):
                                    "Archive appends the store failed (the messages were "
                                    "delivered, not archived).")
         self._known: dict[str, Prefs] = {}  # prefs of users with a resource on this node
+        self._failure_log = RepeatLimiter()
         if self.retention:
             self.core.hooks.add("message-sent", self.message_sent)
             self.core.hooks.add("xmpp-message-in", self.message_in)
@@ -398,9 +399,13 @@ class ArchiveHandler(FeatureHandler):
         d.addErrback(self._append_failed, owner)
 
     def _append_failed(self, failure, owner: str) -> None:
-        """The store refused or lost an append: the message was delivered all the same."""
+        """The store refused or lost an append: the message was delivered all the same. A
+        failing batch fails each of its appends: one line a minute, with the count."""
         self.core.metrics.inc("presenced_archive_failed_total")
-        self.log.failure("archiving a message for {owner}", failure, owner=owner)
+        repeats = self._failure_log.allow("append")
+        if repeats is not None:
+            self.log.failure("archiving a message for {owner} ({repeats} more failed since "
+                             "the last line)", failure, owner=owner, repeats=repeats)
 
     def _decide_now(self, owner: str, item: "Pending") -> Optional[bool]:
         """Whether to archive, from what this node holds in memory; None: ask the store."""
