@@ -50,6 +50,7 @@ from presenced.nowplaying import Tune
 from presenced.pep import PepService
 from presenced.router import SubscriptionRouter
 from presenced.store import IRosterStore, Pair, RosterItem
+from presenced.topicnodes import TopicNodes
 from presenced.subjects import check_event_data, check_event_type, normalize_subject
 from presenced.tokens import make_token
 from presenced.uploads import FileShare
@@ -139,6 +140,8 @@ class Core:
         # /xmpp-websocket, /http-bind and /.well-known (XEP-0156).
         self.http_resources: dict[bytes, IResource] = {}
         self.pep = PepService(store, self.router, self.metrics)
+        # Nodes of the pubsub service: topics with owners, rules and items (topicnodes.py).
+        self.nodes = TopicNodes(self)
         # Bearer tokens of the HTTP API (presenced.apitokens), valid on every node.
         self.api_tokens = ApiTokens(store, self.domains[0],
                                     lambda: self.secret, server.api_tokens_max,

@@ -27,13 +27,17 @@ PEP = "pep"            # payload: node, and item_id + item (XML text) | retract 
                        # purge | delete (True); PEP nodes other than the tune, XMPP only
 SITE = "site"          # payload: type (the site's event type), data (a JSON object); sender
                        # is a user or a topic (presenced.subjects, Core.publish)
+NODE = "pubsub-node"  # sender: a topic; payload as PEP's (node, item_id + item | retract |
+                      # purge | delete) or subscription + jid (an authorization answered):
+                      # a node of the pubsub service (presenced.topicnodes), XMPP only
+NODE_AUTHORIZE = "pubsub-authorize"  # to a node's owner: node, subscriber (pending approval)
 END_SESSIONS = "end-sessions"  # payload: reason; the router closes the recipient's sessions
                                # on every node instead of delivering (router.end_sessions)
 
 # What a site may name its events (presenced.subjects): short, lower case, not one of ours.
 SITE_TYPE = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
-OWN_TYPES = frozenset((TUNE, PRESENCE, MESSAGE, ROSTER, ADMIN, PEP, SITE, END_SESSIONS, "welcome",
-                       "closed"))
+OWN_TYPES = frozenset((TUNE, PRESENCE, MESSAGE, ROSTER, ADMIN, PEP, SITE, NODE, NODE_AUTHORIZE,
+                       END_SESSIONS, "welcome", "closed"))
 
 
 def is_site_type(name: str) -> bool:

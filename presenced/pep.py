@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Collection, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Collection, Optional
 
 from twisted.internet import defer
 
@@ -41,14 +41,17 @@ MAX_ITEMS = 256           # items kept per node (a node's max_items is capped to
 MAX_NODE_BYTES = 262144   # bytes of items per node: what one node may make us store
 ACCESS_MODELS = ("presence", "open", "roster", "whitelist")
 SEND_LAST = ("never", "on_sub", "on_sub_and_presence")
+MAX_TITLE = 256           # characters of a node's pubsub#title kept
 
 
 class PepError(Exception):
-    """A request the node's rules refuse; ``condition`` is the XMPP error to answer."""
+    """A request the node's rules refuse; ``condition`` is the XMPP error to answer and
+    ``app`` the XEP-0060 ``pubsub#errors`` condition beside it ("" for none)."""
 
-    def __init__(self, condition: str, text: str):
+    def __init__(self, condition: str, text: str, app: str = ""):
         super().__init__(text)
         self.condition = condition
+        self.app = app
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,34 +73,44 @@ class PepItem:
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
-    """The XEP-0060 fields presenced honours, with PEP's defaults (XEP-0163 and XEP-0222)."""
+    """The XEP-0060 fields presenced honours, with PEP's defaults (XEP-0163 and XEP-0222).
+    The pubsub service's nodes (:mod:`presenced.topicnodes`) subclass it with their own
+    access models and defaults, so both read and write forms one way."""
+
+    ACCESS: ClassVar[tuple[str, ...]] = ACCESS_MODELS
 
     access_model: str = "presence"
     max_items: int = 1
     persist_items: bool = True
     send_last_published_item: str = "on_sub_and_presence"
+    title: str = ""
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any], base: Optional["NodeConfig"] = None,
-                    ) -> "NodeConfig":
+                    limit: int = MAX_ITEMS) -> "NodeConfig":
         """A configuration from form fields (``pubsub#max_items`` ...); unknown fields are
-        ignored, bad values raise :class:`PepError` (``not-acceptable``)."""
+        ignored, bad values raise :class:`PepError` (``not-acceptable``); ``max_items`` is
+        capped to ``limit``."""
         config = base or cls()
         values: dict[str, Any] = {}
         model = fields.get("pubsub#access_model")
         if model is not None:
-            if model not in ACCESS_MODELS:
-                raise PepError("not-acceptable", f"access model {model!r} is not offered")
+            if model not in cls.ACCESS:
+                raise PepError("not-acceptable", f"access model {model!r} is not offered "
+                               f"(only {', '.join(cls.ACCESS)})")
             values["access_model"] = model
         count = fields.get("pubsub#max_items")
         if count is not None:
             if str(count) == "max":
-                values["max_items"] = MAX_ITEMS
+                values["max_items"] = limit
             else:
                 try:
-                    values["max_items"] = max(1, min(MAX_ITEMS, int(count)))
+                    values["max_items"] = max(1, min(limit, int(count)))
                 except ValueError:
                     raise PepError("not-acceptable", f"max_items {count!r}") from None
+        title = fields.get("pubsub#title")
+        if title is not None:
+            values["title"] = str(title)[:MAX_TITLE]
         persist = fields.get("pubsub#persist_items")
         if persist is not None:
             values["persist_items"] = str(persist).lower() in ("1", "true")
@@ -109,10 +122,13 @@ class NodeConfig:
         return replace(config, **values)
 
     def as_fields(self) -> dict[str, str]:
-        return {"pubsub#access_model": self.access_model,
-                "pubsub#max_items": str(self.max_items),
-                "pubsub#persist_items": "true" if self.persist_items else "false",
-                "pubsub#send_last_published_item": self.send_last_published_item}
+        fields = {"pubsub#access_model": self.access_model,
+                  "pubsub#max_items": str(self.max_items),
+                  "pubsub#persist_items": "true" if self.persist_items else "false",
+                  "pubsub#send_last_published_item": self.send_last_published_item}
+        if self.title:
+            fields["pubsub#title"] = self.title
+        return fields
 
     def differs(self, fields: dict[str, Any]) -> Optional[str]:
         """The first publish-options field this configuration does not meet (a failed
@@ -150,14 +166,14 @@ class PepNode:
         return cls(NodeConfig.from_fields(data["config"]),
                    tuple(PepItem(*pair) for pair in data["items"]))
 
-    def with_item(self, item: PepItem) -> "PepNode":
+    def with_item(self, item: PepItem, max_bytes: int = MAX_NODE_BYTES) -> "PepNode":
         kept = [i for i in self.items if i.item_id != item.item_id]
         kept.append(item)
         if not self.config.persist_items:
             kept = kept[-1:]
         kept = kept[-self.config.max_items:]
-        if sum(len(i.payload) for i in kept) > MAX_NODE_BYTES:
-            raise PepError("not-acceptable", f"a node keeps at most {MAX_NODE_BYTES} bytes")
+        if sum(len(i.payload) for i in kept) > max_bytes:
+            raise PepError("not-acceptable", f"a node keeps at most {max_bytes} bytes")
         return replace(self, items=tuple(kept))
 
 

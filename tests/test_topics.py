@@ -189,7 +189,11 @@ async def test_the_pubsub_service_refuses_what_it_does_not_do(memory_xmpp):
     for n, (payload, condition) in enumerate((
             ("<subscribe node='artist/x' jid='bob@localhost'/>", "bad-request"),
             ("<subscribe node='no-slash' jid='erin@localhost'/>", "item-not-found"),
-            ("<create node='artist/x'/>", "feature-not-implemented"))):
+            ("<create/>", "not-acceptable"),  # no instant nodes: a node is a topic
+            ("<options node='artist/x' jid='erin@localhost'><x xmlns='jabber:x:data' "
+             "type='submit'><field var='FORM_TYPE' type='hidden'><value>"
+             "http://jabber.org/protocol/pubsub#subscribe_options</value></field></x>"
+             "</options>", "feature-not-implemented"))):
         answer = await erin.iq(f"<iq type='set' id='r{n}' to='pubsub.localhost'>"
                                f"<pubsub xmlns='{NS_PUBSUB}'>{payload}</pubsub></iq>")
         assert answer["type"] == "error", payload

@@ -87,7 +87,8 @@ class MucHandler(FeatureHandler):
         self.core.hooks.add("xmpp-unavailable", lambda session, status: self._gone(session))
 
     def getDiscoItems(self, requestor, target, nodeIdentifier=""):
-        if nodeIdentifier or target.user or not self.rooms.enabled:
+        if (nodeIdentifier or target.user or target.host not in self.server.domains
+                or not self.rooms.enabled):
             return []
         return [disco.DiscoItem(JID(self.rooms.domain), name="Chatrooms")]
 

@@ -295,7 +295,7 @@ class PepHandler(FeatureHandler):
         """Write the notification; its bytes are built once per event, whatever the fan-out."""
         rendered_event, head, tail = self._rendered
         if rendered_event is not event:
-            head, tail = _split_notification(event.sender, _event_content(event, node))
+            head, tail = _split_notification(event.sender, event_content(event, node))
             self._rendered = (event, head, tail)
         session.write(head + self._quoted_jid(session) + tail)
         self.notifications += 1
@@ -459,7 +459,7 @@ def _disco_query(iq: domish.Element) -> domish.Element:
     raise ValueError("disco#info result without <query/>")
 
 
-def _event_content(event: Event, node: str) -> str:
+def event_content(event: Event, node: str) -> str:
     """The ``<items/>`` or ``<delete/>`` of a router event's notification."""
     payload = event.payload
     if event.type == events.TUNE:

@@ -35,6 +35,7 @@ from presenced.xmpp.register import RegisterHandler
 from presenced.xmpp.roster import RosterHandler
 from presenced.xmpp.server import C2SFactory, C2SServer
 from presenced.xmpp.session_iq import LegacySessionHandler
+from presenced.xmpp.pubsub import PubsubServiceHandler
 from presenced.xmpp.siteevents import SiteEventHandler
 from presenced.xmpp.sm import StreamManagementHandler
 from presenced.xmpp.tls import LOAD_ERRORS, context_factory
@@ -48,7 +49,7 @@ FEATURES: tuple[type[FeatureHandler], ...] = (
     VersionHandler, VCardHandler, RegisterHandler, PepHandler, LegacySessionHandler,
     CarbonsHandler, BlockingHandler, PrivateStorageHandler, LastActivityHandler,
     ClientStateHandler, StreamManagementHandler, ArchiveHandler, VCardAvatarHandler,
-    BookmarksCompatHandler, SiteEventHandler, MucHandler, UploadHandler,
+    BookmarksCompatHandler, SiteEventHandler, PubsubServiceHandler, MucHandler, UploadHandler,
     AdminCommandsHandler)
 
 # What a connection past [xmpp] max_connections(_per_ip) reads before it is closed.

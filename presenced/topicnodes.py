@@ -1,0 +1,311 @@
+"""Nodes of the pubsub service (XEP-0060 on ``pubsub.<domain>``): a topic's owner, rules,
+affiliations and items, decided here for every door.
+
+A topic needs no node: it is followed and published to as it is (docs/topics.md), with the
+``open`` access model, no owner and no items. Creating a node (``create``, or the first
+XMPP publish to the topic) gives it an owner, the creating user, and a configuration:
+
+- access model ``open`` (anyone not outcast subscribes), ``whitelist`` (only the owner,
+  publishers and members; others get ``closed-node``) or ``authorize`` (others wait for the
+  owner's approval, asked with an :data:`~presenced.events.NODE_AUTHORIZE` event);
+- ``max_items`` / ``persist_items`` / ``title``, read and written by PEP's own form code
+  (:class:`presenced.pep.NodeConfig`).
+
+A node's subscribers are the topic's followers in the subscription graph, whoever added
+them (an XMPP subscribe, Thrift or HTTP ``add_subscriptions``): one graph, so a site event
+posted over HTTP reaches XMPP subscribers, and a subscriber over XMPP is a web follower.
+Only pending approvals are kept in the node. Items, retractions, purges and deletion reach
+the followers as one router :data:`~presenced.events.NODE` event (PEP's payload shape).
+
+``actor`` None in the calls below is the site itself (the HTTP API, a server admin): it may
+manage every node. The record of a node is one value of the ``pubsub`` map store under the
+topic; the ``pubsub`` key holds the index (topic -> owner) that disco and the per-user
+bound read.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Collection, Optional
+
+from presenced import events
+from presenced.events import Event
+from presenced.pep import NodeConfig, PepError, PepItem, PepNode
+from presenced.store import PUBSUB_STORE
+
+if TYPE_CHECKING:
+    from presenced.core import Core
+    from presenced.store import IMapStore
+
+TOPIC_ACCESS = ("open", "whitelist", "authorize")
+AFFILIATIONS = ("owner", "publisher", "member", "none", "outcast")
+MEMBERS = ("owner", "publisher", "member")  # who passes a whitelist and needs no approval
+INDEX = "pubsub"     # the map's "user" that lists every node (never a topic: no "/")
+RECORD = "node"      # the map key of a node's record, under its topic
+
+
+@dataclass(frozen=True, slots=True)
+class TopicConfig(NodeConfig):
+    """A topic node's configuration: the service's access models and defaults."""
+
+    ACCESS: ClassVar[tuple[str, ...]] = TOPIC_ACCESS
+
+    access_model: str = "open"
+    max_items: int = 10
+    send_last_published_item: str = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNode:
+    """A node as stored: owner, configuration, items (oldest first), affiliations other
+    than the owner's and ``none``, and subscribers waiting for approval."""
+
+    owner: str
+    config: TopicConfig = TopicConfig()
+    items: tuple[PepItem, ...] = ()
+    affiliations: tuple[tuple[str, str], ...] = ()
+    pending: tuple[str, ...] = ()
+
+    def affiliation(self, jid: Optional[str]) -> str:
+        if jid == self.owner:
+            return "owner"
+        return dict(self.affiliations).get(jid, "none")
+
+    def encode(self) -> str:
+        return json.dumps({"owner": self.owner, "config": self.config.as_fields(),
+                           "items": [[i.item_id, i.payload] for i in self.items],
+                           "affiliations": dict(self.affiliations),
+                           "pending": list(self.pending)})
+
+    @classmethod
+    def decode(cls, text: str) -> "TopicNode":
+        data = json.loads(text)
+        return cls(data["owner"], TopicConfig.from_fields(data["config"]),
+                   tuple(PepItem(*pair) for pair in data["items"]),
+                   tuple(sorted(data["affiliations"].items())), tuple(data["pending"]))
+
+
+class TopicNodes:
+    """The core's pubsub service nodes: every door's node management, publish and reads."""
+
+    def __init__(self, core: "Core"):
+        self.core = core
+
+    @property
+    def _map(self) -> "IMapStore":
+        return self.core.store.open_map(PUBSUB_STORE)
+
+    @property
+    def _limits(self):
+        return self.core.config.server
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def get(self, topic: str) -> Optional[TopicNode]:
+        text = await self._map.get(topic, RECORD)
+        return None if text is None else TopicNode.decode(text)
+
+    async def owners(self) -> dict[str, str]:
+        """``{topic: owner}`` of every node."""
+        return await self._map.items(INDEX)
+
+    async def items(self, actor: Optional[str], topic: str, item_ids: Collection[str] = (),
+                    max_items: Optional[int] = None) -> list[PepItem]:
+        """The node's items (those of ``item_ids`` when given, the newest ``max_items``)."""
+        node = await self._existing(topic)
+        await self._check_read(actor, topic, node)
+        chosen = [i for i in node.items if not item_ids or i.item_id in item_ids]
+        return chosen[-max_items:] if max_items else chosen
+
+    async def subscribers(self, actor: Optional[str], topic: str) -> list[tuple[str, str]]:
+        """``(jid, "subscribed" | "pending")`` of the node, for its owner."""
+        node = await self.managed(actor, topic)
+        followers = await self.core.store.get_subscribers(topic)
+        return ([(jid, "subscribed") for jid in sorted(followers)]
+                + [(jid, "pending") for jid in node.pending])
+
+    async def affiliations(self, actor: Optional[str], topic: str) -> list[tuple[str, str]]:
+        node = await self.managed(actor, topic)
+        return [(node.owner, "owner")] + list(node.affiliations)
+
+    # --- node management --------------------------------------------------------------------
+
+    async def create(self, owner: str, topic: str, fields: Optional[dict[str, Any]] = None,
+                     ) -> TopicNode:
+        """A new node owned by ``owner``; ``conflict`` when the topic has one already,
+        ``policy-violation`` past ``[server] pubsub_nodes_per_user``."""
+        if await self.get(topic) is not None:
+            raise PepError("conflict", f"the node {topic} exists")
+        limit = self._limits.pubsub_nodes_per_user
+        owned = sum(1 for who in (await self.owners()).values() if who == owner)
+        if owned >= limit:
+            raise PepError("policy-violation", f"a user may own {limit} nodes "
+                           "([server] pubsub_nodes_per_user)")
+        node = TopicNode(owner, self._config(fields or {}))
+        await self._map.set(topic, RECORD, node.encode())
+        await self._map.set(INDEX, topic, owner)
+        return node
+
+    async def configure(self, actor: Optional[str], topic: str,
+                        fields: dict[str, Any]) -> None:
+        """Change the node's configuration; fewer ``max_items`` drops the oldest."""
+        node = await self.managed(actor, topic)
+        config = self._config(fields, node.config)
+        kept = node.items[-config.max_items:] if config.persist_items else ()
+        await self._save(topic, replace(node, config=config, items=kept))
+
+    async def delete(self, actor: Optional[str], topic: str) -> None:
+        """Delete the node: its followers hear ``<delete/>`` and stop following it."""
+        await self.managed(actor, topic)
+        await self._map.delete(topic, RECORD)
+        await self._map.delete(INDEX, topic)
+        await self._notify(topic, {"delete": True})
+        followers = await self.core.store.get_subscribers(topic)
+        await self.core.remove_subscriptions([(jid, topic) for jid in followers])
+
+    async def purge(self, actor: Optional[str], topic: str) -> None:
+        node = await self.managed(actor, topic)
+        await self._save(topic, replace(node, items=()))
+        await self._notify(topic, {"purge": True})
+
+    async def set_affiliations(self, actor: Optional[str], topic: str,
+                               changes: dict[str, str]) -> None:
+        """Owner's changes (jid -> publisher/member/none/outcast); an outcast stops
+        following the node. The owner's own affiliation is not changed here."""
+        node = await self.managed(actor, topic)
+        current = dict(node.affiliations)
+        for jid, affiliation in changes.items():
+            if affiliation not in AFFILIATIONS or affiliation == "owner" or jid == node.owner:
+                raise PepError("not-acceptable", f"{jid}: affiliation {affiliation!r} "
+                               "(publisher, member, none or outcast; not the owner's)")
+            current.pop(jid, None)
+            if affiliation != "none":
+                current[jid] = affiliation
+        await self._save(topic, replace(node, affiliations=tuple(sorted(current.items()))))
+        banned = [(jid, topic) for jid, a in changes.items() if a == "outcast"]
+        if banned:
+            await self.core.remove_subscriptions(banned)
+
+    # --- publish ----------------------------------------------------------------------------
+
+    async def publish(self, actor: str, topic: str, item_id: Optional[str], xml: str) -> str:
+        """Keep an item (when the node persists items) and send it to the followers; the
+        topic's node is created, owned by ``actor``, on its first publish. Only the owner
+        and publishers publish. Returns the item id (generated when None)."""
+        node = await self.get(topic)
+        if node is None:
+            node = await self.create(actor, topic)
+        elif node.affiliation(actor) not in ("owner", "publisher"):
+            raise PepError("forbidden", "only the node's owner and publishers publish")
+        limit = self._limits.pubsub_item_bytes
+        if len(xml.encode("utf-8")) > limit:
+            raise PepError("not-acceptable", f"an item is at most {limit} bytes "
+                           "([server] pubsub_item_bytes)", app="payload-too-big")
+        item = PepItem(item_id or secrets.token_hex(8), xml)
+        if node.config.persist_items:
+            kept = PepNode(node.config, node.items).with_item(
+                item, limit * self._limits.pubsub_max_items).items
+            await self._save(topic, replace(node, items=kept))
+        await self._notify(topic, {"item_id": item.item_id, "item": xml})
+        return item.item_id
+
+    async def retract(self, actor: str, topic: str, item_ids: Collection[str],
+                      notify: bool = True) -> None:
+        node = await self._existing(topic)
+        if actor is not None and node.affiliation(actor) not in ("owner", "publisher"):
+            raise PepError("forbidden", "only the node's owner and publishers retract")
+        gone = [i.item_id for i in node.items if i.item_id in item_ids]
+        if not gone:
+            raise PepError("item-not-found", "no such item")
+        await self._save(topic, replace(node, items=tuple(
+            i for i in node.items if i.item_id not in gone)))
+        if notify:
+            await self._notify(topic, {"retract": gone})
+
+    # --- subscriptions ----------------------------------------------------------------------
+
+    async def subscribe(self, user: str, topic: str) -> str:
+        """Follow the topic as its node's rules allow: "subscribed", or "pending" while the
+        owner of an ``authorize`` node decides (the owner is asked at once)."""
+        node = await self.get(topic)
+        if node is not None:
+            affiliation, model = node.affiliation(user), node.config.access_model
+            if affiliation == "outcast":
+                raise PepError("forbidden", "you are banned from this node")
+            if affiliation not in MEMBERS and model == "whitelist":
+                raise PepError("not-allowed", "this node is open to its members only",
+                               app="closed-node")
+            if affiliation not in MEMBERS and model == "authorize":
+                if user not in node.pending:
+                    await self._save(topic, replace(node, pending=node.pending + (user,)))
+                self.core.router.deliver(node.owner, Event(events.NODE_AUTHORIZE, topic, {
+                    "node": topic, "subscriber": user}))
+                return "pending"
+        await self.core.add_subscriptions([(user, topic)])
+        return "subscribed"
+
+    async def unsubscribe(self, user: str, topic: str) -> None:
+        node = await self.get(topic)
+        if node is not None and user in node.pending:
+            await self._save(topic, replace(node, pending=tuple(
+                p for p in node.pending if p != user)))
+        await self.core.remove_subscriptions([(user, topic)])
+
+    async def authorize(self, actor: Optional[str], topic: str, subscriber: str,
+                        allow: bool) -> None:
+        """The owner's answer to a pending subscription; the subscriber is told."""
+        node = await self.managed(actor, topic)
+        if subscriber not in node.pending:
+            raise PepError("item-not-found", f"{subscriber} is not waiting for approval")
+        await self._save(topic, replace(node, pending=tuple(
+            p for p in node.pending if p != subscriber)))
+        if allow:
+            await self.core.add_subscriptions([(subscriber, topic)])
+        self.core.router.deliver(subscriber, Event(events.NODE, topic, {
+            "node": topic, "jid": subscriber,
+            "subscription": "subscribed" if allow else "none"}))
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _config(self, fields: dict[str, Any], base: Optional[TopicConfig] = None,
+                ) -> TopicConfig:
+        return TopicConfig.from_fields(fields, base, limit=self._limits.pubsub_max_items)
+
+    async def _existing(self, topic: str) -> TopicNode:
+        node = await self.get(topic)
+        if node is None:
+            raise PepError("item-not-found", f"no node {topic}")
+        return node
+
+    async def managed(self, actor: Optional[str], topic: str) -> TopicNode:
+        """The node, when ``actor`` may manage it (its owner, or the site)."""
+        node = await self._existing(topic)
+        if actor is not None and node.affiliation(actor) != "owner":
+            raise PepError("forbidden", "only the node's owner manages it")
+        return node
+
+    async def _check_read(self, actor: Optional[str], topic: str, node: TopicNode) -> None:
+        """Items are for anyone on an open node, else for members and subscribers."""
+        if actor is None:
+            return
+        affiliation = node.affiliation(actor)
+        if affiliation == "outcast":
+            raise PepError("forbidden", "you are banned from this node")
+        if node.config.access_model == "open" or affiliation in MEMBERS:
+            return
+        if topic in await self.core.store.get_subscriptions(actor):
+            return
+        if node.config.access_model == "whitelist":
+            raise PepError("not-allowed", "this node is open to its members only",
+                           app="closed-node")
+        raise PepError("not-authorized", "subscribe to read this node's items",
+                       app="not-subscribed")
+
+    def _save(self, topic: str, node: TopicNode):
+        return self._map.set(topic, RECORD, node.encode())
+
+    def _notify(self, topic: str, what: dict[str, Any]):
+        """One router event to the topic's followers on every node."""
+        return self.core.router.send(topic, Event(events.NODE, topic, dict(node=topic, **what)))

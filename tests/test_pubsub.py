@@ -1,0 +1,277 @@
+"""The pubsub service pubsub.<domain> (XEP-0060): topics as nodes with owners, rules and
+items (presenced.topicnodes, presenced.xmpp.pubsub), in memory and with slixmpp."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest_twisted
+
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+NS_OWNER = NS_PUBSUB + "#owner"
+NS_EVENT = NS_PUBSUB + "#event"
+NS_ERRORS = NS_PUBSUB + "#errors"
+NS_DATA = "jabber:x:data"
+_ids = itertools.count()
+
+
+def pubsub(kind: str, body: str, owner: bool = False) -> str:
+    namespace = NS_OWNER if owner else NS_PUBSUB
+    return (f"<iq type='{kind}' id='p{next(_ids)}' to='pubsub.localhost'>"
+            f"<pubsub xmlns='{namespace}'>{body}</pubsub></iq>")
+
+
+def form(namespace: str, form_type: str = "submit", **fields: str) -> str:
+    values = "".join(f"<field var='pubsub#{name}'><value>{value}</value></field>"
+                     for name, value in fields.items())
+    return (f"<x xmlns='{NS_DATA}' type='{form_type}'><field var='FORM_TYPE' type='hidden'>"
+            f"<value>{namespace}</value></field>{values}</x>")
+
+
+def config_form(**fields: str) -> str:
+    return form(NS_PUBSUB + "#node_config", **fields)
+
+
+def authorization(subscriber: str, allow: str) -> str:
+    """An owner's answer to a subscription request on vip/room (XEP-0060 §8.6)."""
+    return ("<message id='a' to='pubsub.localhost'>" + form(
+        NS_PUBSUB + "#subscribe_authorization", node="vip/room", subscriber_jid=subscriber,
+        allow=allow) + "</message>")
+
+
+def conditions(iq) -> tuple[str, str]:
+    """(defined condition, pubsub#errors condition) of an error reply; ("", "") if none."""
+    for error in (e for e in iq.elements() if e.name == "error"):
+        names = {c.uri: c.name for c in error.elements() if c.name != "text"}
+        return names.get("urn:ietf:params:xml:ns:xmpp-stanzas", ""), names.get(NS_ERRORS, "")
+    return "", ""
+
+
+def is_event(stanza) -> bool:
+    return stanza.name == "message" and any(c.uri == NS_EVENT for c in stanza.elements())
+
+
+def publish(node: str, item_id: str, payload: str = "<entry xmlns='urn:x'>hi</entry>") -> str:
+    return pubsub("set", f"<publish node='{node}'><item id='{item_id}'>{payload}</item>"
+                         "</publish>")
+
+
+async def two_users(memory_xmpp, *others: str, sections=None):
+    node = await memory_xmpp(sections)
+    await node.add_users("alice", "bob", *others)
+    clients = [await node.online(user) for user in ("alice", "bob") + others]
+    return node, clients
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_publish_items_retract_purge_delete(memory_xmpp):
+    node, (alice, bob) = await two_users(memory_xmpp)
+    created = await alice.iq(pubsub("set", "<create node='news/world'/>"))
+    assert created["type"] == "result"
+    again = await bob.iq(pubsub("set", "<create node='news/world'/>"))
+    assert conditions(again) == ("conflict", "")
+    answer = await bob.iq(pubsub("set", "<subscribe node='news/world' jid='bob@localhost'/>"))
+    assert answer.pubsub.subscription["subscription"] == "subscribed"
+    # The subscriber is a follower of the topic, as the site sees it.
+    assert await node.core.store.get_subscribers("news/world") == ["bob@localhost"]
+
+    for item_id in ("a", "b"):
+        answer = await alice.iq(publish("news/world", item_id))
+        assert answer.pubsub.publish.item["id"] == item_id
+        note = await bob.expect(is_event)
+        assert note["from"] == "pubsub.localhost"
+        assert note.event.items["node"] == "news/world"
+        assert note.event.items.item["id"] == item_id
+        assert note.event.items.item.entry.uri == "urn:x"
+    refused = await bob.iq(publish("news/world", "x"))
+    assert conditions(refused) == ("forbidden", "")
+
+    items = await bob.iq(pubsub("get", "<items node='news/world'/>"))
+    assert [i["id"] for i in items.pubsub.items.elements()] == ["a", "b"]
+    newest = await bob.iq(pubsub("get", "<items node='news/world' max_items='1'/>"))
+    assert [i["id"] for i in newest.pubsub.items.elements()] == ["b"]
+    by_id = await bob.iq(pubsub("get", "<items node='news/world'><item id='a'/></items>"))
+    assert [i["id"] for i in by_id.pubsub.items.elements()] == ["a"]
+
+    retracted = await alice.iq(pubsub("set", "<retract node='news/world' notify='true'>"
+                                              "<item id='a'/></retract>"))
+    assert retracted["type"] == "result"
+    note = await bob.expect(is_event)
+    assert note.event.items.retract["id"] == "a"
+
+    assert (await alice.iq(pubsub("set", "<purge node='news/world'/>", owner=True)))[
+        "type"] == "result"
+    note = await bob.expect(is_event)
+    assert note.event.purge["node"] == "news/world"
+    items = await bob.iq(pubsub("get", "<items node='news/world'/>"))
+    assert list(items.pubsub.items.elements()) == []
+
+    refused = await bob.iq(pubsub("set", "<delete node='news/world'/>", owner=True))
+    assert conditions(refused) == ("forbidden", "")
+    assert (await alice.iq(pubsub("set", "<delete node='news/world'/>", owner=True)))[
+        "type"] == "result"
+    note = await bob.expect(is_event)
+    assert note.event.delete["node"] == "news/world"
+    assert await node.core.store.get_subscribers("news/world") == []
+    gone = await bob.iq(pubsub("get", "<items node='news/world'/>"))
+    assert conditions(gone) == ("item-not-found", "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_with_a_form_and_configure(memory_xmpp):
+    node, (alice, bob) = await two_users(memory_xmpp)
+    answer = await alice.iq(pubsub("set", "<create node='photo/1'/><configure>"
+                                          + config_form(max_items="2", title="Holidays")
+                                          + "</configure>"))
+    assert answer["type"] == "result"
+    got = await alice.iq(pubsub("get", "<configure node='photo/1'/>", owner=True))
+    values = {f["var"]: str(f.value) for f in got.pubsub.configure.x.elements()
+              if f.name == "field" and f.getAttribute("var") != "FORM_TYPE"}
+    assert values["pubsub#max_items"] == "2"
+    assert values["pubsub#title"] == "Holidays"
+    assert values["pubsub#access_model"] == "open"
+    for item_id in ("1", "2", "3"):
+        await alice.iq(publish("photo/1", item_id))
+    items = await alice.iq(pubsub("get", "<items node='photo/1'/>"))
+    assert [i["id"] for i in items.pubsub.items.elements()] == ["2", "3"]
+
+    changed = await alice.iq(pubsub("set", "<configure node='photo/1'>"
+                                           + config_form(max_items="1", persist_items="0")
+                                           + "</configure>", owner=True))
+    assert changed["type"] == "result"
+    items = await alice.iq(pubsub("get", "<items node='photo/1'/>"))
+    assert list(items.pubsub.items.elements()) == []
+    await alice.iq(publish("photo/1", "4"))
+    items = await alice.iq(pubsub("get", "<items node='photo/1'/>"))
+    assert list(items.pubsub.items.elements()) == []  # persist_items off keeps nothing
+
+    bad = await alice.iq(pubsub("set", "<configure node='photo/1'>"
+                                       + config_form(access_model="roster")
+                                       + "</configure>", owner=True))
+    assert conditions(bad) == ("not-acceptable", "")
+    refused = await bob.iq(pubsub("get", "<configure node='photo/1'/>", owner=True))
+    assert conditions(refused) == ("forbidden", "")
+    info = await bob.iq("<iq type='get' id='di' to='pubsub.localhost'><query xmlns="
+                        "'http://jabber.org/protocol/disco#info' node='photo/1'/></iq>")
+    meta = {f["var"]: str(f.value) for f in info.query.x.elements() if f.name == "field"}
+    assert meta["pubsub#owner"] == "alice@localhost"
+    assert meta["FORM_TYPE"] == NS_PUBSUB + "#meta-data"
+    listing = await bob.iq("<iq type='get' id='dl' to='pubsub.localhost'><query xmlns="
+                           "'http://jabber.org/protocol/disco#items'/></iq>")
+    assert [i["node"] for i in listing.query.elements()] == ["photo/1"]
+    features = await bob.iq("<iq type='get' id='df' to='pubsub.localhost'><query xmlns="
+                            "'http://jabber.org/protocol/disco#info'/></iq>")
+    offered = {f["var"] for f in features.query.elements() if f.name == "feature"}
+    assert {NS_PUBSUB + "#create-nodes", NS_PUBSUB + "#access-whitelist",
+            NS_PUBSUB + "#purge-nodes"} <= offered
+
+
+@pytest_twisted.ensureDeferred
+async def test_whitelist_denies_non_members_and_affiliations_let_them_in(memory_xmpp):
+    node, (alice, bob, carol) = await two_users(memory_xmpp, "carol")
+    await alice.iq(pubsub("set", "<create node='club/a'/><configure>"
+                                 + config_form(access_model="whitelist") + "</configure>"))
+    await alice.iq(publish("club/a", "1"))
+    denied = await bob.iq(pubsub("set", "<subscribe node='club/a' jid='bob@localhost'/>"))
+    assert conditions(denied) == ("not-allowed", "closed-node")
+    denied = await bob.iq(pubsub("get", "<items node='club/a'/>"))
+    assert conditions(denied) == ("not-allowed", "closed-node")
+    assert await node.core.store.get_subscribers("club/a") == []
+
+    answer = await alice.iq(pubsub("set", "<affiliations node='club/a'>"
+                                          "<affiliation jid='bob@localhost' affiliation='member'/>"
+                                          "<affiliation jid='carol@localhost' "
+                                          "affiliation='publisher'/></affiliations>", owner=True))
+    assert answer["type"] == "result"
+    listing = await alice.iq(pubsub("get", "<affiliations node='club/a'/>", owner=True))
+    assert {(a["jid"], a["affiliation"]) for a in listing.pubsub.affiliations.elements()} == {
+        ("alice@localhost", "owner"), ("bob@localhost", "member"),
+        ("carol@localhost", "publisher")}
+    joined = await bob.iq(pubsub("set", "<subscribe node='club/a' jid='bob@localhost'/>"))
+    assert joined.pubsub.subscription["subscription"] == "subscribed"
+    assert (await carol.iq(publish("club/a", "2")))["type"] == "result"
+    assert (await bob.expect(is_event)).event.items.item["id"] == "2"
+    own = await alice.iq(pubsub("get", "<affiliations/>"))
+    assert [(a["node"], a["affiliation"]) for a in own.pubsub.affiliations.elements()] == [
+        ("club/a", "owner")]
+
+    await alice.iq(pubsub("set", "<affiliations node='club/a'><affiliation "
+                                 "jid='bob@localhost' affiliation='outcast'/></affiliations>",
+                          owner=True))
+    assert await node.core.store.get_subscribers("club/a") == []
+    banned = await bob.iq(pubsub("get", "<items node='club/a'/>"))
+    assert conditions(banned) == ("forbidden", "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_authorize_asks_the_owner_and_approval_subscribes(memory_xmpp):
+    node, (alice, bob, carol) = await two_users(memory_xmpp, "carol")
+    await alice.iq(pubsub("set", "<create node='vip/room'/><configure>"
+                                 + config_form(access_model="authorize") + "</configure>"))
+    answer = await bob.iq(pubsub("set", "<subscribe node='vip/room' jid='bob@localhost'/>"))
+    assert answer.pubsub.subscription["subscription"] == "pending"
+    request = await alice.expect(lambda s: s.name == "message" and "subscribe_authorization"
+                                 in s.toXml())
+    fields = {f["var"]: str(f.value) for f in request.x.elements() if f.name == "field"}
+    assert fields["pubsub#subscriber_jid"] == "bob@localhost"
+    assert fields["pubsub#node"] == "vip/room"
+    pending = await alice.iq(pubsub("get", "<subscriptions node='vip/room'/>", owner=True))
+    assert [(s["jid"], s["subscription"]) for s in pending.pubsub.subscriptions.elements()] == [
+        ("bob@localhost", "pending")]
+    assert await node.core.store.get_subscribers("vip/room") == []
+
+    alice.send(authorization("bob@localhost", "true"))
+    note = await bob.expect(is_event)
+    assert note.event.subscription["subscription"] == "subscribed"
+    assert await node.core.store.get_subscribers("vip/room") == ["bob@localhost"]
+
+    await carol.iq(pubsub("set", "<subscribe node='vip/room' jid='carol@localhost'/>"))
+    await alice.expect(lambda s: s.name == "message" and "carol@localhost" in s.toXml())
+    alice.send(authorization("carol@localhost", "false"))
+    note = await carol.expect(is_event)
+    assert note.event.subscription["subscription"] == "none"
+    assert await node.core.store.get_subscribers("vip/room") == ["bob@localhost"]
+    # Only the owner answers.
+    carol.send(authorization("carol@localhost", "true"))
+    error = await carol.expect(lambda s: s.name == "message" and s.getAttribute("type")
+                               == "error")
+    assert conditions(error)[0] == "forbidden"
+
+
+@pytest_twisted.ensureDeferred
+async def test_bounds_on_nodes_per_user_items_and_item_size(memory_xmpp):
+    sections = {"server": {"pubsub_nodes_per_user": 1, "pubsub_max_items": 2,
+                           "pubsub_item_bytes": 100}}
+    node, (alice, bob) = await two_users(memory_xmpp, sections=sections)
+    assert (await alice.iq(pubsub("set", "<create node='a/1'/>")))["type"] == "result"
+    refused = await alice.iq(pubsub("set", "<create node='a/2'/>"))
+    assert conditions(refused) == ("policy-violation", "")
+    big = await alice.iq(publish("a/1", "x", "<p xmlns='urn:x'>" + "y" * 200 + "</p>"))
+    assert conditions(big) == ("not-acceptable", "payload-too-big")
+    await alice.iq(pubsub("set", "<configure node='a/1'>" + config_form(max_items="max")
+                                 + "</configure>", owner=True))
+    for item_id in "123":
+        await alice.iq(publish("a/1", item_id))
+    items = await alice.iq(pubsub("get", "<items node='a/1'/>"))
+    assert [i["id"] for i in items.pubsub.items.elements()] == ["2", "3"]
+    # The first publish to a topic without a node creates it, so it counts too.
+    refused = await alice.iq(publish("a/3", "1"))
+    assert conditions(refused) == ("policy-violation", "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_admins_manage_every_node_and_site_followers_are_subscribers(memory_xmpp):
+    node, (alice, bob) = await two_users(
+        memory_xmpp, sections={"xmpp": {"admins": ["bob@localhost"]}})
+    await alice.iq(pubsub("set", "<create node='news/x'/>"))
+    await node.core.add_subscriptions([("alice@localhost", "news/x")])  # as the site does
+    listing = await alice.iq(pubsub("get", "<subscriptions node='news/x'/>", owner=True))
+    assert [s["jid"] for s in listing.pubsub.subscriptions.elements()] == ["alice@localhost"]
+    # A site event posted to the topic reaches its XMPP subscriber as before.
+    _, reached = await node.core.publish("news/x", "headline", {"t": 1})
+    assert reached == 1
+    assert (await alice.expect(is_event)).event.items["node"] == "news/x"
+    answer = await bob.iq(pubsub("set", "<delete node='news/x'/>", owner=True))
+    assert answer["type"] == "result"
+    assert (await alice.expect(is_event)).event.delete["node"] == "news/x"
+    assert await node.core.store.get_subscribers("news/x") == []
