@@ -3,9 +3,19 @@ items (presenced.topicnodes, presenced.xmpp.pubsub), in memory and with slixmpp.
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import itertools
+import json
+from xml.etree import ElementTree
 
+import pytest
 import pytest_twisted
+from slixmpp.exceptions import IqError
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+from tests.helpers import PASSWORD, TIMEOUT, TuneClient, run
 
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 NS_OWNER = NS_PUBSUB + "#owner"
@@ -275,3 +285,176 @@ async def test_admins_manage_every_node_and_site_followers_are_subscribers(memor
     assert answer["type"] == "result"
     assert (await alice.expect(is_event)).event.delete["node"] == "news/x"
     assert await node.core.store.get_subscribers("news/x") == []
+
+
+# --- slixmpp (xep_0060) against a running server, with an HTTP publish -----------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tests.helpers import PresencedProcess
+
+    process = PresencedProcess(tmp_path_factory.mktemp("pubsub"), {
+        "server": {"scram_iterations": 64},
+        "xmpp": {"require_tls": False, "allow_plain": True},
+        "comet": {"enabled": False}})
+    process.start()
+    process.ctl("import-users", "-", "--quiet", input="".join(
+        f"{user}@localhost {PASSWORD}\n" for user in ("owner", "fan", "stranger")))
+    yield process
+    process.stop()
+
+
+class PubsubClient(TuneClient):
+    """slixmpp with xep_0060: pubsub notifications queue in ``tunes`` (TuneClient's), and
+    subscription authorization requests (XEP-0060 §8.6) in ``requests``."""
+
+    def __init__(self, user: str):
+        super().__init__(user, notify=False)
+        self.register_plugin("xep_0004")
+        self.requests: asyncio.Queue = asyncio.Queue()
+        self.register_handler(Callback("authorization", MatchXPath(
+            f"{{jabber:client}}message/{{{NS_DATA}}}x"), self.requests.put_nowait))
+
+    @property
+    def pubsub(self):
+        return self.plugin["xep_0060"]
+
+    async def answer_request(self, allow: bool) -> None:
+        request = await asyncio.wait_for(self.requests.get(), TIMEOUT)
+        form = request["form"]
+        values = form.get_values()
+        reply = self.plugin["xep_0004"].make_form(ftype="submit")
+        reply.add_field("FORM_TYPE", ftype="hidden", value=NS_PUBSUB + "#subscribe_authorization")
+        reply.add_field("pubsub#node", value=values["pubsub#node"])
+        reply.add_field("pubsub#subscriber_jid", value=str(values["pubsub#subscriber_jid"]))
+        reply.add_field("pubsub#allow", ftype="boolean", value=allow)
+        message = self.make_message(mto=request["from"])
+        message.append(reply)
+        message.send()
+
+
+async def connected(server, user: str) -> PubsubClient:
+    client = PubsubClient(user)
+    client.connect("127.0.0.1", server.ports["xmpp"])
+    await asyncio.wait_for(client.started, TIMEOUT)
+    return client
+
+
+def entry(text: str) -> ElementTree.Element:
+    return ElementTree.fromstring(f"<entry xmlns='urn:example:news'><title>{text}</title></entry>")
+
+
+def node_config(client: PubsubClient, **fields) -> object:
+    form = client.plugin["xep_0004"].make_form(ftype="submit")
+    form.add_field("FORM_TYPE", ftype="hidden", value=NS_PUBSUB + "#node_config")
+    for name, value in fields.items():
+        form.add_field(f"pubsub#{name}", value=value)
+    return form
+
+
+def test_a_slixmpp_owner_and_subscriber_use_a_node_end_to_end(server):
+    service = "pubsub.localhost"
+
+    async def scenario() -> None:
+        owner, fan = await connected(server, "owner"), await connected(server, "fan")
+        try:
+            await owner.pubsub.create_node(service, "band/news", config=node_config(
+                owner, max_items="5", title="Band news"))
+            config = await owner.pubsub.get_node_config(service, "band/news")
+            values = config["pubsub_owner"]["configure"]["form"].get_values()
+            assert values["pubsub#title"] == "Band news" and values["pubsub#max_items"] == "5"
+            await owner.pubsub.set_node_config(service, "band/news", node_config(
+                owner, max_items="3"))
+            answer = await fan.pubsub.subscribe(service, "band/news")
+            assert answer["pubsub"]["subscription"]["subscription"] == "subscribed"
+
+            for n in range(4):
+                await owner.pubsub.publish(service, "band/news", id=f"i{n}",
+                                           payload=entry(f"tour {n}"))
+                sender, xml = await fan.next_tune()
+                assert sender == service and f"tour {n}" in xml
+            items = await fan.pubsub.get_items(service, "band/news")
+            assert [i["id"] for i in items["pubsub"]["items"]] == ["i1", "i2", "i3"]
+            one = await fan.pubsub.get_items(service, "band/news", item_ids=["i2"])
+            assert [i["id"] for i in one["pubsub"]["items"]] == ["i2"]
+
+            await owner.pubsub.retract(service, "band/news", "i3", notify=True)
+            assert "retract" in (await fan.next_tune())[1]
+            # A site's HTTP publish reaches the XMPP subscriber: one subscription graph.
+            token = server.ctl("api-token", "--scope", "publish").stdout.strip().splitlines()[-1]
+            status, answer = await asyncio.to_thread(
+                http_post, server, "/api/publish/band/news?type=news", b'{"title": "Live"}',
+                token)
+            assert status == 200 and answer["reached"] == 1
+            sender, xml = await fan.next_tune()
+            assert sender == service and "Live" in xml
+
+            await owner.pubsub.purge(service, "band/news")
+            assert "purge" in (await fan.next_tune())[1]
+            assert list((await fan.pubsub.get_items(service, "band/news"))["pubsub"]["items"]) == []
+            await owner.pubsub.delete_node(service, "band/news")
+            assert "delete" in (await fan.next_tune())[1]
+            status, info = await asyncio.to_thread(http_get_json, server,
+                                                   "/api/subjects/band/news", token)
+            assert info["subscribers"] == 0
+        finally:
+            owner.disconnect()
+            fan.disconnect()
+
+    run(scenario())
+
+
+def test_slixmpp_whitelist_denial_and_authorize_approval(server):
+    service = "pubsub.localhost"
+
+    async def scenario() -> None:
+        owner, fan = await connected(server, "owner"), await connected(server, "fan")
+        stranger = await connected(server, "stranger")
+        try:
+            await owner.pubsub.create_node(service, "club/inner", config=node_config(
+                owner, access_model="whitelist"))
+            with pytest.raises(IqError) as denied:
+                await stranger.pubsub.subscribe(service, "club/inner")
+            assert denied.value.iq["error"]["condition"] == "not-allowed"
+            assert denied.value.iq.xml.find(f".//{{{NS_ERRORS}}}closed-node") is not None
+            await owner.pubsub.modify_affiliations(service, "club/inner",
+                                                   [("fan@localhost", "member")])
+            await fan.pubsub.subscribe(service, "club/inner")
+
+            await owner.pubsub.create_node(service, "club/door", config=node_config(
+                owner, access_model="authorize"))
+            answer = await stranger.pubsub.subscribe(service, "club/door")
+            assert answer["pubsub"]["subscription"]["subscription"] == "pending"
+            await owner.answer_request(allow=True)
+            sender, xml = await stranger.next_tune()
+            assert sender == service and "subscribed" in xml
+            await owner.pubsub.publish(service, "club/door", id="w", payload=entry("welcome"))
+            assert "welcome" in (await stranger.next_tune())[1]
+            subscriptions = await owner.pubsub.get_node_subscriptions(service, "club/door")
+            assert [s["jid"].bare for s in
+                    subscriptions["pubsub_owner"]["subscriptions"]] == ["stranger@localhost"]
+        finally:
+            for client in (owner, fan, stranger):
+                client.disconnect()
+
+    run(scenario())
+
+
+def http_post(server, path: str, body: bytes, token: str) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.ports["webadmin"], timeout=20)
+    try:
+        connection.request("POST", path, body=body, headers={"Authorization": f"Bearer {token}"})
+        reply = connection.getresponse()
+        return reply.status, json.loads(reply.read())
+    finally:
+        connection.close()
+
+
+def http_get_json(server, path: str, token: str) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.ports["webadmin"], timeout=20)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        reply = connection.getresponse()
+        return reply.status, json.loads(reply.read())
+    finally:
+        connection.close()
