@@ -282,6 +282,14 @@ CALLS = {
                              "affiliation": "member"},
     "send_room_message": {"room": "apiroom@conference.localhost", "body": "hello room"},
     "destroy_room": {"room": "apiroom@conference.localhost", "reason": "done"},
+    "create_node": {"topic": "artist/nodes", "owner": "apia",
+                    "config": {"pubsub#access_model": "whitelist", "pubsub#max_items": "5"}},
+    "configure_node": {"topic": "artist/nodes", "config": {"pubsub#title": "Nodes"}},
+    "set_node_affiliation": {"topic": "artist/nodes", "user": "apib",
+                             "affiliation": "member"},
+    "list_nodes": {},
+    "purge_node": {"topic": "artist/nodes"},
+    "delete_node": {"topic": "artist/nodes"},
     "remove_friend": {"luser": "apia", "ruser": "apib"},
     "remove_user": {"user": "apia"},
 }
@@ -345,6 +353,8 @@ def test_every_admin_method_over_http_matches_the_openapi_document(server):
             ("register_user", {"user": "x", "password": ""}, 400, "InvalidArgument"),
             ("stream_token", {"user": "x", "ttl": "long"}, 400, "BadArgument"),
             ("online_count", {"extra": 1}, 400, "BadArgument"),
+            ("delete_node", {"topic": "artist/none"}, 400, "InvalidArgument"),
+            ("purge_node", {"topic": "apia"}, 400, "BadJid"),
             ("no_such_method", {}, 404, "NotFound")):
         got, answer = api(server, f"/api/{name}", body, token)
         assert (got, answer["error"]) == (status, error), (name, answer)

@@ -433,6 +433,15 @@ def test_slixmpp_whitelist_denial_and_authorize_approval(server):
             subscriptions = await owner.pubsub.get_node_subscriptions(service, "club/door")
             assert [s["jid"].bare for s in
                     subscriptions["pubsub_owner"]["subscriptions"]] == ["stranger@localhost"]
+            # The site manages every node through the HTTP API (an admin token).
+            token = server.ctl("api-token", "--scope", "admin").stdout.strip().splitlines()[-1]
+            status, answer = await asyncio.to_thread(
+                http_post, server, "/api/delete_node", b'{"topic": "club/door"}', token)
+            assert (status, answer) == (200, {"result": None})
+            assert "delete" in (await stranger.next_tune())[1]
+            status, answer = await asyncio.to_thread(http_post, server, "/api/list_nodes",
+                                                     b"{}", token)
+            assert answer == {"result": {"club/inner": "owner@localhost"}}
         finally:
             for client in (owner, fan, stranger):
                 client.disconnect()

@@ -149,5 +149,23 @@ service PresencedAdmin extends Ejabthrift {
     throws (1: BadJid bad_jid, 2: InvalidArgument invalid, 3: NotEnabled not_enabled),
   /* A message from the room itself to every occupant, kept in its history. */
   void send_room_message(1: string room, 2: string body)
-    throws (2: InvalidArgument invalid, 3: NotEnabled not_enabled)
+    throws (2: InvalidArgument invalid, 3: NotEnabled not_enabled),
+  /* Nodes of the pubsub service pubsub.<domain> (docs/topics.md): a topic with an owner,
+     rules and items. config holds XEP-0060 fields ("pubsub#access_model": "whitelist",
+     "pubsub#max_items": "20", "pubsub#persist_items", "pubsub#title"). The site manages
+     every node. */
+  void create_node(1: string topic, 2: JabberUser owner, 3: map<string, string> config)
+    throws (1: BadJid bad_jid, 2: InvalidArgument invalid),
+  void configure_node(1: string topic, 2: map<string, string> config)
+    throws (1: BadJid bad_jid, 2: InvalidArgument invalid),
+  /* Every node and its owner. */
+  map<string, string> list_nodes(),
+  /* Followers hear <delete/> and stop following the topic. */
+  void delete_node(1: string topic)
+    throws (1: BadJid bad_jid, 2: InvalidArgument invalid),
+  void purge_node(1: string topic)
+    throws (1: BadJid bad_jid, 2: InvalidArgument invalid),
+  /* publisher, member, none or outcast (an outcast stops following). */
+  void set_node_affiliation(1: string topic, 2: JabberUser user, 3: string affiliation)
+    throws (1: BadJid bad_jid, 2: InvalidArgument invalid)
 }

@@ -20,7 +20,8 @@ from presenced.core import Core
 from presenced.muc.room import RoomConfig, RoomError
 from presenced.nowplaying import BadTune, Tune
 from presenced.store import RosterItem
-from presenced.subjects import DEFAULT_EVENT_TYPE
+from presenced.pep import PepError
+from presenced.subjects import DEFAULT_EVENT_TYPE, is_topic
 from presenced.thrift import admin
 from presenced.thrift.batch import FriendshipBatcher
 from presenced.users import BadUser
@@ -227,6 +228,43 @@ class AdminHandler:
             raise admin.InvalidArgument(message=f"{failure.value.condition}: "
                                         f"{failure.value.text or ''}".rstrip(": "))
         return defer.ensureDeferred(work).addCallbacks(answer or _none, refused)
+
+    # --- pubsub nodes (core.nodes), as the site: every node -------------------------------------
+
+    def create_node(self, topic: Optional[str], owner: Any, config: Optional[dict]):
+        return self._nodes(self.core.nodes.create(self.user(owner), self._topic(topic),
+                                                  config or {}))
+
+    def configure_node(self, topic: Optional[str], config: Optional[dict]):
+        return self._nodes(self.core.nodes.configure(None, self._topic(topic), config or {}))
+
+    def list_nodes(self):
+        return defer.ensureDeferred(self.core.nodes.owners())
+
+    def delete_node(self, topic: Optional[str]):
+        return self._nodes(self.core.nodes.delete(None, self._topic(topic)))
+
+    def purge_node(self, topic: Optional[str]):
+        return self._nodes(self.core.nodes.purge(None, self._topic(topic)))
+
+    def set_node_affiliation(self, topic: Optional[str], user: Any,
+                             affiliation: Optional[str]):
+        return self._nodes(self.core.nodes.set_affiliations(
+            None, self._topic(topic), {self.user(user): affiliation or ""}))
+
+    def _topic(self, text: Optional[str]) -> str:
+        topic = self._subject(text or "")
+        if not is_topic(topic):
+            raise admin.BadJid(jid=topic, reason="a pubsub node is a topic (artist/radiohead)")
+        return topic
+
+    def _nodes(self, work) -> defer.Deferred:
+        """A node call: the node's refusals become ``InvalidArgument``."""
+        def refused(failure):
+            failure.trap(PepError)
+            raise admin.InvalidArgument(message=f"{failure.value.condition}: "
+                                        f"{failure.value}")
+        return defer.ensureDeferred(work).addCallbacks(_none, refused)
 
     @defer.inlineCallbacks
     def stats(self):
