@@ -467,3 +467,36 @@ def http_get_json(server, path: str, token: str) -> tuple[int, dict]:
         return reply.status, json.loads(reply.read())
     finally:
         connection.close()
+
+
+# --- the core's nodes on each store backend ---------------------------------------------------
+
+@pytest.mark.parametrize("store", ["embedded", "redis"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_nodes_are_kept_in_the_store_on_every_backend(store, tmp_path):
+    from presenced import config
+    from presenced.core import Core
+    from presenced.pep import PepError
+
+    settings = config.load(overrides={"server": {"data_dir": str(tmp_path / "data")}})
+    core = Core(settings, store)
+    await core.nodes.create("ann@localhost", "label/warp", {"pubsub#access_model": "authorize",
+                                                          "pubsub#max_items": "2"})
+    for item_id in "abc":
+        await core.nodes.publish("ann@localhost", "label/warp", item_id, "<p xmlns='urn:x'/>")
+    assert await core.nodes.subscribe("ben@localhost", "label/warp") == "pending"
+    await core.nodes.set_affiliations(None, "label/warp", {"cat@localhost": "publisher"})
+
+    again = Core(settings, store)  # another node, or after a restart: all from the store
+    node = await again.nodes.get("label/warp")
+    assert (node.owner, node.config.access_model, node.config.max_items) == (
+        "ann@localhost", "authorize", 2)
+    assert [i.item_id for i in node.items] == ["b", "c"]
+    assert node.pending == ("ben@localhost",)
+    assert node.affiliation("cat@localhost") == "publisher"
+    assert await again.nodes.owners() == {"label/warp": "ann@localhost"}
+    await again.nodes.delete(None, "label/warp")
+    assert await core.nodes.get("label/warp") is None and await core.nodes.owners() == {}
+    with pytest.raises(PepError) as refused:
+        await core.nodes.purge(None, "label/warp")
+    assert refused.value.condition == "item-not-found"
