@@ -142,6 +142,7 @@ class Core:
         self.pep = PepService(store, self.router, self.metrics)
         # Nodes of the pubsub service: topics with owners, rules and items (topicnodes.py).
         self.nodes = TopicNodes(self)
+        self.hooks.add("user-removing", self.nodes.forget_user)
         # Bearer tokens of the HTTP API (presenced.apitokens), valid on every node.
         self.api_tokens = ApiTokens(store, self.domains[0],
                                     lambda: self.secret, server.api_tokens_max,

@@ -20,15 +20,21 @@ the followers as one router :data:`~presenced.events.NODE` event (PEP's payload 
 ``actor`` None in the calls below is the site itself (the HTTP API, a server admin): it may
 manage every node. The record of a node is one value of the ``pubsub`` map store under the
 topic; the ``pubsub`` key holds the index (topic -> owner) that disco and the per-user
-bound read.
+bound read. Changes of one node are made one at a time on this server (a client pipelining
+publishes loses none); two cluster nodes changing one node at once may lose one of the
+changes, as PEP's nodes may. Removing an account deletes the nodes it owns.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Collection, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Collection, Optional
+
+from twisted.internet import defer
 
 from presenced import events
 from presenced.events import Event
@@ -87,11 +93,30 @@ class TopicNode:
                    tuple(sorted(data["affiliations"].items())), tuple(data["pending"]))
 
 
+def _one_at_a_time(method):
+    """A change of the node named by the method's second argument (the topic), made once
+    the changes of that node begun before it on this server are done."""
+    @functools.wraps(method)
+    async def serialized(self: "TopicNodes", first: Any, topic: str, *args: Any, **kwargs: Any):
+        async with self._changing(topic):
+            return await method(self, first, topic, *args, **kwargs)
+    return serialized
+
+
 class TopicNodes:
     """The core's pubsub service nodes: every door's node management, publish and reads."""
 
     def __init__(self, core: "Core"):
         self.core = core
+        self._locks: dict[str, defer.DeferredLock] = {}  # topics being changed here
+
+    def forget_user(self, user: str) -> defer.Deferred:
+        """The account is being deleted: so are the nodes it owns (followers are told)."""
+        async def forget() -> None:
+            for topic, owner in (await self.owners()).items():
+                if owner == user:
+                    await self.delete(None, topic)
+        return defer.ensureDeferred(forget())
 
     @property
     def _map(self) -> "IMapStore":
@@ -132,22 +157,16 @@ class TopicNodes:
 
     # --- node management --------------------------------------------------------------------
 
+    @_one_at_a_time
     async def create(self, owner: str, topic: str, fields: Optional[dict[str, Any]] = None,
                      ) -> TopicNode:
         """A new node owned by ``owner``; ``conflict`` when the topic has one already,
         ``policy-violation`` past ``[server] pubsub_nodes_per_user``."""
         if await self.get(topic) is not None:
             raise PepError("conflict", f"the node {topic} exists")
-        limit = self._limits.pubsub_nodes_per_user
-        owned = sum(1 for who in (await self.owners()).values() if who == owner)
-        if owned >= limit:
-            raise PepError("policy-violation", f"a user may own {limit} nodes "
-                           "([server] pubsub_nodes_per_user)")
-        node = TopicNode(owner, self._config(fields or {}))
-        await self._map.set(topic, RECORD, node.encode())
-        await self._map.set(INDEX, topic, owner)
-        return node
+        return await self._create(owner, topic, fields or {})
 
+    @_one_at_a_time
     async def configure(self, actor: Optional[str], topic: str,
                         fields: dict[str, Any]) -> None:
         """Change the node's configuration; fewer ``max_items`` drops the oldest."""
@@ -156,6 +175,7 @@ class TopicNodes:
         kept = node.items[-config.max_items:] if config.persist_items else ()
         await self._save(topic, replace(node, config=config, items=kept))
 
+    @_one_at_a_time
     async def delete(self, actor: Optional[str], topic: str) -> None:
         """Delete the node: its followers hear ``<delete/>`` and stop following it."""
         await self.managed(actor, topic)
@@ -165,11 +185,13 @@ class TopicNodes:
         followers = await self.core.store.get_subscribers(topic)
         await self.core.remove_subscriptions([(jid, topic) for jid in followers])
 
+    @_one_at_a_time
     async def purge(self, actor: Optional[str], topic: str) -> None:
         node = await self.managed(actor, topic)
         await self._save(topic, replace(node, items=()))
         await self._notify(topic, {"purge": True})
 
+    @_one_at_a_time
     async def set_affiliations(self, actor: Optional[str], topic: str,
                                changes: dict[str, str]) -> None:
         """Owner's changes (jid -> publisher/member/none/outcast); an outcast stops
@@ -190,13 +212,14 @@ class TopicNodes:
 
     # --- publish ----------------------------------------------------------------------------
 
+    @_one_at_a_time
     async def publish(self, actor: str, topic: str, item_id: Optional[str], xml: str) -> str:
         """Keep an item (when the node persists items) and send it to the followers; the
         topic's node is created, owned by ``actor``, on its first publish. Only the owner
         and publishers publish. Returns the item id (generated when None)."""
         node = await self.get(topic)
         if node is None:
-            node = await self.create(actor, topic)
+            node = await self._create(actor, topic, {})
         elif node.affiliation(actor) not in ("owner", "publisher"):
             raise PepError("forbidden", "only the node's owner and publishers publish")
         limit = self._limits.pubsub_item_bytes
@@ -211,6 +234,7 @@ class TopicNodes:
         await self._notify(topic, {"item_id": item.item_id, "item": xml})
         return item.item_id
 
+    @_one_at_a_time
     async def retract(self, actor: str, topic: str, item_ids: Collection[str],
                       notify: bool = True) -> None:
         node = await self._existing(topic)
@@ -226,6 +250,7 @@ class TopicNodes:
 
     # --- subscriptions ----------------------------------------------------------------------
 
+    @_one_at_a_time
     async def subscribe(self, user: str, topic: str) -> str:
         """Follow the topic as its node's rules allow: "subscribed", or "pending" while the
         owner of an ``authorize`` node decides (the owner is asked at once)."""
@@ -246,6 +271,7 @@ class TopicNodes:
         await self.core.add_subscriptions([(user, topic)])
         return "subscribed"
 
+    @_one_at_a_time
     async def unsubscribe(self, user: str, topic: str) -> None:
         node = await self.get(topic)
         if node is not None and user in node.pending:
@@ -253,6 +279,7 @@ class TopicNodes:
                 p for p in node.pending if p != user)))
         await self.core.remove_subscriptions([(user, topic)])
 
+    @_one_at_a_time
     async def authorize(self, actor: Optional[str], topic: str, subscriber: str,
                         allow: bool) -> None:
         """The owner's answer to a pending subscription; the subscriber is told."""
@@ -268,6 +295,17 @@ class TopicNodes:
             "subscription": "subscribed" if allow else "none"}))
 
     # --- helpers ----------------------------------------------------------------------------
+
+    async def _create(self, owner: str, topic: str, fields: dict[str, Any]) -> TopicNode:
+        limit = self._limits.pubsub_nodes_per_user
+        owned = sum(1 for who in (await self.owners()).values() if who == owner)
+        if owned >= limit:
+            raise PepError("policy-violation", f"a user may own {limit} nodes "
+                           "([server] pubsub_nodes_per_user)")
+        node = TopicNode(owner, self._config(fields))
+        await self._map.set(topic, RECORD, node.encode())
+        await self._map.set(INDEX, topic, owner)
+        return node
 
     def _config(self, fields: dict[str, Any], base: Optional[TopicConfig] = None,
                 ) -> TopicConfig:
@@ -302,6 +340,17 @@ class TopicNodes:
                            app="closed-node")
         raise PepError("not-authorized", "subscribe to read this node's items",
                        app="not-subscribed")
+
+    @asynccontextmanager
+    async def _changing(self, topic: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(topic, defer.DeferredLock())
+        await lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(topic, None)
 
     def _save(self, topic: str, node: TopicNode):
         return self._map.set(topic, RECORD, node.encode())

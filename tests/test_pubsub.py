@@ -500,3 +500,26 @@ async def test_nodes_are_kept_in_the_store_on_every_backend(store, tmp_path):
     with pytest.raises(PepError) as refused:
         await core.nodes.purge(None, "label/warp")
     assert refused.value.condition == "item-not-found"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_publishes_are_all_kept_and_removed_owners_take_their_nodes(
+        memory_xmpp):
+    node, (alice, bob) = await two_users(memory_xmpp)
+    await alice.iq(pubsub("set", "<create node='feed/x'/><configure>"
+                                 + config_form(max_items="10") + "</configure>"))
+    await bob.iq(pubsub("set", "<subscribe node='feed/x' jid='bob@localhost'/>"))
+    # Sent at once, answered as the store writes: each change of the node waits its turn.
+    sent = [publish("feed/x", str(n)) for n in range(6)]
+    alice.send("".join(sent))
+    for n in range(6):
+        await alice.expect(lambda s, n=n: s.name == "iq" and s.getAttribute("type") == "result"
+                           and f"id='{n}'" in s.toXml().replace('"', "'"))
+    items = await alice.iq(pubsub("get", "<items node='feed/x'/>"))
+    assert sorted(i["id"] for i in items.pubsub.items.elements()) == [str(n) for n in range(6)]
+
+    await node.core.accounts.remove("alice@localhost")
+    note = await bob.expect(lambda s: is_event(s) and "delete" in s.toXml())
+    assert note.event.delete["node"] == "feed/x"
+    assert await node.core.nodes.owners() == {}
+    assert await node.core.store.get_subscribers("feed/x") == []

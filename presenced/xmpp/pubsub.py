@@ -106,7 +106,7 @@ class PubsubServiceHandler(FeatureHandler):
         if verb == "retract":
             return self._answer(session, iq, nodes.retract(
                 self._actor(session), request.topic, request.itemIdentifiers,
-                request.notify))
+                _notify_flag(iq)))
         if verb in ("subscribe", "unsubscribe"):
             if request.subscriber is None or request.subscriber.userhost() != user:
                 session.send(StanzaError("bad-request", text="subscribe your own bare JID",
@@ -184,7 +184,9 @@ class PubsubServiceHandler(FeatureHandler):
     async def _subscribe(self, session: "C2SSession", iq: domish.Element,
                          topic: str) -> domish.Element:
         state = await self.core.nodes.subscribe(session.user, topic)
-        return _subscriptions_element(NS_PUBSUB, None, [(session.user, state)], topic)
+        answer = domish.Element((NS_PUBSUB, "pubsub"))
+        _add_entry(answer, "subscription", topic, session.user, state)
+        return answer
 
     async def _subscriptions(self, session: "C2SSession",
                              request: PubSubRequest) -> domish.Element:
@@ -241,17 +243,11 @@ class PubsubServiceHandler(FeatureHandler):
 
     async def _node_affiliations(self, session: "C2SSession", topic: str) -> domish.Element:
         pairs = await self.core.nodes.affiliations(self._actor(session), topic)
-        answer = domish.Element((NS_PUBSUB_OWNER, "pubsub"))
-        listing = answer.addElement("affiliations")
-        listing["node"] = topic
-        for jid, affiliation in pairs:
-            entry = listing.addElement("affiliation")
-            entry["jid"], entry["affiliation"] = jid, affiliation
-        return answer
+        return _owner_listing("affiliation", topic, pairs)
 
     async def _node_subscriptions(self, session: "C2SSession", topic: str) -> domish.Element:
         pairs = await self.core.nodes.subscribers(self._actor(session), topic)
-        return _subscriptions_element(NS_PUBSUB_OWNER, topic, pairs)
+        return _owner_listing("subscription", topic, pairs)
 
     # --- authorization of pending subscriptions (XEP-0060 §8.6) -----------------------------
 
@@ -311,7 +307,6 @@ class PubsubServiceHandler(FeatureHandler):
         request = parse_request(session, iq)
         if request is None:
             return None
-        request.notify = _notify_flag(iq)
         node = request.nodeIdentifier or ""
         if not node and not node_needed:
             request.topic = ""
@@ -364,20 +359,14 @@ def _notify_flag(iq: domish.Element) -> bool:
     return True
 
 
-def _subscriptions_element(namespace: str, node: Optional[str], pairs: list[tuple[str, str]],
-                           each_node: Optional[str] = None) -> domish.Element:
-    """``<pubsub><subscriptions node=...>`` (owner's list) or, with ``each_node``, one
-    ``<subscription/>`` answer of a subscribe."""
-    answer = domish.Element((namespace, "pubsub"))
-    if each_node is not None:
-        jid, state = pairs[0]
-        _add_entry(answer, "subscription", each_node, jid, state)
-        return answer
-    listing = answer.addElement("subscriptions")
-    listing["node"] = node
+def _owner_listing(kind: str, topic: str, pairs: list[tuple[str, str]]) -> domish.Element:
+    """The owner's ``<affiliations/>`` or ``<subscriptions/>`` of a node: ``(jid, state)``."""
+    answer = domish.Element((NS_PUBSUB_OWNER, "pubsub"))
+    listing = answer.addElement(kind + "s")
+    listing["node"] = topic
     for jid, state in pairs:
-        entry = listing.addElement("subscription")
-        entry["jid"], entry["subscription"] = jid, state
+        entry = listing.addElement(kind)
+        entry["jid"], entry[kind] = jid, state
     return answer
 
 
