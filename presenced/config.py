@@ -45,6 +45,7 @@ SCHEMA: dict[str, Keys] = {
         "pubsub_nodes_per_user": Key(64, "int", non_negative),
         "pubsub_max_items": Key(64, "int", positive),
         "pubsub_item_bytes": Key(8192, "int", positive),
+        "pubsub_create_kinds": Key([], "list[str]"),
         "api_tokens_max": Key(1000, "int", positive),
         "api_token_cache_seconds": Key(10.0, "float", non_negative),
         "auth_failures_per_ip": Key(20, "int", non_negative),

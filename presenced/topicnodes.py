@@ -159,12 +159,13 @@ class TopicNodes:
 
     @_one_at_a_time
     async def create(self, owner: str, topic: str, fields: Optional[dict[str, Any]] = None,
-                     ) -> TopicNode:
+                     by_site: bool = False) -> TopicNode:
         """A new node owned by ``owner``; ``conflict`` when the topic has one already,
-        ``policy-violation`` past ``[server] pubsub_nodes_per_user``."""
+        ``policy-violation`` past ``[server] pubsub_nodes_per_user``; a user (not
+        ``by_site``) creates only in the kinds of ``[server] pubsub_create_kinds``."""
         if await self.get(topic) is not None:
             raise PepError("conflict", f"the node {topic} exists")
-        return await self._create(owner, topic, fields or {})
+        return await self._create(owner, topic, fields or {}, by_site)
 
     @_one_at_a_time
     async def configure(self, actor: Optional[str], topic: str,
@@ -296,7 +297,13 @@ class TopicNodes:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    async def _create(self, owner: str, topic: str, fields: dict[str, Any]) -> TopicNode:
+    async def _create(self, owner: str, topic: str, fields: dict[str, Any],
+                      by_site: bool = False) -> TopicNode:
+        kinds = self._limits.pubsub_create_kinds
+        if kinds and not by_site and topic.partition("/")[0] not in kinds:
+            # A user owning a site's topic could delete it, and its followers with it.
+            raise PepError("forbidden", f"users create nodes of the kinds {', '.join(kinds)} "
+                           "only ([server] pubsub_create_kinds)")
         limit = self._limits.pubsub_nodes_per_user
         owned = sum(1 for who in (await self.owners()).values() if who == owner)
         if owned >= limit:

@@ -389,6 +389,10 @@ def test_a_slixmpp_owner_and_subscriber_use_a_node_end_to_end(server):
             sender, xml = await fan.next_tune()
             assert sender == service and "Live" in xml
 
+            # The XMPP subscriber is a follower the site's channel info counts.
+            status, info = await asyncio.to_thread(http_get_json, server,
+                                                   "/api/subjects/band/news", token)
+            assert (status, info["subscribers"], info["online_subscribers"]) == (200, 1, 1)
             await owner.pubsub.purge(service, "band/news")
             assert "purge" in (await fan.next_tune())[1]
             assert list((await fan.pubsub.get_items(service, "band/news"))["pubsub"]["items"]) == []
@@ -523,3 +527,17 @@ async def test_pipelined_publishes_are_all_kept_and_removed_owners_take_their_no
     assert note.event.delete["node"] == "feed/x"
     assert await node.core.nodes.owners() == {}
     assert await node.core.store.get_subscribers("feed/x") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_users_create_nodes_only_in_the_configured_kinds(memory_xmpp):
+    node, (alice, bob) = await two_users(
+        memory_xmpp, sections={"server": {"pubsub_create_kinds": ["club"]}})
+    assert (await alice.iq(pubsub("set", "<create node='club/chess'/>")))["type"] == "result"
+    for request in (pubsub("set", "<create node='artist/radiohead'/>"),
+                    publish("artist/radiohead", "1")):
+        assert conditions(await alice.iq(request)) == ("forbidden", "")
+    # The site creates any kind.
+    await node.core.nodes.create("bob@localhost", "artist/radiohead", by_site=True)
+    assert await node.core.nodes.owners() == {"club/chess": "alice@localhost",
+                                              "artist/radiohead": "bob@localhost"}

@@ -233,7 +233,7 @@ class AdminHandler:
 
     def create_node(self, topic: Optional[str], owner: Any, config: Optional[dict]):
         return self._nodes(self.core.nodes.create(self.user(owner), self._topic(topic),
-                                                  config or {}))
+                                                  config or {}, by_site=True))
 
     def configure_node(self, topic: Optional[str], config: Optional[dict]):
         return self._nodes(self.core.nodes.configure(None, self._topic(topic), config or {}))
