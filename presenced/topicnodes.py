@@ -50,6 +50,7 @@ AFFILIATIONS = ("owner", "publisher", "member", "none", "outcast")
 MEMBERS = ("owner", "publisher", "member")  # who passes a whitelist and needs no approval
 INDEX = "pubsub"     # the map's "user" that lists every node (never a topic: no "/")
 RECORD = "node"      # the map key of a node's record, under its topic
+MAX_PENDING = 1000   # subscribers one node keeps waiting for approval (docs/security.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +266,9 @@ class TopicNodes:
                                app="closed-node")
             if affiliation not in MEMBERS and model == "authorize":
                 if user not in node.pending:
+                    if len(node.pending) >= MAX_PENDING:
+                        raise PepError("resource-constraint", f"{MAX_PENDING} subscribers "
+                                       "already wait for the owner's approval")
                     await self._save(topic, replace(node, pending=node.pending + (user,)))
                 self.core.router.deliver(node.owner, Event(events.NODE_AUTHORIZE, topic, {
                     "node": topic, "subscriber": user}))

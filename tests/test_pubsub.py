@@ -108,6 +108,12 @@ async def test_create_publish_items_retract_purge_delete(memory_xmpp):
     assert retracted["type"] == "result"
     note = await bob.expect(is_event)
     assert note.event.items.retract["id"] == "a"
+    await alice.iq(publish("news/world", "c"))
+    await bob.expect(is_event)
+    quiet = await alice.iq(pubsub("set", "<retract node='news/world' notify='false'>"
+                                         "<item id='c'/></retract>"))
+    assert quiet["type"] == "result"
+    await bob.nothing(is_event)
 
     assert (await alice.iq(pubsub("set", "<purge node='news/world'/>", owner=True)))[
         "type"] == "result"
@@ -541,3 +547,20 @@ async def test_users_create_nodes_only_in_the_configured_kinds(memory_xmpp):
     await node.core.nodes.create("bob@localhost", "artist/radiohead", by_site=True)
     assert await node.core.nodes.owners() == {"club/chess": "alice@localhost",
                                               "artist/radiohead": "bob@localhost"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_approvals_are_bounded_per_node(memory_xmpp, monkeypatch):
+    from presenced import topicnodes
+    from presenced.pep import PepError
+
+    monkeypatch.setattr(topicnodes, "MAX_PENDING", 2)
+    node = await memory_xmpp()
+    nodes = node.core.nodes
+    await nodes.create("ann@localhost", "vip/x", {"pubsub#access_model": "authorize"})
+    for user in ("a@localhost", "b@localhost", "a@localhost"):  # asking again adds nothing
+        assert await nodes.subscribe(user, "vip/x") == "pending"
+    with pytest.raises(PepError) as refused:
+        await nodes.subscribe("c@localhost", "vip/x")
+    assert refused.value.condition == "resource-constraint"
+    assert (await nodes.get("vip/x")).pending == ("a@localhost", "b@localhost")
