@@ -14,6 +14,9 @@ A node's configuration (XEP-0060 publish-options / node configuration) decides w
 it: the ``presence`` (default) and ``roster`` access models reach the owner and its
 subscribers, ``open`` the same (there are no other subscribers here), ``whitelist`` the
 owner alone — which is what XEP-0223 private storage and bookmarks (XEP-0402) use.
+
+The changes of one account's nodes are made one at a time on this server
+(:mod:`presenced.turns`): a client pipelining publishes to a multi-item node loses none.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from presenced import events
 from presenced.events import Event
 from presenced.nowplaying import TUNE_ITEM_ID, TUNE_NS, Tune, parse_tune_xml, tune_xml
 from presenced.store import PEP_STORE
+from presenced.turns import Turns, one_at_a_time
 
 if TYPE_CHECKING:
     from presenced.metrics import Metrics
@@ -185,6 +189,7 @@ class PepService:
         self.store = store
         self.router = router
         self.metrics = metrics
+        self.turns = Turns()  # accounts whose nodes are being changed here
         metrics.describe("presenced_tunes_published_total", "counter",
                          "Tunes published (stops included), from every door.")
 
@@ -209,6 +214,7 @@ class PepService:
         return self.nodes.items(user).addCallback(
             lambda found: {node: PepNode.decode(text) for node, text in found.items()})
 
+    @one_at_a_time("user")
     async def publish(self, user: str, node: str, item_id: Optional[str], xml: str,
                       options: Optional[dict[str, Any]] = None) -> str:
         """Add ``xml`` to a node other than the tune's (see :meth:`publish_tune`), creating
@@ -234,6 +240,7 @@ class PepService:
         await stored
         return item_id
 
+    @one_at_a_time("user")
     async def configure(self, user: str, node: str, fields: dict[str, Any]) -> None:
         """Change an existing node's configuration (fewer max_items drops the oldest)."""
         current = await self.get_node(user, node)
@@ -243,6 +250,7 @@ class PepService:
         items = current.items[-config.max_items:]
         await self.nodes.set(user, node, PepNode(config, items).encode())
 
+    @one_at_a_time("user")
     async def publish_tune(self, user: str, tune: Optional[Tune]) -> int:
         """Keep ``tune`` (None: stopped) as the User Tune node's item and announce it."""
         payload = tune.to_payload() if tune is not None else {}
@@ -252,6 +260,7 @@ class PepService:
         await stored
         return reached
 
+    @one_at_a_time("user")
     async def retract(self, user: str, node: str, item_ids: Collection[str]) -> bool:
         """Retract the node's items among ``item_ids``; False if none of them is there."""
         current = await self.get_node(user, node)
@@ -266,6 +275,7 @@ class PepService:
         await self._send(user, current.config, {"node": node, "retract": gone})
         return True
 
+    @one_at_a_time("user")
     async def purge(self, user: str, node: str) -> bool:
         """Drop every item of the node, keeping its configuration; False when no node."""
         current = await self.get_node(user, node)
@@ -278,6 +288,7 @@ class PepService:
             await self._send(user, current.config, {"node": node, "purge": True})
         return True
 
+    @one_at_a_time("user")
     async def delete(self, user: str, node: str) -> bool:
         """Delete the node and its items; False when there was none."""
         current = await self.get_node(user, node)

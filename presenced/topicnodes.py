@@ -27,12 +27,10 @@ changes, as PEP's nodes may. Removing an account deletes the nodes it owns.
 
 from __future__ import annotations
 
-import functools
 import json
 import secrets
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Collection, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Collection, Optional
 
 from twisted.internet import defer
 
@@ -40,6 +38,7 @@ from presenced import events
 from presenced.events import Event
 from presenced.pep import NodeConfig, PepError, PepItem, PepNode
 from presenced.store import PUBSUB_STORE
+from presenced.turns import Turns, one_at_a_time
 
 if TYPE_CHECKING:
     from presenced.core import Core
@@ -94,22 +93,12 @@ class TopicNode:
                    tuple(sorted(data["affiliations"].items())), tuple(data["pending"]))
 
 
-def _one_at_a_time(method):
-    """A change of the node named by the method's second argument (the topic), made once
-    the changes of that node begun before it on this server are done."""
-    @functools.wraps(method)
-    async def serialized(self: "TopicNodes", first: Any, topic: str, *args: Any, **kwargs: Any):
-        async with self._changing(topic):
-            return await method(self, first, topic, *args, **kwargs)
-    return serialized
-
-
 class TopicNodes:
     """The core's pubsub service nodes: every door's node management, publish and reads."""
 
     def __init__(self, core: "Core"):
         self.core = core
-        self._locks: dict[str, defer.DeferredLock] = {}  # topics being changed here
+        self.turns = Turns()  # topics being changed here
 
     def forget_user(self, user: str) -> defer.Deferred:
         """The account is being deleted: so are the nodes it owns (followers are told)."""
@@ -158,7 +147,7 @@ class TopicNodes:
 
     # --- node management --------------------------------------------------------------------
 
-    @_one_at_a_time
+    @one_at_a_time("topic")
     async def create(self, owner: str, topic: str, fields: Optional[dict[str, Any]] = None,
                      by_site: bool = False) -> TopicNode:
         """A new node owned by ``owner``; ``conflict`` when the topic has one already,
@@ -168,7 +157,7 @@ class TopicNodes:
             raise PepError("conflict", f"the node {topic} exists")
         return await self._create(owner, topic, fields or {}, by_site)
 
-    @_one_at_a_time
+    @one_at_a_time("topic")
     async def configure(self, actor: Optional[str], topic: str,
                         fields: dict[str, Any]) -> None:
         """Change the node's configuration; fewer ``max_items`` drops the oldest."""
@@ -177,7 +166,7 @@ class TopicNodes:
         kept = node.items[-config.max_items:] if config.persist_items else ()
         await self._save(topic, replace(node, config=config, items=kept))
 
-    @_one_at_a_time
+    @one_at_a_time("topic")
     async def delete(self, actor: Optional[str], topic: str) -> None:
         """Delete the node: its followers hear ``<delete/>`` and stop following it."""
         await self.managed(actor, topic)
@@ -187,13 +176,13 @@ class TopicNodes:
         followers = await self.core.store.get_subscribers(topic)
         await self.core.remove_subscriptions([(jid, topic) for jid in followers])
 
-    @_one_at_a_time
+    @one_at_a_time("topic")
     async def purge(self, actor: Optional[str], topic: str) -> None:
         node = await self.managed(actor, topic)
         await self._save(topic, replace(node, items=()))
         await self._notify(topic, {"purge": True})
 
-    @_one_at_a_time
+    @one_at_a_time("topic")
     async def set_affiliations(self, actor: Optional[str], topic: str,
                                changes: dict[str, str]) -> None:
         """Owner's changes (jid -> publisher/member/none/outcast); an outcast stops
@@ -214,7 +203,7 @@ class TopicNodes:
 
     # --- publish ----------------------------------------------------------------------------
 
-    @_one_at_a_time
+    @one_at_a_time("topic")
     async def publish(self, actor: str, topic: str, item_id: Optional[str], xml: str) -> str:
         """Keep an item (when the node persists items) and send it to the followers; the
         topic's node is created, owned by ``actor``, on its first publish. Only the owner
@@ -236,7 +225,7 @@ class TopicNodes:
         await self._notify(topic, {"item_id": item.item_id, "item": xml})
         return item.item_id
 
-    @_one_at_a_time
+    @one_at_a_time("topic")
     async def retract(self, actor: str, topic: str, item_ids: Collection[str],
                       notify: bool = True) -> None:
         node = await self._existing(topic)
@@ -252,7 +241,7 @@ class TopicNodes:
 
     # --- subscriptions ----------------------------------------------------------------------
 
-    @_one_at_a_time
+    @one_at_a_time("topic")
     async def subscribe(self, user: str, topic: str) -> str:
         """Follow the topic as its node's rules allow: "subscribed", or "pending" while the
         owner of an ``authorize`` node decides (the owner is asked at once)."""
@@ -276,7 +265,7 @@ class TopicNodes:
         await self.core.add_subscriptions([(user, topic)])
         return "subscribed"
 
-    @_one_at_a_time
+    @one_at_a_time("topic")
     async def unsubscribe(self, user: str, topic: str) -> None:
         node = await self.get(topic)
         if node is not None and user in node.pending:
@@ -284,7 +273,7 @@ class TopicNodes:
                 p for p in node.pending if p != user)))
         await self.core.remove_subscriptions([(user, topic)])
 
-    @_one_at_a_time
+    @one_at_a_time("topic")
     async def authorize(self, actor: Optional[str], topic: str, subscriber: str,
                         allow: bool) -> None:
         """The owner's answer to a pending subscription; the subscriber is told."""
@@ -351,17 +340,6 @@ class TopicNodes:
                            app="closed-node")
         raise PepError("not-authorized", "subscribe to read this node's items",
                        app="not-subscribed")
-
-    @asynccontextmanager
-    async def _changing(self, topic: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(topic, defer.DeferredLock())
-        await lock.acquire()
-        try:
-            yield
-        finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._locks.pop(topic, None)
 
     def _save(self, topic: str, node: TopicNode):
         return self._map.set(topic, RECORD, node.encode())

@@ -499,3 +499,23 @@ async def test_other_pep_nodes_are_kept_and_delivered_to_their_own_notify(memory
     assert "retract" in xml
     gone = await bob.iq(items_iq("i1", "alice@localhost", MOOD_NS))
     assert condition(gone) == "item-not-found"
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_pipelined_publishes_to_one_multi_item_node_are_all_kept(store, tmp_path):
+    """Six publishes begun before any is stored (a client pipelining them) keep six items:
+    each change of the account's nodes waits for the one before."""
+    settings = config.load(overrides={"server": {"data_dir": str(tmp_path / "data")}})
+    core = Core(settings, store)
+    options = {"pubsub#max_items": "10"}
+    await defer.gatherResults([defer.ensureDeferred(core.pep.publish(
+        "ann@localhost", "urn:x:list", str(n), f"<e xmlns='urn:x'>{n}</e>", options))
+        for n in range(6)])
+    node = await core.pep.get_node("ann@localhost", "urn:x:list")
+    assert [i.item_id for i in node.items] == [str(n) for n in range(6)]
+    retracted = [defer.ensureDeferred(core.pep.retract("ann@localhost", "urn:x:list", [str(n)]))
+                 for n in (0, 1)]
+    assert await defer.gatherResults(retracted) == [True, True]
+    node = await core.pep.get_node("ann@localhost", "urn:x:list")
+    assert [i.item_id for i in node.items] == ["2", "3", "4", "5"]

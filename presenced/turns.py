@@ -1,0 +1,59 @@
+"""Changes of one stored record made one at a time on this server.
+
+A node (a PEP node, a pubsub service node) is read, changed and written back in several
+store round trips; two changes begun together (a client pipelining publishes) would both
+read the old record and the second write would drop the first's change. Each change takes
+its turn on the record's key instead: a per-key :class:`~twisted.internet.defer.DeferredLock`
+that exists only while changes of that key are running or waiting. It serialises on this
+server only; two cluster nodes changing one record at once may still lose a change.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, TypeVar
+
+from twisted.internet import defer
+
+Result = TypeVar("Result")
+
+
+class Turns:
+    """Per-key locks, made on first use and dropped when nobody holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, defer.DeferredLock] = {}
+
+    def __len__(self) -> int:
+        """Keys being changed now (0 once every change is done: nothing is kept)."""
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def of(self, key: Hashable) -> AsyncIterator[None]:
+        """Hold the turn of ``key`` for the body, after the changes begun before."""
+        lock = self._locks.setdefault(key, defer.DeferredLock())
+        await lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(key, None)
+
+
+def one_at_a_time(argument: str) -> Callable[[Callable[..., Awaitable[Result]]],
+                                             Callable[..., Awaitable[Result]]]:
+    """Decorate an async method of an object with a ``turns`` (:class:`Turns`) attribute:
+    each call runs in the turn of the value of its parameter named ``argument``."""
+    def decorate(method: Callable[..., Awaitable[Result]]) -> Callable[..., Awaitable[Result]]:
+        signature = inspect.signature(method)
+
+        @functools.wraps(method)
+        async def in_turn(self: Any, *args: Any, **kwargs: Any) -> Result:
+            key = signature.bind(self, *args, **kwargs).arguments[argument]
+            async with self.turns.of(key):
+                return await method(self, *args, **kwargs)
+        return in_turn
+    return decorate
