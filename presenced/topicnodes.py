@@ -20,9 +20,11 @@ the followers as one router :data:`~presenced.events.NODE` event (PEP's payload 
 ``actor`` None in the calls below is the site itself (the HTTP API, a server admin): it may
 manage every node. The record of a node is one value of the ``pubsub`` map store under the
 topic; the ``pubsub`` key holds the index (topic -> owner) that disco and the per-user
-bound read. Changes of one node are made one at a time on this server (a client pipelining
-publishes loses none); two cluster nodes changing one node at once may lose one of the
-changes, as PEP's nodes may. Removing an account deletes the nodes it owns.
+bound read; under an owner's JID, the topics of the nodes with subscribers waiting for
+that owner's approval (asked again on each of the owner's logins). Changes of one node are
+made one at a time on this server (a client pipelining publishes loses none); two cluster
+nodes changing one node at once may lose one of the changes, as PEP's nodes may. Removing
+an account deletes the nodes it owns.
 """
 
 from __future__ import annotations
@@ -141,6 +143,16 @@ class TopicNodes:
         return ([(jid, "subscribed") for jid in sorted(followers)]
                 + [(jid, "pending") for jid in node.pending])
 
+    async def awaiting(self, owner: str) -> list[tuple[str, str]]:
+        """``(topic, subscriber)`` of every subscription request waiting for ``owner``'s
+        approval, oldest first per node: what to ask the owner again when they log in."""
+        asks = []
+        for topic in sorted(await self._map.items(owner)):
+            node = await self.get(topic)
+            if node is not None and node.owner == owner:
+                asks.extend((topic, subscriber) for subscriber in node.pending)
+        return asks
+
     async def affiliations(self, actor: Optional[str], topic: str) -> list[tuple[str, str]]:
         node = await self.managed(actor, topic)
         return [(node.owner, "owner")] + list(node.affiliations)
@@ -169,9 +181,11 @@ class TopicNodes:
     @one_at_a_time("topic")
     async def delete(self, actor: Optional[str], topic: str) -> None:
         """Delete the node: its followers hear ``<delete/>`` and stop following it."""
-        await self.managed(actor, topic)
+        node = await self.managed(actor, topic)
         await self._map.delete(topic, RECORD)
         await self._map.delete(INDEX, topic)
+        if node.pending:
+            await self._map.delete(node.owner, topic)
         await self._notify(topic, {"delete": True})
         followers = await self.core.store.get_subscribers(topic)
         await self.core.remove_subscriptions([(jid, topic) for jid in followers])
@@ -258,7 +272,7 @@ class TopicNodes:
                     if len(node.pending) >= MAX_PENDING:
                         raise PepError("resource-constraint", f"{MAX_PENDING} subscribers "
                                        "already wait for the owner's approval")
-                    await self._save(topic, replace(node, pending=node.pending + (user,)))
+                    await self._save_pending(topic, replace(node, pending=node.pending + (user,)))
                 self.core.router.deliver(node.owner, Event(events.NODE_AUTHORIZE, topic, {
                     "node": topic, "subscriber": user}))
                 return "pending"
@@ -269,7 +283,7 @@ class TopicNodes:
     async def unsubscribe(self, user: str, topic: str) -> None:
         node = await self.get(topic)
         if node is not None and user in node.pending:
-            await self._save(topic, replace(node, pending=tuple(
+            await self._save_pending(topic, replace(node, pending=tuple(
                 p for p in node.pending if p != user)))
         await self.core.remove_subscriptions([(user, topic)])
 
@@ -280,7 +294,7 @@ class TopicNodes:
         node = await self.managed(actor, topic)
         if subscriber not in node.pending:
             raise PepError("item-not-found", f"{subscriber} is not waiting for approval")
-        await self._save(topic, replace(node, pending=tuple(
+        await self._save_pending(topic, replace(node, pending=tuple(
             p for p in node.pending if p != subscriber)))
         if allow:
             await self.core.add_subscriptions([(subscriber, topic)])
@@ -343,6 +357,15 @@ class TopicNodes:
 
     def _save(self, topic: str, node: TopicNode):
         return self._map.set(topic, RECORD, node.encode())
+
+    async def _save_pending(self, topic: str, node: TopicNode) -> None:
+        """Save a node whose pending approvals changed, and the owner's list of the nodes
+        with approvals to give (read on each of the owner's logins: one small read)."""
+        await self._save(topic, node)
+        if node.pending:
+            await self._map.set(node.owner, topic, str(len(node.pending)))
+        else:
+            await self._map.delete(node.owner, topic)
 
     def _notify(self, topic: str, what: dict[str, Any]):
         """One router event to the topic's followers on every node."""

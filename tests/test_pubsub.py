@@ -254,6 +254,44 @@ async def test_authorize_asks_the_owner_and_approval_subscribes(memory_xmpp):
     assert conditions(error)[0] == "forbidden"
 
 
+def is_authorization_request(stanza) -> bool:
+    return stanza.name == "message" and "subscribe_authorization" in stanza.toXml()
+
+
+def asked_for(stanza) -> tuple[str, str]:
+    """(node, subscriber) of an authorization request."""
+    fields = {f["var"]: str(f.value) for f in stanza.x.elements() if f.name == "field"}
+    return fields["pubsub#node"], fields["pubsub#subscriber_jid"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_made_while_the_owner_is_offline_are_asked_at_login(memory_xmpp):
+    node, (alice, bob, carol) = await two_users(memory_xmpp, "carol")
+    await alice.iq(pubsub("set", "<create node='vip/room'/><configure>"
+                                 + config_form(access_model="authorize") + "</configure>"))
+    alice.disconnect()
+    await node.settle()
+    for who in (bob, carol):
+        user = who.jid.partition("/")[0]
+        answer = await who.iq(pubsub("set", f"<subscribe node='vip/room' jid='{user}'/>"))
+        assert answer.pubsub.subscription["subscription"] == "pending"
+
+    alice = await node.online("alice")
+    asked = [await alice.expect(is_authorization_request) for _ in range(2)]
+    assert [asked_for(s) for s in asked] == [("vip/room", "bob@localhost"),
+                                             ("vip/room", "carol@localhost")]
+    alice.send(authorization("bob@localhost", "true"))
+    await bob.expect(is_event)
+    alice.send(authorization("carol@localhost", "false"))
+    await carol.expect(is_event)
+    alice.disconnect()
+    await node.settle()
+    # Answered, they are not asked again (and the owner's list of nodes to ask about is empty).
+    alice = await node.online("alice")
+    await alice.nothing(is_authorization_request)
+    assert await node.core.nodes.awaiting("alice@localhost") == []
+
+
 @pytest_twisted.ensureDeferred
 async def test_bounds_on_nodes_per_user_items_and_item_size(memory_xmpp):
     sections = {"server": {"pubsub_nodes_per_user": 1, "pubsub_max_items": 2,
@@ -505,8 +543,10 @@ async def test_nodes_are_kept_in_the_store_on_every_backend(store, tmp_path):
     assert node.pending == ("ben@localhost",)
     assert node.affiliation("cat@localhost") == "publisher"
     assert await again.nodes.owners() == {"label/warp": "ann@localhost"}
+    assert await again.nodes.awaiting("ann@localhost") == [("label/warp", "ben@localhost")]
     await again.nodes.delete(None, "label/warp")
     assert await core.nodes.get("label/warp") is None and await core.nodes.owners() == {}
+    assert await core.nodes.awaiting("ann@localhost") == []
     with pytest.raises(PepError) as refused:
         await core.nodes.purge(None, "label/warp")
     assert refused.value.condition == "item-not-found"

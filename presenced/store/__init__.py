@@ -79,7 +79,8 @@ PRIVATE_STORE = "private"    # map: key -> small document (vCard)
 MAM_STORE = "mam"            # archive: one-to-one messages, peer = the other party (XEP-0313)
 MAM_PREFS_STORE = "mam-prefs"  # map: "prefs" -> the account's archiving preferences (JSON)
 PUBSUB_STORE = "pubsub"      # map: under a topic, "node" -> its record; under "pubsub", topic
-                             # -> its owner (presenced.topicnodes)
+                             # -> its owner; under an owner's JID, topic -> the count of
+                             # subscribers waiting for approval (presenced.topicnodes)
 MUC_ROOMS_STORE = "muc-rooms"  # map, under the conference domain: room name -> its record
 MUC_ARCHIVE_STORE = "muc-archive"  # archive, per room JID: its groupchat messages (MAM)
 

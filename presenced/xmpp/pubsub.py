@@ -251,23 +251,36 @@ class PubsubServiceHandler(FeatureHandler):
 
     # --- authorization of pending subscriptions (XEP-0060 §8.6) -----------------------------
 
+    def attached(self) -> None:
+        self.core.hooks.add("xmpp-initial-backlog", self._waiting_requests)
+
     def render_authorization(self, session: "C2SSession", event: Event) -> None:
         """Ask the owner's available resources to approve a subscriber."""
-        if not session.available:
-            return
-        payload = event.payload
+        if session.available:
+            session.write(self._authorization_request(
+                session, event.payload["node"], event.payload["subscriber"]).encode("utf-8"))
+
+    def _waiting_requests(self, session: "C2SSession") -> defer.Deferred:
+        """On the owner's initial presence, the requests made while no resource of theirs
+        was available to be asked (every pending one, as ejabberd and Prosody ask again)."""
+        async def requests() -> list[str]:
+            return [self._authorization_request(session, topic, subscriber)
+                    for topic, subscriber in await self.core.nodes.awaiting(session.user)]
+        return defer.ensureDeferred(requests())
+
+    def _authorization_request(self, session: "C2SSession", topic: str,
+                               subscriber: str) -> str:
+        """The XEP-0060 §8.6 form asking the owner to approve ``subscriber``."""
         form = data_form.Form("form", formNamespace=NS_AUTHORIZATION,
                               title="Subscription request")
-        form.addField(data_form.Field(var="pubsub#node", value=payload["node"]))
+        form.addField(data_form.Field(var="pubsub#node", value=topic))
         form.addField(data_form.Field("jid-single", var="pubsub#subscriber_jid",
-                                      value=payload["subscriber"]))
+                                      value=subscriber))
         form.addField(data_form.Field("boolean", var="pubsub#allow", value=False,
-                                      label=f"Allow {payload['subscriber']} to subscribe "
-                                            f"to {payload['node']}?"))
+                                      label=f"Allow {subscriber} to subscribe to {topic}?"))
         host = self.service + "." + session.user.rpartition("@")[2]
-        session.write(b"<message from=%b to=%b>%b</message>" % (
-            attr(host).encode("utf-8"), attr(session.full).encode("utf-8"),
-            form.toElement().toXml().encode("utf-8")))
+        return (f"<message from={attr(host)} to={attr(session.full)}>"
+                f"{form.toElement().toXml()}</message>")
 
     def on_message(self, session: "C2SSession", message: domish.Element,
                    ) -> Optional[defer.Deferred]:
