@@ -294,13 +294,39 @@ class TopicNodes:
         node = await self.managed(actor, topic)
         if subscriber not in node.pending:
             raise PepError("item-not-found", f"{subscriber} is not waiting for approval")
-        await self._save_pending(topic, replace(node, pending=tuple(
-            p for p in node.pending if p != subscriber)))
-        if allow:
-            await self.core.add_subscriptions([(subscriber, topic)])
-        self.core.router.deliver(subscriber, Event(events.NODE, topic, {
-            "node": topic, "jid": subscriber,
-            "subscription": "subscribed" if allow else "none"}))
+        await self._set_states(topic, node, {subscriber: "subscribed" if allow else "none"})
+
+    @one_at_a_time("topic")
+    async def set_subscriptions(self, actor: Optional[str], topic: str,
+                                changes: dict[str, str]) -> None:
+        """The owner's XEP-0060 §8.8.2 changes, jid -> ``subscribed`` (approves a pending
+        subscriber, or subscribes anyone not outcast) or ``none`` (drops a subscriber or a
+        pending request); each affected user is told. Nothing is changed when one of them
+        is refused (``not-acceptable``)."""
+        node = await self.managed(actor, topic)
+        for jid, state in changes.items():
+            if state not in ("subscribed", "none"):
+                raise PepError("not-acceptable", f"{jid}: subscription {state!r} "
+                               "(subscribed or none)")
+            if state == "subscribed" and node.affiliation(jid) == "outcast":
+                raise PepError("not-acceptable", f"{jid} is an outcast of this node")
+        await self._set_states(topic, node, changes)
+
+    async def _set_states(self, topic: str, node: TopicNode, states: dict[str, str]) -> None:
+        """Make each jid's subscription ``subscribed`` or ``none``, whether it was pending
+        or not, and tell it its new state."""
+        if any(jid in node.pending for jid in states):
+            await self._save_pending(topic, replace(node, pending=tuple(
+                p for p in node.pending if p not in states)))
+        added = [(jid, topic) for jid, state in states.items() if state == "subscribed"]
+        removed = [(jid, topic) for jid, state in states.items() if state == "none"]
+        if added:
+            await self.core.add_subscriptions(added)
+        if removed:
+            await self.core.remove_subscriptions(removed)
+        for jid, state in states.items():
+            self.core.router.deliver(jid, Event(events.NODE, topic, {
+                "node": topic, "jid": jid, "subscription": state}))
 
     # --- helpers ----------------------------------------------------------------------------
 

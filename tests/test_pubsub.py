@@ -292,6 +292,53 @@ async def test_requests_made_while_the_owner_is_offline_are_asked_at_login(memor
     assert await node.core.nodes.awaiting("alice@localhost") == []
 
 
+def set_subscriptions(**states: str) -> str:
+    entries = "".join(f"<subscription jid='{user}@localhost' subscription='{state}'/>"
+                      for user, state in states.items())
+    return pubsub("set", f"<subscriptions node='vip/room'>{entries}</subscriptions>",
+                  owner=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_owner_approves_and_removes_subscribers_by_setting_subscriptions(
+        memory_xmpp):
+    node, (alice, bob, carol, dave) = await two_users(memory_xmpp, "carol", "dave")
+    await alice.iq(pubsub("set", "<create node='vip/room'/><configure>"
+                                 + config_form(access_model="authorize") + "</configure>"))
+    await node.core.add_subscriptions([("dave@localhost", "vip/room")])  # a web follower
+    await bob.iq(pubsub("set", "<subscribe node='vip/room' jid='bob@localhost'/>"))
+    await alice.expect(is_authorization_request)
+
+    # Approve bob (pending), subscribe carol (never asked), remove dave: each is told.
+    done = await alice.iq(set_subscriptions(bob="subscribed", carol="subscribed",
+                                            dave="none"))
+    assert done["type"] == "result"
+    for who, state in ((bob, "subscribed"), (carol, "subscribed"), (dave, "none")):
+        note = await who.expect(is_event)
+        assert note.event.subscription["subscription"] == state
+        assert note.event.subscription["node"] == "vip/room"
+    assert sorted(await node.core.store.get_subscribers("vip/room")) == [
+        "bob@localhost", "carol@localhost"]
+    listing = await alice.iq(pubsub("get", "<subscriptions node='vip/room'/>", owner=True))
+    assert [(s["jid"], s["subscription"]) for s in listing.pubsub.subscriptions.elements()] == [
+        ("bob@localhost", "subscribed"), ("carol@localhost", "subscribed")]
+    assert await node.core.nodes.awaiting("alice@localhost") == []
+
+    # Only the owner sets them; a bad state or an outcast changes nothing.
+    assert conditions(await bob.iq(set_subscriptions(carol="none"))) == ("forbidden", "")
+    await alice.iq(pubsub("set", "<affiliations node='vip/room'><affiliation "
+                                 "jid='dave@localhost' affiliation='outcast'/></affiliations>",
+                          owner=True))
+    for bad in (set_subscriptions(carol="none", bob="pending"),
+                set_subscriptions(carol="none", dave="subscribed")):
+        assert conditions(await alice.iq(bad)) == ("not-acceptable", "")
+    assert sorted(await node.core.store.get_subscribers("vip/room")) == [
+        "bob@localhost", "carol@localhost"]
+    bad_jid = pubsub("set", "<subscriptions node='vip/room'><subscription jid='@@' "
+                            "subscription='none'/></subscriptions>", owner=True)
+    assert conditions(await alice.iq(bad_jid)) == ("bad-request", "invalid-jid")
+
+
 @pytest_twisted.ensureDeferred
 async def test_bounds_on_nodes_per_user_items_and_item_size(memory_xmpp):
     sections = {"server": {"pubsub_nodes_per_user": 1, "pubsub_max_items": 2,

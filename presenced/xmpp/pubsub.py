@@ -41,9 +41,10 @@ NS_META_DATA = NS_PUBSUB + "#meta-data"
 SERVICE_FEATURES = tuple(f"{NS_PUBSUB}#{name}" for name in (
     "access-authorize", "access-open", "access-whitelist", "auto-create", "config-node",
     "create-and-configure", "create-nodes", "delete-items", "delete-nodes", "item-ids",
-    "manage-affiliations", "meta-data", "modify-affiliations", "multi-items",
-    "persistent-items", "publish", "purge-nodes", "retract-items", "retrieve-affiliations",
-    "retrieve-items", "retrieve-subscriptions", "subscribe", "subscription-notifications",
+    "manage-affiliations", "manage-subscriptions", "meta-data", "modify-affiliations",
+    "multi-items", "persistent-items", "publish", "purge-nodes", "retract-items",
+    "retrieve-affiliations", "retrieve-items", "retrieve-subscriptions", "subscribe",
+    "subscription-notifications",
     )) + (NS_PUBSUB,)
 
 
@@ -149,6 +150,8 @@ class PubsubServiceHandler(FeatureHandler):
             changes = {entity.userhost(): affiliation
                        for entity, affiliation in request.affiliations.items()}
             return self._answer(session, iq, nodes.set_affiliations(actor, topic, changes))
+        if request.verb == "subscriptionsSet":
+            return self._answer(session, iq, self._set_subscriptions(actor, topic, iq))
         return self._unsupported(session, iq, request.verb)
 
     def on_owner_get(self, session: "C2SSession", iq: domish.Element,
@@ -245,6 +248,10 @@ class PubsubServiceHandler(FeatureHandler):
         pairs = await self.core.nodes.affiliations(self._actor(session), topic)
         return _owner_listing("affiliation", topic, pairs)
 
+    async def _set_subscriptions(self, actor: Optional[str], topic: str,
+                                 iq: domish.Element) -> None:
+        await self.core.nodes.set_subscriptions(actor, topic, _subscription_changes(iq))
+
     async def _node_subscriptions(self, session: "C2SSession", topic: str) -> domish.Element:
         pairs = await self.core.nodes.subscribers(self._actor(session), topic)
         return _owner_listing("subscription", topic, pairs)
@@ -320,6 +327,8 @@ class PubsubServiceHandler(FeatureHandler):
         request = parse_request(session, iq)
         if request is None:
             return None
+        if request.verb == "subscriptionsSet":  # wokkel reads neither its node nor entries
+            request.nodeIdentifier = iq.pubsub.subscriptions.getAttribute("node")
         node = request.nodeIdentifier or ""
         if not node and not node_needed:
             request.topic = ""
@@ -370,6 +379,20 @@ def _notify_flag(iq: domish.Element) -> bool:
     for retract in iq.pubsub.elements(NS_PUBSUB, "retract"):
         return retract.getAttribute("notify", "true").lower() in ("1", "true")
     return True
+
+
+def _subscription_changes(iq: domish.Element) -> dict[str, str]:
+    """The owner's §8.8.2 ``<subscription jid=... subscription=.../>`` entries, by bare JID;
+    a bad JID is refused as the core refuses a bad state (nothing is changed)."""
+    changes = {}
+    for entry in iq.pubsub.subscriptions.elements(NS_PUBSUB_OWNER, "subscription"):
+        try:
+            jid = JID(entry.getAttribute("jid", "")).userhost()
+        except InvalidFormat as e:
+            raise PepError("bad-request", f"jid {entry.getAttribute('jid')!r}: {e}",
+                           app="invalid-jid") from None
+        changes[jid] = entry.getAttribute("subscription", "")
+    return changes
 
 
 def _owner_listing(kind: str, topic: str, pairs: list[tuple[str, str]]) -> domish.Element:
