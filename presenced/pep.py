@@ -134,15 +134,24 @@ class NodeConfig:
             fields["pubsub#title"] = self.title
         return fields
 
-    def differs(self, fields: dict[str, Any]) -> Optional[str]:
+    def differs(self, fields: dict[str, Any], limit: int = MAX_ITEMS) -> Optional[str]:
         """The first publish-options field this configuration does not meet (a failed
-        XEP-0060 7.1.5 precondition), or None."""
-        wanted = NodeConfig.from_fields(fields, self)
+        XEP-0060 7.1.5 precondition), or None; ``limit`` is what ``max`` means here."""
+        wanted = type(self).from_fields(fields, self, limit)
         for name in ("access_model", "max_items", "persist_items",
                      "send_last_published_item"):
             if getattr(wanted, name) != getattr(self, name):
                 return f"pubsub#{name}"
         return None
+
+    def require(self, fields: Optional[dict[str, Any]], limit: int = MAX_ITEMS) -> None:
+        """Refuse a publish whose publish-options (XEP-0060 7.1.5) this configuration does
+        not meet: ``conflict`` with ``precondition-not-met``, for PEP and the pubsub
+        service alike. No options, no precondition."""
+        mismatch = self.differs(fields, limit) if fields else None
+        if mismatch is not None:
+            raise PepError("conflict", f"the node's {mismatch} is not the publish-options'",
+                           app="precondition-not-met")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +228,8 @@ class PepService:
                       options: Optional[dict[str, Any]] = None) -> str:
         """Add ``xml`` to a node other than the tune's (see :meth:`publish_tune`), creating
         it with ``options`` (publish-options fields) when new, and notify. An existing node
-        whose configuration does not meet ``options`` is refused (``conflict``, XEP-0060
-        precondition). Returns the item id (generated when None)."""
+        whose configuration does not meet ``options`` is refused
+        (:meth:`NodeConfig.require`). Returns the item id (generated when None)."""
         existing = await self.nodes.items(user)
         text = existing.get(node)
         if text is None:
@@ -229,9 +238,7 @@ class PepService:
             current = PepNode(NodeConfig.from_fields(options or {}))
         else:
             current = PepNode.decode(text)
-            mismatch = current.config.differs(options) if options else None
-            if mismatch is not None:
-                raise PepError("conflict", f"the node's {mismatch} differs")
+            current.config.require(options)
         if item_id is None:
             item_id = DEFAULT_ITEM_ID if current.config.max_items == 1 else secrets.token_hex(8)
         updated = current.with_item(PepItem(item_id, xml))

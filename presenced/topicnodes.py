@@ -218,15 +218,20 @@ class TopicNodes:
     # --- publish ----------------------------------------------------------------------------
 
     @one_at_a_time("topic")
-    async def publish(self, actor: str, topic: str, item_id: Optional[str], xml: str) -> str:
+    async def publish(self, actor: str, topic: str, item_id: Optional[str], xml: str,
+                      options: Optional[dict[str, Any]] = None) -> str:
         """Keep an item (when the node persists items) and send it to the followers; the
-        topic's node is created, owned by ``actor``, on its first publish. Only the owner
-        and publishers publish. Returns the item id (generated when None)."""
+        topic's node is created, owned by ``actor``, on its first publish, configured by
+        ``options`` (publish-options fields). Only the owner and publishers publish; an
+        existing node whose configuration does not meet ``options`` is refused as PEP
+        refuses it (:meth:`NodeConfig.require`). Returns the item id (generated when None)."""
         node = await self.get(topic)
         if node is None:
-            node = await self._create(actor, topic, {})
+            node = await self._create(actor, topic, options or {})
         elif node.affiliation(actor) not in ("owner", "publisher"):
             raise PepError("forbidden", "only the node's owner and publishers publish")
+        else:
+            node.config.require(options, limit=self._limits.pubsub_max_items)
         limit = self._limits.pubsub_item_bytes
         if len(xml.encode("utf-8")) > limit:
             raise PepError("not-acceptable", f"an item is at most {limit} bytes "

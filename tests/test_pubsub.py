@@ -339,6 +339,37 @@ async def test_the_owner_approves_and_removes_subscribers_by_setting_subscriptio
     assert conditions(await alice.iq(bad_jid)) == ("bad-request", "invalid-jid")
 
 
+def publish_with_options(node: str, item_id: str, **fields: str) -> str:
+    options = form(NS_PUBSUB + "#publish-options", **fields)
+    return pubsub("set", f"<publish node='{node}'><item id='{item_id}'><entry xmlns='urn:x'/>"
+                         f"</item></publish><publish-options>{options}</publish-options>")
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_options_configure_a_new_node_and_are_preconditions_after(memory_xmpp):
+    node, (alice, bob) = await two_users(memory_xmpp)
+    # The first publish creates the node with the options as its configuration.
+    done = await alice.iq(publish_with_options("club/x", "1", access_model="whitelist",
+                                               max_items="3"))
+    assert done["type"] == "result"
+    config = (await node.core.nodes.get("club/x")).config
+    assert (config.access_model, config.max_items) == ("whitelist", 3)
+    # Met: published; not met: conflict + precondition-not-met, and nothing kept.
+    assert (await alice.iq(publish_with_options("club/x", "2", access_model="whitelist",
+                                                persist_items="true")))["type"] == "result"
+    for options in ({"access_model": "open"}, {"max_items": "max"}):
+        refused = await alice.iq(publish_with_options("club/x", "3", **options))
+        assert conditions(refused) == ("conflict", "precondition-not-met")
+    assert [i.item_id for i in (await node.core.nodes.get("club/x")).items] == ["1", "2"]
+    # A value no node may have is refused as a bad configuration.
+    refused = await alice.iq(publish_with_options("club/x", "4", access_model="presence"))
+    assert conditions(refused)[0] == "not-acceptable"
+    features = await alice.iq("<iq type='get' id='d' to='pubsub.localhost'>"
+                              "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    assert NS_PUBSUB + "#publish-options" in {f["var"] for f in features.query.elements()
+                                               if f.name == "feature"}
+
+
 @pytest_twisted.ensureDeferred
 async def test_bounds_on_nodes_per_user_items_and_item_size(memory_xmpp):
     sections = {"server": {"pubsub_nodes_per_user": 1, "pubsub_max_items": 2,

@@ -186,13 +186,13 @@ class PepHandler(FeatureHandler):
         payloads = list(item.elements())
         if len(payloads) != 1:
             return self._bad(session, iq, "invalid-payload", "an item carries one payload")
-        options = _publish_options(iq)
+        options = publish_options(iq)
         user = session.user
         if node == TUNE_NS:
-            mismatch = NodeConfig().differs(options) if options else None
-            if mismatch is not None:  # the tune node is every door's: its rules are fixed
-                self._refuse(session, iq, PepError("conflict", f"the tune node's {mismatch} "
-                                                   "is fixed"))
+            try:  # the tune node is every door's: its rules are fixed
+                NodeConfig().require(options)
+            except PepError as e:
+                self._refuse(session, iq, e)
                 return
             try:
                 tune = Tune.from_element(payloads[0])
@@ -396,9 +396,9 @@ class PepHandler(FeatureHandler):
 
     def _refuse(self, session: "C2SSession", iq: domish.Element, error: PepError) -> None:
         """A publish the node's rules refused; a precondition carries its own condition."""
-        if error.condition == "conflict":
-            session.send(StanzaError("conflict", text=str(error), appCondition=domish.Element(
-                (NS_PUBSUB_ERRORS, "precondition-not-met"))).toResponse(iq))
+        if error.app:
+            session.send(StanzaError(error.condition, text=str(error), appCondition=(
+                domish.Element((NS_PUBSUB_ERRORS, error.app)))).toResponse(iq))
         else:
             session.error(iq, error.condition, str(error))
 
@@ -444,8 +444,9 @@ def _plain_publish(iq: domish.Element) -> Optional[tuple[str, list[domish.Elemen
     return node, list(publish.elements(NS_PUBSUB, "item"))
 
 
-def _publish_options(iq: domish.Element) -> Optional[dict]:
-    """The fields of a publish's XEP-0060 publish-options form, or None."""
+def publish_options(iq: domish.Element) -> Optional[dict]:
+    """The fields of a publish's XEP-0060 publish-options form, or None (PEP's and the
+    pubsub service's publishes)."""
     for options in iq.pubsub.elements(NS_PUBSUB, "publish-options"):
         form = data_form.findForm(options, NS_PUBSUB + "#publish-options")
         if form is not None:

@@ -28,7 +28,7 @@ from presenced.pep import PepError
 from presenced.subjects import is_topic
 from presenced.users import BadUser
 from presenced.xmpp.features import FeatureHandler
-from presenced.xmpp.pep import parse_request
+from presenced.xmpp.pep import parse_request, publish_options
 from presenced.xmpp.stanzas import attr
 
 if TYPE_CHECKING:
@@ -42,9 +42,9 @@ SERVICE_FEATURES = tuple(f"{NS_PUBSUB}#{name}" for name in (
     "access-authorize", "access-open", "access-whitelist", "auto-create", "config-node",
     "create-and-configure", "create-nodes", "delete-items", "delete-nodes", "item-ids",
     "manage-affiliations", "manage-subscriptions", "meta-data", "modify-affiliations",
-    "multi-items", "persistent-items", "publish", "purge-nodes", "retract-items",
-    "retrieve-affiliations", "retrieve-items", "retrieve-subscriptions", "subscribe",
-    "subscription-notifications",
+    "multi-items", "persistent-items", "publish", "publish-options", "purge-nodes",
+    "retract-items", "retrieve-affiliations", "retrieve-items", "retrieve-subscriptions",
+    "subscribe", "subscription-notifications",
     )) + (NS_PUBSUB,)
 
 
@@ -177,7 +177,8 @@ class PubsubServiceHandler(FeatureHandler):
         item = request.items[0]
         payload = "".join(child.toXml() for child in item.elements())
         item_id = await self.core.nodes.publish(session.user, request.topic,
-                                                item.getAttribute("id"), payload)
+                                                item.getAttribute("id"), payload,
+                                                publish_options(iq))
         answer = domish.Element((NS_PUBSUB, "pubsub"))
         publish = answer.addElement("publish")
         publish["node"] = request.topic
