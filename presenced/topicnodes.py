@@ -124,6 +124,10 @@ class TopicNodes:
         text = await self._map.get(topic, RECORD)
         return None if text is None else TopicNode.decode(text)
 
+    def default_config(self) -> TopicConfig:
+        """The configuration a node created without a form gets (XEP-0060 §8.3)."""
+        return self._config({})
+
     async def owners(self) -> dict[str, str]:
         """``{topic: owner}`` of every node."""
         return await self._map.items(INDEX)
@@ -354,7 +358,11 @@ class TopicNodes:
 
     def _config(self, fields: dict[str, Any], base: Optional[TopicConfig] = None,
                 ) -> TopicConfig:
-        return TopicConfig.from_fields(fields, base, limit=self._limits.pubsub_max_items)
+        """A form's configuration; ``max_items`` never above ``[server] pubsub_max_items``,
+        the default (10) included."""
+        limit = self._limits.pubsub_max_items
+        config = TopicConfig.from_fields(fields, base, limit=limit)
+        return config if config.max_items <= limit else replace(config, max_items=limit)
 
     async def _existing(self, topic: str) -> TopicNode:
         node = await self.get(topic)

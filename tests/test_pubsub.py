@@ -371,6 +371,29 @@ async def test_publish_options_configure_a_new_node_and_are_preconditions_after(
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_default_configuration_is_what_a_new_node_gets(memory_xmpp):
+    node, (alice, bob) = await two_users(
+        memory_xmpp, sections={"server": {"pubsub_max_items": 4}})
+    answer = await alice.iq(pubsub("get", "<default/>", owner=True))
+    assert answer["type"] == "result"
+    default = next(answer.pubsub.default.elements())
+    fields = {f["var"]: str(f.value) for f in default.elements()
+              if f.name == "field" and f.getAttribute("var") != "FORM_TYPE"}
+    assert fields == {"pubsub#access_model": "open", "pubsub#max_items": "4",
+                      "pubsub#persist_items": "true", "pubsub#title": ""}
+    await alice.iq(pubsub("set", "<create node='club/new'/>"))
+    created = await alice.iq(pubsub("get", "<configure node='club/new'/>", owner=True))
+    assert "<value>4</value>" in created.toXml()  # the bound, not the default 10
+    for n in range(6):
+        await alice.iq(publish("club/new", str(n)))
+    assert len((await node.core.nodes.get("club/new")).items) == 4
+    # Collections are not offered.
+    collection = await alice.iq(pubsub("get", "<default>" + config_form(
+        node_type="collection") + "</default>", owner=True))
+    assert conditions(collection)[0] == "feature-not-implemented"
+
+
+@pytest_twisted.ensureDeferred
 async def test_bounds_on_nodes_per_user_items_and_item_size(memory_xmpp):
     sections = {"server": {"pubsub_nodes_per_user": 1, "pubsub_max_items": 2,
                            "pubsub_item_bytes": 100}}

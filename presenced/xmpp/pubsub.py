@@ -32,6 +32,7 @@ from presenced.xmpp.pep import parse_request, publish_options
 from presenced.xmpp.stanzas import attr
 
 if TYPE_CHECKING:
+    from presenced.topicnodes import TopicConfig
     from presenced.xmpp.session import C2SSession
 
 NS_PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
@@ -43,8 +44,8 @@ SERVICE_FEATURES = tuple(f"{NS_PUBSUB}#{name}" for name in (
     "create-and-configure", "create-nodes", "delete-items", "delete-nodes", "item-ids",
     "manage-affiliations", "manage-subscriptions", "meta-data", "modify-affiliations",
     "multi-items", "persistent-items", "publish", "publish-options", "purge-nodes",
-    "retract-items", "retrieve-affiliations", "retrieve-items", "retrieve-subscriptions",
-    "subscribe", "subscription-notifications",
+    "retract-items", "retrieve-affiliations", "retrieve-default", "retrieve-items",
+    "retrieve-subscriptions", "subscribe", "subscription-notifications",
     )) + (NS_PUBSUB,)
 
 
@@ -165,6 +166,12 @@ class PubsubServiceHandler(FeatureHandler):
             return self._answer(session, iq, self._node_affiliations(session, request.topic))
         if request.verb == "subscriptionsGet":
             return self._answer(session, iq, self._node_subscriptions(session, request.topic))
+        if request.verb == "default" and request.nodeType == "leaf":
+            answer = domish.Element((NS_PUBSUB_OWNER, "pubsub"))
+            answer.addElement("default").addChild(
+                _config_form(self.core.nodes.default_config()).toElement())
+            session.result(iq, answer)
+            return None
         return self._unsupported(session, iq, request.verb)
 
     # --- the work ---------------------------------------------------------------------------
@@ -228,21 +235,10 @@ class PubsubServiceHandler(FeatureHandler):
 
     async def _configuration(self, session: "C2SSession", topic: str) -> domish.Element:
         node = await self.core.nodes.managed(self._actor(session), topic)
-        form = data_form.Form("form", formNamespace=NS_NODE_CONFIG)
-        form.addField(data_form.Field("list-single", var="pubsub#access_model",
-                                      value=node.config.access_model,
-                                      options=[data_form.Option(m) for m in
-                                               type(node.config).ACCESS]))
-        form.addField(data_form.Field("text-single", var="pubsub#max_items",
-                                      value=str(node.config.max_items)))
-        form.addField(data_form.Field("boolean", var="pubsub#persist_items",
-                                      value=node.config.persist_items))
-        form.addField(data_form.Field("text-single", var="pubsub#title",
-                                      value=node.config.title))
         answer = domish.Element((NS_PUBSUB_OWNER, "pubsub"))
         configure = answer.addElement("configure")
         configure["node"] = topic
-        configure.addChild(form.toElement())
+        configure.addChild(_config_form(node.config).toElement())
         return answer
 
     async def _node_affiliations(self, session: "C2SSession", topic: str) -> domish.Element:
@@ -331,7 +327,7 @@ class PubsubServiceHandler(FeatureHandler):
         if request.verb == "subscriptionsSet":  # wokkel reads neither its node nor entries
             request.nodeIdentifier = iq.pubsub.subscriptions.getAttribute("node")
         node = request.nodeIdentifier or ""
-        if not node and not node_needed:
+        if not node and (not node_needed or request.verb == "default"):
             request.topic = ""
             return request
         try:
@@ -394,6 +390,20 @@ def _subscription_changes(iq: domish.Element) -> dict[str, str]:
                            app="invalid-jid") from None
         changes[jid] = entry.getAttribute("subscription", "")
     return changes
+
+
+def _config_form(config: TopicConfig) -> data_form.Form:
+    """A node's configuration form (§8.2), or the default one a new node gets (§8.3)."""
+    form = data_form.Form("form", formNamespace=NS_NODE_CONFIG)
+    form.addField(data_form.Field("list-single", var="pubsub#access_model",
+                                  value=config.access_model,
+                                  options=[data_form.Option(m) for m in type(config).ACCESS]))
+    form.addField(data_form.Field("text-single", var="pubsub#max_items",
+                                  value=str(config.max_items)))
+    form.addField(data_form.Field("boolean", var="pubsub#persist_items",
+                                  value=config.persist_items))
+    form.addField(data_form.Field("text-single", var="pubsub#title", value=config.title))
+    return form
 
 
 def _owner_listing(kind: str, topic: str, pairs: list[tuple[str, str]]) -> domish.Element:
