@@ -281,7 +281,8 @@ class TopicNodes:
                     if len(node.pending) >= MAX_PENDING:
                         raise PepError("resource-constraint", f"{MAX_PENDING} subscribers "
                                        "already wait for the owner's approval")
-                    await self._save_pending(topic, replace(node, pending=node.pending + (user,)))
+                    asked = replace(node, pending=node.pending + (user,))
+                    await self._save_pending(topic, asked)
                 self.core.router.deliver(node.owner, Event(events.NODE_AUTHORIZE, topic, {
                     "node": topic, "subscriber": user}))
                 return "pending"

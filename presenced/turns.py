@@ -48,11 +48,12 @@ def one_at_a_time(argument: str) -> Callable[[Callable[..., Awaitable[Result]]],
     """Decorate an async method of an object with a ``turns`` (:class:`Turns`) attribute:
     each call runs in the turn of the value of its parameter named ``argument``."""
     def decorate(method: Callable[..., Awaitable[Result]]) -> Callable[..., Awaitable[Result]]:
-        signature = inspect.signature(method)
+        # The parameter's place after ``self``, found once: tune publishes come this way.
+        position = list(inspect.signature(method).parameters).index(argument) - 1
 
         @functools.wraps(method)
         async def in_turn(self: Any, *args: Any, **kwargs: Any) -> Result:
-            key = signature.bind(self, *args, **kwargs).arguments[argument]
+            key = args[position] if position < len(args) else kwargs[argument]
             async with self.turns.of(key):
                 return await method(self, *args, **kwargs)
         return in_turn

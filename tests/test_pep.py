@@ -519,3 +519,4 @@ async def test_pipelined_publishes_to_one_multi_item_node_are_all_kept(store, tm
     assert await defer.gatherResults(retracted) == [True, True]
     node = await core.pep.get_node("ann@localhost", "urn:x:list")
     assert [i.item_id for i in node.items] == ["2", "3", "4", "5"]
+    assert len(core.pep.turns) == 0  # no lock is kept once the changes are done
