@@ -52,6 +52,7 @@ MEMBERS = ("owner", "publisher", "member")  # who passes a whitelist and needs n
 INDEX = "pubsub"     # the map's "user" that lists every node (never a topic: no "/")
 RECORD = "node"      # the map key of a node's record, under its topic
 MAX_PENDING = 1000   # subscribers one node keeps waiting for approval (docs/security.md)
+MAX_ASKED_AT_LOGIN = 100  # pending requests asked again on an owner's login (the same)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,15 +148,20 @@ class TopicNodes:
         return ([(jid, "subscribed") for jid in sorted(followers)]
                 + [(jid, "pending") for jid in node.pending])
 
-    async def awaiting(self, owner: str) -> list[tuple[str, str]]:
-        """``(topic, subscriber)`` of every subscription request waiting for ``owner``'s
-        approval, oldest first per node: what to ask the owner again when they log in."""
-        asks = []
+    async def awaiting(self, owner: str, limit: int = MAX_ASKED_AT_LOGIN,
+                       ) -> list[tuple[str, str]]:
+        """``(topic, subscriber)`` of the subscription requests waiting for ``owner``'s
+        approval, oldest first per node, at most ``limit`` (up to 64 nodes x 1 000 could
+        wait): what to ask the owner again when they log in. The others stay pending, in
+        the owner's list of subscriptions, and are asked once these are answered."""
+        asks: list[tuple[str, str]] = []
         for topic in sorted(await self._map.items(owner)):
             node = await self.get(topic)
             if node is not None and node.owner == owner:
                 asks.extend((topic, subscriber) for subscriber in node.pending)
-        return asks
+            if len(asks) >= limit:
+                break
+        return asks[:limit]
 
     async def affiliations(self, actor: Optional[str], topic: str) -> list[tuple[str, str]]:
         node = await self.managed(actor, topic)

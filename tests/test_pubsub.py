@@ -705,3 +705,5 @@ async def test_pending_approvals_are_bounded_per_node(memory_xmpp, monkeypatch):
         await nodes.subscribe("c@localhost", "vip/x")
     assert refused.value.condition == "resource-constraint"
     assert (await nodes.get("vip/x")).pending == ("a@localhost", "b@localhost")
+    # At login the owner is asked again about a bounded number of them.
+    assert await nodes.awaiting("ann@localhost", limit=1) == [("vip/x", "a@localhost")]
