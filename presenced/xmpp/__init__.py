@@ -69,8 +69,9 @@ session is over (its connection gone, or -- with stream management -- not resume
 (:mod:`presenced.xmpp.sm`) ended with stanzas the client never acknowledged (messages keeps
 the messages offline); ``xmpp-initial-backlog(session)`` is collected (``hooks.collect``) on
 initial presence: each handler returns a Deferred of stanzas to send after the probes
-(offline messages); ``xmpp-roster-removing(user, contact, item)`` is collected before a
-roster item is removed (the subscription protocol cancels both ways);
+(offline messages, pubsub authorization requests still pending);
+``xmpp-roster-removing(user, contact, item)`` is collected before a roster item is removed
+(the subscription protocol cancels both ways);
 ``xmpp-contact-linked(session, contact, linked)`` when an admin made or unmade a friend;
 ``xmpp-message-out(session, data, kind)`` when a client sent a message (``data``: the
 stanza as serialised), ``xmpp-message-in(recipient, data, kind)`` when a message to a full
