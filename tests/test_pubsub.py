@@ -707,3 +707,54 @@ async def test_pending_approvals_are_bounded_per_node(memory_xmpp, monkeypatch):
     assert (await nodes.get("vip/x")).pending == ("a@localhost", "b@localhost")
     # At login the owner is asked again about a bounded number of them.
     assert await nodes.awaiting("ann@localhost", limit=1) == [("vip/x", "a@localhost")]
+
+
+def publish_options(client: PubsubClient, **fields) -> object:
+    form = client.plugin["xep_0004"].make_form(ftype="submit")
+    form.add_field("FORM_TYPE", ftype="hidden", value=NS_PUBSUB + "#publish-options")
+    for name, value in fields.items():
+        form.add_field(f"pubsub#{name}", value=value)
+    return form
+
+
+def test_slixmpp_default_config_offline_owner_set_subscriptions_publish_options(server):
+    service = "pubsub.localhost"
+
+    async def scenario() -> None:
+        owner, stranger = await connected(server, "owner"), await connected(server, "stranger")
+        try:
+            default = await owner.pubsub.get_node_config(service)  # node None: the default
+            fields = {f.get("var"): f.findtext(f"{{{NS_DATA}}}value") for f in
+                      default.xml.iterfind(f".//{{{NS_DATA}}}field")}
+            assert fields["pubsub#access_model"] == "open"
+            assert fields["pubsub#max_items"] == "10"
+
+            await owner.pubsub.create_node(service, "club/later", config=node_config(
+                owner, access_model="authorize"))
+            owner.disconnect()
+            await asyncio.wait_for(owner.disconnected, TIMEOUT)
+            answer = await stranger.pubsub.subscribe(service, "club/later")
+            assert answer["pubsub"]["subscription"]["subscription"] == "pending"
+            owner = await connected(server, "owner")  # asked at login
+            request = await asyncio.wait_for(owner.requests.get(), TIMEOUT)
+            values = request["form"].get_values()
+            assert (values["pubsub#node"], str(values["pubsub#subscriber_jid"])) == (
+                "club/later", "stranger@localhost")
+            await owner.pubsub.modify_subscriptions(service, "club/later",
+                                                    [("stranger@localhost", "subscribed")])
+            sender, xml = await stranger.next_tune()
+            assert sender == service and "subscribed" in xml
+
+            await owner.pubsub.publish(service, "club/opts", id="1", payload=entry("one"),
+                                       options=publish_options(owner, access_model="whitelist"))
+            with pytest.raises(IqError) as refused:
+                await owner.pubsub.publish(service, "club/opts", id="2", payload=entry("two"),
+                                           options=publish_options(owner, access_model="open"))
+            assert refused.value.iq["error"]["condition"] == "conflict"
+            assert refused.value.iq.xml.find(f".//{{{NS_ERRORS}}}precondition-not-met") \
+                is not None
+        finally:
+            owner.disconnect()
+            stranger.disconnect()
+
+    run(scenario())
