@@ -501,6 +501,25 @@ async def test_other_pep_nodes_are_kept_and_delivered_to_their_own_notify(memory
     assert condition(gone) == "item-not-found"
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_client_pipelining_publishes_to_a_multi_item_node_loses_none(memory_xmpp):
+    node = await pep_node(memory_xmpp)
+    alice = await node.online("alice", password=PASSWORD)
+    options = ("<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' "
+               "type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value>"
+               "</field><field var='pubsub#max_items'><value>10</value></field></x>"
+               "</publish-options>")
+    alice.send("".join(
+        f"<iq type='set' id='p{n}'><pubsub xmlns='http://jabber.org/protocol/pubsub'>"
+        f"<publish node='urn:x:list'><item id='{n}'><e xmlns='urn:x'/></item></publish>"
+        f"{options}</pubsub></iq>" for n in range(6)))  # sent at once, not waiting
+    for n in range(6):
+        answer = await alice.expect(lambda s, n=n: s.name == "iq" and s["id"] == f"p{n}")
+        assert answer["type"] == "result"
+    items = await alice.iq(items_iq("i", "alice@localhost", "urn:x:list"))
+    assert [i["id"] for i in items.pubsub.items.elements()] == [str(n) for n in range(6)]
+
+
 @pytest.mark.parametrize("store", ["embedded", "redis"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_pipelined_publishes_to_one_multi_item_node_are_all_kept(store, tmp_path):
