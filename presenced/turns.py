@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, TypeVar
+from typing import Any, Awaitable, Callable, Hashable, TypeVar
 
 from twisted.internet import defer
 
@@ -30,17 +29,20 @@ class Turns:
         """Keys being changed now (0 once every change is done: nothing is kept)."""
         return len(self._locks)
 
-    @asynccontextmanager
-    async def of(self, key: Hashable) -> AsyncIterator[None]:
-        """Hold the turn of ``key`` for the body, after the changes begun before."""
-        lock = self._locks.setdefault(key, defer.DeferredLock())
+    async def run(self, key: Hashable, work: Callable[..., Awaitable[Result]],
+                  *args: Any, **kwargs: Any) -> Result:
+        """``await work(*args, **kwargs)`` in the turn of ``key``, after the changes begun
+        before it."""
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = defer.DeferredLock()
         await lock.acquire()
         try:
-            yield
+            return await work(*args, **kwargs)
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
-                self._locks.pop(key, None)
+                del self._locks[key]
 
 
 def one_at_a_time(argument: str) -> Callable[[Callable[..., Awaitable[Result]]],
@@ -54,7 +56,6 @@ def one_at_a_time(argument: str) -> Callable[[Callable[..., Awaitable[Result]]],
         @functools.wraps(method)
         async def in_turn(self: Any, *args: Any, **kwargs: Any) -> Result:
             key = args[position] if position < len(args) else kwargs[argument]
-            async with self.turns.of(key):
-                return await method(self, *args, **kwargs)
+            return await self.turns.run(key, method, self, *args, **kwargs)
         return in_turn
     return decorate
