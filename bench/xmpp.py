@@ -16,6 +16,10 @@ with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` p
    Each client knows its salted password, as a real client keeps it after its first login:
    before the clock starts every client asks for its salt (a SCRAM exchange over plain TCP,
    aborted) and derives it, so the timed logins cost the load client no PBKDF2.
+   ``login_plain_repeat``: then the same PLAIN logins once more (TCP): a server that keeps
+   passwords it verified lately (presenced's ``[server] verified_password_cache``) skips
+   PBKDF2 for them, so this figure and ``login_plain`` (every account's first login since
+   the server started) are both given.
 5. ``room``: ``--room-occupants`` of the accounts join one group chat room (XEP-0045) and
    ``--room-senders`` of them send ``--room-messages`` groupchat messages each as fast as
    they can; every occupant (the senders too) receives every message: occupant
@@ -336,7 +340,7 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
 def worker(port: int, users: list[str], concurrency: int, messages: int, interval: float,
            sm: bool, transport: str, carbons: bool, pipe) -> None:
     """One load process: PLAIN logins, wait, message burst, paced messages, close,
-    SCRAM+TLS logins (TCP only; BOSH: logins and idle sessions only)."""
+    SCRAM+TLS logins, PLAIN logins again (TCP only; BOSH: logins and idle sessions only)."""
 
     async def main():
         elapsed, connections = await run_logins(port, users, concurrency, tls=False, sm=sm,
@@ -373,6 +377,11 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
             return
         elapsed, connections = await run_logins(port, users, concurrency, tls=True)
         pipe.send(("scram", elapsed))
+        for _, writer, _ in connections:
+            writer.close()
+        pipe.recv()
+        elapsed, connections = await run_logins(port, users, concurrency, tls=False)
+        pipe.send(("plain-repeat", elapsed))
         for _, writer, _ in connections:
             writer.close()
 
@@ -571,6 +580,16 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
         scram_done = [pipe.recv()[1] for pipe in pipes]
         scram_elapsed = (time.perf_counter() - started) if None not in scram_done else None
         scram_cpu = cpu_seconds(pid) - cpu
+        repeat_elapsed = repeat_cpu = None
+        if scram_elapsed:  # TCP: the same PLAIN logins again
+            time.sleep(1.0)
+            started, cpu = time.perf_counter(), cpu_seconds(pid)
+            for pipe in pipes:
+                pipe.send("go")
+            for pipe in pipes:
+                pipe.recv()
+            repeat_elapsed = time.perf_counter() - started
+            repeat_cpu = cpu_seconds(pid) - cpu
     finally:
         for proc in procs:
             proc.join(30)
@@ -586,7 +605,11 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
         "login_plain_per_s": round(len(users) / plain_elapsed, 1),
         "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1)
         if scram_elapsed else None,
+        "login_plain_repeat_per_s": round(len(users) / repeat_elapsed, 1)
+        if repeat_elapsed else None,
         "server_cpu_ms_per_login_plain": round(1000 * plain_cpu / len(users), 3),
+        "server_cpu_ms_per_login_plain_repeat": round(1000 * repeat_cpu / len(users), 3)
+        if repeat_elapsed else None,
         "server_cpu_ms_per_login_starttls_scram": round(1000 * scram_cpu / len(users), 3)
         if scram_elapsed else None,
         "idle_rss_kb_per_session": round((rss_idle - rss_before) / len(users), 2),
