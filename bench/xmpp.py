@@ -27,6 +27,10 @@ with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` p
    per delivery. Then a paced round at ``--room-paced-rate`` messages/s gives the latency
    at a steady load.
 
+The JSON gives the load processes' CPU time per login too (``client_cpu_ms_per_login_*``):
+on a machine of few cores what the client spends is taken from the server, so a login rate
+is only the server's when the client's share is small (its TLS handshakes are not).
+
 The load client shares this machine's cores with the server (and, on a shared machine, with
 whatever else runs: the JSON gives the load average and the server's CPU time per login and
 per message, which other load does not distort). PBKDF2 cost per login follows
@@ -343,9 +347,10 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
     SCRAM+TLS logins, PLAIN logins again (TCP only; BOSH: logins and idle sessions only)."""
 
     async def main():
+        cpu = time.process_time()
         elapsed, connections = await run_logins(port, users, concurrency, tls=False, sm=sm,
                                                 transport=transport, carbons=carbons)
-        pipe.send(("plain", elapsed))
+        pipe.send(("plain", elapsed, time.process_time() - cpu))
         if transport == "bosh":
             for phase in ("messages", "paced"):
                 pipe.recv()
@@ -354,7 +359,7 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
             pipe.recv()
             for client in connections:
                 client.held.cancel()
-            pipe.send(("scram", None))
+            pipe.send(("scram", None, 0.0))
             return
         handled = {writer: 0 for _, writer, _ in connections} if sm else None
         barrier_at = pipe.recv()
@@ -373,15 +378,17 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
         pipe.send(("ready",))
         pipe.recv()
         if transport != "tcp":
-            pipe.send(("scram", None))
+            pipe.send(("scram", None, 0.0))
             return
+        cpu = time.process_time()
         elapsed, connections = await run_logins(port, users, concurrency, tls=True)
-        pipe.send(("scram", elapsed))
+        pipe.send(("scram", elapsed, time.process_time() - cpu))
         for _, writer, _ in connections:
             writer.close()
         pipe.recv()
+        cpu = time.process_time()
         elapsed, connections = await run_logins(port, users, concurrency, tls=False)
-        pipe.send(("plain-repeat", elapsed))
+        pipe.send(("plain-repeat", elapsed, time.process_time() - cpu))
         for _, writer, _ in connections:
             writer.close()
 
@@ -545,8 +552,7 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
         procs.append(proc)
     try:
         started, cpu = time.perf_counter(), cpu_seconds(pid)
-        for pipe in pipes:
-            pipe.recv()
+        client_cpu = {"plain": sum(pipe.recv()[2] for pipe in pipes)}
         plain_elapsed = time.perf_counter() - started
         plain_cpu = cpu_seconds(pid) - cpu
         time.sleep(3.5)  # idle: past two hibernation sweeps
@@ -577,7 +583,9 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
         started, cpu = time.perf_counter(), cpu_seconds(pid)
         for pipe in pipes:
             pipe.send("go")
-        scram_done = [pipe.recv()[1] for pipe in pipes]
+        scram_done = [pipe.recv()[1:] for pipe in pipes]
+        client_cpu["scram"] = sum(done[1] for done in scram_done if done[0])
+        scram_done = [done[0] for done in scram_done]
         scram_elapsed = (time.perf_counter() - started) if None not in scram_done else None
         scram_cpu = cpu_seconds(pid) - cpu
         repeat_elapsed = repeat_cpu = None
@@ -586,8 +594,7 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
             started, cpu = time.perf_counter(), cpu_seconds(pid)
             for pipe in pipes:
                 pipe.send("go")
-            for pipe in pipes:
-                pipe.recv()
+            client_cpu["repeat"] = sum(pipe.recv()[2] for pipe in pipes)
             repeat_elapsed = time.perf_counter() - started
             repeat_cpu = cpu_seconds(pid) - cpu
     finally:
@@ -608,6 +615,12 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
         "login_plain_repeat_per_s": round(len(users) / repeat_elapsed, 1)
         if repeat_elapsed else None,
         "server_cpu_ms_per_login_plain": round(1000 * plain_cpu / len(users), 3),
+        # The load processes' CPU per login, to see that the client is not what limits.
+        "client_cpu_ms_per_login_plain": round(1000 * client_cpu["plain"] / len(users), 3),
+        "client_cpu_ms_per_login_starttls_scram": round(
+            1000 * client_cpu["scram"] / len(users), 3) if scram_elapsed else None,
+        "client_cpu_ms_per_login_plain_repeat": round(
+            1000 * client_cpu["repeat"] / len(users), 3) if repeat_elapsed else None,
         "server_cpu_ms_per_login_plain_repeat": round(1000 * repeat_cpu / len(users), 3)
         if repeat_elapsed else None,
         "server_cpu_ms_per_login_starttls_scram": round(1000 * scram_cpu / len(users), 3)
