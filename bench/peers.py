@@ -9,7 +9,8 @@ own default is 10 000, gets account files written directly; ejabberd
 ``ejabberd-plain-passwords``, keeps them as they are, ejabberd's default). Then the load client
 of ``bench/xmpp.py`` (:func:`bench.xmpp.drive`, the same processes and phases) measures
 PLAIN logins over plain TCP, the memory per idle session, chat messages flat out and paced,
-and STARTTLS + SCRAM-SHA-1 logins. The JSON gives each server's figures, presenced's
+STARTTLS + SCRAM-SHA-1 logins, and the same PLAIN logins again (repeat logins). The JSON
+gives each server's figures, presenced's
 ratio to each peer (``presenced / peer``: above 1 is better for rates, below 1 for memory,
 CPU and latency) and the load average during each run.
 
@@ -52,8 +53,10 @@ START_TIMEOUT = 60.0
 # Every server listens with a backlog of 1024 (presenced's): ejabberd's default of 5 drops
 # the connections of a login storm, which then wait for SYN retries.
 # Higher is better for these; for every other figure compared, lower is.
-RATES = ("login_plain_per_s", "login_starttls_scram_per_s", "messages_per_s")
+RATES = ("login_plain_per_s", "login_plain_repeat_per_s", "login_starttls_scram_per_s",
+         "messages_per_s")
 COMPARED = RATES + ("idle_rss_kb_per_session", "server_cpu_ms_per_login_plain",
+                    "server_cpu_ms_per_login_plain_repeat",
                     "server_cpu_ms_per_login_starttls_scram", "server_cpu_us_per_message",
                     "paced_latency_p50_ms", "paced_latency_p99_ms")
 

@@ -12,14 +12,24 @@ with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` p
    its partner's bare JID as fast as it can; delivered messages/s and p50/p99
    send-to-receive latency (which, in a burst, is mostly queueing). Then a paced phase at
    ``--paced-rate`` messages/s in total gives the latency at a steady load.
-4. ``login_scram_tls``: the same accounts log in again with STARTTLS + SCRAM-SHA-1 (the
-   client computes PBKDF2 too, as real clients do); logins/s.
+4. ``login_scram_tls``: the same accounts log in again with STARTTLS + SCRAM-SHA-1; logins/s.
+   Each client knows its salted password, as a real client keeps it after its first login:
+   before the clock starts every client asks for its salt (a SCRAM exchange over plain TCP,
+   aborted) and derives it, so the timed logins cost the load client no PBKDF2.
+   ``login_plain_repeat``: then the same PLAIN logins once more (TCP): a server that keeps
+   passwords it verified lately (presenced's ``[server] verified_password_cache``) skips
+   PBKDF2 for them, so this figure and ``login_plain`` (every account's first login since
+   the server started) are both given.
 5. ``room``: ``--room-occupants`` of the accounts join one group chat room (XEP-0045) and
    ``--room-senders`` of them send ``--room-messages`` groupchat messages each as fast as
    they can; every occupant (the senders too) receives every message: occupant
    deliveries/s, p50/p99 send-to-receive latency over all deliveries, and the server's CPU
    per delivery. Then a paced round at ``--room-paced-rate`` messages/s gives the latency
    at a steady load.
+
+The JSON gives the load processes' CPU time per login too (``client_cpu_ms_per_login_*``):
+on a machine of few cores what the client spends is taken from the server, so a login rate
+is only the server's when the client's share is small (its TLS handshakes are not).
 
 The load client shares this machine's cores with the server (and, on a shared machine, with
 whatever else runs: the JSON gives the load average and the server's CPU time per login and
@@ -128,6 +138,22 @@ async def bind(reader, writer, buffer, sm: bool = False, carbons: bool = False) 
         await read_until(reader, buffer, b"id='c'")
 
 
+# Salted passwords by (password, salt, iterations), as a real client keeps its own after the
+# first login (RFC 5802 5.1 lets it): the timed SCRAM logins then measure the servers, not
+# the load client's PBKDF2. Filled before the clock starts by :func:`learn_salts`.
+SALTED: dict[tuple[str, str, str], bytes] = {}
+
+
+def salted_password(password: str, salt: str, iterations: str) -> bytes:
+    """The client's SaltedPassword (PBKDF2-SHA-1), from :data:`SALTED` when known."""
+    key = (password, salt, iterations)
+    salted = SALTED.get(key)
+    if salted is None:
+        salted = SALTED[key] = hashlib.pbkdf2_hmac("sha1", password.encode(),
+                                                   base64.b64decode(salt), int(iterations))
+    return salted
+
+
 def scram_client(user: str, password: str):
     """Minimal SCRAM-SHA-1 client: returns (first message, final-message function)."""
     nonce = base64.b64encode(os.urandom(18)).decode()
@@ -135,8 +161,7 @@ def scram_client(user: str, password: str):
 
     def final(server_first: str) -> tuple[bytes, bytes]:
         fields = dict(part.split("=", 1) for part in server_first.split(","))
-        salted = hashlib.pbkdf2_hmac("sha1", password.encode(), base64.b64decode(fields["s"]),
-                                     int(fields["i"]))
+        salted = salted_password(password, fields["s"], fields["i"])
         client_key = hmac.new(salted, b"Client Key", "sha1").digest()
         stored = hashlib.sha1(client_key).digest()
         without_proof = f"c=biws,r={fields['r']}"
@@ -150,6 +175,42 @@ def scram_client(user: str, password: str):
     return f"n,,{first_bare}".encode(), final
 
 
+async def scram_first(reader, writer, buffer: bytearray, user: str):
+    """Send SCRAM-SHA-1's first message; returns the server's first and the final-message
+    function."""
+    first, final = scram_client(user.partition("@")[0], PASSWORD)
+    writer.write(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>%s"
+                 b"</auth>" % base64.b64encode(first))
+    challenge = await read_until(reader, buffer, b"</challenge>")
+    server_first = base64.b64decode(re.search(rb">([^<]*)</challenge>", challenge).group(1))
+    return server_first.decode(), final
+
+
+async def learn_salt(port: int, user: str) -> None:
+    """One SCRAM exchange up to the server's salt (plain TCP), then abort: the salted
+    password is computed and kept (:data:`SALTED`), as a client that logged in before has
+    it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    buffer = bytearray()
+    writer.write(HEADER)
+    await read_until(reader, buffer, FEATURES_END)
+    server_first, _ = await scram_first(reader, writer, buffer, user)
+    fields = dict(part.split("=", 1) for part in server_first.split(","))
+    salted_password(PASSWORD, fields["s"], fields["i"])
+    writer.write(b"<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></stream:stream>")
+    writer.close()
+
+
+async def learn_salts(port: int, users: list[str], concurrency: int) -> None:
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(user: str) -> None:
+        async with semaphore:
+            await learn_salt(port, user)
+
+    await asyncio.gather(*(one(u) for u in users))
+
+
 async def login_scram_tls(port: int, user: str, context: ssl.SSLContext):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     buffer = bytearray()
@@ -160,12 +221,8 @@ async def login_scram_tls(port: int, user: str, context: ssl.SSLContext):
     await writer.start_tls(context, server_hostname="localhost")
     writer.write(HEADER)
     await read_until(reader, buffer, FEATURES_END)
-    first, final = scram_client(user.partition("@")[0], PASSWORD)
-    writer.write(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>%s"
-                 b"</auth>" % base64.b64encode(first))
-    challenge = await read_until(reader, buffer, b"</challenge>")
-    server_first = base64.b64decode(re.search(rb">([^<]*)</challenge>", challenge).group(1))
-    message, expected = final(server_first.decode())
+    server_first, final = await scram_first(reader, writer, buffer, user)
+    message, expected = final(server_first)
     writer.write(b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>%s</response>"
                  % base64.b64encode(message))
     success = await read_until(reader, buffer, b"</success>")
@@ -287,20 +344,22 @@ async def pump_messages(connections, users: list[str], count: int, barrier_at: f
 def worker(port: int, users: list[str], concurrency: int, messages: int, interval: float,
            sm: bool, transport: str, carbons: bool, pipe) -> None:
     """One load process: PLAIN logins, wait, message burst, paced messages, close,
-    SCRAM+TLS logins (TCP only; BOSH: logins and idle sessions only)."""
+    SCRAM+TLS logins, PLAIN logins again (TCP only; BOSH: logins and idle sessions only)."""
 
     async def main():
+        cpu = time.process_time()
         elapsed, connections = await run_logins(port, users, concurrency, tls=False, sm=sm,
                                                 transport=transport, carbons=carbons)
-        pipe.send(("plain", elapsed))
+        pipe.send(("plain", elapsed, time.process_time() - cpu))
         if transport == "bosh":
             for phase in ("messages", "paced"):
                 pipe.recv()
                 pipe.send((phase, [], 0.0))
+            pipe.send(("ready",))
             pipe.recv()
             for client in connections:
                 client.held.cancel()
-            pipe.send(("scram", None))
+            pipe.send(("scram", None, 0.0))
             return
         handled = {writer: 0 for _, writer, _ in connections} if sm else None
         barrier_at = pipe.recv()
@@ -314,12 +373,22 @@ def worker(port: int, users: list[str], concurrency: int, messages: int, interva
         for _, writer, _ in connections:
             writer.write(b"</stream:stream>")
             writer.close()
+        if transport == "tcp":
+            await learn_salts(port, users, concurrency)
+        pipe.send(("ready",))
         pipe.recv()
         if transport != "tcp":
-            pipe.send(("scram", None))
+            pipe.send(("scram", None, 0.0))
             return
+        cpu = time.process_time()
         elapsed, connections = await run_logins(port, users, concurrency, tls=True)
-        pipe.send(("scram", elapsed))
+        pipe.send(("scram", elapsed, time.process_time() - cpu))
+        for _, writer, _ in connections:
+            writer.close()
+        pipe.recv()
+        cpu = time.process_time()
+        elapsed, connections = await run_logins(port, users, concurrency, tls=False)
+        pipe.send(("plain-repeat", elapsed, time.process_time() - cpu))
         for _, writer, _ in connections:
             writer.close()
 
@@ -483,8 +552,7 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
         procs.append(proc)
     try:
         started, cpu = time.perf_counter(), cpu_seconds(pid)
-        for pipe in pipes:
-            pipe.recv()
+        client_cpu = {"plain": sum(pipe.recv()[2] for pipe in pipes)}
         plain_elapsed = time.perf_counter() - started
         plain_cpu = cpu_seconds(pid) - cpu
         time.sleep(3.5)  # idle: past two hibernation sweeps
@@ -509,13 +577,26 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
         for pipe in pipes:
             paced.extend(pipe.recv()[1])
         paced.sort()
+        for pipe in pipes:
+            pipe.recv()  # the SCRAM clients know their salted passwords
         time.sleep(1.0)
         started, cpu = time.perf_counter(), cpu_seconds(pid)
         for pipe in pipes:
             pipe.send("go")
-        scram_done = [pipe.recv()[1] for pipe in pipes]
+        scram_done = [pipe.recv()[1:] for pipe in pipes]
+        client_cpu["scram"] = sum(done[1] for done in scram_done if done[0])
+        scram_done = [done[0] for done in scram_done]
         scram_elapsed = (time.perf_counter() - started) if None not in scram_done else None
         scram_cpu = cpu_seconds(pid) - cpu
+        repeat_elapsed = repeat_cpu = None
+        if scram_elapsed:  # TCP: the same PLAIN logins again
+            time.sleep(1.0)
+            started, cpu = time.perf_counter(), cpu_seconds(pid)
+            for pipe in pipes:
+                pipe.send("go")
+            client_cpu["repeat"] = sum(pipe.recv()[2] for pipe in pipes)
+            repeat_elapsed = time.perf_counter() - started
+            repeat_cpu = cpu_seconds(pid) - cpu
     finally:
         for proc in procs:
             proc.join(30)
@@ -531,7 +612,17 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
         "login_plain_per_s": round(len(users) / plain_elapsed, 1),
         "login_starttls_scram_per_s": round(len(users) / scram_elapsed, 1)
         if scram_elapsed else None,
+        "login_plain_repeat_per_s": round(len(users) / repeat_elapsed, 1)
+        if repeat_elapsed else None,
         "server_cpu_ms_per_login_plain": round(1000 * plain_cpu / len(users), 3),
+        # The load processes' CPU per login, to see that the client is not what limits.
+        "client_cpu_ms_per_login_plain": round(1000 * client_cpu["plain"] / len(users), 3),
+        "client_cpu_ms_per_login_starttls_scram": round(
+            1000 * client_cpu["scram"] / len(users), 3) if scram_elapsed else None,
+        "client_cpu_ms_per_login_plain_repeat": round(
+            1000 * client_cpu["repeat"] / len(users), 3) if repeat_elapsed else None,
+        "server_cpu_ms_per_login_plain_repeat": round(1000 * repeat_cpu / len(users), 3)
+        if repeat_elapsed else None,
         "server_cpu_ms_per_login_starttls_scram": round(1000 * scram_cpu / len(users), 3)
         if scram_elapsed else None,
         "idle_rss_kb_per_session": round((rss_idle - rss_before) / len(users), 2),

@@ -21,6 +21,7 @@ from twisted.internet import defer, threads
 
 from presenced.scram import make_credentials, verify_password
 from presenced.users import BadUser
+from presenced.verified import VerifiedPasswords
 
 if TYPE_CHECKING:
     from presenced.extauth import ExternalAuth
@@ -38,7 +39,7 @@ class Accounts:
     def __init__(self, store: "IRosterStore", router: "SubscriptionRouter", hooks: "Hooks",
                  iterations: int, external: Optional["ExternalAuth"] = None,
                  run_check: Callable[..., defer.Deferred] = threads.deferToThread,
-                 domains: tuple[str, ...] = ()):
+                 domains: tuple[str, ...] = (), verified_cache: int = 0):
         self.store = store
         self.domains = domains  # served domains (empty: any, for tools on a bare store)
         # Where password checks run: the core's auth guard (its bounded check threads).
@@ -47,6 +48,8 @@ class Accounts:
         self.hooks = hooks
         self.iterations = iterations
         self.external = external
+        # Repeat logins with a password just verified skip PBKDF2 (presenced.verified).
+        self.verified = VerifiedPasswords(verified_cache)
 
     @property
     def external_passwords(self) -> bool:
@@ -81,7 +84,12 @@ class Accounts:
         credentials = await self.store.get_credentials(user)
         if credentials is None:
             return False
-        return await self.run_check(verify_password, credentials, password)
+        if self.verified.known(user, credentials, password):
+            return True
+        ok = await self.run_check(verify_password, credentials, password)
+        if ok:
+            self.verified.remember(user, credentials, password)
+        return ok
 
     def credentials(self, user: str) -> defer.Deferred:
         """Fires ``user``'s stored SCRAM keys, or None (unknown user, or passwords are

@@ -9,10 +9,15 @@ IPv4-mapped IPv6 address (a dual-stack socket) counts as the IPv4 address it car
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 IPV6_PREFIX = 64
+# Addresses whose key is remembered: every accepted connection asks, and parsing an address
+# costs more than the rest of the accept; clients reconnect from the same addresses.
+KEYS_CACHED = 4096
 
 
+@lru_cache(maxsize=KEYS_CACHED)
 def address_key(host: str) -> str:
     """The key ``host`` is counted under: an IPv4 address, or an IPv6 /64 network."""
     try:

@@ -38,6 +38,7 @@ SCHEMA: dict[str, Keys] = {
         "data_dir": Key("presenced-data", "str", non_empty),
         "workers": Key(1, "int", positive),
         "scram_iterations": Key(4096, "int", positive),
+        "verified_password_cache": Key(100000, "int", non_negative),
         "offline_limit": Key(1000, "int", non_negative),
         "blocklist_limit": Key(1000, "int", non_negative),
         "private_storage_bytes": Key(262144, "int", non_negative),

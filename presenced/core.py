@@ -123,7 +123,8 @@ class Core:
                                     server.auth_failure_period, server.auth_ban_seconds)
         self.accounts = Accounts(store, self.router, self.hooks, server.scram_iterations,
                                  external_auth, run_check=self.auth_guard.run_check,
-                                 domains=tuple(server.domains))
+                                 domains=tuple(server.domains),
+                                 verified_cache=server.verified_password_cache)
         self.hooks.add("user-removed", self._drop_from_contacts)
         self.hooks.add("user-removed", self._drop_from_graph)
         self.secret = load_secret(config.server.data_dir)

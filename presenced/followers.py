@@ -109,6 +109,24 @@ class FollowersIndex:
         self._read(user, load)
         return load.done
 
+    def following(self, user: str) -> Optional[defer.Deferred]:
+        """Fires the subjects ``user`` follows (itself left out) from the index, once its
+        login's read is in; None when ``user`` is not indexed here (ask the store)."""
+        subjects = self.follows.get(user)
+        if subjects is None:
+            return None
+        load = self._loads.get(user)
+        if load is None or load.refresh:
+            return defer.succeed([s for s in subjects if s != user])
+        answer: defer.Deferred = defer.Deferred()
+
+        def loaded(result: object) -> object:
+            answer.callback([s for s in self.follows.get(user, ()) if s != user])
+            return result
+
+        load.done.addBoth(loaded)
+        return answer
+
     def refresh(self) -> None:
         """Read every indexed user's subscriptions again, keeping the index as it is until
         each answer is in (after changes may have been missed: a lost Redis subscription)."""

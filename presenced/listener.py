@@ -51,6 +51,10 @@ TRIM_INTERVAL = 60.0    # seconds between two such collections at the most: a fu
 REFUSED = "presenced_connections_refused_total"
 PER_IP, DOOR_TOTAL, OPEN_FILES = "per_ip", "door_total", "open_files"
 
+# Declarations made by _also_provides, by (declaration before, interface added): one per
+# transport class and protocol kind, a handful; past the cap they are built each time.
+_DECLARATIONS: dict[tuple, Any] = {}
+MAX_DECLARATIONS = 64
 HTTP_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 32\r\nRetry-After: 10\r\nConnection: close\r\n\r\n"
                 b'{"error":"too many connections"}')
@@ -280,6 +284,21 @@ class GuardedFactory(Factory):
             connection.loseConnection()
 
 
+def _also_provides(connection: Any, interface: Any) -> None:
+    """``alsoProvides(connection, interface)``, sharing the declaration it makes between
+    connections that provided the same before: zope builds a new one per call (about 10 us,
+    at every accept and every STARTTLS), and a shared one is what zope's own
+    ``directlyProvides`` cache hands out."""
+    key = (connection.__provides__, interface)
+    declaration = _DECLARATIONS.get(key)
+    if declaration is not None:
+        connection.__provides__ = declaration
+        return
+    alsoProvides(connection, interface)
+    if len(_DECLARATIONS) < MAX_DECLARATIONS:
+        _DECLARATIONS[key] = connection.__provides__
+
+
 @implementer(IProtocol, IHandshakeListener)
 class GuardedConnection:
     """One admitted connection: the door's protocol above it, the TCP (or TLS) transport
@@ -320,7 +339,7 @@ class GuardedConnection:
         self.writeSequence = transport.writeSequence
         directlyProvides(self, providedBy(transport))
         if IHalfCloseableProtocol.providedBy(self.wrapped):
-            alsoProvides(self, IHalfCloseableProtocol)
+            _also_provides(self, IHalfCloseableProtocol)
         self.wrapped.makeConnection(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -370,7 +389,7 @@ class GuardedConnection:
     def startTLS(self, context: Any, normal: bool = True) -> None:
         self.transport.startTLS(context, normal)
         self.handshaking = True
-        alsoProvides(self, ISSLTransport)
+        _also_provides(self, ISSLTransport)
 
     def getPeer(self) -> Any:
         return self.transport.getPeer()

@@ -99,6 +99,56 @@ def make_core(tmp_path: Path, store, program=None) -> Core:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_repeat_check_of_a_verified_password_skips_pbkdf2(tmp_path, store,
+                                                                  monkeypatch):
+    """The first right password runs PBKDF2; the same again does not, a wrong one always
+    does, and a new password (new salt and keys) or a re-created account is checked afresh."""
+    slow: list[str] = []
+    verify = accounts_module.verify_password
+
+    def counting(credentials, password):
+        slow.append(password)
+        return verify(credentials, password)
+
+    monkeypatch.setattr(accounts_module, "verify_password", counting)
+    accounts = make_core(tmp_path, store).accounts
+    await accounts.register("a@localhost", "pw")
+    assert await accounts.check_password("a@localhost", "pw")
+    assert await accounts.check_password("a@localhost", "pw")
+    assert slow == ["pw"]
+    assert not await accounts.check_password("a@localhost", "bad")
+    assert not await accounts.check_password("a@localhost", "bad")
+    assert slow == ["pw", "bad", "bad"]  # failures are never remembered
+    await accounts.set_password("a@localhost", "new")
+    assert not await accounts.check_password("a@localhost", "pw")
+    assert await accounts.check_password("a@localhost", "new")
+    await accounts.remove("a@localhost")
+    assert not await accounts.check_password("a@localhost", "new")
+    await accounts.register("a@localhost", "new")
+    slow.clear()
+    assert await accounts.check_password("a@localhost", "new")
+    assert slow == ["new"]
+
+
+def test_verified_passwords_are_bounded_and_hold_no_password():
+    from presenced.scram import make_credentials
+    from presenced.verified import VerifiedPasswords
+
+    cache = VerifiedPasswords(2)
+    creds = {name: make_credentials(name, iterations=1) for name in "abc"}
+    for name in "abc":
+        cache.remember(name, creds[name], name + "-pw")
+    assert len(cache) == 2
+    assert not cache.known("a", creds["a"], "a-pw")  # the oldest went first
+    assert cache.known("b", creds["b"], "b-pw") and cache.known("c", creds["c"], "c-pw")
+    assert not cache.known("b", creds["c"], "b-pw")  # other keys: no match
+    assert all(b"-pw" not in digest for digest in cache._digests)
+    off = VerifiedPasswords(0)
+    off.remember("a", creds["a"], "a-pw")
+    assert len(off) == 0 and not off.known("a", creds["a"], "a-pw")
+
+
+@pytest_twisted.ensureDeferred
 async def test_store_accounts_register_check_change_and_remove(tmp_path, store, monkeypatch):
     hashed_on: list[threading.Thread] = []
     derive = accounts_module.make_credentials

@@ -215,3 +215,24 @@ async def test_a_follower_may_log_out_during_a_send(store):
     assert await router.send("rj@x", Event("tune", "rj@x", {})) == 3
     assert all(len(s.events) == 1 for s in sessions)
     assert not router.followers.of("rj@x") and router.followers.follows == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_following_answers_from_the_index_while_online_and_from_the_store_otherwise(
+        store, monkeypatch):
+    """An online user's subjects come from what its login read (changes heard since
+    included), so presence on login does not read them again; an offline user's from the
+    store."""
+    router = SubscriptionRouter(store)
+    await store.add_subscriptions([("fan@x", "rj@x"), ("fan@x", "topic/a")])
+    assert sorted(await router.following("fan@x")) == ["rj@x", "topic/a"]  # offline: store
+    fan = RecordingSession("fan@x")
+    router.login("fan@x", fan)
+    during = router.following("fan@x")  # the login's read is in flight: waits for it
+    reads: list[str] = []
+    monkeypatch.setattr(store, "get_subscriptions", lambda user: reads.append(user))
+    assert sorted(await during) == ["rj@x", "topic/a"]
+    router.subscriptions_changed(added=[("fan@x", "new@x")],
+                                 removed=[("fan@x", "topic/a")])
+    assert sorted(await router.following("fan@x")) == ["new@x", "rj@x"]
+    assert reads == []

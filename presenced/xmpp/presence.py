@@ -114,7 +114,7 @@ class PresenceHandler(FeatureHandler):
         another node of a cluster is asked through the router (an ``xmpp-probe`` event)
         and its resources answer with ``xmpp-probe-answer`` events."""
         store, user = self.core.store, session.user
-        contacts = store.get_subscriptions(user)
+        contacts = self.core.router.following(user)  # read at login, no second read
         pending = store.open_map(PENDING_STORE).items(user)
         backlogs = self.core.hooks.collect("xmpp-initial-backlog", session)
         blocking = self.core.blocking
