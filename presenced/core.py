@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from twisted.web.resource import IResource
 
     from presenced.extauth import ExternalAuth
+    from presenced.httphead import RequestHead
 
 
 def load_secret(data_dir: str) -> bytes:
@@ -85,6 +86,16 @@ class IRCStatus:
     channels: tuple[str, ...]  # joined now, lower-cased, sorted
     lines_waiting: int  # queued behind the flood limit
     last_error: str  # "" when none since the last sign-on
+
+
+class ILeanResource(Interface):
+    """A resource in ``core.web_resources`` that also answers whole requests read by the web
+    admin port's lean channel, without twisted.web's machinery per request (the HTTP
+    publisher's path): the door offering it keeps one implementation of its logic for both."""
+
+    def answer_lean(head: "RequestHead", body: bytes, host: str) -> defer.Deferred:
+        """Fires ``(status, body bytes, extra headers as (name, value) bytes pairs)`` for the
+        request ``head`` with ``body`` from the client at ``host``."""
 
 
 class IIRCAnnouncer(Interface):

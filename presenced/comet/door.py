@@ -18,7 +18,7 @@ from twisted.web.server import Site
 
 from presenced.comet.frames import ndjson_frame, sse_frame
 from presenced.events import RenderCache
-from presenced.comet.http import HTTPError
+from presenced.httphead import HTTPError
 from presenced.comet.replay import Channels, UserChannel
 from presenced.comet.siteauth import make_authorizer
 from presenced.comet.stream import CometConnection

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presenced.comet import frames
-from presenced.comet.http import (HTTPError, RequestHead, error_body, json_response,
+from presenced.httphead import (HTTPError, RequestHead, error_body, json_response,
                                   parse_head, response_head)
 from presenced.comet.replay import UserChannel
 from presenced.events import Event
