@@ -224,8 +224,8 @@ class Core:
         :class:`presenced.subjects.BadEvent` for a reserved or malformed type and for data
         past ``[server] max_event_bytes``, before anything is sent."""
         check_event_type(kind)
-        check_event_data(data, self.config.server.max_event_bytes)
-        event = Event(events.SITE, subject, {"type": kind, "data": data})
+        encoded = check_event_data(data, self.config.server.max_event_bytes)
+        event = events.site_event(subject, kind, data, encoded)
         return self.router.send(subject, event).addCallback(lambda reached: (event, reached))
 
     # --- friendships -----------------------------------------------------------------------

@@ -64,8 +64,9 @@ def check_event_type(kind: str) -> str:
     return kind
 
 
-def check_event_data(data: Any, max_bytes: int) -> dict:
-    """``data`` when it is a JSON object of at most ``max_bytes`` encoded; raises
+def check_event_data(data: Any, max_bytes: int) -> str:
+    """``data``'s compact JSON encoding when it is a JSON object of at most ``max_bytes``
+    encoded (the event's JSON is built from it: :func:`presenced.events.site_event`); raises
     :class:`BadEvent`."""
     if not isinstance(data, dict):
         raise BadEvent("event data must be a JSON object")
@@ -73,7 +74,7 @@ def check_event_data(data: Any, max_bytes: int) -> dict:
         encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as e:
         raise BadEvent(f"event data is not JSON: {e}") from None
-    if len(encoded.encode("utf-8")) > max_bytes:
+    if len(encoded) > max_bytes:    # ASCII: json.dumps escapes the rest
         raise BadEvent(f"event data is larger than {max_bytes} bytes ([server] "
                        "max_event_bytes)")
-    return data
+    return encoded

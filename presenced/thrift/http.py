@@ -139,17 +139,17 @@ class AdminAPI(Resource):
         """See :class:`presenced.core.ILeanResource`."""
         call = ApiRequest(head.method, head.path, head.query, head.header(b"authorization"),
                           host, body)
-        return self.answer(call).addCallback(_encode)
+        return self.answer(call)
 
     def answer(self, call: ApiRequest) -> defer.Deferred:
-        """Fires ``(status, body)``: a body is bytes (sent as they are) or a JSON value."""
+        """Fires ``(status, body bytes, extra headers)``."""
         if call.method == "POST" and call.path.startswith("/api/publish/"):
             published = self._publish_at_once(call)
             if published is not None:
                 return published
         d = defer.ensureDeferred(self._answer(call))
         d.addErrback(self._failed, call)
-        return d
+        return d.addCallback(_encode)
 
     def _publish_at_once(self, call: ApiRequest) -> Optional[defer.Deferred]:
         """A publish with a valid cached token, a good subject and a good event, sent within
@@ -168,7 +168,7 @@ class AdminAPI(Resource):
             d = self.core.publish(subject, call.query.get("type") or DEFAULT_EVENT_TYPE, data)
         except (BadUser, ApiError, BadEvent):
             return None
-        return d.addCallbacks(_published, self._failed, errbackArgs=(call,))
+        return d.addCallbacks(_published, self._failed_at_once, errbackArgs=(call,))
 
     async def _answer(self, call: ApiRequest) -> tuple[int, Any]:
         path = call.path.split("/", 2)
@@ -249,10 +249,14 @@ class AdminAPI(Resource):
         return 500, {"error": "InternalError", "message": "internal error; the server log "
                                                           "has details"}
 
-    def _send(self, answer: tuple[int, Any], request: server.Request) -> None:
+    def _failed_at_once(self, failure, call: ApiRequest) -> tuple[int, bytes, list]:
+        return _encode(self._failed(failure, call))
+
+    def _send(self, answer: tuple[int, bytes, list[tuple[bytes, bytes]]],
+              request: server.Request) -> None:
         if request._disconnected:
             return
-        status, body, extra = _encode(answer)
+        status, body, extra = answer
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
@@ -274,9 +278,9 @@ def _encode(answer: tuple[int, Any]) -> tuple[int, bytes, list[tuple[bytes, byte
     return status, data, UNAUTHORIZED if status == 401 else []
 
 
-def _published(answer: tuple[Event, int]) -> tuple[int, bytes]:
+def _published(answer: tuple[Event, int]) -> tuple[int, bytes, list]:
     event, reached = answer
-    return 200, b'{"id": %d, "reached": %d}' % (event.id, reached)
+    return 200, b'{"id": %d, "reached": %d}' % (event.id, reached), []
 
 
 def _event_data(raw: bytes) -> dict[str, Any]:

@@ -49,13 +49,16 @@ log = Logger()
 class AdminFront:
     """One connection of the web admin port until it asks for something else than ``/api``."""
 
-    __slots__ = ("site", "transport", "buf", "timer", "budget", "busy", "paused")
+    __slots__ = ("site", "transport", "host", "buf", "timer", "deadline", "budget", "busy",
+                 "paused")
 
     def __init__(self, site: "AdminSite"):
         self.site = site
         self.transport: Optional[ITransport] = None
+        self.host = "?"
         self.buf: Optional[bytearray] = bytearray()
         self.timer: Optional[IDelayedCall] = None
+        self.deadline: Optional[float] = None  # when the request awaited is late
         self.budget: Optional[WriteBudget] = None
         self.busy = False       # a request is being answered; what follows waits in buf
         self.paused = False     # reading stopped: buf holds a whole request or more
@@ -68,6 +71,7 @@ class AdminFront:
 
     def connectionMade(self) -> None:
         self.budget = WriteBudget(self.transport, MAX_UNREAD_BYTES, direct=True)
+        self.host = getattr(self.transport.getPeer(), "host", "?")
         self._wait_for_request()
 
     def dataReceived(self, data: bytes) -> None:
@@ -99,7 +103,8 @@ class AdminFront:
                 if len(buf) > MAX_HEAD_BYTES:
                     self._fail(HTTPError(431, "request head too large"))
                 return
-            if buf.find(API_PREFIX, 0, line_end) < 0 or self._api() is None:
+            api = self._api() if buf.find(API_PREFIX, 0, line_end) >= 0 else None
+            if api is None:
                 self._hand_off()
                 return
             end = buf.find(b"\r\n\r\n")
@@ -124,20 +129,18 @@ class AdminFront:
                 return
             body = bytes(buf[start:start + length])
             del buf[:start + length]
-            self._answer(head, body)
+            self._answer(api, head, body)
             buf = self.buf
 
     def _api(self) -> Optional[ILeanResource]:
         offered = self.site.core.web_resources.get(b"api")
         return offered if ILeanResource.providedBy(offered) else None
 
-    def _answer(self, head: RequestHead, body: bytes) -> None:
-        self._cancel_timer()
+    def _answer(self, api: ILeanResource, head: RequestHead, body: bytes) -> None:
+        self.deadline = None
         self.busy = True
-        host = getattr(self.transport.getPeer(), "host", "?")
-        d = self._api().answer_lean(head, body, host)
-        d.addCallback(self._respond, head)
-        d.addErrback(self._crashed)
+        api.answer_lean(head, body, self.host).addCallbacks(self._respond, self._crashed,
+                                                            callbackArgs=(head,))
 
     def _respond(self, answer: tuple[int, bytes, list[tuple[bytes, bytes]]],
                  head: RequestHead) -> None:
@@ -200,15 +203,25 @@ class AdminFront:
     # --- the deadline --------------------------------------------------------------------
 
     def _wait_for_request(self) -> None:
-        self.timer = reactor.callLater(self.site.timeOut, self._timed_out)
+        """The next request must be in within ``request_timeout``. One timer per connection,
+        moved only when it fires (not cancelled and set again for every request)."""
+        self.deadline = reactor.seconds() + self.site.timeOut
+        if self.timer is None:
+            self.timer = reactor.callLater(self.site.timeOut, self._check_deadline)
 
-    def _timed_out(self) -> None:
-        """The request did not arrive in time: 408 if it began, else just close (an idle
-        keep-alive connection)."""
+    def _check_deadline(self) -> None:
+        """The request awaited did not arrive in time: 408 if it began, else just close (an
+        idle keep-alive connection)."""
         self.timer = None
-        if self.buf:
+        deadline = self.deadline
+        if deadline is None or self.buf is None:    # answering one; closed
+            return
+        left = deadline - reactor.seconds()
+        if left > 0:
+            self.timer = reactor.callLater(left, self._check_deadline)
+        elif self.buf:
             self._refuse(TIMEOUT_RESPONSE)
-        elif self.buf is not None:
+        else:
             self._close()
 
     def _cancel_timer(self) -> None:
