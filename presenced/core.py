@@ -29,7 +29,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
@@ -93,9 +93,10 @@ class ILeanResource(Interface):
     admin port's lean channel, without twisted.web's machinery per request (the HTTP
     publisher's path): the door offering it keeps one implementation of its logic for both."""
 
-    def answer_lean(head: "RequestHead", body: bytes, host: str) -> defer.Deferred:
-        """Fires ``(status, body bytes, extra headers as (name, value) bytes pairs)`` for the
-        request ``head`` with ``body`` from the client at ``host``."""
+    def answer_lean(head: "RequestHead", body: bytes, host: str) -> Any:
+        """``(status, body bytes, extra headers as (name, value) bytes pairs)`` for the
+        request ``head`` with ``body`` from the client at ``host``, or a Deferred firing it
+        (a hot path answers at once, without one)."""
 
 
 class IIRCAnnouncer(Interface):
@@ -223,10 +224,21 @@ class Core:
         tune goes; fires ``(event, sessions reached)``. Raises
         :class:`presenced.subjects.BadEvent` for a reserved or malformed type and for data
         past ``[server] max_event_bytes``, before anything is sent."""
+        event = self._site_event(subject, kind, data)
+        return self.router.send(subject, event).addCallback(lambda reached: (event, reached))
+
+    def publish_now(self, subject: str, kind: str, data: dict) -> Optional[tuple[Event, int]]:
+        """:meth:`publish` within this call: ``(event, sessions reached)``, or None, having
+        sent nothing, while the router holds events for logins being read (then
+        :meth:`publish`). Raises as :meth:`publish` does."""
+        event = self._site_event(subject, kind, data)
+        reached = self.router.send_now(subject, event)
+        return None if reached is None else (event, reached)
+
+    def _site_event(self, subject: str, kind: str, data: dict) -> Event:
         check_event_type(kind)
         encoded = check_event_data(data, self.config.server.max_event_bytes)
-        event = events.site_event(subject, kind, data, encoded)
-        return self.router.send(subject, event).addCallback(lambda reached: (event, reached))
+        return events.site_event(subject, kind, data, encoded)
 
     # --- friendships -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from json.encoder import encode_basestring_ascii as _json_string  # json.dumps of a str
 import re
 import time
 from types import MappingProxyType
@@ -84,7 +85,7 @@ def site_event(sender: str, kind: str, data: dict[str, Any], data_json: str) -> 
     bytes :meth:`Event.to_json` would make, without encoding the data a second time."""
     event = Event(SITE, sender, {"type": kind, "data": data})
     event._json = ('{"type":%s,"from":%s,"time":%r,"id":%d,"data":%s}' % (
-        json.dumps(kind), json.dumps(sender), round(event.time, 3), event.id,
+        _json_string(kind), _json_string(sender), round(event.time, 3), event.id,
         data_json)).encode("utf-8")
     return event
 

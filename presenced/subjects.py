@@ -64,6 +64,10 @@ def check_event_type(kind: str) -> str:
     return kind
 
 
+# json.dumps with options builds an encoder per call; an event's data is checked once per event.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def check_event_data(data: Any, max_bytes: int) -> str:
     """``data``'s compact JSON encoding when it is a JSON object of at most ``max_bytes``
     encoded (the event's JSON is built from it: :func:`presenced.events.site_event`); raises
@@ -71,7 +75,7 @@ def check_event_data(data: Any, max_bytes: int) -> str:
     if not isinstance(data, dict):
         raise BadEvent("event data must be a JSON object")
     try:
-        encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        encoded = _COMPACT.encode(data)
     except (TypeError, ValueError) as e:
         raise BadEvent(f"event data is not JSON: {e}") from None
     if len(encoded) > max_bytes:    # ASCII: json.dumps escapes the rest

@@ -52,6 +52,11 @@ ERRORS = {400: "bad request", 401: "no valid API token", 403: "the token's scope
           "address", 503: "the store or the feature is unavailable"}
 
 
+# An answer as both fronts send it: status, body, extra headers.
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+UNAUTHORIZED = [(b"www-authenticate", b'Bearer realm="presenced"')]
+
+
 class ApiError(Exception):
     """An answer other than 200: ``{"error": name, "message": message}``."""
 
@@ -132,17 +137,21 @@ class AdminAPI(Resource):
                           unquote(request.path.decode("utf-8", "replace")), query,
                           (request.getHeader("authorization") or ""),
                           request.getClientAddress().host, request.content.read())
-        self.answer(call).addCallback(self._send, request)
+        answer = self.answer(call)
+        if isinstance(answer, defer.Deferred):
+            answer.addCallback(self._send, request)
+        else:
+            self._send(answer, request)
         return server.NOT_DONE_YET
 
-    def answer_lean(self, head: RequestHead, body: bytes, host: str) -> defer.Deferred:
+    def answer_lean(self, head: RequestHead, body: bytes, host: str) -> "Answer | defer.Deferred":
         """See :class:`presenced.core.ILeanResource`."""
         call = ApiRequest(head.method, head.path, head.query, head.header(b"authorization"),
                           host, body)
         return self.answer(call)
 
-    def answer(self, call: ApiRequest) -> defer.Deferred:
-        """Fires ``(status, body bytes, extra headers)``."""
+    def answer(self, call: ApiRequest) -> "Answer | defer.Deferred":
+        """``(status, body bytes, extra headers)``, or a Deferred of it."""
         if call.method == "POST" and call.path.startswith("/api/publish/"):
             published = self._publish_at_once(call)
             if published is not None:
@@ -151,11 +160,12 @@ class AdminAPI(Resource):
         d.addErrback(self._failed, call)
         return d.addCallback(_encode)
 
-    def _publish_at_once(self, call: ApiRequest) -> Optional[defer.Deferred]:
-        """A publish with a valid cached token, a good subject and a good event, sent within
-        this reactor turn and without a coroutine; None for anything else (a token to read
-        from the registry, every error), which :meth:`_answer` then handles in full. This is
-        the HTTP publisher's hot path (``bench/comet.py --publish http``)."""
+    def _publish_at_once(self, call: ApiRequest) -> Optional[Answer]:
+        """A publish with a valid cached token, a good subject and a good event, answered
+        within this call (no coroutine, no Deferred); None for anything else (a token to read
+        from the registry, an event held for logins, every error), which :meth:`_answer`
+        then handles in full. This is the HTTP publisher's hot path (``bench/comet.py
+        --publish http``)."""
         header = call.authorization
         if header[:7].lower() != "bearer " or self.core.auth_guard.refusal(call.host):
             return None
@@ -165,10 +175,11 @@ class AdminAPI(Resource):
         try:
             subject = self.core.subject(call.path[13:])
             data = _event_data(call.body)
-            d = self.core.publish(subject, call.query.get("type") or DEFAULT_EVENT_TYPE, data)
+            sent = self.core.publish_now(subject, call.query.get("type") or DEFAULT_EVENT_TYPE,
+                                         data)
         except (BadUser, ApiError, BadEvent):
             return None
-        return d.addCallbacks(_published, self._failed_at_once, errbackArgs=(call,))
+        return None if sent is None else _published(sent)
 
     async def _answer(self, call: ApiRequest) -> tuple[int, Any]:
         path = call.path.split("/", 2)
@@ -249,11 +260,7 @@ class AdminAPI(Resource):
         return 500, {"error": "InternalError", "message": "internal error; the server log "
                                                           "has details"}
 
-    def _failed_at_once(self, failure, call: ApiRequest) -> tuple[int, bytes, list]:
-        return _encode(self._failed(failure, call))
-
-    def _send(self, answer: tuple[int, bytes, list[tuple[bytes, bytes]]],
-              request: server.Request) -> None:
+    def _send(self, answer: Answer, request: server.Request) -> None:
         if request._disconnected:
             return
         status, body, extra = answer
@@ -267,10 +274,7 @@ class AdminAPI(Resource):
         request.finish()
 
 
-UNAUTHORIZED = [(b"www-authenticate", b'Bearer realm="presenced"')]
-
-
-def _encode(answer: tuple[int, Any]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+def _encode(answer: tuple[int, Any]) -> Answer:
     """``(status, body, extra headers)`` on the wire: a JSON body as UTF-8, a 401's
     challenge."""
     status, body = answer
@@ -278,7 +282,7 @@ def _encode(answer: tuple[int, Any]) -> tuple[int, bytes, list[tuple[bytes, byte
     return status, data, UNAUTHORIZED if status == 401 else []
 
 
-def _published(answer: tuple[Event, int]) -> tuple[int, bytes, list]:
+def _published(answer: tuple[Event, int]) -> Answer:
     event, reached = answer
     return 200, b'{"id": %d, "reached": %d}' % (event.id, reached), []
 

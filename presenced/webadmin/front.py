@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IProtocol, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -139,8 +140,11 @@ class AdminFront:
     def _answer(self, api: ILeanResource, head: RequestHead, body: bytes) -> None:
         self.deadline = None
         self.busy = True
-        api.answer_lean(head, body, self.host).addCallbacks(self._respond, self._crashed,
-                                                            callbackArgs=(head,))
+        answer = api.answer_lean(head, body, self.host)
+        if isinstance(answer, Deferred):
+            answer.addCallbacks(self._respond, self._crashed, callbackArgs=(head,))
+        else:
+            self._respond(answer, head)
 
     def _respond(self, answer: tuple[int, bytes, list[tuple[bytes, bytes]]],
                  head: RequestHead) -> None:
