@@ -142,7 +142,10 @@ def test_a_bad_content_length_or_a_body_past_the_limit_closes_the_connection(ser
     with connect(server) as s:
         s.sendall(b"POST /api/publish/x HTTP/1.1\r\nHost: t\r\nContent-Length: ten\r\n\r\n")
         answers = Responses(s)
-        assert answers.next()[0] == 400 and answers.closed()
+        status, _, body = answers.next()
+        assert status == 400 and answers.closed()
+        assert json.loads(body) == {"error": "BadRequest",
+                                    "message": "Content-Length must be a number"}
     with connect(server) as s:
         s.sendall(publish_request("/api/publish/x", b"", token).replace(
             b"Content-Length: 0", b"Content-Length: 4097"))

@@ -19,6 +19,7 @@ does not read are bounded by ``MAX_UNREAD_BYTES`` (then the connection is cut).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Optional
 
 from twisted.internet import reactor
@@ -31,8 +32,7 @@ from zope.interface import implementer
 from presenced.core import ILeanResource
 from presenced.flow import WriteBudget
 from presenced.httpdeadline import TIMEOUT_RESPONSE, TOO_LARGE_RESPONSE
-from presenced.httphead import (HTTPError, RequestHead, error_body, json_response, parse_head,
-                                response_head)
+from presenced.httphead import HTTPError, RequestHead, json_response, parse_head, response_head
 
 if TYPE_CHECKING:
     from presenced.webadmin.service import AdminSite
@@ -43,6 +43,8 @@ API_PREFIX = b"/api/"
 # Every answer's headers but its length; a 200 on a kept-alive connection is these and a body.
 OK_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
            b"Content-Length: %d\r\n\r\n")
+ERROR_NAMES = {431: "RequestHeaderFieldsTooLarge", 500: "InternalError", 501: "NotImplemented",
+               505: "HTTPVersionNotSupported"}  # the others: "BadRequest" (400)
 log = Logger()
 
 
@@ -140,7 +142,11 @@ class AdminFront:
     def _answer(self, api: ILeanResource, head: RequestHead, body: bytes) -> None:
         self.deadline = None
         self.busy = True
-        answer = api.answer_lean(head, body, self.host)
+        try:
+            answer = api.answer_lean(head, body, self.host)
+        except Exception:
+            self._crashed(Failure())
+            return
         if isinstance(answer, Deferred):
             answer.addCallbacks(self._respond, self._crashed, callbackArgs=(head,))
         else:
@@ -192,8 +198,11 @@ class AdminFront:
             channel.dataReceived(raw)
 
     def _fail(self, error: HTTPError) -> None:
-        """A JSON error and close (a request this channel cannot read loses nothing else)."""
-        self._refuse(json_response(error.status, error_body(error.message)))
+        """A JSON error in the API's shape, and close (a request this channel cannot read
+        loses nothing else)."""
+        body = json.dumps({"error": ERROR_NAMES.get(error.status, "BadRequest"),
+                           "message": error.message}).encode("utf-8")
+        self._refuse(json_response(error.status, body))
 
     def _refuse(self, response: bytes) -> None:
         self.transport.write(response)
