@@ -153,6 +153,18 @@ def test_site_event_json_is_the_documented_shape():
     assert json.loads(event.to_json())["type"] == "photo"
 
 
+def test_event_data_that_is_not_json_is_refused_with_the_reason():
+    cycle: dict = {}
+    cycle["self"] = cycle
+    for data, reason in (({"x": float("nan")}, "Out of range float"),
+                         ({"x": object()}, "not JSON serializable"),
+                         (cycle, "recursion")):
+        with pytest.raises(BadEvent, match=reason):
+            check_event_data(data, 10000)
+    with pytest.raises(BadEvent, match="larger than 10 bytes"):
+        check_event_data({"text": "eleven char"}, 10)
+
+
 def test_a_published_events_json_is_built_around_its_checked_data_unchanged():
     data = {"caption": "caf\u00e9 \"z\"", "n": [1, 2.5, None, True], "nested": {"k": "v"}}
     event = events.site_event("artist/sigur-r\u00f3s", "photo", data,

@@ -81,13 +81,16 @@ class AdminFront:
         buf = self.buf
         if buf is None:         # closing, or handed to twisted.web
             return
-        buf += data
-        if self.busy:
-            if len(buf) > MAX_HEAD_BYTES + self.site.max_body_bytes and not self.paused:
-                self.paused = True
-                self.transport.pauseProducing()
-            return
-        self._read_requests()
+        if buf or self.busy:    # the rest of a request, or one to answer after this one
+            buf += data
+            if self.busy:
+                if len(buf) > MAX_HEAD_BYTES + self.site.max_body_bytes and not self.paused:
+                    self.paused = True
+                    self.transport.pauseProducing()
+                return
+            data = bytes(buf)
+            buf.clear()
+        self._read_requests(data)   # usually whole requests, read without a copy
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.buf = None
@@ -97,43 +100,48 @@ class AdminFront:
 
     # --- requests ------------------------------------------------------------------------
 
-    def _read_requests(self) -> None:
-        """Answer every whole request in ``buf``, in order, while answers come at once."""
-        buf = self.buf
-        while buf and not self.busy:
-            line_end = buf.find(b"\r\n")
+    def _read_requests(self, data: bytes) -> None:
+        """Answer every whole request in ``data`` (what ``buf`` held, then what arrived), in
+        order, while answers come at once; what is left waits in ``buf``."""
+        pos, size = 0, len(data)
+        while pos < size and not self.busy:
+            line_end = data.find(b"\r\n", pos)
             if line_end < 0:
-                if len(buf) > MAX_HEAD_BYTES:
+                if size - pos > MAX_HEAD_BYTES:
                     self._fail(HTTPError(431, "request head too large"))
-                return
-            api = self._api() if buf.find(API_PREFIX, 0, line_end) >= 0 else None
+                    return
+                break
+            api = self._api() if data.find(API_PREFIX, pos, line_end) >= 0 else None
             if api is None:
-                self._hand_off()
+                self._hand_off(data[pos:])
                 return
-            end = buf.find(b"\r\n\r\n")
+            end = data.find(b"\r\n\r\n", pos)
             if end < 0:
-                if len(buf) > MAX_HEAD_BYTES:
+                if size - pos > MAX_HEAD_BYTES:
                     self._fail(HTTPError(431, "request head too large"))
-                return
+                    return
+                break
             try:
-                head = parse_head(bytes(buf[:end]))
+                head = parse_head(data[pos:end])
                 length = _content_length(head)
             except HTTPError as e:
                 self._fail(e)
                 return
             if not head.path.startswith("/api/") or length is None:
-                self._hand_off()
+                self._hand_off(data[pos:])
                 return
             if length > self.site.max_body_bytes:
                 self._refuse(TOO_LARGE_RESPONSE)
                 return
             start = end + 4
-            if len(buf) < start + length:
+            if size < start + length:
+                break
+            pos = start + length
+            self._answer(api, head, data[start:pos])
+            if self.buf is None:        # answered and closed
                 return
-            body = bytes(buf[start:start + length])
-            del buf[:start + length]
-            self._answer(api, head, body)
-            buf = self.buf
+        if pos < size:
+            self.buf += data[pos:]
 
     def _api(self) -> Optional[ILeanResource]:
         offered = self.site.core.web_resources.get(b"api")
@@ -148,12 +156,14 @@ class AdminFront:
             self._crashed(Failure())
             return
         if isinstance(answer, Deferred):
-            answer.addCallbacks(self._respond, self._crashed, callbackArgs=(head,))
+            answer.addCallbacks(self._respond, self._crashed, callbackArgs=(head, True))
         else:
-            self._respond(answer, head)
+            self._respond(answer, head, False)
 
     def _respond(self, answer: tuple[int, bytes, list[tuple[bytes, bytes]]],
-                 head: RequestHead) -> None:
+                 head: RequestHead, later: bool) -> None:
+        """Send the answer; ``later``: it came after the read that brought its request,
+        so the requests waiting in ``buf`` are read now."""
         if self.transport is None:      # the client left meanwhile
             return
         status, body, extra = answer
@@ -175,7 +185,10 @@ class AdminFront:
             self.paused = False
             self.transport.resumeProducing()
         self._wait_for_request()
-        self._read_requests()
+        if later and self.buf:
+            data = bytes(self.buf)
+            self.buf.clear()
+            self._read_requests(data)
 
     def _crashed(self, failure: Failure) -> None:
         log.failure("answering an /api request", failure)
@@ -184,10 +197,11 @@ class AdminFront:
 
     # --- endings -------------------------------------------------------------------------
 
-    def _hand_off(self) -> None:
-        """Give the connection, and every byte read, to twisted.web's channel for good."""
+    def _hand_off(self, raw: bytes) -> None:
+        """Give the connection, and ``raw`` (every byte read and not answered), to
+        twisted.web's channel for good."""
         self._cancel_timer()
-        raw, self.buf = bytes(self.buf), None
+        self.buf = None
         transport, self.transport = self.transport, None
         transport.unregisterProducer()
         self.budget = None
