@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.procs import cpu_seconds, free_port, percentile, start_presenced
+from bench.procs import cpu_split, free_port, percentile, start_presenced
 
 REPO = Path(__file__).resolve().parent.parent
 TOPIC = "bench/fanout"
@@ -193,7 +193,7 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
     spy = subprocess.Popen(["py-spy", "record", "-r", "500", "-p", str(server_pid), "-f", "raw", "-o",
                             args.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                            ) if args.profile and stream_headers == "" else None
-    cpu_before = cpu_seconds(server_pid)
+    cpu_before = cpu_split(server_pid)
     started = time.monotonic()
     for p in publishers:
         p.start()
@@ -203,7 +203,8 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
         published += sent
         errors += failed
     publish_seconds = time.monotonic() - started
-    cpu_used = cpu_seconds(server_pid) - cpu_before
+    user, system = (after - before for after, before in zip(cpu_split(server_pid), cpu_before))
+    cpu_used = user + system
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
@@ -233,6 +234,7 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
         "server_cpu_seconds": round(cpu_used, 2),
         "server_cpu_us_per_event": round(cpu_used * 1e6 / max(published, 1), 1),
         "server_cpu_us_per_delivery": round(cpu_used * 1e6 / max(received, 1), 2),
+        "server_cpu_system_share": round(system / cpu_used, 2) if cpu_used else None,
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
                        "samples": len(latencies)},
     }

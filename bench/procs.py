@@ -136,11 +136,19 @@ def rss_kb(pid: int) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time (every thread) ``pid`` and its children have used so far."""
-    ticks = 0
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """``(user, system)`` CPU seconds of ``pid`` and its children so far: how much of a
+    server's time is its own code and how much the kernel's (system calls, loopback TCP)."""
+    user = system = 0
     for text in _read_each(pid, "stat"):
         fields = text.rpartition(")")[2].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        user += int(fields[11])
+        system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def percentile(values: list[float], q: float) -> float:

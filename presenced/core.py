@@ -29,7 +29,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from twisted.web.resource import IResource
 
     from presenced.extauth import ExternalAuth
+    from presenced.httphead import RequestHead
 
 
 def load_secret(data_dir: str) -> bytes:
@@ -86,6 +87,17 @@ class IRCStatus:
     channels: tuple[str, ...]  # joined now, lower-cased, sorted
     lines_waiting: int  # queued behind the flood limit
     last_error: str  # "" when none since the last sign-on
+
+
+class ILeanResource(Interface):
+    """A resource in ``core.web_resources`` that also answers whole requests read by the web
+    admin port's lean channel, without twisted.web's machinery per request (the HTTP
+    publisher's path): the door offering it keeps one implementation of its logic for both."""
+
+    def answer_lean(head: "RequestHead", body: bytes, host: str) -> Any:
+        """``(status, body bytes, extra headers as (name, value) bytes pairs)`` for the
+        request ``head`` with ``body`` from the client at ``host``, or a Deferred firing it
+        (a hot path answers at once, without one)."""
 
 
 class IIRCAnnouncer(Interface):
@@ -217,10 +229,21 @@ class Core:
         tune goes; fires ``(event, sessions reached)``. Raises
         :class:`presenced.subjects.BadEvent` for a reserved or malformed type and for data
         past ``[server] max_event_bytes``, before anything is sent."""
-        check_event_type(kind)
-        check_event_data(data, self.config.server.max_event_bytes)
-        event = Event(events.SITE, subject, {"type": kind, "data": data})
+        event = self._site_event(subject, kind, data)
         return self.router.send(subject, event).addCallback(lambda reached: (event, reached))
+
+    def publish_now(self, subject: str, kind: str, data: dict) -> Optional[tuple[Event, int]]:
+        """:meth:`publish` within this call: ``(event, sessions reached)``, or None, having
+        sent nothing, while the router holds events for logins being read (then
+        :meth:`publish`). Raises as :meth:`publish` does."""
+        event = self._site_event(subject, kind, data)
+        reached = self.router.send_now(subject, event)
+        return None if reached is None else (event, reached)
+
+    def _site_event(self, subject: str, kind: str, data: dict) -> Event:
+        check_event_type(kind)
+        encoded = check_event_data(data, self.config.server.max_event_bytes)
+        return events.site_event(subject, kind, data, encoded)
 
     # --- friendships -----------------------------------------------------------------------
 

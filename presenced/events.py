@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from json.encoder import encode_basestring_ascii as _json_string  # json.dumps of a str
 import re
 import time
 from types import MappingProxyType
@@ -80,6 +81,17 @@ class Event:
 
     def __repr__(self) -> str:
         return f"<Event {self.type} from {self.sender} #{self.id}>"
+
+
+def site_event(sender: str, kind: str, data: dict[str, Any], data_json: str) -> Event:
+    """A site event (``SITE``) whose data its producer has already encoded, compactly, to
+    check its size: the event's JSON form is put together around that encoding, the same
+    bytes :meth:`Event.to_json` would make, without encoding the data a second time."""
+    event = Event(SITE, sender, {"type": kind, "data": data})
+    event._json = ('{"type":%s,"from":%s,"time":%r,"id":%d,"data":%s}' % (
+        _json_string(kind), _json_string(sender), round(event.time, 3), event.id,
+        data_json)).encode("utf-8")
+    return event
 
 
 def public_type(event: Event) -> str:

@@ -65,6 +65,53 @@ def _plain_tcp(raw: object) -> bool:
     return isinstance(raw, tcp.Connection) and not getattr(raw, "TLS", False)
 
 
+class TurnBatch:
+    """Frames for many connections gathered during one reactor turn, each connection's sent
+    with one write when the turn's work is done (a call at the start of the next iteration,
+    before it polls again).
+
+    A fan-out that handles several events in one turn (16 publishers' requests read
+    together) otherwise makes one ``send`` per event per stream; with this it makes one per
+    stream. Only fan-outs wait: the first connection an event reaches is written at once
+    (an event for one stream goes out as before, without a timed call per turn), the others
+    at the end of the turn. Every write of a connection that uses a batch must go through it
+    (``write`` for an event's frame, ``write_now`` for what must go out in order at once: a
+    heartbeat, the last chunk), so nothing overtakes what is queued."""
+
+    __slots__ = ("clock", "pending", "call", "event")
+
+    def __init__(self, clock: IReactorTime):
+        self.clock = clock
+        self.pending: dict[WriteBudget, list[bytes]] = {}
+        self.call: Optional[IDelayedCall] = None
+        self.event: object = None     # the event whose fan-out is under way
+
+    def write(self, budget: "WriteBudget", data: bytes, event: object) -> None:
+        """``data``, the frame of ``event``, for ``budget``'s connection."""
+        if event is not self.event:
+            self.event = event
+            self.write_now(budget, data)
+            return
+        queued = self.pending.get(budget)
+        if queued is not None:
+            queued.append(data)
+            return
+        self.pending[budget] = [data]
+        if self.call is None:
+            self.call = self.clock.callLater(0, self.flush)
+
+    def write_now(self, budget: "WriteBudget", data: bytes) -> None:
+        """Write ``data`` after what is queued for ``budget``, at once."""
+        queued = self.pending.pop(budget, None)
+        budget.write(data if queued is None else b"".join(queued) + data)
+
+    def flush(self) -> None:
+        self.call = None
+        pending, self.pending = self.pending, {}
+        for budget, queued in pending.items():
+            budget.write(queued[0] if len(queued) == 1 else b"".join(queued))
+
+
 RECIPIENT_WAIT = 1.0  # seconds a sender is held at most for a recipient that does not read
 
 

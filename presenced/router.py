@@ -307,6 +307,16 @@ class SubscriptionRouter:
         except Exception:
             return defer.fail()
 
+    def send_now(self, subject: str, event: Event) -> Optional[int]:
+        """:meth:`send` when it can deliver within this call (no login's read in flight):
+        the number of sessions reached on this node; None, having sent nothing, when the
+        event would have to wait (then :meth:`send` it). A hot path's way round a Deferred
+        per event (the HTTP publisher)."""
+        if self._held or self.followers.loading:
+            return None
+        self.events_sent += 1
+        return self._publish(subject, event)
+
     def _publish(self, subject: str, event: Event) -> int:
         reached = self.fan_out_local(subject, event)
         hidden = _NOBODY if self.broadcast_hidden is None else self.broadcast_hidden(subject)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.internet import defer, endpoints, task
 
-from presenced.flow import ReadGate, TokenBucket, WriteBudget
+from presenced.flow import ReadGate, TokenBucket, TurnBatch, WriteBudget
 
 
 class FakeTransport:
@@ -25,6 +25,7 @@ class FakeTransport:
 
     def write(self, data):
         self.written += data
+        self.writes = getattr(self, "writes", 0) + 1
 
     def abortConnection(self):
         self.aborted = True
@@ -156,3 +157,23 @@ async def test_direct_writes_reach_a_real_socket_in_order_past_a_full_kernel_buf
     finally:
         client.transport.loseConnection()
         await port.stopListening()
+
+
+def test_a_turns_fan_outs_reach_each_connection_in_one_write_in_order():
+    clock = task.Clock()
+    batch = TurnBatch(clock)
+    transports = [FakeTransport() for _ in range(3)]
+    budgets = [WriteBudget(t, 10**6) for t in transports]
+    first, second = object(), object()
+    for event, frame in ((first, b"1;"), (second, b"2;")):  # two events of one turn
+        for budget in budgets:
+            batch.write(budget, frame, event)
+    # The first connection each event reaches is written at once, the others wait.
+    assert [t.written for t in transports] == [b"1;2;", b"", b""]
+    batch.write_now(budgets[2], b"heartbeat;")   # goes out after what waits for it
+    assert transports[2].written == b"1;2;heartbeat;" and transports[2].writes == 1
+    clock.advance(0)
+    assert [t.written for t in transports] == [b"1;2;", b"1;2;", b"1;2;heartbeat;"]
+    assert [t.writes for t in transports] == [2, 1, 1]
+    clock.advance(0)
+    assert [t.writes for t in transports] == [2, 1, 1]   # nothing left to write

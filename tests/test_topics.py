@@ -13,7 +13,8 @@ from presenced import events
 from presenced.comet import frames
 from presenced.irc.hooks import HookAnnouncer
 from presenced.irc.options import irc_hooks
-from presenced.subjects import BadEvent, BadSubject, is_topic, normalize_subject
+from presenced.subjects import (BadEvent, BadSubject, check_event_data, is_topic,
+                                normalize_subject)
 from presenced.users import BadUser
 from presenced.xmpp.siteevents import NS_JSON
 from tests.helpers import RecordingSession
@@ -150,6 +151,29 @@ def test_site_event_json_is_the_documented_shape():
     event = events.Event(events.SITE, "alice@localhost", {"type": "photo", "data": {"a": 1}})
     assert events.public_type(event) == "photo"
     assert json.loads(event.to_json())["type"] == "photo"
+
+
+def test_event_data_that_is_not_json_is_refused_with_the_reason():
+    cycle: dict = {}
+    cycle["self"] = cycle
+    for data, reason in (({"x": float("nan")}, "Out of range float"),
+                         ({"x": object()}, "not JSON serializable"),
+                         (cycle, "recursion")):
+        with pytest.raises(BadEvent, match=reason):
+            check_event_data(data, 10000)
+    with pytest.raises(BadEvent, match="larger than 10 bytes"):
+        check_event_data({"text": "eleven char"}, 10)
+
+
+def test_a_published_events_json_is_built_around_its_checked_data_unchanged():
+    data = {"caption": "caf\u00e9 \"z\"", "n": [1, 2.5, None, True], "nested": {"k": "v"}}
+    event = events.site_event("artist/sigur-r\u00f3s", "photo", data,
+                              check_event_data(data, 10000))
+    encoded_once = event.to_json()
+    event_json_from_scratch = events.Event(events.SITE, event.sender, dict(event.payload),
+                                           when=event.time, event_id=event.id).to_json()
+    assert encoded_once == event_json_from_scratch
+    assert json.loads(encoded_once)["data"] == data
 
 
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"

@@ -18,7 +18,7 @@ from twisted.web.server import Site
 
 from presenced.comet.frames import ndjson_frame, sse_frame
 from presenced.events import RenderCache
-from presenced.comet.http import HTTPError
+from presenced.httphead import HTTPError
 from presenced.comet.replay import Channels, UserChannel
 from presenced.comet.siteauth import make_authorizer
 from presenced.comet.stream import CometConnection
@@ -26,6 +26,7 @@ from presenced.comet.upload import mount as mount_uploads
 from presenced.comet.web import make_site
 from presenced.config import Config
 from presenced.core import Core
+from presenced.flow import TurnBatch
 from presenced.tokens import check_token
 from presenced.users import BadUser
 
@@ -46,6 +47,8 @@ class CometDoor(Factory):
         self.ndjson = RenderCache(ndjson_frame)
         self.sse = RenderCache(sse_frame)
         self.text = RenderCache(lambda event: event.to_json().decode("utf-8"))  # WebSocket
+        # Streams' event frames, one write per stream per reactor turn.
+        self.batch = TurnBatch(reactor)
         self.streams: set = set()      # open streams, waiting polls, WebSockets
         self.connections = 0           # open connections, but those handed to twisted.web
         self.events_out = 0

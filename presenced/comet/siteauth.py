@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import Agent, ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 
-from presenced.comet.http import HTTPError
+from presenced.httphead import HTTPError
 
 MAX_ANSWER_BYTES = 4096
 Verdict = Union[str, HTTPError]

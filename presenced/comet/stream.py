@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presenced.comet import frames
-from presenced.comet.http import (HTTPError, RequestHead, error_body, json_response,
+from presenced.httphead import (HTTPError, RequestHead, error_body, json_response,
                                   parse_head, response_head)
 from presenced.comet.replay import UserChannel
 from presenced.events import Event
@@ -237,28 +237,29 @@ class CometConnection:
         if mode == NDJSON:
             self.channel.record(event)
             self.door.events_out += 1
-            self.budget.write(self.door.ndjson(event))
+            self.door.batch.write(self.budget, self.door.ndjson(event), event)
         elif mode == SSE:
             self.channel.record(event)
             self.door.events_out += 1
-            self.budget.write(self.door.sse(event))
+            self.door.batch.write(self.budget, self.door.sse(event), event)
         elif mode == POLLING:
             self.channel.record(event)
             self._answer_poll(event)
 
     def heartbeat(self) -> None:
         if self.mode == NDJSON:
-            self.budget.write(frames.NDJSON_HEARTBEAT)
+            self.door.batch.write_now(self.budget, frames.NDJSON_HEARTBEAT)
         elif self.mode == SSE:
-            self.budget.write(frames.SSE_HEARTBEAT)
+            self.door.batch.write_now(self.budget, frames.SSE_HEARTBEAT)
 
     def close(self, reason: str) -> None:
         """Say why, end the response, disconnect (an operator's kick, server stopping)."""
         mode = self.mode
         if mode in (NDJSON, SSE):
             doc = frames.closed_doc(reason)
-            self.budget.write((frames.sse_data(doc) if mode == SSE else frames.ndjson_line(doc))
-                              + frames.LAST_CHUNK)
+            self.door.batch.write_now(self.budget, (frames.sse_data(doc) if mode == SSE
+                                                    else frames.ndjson_line(doc))
+                                      + frames.LAST_CHUNK)
         elif mode == POLLING:
             self._leave()
             retry = ([("Retry-After", str(frames.RECONNECT_AFTER_MS // 1000))]

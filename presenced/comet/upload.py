@@ -23,7 +23,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.web import resource, server, static
 
-from presenced.comet.http import error_body, json_response
+from presenced.httphead import error_body, json_response
 from presenced.comet.web import CometRequest
 from presenced.uploads import BadPut, FileShare, Slot, is_file_id
 

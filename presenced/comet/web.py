@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from twisted.internet.interfaces import IProtocol
 from twisted.web import resource, server, static
 
-from presenced.comet.http import error_body
+from presenced.httphead import error_body
 from presenced.comet.websocket import UserWebSocket
 from presenced.comet.wslimit import MessageSizeLimit
 from presenced.health import HealthResource

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from presenced.comet import frames
 from presenced.comet.frames import STREAMED_TYPES
-from presenced.comet.http import HTTPError, bearer_token, error_body
+from presenced.httphead import HTTPError, bearer_token, error_body
 from presenced.comet.replay import UserChannel
 from presenced.comet.stream import parse_cursor
 from presenced.events import Event

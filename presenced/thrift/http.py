@@ -31,9 +31,12 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 from thriftpy2.thrift import TException
+from zope.interface import implementer
 
-from presenced.apitokens import ApiToken
-from presenced.core import Core
+from presenced.apitokens import UNKNOWN, ApiToken
+from presenced.core import Core, ILeanResource
+from presenced.events import Event
+from presenced.httphead import RequestHead
 from presenced.store import StoreError
 from presenced.subjects import DEFAULT_EVENT_TYPE, BadEvent
 from presenced.thrift import jsonspec
@@ -47,6 +50,11 @@ ERRORS = {400: "bad request", 401: "no valid API token", 403: "the token's scope
           "allow this", 404: "no such method, subject or user", 405: "method not allowed",
           409: "conflict", 413: "body too large", 429: "too many bad tokens from this "
           "address", 503: "the store or the feature is unavailable"}
+
+
+# An answer as both fronts send it: status, body, extra headers.
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+UNAUTHORIZED = [(b"www-authenticate", b'Bearer realm="presenced"')]
 
 
 class ApiError(Exception):
@@ -92,6 +100,23 @@ class AdminMethod:
         return jsonspec.to_json(self.result, value) if self.result is not None else None
 
 
+class ApiRequest:
+    """One ``/api`` request as either front end read it: twisted.web (:class:`AdminAPI` as a
+    resource) or the web admin port's lean channel (:meth:`AdminAPI.answer_lean`)."""
+
+    __slots__ = ("method", "path", "query", "authorization", "host", "body")
+
+    def __init__(self, method: str, path: str, query: dict[str, str], authorization: str,
+                 host: str, body: bytes):
+        self.method = method
+        self.path = path            # percent-decoded, from /api on
+        self.query = query
+        self.authorization = authorization
+        self.host = host
+        self.body = body
+
+
+@implementer(ILeanResource)
 class AdminAPI(Resource):
     """``/api``: see the module docstring."""
 
@@ -106,41 +131,86 @@ class AdminAPI(Resource):
         self.openapi = json.dumps(openapi_document(self.methods)).encode("utf-8")
 
     def render(self, request: server.Request) -> Any:
-        d = defer.ensureDeferred(self._answer(request))
-        d.addErrback(self._failed, request)
-        d.addCallback(self._send, request)
+        query = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
+                 for k, v in request.args.items() if v}
+        call = ApiRequest(request.method.decode("ascii", "replace"),
+                          unquote(request.path.decode("utf-8", "replace")), query,
+                          (request.getHeader("authorization") or ""),
+                          request.getClientAddress().host, request.content.read())
+        answer = self.answer(call)
+        if isinstance(answer, defer.Deferred):
+            answer.addCallback(self._send, request)
+        else:
+            self._send(answer, request)
         return server.NOT_DONE_YET
 
-    async def _answer(self, request: server.Request) -> tuple[int, Any]:
-        path = request.path.decode("utf-8", "replace").split("/", 2)
+    def answer_lean(self, head: RequestHead, body: bytes, host: str) -> "Answer | defer.Deferred":
+        """See :class:`presenced.core.ILeanResource`."""
+        call = ApiRequest(head.method, head.path, head.query, head.header(b"authorization"),
+                          host, body)
+        return self.answer(call)
+
+    def answer(self, call: ApiRequest) -> "Answer | defer.Deferred":
+        """``(status, body bytes, extra headers)``, or a Deferred of it."""
+        if call.method == "POST" and call.path.startswith("/api/publish/"):
+            published = self._publish_at_once(call)
+            if published is not None:
+                return published
+        d = defer.ensureDeferred(self._answer(call))
+        d.addErrback(self._failed, call)
+        return d.addCallback(_encode)
+
+    def _publish_at_once(self, call: ApiRequest) -> Optional[Answer]:
+        """A publish with a valid cached token, a good subject and a good event, answered
+        within this call (no coroutine, no Deferred); None for anything else (a token to read
+        from the registry, an event held for logins, every error), which :meth:`_answer`
+        then handles in full. This is the HTTP publisher's hot path (``bench/comet.py
+        --publish http``)."""
+        header = call.authorization
+        if header[:7].lower() != "bearer " or self.core.auth_guard.refusal(call.host):
+            return None
+        token = self.core.api_tokens.check_cached(header[7:].strip())
+        if token is UNKNOWN or token is None or not token.allows("publish"):
+            return None
+        try:
+            subject = self.core.subject(call.path[13:])
+            data = _event_data(call.body)
+            sent = self.core.publish_now(subject, call.query.get("type") or DEFAULT_EVENT_TYPE,
+                                         data)
+        except (BadUser, ApiError, BadEvent):
+            return None
+        return None if sent is None else _published(sent)
+
+    async def _answer(self, call: ApiRequest) -> tuple[int, Any]:
+        path = call.path.split("/", 2)
         rest = path[2] if len(path) > 2 else ""
         kind, _, tail = rest.partition("/")
-        method = request.method.decode("ascii", "replace")
+        method = call.method
         if kind == "openapi.json" and not tail:
             _allow(method, "GET")
             return 200, self.openapi
         if kind in ("publish", "subjects") and tail:
             _allow(method, "POST" if kind == "publish" else "GET")
-            await self._authorize(request, "publish")
-            subject = self._subject(unquote(tail))
+            await self._authorize(call, "publish")
+            subject = self._subject(tail)
             if kind == "publish":
-                return 200, await self._publish(request, subject)
+                return 200, await self._publish(call, subject)
             return 200, await self._subject_info(subject)
         found = self.methods.get(kind) if not tail else None
         if found is None:
             raise ApiError(404, "NotFound", f"no such API path /api/{rest} (see "
                                             "/api/openapi.json)")
         _allow(method, "POST")
-        await self._authorize(request, "admin")
-        return 200, {"result": await found.call(_json_object(request))}
+        await self._authorize(call, "admin")
+        return 200, {"result": await found.call(_json_object(call.body))}
 
-    async def _authorize(self, request: server.Request, scope: str) -> ApiToken:
-        header = (request.getHeader("authorization") or "").strip()
+    async def _authorize(self, call: ApiRequest, scope: str) -> ApiToken:
+        header = call.authorization.strip()
         if not header.lower().startswith("bearer "):
             self.core.metrics.inc("presenced_auth_failures_total", door=DOOR)
             raise ApiError(401, "Unauthorized", "an API token is required: Authorization: "
                                                 "Bearer <token from presencedctl api-token>")
-        host = request.getClientAddress().host
+        host = call.host
         guard = self.core.auth_guard
         wait = guard.refusal(host)
         if wait:
@@ -163,24 +233,14 @@ class AdminAPI(Resource):
         except BadUser as e:
             raise ApiError(400, "BadJid", str(e)) from None
 
-    async def _publish(self, request: server.Request, subject: str) -> dict[str, Any]:
-        raw = request.content.read()
+    async def _publish(self, call: ApiRequest, subject: str) -> bytes:
+        data = _event_data(call.body)
+        kind = call.query.get("type") or DEFAULT_EVENT_TYPE
         try:
-            data = json.loads(raw) if raw.strip() else {}
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            try:
-                data = {"text": raw.decode("utf-8")}
-            except UnicodeDecodeError:
-                raise ApiError(400, "InvalidArgument", "a body that is not a JSON object "
-                                                       "must be UTF-8 text") from None
-        kind = _query(request, "type") or DEFAULT_EVENT_TYPE
-        try:
-            event, reached = await self.core.publish(subject, kind, data)
+            answer = await self.core.publish(subject, kind, data)
         except BadEvent as e:
             raise ApiError(400, "InvalidArgument", str(e)) from None
-        return {"id": event.id, "reached": reached}
+        return _published(answer)[1]
 
     async def _subject_info(self, subject: str) -> dict[str, Any]:
         router = self.core.router
@@ -190,29 +250,57 @@ class AdminAPI(Resource):
                 "online_subscribers": len(online),
                 "sessions": sum(len(router.sessions(u)) for u in [subject, *subscribers])}
 
-    def _failed(self, failure, request: server.Request) -> tuple[int, Any]:
+    def _failed(self, failure, call: ApiRequest) -> tuple[int, Any]:
         error = failure.value
         if isinstance(error, ApiError):
             return error.status, {"error": error.name, "message": error.message}
         if isinstance(error, StoreError):
             return 503, {"error": "StoreUnavailable", "message": f"store unavailable: {error}"}
-        self.log.failure("HTTP API {path} failed", failure, path=request.path)
+        self.log.failure("HTTP API {path} failed", failure, path=call.path)
         return 500, {"error": "InternalError", "message": "internal error; the server log "
                                                           "has details"}
 
-    def _send(self, answer: tuple[int, Any], request: server.Request) -> None:
+    def _send(self, answer: Answer, request: server.Request) -> None:
         if request._disconnected:
             return
-        status, body = answer
+        status, body, extra = answer
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        if status == 401:
-            request.setHeader(b"www-authenticate", b'Bearer realm="presenced"')
-        data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
-        request.setHeader(b"content-length", b"%d" % len(data))  # not chunked: one write
-        request.write(data)
+        for name, value in extra:
+            request.setHeader(name, value)
+        request.setHeader(b"content-length", b"%d" % len(body))  # not chunked: one write
+        request.write(body)
         request.finish()
+
+
+def _encode(answer: tuple[int, Any]) -> Answer:
+    """``(status, body, extra headers)`` on the wire: a JSON body as UTF-8, a 401's
+    challenge."""
+    status, body = answer
+    data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+    return status, data, UNAUTHORIZED if status == 401 else []
+
+
+def _published(answer: tuple[Event, int]) -> Answer:
+    event, reached = answer
+    return 200, b'{"id": %d, "reached": %d}' % (event.id, reached), []
+
+
+def _event_data(raw: bytes) -> dict[str, Any]:
+    """A publish body as the event's data: a JSON object as it is, other UTF-8 text as
+    ``{"text": body}``."""
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return data
+    try:
+        return {"text": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        raise ApiError(400, "InvalidArgument", "a body that is not a JSON object "
+                                               "must be UTF-8 text") from None
 
 
 def _allow(method: str, allowed: str) -> None:
@@ -220,13 +308,7 @@ def _allow(method: str, allowed: str) -> None:
         raise ApiError(405, "MethodNotAllowed", f"use {allowed} here, not {method}")
 
 
-def _query(request: server.Request, name: str) -> Optional[str]:
-    values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else None
-
-
-def _json_object(request: server.Request) -> dict[str, Any]:
-    raw = request.content.read()
+def _json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:

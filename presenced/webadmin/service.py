@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import internet, service
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from presenced.config import Config
@@ -23,6 +23,7 @@ from presenced.workers import is_worker
 from presenced.webadmin import actions, graph, login, overview, tokens, users
 from presenced.webadmin.auth import AdminAccounts
 from presenced.webadmin.console import Console, ConsoleRoot
+from presenced.webadmin.front import AdminFront
 from presenced.webadmin.prometheus import MetricsResource, register_metrics
 from presenced.webadmin.sessions import AdminLogins
 from presenced.webadmin.stats import EventRates, StoreProbe
@@ -52,9 +53,19 @@ class AdminSite(server.Site):
     def log(self, request: server.Request) -> None:
         pass
 
-    def __init__(self, root: Resource, settings: Any):
+    def __init__(self, core: Core, root: Resource, settings: Any):
         super().__init__(root, timeout=settings.request_timeout)
+        self.core = core
         self.max_body_bytes: int = settings.max_body_bytes
+
+    def buildProtocol(self, addr: Any) -> AdminFront:
+        """Every connection is read first by the lean channel (``/api``,
+        :mod:`presenced.webadmin.front`), which hands the others to :meth:`web_channel`."""
+        return AdminFront(self)
+
+    def web_channel(self, addr: Any) -> http.HTTPChannel:
+        """twisted.web's channel, to take over a connection from the lean one."""
+        return super().buildProtocol(addr)
 
     def config_reloaded(self, old: Config, new: Config) -> None:
         """Connections opened from now on get the new ``request_timeout``; requests begun
@@ -97,7 +108,7 @@ def make_service(core: Core) -> service.IService:
     console = make_console(core)
     mounted: dict[bytes, Resource] = {b"metrics": MetricsResource(core),
                                       b"health": HealthResource(core)}
-    site = AdminSite(ConsoleRoot(console, mounted), settings)
+    site = AdminSite(core, ConsoleRoot(console, mounted), settings)
     core.hooks.add("config-reloaded", site.config_reloaded)
     ListeningService(core, "webadmin", settings.port, settings.bind, site,
                      limits).setServiceParent(door)
