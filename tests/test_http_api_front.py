@@ -117,6 +117,45 @@ def test_pipelined_publishes_on_one_connection_are_answered_and_delivered_in_ord
     stream.close()
 
 
+def test_each_request_is_read_with_its_own_headers_when_the_previous_ones_repeat(
+        server, token):
+    """The channel reuses the previous request's headers only for the same header bytes: a
+    token changed, dropped or given again on one connection is the one that counts."""
+    with connect(server) as s:
+        answers = Responses(s)
+        body = b'{"n": 1}'
+        s.sendall(publish_request("/api/publish/nobody-here", body, token))
+        assert answers.next()[0] == 200
+        s.sendall(publish_request("/api/publish/nobody-here", body, token + "x"))
+        assert answers.next()[0] == 401
+        s.sendall(b"POST /api/publish/nobody-here HTTP/1.1\r\nHost: t\r\n"
+                  b"Content-Length: 8\r\n\r\n" + body)
+        assert answers.next()[0] == 401
+        s.sendall(publish_request("/api/publish/nobody-here", body, token))
+        assert answers.next()[0] == 200
+        s.sendall(publish_request("/api/publish/nobody-here", body, token,
+                                  "Connection: close\r\n"))
+        assert answers.next()[1]["connection"] == "close" and answers.closed()
+
+
+def test_a_body_json_reads_but_orjson_refuses_is_still_the_event_data(server, token):
+    """Bodies are decoded by orjson, and by json.loads when orjson refuses them: an
+    integer past 64 bits and a UTF-16 body stay JSON objects, not ``{"text": ...}``."""
+    stream = HTTPStream(server.ports["comet"], "/stream/bigint")
+    stream.wait_for("welcome")
+    with connect(server) as s:
+        answers = Responses(s)
+        s.sendall(publish_request("/api/publish/bigint?type=big", b'{"n": %d}' % 2 ** 70,
+                                  token))
+        assert answers.next()[0] == 200
+        s.sendall(publish_request("/api/publish/bigint?type=big",
+                                  '{"n": "\u00e9t\u00e9"}'.encode("utf-16"), token))
+        assert answers.next()[0] == 200
+    events = stream.wait_for("big", count=2)
+    assert [e["data"] for e in events] == [{"n": 2 ** 70}, {"n": "\u00e9t\u00e9"}]
+    stream.close()
+
+
 def test_errors_keep_their_status_and_headers_and_the_connection(server, token):
     with connect(server) as s:
         answers = Responses(s)

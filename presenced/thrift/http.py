@@ -26,6 +26,7 @@ import math
 from typing import Any, Optional
 from urllib.parse import unquote
 
+import orjson
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import server
@@ -291,7 +292,7 @@ def _event_data(raw: bytes) -> dict[str, Any]:
     """A publish body as the event's data: a JSON object as it is, other UTF-8 text as
     ``{"text": body}``."""
     try:
-        data = json.loads(raw) if raw.strip() else {}
+        data = _decode_json(raw) if raw.strip() else {}
     except ValueError:
         data = None
     if isinstance(data, dict):
@@ -301,6 +302,16 @@ def _event_data(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ApiError(400, "InvalidArgument", "a body that is not a JSON object "
                                                "must be UTF-8 text") from None
+
+
+def _decode_json(raw: bytes) -> Any:
+    """orjson's decoding of ``raw`` (a tenth of json.loads's time, a publish's hot path);
+    what it refuses is read by json.loads, so every body reads as before (json also takes
+    integers past 64 bits, NaN, UTF-16, lone surrogates)."""
+    try:
+        return orjson.loads(raw)
+    except ValueError:
+        return json.loads(raw)
 
 
 def _allow(method: str, allowed: str) -> None:

@@ -53,7 +53,7 @@ class AdminFront:
     """One connection of the web admin port until it asks for something else than ``/api``."""
 
     __slots__ = ("site", "transport", "host", "buf", "timer", "deadline", "budget", "busy",
-                 "paused")
+                 "paused", "previous")
 
     def __init__(self, site: "AdminSite"):
         self.site = site
@@ -65,6 +65,7 @@ class AdminFront:
         self.budget: Optional[WriteBudget] = None
         self.busy = False       # a request is being answered; what follows waits in buf
         self.paused = False     # reading stopped: buf holds a whole request or more
+        self.previous: Optional[RequestHead] = None   # the last request read, for its headers
 
     # --- IProtocol -----------------------------------------------------------------------
 
@@ -122,7 +123,7 @@ class AdminFront:
                     return
                 break
             try:
-                head = parse_head(data[pos:end])
+                head = self.previous = parse_head(data[pos:end], self.previous)
                 length = _content_length(head)
             except HTTPError as e:
                 self._fail(e)
