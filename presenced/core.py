@@ -51,7 +51,7 @@ from presenced.pep import PepService
 from presenced.router import SubscriptionRouter
 from presenced.store import IRosterStore, Pair, RosterItem
 from presenced.topicnodes import TopicNodes
-from presenced.subjects import check_event_data, check_event_type, normalize_subject
+from presenced.subjects import SubjectCache, check_event_data, check_event_type
 from presenced.tokens import make_token
 from presenced.uploads import FileShare
 from presenced.users import BadUser, normalize_user
@@ -144,6 +144,7 @@ class Core:
         # "starting", "ready" (every door listens) or "stopping": what /health reports.
         self.state = "starting"
         self.domains = tuple(config.server.domains)
+        self._subjects = SubjectCache(self.domains[0])
         # Filled by the doors that offer them, when they start (see the module docstring).
         self.irc: Optional[IIRCAnnouncer] = None
         # URL segment (b"irccat") -> resource the web admin serves there for another door;
@@ -177,7 +178,7 @@ class Core:
         :mod:`presenced.subjects`): what may be followed or published to. Raises
         :class:`presenced.users.BadUser` (a :class:`presenced.subjects.BadSubject` for a
         bad topic)."""
-        return normalize_subject(text, self.config.default_domain)
+        return self._subjects(text)
 
     def local_user(self, text: str) -> str:
         """:meth:`user` on a domain this server serves: what may become an account or a

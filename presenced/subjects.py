@@ -25,6 +25,8 @@ from presenced import events
 from presenced.users import BadUser, normalize_user
 
 MAX_TOPIC = 255
+SUBJECT_CACHE = 4096        # validated subjects kept by SubjectCache (then it starts afresh)
+SUBJECT_CACHE_TEXT = 256    # longer texts are validated each time, never kept
 _TOPIC = re.compile(r"[a-z0-9_-]{1,32}(?:/[A-Za-z0-9._~-]{1,128}){1,7}\Z")
 DEFAULT_EVENT_TYPE = "event"
 
@@ -53,6 +55,31 @@ def normalize_subject(text: str, default_domain: str) -> str:
         raise BadSubject(f"{text[:80]!r} is not a topic: kind/name, as artist/radiohead "
                          "(docs/topics.md)")
     return text
+
+
+class SubjectCache:
+    """:func:`normalize_subject` remembered for the texts it accepted: a publisher names the
+    same few subjects again and again, and a user name's normalization (stringprep) is a
+    tenth of an HTTP publish. Bounded: at most :data:`SUBJECT_CACHE` texts of at most
+    :data:`SUBJECT_CACHE_TEXT` characters (a few MB), forgotten all at once when full;
+    refusals are not kept, so a bad subject costs its check every time and fills nothing.
+    ``default_domain`` is fixed for the node's life (``[server] domains`` needs a restart)."""
+
+    __slots__ = ("default_domain", "known")
+
+    def __init__(self, default_domain: str):
+        self.default_domain = default_domain
+        self.known: dict[str, str] = {}
+
+    def __call__(self, text: str) -> str:
+        known = self.known.get(text)
+        if known is None:
+            known = normalize_subject(text, self.default_domain)
+            if len(text) <= SUBJECT_CACHE_TEXT:
+                if len(self.known) >= SUBJECT_CACHE:
+                    self.known.clear()
+                self.known[text] = known
+        return known
 
 
 def check_event_type(kind: str) -> str:

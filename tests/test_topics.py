@@ -13,8 +13,9 @@ from presenced import events
 from presenced.comet import frames
 from presenced.irc.hooks import HookAnnouncer
 from presenced.irc.options import irc_hooks
-from presenced.subjects import (BadEvent, BadSubject, check_event_data, is_topic,
-                                normalize_subject)
+from presenced import subjects
+from presenced.subjects import (BadEvent, BadSubject, SubjectCache, check_event_data,
+                                is_topic, normalize_subject)
 from presenced.users import BadUser
 from presenced.xmpp.siteevents import NS_JSON
 from tests.helpers import RecordingSession
@@ -41,6 +42,22 @@ def test_subjects_are_users_or_topics(text, expected):
 def test_bad_topics_are_refused_with_a_reason(text):
     with pytest.raises(BadSubject, match="is not a topic"):
         normalize_subject(text, "localhost")
+
+
+def test_the_subject_cache_answers_as_the_check_keeps_no_refusal_and_stays_bounded(
+        monkeypatch):
+    monkeypatch.setattr(subjects, "SUBJECT_CACHE", 3)
+    cache = SubjectCache("localhost")
+    for _ in range(2):
+        assert cache("Bob@Example.com") == "bob@example.com"
+        assert cache("alice") == "alice@localhost" and cache("photo/789") == "photo/789"
+        with pytest.raises(BadSubject):
+            cache("artist/../x")
+    assert cache.known == {"Bob@Example.com": "bob@example.com", "alice": "alice@localhost",
+                           "photo/789": "photo/789"}
+    assert cache("carol") == "carol@localhost" and cache.known == {"carol": "carol@localhost"}
+    long_name = "u" * (subjects.SUBJECT_CACHE_TEXT + 1)
+    assert cache(long_name) == long_name + "@localhost" and long_name not in cache.known
 
 
 def test_a_jid_with_a_resource_is_no_topic():

@@ -53,7 +53,8 @@ class AdminFront:
     """One connection of the web admin port until it asks for something else than ``/api``."""
 
     __slots__ = ("site", "transport", "host", "buf", "timer", "deadline", "budget", "busy",
-                 "paused", "previous")
+                 "paused", "previous",
+                 "offered", "api")
 
     def __init__(self, site: "AdminSite"):
         self.site = site
@@ -66,6 +67,8 @@ class AdminFront:
         self.busy = False       # a request is being answered; what follows waits in buf
         self.paused = False     # reading stopped: buf holds a whole request or more
         self.previous: Optional[RequestHead] = None   # the last request read, for its headers
+        self.offered: object = None     # core.web_resources[b"api"] when last looked at
+        self.api: Optional[ILeanResource] = None    # ... if it is lean
 
     # --- IProtocol -----------------------------------------------------------------------
 
@@ -145,8 +148,13 @@ class AdminFront:
             self.buf += data[pos:]
 
     def _api(self) -> Optional[ILeanResource]:
+        """The lean ``/api`` resource on offer now; asked of zope.interface once per resource
+        offered, not per request."""
         offered = self.site.core.web_resources.get(b"api")
-        return offered if ILeanResource.providedBy(offered) else None
+        if offered is not self.offered:
+            self.offered = offered
+            self.api = offered if ILeanResource.providedBy(offered) else None
+        return self.api
 
     def _answer(self, api: ILeanResource, head: RequestHead, body: bytes) -> None:
         self.deadline = None
