@@ -142,8 +142,10 @@ class Accounts:
         return existed
 
     def _derive(self, password: str) -> defer.Deferred:
-        """Fresh salted keys for ``password``, derived on the check threads."""
-        return threads.deferToThread(make_credentials, password, self.iterations)
+        """Fresh salted keys for ``password``, derived where checks run (the auth guard's
+        bounded check threads): a bulk import queues behind their bound, as logins do, instead
+        of filling Twisted's general thread pool, which the embedded store's callers share."""
+        return self.run_check(make_credentials, password, self.iterations)
 
     def _ask(self, command: str, user: str, *password: str) -> defer.Deferred:
         assert self.external is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Collection, Iterable, Iterator, Optional, TextIO
+from typing import Callable, Collection, Iterable, Iterator, Optional, TextIO, TypeVar
 
 from twisted.internet import defer
 
@@ -22,6 +22,7 @@ BATCH = 250_000
 IN_FLIGHT = 2
 
 BadLine = Callable[[int, str, str], None]
+T = TypeVar("T")
 
 
 def undecodable(line: str) -> bool:
@@ -72,10 +73,10 @@ def parse_edges(lines: Iterable[str], default_domain: str, on_bad: BadLine,
         yield a, b
 
 
-def batches(pairs: Iterable[Pair], size: int = BATCH) -> Iterator[list[Pair]]:
-    batch: list[Pair] = []
-    for pair in pairs:
-        batch.append(pair)
+def batches(items: Iterable[T], size: int = BATCH) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
         if len(batch) >= size:
             yield batch
             batch = []
@@ -107,15 +108,22 @@ class Progress:
 
 
 @defer.inlineCallbacks
-def load_friends(store: IRosterStore, pairs: Iterable[Pair], progress: Progress):
-    """Write every pair as a mutual friendship; fires the number of pairs written."""
+def overlapped(works: Iterable[defer.Deferred], limit: int = IN_FLIGHT):
+    """Wait for each of ``works`` (an iterator that starts one when asked for it), with at
+    most ``limit`` started and unfinished: the next batch is prepared and started while the
+    last is being written, yet a long file never queues more than ``limit`` batches."""
     in_flight: list[defer.Deferred] = []
-    for batch in batches(pairs):
-        d = store.add_friends(batch)
-        d.addCallback(progress.add)
+    for d in works:
         in_flight.append(d)
-        if len(in_flight) >= IN_FLIGHT:
+        if len(in_flight) >= limit:
             yield in_flight.pop(0)
     for d in in_flight:
         yield d
+
+
+@defer.inlineCallbacks
+def load_friends(store: IRosterStore, pairs: Iterable[Pair], progress: Progress):
+    """Write every pair as a mutual friendship; fires the number of pairs written."""
+    yield overlapped(store.add_friends(batch).addCallback(progress.add)
+                     for batch in batches(pairs))
     return progress.done

@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from twisted.internet import defer, task, threads
 
@@ -156,32 +156,40 @@ def cmd_load_friends(core: Core, args):
     print(f"loaded {loaded:,} friendships ({progress.rate():,.0f}/s), {bad} bad line(s) skipped")
 
 
+# Accounts registered together in one batch of ``import-users``; two batches are in flight, so
+# the check threads derive the next batch's keys while the store writes the last (at most
+# 2 x 256 derivations queued, far below authguard.MAX_QUEUED_CHECKS).
+IMPORT_BATCH = 256
+
+
 @defer.inlineCallbacks
 def cmd_import_users(core: Core, args):
-    created = existing = bad = 0
+    counts = {"created": 0, "existing": 0, "bad": 0}
     progress = bulk.Progress("accounts", None if args.quiet else sys.stderr)
-    pending: list[defer.Deferred] = []
-    with _open(args.file) as f:
+
+    def accounts(f) -> Iterator[tuple[str, str]]:
         for number, line in enumerate(f, 1):
             fields = line.split()
             if not fields or fields[0].startswith("#"):
                 continue
             try:
-                user = _account_line(core, line, fields)
+                yield _account_line(core, line, fields), fields[1]
             except BadUser as e:
-                bad += 1
+                counts["bad"] += 1
                 print(f"{args.file}:{number}: skipped: {e}", file=sys.stderr)
-                continue
-            password = fields[1]
-            pending.append(core.accounts.register(user, password))
-            if len(pending) >= 256:
-                for ok in (yield defer.gatherResults(pending)):
-                    created, existing = created + ok, existing + (not ok)
-                progress.add(len(pending))
-                pending = []
-    for ok in (yield defer.gatherResults(pending)):
-        created, existing = created + ok, existing + (not ok)
-    print(f"created {created:,} account(s), {existing:,} existed already, {bad} bad line(s)")
+
+    def registered(answers: list[bool]) -> None:
+        counts["created"] += sum(answers)
+        counts["existing"] += len(answers) - sum(answers)
+        progress.add(len(answers))
+
+    with _open(args.file) as f:
+        yield bulk.overlapped(
+            defer.gatherResults([core.accounts.register(user, password)
+                                 for user, password in batch]).addCallback(registered)
+            for batch in bulk.batches(accounts(f), IMPORT_BATCH))
+    print(f"created {counts['created']:,} account(s), {counts['existing']:,} existed already, "
+          f"{counts['bad']} bad line(s)")
 
 
 def _account_line(core: Core, line: str, fields: list[str]) -> str:

@@ -20,6 +20,7 @@ import requests
 from twisted.internet import defer, task
 
 from presenced import accounts as accounts_module
+from presenced import authguard
 from presenced import config
 from presenced.core import Core
 from presenced.store import RosterItem
@@ -182,6 +183,32 @@ async def test_store_accounts_register_check_change_and_remove(tmp_path, store, 
     assert session.closed == ["account removed"] and removed == ["a@localhost"]
     assert not await accounts.exists("a@localhost")
     assert await accounts.remove("a@localhost") is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_passwords_are_derived_on_the_bounded_check_threads(tmp_path, store,
+                                                                      monkeypatch):
+    """Registering and changing a password derive keys on the auth guard's check threads, as
+    a login's check does -- never Twisted's general pool, which the store shares -- and a full
+    check queue refuses the derivation (Busy) instead of queueing it without bound."""
+    derived_on: list[str] = []
+    derive = accounts_module.make_credentials
+
+    def recording(*args):
+        derived_on.append(threading.current_thread().name)
+        return derive(*args)
+
+    monkeypatch.setattr(accounts_module, "make_credentials", recording)
+    core = make_core(tmp_path, store)
+    assert await core.accounts.register("a@localhost", "pw") is True
+    assert await core.accounts.set_password("a@localhost", "new") is True
+    assert len(derived_on) == 2
+    assert all(name.startswith("presenced-checks") for name in derived_on), derived_on
+    monkeypatch.setattr(core.auth_guard.checks, "outstanding",
+                        core.auth_guard.checks.cores + authguard.MAX_QUEUED_CHECKS)
+    with pytest.raises(authguard.Busy):
+        await core.accounts.register("b@localhost", "pw")
+    assert len(derived_on) == 2
 
 
 @pytest_twisted.ensureDeferred

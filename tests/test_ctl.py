@@ -118,6 +118,34 @@ def test_import_users_creates_accounts_in_bulk(tmp_path: Path):
     assert "300 existed already" in again.stdout
 
 
+def test_bulk_batches_overlap_two_at_a_time():
+    """``import-users`` and ``load-friends`` start the next batch while the last is written
+    (the check threads never wait for the store), and never more than two: a long file queues
+    bounded work."""
+    from twisted.internet import defer
+
+    from presenced import bulk
+
+    writes: list[defer.Deferred] = []
+
+    def works():
+        for _ in range(5):
+            writes.append(defer.Deferred())
+            yield writes[-1]
+
+    done = bulk.overlapped(works())
+    assert len(writes) == 2 and not done.called  # the second started before the first ended
+    writes[1].callback(None)
+    assert len(writes) == 2  # still waiting for the oldest
+    writes[0].callback(None)
+    assert len(writes) == 4
+    for d in writes[2:]:
+        d.callback(None)
+    assert len(writes) == 5 and not done.called
+    writes[4].callback(None)
+    assert done.called
+
+
 def test_stream_token_verifies_with_the_server_secret(tmp_path: Path):
     token = ctl(tmp_path, "stream-token", "alice", "--ttl", "60").stdout.strip()
     secret = bytes.fromhex((tmp_path / "data" / "secret").read_text().strip())

@@ -300,3 +300,39 @@ async def test_dump_lists_every_user_with_data_and_their_stores(store):
     assert await store.user_store_names("lister@x") == {"offline": "list"}
     assert await store.user_store_names("archiver@x") == {"mam": "archive"}
     assert await store.user_store_names("acct@x") == {}
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_hands_one_turns_requests_to_its_thread_at_once(tmp_path: Path,
+                                                                     monkeypatch):
+    """The embedded store's thread gets a turn's requests as one hand-off (a login asks
+    several capability stores in one turn) and the reactor hears all their answers in one
+    call; each is answered as if asked alone, in order, a write before a read included."""
+    from twisted.internet import defer
+
+    from presenced.store import embedded
+
+    answered: list[int] = []  # requests answered per call into the reactor
+    fire = embedded._fire
+    monkeypatch.setattr(embedded, "_fire", lambda results: (answered.append(len(results)),
+                                                             fire(results)))
+    store = embedded.EmbeddedRosterStore(str(tmp_path / "turns.sqlite3"))
+    await store.start()
+    try:
+        await store.create_user("a@x", make_credentials("pw", iterations=8))
+        prefs, inbox = store.open_map("t-prefs"), store.open_list("t-inbox")
+        asked = [prefs.set("a@x", "k", "v1"), prefs.get("a@x", "k"),
+                 inbox.push("a@x", "m1", 10), inbox.push("a@x", "m2", 10),
+                 inbox.pop_all("a@x"), prefs.set("a@x", "k", "v2"), prefs.items("a@x"),
+                 store.get_credentials("a@x"), store.user_exists("b@x"),
+                 store.get_subscriptions("a@x")]
+        assert not any(d.called for d in asked)  # nothing runs on the reactor thread
+        assert store._worker.requests.qsize() == 0  # handed over when the turn ends
+        answered.clear()
+        answers = await defer.gatherResults(asked)
+        assert answered == [len(asked)]  # answered together
+        assert answers[1] == "v1" and answers[4] == ["m1", "m2"] and answers[6] == {"k": "v2"}
+        assert verify_password(answers[7], "pw") and answers[8] is False and answers[9] == []
+    finally:
+        await store.stop()
