@@ -198,7 +198,7 @@ class Core:
     def publish_tune(self, user: str, tune: Optional[Tune]) -> defer.Deferred:
         """Announce what ``user`` plays (None: stopped) to every door; fires the number of
         sessions reached. Validation is :class:`Tune`'s; see :mod:`presenced.pep`."""
-        return defer.ensureDeferred(self.pep.publish_tune(user, tune))
+        return self.pep.publish_tune(user, tune)
 
     def now_playing(self, user: str) -> defer.Deferred:
         """Fires ``user``'s current :class:`Tune`, or None when stopped or never set."""

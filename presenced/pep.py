@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from json.encoder import encode_basestring_ascii as _json_string
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Collection, Optional
 
@@ -60,8 +61,9 @@ class PepItem:
 
     def encode(self) -> str:
         """A single-item node with the default configuration, as releases before kept it:
-        JSON ``[item id, payload]``."""
-        return json.dumps([self.item_id, self.payload])
+        JSON ``[item id, payload]`` (the bytes ``json.dumps`` writes, without its encoder
+        set-up: every tune publish stores one)."""
+        return f"[{_json_string(self.item_id)}, {_json_string(self.payload)}]"
 
     @classmethod
     def decode(cls, text: str) -> "PepItem":
@@ -227,14 +229,16 @@ class PepService:
         items = current.items[-config.max_items:]
         await self.nodes.set(user, node, PepNode(config, items).encode())
 
-    async def publish_tune(self, user: str, tune: Optional[Tune]) -> int:
-        """Keep ``tune`` (None: stopped) as the User Tune node's item and announce it."""
+    def publish_tune(self, user: str, tune: Optional[Tune]) -> defer.Deferred:
+        """Keep ``tune`` (None: stopped) as the User Tune node's item and announce it; fires
+        the number of sessions reached once the item is stored.
+
+        The announcement does not wait for the write; the publisher's answer does. Deferreds
+        chained by hand, not a coroutine: this is every ``publish_np`` and tune publish."""
         payload = tune.to_payload() if tune is not None else {}
-        # The announcement does not wait for the write; the publisher's answer does.
         stored = self.nodes.set(user, TUNE_NS, PepItem(TUNE_ITEM_ID, tune_xml(payload)).encode())
-        reached = await self._announce_tune(user, payload)
-        await stored
-        return reached
+        announced = self._announce_tune(user, payload)
+        return stored.addCallback(lambda _: announced)
 
     async def retract(self, user: str, node: str, item_ids: Collection[str]) -> bool:
         """Retract the node's items among ``item_ids``; False if none of them is there."""
