@@ -111,11 +111,24 @@ class _Worker(threading.Thread):
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
         self.opened: defer.Deferred = defer.Deferred()
         self.closed: defer.Deferred = defer.Deferred()
+        self._turn: list = []  # requests of this reactor turn, not handed over yet
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Queue ``fn(conn, *args)``; called on the reactor thread. The requests of one
+        reactor turn reach the thread together at its end: one queue hand-off (a wake-up of
+        the thread, a GIL switch) per turn, not one per request (4-5 % of the reactor
+        thread in the publish benchmarks)."""
         d: defer.Deferred = defer.Deferred()
-        self.requests.put((d, fn, args))
+        if not self._turn:
+            reactor.callLater(0, self.hand_over)
+        self._turn.append((d, fn, args))
         return d
+
+    def hand_over(self) -> None:
+        """Give the thread what this turn queued (the end of the turn, and before a stop)."""
+        turn, self._turn = self._turn, []
+        if turn:
+            self.requests.put(turn)
 
     def run(self) -> None:
         try:
@@ -134,7 +147,7 @@ class _Worker(threading.Thread):
             first = self.requests.get()
             if first is None:
                 break
-            batch = [first]
+            batch = list(first)
             stop = False
             while len(batch) < _MAX_BATCH:
                 try:
@@ -144,8 +157,9 @@ class _Worker(threading.Thread):
                 if nxt is None:
                     stop = True
                     break
-                batch.append(nxt)
-            reactor.callFromThread(_fire, self._run_batch(conn, batch))
+                batch.extend(nxt)
+            for at in range(0, len(batch), _MAX_BATCH):  # one turn may queue more
+                reactor.callFromThread(_fire, self._run_batch(conn, batch[at:at + _MAX_BATCH]))
             if stop:
                 break
         conn.close()
@@ -634,6 +648,7 @@ class EmbeddedRosterStore:
         worker, self._worker = self._worker, None
         if worker is None or not worker.is_alive():
             return defer.succeed(None)
+        worker.hand_over()
         worker.requests.put(None)
         return worker.closed
 
