@@ -312,6 +312,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="server worker processes (more than 1: Redis store and cluster)")
     parser.add_argument("--store", choices=("embedded", "redis"), default="embedded")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record the server with py-spy (raw stacks) while publishing")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -386,9 +388,15 @@ def main() -> None:
         wait_until_idle(server.pid)  # last-item lookups of the login storm are done
         cpu_before = cpu_seconds(server.pid)
         redis_before = cpu_seconds(redis.pid) if redis is not None else 0.0
+        spy = subprocess.Popen(["py-spy", "record", "-p", str(server.pid), "-f", "raw", "-o",
+                                args.profile], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) if args.profile else None
         go.set()
         results = [out.get(timeout=600) for _ in procs]
         server_cpu = cpu_seconds(server.pid) - cpu_before
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
+            spy.wait(60)
         redis_cpu = cpu_seconds(redis.pid) - redis_before if redis is not None else 0.0
         for proc in procs:
             proc.join(30)

@@ -11,6 +11,7 @@ server was waiting for a CPU, and ``calls_per_server_cpu_second`` is what it doe
 of its own. Prints JSON.
 
     python3 bench/thrift.py [--calls 20000] [--connections 1,16] [--keep DIR]
+    python3 bench/thrift.py --methods publish_np --connections 16 --profile /tmp/np.raw
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import socket
 import subprocess
 import sys
 import selectors
+import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -134,7 +137,8 @@ def run_client(port: int, method: str, names: list[str], count: int, start, resu
 
 
 def measure(server: subprocess.Popen, port: int, method: str, connections: int,
-            calls: int) -> dict:
+            calls: int, profile: Optional[str] = None) -> dict:
+    """One run; ``profile``: record the server with py-spy (raw stacks) meanwhile."""
     per_connection = calls // connections
     processes = min(connections, CLIENT_PROCESSES)
     names = [f"{method[0]}{connections}x{i}" for i in range(connections)]
@@ -147,10 +151,16 @@ def measure(server: subprocess.Popen, port: int, method: str, connections: int,
     for worker in workers:
         worker.start()
     time.sleep(0.5 + 0.05 * connections)  # every client encoded its calls and connected
+    spy = subprocess.Popen(["py-spy", "record", "-p", str(server.pid), "-f", "raw", "-o",
+                            profile], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL) if profile else None
     cpu_before = cpu_seconds(server.pid)
     start.set()
     outcomes = [results.get(timeout=300) for _ in workers]
     cpu = cpu_seconds(server.pid) - cpu_before
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
+        spy.wait(60)
     for worker in workers:
         worker.join()
     began = min(o[0] for o in outcomes)
@@ -169,14 +179,19 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20000, help="calls per run")
     parser.add_argument("--connections", default="1,16")
     parser.add_argument("--keep", help="run in this directory and keep it")
+    parser.add_argument("--methods", default="add_friend,publish_np")
+    parser.add_argument("--profile", metavar="FILE", help="record the server with py-spy "
+                        "(raw stacks) during the last run")
     args = parser.parse_args()
     directory = Path(args.keep or tempfile.mkdtemp(prefix="bench-thrift-"))
     directory.mkdir(parents=True, exist_ok=True)
     process, port = start_server(directory)
     try:
-        runs = [measure(process, port, method, int(n), args.calls)
-                for method in ("add_friend", "publish_np")
+        plan = [(method, int(n)) for method in args.methods.split(",")
                 for n in args.connections.split(",")]
+        runs = [measure(process, port, method, n, args.calls,
+                        args.profile if i == len(plan) - 1 else None)
+                for i, (method, n) in enumerate(plan)]
     finally:
         process.terminate()
         process.wait(30)

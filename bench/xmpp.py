@@ -60,6 +60,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import ssl
 import subprocess
 import sys
@@ -71,8 +72,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.procs import (cpu_seconds, free_port, percentile, rss_kb, start_presenced,  # noqa: E402
-                         start_redis)
+from bench.procs import (cpu_seconds, free_port, percentile, rss_kb, server_pids,  # noqa: E402
+                         start_presenced, start_redis)
 from bench.webclients import BoshClient, websocket_login_plain  # noqa: E402
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
@@ -517,6 +518,7 @@ class LoadPlan:
     sm: bool = False
     transport: str = "tcp"
     carbons: bool = False
+    profile: str = ""  # record each server process with py-spy during the message burst
 
 
 @dataclass(frozen=True)
@@ -558,6 +560,10 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
         time.sleep(3.5)  # idle: past two hibernation sweeps
         rss_idle = rss_kb(pid)
         barrier = time.time() + 0.5
+        spies = [subprocess.Popen(["py-spy", "record", "-p", str(p), "-f", "raw", "-o",
+                                   f"{plan.profile}.{i}.raw"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+                 for i, p in enumerate(server_pids(pid))] if plan.profile else []
         cpu = cpu_seconds(pid)
         for pipe in pipes:
             pipe.send(barrier)
@@ -567,6 +573,9 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
             _, received, finished = pipe.recv()
             latencies.extend(received)
             last = max(last, finished)
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
+            spy.wait(60)
         message_elapsed = last - barrier
         message_cpu = cpu_seconds(pid) - cpu
         time.sleep(1.0)
@@ -730,10 +739,13 @@ def main() -> None:
                         help="comma-separated presenced checkouts (git worktrees) to measure "
                              "one after the other with this load client: before/after in one "
                              "run; prints a list of results")
+    parser.add_argument("--profile", metavar="PREFIX", default="",
+                        help="record each server process with py-spy during the message "
+                             "burst (raw stacks in PREFIX.<n>.raw, n = 0 for the first)")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
     plan = LoadPlan(args.procs, args.concurrency, args.messages, args.paced_rate, args.sm,
-                    args.transport, args.carbons)
+                    args.transport, args.carbons, args.profile)
     room = RoomPlan(args.room_occupants, args.room_senders, args.room_messages,
                     args.room_paced_rate)
     checkouts = [Path(c).resolve() for c in args.checkouts.split(",") if c] or [REPO]

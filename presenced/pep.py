@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from json.encoder import encode_basestring_ascii as _json_string
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Collection, Optional
 
@@ -67,8 +68,9 @@ class PepItem:
 
     def encode(self) -> str:
         """A single-item node with the default configuration, as releases before kept it:
-        JSON ``[item id, payload]``."""
-        return json.dumps([self.item_id, self.payload])
+        JSON ``[item id, payload]`` (the bytes ``json.dumps`` writes, without its encoder
+        set-up: every tune publish stores one)."""
+        return f"[{_json_string(self.item_id)}, {_json_string(self.payload)}]"
 
     @classmethod
     def decode(cls, text: str) -> "PepItem":
@@ -259,9 +261,10 @@ class PepService:
 
     @one_at_a_time("user")
     async def publish_tune(self, user: str, tune: Optional[Tune]) -> int:
-        """Keep ``tune`` (None: stopped) as the User Tune node's item and announce it."""
+        """Keep ``tune`` (None: stopped) as the User Tune node's item and announce it; the
+        number of sessions reached, once the item is stored. The announcement does not wait
+        for the write; the publisher's answer does."""
         payload = tune.to_payload() if tune is not None else {}
-        # The announcement does not wait for the write; the publisher's answer does.
         stored = self.nodes.set(user, TUNE_NS, PepItem(TUNE_ITEM_ID, tune_xml(payload)).encode())
         reached = await self._announce_tune(user, payload)
         await stored

@@ -7,6 +7,7 @@ several nodes live with the front doors.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from twisted.internet import defer, reactor, task
 
 from presenced import config as configuration
 from presenced import events
+from presenced.cluster import link as link_module
 from presenced.cluster.service import ClusterService
 from presenced.core import Core
 from presenced.events import Event
@@ -198,6 +200,26 @@ async def test_events_for_a_node_in_one_reactor_turn_share_one_publish(nodes):
     await eventually(lambda: len(carol.events) == 5)
     assert [e.payload["body"] for e in carol.events] == [f"message {i}" for i in range(5)]
     assert channels == ["presenced:node:b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_outlive_a_redis_answering_later_than_the_reply_timeout(
+        nodes, redis_server, monkeypatch):
+    """Events published while Redis lags (it shares a busy machine) must not be lost: a
+    late answer used to make txredisapi abort the connection, queued PUBLISHes and all."""
+    monkeypatch.setattr(link_module, "REPLY_TIMEOUT", 0.3)
+    a, b = await nodes("a"), await nodes("b")
+    carol = b.session("carol@x")
+    await eventually(lambda: "carol@x" in a.cluster.directory.nodes_of)
+    a.core.send_message("dave@x", "carol@x", "warm-up", kind="chat")
+    await eventually(lambda: len(carol.events) == 1)
+    with socket.create_connection(("127.0.0.1", redis_server.port)) as lagging:
+        lagging.sendall(b"CLIENT PAUSE 800 ALL\r\n")
+        assert lagging.recv(64).startswith(b"+OK")
+        for i in range(20):
+            a.core.send_message("dave@x", "carol@x", f"message {i}", kind="chat")
+        await eventually(lambda: len(carol.events) == 21)
+    assert [e.payload["body"] for e in carol.events[1:]] == [f"message {i}" for i in range(20)]
 
 
 def tune_titles(session: RecordingSession) -> list[str]:

@@ -289,3 +289,25 @@ async def test_cross_node_write_failure_is_reported_and_repaired(two_redis):
         assert await store.get_subscribers(a) == [b]
     finally:
         await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_writes_of_one_turn_and_a_stop_in_it_are_all_done(tmp_path: Path):
+    """Requests reach the SQLite thread at the end of their reactor turn, together: a stop
+    asked in that same turn still lets them run first, and more of them than one
+    transaction takes are all done."""
+    path = str(tmp_path / "store.sqlite3")
+    store = EmbeddedRosterStore(path)
+    await store.start()
+    pep = store.open_map("pep")
+    writes = [pep.set(f"u{i}@x", "tune", f"<tune>{i}</tune>") for i in range(1200)]
+    stopped = store.stop()
+    await defer.gatherResults(writes)
+    await stopped
+    store = EmbeddedRosterStore(path)
+    await store.start()
+    try:
+        for i in (0, 511, 512, 1199):
+            assert await store.open_map("pep").get(f"u{i}@x", "tune") == f"<tune>{i}</tune>"
+    finally:
+        await store.stop()

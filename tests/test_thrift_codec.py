@@ -71,6 +71,19 @@ def test_our_replies_are_read_back_by_the_client_side_decoder(protocol, framed):
         "get_roster", TMessageType.REPLY, 9, result)
 
 
+@pytest.mark.parametrize("protocol", ["binary", "compact"])
+@pytest.mark.parametrize("framed", [False, True], ids=["buffered", "framed"])
+def test_empty_replies_are_the_bytes_a_full_encoding_writes(protocol, framed):
+    """The void reply spliced from a per-method template, for any sequence id."""
+    encoder = MessageEncoder(protocol, framed)
+    for name in ("publish_np", "add_friend"):
+        # (thriftpy2's compact writer never ends on a negative sequence id)
+        for seqid in (0, 1, 300, 2 ** 31 - 1) + ((-5,) if protocol == "binary" else ()):
+            result = getattr(SERVICE, name + "_result")()
+            assert encoder.empty_reply(name, seqid, result) == MessageEncoder(
+                protocol, framed).encode(name, TMessageType.REPLY, seqid, result)
+
+
 def test_a_large_message_in_pieces_is_not_parsed_again_for_every_piece():
     args = SERVICE.register_user_args(J("big", ""), "p" * 500000)
     data = written_by_thriftpy2("binary", False, "register_user", 1, args)

@@ -23,6 +23,8 @@ MessageHandler = Callable[[str], None]
 FamilyHandler = Callable[[str, str], None]  # (channel without the prefix, message)
 
 RECONNECT_MAX_DELAY = 1.0
+# Seconds a read or heartbeat waits for Redis's answer before its connection is dropped.
+REPLY_TIMEOUT = 5.0
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
@@ -53,11 +55,16 @@ class RedisLink:
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 6379
         db = parsed.path.strip("/")
-        self.commands = self._pool(parsed, int(db) if db else None, 4)
+        self.commands = self._pool(parsed, int(db) if db else None, 4, REPLY_TIMEOUT)
+        # Unordered publishes (events for given users) wait for no answer in time: when this
+        # reactor is behind (a burst), a late answer made txredisapi abort the connection and
+        # every PUBLISH still queued on it was lost. An unreachable Redis is found by the
+        # heartbeat (on ``commands``) and by the connection dropping.
+        self.publishing = self._pool(parsed, int(db) if db else None, 1, None)
         # One connection: Redis runs its commands in the order they were sent (a pool spreads
         # them over connections), so a directory entry is written before it is announced and
         # a user's "+" and "-" reach the other nodes in the order they happened.
-        self.ordered = self._pool(parsed, int(db) if db else None, 1)
+        self.ordered = self._pool(parsed, int(db) if db else None, 1, REPLY_TIMEOUT)
         self.handlers: dict[str, MessageHandler] = {}
         self.family_prefix = ""
         self.family_handler: FamilyHandler | None = None
@@ -70,9 +77,9 @@ class RedisLink:
         self.ready: defer.Deferred = defer.Deferred()
         self.reconnects = 0
 
-    def _pool(self, parsed: Any, db: int | None, size: int) -> Any:
+    def _pool(self, parsed: Any, db: int | None, size: int, timeout: float | None) -> Any:
         pool = txredisapi.lazyConnectionPool(self.host, self.port, dbid=db, poolsize=size,
-                                             password=parsed.password, replyTimeout=5)
+                                             password=parsed.password, replyTimeout=timeout)
         # Reconnect within a second or so once Redis is back (txredisapi waits up to 10 s).
         pool._factory.maxDelay = RECONNECT_MAX_DELAY
         return pool
@@ -144,7 +151,8 @@ class RedisLink:
             self._factory.stopTrying()
             if self._protocol is not None and self._protocol.transport is not None:
                 self._protocol.transport.loseConnection()
-        closing = defer.gatherResults([self.commands.disconnect(), self.ordered.disconnect()])
+        closing = defer.gatherResults([self.commands.disconnect(), self.ordered.disconnect(),
+                                       self.publishing.disconnect()])
         closing.addTimeout(2.0, reactor)
         try:
             yield closing
@@ -153,7 +161,7 @@ class RedisLink:
 
     def publish(self, channel: str, message: str, ordered: bool = False) -> defer.Deferred:
         """``ordered``: on :attr:`ordered`, after the commands sent there before."""
-        d = (self.ordered if ordered else self.commands).publish(channel, message)
+        d = (self.ordered if ordered else self.publishing).publish(channel, message)
         d.addErrback(self._publish_failed, channel)
         return d
 

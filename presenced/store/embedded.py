@@ -120,6 +120,10 @@ class _Worker(threading.Thread):
         self.closed: defer.Deferred = defer.Deferred()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Queue ``fn(conn, *args)``; called on the reactor thread. The requests of one
+        reactor turn reach the thread together at its end: one queue hand-off (a wake-up of
+        the thread, a GIL switch) per turn, not one per request (4-5 % of the reactor
+        thread in the publish benchmarks)."""
         d: defer.Deferred = defer.Deferred()
         if not self.turn:
             reactor.callLater(0, self.hand_over)

@@ -381,6 +381,20 @@ class MessageEncoder:
             raise ValueError(f"unknown Thrift protocol {protocol!r}")
         self.compact = protocol == "compact"
         self.framed = framed
+        self._empty: dict[str, bytes] = {}  # method name: its empty reply with seqid 0
+
+    def empty_reply(self, name: str, seqid: int, result: Any) -> bytes:
+        """The REPLY of a call whose ``result`` struct has no field set (a void method's
+        success): in the binary protocol its bytes differ by sequence id alone, so they are
+        encoded once per method and the id put in (``publish_np`` and ``add_friend``
+        answer so on every call)."""
+        if self.compact:  # a varint sequence id: no fixed place to put it
+            return self.encode(name, TMessageType.REPLY, seqid, result)
+        template = self._empty.get(name)
+        if template is None:
+            template = self._empty[name] = self.encode(name, TMessageType.REPLY, 0, result)
+        # ... sequence id (4 bytes), then the empty struct's STOP byte
+        return template[:-5] + _I32.pack(seqid) + template[-1:]
 
     def encode(self, name: str, kind: int, seqid: int, body: Any) -> bytes:
         if self.compact:

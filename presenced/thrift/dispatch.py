@@ -80,8 +80,10 @@ class Dispatcher:
         if message.type == TMessageType.ONEWAY:
             return None
         result = method.result_class()
-        result.success = value
         try:
+            if value is None:
+                return self.encoder.empty_reply(method.name, message.seqid, result)
+            result.success = value
             return self.encoder.encode(method.name, TMessageType.REPLY, message.seqid, result)
         except Exception:
             self._report(method.name, Failure())

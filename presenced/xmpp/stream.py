@@ -457,7 +457,7 @@ class C2SStream(xmlstream.XmlStream):
         """From now on ``session`` (new, or resumed from another connection) talks over
         this stream, whose output is bounded from here on."""
         self.budget = WriteBudget(self.transport, self.server.session_queue_bytes,
-                                  self.shaper.gate)
+                                  self.shaper.gate, direct=True)
         self.session = session
         session.stream = self
         self.server.unbound.discard(self)
