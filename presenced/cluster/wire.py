@@ -21,9 +21,17 @@ from presenced.xmlparse import parse_element
 
 TAG = "__presenced__"  # marks an encoded non-JSON value
 
+# Values JSON carries as they are: most payload values of the hot path (a message's to, body,
+# kind), so they skip the tagging checks.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+# Made once: ``json.dumps`` with options builds a new encoder for every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
 
 def encode_value(value: Any) -> Any:
     """A payload value as JSON-able data (RosterItem, bytes and elements tagged)."""
+    if value.__class__ in _PLAIN:
+        return value
     if isinstance(value, RosterItem):
         return {TAG: "roster-item", "jid": value.jid, "text": roster_item_to_text(value)}
     if isinstance(value, bytes):
@@ -40,6 +48,8 @@ def encode_value(value: Any) -> Any:
 
 def decode_value(value: Any) -> Any:
     """The value :func:`encode_value` made."""
+    if value.__class__ in _PLAIN:
+        return value
     if isinstance(value, dict) and TAG in value:
         kind = value[TAG]
         if kind == "roster-item":
@@ -63,7 +73,7 @@ def encode(recipients: list[str], event: Event, hidden: frozenset[str] = frozens
            "i": event.id, "p": {k: encode_value(v) for k, v in event.payload.items()}}
     if hidden:
         doc["h"] = sorted(hidden)
-    return json.dumps(doc, separators=(",", ":"))
+    return _ENCODER.encode(doc)
 
 
 def batch(encoded: list[str]) -> str:
@@ -99,8 +109,8 @@ def decode_subject_batch(text: str) -> tuple[str, list[tuple[Event, Optional[fro
 def encode_graph(origin: str, added: Sequence[Pair], removed: Sequence[Pair],
                  gone: Sequence[str]) -> str:
     """A change of the subscription graph made on node ``origin``."""
-    return json.dumps({"o": origin, "a": list(added), "r": list(removed), "g": list(gone)},
-                      separators=(",", ":"))
+    return _ENCODER.encode({"o": origin, "a": list(added), "r": list(removed),
+                            "g": list(gone)})
 
 
 def decode_graph(text: str) -> tuple[str, list[Pair], list[Pair], list[str]]:
