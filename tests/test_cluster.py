@@ -193,8 +193,8 @@ async def test_events_for_a_node_in_one_reactor_turn_share_one_publish(nodes):
     await eventually(lambda: "carol@x" in a.cluster.directory.nodes_of)
     channels: list[str] = []
     publish = a.cluster.link.publish
-    a.cluster.link.publish = lambda channel, message: (channels.append(channel),
-                                                       publish(channel, message))[1]
+    a.cluster.link.publish = lambda channel, message, **kw: (channels.append(channel),
+                                                             publish(channel, message, **kw))[1]
     for i in range(5):
         a.core.send_message("dave@x", "carol@x", f"message {i}", kind="chat")
     await eventually(lambda: len(carol.events) == 5)
@@ -220,6 +220,26 @@ async def test_messages_outlive_a_redis_answering_later_than_the_reply_timeout(
             a.core.send_message("dave@x", "carol@x", f"message {i}", kind="chat")
         await eventually(lambda: len(carol.events) == 21)
     assert [e.payload["body"] for e in carol.events[1:]] == [f"message {i}" for i in range(20)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_to_a_user_on_another_node_arrive_once_and_in_order(nodes):
+    """Many turns of many messages (each turn one batch serialised at its end) lose,
+    repeat and reorder none; a message JSON cannot carry costs only itself, not its turn."""
+    a, b = await nodes("a"), await nodes("b")
+    carol = b.session("carol@x")
+    await eventually(lambda: "carol@x" in a.cluster.directory.nodes_of)
+    sent = []
+    for turn in range(10):
+        for i in range(30):
+            body = f"{turn}.{i}"
+            sent.append(body)
+            a.core.send_message("dave@x", "carol@x", body, kind="chat")
+        a.core.router.deliver("carol@x", Event("photo", "dave@x", {"bad": {1, 2}}))
+        await sleep(0)
+    await eventually(lambda: len(carol.events) >= len(sent))
+    await sleep(0.2)  # nothing more comes
+    assert [e.payload["body"] for e in carol.events] == sent
 
 
 def tune_titles(session: RecordingSession) -> list[str]:

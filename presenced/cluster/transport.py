@@ -27,7 +27,8 @@ caught up when it is back: the node reads its online users' subscriptions again.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from functools import partial
+from typing import Callable, Iterable, Sequence
 
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
@@ -63,8 +64,9 @@ class PubSubTransport:
         self.node_id = directory.node_id
         self.published = 0
         self.received = 0
-        self._outbox: dict[str, list[str]] = {}     # node -> encoded entries
-        self._subjects: dict[str, list[str]] = {}   # subject -> encoded events
+        # Events of this reactor turn, as wire docs, serialised per channel at its end.
+        self._outbox: dict[str, list[dict]] = {}     # node -> entries for its users
+        self._subjects: dict[str, list[dict]] = {}   # subject -> its events
         link.subscribe(node_channel(self.node_id), self._received)
         link.subscribe(GRAPH_CHANNEL, self._graph_received)
         link.subscribe_family(SUBJECT_PREFIX, self._subject_received)
@@ -91,13 +93,13 @@ class PubSubTransport:
             self._flush_soon()
             outbox = self._outbox
             for node, users in remote.items():
-                outbox.setdefault(node, []).append(wire.encode(users, event))
+                outbox.setdefault(node, []).append(wire.event_doc(users, event))
         return reached
 
     def broadcast(self, router: SubscriptionRouter, subject: str, event: Event,
                   hidden: frozenset[str]) -> None:
         self._flush_soon()
-        self._subjects.setdefault(subject, []).append(wire.encode([], event, hidden))
+        self._subjects.setdefault(subject, []).append(wire.event_doc([], event, hidden))
 
     def subscriptions_changed(self, added: Sequence[Pair], removed: Sequence[Pair],
                               gone: Sequence[str]) -> None:
@@ -114,13 +116,26 @@ class PubSubTransport:
         outbox, self._outbox = self._outbox, {}
         subjects, self._subjects = self._subjects, {}
         publish = self.link.publish
-        for node, encoded in outbox.items():
-            self.published += len(encoded)
-            publish(node_channel(node), wire.batch(encoded))
-        for subject, encoded in subjects.items():
-            self.published += len(encoded)
-            publish(subject_channel(subject), wire.subject_batch(self.node_id, encoded),
+        for node, docs in outbox.items():
+            self.published += len(docs)
+            # Over one connection (``link.publishing``, no reply timeout; on Redis Cluster
+            # the one connection to the channel's master): over a pool, a turn's batch could
+            # overtake the one before (a chat's messages out of order on the other node).
+            publish(node_channel(node), self._serialised(wire.batch, docs))
+        for subject, docs in subjects.items():
+            self.published += len(docs)
+            publish(subject_channel(subject),
+                    self._serialised(partial(wire.subject_batch, self.node_id), docs),
                     ordered=True)
+
+    def _serialised(self, serialise: Callable[[list[dict]], str], docs: list[dict]) -> str:
+        try:
+            return serialise(docs)
+        except (TypeError, ValueError):
+            kept = wire.encodable(docs)
+            self.log.error("cluster: {n} event(s) with a payload JSON cannot carry were not "
+                           "sent to other nodes", n=len(docs) - len(kept))
+            return serialise(kept)
 
     # --- in --------------------------------------------------------------------------------
 

@@ -20,15 +20,17 @@ from presenced.store.codec import roster_item_from_text, roster_item_to_text
 from presenced.xmlparse import parse_element
 
 TAG = "__presenced__"  # marks an encoded non-JSON value
-# Values that are JSON as they are: checked first, they are most of every payload.
-_PLAIN = frozenset((str, int, float, bool, type(None)))
-# One encoder for every message (``json.dumps`` with options builds one per call).
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+# Values JSON carries as they are: most payload values of the hot path (a message's to, body,
+# kind), so they skip the tagging checks.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+# Made once: ``json.dumps`` with options builds a new encoder for every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def encode_value(value: Any) -> Any:
     """A payload value as JSON-able data (RosterItem, bytes and elements tagged)."""
-    if type(value) in _PLAIN:
+    if value.__class__ in _PLAIN:
         return value
     if isinstance(value, RosterItem):
         return {TAG: "roster-item", "jid": value.jid, "text": roster_item_to_text(value)}
@@ -46,7 +48,7 @@ def encode_value(value: Any) -> Any:
 
 def decode_value(value: Any) -> Any:
     """The value :func:`encode_value` made."""
-    if type(value) in _PLAIN:
+    if value.__class__ in _PLAIN:
         return value
     if isinstance(value, dict) and TAG in value:
         kind = value[TAG]
@@ -65,18 +67,40 @@ def decode_value(value: Any) -> Any:
     return value
 
 
-def encode(recipients: list[str], event: Event, hidden: frozenset[str] = frozenset()) -> str:
-    """``hidden``: JIDs the subject's broadcast skips (its blocklist), when any."""
+def event_doc(recipients: list[str], event: Event,
+              hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``event`` for ``recipients`` as JSON-able data, made when the event is routed (its
+    payload copied then) and serialised with the rest of its reactor turn's batch
+    (:func:`batch`); ``hidden``: JIDs the subject's broadcast skips (its blocklist)."""
     doc = {"r": recipients, "t": event.type, "s": event.sender, "w": event.time,
            "i": event.id, "p": {k: encode_value(v) for k, v in event.payload.items()}}
     if hidden:
         doc["h"] = sorted(hidden)
-    return _COMPACT.encode(doc)
+    return doc
 
 
-def batch(encoded: list[str]) -> str:
-    """Several encoded events as one message (one PUBLISH per node per reactor turn)."""
-    return "[" + ",".join(encoded) + "]"
+def encode(recipients: list[str], event: Event, hidden: frozenset[str] = frozenset()) -> str:
+    """One event as a message of its own (:func:`decode` reads it)."""
+    return _ENCODER.encode(event_doc(recipients, event, hidden))
+
+
+def batch(docs: list[dict[str, Any]]) -> str:
+    """Several :func:`event_doc` as one message (one PUBLISH per node per reactor turn),
+    serialised in one call: an encoder call costs more to set up than a small event."""
+    return _ENCODER.encode(docs)
+
+
+def encodable(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The docs JSON can carry (a payload value of a type it cannot is left out), for a
+    batch that failed: one bad event must not cost the others of its turn."""
+    kept = []
+    for doc in docs:
+        try:
+            _ENCODER.encode(doc)
+        except (TypeError, ValueError):
+            continue
+        kept.append(doc)
+    return kept
 
 
 def decode(text: str) -> list[tuple[list[str], Event]]:
@@ -92,10 +116,10 @@ def _event(doc: dict[str, Any]) -> Event:
                  when=doc["w"], event_id=doc["i"])
 
 
-def subject_batch(origin: str, encoded: list[str]) -> str:
-    """A subject channel's events of one reactor turn (each :func:`encode`d with no
+def subject_batch(origin: str, docs: list[dict[str, Any]]) -> str:
+    """A subject channel's events of one reactor turn (each an :func:`event_doc` with no
     recipients: every node that follows the subject finds its own), from node ``origin``."""
-    return '{"o":' + json.dumps(origin) + ',"e":' + batch(encoded) + "}"
+    return _ENCODER.encode({"o": origin, "e": docs})
 
 
 def decode_subject_batch(text: str) -> tuple[str, list[tuple[Event, Optional[frozenset[str]]]]]:
@@ -107,7 +131,7 @@ def decode_subject_batch(text: str) -> tuple[str, list[tuple[Event, Optional[fro
 def encode_graph(origin: str, added: Sequence[Pair], removed: Sequence[Pair],
                  gone: Sequence[str]) -> str:
     """A change of the subscription graph made on node ``origin``."""
-    return _COMPACT.encode({"o": origin, "a": list(added), "r": list(removed),
+    return _ENCODER.encode({"o": origin, "a": list(added), "r": list(removed),
                             "g": list(gone)})
 
 
