@@ -163,6 +163,35 @@ async def test_redis_restart_under_a_running_store(redis_server: RedisServer):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_scripted_write_is_not_overtaken_by_a_read_after_redis_forgot_its_scripts(
+        redis_server: RedisServer):
+    """A Redis that has just started (or restarted) knows no scripts. A write made by a script
+    and a read of the same key in one turn must read the write: the EVALSHA's NOSCRIPT used to
+    send the EVAL after the read had gone (the read found nothing)."""
+    store = RedisRosterStore([redis_server.url], timeout=3.0, retries=3)
+    await store.start()
+    try:
+        private = store.open_map("private")
+        written = private.set("s@x", "doc", "first")
+        assert await private.get("s@x", "doc") == "first"
+        await written
+
+        redis_server.stop()
+        redis_server.start()
+        while True:  # the store reconnects on its own
+            try:
+                await private.get("s@x", "doc")
+                break
+            except StoreError:
+                await sleep(0.05)
+        written = private.set("s@x", "doc", "second")
+        assert await private.get("s@x", "doc") == "second"
+        await written
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_redis_sigkill_with_requests_in_flight(redis_server: RedisServer):
     store = RedisRosterStore([redis_server.url], timeout=5.0, retries=3)
     await store.start()

@@ -75,6 +75,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import txredisapi
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -98,6 +99,7 @@ _TRANSIENT = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
 # A script stopped part way because a key it reached has just been migrated to another slot
 # owner: asking again (elsewhere) is safe when the request is idempotent.
 _PARTIAL = "non local key"
+_log = Logger()
 
 
 def user_key(user: str, kind: str) -> str:
@@ -107,14 +109,18 @@ def user_key(user: str, kind: str) -> str:
 
 class _Script:
     """A Lua script run by EVALSHA, loaded with EVAL when the node does not know it yet.
-    ``writes``: its reply waits for replicas under ``wait_replicas`` (see Durability)."""
+    ``writes``: its reply waits for replicas under ``wait_replicas`` (see Durability).
+    Every script made is in ``every``: a new connection loads them all first
+    (:class:`ScriptsFirst`)."""
 
     __slots__ = ("source", "sha", "writes")
+    every: list["_Script"] = []
 
     def __init__(self, source: str, writes: bool = True):
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self.writes = writes
+        _Script.every.append(self)
 
 
 # Graph writes for many users at once. ARGV[1] is the text of a ``both`` roster item, ARGV[2]
@@ -249,7 +255,30 @@ class HashRing:
         return self._owners[i if i < len(self._hashes) else 0]
 
 
-class _ReconnectingFactory(txredisapi.RedisFactory):
+class ScriptsFirst:
+    """For txredisapi connection factories: a new connection's first commands load every
+    script (SCRIPT LOAD, not waited for: Redis runs one connection's commands in order), so
+    no EVALSHA sent on it meets NOSCRIPT. The EVAL that answers NOSCRIPT is sent only after
+    that reply, behind commands sent later: a write to a key, then a read of it in the same
+    turn, would read the old value (a Redis that restarted knows no scripts)."""
+
+    def addConnection(self, conn: Any) -> None:
+        if not self.disconnectCalled and conn.connected:
+            for script in _Script.every:
+                conn.execute_command("SCRIPT", "LOAD", script.source).addErrback(
+                    _script_not_loaded, conn)
+        super().addConnection(conn)  # type: ignore[misc]
+
+
+def _script_not_loaded(failure: Failure, conn: Any) -> None:
+    """A failed SCRIPT LOAD costs only the EVAL fallback (and, if the connection dropped,
+    nothing: the next one loads again)."""
+    failure.trap(txredisapi.ResponseError)
+    _log.warn("Redis {peer}: SCRIPT LOAD failed: {error}", peer=conn.transport.getPeer(),
+              error=failure.getErrorMessage())
+
+
+class _ReconnectingFactory(ScriptsFirst, txredisapi.RedisFactory):
     """txredisapi's pool, retrying every second at most so a restarted Redis is back at once."""
 
     initialDelay = 0.1

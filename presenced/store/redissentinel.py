@@ -16,7 +16,11 @@ import txredisapi
 from twisted.internet import defer
 
 from presenced.store import StoreError
-from presenced.store.redis import RedisNode, RedisRosterStore, ReplicaConfirmation
+from presenced.store.redis import RedisNode, RedisRosterStore, ReplicaConfirmation, ScriptsFirst
+
+
+class _SentinelFactory(ScriptsFirst, txredisapi.SentinelConnectionFactory):
+    """The master's connections, each loading the scripts first."""
 
 
 class SentinelNode(RedisNode):
@@ -45,8 +49,9 @@ class SentinelNode(RedisNode):
 
     def connect(self) -> defer.Deferred:
         handler = self._sentinel.master_for(
-            self._master, poolsize=1, isLazy=True, charset="utf-8", replyTimeout=self._timeout,
-            convertNumbers=False, **self._credentials)
+            self._master, factory_class=_SentinelFactory, poolsize=1, isLazy=True,
+            charset="utf-8", replyTimeout=self._timeout, convertNumbers=False,
+            **self._credentials)
         self._factory = handler._factory
         return self._factory.deferred
 
