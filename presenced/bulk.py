@@ -108,14 +108,20 @@ class Progress:
 
 @defer.inlineCallbacks
 def load_friends(store: IRosterStore, pairs: Iterable[Pair], progress: Progress):
-    """Write every pair as a mutual friendship; fires the number of pairs written."""
+    """Write every pair as a mutual friendship through the store's bulk load
+    (:meth:`IRosterStore.begin_friends_load`); fires the number of pairs written. A backend
+    that stages the batches reports its final writes on a second progress line."""
+    load = store.begin_friends_load()
     in_flight: list[defer.Deferred] = []
     for batch in batches(pairs):
-        d = store.add_friends(batch)
+        d = load.add(batch)
         d.addCallback(progress.add)
         in_flight.append(d)
         if len(in_flight) >= IN_FLIGHT:
             yield in_flight.pop(0)
     for d in in_flight:
         yield d
+    written = Progress(f"of {progress.done:,} friendships written", progress.stream,
+                       progress.every)
+    yield load.finish(written.add)
     return progress.done

@@ -80,7 +80,7 @@ from zope.interface import implementer
 
 from presenced.store import (OFFLINE_STORE, PENDING_STORE, PEP_STORE, PRIVATE_STORE,
                              ArchiveEntry, ArchivePage, CapabilityRegistry, Credentials,
-                             IArchiveStore, IListStore, IMapStore, IRosterStore, Pair,
+                             DirectFriendsLoad, IArchiveStore, IListStore, IMapStore, IRosterStore, Pair,
                              RosterItem, StoreError)
 from presenced.store.rediscluster import ClusterMap, SlotRoute, key_slot, slot_tags
 from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
@@ -861,6 +861,9 @@ class RedisRosterStore:
 
     def remove_friends(self, pairs: Iterable[Pair]) -> defer.Deferred:
         return self._friends("f", "remove_friends", pairs)
+
+    def begin_friends_load(self) -> DirectFriendsLoad:
+        return DirectFriendsLoad(self)
 
     def _friends(self, op: str, what: str, pairs: Iterable[Pair]) -> defer.Deferred:
         contacts: defaultdict[str, list[str]] = defaultdict(list)
