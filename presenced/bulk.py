@@ -16,10 +16,7 @@ from twisted.internet import defer
 from presenced.store import IRosterStore, Pair
 from presenced.users import BadUser, normalize_user
 
-# Large batches: the embedded store commits each in one transaction, and a commit writes every
-# page it dirtied; random friends spread over the whole graph, so fewer commits write far less.
-BATCH = 250_000
-IN_FLIGHT = 2
+IN_FLIGHT = 2  # batches the store writes while the parser reads the next
 
 BadLine = Callable[[int, str, str], None]
 
@@ -72,7 +69,7 @@ def parse_edges(lines: Iterable[str], default_domain: str, on_bad: BadLine,
         yield a, b
 
 
-def batches(pairs: Iterable[Pair], size: int = BATCH) -> Iterator[list[Pair]]:
+def batches(pairs: Iterable[Pair], size: int) -> Iterator[list[Pair]]:
     batch: list[Pair] = []
     for pair in pairs:
         batch.append(pair)
@@ -113,7 +110,7 @@ def load_friends(store: IRosterStore, pairs: Iterable[Pair], progress: Progress)
     that stages the batches reports its final writes on a second progress line."""
     load = store.begin_friends_load()
     in_flight: list[defer.Deferred] = []
-    for batch in batches(pairs):
+    for batch in batches(pairs, load.batch):
         d = load.add(batch)
         d.addCallback(progress.add)
         in_flight.append(d)

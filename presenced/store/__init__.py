@@ -272,6 +272,8 @@ class IFriendsLoad(Interface):
     is complete only when ``finish`` fires, and an interrupted load is resumed by loading the
     same pairs again (the writes are idempotent)."""
 
+    batch = Attribute("Pairs per ``add`` call the backend writes best (the loader's batches).")
+
     def add(pairs: Iterable[Pair]):
         """Take one batch of pairs; fires the number of pairs taken."""
 
@@ -284,8 +286,9 @@ class DirectFriendsLoad:
     """A bulk load that writes every batch through ``add_friends`` at once: for backends
     whose batched writes are already their fastest path."""
 
-    def __init__(self, store: "IGraphStore"):
+    def __init__(self, store: "IGraphStore", batch: int):
         self._store = store
+        self.batch = batch
 
     def add(self, pairs: Iterable[Pair]) -> defer.Deferred:
         return self._store.add_friends(pairs)

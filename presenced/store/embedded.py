@@ -772,6 +772,7 @@ class EmbeddedFriendsLoad:
     the connection) is resumed by loading the same file again."""
 
     _tables = 0
+    batch = 250_000  # one transaction each, about a second of the write lock
 
     def __init__(self, run: Callable[..., defer.Deferred]):
         EmbeddedFriendsLoad._tables += 1
