@@ -15,6 +15,7 @@ side of a friendship (a roster item, one subscription) turns it into explicit ro
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import queue
@@ -91,7 +92,10 @@ MAX_APPEND_BATCH = 256  # archive appends in one worker request (one reactor tur
 _IN_CHUNK = 500  # SQLite's default limit on bound parameters is far above this
 _LOW = (1 << 32) - 1
 _ID_CACHE = 1_000_000  # user ids kept for bulk writes: ~130 MB at most
-MERGE_ROWS = 2_000_000  # staged rows a bulk load merges per transaction (about a second)
+# A bulk load stages (and merges) friendships per range of 2 ** PARTITION_BITS owners: at a
+# million users the first range, where the oldest and best connected users are, holds 1/8
+# of all rows (about 4 million: a few seconds of the write lock), most others far fewer.
+PARTITION_BITS = 14
 
 
 class _Connection(sqlite3.Connection):
@@ -425,37 +429,38 @@ def _add_friends(conn, pairs):
 
 
 def _stage_friends(conn, table, pairs):
-    """Append the pairs' rows to a bulk load's staging table: no index, so each batch only
-    adds pages at the end of a temporary file, whatever users it touches."""
+    """Append the pairs' rows to a bulk load's staging tables, one per range of
+    2 ** PARTITION_BITS owners: no index, so a batch only adds pages at the end of a temporary
+    file, whatever users it touches. Fires ``{partition: rows}``."""
     _, rows = _friend_rows(conn, pairs)
-    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (v INTEGER NOT NULL)")
-    conn.execute(f"INSERT INTO {table} (v) SELECT value FROM json_each(?)", (json.dumps(rows),))
-    return len(pairs)
+    rows.sort()
+    staged = {}
+    shift = 32 + PARTITION_BITS
+    start = 0
+    while start < len(rows):
+        partition = rows[start] >> shift
+        end = bisect.bisect_left(rows, (partition + 1) << shift, start)
+        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table}_{partition} (v INTEGER NOT NULL)")
+        conn.execute(f"INSERT INTO {table}_{partition} (v) SELECT value FROM json_each(?)",
+                     (json.dumps(rows[start:end]),))
+        staged[partition] = end - start
+        start = end
+    return staged
 
 
-def _sort_stage(conn, table):
-    """Sort the staged rows once (an index of the temporary table); fires the highest owner
-    id staged (0 for none), which :func:`_merge_stage` ranges divide."""
-    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (v INTEGER NOT NULL)")
-    conn.execute(f"CREATE INDEX IF NOT EXISTS temp.{table}_v ON {table} (v)")
-    return conn.execute(f"SELECT max(v) >> 32 FROM {table}").fetchone()[0] or 0
-
-
-def _merge_stage(conn, table, low, high):
-    """Write the staged friendships of owners ``low <= owner < high`` in B-tree order, each
-    page of ``friends`` written once; fires the number of rows merged."""
-    bounds = (low << 32, high << 32)
-    where = f"FROM {table} WHERE v >= ? AND v < ?"
-    rows = conn.execute(f"SELECT count(*) {where}", bounds).fetchone()[0]
+def _merge_stage(conn, table):
+    """Write one staging table into ``friends`` in B-tree order (sorted in memory: a range
+    of owners is a few million rows at most), each page written once; then drop it."""
     conn.execute(f"INSERT OR IGNORE INTO friends (owner, friend) "
-                 f"SELECT v >> 32, v & {_LOW} {where} ORDER BY v", bounds)
+                 f"SELECT v >> 32, v & {_LOW} FROM {table} ORDER BY v")
     conn.execute(f"INSERT INTO roster_version (owner, version) SELECT DISTINCT v >> 32, 1 "
-                 f"{where} ON CONFLICT (owner) DO UPDATE SET version = version + 1", bounds)
-    return rows
+                 f"FROM {table} WHERE 1 ON CONFLICT (owner) DO UPDATE SET version = version + 1")
+    conn.execute(f"DROP TABLE temp.{table}")
 
 
-def _drop_stage(conn, table):
-    conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+def _drop_stage(conn, tables):
+    for table in tables:
+        conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
 
 
 def _remove_friends(conn, pairs):
@@ -762,40 +767,46 @@ class EmbeddedRosterStore:
 
 @implementer(IFriendsLoad)
 class EmbeddedFriendsLoad:
-    """A bulk load staged in a temporary table and merged into ``friends`` at ``finish``.
+    """A bulk load staged in temporary tables and merged into ``friends`` at ``finish``.
 
     Batches of random friendships written one transaction each dirty nearly every page of a
     large ``friends`` table, and each commit writes all of them again (at a million users the
-    rate fell to half). Staged, the rows are sorted once and merged in owner ranges of about
-    :data:`MERGE_ROWS` rows, one transaction each, so other writers wait for one range at most.
-    Nothing is visible before the merge; an interrupted load (the temporary table dies with
-    the connection) is resumed by loading the same file again."""
+    rate fell to half). Staged per range of owners, each range is sorted in memory and merged
+    in one transaction, so other writers wait for one range at most. Nothing is visible
+    before the merge; an interrupted load (the temporary tables die with the connection) is
+    resumed by loading the same file again."""
 
-    _tables = 0
-    batch = 250_000  # one transaction each, about a second of the write lock
+    _loads = 0
+    batch = 250_000  # one transaction each, well under a second of the write lock
 
     def __init__(self, run: Callable[..., defer.Deferred]):
-        EmbeddedFriendsLoad._tables += 1
-        self._table = f"friends_load_{EmbeddedFriendsLoad._tables}"
+        EmbeddedFriendsLoad._loads += 1
+        self._table = f"friends_load_{EmbeddedFriendsLoad._loads}"
         self._run = run
-        self._rows = 0
+        self._staged: dict[int, int] = {}  # partition -> rows
 
     def add(self, pairs: Iterable[Pair]) -> defer.Deferred:
         pairs = list(pairs)
-        self._rows += 2 * len(pairs)
-        return self._run(_stage_friends, self._table, pairs)
+
+        def staged(rows: dict[int, int]) -> int:
+            for partition, count in rows.items():
+                self._staged[partition] = self._staged.get(partition, 0) + count
+            return len(pairs)
+        return self._run(_stage_friends, self._table, pairs).addCallback(staged)
 
     @defer.inlineCallbacks
     def finish(self, report: Optional[Callable[[int], None]] = None):
+        tables = [f"{self._table}_{partition}" for partition in sorted(self._staged)]
         try:
-            owners = yield self._run(_sort_stage, self._table)
-            step = max(1, owners * MERGE_ROWS // max(1, self._rows))
-            for low in range(0, owners + 1, step):
-                rows = yield self._run(_merge_stage, self._table, low, low + step)
-                if report is not None:
-                    report(rows // 2)
+            merged = reported = 0
+            for table, rows in zip(tables, (self._staged[p] for p in sorted(self._staged))):
+                yield self._run(_merge_stage, table)
+                merged += rows
+                if report is not None and merged // 2 > reported:
+                    report(merged // 2 - reported)
+                    reported = merged // 2
         finally:
-            yield self._run(_drop_stage, self._table)
+            yield self._run(_drop_stage, tables)
 
 
 class _Capability:
