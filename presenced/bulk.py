@@ -39,33 +39,41 @@ def parse_edges(lines: Iterable[str], default_domain: str, on_bad: BadLine,
     lines reported through ``on_bad(line_number, line, reason)``; with ``domains``, a user on
     another domain makes a bad line (no friend the server does not serve)."""
     cache: dict[str, str] = {}
+    get = cache.get
+
+    def name(text: str) -> str:
+        """A name not seen yet (or dropped with the cache), checked once and kept."""
+        user = normalize_user(text, default_domain)
+        if domains is not None and user.rpartition("@")[2] not in domains:
+            raise BadUser("a user on a domain this server does not serve")
+        if len(cache) > 2_000_000:
+            cache.clear()
+        cache[text] = user
+        return user
+
     for number, line in enumerate(lines, 1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
-            continue
-        if undecodable(line):
-            on_bad(number, line.rstrip("\n"), "not UTF-8")
-            continue
-        if len(fields) != 2:
-            on_bad(number, line.rstrip("\n"), f"expected two user ids, found {len(fields)}")
-            continue
+        # the common line (ASCII, no comment, two ids) costs as few steps as it can
+        fields = (line.split("#", 1)[0] if "#" in line else line).split()
+        if len(fields) != 2 or not line.isascii():
+            if not fields:
+                continue
+            if undecodable(line):
+                on_bad(number, line.rstrip("\n"), "not UTF-8")
+                continue
+            if len(fields) != 2:
+                on_bad(number, line.rstrip("\n"),
+                       f"expected two user ids, found {len(fields)}")
+                continue
+        first, second = fields
         try:
-            a = cache.get(fields[0]) or cache.setdefault(
-                fields[0], normalize_user(fields[0], default_domain))
-            b = cache.get(fields[1]) or cache.setdefault(
-                fields[1], normalize_user(fields[1], default_domain))
+            a = get(first) or name(first)
+            b = get(second) or name(second)
         except BadUser as e:
             on_bad(number, line.rstrip("\n"), str(e))
             continue
         if a == b:
             on_bad(number, line.rstrip("\n"), "a user cannot be their own friend")
             continue
-        if domains is not None and not (a.rpartition("@")[2] in domains
-                                        and b.rpartition("@")[2] in domains):
-            on_bad(number, line.rstrip("\n"), "a user on a domain this server does not serve")
-            continue
-        if len(cache) > 2_000_000:
-            cache.clear()
         yield a, b
 
 

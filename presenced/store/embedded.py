@@ -15,12 +15,12 @@ side of a friendship (a roster item, one subscription) turns it into explicit ro
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import queue
 import sqlite3
 import threading
+from collections import defaultdict
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import defer, reactor
@@ -433,19 +433,15 @@ def _stage_friends(conn, table, pairs):
     2 ** PARTITION_BITS owners: no index, so a batch only adds pages at the end of a temporary
     file, whatever users it touches. Fires ``{partition: rows}``."""
     _, rows = _friend_rows(conn, pairs)
-    rows.sort()
-    staged = {}
+    partitions: defaultdict[int, list[int]] = defaultdict(list)
     shift = 32 + PARTITION_BITS
-    start = 0
-    while start < len(rows):
-        partition = rows[start] >> shift
-        end = bisect.bisect_left(rows, (partition + 1) << shift, start)
+    for row in rows:  # a third of the time of sorting them
+        partitions[row >> shift].append(row)
+    for partition, part in partitions.items():
         conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table}_{partition} (v INTEGER NOT NULL)")
         conn.execute(f"INSERT INTO {table}_{partition} (v) SELECT value FROM json_each(?)",
-                     (json.dumps(rows[start:end]),))
-        staged[partition] = end - start
-        start = end
-    return staged
+                     (json.dumps(part),))
+    return {partition: len(part) for partition, part in partitions.items()}
 
 
 def _merge_stage(conn, table):
