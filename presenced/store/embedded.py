@@ -129,7 +129,6 @@ class _Worker(threading.Thread):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-262144")  # up to 256 MB, as the file grows
-            conn.execute("PRAGMA temp.cache_size=-262144")  # bulk loads sort in temp tables
             notes = _open_schema(conn)
         except (sqlite3.Error, StoreError) as e:
             reactor.callFromThread(self.opened.errback,
