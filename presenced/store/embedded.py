@@ -96,8 +96,6 @@ _ID_CACHE = 1_000_000  # user ids kept for bulk writes: ~130 MB at most
 # million users the first range, where the oldest and best connected users are, holds 1/8
 # of all rows (about 4 million: a few seconds of the write lock), most others far fewer.
 PARTITION_BITS = 14
-_MERGE_CACHE = -262144  # KiB of temporary-table cache while merging a load: the ranges' pages
-_TEMP_CACHE = -2000  # SQLite's default, back after the load
 
 
 class _Connection(sqlite3.Connection):
@@ -448,7 +446,6 @@ def _stage_friends(conn, table, pairs):
 def _merge_stage(conn, table):
     """Write one staging table into ``friends`` in B-tree order (sorted in memory: a range
     of owners is a few million rows at most), each page written once; then drop it."""
-    conn.execute(f"PRAGMA temp.cache_size={_MERGE_CACHE}")
     conn.execute(f"INSERT OR IGNORE INTO friends (owner, friend) "
                  f"SELECT v >> 32, v & {_LOW} FROM {table} ORDER BY v")
     conn.execute(f"INSERT INTO roster_version (owner, version) SELECT DISTINCT v >> 32, 1 "
@@ -459,9 +456,6 @@ def _merge_stage(conn, table):
 def _drop_stage(conn, tables):
     for table in tables:
         conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
-    # A large temporary cache left in place makes every later query of the connection
-    # (their own temporary b-trees) about ten times slower.
-    conn.execute(f"PRAGMA temp.cache_size={_TEMP_CACHE}")
 
 
 def _remove_friends(conn, pairs):
