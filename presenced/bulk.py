@@ -16,10 +16,7 @@ from twisted.internet import defer
 from presenced.store import IRosterStore, Pair
 from presenced.users import BadUser, normalize_user
 
-# Large batches: the embedded store commits each in one transaction, and a commit writes every
-# page it dirtied; random friends spread over the whole graph, so fewer commits write far less.
-BATCH = 250_000
-IN_FLIGHT = 2
+IN_FLIGHT = 2  # batches the store writes while the parser reads the next
 
 BadLine = Callable[[int, str, str], None]
 T = TypeVar("T")
@@ -43,37 +40,45 @@ def parse_edges(lines: Iterable[str], default_domain: str, on_bad: BadLine,
     lines reported through ``on_bad(line_number, line, reason)``; with ``domains``, a user on
     another domain makes a bad line (no friend the server does not serve)."""
     cache: dict[str, str] = {}
+    get = cache.get
+
+    def name(text: str) -> str:
+        """A name not seen yet (or dropped with the cache), checked once and kept."""
+        user = normalize_user(text, default_domain)
+        if domains is not None and user.rpartition("@")[2] not in domains:
+            raise BadUser("a user on a domain this server does not serve")
+        if len(cache) > 2_000_000:
+            cache.clear()
+        cache[text] = user
+        return user
+
     for number, line in enumerate(lines, 1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
-            continue
-        if undecodable(line):
-            on_bad(number, line.rstrip("\n"), "not UTF-8")
-            continue
-        if len(fields) != 2:
-            on_bad(number, line.rstrip("\n"), f"expected two user ids, found {len(fields)}")
-            continue
+        # the common line (ASCII, no comment, two ids) costs as few steps as it can
+        fields = (line.split("#", 1)[0] if "#" in line else line).split()
+        if len(fields) != 2 or not line.isascii():
+            if not fields:
+                continue
+            if undecodable(line):
+                on_bad(number, line.rstrip("\n"), "not UTF-8")
+                continue
+            if len(fields) != 2:
+                on_bad(number, line.rstrip("\n"),
+                       f"expected two user ids, found {len(fields)}")
+                continue
+        first, second = fields
         try:
-            a = cache.get(fields[0]) or cache.setdefault(
-                fields[0], normalize_user(fields[0], default_domain))
-            b = cache.get(fields[1]) or cache.setdefault(
-                fields[1], normalize_user(fields[1], default_domain))
+            a = get(first) or name(first)
+            b = get(second) or name(second)
         except BadUser as e:
             on_bad(number, line.rstrip("\n"), str(e))
             continue
         if a == b:
             on_bad(number, line.rstrip("\n"), "a user cannot be their own friend")
             continue
-        if domains is not None and not (a.rpartition("@")[2] in domains
-                                        and b.rpartition("@")[2] in domains):
-            on_bad(number, line.rstrip("\n"), "a user on a domain this server does not serve")
-            continue
-        if len(cache) > 2_000_000:
-            cache.clear()
         yield a, b
 
 
-def batches(items: Iterable[T], size: int = BATCH) -> Iterator[list[T]]:
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
     batch: list[T] = []
     for item in items:
         batch.append(item)
@@ -123,7 +128,13 @@ def overlapped(works: Iterable[defer.Deferred], limit: int = IN_FLIGHT):
 
 @defer.inlineCallbacks
 def load_friends(store: IRosterStore, pairs: Iterable[Pair], progress: Progress):
-    """Write every pair as a mutual friendship; fires the number of pairs written."""
-    yield overlapped(store.add_friends(batch).addCallback(progress.add)
-                     for batch in batches(pairs))
+    """Write every pair as a mutual friendship through the store's bulk load
+    (:meth:`IRosterStore.begin_friends_load`); fires the number of pairs written. A backend
+    that stages the batches reports its final writes on a second progress line."""
+    load = store.begin_friends_load()
+    yield overlapped(load.add(batch).addCallback(progress.add)
+                     for batch in batches(pairs, load.batch))
+    written = Progress(f"of {progress.done:,} friendships written", progress.stream,
+                       progress.every)
+    yield load.finish(written.add)
     return progress.done

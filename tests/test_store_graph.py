@@ -141,3 +141,40 @@ async def test_load_friends_leaves_the_input_graph_in_both_directions(store):
         assert set(await store.get_subscribers(user)) == expected, user
         roster = await store.get_roster(user)
         assert {(i.jid, i.subscription) for i in roster} == {(j, "both") for j in expected}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_staged_load_is_written_at_finish_in_owner_ranges(tmp_path, monkeypatch):
+    """The embedded bulk load stages its batches and merges them range by range: nothing is
+    visible before ``finish``, every pair is afterwards (over many ranges as over one),
+    friendships and roster items already stored are kept, and each roster version moves on."""
+    from presenced.store import embedded
+
+    monkeypatch.setattr(embedded, "PARTITION_BITS", 2)  # 4 owners per merge transaction
+    store = embedded.EmbeddedRosterStore(str(tmp_path / "store.sqlite3"))
+    await store.start()
+    try:
+        await store.add_friends([("old@x", "u1@x")])
+        await store.set_roster_item("u2@x", RosterItem("fan@x", "to", name="Fan"))
+        await store.add_subscriptions([("fan@x", "u2@x")])
+        before = await store.get_roster_version("u2@x")
+        pairs = [(f"u{i}@x", f"u{j}@x") for i in range(1, 40) for j in range(i + 1, 40, 7)]
+        load = store.begin_friends_load()
+        assert await load.add(pairs[:100]) == 100
+        assert await load.add(pairs[100:] + pairs[:5]) == len(pairs) - 95
+        assert sorted(await store.get_subscribers("u2@x")) == ["fan@x"]  # not yet merged
+        reported: list[int] = []
+        await load.finish(reported.append)
+        assert len(reported) > 3 and sum(reported) == len(pairs) + 5
+        for i in range(1, 40):
+            user = f"u{i}@x"
+            expected = {f"u{j}@x" for a, b in pairs for j in range(40)
+                        if (a, b) in ((user, f"u{j}@x"), (f"u{j}@x", user))}
+            expected |= {"old@x"} if i == 1 else {"fan@x"} if i == 2 else set()
+            assert set(await store.get_subscribers(user)) == expected, user
+        assert await store.get_roster_item("u2@x", "fan@x") == RosterItem("fan@x", "to",
+                                                                            name="Fan")
+        assert await store.get_roster_version("u2@x") > before
+        assert await store.get_subscribers("old@x") == ["u1@x"]
+    finally:
+        await store.stop()

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import re
 from typing import Any, Callable, Iterable, Optional
 
-from zope.interface import Attribute, Interface
+from twisted.internet import defer
+from zope.interface import Attribute, Interface, implementer
 
 SUBSCRIPTIONS = ("none", "to", "from", "both")
 
@@ -222,6 +223,10 @@ class IGraphStore(Interface):
     def remove_friends(pairs: Iterable[Pair]):
         """Undo :meth:`add_friends` for each pair: roster items and edges both ways."""
 
+    def begin_friends_load():
+        """An :class:`IFriendsLoad`: many :meth:`add_friends` batches written the way the
+        backend writes bulk data fastest (``load-friends``), done when its ``finish`` fires."""
+
     def add_subscriptions(pairs: Iterable[Pair]):
         """Add ``(subscriber, subject)`` edges; fires the number of pairs."""
 
@@ -261,6 +266,38 @@ class IStoreDump(Interface):
     def user_store_names(user: str):
         """Fires ``{name: "map"|"list"|"archive"}``: the capability stores with data of
         ``user``."""
+
+
+class IFriendsLoad(Interface):
+    """One bulk load of friendships. Batches may be written as they come (Redis) or staged
+    and written together at ``finish`` (embedded: one sorted pass over the table instead of
+    random writes per batch). Each fires as :meth:`IGraphStore.add_friends` does; the load
+    is complete only when ``finish`` fires, and an interrupted load is resumed by loading the
+    same pairs again (the writes are idempotent)."""
+
+    batch = Attribute("Pairs per ``add`` call the backend writes best (the loader's batches).")
+
+    def add(pairs: Iterable[Pair]):
+        """Take one batch of pairs; fires the number of pairs taken."""
+
+    def finish(report: Optional[Callable[[int], None]] = None):
+        """Write what was staged; ``report(pairs)`` is called as parts of it are written."""
+
+
+@implementer(IFriendsLoad)
+class DirectFriendsLoad:
+    """A bulk load that writes every batch through ``add_friends`` at once: for backends
+    whose batched writes are already their fastest path."""
+
+    def __init__(self, store: "IGraphStore", batch: int):
+        self._store = store
+        self.batch = batch
+
+    def add(self, pairs: Iterable[Pair]) -> defer.Deferred:
+        return self._store.add_friends(pairs)
+
+    def finish(self, report: Optional[Callable[[int], None]] = None) -> defer.Deferred:
+        return defer.succeed(None)
 
 
 class IRosterStore(IAccountStore, IGraphStore, ICapabilityStores, IStoreDump):
