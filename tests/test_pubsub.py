@@ -489,12 +489,17 @@ def entry(text: str) -> ElementTree.Element:
     return ElementTree.fromstring(f"<entry xmlns='urn:example:news'><title>{text}</title></entry>")
 
 
-def node_config(client: PubsubClient, **fields) -> object:
+def submitted_form(client: PubsubClient, form_type: str, **fields) -> object:
+    """A submitted ``pubsub#<form_type>`` form with ``pubsub#<name>`` fields."""
     form = client.plugin["xep_0004"].make_form(ftype="submit")
-    form.add_field("FORM_TYPE", ftype="hidden", value=NS_PUBSUB + "#node_config")
+    form.add_field("FORM_TYPE", ftype="hidden", value=f"{NS_PUBSUB}#{form_type}")
     for name, value in fields.items():
         form.add_field(f"pubsub#{name}", value=value)
     return form
+
+
+def node_config(client: PubsubClient, **fields) -> object:
+    return submitted_form(client, "node_config", **fields)
 
 
 def test_a_slixmpp_owner_and_subscriber_use_a_node_end_to_end(server):
@@ -710,11 +715,7 @@ async def test_pending_approvals_are_bounded_per_node(memory_xmpp, monkeypatch):
 
 
 def publish_options(client: PubsubClient, **fields) -> object:
-    form = client.plugin["xep_0004"].make_form(ftype="submit")
-    form.add_field("FORM_TYPE", ftype="hidden", value=NS_PUBSUB + "#publish-options")
-    for name, value in fields.items():
-        form.add_field(f"pubsub#{name}", value=value)
-    return form
+    return submitted_form(client, "publish-options", **fields)
 
 
 def test_slixmpp_default_config_offline_owner_set_subscriptions_publish_options(server):
