@@ -298,3 +298,23 @@ async def test_dump_lists_every_user_with_data_and_their_stores(store):
     assert await store.user_store_names("lister@x") == {"offline": "list"}
     assert await store.user_store_names("archiver@x") == {"mam": "archive"}
     assert await store.user_store_names("acct@x") == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_archive_ids_continue_above_the_highest_after_a_restart(tmp_path):
+    """Ids follow the clock; one set back (or entries appended ahead of it) must not give an
+    id that is in the file already."""
+    from presenced.store.embedded import EmbeddedRosterStore
+
+    path = str(tmp_path / "store.sqlite3")
+    first = EmbeddedRosterStore(path)
+    await first.start()
+    ahead = await first.open_archive("archive").append("a@x", "ahead", 4_000_000_000.0)
+    await first.stop()
+    again = EmbeddedRosterStore(path)
+    await again.start()
+    archive = again.open_archive("archive")
+    later = await archive.append("a@x", "now", 1000.0)
+    assert int(later) > int(ahead)
+    assert [e.value for e in (await archive.query("a@x")).entries] == ["ahead", "now"]
+    await again.stop()
