@@ -20,8 +20,9 @@ from thriftpy2.rpc import make_client
 from tests.helpers import THRIFT as admin, Client, PresencedProcess, run
 
 USERS = ("alice", "bob", "carol", "pam", "quinn", "tina", "tom", "uma", "rita", "sam",
-         "vera", "walt", "xena", "yuri", "zoe", "dave", "erin")
-PLUGINS = ("xep_0313", "xep_0059", "xep_0441", "xep_0191")
+         "vera", "walt", "xena", "yuri", "zoe", "dave", "erin", "fay", "gus")
+PLUGINS = ("xep_0313", "xep_0059", "xep_0441", "xep_0191", "xep_0280")
+NS_SID = "urn:xmpp:sid:0"
 XMPP = {"require_tls": False, "allow_plain": True, "auth_failure_delay": 0.0,
         "archive_days": 365}  # archiving is off by default
 
@@ -133,6 +134,52 @@ def test_disco_and_form_discovery(server):
         assert {"FORM_TYPE", "with", "start", "end"} <= set(form.get_fields())
         assert form.get_fields()["FORM_TYPE"]["value"] in ("urn:xmpp:mam:2", ["urn:xmpp:mam:2"])
         await alice.close()
+    run(scenario())
+
+
+def stanza_ids(message) -> dict[str, str]:
+    """``{by: id}`` of a message's XEP-0359 stanza ids."""
+    return {e.get("by"): e.get("id") for e in message.xml.findall(f"{{{NS_SID}}}stanza-id")}
+
+
+def test_live_messages_carry_their_archive_ids_and_forged_ones_are_stripped(server):
+    async def scenario():
+        fay = await client(server, "fay", "phone")
+        desk = await client(server, "fay", "desk")
+        gus = await client(server, "gus")
+        info = await fay.plugin["xep_0030"].get_info(jid="fay@localhost")
+        assert NS_SID in info["disco_info"]["features"]
+        await desk.plugin["xep_0280"].enable()
+        carbons: asyncio.Queue = asyncio.Queue()
+        desk.add_event_handler("carbon_sent", lambda m: carbons.put_nowait(m["carbon_sent"]))
+
+        # Forged: a stanza-id "by" the recipient, one by the server; another's is kept.
+        forged = fay.make_message(mto="gus@localhost", mbody="first", mtype="chat")
+        for by in ("gus@localhost", "localhost", "elsewhere.example"):
+            forged.append(slixmpp.xmlstream.ET.Element(
+                f"{{{NS_SID}}}stanza-id", {"by": by, "id": "forged"}))
+        forged.send()
+        first = await gus.message()
+        ids = stanza_ids(first)
+        assert ids.keys() == {"gus@localhost", "elsewhere.example"}
+        assert ids["gus@localhost"] != "forged" and ids["elsewhere.example"] == "forged"
+        sent = stanza_ids(await asyncio.wait_for(carbons.get(), 5))
+        assert sent.keys() == {"fay@localhost", "elsewhere.example"}  # by the sender
+
+        for body in ("second", "third"):
+            fay.send_message(mto="gus@localhost/test", mbody=body, mtype="chat")  # full JID
+            assert (await gus.message())["body"] == body
+        page = await archived(gus, 3, with_="fay@localhost")
+        assert page.bodies == ["first", "second", "third"]
+        assert page.ids[0] == ids["gus@localhost"]
+        following = await archive(gus, after=ids["gus@localhost"])
+        assert following.bodies == ["second", "third"]
+        assert (await archive(gus, before=page.ids[2])).bodies == ["first", "second"]
+        mine = await archived(fay, 3)
+        assert mine.ids[0] == sent["fay@localhost"]
+        assert (await archive(fay, after=sent["fay@localhost"], max=1)).bodies == ["second"]
+        for c in (fay, desk, gus):
+            await c.close()
     run(scenario())
 
 

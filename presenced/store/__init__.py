@@ -18,6 +18,7 @@ with ``from``/``both`` is a subscriber); web-only users may exist in the graph a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import math
 import re
 from typing import Any, Callable, Iterable, Optional
 
@@ -148,16 +149,24 @@ class IArchiveStore(Interface):
     """A per-user append-only archive, paged by id and time (message archives, XEP-0313).
 
     Ids are decimal strings that grow with every append and are never reused, even after
-    :meth:`delete_all`; callers append in time order (``when`` is now).
+    :meth:`delete_all`; callers append in time order (``when`` is now). The node assigns
+    them itself (:class:`ArchiveIds`), so a caller knows an entry's id before the store has
+    it: a live message carries the id it has in the archive (XEP-0359).
     """
 
     name = Attribute("The name the store was opened by.")
 
+    def new_id(when: float) -> str:
+        """The id of an entry to be appended at ``when``: greater than every id this node
+        gave before. Pass it to :meth:`append`; an id never appended is simply absent."""
+
     def append(user: str, value: str, when: float, with_: Optional[str] = None,
-               keep: Optional[int] = None, since: Optional[float] = None):
-        """Add an entry; fires its id. With ``keep`` the user's oldest entries beyond the
-        newest ``keep`` are dropped, with ``since`` those older than ``since``: bounds a
-        feature enforces in the same request as the write (retention, per-user size)."""
+               keep: Optional[int] = None, since: Optional[float] = None,
+               id: Optional[str] = None):
+        """Add an entry under ``id`` (from :meth:`new_id`; a new one when None); fires the
+        id. With ``keep`` the user's oldest entries beyond the newest ``keep`` are dropped,
+        with ``since`` those older than ``since``: bounds a feature enforces in the same
+        request as the write (retention, per-user size)."""
 
     def query(user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
               start: Optional[float] = None, end: Optional[float] = None,
@@ -310,6 +319,32 @@ class IRosterStore(IAccountStore, IGraphStore, ICapabilityStores, IStoreDump):
 
     def stop():
         """Flush and close; the Deferred fires when every acknowledged write is durable."""
+
+
+class ArchiveIds:
+    """Archive ids a node assigns itself: the microsecond of the append since the epoch, or
+    one more than the last id when appends come faster (a burst runs a little ahead of the
+    clock, never back). One sequence serves every archive of a backend.
+
+    Ids stay below 2**53 until the year 2255, so a Redis score (a double) holds them
+    exactly. They follow time, not a counter in the store, so two nodes appending to one
+    account's archive in the same microsecond could give one id twice (Redis keeps both
+    entries; paging from that id skips the second): a clash needs two messages of one
+    account within a microsecond on two nodes. The embedded store starts the sequence
+    above its highest id, so a clock set back loses nothing there.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def new_id(self, when: float) -> str:
+        self._last = max(self._last + 1, math.floor(when * 1e6))
+        return str(self._last)
+
+    def seen(self, highest: Optional[int]) -> None:
+        """Continue above ``highest`` (None: an empty store)."""
+        if highest is not None:
+            self._last = max(self._last, highest)
 
 
 class CapabilityRegistry:

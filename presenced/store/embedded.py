@@ -28,9 +28,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from presenced.store import (ArchiveEntry, ArchivePage, CapabilityRegistry, Credentials,
-                             IArchiveStore, IFriendsLoad, IListStore, IMapStore, IRosterStore,
-                             Pair, RosterItem, StoreError)
+from presenced.store import (ArchiveEntry, ArchiveIds, ArchivePage, CapabilityRegistry,
+                             Credentials, IArchiveStore, IFriendsLoad, IListStore, IMapStore,
+                             IRosterStore, Pair, RosterItem, StoreError)
 from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
                                    roster_item_from_text, roster_item_to_text)
 
@@ -587,19 +587,22 @@ def _list_pop_all(conn, store, user):
     return values
 
 
+def _archive_highest_id(conn):
+    return conn.execute("SELECT MAX(id) FROM archives").fetchone()[0]
+
+
 def _archive_append_batch(conn, store, rows):
-    """Append ``rows`` (user, value, when, peer, keep, since) in order; fires their ids.
+    """Append ``rows`` (id, user, value, when, peer, keep, since) in order.
     Each owner's bounds are applied once for the batch, after its inserts: the count kept
     beside the archive, the entries past the newest ``since`` and beyond the smallest
     ``keep``, so the bound costs index seeks, not a walk over ``keep`` entries on every
     append (822 us an append at 10 000 entries), and a burst pays it once per owner."""
-    ids = []
     bounds: dict[int, list] = {}  # uid -> [appended, keep, since]
-    for user, value, when, peer, keep, since in rows:
+    for id_, user, value, when, peer, keep, since in rows:
         uid = _intern(conn, user)
-        ids.append(str(conn.execute(
-            "INSERT INTO archives (owner, store, at, peer, value) VALUES (?, ?, ?, ?, ?)",
-            (uid, store, when, peer, value)).lastrowid))
+        conn.execute(
+            "INSERT INTO archives (id, owner, store, at, peer, value) VALUES (?, ?, ?, ?, ?, ?)",
+            (id_, uid, store, when, peer, value))
         bound = bounds.setdefault(uid, [0, keep, since])
         bound[0] += 1
         if keep is not None:
@@ -608,7 +611,6 @@ def _archive_append_batch(conn, store, rows):
             bound[2] = since if bound[2] is None else max(bound[2], since)
     for uid, (appended, keep, since) in bounds.items():
         _archive_bound(conn, store, uid, appended, keep, since)
-    return ids
 
 
 def _archive_bound(conn, store, uid, appended, keep, since):
@@ -692,12 +694,15 @@ class EmbeddedRosterStore:
         self.path = path
         self._worker: Optional[_Worker] = None
         self._stores = CapabilityRegistry(self)
+        self.archive_ids = ArchiveIds()  # one sequence: the archives share one table
 
     def start(self) -> defer.Deferred:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._worker = _Worker(self.path)
         self._worker.start()
-        return self._worker.opened.addCallback(self._opened)
+        d = self._worker.opened.addCallback(self._opened)
+        return d.addCallback(lambda _: self._run(_archive_highest_id)).addCallback(
+            self.archive_ids.seen)
 
     def _opened(self, notes: list[str]) -> None:
         if notes:
@@ -886,12 +891,18 @@ class EmbeddedArchive(_Capability):
         self._rows: list[tuple] = []
         self._waiting: list[defer.Deferred] = []
 
+    def new_id(self, when: float) -> str:
+        return self._backend.archive_ids.new_id(when)
+
     def append(self, user: str, value: str, when: float, with_: Optional[str] = None,
-               keep: Optional[int] = None, since: Optional[float] = None) -> defer.Deferred:
+               keep: Optional[int] = None, since: Optional[float] = None,
+               id: Optional[str] = None) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
         if not self._rows:
             reactor.callLater(0, self._flush)
-        self._rows.append((user, value, when, with_, keep, since))
+        if id is None:
+            id = self.new_id(when)
+        self._rows.append((int(id), user, value, when, with_, keep, since))
         self._waiting.append(d)
         if len(self._rows) >= MAX_APPEND_BATCH:
             self._flush()
@@ -903,7 +914,7 @@ class EmbeddedArchive(_Capability):
             return
         self._rows, self._waiting = [], []
         self._run(_archive_append_batch, rows).addCallbacks(
-            lambda ids: [d.callback(i) for d, i in zip(waiting, ids)],
+            lambda _: [d.callback(str(row[0])) for d, row in zip(waiting, rows)],
             lambda failure: [d.errback(failure) for d in waiting])
 
     def query(self, user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,

@@ -17,7 +17,8 @@ data lives on one node (under Redis Cluster: in one slot)::
     u:{alice@x}:<name>    hash    a map store (pep, pending, private): key -> value
                           list    a list store (offline): values, oldest first
                           zset    an archive store: ``id:[when, value, peer]`` scored by id,
-                                  with the id counter in ``u:{alice@x}:<name>:seq``
+                                  ids assigned by the node (``:seq``, the counter of
+                                  earlier versions, is no longer written)
     accounts              zset    (one per node) names of the node's accounts, for search/count
     accounts:{tag}        zset    the same under Redis Cluster, one per slot (``tag`` falls in
                                   it), so creating an account stays one script on one slot
@@ -80,9 +81,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presenced.store import (OFFLINE_STORE, PENDING_STORE, PEP_STORE, PRIVATE_STORE,
-                             ArchiveEntry, ArchivePage, CapabilityRegistry, Credentials,
-                             DirectFriendsLoad, IArchiveStore, IListStore, IMapStore, IRosterStore, Pair,
-                             RosterItem, StoreError)
+                             ArchiveEntry, ArchiveIds, ArchivePage, CapabilityRegistry,
+                             Credentials, DirectFriendsLoad, IArchiveStore, IListStore,
+                             IMapStore, IRosterStore, Pair, RosterItem, StoreError)
 from presenced.store.rediscluster import ClusterMap, SlotRoute, key_slot, slot_tags
 from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
                                    roster_item_from_text, roster_item_to_text)
@@ -539,6 +540,7 @@ class RedisRosterStore:
                                       for url in self.urls], self.urls)
         self._open = False
         self._stores = CapabilityRegistry(self)
+        self.archive_ids = ArchiveIds()
         self._dumped: Optional[list[str]] = None
 
     # --- plumbing ---------------------------------------------------------------------
@@ -988,7 +990,7 @@ return values
 # ARGV[3]: entries to keep ('' for all), ARGV[4]: drop entries older than this ('' for none):
 # ids grow with time, so the expired entries are the lowest ranks, walked 100 at a time.
 _ARCHIVE_APPEND = _Script("""
-local id = redis.call('INCR', KEYS[3])
+local id = ARGV[5]
 redis.call('ZADD', KEYS[1], id, id .. ':' .. ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 local keep, since = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -1104,16 +1106,24 @@ class RedisList(_Capability):
 
 @implementer(IArchiveStore)
 class RedisArchive(_Capability):
-    """A sorted set scored by id, members ``id:[when, value, peer]``; the counter is
-    ``u:{user}:<name>:seq``. Appends are not retried (a lost reply may hide one)."""
+    """A sorted set scored by id, members ``id:[when, value, peer]``; ids are the node's
+    (:class:`presenced.store.ArchiveIds`). Appends are not retried (a lost reply may hide
+    one)."""
+
+    def new_id(self, when: float) -> str:
+        return self._backend.archive_ids.new_id(when)
 
     def append(self, user: str, value: str, when: float, with_: Optional[str] = None,
-               keep: Optional[int] = None, since: Optional[float] = None) -> defer.Deferred:
-        d = self._eval(user, _ARCHIVE_APPEND, (self.name, "stores", self.name + ":seq"),
+               keep: Optional[int] = None, since: Optional[float] = None,
+               id: Optional[str] = None) -> defer.Deferred:
+        if id is None:
+            id = self.new_id(when)
+        d = self._eval(user, _ARCHIVE_APPEND, (self.name, "stores"),
                        [json.dumps([when, value, with_]), self.name,
                         "" if keep is None else int(keep),
-                        "" if since is None else repr(float(since))], retriable=False)
-        return d.addCallback(str)
+                        "" if since is None else repr(float(since)), str(int(id))],
+                       retriable=False)
+        return d.addCallback(lambda _: id)
 
     def query(self, user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
               start: Optional[float] = None, end: Optional[float] = None,

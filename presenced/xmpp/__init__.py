@@ -74,8 +74,11 @@ initial presence: each handler returns a Deferred of stanzas to send after the p
 (the subscription protocol cancels both ways);
 ``xmpp-contact-linked(session, contact, linked)`` when an admin made or unmade a friend;
 ``xmpp-message-out(session, data, kind)`` when a client sent a message (``data``: the
-stanza as serialised), ``xmpp-message-in(recipient, data, kind)`` when a message to a full
-JID reached that resource, ``xmpp-message-passed-over(session, event)`` when the priority
+stanza as serialised); ``xmpp-message-archiving(sender, to, data, kind,
+refused_if_blocked)`` is collected before a client's message to ``to`` (a bare JID) is
+delivered: a handler that archives it answers ``{owner: id}`` (the archive,
+:mod:`presenced.xmpp.mam`), and the copies carry those ids as XEP-0359 ``<stanza-id/>``;
+``xmpp-message-in(recipient, data, kind)`` when a message to a full JID reached that resource, ``xmpp-message-passed-over(session, event)`` when the priority
 rules kept a bare-JID message from a resource (carbons); ``xmpp-vcard-stored(session,
 vcard_element)`` after a client stored its vCard (avatar hashes).
 

@@ -6,14 +6,16 @@ party (sender and recipient), unless the party's preferences say otherwise or th
 carries a no-store hint (XEP-0334). Each message is archived once per party, from one of two
 hooks:
 
-- the core's ``message-sent``: every message to a bare JID, whatever door sent it (XMPP
-  clients, Thrift ``spoof_chat``/``spoof_message``). A local recipient that blocks the sender
-  refused it (:mod:`presenced.blocking`): it is in neither archive;
-- ``xmpp-message-in``: a message to one full JID that reached that resource (it never passes
-  the core; the server's stanza filter has already refused blocked ones).
+- ``xmpp-message-archiving``: a client's message, before it is delivered (to a bare JID, or
+  to a full JID whose resource is here: the server's stanza filter has already refused
+  blocked ones). The hook answers the ids the parties' archives give the message, which
+  the delivered copy and the carbons carry as ``<stanza-id/>`` (XEP-0359);
+- the core's ``message-sent``: a message from another door (Thrift
+  ``spoof_chat``/``spoof_message``), after delivery: archived, but delivered without a
+  stanza id.
 
-``xmpp-message-out`` is not used: it also fires for bare-JID sends, which ``message-sent``
-covers.
+A local recipient that blocks the sender of a bare-JID message refused it
+(:mod:`presenced.blocking`): it is in neither archive.
 
 Bounds (``[xmpp]``): ``archive_days`` of retention, applied by every append (the store drops
 the owner's older entries in the same request) and by every query, so an expired entry is
@@ -26,10 +28,14 @@ message is appended at once. Otherwise it waits in its owner's queue for the sto
 (does the account exist, is the peer on the roster), at most :data:`MAX_QUEUED` messages per
 owner; past that a message is not archived (``presenced_archive_skipped_total``, a log line).
 
-Result ids are the store's archive ids. Delivered messages carry no ``<stanza-id/>``
-(XEP-0359): the id exists only once the store has answered, after delivery, so
-``urn:xmpp:sid:0`` is not announced. A ``with`` that is a full JID matches the conversation
-with its bare JID.
+Ids are the node's (:class:`presenced.store.ArchiveIds`): a message has its id in each
+archive before the store has it, so the copy a recipient gets carries
+``<stanza-id by='recipient' id='...'/>``, and the copy the sender's other resources get (sent
+carbon) the sender's. Result ids of queries are the same ids: a client pages ``after`` a live
+message's id. A message whose archiving waits for the store's answers has its id at once; if
+the answer is not to archive it, the id names no entry (paging from it still works: ids
+order the archive). A ``with`` that is a full JID matches the conversation with its bare
+JID.
 """
 
 from __future__ import annotations
@@ -42,7 +48,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
-from xml.sax.saxutils import unescape
 
 from twisted.internet import defer
 from twisted.words.xish import domish
@@ -52,7 +57,7 @@ from presenced.logs import RepeatLimiter
 from presenced.store import MAM_PREFS_STORE, MAM_STORE, ArchivePage
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.session import xmpp_sessions
-from presenced.xmpp.stanzas import attr, forwardable, message_bytes, parse_address
+from presenced.xmpp.stanzas import NS_SID, attr, forwardable, message_bytes, parse_address
 
 NS_MAM = "urn:xmpp:mam:2"
 NS_RSM = "http://jabber.org/protocol/rsm"
@@ -69,7 +74,6 @@ PREFS_CHANGED = "xmpp-mam-prefs"  # router event to the user's sessions; payload
 
 _BODY = re.compile(rb"<body[\s>/]")
 _NO_STORE = re.compile(rb"<no-(?:permanent-)?store[^>]+urn:xmpp:hints")
-_FROM = re.compile(rb"""\sfrom=(["'])(.*?)\1""")
 _FORM_FIELDS = (("with", "jid-single"), ("start", "text-single"), ("end", "text-single"),
                 ("after-id", "text-single"), ("before-id", "text-single"))
 
@@ -81,6 +85,7 @@ class Pending:
     peer: str
     text: str
     when: float
+    id: str
     blocking: Optional[tuple[str, str]]  # (sender, recipient): refused if the recipient blocks
 
 
@@ -92,16 +97,6 @@ def archivable(data: bytes, kind: str) -> bool:
     """Whether a message (as serialised) goes into archives."""
     return kind in ARCHIVED_KINDS and _BODY.search(data) is not None \
         and _NO_STORE.search(data) is None
-
-
-def sender_of(data: bytes) -> str:
-    """The bare JID in a serialised stanza's ``from`` (the server stamps it on every stanza
-    a client sends)."""
-    found = _FROM.search(data, 0, data.index(b">"))
-    if found is None:
-        raise ValueError("a stanza without from")
-    text = unescape(found.group(2).decode("utf-8"), {"&apos;": "'", "&quot;": '"'})
-    return text.partition("/")[0]
 
 
 def stamp(when: float) -> str:
@@ -276,7 +271,7 @@ class ArchiveHandler(FeatureHandler):
               f"iq-get/self/{NS_MAM}:prefs": "on_get_prefs",
               f"iq-set/self/{NS_MAM}:prefs": "on_set_prefs"}
 
-    account_features = (NS_MAM,)
+    account_features = (NS_MAM, NS_SID)
     event_renderers = {PREFS_CHANGED: "prefs_changed"}
 
     def attached(self) -> None:
@@ -296,7 +291,7 @@ class ArchiveHandler(FeatureHandler):
         self._failure_log = RepeatLimiter()
         if self.retention:
             self.core.hooks.add("message-sent", self.message_sent)
-            self.core.hooks.add("xmpp-message-in", self.message_in)
+            self.core.hooks.add("xmpp-message-archiving", self.archiving)
             self.core.hooks.add("xmpp-session-ended", self._session_ended)
 
     @property
@@ -326,9 +321,20 @@ class ArchiveHandler(FeatureHandler):
 
     # --- archiving ---------------------------------------------------------------------------
 
+    def archiving(self, sender: str, to: str, data: bytes, kind: str,
+                  refused_if_blocked: bool) -> dict[str, str]:
+        """The XMPP door's hook, before it delivers a client's message: archive it and
+        answer ``{owner: id}`` for the archives that (may) keep it."""
+        if not archivable(data, kind):
+            return {}
+        return self._archive_both(sender, to, data, time.time(), refused_if_blocked)
+
     def message_sent(self, event: Event, reached: int) -> None:
-        """The core's hook: a message to a bare JID from any door."""
+        """The core's hook: a message to a bare JID from another door (the XMPP door's
+        were archived before delivery)."""
         payload = event.payload
+        if payload.get("stanza") is not None:
+            return
         if (payload.get("kind") or "normal") not in ARCHIVED_KINDS or not payload.get("body"):
             return
         data = message_bytes(event)
@@ -336,33 +342,32 @@ class ArchiveHandler(FeatureHandler):
             self._archive_both(event.sender, payload["to"].partition("/")[0], data,
                                event.time, refused_if_blocked=True)
 
-    def message_in(self, recipient, data: bytes, kind: str) -> None:
-        """The XMPP door's hook: a message to a full JID reached that resource."""
-        if archivable(data, kind):
-            self._archive_both(sender_of(data), recipient.user, data, time.time(),
-                               refused_if_blocked=False)
-
     def _archive_both(self, sender: str, to: str, data: bytes, when: float,
-                      refused_if_blocked: bool) -> None:
+                      refused_if_blocked: bool) -> dict[str, str]:
+        """Archive the message for each local party; the ids of those that (may) keep it."""
         text = forwardable(data).decode("utf-8")
         when = math.floor(when * 1e6) / 1e6  # what a stamp says, so start=stamp finds it
+        ids = {}
         for owner, peer in {sender: to, to: sender}.items():  # once for a note to oneself
             if self.core.is_local(owner):
-                self._enqueue(owner, Pending(peer, text, when,
-                                             (sender, to) if refused_if_blocked else None))
+                item = Pending(peer, text, when, self.archive.new_id(when),
+                               (sender, to) if refused_if_blocked else None)
+                if self._enqueue(owner, item):
+                    ids[owner] = item.id
+        return ids
 
-    def _enqueue(self, owner: str, item: "Pending") -> None:
+    def _enqueue(self, owner: str, item: "Pending") -> bool:
         """Archive ``item`` at once when this node can decide from memory (the usual case:
         both parties online here); otherwise, or behind an undecided message of the same
-        owner, queue it for the owner's drain, so archive ids follow the messages (the store
-        takes appends in the order they are sent)."""
+        owner, queue it for the owner's drain (the store's answers are asked once for a
+        burst). False when ``item`` is not archived: decided so, or the queue is full."""
         queue = self._queues.get(owner)
         if queue is None:
             decided = self._decide_now(owner, item)
             if decided is not None:
                 if decided:
                     self._append(owner, item)
-                return
+                return decided
             queue = self._queues[owner] = deque((item,))
             d = defer.ensureDeferred(self._drain(owner, queue))
             d.addErrback(lambda f: self.log.failure("archiving for {owner}", f, owner=owner))
@@ -375,6 +380,8 @@ class ArchiveHandler(FeatureHandler):
                 self.log.warn("archive of {owner}: {max} messages wait for the store, so "
                               "newer ones are not archived ({repeats} more since the last "
                               "such line)", owner=owner, max=MAX_QUEUED, repeats=repeats)
+            return False
+        return True
 
     async def _drain(self, owner: str, queue: "deque[Pending]") -> None:
         """Decide and append the owner's queued messages in order. What the store said
@@ -395,7 +402,7 @@ class ArchiveHandler(FeatureHandler):
 
     def _append(self, owner: str, item: "Pending") -> None:
         d = self.archive.append(owner, item.text, item.when, item.peer, keep=self.limit,
-                                since=item.when - self.retention)
+                                since=item.when - self.retention, id=item.id)
         d.addErrback(self._append_failed, owner)
 
     def _append_failed(self, failure, owner: str) -> None:

@@ -9,6 +9,12 @@ sender's client gets a ``resource-constraint`` error; an XMPP sender's stanza co
 being handled until its message is written, so a flooder's reading stops while its writes
 wait (:mod:`presenced.xmpp.shaping`). Messages from other doors are stored through the
 core's ``message-sent`` hook.
+
+Before a client's message is delivered the archive may stamp it (the
+``xmpp-message-archiving`` hook answers the ids the parties' archives give it): the copy
+delivered, stored offline and carbon-copied to the recipient's resources carries the
+recipient's ``<stanza-id/>`` (XEP-0359), the sent carbon the sender's. A ``<stanza-id/>`` a
+client put in with ``by`` on a domain served here is forged: it is removed first.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from presenced.logs import RepeatLimiter
 from presenced.store import OFFLINE_STORE
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.session import message_targets
-from presenced.xmpp.stanzas import attr, message_bytes, parse_address, to_bytes
+from presenced.xmpp.stanzas import (NS_SID, attr, message_bytes, parse_address, to_bytes,
+                                    with_stanza_id)
 
 OFFLINE_KINDS = ("normal", "chat")
 NS_OFFLINE = "msgoffline"
@@ -83,6 +90,7 @@ class MessageHandler(FeatureHandler):
     # --- from the client ---------------------------------------------------------------------
 
     def on_bare(self, session, message: domish.Element):
+        self._strip_forged(message)
         kind = message.getAttribute("type") or "normal"
         if kind == "error":
             return None
@@ -110,8 +118,8 @@ class MessageHandler(FeatureHandler):
         for child in message.children:
             if child.__class__ is not str and child.name in texts:
                 texts[child.name] = str(child)
-        stanza = to_bytes(message)
-        self.core.hooks.fire("xmpp-message-out", session, stanza, kind)
+        sent, stanza = self._stamped(session.user, to, to_bytes(message), kind, True)
+        self.core.hooks.fire("xmpp-message-out", session, sent, kind)
         self.core.send_message(session.user, to, texts["body"], texts["subject"],
                                texts["thread"], kind, stanza=stanza)
         if not self._goes_offline(to, kind):
@@ -129,12 +137,14 @@ class MessageHandler(FeatureHandler):
     def on_full(self, session, message: domish.Element):
         recipient = self.server.find_session(parse_address(message["to"]))
         if recipient is not None:
-            data = to_bytes(message)
+            self._strip_forged(message)
             kind = message.getAttribute("type") or "normal"
+            sent, data = self._stamped(session.user, recipient.user, to_bytes(message), kind,
+                                       False)
             recipient.write(data)
             self.server.events_out += 1
             hooks = self.core.hooks
-            hooks.fire("xmpp-message-out", session, data, kind)
+            hooks.fire("xmpp-message-out", session, sent, kind)
             hooks.fire("xmpp-message-in", recipient, data, kind)
             return None
         if message.getAttribute("type") in (None, "normal", "chat", "headline"):
@@ -143,6 +153,34 @@ class MessageHandler(FeatureHandler):
         if message.getAttribute("type") == "groupchat":
             session.error(message, "service-unavailable")
         return None
+
+    def _strip_forged(self, message: domish.Element) -> None:
+        """Remove the ``<stanza-id/>`` elements a client claims this server gave (XEP-0359
+        5: only the server stamps ids ``by`` its own JIDs)."""
+        for child in message.children:
+            if child.__class__ is not str and child.name == "stanza-id":
+                message.children = [c for c in message.children if not self._forged(c)]
+                return
+
+    def _forged(self, child) -> bool:
+        return (child.__class__ is not str and child.name == "stanza-id"
+                and child.uri == NS_SID
+                and self.core.is_local((child.getAttribute("by") or "").partition("/")[0]))
+
+    def _stamped(self, sender: str, to: str, stanza: bytes, kind: str,
+                 refused_if_blocked: bool) -> tuple[bytes, bytes]:
+        """The message as the sender's other resources see it (sent carbons) and as it is
+        delivered, each with the id its party's archive gives it, if any. ``to`` is a bare
+        JID; ``refused_if_blocked``: the archive still has to check that the recipient does
+        not block the sender (a full-JID message passed the server's stanza filter)."""
+        ids: dict[str, str] = {}
+        for found in self.core.hooks.collect("xmpp-message-archiving", sender, to, stanza,
+                                             kind, refused_if_blocked):
+            ids.update(found)
+        if not ids:
+            return stanza, stanza
+        return (with_stanza_id(stanza, sender, ids.get(sender)),
+                with_stanza_id(stanza, to, ids.get(to)))
 
     # --- to the client -------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ NS_REGISTER_FEATURE = "http://jabber.org/features/iq-register"
 
 
 NS_XML = "http://www.w3.org/XML/1998/namespace"
+NS_SID = "urn:xmpp:sid:0"
 
 # Plain lowercase ASCII JIDs are already in stringprep's canonical form: skip it.
 _PLAIN_JID = re.compile(r"(?:([a-z0-9._+-]+)@)?([a-z0-9.-]+)(?:/([\x21-\x7e]{1,1023}))?\Z")
@@ -187,6 +188,18 @@ def forwardable(data: bytes) -> bytes:
     if b"xmlns=" in data[:head_end]:
         return data
     return b"<message xmlns='jabber:client'" + data[len(b"<message"):]
+
+
+def with_stanza_id(data: bytes, by: str, id_: Optional[str]) -> bytes:
+    """A serialised message with the XEP-0359 ``<stanza-id/>`` that ``by`` (a bare JID: the
+    archive's owner) gave it; ``data`` itself when there is no id."""
+    if id_ is None:
+        return data
+    tag = b"<stanza-id xmlns='" + NS_SID.encode() + b"' by=" + attr(by).encode("utf-8") \
+        + b" id=" + attr(id_).encode("utf-8") + b"/>"
+    if data.endswith(b"/>") and data.find(b">") == len(data) - 1:  # <message .../>
+        return data[:-2] + b">" + tag + b"</message>"
+    return data[:-len(b"</message>")] + tag + b"</message>"
 
 
 def message_bytes(event: "Event") -> bytes:
