@@ -416,7 +416,10 @@ class RawClient:
             if remaining <= 0:
                 raise TimeoutError(f"no {pattern!r} in {self.buffer[-500:]!r}")
             self.sock.settimeout(remaining)
-            data = self.sock.recv(65536)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                raise TimeoutError(f"no {pattern!r} in {self.buffer[-500:]!r}") from None
             if not data:
                 raise ConnectionError(f"closed before {pattern!r}; got {self.buffer[-500:]!r}")
             self.buffer += data

@@ -56,15 +56,16 @@ class RedisLink:
         self.port = parsed.port or 6379
         db = parsed.path.strip("/")
         self.commands = self._pool(parsed, int(db) if db else None, 4, REPLY_TIMEOUT)
-        # Unordered publishes (events for given users) wait for no answer in time: when this
-        # reactor is behind (a burst), a late answer made txredisapi abort the connection and
-        # every PUBLISH still queued on it was lost. An unreachable Redis is found by the
-        # heartbeat (on ``commands``) and by the connection dropping.
+        # The publishing connections wait for no answer in time: when this reactor is behind
+        # (a burst), a late answer made txredisapi abort the connection and every PUBLISH
+        # still queued on it was lost. An unreachable Redis is found by the heartbeat (on
+        # ``commands``) and by the connection dropping; the directory's stop has a deadline.
         self.publishing = self._pool(parsed, int(db) if db else None, 1, None)
         # One connection: Redis runs its commands in the order they were sent (a pool spreads
-        # them over connections), so a directory entry is written before it is announced and
-        # a user's "+" and "-" reach the other nodes in the order they happened.
-        self.ordered = self._pool(parsed, int(db) if db else None, 1, REPLY_TIMEOUT)
+        # them over connections), so a directory entry is written before it is announced, a
+        # user's "+" and "-" reach the other nodes in the order they happened, and so do the
+        # events for given users that follow them.
+        self.ordered = self._pool(parsed, int(db) if db else None, 1, None)
         self.handlers: dict[str, MessageHandler] = {}
         self.family_prefix = ""
         self.family_handler: FamilyHandler | None = None

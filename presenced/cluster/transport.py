@@ -118,10 +118,11 @@ class PubSubTransport:
         publish = self.link.publish
         for node, docs in outbox.items():
             self.published += len(docs)
-            # Over one connection (``link.publishing``, no reply timeout; on Redis Cluster
-            # the one connection to the channel's master): over a pool, a turn's batch could
-            # overtake the one before (a chat's messages out of order on the other node).
-            publish(node_channel(node), self._serialised(wire.batch, docs))
+            # On the one ordered connection: over a pool, a turn's batch could overtake the
+            # one before (a chat's messages out of order on the other node), and over another
+            # connection than the directory's a probe's answer could overtake the "+" that
+            # tells the other node where its asker is (the answer found nobody).
+            publish(node_channel(node), self._serialised(wire.batch, docs), ordered=True)
         for subject, docs in subjects.items():
             self.published += len(docs)
             publish(subject_channel(subject),
