@@ -111,8 +111,7 @@ class AdminFront:
         while pos < size and not self.busy:
             line_end = data.find(b"\r\n", pos)
             if line_end < 0:
-                if size - pos > MAX_HEAD_BYTES:
-                    self._fail(HTTPError(431, "request head too large"))
+                if self._head_too_large(size - pos):
                     return
                 break
             api = self._api() if data.find(API_PREFIX, pos, line_end) >= 0 else None
@@ -121,8 +120,7 @@ class AdminFront:
                 return
             end = data.find(b"\r\n\r\n", pos)
             if end < 0:
-                if size - pos > MAX_HEAD_BYTES:
-                    self._fail(HTTPError(431, "request head too large"))
+                if self._head_too_large(size - pos):
                     return
                 break
             try:
@@ -146,6 +144,14 @@ class AdminFront:
                 return
         if pos < size:
             self.buf += data[pos:]
+
+    def _head_too_large(self, unfinished: int) -> bool:
+        """A request head not finished after ``unfinished`` bytes: past the bound, the
+        connection is failed with 431 (True); otherwise it waits for more."""
+        if unfinished <= MAX_HEAD_BYTES:
+            return False
+        self._fail(HTTPError(431, "request head too large"))
+        return True
 
     def _api(self) -> Optional[ILeanResource]:
         """The lean ``/api`` resource on offer now; asked of zope.interface once per resource
