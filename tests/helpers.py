@@ -83,10 +83,20 @@ def mutate(rng: random.Random, seed: bytes, edits: int = 5) -> bytes:
 SERVER_ERRORS = re.compile(r"#critical\]|Traceback|Unhandled")  # what bad input must not log
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and not handed out before in this run: once the probing
+    socket is closed the kernel may give the same port to the next pick, and servers built
+    together (a Redis Cluster's six ports and six bus ports) would then collide."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> None:
