@@ -7,8 +7,11 @@ checked: connections from the source address (an IPv6 address counts as its /64,
 public reaches, their connections together against the process's open-files limit less a
 reserve (:class:`OpenFiles`), so a flood on one door leaves files for the admin doors, the
 store, the logs and Redis. A refused connection gets the door's refusal bytes (if any) and is
-closed at once; it is counted in ``presenced_connections_refused_total{door,reason}`` and
-logged at most once per ``LOG_INTERVAL`` per door.
+closed once they are written; it is counted in ``presenced_connections_refused_total{door,reason}``
+and logged at most once per ``LOG_INTERVAL`` per door. Twisted accepts a hundred connections
+and more in one go during a flood, and each refusal keeps its file until a later reactor turn
+writes the bytes: at most ``MAX_REFUSING`` refusals wait so in the process, and past them a
+refused connection is closed at once without the bytes (the reserve stays the reserve).
 
 An admitted connection is carried by a :class:`GuardedConnection`, the transport the door's
 protocol sees. It bounds closing, which Twisted does not: a close asked for during a TLS
@@ -48,6 +51,7 @@ TRIM_AFTER = 100        # closed connections (and more than remain open in the p
                         # after which freed memory goes back to the OS
 TRIM_INTERVAL = 60.0    # seconds between two such collections at the most: a full collection
                         # pauses the reactor (0.7 s over a bench/xmpp.py run when unpaced)
+MAX_REFUSING = 16      # refused connections waiting for their refusal bytes to be written
 REFUSED = "presenced_connections_refused_total"
 PER_IP, DOOR_TOTAL, OPEN_FILES = "per_ip", "door_total", "open_files"
 
@@ -114,6 +118,7 @@ class OpenFiles:
     def __init__(self, limit: int):
         self.limit = limit
         self.open = 0
+        self.refusing = 0          # :class:`Refused` connections not yet closed
         self._trim: Optional[MemoryTrim] = None
 
     def trim(self, clock: IReactorTime) -> MemoryTrim:
@@ -160,14 +165,20 @@ class RefusalLog:
 
 
 class Refused(Protocol):
-    """Says why (the door's refusal bytes) and closes."""
+    """Says why (the door's refusal bytes) and closes; counted in ``files.refusing`` until
+    the file is closed."""
 
-    def __init__(self, message: bytes):
+    def __init__(self, message: bytes, files: OpenFiles):
         self.message = message
+        self.files = files
+        files.refusing += 1
 
     def connectionMade(self) -> None:
         self.transport.write(self.message)
         self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.files.refusing -= 1
 
 
 class GuardedFactory(Factory):
@@ -224,8 +235,8 @@ class GuardedFactory(Factory):
         reason = self.refusal_reason(host)
         if reason is not None and not (self.limits.evict_idle and self.make_room(host, reason)):
             self.refusals.record(reason, host)
-            if self.tls is None and self.limits.refusal:
-                return Refused(self.limits.refusal)
+            if self.tls is None and self.limits.refusal and self.files.refusing < MAX_REFUSING:
+                return Refused(self.limits.refusal, self.files)
             return None
         inner = self.wrapped.buildProtocol(addr)
         if inner is None:
