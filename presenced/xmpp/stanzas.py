@@ -204,7 +204,8 @@ def with_stanza_id(data: bytes, by: str, id_: Optional[str]) -> bytes:
 
 def message_bytes(event: "Event") -> bytes:
     """The XMPP form of a MESSAGE event: the client's stanza as sent, or one built from the
-    fields another door gave."""
+    fields another door gave (with the ``<stanza-id/>`` of the recipient's archive, when it
+    keeps the message: ``archive_id``, see ``message-archiving`` in :mod:`presenced.core`)."""
     payload = event.payload
     data = payload.get("stanza")
     if data is None:
@@ -215,5 +216,6 @@ def message_bytes(event: "Event") -> bytes:
         for name in ("subject", "body", "thread"):
             if payload.get(name):
                 message.addElement(name, content=payload[name])
-        data = to_bytes(message)
+        data = with_stanza_id(to_bytes(message), payload["to"].partition("/")[0],
+                              payload.get("archive_id"))
     return data
