@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Container, Optional
 from xml.sax.saxutils import quoteattr
 
 from twisted.words.protocols.jabber.error import StanzaError
@@ -188,6 +188,14 @@ def forwardable(data: bytes) -> bytes:
     if b"xmlns=" in data[:head_end]:
         return data
     return b"<message xmlns='jabber:client'" + data[len(b"<message"):]
+
+
+def forged_stanza_id(child, served: Container[str]) -> bool:
+    """Whether ``child`` is a ``<stanza-id/>`` given ``by`` a JID on one of the ``served``
+    domains: only the server stamps those (XEP-0359 4), so one a client sent is forged."""
+    return (child.__class__ is not str and child.name == "stanza-id" and child.uri == NS_SID
+            and (child.getAttribute("by") or "").partition("/")[0].rpartition("@")[2]
+            in served)
 
 
 def with_stanza_id(data: bytes, by: str, id_: Optional[str]) -> bytes:
