@@ -96,6 +96,17 @@ class TopicNode:
                    tuple(sorted(data["affiliations"].items())), tuple(data["pending"]))
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An entry of an owner's change of several affiliations or subscriptions that was not
+    made (XEP-0060 §8.8.2.4, §8.9.2.4: the others were): the entity's state as it stays, and
+    why."""
+
+    jid: str
+    current: str
+    reason: str
+
+
 class TopicNodes:
     """The core's pubsub service nodes: every door's node management, publish and reads."""
 
@@ -208,22 +219,30 @@ class TopicNodes:
 
     @one_at_a_time("topic")
     async def set_affiliations(self, actor: Optional[str], topic: str,
-                               changes: dict[str, str]) -> None:
+                               changes: dict[str, str]) -> list[Refused]:
         """Owner's changes (jid -> publisher/member/none/outcast); an outcast stops
-        following the node. The owner's own affiliation is not changed here."""
+        following the node. The valid entries are made; the others (another affiliation,
+        the owner's own) are returned, with the affiliation they keep."""
         node = await self.managed(actor, topic)
         current = dict(node.affiliations)
+        refused, banned = [], []
         for jid, affiliation in changes.items():
             if affiliation not in AFFILIATIONS or affiliation == "owner" or jid == node.owner:
-                raise PepError("not-acceptable", f"{jid}: affiliation {affiliation!r} "
-                               "(publisher, member, none or outcast; not the owner's)")
+                refused.append(Refused(jid, node.affiliation(jid), f"{jid}: affiliation "
+                                       f"{affiliation!r} (publisher, member, none or "
+                                       "outcast; not the owner's)"))
+                continue
             current.pop(jid, None)
             if affiliation != "none":
                 current[jid] = affiliation
-        await self._save(topic, replace(node, affiliations=tuple(sorted(current.items()))))
-        banned = [(jid, topic) for jid, a in changes.items() if a == "outcast"]
+            if affiliation == "outcast":
+                banned.append((jid, topic))
+        if len(refused) < len(changes):
+            await self._save(topic, replace(node,
+                                            affiliations=tuple(sorted(current.items()))))
         if banned:
             await self.core.remove_subscriptions(banned)
+        return refused
 
     # --- publish ----------------------------------------------------------------------------
 
@@ -314,19 +333,33 @@ class TopicNodes:
 
     @one_at_a_time("topic")
     async def set_subscriptions(self, actor: Optional[str], topic: str,
-                                changes: dict[str, str]) -> None:
+                                changes: dict[str, str]) -> list[Refused]:
         """The owner's XEP-0060 §8.8.2 changes, jid -> ``subscribed`` (approves a pending
         subscriber, or subscribes anyone not outcast) or ``none`` (drops a subscriber or a
-        pending request); each affected user is told. Nothing is changed when one of them
-        is refused (``not-acceptable``)."""
+        pending request); each affected user is told. The valid entries are made; the
+        others (another state, an outcast subscribed) are returned, with the state they
+        keep."""
         node = await self.managed(actor, topic)
+        made, refused = {}, []
         for jid, state in changes.items():
             if state not in ("subscribed", "none"):
-                raise PepError("not-acceptable", f"{jid}: subscription {state!r} "
-                               "(subscribed or none)")
-            if state == "subscribed" and node.affiliation(jid) == "outcast":
-                raise PepError("not-acceptable", f"{jid} is an outcast of this node")
-        await self._set_states(topic, node, changes)
+                reason = f"{jid}: subscription {state!r} (subscribed or none)"
+            elif state == "subscribed" and node.affiliation(jid) == "outcast":
+                reason = f"{jid} is an outcast of this node"
+            else:
+                made[jid] = state
+                continue
+            refused.append(Refused(jid, await self._subscription(topic, node, jid), reason))
+        if made:
+            await self._set_states(topic, node, made)
+        return refused
+
+    async def _subscription(self, topic: str, node: TopicNode, jid: str) -> str:
+        """``jid``'s subscription to the node: subscribed, pending or none."""
+        if jid in node.pending:
+            return "pending"
+        return "subscribed" if topic in await self.core.store.get_subscriptions(jid) \
+            else "none"
 
     async def _set_states(self, topic: str, node: TopicNode, states: dict[str, str]) -> None:
         """Make each jid's subscription ``subscribed`` or ``none``, whether it was pending
