@@ -709,6 +709,43 @@ async def test_nodes_are_kept_in_the_store_on_every_backend(store, tmp_path):
     assert refused.value.condition == "item-not-found"
 
 
+@pytest.mark.parametrize("store", ["embedded", "redis"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_two_servers_changing_one_node_at_once_lose_no_change(store, tmp_path,
+                                                                    monkeypatch):
+    """Two cores on one store (two cluster nodes) each take turns of their own: their
+    writes of the node's record are compare-and-set, the overtaken change made again."""
+    from twisted.internet import defer
+
+    from presenced import config, turns
+    from presenced.core import Core
+    from presenced.pep import PepError
+
+    settings = config.load(overrides={"server": {"data_dir": str(tmp_path / "data")}})
+    one, two = Core(settings, store), Core(settings, store)
+    await one.nodes.create("ann@localhost", "label/race", {"pubsub#max_items": "50"})
+    changes = []
+    for i in range(30):
+        core = (one, two)[i % 2]
+        changes.append(core.nodes.set_affiliations(None, "label/race",
+                                                   {f"u{i}@localhost": "publisher"}))
+        changes.append(core.nodes.publish("ann@localhost", "label/race", f"item{i}",
+                                          "<p xmlns='urn:x'/>"))
+    await defer.gatherResults([defer.ensureDeferred(c) for c in changes])
+    node = await two.nodes.get("label/race")
+    assert dict(node.affiliations) == {f"u{i}@localhost": "publisher" for i in range(30)}
+    assert sorted(i.item_id for i in node.items) == sorted(f"item{i}" for i in range(30))
+
+    # A change overtaken every time gives up with a clear error.
+    tries = []
+    monkeypatch.setattr(turns, "MAX_ATTEMPTS", 5)
+    monkeypatch.setattr(store.open_map("pubsub"), "compare_and_set",
+                        lambda *args: tries.append(args) or defer.succeed(False))
+    with pytest.raises(PepError) as busy:
+        await one.nodes.configure(None, "label/race", {"pubsub#title": "t"})
+    assert busy.value.condition == "resource-constraint" and len(tries) == 5
+
+
 @pytest_twisted.ensureDeferred
 async def test_pipelined_publishes_are_all_kept_and_removed_owners_take_their_nodes(
         memory_xmpp):
