@@ -220,8 +220,8 @@ class Core:
     def _archived(self, event: Event) -> Event:
         """``event`` archived (``message-archiving``), with the recipient's archive id when
         its archive keeps it, so the copy delivered names the entry a client pages from."""
-        to = event.payload["to"].partition("/")[0]
         for ids in self.hooks.collect("message-archiving", event):
+            to = event.payload["to"].partition("/")[0]
             if ids and to in ids:
                 return Event(events.MESSAGE, event.sender,
                              {**event.payload, "archive_id": ids[to]}, event.time, event.id)
