@@ -14,6 +14,10 @@ Hooks fired here:
 - ``friends-added(pairs)`` / ``friends-removed(pairs)`` after the store wrote them;
 - ``user-removed(user, contacts)`` after an account was deleted (by
   :mod:`presenced.accounts`); the core drops it from its contacts' rosters (ROSTER events);
+- ``message-archiving(event)`` before :meth:`Core.send_message` hands a message from a door
+  other than XMPP to anyone: each archive answers ``{owner: id}`` for the parties whose
+  archive keeps it, and the event delivered carries the recipient's id as ``archive_id``
+  (XMPP renders it as a XEP-0359 ``<stanza-id/>``);
 - ``message-sent(event, reached)`` after :meth:`Core.send_message` handed a message to the
   recipient's sessions (``reached`` of them); XMPP stores it offline when no resource took it.
 
@@ -207,9 +211,21 @@ class Core:
         event = Event(events.MESSAGE, sender, {"to": to, "body": body, "subject": subject,
                                                "thread": thread, "kind": kind,
                                                "stanza": stanza})
+        if stanza is None:  # an XMPP client's message was archived, and stamped, by its door
+            event = self._archived(event)
         reached = self.router.deliver(to, event)
         self.hooks.fire("message-sent", event, reached)
         return reached
+
+    def _archived(self, event: Event) -> Event:
+        """``event`` archived (``message-archiving``), with the recipient's archive id when
+        its archive keeps it, so the copy delivered names the entry a client pages from."""
+        for ids in self.hooks.collect("message-archiving", event):
+            to = event.payload["to"].partition("/")[0]
+            if ids and to in ids:
+                return Event(events.MESSAGE, event.sender,
+                             {**event.payload, "archive_id": ids[to]}, event.time, event.id)
+        return event
 
     # --- now playing -----------------------------------------------------------------------
 

@@ -22,16 +22,17 @@ manage every node. The record of a node is one value of the ``pubsub`` map store
 topic; the ``pubsub`` key holds the index (topic -> owner) that disco and the per-user
 bound read; under an owner's JID, the topics of the nodes with subscribers waiting for
 that owner's approval (asked again on each of the owner's logins). Changes of one node are
-made one at a time on this server (a client pipelining publishes loses none); two cluster
-nodes changing one node at once may lose one of the changes, as PEP's nodes may. Removing
-an account deletes the nodes it owns.
+made one at a time on this server (a client pipelining publishes loses none) and written
+with the store's compare-and-set, so two cluster nodes changing one node at once lose
+neither change: the one that wrote second reads the other's record and makes its change
+again (:mod:`presenced.turns`). Removing an account deletes the nodes it owns.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Collection, Optional
 
 from twisted.internet import defer
@@ -40,7 +41,7 @@ from presenced import events
 from presenced.events import Event
 from presenced.pep import NodeConfig, PepError, PepItem, PepNode
 from presenced.store import PUBSUB_STORE
-from presenced.turns import Turns, one_at_a_time
+from presenced.turns import MAX_ATTEMPTS, Conflict, Turns, one_at_a_time
 
 if TYPE_CHECKING:
     from presenced.core import Core
@@ -76,6 +77,9 @@ class TopicNode:
     items: tuple[PepItem, ...] = ()
     affiliations: tuple[tuple[str, str], ...] = ()
     pending: tuple[str, ...] = ()
+    # The record this node was read from (None: none was stored): what the write of a
+    # change of it expects to replace. Kept by ``replace()``, never compared nor encoded.
+    stored: Optional[str] = field(default=None, compare=False, repr=False)
 
     def affiliation(self, jid: Optional[str]) -> str:
         if jid == self.owner:
@@ -93,7 +97,28 @@ class TopicNode:
         data = json.loads(text)
         return cls(data["owner"], TopicConfig.from_fields(data["config"]),
                    tuple(PepItem(*pair) for pair in data["items"]),
-                   tuple(sorted(data["affiliations"].items())), tuple(data["pending"]))
+                   tuple(sorted(data["affiliations"].items())), tuple(data["pending"]),
+                   stored=text)
+
+
+class NodeChanged(PepError, Conflict):
+    """Another server wrote the node's record since this change read it: the change is
+    made again (:func:`presenced.turns.one_at_a_time`); past that many tries, the answer."""
+
+    def __init__(self, topic: str):
+        super().__init__("resource-constraint", f"the node {topic} changed on other servers "
+                         f"{MAX_ATTEMPTS} times during this change: try again")
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An entry of an owner's change of several affiliations or subscriptions that was not
+    made (XEP-0060 §8.8.2.4, §8.9.2.4: the others were): the entity's state as it stays, and
+    why."""
+
+    jid: str
+    current: str
+    reason: str
 
 
 class TopicNodes:
@@ -192,7 +217,8 @@ class TopicNodes:
     async def delete(self, actor: Optional[str], topic: str) -> None:
         """Delete the node: its followers hear ``<delete/>`` and stop following it."""
         node = await self.managed(actor, topic)
-        await self._map.delete(topic, RECORD)
+        if not await self._map.compare_and_set(topic, RECORD, node.stored, None):
+            raise NodeChanged(topic)
         await self._map.delete(INDEX, topic)
         if node.pending:
             await self._map.delete(node.owner, topic)
@@ -208,22 +234,30 @@ class TopicNodes:
 
     @one_at_a_time("topic")
     async def set_affiliations(self, actor: Optional[str], topic: str,
-                               changes: dict[str, str]) -> None:
+                               changes: dict[str, str]) -> list[Refused]:
         """Owner's changes (jid -> publisher/member/none/outcast); an outcast stops
-        following the node. The owner's own affiliation is not changed here."""
+        following the node. The valid entries are made; the others (another affiliation,
+        the owner's own) are returned, with the affiliation they keep."""
         node = await self.managed(actor, topic)
         current = dict(node.affiliations)
+        refused, banned = [], []
         for jid, affiliation in changes.items():
             if affiliation not in AFFILIATIONS or affiliation == "owner" or jid == node.owner:
-                raise PepError("not-acceptable", f"{jid}: affiliation {affiliation!r} "
-                               "(publisher, member, none or outcast; not the owner's)")
+                refused.append(Refused(jid, node.affiliation(jid), f"{jid}: affiliation "
+                                       f"{affiliation!r} (publisher, member, none or "
+                                       "outcast; not the owner's)"))
+                continue
             current.pop(jid, None)
             if affiliation != "none":
                 current[jid] = affiliation
-        await self._save(topic, replace(node, affiliations=tuple(sorted(current.items()))))
-        banned = [(jid, topic) for jid, a in changes.items() if a == "outcast"]
+            if affiliation == "outcast":
+                banned.append((jid, topic))
+        if len(refused) < len(changes):
+            await self._save(topic, replace(node,
+                                            affiliations=tuple(sorted(current.items()))))
         if banned:
             await self.core.remove_subscriptions(banned)
+        return refused
 
     # --- publish ----------------------------------------------------------------------------
 
@@ -314,19 +348,33 @@ class TopicNodes:
 
     @one_at_a_time("topic")
     async def set_subscriptions(self, actor: Optional[str], topic: str,
-                                changes: dict[str, str]) -> None:
+                                changes: dict[str, str]) -> list[Refused]:
         """The owner's XEP-0060 §8.8.2 changes, jid -> ``subscribed`` (approves a pending
         subscriber, or subscribes anyone not outcast) or ``none`` (drops a subscriber or a
-        pending request); each affected user is told. Nothing is changed when one of them
-        is refused (``not-acceptable``)."""
+        pending request); each affected user is told. The valid entries are made; the
+        others (another state, an outcast subscribed) are returned, with the state they
+        keep."""
         node = await self.managed(actor, topic)
+        made, refused = {}, []
         for jid, state in changes.items():
             if state not in ("subscribed", "none"):
-                raise PepError("not-acceptable", f"{jid}: subscription {state!r} "
-                               "(subscribed or none)")
-            if state == "subscribed" and node.affiliation(jid) == "outcast":
-                raise PepError("not-acceptable", f"{jid} is an outcast of this node")
-        await self._set_states(topic, node, changes)
+                reason = f"{jid}: subscription {state!r} (subscribed or none)"
+            elif state == "subscribed" and node.affiliation(jid) == "outcast":
+                reason = f"{jid} is an outcast of this node"
+            else:
+                made[jid] = state
+                continue
+            refused.append(Refused(jid, await self._subscription(topic, node, jid), reason))
+        if made:
+            await self._set_states(topic, node, made)
+        return refused
+
+    async def _subscription(self, topic: str, node: TopicNode, jid: str) -> str:
+        """``jid``'s subscription to the node: subscribed, pending or none."""
+        if jid in node.pending:
+            return "pending"
+        return "subscribed" if topic in await self.core.store.get_subscriptions(jid) \
+            else "none"
 
     async def _set_states(self, topic: str, node: TopicNode, states: dict[str, str]) -> None:
         """Make each jid's subscription ``subscribed`` or ``none``, whether it was pending
@@ -358,8 +406,7 @@ class TopicNodes:
         if owned >= limit:
             raise PepError("policy-violation", f"a user may own {limit} nodes "
                            "([server] pubsub_nodes_per_user)")
-        node = TopicNode(owner, self._config(fields))
-        await self._map.set(topic, RECORD, node.encode())
+        node = await self._save(topic, TopicNode(owner, self._config(fields)))
         await self._map.set(INDEX, topic, owner)
         return node
 
@@ -401,8 +448,14 @@ class TopicNodes:
         raise PepError("not-authorized", "subscribe to read this node's items",
                        app="not-subscribed")
 
-    def _save(self, topic: str, node: TopicNode):
-        return self._map.set(topic, RECORD, node.encode())
+    async def _save(self, topic: str, node: TopicNode) -> TopicNode:
+        """Write the changed node over the record it was read from (none for a new node);
+        :class:`NodeChanged` when another server wrote the record in between. Returns the
+        node as now stored."""
+        text = node.encode()
+        if not await self._map.compare_and_set(topic, RECORD, node.stored, text):
+            raise NodeChanged(topic)
+        return replace(node, stored=text)
 
     async def _save_pending(self, topic: str, node: TopicNode) -> None:
         """Save a node whose pending approvals changed, and the owner's list of the nodes

@@ -4,8 +4,14 @@ A node (a PEP node, a pubsub service node) is read, changed and written back in 
 store round trips; two changes begun together (a client pipelining publishes) would both
 read the old record and the second write would drop the first's change. Each change takes
 its turn on the record's key instead: a per-key :class:`~twisted.internet.defer.DeferredLock`
-that exists only while changes of that key are running or waiting. It serialises on this
-server only; two cluster nodes changing one record at once may still lose a change.
+that exists only while changes of that key are running or waiting.
+
+That serialises on this server only. Across cluster nodes a change writes its record with
+the store's compare-and-set (``IMapStore.compare_and_set``) and raises :class:`Conflict`
+when another server wrote the record since it was read; the change is then made again from
+the start, on what that server wrote, up to :data:`MAX_ATTEMPTS` times (a change that lost
+that often gets the last :class:`Conflict`). A change made so writes its record before it
+does anything else (notifications, graph edges), so a repeat redoes nothing twice.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ from typing import Any, Awaitable, Callable, Hashable, TypeVar
 from twisted.internet import defer
 
 Result = TypeVar("Result")
+MAX_ATTEMPTS = 100  # tries of one change while other servers keep changing its record
+
+
+class Conflict(Exception):
+    """Another server wrote the record between this change's read and its write."""
 
 
 class Turns:
@@ -53,9 +64,19 @@ def one_at_a_time(argument: str) -> Callable[[Callable[..., Awaitable[Result]]],
         # The parameter's place after ``self``, found once: tune publishes come this way.
         position = list(inspect.signature(method).parameters).index(argument) - 1
 
+        async def attempts(self: Any, *args: Any, **kwargs: Any) -> Result:
+            attempt = 1
+            while True:
+                try:
+                    return await method(self, *args, **kwargs)
+                except Conflict:
+                    if attempt >= MAX_ATTEMPTS:
+                        raise
+                    attempt += 1
+
         @functools.wraps(method)
         async def in_turn(self: Any, *args: Any, **kwargs: Any) -> Result:
             key = args[position] if position < len(args) else kwargs[argument]
-            return await self.turns.run(key, method, self, *args, **kwargs)
+            return await self.turns.run(key, attempts, self, *args, **kwargs)
         return in_turn
     return decorate

@@ -3,6 +3,8 @@ node's users go unavailable for friends elsewhere, a Redis restart is survived."
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 
 import pytest
@@ -173,3 +175,31 @@ def test_a_node_restarted_before_its_timeout_clears_its_old_users(redis_server,
     gone = lou.wait_for("presence", timeout=20)[0]
     assert gone["from"] == "kim@localhost" and gone["available"] is False
     lou.close()
+
+
+def test_two_nodes_changing_one_pubsub_node_at_once_lose_no_change(two_nodes, redis_server):
+    """Each node serialises its own changes of a pubsub node; across nodes the record is
+    written by compare-and-set, so racing changes from both are all kept."""
+    a, b = two_nodes
+    admin(a).create_node("band/race", J(name="owner", server="localhost"), {})
+    fans = [f"fan{i}" for i in range(80)]
+    failures: list[BaseException] = []
+
+    def change(node, names: list[str]) -> None:
+        try:
+            client = admin(node)
+            for name in names:
+                client.set_node_affiliation("band/race", J(name=name, server="localhost"),
+                                            "member")
+        except BaseException as e:  # reported below, with the test's thread
+            failures.append(e)
+
+    workers = [threading.Thread(target=change, args=(node, fans[i::4]))
+               for i, node in enumerate((a, b, a, b))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert failures == []
+    record = json.loads(redis_server.cli("HGET", "u:{band/race}:pubsub", "node"))
+    assert record["affiliations"] == {f"{name}@localhost": "member" for name in fans}

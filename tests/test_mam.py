@@ -20,7 +20,7 @@ from thriftpy2.rpc import make_client
 from tests.helpers import THRIFT as admin, Client, PresencedProcess, run
 
 USERS = ("alice", "bob", "carol", "pam", "quinn", "tina", "tom", "uma", "rita", "sam",
-         "vera", "walt", "xena", "yuri", "zoe", "dave", "erin", "fay", "gus")
+         "vera", "walt", "xena", "yuri", "zoe", "dave", "erin", "fay", "gus", "hal", "ivy")
 PLUGINS = ("xep_0313", "xep_0059", "xep_0441", "xep_0191", "xep_0280")
 NS_SID = "urn:xmpp:sid:0"
 XMPP = {"require_tls": False, "allow_plain": True, "auth_failure_delay": 0.0,
@@ -293,6 +293,31 @@ def test_thrift_spoofed_messages_are_archived(server):
         tom = await client(server, "tom")
         assert (await archived(tom, 2, with_="uma@localhost")).bodies == ["hello uma", "a note"]
         await tom.close()
+    run(scenario())
+
+
+def test_thrift_spoofed_messages_carry_their_archive_ids(server):
+    """A spoofed chat, delivered live and from offline storage, names its entry in the
+    recipient's archive, so the client pages on from it."""
+    admin_client = thrift(server)
+    admin_client.spoof_chat(jabber_user("hal"), jabber_user("ivy"), "while away", "")
+
+    async def scenario():
+        ivy = await client(server, "ivy")
+        ivy.send_presence()
+        offline = await ivy.message()
+        assert offline["body"] == "while away"
+        admin_client.spoof_chat(jabber_user("hal"), jabber_user("ivy"), "live", "t")
+        live = await ivy.message()
+        assert live["body"] == "live"
+        offline_ids, live_ids = stanza_ids(offline), stanza_ids(live)
+        assert offline_ids.keys() == live_ids.keys() == {"ivy@localhost"}
+        page = await archived(ivy, 2, with_="hal@localhost")
+        assert page.bodies == ["while away", "live"]
+        assert page.ids == [offline_ids["ivy@localhost"], live_ids["ivy@localhost"]]
+        assert (await archive(ivy, after=offline_ids["ivy@localhost"])).bodies == ["live"]
+        assert stanza_ids(page.messages[1]) == {}  # the archived copy is the message as sent
+        await ivy.close()
     run(scenario())
 
 

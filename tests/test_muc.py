@@ -491,3 +491,40 @@ async def test_room_archive_with_mam_when_archives_are_on(memory_xmpp):
     refused = await bob.iq(f"<iq type='set' id='q2' to='{ROOM}'><query "
                            "xmlns='urn:xmpp:mam:2'/></iq>")
     assert refused["type"] == "error" and "forbidden" in refused.toXml()
+
+
+def stanza_ids(stanza: domish.Element) -> dict[str, str]:
+    return {e["by"]: e["id"] for e in stanza.elements("urn:xmpp:sid:0", "stanza-id")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_forged_stanza_ids_are_stripped_and_an_archiving_room_stamps_its_own(memory_xmpp):
+    """XEP-0359 4: a ``<stanza-id/>`` a client claims a JID served here gave (the room's, a
+    user's, the server's) is removed; another's passes; a room that archives stamps its
+    messages with their archive ids, which page its archive."""
+    forged = "".join(f"<stanza-id xmlns='urn:xmpp:sid:0' by='{by}' id='forged'/>"
+                     for by in (ROOM, "bob@localhost", "localhost", "elsewhere.example"))
+    for archive_days, stamped in ((0, False), (1, True)):
+        node = await memory_xmpp({"xmpp": {"archive_days": archive_days}})
+        await node.add_users("alice", "bob")
+        alice, bob = await node.online("alice"), await node.online("bob")
+        await join(alice, "Alice")
+        await join(bob, "Bob")
+        alice.send(f"<message to='{ROOM}' type='groupchat'><body>hi</body>{forged}</message>")
+        ids = stanza_ids(await groupchat(bob, "Alice"))
+        if not stamped:
+            assert ids == {"elsewhere.example": "forged"}
+        else:
+            assert ids.keys() == {ROOM, "elsewhere.example"} and ids[ROOM] != "forged"
+            info = await bob.iq(f"<iq type='get' id='i' to='{ROOM}'><query "
+                                "xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+            assert "urn:xmpp:sid:0" in info.toXml()
+            await node.settle()  # the room appends after it relayed the message
+            done = await bob.iq(f"<iq type='set' id='q' to='{ROOM}'><query "
+                                "xmlns='urn:xmpp:mam:2' queryid='x'/></iq>")
+            assert done["type"] == "result"
+            results = [r for s in bob.received for r in s.elements("urn:xmpp:mam:2", "result")]
+            assert [r["id"] for r in results] == [ids[ROOM]]
+        alice.send(f"<message to='{ROOM}/Bob' type='chat'><body>psst</body>{forged}</message>")
+        private = await bob.expect(lambda s: s.name == "message" and text(s, "body") == "psst")
+        assert stanza_ids(private) == {"elsewhere.example": "forged"}

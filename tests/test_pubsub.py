@@ -220,6 +220,42 @@ async def test_whitelist_denies_non_members_and_affiliations_let_them_in(memory_
 
 
 @pytest_twisted.ensureDeferred
+async def test_affiliations_partly_refused_make_the_valid_entries(memory_xmpp):
+    """XEP-0060 §8.9.2.4: of several affiliations, the valid ones are made and the invalid
+    ones (the owner's own, ``owner``, an unknown one) come back with the affiliation they
+    keep; a malformed request changes nothing."""
+    node, (alice, bob, carol) = await two_users(memory_xmpp, "carol")
+    await alice.iq(pubsub("set", "<create node='club/b'/>"))
+
+    def affiliations(*entries: tuple[str, str]) -> str:
+        return pubsub("set", "<affiliations node='club/b'>" + "".join(
+            f"<affiliation jid='{jid}' affiliation='{a}'/>" for jid, a in entries)
+            + "</affiliations>", owner=True)
+
+    await alice.iq(affiliations(("dave@localhost", "member")))
+    partly = await alice.iq(affiliations(
+        ("alice@localhost", "none"), ("bob@localhost", "publisher"),
+        ("carol@localhost", "owner"), ("dave@localhost", "king"),
+        ("erin@localhost", "outcast")))
+    assert conditions(partly) == ("not-acceptable", "")
+    returned = partly.pubsub.affiliations
+    assert (returned.uri, returned["node"]) == (NS_OWNER, "club/b")
+    assert [(a["jid"], a["affiliation"]) for a in returned.elements()] == [
+        ("alice@localhost", "owner"), ("carol@localhost", "none"),
+        ("dave@localhost", "member")]
+    listing = await alice.iq(pubsub("get", "<affiliations node='club/b'/>", owner=True))
+    assert [(a["jid"], a["affiliation"]) for a in listing.pubsub.affiliations.elements()] == [
+        ("alice@localhost", "owner"), ("bob@localhost", "publisher"),
+        ("dave@localhost", "member"), ("erin@localhost", "outcast")]
+    assert (await bob.iq(publish("club/b", "1")))["type"] == "result"
+
+    for malformed in ((("@@", "member"),),
+                      (("carol@localhost", "member"), ("carol@localhost", "publisher"))):
+        assert conditions(await alice.iq(affiliations(*malformed)))[0] == "bad-request"
+    assert (await node.core.nodes.get("club/b")).affiliation("carol@localhost") == "none"
+
+
+@pytest_twisted.ensureDeferred
 async def test_authorize_asks_the_owner_and_approval_subscribes(memory_xmpp):
     node, (alice, bob, carol) = await two_users(memory_xmpp, "carol")
     await alice.iq(pubsub("set", "<create node='vip/room'/><configure>"
@@ -324,19 +360,34 @@ async def test_the_owner_approves_and_removes_subscribers_by_setting_subscriptio
         ("bob@localhost", "subscribed"), ("carol@localhost", "subscribed")]
     assert await node.core.nodes.awaiting("alice@localhost") == []
 
-    # Only the owner sets them; a bad state or an outcast changes nothing.
+    # Only the owner sets them.
     assert conditions(await bob.iq(set_subscriptions(carol="none"))) == ("forbidden", "")
     await alice.iq(pubsub("set", "<affiliations node='vip/room'><affiliation "
                                  "jid='dave@localhost' affiliation='outcast'/></affiliations>",
                           owner=True))
-    for bad in (set_subscriptions(carol="none", bob="pending"),
-                set_subscriptions(carol="none", dave="subscribed")):
-        assert conditions(await alice.iq(bad)) == ("not-acceptable", "")
+    # XEP-0060 §8.8.2.4: the valid entries are made, the invalid ones come back in the
+    # error with the subscription they keep.
+    await node.core.add_subscriptions([("erin@localhost", "vip/room")])
+    partly = await alice.iq(set_subscriptions(carol="none", bob="pending", dave="subscribed",
+                                              erin="unconfigured"))
+    assert conditions(partly) == ("not-acceptable", "")
+    returned = partly.pubsub.subscriptions
+    assert (returned.uri, returned["node"]) == (NS_OWNER, "vip/room")
+    assert [(s["jid"], s["subscription"]) for s in returned.elements()] == [
+        ("bob@localhost", "subscribed"), ("dave@localhost", "none"),
+        ("erin@localhost", "subscribed")]
+    assert (await carol.expect(is_event)).event.subscription["subscription"] == "none"
     assert sorted(await node.core.store.get_subscribers("vip/room")) == [
-        "bob@localhost", "carol@localhost"]
-    bad_jid = pubsub("set", "<subscriptions node='vip/room'><subscription jid='@@' "
-                            "subscription='none'/></subscriptions>", owner=True)
-    assert conditions(await alice.iq(bad_jid)) == ("bad-request", "invalid-jid")
+        "bob@localhost", "erin@localhost"]
+    # A malformed request changes nothing.
+    for malformed in ("<subscription jid='@@' subscription='none'/>",
+                      "<subscription jid='bob@localhost' subscription='none'/>"
+                      "<subscription jid='bob@localhost' subscription='subscribed'/>"):
+        answer = await alice.iq(pubsub("set", "<subscriptions node='vip/room'>"
+                                              f"{malformed}</subscriptions>", owner=True))
+        assert conditions(answer)[0] == "bad-request"
+    assert sorted(await node.core.store.get_subscribers("vip/room")) == [
+        "bob@localhost", "erin@localhost"]
 
 
 def publish_with_options(node: str, item_id: str, **fields: str) -> str:
@@ -656,6 +707,43 @@ async def test_nodes_are_kept_in_the_store_on_every_backend(store, tmp_path):
     with pytest.raises(PepError) as refused:
         await core.nodes.purge(None, "label/warp")
     assert refused.value.condition == "item-not-found"
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_two_servers_changing_one_node_at_once_lose_no_change(store, tmp_path,
+                                                                    monkeypatch):
+    """Two cores on one store (two cluster nodes) each take turns of their own: their
+    writes of the node's record are compare-and-set, the overtaken change made again."""
+    from twisted.internet import defer
+
+    from presenced import config, turns
+    from presenced.core import Core
+    from presenced.pep import PepError
+
+    settings = config.load(overrides={"server": {"data_dir": str(tmp_path / "data")}})
+    one, two = Core(settings, store), Core(settings, store)
+    await one.nodes.create("ann@localhost", "label/race", {"pubsub#max_items": "50"})
+    changes = []
+    for i in range(30):
+        core = (one, two)[i % 2]
+        changes.append(core.nodes.set_affiliations(None, "label/race",
+                                                   {f"u{i}@localhost": "publisher"}))
+        changes.append(core.nodes.publish("ann@localhost", "label/race", f"item{i}",
+                                          "<p xmlns='urn:x'/>"))
+    await defer.gatherResults([defer.ensureDeferred(c) for c in changes])
+    node = await two.nodes.get("label/race")
+    assert dict(node.affiliations) == {f"u{i}@localhost": "publisher" for i in range(30)}
+    assert sorted(i.item_id for i in node.items) == sorted(f"item{i}" for i in range(30))
+
+    # A change overtaken every time gives up with a clear error.
+    tries = []
+    monkeypatch.setattr(turns, "MAX_ATTEMPTS", 5)
+    monkeypatch.setattr(store.open_map("pubsub"), "compare_and_set",
+                        lambda *args: tries.append(args) or defer.succeed(False))
+    with pytest.raises(PepError) as busy:
+        await one.nodes.configure(None, "label/race", {"pubsub#title": "t"})
+    assert busy.value.condition == "resource-constraint" and len(tries) == 5
 
 
 @pytest_twisted.ensureDeferred

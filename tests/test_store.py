@@ -110,6 +110,22 @@ async def test_map_keeps_one_value_per_key_and_user(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_map_compare_and_set_writes_only_over_the_value_expected(store):
+    nodes = store.open_map("pubsub")
+    assert await nodes.compare_and_set("t/1", "node", None, "v1") is True  # created
+    assert await nodes.compare_and_set("t/1", "node", None, "again") is False
+    assert await nodes.compare_and_set("t/1", "node", "stale", "v2") is False
+    assert await nodes.get("t/1", "node") == "v1"
+    assert await nodes.compare_and_set("t/1", "node", "v1", "v2 é") is True
+    assert await nodes.compare_and_set("t/1", "node", "v2 é", "") is True
+    assert await nodes.get("t/1", "node") == ""
+    assert await nodes.compare_and_set("t/1", "node", "v1", None) is False
+    assert await nodes.compare_and_set("t/1", "node", "", None) is True  # deleted
+    assert await nodes.get("t/1", "node") is None
+    assert await nodes.compare_and_set("t/1", "node", "", None) is False
+
+
+@pytest_twisted.ensureDeferred
 async def test_list_is_bounded_and_popped_in_order(store):
     offline = store.open_list("offline")
     for i in range(3):

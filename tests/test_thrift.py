@@ -11,6 +11,7 @@ import importlib
 import json
 import shutil
 import socket
+import struct
 import sys
 from pathlib import Path
 
@@ -198,23 +199,30 @@ def apache_generated(tmp_path):
             del sys.modules[name]
 
 
+def apache_client(service, server: PresencedProcess, framed: bool, protocol):
+    """A client of Apache Thrift's generated code on the server's port, and its open
+    transport."""
+    from thrift.transport import TSocket, TTransport
+
+    sock = TSocket.TSocket("127.0.0.1", server.ports["thrift"])
+    sock.setTimeout(20000)
+    transport = (TTransport.TFramedTransport(sock) if framed
+                 else TTransport.TBufferedTransport(sock))
+    transport.open()
+    return service.Client(protocol(transport)), transport
+
+
 @pytest.mark.parametrize("framed", [False, True], ids=["buffered", "framed"])
 def test_apache_thrift_generated_client(tmp_path, server, apache_generated, framed):
     from thrift.protocol import TBinaryProtocol
     from thrift.Thrift import TApplicationException as ApacheAppException
-    from thrift.transport import TSocket, TTransport
 
     service, ttypes = apache_generated
     target = server
     if framed:
         target = start_server(tmp_path / "framed", transport="framed")
     try:
-        socket = TSocket.TSocket("127.0.0.1", target.ports["thrift"])
-        socket.setTimeout(20000)
-        transport = (TTransport.TFramedTransport(socket) if framed
-                     else TTransport.TBufferedTransport(socket))
-        c = service.Client(TBinaryProtocol.TBinaryProtocol(transport))
-        transport.open()
+        c, transport = apache_client(service, target, framed, TBinaryProtocol.TBinaryProtocol)
         user = ttypes.JabberUser
         prefix = "apf" if framed else "apb"
         assert c.register_user(user(f"{prefix}1", "localhost"), "pw") is True
@@ -232,6 +240,42 @@ def test_apache_thrift_generated_client(tmp_path, server, apache_generated, fram
     finally:
         if framed:
             target.stop()
+
+
+@pytest.mark.parametrize("framed", [False, True], ids=["buffered", "framed"])
+def test_compact_calls_with_a_negative_sequence_id_are_answered(tmp_path, apache_generated,
+                                                               framed):
+    """Apache Thrift clients write a negative i32 sequence id as the varint of its unsigned
+    value (-1: ff ff ff ff 0f). The server reads that as 4294967295, never as a negative
+    number, and echoes the same bytes: thriftpy2's compact writer, which never ends on a
+    negative varint, is not reached by anything a client sends."""
+    from thrift.protocol import TCompactProtocol
+
+    server = start_server(tmp_path / "s", transport="framed" if framed else "buffered",
+                          protocol="compact")
+    try:
+        name = b"online_count"
+        call = b"\x82\x21\xff\xff\xff\xff\x0f" + bytes([len(name)]) + name + b"\x00"
+        with socket.create_connection(("127.0.0.1", server.ports["thrift"]), timeout=10) as s:
+            s.sendall(struct.pack("!i", len(call)) + call if framed else call)
+            reply = b""
+            expected = b"\x82\x41\xff\xff\xff\xff\x0f" + bytes([len(name)]) + name \
+                + b"\x05\x00\x00\x00"  # REPLY, seqid -1; success (field 0, i32) = 0; STOP
+            wanted = len(expected) + (4 if framed else 0)
+            while len(reply) < wanted:
+                chunk = s.recv(4096)
+                assert chunk, f"connection closed after {reply!r}"
+                reply += chunk
+        assert reply == (struct.pack("!i", len(expected)) + expected if framed else expected)
+
+        service, _ = apache_generated
+        c, transport = apache_client(service, server, framed, TCompactProtocol.TCompactProtocol)
+        for seqid in (-1, -2 ** 31, 2 ** 31 - 1):
+            c._seqid = seqid  # the generated client sends this id with the next call
+            assert c.online_count() == 0
+        transport.close()
+    finally:
+        server.stop()
 
 
 def test_php_client_add_friend_and_publish_np(tmp_path, server):

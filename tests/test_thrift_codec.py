@@ -7,7 +7,7 @@ import struct
 import pytest
 from thriftpy2.protocol.binary import TBinaryProtocol
 from thriftpy2.protocol.compact import TCompactProtocol
-from thriftpy2.thrift import TMessageType
+from thriftpy2.thrift import TApplicationException, TMessageType
 from thriftpy2.transport.memory import TMemoryBuffer
 
 from presenced.thrift import admin
@@ -82,6 +82,35 @@ def test_empty_replies_are_the_bytes_a_full_encoding_writes(protocol, framed):
             result = getattr(SERVICE, name + "_result")()
             assert encoder.empty_reply(name, seqid, result) == MessageEncoder(
                 protocol, framed).encode(name, TMessageType.REPLY, seqid, result)
+
+
+@pytest.mark.parametrize("framed", [False, True], ids=["buffered", "framed"])
+def test_compact_sequence_ids_are_read_unsigned_and_answered_as_sent(framed):
+    """A negative i32 id as Apache Thrift writes it (the varint of its unsigned value) is
+    read as that unsigned value, so replies and protocol errors write a non-negative varint,
+    the same bytes (thriftpy2's writer would never end on a negative one)."""
+    head = b"\x82\x21\xff\xff\xff\xff\x0f\x0conline_count"
+
+    def framing(data: bytes) -> bytes:
+        return struct.pack("!i", len(data)) + data if framed else data
+
+    decoder = MessageDecoder(SERVICE, "compact", framed)
+    decoder.feed(framing(head + b"\x00"))
+    message = decoder.next_message()
+    assert (message.name, message.seqid) == ("online_count", 2 ** 32 - 1)
+    encoder = MessageEncoder("compact", framed)
+    reply = encoder.encode("online_count", TMessageType.REPLY, message.seqid,
+                           SERVICE.online_count_result(success=0))
+    assert reply == framing(b"\x82\x41" + head[2:] + b"\x05\x00\x00\x00")
+
+    decoder = MessageDecoder(SERVICE, "compact", framed)
+    decoder.feed(framing(head + b"\x1d\x00"))  # field 1 of compact type 13: none such
+    with pytest.raises(BadMessage) as bad:
+        decoder.next_message()
+    assert (bad.value.name, bad.value.seqid) == ("online_count", 2 ** 32 - 1)
+    error = encoder.encode("online_count", TMessageType.EXCEPTION, bad.value.seqid,
+                           TApplicationException(TApplicationException.PROTOCOL_ERROR, "x"))
+    assert (error[4:] if framed else error).startswith(b"\x82\x61" + head[2:])
 
 
 def test_a_large_message_in_pieces_is_not_parsed_again_for_every_piece():

@@ -97,6 +97,7 @@ class Said:
     stanza: Optional[bytes]
     occupant_id: str
     when: float = field(default_factory=time.time)
+    archive_id: Optional[str] = None  # its id in the room's archive (XEP-0359 stanza id)
 
 
 def bare(jid: str) -> str:

@@ -383,9 +383,10 @@ class RoomService:
         if subject is None:
             room.remember(said)
             if self.archive_seconds and body is not None:
+                said.archive_id = self._archive.new_id(said.when)
                 self._archive.append(
                     room.jid, said_to_json(said), said.when, keep=self.archive_limit,
-                    since=said.when - self.archive_seconds).addErrback(
+                    since=said.when - self.archive_seconds, id=said.archive_id).addErrback(
                         lambda f: self.log.failure("archiving in {room}", f, room=room.jid))
         self._send(room, said, tuple(o.jid for o in room.occupants.values()), "groupchat",
                    message_id)
@@ -529,7 +530,8 @@ class RoomService:
         event = Event(ROOM_MESSAGE, room.jid, {
             "to": recipients, "room": room.jid, "nick": said.nick, "kind": kind,
             "body": said.body, "subject": said.subject, "stanza": said.stanza,
-            "occupant_id": said.occupant_id, "id": message_id, "delay": delay})
+            "occupant_id": said.occupant_id, "id": message_id, "delay": delay,
+            "archive_id": said.archive_id})
         router = self.core.router
         router.transport.route(router, list(dict.fromkeys(bare(r) for r in recipients)), event)
 

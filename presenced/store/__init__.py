@@ -129,6 +129,15 @@ class IMapStore(Interface):
     def items(user: str):
         """Fires ``{key: value}`` of the user's map."""
 
+    def compare_and_set(user: str, key: str, expected: Optional[str],
+                        value: Optional[str]):
+        """Put ``value`` under ``key`` (None: delete the key) if the key holds ``expected``
+        now (None: the key is absent), in one atomic step; fires whether it did. A record
+        that several servers read, change and write back is written so: a False means
+        another server wrote it in between, and the change is made again on what it wrote
+        (:class:`presenced.turns.Conflict`). Not retried by the store (a lost reply would
+        make the repeat see its own write as another's)."""
+
 
 class IListStore(Interface):
     """A per-user bounded list of strings, oldest first (offline messages)."""

@@ -552,6 +552,18 @@ def _map_set(conn, store, user, key, value):
                  (_intern(conn, user), store, key, value))
 
 
+def _map_compare_and_set(conn, store, user, key, expected, value):
+    """One request on the store's one thread: nothing runs between the read and the
+    write."""
+    if _map_get(conn, store, user, key) != expected:
+        return False
+    if value is None:
+        _map_delete(conn, store, user, key)
+    else:
+        _map_set(conn, store, user, key, value)
+    return True
+
+
 def _map_delete(conn, store, user, key):
     uid = _uid(conn, user)
     return uid is not None and conn.execute(
@@ -866,6 +878,10 @@ class EmbeddedMap(_Capability):
 
     def items(self, user: str) -> defer.Deferred:
         return self._run(_map_items, user)
+
+    def compare_and_set(self, user: str, key: str, expected: Optional[str],
+                        value: Optional[str]) -> defer.Deferred:
+        return self._run(_map_compare_and_set, user, key, expected, value)
 
 
 @implementer(IListStore)

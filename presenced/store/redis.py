@@ -973,6 +973,20 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 """)
 
+# Compare and set one field: ARGV[1] the field, ARGV[2] the SHA-1 of the value expected
+# ("" for an absent field), ARGV[3] "1" to set ARGV[4] (else delete), ARGV[5] the store name.
+_MAP_COMPARE_AND_SET = _Script("""
+local now = redis.call('HGET', KEYS[1], ARGV[1])
+if (now and redis.sha1hex(now) or '') ~= ARGV[2] then return 0 end
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+  redis.call('SADD', KEYS[2], ARGV[5])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 1
+""")
+
 _LIST_PUSH = _Script("""
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
@@ -1086,6 +1100,15 @@ class RedisMap(_Capability):
     def items(self, user: str) -> defer.Deferred:
         return self._call(user, "HGETALL", user_key(user, self.name)).addCallback(
             _pairs_to_dict)
+
+    def compare_and_set(self, user: str, key: str, expected: Optional[str],
+                        value: Optional[str]) -> defer.Deferred:
+        """The expected value travels as its SHA-1 (a node record may be large)."""
+        digest = "" if expected is None else hashlib.sha1(expected.encode("utf-8")).hexdigest()
+        d = self._eval(user, _MAP_COMPARE_AND_SET, (self.name, "stores"),
+                       [key, digest, "0" if value is None else "1", value or "", self.name],
+                       retriable=False)
+        return d.addCallback(bool)
 
 
 @implementer(IListStore)

@@ -11,7 +11,9 @@ bytes received so far, and decodes it once it is whole:
   message. The Cython reader must never see bytes that are short or lie about lengths — it
   would read past them or allocate what a length header claims;
 - compact protocol: thriftpy2's pure-Python reader over the received bytes, where a read past
-  their end stops the attempt.
+  their end stops the attempt. It reads a sequence id as an unsigned varint (Apache clients
+  write a negative i32 id so: -1 is ``ff ff ff ff 0f``), so the id a reply echoes is never
+  negative — thriftpy2's compact writer would never end on a negative varint.
 
 Either way a short attempt records how many bytes the message needs at least, so a large
 message is not re-parsed for every piece of it, and a declared length beyond the size limit

@@ -249,8 +249,13 @@ class AdminHandler:
 
     def set_node_affiliation(self, topic: Optional[str], user: Any,
                              affiliation: Optional[str]):
-        return self._nodes(self.core.nodes.set_affiliations(
-            None, self._topic(topic), {self.user(user): affiliation or ""}))
+        return self._nodes(self._set_affiliation(self._topic(topic), self.user(user),
+                                                 affiliation or ""))
+
+    async def _set_affiliation(self, topic: str, user: str, affiliation: str) -> None:
+        for refused in await self.core.nodes.set_affiliations(None, topic,
+                                                              {user: affiliation}):
+            raise PepError("not-acceptable", refused.reason)
 
     def _topic(self, text: Optional[str]) -> str:
         topic = self._subject(text or "")

@@ -10,9 +10,9 @@ hooks:
   to a full JID whose resource is here: the server's stanza filter has already refused
   blocked ones). The hook answers the ids the parties' archives give the message, which
   the delivered copy and the carbons carry as ``<stanza-id/>`` (XEP-0359);
-- the core's ``message-sent``: a message from another door (Thrift
-  ``spoof_chat``/``spoof_message``), after delivery: archived, but delivered without a
-  stanza id.
+- the core's ``message-archiving``: a message from another door (Thrift
+  ``spoof_chat``/``spoof_message``), before delivery; the core puts the recipient's id on
+  the event, so its XMPP copies carry it as ``<stanza-id/>`` too.
 
 A local recipient that blocks the sender of a bare-JID message refused it
 (:mod:`presenced.blocking`): it is in neither archive.
@@ -290,7 +290,7 @@ class ArchiveHandler(FeatureHandler):
         self._known: dict[str, Prefs] = {}  # prefs of users with a resource on this node
         self._failure_log = RepeatLimiter()
         if self.retention:
-            self.core.hooks.add("message-sent", self.message_sent)
+            self.core.hooks.add("message-archiving", self.message_archiving)
             self.core.hooks.add("xmpp-message-archiving", self.archiving)
             self.core.hooks.add("xmpp-session-ended", self._session_ended)
 
@@ -329,18 +329,17 @@ class ArchiveHandler(FeatureHandler):
             return {}
         return self._archive_both(sender, to, data, time.time(), refused_if_blocked)
 
-    def message_sent(self, event: Event, reached: int) -> None:
-        """The core's hook: a message to a bare JID from another door (the XMPP door's
-        were archived before delivery)."""
+    def message_archiving(self, event: Event) -> dict[str, str]:
+        """The core's hook, before it delivers a message from another door (the XMPP door's
+        go through :meth:`archiving`): archive it and answer ``{owner: id}``."""
         payload = event.payload
-        if payload.get("stanza") is not None:
-            return
         if (payload.get("kind") or "normal") not in ARCHIVED_KINDS or not payload.get("body"):
-            return
+            return {}
         data = message_bytes(event)
-        if _NO_STORE.search(data) is None:
-            self._archive_both(event.sender, payload["to"].partition("/")[0], data,
-                               event.time, refused_if_blocked=True)
+        if _NO_STORE.search(data) is not None:
+            return {}
+        return self._archive_both(event.sender, payload["to"].partition("/")[0], data,
+                                  event.time, refused_if_blocked=True)
 
     def _archive_both(self, sender: str, to: str, data: bytes, when: float,
                       refused_if_blocked: bool) -> dict[str, str]:

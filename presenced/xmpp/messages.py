@@ -32,8 +32,8 @@ from presenced.logs import RepeatLimiter
 from presenced.store import OFFLINE_STORE
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.session import message_targets
-from presenced.xmpp.stanzas import (NS_SID, attr, message_bytes, parse_address, to_bytes,
-                                    with_stanza_id)
+from presenced.xmpp.stanzas import (attr, forged_stanza_id, message_bytes, parse_address,
+                                    to_bytes, with_stanza_id)
 
 OFFLINE_KINDS = ("normal", "chat")
 NS_OFFLINE = "msgoffline"
@@ -159,13 +159,10 @@ class MessageHandler(FeatureHandler):
         5: only the server stamps ids ``by`` its own JIDs)."""
         for child in message.children:
             if child.__class__ is not str and child.name == "stanza-id":
-                message.children = [c for c in message.children if not self._forged(c)]
+                domains = self.core.domains
+                message.children = [c for c in message.children
+                                    if not forged_stanza_id(c, domains)]
                 return
-
-    def _forged(self, child) -> bool:
-        return (child.__class__ is not str and child.name == "stanza-id"
-                and child.uri == NS_SID
-                and self.core.is_local((child.getAttribute("by") or "").partition("/")[0]))
 
     def _stamped(self, sender: str, to: str, stanza: bytes, kind: str,
                  refused_if_blocked: bool) -> tuple[bytes, bytes]:

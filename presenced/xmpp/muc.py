@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import presenced.wokkel_compat  # noqa: F401  (before any wokkel import)
 
-from typing import Optional
+from typing import Container, Optional
 from xml.sax.saxutils import escape
 
 from twisted.internet import defer
@@ -26,7 +26,7 @@ from presenced.muc.service import ROOM_INVITE, ROOM_MESSAGE, ROOM_PRESENCE, Hist
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.mam import (NS_MAM, BadQuery, Query, fin_element, form_element,
                                 parse_time, stamp)
-from presenced.xmpp.stanzas import Address, attr, children_bytes
+from presenced.xmpp.stanzas import NS_SID, Address, attr, children_bytes, forged_stanza_id
 
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_USER = f"{NS_MUC}#user"
@@ -57,11 +57,13 @@ CONFIG_FIELDS = {
 }
 
 
-def _relayed(element: domish.Element) -> bytes:
-    """The children of a client's stanza the room passes on (not the MUC protocol's own)."""
+def _relayed(element: domish.Element, served: Container[str]) -> bytes:
+    """The children of a client's stanza the room passes on: not the MUC protocol's own, nor
+    a ``<stanza-id/>`` claiming to be ``by`` one of the ``served`` domains (forged: only the
+    room stamps its messages, XEP-0359 4)."""
     kept = domish.Element((element.uri, element.name))
     for child in element.elements():
-        if child.uri not in _DROPPED:
+        if child.uri not in _DROPPED and not forged_stanza_id(child, served):
             kept.addChild(child)
     return children_bytes(kept)
 
@@ -83,6 +85,7 @@ class MucHandler(FeatureHandler):
     def attached(self) -> None:
         self.rooms = self.core.rooms
         self.messages = RenderCache(self._message_parts)
+        self.served = frozenset(self.core.domains + (self.rooms.domain,))
         self.core.hooks.add("xmpp-session-ended", self._gone)
         self.core.hooks.add("xmpp-unavailable", lambda session, status: self._gone(session))
 
@@ -121,7 +124,7 @@ class MucHandler(FeatureHandler):
                 raise RoomError("item-not-found", "join a room as room@service/nick")
             return
         if kind == "unavailable":
-            await self.rooms.leave(address.bare, session.full, _relayed(presence))
+            await self.rooms.leave(address.bare, session.full, _relayed(presence, self.served))
             return
         if address.resource is None:
             raise RoomError("jid-malformed", "join a room as room@service/nick")
@@ -132,7 +135,7 @@ class MucHandler(FeatureHandler):
             password = str(secret) if secret is not None else None
             history = self._history(_child(join, NS_MUC, "history"))
         await self.rooms.join(address.bare, address.resource, session.full,
-                              _relayed(presence), password, history)
+                              _relayed(presence, self.served), password, history)
 
     @staticmethod
     def _history(element: Optional[domish.Element]) -> Optional[HistoryRequest]:
@@ -159,11 +162,13 @@ class MucHandler(FeatureHandler):
             if kind == "groupchat":
                 raise RoomError("bad-request", "groupchat goes to the room's bare JID")
             await self.rooms.whisper(address.bare, session.full, address.resource, text,
-                                     _relayed(message), message.getAttribute("id"))
+                                     _relayed(message, self.served),
+                                     message.getAttribute("id"))
             return
         if kind == "groupchat":
             subject = _child(message, message.uri, "subject")
-            await self.rooms.say(address.bare, session.full, text, _relayed(message),
+            await self.rooms.say(address.bare, session.full, text,
+                                 _relayed(message, self.served),
                                  message.getAttribute("id"),
                                  str(subject) if subject is not None and body is None
                                  else None)
@@ -226,7 +231,7 @@ class MucHandler(FeatureHandler):
                  ("muc_moderated", "muc_unmoderated", config.moderated),
                  ("muc_passwordprotected", "muc_unsecured", bool(config.password)),
                  ("muc_nonanonymous", "muc_semianonymous", config.whois == "anyone"))
-        archive = (NS_MAM,) if self.rooms.archive_seconds else ()
+        archive = (NS_MAM, NS_SID) if self.rooms.archive_seconds else ()
         for feature in (disco.NS_DISCO_INFO, NS_MUC, NS_PING, NS_OCCUPANT_ID) + archive + tuple(
                 yes if on else no for yes, no, on in flags):
             info.append(disco.DiscoFeature(feature))
@@ -419,6 +424,10 @@ class MucHandler(FeatureHandler):
         if payload["occupant_id"]:
             children += b"<occupant-id xmlns='%s' id=%s/>" % (
                 NS_OCCUPANT_ID.encode(), attr(payload["occupant_id"]).encode())
+        if payload.get("archive_id"):
+            children += b"<stanza-id xmlns='%s' by=%s id=%s/>" % (
+                NS_SID.encode(), attr(payload["room"]).encode(),
+                attr(payload["archive_id"]).encode())
         if payload["delay"] is not None:
             children += b"<delay xmlns='%s' from=%s stamp='%s'/>" % (
                 NS_DELAY.encode(), attr(payload["room"]).encode(),

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 from twisted.internet import defer
 from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.xish import domish
 from wokkel import data_form, disco
 from wokkel.pubsub import NS_PUBSUB, NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, BadRequest, PubSubRequest
@@ -420,6 +421,9 @@ def parse_request(session: "C2SSession", iq: domish.Element) -> Optional[PubSubR
         return PubSubRequest.fromElement(iq)
     except StanzaError as e:
         session.send(e.toResponse(iq))
+    except InvalidFormat as e:  # a JID wokkel read (an owner's affiliation entry)
+        session.send(StanzaError("bad-request", text=f"bad JID: {e}", appCondition=(
+            domish.Element((NS_PUBSUB_ERRORS, "invalid-jid")))).toResponse(iq))
     except NotImplementedError:
         session.error(iq, "feature-not-implemented", "unknown pubsub request")
     return None

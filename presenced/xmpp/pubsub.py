@@ -32,7 +32,7 @@ from presenced.xmpp.pep import parse_request, publish_options
 from presenced.xmpp.stanzas import attr
 
 if TYPE_CHECKING:
-    from presenced.topicnodes import TopicConfig
+    from presenced.topicnodes import Refused, TopicConfig
     from presenced.xmpp.session import C2SSession
 
 NS_PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
@@ -150,7 +150,8 @@ class PubsubServiceHandler(FeatureHandler):
         if request.verb == "affiliationsSet":
             changes = {entity.userhost(): affiliation
                        for entity, affiliation in request.affiliations.items()}
-            return self._answer(session, iq, nodes.set_affiliations(actor, topic, changes))
+            return self._answer(session, iq, _partly(
+                "affiliation", topic, nodes.set_affiliations(actor, topic, changes)))
         if request.verb == "subscriptionsSet":
             return self._answer(session, iq, self._set_subscriptions(actor, topic, iq))
         return self._unsupported(session, iq, request.verb)
@@ -247,7 +248,9 @@ class PubsubServiceHandler(FeatureHandler):
 
     async def _set_subscriptions(self, actor: Optional[str], topic: str,
                                  iq: domish.Element) -> None:
-        await self.core.nodes.set_subscriptions(actor, topic, _subscription_changes(iq))
+        changes = _subscription_changes(iq)  # a malformed request: refused whole, here
+        await _partly("subscription", topic,
+                      self.core.nodes.set_subscriptions(actor, topic, changes))
 
     async def _node_subscriptions(self, session: "C2SSession", topic: str) -> domish.Element:
         pairs = await self.core.nodes.subscribers(self._actor(session), topic)
@@ -356,13 +359,34 @@ class PubsubServiceHandler(FeatureHandler):
                       f"this pubsub service does not offer {verb}")
 
 
+class PartlyRefused(PepError):
+    """Some entries of an owner's change of several affiliations or subscriptions were
+    refused, the others made: the error carries the refused ones back with the state they
+    keep (XEP-0060 §8.8.2.4, §8.9.2.4)."""
+
+    def __init__(self, kind: str, topic: str, refused: "list[Refused]"):
+        super().__init__("not-acceptable", "; ".join(r.reason for r in refused))
+        self.payload = _owner_listing(kind, topic, [(r.jid, r.current) for r in refused])
+
+
+async def _partly(kind: str, topic: str, work: "Awaitable[list[Refused]]") -> None:
+    """Run an owner's change of several entries; raise :class:`PartlyRefused` for those
+    the node refused."""
+    refused = await work
+    if refused:
+        raise PartlyRefused(kind, topic, refused)
+
+
 async def _answered(session: "C2SSession", iq: domish.Element, work: Awaitable[Any]) -> None:
     try:
         answer = await work
     except PepError as e:
         error = StanzaError(e.condition, text=str(e), appCondition=_app(e.app) if e.app else None)
         error.type = error.type or "modify"  # policy-violation (RFC 6120) is not in Twisted's
-        session.send(error.toResponse(iq))
+        response = error.toResponse(iq)
+        if isinstance(e, PartlyRefused):  # the refused entries, not the whole request
+            response.children = [e.payload, response.children[-1]]
+        session.send(response)
         return
     session.result(iq, answer if isinstance(answer, domish.Element) else None)
 
@@ -379,8 +403,9 @@ def _notify_flag(iq: domish.Element) -> bool:
 
 
 def _subscription_changes(iq: domish.Element) -> dict[str, str]:
-    """The owner's §8.8.2 ``<subscription jid=... subscription=.../>`` entries, by bare JID;
-    a bad JID is refused as the core refuses a bad state (nothing is changed)."""
+    """The owner's §8.8.2 ``<subscription jid=... subscription=.../>`` entries, by bare JID.
+    A malformed request (a bad JID, two entries for one JID: this service has no subids)
+    is refused whole, before anything is changed."""
     changes = {}
     for entry in iq.pubsub.subscriptions.elements(NS_PUBSUB_OWNER, "subscription"):
         try:
@@ -388,6 +413,8 @@ def _subscription_changes(iq: domish.Element) -> dict[str, str]:
         except InvalidFormat as e:
             raise PepError("bad-request", f"jid {entry.getAttribute('jid')!r}: {e}",
                            app="invalid-jid") from None
+        if jid in changes:
+            raise PepError("bad-request", f"two subscriptions for {jid}")
         changes[jid] = entry.getAttribute("subscription", "")
     return changes
 

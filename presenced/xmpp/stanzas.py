@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Container, Optional
 from xml.sax.saxutils import quoteattr
 
 from twisted.words.protocols.jabber.error import StanzaError
@@ -190,6 +190,14 @@ def forwardable(data: bytes) -> bytes:
     return b"<message xmlns='jabber:client'" + data[len(b"<message"):]
 
 
+def forged_stanza_id(child, served: Container[str]) -> bool:
+    """Whether ``child`` is a ``<stanza-id/>`` given ``by`` a JID on one of the ``served``
+    domains: only the server stamps those (XEP-0359 4), so one a client sent is forged."""
+    return (child.__class__ is not str and child.name == "stanza-id" and child.uri == NS_SID
+            and (child.getAttribute("by") or "").partition("/")[0].rpartition("@")[2]
+            in served)
+
+
 def with_stanza_id(data: bytes, by: str, id_: Optional[str]) -> bytes:
     """A serialised message with the XEP-0359 ``<stanza-id/>`` that ``by`` (a bare JID: the
     archive's owner) gave it; ``data`` itself when there is no id."""
@@ -204,7 +212,8 @@ def with_stanza_id(data: bytes, by: str, id_: Optional[str]) -> bytes:
 
 def message_bytes(event: "Event") -> bytes:
     """The XMPP form of a MESSAGE event: the client's stanza as sent, or one built from the
-    fields another door gave."""
+    fields another door gave (with the ``<stanza-id/>`` of the recipient's archive, when it
+    keeps the message: ``archive_id``, see ``message-archiving`` in :mod:`presenced.core`)."""
     payload = event.payload
     data = payload.get("stanza")
     if data is None:
@@ -215,5 +224,6 @@ def message_bytes(event: "Event") -> bytes:
         for name in ("subject", "body", "thread"):
             if payload.get(name):
                 message.addElement(name, content=payload[name])
-        data = to_bytes(message)
+        data = with_stanza_id(to_bytes(message), payload["to"].partition("/")[0],
+                              payload.get("archive_id"))
     return data
