@@ -29,7 +29,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
@@ -51,7 +51,7 @@ from presenced.pep import PepService
 from presenced.router import SubscriptionRouter
 from presenced.store import IRosterStore, Pair, RosterItem
 from presenced.topicnodes import TopicNodes
-from presenced.subjects import SubjectCache, check_event_data, check_event_type
+from presenced.subjects import BadEvent, SubjectCache, check_event_data, check_event_type
 from presenced.tokens import make_token
 from presenced.uploads import FileShare
 from presenced.users import BadUser, normalize_user
@@ -240,6 +240,33 @@ class Core:
         event = self._site_event(subject, kind, data)
         reached = self.router.send_now(subject, event)
         return None if reached is None else (event, reached)
+
+    def publish_many(self, items: Sequence[tuple[str, str, dict]]) -> defer.Deferred:
+        """:meth:`publish` for several events in order (a site's batch): every event is
+        checked before any is sent, so a bad one (:class:`presenced.subjects.BadEvent`,
+        ``events[n]: why``) sends none; fires ``[(event, sessions reached), ...]``. Sent
+        within this call while the router holds nothing for logins, as :meth:`publish_now`."""
+        built = []
+        for n, (subject, kind, data) in enumerate(items):
+            try:
+                built.append((subject, self._site_event(subject, kind, data)))
+            except BadEvent as e:
+                raise BadEvent(f"events[{n}]: {e}") from None
+        router = self.router
+        sent: list[Any] = []
+        waiting = False
+        for subject, event in built:
+            reached = router.send_now(subject, event)
+            if reached is None:        # held for logins, as every event after it will be
+                waiting = True
+                reached = router.send(subject, event)
+            sent.append(reached)
+        events = [event for _, event in built]
+        if not waiting:
+            return defer.succeed(list(zip(events, sent)))
+        counts = defer.gatherResults([r if isinstance(r, defer.Deferred) else defer.succeed(r)
+                                      for r in sent], consumeErrors=True)
+        return counts.addCallback(lambda reached: list(zip(events, reached)))
 
     def _site_event(self, subject: str, kind: str, data: dict) -> Event:
         check_event_type(kind)

@@ -81,6 +81,28 @@ async def test_publish_checks_type_and_data_before_sending(memory_xmpp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_batch_is_checked_whole_then_sent_in_order_also_while_a_login_loads(
+        memory_xmpp):
+    node = await memory_xmpp()
+    core = node.core
+    await core.add_subscriptions([("bob@localhost", "artist/radiohead")])
+    bob = RecordingSession("bob@localhost")
+    core.router.login(bob.user, bob)
+    assert core.router.followers.loading       # bob's subscriptions are being read: sends wait
+    with pytest.raises(BadEvent, match=r"events\[1\]: .*reserved"):
+        core.publish_many([("artist/radiohead", "photo", {}), ("artist/radiohead", "tune", {})])
+    held = core.publish_many([("artist/radiohead", "photo", {"n": 1}),
+                              ("bob@localhost", "news", {"n": 2})])
+    assert bob.events == []
+    sent = await held
+    assert [reached for _, reached in sent] == [1, 1]
+    assert bob.events == [event for event, _ in sent]
+    assert [e.payload["data"] for e in bob.events] == [{"n": 1}, {"n": 2}]
+    at_once = core.publish_many([("artist/radiohead", "photo", {"n": 3})])
+    assert at_once.called and bob.events[-1].payload["data"] == {"n": 3}
+
+
+@pytest_twisted.ensureDeferred
 async def test_topic_events_reach_followers_with_the_sites_type(memory_xmpp):
     node = await memory_xmpp()
     core = node.core
