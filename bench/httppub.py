@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.procs import cpu_split, free_port, percentile, start_presenced
+from bench.procs import cpu_split, free_port, percentile, runqueue_seconds, start_presenced
 
 REPO = Path(__file__).resolve().parent.parent
 TOPIC = "bench/fanout"
@@ -209,6 +209,7 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
                             args.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                            ) if args.profile and stream_headers == "" else None
     cpu_before = cpu_split(server_pid)
+    waited_before = runqueue_seconds(server_pid)
     started = time.monotonic()
     for p in publishers:
         p.start()
@@ -220,6 +221,7 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
     publish_seconds = time.monotonic() - started
     user, system = (after - before for after, before in zip(cpu_split(server_pid), cpu_before))
     cpu_used = user + system
+    waited = runqueue_seconds(server_pid) - waited_before
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
@@ -251,6 +253,8 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
         "server_cpu_us_per_event": round(cpu_used * 1e6 / max(published, 1), 1),
         "server_cpu_us_per_delivery": round(cpu_used * 1e6 / max(received, 1), 2),
         "server_cpu_system_share": round(system / cpu_used, 2) if cpu_used else None,
+        "server_cpu_busy_share": round(cpu_used / publish_seconds, 2),
+        "server_runqueue_seconds": round(waited, 2),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
                        "samples": len(latencies)},
     }
