@@ -6,6 +6,7 @@ latency on a Barabási–Albert friends graph. Prints one JSON document.
     python3 bench/comet.py --streams 15000 --seconds 20
     python3 bench/comet.py --publish http -n 5000 --nchan      # events POSTed, vs Nchan
     python3 bench/comet.py --publish http -n 5000 --fanout     # one topic, N followers
+    python3 bench/comet.py --publish http -n 5000 --batch 50   # 50 events per POST
 
 ``--publish http`` is described in ``bench/httppub.py``; without it:
 
@@ -178,6 +179,9 @@ def main() -> None:
                         help="http: keep-alive publishing connections")
     parser.add_argument("--fanout", action="store_true",
                         help="http: every stream's user follows one topic; events go to it")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="http: events per request to POST /api/publish (1: one per "
+                             "request to /api/publish/<subject>; Nchan always gets one)")
     parser.add_argument("--nchan", action="store_true",
                         help="http: run the same load against nginx + Nchan and compare")
     args = parser.parse_args()

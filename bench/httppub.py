@@ -3,7 +3,8 @@
 N streams (one per user) are held by client processes; ``--connections`` keep-alive HTTP
 connections POST ``--events`` events, one per request, to ``/api/publish/<user>`` on the
 admin port (each event to one stream), or with ``--fanout`` to one topic that every stream's
-user follows (each event to all N). The clients count what arrives and sample the latency
+user follows (each event to all N). With ``--batch K`` each request carries K events to
+``POST /api/publish`` (Nchan, which has no batch, still gets one per request). The clients count what arrives and sample the latency
 from the POST to arrival (each event carries its send time, ``{"t": <unix time>}``). The
 server's CPU time over the publishing phase, divided by the events, is the cost per event.
 
@@ -28,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.procs import cpu_split, free_port, percentile, start_presenced
+from bench.procs import cpu_split, free_port, percentile, runqueue_seconds, start_presenced
 
 REPO = Path(__file__).resolve().parent.parent
 TOPIC = "bench/fanout"
@@ -117,8 +118,10 @@ def _count(sel, timeout: float, ready: bytes) -> int:
 # --- publishers ------------------------------------------------------------------------------
 
 def publisher(index: int, port: int, connections: int, targets: list[str], events: int,
-              headers: str, results) -> None:
-    """``connections`` keep-alive connections, each sending one request at a time."""
+              headers: str, results, batch: int = 1) -> None:
+    """``connections`` keep-alive connections, each sending one request at a time: one
+    event to a target path, or (``batch`` > 1) ``batch`` events to ``/api/publish``, each to
+    the subject of a target path."""
     rng = random.Random(index)
     sel = selectors.DefaultSelector()
     left = {}
@@ -130,13 +133,23 @@ def publisher(index: int, port: int, connections: int, targets: list[str], event
         left[s] = events // connections + (n < events % connections)
     sent = errors = 0
     started = time.monotonic()
+    subjects = [t.encode().rpartition(b"/api/publish/")[2] for t in targets]
+    counts = {}     # events in the request in flight on each connection
 
     def send(s) -> None:
-        body = b'{"t":%.6f}' % time.time()
+        count = min(batch, left[s])
+        if batch == 1:
+            path, body = rng.choice(targets).encode(), b'{"t":%.6f}' % time.time()
+        else:
+            now = time.time()
+            path = b"/api/publish"
+            body = b'{"events":[%s]}' % b",".join(
+                b'{"subject":"%s","data":{"t":%.6f}}' % (rng.choice(subjects), now)
+                for _ in range(count))
         s.sendall(b"POST %s HTTP/1.1\r\nHost: bench\r\n%sContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n%s" % (rng.choice(targets).encode(),
-                                                     headers.encode(), len(body), body))
-        left[s] -= 1
+                  b"Content-Length: %d\r\n\r\n%s" % (path, headers.encode(), len(body), body))
+        left[s] -= count
+        counts[s] = count
 
     for s in list(left):
         send(s)
@@ -154,9 +167,9 @@ def publisher(index: int, port: int, connections: int, targets: list[str], event
                 if len(buf) < end + 4 + length:
                     break
                 if not head.startswith((b"http/1.1 200", b"http/1.1 201", b"http/1.1 202")):
-                    errors += 1
+                    errors += counts[s]
                 del buf[:end + 4 + length]
-                sent += 1
+                sent += counts[s]
                 if left[s] > 0:
                     send(s)
                 else:
@@ -167,7 +180,8 @@ def publisher(index: int, port: int, connections: int, targets: list[str], event
 # --- one run -------------------------------------------------------------------------------
 
 def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_headers: str,
-         port_publish: int, targets: list[str], headers: str, server_pid: int) -> dict:
+         port_publish: int, targets: list[str], headers: str, server_pid: int,
+         batch: int = 1) -> dict:
     """Connect the streams, publish, collect; the figures of one server."""
     ctx = mp.get_context("fork")
     results = ctx.Queue()
@@ -188,12 +202,14 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
     publishers = [ctx.Process(target=publisher, args=(
         i, port_publish, args.connections // processes + (i < args.connections % processes),
         targets,
-        args.events // processes + (i < args.events % processes), headers, results))
+        args.events // processes + (i < args.events % processes), headers, results,
+        batch))
         for i in range(processes)]
     spy = subprocess.Popen(["py-spy", "record", "-r", "500", "-p", str(server_pid), "-f", "raw", "-o",
                             args.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                            ) if args.profile and stream_headers == "" else None
     cpu_before = cpu_split(server_pid)
+    waited_before = runqueue_seconds(server_pid)
     started = time.monotonic()
     for p in publishers:
         p.start()
@@ -205,6 +221,7 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
     publish_seconds = time.monotonic() - started
     user, system = (after - before for after, before in zip(cpu_split(server_pid), cpu_before))
     cpu_used = user + system
+    waited = runqueue_seconds(server_pid) - waited_before
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
@@ -227,7 +244,8 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
         "published": published,
         "publish_errors": errors,
         "publish_seconds": round(publish_seconds, 2),
-        "requests_per_second": round(published / publish_seconds),
+        "events_per_second": round(published / publish_seconds),
+        "requests_per_second": round(published / batch / publish_seconds),
         "delivered": received,
         "delivered_all": received == expected,
         "deliveries_per_second": round(received / publish_seconds),
@@ -235,6 +253,8 @@ def load(args, port_streams: int, stream_paths: list[str], ready: bytes, stream_
         "server_cpu_us_per_event": round(cpu_used * 1e6 / max(published, 1), 1),
         "server_cpu_us_per_delivery": round(cpu_used * 1e6 / max(received, 1), 2),
         "server_cpu_system_share": round(system / cpu_used, 2) if cpu_used else None,
+        "server_cpu_busy_share": round(cpu_used / publish_seconds, 2),
+        "server_runqueue_seconds": round(waited, 2),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
                        "samples": len(latencies)},
     }
@@ -285,7 +305,7 @@ enabled = false
             [f"/api/publish/{u}" for u in users]
         figures = load(args, ports["comet"], [f"/stream/{u}" for u in users], b'"welcome"',
                        "", ports["webadmin"], targets, f"Authorization: Bearer {publish_token}\r\n",
-                       server.pid)
+                       server.pid, args.batch)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
@@ -352,6 +372,7 @@ def main(args) -> None:
     result = {"mode": "fanout" if args.fanout else "one stream per event",
               "streams": args.streams, "events": args.events,
               "connections": args.connections, "client_processes": args.clients,
+              "events_per_request": args.batch,
               "publisher_processes": max(1, min(args.publishers, args.connections)),
               "presenced": run_presenced(args, _directory(work / "presenced"))}
     if args.nchan:

@@ -151,6 +151,12 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return user / tick, system / tick
 
 
+def runqueue_seconds(pid: int) -> float:
+    """Seconds ``pid``'s main thread (and its children's) spent runnable but waiting for a
+    CPU so far (``schedstat``): on a shared machine, how much of a run was the scheduler's."""
+    return sum(int(text.split()[1]) for text in _read_each(pid, "schedstat")) / 1e9
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0 <= q <= 1) of ``values``, by rank; NaN when there are none."""
     if not values:

@@ -29,6 +29,7 @@ from presenced.core import Core
 from presenced.doors import DOORS
 from presenced.extauth import configured_pool
 from presenced.listener import ConnectionLimits, GuardedFactory
+from presenced.memory import pace_collector
 from presenced.reload import ConfigReloader
 from presenced.store import StoreError
 from presenced.store.backends import make_store
@@ -195,6 +196,7 @@ class PresencedService(service.MultiService):
 
             WorkerSupervisor(self.config).setServiceParent(self)
         self.core.state = "ready"
+        pace_collector()
         if not is_worker():
             record_port(self.config.server.data_dir, "ready", os.getpid())
         log.info("presenced ready: {n} front door(s), domains {domains}",

@@ -212,6 +212,53 @@ def test_an_http_publish_reaches_a_topics_comet_and_xmpp_followers(server):
         assert status == 400 and problem in answer["message"]
 
 
+def test_a_batch_publish_sends_every_event_in_order_or_none(server):
+    """``POST /api/publish``: several events to several subjects in one request, answered
+    in order; one bad event refuses the batch before any is sent (the stream gets nothing
+    until the fixed batch, whose events arrive in order)."""
+    token = api_token(server)
+    status, document = api(server, "/api/openapi.json", method="GET")
+    operation = document["paths"]["/api/publish"]["post"]
+    request_schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    stream = HTTPStream(server.ports["comet"], "/stream/bfan")
+    stream.wait_for("welcome")
+    follow(server, "bfan", "artist/batch")
+    for body, status, error, where in (
+            ({"events": [{"subject": "bfan", "type": "step", "data": {"n": 0}},
+                         {"subject": "artist/..", "data": {}}]}, 400, "BadJid", "events[1]"),
+            ({"events": [{"subject": "bfan", "type": "tune"}]}, 400, "InvalidArgument",
+             "events[0]"),
+            ({"events": [{"subject": "bfan", "data": [1]}]}, 400, "BadArgument", "events[0]"),
+            ({"events": [{"subject": "bfan", "colour": "red"}]}, 400, "BadArgument",
+             "'colour'"),
+            ({"events": []}, 400, "BadArgument", "one event or more"),
+            ({"event": {"subject": "bfan"}}, 400, "BadArgument", "one event or more"),
+            ({"events": [{"subject": "bfan"}] * 1001}, 413, "TooManyEvents", "at most 1000")):
+        got, answer = api(server, "/api/publish", body, token)
+        assert (got, answer["error"]) == (status, error) and where in answer["message"], answer
+        assert str(got) in operation["responses"]
+    assert api(server, "/api/publish", {"events": [{"subject": "bfan"}]})[0] == 401
+    assert api(server, "/api/publish", token=token, method="GET")[0] == 405
+    batch = {"events": [{"subject": "bfan", "type": "step", "data": {"n": 0}},
+                        {"subject": "artist/batch", "type": "step", "data": {"n": 1}},
+                        {"subject": "nobody-follows", "type": "step"},
+                        {"subject": "bfan@localhost", "type": "step", "data": {"n": 3}}]}
+    assert conforms(batch, request_schema, document)
+    status, answer = api(server, "/api/publish", batch, token)
+    assert status == 200
+    assert conforms(answer, operation["responses"]["200"]["content"]["application/json"][
+        "schema"], document)
+    results = answer["results"]
+    assert [r["reached"] for r in results] == [1, 1, 0, 1]
+    assert [r["id"] for r in results] == sorted(r["id"] for r in results)
+    events = stream.wait_for("step", count=3)
+    assert [(e["id"], e["from"], e["data"]) for e in events] == [
+        (results[0]["id"], "bfan@localhost", {"n": 0}),
+        (results[1]["id"], "artist/batch", {"n": 1}),
+        (results[3]["id"], "bfan@localhost", {"n": 3})]
+    stream.close()
+
+
 def test_token_scopes_revocation_and_bad_tokens(server):
     publish, admin = api_token(server), api_token(server, "admin")
     status, answer = api(server, "/api/online_count", {})
@@ -333,7 +380,7 @@ def test_every_admin_method_over_http_matches_the_openapi_document(server):
     assert status == 200 and document["openapi"].startswith("3.")
     methods = set(THRIFT.PresencedAdmin.thrift_services)
     documented = {p.rsplit("/", 1)[1] for p in document["paths"]
-                  if p.count("/") == 2 and "{" not in p}
+                  if p.count("/") == 2 and "{" not in p} - {"publish"}   # the batch publisher
     assert documented == methods == set(CALLS)
     for name, body in CALLS.items():
         operation = document["paths"][f"/api/{name}"]["post"]
@@ -364,7 +411,8 @@ def test_every_admin_method_over_http_matches_the_openapi_document(server):
     assert api(server, "/api/stats", raw=b"{not json", token=token)[0] == 400
     assert api(server, "/api/stats", token=token, method="GET")[0] == 405
     # The publisher's own paths answer as documented too.
-    for path, method in (("/api/publish/{subject}", "post"), ("/api/subjects/{subject}", "get")):
+    for path, method in (("/api/publish/{subject}", "post"), ("/api/subjects/{subject}", "get"),
+                         ("/api/publish", "post")):
         assert "200" in document["paths"][path][method]["responses"]
 
 

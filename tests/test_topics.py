@@ -81,6 +81,52 @@ async def test_publish_checks_type_and_data_before_sending(memory_xmpp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_batch_is_checked_whole_then_sent_in_order_also_while_a_login_loads(
+        memory_xmpp):
+    node = await memory_xmpp()
+    core = node.core
+    await core.add_subscriptions([("bob@localhost", "artist/radiohead")])
+    bob = RecordingSession("bob@localhost")
+    core.router.login(bob.user, bob)
+    assert core.router.followers.loading       # bob's subscriptions are being read: sends wait
+    with pytest.raises(BadEvent, match=r"events\[1\]: .*reserved"):
+        core.publish_many([("artist/radiohead", "photo", {}), ("artist/radiohead", "tune", {})])
+    held = core.publish_many([("artist/radiohead", "photo", {"n": 1}),
+                              ("bob@localhost", "news", {"n": 2})])
+    assert bob.events == []
+    sent = await held
+    assert [reached for _, reached in sent] == [1, 1]
+    assert bob.events == [event for event, _ in sent]
+    assert [e.payload["data"] for e in bob.events] == [{"n": 1}, {"n": 2}]
+    at_once = core.publish_many([("artist/radiohead", "photo", {"n": 3})])
+    assert at_once.called and bob.events[-1].payload["data"] == {"n": 3}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_past_the_sessions_of_one_turn_goes_on_in_the_next(memory_xmpp,
+                                                                          monkeypatch):
+    """A batch to big topics does not hold the reactor: past ``BATCH_TURN_SESSIONS``
+    deliveries the rest waits for the next reactor turn, and every event arrives in order."""
+    from presenced import core as core_module
+
+    monkeypatch.setattr(core_module, "BATCH_TURN_SESSIONS", 4)
+    node = await memory_xmpp()
+    core = node.core
+    fans = [RecordingSession(f"fan{n}@localhost") for n in range(3)]
+    await core.add_subscriptions([(fan.user, "artist/big") for fan in fans])
+    for fan in fans:
+        core.router.login(fan.user, fan)
+    await core.publish("artist/big", "warmup", {})     # the logins' reads are in
+    sent = core.publish_many([("artist/big", "step", {"n": n}) for n in range(5)])
+    assert not sent.called
+    assert [e.payload["data"] for e in fans[0].events[1:]] == [{"n": 0}]   # 1 + 3 sessions
+    results = await sent
+    assert [reached for _, reached in results] == [3] * 5
+    for fan in fans:
+        assert [e.payload["data"]["n"] for e in fan.events[1:]] == [0, 1, 2, 3, 4]
+
+
+@pytest_twisted.ensureDeferred
 async def test_topic_events_reach_followers_with_the_sites_type(memory_xmpp):
     node = await memory_xmpp()
     core = node.core

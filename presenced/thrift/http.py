@@ -11,6 +11,9 @@ it is served on ``[webadmin] bind:port`` (127.0.0.1:8001) while both doors run:
   "message": ...}`` with a status that fits (:data:`STATUS`).
 - ``POST /api/publish/<subject>[?type=T]``: the body (a JSON object, else ``{"text": body}``)
   published as a site event (``Core.publish``); answer ``{"id": ..., "reached": n}``.
+- ``POST /api/publish`` with ``{"events": [{"subject": ..., "type": ..., "data": {...}}, ...]}``:
+  up to :data:`MAX_BATCH_EVENTS` events in one request, all checked before any is sent
+  (``Core.publish_many``); answer ``{"results": [{"id": ..., "reached": n}, ...]}`` in order.
 - ``GET /api/subjects/<subject>``: subscriber and online counts (Nchan's channel info).
 - ``GET /api/openapi.json``: the OpenAPI 3 document of all of the above, built from the IDL.
 
@@ -45,11 +48,15 @@ from presenced.thrift.dispatch import describe
 from presenced.users import BadUser
 
 DOOR = "api"
+# Events in one POST /api/publish (~25 ms of work when each reaches one stream; a batch
+# reaching many sessions is spread over reactor turns: core.BatchSend).
+MAX_BATCH_EVENTS = 1000
+BATCH_FIELDS = frozenset(("subject", "type", "data"))
 # IDL exceptions -> HTTP status; an exception not listed is a 400.
 STATUS = {"BadJid": 400, "InvalidArgument": 400, "UnknownUser": 404, "NotEnabled": 503}
 ERRORS = {400: "bad request", 401: "no valid API token", 403: "the token's scope does not "
           "allow this", 404: "no such method, subject or user", 405: "method not allowed",
-          409: "conflict", 413: "body too large", 429: "too many bad tokens from this "
+          409: "conflict", 413: "body too large (or, for a batch, too many events)", 429: "too many bad tokens from this "
           "address", 503: "the store or the feature is unavailable"}
 
 
@@ -197,6 +204,10 @@ class AdminAPI(Resource):
             if kind == "publish":
                 return 200, await self._publish(call, subject)
             return 200, await self._subject_info(subject)
+        if kind == "publish":
+            _allow(method, "POST")
+            await self._authorize(call, "publish")
+            return 200, await self._publish_batch(call)
         found = self.methods.get(kind) if not tail else None
         if found is None:
             raise ApiError(404, "NotFound", f"no such API path /api/{rest} (see "
@@ -242,6 +253,36 @@ class AdminAPI(Resource):
         except BadEvent as e:
             raise ApiError(400, "InvalidArgument", str(e)) from None
         return _published(answer)[1]
+
+    async def _publish_batch(self, call: ApiRequest) -> bytes:
+        items = [self._batch_item(n, item)
+                 for n, item in enumerate(_batch_events(_json_object(call.body)))]
+        try:
+            sent = await self.core.publish_many(items)
+        except BadEvent as e:
+            raise ApiError(400, "InvalidArgument", str(e)) from None
+        return b'{"results": [%s]}' % b", ".join(
+            b'{"id": %d, "reached": %d}' % (event.id, reached) for event, reached in sent)
+
+    def _batch_item(self, n: int, item: Any) -> tuple[str, str, dict]:
+        """One event of a batch as ``(subject, type, data)``; ApiError naming ``events[n]``."""
+        if not isinstance(item, dict) or not isinstance(item.get("subject"), str):
+            raise ApiError(400, "BadArgument", f"events[{n}] must be an object with a "
+                           '"subject" string (and "type", "data")')
+        unknown = set(item) - BATCH_FIELDS
+        if unknown:
+            raise ApiError(400, "BadArgument", f"events[{n}] has no field "
+                           f"{sorted(unknown)[0]!r} (fields: subject, type, data)")
+        kind = item.get("type", DEFAULT_EVENT_TYPE)
+        data = item.get("data", {})
+        if not isinstance(kind, str) or not isinstance(data, dict):
+            raise ApiError(400, "BadArgument", f"events[{n}]: type must be a string and data "
+                                               "a JSON object")
+        try:
+            subject = self.core.subject(item["subject"])
+        except BadUser as e:
+            raise ApiError(400, "BadJid", f"events[{n}]: {e}") from None
+        return subject, kind, data
 
     async def _subject_info(self, subject: str) -> dict[str, Any]:
         router = self.core.router
@@ -314,6 +355,19 @@ def _decode_json(raw: bytes) -> Any:
         return json.loads(raw)
 
 
+def _batch_events(body: dict[str, Any]) -> list[Any]:
+    """The ``events`` list of a batch body, one event or more and at most
+    :data:`MAX_BATCH_EVENTS`."""
+    events = body.get("events")
+    if set(body) != {"events"} or not isinstance(events, list) or not events:
+        raise ApiError(400, "BadArgument", 'a batch is {"events": [{"subject": ..., "type": '
+                                           '..., "data": {...}}, ...]} with one event or more')
+    if len(events) > MAX_BATCH_EVENTS:
+        raise ApiError(413, "TooManyEvents", f"{len(events)} events in one request; at most "
+                                             f"{MAX_BATCH_EVENTS}")
+    return events
+
+
 def _allow(method: str, allowed: str) -> None:
     if method != allowed and not (allowed == "GET" and method == "HEAD"):
         raise ApiError(405, "MethodNotAllowed", f"use {allowed} here, not {method}")
@@ -323,7 +377,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = _decode_json(raw)
     except ValueError as e:
         raise ApiError(400, "BadRequest", f"the body is not JSON: {e}") from None
     if not isinstance(body, dict):
@@ -358,6 +412,8 @@ def openapi_document(methods: dict[str, AdminMethod]) -> dict[str, Any]:
                "schema": {"type": "string"},
                "description": "a user (alice@example.com, or alice: the first domain) or a "
                               "topic (artist/radiohead)"}
+    published = {"type": "object", "required": ["id", "reached"], "properties": {
+        "id": {"type": "integer"}, "reached": {"type": "integer"}}}
     paths["/api/publish/{subject}"] = {"post": {
         "operationId": "publish", "summary": "publish a site event to the subject's followers",
         "security": [{"apiToken": ["publish"]}],
@@ -367,8 +423,25 @@ def openapi_document(methods: dict[str, AdminMethod]) -> dict[str, Any]:
             "application/json": {"schema": {"type": "object"}},
             "text/plain": {"schema": {"type": "string"}}}},
         "responses": {"200": {"description": "sent", "content": {"application/json": {
-            "schema": {"type": "object", "required": ["id", "reached"], "properties": {
-                "id": {"type": "integer"}, "reached": {"type": "integer"}}}}}},
+            "schema": published}}},
+                      **errors([400, 401, 403, 413, 503])}}}
+    event = {"type": "object", "required": ["subject"], "additionalProperties": False,
+             "properties": {"subject": {"type": "string"},
+                            "type": {"type": "string", "default": DEFAULT_EVENT_TYPE},
+                            "data": {"type": "object"}}}
+    paths["/api/publish"] = {"post": {
+        "operationId": "publish_batch",
+        "summary": f"publish up to {MAX_BATCH_EVENTS} site events, all checked before any "
+                   "is sent",
+        "security": [{"apiToken": ["publish"]}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["events"], "additionalProperties": False,
+            "properties": {"events": {"type": "array", "minItems": 1,
+                                      "maxItems": MAX_BATCH_EVENTS, "items": event}}}}}},
+        "responses": {"200": {"description": "sent, results in order", "content": {
+            "application/json": {"schema": {"type": "object", "required": ["results"],
+                                            "properties": {"results": {
+                                                "type": "array", "items": published}}}}}},
                       **errors([400, 401, 403, 413, 503])}}}
     paths["/api/subjects/{subject}"] = {"get": {
         "operationId": "subject_info", "summary": "subscribers and online sessions",
