@@ -37,9 +37,9 @@ def pace_collector() -> None:
     blocks the reactor meanwhile: with 5 000 comet streams and their replay buffers
     (``bench/comet.py --publish http``) each took 0.1-0.3 s, and the events the buffers keep
     (they outlive two young collections) made CPython run one every ~10 000 publishes: 4-6 %
-    of the server's CPU per publish, and as many pauses. So what start-up built (modules, the IDL, the config: alive
-    for the process's life) is frozen out of every collection, and full collections come
-    ten times less often. Young cycles are still collected as before; a flood of closed
+    of the server's CPU per publish, and as many pauses. So what start-up built (modules, the
+    IDL, the config: alive for the process's life) is frozen out of every collection, and full
+    collections come ten times less often. Young cycles are still collected as before; a flood of closed
     connections still ends in a full collection (:mod:`presenced.listener`)."""
     gc.collect()
     gc.freeze()
