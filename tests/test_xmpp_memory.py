@@ -403,3 +403,20 @@ async def test_a_stream_error_goes_out_after_the_answers_its_read_queued(memory_
     assert ann.transport.disconnecting
     assert data.index(b"id='p1'") < data.index(b"not-well-formed") < data.index(
         b"</stream:stream>")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forged_stanza_id_is_stripped_and_the_body_kept(memory_xmpp):
+    """XEP-0359 5: a client's ``<stanza-id/>`` claiming this server is removed on the way
+    to a bare JID (archive off too); one by another server, and the body, pass."""
+    node = await memory_xmpp()
+    await node.add_users("ann", "bob")
+    ann = await node.online("ann", roster=False)
+    bob = await node.online("bob", roster=False)
+    ann.send(b"<message to='bob@localhost' type='chat' id='f'><body>a &amp; b</body>"
+             b"<stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='x'/>"
+             b"<stanza-id xmlns='urn:xmpp:sid:0' by='elsewhere.example' id='y'/>"
+             b"</message>")
+    got = await message(bob)
+    assert child_text(got, "body") == "a & b"
+    assert [c["by"] for c in got.elements() if c.name == "stanza-id"] == ["elsewhere.example"]
