@@ -21,7 +21,11 @@ import time
 from typing import Callable, Optional
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from twisted.logger import Logger
 from zope.interface import implementer
+
+
+_log = Logger()
 
 
 class SocketWriter:
@@ -139,7 +143,10 @@ class ReadBatch:
             return
         pending, self.pending = self.pending, []
         for budget in pending:
-            budget.flush()
+            try:
+                budget.flush()
+            except Exception:  # one connection's failure must not keep the others' bytes
+                _log.failure("writing a read's output to {budget!r}", budget=budget)
 
 
 READS = ReadBatch()
