@@ -19,6 +19,9 @@ reported as such and skipped. presenced runs the bench config of ``bench/xmpp.py
 (hibernation after 1 s, PLAIN allowed without TLS).
 
     python3 bench/peers.py --users 2000 --messages 20
+
+``--baseline CHECKOUT`` adds presenced from another checkout (``presenced-baseline``) to the
+same run, so a change's before and after stand beside the peers' figures.
 """
 
 from __future__ import annotations
