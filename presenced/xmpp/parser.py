@@ -67,13 +67,13 @@ class StanzaParser(domish.ExpatElementStream):
             # once (expat holds it, a partial start tag fires no event to check it at).
             self.stanzaSize = self.fed - self.stanza_end
         if self.stanzaSize > self.maxStanzaSize:
-            raise PolicyViolation(f"stanza larger than {self.maxStanzaSize} bytes")
+            raise self._too_large()
 
-    def _check_size(self) -> None:
-        """Within one read a whole stanza may arrive: measure it by the parser's offsets
-        (only inside a stanza: whitespace keepalives between stanzas are not counted)."""
-        if self.depth >= 2 and self.parser.CurrentByteIndex - self.stanza_start > self.maxStanzaSize:
-            raise PolicyViolation(f"stanza larger than {self.maxStanzaSize} bytes")
+    def _too_large(self) -> PolicyViolation:
+        """Within one read a whole stanza may arrive: the handlers measure it by the
+        parser's offsets (only inside a stanza: whitespace keepalives between stanzas are
+        not counted), inline, as every element and text of every stanza passes there."""
+        return PolicyViolation(f"stanza larger than {self.maxStanzaSize} bytes")
 
     def _onStartElement(self, name: str, attrs: dict) -> None:
         """domish's element building, checks first; inlined because every element of
@@ -83,8 +83,9 @@ class StanzaParser(domish.ExpatElementStream):
             self.stanza_start = self.parser.CurrentByteIndex
         elif depth > self.max_depth:
             raise PolicyViolation(f"elements nested deeper than {self.max_depth}")
-        else:
-            self._check_size()
+        elif (depth > 2
+              and self.parser.CurrentByteIndex - self.stanza_start > self.maxStanzaSize):
+            raise self._too_large()
         declarations = self.declarations
         if declarations:
             self.declarations = 0
@@ -130,7 +131,9 @@ class StanzaParser(domish.ExpatElementStream):
         super()._onStartNamespace(prefix, uri)
 
     def _onCdata(self, data: str) -> None:
-        self._check_size()
+        if (self.depth >= 2
+                and self.parser.CurrentByteIndex - self.stanza_start > self.maxStanzaSize):
+            raise self._too_large()
         current = self.currElem
         if current is not None:
             children = current.children
@@ -140,10 +143,13 @@ class StanzaParser(domish.ExpatElementStream):
                 children.append(data)
 
     def _onEndElement(self, name: str) -> None:
-        self._check_size()
         depth = self.depth
-        if depth == 2:
-            self.stanza_end = self.parser.CurrentByteIndex
+        if depth >= 2:
+            position = self.parser.CurrentByteIndex
+            if position - self.stanza_start > self.maxStanzaSize:
+                raise self._too_large()
+            if depth == 2:
+                self.stanza_end = position
         self.depth = depth - 1
         current = self.currElem
         if current is None:
