@@ -19,6 +19,9 @@ reported as such and skipped. presenced runs the bench config of ``bench/xmpp.py
 (hibernation after 1 s, PLAIN allowed without TLS).
 
     python3 bench/peers.py --users 2000 --messages 20
+
+``--baseline CHECKOUT`` adds presenced from another checkout (``presenced-baseline``) to the
+same run, so a change's before and after stand beside the peers' figures.
 """
 
 from __future__ import annotations
@@ -108,16 +111,16 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 # --- presenced -------------------------------------------------------------------------------
 
-def start_presenced(directory: Path, users: list[str]) -> Server:
-    process, port, config = start_server(directory, ITERATIONS)
+def start_presenced(directory: Path, users: list[str], checkout: Path = REPO) -> Server:
+    process, port, config = start_server(directory, ITERATIONS, checkout=checkout)
     try:
-        import_users(config, users, directory)
+        import_users(config, users, directory, checkout)
     except BaseException:
         Server(process, port, "").stop()
         raise
     version = subprocess.run([sys.executable, "-c",
                               "import presenced; print(presenced.__version__)"],
-                             capture_output=True, text=True, cwd=REPO).stdout.strip()
+                             capture_output=True, text=True, cwd=checkout).stdout.strip()
     return Server(process, port, version or "checkout")
 
 
@@ -295,7 +298,15 @@ def main() -> None:
     parser.add_argument("--paced-rate", type=float, default=5000.0)
     parser.add_argument("--servers", default=",".join(PEERS),
                         help="comma-separated, run in this order")
+    parser.add_argument("--baseline", metavar="CHECKOUT", type=Path,
+                        help="another presenced checkout, run as server 'presenced-baseline' "
+                             "(name it in --servers; default: first): before/after in one run")
     args = parser.parse_args()
+    if args.baseline is not None:
+        PEERS["presenced-baseline"] = (None, partial(start_presenced,
+                                                     checkout=args.baseline.resolve()))
+        if "presenced-baseline" not in args.servers.split(","):
+            args.servers = "presenced-baseline," + args.servers
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
     plan = LoadPlan(args.procs, args.concurrency, args.messages, args.paced_rate)
     results: dict[str, dict] = {}

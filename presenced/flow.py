@@ -21,7 +21,11 @@ import time
 from typing import Callable, Optional
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from twisted.logger import Logger
 from zope.interface import implementer
+
+
+_log = Logger()
 
 
 class SocketWriter:
@@ -112,6 +116,41 @@ class TurnBatch:
             budget.write(queued[0] if len(queued) == 1 else b"".join(queued))
 
 
+class ReadBatch:
+    """Writes made while one client's read is handled, sent per connection when the read
+    is done: one ``send`` per recipient per read instead of one per stanza.
+
+    A client writes its messages in bursts (a read carries ten to its partner) and each
+    ``send`` on loopback costs more than handling the stanza did. The door opens the batch
+    around a read (``open``/``close``, nested reads count); a :class:`WriteBudget` made with
+    ``coalesce`` queues its writes while one is open and :meth:`close` sends each queue as
+    one write, in the order the connections were first written. Writes made outside a read
+    (store answers, timers, other doors) go out at once, as before. Only byte streams
+    coalesce: a framing that sends one message per element (RFC 7395) must not."""
+
+    __slots__ = ("depth", "pending")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: list[WriteBudget] = []
+
+    def open(self) -> None:
+        self.depth += 1
+
+    def close(self) -> None:
+        self.depth -= 1
+        if self.depth or not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        for budget in pending:
+            try:
+                budget.flush()
+            except Exception:  # one connection's failure must not keep the others' bytes
+                _log.failure("writing a read's output to {budget!r}", budget=budget)
+
+
+READS = ReadBatch()
+
 RECIPIENT_WAIT = 1.0  # seconds a sender is held at most for a recipient that does not read
 
 
@@ -135,14 +174,17 @@ class WriteBudget:
     gets no more work done for it."""
 
     __slots__ = ("transport", "limit", "pending", "paused", "exceeded", "gate", "senders",
-                 "_write")
+                 "_write", "coalesce", "queued")
 
     def __init__(self, transport: ITransport, limit: int, gate: Optional["ReadGate"] = None,
-                 direct: bool = False):
+                 direct: bool = False, coalesce: bool = False):
         """``direct``: write through a :class:`SocketWriter` (a door fanning events out to
-        many idle sockets)."""
+        many idle sockets). ``coalesce``: writes made during a read wait for its end
+        (:class:`ReadBatch`); call :meth:`flush` before closing the connection."""
         self.transport = transport
         self._write = SocketWriter(transport) if direct else transport.write
+        self.coalesce = coalesce
+        self.queued: Optional[list[bytes]] = None  # written during this read, not yet sent
         self.limit = limit
         self.pending = 0
         self.paused = False
@@ -166,8 +208,22 @@ class WriteBudget:
             if sender is not None and sender is not self.gate:
                 sender.hold_for("recipients", RECIPIENT_WAIT)
                 self.senders.add(sender)
+        if self.coalesce and READS.depth:
+            queued = self.queued
+            if queued is None:
+                self.queued = [data]
+                READS.pending.append(self)
+            else:
+                queued.append(data)
+            return True
         self._write(data)
         return True
+
+    def flush(self) -> None:
+        """Send what this read queued (nothing once the connection was aborted)."""
+        queued, self.queued = self.queued, None
+        if queued and not self.exceeded:
+            self._write(queued[0] if len(queued) == 1 else b"".join(queued))
 
     def pauseProducing(self) -> None:
         self.paused = True

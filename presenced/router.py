@@ -126,7 +126,9 @@ class SubscriptionRouter:
         # (load number current when sent, subject, event, Deferred of the send)
         self._held: deque[tuple[int, str, Event, defer.Deferred]] = deque()
         self._overflow_log = RepeatLimiter()
-        self._sessions: dict[str, list[ISession]] = {}
+        # Tuples, replaced on every change: handed out as they are (a fan-out iterating one
+        # is not disturbed by a login or logout meanwhile), not copied per lookup.
+        self._sessions: dict[str, tuple[ISession, ...]] = {}
         self._count = 0
         self._watchers: dict[str, list[ISession]] = {}
         self.login_listeners: list[LoginListener] = []
@@ -149,12 +151,12 @@ class SubscriptionRouter:
         """Make ``session`` receive ``user``'s events and those of everyone ``user`` follows."""
         sessions = self._sessions.get(user)
         if sessions is None:
-            self._sessions[user] = [session]
+            self._sessions[user] = (session,)
             self._index(user)
         elif session in sessions:
             return
         else:
-            sessions.append(session)
+            self._sessions[user] = sessions + (session,)
         self._count += 1
         for listener in self.login_listeners:
             listener(user, session)
@@ -169,8 +171,7 @@ class SubscriptionRouter:
             del self._sessions[user]
             self._unindex(user)
         else:
-            # A new list, so a fan-out iterating the old one is not disturbed.
-            self._sessions[user] = [s for s in sessions if s is not session]
+            self._sessions[user] = tuple(s for s in sessions if s is not session)
         self._count -= 1
         for listener in self.logout_listeners:
             listener(user, session)
@@ -197,7 +198,7 @@ class SubscriptionRouter:
         return defer.maybeDeferred(self.store.get_subscriptions, user)
 
     def sessions(self, user: str) -> tuple[ISession, ...]:
-        return tuple(self._sessions.get(user, ()))
+        return self._sessions.get(user, ())
 
     def is_online(self, user: str) -> bool:
         return user in self._sessions

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.internet import defer, endpoints, task
 
-from presenced.flow import ReadGate, TokenBucket, TurnBatch, WriteBudget
+from presenced.flow import ReadBatch, ReadGate, TokenBucket, TurnBatch, WriteBudget
+from presenced import flow
 
 
 class FakeTransport:
@@ -177,3 +178,33 @@ def test_a_turns_fan_outs_reach_each_connection_in_one_write_in_order():
     assert [t.writes for t in transports] == [2, 1, 1]
     clock.advance(0)
     assert [t.writes for t in transports] == [2, 1, 1]   # nothing left to write
+
+
+def test_a_reads_writes_go_out_once_per_connection_in_order_even_past_a_failing_one(
+        monkeypatch):
+    """flow.ReadBatch: during a read, coalescing budgets queue; at its end each connection
+    gets one write, in order, and one whose write fails leaves the others' bytes going out
+    (and takes writes again afterwards)."""
+    monkeypatch.setattr(flow, "READS", ReadBatch())
+    failing, fine, direct = FakeTransport(), FakeTransport(), FakeTransport()
+    broken = [True]
+
+    def write(data):
+        if broken[0]:
+            raise RuntimeError("transport gone wrong")
+        FakeTransport.write(failing, data)
+    failing.write = write
+    budgets = [WriteBudget(t, 1000, coalesce=c)
+               for t, c in ((failing, True), (fine, True), (direct, False))]
+    flow.READS.open()
+    for n in range(3):
+        for budget in budgets:
+            budget.write(b"<m%d/>" % n)
+    assert fine.written == b"" and direct.writes == 3  # not coalescing: at once
+    flow.READS.close()
+    assert fine.written == b"<m0/><m1/><m2/>" and fine.writes == 1
+    broken[0] = False
+    flow.READS.open()
+    budgets[0].write(b"<later/>")
+    flow.READS.close()
+    assert failing.written == b"<later/>"

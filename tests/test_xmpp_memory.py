@@ -367,3 +367,56 @@ async def test_a_failing_archive_append_is_counted_and_the_message_still_deliver
     assert node.core.metrics.value("presenced_archive_failed_total") == 6
     assert logged_errors and all("disk on fire" in str(e) for e in logged_errors)
     logged_errors.clear()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_of_ten_messages_reaches_the_partner_in_one_write(memory_xmpp):
+    """flow.ReadBatch: what one client's read causes goes to each recipient in one write,
+    in order (one send per recipient per read, not one per stanza)."""
+    node = await memory_xmpp()
+    await node.add_users("ann", "bob")
+    ann = await node.online("ann", roster=False)
+    bob = await node.online("bob", roster=False)
+    writes: list[bytes] = []
+    budget = bob.stream.budget
+    send = budget._write
+    budget._write = lambda data: (writes.append(data), send(data))
+    ann.send(b"".join(b"<message to='bob@localhost' type='chat' id='m%d'><body>%d</body>"
+                      b"</message>" % (n, n) for n in range(10)))
+    assert len(writes) == 1
+    got = [await message(bob) for _ in range(10)]
+    assert [m["id"] for m in got] == [f"m{n}" for n in range(10)]
+    bob.send(b"<message to='ann@localhost' type='chat' id='r'><body>hi</body></message>")
+    assert (await message(ann))["id"] == "r"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_error_goes_out_after_the_answers_its_read_queued(memory_xmpp):
+    """A read that is answered and then breaks the stream: the answer, then the error,
+    then the close."""
+    node = await memory_xmpp()
+    await node.add_users("ann")
+    ann = await node.online("ann", roster=False)
+    ann.transport.clear()
+    ann.stream.dataReceived(b"<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq><a<")
+    data = ann.transport.value()
+    assert ann.transport.disconnecting
+    assert data.index(b"id='p1'") < data.index(b"not-well-formed") < data.index(
+        b"</stream:stream>")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forged_stanza_id_is_stripped_and_the_body_kept(memory_xmpp):
+    """XEP-0359 5: a client's ``<stanza-id/>`` claiming this server is removed on the way
+    to a bare JID (archive off too); one by another server, and the body, pass."""
+    node = await memory_xmpp()
+    await node.add_users("ann", "bob")
+    ann = await node.online("ann", roster=False)
+    bob = await node.online("bob", roster=False)
+    ann.send(b"<message to='bob@localhost' type='chat' id='f'><body>a &amp; b</body>"
+             b"<stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='x'/>"
+             b"<stanza-id xmlns='urn:xmpp:sid:0' by='elsewhere.example' id='y'/>"
+             b"</message>")
+    got = await message(bob)
+    assert child_text(got, "body") == "a & b"
+    assert [c["by"] for c in got.elements() if c.name == "stanza-id"] == ["elsewhere.example"]

@@ -67,6 +67,7 @@ class BoshFraming(TCPFraming):
     features and stream errors are payload."""
 
     starttls = False
+    coalesce = False  # each stanza goes to the session's queue of held requests
     end = b""
 
     def opening(self, domain: bytes, stream_id: int, features: bytes) -> tuple[bytes, ...]:

@@ -90,11 +90,11 @@ class MessageHandler(FeatureHandler):
     # --- from the client ---------------------------------------------------------------------
 
     def on_bare(self, session, message: domish.Element):
-        self._strip_forged(message)
-        kind = message.getAttribute("type") or "normal"
+        attributes = message.attributes
+        kind = attributes.get("type") or "normal"
         if kind == "error":
             return None
-        to = message.getAttribute("to") or session.user
+        to = attributes.get("to") or session.user
         if kind == "groupchat":
             session.error(message, "service-unavailable", "no group chat here")
             return None
@@ -115,9 +115,18 @@ class MessageHandler(FeatureHandler):
         """Deliver; a message nobody took is stored, and the Deferred of that write is
         returned so the stanza counts as being handled until it is done."""
         texts = {"body": None, "subject": None, "thread": None}
+        forged = False
         for child in message.children:
-            if child.__class__ is not str and child.name in texts:
-                texts[child.name] = str(child)
+            if child.__class__ is str:
+                continue
+            name = child.name
+            if name in texts:
+                first = child.children[0] if child.children else ""
+                texts[name] = first if first.__class__ is str else str(child)
+            elif name == "stanza-id":
+                forged = True
+        if forged:
+            self._strip_forged(message)
         sent, stanza = self._stamped(session.user, to, to_bytes(message), kind, True)
         self.core.hooks.fire("xmpp-message-out", session, sent, kind)
         self.core.send_message(session.user, to, texts["body"], texts["subject"],

@@ -67,29 +67,60 @@ class StanzaParser(domish.ExpatElementStream):
             # once (expat holds it, a partial start tag fires no event to check it at).
             self.stanzaSize = self.fed - self.stanza_end
         if self.stanzaSize > self.maxStanzaSize:
-            raise PolicyViolation(f"stanza larger than {self.maxStanzaSize} bytes")
+            raise self._too_large()
 
-    def _check_size(self) -> None:
-        """Within one read a whole stanza may arrive: measure it by the parser's offsets
-        (only inside a stanza: whitespace keepalives between stanzas are not counted)."""
-        if self.depth >= 2 and self.parser.CurrentByteIndex - self.stanza_start > self.maxStanzaSize:
-            raise PolicyViolation(f"stanza larger than {self.maxStanzaSize} bytes")
+    def _too_large(self) -> PolicyViolation:
+        """Within one read a whole stanza may arrive: the handlers measure it by the
+        parser's offsets (only inside a stanza: whitespace keepalives between stanzas are
+        not counted), inline, as every element and text of every stanza passes there."""
+        return PolicyViolation(f"stanza larger than {self.maxStanzaSize} bytes")
 
     def _onStartElement(self, name: str, attrs: dict) -> None:
-        self.depth += 1
-        if self.depth == 2:
+        """domish's element building, checks first; inlined because every element of
+        every stanza passes here (the parse was a third of a chat message's cost)."""
+        depth = self.depth = self.depth + 1
+        if depth == 2:
             self.stanza_start = self.parser.CurrentByteIndex
-        elif self.depth > self.max_depth:
+        elif depth > self.max_depth:
             raise PolicyViolation(f"elements nested deeper than {self.max_depth}")
-        else:
-            self._check_size()
-        declarations, self.declarations = self.declarations, 0
+        elif (depth > 2
+              and self.parser.CurrentByteIndex - self.stanza_start > self.maxStanzaSize):
+            raise self._too_large()
+        declarations = self.declarations
+        if declarations:
+            self.declarations = 0
         if len(attrs) + declarations > self.max_attributes:
             raise PolicyViolation(f"more than {self.max_attributes} attributes")
-        try:
-            super()._onStartElement(name, attrs)
-        except domish.ParserError as e:
-            raise PolicyViolation(str(e)) from None
+        uri, _, local = name.rpartition(" ")  # expat: "uri name", or "name" without one
+        for key in attrs:
+            if " " in key:
+                attrs = _qualified(attrs)
+                break
+        element = _new_element(_Element)
+        prefixes = self.localPrefixes
+        if prefixes:
+            self.localPrefixes = {}
+            element.localPrefixes = prefixes
+        else:
+            element.localPrefixes = {}
+        element.uri = uri
+        element.name = local
+        element.defaultUri = self.defaultNsStack[-1]
+        element.attributes = attrs
+        element.children = []
+        element.parent = None
+        if not self.documentStarted:
+            self.documentStarted = 1
+            self.DocumentStartEvent(element)
+            return
+        self.elementCount += 1
+        if self.elementCount > self.maxElementCount:
+            raise PolicyViolation("Maximum element count exceeded")
+        current = self.currElem
+        if current is not None:
+            current.children.append(element)
+            element.parent = current
+        self.currElem = element
 
     def _onStartNamespace(self, prefix: str, uri: str) -> None:
         """An ``xmlns`` declaration is an attribute too (expat reports it apart): counted
@@ -100,12 +131,48 @@ class StanzaParser(domish.ExpatElementStream):
         super()._onStartNamespace(prefix, uri)
 
     def _onCdata(self, data: str) -> None:
-        self._check_size()
-        super()._onCdata(data)
+        if (self.depth >= 2
+                and self.parser.CurrentByteIndex - self.stanza_start > self.maxStanzaSize):
+            raise self._too_large()
+        current = self.currElem
+        if current is not None:
+            children = current.children
+            if children and children[-1].__class__ is str:
+                children[-1] += data
+            else:
+                children.append(data)
 
     def _onEndElement(self, name: str) -> None:
-        self._check_size()
-        if self.depth == 2:
-            self.stanza_end = self.parser.CurrentByteIndex
-        self.depth -= 1
-        super()._onEndElement(name)
+        depth = self.depth
+        if depth >= 2:
+            position = self.parser.CurrentByteIndex
+            if position - self.stanza_start > self.maxStanzaSize:
+                raise self._too_large()
+            if depth == 2:
+                self.stanza_end = position
+        self.depth = depth - 1
+        current = self.currElem
+        if current is None:
+            self.DocumentEndEvent()
+        elif current.parent is None:
+            self.ElementEvent(current)
+            self.currElem = None
+            self.elementCount = 0
+            self.stanzaSize = 0
+        else:
+            self.currElem = current.parent
+
+
+_Element = domish.Element
+_new_element = object.__new__
+
+
+def _qualified(attrs: dict) -> dict:
+    """Attributes with ``(uri, name)`` keys for namespaced ones, as domish has them
+    (unqualified first, in order, then the qualified)."""
+    plain = {key: value for key, value in attrs.items() if " " not in key}
+    for key, value in attrs.items():
+        if " " in key:
+            uri, _, local = key.rpartition(" ")
+            plain[(uri, local)] = value
+    return plain

@@ -247,8 +247,9 @@ class C2SServer:
         self.stanzas_in += 1
         if session.sm is not None:
             session.sm.stanza_handled()
-        stanza["from"] = session.full
-        to = stanza.getAttribute("to")
+        attributes = stanza.attributes
+        attributes["from"] = session.full
+        to = attributes.get("to")
         if to is not None:      # to="" is no address, not "to myself": jid-malformed
             try:
                 address = parse_address(to)
@@ -264,7 +265,7 @@ class C2SServer:
                 session.error(stanza, "remote-server-not-found",
                               "this server does not federate")
                 return
-            stanza["to"] = address.full
+            attributes["to"] = address.full
             if address.bare is None:
                 target = "host" if address.resource is None else "full"
             elif address.resource is not None:
@@ -284,7 +285,7 @@ class C2SServer:
               address: Optional[Address]) -> None:
         """Hand a stanza to the route of ``target``: ``host``, ``self``, ``bare``, ``full``
         or a label-routed service's label (``upload``)."""
-        name, kind = stanza.name, stanza.getAttribute("type")
+        name, kind = stanza.name, stanza.attributes.get("type")
         if name == "iq":
             self._dispatch_iq(session, stanza, kind, target, address)
             return

@@ -22,7 +22,7 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish, xmlstream
 
 from presenced.authguard import backoff
-from presenced.flow import SENDER, WriteBudget
+from presenced.flow import READS, SENDER, WriteBudget
 from presenced.xmpp import sasl
 from presenced.xmpp.parser import PolicyViolation, RestrictedXML, StanzaParser
 from presenced.xmpp.session import C2SSession
@@ -53,6 +53,7 @@ class TCPFraming:
     element."""
 
     starttls = True  # STARTTLS may be offered (web framings get TLS from the HTTP door)
+    coalesce = True  # the writes of one read may go out as one (flow.ReadBatch)
     end = STREAM_END
 
     def opening(self, domain: bytes, stream_id: int, features: bytes) -> tuple[bytes, ...]:
@@ -133,6 +134,7 @@ class C2SStream(xmlstream.XmlStream):
         else:
             self.recent = True
         self.parsing = True
+        READS.open()
         try:
             if self.stream is None:
                 self._wake()
@@ -148,6 +150,7 @@ class C2SStream(xmlstream.XmlStream):
         except domish.ParserError as e:
             self.stream_error("not-well-formed", str(e))
         finally:
+            READS.close()
             self.parsing = False
             if self.retired is not None:
                 self.retired.close()
@@ -240,6 +243,12 @@ class C2SStream(xmlstream.XmlStream):
             self.write(data)
         self.closing = True
         self.server.count_error(condition)
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Close after what was written (a read's queued writes first)."""
+        if self.budget is not None:
+            self.budget.flush()
         self.transport.loseConnection()
 
     # --- stream header -----------------------------------------------------------------------
@@ -270,7 +279,7 @@ class C2SStream(xmlstream.XmlStream):
         if not self.closing:
             self.write(self.framing.end)
             self.closing = True
-        self.transport.loseConnection()
+        self._hang_up()
 
     # --- stanzas ---------------------------------------------------------------------------
 
@@ -457,7 +466,8 @@ class C2SStream(xmlstream.XmlStream):
         """From now on ``session`` (new, or resumed from another connection) talks over
         this stream, whose output is bounded from here on."""
         self.budget = WriteBudget(self.transport, self.server.session_queue_bytes,
-                                  self.shaper.gate, direct=True)
+                                  self.shaper.gate, direct=True,
+                                  coalesce=self.framing.coalesce)
         self.session = session
         session.stream = self
         self.server.unbound.discard(self)

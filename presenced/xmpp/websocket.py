@@ -49,6 +49,7 @@ class WebSocketFraming(TCPFraming):
     message, ``stream:`` prefixes declared where they are used."""
 
     starttls = False
+    coalesce = False  # one message per element
     end = CLOSE
 
     def opening(self, domain: bytes, stream_id: int, features: bytes) -> tuple[bytes, ...]:
