@@ -45,7 +45,8 @@ CLIENT_BATCH = 0.01
 sys.path.insert(0, str(REPO))
 
 from bench.graph import barabasi_albert, user_name  # noqa: E402
-from bench.procs import free_port, percentile, rss_kb, server_pids, start_redis  # noqa: E402
+from bench.procs import (cpu_split, free_port, percentile, rss_kb, server_pids,  # noqa: E402
+                         start_redis)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -80,6 +81,7 @@ def client_worker(index: int, users: list[int], port: int, control, results) -> 
         welcomed += count_welcomes(sel, 0.5)
     results.put(("connected", index, welcomed))
     control.get()  # go
+    cpu_before = process_cpu()
     received = 0
     latencies: list[float] = []
     marker = b'"title":"'
@@ -116,9 +118,15 @@ def client_worker(index: int, users: list[int], port: int, control, results) -> 
             stop_at = time.monotonic() + 2.0  # drain in-flight events
         if stop_at is not None and time.monotonic() > stop_at:
             break
-    results.put(("done", index, received, latencies))
+    results.put(("done", index, received, latencies, process_cpu() - cpu_before))
     for s in socks:
         s.close()
+
+
+def process_cpu() -> float:
+    """User + system CPU seconds this process has used so far."""
+    times = os.times()
+    return times.user + times.system
 
 
 def count_welcomes(sel, timeout: float) -> int:
@@ -140,6 +148,7 @@ def publisher(index: int, thrift_port: int, users: int, seconds: float, rate: fl
     idl = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"), module_name="bench_thrift")
     client = make_client(idl.PresencedAdmin, "127.0.0.1", thrift_port, timeout=30000)
     rng = random.Random(index)
+    cpu_before = process_cpu()
     sent = 0
     started = time.monotonic()
     interval = 1.0 / rate if rate else 0.0
@@ -150,7 +159,11 @@ def publisher(index: int, thrift_port: int, users: int, seconds: float, rate: fl
         sent += 1
         if interval:
             time.sleep(max(0.0, started + sent * interval - time.monotonic()))
-    results.put(("published", index, sent, time.monotonic() - started))
+    results.put(("published", index, sent, process_cpu() - cpu_before))
+
+
+def per_delivery(seconds: float, deliveries: int) -> float | None:
+    return round(seconds * 1e6 / deliveries, 2) if deliveries else None
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -283,24 +296,32 @@ def run(args, work: Path, server: subprocess.Popen, edges) -> None:
                                                       args.seconds, args.rate, results))
                   for i in range(args.publishers)]
     started = time.monotonic()
+    server_cpu_before = cpu_split(pid)
     for p in publishers:
         p.start()
     spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(int(args.seconds)),
                             "-f", "raw", "-o", args.profile], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL) if args.profile else None
     published = 0
+    publisher_cpu = 0.0
     for _ in publishers:
-        kind, _, sent, _ = results.get(timeout=args.seconds + 120)
+        kind, _, sent, cpu = results.get(timeout=args.seconds + 120)
         published += sent
+        publisher_cpu += cpu
     publish_seconds = time.monotonic() - started
     for control in controls:
         control.put("stop")
     received = 0
+    client_cpu = 0.0
     latencies: list[float] = []
     for _ in workers:
-        kind, _, count, lat = results.get(timeout=120)
+        kind, _, count, lat, cpu = results.get(timeout=120)
         received += count
+        client_cpu += cpu
         latencies.extend(lat)
+    # the clients' drain time included: what the server spent on every delivery it made
+    server_user, server_system = (after - before for after, before
+                                  in zip(cpu_split(pid), server_cpu_before))
     for p in workers + publishers:
         p.join(30)
     if spy is not None:
@@ -335,6 +356,13 @@ def run(args, work: Path, server: subprocess.Popen, edges) -> None:
         "deliveries_per_second": round(received / publish_seconds),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
                        "samples": len(latencies)},
+        "cpu_us_per_delivery": {
+            "server_user": per_delivery(server_user, received),
+            "server_system": per_delivery(server_system, received),
+            "clients": per_delivery(client_cpu, received),
+            "publishers": per_delivery(publisher_cpu, received)},
+        "server_cpu_percent_of_one_core": round(
+            100 * (server_user + server_system) / (time.monotonic() - started)),
         "server_rss_end_kb": rss_kb(server.pid),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }, indent=2))
