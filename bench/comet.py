@@ -18,9 +18,11 @@ What it does:
 3. opens N NDJSON streams, one per user, from several client processes bound to 127.0.0.x
    source addresses (past one address's ephemeral ports and one process's open-files limit);
    measures the server's RSS again: (after - before) / N is the cost of an idle stream;
-4. publishes tunes through Thrift ``publish_np`` from several processes for ``--seconds``
-   (each tune's title carries the publisher's send time) and counts, at the clients, the
-   events received per second and the latency from ``publish_np`` to arrival.
+4. publishes tunes through Thrift ``publish_np`` from several processes for ``--seconds``,
+   ``--pipeline`` calls sent together per connection (each tune's title carries the time it
+   was encoded) and counts, at the clients, the events received per second and the latency
+   from ``publish_np`` to arrival; the CPU each delivery cost the server, the clients and
+   the publishers tells which of them was the limit.
 """
 
 from __future__ import annotations
@@ -142,23 +144,48 @@ def count_welcomes(sel, timeout: float) -> int:
 # --- publishers ----------------------------------------------------------------------------
 
 def publisher(index: int, thrift_port: int, users: int, seconds: float, rate: float,
-              results) -> None:
-    import thriftpy2
-    from thriftpy2.rpc import make_client
-    idl = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"), module_name="bench_thrift")
-    client = make_client(idl.PresencedAdmin, "127.0.0.1", thrift_port, timeout=30000)
+              pipeline: int, results) -> None:
+    """Publish tunes over one Thrift connection, ``pipeline`` calls sent together (encoded
+    with thriftpy2's Cython protocol, each title the time it was encoded) before their
+    replies are read: a synchronous client spends its time waiting for round trips and
+    measures them, not the server's fan-out."""
+    from thriftpy2.protocol.cybin import TCyBinaryProtocol
+    from thriftpy2.thrift import TMessageType
+    from thriftpy2.transport.memory import TCyMemoryBuffer
+
+    from bench.thrift import SERVICE, J, _Replies
+
+    replies = _Replies("publish_np", pipeline)
+    sock = socket.create_connection(("127.0.0.1", thrift_port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     rng = random.Random(index)
     cpu_before = process_cpu()
     sent = 0
     started = time.monotonic()
-    interval = 1.0 / rate if rate else 0.0
+    interval = pipeline / rate if rate else 0.0
     while time.monotonic() - started < seconds:
-        user = rng.randrange(users)
-        client.publish_np(idl.JabberUser(name=user_name(user), server="localhost"),
-                          "bench", "album", f"{time.time():.6f}", 200, 1)
-        sent += 1
+        buffer = TCyMemoryBuffer()
+        proto = TCyBinaryProtocol(buffer)
+        for seqid in range(pipeline):
+            proto.write_message_begin("publish_np", TMessageType.CALL, seqid)
+            proto.write_struct(SERVICE.publish_np_args(
+                J(user_name(rng.randrange(users)), "localhost"), "bench", "album",
+                f"{time.time():.6f}", 200, 1))
+            proto.write_message_end()
+        sock.sendall(buffer.getvalue())
+        missing = replies.reply_size * pipeline
+        received = []
+        while missing > 0:
+            data = sock.recv(65536)
+            if not data:
+                raise SystemExit(f"publisher {index}: the server closed the connection")
+            received.append(data)
+            missing -= len(data)
+        replies.check(b"".join(received))
+        sent += pipeline
         if interval:
-            time.sleep(max(0.0, started + sent * interval - time.monotonic()))
+            time.sleep(max(0.0, started + (sent // pipeline) * interval - time.monotonic()))
+    sock.close()
     results.put(("published", index, sent, process_cpu() - cpu_before))
 
 
@@ -172,8 +199,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", "-n", type=int, default=10000)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
-    parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    parser.add_argument("--publishers", type=int, default=4, help="publisher processes")
     parser.add_argument("--rate", type=float, default=0, help="publishes/s per publisher (0: as fast as possible)")
+    parser.add_argument("--pipeline", type=int, default=4,
+                        help="Thrift calls each publisher sends before reading their replies")
     parser.add_argument("--m", type=int, default=10, help="BA edges per new node")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--seed", type=int, default=1)
@@ -292,8 +321,9 @@ def run(args, work: Path, server: subprocess.Popen, edges) -> None:
 
     for control in controls:
         control.put("go")
-    publishers = [ctx.Process(target=publisher, args=(i, ports["thrift"], args.streams,
-                                                      args.seconds, args.rate, results))
+    publishers = [ctx.Process(target=publisher,
+                              args=(i, ports["thrift"], args.streams, args.seconds, args.rate,
+                                    args.pipeline, results))
                   for i in range(args.publishers)]
     started = time.monotonic()
     server_cpu_before = cpu_split(pid)
@@ -350,6 +380,7 @@ def run(args, work: Path, server: subprocess.Popen, edges) -> None:
                   "mean_degree": round(2 * len(edges) / args.streams, 2),
                   "max_degree": max(degree), "generator": "bench/graph.py"},
         "publishers": args.publishers,
+        "pipeline": args.pipeline,
         "published": published,
         "publishes_per_second": round(published / publish_seconds),
         "deliveries": received,
