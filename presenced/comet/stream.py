@@ -231,17 +231,18 @@ class CometConnection:
         door.stream_opened(self, user)
 
     def deliver(self, event: Event) -> None:
+        """Record ``event`` for replay and queue its frame (built once per event for every
+        stream of the fan-out) for this turn's write. Called once per recipient stream: the
+        door and the frame are looked up once each."""
         if event.type not in frames.STREAMED_TYPES:
             return
         mode = self.mode
-        if mode == NDJSON:
+        if mode == NDJSON or mode == SSE:
+            door = self.door
             self.channel.record(event)
-            self.door.events_out += 1
-            self.door.batch.write(self.budget, self.door.ndjson(event), event)
-        elif mode == SSE:
-            self.channel.record(event)
-            self.door.events_out += 1
-            self.door.batch.write(self.budget, self.door.sse(event), event)
+            door.events_out += 1
+            door.batch.write(self.budget,
+                             (door.ndjson if mode == NDJSON else door.sse)(event), event)
         elif mode == POLLING:
             self.channel.record(event)
             self._answer_poll(event)
