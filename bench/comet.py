@@ -210,6 +210,8 @@ def main() -> None:
                         help="redis: a private redis-server is started for the run")
     parser.add_argument("--workers", type=int, default=1,
                         help="server worker processes (needs --store redis)")
+    parser.add_argument("--checkout", type=Path, metavar="DIR",
+                        help="run the server from another checkout (before/after in one run)")
     parser.add_argument("--profile", metavar="FILE",
                         help="record the server with py-spy (raw stacks) while publishing")
     parser.add_argument("--publish", choices=("thrift", "http"), default="thrift",
@@ -260,7 +262,7 @@ enabled = false
 [webadmin]
 enabled = false
 """)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(args.checkout or REPO))
     subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
                     "load-friends", "-q", str(work / "friends.txt")], env=env, check=True,
                    stdout=subprocess.DEVNULL)
@@ -368,6 +370,7 @@ def run(args, work: Path, server: subprocess.Popen, edges) -> None:
 
     print(json.dumps({
         "streams": args.streams,
+        "server_checkout": str(args.checkout or REPO),
         "streams_connected": connected,
         "connect_seconds": round(connect_seconds, 2),
         "client_processes": args.clients,
