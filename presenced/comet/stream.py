@@ -222,6 +222,9 @@ class CometConnection:
         self.mode = SSE if sse else NDJSON
         self.channel = channel = door.channels.attach(user)
         self.budget = WriteBudget(self.transport, door.max_buffered_bytes, direct=True)
+        # Each turn's frames go out in one send(); with Nagle on, a frame sent while the last
+        # is unacknowledged waited for the client's delayed ACK (up to 40 ms on Linux).
+        self.transport.setTcpNoDelay(True)
         welcome = door.welcome(user, "sse" if sse else "ndjson")
         out = [response_head(200, headers),
                frames.sse_data(welcome, retry=True) if sse else frames.ndjson_line(welcome)]
