@@ -19,9 +19,11 @@ What it does:
 3. opens N NDJSON streams, one per user, from several client processes bound to 127.0.0.x
    source addresses (past one address's ephemeral ports and one process's open-files limit);
    measures the server's RSS again: (after - before) / N is the cost of an idle stream;
-4. publishes tunes through Thrift ``publish_np`` from several processes for ``--seconds``
-   (each tune's title carries the publisher's send time) and counts, at the clients, the
-   events received per second and the latency from ``publish_np`` to arrival.
+4. publishes tunes through Thrift ``publish_np`` from several processes for ``--seconds``,
+   ``--pipeline`` calls sent together per connection (each tune's title carries the time it
+   was encoded) and counts, at the clients, the events received per second and the latency
+   from ``publish_np`` to arrival; the CPU each delivery cost the server, the clients and
+   the publishers tells which of them was the limit.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ CLIENT_BATCH = 0.01
 sys.path.insert(0, str(REPO))
 
 from bench.graph import barabasi_albert, user_name  # noqa: E402
-from bench.procs import free_port, percentile, rss_kb, server_pids, start_redis  # noqa: E402
+from bench.procs import (cpu_split, free_port, percentile, rss_kb, server_pids,  # noqa: E402
+                         start_redis)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -81,6 +84,7 @@ def client_worker(index: int, users: list[int], port: int, control, results) -> 
         welcomed += count_welcomes(sel, 0.5)
     results.put(("connected", index, welcomed))
     control.get()  # go
+    cpu_before = process_cpu()
     received = 0
     latencies: list[float] = []
     marker = b'"title":"'
@@ -117,9 +121,15 @@ def client_worker(index: int, users: list[int], port: int, control, results) -> 
             stop_at = time.monotonic() + 2.0  # drain in-flight events
         if stop_at is not None and time.monotonic() > stop_at:
             break
-    results.put(("done", index, received, latencies))
+    results.put(("done", index, received, latencies, process_cpu() - cpu_before))
     for s in socks:
         s.close()
+
+
+def process_cpu() -> float:
+    """User + system CPU seconds this process has used so far."""
+    times = os.times()
+    return times.user + times.system
 
 
 def count_welcomes(sel, timeout: float) -> int:
@@ -135,23 +145,53 @@ def count_welcomes(sel, timeout: float) -> int:
 # --- publishers ----------------------------------------------------------------------------
 
 def publisher(index: int, thrift_port: int, users: int, seconds: float, rate: float,
-              results) -> None:
-    import thriftpy2
-    from thriftpy2.rpc import make_client
-    idl = thriftpy2.load(str(REPO / "thrift" / "presenced.thrift"), module_name="bench_thrift")
-    client = make_client(idl.PresencedAdmin, "127.0.0.1", thrift_port, timeout=30000)
+              pipeline: int, results) -> None:
+    """Publish tunes over one Thrift connection, ``pipeline`` calls sent together (encoded
+    with thriftpy2's Cython protocol, each title the time it was encoded) before their
+    replies are read: a synchronous client spends its time waiting for round trips and
+    measures them, not the server's fan-out."""
+    from thriftpy2.protocol.cybin import TCyBinaryProtocol
+    from thriftpy2.thrift import TMessageType
+    from thriftpy2.transport.memory import TCyMemoryBuffer
+
+    from bench.thrift import SERVICE, J, _Replies
+
+    replies = _Replies("publish_np", pipeline)
+    sock = socket.create_connection(("127.0.0.1", thrift_port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     rng = random.Random(index)
+    cpu_before = process_cpu()
     sent = 0
     started = time.monotonic()
-    interval = 1.0 / rate if rate else 0.0
+    interval = pipeline / rate if rate else 0.0
     while time.monotonic() - started < seconds:
-        user = rng.randrange(users)
-        client.publish_np(idl.JabberUser(name=user_name(user), server="localhost"),
-                          "bench", "album", f"{time.time():.6f}", 200, 1)
-        sent += 1
+        buffer = TCyMemoryBuffer()
+        proto = TCyBinaryProtocol(buffer)
+        for seqid in range(pipeline):
+            proto.write_message_begin("publish_np", TMessageType.CALL, seqid)
+            proto.write_struct(SERVICE.publish_np_args(
+                J(user_name(rng.randrange(users)), "localhost"), "bench", "album",
+                f"{time.time():.6f}", 200, 1))
+            proto.write_message_end()
+        sock.sendall(buffer.getvalue())
+        missing = replies.reply_size * pipeline
+        received = []
+        while missing > 0:
+            data = sock.recv(65536)
+            if not data:
+                raise SystemExit(f"publisher {index}: the server closed the connection")
+            received.append(data)
+            missing -= len(data)
+        replies.check(b"".join(received))
+        sent += pipeline
         if interval:
-            time.sleep(max(0.0, started + sent * interval - time.monotonic()))
-    results.put(("published", index, sent, time.monotonic() - started))
+            time.sleep(max(0.0, started + (sent // pipeline) * interval - time.monotonic()))
+    sock.close()
+    results.put(("published", index, sent, process_cpu() - cpu_before))
+
+
+def per_delivery(seconds: float, deliveries: int) -> float | None:
+    return round(seconds * 1e6 / deliveries, 2) if deliveries else None
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -160,8 +200,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", "-n", type=int, default=10000)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
-    parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    parser.add_argument("--publishers", type=int, default=4, help="publisher processes")
     parser.add_argument("--rate", type=float, default=0, help="publishes/s per publisher (0: as fast as possible)")
+    parser.add_argument("--pipeline", type=int, default=4,
+                        help="Thrift calls each publisher sends before reading their replies")
     parser.add_argument("--m", type=int, default=10, help="BA edges per new node")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--seed", type=int, default=1)
@@ -169,6 +211,8 @@ def main() -> None:
                         help="redis: a private redis-server is started for the run")
     parser.add_argument("--workers", type=int, default=1,
                         help="server worker processes (needs --store redis)")
+    parser.add_argument("--checkout", type=Path, metavar="DIR",
+                        help="run the server from another checkout (before/after in one run)")
     parser.add_argument("--profile", metavar="FILE",
                         help="record the server with py-spy (raw stacks) while publishing")
     parser.add_argument("--publish", choices=("thrift", "http"), default="thrift",
@@ -222,7 +266,7 @@ enabled = false
 [webadmin]
 enabled = false
 """)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(args.checkout or REPO))
     subprocess.run([sys.executable, "-m", "presenced.ctl", "--config", str(config),
                     "load-friends", "-q", str(work / "friends.txt")], env=env, check=True,
                    stdout=subprocess.DEVNULL)
@@ -283,28 +327,37 @@ def run(args, work: Path, server: subprocess.Popen, edges) -> None:
 
     for control in controls:
         control.put("go")
-    publishers = [ctx.Process(target=publisher, args=(i, ports["thrift"], args.streams,
-                                                      args.seconds, args.rate, results))
+    publishers = [ctx.Process(target=publisher,
+                              args=(i, ports["thrift"], args.streams, args.seconds, args.rate,
+                                    args.pipeline, results))
                   for i in range(args.publishers)]
     started = time.monotonic()
+    server_cpu_before = cpu_split(pid)
     for p in publishers:
         p.start()
     spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(int(args.seconds)),
                             "-f", "raw", "-o", args.profile], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL) if args.profile else None
     published = 0
+    publisher_cpu = 0.0
     for _ in publishers:
-        kind, _, sent, _ = results.get(timeout=args.seconds + 120)
+        kind, _, sent, cpu = results.get(timeout=args.seconds + 120)
         published += sent
+        publisher_cpu += cpu
     publish_seconds = time.monotonic() - started
     for control in controls:
         control.put("stop")
     received = 0
+    client_cpu = 0.0
     latencies: list[float] = []
     for _ in workers:
-        kind, _, count, lat = results.get(timeout=120)
+        kind, _, count, lat, cpu = results.get(timeout=120)
         received += count
+        client_cpu += cpu
         latencies.extend(lat)
+    # the clients' drain time included: what the server spent on every delivery it made
+    server_user, server_system = (after - before for after, before
+                                  in zip(cpu_split(pid), server_cpu_before))
     for p in workers + publishers:
         p.join(30)
     if spy is not None:
@@ -321,6 +374,7 @@ def run(args, work: Path, server: subprocess.Popen, edges) -> None:
 
     print(json.dumps({
         "streams": args.streams,
+        "server_checkout": str(args.checkout or REPO),
         "streams_connected": connected,
         "connect_seconds": round(connect_seconds, 2),
         "client_processes": args.clients,
@@ -333,12 +387,20 @@ def run(args, work: Path, server: subprocess.Popen, edges) -> None:
                   "mean_degree": round(2 * len(edges) / args.streams, 2),
                   "max_degree": max(degree), "generator": "bench/graph.py"},
         "publishers": args.publishers,
+        "pipeline": args.pipeline,
         "published": published,
         "publishes_per_second": round(published / publish_seconds),
         "deliveries": received,
         "deliveries_per_second": round(received / publish_seconds),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
                        "samples": len(latencies)},
+        "cpu_us_per_delivery": {
+            "server_user": per_delivery(server_user, received),
+            "server_system": per_delivery(server_system, received),
+            "clients": per_delivery(client_cpu, received),
+            "publishers": per_delivery(publisher_cpu, received)},
+        "server_cpu_percent_of_one_core": round(
+            100 * (server_user + server_system) / (time.monotonic() - started)),
         "server_rss_end_kb": rss_kb(server.pid),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }, indent=2))

@@ -72,10 +72,10 @@ class Event:
             for key, value in self.payload.items():
                 if key in doc:
                     continue
-                if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                    doc[key] = dataclasses.asdict(value)
-                elif _jsonable(value):
+                if _jsonable(value):  # the common case first: is_dataclass costs more
                     doc[key] = value
+                elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    doc[key] = dataclasses.asdict(value)
             self._json = json.dumps(doc, separators=(",", ":")).encode("utf-8")
         return self._json
 

@@ -80,13 +80,17 @@ class TurnBatch:
     (an event for one stream goes out as before, without a timed call per turn), the others
     at the end of the turn. Every write of a connection that uses a batch must go through it
     (``write`` for an event's frame, ``write_now`` for what must go out in order at once: a
-    heartbeat, the last chunk), so nothing overtakes what is queued."""
+    heartbeat, the last chunk), so nothing overtakes what is queued.
+
+    A connection's frames wait on its budget (``WriteBudget.turn_queued``) and the turn keeps a
+    list of the budgets that have some: a fan-out to thousands of streams appends to a list
+    instead of filling (and growing, every turn) a dictionary of lists."""
 
     __slots__ = ("clock", "pending", "call", "event")
 
     def __init__(self, clock: IReactorTime):
         self.clock = clock
-        self.pending: dict[WriteBudget, list[bytes]] = {}
+        self.pending: list[WriteBudget] = []
         self.call: Optional[IDelayedCall] = None
         self.event: object = None     # the event whose fan-out is under way
 
@@ -96,24 +100,33 @@ class TurnBatch:
             self.event = event
             self.write_now(budget, data)
             return
-        queued = self.pending.get(budget)
-        if queued is not None:
-            queued.append(data)
-            return
-        self.pending[budget] = [data]
-        if self.call is None:
-            self.call = self.clock.callLater(0, self.flush)
+        queued = budget.turn_queued
+        if queued is None:
+            budget.turn_queued = data
+            self.pending.append(budget)
+            if self.call is None:
+                self.call = self.clock.callLater(0, self.flush)
+        elif type(queued) is bytes:   # a second frame this turn: appended from now on
+            budget.turn_queued = bytearray(queued) + data
+        else:
+            queued += data
 
     def write_now(self, budget: "WriteBudget", data: bytes) -> None:
         """Write ``data`` after what is queued for ``budget``, at once."""
-        queued = self.pending.pop(budget, None)
-        budget.write(data if queued is None else b"".join(queued) + data)
+        queued = budget.turn_queued
+        if queued is not None:
+            budget.turn_queued = None  # still listed in ``pending``: the flush passes it by
+            data = bytes(queued) + data
+        budget.write(data)
 
     def flush(self) -> None:
         self.call = None
-        pending, self.pending = self.pending, {}
-        for budget, queued in pending.items():
-            budget.write(queued[0] if len(queued) == 1 else b"".join(queued))
+        pending, self.pending = self.pending, []
+        for budget in pending:
+            queued = budget.turn_queued
+            if queued is not None:
+                budget.turn_queued = None
+                budget.write(queued if type(queued) is bytes else bytes(queued))
 
 
 class ReadBatch:
@@ -174,7 +187,7 @@ class WriteBudget:
     gets no more work done for it."""
 
     __slots__ = ("transport", "limit", "pending", "paused", "exceeded", "gate", "senders",
-                 "_write", "coalesce", "queued")
+                 "_write", "coalesce", "read_queued", "turn_queued")
 
     def __init__(self, transport: ITransport, limit: int, gate: Optional["ReadGate"] = None,
                  direct: bool = False, coalesce: bool = False):
@@ -184,13 +197,14 @@ class WriteBudget:
         self.transport = transport
         self._write = SocketWriter(transport) if direct else transport.write
         self.coalesce = coalesce
-        self.queued: Optional[list[bytes]] = None  # written during this read, not yet sent
+        self.read_queued: Optional[list[bytes]] = None  # written during this read, not sent
         self.limit = limit
         self.pending = 0
         self.paused = False
         self.exceeded = False
         self.gate = gate
         self.senders: set[ReadGate] = set()  # held while this peer is not reading
+        self.turn_queued: Optional[bytes | bytearray] = None  # frames waiting in a TurnBatch
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> bool:
@@ -209,9 +223,9 @@ class WriteBudget:
                 sender.hold_for("recipients", RECIPIENT_WAIT)
                 self.senders.add(sender)
         if self.coalesce and READS.depth:
-            queued = self.queued
+            queued = self.read_queued
             if queued is None:
-                self.queued = [data]
+                self.read_queued = [data]
                 READS.pending.append(self)
             else:
                 queued.append(data)
@@ -221,7 +235,7 @@ class WriteBudget:
 
     def flush(self) -> None:
         """Send what this read queued (nothing once the connection was aborted)."""
-        queued, self.queued = self.queued, None
+        queued, self.read_queued = self.read_queued, None
         if queued and not self.exceeded:
             self._write(queued[0] if len(queued) == 1 else b"".join(queued))
 

@@ -290,3 +290,15 @@ async def test_a_websocket_that_stops_reading_is_cut_off(comet):
     await until(lambda: not websockets(), what="cut off")
     assert sent * 1000 < 8 * 1024 * 1024
     sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_sends_each_turns_frames_without_waiting_for_an_acknowledgement(comet):
+    """Nagle off: a frame written while the last is unacknowledged goes out at once, not
+    after the client's delayed ACK."""
+    core, door, port = comet
+    client = await open_stream(port, "/stream/alice")
+    handle = streams_of(core, "alice@localhost")[0].transport.getHandle()
+    assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    client.transport.loseConnection()
+    await client.lost

@@ -208,3 +208,20 @@ def test_a_reads_writes_go_out_once_per_connection_in_order_even_past_a_failing_
     budgets[0].write(b"<later/>")
     flow.READS.close()
     assert failing.written == b"<later/>"
+
+
+def test_a_connection_written_at_once_mid_turn_gets_what_follows_in_one_later_write():
+    clock = task.Clock()
+    batch = TurnBatch(clock)
+    lead, other = FakeTransport(), FakeTransport()
+    first, second = WriteBudget(lead, 10**6), WriteBudget(other, 10**6)
+    one, two = object(), object()
+    batch.write(first, b"1;", one)
+    batch.write(second, b"1;", one)          # waits for the end of the turn
+    batch.write_now(second, b"heartbeat;")   # takes what waited along, at once
+    batch.write(first, b"2;", two)
+    batch.write(second, b"2;", two)          # waits again (listed twice in the turn)
+    batch.write(second, b"3;", two)          # appended to what waits
+    clock.advance(0)
+    assert other.written == b"1;heartbeat;2;3;" and other.writes == 2
+    assert lead.written == b"1;2;" and lead.writes == 2
