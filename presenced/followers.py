@@ -14,6 +14,11 @@ node, and nothing else.
   (:meth:`FollowersIndex.apply`): friends added or removed, subscriptions added or removed, an
   account removed. Edges of users not online here are ignored.
 - The user's last session logs out: its edges leave the index.
+- A read that fails (the store down, a Redis reply past its timeout during a login storm)
+  leaves the user following only itself and what changes were heard: the sends it holds go
+  on, and the read is made again after ``RETRY_DELAYS`` (then every last delay) for as long
+  as the user stays online here, keeping the index as it is until an answer is in. One timer
+  per user online here at most.
 
 Subjects are plain strings (a user's bare JID, or a topic such as ``artist/radiohead``); the
 index never assumes a subject is a user or online. :attr:`on_interest` and
@@ -32,23 +37,27 @@ from __future__ import annotations
 import sys
 from typing import Callable, Iterable, Optional, Sequence
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from presenced.store import IRosterStore, Pair
 
 SubjectListener = Callable[[str], None]
 _EMPTY: tuple[str, ...] = ()
+# Seconds before a failed read of a user's subscriptions is made again; the last repeats.
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class _Load:
     """One read of a user's subscriptions, with the changes heard while it is in flight."""
 
-    __slots__ = ("number", "changes", "done", "refresh")
+    __slots__ = ("number", "changes", "done", "refresh", "failures")
 
-    def __init__(self, number: int, refresh: bool = False):
+    def __init__(self, number: int, refresh: bool = False, failures: int = 0):
         self.number = number
         self.refresh = refresh  # a re-read of an indexed user: sends do not wait for it
+        self.failures = failures  # reads of this user that failed before this one
         self.changes: list[tuple[bool, str]] = []  # (added?, subject), in the order heard
         self.done: defer.Deferred = defer.Deferred()
 
@@ -58,8 +67,10 @@ class FollowersIndex:
 
     log = Logger()
 
-    def __init__(self, store: Optional[IRosterStore]):
+    def __init__(self, store: Optional[IRosterStore], clock: Optional[IReactorTime] = None):
         self.store = store
+        self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore
+        self._retries: dict[str, IDelayedCall] = {}  # users whose read is made again later
         self.followers: dict[str, list[str]] = {}  # replaced, never changed in place
         self.follows: dict[str, list[str]] = {}
         self.on_interest: list[SubjectListener] = []
@@ -139,6 +150,9 @@ class FollowersIndex:
 
     def _read(self, user: str, load: _Load) -> None:
         assert self.store is not None
+        retry = self._retries.pop(user, None)
+        if retry is not None:  # this read answers for it
+            retry.cancel()
         self._loads[user] = load
         d = defer.maybeDeferred(self.store.get_subscriptions, user)
         d.addCallbacks(self._loaded, self._load_failed, callbackArgs=(user, load),
@@ -149,6 +163,9 @@ class FollowersIndex:
         subjects = self.follows.pop(user, None)
         if subjects is None:
             return
+        retry = self._retries.pop(user, None)
+        if retry is not None:
+            retry.cancel()
         load = self._loads.pop(user, None)
         for subject in subjects:
             self._unlink_subject(user, subject)
@@ -170,11 +187,21 @@ class FollowersIndex:
 
     def _load_failed(self, failure, user: str, load: _Load) -> None:
         self.load_failures += 1
+        if self._loads.get(user) is not load:
+            return
+        delay = RETRY_DELAYS[min(load.failures, len(RETRY_DELAYS) - 1)]
         self.log.warn("followers: could not read {user}'s subscriptions ({e}); it follows "
-                      "what the index knew (itself, and changes heard since)", user=user,
-                      e=failure.getErrorMessage())
-        if self._loads.get(user) is load:
-            self._finish(user, load)
+                      "what the index knew (itself, and changes heard since) and the read "
+                      "is made again in {delay:.0f} s", user=user,
+                      e=failure.getErrorMessage(), delay=delay)
+        self._finish(user, load)
+        self._retries[user] = self.clock.callLater(delay, self._read_again, user,
+                                                   load.failures + 1)
+
+    def _read_again(self, user: str, failures: int) -> None:
+        del self._retries[user]
+        if user not in self._loads:  # else a read in flight (a refresh) answers already
+            self._read(user, _Load(0, refresh=True, failures=failures))
 
     def _finish(self, user: str, load: _Load) -> None:
         for added, subject in load.changes:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 
 from presenced.events import Event
 from presenced.router import SubscriptionRouter
+from presenced.store import StoreError
 from presenced.store.embedded import EmbeddedRosterStore
 from tests.helpers import RecordingSession
 
@@ -236,3 +237,43 @@ async def test_following_answers_from_the_index_while_online_and_from_the_store_
                                  removed=[("fan@x", "topic/a")])
     assert sorted(await router.following("fan@x")) == ["new@x", "rj@x"]
     assert reads == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_read_of_subscriptions_is_made_again_while_the_user_is_online(
+        store, monkeypatch):
+    """A login's read that fails (a Redis reply past its timeout in a login storm) used to
+    leave the user following nobody until a restart: it is made again, later and later,
+    until an answer is in, and no longer once the user has gone."""
+    router = SubscriptionRouter(store)
+    clock = task.Clock()
+    router.followers.clock = clock
+    await store.add_subscriptions([("fan@x", "rj@x"), ("gone@x", "rj@x")])
+    real, reads, answered = store.get_subscriptions, [], []
+
+    def flaky(user):
+        reads.append(user)
+        if len(reads) <= 2 or user == "gone@x":
+            return defer.fail(StoreError("timed out"))
+        answered.append(real(user))
+        return answered[-1]
+    monkeypatch.setattr(store, "get_subscriptions", flaky)
+    fan = RecordingSession("fan@x")
+    router.login("fan@x", fan)
+    assert await router.send("rj@x", Event("tune", "rj@x", {"n": 1})) == 0
+    clock.advance(0.9)
+    assert reads == ["fan@x"]
+    clock.advance(0.1)                             # the second read fails too
+    assert reads == ["fan@x"] * 2
+    clock.advance(1.9)
+    assert reads == ["fan@x"] * 2
+    clock.advance(0.1)
+    await answered[0]
+    assert reads == ["fan@x"] * 3 and not clock.getDelayedCalls()
+    event = Event("tune", "rj@x", {"n": 2})
+    assert await router.send("rj@x", event) == 1 and fan.events == [event]
+    gone = RecordingSession("gone@x")
+    router.login("gone@x", gone)
+    assert len(clock.getDelayedCalls()) == 1
+    router.logout(gone)
+    assert not clock.getDelayedCalls()
