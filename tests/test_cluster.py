@@ -20,6 +20,8 @@ from presenced.cluster import link as link_module
 from presenced.cluster.service import ClusterService
 from presenced.core import Core
 from presenced.events import Event
+from presenced.cluster import shardedlink
+from presenced.store.backends import make_store
 from presenced.store.redis import RedisRosterStore
 from tests.helpers import RecordingSession
 
@@ -38,14 +40,18 @@ async def eventually(check, timeout: float = 10.0, step: float = 0.05):
 
 
 class Node:
-    def __init__(self, tmp_path: Path, name: str, redis_url: str):
+    """``redis_url`` a Redis's URL, or a Redis Cluster's seeds (sharded pub/sub)."""
+
+    def __init__(self, tmp_path: Path, name: str, redis_url: str | list[str]):
+        on_cluster = isinstance(redis_url, list)
         self.config = configuration.build({
             "server": {"data_dir": str(tmp_path / name)},
-            "store": {"backend": "redis", "redis": [redis_url]},
+            "store": ({"backend": "redis", "redis_cluster": redis_url} if on_cluster
+                      else {"backend": "redis", "redis": [redis_url]}),
             "cluster": {"enabled": True, "node_id": name, "heartbeat_interval": 0.2,
                         "node_timeout": 1.0},
         })
-        self.store = RedisRosterStore([redis_url])
+        self.store = make_store(self.config) if on_cluster else RedisRosterStore([redis_url])
         self.core = Core(self.config, self.store)
         self.cluster = ClusterService(self.core)
 
@@ -220,6 +226,39 @@ async def test_messages_outlive_a_redis_answering_later_than_the_reply_timeout(
             a.core.send_message("dave@x", "carol@x", f"message {i}", kind="chat")
         await eventually(lambda: len(carol.events) == 21)
     assert [e.payload["body"] for e in carol.events[1:]] == [f"message {i}" for i in range(20)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_outlive_redis_cluster_masters_answering_late(
+        tmp_path, shared_redis_cluster, monkeypatch):
+    """The same over sharded pub/sub: SPUBLISHes went over connections with a reply timeout
+    (``COMMAND_TIMEOUT``), and a late answer aborted them with everything queued."""
+    shared_redis_cluster.flush()
+    monkeypatch.setattr(shardedlink, "COMMAND_TIMEOUT", 0.2)
+    made = [await Node(tmp_path, name, shared_redis_cluster.seeds).start() for name in "ab"]
+    try:
+        a, b = made
+        carol = b.session("carol@x")
+        await eventually(lambda: "carol@x" in a.cluster.directory.nodes_of)
+        a.core.send_message("dave@x", "carol@x", "warm-up", kind="chat")
+        await eventually(lambda: len(carol.events) == 1)
+        pausing = [socket.create_connection(("127.0.0.1", master.port))
+                   for master in shared_redis_cluster.masters()]
+        for lagging in pausing:
+            lagging.sendall(b"CLIENT PAUSE 600 ALL\r\n")
+        for lagging in pausing:
+            assert lagging.recv(64).startswith(b"+OK")
+            lagging.close()
+        for i in range(20):
+            a.core.send_message("dave@x", "carol@x", f"message {i}", kind="chat")
+            await sleep(0.02)  # spread over the pause: many turns, many publishes
+        await eventually(lambda: len(carol.events) >= 21)
+        await sleep(0.2)  # nothing more comes
+        assert [e.payload["body"] for e in carol.events[1:]] == [
+            f"message {i}" for i in range(20)]
+    finally:
+        for node in made:
+            await node.stop()
 
 
 @pytest_twisted.ensureDeferred
