@@ -175,13 +175,14 @@ def start_presenced(directory: Path, config: Path, timeout: float = 30.0,
          "--config", str(config)], cwd=directory, env=env)
     ports_file = directory / "data" / "run" / "ports.json"
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             ports = json.loads(ports_file.read_text())
-            if "ready" in ports:
+            if "ready" in ports:  # with workers: every worker serves
                 return process, ports
         except (OSError, ValueError):
             pass
         time.sleep(0.05)
     process.kill()
-    raise SystemExit(f"presenced did not start: see {directory / 'presenced.log'}")
+    raise SystemExit(f"presenced did not start (exit status {process.poll()}): see "
+                     f"{directory / 'presenced.log'}")

@@ -72,7 +72,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.procs import (cpu_seconds, free_port, percentile, rss_kb, server_pids,  # noqa: E402
+from bench.procs import (cpu_seconds, percentile, rss_kb, server_pids,  # noqa: E402
                          start_presenced, start_redis)
 from bench.webclients import BoshClient, websocket_login_plain  # noqa: E402
 
@@ -489,7 +489,7 @@ enabled = true
 data_dir = "{directory / 'data'}"
 scram_iterations = {iterations}
 {cluster}[xmpp]
-port = {free_port() if workers > 1 else 0}
+port = 0
 require_tls = false
 allow_plain = true
 hibernate_after = 1.0
@@ -687,7 +687,6 @@ def run_checkout(checkout: Path, users: list[str], plan: LoadPlan, room: RoomPla
             started = time.perf_counter()
             import_users(config, users, directory, checkout)
             imported = len(users) / (time.perf_counter() - started)
-            time.sleep(1.0 + 2 * workers)  # workers up and in the cluster
             commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short",
                                      "HEAD"], capture_output=True, text=True).stdout.strip()
             figures = drive(server.pid, port, users, plan)

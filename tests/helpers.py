@@ -347,7 +347,8 @@ class PresencedProcess:
 
     def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
         """The log once ``text`` is in it. ``start()`` returns when ``ready`` is in
-        ports.json, which the server writes just *before* it logs its ready line."""
+        ports.json, which the server writes once it logged its ready line (with workers,
+        once each of them has)."""
         deadline = time.monotonic() + timeout
         while True:
             log = self.log()
