@@ -353,3 +353,25 @@ def test_site_data_holding_the_wire_tag_crosses_nodes_unchanged():
     [(recipients, received)] = wire.decode(wire.encode(["bob@example.com"], event))
     assert recipients == ["bob@example.com"]
     assert received.payload == {"data": data, "raw": b"\xff<x/>"}
+
+
+def test_a_frame_carries_stanzas_raw_and_gives_back_equal_events():
+    """Events for given users travel as a frame: headers in JSON, UTF-8 bytes values (the
+    stanza) as they are; several events, newlines and non-ASCII inside a stanza, bytes that
+    are no UTF-8 (tagged JSON then) and the payload's key order all come back unchanged."""
+    from presenced.cluster import wire
+    stanza = "<message to='bob@x'><body>line one\nl\u00efne two \U0001f3b5</body></message>"
+    events_sent = [
+        Event(events.MESSAGE, "alice@x", {"to": "bob@x", "body": "hi", "subject": None,
+                                          "stanza": stanza.encode("utf-8"), "kind": "chat"}),
+        Event("photo", "alice@x", {"raw": b"\xff\n<x/>", "n": 3}),
+        Event(events.MESSAGE, "carol@x", {"stanza": b"", "to": "bob@x"}),
+    ]
+    text = wire.frame([wire.record(["bob@x", "dave@x"], e) for e in events_sent])
+    assert stanza in text  # not escaped into the JSON
+    received = wire.decode(text)
+    assert [r for r, _ in received] == [["bob@x", "dave@x"]] * 3
+    for sent, (_, got) in zip(events_sent, received):
+        assert (got.type, got.sender, got.time, got.id) == (sent.type, sent.sender,
+                                                             sent.time, sent.id)
+        assert list(got.payload.items()) == list(sent.payload.items())
