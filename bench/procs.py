@@ -139,6 +139,16 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` alone (one worker of a server), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_split(pid: int) -> tuple[float, float]:
     """``(user, system)`` CPU seconds of ``pid`` and its children so far: how much of a
     server's time is its own code and how much the kernel's (system calls, loopback TCP)."""
