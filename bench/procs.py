@@ -139,6 +139,16 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` alone (one worker of a server), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_split(pid: int) -> tuple[float, float]:
     """``(user, system)`` CPU seconds of ``pid`` and its children so far: how much of a
     server's time is its own code and how much the kernel's (system calls, loopback TCP)."""
@@ -181,13 +191,14 @@ def start_presenced(directory: Path, config: Path, timeout: float = 30.0,
          "--config", str(config)], cwd=directory, env=env)
     ports_file = directory / "data" / "run" / "ports.json"
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             ports = json.loads(ports_file.read_text())
-            if "ready" in ports:
+            if "ready" in ports:  # with workers: every worker serves
                 return process, ports
         except (OSError, ValueError):
             pass
         time.sleep(0.05)
     process.kill()
-    raise SystemExit(f"presenced did not start: see {directory / 'presenced.log'}")
+    raise SystemExit(f"presenced did not start (exit status {process.poll()}): see "
+                     f"{directory / 'presenced.log'}")

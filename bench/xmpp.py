@@ -72,8 +72,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.procs import (cpu_seconds, free_port, percentile, rss_kb, server_pids,  # noqa: E402
-                         start_presenced, start_redis)
+from bench.procs import (cpu_seconds, own_cpu_seconds, percentile, rss_kb,  # noqa: E402
+                         server_pids, start_presenced, start_redis)
 from bench.webclients import BoshClient, websocket_login_plain  # noqa: E402
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
@@ -489,7 +489,7 @@ enabled = true
 data_dir = "{directory / 'data'}"
 scram_iterations = {iterations}
 {cluster}[xmpp]
-port = {free_port() if workers > 1 else 0}
+port = 0
 require_tls = false
 allow_plain = true
 hibernate_after = 1.0
@@ -532,12 +532,13 @@ class RoomPlan:
     paced_rate: float = 100.0
 
 
-def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
+def drive(pid: int, port: int, users: list[str], plan: LoadPlan, redis_pid: int = 0) -> dict:
     """Run the load processes against the server listening on ``port`` (process ``pid``,
     whose CPU and memory are measured with its children): PLAIN logins, the idle memory
     per session, a message burst, paced messages, STARTTLS + SCRAM logins (TCP only; BOSH:
     logins and idle sessions only). The accounts of ``users`` exist with password PASSWORD.
-    Returns the figures."""
+    ``redis_pid``: the workers' Redis, whose CPU in the burst is reported too. Returns the
+    figures."""
     rss_before = rss_kb(pid)
     # Pairs stay within one process: split on even boundaries.
     per = (len(users) // plan.procs) & ~1
@@ -565,6 +566,8 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
                                   stderr=subprocess.DEVNULL)
                  for i, p in enumerate(server_pids(pid))] if plan.profile else []
         cpu = cpu_seconds(pid)
+        workers_cpu = [own_cpu_seconds(p) for p in server_pids(pid)]
+        redis_cpu = cpu_seconds(redis_pid) if redis_pid else 0.0
         for pipe in pipes:
             pipe.send(barrier)
         latencies: list[float] = []
@@ -578,6 +581,9 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
             spy.wait(60)
         message_elapsed = last - barrier
         message_cpu = cpu_seconds(pid) - cpu
+        workers_cpu = [own_cpu_seconds(p) - before
+                       for p, before in zip(server_pids(pid), workers_cpu)]
+        redis_cpu = cpu_seconds(redis_pid) - redis_cpu if redis_pid else 0.0
         time.sleep(1.0)
         barrier = time.time() + 0.5
         for pipe in pipes:
@@ -641,6 +647,10 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan) -> dict:
         "messages_per_s": round(len(latencies) / message_elapsed, 1)
         if message_elapsed > 0 else None,
         "server_cpu_us_per_message": round(1e6 * message_cpu / max(1, len(latencies)), 1),
+        # Each worker's part of that CPU (SO_REUSEPORT spreads the clients), and Redis's.
+        "worker_cpu_share": [round(c / max(message_cpu, 1e-9), 2) for c in workers_cpu],
+        "redis_cpu_us_per_message": round(1e6 * redis_cpu / max(1, len(latencies)), 1)
+        if redis_pid else None,
         "latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2) if latencies else None,
         "latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2) if latencies else None,
         "paced_rate_per_s": plan.paced_rate,
@@ -687,10 +697,9 @@ def run_checkout(checkout: Path, users: list[str], plan: LoadPlan, room: RoomPla
             started = time.perf_counter()
             import_users(config, users, directory, checkout)
             imported = len(users) / (time.perf_counter() - started)
-            time.sleep(1.0 + 2 * workers)  # workers up and in the cluster
             commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short",
                                      "HEAD"], capture_output=True, text=True).stdout.strip()
-            figures = drive(server.pid, port, users, plan)
+            figures = drive(server.pid, port, users, plan, redis.pid if redis else 0)
             if plan.transport == "tcp":
                 figures.update(drive_room(server.pid, port, users, room))
             return {"checkout": str(checkout), "commit": commit, "workers": workers,

@@ -190,12 +190,6 @@ def _check_together(sections: dict[str, dict[str, Any]]) -> None:
             raise ConfigError("[server] workers",
                               "several workers coordinate as a cluster: set [cluster] enabled "
                               "= true (and [store] backend = \"redis\")")
-        for door in DOORS:
-            section = sections[door.section]
-            if door.fixed_port and section["enabled"] and section[door.fixed_port] == 0:
-                raise ConfigError(f"[{door.section}] {door.fixed_port}",
-                                  "workers share fixed ports: 0 is not allowed with several "
-                                  "workers")
     if cluster["heartbeat_interval"] >= cluster["node_timeout"]:
         raise ConfigError("[cluster] node_timeout",
                           "must be longer than heartbeat_interval, or every node looks dead")

@@ -23,10 +23,9 @@ class Door:
     """One front door.
 
     ``section`` names its config section, its package and, for doors that carry sessions,
-    the ``ISession.protocol`` of its sessions. ``fixed_port`` is the key of the port that may
-    not be 0 with several workers (``[server] workers``: the processes share the ports they
-    listen on, and a port picked at random would differ between them); None for the IRC door,
-    which runs in the first process only. ``carries_sessions`` says its clients hold router
+    the ``ISession.protocol`` of its sessions. ``fixed_port`` is the key of the port every worker
+    listens on (``[server] workers``: the first process binds it, 0 included, and hands the
+    port it got to the others); None for the IRC door, which runs in the first process only. ``carries_sessions`` says its clients hold router
     sessions, so the web admin and ``/metrics`` count them (at 0) from the start.
     """
 

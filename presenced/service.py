@@ -34,7 +34,7 @@ from presenced.memory import pace_collector
 from presenced.reload import ConfigReloader
 from presenced.store import StoreError
 from presenced.store.backends import make_store
-from presenced.workers import is_worker
+from presenced.workers import inherited_port, is_worker, report_ready
 
 log = Logger()
 
@@ -74,7 +74,8 @@ class ListeningService(service.Service):
         self.guard = factory
         self.core.hooks.add("config-reloaded", self.config_reloaded)
         if self.core.config.server.workers > 1:
-            self.listening = listen_reuse_port(self.port, self.interface, factory)
+            port = inherited_port(self.name, self.port) if is_worker() else self.port
+            self.listening = listen_reuse_port(port, self.interface, factory)
         else:
             self.listening = reactor.listenTCP(self.port, factory, backlog=1024,
                                                interface=self.interface)
@@ -110,6 +111,17 @@ def listen_reuse_port(port: int, interface: str, factory: IProtocolFactory) -> I
         return reactor.adoptStreamPort(sock.fileno(), family, factory)
     finally:
         sock.close()  # the reactor holds its own duplicate of the descriptor
+
+
+def bound_ports(parent: service.IServiceCollection) -> dict[str, int]:
+    """The port each listening door under ``parent`` bound (the ones workers share)."""
+    ports: dict[str, int] = {}
+    for child in parent:
+        if isinstance(child, ListeningService) and child.listening is not None:
+            ports[child.name] = child.listening.getHost().port
+        elif service.IServiceCollection.providedBy(child):
+            ports.update(bound_ports(child))
+    return ports
 
 
 def record_port(data_dir: str, name: str, port: int) -> None:
@@ -211,16 +223,25 @@ class PresencedService(service.MultiService):
                 door = module.make_service(self.core)
                 door.setServiceParent(self)
                 doors += 1
-        if self.config.server.workers > 1 and not is_worker():
-            from presenced.workers import WorkerSupervisor
-
-            WorkerSupervisor(self.config).setServiceParent(self)
         self.core.state = "ready"
         pace_collector()
-        if not is_worker():
-            record_port(self.config.server.data_dir, "ready", os.getpid())
         log.info("presenced ready: {n} front door(s), domains {domains}",
                  n=doors, domains=", ".join(self.config.server.domains))
+        if is_worker():
+            report_ready()
+        elif self.config.server.workers > 1:
+            from presenced.workers import WorkerSupervisor
+
+            workers = WorkerSupervisor(self.config, bound_ports(self))
+            workers.setServiceParent(self)
+            workers.ready.addCallback(lambda _: self._record_ready())
+        else:
+            self._record_ready()
+
+    def _record_ready(self) -> None:
+        """``ready`` in ``run/ports.json``: what scripts and tests wait for (with workers,
+        once every worker serves)."""
+        record_port(self.config.server.data_dir, "ready", os.getpid())
 
     def _handle_sighup(self) -> None:
         """SIGHUP (``systemctl reload``, ``presencedctl reload``, logrotate) reloads the

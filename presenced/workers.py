@@ -3,7 +3,10 @@
 Python runs one core per process. With ``[server] workers = N`` (or ``--workers N``) the
 process started by ``twistd`` is worker 0 and starts N-1 more copies of itself; every worker
 binds the same ports with ``SO_REUSEPORT`` (the kernel spreads connections over them) and
-joins the cluster through Redis exactly as separate machines do. A worker that dies is
+joins the cluster through Redis exactly as separate machines do. The first process binds its
+ports before it starts the others and hands them the ports it got (a port of 0 picks one), and
+it is ready (``run/ports.json`` says ``ready``) once every worker said it is: serving, in the
+cluster. A worker that dies is
 restarted; stopping the first process stops them all, and a reload of the first
 (SIGHUP, ``presencedctl reload``) is passed on to every worker, each of which reads the
 config file again and applies it or refuses it as the first did.
@@ -11,6 +14,7 @@ config file again and applies it or refuses it as the first did.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any, Optional
@@ -26,11 +30,27 @@ STOP_TIMEOUT = 10.0
 
 
 WORKER_ENV = "PRESENCED_WORKER"
+PORTS_ENV = "PRESENCED_WORKER_PORTS"  # JSON: door name -> the port the first process bound
+READY_FD = 3  # a worker writes "ready" on it once it serves
 
 
 def is_worker() -> bool:
     """True in a worker process started by a master (``--workers``)."""
     return bool(os.environ.get(WORKER_ENV))
+
+
+def inherited_port(name: str, configured: int) -> int:
+    """The port a worker binds for door ``name``: the one the first process bound."""
+    return json.loads(os.environ.get(PORTS_ENV) or "{}").get(name, configured)
+
+
+def report_ready() -> None:
+    """In a worker: tell the first process that this one serves."""
+    try:
+        os.write(READY_FD, b"ready\n")
+        os.close(READY_FD)
+    except OSError as e:  # started by hand, without the pipe
+        Logger().warn("could not report readiness to the first process: {e}", e=e)
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -53,20 +73,32 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     errReceived = outReceived
 
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == READY_FD:
+            if b"ready" in data:
+                self.supervisor.worker_ready(self)
+            return
+        super().childDataReceived(childFD, data)
+
     def processEnded(self, reason: Any) -> None:
         self.ended.callback(None)
         self.supervisor.ended(self, reason)
 
 
 class WorkerSupervisor(service.Service):
-    """Starts the other workers after this one is ready; restarts them when they die."""
+    """Starts the other workers after this one's doors listen, on the ports it bound
+    (``ports``: door name -> port); restarts them when they die. :attr:`ready` fires once
+    each has said it serves."""
 
     log = Logger()
     name = "workers"
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, ports: dict[str, int]):
         self.config = config
+        self.ports = ports
         self.processes: dict[int, WorkerProcess] = {}
+        self.ready: defer.Deferred = defer.Deferred()
+        self._starting = set(range(1, config.server.workers))
 
     def argv(self) -> list[str]:
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
@@ -85,11 +117,18 @@ class WorkerSupervisor(service.Service):
     def spawn(self, index: int) -> None:
         env = dict(os.environ)
         env[WORKER_ENV] = str(index)
+        env[PORTS_ENV] = json.dumps(self.ports)
         worker = WorkerProcess(self, index)
         reactor.spawnProcess(worker, sys.executable, self.argv(), env=env,
-                             childFDs={0: "w", 1: "r", 2: "r"})
+                             childFDs={0: "w", 1: "r", 2: "r", READY_FD: "r"})
         self.processes[index] = worker
         self.log.info("started worker {i} (pid {pid})", i=index, pid=worker.transport.pid)
+
+    def worker_ready(self, worker: WorkerProcess) -> None:
+        self.log.info("worker {i} ready", i=worker.index)
+        self._starting.discard(worker.index)
+        if not self._starting and not self.ready.called:
+            self.ready.callback(None)
 
     def ended(self, worker: WorkerProcess, reason: Any) -> None:
         if self.processes.get(worker.index) is not worker:

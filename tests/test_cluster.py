@@ -20,6 +20,8 @@ from presenced.cluster import link as link_module
 from presenced.cluster.service import ClusterService
 from presenced.core import Core
 from presenced.events import Event
+from presenced.cluster import shardedlink
+from presenced.store.backends import make_store
 from presenced.store.redis import RedisRosterStore
 from tests.helpers import RecordingSession
 
@@ -38,14 +40,18 @@ async def eventually(check, timeout: float = 10.0, step: float = 0.05):
 
 
 class Node:
-    def __init__(self, tmp_path: Path, name: str, redis_url: str):
+    """``redis_url`` a Redis's URL, or a Redis Cluster's seeds (sharded pub/sub)."""
+
+    def __init__(self, tmp_path: Path, name: str, redis_url: str | list[str]):
+        on_cluster = isinstance(redis_url, list)
         self.config = configuration.build({
             "server": {"data_dir": str(tmp_path / name)},
-            "store": {"backend": "redis", "redis": [redis_url]},
+            "store": ({"backend": "redis", "redis_cluster": redis_url} if on_cluster
+                      else {"backend": "redis", "redis": [redis_url]}),
             "cluster": {"enabled": True, "node_id": name, "heartbeat_interval": 0.2,
                         "node_timeout": 1.0},
         })
-        self.store = RedisRosterStore([redis_url])
+        self.store = make_store(self.config) if on_cluster else RedisRosterStore([redis_url])
         self.core = Core(self.config, self.store)
         self.cluster = ClusterService(self.core)
 
@@ -223,6 +229,39 @@ async def test_messages_outlive_a_redis_answering_later_than_the_reply_timeout(
 
 
 @pytest_twisted.ensureDeferred
+async def test_messages_outlive_redis_cluster_masters_answering_late(
+        tmp_path, shared_redis_cluster, monkeypatch):
+    """The same over sharded pub/sub: SPUBLISHes went over connections with a reply timeout
+    (``COMMAND_TIMEOUT``), and a late answer aborted them with everything queued."""
+    shared_redis_cluster.flush()
+    monkeypatch.setattr(shardedlink, "COMMAND_TIMEOUT", 0.2)
+    made = [await Node(tmp_path, name, shared_redis_cluster.seeds).start() for name in "ab"]
+    try:
+        a, b = made
+        carol = b.session("carol@x")
+        await eventually(lambda: "carol@x" in a.cluster.directory.nodes_of)
+        a.core.send_message("dave@x", "carol@x", "warm-up", kind="chat")
+        await eventually(lambda: len(carol.events) == 1)
+        pausing = [socket.create_connection(("127.0.0.1", master.port))
+                   for master in shared_redis_cluster.masters()]
+        for lagging in pausing:
+            lagging.sendall(b"CLIENT PAUSE 600 ALL\r\n")
+        for lagging in pausing:
+            assert lagging.recv(64).startswith(b"+OK")
+            lagging.close()
+        for i in range(20):
+            a.core.send_message("dave@x", "carol@x", f"message {i}", kind="chat")
+            await sleep(0.02)  # spread over the pause: many turns, many publishes
+        await eventually(lambda: len(carol.events) >= 21)
+        await sleep(0.2)  # nothing more comes
+        assert [e.payload["body"] for e in carol.events[1:]] == [
+            f"message {i}" for i in range(20)]
+    finally:
+        for node in made:
+            await node.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_messages_to_a_user_on_another_node_arrive_once_and_in_order(nodes):
     """Many turns of many messages (each turn one batch serialised at its end) lose,
     repeat and reorder none; a message JSON cannot carry costs only itself, not its turn."""
@@ -314,3 +353,25 @@ def test_site_data_holding_the_wire_tag_crosses_nodes_unchanged():
     [(recipients, received)] = wire.decode(wire.encode(["bob@example.com"], event))
     assert recipients == ["bob@example.com"]
     assert received.payload == {"data": data, "raw": b"\xff<x/>"}
+
+
+def test_a_frame_carries_stanzas_raw_and_gives_back_equal_events():
+    """Events for given users travel as a frame: headers in JSON, UTF-8 bytes values (the
+    stanza) as they are; several events, newlines and non-ASCII inside a stanza, bytes that
+    are no UTF-8 (tagged JSON then) and the payload's key order all come back unchanged."""
+    from presenced.cluster import wire
+    stanza = "<message to='bob@x'><body>line one\nl\u00efne two \U0001f3b5</body></message>"
+    events_sent = [
+        Event(events.MESSAGE, "alice@x", {"to": "bob@x", "body": "hi", "subject": None,
+                                          "stanza": stanza.encode("utf-8"), "kind": "chat"}),
+        Event("photo", "alice@x", {"raw": b"\xff\n<x/>", "n": 3}),
+        Event(events.MESSAGE, "carol@x", {"stanza": b"", "to": "bob@x"}),
+    ]
+    text = wire.frame([wire.record(["bob@x", "dave@x"], e) for e in events_sent])
+    assert stanza in text  # not escaped into the JSON
+    received = wire.decode(text)
+    assert [r for r, _ in received] == [["bob@x", "dave@x"]] * 3
+    for sent, (_, got) in zip(events_sent, received):
+        assert (got.type, got.sender, got.time, got.id) == (sent.type, sent.sender,
+                                                             sent.time, sent.id)
+        assert list(got.payload.items()) == list(sent.payload.items())

@@ -222,6 +222,42 @@ async def test_the_server_adds_the_vcard_photo_hash_to_presence(memory_xmpp):
     assert photo_of(seen) == hashlib.sha1(PHOTO).hexdigest()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_presence_sent_before_the_vcard_read_landed_still_carries_the_hash(
+        memory_xmpp):
+    """The hash is read at bind; a client that sends its presence at once (no roster fetch
+    in between) used to have it broadcast without ``<x><photo/></x>`` whenever the read was
+    slower (the cluster test's flake): its stanzas now wait for the read."""
+    from twisted.internet import defer
+
+    from presenced.store import PRIVATE_STORE
+    node = await memory_xmpp()
+    await node.add_users("vera", "walt")
+    await node.add_friends(("vera", "walt"))
+    walt = await node.online("walt")
+    held: defer.Deferred = defer.Deferred()
+    open_map = node.store.open_map
+
+    def slow_private(name):
+        opened = open_map(name)
+        if name == PRIVATE_STORE:
+            get = opened.get
+            opened.get = lambda *key: held.addCallback(lambda _: get(*key))
+        return opened
+
+    node.store.open_map = slow_private
+    vera = node.open()
+    await vera.login("vera")
+    node.store.open_map = open_map
+    vera.send("<presence><status>first</status></presence>")
+    vera.send("<presence><status>second</status></presence>")
+    held.callback(None)
+    first = await presence_from(walt, "vera@localhost/test")
+    assert (child_text(first, "status"), photo_of(first)) == ("first", "")
+    second = await presence_from(walt, "vera@localhost/test")
+    assert (child_text(second, "status"), photo_of(second)) == ("second", "")
+
+
 LEGACY = ("<storage xmlns='storage:bookmarks'>"
           "<conference jid='ops@conference.localhost' name='Ops' autojoin='1'><nick>vee</nick>"
           "</conference><url name='Docs' url='https://example.org/'/></storage>")

@@ -17,6 +17,11 @@ which one they have.
 - Order: the directory needs Redis to hold an entry before the others hear of it. On a cluster
   the entry and the channel may be on different masters, so an ``ordered`` publish waits until
   every ``ordered`` command sent before it has been answered (writes are not held back).
+- Late answers: ``ordered`` and the publishes have connections of their own that wait for
+  Redis's answer however late it is (as :class:`~presenced.cluster.link.RedisLink`'s do): with
+  a reply timeout, one late answer (this reactor or Redis behind, under load) made txredisapi
+  abort the connection and every command queued on it, publishes lost. Reads keep
+  ``COMMAND_TIMEOUT``; a master that is gone is found by its connection dropping.
 """
 
 from __future__ import annotations
@@ -134,9 +139,11 @@ class ShardedLink:
     log = Logger()
 
     def __init__(self, seeds: list[str]):
-        self.cluster = ClusterMap(seeds, self._node, COMMAND_TIMEOUT)
+        self.cluster = ClusterMap(seeds, partial(self._node, True), COMMAND_TIMEOUT)
+        self.untimed = ClusterMap(seeds, partial(self._node, False), COMMAND_TIMEOUT)
         self.commands = RoutedCommands(self.cluster, ordered=False)
-        self.ordered = RoutedCommands(self.cluster, ordered=True)
+        self.publishing = RoutedCommands(self.untimed, ordered=False)
+        self.ordered = RoutedCommands(self.untimed, ordered=True)
         self.handlers: dict[str, MessageHandler] = {}
         self.family_prefix = ""
         self.family_handler: FamilyHandler | None = None
@@ -154,8 +161,8 @@ class ShardedLink:
         self._stopped = False
 
     @staticmethod
-    def _node(url: str) -> RedisNode:
-        node = RedisNode(url, COMMAND_TIMEOUT)
+    def _node(timed_replies: bool, url: str) -> RedisNode:
+        node = RedisNode(url, COMMAND_TIMEOUT, timed_replies=timed_replies)
         node.connect().addErrback(lambda _: None)
         return node
 
@@ -195,7 +202,9 @@ class ShardedLink:
 
     async def open_commands(self) -> None:
         """Learn the slot map, so commands can be sent (without subscribing)."""
-        await self.cluster.start()
+        await defer.gatherResults([defer.ensureDeferred(self.cluster.start()),
+                                   defer.ensureDeferred(self.untimed.start())],
+                                  consumeErrors=True)
 
     def start(self) -> defer.Deferred:
         """Fires when every fixed channel is subscribed."""
@@ -311,6 +320,7 @@ class ShardedLink:
         try:
             await task.deferLater(reactor, 0.1)
             await self.cluster.reload()
+            await self.untimed.reload()
             moved = [c for c, a in self._on.items()
                      if _address_of(self.cluster.owner(key_slot(c))) != a]
             for channel in moved:
@@ -329,7 +339,7 @@ class ShardedLink:
     def stop(self):
         self._stopped = True
         closing = [factory.disconnect() for factory in self._factories.values()]
-        closing.append(self.cluster.close())
+        closing += [self.cluster.close(), self.untimed.close()]
         d = defer.gatherResults(closing, consumeErrors=True)
         d.addTimeout(2.0, reactor)
         try:
@@ -338,8 +348,8 @@ class ShardedLink:
             self.log.warn("cluster: Redis Cluster connections did not close in time")
 
     def publish(self, channel: str, message: str, ordered: bool = False) -> defer.Deferred:
-        d = (self.ordered if ordered else self.commands).publish(self._physical(channel),
-                                                                  message)
+        d = (self.ordered if ordered else self.publishing).publish(self._physical(channel),
+                                                                    message)
         return d.addErrback(self._publish_failed, channel)
 
     def _publish_failed(self, failure: Any, channel: str) -> None:

@@ -65,7 +65,7 @@ class PubSubTransport:
         self.published = 0
         self.received = 0
         # Events of this reactor turn, as wire docs, serialised per channel at its end.
-        self._outbox: dict[str, list[dict]] = {}     # node -> entries for its users
+        self._outbox: dict[str, list[wire.Record]] = {}  # node -> entries for its users
         self._subjects: dict[str, list[dict]] = {}   # subject -> its events
         link.subscribe(node_channel(self.node_id), self._received)
         link.subscribe(GRAPH_CHANNEL, self._graph_received)
@@ -93,7 +93,7 @@ class PubSubTransport:
             self._flush_soon()
             outbox = self._outbox
             for node, users in remote.items():
-                outbox.setdefault(node, []).append(wire.event_doc(users, event))
+                outbox.setdefault(node, []).append(wire.record(users, event))
         return reached
 
     def broadcast(self, router: SubscriptionRouter, subject: str, event: Event,
@@ -122,14 +122,14 @@ class PubSubTransport:
             # one before (a chat's messages out of order on the other node), and over another
             # connection than the directory's a probe's answer could overtake the "+" that
             # tells the other node where its asker is (the answer found nobody).
-            publish(node_channel(node), self._serialised(wire.batch, docs), ordered=True)
+            publish(node_channel(node), self._serialised(wire.frame, docs), ordered=True)
         for subject, docs in subjects.items():
             self.published += len(docs)
             publish(subject_channel(subject),
                     self._serialised(partial(wire.subject_batch, self.node_id), docs),
                     ordered=True)
 
-    def _serialised(self, serialise: Callable[[list[dict]], str], docs: list[dict]) -> str:
+    def _serialised(self, serialise: Callable[[list], str], docs: list) -> str:
         try:
             return serialise(docs)
         except (TypeError, ValueError):

@@ -5,6 +5,12 @@ Payloads may carry a :class:`RosterItem` (roster events), a stanza already seria
 session on another node receives an event equal to the one sent here. A site's own data may hold
 any key, the tag's too: such a dictionary travels wrapped (kind ``dict``) so it is never taken
 for a tagged value.
+
+Events for given users (a chat message: its stanza is most of it) travel as a **frame**: one
+JSON array of the turn's event headers, a newline (JSON text has none), then the ``bytes``
+values that are UTF-8 (a stanza) as they are, one after the other, each header giving their
+lengths. The stanza is neither escaped into JSON nor scanned by the decoder, and an event whose
+other values are plain JSON is rebuilt without a pass over its values.
 """
 
 from __future__ import annotations
@@ -69,9 +75,9 @@ def decode_value(value: Any) -> Any:
 
 def event_doc(recipients: list[str], event: Event,
               hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """``event`` for ``recipients`` as JSON-able data, made when the event is routed (its
+    """``event`` as JSON-able data for a subject channel, made when the event is sent (its
     payload copied then) and serialised with the rest of its reactor turn's batch
-    (:func:`batch`); ``hidden``: JIDs the subject's broadcast skips (its blocklist)."""
+    (:func:`subject_batch`); ``hidden``: JIDs the subject's broadcast skips (its blocklist)."""
     doc = {"r": recipients, "t": event.type, "s": event.sender, "w": event.time,
            "i": event.id, "p": {k: encode_value(v) for k, v in event.payload.items()}}
     if hidden:
@@ -79,36 +85,79 @@ def event_doc(recipients: list[str], event: Event,
     return doc
 
 
-def encode(recipients: list[str], event: Event, hidden: frozenset[str] = frozenset()) -> str:
+Record = tuple[list, list[str]]  # (header, the UTF-8 texts of its bytes values)
+
+
+def record(recipients: list[str], event: Event) -> Record:
+    """``event`` for ``recipients`` as one entry of a :func:`frame`, made when the event is
+    routed. The header is ``[recipients, type, sender, time, id, payload, raw keys,
+    tagged]``: in ``payload`` a raw key's value is its text's length (the key keeps its
+    place), ``tagged`` says a value needs :func:`decode_value`."""
+    payload: dict[str, Any] = {}
+    raw: list[str] = []
+    texts: list[str] = []
+    tagged = False
+    for key, value in event.payload.items():
+        kind = value.__class__
+        if kind in _PLAIN:
+            payload[key] = value
+            continue
+        if kind is bytes:
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:  # tagged below, with surrogates for the bad bytes
+                pass
+            else:
+                payload[key] = len(text)
+                raw.append(key)
+                texts.append(text)
+                continue
+        payload[key] = encode_value(value)
+        tagged = True
+    return [recipients, event.type, event.sender, event.time, event.id, payload, raw,
+            tagged], texts
+
+
+def frame(records: list[Record]) -> str:
+    """Several :func:`record` as one message (one PUBLISH per node per reactor turn), the
+    headers serialised in one call: an encoder call costs more to set up than an event."""
+    return "".join([_ENCODER.encode([header for header, _ in records]), "\n",
+                    *[text for _, texts in records for text in texts]])
+
+
+def encode(recipients: list[str], event: Event) -> str:
     """One event as a message of its own (:func:`decode` reads it)."""
-    return _ENCODER.encode(event_doc(recipients, event, hidden))
+    return frame([record(recipients, event)])
 
 
-def batch(docs: list[dict[str, Any]]) -> str:
-    """Several :func:`event_doc` as one message (one PUBLISH per node per reactor turn),
-    serialised in one call: an encoder call costs more to set up than a small event."""
-    return _ENCODER.encode(docs)
-
-
-def encodable(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The docs JSON can carry (a payload value of a type it cannot is left out), for a
-    batch that failed: one bad event must not cost the others of its turn."""
+def encodable(entries: list[Any]) -> list[Any]:
+    """The entries (records, docs) JSON can carry (a payload value of a type it cannot is
+    left out), for a batch that failed: one bad event must not cost the others of its turn."""
     kept = []
-    for doc in docs:
+    for entry in entries:
         try:
-            _ENCODER.encode(doc)
+            _ENCODER.encode(entry)
         except (TypeError, ValueError):
             continue
-        kept.append(doc)
+        kept.append(entry)
     return kept
 
 
 def decode(text: str) -> list[tuple[list[str], Event]]:
-    """The ``(recipients, event)`` pairs of one message (a batch or a single event)."""
-    docs = json.loads(text)
-    if isinstance(docs, dict):
-        docs = [docs]
-    return [(doc["r"], _event(doc)) for doc in docs]
+    """The ``(recipients, event)`` pairs of one :func:`frame`."""
+    end = text.index("\n")
+    at = end + 1
+    decoded = []
+    for recipients, kind, sender, when, event_id, payload, raw, tagged in json.loads(
+            text[:end]):
+        if tagged:
+            payload = {k: decode_value(v) for k, v in payload.items()}
+        for key in raw:
+            start, at = at, at + payload[key]
+            payload[key] = text[start:at].encode("utf-8")
+        decoded.append((recipients, Event(kind, sender, payload, when=when,
+                                          event_id=event_id)))
+    return decoded
 
 
 def _event(doc: dict[str, Any]) -> Event:

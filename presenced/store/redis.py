@@ -297,9 +297,12 @@ class RedisNode:
     """One Redis URL: a reconnecting connection (txredisapi) and the name errors report.
 
     With ``wait_replicas`` set, :meth:`execute_confirmed` follows a write with ``WAIT`` so its
-    reply only comes once that many replicas have it (see Durability)."""
+    reply only comes once that many replicas have it (see Durability). ``timed_replies``
+    False: a late answer is waited for (txredisapi aborts a connection whose answer is later
+    than ``timeout``, and every command queued on it with it: the cluster's publishes)."""
 
-    def __init__(self, url: str, timeout: float, wait_replicas: int = 0):
+    def __init__(self, url: str, timeout: float, wait_replicas: int = 0,
+                 timed_replies: bool = True):
         self.url = url
         parts = urlsplit(url)
         try:
@@ -317,7 +320,7 @@ class RedisNode:
         self._factory = _ReconnectingFactory(
             url, db or None, 1, isLazy=True, handler=txredisapi.ConnectionHandler,
             charset="utf-8", password=unquote(parts.password) if parts.password else None,
-            replyTimeout=timeout, convertNumbers=False,
+            replyTimeout=timeout if timed_replies else None, convertNumbers=False,
             username=unquote(parts.username) if parts.username else None)
         self._confirmation = ReplicaConfirmation(self, wait_replicas, timeout)
 

@@ -192,8 +192,8 @@ class ClusterMap:
         try:
             for node in self.masters() + list(self._nodes.values()):
                 if node.connected():
-                    try:
-                        await self._load(node)
+                    try:  # bounded: a node may wait for answers however late
+                        await self._load(node, self.timeout)
                         return
                     except Exception:  # ask the next node
                         continue

@@ -63,7 +63,9 @@ XEP-0153 photo hash); ``xmpp-available(session, presence_element)`` after a reso
 sent available presence (initial or changed; ``session.presence`` is already set);
 ``xmpp-unavailable(session, status)`` when it goes unavailable or disconnects (``status``:
 the text its unavailable presence gave, or "");
-``xmpp-bound(session)`` after resource binding; ``xmpp-session-ended(session)`` when the
+``xmpp-bound(session)`` is collected after resource binding: a handler may return a
+Deferred, and the session handles the client's stanzas once they have fired (its reading
+paused meanwhile; the XEP-0153 hash is read so); ``xmpp-session-ended(session)`` when the
 session is over (its connection gone, or -- with stream management -- not resumed in time);
 ``xmpp-unacknowledged(session, [(stanza_bytes, time_sent)])`` when a stream-managed session
 (:mod:`presenced.xmpp.sm`) ended with stanzas the client never acknowledged (messages keeps

@@ -5,9 +5,9 @@ announces it (ejabberd's mod_vcard_xupdate does the same).
 A client's own ``<x xmlns='vcard-temp:x:update'/>`` passes untouched: with a ``<photo/>`` it
 states the hash itself, and an empty ``<x/>`` says it is not ready to advertise one. Presence
 without it gets ``<x><photo>SHA-1</photo></x>`` (an empty ``<photo/>``: no avatar) once the
-hash is known: it is read from the stored vCard when a resource binds (the roster fetch that
-clients make next gives the read time to land) and kept in memory while the user has a resource
-on this node. A vCard stored on any node updates the hash everywhere through an
+hash is known: it is read from the stored vCard when a resource binds (the session handles
+the client's next stanzas once the read is in, so even a first presence sent without waiting
+for the bind result carries it) and kept in memory while the user has a resource on this node. A vCard stored on any node updates the hash everywhere through an
 :data:`AVATAR_CHANGED` event to the user's sessions.
 """
 
@@ -18,6 +18,7 @@ import binascii
 import hashlib
 from typing import Optional
 
+from twisted.internet import defer
 from twisted.words.xish import domish
 
 from presenced.events import Event
@@ -61,13 +62,15 @@ class VCardAvatarHandler(FeatureHandler):
         hooks.add("xmpp-vcard-stored", self._stored)
         hooks.add("xmpp-presence-broadcasting", self._stamp)
 
-    def _bound(self, session) -> None:
+    def _bound(self, session) -> Optional[defer.Deferred]:
+        """Read the hash; the session's stanzas wait for it (``xmpp-bound`` is collected)."""
         user = session.user
         if user in self.hashes or self.core.store is None:  # no store: in-memory door tests
-            return
+            return None
         d = self.core.store.open_map(PRIVATE_STORE).get(user, VCARD_KEY)
         d.addCallback(self._loaded, user)
         d.addErrback(lambda f: self.log.failure("reading {user}'s vCard", f, user=user))
+        return d
 
     def _loaded(self, text: Optional[str], user: str) -> None:
         if xmpp_sessions(self.core, user) and user not in self.hashes:

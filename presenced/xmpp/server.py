@@ -221,9 +221,11 @@ class C2SServer:
 
     # --- sessions ----------------------------------------------------------------------------
 
-    def session_bound(self, session: "C2SSession") -> None:
+    def session_bound(self, session: "C2SSession") -> list:
+        """Log ``session`` in; returns what the ``xmpp-bound`` handlers returned (Deferreds
+        of reads the session's next stanzas wait for)."""
         self.core.router.login(session.user, session)
-        self.core.hooks.fire("xmpp-bound", session)
+        return self.core.hooks.collect("xmpp-bound", session)
 
     def session_ended(self, session: "C2SSession") -> None:
         self.core.hooks.fire("xmpp-session-ended", session)

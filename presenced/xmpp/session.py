@@ -49,7 +49,8 @@ class C2SSession:
     protocol = "xmpp"
 
     __slots__ = ("stream", "server", "user", "label", "full", "presence", "available",
-                 "priority", "roster_requested", "directed", "requests", "sm", "_jid")
+                 "priority", "roster_requested", "directed", "requests", "sm", "_jid",
+                 "_held")
 
     def __init__(self, stream: "C2SStream", user: str, resource: str):
         self.stream = stream
@@ -65,6 +66,9 @@ class C2SSession:
         self.requests: Optional[dict[str, defer.Deferred]] = None
         self.sm: Optional["SmState"] = None  # stream management, once the client enabled it
         self._jid: Optional[JID] = None
+        # The client's stanzas that arrived while what binding started is still read (its
+        # reading paused meanwhile), or None: handled in order once the reads are in.
+        self._held: Optional[list[domish.Element]] = None
 
     def __repr__(self) -> str:
         return f"<C2SSession {self.full}>"
@@ -82,7 +86,26 @@ class C2SSession:
     # --- life cycle --------------------------------------------------------------------------
 
     def bound(self) -> None:
-        self.server.session_bound(self)
+        """Logged in; the stanzas the client sends next wait for what the ``xmpp-bound``
+        handlers read (the vCard photo hash its first presence carries), so a client that
+        does not wait for its bind result finds the same state as one that does."""
+        pending = [d for d in self.server.session_bound(self)
+                   if isinstance(d, defer.Deferred) and not d.called]
+        if not pending:
+            return
+        self._held = []
+        gate = self.stream.shaper.gate
+        gate.hold("binding")
+        done = defer.gatherResults(pending, consumeErrors=True)
+        done.addBoth(lambda _: self._release(gate))
+
+    def _release(self, gate) -> None:
+        held, self._held = self._held or [], None
+        gate.release("binding")
+        for stanza in held:
+            if self.stream.session is not self:
+                return  # the stream ended meanwhile: nothing it sent is handled
+            self.server.dispatch(self, stanza)
 
     def disconnected(self, clean: bool) -> None:
         """The connection is gone. The session ends, unless it died without a clean close
@@ -166,6 +189,9 @@ class C2SSession:
     # --- input -----------------------------------------------------------------------------
 
     def received(self, stanza: domish.Element) -> None:
+        if self._held is not None:
+            self._held.append(stanza)  # at most what the last read held: reading is paused
+            return
         self.server.dispatch(self, stanza)
 
     # --- router events -----------------------------------------------------------------------
