@@ -70,7 +70,7 @@ import hashlib
 import json
 import zlib
 from collections import defaultdict
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
@@ -82,8 +82,9 @@ from zope.interface import implementer
 
 from presenced.store import (OFFLINE_STORE, PENDING_STORE, PEP_STORE, PRIVATE_STORE,
                              ArchiveEntry, ArchiveIds, ArchivePage, CapabilityRegistry,
-                             Credentials, DirectFriendsLoad, IArchiveStore, IListStore,
+                             Credentials, IArchiveStore, IListStore,
                              IMapStore, IRosterStore, Pair, RosterItem, StoreError)
+from presenced.store.redisload import RedisFriendsLoad
 from presenced.store.rediscluster import ClusterMap, SlotRoute, key_slot, slot_tags
 from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
                                    roster_item_from_text, roster_item_to_text)
@@ -95,13 +96,7 @@ _ACCOUNTS = "accounts"
 _KINDS = {"hash": "map", "list": "list", "zset": "archive"}  # Redis TYPE -> capability kind
 _SEARCH_CHUNK = 1000
 _SCRIPT_LINES = 5000  # users per graph script call
-# Pairs per bulk-load batch. A batch is one script line (one SADD) per user it touches: at a
-# million users, batches of 250 000 pairs give 2.9 new friends per line, 2 000 000 give 7.
-# Each batch in flight holds ~150 bytes per pair in the loader. Under Redis Cluster a batch
-# is one request (regrouped and sent again whole when a slot moves) that must end within the
-# timeout: 2M pairs could take longer than that on a busy machine.
-LOAD_BATCH = 2_000_000
-CLUSTER_LOAD_BATCH = 250_000
+_SCRIPT_BYTES = 1 << 20  # and about this much text (~40 000 friends: ~50 ms of one node)
 # Errors Redis answers before running the command: waiting and asking again is always safe.
 _TRANSIENT = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
 # A script stopped part way because a key it reached has just been migrated to another slot
@@ -505,6 +500,22 @@ def _retry_later(failure: Failure) -> bool:
         text.startswith(_TRANSIENT) or _PARTIAL in text)
 
 
+def _script_chunks(lines: list[str]) -> Iterator[str]:
+    """Graph lines joined into script arguments of at most ``_SCRIPT_LINES`` users and about
+    ``_SCRIPT_BYTES``: a user's line of a bulk load holds all their friends (thousands for
+    the best connected), and one script call blocks the node while it runs."""
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        chunk.append(line)
+        size += len(line)
+        if len(chunk) >= _SCRIPT_LINES or size >= _SCRIPT_BYTES:
+            yield "\n".join(chunk)
+            chunk, size = [], 0
+    if chunk:
+        yield "\n".join(chunk)
+
+
 def _some(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
@@ -673,6 +684,10 @@ class RedisRosterStore:
                     or "\t\t" in payload or "\t\n" in payload or payload.endswith("\t")):
                 return defer.fail(StoreError(f"{what}: empty user names or names with tabs "
                                              f"or newlines cannot be stored"))
+        return self.send_graph_lines(what, by_place)
+
+    def send_graph_lines(self, what: str, by_place: dict[int, list[str]]) -> defer.Deferred:
+        """Send graph lines already checked and grouped by :meth:`place` of their users."""
         if isinstance(self.layout, ClusterLayout):
             return defer.ensureDeferred(self._graph_on_masters(what, by_place))
         requests = {self.layout.target(place): defer.ensureDeferred(
@@ -680,11 +695,16 @@ class RedisRosterStore:
                     for place, place_lines in by_place.items()}
         return defer.ensureDeferred(self._on_every_node(what, requests))
 
+    def place(self, user: str) -> int:
+        """Where ``user``'s keys live (a node's index, or a cluster slot); a pure function
+        of the name and the configured nodes, so any thread may call it."""
+        return self.layout.place(user)
+
     async def _graph_chunks(self, node: Any, lines: list[str]) -> None:
         """One chunk after the other (short scripts, so other clients of the node wait a few
         ms at most): each gets the whole timeout, however big the request."""
-        for i in range(0, len(lines), _SCRIPT_LINES):
-            await self._eval(node, _GRAPH, [], [BOTH, "\n".join(lines[i:i + _SCRIPT_LINES])])
+        for payload in _script_chunks(lines):
+            await self._eval(node, _GRAPH, [], [BOTH, payload])
 
     async def _graph_on_masters(self, what: str, by_slot: dict[int, list[str]]) -> None:
         """Graph lines grouped by the master that owns their slots, one script per master
@@ -727,8 +747,8 @@ class RedisRosterStore:
         if node is None or not node.connected():
             raise txredisapi.ConnectionError("Not connected")
         script = _GRAPH_ON_MASTER
-        for i in range(0, len(lines), _SCRIPT_LINES):
-            argv = (BOTH, "\n".join(lines[i:i + _SCRIPT_LINES]))
+        for payload in _script_chunks(lines):
+            argv = (BOTH, payload)
             for command, first in (("EVALSHA", script.sha), ("EVAL", script.source)):
                 d = node.execute_confirmed(command, first, 0, *argv)
                 d.addTimeout(max(0.01, deadline - reactor.seconds()), reactor)
@@ -900,10 +920,8 @@ class RedisRosterStore:
     def remove_friends(self, pairs: Iterable[Pair]) -> defer.Deferred:
         return self._friends("f", "remove_friends", pairs)
 
-    def begin_friends_load(self) -> DirectFriendsLoad:
-        if isinstance(self.layout, ClusterLayout):  # a batch must fit in one request timeout
-            return DirectFriendsLoad(self, CLUSTER_LOAD_BATCH)
-        return DirectFriendsLoad(self, LOAD_BATCH)
+    def begin_friends_load(self) -> RedisFriendsLoad:
+        return RedisFriendsLoad(self)
 
     def _friends(self, op: str, what: str, pairs: Iterable[Pair]) -> defer.Deferred:
         contacts: defaultdict[str, list[str]] = defaultdict(list)
