@@ -335,6 +335,31 @@ class RedisNode:
         """Run a write; with ``wait_replicas``, fire its reply once the replicas have it."""
         return defer.ensureDeferred(self._confirmation.write(args))
 
+    @property
+    def confirms(self) -> bool:
+        """Whether writes wait for replicas (``wait_replicas``)."""
+        return self._confirmation.replicas > 0
+
+    @defer.inlineCallbacks
+    def execute_encoded(self, payload: bytes, commands: int):
+        """Send ``commands`` commands the caller encoded (RESP) in one write; fires their
+        replies, or fails with the first error reply. Bulk loads use it: txredisapi's
+        encoding costs about 2 µs per argument in Python. Written on the connection the
+        other requests use and its replies taken from the same queue, in the same turn, so
+        the order of requests and replies is kept; past ``timeout`` the connection is
+        dropped (a reply still due would answer the wrong request)."""
+        conn = yield self._factory.getConnection(peek=True)
+        if not conn.connected:
+            raise txredisapi.ConnectionError("Not connected")
+        conn.transport.write(payload)
+        replies = defer.gatherResults(
+            [conn.replyQueue.get().addCallback(conn.handle_reply) for _ in range(commands)],
+            consumeErrors=True)
+        replies.addErrback(lambda f: f.value.subFailure)
+        replies.addTimeout(self._confirmation.timeout, reactor,
+                           onTimeoutCancel=lambda *_: conn.transport.abortConnection())
+        return (yield replies)
+
     def close(self) -> defer.Deferred:
         return self._factory.disconnect()
 
@@ -351,23 +376,24 @@ class ReplicaConfirmation:
 
     def __init__(self, node: RedisNode, replicas: int, timeout: float):
         self._node = node
-        self._replicas = replicas
+        self.replicas = replicas
+        self.timeout = timeout
         self._timeout_ms = max(1, int(timeout * 500))  # half the request deadline
         self._next: list[defer.Deferred] = []
         self._waiting = False
 
     async def write(self, args: tuple) -> Any:
         reply = await self._node.execute(*args)
-        if not self._replicas:
+        if not self.replicas:
             return reply
         confirmed: defer.Deferred = defer.Deferred()
         self._next.append(confirmed)
         if not self._waiting:
             self._send()
         acked = await confirmed
-        if acked < self._replicas:
+        if acked < self.replicas:
             raise NotReplicated(f"{args[0]} ran on {self._node} but {acked} of "
-                                f"{self._replicas} replicas confirmed it within "
+                                f"{self.replicas} replicas confirmed it within "
                                 f"{self._timeout_ms} ms")
         return reply
 
@@ -385,7 +411,7 @@ class ReplicaConfirmation:
                 else:
                     waiter.callback(int(result))
 
-        self._node.execute("WAIT", self._replicas, self._timeout_ms).addBoth(done)
+        self._node.execute("WAIT", self.replicas, self._timeout_ms).addBoth(done)
 
 
 # Per-master scripts over the accounts index of a cluster: one key per slot, named in ARGV
@@ -694,6 +720,33 @@ class RedisRosterStore:
                         self._graph_chunks(self.layout.target(place), place_lines))
                     for place, place_lines in by_place.items()}
         return defer.ensureDeferred(self._on_every_node(what, requests))
+
+    @property
+    def takes_encoded(self) -> bool:
+        """Whether bulk writes may go as commands encoded by the caller
+        (:meth:`write_encoded`): independent nodes whose writes need no replica's
+        confirmation. Under Redis Cluster writes go through the graph script, which is sent
+        again when a slot moves."""
+        return isinstance(self.layout, RingLayout) and not any(
+            node.confirms for node in self.layout.nodes)
+
+    @staticmethod
+    def encode_friend_sets(friends: list[tuple[str, str]]) -> bytes:
+        """``SADD`` commands in RESP for ``[(user, "friend<TAB>friend..."), ...]``, one per
+        user with all its friends: what :meth:`write_encoded` sends. No side effects, so any
+        thread may call it."""
+        commands = []
+        for user, names in friends:
+            key = user_key(user, "friends").encode("utf-8", "surrogateescape")
+            members = names.encode("utf-8", "surrogateescape").split(b"\t")
+            commands.append(b"*%d\r\n$4\r\nSADD\r\n$%d\r\n%s\r\n"
+                            % (len(members) + 2, len(key), key))
+            commands.append(b"".join([b"$%d\r\n%s\r\n" % (len(m), m) for m in members]))
+        return b"".join(commands)
+
+    def write_encoded(self, place: int, payload: bytes, commands: int) -> defer.Deferred:
+        """Send commands made by :meth:`encode_friend_sets` to the node of ``place``."""
+        return self.layout.target(place).execute_encoded(payload, commands)
 
     def place(self, user: str) -> int:
         """Where ``user``'s keys live (a node's index, or a cluster slot); a pure function
