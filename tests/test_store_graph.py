@@ -178,3 +178,88 @@ async def test_a_staged_load_is_written_at_finish_in_owner_ranges(tmp_path, monk
         assert await store.get_subscribers("old@x") == ["u1@x"]
     finally:
         await store.stop()
+
+
+def _graph_pairs(users: int) -> list[tuple[str, str]]:
+    return [(f"u{i}@x", f"u{j}@x") for i in range(1, users) for j in range(0, i, 3)]
+
+
+def _friends_of(pairs: list[tuple[str, str]]) -> dict[str, set[str]]:
+    friends: dict[str, set[str]] = {}
+    for a, b in pairs:
+        friends.setdefault(a, set()).add(b)
+        friends.setdefault(b, set()).add(a)
+    return friends
+
+
+async def _command_calls(store: RedisRosterStore) -> dict[str, int]:
+    node = store.layout.nodes[0]
+    info = await node.execute("INFO", "commandstats")
+    return {line.split(":")[0][len("cmdstat_"):]: int(line.split("calls=")[1].split(",")[0])
+            for line in info.splitlines() if line.startswith("cmdstat_")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_bulk_load_writes_each_user_once_with_all_its_friends(redis_server,
+                                                                           monkeypatch):
+    """However many batches name a user, the load sends one ``SADD`` per user at ``finish``
+    (at a million users a batch names a user with a handful of friends: a command each was
+    most of Redis's work), and nothing is visible before ``finish``."""
+    from presenced import bulk
+    from presenced.store import redisload
+
+    monkeypatch.setattr(redisload.RedisFriendsLoad, "batch", 97)
+    store = RedisRosterStore([redis_server.url])
+    await store.start()
+    try:
+        await store.add_friends([("u1@x", "old@x")])
+        pairs = _graph_pairs(60)
+        before = await _command_calls(store)
+        load = store.begin_friends_load()
+        assert load.batch == 97
+        written: list[int] = []
+
+        async def loaded():
+            for batch in bulk.batches(pairs, load.batch):
+                assert await load.add(batch) == len(batch)
+            assert await store.get_subscribers("u2@x") == []
+            await load.finish(written.append)
+        await loaded()
+        assert sum(written) == len(pairs)
+        calls = await _command_calls(store)
+        friends = _friends_of(pairs)
+        assert calls["sadd"] - before.get("sadd", 0) == len(friends)
+        assert calls["evalsha"] == before["evalsha"]  # no graph script
+        friends["u1@x"].add("old@x")
+        for user, expected in friends.items():
+            assert set(await store.get_subscribers(user)) == expected, user
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_bulk_load_falls_back_to_the_script_when_a_write_fails(redis_server,
+                                                                           monkeypatch):
+    """A part whose ``SADD`` commands fail (a connection lost mid-way) is sent again through
+    the graph script, which waits for the node and retries: the load is still complete."""
+    import txredisapi
+    from twisted.internet import defer
+
+    store = RedisRosterStore([redis_server.url])
+    failed: list[int] = []
+
+    def lost(place, payload, commands):
+        failed.append(commands)
+        return defer.fail(txredisapi.ConnectionError("Lost connection"))
+    monkeypatch.setattr(store, "write_encoded", lost)
+    await store.start()
+    try:
+        pairs = _graph_pairs(40)
+        load = store.begin_friends_load()
+        await load.add(pairs)
+        await load.finish()
+        assert sum(failed) == len(_friends_of(pairs))
+        for user, expected in _friends_of(pairs).items():
+            assert set(await store.get_subscribers(user)) == expected, user
+    finally:
+        await store.stop()

@@ -346,9 +346,11 @@ class RedisNode:
         replies, or fails with the first error reply. Bulk loads use it: txredisapi's
         encoding costs about 2 µs per argument in Python. Written on the connection the
         other requests use and its replies taken from the same queue, in the same turn, so
-        the order of requests and replies is kept; past ``timeout`` the connection is
-        dropped (a reply still due would answer the wrong request)."""
-        conn = yield self._factory.getConnection(peek=True)
+        the order of requests and replies is kept. Fails past ``timeout`` without a
+        connection; past it after the write the connection is dropped (a reply still due
+        would answer the wrong request)."""
+        timeout = self._confirmation.timeout
+        conn = yield self._factory.getConnection(peek=True).addTimeout(timeout, reactor)
         if not conn.connected:
             raise txredisapi.ConnectionError("Not connected")
         conn.transport.write(payload)
@@ -356,7 +358,7 @@ class RedisNode:
             [conn.replyQueue.get().addCallback(conn.handle_reply) for _ in range(commands)],
             consumeErrors=True)
         replies.addErrback(lambda f: f.value.subFailure)
-        replies.addTimeout(self._confirmation.timeout, reactor,
+        replies.addTimeout(timeout, reactor,
                            onTimeoutCancel=lambda *_: conn.transport.abortConnection())
         return (yield replies)
 
