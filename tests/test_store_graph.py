@@ -248,7 +248,7 @@ async def test_redis_bulk_load_falls_back_to_the_script_when_a_write_fails(redis
     store = RedisRosterStore([redis_server.url])
     failed: list[int] = []
 
-    def lost(place, payload, commands):
+    def lost(node, payload, commands):
         failed.append(commands)
         return defer.fail(txredisapi.ConnectionError("Lost connection"))
     monkeypatch.setattr(store, "write_encoded", lost)

@@ -470,6 +470,9 @@ class RingLayout:
     def target(self, place: int) -> Any:
         return self.nodes[place]
 
+    def node_of_place(self, place: int) -> Optional[RedisNode]:
+        return self.nodes[place]
+
     def accounts_key(self, place: int) -> str:
         return _ACCOUNTS
 
@@ -501,6 +504,10 @@ class ClusterLayout:
 
     def target(self, place: int) -> SlotRoute:
         return self.map.route(place)
+
+    def node_of_place(self, place: int) -> Optional[RedisNode]:
+        """The slot's master now, None while none is known."""
+        return self.map.owner(place)
 
     def accounts_key(self, place: int) -> str:
         return f"{_ACCOUNTS}:{{{self._tags[place]}}}"
@@ -577,6 +584,7 @@ class RedisRosterStore:
         else:
             self.layout = RingLayout([RedisNode(url, timeout, wait_replicas)
                                       for url in self.urls], self.urls)
+        self._confirms = wait_replicas > 0 or (node is not None and node.confirms)
         self._open = False
         self._stores = CapabilityRegistry(self)
         self.archive_ids = ArchiveIds()
@@ -726,11 +734,8 @@ class RedisRosterStore:
     @property
     def takes_encoded(self) -> bool:
         """Whether bulk writes may go as commands encoded by the caller
-        (:meth:`write_encoded`): independent nodes whose writes need no replica's
-        confirmation. Under Redis Cluster writes go through the graph script, which is sent
-        again when a slot moves."""
-        return isinstance(self.layout, RingLayout) and not any(
-            node.confirms for node in self.layout.nodes)
+        (:meth:`write_encoded`): when no write waits for replicas' confirmation."""
+        return not self._confirms
 
     @staticmethod
     def encode_friend_sets(friends: list[tuple[str, str]]) -> bytes:
@@ -746,9 +751,22 @@ class RedisRosterStore:
             commands.append(b"".join([b"$%d\r\n%s\r\n" % (len(m), m) for m in members]))
         return b"".join(commands)
 
-    def write_encoded(self, place: int, payload: bytes, commands: int) -> defer.Deferred:
-        """Send commands made by :meth:`encode_friend_sets` to the node of ``place``."""
-        return self.layout.target(place).execute_encoded(payload, commands)
+    def nodes_of_places(self, places: Iterable[int]) -> dict[Optional[RedisNode], list[int]]:
+        """``places`` grouped by the node that holds them now (under Redis Cluster a slot's
+        master, None for slots without one): one :meth:`write_encoded` per node."""
+        nodes: defaultdict[Optional[RedisNode], list[int]] = defaultdict(list)
+        for place in places:
+            nodes[self.layout.node_of_place(place)].append(place)
+        return nodes
+
+    def write_encoded(self, node: Optional[RedisNode], payload: bytes,
+                      commands: int) -> defer.Deferred:
+        """Send commands made by :meth:`encode_friend_sets` to ``node``. Fails on the first
+        error reply, a slot moved away (MOVED, ASK) included: the caller sends the same
+        writes again through :meth:`send_graph_lines`, which follows the slot map."""
+        if node is None:
+            return defer.fail(txredisapi.ConnectionError("no master known"))
+        return node.execute_encoded(payload, commands)
 
     def place(self, user: str) -> int:
         """Where ``user``'s keys live (a node's index, or a cluster slot); a pure function

@@ -70,8 +70,12 @@ class RedisFriendsLoad:
 
         def send(prepared: tuple[dict[int, list[tuple[str, str]]], dict[int, bytes], int]):
             by_place, encoded, friends = prepared
-            writes = [self._send(place, users, encoded.get(place))
-                      for place, users in by_place.items()]
+            if encoded:
+                writes = [self._send(node, {place: by_place[place] for place in places},
+                                     b"".join([encoded[place] for place in places]))
+                          for node, places in self._store.nodes_of_places(by_place).items()]
+            else:
+                writes = [self._script(by_place)]
             d = defer.gatherResults(writes, consumeErrors=True)
             d.addErrback(lambda f: f.value.subFailure)
             return d.addCallback(lambda _: self._wrote(friends, report))
@@ -91,18 +95,20 @@ class RedisFriendsLoad:
             encoded = {p: self._store.encode_friend_sets(users) for p, users in by_place.items()}
         return by_place, encoded, friends
 
-    def _send(self, place: int, users: list[tuple[str, str]],
-              encoded: Optional[bytes]) -> defer.Deferred:
-        """Plain ``SADD`` commands (a third of the node's CPU of the graph script) when the
-        store takes them; the graph script otherwise, or when they fail (a lost connection,
-        a Redis loading or busy: the script's path waits and retries, and ``SADD`` of what
-        was written already changes nothing)."""
-        def script(_=None) -> defer.Deferred:
-            lines = ["F\t" + user + "\t" + names for user, names in users]
-            return self._store.send_graph_lines("load_friends", {place: lines})
-        if encoded is None:
-            return script()
-        return self._store.write_encoded(place, encoded, len(users)).addErrback(script)
+    def _send(self, node, by_place: dict[int, list[tuple[str, str]]],
+              encoded: bytes) -> defer.Deferred:
+        """Plain ``SADD`` commands to one node (a third of the node's CPU of the graph
+        script); when they fail (a lost connection, a Redis loading or busy, a slot moved)
+        the graph script's path, which waits, retries and follows the slot map (``SADD`` of
+        what was written already changes nothing)."""
+        commands = sum(len(users) for users in by_place.values())
+        d = self._store.write_encoded(node, encoded, commands)
+        return d.addErrback(lambda _: self._script(by_place))
+
+    def _script(self, by_place: dict[int, list[tuple[str, str]]]) -> defer.Deferred:
+        lines = {place: ["F\t" + user + "\t" + names for user, names in users]
+                 for place, users in by_place.items()}
+        return self._store.send_graph_lines("load_friends", lines)
 
     def _wrote(self, friends: int, report: Optional[Callable[[int], None]]) -> None:
         """Report pairs written: each pair is a friend on both sides."""
