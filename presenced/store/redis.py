@@ -26,7 +26,7 @@ data lives on one node (under Redis Cluster: in one slot)::
 A contact in ``friends`` is a ``both`` item whatever ``roster`` says about it;
 ``get_subscribers`` is ``SUNION friends subs``. The roster version is ``ver + SCARD friends``:
 adding friends raises it by the set's growth with no write of its own (a bulk load writes one
-SADD per user and batch, nothing else), every other change adds to ``ver`` at least what it
+SADD per user with all its friends, nothing else: :mod:`presenced.store.redisload`), every other change adds to ``ver`` at least what it
 takes from the set plus one, so the version grows with every change and never goes back. Keeping a friendship as one set member (rather than a hash field and two set
 members) makes bulk loads about twice as fast and the graph about half the size; changing one
 side of it (``set_roster_item``, ``remove_subscriptions``) moves it to the explicit records.
