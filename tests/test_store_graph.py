@@ -263,3 +263,24 @@ async def test_redis_bulk_load_falls_back_to_the_script_when_a_write_fails(redis
             assert set(await store.get_subscribers(user)) == expected, user
     finally:
         await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_bulk_load_reports_a_refused_write(redis_server):
+    """A user whose friends key holds another type makes its ``SADD`` fail (WRONGTYPE) in
+    the middle of a node's commands: the load fails with the reason, the others are
+    written."""
+    store = RedisRosterStore([redis_server.url])
+    await store.start()
+    try:
+        await store.layout.nodes[0].execute("SET", "u:{u5@x}:friends", "not a set")
+        pairs = _graph_pairs(30)
+        load = store.begin_friends_load()
+        await load.add(pairs)
+        with pytest.raises(StoreError, match="WRONGTYPE"):
+            await load.finish()
+        for user, expected in _friends_of(pairs).items():
+            if user != "u5@x":
+                assert set(await store.get_subscribers(user)) == expected, user
+    finally:
+        await store.stop()

@@ -354,13 +354,16 @@ class RedisNode:
         if not conn.connected:
             raise txredisapi.ConnectionError("Not connected")
         conn.transport.write(payload)
-        replies = defer.gatherResults(
-            [conn.replyQueue.get().addCallback(conn.handle_reply) for _ in range(commands)],
-            consumeErrors=True)
-        replies.addErrback(lambda f: f.value.subFailure)
-        replies.addTimeout(timeout, reactor,
-                           onTimeoutCancel=lambda *_: conn.transport.abortConnection())
-        return (yield replies)
+        # Replies come in order: once the last is here, so are the others (an error reply,
+        # or the connection lost, is the exception itself as a reply's value).
+        replies = [conn.replyQueue.get() for _ in range(commands)]
+        last = yield replies[-1].addTimeout(
+            timeout, reactor, onTimeoutCancel=lambda *_: conn.transport.abortConnection())
+        values = [reply.result for reply in replies[:-1]] + [last]
+        for value in values:
+            if isinstance(value, Exception):
+                raise value
+        return values
 
     def close(self) -> defer.Deferred:
         return self._factory.disconnect()

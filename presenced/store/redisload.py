@@ -11,7 +11,7 @@ of the users at a time, each user one line of the graph script with all their fr
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import defer, threads
 from zope.interface import implementer
@@ -57,13 +57,14 @@ class RedisFriendsLoad:
         window = defer.DeferredSemaphore(PARTS_IN_FLIGHT)
         parts = [window.run(self._write_part, part, report)
                  for part in range(self._spill.parts)]
-        d = defer.gatherResults(parts, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure)
-
-        def done(result):
+        def done(results: list[tuple[bool, Any]]) -> None:
+            """Every part written or failed: a user refused (a key of another type) costs
+            the load that user's writes, not the parts after it."""
             self._spill.close()
-            return result
-        return d.addBoth(done)
+            for ok, result in results:
+                if not ok:
+                    result.raiseException()
+        return defer.DeferredList(parts, consumeErrors=True).addCallback(done)
 
     def _write_part(self, part: int, report: Optional[Callable[[int], None]]):
         d = threads.deferToThread(self._prepare, part)
