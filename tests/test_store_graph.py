@@ -76,6 +76,10 @@ async def test_redis_refuses_names_that_would_break_its_bulk_format(redis_server
         for bad in ("bad\tname@x", "bad\nname@x", ""):
             with pytest.raises(StoreError, match="tabs or newlines"):
                 await store.add_friends([("ok@x", "fine@x"), (bad, "ok@x")])
+            with pytest.raises(StoreError, match="tabs or newlines"):
+                await store.begin_friends_load().add([("ok@x", "fine@x"), (bad, "ok@x")])
+        with pytest.raises(StoreError, match="tabs or newlines"):
+            await store.begin_friends_load().add([("", "")])
         assert await store.get_roster("ok@x") == []
         assert await store.add_friends([("ok@x", "fine@x")]) == 1
     finally:
