@@ -76,6 +76,10 @@ async def test_redis_refuses_names_that_would_break_its_bulk_format(redis_server
         for bad in ("bad\tname@x", "bad\nname@x", ""):
             with pytest.raises(StoreError, match="tabs or newlines"):
                 await store.add_friends([("ok@x", "fine@x"), (bad, "ok@x")])
+            with pytest.raises(StoreError, match="tabs or newlines"):
+                await store.begin_friends_load().add([("ok@x", "fine@x"), (bad, "ok@x")])
+        with pytest.raises(StoreError, match="tabs or newlines"):
+            await store.begin_friends_load().add([("", "")])
         assert await store.get_roster("ok@x") == []
         assert await store.add_friends([("ok@x", "fine@x")]) == 1
     finally:
@@ -176,5 +180,111 @@ async def test_a_staged_load_is_written_at_finish_in_owner_ranges(tmp_path, monk
                                                                             name="Fan")
         assert await store.get_roster_version("u2@x") > before
         assert await store.get_subscribers("old@x") == ["u1@x"]
+    finally:
+        await store.stop()
+
+
+def _graph_pairs(users: int) -> list[tuple[str, str]]:
+    return [(f"u{i}@x", f"u{j}@x") for i in range(1, users) for j in range(0, i, 3)]
+
+
+def _friends_of(pairs: list[tuple[str, str]]) -> dict[str, set[str]]:
+    friends: dict[str, set[str]] = {}
+    for a, b in pairs:
+        friends.setdefault(a, set()).add(b)
+        friends.setdefault(b, set()).add(a)
+    return friends
+
+
+async def _command_calls(store: RedisRosterStore) -> dict[str, int]:
+    node = store.layout.nodes[0]
+    info = await node.execute("INFO", "commandstats")
+    return {line.split(":")[0][len("cmdstat_"):]: int(line.split("calls=")[1].split(",")[0])
+            for line in info.splitlines() if line.startswith("cmdstat_")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_bulk_load_writes_each_user_once_with_all_its_friends(redis_server,
+                                                                           monkeypatch):
+    """However many batches name a user, the load sends one ``SADD`` per user at ``finish``
+    (at a million users a batch names a user with a handful of friends: a command each was
+    most of Redis's work), and nothing is visible before ``finish``."""
+    from presenced import bulk
+    from presenced.store import redisload
+
+    monkeypatch.setattr(redisload.RedisFriendsLoad, "batch", 97)
+    store = RedisRosterStore([redis_server.url])
+    await store.start()
+    try:
+        await store.add_friends([("u1@x", "old@x")])
+        pairs = _graph_pairs(60)
+        before = await _command_calls(store)
+        load = store.begin_friends_load()
+        assert load.batch == 97
+        written: list[int] = []
+
+        async def loaded():
+            for batch in bulk.batches(pairs, load.batch):
+                assert await load.add(batch) == len(batch)
+            assert await store.get_subscribers("u2@x") == []
+            await load.finish(written.append)
+        await loaded()
+        assert sum(written) == len(pairs)
+        calls = await _command_calls(store)
+        friends = _friends_of(pairs)
+        assert calls["sadd"] - before.get("sadd", 0) == len(friends)
+        assert calls["evalsha"] == before["evalsha"]  # no graph script
+        friends["u1@x"].add("old@x")
+        for user, expected in friends.items():
+            assert set(await store.get_subscribers(user)) == expected, user
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_bulk_load_falls_back_to_the_script_when_a_write_fails(redis_server,
+                                                                           monkeypatch):
+    """A part whose ``SADD`` commands fail (a connection lost mid-way) is sent again through
+    the graph script, which waits for the node and retries: the load is still complete."""
+    import txredisapi
+    from twisted.internet import defer
+
+    store = RedisRosterStore([redis_server.url])
+    failed: list[int] = []
+
+    def lost(node, payload, commands):
+        failed.append(commands)
+        return defer.fail(txredisapi.ConnectionError("Lost connection"))
+    monkeypatch.setattr(store, "write_encoded", lost)
+    await store.start()
+    try:
+        pairs = _graph_pairs(40)
+        load = store.begin_friends_load()
+        await load.add(pairs)
+        await load.finish()
+        assert sum(failed) == len(_friends_of(pairs))
+        for user, expected in _friends_of(pairs).items():
+            assert set(await store.get_subscribers(user)) == expected, user
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_bulk_load_reports_a_refused_write(redis_server):
+    """A user whose friends key holds another type makes its ``SADD`` fail (WRONGTYPE) in
+    the middle of a node's commands: the load fails with the reason, the others are
+    written."""
+    store = RedisRosterStore([redis_server.url])
+    await store.start()
+    try:
+        await store.layout.nodes[0].execute("SET", "u:{u5@x}:friends", "not a set")
+        pairs = _graph_pairs(30)
+        load = store.begin_friends_load()
+        await load.add(pairs)
+        with pytest.raises(StoreError, match="WRONGTYPE"):
+            await load.finish()
+        for user, expected in _friends_of(pairs).items():
+            if user != "u5@x":
+                assert set(await store.get_subscribers(user)) == expected, user
     finally:
         await store.stop()

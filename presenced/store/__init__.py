@@ -22,8 +22,7 @@ import math
 import re
 from typing import Any, Callable, Iterable, Optional
 
-from twisted.internet import defer
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, Interface
 
 SUBSCRIPTIONS = ("none", "to", "from", "both")
 
@@ -287,9 +286,9 @@ class IStoreDump(Interface):
 
 
 class IFriendsLoad(Interface):
-    """One bulk load of friendships. Batches may be written as they come (Redis) or staged
-    and written together at ``finish`` (embedded: one sorted pass over the table instead of
-    random writes per batch). Each fires as :meth:`IGraphStore.add_friends` does; the load
+    """One bulk load of friendships. Batches are staged and written together at ``finish``
+    (embedded: one sorted pass over the table instead of random writes per batch; Redis: one
+    ``SADD`` per user with all of its friends instead of one per user and batch). Each fires as :meth:`IGraphStore.add_friends` does; the load
     is complete only when ``finish`` fires, and an interrupted load is resumed by loading the
     same pairs again (the writes are idempotent)."""
 
@@ -300,22 +299,6 @@ class IFriendsLoad(Interface):
 
     def finish(report: Optional[Callable[[int], None]] = None):
         """Write what was staged; ``report(pairs)`` is called as parts of it are written."""
-
-
-@implementer(IFriendsLoad)
-class DirectFriendsLoad:
-    """A bulk load that writes every batch through ``add_friends`` at once: for backends
-    whose batched writes are already their fastest path."""
-
-    def __init__(self, store: "IGraphStore", batch: int):
-        self._store = store
-        self.batch = batch
-
-    def add(self, pairs: Iterable[Pair]) -> defer.Deferred:
-        return self._store.add_friends(pairs)
-
-    def finish(self, report: Optional[Callable[[int], None]] = None) -> defer.Deferred:
-        return defer.succeed(None)
 
 
 class IRosterStore(IAccountStore, IGraphStore, ICapabilityStores, IStoreDump):

@@ -26,7 +26,7 @@ data lives on one node (under Redis Cluster: in one slot)::
 A contact in ``friends`` is a ``both`` item whatever ``roster`` says about it;
 ``get_subscribers`` is ``SUNION friends subs``. The roster version is ``ver + SCARD friends``:
 adding friends raises it by the set's growth with no write of its own (a bulk load writes one
-SADD per user and batch, nothing else), every other change adds to ``ver`` at least what it
+SADD per user with all its friends, nothing else: :mod:`presenced.store.redisload`), every other change adds to ``ver`` at least what it
 takes from the set plus one, so the version grows with every change and never goes back. Keeping a friendship as one set member (rather than a hash field and two set
 members) makes bulk loads about twice as fast and the graph about half the size; changing one
 side of it (``set_roster_item``, ``remove_subscriptions``) moves it to the explicit records.
@@ -70,7 +70,7 @@ import hashlib
 import json
 import zlib
 from collections import defaultdict
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
@@ -82,8 +82,9 @@ from zope.interface import implementer
 
 from presenced.store import (OFFLINE_STORE, PENDING_STORE, PEP_STORE, PRIVATE_STORE,
                              ArchiveEntry, ArchiveIds, ArchivePage, CapabilityRegistry,
-                             Credentials, DirectFriendsLoad, IArchiveStore, IListStore,
+                             Credentials, IArchiveStore, IListStore,
                              IMapStore, IRosterStore, Pair, RosterItem, StoreError)
+from presenced.store.redisload import RedisFriendsLoad
 from presenced.store.rediscluster import ClusterMap, SlotRoute, key_slot, slot_tags
 from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
                                    roster_item_from_text, roster_item_to_text)
@@ -95,13 +96,7 @@ _ACCOUNTS = "accounts"
 _KINDS = {"hash": "map", "list": "list", "zset": "archive"}  # Redis TYPE -> capability kind
 _SEARCH_CHUNK = 1000
 _SCRIPT_LINES = 5000  # users per graph script call
-# Pairs per bulk-load batch. A batch is one script line (one SADD) per user it touches: at a
-# million users, batches of 250 000 pairs give 2.9 new friends per line, 2 000 000 give 7.
-# Each batch in flight holds ~150 bytes per pair in the loader. Under Redis Cluster a batch
-# is one request (regrouped and sent again whole when a slot moves) that must end within the
-# timeout: 2M pairs could take longer than that on a busy machine.
-LOAD_BATCH = 2_000_000
-CLUSTER_LOAD_BATCH = 250_000
+_SCRIPT_BYTES = 1 << 20  # and about this much text (~40 000 friends: ~50 ms of one node)
 # Errors Redis answers before running the command: waiting and asking again is always safe.
 _TRANSIENT = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
 # A script stopped part way because a key it reached has just been migrated to another slot
@@ -343,6 +338,36 @@ class RedisNode:
         """Run a write; with ``wait_replicas``, fire its reply once the replicas have it."""
         return defer.ensureDeferred(self._confirmation.write(args))
 
+    @property
+    def confirms(self) -> bool:
+        """Whether writes wait for replicas (``wait_replicas``)."""
+        return self._confirmation.replicas > 0
+
+    @defer.inlineCallbacks
+    def execute_encoded(self, payload: bytes, commands: int):
+        """Send ``commands`` commands the caller encoded (RESP) in one write; fires their
+        replies, or fails with the first error reply. Bulk loads use it: txredisapi's
+        encoding costs about 2 µs per argument in Python. Written on the connection the
+        other requests use and its replies taken from the same queue, in the same turn, so
+        the order of requests and replies is kept. Fails past ``timeout`` without a
+        connection; past it after the write the connection is dropped (a reply still due
+        would answer the wrong request)."""
+        timeout = self._confirmation.timeout
+        conn = yield self._factory.getConnection(peek=True).addTimeout(timeout, reactor)
+        if not conn.connected:
+            raise txredisapi.ConnectionError("Not connected")
+        conn.transport.write(payload)
+        # Replies come in order: once the last is here, so are the others (an error reply,
+        # or the connection lost, is the exception itself as a reply's value).
+        replies = [conn.replyQueue.get() for _ in range(commands)]
+        last = yield replies[-1].addTimeout(
+            timeout, reactor, onTimeoutCancel=lambda *_: conn.transport.abortConnection())
+        values = [reply.result for reply in replies[:-1]] + [last]
+        for value in values:
+            if isinstance(value, Exception):
+                raise value
+        return values
+
     def close(self) -> defer.Deferred:
         return self._factory.disconnect()
 
@@ -359,23 +384,24 @@ class ReplicaConfirmation:
 
     def __init__(self, node: RedisNode, replicas: int, timeout: float):
         self._node = node
-        self._replicas = replicas
+        self.replicas = replicas
+        self.timeout = timeout
         self._timeout_ms = max(1, int(timeout * 500))  # half the request deadline
         self._next: list[defer.Deferred] = []
         self._waiting = False
 
     async def write(self, args: tuple) -> Any:
         reply = await self._node.execute(*args)
-        if not self._replicas:
+        if not self.replicas:
             return reply
         confirmed: defer.Deferred = defer.Deferred()
         self._next.append(confirmed)
         if not self._waiting:
             self._send()
         acked = await confirmed
-        if acked < self._replicas:
+        if acked < self.replicas:
             raise NotReplicated(f"{args[0]} ran on {self._node} but {acked} of "
-                                f"{self._replicas} replicas confirmed it within "
+                                f"{self.replicas} replicas confirmed it within "
                                 f"{self._timeout_ms} ms")
         return reply
 
@@ -393,7 +419,7 @@ class ReplicaConfirmation:
                 else:
                     waiter.callback(int(result))
 
-        self._node.execute("WAIT", self._replicas, self._timeout_ms).addBoth(done)
+        self._node.execute("WAIT", self.replicas, self._timeout_ms).addBoth(done)
 
 
 # Per-master scripts over the accounts index of a cluster: one key per slot, named in ARGV
@@ -450,6 +476,9 @@ class RingLayout:
     def target(self, place: int) -> Any:
         return self.nodes[place]
 
+    def node_of_place(self, place: int) -> Optional[RedisNode]:
+        return self.nodes[place]
+
     def accounts_key(self, place: int) -> str:
         return _ACCOUNTS
 
@@ -482,6 +511,10 @@ class ClusterLayout:
     def target(self, place: int) -> SlotRoute:
         return self.map.route(place)
 
+    def node_of_place(self, place: int) -> Optional[RedisNode]:
+        """The slot's master now, None while none is known."""
+        return self.map.owner(place)
+
     def accounts_key(self, place: int) -> str:
         return f"{_ACCOUNTS}:{{{self._tags[place]}}}"
 
@@ -506,6 +539,22 @@ def _retry_later(failure: Failure) -> bool:
     text = failure.getErrorMessage()
     return bool(failure.check(txredisapi.ResponseError)) and (
         text.startswith(_TRANSIENT) or _PARTIAL in text)
+
+
+def _script_chunks(lines: list[str]) -> Iterator[str]:
+    """Graph lines joined into script arguments of at most ``_SCRIPT_LINES`` users and about
+    ``_SCRIPT_BYTES``: a user's line of a bulk load holds all their friends (thousands for
+    the best connected), and one script call blocks the node while it runs."""
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        chunk.append(line)
+        size += len(line)
+        if len(chunk) >= _SCRIPT_LINES or size >= _SCRIPT_BYTES:
+            yield "\n".join(chunk)
+            chunk, size = [], 0
+    if chunk:
+        yield "\n".join(chunk)
 
 
 def _some(names: list[str]) -> str:
@@ -541,6 +590,7 @@ class RedisRosterStore:
         else:
             self.layout = RingLayout([RedisNode(url, timeout, wait_replicas)
                                       for url in self.urls], self.urls)
+        self._confirms = wait_replicas > 0 or (node is not None and node.confirms)
         self._open = False
         self._stores = CapabilityRegistry(self)
         self.archive_ids = ArchiveIds()
@@ -676,6 +726,10 @@ class RedisRosterStore:
                     or "\t\t" in payload or "\t\n" in payload or payload.endswith("\t")):
                 return defer.fail(StoreError(f"{what}: empty user names or names with tabs "
                                              f"or newlines cannot be stored"))
+        return self.send_graph_lines(what, by_place)
+
+    def send_graph_lines(self, what: str, by_place: dict[int, list[str]]) -> defer.Deferred:
+        """Send graph lines already checked and grouped by :meth:`place` of their users."""
         if isinstance(self.layout, ClusterLayout):
             return defer.ensureDeferred(self._graph_on_masters(what, by_place))
         requests = {self.layout.target(place): defer.ensureDeferred(
@@ -683,11 +737,53 @@ class RedisRosterStore:
                     for place, place_lines in by_place.items()}
         return defer.ensureDeferred(self._on_every_node(what, requests))
 
+    @property
+    def takes_encoded(self) -> bool:
+        """Whether bulk writes may go as commands encoded by the caller
+        (:meth:`write_encoded`): when no write waits for replicas' confirmation."""
+        return not self._confirms
+
+    @staticmethod
+    def encode_friend_sets(friends: list[tuple[str, str]]) -> bytes:
+        """``SADD`` commands in RESP for ``[(user, "friend<TAB>friend..."), ...]``, one per
+        user with all its friends: what :meth:`write_encoded` sends. No side effects, so any
+        thread may call it."""
+        commands = []
+        for user, names in friends:
+            key = user_key(user, "friends").encode("utf-8", "surrogateescape")
+            members = names.encode("utf-8", "surrogateescape").split(b"\t")
+            commands.append(b"*%d\r\n$4\r\nSADD\r\n$%d\r\n%s\r\n"
+                            % (len(members) + 2, len(key), key))
+            commands.append(b"".join([b"$%d\r\n%s\r\n" % (len(m), m) for m in members]))
+        return b"".join(commands)
+
+    def nodes_of_places(self, places: Iterable[int]) -> dict[Optional[RedisNode], list[int]]:
+        """``places`` grouped by the node that holds them now (under Redis Cluster a slot's
+        master, None for slots without one): one :meth:`write_encoded` per node."""
+        nodes: defaultdict[Optional[RedisNode], list[int]] = defaultdict(list)
+        for place in places:
+            nodes[self.layout.node_of_place(place)].append(place)
+        return nodes
+
+    def write_encoded(self, node: Optional[RedisNode], payload: bytes,
+                      commands: int) -> defer.Deferred:
+        """Send commands made by :meth:`encode_friend_sets` to ``node``. Fails on the first
+        error reply, a slot moved away (MOVED, ASK) included: the caller sends the same
+        writes again through :meth:`send_graph_lines`, which follows the slot map."""
+        if node is None:
+            return defer.fail(txredisapi.ConnectionError("no master known"))
+        return node.execute_encoded(payload, commands)
+
+    def place(self, user: str) -> int:
+        """Where ``user``'s keys live (a node's index, or a cluster slot); a pure function
+        of the name and the configured nodes, so any thread may call it."""
+        return self.layout.place(user)
+
     async def _graph_chunks(self, node: Any, lines: list[str]) -> None:
         """One chunk after the other (short scripts, so other clients of the node wait a few
         ms at most): each gets the whole timeout, however big the request."""
-        for i in range(0, len(lines), _SCRIPT_LINES):
-            await self._eval(node, _GRAPH, [], [BOTH, "\n".join(lines[i:i + _SCRIPT_LINES])])
+        for payload in _script_chunks(lines):
+            await self._eval(node, _GRAPH, [], [BOTH, payload])
 
     async def _graph_on_masters(self, what: str, by_slot: dict[int, list[str]]) -> None:
         """Graph lines grouped by the master that owns their slots, one script per master
@@ -730,8 +826,8 @@ class RedisRosterStore:
         if node is None or not node.connected():
             raise txredisapi.ConnectionError("Not connected")
         script = _GRAPH_ON_MASTER
-        for i in range(0, len(lines), _SCRIPT_LINES):
-            argv = (BOTH, "\n".join(lines[i:i + _SCRIPT_LINES]))
+        for payload in _script_chunks(lines):
+            argv = (BOTH, payload)
             for command, first in (("EVALSHA", script.sha), ("EVAL", script.source)):
                 d = node.execute_confirmed(command, first, 0, *argv)
                 d.addTimeout(max(0.01, deadline - reactor.seconds()), reactor)
@@ -903,10 +999,8 @@ class RedisRosterStore:
     def remove_friends(self, pairs: Iterable[Pair]) -> defer.Deferred:
         return self._friends("f", "remove_friends", pairs)
 
-    def begin_friends_load(self) -> DirectFriendsLoad:
-        if isinstance(self.layout, ClusterLayout):  # a batch must fit in one request timeout
-            return DirectFriendsLoad(self, CLUSTER_LOAD_BATCH)
-        return DirectFriendsLoad(self, LOAD_BATCH)
+    def begin_friends_load(self) -> RedisFriendsLoad:
+        return RedisFriendsLoad(self)
 
     def _friends(self, op: str, what: str, pairs: Iterable[Pair]) -> defer.Deferred:
         contacts: defaultdict[str, list[str]] = defaultdict(list)
