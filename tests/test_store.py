@@ -167,6 +167,32 @@ async def test_a_burst_of_appends_keeps_order_ids_and_bounds(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_entries_appended_in_one_turn_share_one_deferred_and_keep_their_bounds(store):
+    """append_entries, the message-rate path: every call of a reactor turn gets the turn's
+    Deferred, which fires once all of them are written (more than one request's worth, for
+    users on any node), each user's archive in id order and within ``keep``."""
+    archive = store.open_archive("archive")
+    calls = []
+    for i in range(300):
+        ids = [archive.new_id(1000.0 + i) for _ in range(2)]
+        calls.append(archive.append_entries(
+            [(f"u{i % 7}@x", ids[0], f"m{i}", 1000.0 + i, "peer@x"),
+             ("all@x", ids[1], f"m{i}", 1000.0 + i, f"u{i % 7}@x")], keep=250))
+    assert len({id(d) for d in calls}) <= 3  # one a turn (a request of 256 on embedded)
+    await calls[-1]
+    assert all(d.called for d in calls)
+    page = await archive.query("all@x", limit=1000)
+    assert [e.value for e in page.entries] == [f"m{i}" for i in range(50, 300)]
+    assert page.entries[0].with_ == f"u{50 % 7}@x" and page.entries[0].when == 1050.0
+    page = await archive.query("u3@x", limit=1000)
+    assert [e.value for e in page.entries] == [f"m{i}" for i in range(300) if i % 7 == 3]
+    later = archive.append_entries([("all@x", archive.new_id(2000.0), "late", 2000.0, None)])
+    assert later is not calls[0]
+    await later
+    assert (await archive.query("all@x", last=True, limit=1)).entries[0].value == "late"
+
+
+@pytest_twisted.ensureDeferred
 async def test_archive_append_drops_entries_beyond_keep_and_older_than_since(store):
     archive = store.open_archive("archive")
     for i in range(6):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import math
 import re
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from twisted.internet import defer
 from zope.interface import Attribute, Interface, implementer
@@ -28,6 +28,7 @@ from zope.interface import Attribute, Interface, implementer
 SUBSCRIPTIONS = ("none", "to", "from", "both")
 
 Pair = tuple[str, str]
+ArchiveRow = tuple[str, str, str, float, Optional[str]]  # user, id, value, when, with_
 
 
 class StoreError(Exception):
@@ -167,6 +168,15 @@ class IArchiveStore(Interface):
         id. With ``keep`` the user's oldest entries beyond the newest ``keep`` are dropped,
         with ``since`` those older than ``since``: bounds a feature enforces in the same
         request as the write (retention, per-user size)."""
+
+    def append_entries(entries: Sequence[ArchiveRow], keep: Optional[int] = None,
+                       since: Optional[float] = None):
+        """Add entries ``(user, id, value, when, with_)`` (ids from :meth:`new_id`), each
+        user's archive bounded as :meth:`append` does. For a feature appending at message
+        rate: the entries of one reactor turn are written in one request, and every call of
+        that turn gets the same Deferred, so a message costs no Deferred of its own (add a
+        callback once per distinct Deferred). It fires None when the turn's entries are
+        written, or fails for all of them."""
 
     def query(user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
               start: Optional[float] = None, end: Optional[float] = None,

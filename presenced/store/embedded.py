@@ -21,16 +21,17 @@ import queue
 import sqlite3
 import threading
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from presenced.store import (ArchiveEntry, ArchiveIds, ArchivePage, CapabilityRegistry,
-                             Credentials, IArchiveStore, IFriendsLoad, IListStore, IMapStore,
-                             IRosterStore, Pair, RosterItem, StoreError)
+from presenced.store import (ArchiveEntry, ArchiveIds, ArchivePage, ArchiveRow,
+                             CapabilityRegistry, Credentials, IArchiveStore, IFriendsLoad,
+                             IListStore, IMapStore, IRosterStore, Pair, RosterItem,
+                             StoreError)
 from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
                                    roster_item_from_text, roster_item_to_text)
 
@@ -592,18 +593,24 @@ def _archive_highest_id(conn):
 
 
 def _archive_append_batch(conn, store, rows):
-    """Append ``rows`` (id, user, value, when, peer, keep, since) in order.
+    """Append ``rows`` (user, id, value, when, peer, keep, since) in order, in one
+    executemany; the users' ids from the connection's cache.
     Each owner's bounds are applied once for the batch, after its inserts: the count kept
     beside the archive, the entries past the newest ``since`` and beyond the smallest
     ``keep``, so the bound costs index seeks, not a walk over ``keep`` entries on every
     append (822 us an append at 10 000 entries), and a burst pays it once per owner."""
+    uids = _intern_many(conn, {row[0] for row in rows})
+    conn.executemany(
+        "INSERT INTO archives (id, owner, store, at, peer, value) VALUES (?, ?, ?, ?, ?, ?)",
+        [(int(id_), uids[user], store, when, peer, value)
+         for user, id_, value, when, peer, _, _ in rows])
     bounds: dict[int, list] = {}  # uid -> [appended, keep, since]
-    for id_, user, value, when, peer, keep, since in rows:
-        uid = _intern(conn, user)
-        conn.execute(
-            "INSERT INTO archives (id, owner, store, at, peer, value) VALUES (?, ?, ?, ?, ?, ?)",
-            (id_, uid, store, when, peer, value))
-        bound = bounds.setdefault(uid, [0, keep, since])
+    for user, _, _, _, _, keep, since in rows:
+        uid = uids[user]
+        bound = bounds.get(uid)
+        if bound is None:
+            bounds[uid] = [1, keep, since]
+            continue
         bound[0] += 1
         if keep is not None:
             bound[1] = keep if bound[1] is None else min(bound[1], keep)
@@ -888,8 +895,9 @@ class EmbeddedArchive(_Capability):
 
     def __init__(self, backend: EmbeddedRosterStore, name: str):
         super().__init__(backend, name)
-        self._rows: list[tuple] = []
-        self._waiting: list[defer.Deferred] = []
+        self._rows: list[tuple] = []  # (user, id, value, when, with_, keep, since)
+        self._waiting: list[tuple[defer.Deferred, str]] = []  # append()'s, with their ids
+        self._batch: Optional[defer.Deferred] = None  # append_entries()'s, one per batch
 
     def new_id(self, when: float) -> str:
         return self._backend.archive_ids.new_id(when)
@@ -898,24 +906,51 @@ class EmbeddedArchive(_Capability):
                keep: Optional[int] = None, since: Optional[float] = None,
                id: Optional[str] = None) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
-        if not self._rows:
-            reactor.callLater(0, self._flush)
+        self._start_batch()
         if id is None:
             id = self.new_id(when)
-        self._rows.append((int(id), user, value, when, with_, keep, since))
-        self._waiting.append(d)
+        self._rows.append((user, id, value, when, with_, keep, since))
+        self._waiting.append((d, id))
         if len(self._rows) >= MAX_APPEND_BATCH:
             self._flush()
         return d
 
+    def append_entries(self, entries: Sequence[ArchiveRow], keep: Optional[int] = None,
+                       since: Optional[float] = None) -> defer.Deferred:
+        batch = self._start_batch()
+        self._rows.extend([(*entry, keep, since) for entry in entries])
+        if len(self._rows) >= MAX_APPEND_BATCH:
+            self._flush()
+        return batch
+
+    def _start_batch(self) -> defer.Deferred:
+        """The Deferred of the batch being filled: a new batch is flushed at the turn's end."""
+        if self._batch is None:
+            self._batch = defer.Deferred()
+            reactor.callLater(0, self._flush)
+        return self._batch
+
     def _flush(self) -> None:
-        rows, waiting = self._rows, self._waiting
-        if not rows:  # flushed early by a full batch
+        rows, waiting, batch = self._rows, self._waiting, self._batch
+        if batch is None:  # flushed early by a full batch
             return
-        self._rows, self._waiting = [], []
+        self._rows, self._waiting, self._batch = [], [], None
         self._run(_archive_append_batch, rows).addCallbacks(
-            lambda _: [d.callback(str(row[0])) for d, row in zip(waiting, rows)],
-            lambda failure: [d.errback(failure) for d in waiting])
+            self._written, self._failed, (waiting, batch), None, (waiting, batch))
+
+    @staticmethod
+    def _written(_: Any, waiting: list[tuple[defer.Deferred, str]],
+                 batch: defer.Deferred) -> None:
+        for d, id_ in waiting:
+            d.callback(id_)
+        batch.callback(None)
+
+    @staticmethod
+    def _failed(failure: Failure, waiting: list[tuple[defer.Deferred, str]],
+                batch: defer.Deferred) -> None:
+        for d, _ in waiting:
+            d.errback(failure)
+        batch.errback(failure)
 
     def query(self, user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
               start: Optional[float] = None, end: Optional[float] = None,

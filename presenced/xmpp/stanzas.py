@@ -190,16 +190,20 @@ def forwardable(data: bytes) -> bytes:
     return b"<message xmlns='jabber:client'" + data[len(b"<message"):]
 
 
+_SID_HEAD = b"<stanza-id xmlns='" + NS_SID.encode() + b"' by='"
+
+
 def with_stanza_id(data: bytes, by: str, id_: Optional[str]) -> bytes:
     """A serialised message with the XEP-0359 ``<stanza-id/>`` that ``by`` (a bare JID: the
     archive's owner) gave it; ``data`` itself when there is no id."""
     if id_ is None:
         return data
-    tag = b"<stanza-id xmlns='" + NS_SID.encode() + b"' by=" + attr(by).encode("utf-8") \
-        + b" id=" + attr(id_).encode("utf-8") + b"/>"
-    if data.endswith(b"/>") and data.find(b">") == len(data) - 1:  # <message .../>
-        return data[:-2] + b">" + tag + b"</message>"
-    return data[:-len(b"</message>")] + tag + b"</message>"
+    # Two of these per archived message: the replace chain of _attr, not quoteattr (about
+    # eight times slower on a JID), and one join.
+    tag = (_SID_HEAD, _attr(by).encode("utf-8"), b"' id='", _attr(id_).encode("utf-8"), b"'/>")
+    if data.endswith(b"</message>"):
+        return b"".join((data[:-len(b"</message>")], *tag, b"</message>"))
+    return b"".join((data[:-2], b">", *tag, b"</message>"))  # <message .../>
 
 
 def message_bytes(event: "Event") -> bytes:
