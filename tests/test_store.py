@@ -193,6 +193,45 @@ async def test_entries_appended_in_one_turn_share_one_deferred_and_keep_their_bo
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_embedded_archive_is_counted_again_after_a_restart_from_a_version_1_file(
+        tmp_path):
+    """The embedded store keeps archive sizes in memory, counted on a run's first append
+    (version 1 kept them in a table, dropped on upgrade): ``keep`` holds across restarts."""
+    import sqlite3
+
+    from presenced.store.embedded import SCHEMA_VERSION, EmbeddedRosterStore
+
+    path = tmp_path / "presenced.sqlite3"
+    store = EmbeddedRosterStore(str(path))
+    await store.start()
+    for i in range(5):
+        await store.open_archive("mam").append("a@x", f"m{i}", 1000.0 + i, "b@x")
+    await store.stop()
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE archive_sizes (owner INTEGER NOT NULL, store TEXT NOT NULL, "
+                 "entries INTEGER NOT NULL, PRIMARY KEY (owner, store)) WITHOUT ROWID")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = EmbeddedRosterStore(str(path))
+    await store.start()
+    try:
+        archive = store.open_archive("mam")
+        await archive.append("a@x", "m5", 1005.0, "b@x", keep=4)
+        assert [e.value for e in (await archive.query("a@x")).entries] == ["m2", "m3", "m4",
+                                                                          "m5"]
+        await archive.append("a@x", "m6", 1006.0, "b@x", keep=4, since=1004.0)
+        assert [e.value for e in (await archive.query("a@x")).entries] == ["m4", "m5", "m6"]
+    finally:
+        await store.stop()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'archive_sizes'"
+                        ).fetchone()[0] == 0
+    conn.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_archive_append_drops_entries_beyond_keep_and_older_than_since(store):
     archive = store.open_archive("archive")
     for i in range(6):

@@ -18,7 +18,6 @@ with ``from``/``both`` is a subscriber); web-only users may exist in the graph a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import math
 import re
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -348,8 +347,10 @@ class ArchiveIds:
         self._last = 0
 
     def new_id(self, when: float) -> str:
-        self._last = max(self._last + 1, math.floor(when * 1e6))
-        return str(self._last)
+        last = self._last + 1
+        now = int(when * 1e6)  # the floor: ``when`` is after the epoch
+        self._last = last = now if now > last else last
+        return str(last)
 
     def seen(self, highest: Optional[int]) -> None:
         """Continue above ``highest`` (None: an empty store)."""

@@ -24,7 +24,9 @@ pages of at most :data:`MAX_PAGE`. ``archive_days = 0`` turns the feature off: n
 archived, queries get ``service-unavailable`` and disco does not announce it.
 
 Deciding costs nothing for users online here (preferences and blocklists are in memory): the
-message is appended at once. Otherwise it waits in its owner's queue for the store's answers
+message is appended at once, both parties' entries in one ``append_entries`` call whose
+Deferred is the reactor turn's (the store writes a turn's entries together; a message costs
+no Deferred, hook lookup or object of its own beyond its entry tuples). Otherwise it waits in its owner's queue for the store's answers
 (does the account exist, is the peer on the roster), at most :data:`MAX_QUEUED` messages per
 owner; past that a message is not archived (``presenced_archive_skipped_total``, a log line).
 
@@ -355,11 +357,11 @@ class ArchiveHandler(FeatureHandler):
         refused = self._refused_now(blocking)
         ids: dict[str, str] = {}
         entries: list[ArchiveRow] = []
-        is_local, queues = self.core.is_local, self._queues
+        is_local, queues, new_id = self.core.is_local, self._queues, self.archive.new_id
         for owner, peer in ((sender, to), (to, sender)) if sender != to else ((sender, to),):
             if not is_local(owner):
                 continue
-            id_ = self.archive.new_id(when)
+            id_ = new_id(when)
             decided = None if refused is None or owner in queues else (
                 not refused and self._decide_now(owner, peer))
             if decided:
