@@ -196,7 +196,8 @@ async def test_entries_appended_in_one_turn_share_one_deferred_and_keep_their_bo
 async def test_an_embedded_archive_is_counted_again_after_a_restart_from_a_version_1_file(
         tmp_path):
     """The embedded store keeps archive sizes in memory, counted on a run's first append
-    (version 1 kept them in a table, dropped on upgrade): ``keep`` holds across restarts."""
+    (version 1 kept them in a table, and an index by time: both dropped on upgrade):
+    ``keep`` and ``since`` hold across restarts."""
     import sqlite3
 
     from presenced.store.embedded import SCHEMA_VERSION, EmbeddedRosterStore
@@ -210,6 +211,7 @@ async def test_an_embedded_archive_is_counted_again_after_a_restart_from_a_versi
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE archive_sizes (owner INTEGER NOT NULL, store TEXT NOT NULL, "
                  "entries INTEGER NOT NULL, PRIMARY KEY (owner, store)) WITHOUT ROWID")
+    conn.execute("CREATE INDEX archives_by_time ON archives (owner, store, at)")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
@@ -226,8 +228,8 @@ async def test_an_embedded_archive_is_counted_again_after_a_restart_from_a_versi
         await store.stop()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
-    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'archive_sizes'"
-                        ).fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
+                        "('archive_sizes', 'archives_by_time')").fetchone()[0] == 0
     conn.close()
 
 
@@ -258,6 +260,9 @@ async def test_archive_append_drops_entries_beyond_keep_and_older_than_since(sto
     for i in range(3):
         await archive.append("a@x", f"k{i}", 2000.0 + i, "b@x", keep=2)
     assert [e.value for e in (await archive.query("a@x")).entries] == ["k1", "k2"]
+    await archive.append("a@x", "gone", 3000.0, "b@x", since=3001.0)  # empties the archive
+    await archive.append("a@x", "kept", 3002.0, "b@x", since=3001.0)
+    assert [e.value for e in (await archive.query("a@x")).entries] == ["kept"]
 
 
 @pytest_twisted.ensureDeferred

@@ -16,6 +16,7 @@ side of a friendship (a roster item, one subscription) turns it into explicit ro
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import sqlite3
@@ -37,7 +38,8 @@ from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_j
 
 # PRAGMA user_version of the layout below. 0 is a file of a release before capability stores
 # (tables pep, offline, pending, private), which _upgrade_0 turns into this layout; 1 had a
-# table archive_sizes (archive sizes are now counted once per run, in memory), dropped.
+# table archive_sizes (archive sizes are now counted once per run, in memory) and an index
+# archives_by_time, both dropped (an append wrote three B-trees; now two).
 SCHEMA_VERSION = 2
 
 SCHEMA = """
@@ -66,7 +68,6 @@ CREATE TABLE IF NOT EXISTS archives (
     id INTEGER PRIMARY KEY AUTOINCREMENT, owner INTEGER NOT NULL, store TEXT NOT NULL,
     at REAL NOT NULL, peer TEXT, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS archives_by_owner ON archives (owner, store, id);
-CREATE INDEX IF NOT EXISTS archives_by_time ON archives (owner, store, at);
 """
 
 # Version 0 -> 1: the per-feature tables become rows of the capability stores, PEP items in
@@ -248,6 +249,7 @@ def _open_schema(conn: sqlite3.Connection) -> list[str]:
                 conn.execute(statement)
         notes = _upgrade_0(conn) if legacy else []
         conn.execute("DROP TABLE IF EXISTS archive_sizes")  # version 1
+        conn.execute("DROP INDEX IF EXISTS archives_by_time")
         if version != SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
@@ -613,61 +615,73 @@ def _archive_append_batch(conn, store, chunks):
         "INSERT INTO archives (id, owner, store, at, peer, value) VALUES (?, ?, ?, ?, ?, ?)",
         [(int(id_), uids[user], store, when, peer, value)
          for entries, _, _ in chunks for user, id_, value, when, peer in entries])
-    bounds: dict[int, list] = {}  # uid -> [appended, keep, since, oldest appended]
+    bounds: dict[int, list] = {}  # uid -> [appended, keep, since]
     for entries, keep, since in chunks:
         for entry in entries:
             uid = uids[entry[0]]
             bound = bounds.get(uid)
             if bound is None:
-                bounds[uid] = [1, keep, since, entry[3]]
+                bounds[uid] = [1, keep, since]
                 continue
             bound[0] += 1
             if keep is not None:
                 bound[1] = keep if bound[1] is None else min(bound[1], keep)
             if since is not None:
                 bound[2] = since if bound[2] is None else max(bound[2], since)
-    for uid, (appended, keep, since, first) in bounds.items():
-        _archive_bound(conn, store, uid, appended, keep, since, first)
+    for uid, (appended, keep, since) in bounds.items():
+        _archive_bound(conn, store, uid, appended, keep, since)
 
 
-def _archive_bound(conn, store, uid, appended, keep, since, first):
+def _archive_bound(conn, store, uid, appended, keep, since):
+    """Ids grow with time, so the entries to drop are the lowest ids: the expired ones
+    walked 100 at a time, then those beyond ``keep``."""
     sizes = conn.archive_sizes.get(uid)
     if sizes is None:
         if len(conn.archive_sizes) >= _ID_CACHE:
             conn.archive_sizes.clear()
         sizes = conn.archive_sizes[uid] = {}
-    size = sizes.get(store)
+    size = sizes.get(store)  # [entries, ``at`` of the lowest id]
     if size is None:  # the first append of this run: count once (the inserts included)
-        size = sizes[store] = list(conn.execute(
-            "SELECT COUNT(*), MIN(at) FROM archives WHERE owner = ? AND store = ?",
-            (uid, store)).fetchone())
+        size = sizes[store] = [conn.execute(
+            "SELECT COUNT(*) FROM archives WHERE owner = ? AND store = ?",
+            (uid, store)).fetchone()[0], _archive_first_at(conn, store, uid)]
     else:
         size[0] += appended
-        if size[1] is None or first < size[1]:
-            size[1] = first
+        if size[1] is None:  # the bounds had emptied it
+            size[1] = _archive_first_at(conn, store, uid)
     if since is not None and size[1] < since:
-        size[0] -= conn.execute("DELETE FROM archives WHERE owner = ? AND store = ? AND at < ?",
-                                (uid, store, since)).rowcount
-        size[1] = _archive_oldest(conn, store, uid)
+        while True:
+            dropped = conn.execute(
+                "DELETE FROM archives WHERE id IN (SELECT id FROM archives WHERE owner = ? "
+                "AND store = ? ORDER BY id LIMIT 100) AND at < ?", (uid, store, since)).rowcount
+            size[0] -= dropped
+            if dropped < 100:
+                break
+        size[1] = _archive_first_at(conn, store, uid)
     if keep is not None and size[0] > keep:
         size[0] -= conn.execute(
             "DELETE FROM archives WHERE id IN (SELECT id FROM archives WHERE owner = ? AND "
             "store = ? ORDER BY id LIMIT ?)", (uid, store, size[0] - keep)).rowcount
-        size[1] = _archive_oldest(conn, store, uid)
+        size[1] = _archive_first_at(conn, store, uid)
 
 
-def _archive_oldest(conn, store, uid):
-    return conn.execute("SELECT MIN(at) FROM archives WHERE owner = ? AND store = ?",
-                        (uid, store)).fetchone()[0]
+def _archive_first_at(conn, store, uid):
+    """``at`` of the user's lowest id (None: an empty archive)."""
+    row = conn.execute("SELECT at FROM archives WHERE owner = ? AND store = ? ORDER BY id "
+                       "LIMIT 1", (uid, store)).fetchone()
+    return None if row is None else row[0]
 
 
 def _archive_query(conn, store, user, after, before, start, end, peer, limit, newest):
+    """Ids are never below their entry's microsecond (:class:`ArchiveIds`), so ``start``
+    bounds the walk of the id index too (there is no index by time)."""
     uid = _uid(conn, user)
     if uid is None:
         return ArchivePage((), True)
     where, args = ["owner = ?", "store = ?"], [uid, store]
-    for clause, value in (("id > ?", after), ("id < ?", before), ("at >= ?", start),
-                          ("at <= ?", end), ("peer = ?", peer)):
+    first_id = None if start is None else math.floor(start * 1e6) - 1  # - 1: rounding
+    for clause, value in (("id > ?", after), ("id < ?", before), ("id >= ?", first_id),
+                          ("at >= ?", start), ("at <= ?", end), ("peer = ?", peer)):
         if value is not None:
             where.append(clause)
             args.append(value)
