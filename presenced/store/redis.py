@@ -992,47 +992,57 @@ redis.call('DEL', KEYS[1])
 return values
 """)
 
-# The append of one entry, a Lua function of both append scripts: ``member`` is the entry's
-# JSON, stored as ``id:member`` so equal values stay distinct entries; ``keep``: entries to
-# keep ('' for all), ``since``: drop entries older than this ('' for none): ids grow with
-# time, so the expired entries are the lowest ranks, walked 100 at a time.
+# The append of entries, Lua functions of both append scripts: ``member`` is the entry's JSON
+# (``[when, value, peer]``), stored as ``id:member`` so equal values stay distinct entries;
+# ``bound`` drops entries beyond ``keep`` ('' for all) and older than ``since`` ('' for
+# none): ids grow with time, so the expired entries are the lowest ranks, walked 100 at a
+# time once the lowest one is expired (one ZRANGE of one member when none is).
 _APPEND_ONE = """
-local function append(key, stores, name, id, member, keep, since)
+local function add(key, stores, name, id, member)
   redis.call('ZADD', key, id, id .. ':' .. member)
   redis.call('SADD', stores, name)
+end
+local function at(member)
+  return tonumber(string.match(member, ':%[([^,]+),'))
+end
+local function bound(key, keep, since)
   keep, since = tonumber(keep), tonumber(since)
   if keep then redis.call('ZREMRANGEBYRANK', key, 0, -keep - 1) end
-  if since then
-    local expired = 0
-    while true do
-      local batch, old = redis.call('ZRANGE', key, expired, expired + 99), 0
-      for _, m in ipairs(batch) do
-        local e = cjson.decode(string.sub(m, string.find(m, ':', 1, true) + 1))
-        if e[1] >= since then break end
-        old = old + 1
-      end
-      expired = expired + old
-      if old < 100 then break end
+  if not since then return end
+  local lowest = redis.call('ZRANGE', key, 0, 0)[1]
+  if not lowest or at(lowest) >= since then return end
+  local expired = 0
+  while true do
+    local batch, old = redis.call('ZRANGE', key, expired, expired + 99), 0
+    for _, m in ipairs(batch) do
+      if at(m) >= since then break end
+      old = old + 1
     end
-    if expired > 0 then redis.call('ZREMRANGEBYRANK', key, 0, expired - 1) end
+    expired = expired + old
+    if old < 100 then break end
   end
+  redis.call('ZREMRANGEBYRANK', key, 0, expired - 1)
 end
 """
 
 # ARGV: member, name, keep, since, id.
 _ARCHIVE_APPEND = _Script(_APPEND_ONE + """
-append(KEYS[1], KEYS[2], ARGV[2], ARGV[5], ARGV[1], ARGV[3], ARGV[4])
+add(KEYS[1], KEYS[2], ARGV[2], ARGV[5], ARGV[1])
+bound(KEYS[1], ARGV[3], ARGV[4])
 return ARGV[5]
 """)
 
 # Entries of users of one node (under Redis Cluster: of one slot): KEYS[2i - 1] and KEYS[2i]
 # are the archive and the stores set of entry i, ARGV[1] the store's name, then id, member,
-# keep and since of each entry.
+# keep and since of each entry. Each archive is bounded once, by its last entry's bounds.
 _ARCHIVE_APPEND_MANY = _Script(_APPEND_ONE + """
+local last = {}
 for i = 1, #KEYS / 2 do
   local a = 4 * i - 2
-  append(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+  add(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[a], ARGV[a + 1])
+  last[KEYS[2 * i - 1]] = a
 end
+for key, a in pairs(last) do bound(key, ARGV[a + 2], ARGV[a + 3]) end
 return #KEYS / 2
 """)
 _APPEND_BATCH = 256  # entries in one script call (a burst holds the node briefly)
