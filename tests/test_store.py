@@ -186,6 +186,7 @@ async def test_entries_appended_in_one_turn_share_one_deferred_and_keep_their_bo
     assert page.entries[0].with_ == f"u{50 % 7}@x" and page.entries[0].when == 1050.0
     page = await archive.query("u3@x", limit=1000)
     assert [e.value for e in page.entries] == [f"m{i}" for i in range(300) if i % 7 == 3]
+    assert await store.user_store_names("u3@x") == {"archive": "archive"}  # copy-store's list
     later = archive.append_entries([("all@x", archive.new_id(2000.0), "late", 2000.0, None)])
     assert later is not calls[0]
     await later

@@ -367,3 +367,28 @@ async def test_a_failing_archive_append_is_counted_and_the_message_still_deliver
     assert node.core.metrics.value("presenced_archive_failed_total") == 6
     assert logged_errors and all("disk on fire" in str(e) for e in logged_errors)
     logged_errors.clear()
+
+
+@pytest_twisted.ensureDeferred
+async def test_archiving_that_cannot_ask_the_store_logs_one_line_not_one_per_message(
+        memory_xmpp, monkeypatch, logged_errors):
+    """A failing store (Redis past its timeout under a burst) failed every queued message's
+    decision with a traceback of its own: megabytes of log a minute on top of the outage."""
+    from twisted.internet import defer
+
+    from presenced.store import StoreError
+    from presenced.store.embedded import EmbeddedMap
+
+    node = await memory_xmpp({"xmpp": {"archive_days": 7}})
+    await node.add_users("ann", "ben")
+    ann = await node.online("ann")
+    ben = await node.online("ben")
+    monkeypatch.setattr(EmbeddedMap, "get",
+                        lambda self, user, key: defer.fail(StoreError("store is down")))
+    ann.send(b"".join(b"<message to='ben@localhost' type='chat'><body>m%d</body></message>"
+                      % i for i in range(5)))
+    for i in range(5):  # delivered all the same
+        await ben.expect(lambda e, i=i: e.name == "message" and str(e.body) == f"m{i}")
+    await node.settle(20)
+    assert len(logged_errors) == 1 and "store is down" in str(logged_errors[0])
+    logged_errors.clear()

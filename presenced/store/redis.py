@@ -998,9 +998,8 @@ return values
 # none): ids grow with time, so the expired entries are the lowest ranks, walked 100 at a
 # time once the lowest one is expired (one ZRANGE of one member when none is).
 _APPEND_ONE = """
-local function add(key, stores, name, id, member)
+local function add(key, id, member)
   redis.call('ZADD', key, id, id .. ':' .. member)
-  redis.call('SADD', stores, name)
 end
 local function at(member)
   return tonumber(string.match(member, ':%[([^,]+),'))
@@ -1027,22 +1026,26 @@ end
 
 # ARGV: member, name, keep, since, id.
 _ARCHIVE_APPEND = _Script(_APPEND_ONE + """
-add(KEYS[1], KEYS[2], ARGV[2], ARGV[5], ARGV[1])
+add(KEYS[1], ARGV[5], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
 bound(KEYS[1], ARGV[3], ARGV[4])
 return ARGV[5]
 """)
 
 # Entries of users of one node (under Redis Cluster: of one slot): KEYS[2i - 1] and KEYS[2i]
 # are the archive and the stores set of entry i, ARGV[1] the store's name, then id, member,
-# keep and since of each entry. Each archive is bounded once, by its last entry's bounds.
+# keep and since of each entry. Each archive is bounded (and named in its user's stores)
+# once, by its last entry's bounds.
 _ARCHIVE_APPEND_MANY = _Script(_APPEND_ONE + """
 local last = {}
 for i = 1, #KEYS / 2 do
-  local a = 4 * i - 2
-  add(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[a], ARGV[a + 1])
-  last[KEYS[2 * i - 1]] = a
+  add(KEYS[2 * i - 1], ARGV[4 * i - 2], ARGV[4 * i - 1])
+  last[KEYS[2 * i - 1]] = i
 end
-for key, a in pairs(last) do bound(key, ARGV[a + 2], ARGV[a + 3]) end
+for key, i in pairs(last) do
+  redis.call('SADD', KEYS[2 * i], ARGV[1])
+  bound(key, ARGV[4 * i], ARGV[4 * i + 1])
+end
 return #KEYS / 2
 """)
 _APPEND_BATCH = 256  # entries in one script call (a burst holds the node briefly)

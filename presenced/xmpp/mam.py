@@ -407,8 +407,12 @@ class ArchiveHandler(FeatureHandler):
                     if await self._decide(owner, item, answers):
                         self._write([(owner, item.id, item.text, item.when, item.peer)],
                                     item.when)
-                except Exception:
-                    self.log.failure("archiving a message for {owner}", owner=owner)
+                except Exception:  # the store is failing: one line a minute, not a flood
+                    repeats = self._failure_log.allow("decide")
+                    if repeats is not None:
+                        self.log.failure("archiving a message for {owner} ({repeats} more "
+                                         "failed since the last line)", owner=owner,
+                                         repeats=repeats)
                 queue.popleft()
         finally:
             del self._queues[owner]
