@@ -398,13 +398,20 @@ class ArchiveHandler(FeatureHandler):
     async def _drain(self, owner: str, queue: "deque[Pending]") -> None:
         """Decide and append the owner's queued messages in order. What the store said
         (the account exists, the roster has the peer) holds for the rest of the drain, so a
-        burst costs one read per peer, not one per message."""
+        burst costs one read per peer, not one per message; once the preferences are in
+        memory the rest is decided from there, without a coroutine step each (a burst's
+        first messages wait here for the first answer)."""
         answers: dict[str, bool] = {}
         try:
             while queue:
                 item = queue[0]
                 try:
-                    if await self._decide(owner, item, answers):
+                    refused = self._refused_now(item.blocking)
+                    decided = None if refused is None else (
+                        not refused and self._decide_now(owner, item.peer))
+                    if decided is None:
+                        decided = await self._decide(owner, item, answers)
+                    if decided:
                         self._write([(owner, item.id, item.text, item.when, item.peer)],
                                     item.when)
                 except Exception:  # the store is failing: one line a minute, not a flood
