@@ -373,7 +373,9 @@ async def test_a_failing_archive_append_is_counted_and_the_message_still_deliver
 async def test_archiving_that_cannot_ask_the_store_logs_one_line_not_one_per_message(
         memory_xmpp, monkeypatch, logged_errors):
     """A failing store (Redis past its timeout under a burst) failed every queued message's
-    decision with a traceback of its own: megabytes of log a minute on top of the outage."""
+    decision with a traceback of its own, each after a request of its own: megabytes of log
+    a minute and a retry storm on top of the outage. Now the owner's queue is given up at
+    the first failure (counted as failed appends)."""
     from twisted.internet import defer
 
     from presenced.store import StoreError
@@ -391,4 +393,5 @@ async def test_archiving_that_cannot_ask_the_store_logs_one_line_not_one_per_mes
         await ben.expect(lambda e, i=i: e.name == "message" and str(e.body) == f"m{i}")
     await node.settle(20)
     assert len(logged_errors) == 1 and "store is down" in str(logged_errors[0])
+    assert node.core.metrics.value("presenced_archive_failed_total") == 10  # both archives
     logged_errors.clear()

@@ -287,7 +287,8 @@ class ArchiveHandler(FeatureHandler):
                                    "Messages not archived: their owner had "
                                    f"{MAX_QUEUED} waiting for the store.")
         self.core.metrics.describe("presenced_archive_failed_total", "counter",
-                                   "Archive appends the store failed (the messages were "
+                                   "Archive entries not written: the store failed their "
+                                   "append, or a question about them (the messages were "
                                    "delivered, not archived).")
         self._known: dict[str, Prefs] = {}  # prefs of users with a resource on this node
         self._failure_log = RepeatLimiter()
@@ -414,12 +415,18 @@ class ArchiveHandler(FeatureHandler):
                     if decided:
                         self._write([(owner, item.id, item.text, item.when, item.peer)],
                                     item.when)
-                except Exception:  # the store is failing: one line a minute, not a flood
+                except Exception:
+                    # The store is failing (a Redis past its timeout in a burst): the rest
+                    # of the queue is not archived rather than asked again message by
+                    # message (each one more request behind the backlog); one line a minute.
+                    self.core.metrics.inc("presenced_archive_failed_total", len(queue))
                     repeats = self._failure_log.allow("decide")
                     if repeats is not None:
-                        self.log.failure("archiving a message for {owner} ({repeats} more "
-                                         "failed since the last line)", owner=owner,
-                                         repeats=repeats)
+                        self.log.failure("archiving {count} messages for {owner} ({repeats} "
+                                         "more failed since the last line)", owner=owner,
+                                         count=len(queue), repeats=repeats)
+                    queue.clear()
+                    break
                 queue.popleft()
         finally:
             del self._queues[owner]
