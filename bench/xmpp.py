@@ -10,8 +10,10 @@ with a minimal raw XMPP load client written on asyncio streams (in ``--procs`` p
    is 1 s in the bench config, 60 s by default).
 3. ``messages``: the N sessions form pairs; every client sends ``--messages`` chat messages to
    its partner's bare JID as fast as it can; delivered messages/s and p50/p99
-   send-to-receive latency (which, in a burst, is mostly queueing). Then a paced phase at
-   ``--paced-rate`` messages/s in total gives the latency at a steady load.
+   send-to-receive latency (which, in a burst, is mostly queueing), the server's CPU per
+   message until the last delivery and, ``..._settled``, until the server is idle again
+   (work it finishes after delivering, such as archive writes: ``--archive-days``). Then a
+   paced phase at ``--paced-rate`` messages/s in total gives the latency at a steady load.
 4. ``login_scram_tls``: the same accounts log in again with STARTTLS + SCRAM-SHA-1; logins/s.
    Each client knows its salted password, as a real client keeps it after its first login:
    before the clock starts every client asks for its salt (a SCRAM exchange over plain TCP,
@@ -462,9 +464,22 @@ async def room_round(connections, senders: int, messages: int, interval: float
 
 # --- the server -----------------------------------------------------------------------------
 
+def settle(pid: int, timeout: float = 60.0) -> float:
+    """Wait until the server is idle (under 5 % of a core for half a second, or
+    ``timeout``); its CPU seconds then."""
+    cpu, deadline = cpu_seconds(pid), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(pid)
+        if now - cpu < 0.025:
+            return now
+        cpu = now
+    return cpu
+
+
 def start_server(directory: Path, iterations: int, workers: int = 1, redis_port: int = 0,
-                 checkout: Path = REPO, transport: str = "tcp", archive_days: int = 0
-                 ) -> tuple[subprocess.Popen, int, Path]:
+                 checkout: Path = REPO, transport: str = "tcp", archive_days: int = 0,
+                 store: str = "embedded") -> tuple[subprocess.Popen, int, Path]:
     """A private presenced from ``checkout`` with the bench config (keys that checkout's
     ``config/presenced.toml`` does not document are left out: older revisions refuse them).
     Fires the process, the port the load clients use (XMPP, or the HTTP door for the web
@@ -475,20 +490,22 @@ def start_server(directory: Path, iterations: int, workers: int = 1, redis_port:
               else "")
     archive = f"archive_days = {archive_days}\n" if archive_days else ""
     config = directory / "presenced.toml"
-    cluster = ""
+    sections = ""
     if workers > 1:
-        cluster = f"""workers = {workers}
-[store]
-backend = "redis"
-redis = ["redis://127.0.0.1:{redis_port}/0"]
+        sections = f"""workers = {workers}
 [cluster]
 enabled = true
+"""
+    if workers > 1 or store == "redis":
+        sections += f"""[store]
+backend = "redis"
+redis = ["redis://127.0.0.1:{redis_port}/0"]
 """
     config.write_text(f"""
 [server]
 data_dir = "{directory / 'data'}"
 scram_iterations = {iterations}
-{cluster}[xmpp]
+{sections}[xmpp]
 port = 0
 require_tls = false
 allow_plain = true
@@ -584,6 +601,7 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan, redis_pid: int 
         workers_cpu = [own_cpu_seconds(p) - before
                        for p, before in zip(server_pids(pid), workers_cpu)]
         redis_cpu = cpu_seconds(redis_pid) - redis_cpu if redis_pid else 0.0
+        settled_cpu = settle(pid) - cpu
         time.sleep(1.0)
         barrier = time.time() + 0.5
         for pipe in pipes:
@@ -651,6 +669,8 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan, redis_pid: int 
         "worker_cpu_share": [round(c / max(message_cpu, 1e-9), 2) for c in workers_cpu],
         "redis_cpu_us_per_message": round(1e6 * redis_cpu / max(1, len(latencies)), 1)
         if redis_pid else None,
+        "server_cpu_us_per_message_settled": round(
+            1e6 * settled_cpu / max(1, len(latencies)), 1),
         "latency_p50_ms": round(1000 * percentile(latencies, 0.5), 2) if latencies else None,
         "latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2) if latencies else None,
         "paced_rate_per_s": plan.paced_rate,
@@ -686,13 +706,15 @@ def import_users(config: Path, users: list[str], directory: Path,
 
 
 def run_checkout(checkout: Path, users: list[str], plan: LoadPlan, room: RoomPlan,
-                 iterations: int, workers: int, archive_days: int = 0) -> dict:
+                 iterations: int, workers: int, archive_days: int = 0,
+                 store: str = "embedded") -> dict:
     """The whole bench against a private server from ``checkout``."""
     with tempfile.TemporaryDirectory(prefix="presenced-bench-xmpp-") as tmp:
         directory = Path(tmp)
-        redis, redis_port = start_redis(directory) if workers > 1 else (None, 0)
+        redis, redis_port = (start_redis(directory) if workers > 1 or store == "redis"
+                             else (None, 0))
         server, port, config = start_server(directory, iterations, workers, redis_port,
-                                            checkout, plan.transport, archive_days)
+                                            checkout, plan.transport, archive_days, store)
         try:
             started = time.perf_counter()
             import_users(config, users, directory, checkout)
@@ -704,6 +726,7 @@ def run_checkout(checkout: Path, users: list[str], plan: LoadPlan, room: RoomPla
                 figures.update(drive_room(server.pid, port, users, room))
             return {"checkout": str(checkout), "commit": commit, "workers": workers,
                     "scram_iterations": iterations, "archive_days": archive_days,
+                    "store": "redis" if workers > 1 else store,
                     "import_users_per_s": round(imported, 1), **figures,
                     "load_average_1min": round(os.getloadavg()[0], 2)}
         finally:
@@ -727,6 +750,9 @@ def main() -> None:
                         help="messages/s of the paced phase (latency at a steady load)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server worker processes (above 1: a cluster over a private Redis)")
+    parser.add_argument("--store", choices=("embedded", "redis"), default="embedded",
+                        help="the server's store (a private Redis; always with --workers "
+                             "above 1)")
     parser.add_argument("--transport", choices=("tcp", "websocket", "bosh"), default="tcp",
                         help="how the load clients connect (module docstring)")
     parser.add_argument("--sm", action="store_true",
@@ -759,7 +785,7 @@ def main() -> None:
                     args.room_paced_rate)
     checkouts = [Path(c).resolve() for c in args.checkouts.split(",") if c] or [REPO]
     results = [run_checkout(c, users, plan, room, args.iterations, args.workers,
-                            args.archive_days) for c in checkouts]
+                            args.archive_days, args.store) for c in checkouts]
     print(json.dumps(results if args.checkouts else results[0], indent=2))
 
 if __name__ == "__main__":

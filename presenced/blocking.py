@@ -69,7 +69,8 @@ class Blocklists:
         does not hold ``user``'s list (ask :meth:`blocks`)."""
         if user not in self._loaded:
             return None
-        return matches(self.lists.get(user, frozenset()), other)
+        blocked = self.lists.get(user)
+        return blocked is not None and matches(blocked, other)  # most users block nobody
 
     async def blocks(self, user: str, other: str) -> bool:
         """Whether ``user`` blocks ``other`` (any door may ask before sending)."""

@@ -129,3 +129,18 @@ def test_nodes_keep_items_in_order_and_read_what_releases_before_stored():
     assert PepNode.decode(legacy).encode() == legacy  # defaults keep the old layout
     with pytest.raises(PepError):
         PepNode(NodeConfig(max_items=5)).with_item(PepItem("big", "x" * 300000))
+
+
+def test_a_stanza_id_is_stamped_with_its_attributes_escaped():
+    """The stamp is built from bytes, not an element: the owner's JID (kept escaped per
+    owner) and an id that is not digits are escaped; a message without children opens."""
+    from presenced.xmpp.stanzas import with_stanza_id
+
+    chat = b"<message to='b@x' type='chat'><body>hi</body></message>"
+    assert with_stanza_id(chat, "o'b@x", "17") == (
+        b"<message to='b@x' type='chat'><body>hi</body>"
+        b"<stanza-id xmlns='urn:xmpp:sid:0' by='o&apos;b@x' id='17'/></message>")
+    assert with_stanza_id(b"<message to='b@x'/>", "b@x", "1<2&'") == (
+        b"<message to='b@x'><stanza-id xmlns='urn:xmpp:sid:0' by='b@x' "
+        b"id='1&lt;2&amp;&apos;'/></message>")
+    assert with_stanza_id(chat, "b@x", None) is chat

@@ -183,6 +183,74 @@ async def test_a_burst_of_appends_keeps_order_ids_and_bounds(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_entries_appended_in_one_turn_share_one_deferred_and_keep_their_bounds(store):
+    """append_entries, the message-rate path: every call of a reactor turn gets the turn's
+    Deferred, which fires once all of them are written (more than one request's worth, for
+    users on any node), each user's archive in id order and within ``keep``."""
+    archive = store.open_archive("archive")
+    calls = []
+    for i in range(300):
+        ids = [archive.new_id(1000.0 + i) for _ in range(2)]
+        calls.append(archive.append_entries(
+            [(f"u{i % 7}@x", ids[0], f"m{i}", 1000.0 + i, "peer@x"),
+             ("all@x", ids[1], f"m{i}", 1000.0 + i, f"u{i % 7}@x")], keep=250))
+    assert len({id(d) for d in calls}) <= 3  # one a turn (a request of 256 on embedded)
+    await calls[-1]
+    assert all(d.called for d in calls)
+    page = await archive.query("all@x", limit=1000)
+    assert [e.value for e in page.entries] == [f"m{i}" for i in range(50, 300)]
+    assert page.entries[0].with_ == f"u{50 % 7}@x" and page.entries[0].when == 1050.0
+    page = await archive.query("u3@x", limit=1000)
+    assert [e.value for e in page.entries] == [f"m{i}" for i in range(300) if i % 7 == 3]
+    assert await store.user_store_names("u3@x") == {"archive": "archive"}  # copy-store's list
+    later = archive.append_entries([("all@x", archive.new_id(2000.0), "late", 2000.0, None)])
+    assert later is not calls[0]
+    await later
+    assert (await archive.query("all@x", last=True, limit=1)).entries[0].value == "late"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_embedded_archive_is_counted_again_after_a_restart_from_a_version_1_file(
+        tmp_path):
+    """The embedded store keeps archive sizes in memory, counted on a run's first append
+    (version 1 kept them in a table, and an index by time: both dropped on upgrade):
+    ``keep`` and ``since`` hold across restarts."""
+    import sqlite3
+
+    from presenced.store.embedded import SCHEMA_VERSION, EmbeddedRosterStore
+
+    path = tmp_path / "presenced.sqlite3"
+    store = EmbeddedRosterStore(str(path))
+    await store.start()
+    for i in range(5):
+        await store.open_archive("mam").append("a@x", f"m{i}", 1000.0 + i, "b@x")
+    await store.stop()
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE archive_sizes (owner INTEGER NOT NULL, store TEXT NOT NULL, "
+                 "entries INTEGER NOT NULL, PRIMARY KEY (owner, store)) WITHOUT ROWID")
+    conn.execute("CREATE INDEX archives_by_time ON archives (owner, store, at)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = EmbeddedRosterStore(str(path))
+    await store.start()
+    try:
+        archive = store.open_archive("mam")
+        await archive.append("a@x", "m5", 1005.0, "b@x", keep=4)
+        assert [e.value for e in (await archive.query("a@x")).entries] == ["m2", "m3", "m4",
+                                                                          "m5"]
+        await archive.append("a@x", "m6", 1006.0, "b@x", keep=4, since=1004.0)
+        assert [e.value for e in (await archive.query("a@x")).entries] == ["m4", "m5", "m6"]
+    finally:
+        await store.stop()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
+                        "('archive_sizes', 'archives_by_time')").fetchone()[0] == 0
+    conn.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_archive_append_drops_entries_beyond_keep_and_older_than_since(store):
     archive = store.open_archive("archive")
     for i in range(6):
@@ -209,6 +277,9 @@ async def test_archive_append_drops_entries_beyond_keep_and_older_than_since(sto
     for i in range(3):
         await archive.append("a@x", f"k{i}", 2000.0 + i, "b@x", keep=2)
     assert [e.value for e in (await archive.query("a@x")).entries] == ["k1", "k2"]
+    await archive.append("a@x", "gone", 3000.0, "b@x", since=3001.0)  # empties the archive
+    await archive.append("a@x", "kept", 3002.0, "b@x", since=3001.0)
+    assert [e.value for e in (await archive.query("a@x")).entries] == ["kept"]
 
 
 @pytest_twisted.ensureDeferred

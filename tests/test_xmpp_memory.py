@@ -456,3 +456,30 @@ async def test_a_forged_stanza_id_is_stripped_and_the_body_kept(memory_xmpp):
     got = await message(bob)
     assert child_text(got, "body") == "a & b"
     assert [c["by"] for c in got.elements() if c.name == "stanza-id"] == ["elsewhere.example"]
+
+
+async def test_archiving_that_cannot_ask_the_store_logs_one_line_not_one_per_message(
+        memory_xmpp, monkeypatch, logged_errors):
+    """A failing store (Redis past its timeout under a burst) failed every queued message's
+    decision with a traceback of its own, each after a request of its own: megabytes of log
+    a minute and a retry storm on top of the outage. Now the owner's queue is given up at
+    the first failure (counted as failed appends)."""
+    from twisted.internet import defer
+
+    from presenced.store import StoreError
+    from presenced.store.embedded import EmbeddedMap
+
+    node = await memory_xmpp({"xmpp": {"archive_days": 7}})
+    await node.add_users("ann", "ben")
+    ann = await node.online("ann")
+    ben = await node.online("ben")
+    monkeypatch.setattr(EmbeddedMap, "get",
+                        lambda self, user, key: defer.fail(StoreError("store is down")))
+    ann.send(b"".join(b"<message to='ben@localhost' type='chat'><body>m%d</body></message>"
+                      % i for i in range(5)))
+    for i in range(5):  # delivered all the same
+        await ben.expect(lambda e, i=i: e.name == "message" and str(e.body) == f"m{i}")
+    await node.settle(20)
+    assert len(logged_errors) == 1 and "store is down" in str(logged_errors[0])
+    assert node.core.metrics.value("presenced_archive_failed_total") == 10  # both archives
+    logged_errors.clear()

@@ -18,15 +18,15 @@ with ``from``/``both`` is a subscriber); web-only users may exist in the graph a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import math
 import re
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from zope.interface import Attribute, Interface
 
 SUBSCRIPTIONS = ("none", "to", "from", "both")
 
 Pair = tuple[str, str]
+ArchiveRow = tuple[str, str, str, float, Optional[str]]  # user, id, value, when, with_
 
 
 class StoreError(Exception):
@@ -175,6 +175,15 @@ class IArchiveStore(Interface):
         id. With ``keep`` the user's oldest entries beyond the newest ``keep`` are dropped,
         with ``since`` those older than ``since``: bounds a feature enforces in the same
         request as the write (retention, per-user size)."""
+
+    def append_entries(entries: Sequence[ArchiveRow], keep: Optional[int] = None,
+                       since: Optional[float] = None):
+        """Add entries ``(user, id, value, when, with_)`` (ids from :meth:`new_id`), each
+        user's archive bounded as :meth:`append` does. For a feature appending at message
+        rate: the entries of one reactor turn are written in one request, and every call of
+        that turn gets the same Deferred, so a message costs no Deferred of its own (add a
+        callback once per distinct Deferred). It fires None when the turn's entries are
+        written, or fails for all of them."""
 
     def query(user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
               start: Optional[float] = None, end: Optional[float] = None,
@@ -330,8 +339,10 @@ class ArchiveIds:
         self._last = 0
 
     def new_id(self, when: float) -> str:
-        self._last = max(self._last + 1, math.floor(when * 1e6))
-        return str(self._last)
+        last = self._last + 1
+        now = int(when * 1e6)  # the floor: ``when`` is after the epoch
+        self._last = last = now if now > last else last
+        return str(last)
 
     def seen(self, highest: Optional[int]) -> None:
         """Continue above ``highest`` (None: an empty store)."""

@@ -16,27 +16,31 @@ side of a friendship (a roster item, one subscription) turns it into explicit ro
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import sqlite3
 import threading
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from presenced.store import (ArchiveEntry, ArchiveIds, ArchivePage, CapabilityRegistry,
-                             Credentials, IArchiveStore, IFriendsLoad, IListStore, IMapStore,
-                             IRosterStore, Pair, RosterItem, StoreError)
+from presenced.store import (ArchiveEntry, ArchiveIds, ArchivePage, ArchiveRow,
+                             CapabilityRegistry, Credentials, IArchiveStore, IFriendsLoad,
+                             IListStore, IMapStore, IRosterStore, Pair, RosterItem,
+                             StoreError)
 from presenced.store.codec import (BOTH, credentials_from_json, credentials_to_json,
                                    roster_item_from_text, roster_item_to_text)
 
 # PRAGMA user_version of the layout below. 0 is a file of a release before capability stores
-# (tables pep, offline, pending, private), which _upgrade turns into this layout.
-SCHEMA_VERSION = 1
+# (tables pep, offline, pending, private), which _upgrade_0 turns into this layout; 1 had a
+# table archive_sizes (archive sizes are now counted once per run, in memory) and an index
+# archives_by_time, both dropped (an append wrote three B-trees; now two).
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ids (id INTEGER PRIMARY KEY, jid TEXT NOT NULL UNIQUE);
@@ -64,10 +68,6 @@ CREATE TABLE IF NOT EXISTS archives (
     id INTEGER PRIMARY KEY AUTOINCREMENT, owner INTEGER NOT NULL, store TEXT NOT NULL,
     at REAL NOT NULL, peer TEXT, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS archives_by_owner ON archives (owner, store, id);
-CREATE INDEX IF NOT EXISTS archives_by_time ON archives (owner, store, at);
-CREATE TABLE IF NOT EXISTS archive_sizes (
-    owner INTEGER NOT NULL, store TEXT NOT NULL, entries INTEGER NOT NULL,
-    PRIMARY KEY (owner, store)) WITHOUT ROWID;
 """
 
 # Version 0 -> 1: the per-feature tables become rows of the capability stores, PEP items in
@@ -87,6 +87,7 @@ _UPGRADE_0 = (
      "SELECT owner, 'private', key, value FROM private"),
 )
 
+_Chunk = tuple[Sequence[ArchiveRow], Optional[int], Optional[float]]  # entries, keep, since
 _MAX_BATCH = 512  # requests committed together, about: a reactor turn's are never split
 MAX_APPEND_BATCH = 256  # archive appends in one worker request (one reactor turn's)
 _IN_CHUNK = 500  # SQLite's default limit on bound parameters is far above this
@@ -105,6 +106,14 @@ class _Connection(sqlite3.Connection):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.ids: dict[str, int] = {}
+        # uid -> store -> [entries, oldest ``at``] of archives appended to in this run: the
+        # bounds of an append need no statement until one applies.
+        self.archive_sizes: dict[int, dict[str, list]] = {}
+
+    def forget(self) -> None:
+        """A transaction rolled back: what the caches say may not be true any more."""
+        self.ids.clear()
+        self.archive_sizes.clear()
 
 
 class _Worker(threading.Thread):
@@ -200,7 +209,7 @@ class _Worker(threading.Thread):
                     value = fn(conn, *args)
                 except Exception as e:
                     conn.execute("ROLLBACK TO op")
-                    conn.ids.clear()
+                    conn.forget()
                     results.append((d, False, e))
                 else:
                     results.append((d, True, value))
@@ -209,7 +218,7 @@ class _Worker(threading.Thread):
         except sqlite3.Error as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            conn.ids.clear()
+            conn.forget()
             error = StoreError(f"sqlite: {e}")
             return [(d, False, error) for d, _, _ in batch]
         return results
@@ -239,6 +248,8 @@ def _open_schema(conn: sqlite3.Connection) -> list[str]:
             if statement.strip():
                 conn.execute(statement)
         notes = _upgrade_0(conn) if legacy else []
+        conn.execute("DROP TABLE IF EXISTS archive_sizes")  # version 1
+        conn.execute("DROP INDEX IF EXISTS archives_by_time")
         if version != SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
@@ -365,8 +376,9 @@ def _remove_user(conn, user):
                         (other, uid)).rowcount:
             contacts.add(other)
     _bump_versions(conn, contacts)
-    for table in ("roster_version", "maps", "lists", "archives", "archive_sizes"):
+    for table in ("roster_version", "maps", "lists", "archives"):
         conn.execute(f"DELETE FROM {table} WHERE owner = ?", (uid,))
+    conn.archive_sizes.pop(uid, None)
     conn.execute("DELETE FROM subs WHERE subject = ? OR subscriber = ?", (uid, uid))
     return existed
 
@@ -603,54 +615,85 @@ def _archive_highest_id(conn):
     return conn.execute("SELECT MAX(id) FROM archives").fetchone()[0]
 
 
-def _archive_append_batch(conn, store, rows):
-    """Append ``rows`` (id, user, value, when, peer, keep, since) in order.
-    Each owner's bounds are applied once for the batch, after its inserts: the count kept
-    beside the archive, the entries past the newest ``since`` and beyond the smallest
-    ``keep``, so the bound costs index seeks, not a walk over ``keep`` entries on every
-    append (822 us an append at 10 000 entries), and a burst pays it once per owner."""
+def _archive_append_batch(conn, store, chunks):
+    """Append the entries of ``chunks`` (entries, keep, since), each entry (user, id, value,
+    when, peer), in order, in one executemany; the users' ids from the connection's cache.
+    Each owner's bounds are applied once for the batch, after its inserts, from the size
+    and oldest entry the connection remembers: a batch within its bounds (nearly all) costs
+    no statement beyond the inserts, a burst pays a bound once per owner, and the bound
+    costs index seeks, not a walk over ``keep`` entries (822 us an append at 10 000)."""
+    uids = _intern_many(conn, {entry[0] for entries, _, _ in chunks for entry in entries})
+    conn.executemany(
+        "INSERT INTO archives (id, owner, store, at, peer, value) VALUES (?, ?, ?, ?, ?, ?)",
+        [(int(id_), uids[user], store, when, peer, value)
+         for entries, _, _ in chunks for user, id_, value, when, peer in entries])
     bounds: dict[int, list] = {}  # uid -> [appended, keep, since]
-    for id_, user, value, when, peer, keep, since in rows:
-        uid = _intern(conn, user)
-        conn.execute(
-            "INSERT INTO archives (id, owner, store, at, peer, value) VALUES (?, ?, ?, ?, ?, ?)",
-            (id_, uid, store, when, peer, value))
-        bound = bounds.setdefault(uid, [0, keep, since])
-        bound[0] += 1
-        if keep is not None:
-            bound[1] = keep if bound[1] is None else min(bound[1], keep)
-        if since is not None:
-            bound[2] = since if bound[2] is None else max(bound[2], since)
+    for entries, keep, since in chunks:
+        for entry in entries:
+            uid = uids[entry[0]]
+            bound = bounds.get(uid)
+            if bound is None:
+                bounds[uid] = [1, keep, since]
+                continue
+            bound[0] += 1
+            if keep is not None:
+                bound[1] = keep if bound[1] is None else min(bound[1], keep)
+            if since is not None:
+                bound[2] = since if bound[2] is None else max(bound[2], since)
     for uid, (appended, keep, since) in bounds.items():
         _archive_bound(conn, store, uid, appended, keep, since)
 
 
 def _archive_bound(conn, store, uid, appended, keep, since):
-    row = conn.execute("SELECT entries FROM archive_sizes WHERE owner = ? AND store = ?",
-                       (uid, store)).fetchone()
-    if row is None:  # the first append since this table exists: count once
-        entries = conn.execute("SELECT COUNT(*) FROM archives WHERE owner = ? AND store = ?",
-                               (uid, store)).fetchone()[0]
+    """Ids grow with time, so the entries to drop are the lowest ids: the expired ones
+    walked 100 at a time, then those beyond ``keep``."""
+    sizes = conn.archive_sizes.get(uid)
+    if sizes is None:
+        if len(conn.archive_sizes) >= _ID_CACHE:
+            conn.archive_sizes.clear()
+        sizes = conn.archive_sizes[uid] = {}
+    size = sizes.get(store)  # [entries, ``at`` of the lowest id]
+    if size is None:  # the first append of this run: count once (the inserts included)
+        size = sizes[store] = [conn.execute(
+            "SELECT COUNT(*) FROM archives WHERE owner = ? AND store = ?",
+            (uid, store)).fetchone()[0], _archive_first_at(conn, store, uid)]
     else:
-        entries = row[0] + appended
-    if since is not None:
-        entries -= conn.execute("DELETE FROM archives WHERE owner = ? AND store = ? AND at < ?",
-                                (uid, store, since)).rowcount
-    if keep is not None and entries > keep:
-        entries -= conn.execute(
+        size[0] += appended
+        if size[1] is None:  # the bounds had emptied it
+            size[1] = _archive_first_at(conn, store, uid)
+    if since is not None and size[1] < since:
+        while True:
+            dropped = conn.execute(
+                "DELETE FROM archives WHERE id IN (SELECT id FROM archives WHERE owner = ? "
+                "AND store = ? ORDER BY id LIMIT 100) AND at < ?", (uid, store, since)).rowcount
+            size[0] -= dropped
+            if dropped < 100:
+                break
+        size[1] = _archive_first_at(conn, store, uid)
+    if keep is not None and size[0] > keep:
+        size[0] -= conn.execute(
             "DELETE FROM archives WHERE id IN (SELECT id FROM archives WHERE owner = ? AND "
-            "store = ? ORDER BY id LIMIT ?)", (uid, store, entries - keep)).rowcount
-    conn.execute("INSERT OR REPLACE INTO archive_sizes (owner, store, entries) VALUES (?, ?, ?)",
-                 (uid, store, entries))
+            "store = ? ORDER BY id LIMIT ?)", (uid, store, size[0] - keep)).rowcount
+        size[1] = _archive_first_at(conn, store, uid)
+
+
+def _archive_first_at(conn, store, uid):
+    """``at`` of the user's lowest id (None: an empty archive)."""
+    row = conn.execute("SELECT at FROM archives WHERE owner = ? AND store = ? ORDER BY id "
+                       "LIMIT 1", (uid, store)).fetchone()
+    return None if row is None else row[0]
 
 
 def _archive_query(conn, store, user, after, before, start, end, peer, limit, newest):
+    """Ids are never below their entry's microsecond (:class:`ArchiveIds`), so ``start``
+    bounds the walk of the id index too (there is no index by time)."""
     uid = _uid(conn, user)
     if uid is None:
         return ArchivePage((), True)
     where, args = ["owner = ?", "store = ?"], [uid, store]
-    for clause, value in (("id > ?", after), ("id < ?", before), ("at >= ?", start),
-                          ("at <= ?", end), ("peer = ?", peer)):
+    first_id = None if start is None else math.floor(start * 1e6) - 1  # - 1: rounding
+    for clause, value in (("id > ?", after), ("id < ?", before), ("id >= ?", first_id),
+                          ("at >= ?", start), ("at <= ?", end), ("peer = ?", peer)):
         if value is not None:
             where.append(clause)
             args.append(value)
@@ -670,7 +713,7 @@ def _archive_delete_all(conn, store, user):
     uid = _uid(conn, user)
     if uid is None:
         return 0
-    conn.execute("DELETE FROM archive_sizes WHERE owner = ? AND store = ?", (uid, store))
+    conn.archive_sizes.get(uid, {}).pop(store, None)
     return conn.execute("DELETE FROM archives WHERE owner = ? AND store = ?",
                         (uid, store)).rowcount
 
@@ -904,8 +947,10 @@ class EmbeddedArchive(_Capability):
 
     def __init__(self, backend: EmbeddedRosterStore, name: str):
         super().__init__(backend, name)
-        self._rows: list[tuple] = []
-        self._waiting: list[defer.Deferred] = []
+        self._chunks: list[_Chunk] = []  # (entries, keep, since), in order
+        self._rows = 0  # entries in the chunks
+        self._waiting: list[tuple[defer.Deferred, str]] = []  # append()'s, with their ids
+        self._batch: Optional[defer.Deferred] = None  # append_entries()'s, one per batch
 
     def new_id(self, when: float) -> str:
         return self._backend.archive_ids.new_id(when)
@@ -914,24 +959,53 @@ class EmbeddedArchive(_Capability):
                keep: Optional[int] = None, since: Optional[float] = None,
                id: Optional[str] = None) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
-        if not self._rows:
-            reactor.callLater(0, self._flush)
+        self._start_batch()
         if id is None:
             id = self.new_id(when)
-        self._rows.append((int(id), user, value, when, with_, keep, since))
-        self._waiting.append(d)
-        if len(self._rows) >= MAX_APPEND_BATCH:
-            self._flush()
+        self._waiting.append((d, id))
+        self._add((((user, id, value, when, with_),), keep, since))
         return d
 
+    def append_entries(self, entries: Sequence[ArchiveRow], keep: Optional[int] = None,
+                       since: Optional[float] = None) -> defer.Deferred:
+        batch = self._start_batch()
+        self._add((entries, keep, since))
+        return batch
+
+    def _add(self, chunk: "_Chunk") -> None:
+        self._chunks.append(chunk)
+        self._rows += len(chunk[0])
+        if self._rows >= MAX_APPEND_BATCH:
+            self._flush()
+
+    def _start_batch(self) -> defer.Deferred:
+        """The Deferred of the batch being filled: a new batch is flushed at the turn's end."""
+        if self._batch is None:
+            self._batch = defer.Deferred()
+            reactor.callLater(0, self._flush)
+        return self._batch
+
     def _flush(self) -> None:
-        rows, waiting = self._rows, self._waiting
-        if not rows:  # flushed early by a full batch
+        chunks, waiting, batch = self._chunks, self._waiting, self._batch
+        if batch is None:  # flushed early by a full batch
             return
-        self._rows, self._waiting = [], []
-        self._run(_archive_append_batch, rows).addCallbacks(
-            lambda _: [d.callback(str(row[0])) for d, row in zip(waiting, rows)],
-            lambda failure: [d.errback(failure) for d in waiting])
+        self._chunks, self._rows, self._waiting, self._batch = [], 0, [], None
+        self._run(_archive_append_batch, chunks).addCallbacks(
+            self._written, self._failed, (waiting, batch), None, (waiting, batch))
+
+    @staticmethod
+    def _written(_: Any, waiting: list[tuple[defer.Deferred, str]],
+                 batch: defer.Deferred) -> None:
+        for d, id_ in waiting:
+            d.callback(id_)
+        batch.callback(None)
+
+    @staticmethod
+    def _failed(failure: Failure, waiting: list[tuple[defer.Deferred, str]],
+                batch: defer.Deferred) -> None:
+        for d, _ in waiting:
+            d.errback(failure)
+        batch.errback(failure)
 
     def query(self, user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
               start: Optional[float] = None, end: Optional[float] = None,

@@ -70,7 +70,7 @@ import hashlib
 import json
 import zlib
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
@@ -81,8 +81,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presenced.store import (OFFLINE_STORE, PENDING_STORE, PEP_STORE, PRIVATE_STORE,
-                             ArchiveEntry, ArchiveIds, ArchivePage, CapabilityRegistry,
-                             Credentials, IArchiveStore, IListStore,
+                             ArchiveEntry, ArchiveIds, ArchivePage, ArchiveRow,
+                             CapabilityRegistry, Credentials, IArchiveStore, IListStore,
                              IMapStore, IRosterStore, Pair, RosterItem, StoreError)
 from presenced.store.redisload import RedisFriendsLoad
 from presenced.store.rediscluster import ClusterMap, SlotRoute, key_slot, slot_tags
@@ -559,6 +559,11 @@ def _script_chunks(lines: list[str]) -> Iterator[str]:
 
 def _some(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _bound(keep: Optional[int], since: Optional[float]) -> tuple[Any, str]:
+    """``keep`` and ``since`` as the append scripts take them ('' for none)."""
+    return "" if keep is None else int(keep), "" if since is None else repr(float(since))
 
 
 def _pairs_to_dict(flat: list) -> dict:
@@ -1097,31 +1102,63 @@ redis.call('DEL', KEYS[1])
 return values
 """)
 
-# KEYS[3]: the id counter. Members are ``id:json`` so equal values stay distinct entries.
-# ARGV[3]: entries to keep ('' for all), ARGV[4]: drop entries older than this ('' for none):
-# ids grow with time, so the expired entries are the lowest ranks, walked 100 at a time.
-_ARCHIVE_APPEND = _Script("""
-local id = ARGV[5]
-redis.call('ZADD', KEYS[1], id, id .. ':' .. ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-local keep, since = tonumber(ARGV[3]), tonumber(ARGV[4])
-if keep then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -keep - 1) end
-if since then
+# The append of entries, Lua functions of both append scripts: ``member`` is the entry's JSON
+# (``[when, value, peer]``), stored as ``id:member`` so equal values stay distinct entries;
+# ``bound`` drops entries beyond ``keep`` ('' for all) and older than ``since`` ('' for
+# none): ids grow with time, so the expired entries are the lowest ranks, walked 100 at a
+# time once the lowest one is expired (one ZRANGE of one member when none is).
+_APPEND_ONE = """
+local function add(key, id, member)
+  redis.call('ZADD', key, id, id .. ':' .. member)
+end
+local function at(member)
+  return tonumber(string.match(member, ':%[([^,]+),'))
+end
+local function bound(key, keep, since)
+  keep, since = tonumber(keep), tonumber(since)
+  if keep then redis.call('ZREMRANGEBYRANK', key, 0, -keep - 1) end
+  if not since then return end
+  local lowest = redis.call('ZRANGE', key, 0, 0)[1]
+  if not lowest or at(lowest) >= since then return end
   local expired = 0
   while true do
-    local batch, old = redis.call('ZRANGE', KEYS[1], expired, expired + 99), 0
-    for _, member in ipairs(batch) do
-      local e = cjson.decode(string.sub(member, string.find(member, ':', 1, true) + 1))
-      if e[1] >= since then break end
+    local batch, old = redis.call('ZRANGE', key, expired, expired + 99), 0
+    for _, m in ipairs(batch) do
+      if at(m) >= since then break end
       old = old + 1
     end
     expired = expired + old
     if old < 100 then break end
   end
-  if expired > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, expired - 1) end
+  redis.call('ZREMRANGEBYRANK', key, 0, expired - 1)
 end
-return id
+"""
+
+# ARGV: member, name, keep, since, id.
+_ARCHIVE_APPEND = _Script(_APPEND_ONE + """
+add(KEYS[1], ARGV[5], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+bound(KEYS[1], ARGV[3], ARGV[4])
+return ARGV[5]
 """)
+
+# Entries of users of one node (under Redis Cluster: of one slot): KEYS[2i - 1] and KEYS[2i]
+# are the archive and the stores set of entry i, ARGV[1] the store's name, then id, member,
+# keep and since of each entry. Each archive is bounded (and named in its user's stores)
+# once, by its last entry's bounds.
+_ARCHIVE_APPEND_MANY = _Script(_APPEND_ONE + """
+local last = {}
+for i = 1, #KEYS / 2 do
+  add(KEYS[2 * i - 1], ARGV[4 * i - 2], ARGV[4 * i - 1])
+  last[KEYS[2 * i - 1]] = i
+end
+for key, i in pairs(last) do
+  redis.call('SADD', KEYS[2 * i], ARGV[1])
+  bound(key, ARGV[4 * i], ARGV[4 * i + 1])
+end
+return #KEYS / 2
+""")
+_APPEND_BATCH = 256  # entries in one script call (a burst holds the node briefly)
 
 # ARGV: low and high score bounds, newest first (1/0), limit (-1: none), start, end ('' for
 # none), peer ('' for any). Walks the id range in the direction of paging, filtering on time
@@ -1230,6 +1267,11 @@ class RedisArchive(_Capability):
     (:class:`presenced.store.ArchiveIds`). Appends are not retried (a lost reply may hide
     one)."""
 
+    def __init__(self, backend: RedisRosterStore, name: str):
+        super().__init__(backend, name)
+        self._turn: dict[int, list[tuple]] = defaultdict(list)  # place -> (user, id, ...)
+        self._batch: Optional[defer.Deferred] = None  # append_entries()'s, one per turn
+
     def new_id(self, when: float) -> str:
         return self._backend.archive_ids.new_id(when)
 
@@ -1238,12 +1280,46 @@ class RedisArchive(_Capability):
                id: Optional[str] = None) -> defer.Deferred:
         if id is None:
             id = self.new_id(when)
+        keep_arg, since_arg = _bound(keep, since)
         d = self._eval(user, _ARCHIVE_APPEND, (self.name, "stores"),
-                       [json.dumps([when, value, with_]), self.name,
-                        "" if keep is None else int(keep),
-                        "" if since is None else repr(float(since)), str(int(id))],
-                       retriable=False)
+                       [json.dumps([when, value, with_]), self.name, keep_arg, since_arg,
+                        str(int(id))], retriable=False)
         return d.addCallback(lambda _: id)
+
+    def append_entries(self, entries: Sequence[ArchiveRow], keep: Optional[int] = None,
+                       since: Optional[float] = None) -> defer.Deferred:
+        """The turn's entries go in one script call per node (per slot under Redis
+        Cluster), of at most :data:`_APPEND_BATCH` entries: not retried, as appends."""
+        if self._batch is None:
+            self._batch = defer.Deferred()
+            reactor.callLater(0, self._flush)
+        keep_arg, since_arg = _bound(keep, since)
+        place_of = self._backend.layout.place
+        encoded: tuple[Optional[str], str] = (None, "")  # the entries of a message share it
+        for user, id_, value, when, with_ in entries:
+            if encoded[0] is not value:
+                encoded = (value, json.dumps(value))
+            member = f"[{when!r},{encoded[1]},{json.dumps(with_)}]"
+            self._turn[place_of(user)].append((user, id_, member, keep_arg, since_arg))
+        return self._batch
+
+    def _flush(self) -> None:
+        turn, batch = self._turn, self._batch
+        self._turn, self._batch = defaultdict(list), None
+        writes = []
+        for place, rows in turn.items():
+            node = self._backend.layout.target(place)
+            for i in range(0, len(rows), _APPEND_BATCH):
+                keys: list[str] = []
+                argv: list[Any] = [self.name]
+                for user, id_, member, keep, since in rows[i:i + _APPEND_BATCH]:
+                    keys += (user_key(user, self.name), user_key(user, "stores"))
+                    argv += (id_, member, keep, since)
+                writes.append(self._backend._eval(node, _ARCHIVE_APPEND_MANY, keys, argv,
+                                                  retriable=False))
+        defer.gatherResults(writes, consumeErrors=True).addCallbacks(
+            lambda _: batch.callback(None),
+            lambda failure: batch.errback(failure.value.subFailure))
 
     def query(self, user: str, after_id: Optional[str] = None, before_id: Optional[str] = None,
               start: Optional[float] = None, end: Optional[float] = None,

@@ -24,7 +24,9 @@ pages of at most :data:`MAX_PAGE`. ``archive_days = 0`` turns the feature off: n
 archived, queries get ``service-unavailable`` and disco does not announce it.
 
 Deciding costs nothing for users online here (preferences and blocklists are in memory): the
-message is appended at once. Otherwise it waits in its owner's queue for the store's answers
+message is appended at once, both parties' entries in one ``append_entries`` call whose
+Deferred is the reactor turn's (the store writes a turn's entries together; a message costs
+no Deferred, hook lookup or object of its own beyond its entry tuples). Otherwise it waits in its owner's queue for the store's answers
 (does the account exist, is the peer on the roster), at most :data:`MAX_QUEUED` messages per
 owner; past that a message is not archived (``presenced_archive_skipped_total``, a log line).
 
@@ -54,7 +56,7 @@ from twisted.words.xish import domish
 
 from presenced.events import Event
 from presenced.logs import RepeatLimiter
-from presenced.store import MAM_PREFS_STORE, MAM_STORE, ArchivePage
+from presenced.store import MAM_PREFS_STORE, MAM_STORE, ArchivePage, ArchiveRow
 from presenced.xmpp.features import FeatureHandler
 from presenced.xmpp.session import xmpp_sessions
 from presenced.xmpp.stanzas import NS_SID, attr, forwardable, message_bytes, parse_address
@@ -285,10 +287,13 @@ class ArchiveHandler(FeatureHandler):
                                    "Messages not archived: their owner had "
                                    f"{MAX_QUEUED} waiting for the store.")
         self.core.metrics.describe("presenced_archive_failed_total", "counter",
-                                   "Archive appends the store failed (the messages were "
+                                   "Archive entries not written: the store failed their "
+                                   "append, or a question about them (the messages were "
                                    "delivered, not archived).")
         self._known: dict[str, Prefs] = {}  # prefs of users with a resource on this node
         self._failure_log = RepeatLimiter()
+        self._batch: Optional[defer.Deferred] = None  # the store's Deferred of this turn
+        self._batch_entries = [0]                     # and how many entries it holds
         if self.retention:
             self.core.hooks.add("message-archiving", self.message_archiving)
             self.core.hooks.add("xmpp-message-archiving", self.archiving)
@@ -343,30 +348,38 @@ class ArchiveHandler(FeatureHandler):
 
     def _archive_both(self, sender: str, to: str, data: bytes, when: float,
                       refused_if_blocked: bool) -> dict[str, str]:
-        """Archive the message for each local party; the ids of those that (may) keep it."""
+        """Archive the message for each local party; the ids of those that (may) keep it.
+        What memory decides is written at once, both parties' entries in one call; the
+        rest waits in its owner's queue."""
         text = forwardable(data).decode("utf-8")
         when = math.floor(when * 1e6) / 1e6  # what a stamp says, so start=stamp finds it
-        ids = {}
-        for owner, peer in {sender: to, to: sender}.items():  # once for a note to oneself
-            if self.core.is_local(owner):
-                item = Pending(peer, text, when, self.archive.new_id(when),
-                               (sender, to) if refused_if_blocked else None)
-                if self._enqueue(owner, item):
-                    ids[owner] = item.id
+        blocking = (sender, to) if refused_if_blocked else None
+        refused = self._refused_now(blocking)
+        ids: dict[str, str] = {}
+        entries: list[ArchiveRow] = []
+        is_local, queues, new_id = self.core.is_local, self._queues, self.archive.new_id
+        for owner, peer in ((sender, to), (to, sender)) if sender != to else ((sender, to),):
+            if not is_local(owner):
+                continue
+            id_ = new_id(when)
+            decided = None if refused is None or owner in queues else (
+                not refused and self._decide_now(owner, peer))
+            if decided:
+                entries.append((owner, id_, text, when, peer))
+                ids[owner] = id_
+            elif decided is None and self._enqueue(owner, Pending(peer, text, when, id_,
+                                                                  blocking)):
+                ids[owner] = id_
+        if entries:
+            self._write(entries, when)
         return ids
 
     def _enqueue(self, owner: str, item: "Pending") -> bool:
-        """Archive ``item`` at once when this node can decide from memory (the usual case:
-        both parties online here); otherwise, or behind an undecided message of the same
-        owner, queue it for the owner's drain (the store's answers are asked once for a
-        burst). False when ``item`` is not archived: decided so, or the queue is full."""
+        """Queue ``item`` for the owner's drain (the store's answers are asked once for a
+        burst), behind the owner's undecided messages. False when the queue is full (the
+        message is not archived)."""
         queue = self._queues.get(owner)
         if queue is None:
-            decided = self._decide_now(owner, item)
-            if decided is not None:
-                if decided:
-                    self._append(owner, item)
-                return decided
             queue = self._queues[owner] = deque((item,))
             d = defer.ensureDeferred(self._drain(owner, queue))
             d.addErrback(lambda f: self.log.failure("archiving for {owner}", f, owner=owner))
@@ -385,48 +398,73 @@ class ArchiveHandler(FeatureHandler):
     async def _drain(self, owner: str, queue: "deque[Pending]") -> None:
         """Decide and append the owner's queued messages in order. What the store said
         (the account exists, the roster has the peer) holds for the rest of the drain, so a
-        burst costs one read per peer, not one per message."""
+        burst costs one read per peer, not one per message; once the preferences are in
+        memory the rest is decided from there, without a coroutine step each (a burst's
+        first messages wait here for the first answer)."""
         answers: dict[str, bool] = {}
         try:
             while queue:
                 item = queue[0]
                 try:
-                    if await self._decide(owner, item, answers):
-                        self._append(owner, item)
+                    refused = self._refused_now(item.blocking)
+                    decided = None if refused is None else (
+                        not refused and self._decide_now(owner, item.peer))
+                    if decided is None:
+                        decided = await self._decide(owner, item, answers)
+                    if decided:
+                        self._write([(owner, item.id, item.text, item.when, item.peer)],
+                                    item.when)
                 except Exception:
-                    self.log.failure("archiving a message for {owner}", owner=owner)
+                    # The store is failing (a Redis past its timeout in a burst): the rest
+                    # of the queue is not archived rather than asked again message by
+                    # message (each one more request behind the backlog); one line a minute.
+                    self.core.metrics.inc("presenced_archive_failed_total", len(queue))
+                    repeats = self._failure_log.allow("decide")
+                    if repeats is not None:
+                        self.log.failure("archiving {count} messages for {owner} ({repeats} "
+                                         "more failed since the last line)", owner=owner,
+                                         count=len(queue), repeats=repeats)
+                    queue.clear()
+                    break
                 queue.popleft()
         finally:
             del self._queues[owner]
 
-    def _append(self, owner: str, item: "Pending") -> None:
-        d = self.archive.append(owner, item.text, item.when, item.peer, keep=self.limit,
-                                since=item.when - self.retention, id=item.id)
-        d.addErrback(self._append_failed, owner)
+    def _write(self, entries: list[ArchiveRow], when: float) -> None:
+        """Hand ``entries`` to the store; its Deferred is the turn's, shared by the
+        messages of the turn: one errback each, counting its entries on failure."""
+        d = self.archive.append_entries(entries, keep=self.limit,
+                                        since=when - self.retention)
+        if d is not self._batch:
+            self._batch, self._batch_entries = d, [0]
+            d.addErrback(self._append_failed, self._batch_entries)
+        self._batch_entries[0] += len(entries)
 
-    def _append_failed(self, failure, owner: str) -> None:
-        """The store refused or lost an append: the message was delivered all the same. A
-        failing batch fails each of its appends: one line a minute, with the count."""
-        self.core.metrics.inc("presenced_archive_failed_total")
+    def _append_failed(self, failure, entries: list[int]) -> None:
+        """The store refused or lost a turn's appends: the messages were delivered all the
+        same. One line a minute, with the count."""
+        self.core.metrics.inc("presenced_archive_failed_total", entries[0])
         repeats = self._failure_log.allow("append")
         if repeats is not None:
-            self.log.failure("archiving a message for {owner} ({repeats} more failed since "
-                             "the last line)", failure, owner=owner, repeats=repeats)
+            self.log.failure("archiving {entries} entries ({repeats} more failed since the "
+                             "last line)", failure, entries=entries[0], repeats=repeats)
 
-    def _decide_now(self, owner: str, item: "Pending") -> Optional[bool]:
-        """Whether to archive, from what this node holds in memory; None: ask the store."""
-        if item.blocking is not None:
-            sender, to = item.blocking
-            if self.core.is_local(to):
-                refused = self.core.blocking.known_blocks(to, sender)
-                if refused is None:
-                    return None
-                if refused:
-                    return False
+    def _refused_now(self, blocking: Optional[tuple[str, str]]) -> Optional[bool]:
+        """Whether a local recipient refuses the sender (``blocking``: the sender and
+        recipient to check, None: nothing to check), from what this node holds in memory;
+        None: ask the store."""
+        if blocking is None:
+            return False
+        sender, to = blocking
+        return self.core.blocking.known_blocks(to, sender) if self.core.is_local(to) else False
+
+    def _decide_now(self, owner: str, peer: str) -> Optional[bool]:
+        """Whether ``owner`` archives a message with ``peer``, from what this node holds in
+        memory; None: ask the store."""
         prefs = self._known.get(owner)
         if prefs is None or not self.core.router.is_online_anywhere(owner):
             return None
-        return prefs.decides(item.peer)  # None: the roster decides
+        return prefs.decides(peer)  # None: the roster decides
 
     async def _decide(self, owner: str, item: "Pending", answers: dict[str, bool]) -> bool:
         """Whether to archive: the refusal of a blocked sender (``item.blocking``: the
