@@ -29,7 +29,7 @@ from presenced.core import Core
 from presenced.doors import DOORS
 from presenced.extauth import configured_pool
 from presenced.listener import ConnectionLimits, GuardedFactory
-from presenced.memory import COLLECT_THRESHOLDS, freeze_startup_objects, tune_collector
+from presenced.memory import freeze_startup_objects
 from presenced.reload import ConfigReloader
 from presenced.store import StoreError
 from presenced.store.backends import make_store
@@ -160,7 +160,6 @@ class PresencedService(service.MultiService):
         if os.path.exists(ports) and not is_worker():
             os.remove(ports)
         raise_open_files_limit()
-        tune_collector()
         self._handle_sighup()
         store = make_store(self.config)
         self.core = Core(self.config, store, external_auth=configured_pool(self.config))
@@ -197,8 +196,7 @@ class PresencedService(service.MultiService):
 
             WorkerSupervisor(self.config).setServiceParent(self)
         self.core.state = "ready"
-        log.info("collector: {n} start-up objects frozen, young collections every {young} "
-                 "allocations", n=freeze_startup_objects(), young=COLLECT_THRESHOLDS[0])
+        log.info("collector: {n} start-up objects frozen", n=freeze_startup_objects())
         if not is_worker():
             record_port(self.config.server.data_dir, "ready", os.getpid())
         log.info("presenced ready: {n} front door(s), domains {domains}",

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import subprocess
 from pathlib import Path
 
-from presenced.memory import COLLECT_THRESHOLDS, tune_collector
 from tests.helpers import TWISTD, subprocess_env, write_config
 
 
@@ -19,22 +17,11 @@ def test_each_listening_door_logs_its_address(presenced_factory):
     assert "presenced ready: 3 front door(s)" in log
 
 
-def test_the_server_freezes_its_start_up_objects_and_collects_young_ones_less_often(
-        presenced_factory):
+def test_the_server_freezes_its_start_up_objects(presenced_factory):
     server = presenced_factory({"xmpp": {"enabled": False}})
     log = server.wait_for_log("start-up objects frozen")
     frozen = int(log.split("collector: ")[1].split()[0])
     assert frozen > 10_000  # Twisted, the config, the core: far more than a few
-    assert "young collections every 10000 allocations" in log
-
-
-def test_tune_collector_sets_the_documented_thresholds():
-    before = gc.get_threshold()
-    try:
-        tune_collector()
-        assert gc.get_threshold() == COLLECT_THRESHOLDS
-    finally:
-        gc.set_threshold(*before)
 
 
 def test_a_store_that_cannot_start_stops_the_server_with_status_1(tmp_path: Path):
