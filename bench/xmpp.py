@@ -535,7 +535,8 @@ class LoadPlan:
     sm: bool = False
     transport: str = "tcp"
     carbons: bool = False
-    profile: str = ""  # record each server process with py-spy during the message burst
+    profile: str = ""  # record each server process with py-spy during one phase:
+    profile_phase: str = "messages"  # the message burst, "plain" or "scram" logins
 
 
 @dataclass(frozen=True)
@@ -547,6 +548,22 @@ class RoomPlan:
     senders: int = 10
     messages: int = 100
     paced_rate: float = 100.0
+
+
+def start_spies(pid: int, plan: LoadPlan, phase: str) -> list[subprocess.Popen]:
+    """py-spy recorders on every server process when ``phase`` is the one profiled."""
+    if not plan.profile or plan.profile_phase != phase:
+        return []
+    return [subprocess.Popen(["py-spy", "record", "-r", "400", "-p", str(p), "-f", "raw", "-o",
+                              f"{plan.profile}.{i}.raw"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+            for i, p in enumerate(server_pids(pid))]
+
+
+def stop_spies(spies: list[subprocess.Popen]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
+        spy.wait(60)
 
 
 def drive(pid: int, port: int, users: list[str], plan: LoadPlan, redis_pid: int = 0) -> dict:
@@ -571,17 +588,16 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan, redis_pid: int 
         pipes.append(ours)
         procs.append(proc)
     try:
+        spies = start_spies(pid, plan, "plain")
         started, cpu = time.perf_counter(), cpu_seconds(pid)
         client_cpu = {"plain": sum(pipe.recv()[2] for pipe in pipes)}
         plain_elapsed = time.perf_counter() - started
+        stop_spies(spies)
         plain_cpu = cpu_seconds(pid) - cpu
         time.sleep(3.5)  # idle: past two hibernation sweeps
         rss_idle = rss_kb(pid)
         barrier = time.time() + 0.5
-        spies = [subprocess.Popen(["py-spy", "record", "-p", str(p), "-f", "raw", "-o",
-                                   f"{plan.profile}.{i}.raw"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-                 for i, p in enumerate(server_pids(pid))] if plan.profile else []
+        spies = start_spies(pid, plan, "messages")
         cpu = cpu_seconds(pid)
         workers_cpu = [own_cpu_seconds(p) for p in server_pids(pid)]
         redis_cpu = cpu_seconds(redis_pid) if redis_pid else 0.0
@@ -593,9 +609,7 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan, redis_pid: int 
             _, received, finished = pipe.recv()
             latencies.extend(received)
             last = max(last, finished)
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
-            spy.wait(60)
+        stop_spies(spies)
         message_elapsed = last - barrier
         message_cpu = cpu_seconds(pid) - cpu
         workers_cpu = [own_cpu_seconds(p) - before
@@ -613,10 +627,12 @@ def drive(pid: int, port: int, users: list[str], plan: LoadPlan, redis_pid: int 
         for pipe in pipes:
             pipe.recv()  # the SCRAM clients know their salted passwords
         time.sleep(1.0)
+        spies = start_spies(pid, plan, "scram")
         started, cpu = time.perf_counter(), cpu_seconds(pid)
         for pipe in pipes:
             pipe.send("go")
         scram_done = [pipe.recv()[1:] for pipe in pipes]
+        stop_spies(spies)
         client_cpu["scram"] = sum(done[1] for done in scram_done if done[0])
         scram_done = [done[0] for done in scram_done]
         scram_elapsed = (time.perf_counter() - started) if None not in scram_done else None
@@ -775,12 +791,16 @@ def main() -> None:
                              "one after the other with this load client: before/after in one "
                              "run; prints a list of results")
     parser.add_argument("--profile", metavar="PREFIX", default="",
-                        help="record each server process with py-spy during the message "
-                             "burst (raw stacks in PREFIX.<n>.raw, n = 0 for the first)")
+                        help="record each server process with py-spy during one phase "
+                             "(raw stacks in PREFIX.<n>.raw, n = 0 for the first)")
+    parser.add_argument("--profile-phase", choices=("messages", "plain", "scram"),
+                        default="messages",
+                        help="the phase --profile records: the message burst, the first "
+                             "PLAIN logins or the STARTTLS + SCRAM logins")
     args = parser.parse_args()
     users = [f"bench{i}@localhost" for i in range(args.users - args.users % 2)]
     plan = LoadPlan(args.procs, args.concurrency, args.messages, args.paced_rate, args.sm,
-                    args.transport, args.carbons, args.profile)
+                    args.transport, args.carbons, args.profile, args.profile_phase)
     room = RoomPlan(args.room_occupants, args.room_senders, args.room_messages,
                     args.room_paced_rate)
     checkouts = [Path(c).resolve() for c in args.checkouts.split(",") if c] or [REPO]

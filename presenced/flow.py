@@ -18,7 +18,7 @@ for good: it is cut off at its own limit).
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.logger import Logger
@@ -48,19 +48,57 @@ class SocketWriter:
 
     def __call__(self, data: bytes) -> None:
         raw = self.tcp
-        if (raw is None or raw.TLS or raw._tempDataBuffer or raw.dataBuffer
-                or not raw.connected or raw.disconnecting or raw._writeDisconnected):
+        if raw is None or raw.TLS:
             self.fallback(data)
-            return
-        try:
-            sent = raw.socket.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # the connection is failing: Twisted finds out and reports it
-            self.fallback(data)
-            return
-        if sent < len(data):
-            self.fallback(data[sent:])
+        else:
+            send_now(raw, data, self.fallback)
+
+
+def send_now(raw: Any, data: bytes, queue: Callable[[bytes], None]) -> None:
+    """``data`` to the socket of the TCP connection ``raw`` at once when Twisted holds none
+    of its bytes; what the kernel does not take (or all, when bytes wait) goes to ``queue``
+    (Twisted's write), so the order stays."""
+    if (raw._tempDataBuffer or raw.dataBuffer or not raw.connected or raw.disconnecting
+            or raw._writeDisconnected):
+        queue(data)
+        return
+    try:
+        sent = raw.socket.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:  # the connection is failing: Twisted finds out and reports it
+        queue(data)
+        return
+    if sent < len(data):
+        queue(data[sent:])
+
+
+class TLSRecordWriter:
+    """What Twisted's TLS layer writes its records to, sending them at once like
+    :class:`SocketWriter` does plain bytes: a STARTTLS login makes about nine writes (the
+    handshake, tickets, features, SASL, bind), each otherwise an ``epoll_ctl`` pair and a
+    reactor iteration. ``bypass`` is the TLS layer's own transport (Twisted's ``_BypassTLS``),
+    which everything else still goes to."""
+
+    def __init__(self, bypass: Any, raw: Any):
+        self._bypass = bypass
+        self._raw = raw
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bypass, name)
+
+    def write(self, data: bytes) -> None:
+        send_now(self._raw, data, self._bypass.write)
+
+
+def direct_tls_records(raw: object) -> None:
+    """Once ``raw`` (a TCP connection; anything else is left alone) has started TLS, its
+    records go through a :class:`TLSRecordWriter`."""
+    from twisted.internet import tcp
+
+    if isinstance(raw, tcp.Connection) and raw.TLS:
+        tls = raw.protocol  # Twisted's TLS layer, now between the stream and the socket
+        tls.transport = TLSRecordWriter(tls.transport, raw)
 
 
 def _plain_tcp(raw: object) -> bool:

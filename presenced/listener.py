@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
 from presenced.addresses import address_key
+from presenced.flow import direct_tls_records
 from presenced.memory import release_free_memory
 from presenced.metrics import Metrics
 
@@ -399,6 +400,7 @@ class GuardedConnection:
 
     def startTLS(self, context: Any, normal: bool = True) -> None:
         self.transport.startTLS(context, normal)
+        direct_tls_records(self.transport)
         self.handshaking = True
         _also_provides(self, ISSLTransport)
 

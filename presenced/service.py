@@ -224,7 +224,7 @@ class PresencedService(service.MultiService):
                 door.setServiceParent(self)
                 doors += 1
         self.core.state = "ready"
-        pace_collector()
+        log.info("collector: {n} start-up objects frozen", n=pace_collector())
         log.info("presenced ready: {n} front door(s), domains {domains}",
                  n=doors, domains=", ".join(self.config.server.domains))
         if is_worker():

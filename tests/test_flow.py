@@ -225,3 +225,59 @@ def test_a_connection_written_at_once_mid_turn_gets_what_follows_in_one_later_wr
     clock.advance(0)
     assert other.written == b"1;heartbeat;2;3;" and other.writes == 2
     assert lead.written == b"1;2;" and lead.writes == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_records_go_straight_to_the_socket_and_arrive_in_order(tmp_path):
+    """After STARTTLS the TLS layer's records go to the socket at once (nothing queued with
+    Twisted after a small write) and past a full kernel buffer the rest queues behind it:
+    the peer decrypts every byte, in order."""
+    from twisted.internet import protocol, reactor, ssl as tssl
+
+    from presenced.flow import TLSRecordWriter, direct_tls_records
+    from presenced.xmpp.tls import ServerTLSContext, _load, generate_self_signed
+
+    generate_self_signed(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"), ["localhost"])
+    context = ServerTLSContext(_load(str(tmp_path / "c.pem"), str(tmp_path / "k.pem")))
+    servers: list[protocol.Protocol] = []
+
+    class Server(protocol.Protocol):
+        def connectionMade(self):
+            self.transport.startTLS(context)
+            direct_tls_records(self.transport)
+            servers.append(self)
+
+    received = bytearray()
+    done: defer.Deferred = defer.Deferred()
+    big = bytes(range(256)) * (16 * 1024)  # 4 MB: more than the kernel takes at once
+
+    class Reader(protocol.Protocol):
+        def connectionMade(self):
+            self.transport.startTLS(tssl.CertificateOptions())
+
+        def dataReceived(self, data):
+            received.extend(data)
+            if len(received) >= len(big) + 10 and not done.called:
+                done.callback(None)
+
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Server), interface="127.0.0.1")
+    client = await endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+        protocol.Factory.forProtocol(Reader))
+    try:
+        while not servers:
+            await task.deferLater(reactor, 0.01, lambda: None)
+        raw = servers[0].transport
+        assert isinstance(raw.protocol.transport, TLSRecordWriter)
+        servers[0].transport.write(b"hello")
+        while not received:  # the handshake, then the first record
+            await task.deferLater(reactor, 0.01, lambda: None)
+        servers[0].transport.write(b"12345")
+        raw.protocol._aggregator.flush()  # Twisted's TLS gathers a turn's small writes
+        assert raw.dataBuffer == b"" and not raw._tempDataBuffer  # sent, not queued
+        servers[0].transport.write(big)
+        raw.protocol._aggregator.flush()
+        await done
+        assert bytes(received) == b"hello12345" + big
+    finally:
+        client.transport.loseConnection()
+        await port.stopListening()

@@ -17,6 +17,13 @@ def test_each_listening_door_logs_its_address(presenced_factory):
     assert "presenced ready: 3 front door(s)" in log
 
 
+def test_the_server_freezes_its_start_up_objects(presenced_factory):
+    server = presenced_factory({"xmpp": {"enabled": False}})
+    log = server.wait_for_log("start-up objects frozen")
+    frozen = int(log.split("collector: ")[1].split()[0])
+    assert frozen > 10_000  # Twisted, the config, the core: far more than a few
+
+
 def test_a_store_that_cannot_start_stops_the_server_with_status_1(tmp_path: Path):
     config = write_config(tmp_path / "bad.toml", {
         "server": {"data_dir": str(tmp_path / "data")},

@@ -53,8 +53,12 @@ def _context(cert_pem: bytes, key_pem: bytes) -> SSL.Context:
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
                         | SSL.OP_NO_TICKET)
-    # No session cache or tickets: XMPP connections are long-lived, and each cached
-    # session would cost memory and each ticket CPU on every login.
+    # No session cache: XMPP connections are long-lived, and each cached session would cost
+    # memory. OP_NO_TICKET stops TLS 1.2 tickets; under TLS 1.3 OpenSSL still sends its two
+    # (stateful) tickets, which no client can resume with while the cache is off, and the
+    # bindings pyOpenSSL uses have no SSL_CTX_set_num_tickets to stop them. Stateless tickets
+    # (without OP_NO_TICKET) would let a reconnecting client resume: measured 264 us of server
+    # CPU per resumed handshake against 330 us per full one, but +15 us on every full one.
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)  # idle connections hold no TLS buffers
     context.use_certificate(pair.original)
